@@ -1,0 +1,1 @@
+"""cas: a content-addressed storage network."""

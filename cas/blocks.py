@@ -1,0 +1,170 @@
+"""Blocks and the stores that hold them.
+
+A *block* is a CID and the bytes it names. This module defines the
+``BlockStore`` protocol that every store (the local repository, the network,
+a cache, a test double) implements, and the one rule they all keep:
+
+    **every ``get`` verifies the hash.** No store, disk or peer can hand back
+    bytes that do not match the CID asked for; a mismatch raises
+    :class:`InvalidBlockError` naming the CID.
+
+Two flavours of the protocol exist. ``BlockStore`` is synchronous: the local
+repository is disk I/O, and a synchronous core lets the Python library read a
+file in 4 KiB steps without paying for an event loop per call.
+``AsyncBlockStore`` is the trio-facing form that the node, the network and the
+FUSE driver use; :class:`AsyncStoreAdapter` lifts any synchronous store into
+it. Code that must run against both (the file reader) is written sans-IO in
+:mod:`cas.files` and driven by either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from .cid import CID
+from .errors import BlockNotFoundError, InvalidBlockError
+
+MAX_BLOCK_SIZE = 1 << 20
+"""Largest block cas creates or accepts (1 MiB, DESIGN.md: max chunk and max
+tree node). Anything larger from outside is refused before it is hashed."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A CID and its bytes, checked against each other on construction."""
+
+    cid: CID
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.data) > MAX_BLOCK_SIZE:
+            raise InvalidBlockError(
+                f"block {self.cid} is {len(self.data)} bytes, over the {MAX_BLOCK_SIZE}-byte limit"
+            )
+        if not self.cid.verify(self.data):
+            raise InvalidBlockError(f"block {self.cid}: content does not match its hash")
+
+    @classmethod
+    def of(cls, codec: int, data: bytes) -> Block:
+        """Make a block by hashing ``data`` (no second check needed)."""
+        if len(data) > MAX_BLOCK_SIZE:
+            raise InvalidBlockError(
+                f"block of {len(data)} bytes is over the {MAX_BLOCK_SIZE}-byte limit"
+            )
+        block = object.__new__(cls)
+        object.__setattr__(block, "cid", CID.for_data(codec, data))
+        object.__setattr__(block, "data", bytes(data))
+        return block
+
+
+def verified(cid: CID, data: bytes) -> bytes:
+    """Return ``data`` if it hashes to ``cid``; raise InvalidBlockError if not."""
+    if not cid.verify(data):
+        raise InvalidBlockError(
+            f"block {cid} is corrupt: its content does not match its hash"
+        )
+    return data
+
+
+@runtime_checkable
+class BlockStore(Protocol):
+    """Synchronous block storage. ``get`` returns verified bytes or raises
+    :class:`BlockNotFoundError` / :class:`InvalidBlockError`."""
+
+    def has(self, cid: CID) -> bool: ...
+
+    def get(self, cid: CID) -> bytes: ...
+
+    def put(self, block: Block) -> bool:
+        """Store ``block``; return True if it was new. Must be idempotent."""
+        ...
+
+    def delete(self, cid: CID) -> bool:
+        """Remove a block; return True if it was there."""
+        ...
+
+    def iterate(self) -> Iterator[CID]: ...
+
+
+@runtime_checkable
+class AsyncBlockStore(Protocol):
+    """The trio form of :class:`BlockStore`; every method is a checkpoint."""
+
+    async def has(self, cid: CID) -> bool: ...
+
+    async def get(self, cid: CID) -> bytes: ...
+
+    async def put(self, block: Block) -> bool: ...
+
+    async def delete(self, cid: CID) -> bool: ...
+
+    def iterate(self) -> AsyncIterator[CID]: ...
+
+
+class MemoryBlockStore:
+    """A dict-backed :class:`BlockStore` for tests and scratch work."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[CID, bytes] = {}
+
+    def has(self, cid: CID) -> bool:
+        return cid in self._blocks
+
+    def get(self, cid: CID) -> bytes:
+        try:
+            data = self._blocks[cid]
+        except KeyError:
+            raise BlockNotFoundError(cid, "memory") from None
+        return verified(cid, data)
+
+    def put(self, block: Block) -> bool:
+        if block.cid in self._blocks:
+            return False
+        self._blocks[block.cid] = block.data
+        return True
+
+    def delete(self, cid: CID) -> bool:
+        return self._blocks.pop(cid, None) is not None
+
+    def iterate(self) -> Iterator[CID]:
+        return iter(list(self._blocks))
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+class AsyncStoreAdapter:
+    """Present a synchronous store as an :class:`AsyncBlockStore`.
+
+    Calls run on the trio thread: a local block is one small file, and moving
+    each call to a worker thread costs more than the I/O. Each method still
+    checkpoints, so a long loop of puts cannot starve other tasks.
+    """
+
+    def __init__(self, store: BlockStore) -> None:
+        self.sync = store
+
+    async def has(self, cid: CID) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.sync.has(cid)
+
+    async def get(self, cid: CID) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.sync.get(cid)
+
+    async def put(self, block: Block) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.sync.put(block)
+
+    async def delete(self, cid: CID) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.sync.delete(cid)
+
+    async def iterate(self) -> AsyncIterator[CID]:
+        for cid in self.sync.iterate():
+            await trio.lowlevel.checkpoint()
+            yield cid

@@ -1,0 +1,54 @@
+"""The exceptions cas raises, as one small hierarchy.
+
+Every error a user can cause or meet derives from :class:`CasError` and carries
+a message written for that user: what went wrong and, where there is one, what
+to do about it. The command line prints ``str(error)`` as one line and exits
+with status 1; nothing else in cas catches ``CasError`` broadly.
+
+Errors that are *our* bug (a broken invariant) are plain ``AssertionError`` /
+``RuntimeError`` and are never dressed up as one of these.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base class of every error cas reports to a user."""
+
+
+class InvalidCIDError(CasError, ValueError):
+    """A string or byte sequence is not a CID that cas understands."""
+
+
+class InvalidBlockError(CasError):
+    """Bytes failed verification or decoding: the hash does not match the CID,
+    or a node is malformed or not in canonical form."""
+
+
+class BlockNotFoundError(CasError, KeyError):
+    """A block is not in the store that was asked for it."""
+
+    def __init__(self, cid: object, where: str = "the repository") -> None:
+        super().__init__(f"block {cid} is not in {where}")
+        self.cid = cid
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class RepositoryError(CasError):
+    """The repository is missing, damaged, of an unknown version, or the disk
+    refused a write (full, read-only, permission denied)."""
+
+
+class RepositoryLockedError(RepositoryError):
+    """Another process owns the repository."""
+
+
+class NotAFileError(CasError):
+    """A CID or path names something that is not a file (e.g. a directory)."""
+
+
+class InvalidInputError(CasError, ValueError):
+    """An argument from the user is unusable: a missing path, a bad range, a
+    name that is not allowed."""
