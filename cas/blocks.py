@@ -89,6 +89,16 @@ class BlockStore(Protocol):
 
     def iterate(self) -> Iterator[CID]: ...
 
+    def barrier(self) -> None:
+        """Return once every block put so far is durable.
+
+        The ordering rule (DESIGN.md): a block may be referenced by a parent,
+        a pin or a root only after its own bytes are durable. Writers call
+        this before they put a block or record that refers to earlier ones;
+        a store may batch the expensive part (directory fsyncs) until here.
+        """
+        ...
+
 
 @runtime_checkable
 class AsyncBlockStore(Protocol):
@@ -103,6 +113,8 @@ class AsyncBlockStore(Protocol):
     async def delete(self, cid: CID) -> bool: ...
 
     def iterate(self) -> AsyncIterator[CID]: ...
+
+    async def barrier(self) -> None: ...
 
 
 class MemoryBlockStore:
@@ -132,6 +144,9 @@ class MemoryBlockStore:
 
     def iterate(self) -> Iterator[CID]:
         return iter(list(self._blocks))
+
+    def barrier(self) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -163,6 +178,10 @@ class AsyncStoreAdapter:
     async def delete(self, cid: CID) -> bool:
         await trio.lowlevel.checkpoint()
         return self.sync.delete(cid)
+
+    async def barrier(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sync.barrier()
 
     async def iterate(self) -> AsyncIterator[CID]:
         for cid in self.sync.iterate():
