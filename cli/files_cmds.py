@@ -1,0 +1,123 @@
+"""``cas add``, ``cas cat`` and ``cas get``: content in and out by CID."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cas.cid import parse_cid
+from cas.errors import InvalidInputError
+
+from .output import Output, human_size
+from .repo_cmds import open_repo
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "add",
+        parents=common,
+        help="store files or directories and print their CIDs",
+        description="Store each PATH (or standard input for '-') and print one CID per "
+        "input, in order. What is added is pinned.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (with -r) or '-'")
+    p.add_argument("-r", "--recursive", action="store_true", help="add directories with their contents")
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("cat", parents=common, help="write a file's content to standard output")
+    p.add_argument("cid", metavar="CID")
+    p.add_argument("--offset", type=_non_negative, default=0, help="first byte to write")
+    p.add_argument("--length", type=_non_negative, default=None, help="number of bytes to write")
+    p.set_defaults(run=cmd_cat)
+
+    p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk")
+    p.add_argument("cid", metavar="CID")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="path to create")
+    p.add_argument("-f", "--force", action="store_true", help="replace OUT if it is a file")
+    p.set_defaults(run=cmd_get)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _input_bytes(paths: list[str], recursive: bool) -> int | None:
+    """Total size of the inputs, for the progress bar (None if unknown)."""
+    total = 0
+    for path in paths:
+        if path == "-":
+            return None
+        if recursive and os.path.isdir(path):
+            for root, _dirs, names in os.walk(path):
+                for name in names:
+                    try:
+                        total += os.lstat(os.path.join(root, name)).st_size
+                    except OSError:
+                        pass
+        else:
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+    return total
+
+
+def cmd_add(args: argparse.Namespace, out: Output) -> int:
+    if args.paths.count("-") > 1:
+        raise InvalidInputError("standard input ('-') can be added only once")
+    for path in args.paths:
+        # Check every input before storing any, so a typo fails fast.
+        if path != "-" and not os.path.lexists(path):
+            raise InvalidInputError(f"{path}: no such file or directory")
+    added = []
+    with open_repo(args) as repo:
+        with out.progress(_input_bytes(args.paths, args.recursive), "adding") as progress:
+            for path in args.paths:
+                if path == "-":
+                    item = repo.add_stream(sys.stdin.buffer, progress=progress)
+                else:
+                    item = repo.add_path(path, recursive=args.recursive, progress=progress)
+                added.append(item)
+                out.result(str(item.cid))
+    out.document(
+        {"added": [{"path": a.source, "cid": str(a.cid), "kind": a.kind, "size": a.size} for a in added]}
+    )
+    if len(added) > 1 or added[0].kind == "dir":
+        total = sum(a.size for a in added)
+        out.note(f"added {len(added)} item(s), {human_size(total)}")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace, out: Output) -> int:
+    cid = parse_cid(args.cid)
+    with open_repo(args) as repo:
+        sink = sys.stdout.buffer
+        for piece in repo.iter_read(cid, args.offset, args.length):
+            sink.write(piece)
+        sink.flush()
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    cid = parse_cid(args.cid)
+    dest = Path(args.output)
+    with open_repo(args) as repo:
+        info = repo.info(cid)
+        if info.kind == "dir" and os.path.lexists(dest):
+            raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
+        if dest.is_dir() and info.kind == "file":
+            raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
+        with out.progress(info.size, "writing") as progress:
+            kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+    out.document({"cid": str(cid), "kind": kind, "size": info.size, "output": str(dest)})
+    out.note(f"wrote {kind} {dest} ({human_size(info.size)})")
+    return 0

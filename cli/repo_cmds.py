@@ -1,0 +1,80 @@
+"""``cas init`` and ``cas repo stat|verify``: the repository itself."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import cas
+from cas.store import LocalStore
+
+from .output import Output, human_size
+
+
+def repo_path(args: argparse.Namespace) -> Path:
+    return Path(args.repo).expanduser() if args.repo else cas.default_repository_path()
+
+
+def open_repo(args: argparse.Namespace, *, create: bool = True) -> cas.Repository:
+    return cas.open_repository(repo_path(args), create=create)
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("init", parents=common, help="create a repository")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("repo", parents=common, help="inspect the local repository")
+    repo_sub = p.add_subparsers(dest="repo_command", metavar="stat|verify", required=True)
+    s = repo_sub.add_parser("stat", parents=common, help="blocks, bytes and pins stored")
+    s.set_defaults(run=cmd_repo_stat)
+    v = repo_sub.add_parser(
+        "verify", parents=common, help="re-hash every block and check every reference"
+    )
+    v.set_defaults(run=cmd_repo_verify)
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    path = repo_path(args)
+    existed = (path / "config.json").exists()
+    with LocalStore.open(path, create=True) as store:
+        resolved = str(store.path)
+    out.document({"repo": resolved, "created": not existed})
+    if existed:
+        out.result(f"cas repository already at {resolved}")
+    else:
+        out.result(f"initialised cas repository at {resolved}")
+    return 0
+
+
+def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args, create=False) as repo:
+        st = repo.stat()
+    out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned})
+    out.result(f"repository  {st.path}")
+    out.result(f"blocks      {st.blocks}")
+    out.result(f"size        {human_size(st.bytes)} ({st.bytes} bytes)")
+    out.result(f"pinned      {st.pinned}")
+    return 0
+
+
+def cmd_repo_verify(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args, create=False) as repo:
+        total = repo.stat().bytes
+        with out.progress(total, "verifying") as progress:
+            report = repo.verify(progress)
+    out.document(
+        {
+            "ok": report.ok,
+            "blocks_checked": report.blocks_checked,
+            "bytes_checked": report.bytes_checked,
+            "problems": [{"cid": p.cid, "problem": p.what} for p in report.problems],
+        }
+    )
+    for problem in report.problems:
+        out.result(f"{problem.cid}: {problem.what}")
+    if report.ok:
+        out.note(f"ok: {report.blocks_checked} blocks, {human_size(report.bytes_checked)} verified")
+        return 0
+    out.note(f"{len(report.problems)} problem(s) found in {report.blocks_checked} blocks")
+    return 1
