@@ -1,0 +1,470 @@
+"""The messages nodes exchange, and their strict DAG-CBOR encoding.
+
+This module owns the *shape* of every message on the wire: which types
+exist, which fields each has, each field's type and bound, and the one
+encoding (DAG-CBOR via :mod:`cas.dagcbor`, canonical, so equal messages are
+equal bytes). Decoding is the gate every byte from a peer passes through
+after decryption: anything that is not exactly one of the messages below
+(unknown type, missing or extra field, wrong type, out of bounds, not
+canonical, too large) raises :class:`MalformedMessageError` and nothing else.
+
+It never does I/O, never verifies content against hashes or signatures (the
+layers that asked for a block or a record do that) and never keeps state.
+
+Errors are split by whose fault they are, as h11 does:
+:class:`RemoteProtocolError` means the peer broke the protocol (drop the
+message or the connection, count it against the peer, carry on);
+:class:`LocalProtocolError` means our own code tried to send something the
+protocol does not allow (a bug: it is never caught and dressed up).
+
+Wire form: a DAG-CBOR map ``{"t": <type>, "id": <request id>, ...fields}``;
+``hello`` has no ``"id"``. See docs/network.md for the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .. import dagcbor
+from ..cid import CID
+from ..errors import CasError, InvalidBlockError
+
+# -- errors -----------------------------------------------------------------------
+
+
+class RemoteProtocolError(CasError):
+    """The peer broke the protocol. The connection or message is dropped and
+    the peer is counted against; the node carries on."""
+
+
+class MalformedMessageError(RemoteProtocolError):
+    """Bytes from a peer are not a well-formed message of a known type."""
+
+
+class LocalProtocolError(RuntimeError):
+    """Our own code tried to do something the protocol forbids (a bug)."""
+
+
+# -- limits -------------------------------------------------------------------------
+
+PROTOCOL_VERSION = 1
+# DESIGN.md, "Wire protocol": every CBOR message is at most 2 MiB.
+MAX_MESSAGE_SIZE = 2 * 1024 * 1024
+# DESIGN.md: chunks are at most 1 MiB and so are tree nodes; a block that
+# big plus its envelope fits well inside one message.
+MAX_BLOCK_SIZE = 1024 * 1024
+# Kademlia's k (DESIGN.md: k = 20); no answer needs more peers than a bucket.
+MAX_PEERS = 20
+# HAVE batches presence checks for repair; 1024 CIDs is ~40 KiB on the wire.
+MAX_HAVE_CIDS = 1024
+# A namespace record is a key, a sequence number, a CID and a signature
+# (~200 bytes); 16 KiB leaves room to grow without inviting abuse.
+MAX_RECORD_SIZE = 16 * 1024
+MAX_RECORD_KEY_SIZE = 64
+# Request ids are chosen by the requester; 32 bits never wrap in practice.
+MAX_REQUEST_ID = (1 << 32) - 1
+# RFC 1035: a host name is at most 253 characters.
+MAX_HOST_LENGTH = 253
+MAX_AGENT_LENGTH = 64
+MAX_ERROR_CODE_LENGTH = 32
+MAX_ERROR_TEXT_LENGTH = 256
+NODE_ID_SIZE = 32
+
+
+# -- field codecs ---------------------------------------------------------------------
+# A codec checks a field in both directions: ``decode`` takes the wire value
+# (from dagcbor) and returns the Python value; ``encode`` the reverse. Both
+# raise ValueError with the reason; callers turn that into the right error.
+
+
+@dataclass(frozen=True)
+class _Codec:
+    describe: str
+    decode: Callable[[Any], Any]
+    encode: Callable[[Any], Any]
+
+
+def _uint(maximum: int, minimum: int = 0) -> _Codec:
+    def check(value: Any) -> int:
+        if type(value) is not int or not minimum <= value <= maximum:
+            raise ValueError(f"must be an integer from {minimum} to {maximum}")
+        return value
+
+    return _Codec(f"uint ≤ {maximum}", check, check)
+
+
+def _bytes(maximum: int, exact: bool = False) -> _Codec:
+    def check(value: Any) -> bytes:
+        if type(value) is not bytes:
+            raise ValueError("must be a byte string")
+        if exact and len(value) != maximum:
+            raise ValueError(f"must be exactly {maximum} bytes")
+        if len(value) > maximum:
+            raise ValueError(f"must be at most {maximum} bytes")
+        return value
+
+    return _Codec(f"bytes[{'=' if exact else '≤'}{maximum}]", check, check)
+
+
+def _text(maximum: int) -> _Codec:
+    def check(value: Any) -> str:
+        if type(value) is not str:
+            raise ValueError("must be a text string")
+        if len(value.encode("utf-8", "surrogatepass")) > maximum:
+            raise ValueError(f"must be at most {maximum} bytes of UTF-8")
+        return value
+
+    return _Codec(f"text ≤ {maximum}", check, check)
+
+
+def _boolean() -> _Codec:
+    def check(value: Any) -> bool:
+        if type(value) is not bool:
+            raise ValueError("must be true or false")
+        return value
+
+    return _Codec("bool", check, check)
+
+
+def _cid() -> _Codec:
+    def check(value: Any) -> CID:
+        if not isinstance(value, CID):
+            raise ValueError("must be a CID link")
+        return value
+
+    return _Codec("CID", check, check)
+
+
+def _optional(inner: _Codec) -> _Codec:
+    return _Codec(
+        f"{inner.describe} or null",
+        lambda v: None if v is None else inner.decode(v),
+        lambda v: None if v is None else inner.encode(v),
+    )
+
+
+def _array(inner: _Codec, maximum: int) -> _Codec:
+    def decode(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise ValueError("must be an array")
+        if len(value) > maximum:
+            raise ValueError(f"must have at most {maximum} items")
+        return tuple(inner.decode(item) for item in value)
+
+    def encode(value: Any) -> list[Any]:
+        if not isinstance(value, (tuple, list)):
+            raise ValueError("must be a tuple")
+        if len(value) > maximum:
+            raise ValueError(f"must have at most {maximum} items")
+        return [inner.encode(item) for item in value]
+
+    return _Codec(f"[{inner.describe}] ≤ {maximum}", decode, encode)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """How to reach a node: its ID and the address it listens on."""
+
+    node_id: bytes
+    host: str
+    port: int
+
+    _KEYS: ClassVar[tuple[str, ...]] = ("id", "host", "port")
+
+
+_NODE_ID = _bytes(NODE_ID_SIZE, exact=True)
+_HOST = _text(MAX_HOST_LENGTH)
+_PORT = _uint(65535, minimum=1)
+
+
+def _peer_decode(value: Any) -> PeerInfo:
+    if type(value) is not dict or set(value) != set(PeerInfo._KEYS):
+        raise ValueError("a peer must be a map of exactly 'id', 'host' and 'port'")
+    return PeerInfo(_NODE_ID.decode(value["id"]), _HOST.decode(value["host"]),
+                    _PORT.decode(value["port"]))
+
+
+def _peer_encode(value: Any) -> dict[str, Any]:
+    if not isinstance(value, PeerInfo):
+        raise ValueError("must be a PeerInfo")
+    return {"id": _NODE_ID.encode(value.node_id), "host": _HOST.encode(value.host),
+            "port": _PORT.encode(value.port)}
+
+
+_PEERS = _array(_Codec("peer", _peer_decode, _peer_encode), MAX_PEERS)
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+class Message:
+    """Base of every message. ``TYPE`` is the wire name; ``FIELDS`` maps
+    each dataclass field (in order) to its wire key and codec."""
+
+    TYPE: ClassVar[str]
+    FIELDS: ClassVar[tuple[tuple[str, str, _Codec], ...]]
+    HAS_ID: ClassVar[bool] = True
+
+    request_id: int
+
+
+class Request(Message):
+    """A message that expects exactly one response carrying its request id."""
+
+
+class Response(Message):
+    """The answer to a request; its ``request_id`` is the request's."""
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message on every channel, both ways: versions and listen port."""
+
+    TYPE = "hello"
+    HAS_ID = False
+    FIELDS = (
+        ("version", "version", _uint(MAX_REQUEST_ID)),
+        ("agent", "agent", _text(MAX_AGENT_LENGTH)),
+        ("listen_port", "port", _optional(_PORT)),
+    )
+    version: int = PROTOCOL_VERSION
+    agent: str = ""
+    listen_port: int | None = None
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Ping(Request):
+    TYPE = "ping"
+    FIELDS = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Pong(Response):
+    TYPE = "pong"
+    FIELDS = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class FindNode(Request):
+    """Which peers do you know closest to ``target``?"""
+
+    TYPE = "find_node"
+    FIELDS = (("target", "target", _NODE_ID),)
+    target: bytes
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Nodes(Response):
+    """Peers closest to what was asked (FIND_NODE, or FIND_BLOCK without the block)."""
+
+    TYPE = "nodes"
+    FIELDS = (("peers", "peers", _PEERS),)
+    peers: tuple[PeerInfo, ...]
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class FindBlock(Request):
+    """Send me this block if you have it, else the peers closest to it."""
+
+    TYPE = "find_block"
+    FIELDS = (("cid", "cid", _cid()),)
+    cid: CID
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Block(Response):
+    """A block's bytes. The receiver verifies them against the CID it asked for."""
+
+    TYPE = "block"
+    FIELDS = (("data", "data", _bytes(MAX_BLOCK_SIZE)),)
+    data: bytes
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class StoreBlock(Request):
+    """Keep this block. The receiver verifies ``data`` against ``cid``."""
+
+    TYPE = "store_block"
+    FIELDS = (("cid", "cid", _cid()), ("data", "data", _bytes(MAX_BLOCK_SIZE)))
+    cid: CID
+    data: bytes
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Ok(Response):
+    """A request with nothing to return succeeded (STORE_BLOCK, PUT_RECORD)."""
+
+    TYPE = "ok"
+    FIELDS = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Have(Request):
+    """Which of these blocks do you hold? (Batch presence check for repair.)"""
+
+    TYPE = "have"
+    FIELDS = (("cids", "cids", _array(_cid(), MAX_HAVE_CIDS)),)
+    cids: tuple[CID, ...]
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class HaveResult(Response):
+    """One boolean per CID asked about, in the same order."""
+
+    TYPE = "have_result"
+    FIELDS = (("present", "present", _array(_boolean(), MAX_HAVE_CIDS)),)
+    present: tuple[bool, ...]
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class PutRecord(Request):
+    """Store a signed record (a namespace root) under ``key``."""
+
+    TYPE = "put_record"
+    FIELDS = (
+        ("key", "key", _bytes(MAX_RECORD_KEY_SIZE)),
+        ("record", "record", _bytes(MAX_RECORD_SIZE)),
+    )
+    key: bytes
+    record: bytes
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class GetRecord(Request):
+    """Send me the record under ``key`` if you have it, and closer peers."""
+
+    TYPE = "get_record"
+    FIELDS = (("key", "key", _bytes(MAX_RECORD_KEY_SIZE)),)
+    key: bytes
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Record(Response):
+    """The record (or null) and peers closer to its key."""
+
+    TYPE = "record"
+    FIELDS = (
+        ("record", "record", _optional(_bytes(MAX_RECORD_SIZE))),
+        ("peers", "peers", _PEERS),
+    )
+    record: bytes | None
+    peers: tuple[PeerInfo, ...] = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class Error(Response):
+    """The request could not be served. ``code`` is machine-readable
+    (``busy``, ``not_found``, ``invalid``, ``refused``...)."""
+
+    TYPE = "error"
+    FIELDS = (
+        ("code", "code", _text(MAX_ERROR_CODE_LENGTH)),
+        ("message", "message", _text(MAX_ERROR_TEXT_LENGTH)),
+    )
+    code: str
+    message: str = ""
+    request_id: int = 0
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, StoreBlock, Ok,
+                Have, HaveResult, PutRecord, GetRecord, Record, Error)
+}
+_REQUEST_ID = _uint(MAX_REQUEST_ID)
+
+
+def encode(message: Message) -> bytes:
+    """The canonical DAG-CBOR bytes of ``message``.
+
+    Raises :class:`LocalProtocolError` if a field is out of its bounds or the
+    result exceeds :data:`MAX_MESSAGE_SIZE`: sending that would be our bug.
+    """
+    cls = type(message)
+    if MESSAGE_TYPES.get(getattr(cls, "TYPE", None)) is not cls:  # type: ignore[arg-type]
+        raise LocalProtocolError(f"{cls.__name__} is not a cas message")
+    wire: dict[str, Any] = {"t": cls.TYPE}
+    if cls.HAS_ID:
+        try:
+            wire["id"] = _REQUEST_ID.encode(message.request_id)
+        except ValueError as exc:
+            raise LocalProtocolError(f"{cls.TYPE}: request id {exc}") from None
+    for name, key, codec in cls.FIELDS:
+        try:
+            wire[key] = codec.encode(getattr(message, name))
+        except ValueError as exc:
+            raise LocalProtocolError(f"{cls.TYPE}.{name} {exc}") from None
+    data = dagcbor.encode(wire)
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(f"{cls.TYPE} message of {len(data)} bytes exceeds the limit")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Parse and validate one message from a peer.
+
+    Raises :class:`MalformedMessageError` (and nothing else) for anything
+    that is not exactly a well-formed message of a known type.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    try:
+        wire = dagcbor.decode(bytes(data))
+    except InvalidBlockError as exc:
+        raise MalformedMessageError(f"not a DAG-CBOR message: {exc}") from None
+    except RecursionError:
+        raise MalformedMessageError("message nesting is too deep") from None
+    if type(wire) is not dict:
+        raise MalformedMessageError("a message must be a map")
+    kind = wire.get("t")
+    if type(kind) is not str:
+        raise MalformedMessageError("a message needs a text 't' (its type)")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise MalformedMessageError(f"unknown message type {kind[:40]!r}")
+    expected = {"t", *(key for _, key, _ in cls.FIELDS)}
+    if cls.HAS_ID:
+        expected.add("id")
+    if set(wire) != expected:
+        missing = sorted(expected - set(wire))
+        extra = sorted(k[:40] for k in set(wire) - expected)
+        raise MalformedMessageError(f"{kind}: missing fields {missing}, unexpected {extra}")
+    values: dict[str, Any] = {}
+    try:
+        if cls.HAS_ID:
+            values["request_id"] = _REQUEST_ID.decode(wire["id"])
+        for name, key, codec in cls.FIELDS:
+            values[name] = codec.decode(wire[key])
+    except ValueError as exc:
+        raise MalformedMessageError(f"{kind}: a field {exc}") from None
+    return cls(**values)
+
+
+def with_request_id(message: Message, request_id: int) -> Message:
+    """A copy of ``message`` carrying ``request_id``."""
+    return dataclasses.replace(message, request_id=request_id)  # type: ignore[type-var]
+
+
+def is_request(message: Message) -> bool:
+    return isinstance(message, Request)
+
+
+def is_response(message: Message) -> bool:
+    return isinstance(message, Response)
