@@ -14,3 +14,58 @@ def skip_unless_ci(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
+
+
+# -- running the cas command as a user would --------------------------------
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+
+CAS = str(Path(sys.executable).with_name("cas"))
+
+
+def run_cas(
+    *args: str,
+    repo: Path | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``cas ARGS`` in a subprocess and return its result (bytes)."""
+    argv = [CAS, *args]
+    if repo is not None:
+        argv[1:1] = ["--repo", str(repo)]
+    full_env = {k: v for k, v in os.environ.items() if k != "CAS_HOME"}
+    full_env.update(env or {})
+    result = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"cas {' '.join(args)} exited {result.returncode}: {result.stderr.decode(errors='replace')}"
+        )
+    return result
+
+
+def pseudo_random(size: int, seed: str = "cas tests") -> bytes:
+    """Deterministic incompressible bytes (the BLAKE3 XOF of ``seed``)."""
+    return blake3.blake3(seed.encode()).digest(length=size)
+
+
+def pseudo_random_stream(size: int, seed: str = "cas tests", piece: int = 1 << 20) -> Iterator[bytes]:
+    """The same bytes as :func:`pseudo_random`, in pieces, in bounded memory."""
+    hasher = blake3.blake3(seed.encode())
+    offset = 0
+    while offset < size:
+        n = min(piece, size - offset)
+        yield hasher.digest(length=n, seek=offset)
+        offset += n
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A path for a fresh repository (created on first use by cas)."""
+    return tmp_path / "repo"

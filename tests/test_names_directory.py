@@ -1,0 +1,110 @@
+"""Directory nodes: names, the entry format, strict decoding."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cas import dagcbor
+from cas.blocks import Block
+from cas.cid import DAG_CBOR, RAW, CID
+from cas.errors import InvalidBlockError, InvalidInputError
+from cas.names.directory import DirEntry, check_name, decode_directory, encode_directory
+from tests.formatsdoc import vectors
+
+FILE = CID.for_data(RAW, b"content")
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "empty"),
+        (".", "cannot be used"),
+        ("..", "cannot be used"),
+        ("a/b", "'/'"),
+        ("a\x00b", "NUL"),
+        ("x" * 256, "limit is 255"),
+        ("é" * 128, "limit is 255"),  # 256 bytes of UTF-8
+    ],
+)
+def test_invalid_names_are_refused_with_the_reason(name, why):
+    with pytest.raises(InvalidInputError, match=why):
+        check_name(name)
+
+
+def test_names_up_to_255_bytes_and_any_other_character_are_fine():
+    for name in ("x" * 255, "é" * 127, "with space", "-dash", ".hidden", "名前", "a\nb"):
+        assert check_name(name) == name
+
+
+def test_entries_are_stored_sorted_by_name_bytes():
+    entries = [DirEntry(n, "file", 7, 0o644, 1, cid=FILE) for n in ("b", "a", "Z", "é")]
+    block = encode_directory(entries)
+    assert [e.name for e in decode_directory(block.cid, block.data)] == ["Z", "a", "b", "é"]
+
+
+def test_same_entries_in_any_order_give_the_same_cid():
+    entries = [DirEntry(n, "file", 7, 0o644, 1, cid=FILE) for n in ("x", "y", "z")]
+    assert encode_directory(entries).cid == encode_directory(reversed(entries)).cid
+
+
+def test_duplicate_names_are_refused():
+    entries = [DirEntry("x", "file", 7, 0o644, 1, cid=FILE)] * 2
+    with pytest.raises(InvalidInputError, match="duplicate"):
+        encode_directory(entries)
+
+
+def test_symlinks_carry_a_target_and_no_cid():
+    link = DirEntry("l", "symlink", 3, 0o777, 1, target="a/b")
+    block = encode_directory([link])
+    assert decode_directory(block.cid, block.data) == [link]
+    with pytest.raises(InvalidInputError):
+        DirEntry("l", "symlink", 3, 0o777, 1, cid=FILE, target="a")
+
+
+def test_published_directory_vector_matches():
+    for v in vectors("directories"):
+        entries = [
+            DirEntry(
+                e["name"], e["kind"], e["size"], e["mode"], e["mtime"],
+                cid=CID.parse(e["cid"]) if "cid" in e else None, target=e.get("target"),
+            )
+            for e in v["entries"]
+        ]
+        block = encode_directory(entries)
+        assert block.data.hex() == v["bytes_hex"]
+        assert str(block.cid) == v["cid"]
+
+
+def _raw_dir(entries) -> Block:
+    return Block.of(DAG_CBOR, dagcbor.encode({"type": "cas/dir", "entries": entries}))
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1}],  # file without cid
+        [{"name": "a/b", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE}],
+        [{"name": "a", "kind": "fifo", "size": 1, "mode": 1, "mtime": 1, "cid": FILE}],
+        [{"name": "a", "kind": "file", "size": "1", "mode": 1, "mtime": 1, "cid": FILE}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "x": 1}],
+        [
+            {"name": "b", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE},
+            {"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE},
+        ],
+        ["not a map"],
+    ],
+)
+def test_malformed_directories_are_rejected(entries):
+    block = _raw_dir(entries)
+    with pytest.raises(InvalidBlockError):
+        decode_directory(block.cid, block.data)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_decode_as_a_directory_by_accident(data):
+    try:
+        decode_directory(CID.for_data(DAG_CBOR, data), data)
+    except InvalidBlockError:
+        pass
