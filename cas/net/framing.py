@@ -1,0 +1,110 @@
+"""Length-prefixed frames: how encrypted messages are cut out of a TCP stream.
+
+A frame is a 4-byte big-endian unsigned length ``L`` followed by ``L`` bytes
+of body. During the handshake a body is one Noise handshake message; after
+it, a body is one sealed cas message (see :meth:`cas.net.noise.Transport.seal`).
+
+This module owns the byte-level cutting and its limits, sans-IO: a
+:class:`FrameDecoder` is fed whatever bytes arrived and hands back complete
+bodies. The length is checked against the decoder's limit *as soon as the
+four header bytes are in*, before a single body byte is buffered, so a peer
+cannot make us reserve memory by announcing a huge frame. A driver that reads
+only when :meth:`FrameDecoder.next_frame` asks for more keeps the buffer
+within one frame (limit + header) plus one read.
+
+It never decrypts, decodes CBOR, or touches a socket.
+"""
+
+from __future__ import annotations
+
+from .messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
+from .noise import MAX_NOISE_MESSAGE, TAGLEN, sealed_size
+
+HEADER_SIZE = 4
+# The largest body after the handshake: a MAX_MESSAGE_SIZE plaintext sealed
+# into Noise messages (2 MiB + 16 bytes of tag per 65519-byte piece).
+MAX_FRAME_SIZE = sealed_size(MAX_MESSAGE_SIZE)
+# During the handshake a body is one Noise message, which the Noise spec caps
+# at 65535 bytes; an unauthenticated peer gets no more buffer than that.
+MAX_HANDSHAKE_FRAME_SIZE = MAX_NOISE_MESSAGE
+# The smallest body after the handshake: an empty plaintext still has a tag.
+MIN_FRAME_SIZE = TAGLEN
+
+
+class FrameError(RemoteProtocolError):
+    """The peer sent a frame that breaks the framing rules."""
+
+
+class FrameTooLargeError(FrameError):
+    """A frame header announced more bytes than the limit allows."""
+
+
+def encode_frame(body: bytes, limit: int = MAX_FRAME_SIZE) -> bytes:
+    """Header + body. Raises :class:`LocalProtocolError` if over ``limit``."""
+    if len(body) > limit:
+        raise LocalProtocolError(f"frame body of {len(body)} bytes exceeds the limit {limit}")
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
+
+
+class FrameDecoder:
+    """Accumulates received bytes and yields complete frame bodies.
+
+    Use: ``receive_data(chunk)``, then call ``next_frame()`` until it returns
+    ``None`` (needs more data). ``receive_data(b"")`` means end of stream;
+    after it, a partial frame in the buffer is a :class:`FrameError`.
+    The limit can be changed between frames (it is raised once the
+    handshake is over). Once an error is raised the decoder stays broken:
+    after a framing error nothing later in the stream can be trusted.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_SIZE, minimum: int = 0) -> None:
+        self.limit = limit
+        self.minimum = minimum
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: FrameError | None = None
+
+    def __repr__(self) -> str:
+        return f"FrameDecoder(buffered={len(self._buffer)}, limit={self.limit})"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buffer)
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof and data:
+            raise LocalProtocolError("data received after end of stream")
+        if not data:
+            self._eof = True
+            return
+        self._buffer += data
+
+    def _fail(self, error: FrameError) -> FrameError:
+        self._error = error
+        return error
+
+    def next_frame(self) -> bytes | None:
+        """The next complete body, or ``None`` if more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        if len(self._buffer) >= HEADER_SIZE:
+            length = int.from_bytes(self._buffer[:HEADER_SIZE], "big")
+            if length > self.limit:
+                raise self._fail(
+                    FrameTooLargeError(f"frame of {length} bytes exceeds the limit {self.limit}")
+                )
+            if length < self.minimum:
+                raise self._fail(FrameError(f"frame of {length} bytes is below the minimum"))
+            end = HEADER_SIZE + length
+            if len(self._buffer) >= end:
+                body = bytes(self._buffer[HEADER_SIZE:end])
+                del self._buffer[:end]
+                return body
+        if self._eof and self._buffer:
+            raise self._fail(FrameError("the stream ended in the middle of a frame"))
+        return None

@@ -1,0 +1,122 @@
+"""Frames: a 4-byte big-endian length, then the body; limits before allocation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas.net.framing import (
+    HEADER_SIZE,
+    MAX_FRAME_SIZE,
+    MAX_HANDSHAKE_FRAME_SIZE,
+    FrameDecoder,
+    FrameError,
+    FrameTooLargeError,
+    encode_frame,
+)
+from cas.net.messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
+
+
+def test_frame_is_big_endian_length_then_body() -> None:
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+def test_limits_cover_a_full_message_and_a_noise_handshake_message() -> None:
+    assert MAX_FRAME_SIZE > MAX_MESSAGE_SIZE
+    assert MAX_FRAME_SIZE < MAX_MESSAGE_SIZE + 1024
+    assert MAX_HANDSHAKE_FRAME_SIZE == 65535
+
+
+def test_oversized_length_is_rejected_from_the_header_alone() -> None:
+    decoder = FrameDecoder(limit=1000)
+    decoder.receive_data((1001).to_bytes(4, "big"))  # no body bytes at all
+    with pytest.raises(FrameTooLargeError):
+        decoder.next_frame()
+    assert decoder.buffered == HEADER_SIZE  # nothing was reserved for the body
+    with pytest.raises(FrameTooLargeError):  # and the decoder stays broken
+        decoder.next_frame()
+
+
+def test_a_4_gib_announcement_is_refused_without_allocating() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"\xff\xff\xff\xff")
+    with pytest.raises(FrameTooLargeError):
+        decoder.next_frame()
+
+
+def test_encoding_an_oversized_body_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame(b"x" * 11, limit=10)
+
+
+def test_many_frames_in_one_buffer_come_out_in_order() -> None:
+    bodies = [b"", b"a", b"bc" * 100, b"\x00" * 7]
+    decoder = FrameDecoder()
+    decoder.receive_data(b"".join(encode_frame(b) for b in bodies))
+    assert [decoder.next_frame() for _ in bodies] == bodies
+    assert decoder.next_frame() is None
+
+
+def test_a_frame_split_across_reads_is_reassembled() -> None:
+    wire = encode_frame(b"hello world")
+    decoder = FrameDecoder()
+    for i, byte in enumerate(wire):
+        assert decoder.next_frame() is None, i
+        decoder.receive_data(bytes([byte]))
+    assert decoder.next_frame() == b"hello world"
+
+
+def test_truncated_frame_at_end_of_stream_is_an_error() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(b"hello")[:-1])
+    assert decoder.next_frame() is None
+    decoder.receive_data(b"")
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+def test_clean_end_of_stream_between_frames_is_not_an_error() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(b"x"))
+    decoder.receive_data(b"")
+    assert decoder.next_frame() == b"x"
+    assert decoder.next_frame() is None and decoder.at_eof
+
+
+def test_frames_below_the_minimum_are_refused() -> None:
+    decoder = FrameDecoder(minimum=16)
+    decoder.receive_data(encode_frame(b"short"))
+    with pytest.raises(FrameError):
+        decoder.next_frame()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.lists(st.integers(1, 50), max_size=30))
+def test_fuzz_any_split_of_valid_frames_round_trips(bodies: list[bytes], cuts: list[int]) -> None:
+    wire = b"".join(encode_frame(b) for b in bodies)
+    decoder = FrameDecoder(limit=300)
+    out: list[bytes] = []
+    pos = 0
+    for cut in [*cuts, len(wire)]:
+        decoder.receive_data(wire[pos : pos + cut])
+        pos += cut
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+        if pos >= len(wire):
+            break
+    assert out == bodies
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_fuzz_random_bytes_only_ever_raise_frame_errors(data: bytes) -> None:
+    decoder = FrameDecoder(limit=512)
+    decoder.receive_data(data)
+    decoder.receive_data(b"")
+    try:
+        while decoder.next_frame() is not None:
+            pass
+    except RemoteProtocolError as exc:
+        assert isinstance(exc, FrameError)
+    assert decoder.buffered <= len(data)
