@@ -1,0 +1,196 @@
+"""Message schemas: round trips, strict shapes, and fuzzing of decode."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cas import dagcbor
+from cas.cid import CID, DAG_CBOR, RAW
+from cas.net import messages as m
+from cas.net.messages import (
+    MAX_BLOCK_SIZE,
+    MAX_HAVE_CIDS,
+    MAX_MESSAGE_SIZE,
+    MAX_PEERS,
+    LocalProtocolError,
+    MalformedMessageError,
+    RemoteProtocolError,
+    decode,
+    encode,
+)
+
+CID_A = CID.for_data(RAW, b"a")
+CID_B = CID.for_data(DAG_CBOR, b"b")
+PEER = m.PeerInfo(b"\x01" * 32, "192.0.2.7", 4001)
+
+EXAMPLES = [
+    m.Hello(version=1, agent="cas/0.1", listen_port=4001),
+    m.Hello(),
+    m.Ping(request_id=1),
+    m.Pong(request_id=1),
+    m.FindNode(b"\x02" * 32, request_id=7),
+    m.Nodes((PEER,) * MAX_PEERS, request_id=7),
+    m.Nodes((), request_id=8),
+    m.FindBlock(CID_A, request_id=2**32 - 1),
+    m.Block(os.urandom(1000), request_id=3),
+    m.StoreBlock(CID_B, b"\x00" * MAX_BLOCK_SIZE, request_id=4),
+    m.Ok(request_id=4),
+    m.Have((CID_A, CID_B) * (MAX_HAVE_CIDS // 2), request_id=5),
+    m.HaveResult((True, False, True), request_id=5),
+    m.PutRecord(b"k" * 32, b"signed record", request_id=6),
+    m.GetRecord(b"k" * 32, request_id=9),
+    m.Record(b"signed record", (PEER,), request_id=9),
+    m.Record(None, request_id=10),
+    m.Error("busy", "rate limited, retry later", request_id=11),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_every_message_type_round_trips(message: m.Message) -> None:
+    data = encode(message)
+    assert len(data) <= MAX_MESSAGE_SIZE
+    assert decode(data) == message
+    assert encode(decode(data)) == data
+
+
+def test_every_registered_type_has_an_example() -> None:
+    assert {type(msg) for msg in EXAMPLES} == set(m.MESSAGE_TYPES.values())
+
+
+def test_wire_form_is_a_flat_map_with_type_and_id() -> None:
+    assert dagcbor.decode(encode(m.FindNode(b"\x02" * 32, request_id=7))) == {
+        "t": "find_node", "id": 7, "target": b"\x02" * 32,
+    }
+    assert dagcbor.decode(encode(m.Hello(agent="x"))) == {
+        "t": "hello", "version": 1, "agent": "x", "port": None,
+    }
+
+
+def test_requests_and_responses_are_classified() -> None:
+    assert m.is_request(m.Ping()) and not m.is_response(m.Ping())
+    assert m.is_response(m.Nodes(())) and not m.is_request(m.Hello())
+    assert m.with_request_id(m.Ping(), 5) == m.Ping(request_id=5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        m.FindNode(b"short"),
+        m.Block(b"x" * (MAX_BLOCK_SIZE + 1)),
+        m.Nodes((PEER,) * (MAX_PEERS + 1)),
+        m.Ping(request_id=-1),
+        m.Ping(request_id=2**32),
+        m.Nodes((m.PeerInfo(b"\x01" * 32, "h", 0),)),
+        m.Error("x" * 33),
+        m.HaveResult((1,)),  # type: ignore[arg-type]
+    ],
+)
+def test_encoding_an_out_of_bounds_message_is_a_local_error(bad: m.Message) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode(bad)
+
+
+def _wire(**fields: object) -> bytes:
+    return dagcbor.encode(fields)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff",
+        dagcbor.encode([1, 2]),
+        dagcbor.encode("ping"),
+        _wire(id=1),
+        _wire(t=5, id=1),
+        _wire(t="nope", id=1),
+        _wire(t="ping"),
+        _wire(t="ping", id=1, extra=True),
+        _wire(t="ping", id=-1),
+        _wire(t="ping", id=2**40),
+        _wire(t="ping", id="1"),
+        _wire(t="ping", id=True),
+        _wire(t="find_node", id=1, target=b"\x00" * 31),
+        _wire(t="find_node", id=1, target="00" * 32),
+        _wire(t="find_block", id=1, cid=bytes(CID_A)),
+        _wire(t="block", id=1, data=b"x" * (MAX_BLOCK_SIZE + 1)),
+        _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "h"}]),
+        _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "h", "port": 70000}]),
+        _wire(t="nodes", id=1, peers={"a": 1}),
+        _wire(t="have_result", id=1, present=[1, 0]),
+        _wire(t="have", id=1, cids=[CID_A] * (MAX_HAVE_CIDS + 1)),
+        _wire(t="hello", id=1, version=1, agent="", port=None),
+        _wire(t="hello", version=1, agent="a" * 65, port=None),
+        _wire(t="record", id=1, record=5, peers=[]),
+        bytes.fromhex("a2617401626964") + b"\x00",  # not canonical / truncated
+        b"\xa2\x62id\x01\x61t\x64ping",  # keys out of canonical order
+    ],
+)
+def test_malformed_input_raises_malformed_message_error(data: bytes) -> None:
+    with pytest.raises(MalformedMessageError):
+        decode(data)
+
+
+def test_oversized_input_is_refused_before_decoding() -> None:
+    with pytest.raises(MalformedMessageError, match="exceeds"):
+        decode(b"\x00" * (MAX_MESSAGE_SIZE + 1))
+
+
+# -- fuzzing: only RemoteProtocolError ever escapes decode -----------------------------
+
+_fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+_cbor_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64 - 1), st.text(max_size=20),
+    st.binary(max_size=40), st.just(CID_A),
+)
+_cbor_values = st.recursive(
+    _cbor_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+_field_names = st.sampled_from(
+    ["t", "id", "target", "peers", "cid", "data", "cids", "present", "key", "record",
+     "code", "message", "version", "agent", "port", "host"]
+)
+_shaped = st.builds(
+    lambda t, rest: {"t": t, **rest},
+    st.one_of(st.sampled_from(sorted(m.MESSAGE_TYPES)), st.text(max_size=10)),
+    st.dictionaries(_field_names, _cbor_values, max_size=5),
+)
+
+
+def _only_remote_errors(data: bytes) -> None:
+    try:
+        message = decode(data)
+    except RemoteProtocolError:
+        return
+    assert encode(message) == data  # anything accepted is canonical and re-encodable
+
+
+@_fuzz
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _only_remote_errors(data)
+
+
+@_fuzz
+@given(_shaped)
+def test_fuzz_valid_cbor_of_wrong_shapes(value: dict) -> None:
+    _only_remote_errors(dagcbor.encode(value))
+
+
+@_fuzz
+@given(st.sampled_from(EXAMPLES[:9]), st.data())
+def test_fuzz_truncated_and_bit_flipped_messages(message: m.Message, data: st.DataObject) -> None:
+    wire = bytearray(encode(message))
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    _only_remote_errors(bytes(wire[:cut]))
+    flip = data.draw(st.integers(0, len(wire) * 8 - 1))
+    wire[flip // 8] ^= 1 << (flip % 8)
+    _only_remote_errors(bytes(wire))
