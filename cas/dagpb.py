@@ -1,0 +1,318 @@
+"""Strict dag-pb and UnixFS ``Data``: the two protobuf messages of a file node.
+
+This module owns the bytes of a file tree's interior node. Two protobuf
+schemas are involved, both public (ipld/specs "DAG-PB", ipfs/specs "UnixFS"):
+
+    message PBLink { optional bytes Hash = 1; optional string Name = 2;
+                     optional uint64 Tsize = 3; }
+    message PBNode { repeated PBLink Links = 2; optional bytes Data = 1; }
+
+    message Data {                       // UnixFS, carried in PBNode.Data
+      required DataType Type = 1;        // Raw 0, Directory 1, File 2,
+      optional bytes Data = 2;           // Metadata 3, Symlink 4, HAMTShard 5
+      optional uint64 filesize = 3;
+      repeated uint64 blocksizes = 4;    // not packed: one tag per entry
+      optional uint64 hashType = 5;
+      optional uint64 fanout = 6;
+      optional uint32 mode = 7;
+    }
+
+**Encoding is canonical**: the dag-pb spec fixes the order (a node's Links,
+each one ``Hash, Name, Tsize``, *before* its Data, although Data has the
+lower field number), fields absent when ``None``, varints minimal; UnixFS
+fields go in field-number order, ``blocksizes`` one tag per entry as
+go-unixfs writes them. Equal values therefore always give equal bytes.
+
+**Decoding is strict**, because nodes come from disks and peers: the bytes
+must be exactly what the encoder would write for the decoded value. Unknown
+fields, wrong wire types, fields out of order, a singular field twice, a
+link without a Hash, a Hash that is not a cas CID, invalid UTF-8 in a Name,
+non-minimal or truncated varints, lengths past the end and input over
+``cas.blocks.MAX_BLOCK_SIZE`` all raise :class:`InvalidBlockError` saying
+what is wrong. UnixFS ``mtime`` (field 8) is not part of cas files and is
+refused like any other unknown field.
+
+This module knows nothing of stores, trees or file semantics (which links a
+file node may have, what the sizes must add up to): that is
+:mod:`cas.files`. It never does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .blocks import MAX_BLOCK_SIZE
+from .cid import CID, encode_varint
+from .errors import InvalidBlockError, InvalidCIDError
+
+# protobuf wire types
+_VARINT = 0
+_LEN = 2
+
+# UnixFS Data.Type values
+TYPE_RAW = 0
+TYPE_DIRECTORY = 1
+TYPE_FILE = 2
+TYPE_METADATA = 3
+TYPE_SYMLINK = 4
+TYPE_HAMT_SHARD = 5
+TYPE_NAMES = {
+    TYPE_RAW: "raw",
+    TYPE_DIRECTORY: "directory",
+    TYPE_FILE: "file",
+    TYPE_METADATA: "metadata",
+    TYPE_SYMLINK: "symlink",
+    TYPE_HAMT_SHARD: "HAMT shard",
+}
+
+_UINT64_MAX = (1 << 64) - 1
+_UINT32_MAX = (1 << 32) - 1
+_MAX_VARINT_BYTES = 10  # a uint64 needs at most ceil(64 / 7) bytes
+
+
+@dataclass(frozen=True)
+class PBLink:
+    """A dag-pb link. ``name``/``tsize`` of ``None`` mean the field is absent,
+    which is distinct from present-and-empty/zero in the bytes."""
+
+    hash: CID
+    name: str | None = None
+    tsize: int | None = None
+
+
+@dataclass(frozen=True)
+class PBNode:
+    """A dag-pb node: ordered links, then optional opaque data."""
+
+    links: tuple[PBLink, ...] = ()
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class UnixFSData:
+    """The UnixFS ``Data`` message; ``None`` means the field is absent."""
+
+    type: int
+    data: bytes | None = None
+    filesize: int | None = None
+    blocksizes: tuple[int, ...] = ()
+    hash_type: int | None = None
+    fanout: int | None = None
+    mode: int | None = None
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def _tag(field: int, wire: int) -> bytes:
+    return encode_varint(field << 3 | wire)
+
+
+def _len_field(field: int, value: bytes) -> bytes:
+    return _tag(field, _LEN) + encode_varint(len(value)) + value
+
+
+def _uint_field(field: int, value: int, limit: int = _UINT64_MAX) -> bytes:
+    if not 0 <= value <= limit:
+        raise ValueError(f"protobuf field {field}: {value} is out of range")
+    return _tag(field, _VARINT) + encode_varint(value)
+
+
+def encode_link(link: PBLink) -> bytes:
+    out = bytearray(_len_field(1, bytes(link.hash)))
+    if link.name is not None:
+        out += _len_field(2, link.name.encode("utf-8"))
+    if link.tsize is not None:
+        out += _uint_field(3, link.tsize)
+    return bytes(out)
+
+
+def encode_node(node: PBNode) -> bytes:
+    """The canonical dag-pb bytes of ``node`` (Links first, then Data)."""
+    out = bytearray()
+    for link in node.links:
+        out += _len_field(2, encode_link(link))
+    if node.data is not None:
+        out += _len_field(1, node.data)
+    return bytes(out)
+
+
+def encode_unixfs(value: UnixFSData) -> bytes:
+    """The canonical UnixFS ``Data`` bytes (field-number order, unpacked
+    ``blocksizes``)."""
+    if value.type not in TYPE_NAMES:
+        raise ValueError(f"unknown UnixFS type {value.type}")
+    out = bytearray(_uint_field(1, value.type))
+    if value.data is not None:
+        out += _len_field(2, value.data)
+    if value.filesize is not None:
+        out += _uint_field(3, value.filesize)
+    for size in value.blocksizes:
+        out += _uint_field(4, size)
+    if value.hash_type is not None:
+        out += _uint_field(5, value.hash_type)
+    if value.fanout is not None:
+        out += _uint_field(6, value.fanout)
+    if value.mode is not None:
+        out += _uint_field(7, value.mode, _UINT32_MAX)
+    return bytes(out)
+
+
+# -- strict decoding --------------------------------------------------------
+
+
+class _Reader:
+    """A cursor over one protobuf message; every error names the message."""
+
+    def __init__(self, buf: bytes | memoryview, what: str) -> None:
+        self.buf = memoryview(buf)
+        self.pos = 0
+        self.what = what
+
+    def fail(self, problem: str) -> InvalidBlockError:
+        return InvalidBlockError(f"malformed {self.what}: {problem} (at byte {self.pos})")
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.buf)
+
+    def varint(self, limit: int = _UINT64_MAX) -> int:
+        value = 0
+        for i in range(_MAX_VARINT_BYTES):
+            if self.pos + i >= len(self.buf):
+                raise self.fail("truncated varint")
+            byte = self.buf[self.pos + i]
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise self.fail("non-minimal varint")
+                if value > limit:
+                    raise self.fail(f"integer {value} is out of range")
+                self.pos += i + 1
+                return value
+        raise self.fail("varint longer than 10 bytes")
+
+    def key(self) -> tuple[int, int]:
+        """The next field's (number, wire type)."""
+        key = self.varint(_UINT32_MAX)
+        return key >> 3, key & 7
+
+    def peek_key(self) -> tuple[int, int] | None:
+        if self.at_end():
+            return None
+        saved = self.pos
+        try:
+            return self.key()
+        finally:
+            self.pos = saved
+
+    def length_delimited(self) -> memoryview:
+        length = self.varint()
+        if length > len(self.buf) - self.pos:
+            raise self.fail(f"length {length} runs past the end of the message")
+        start = self.pos
+        self.pos += length
+        return self.buf[start : self.pos]
+
+    def expect(self, field: int, wire: int, name: str) -> None:
+        got_field, got_wire = self.key()
+        if got_field != field:
+            raise self.fail(f"expected field {field} ({name}), found field {got_field}")
+        if got_wire != wire:
+            raise self.fail(f"field {field} ({name}) has wire type {got_wire}, not {wire}")
+
+    def next_is(self, field: int) -> bool:
+        """True if the next field has number ``field`` (wire type unchecked)."""
+        key = self.peek_key()
+        return key is not None and key[0] == field
+
+    def finish(self, expected: str) -> None:
+        if not self.at_end():
+            field, wire = self.key()
+            raise self.fail(
+                f"unexpected field {field} (wire type {wire}); "
+                f"{expected}, in that order, each at most once"
+            )
+
+
+def _check_size(data: bytes | memoryview) -> None:
+    if len(data) > MAX_BLOCK_SIZE:
+        raise InvalidBlockError(
+            f"dag-pb node of {len(data)} bytes is over the {MAX_BLOCK_SIZE}-byte limit"
+        )
+
+
+def _decode_link(buf: memoryview) -> PBLink:
+    r = _Reader(buf, "dag-pb link")
+    if not r.next_is(1):
+        raise r.fail("a link must start with its Hash (field 1)")
+    r.expect(1, _LEN, "Hash")
+    raw_hash = r.length_delimited()
+    try:
+        cid = CID.from_bytes(raw_hash)
+    except InvalidCIDError as exc:
+        raise r.fail(f"Hash is not a usable CID: {exc}") from None
+    name: str | None = None
+    tsize: int | None = None
+    if r.next_is(2):
+        r.expect(2, _LEN, "Name")
+        try:
+            name = str(r.length_delimited(), "utf-8")
+        except UnicodeDecodeError:
+            raise r.fail("Name is not valid UTF-8") from None
+    if r.next_is(3):
+        r.expect(3, _VARINT, "Tsize")
+        tsize = r.varint()
+    r.finish("a link holds Hash (1), Name (2), Tsize (3)")
+    return PBLink(cid, name, tsize)
+
+
+def decode_node(data: bytes | memoryview) -> PBNode:
+    """Decode dag-pb bytes from an untrusted source; strict (see module doc)."""
+    _check_size(data)
+    r = _Reader(data, "dag-pb node")
+    links: list[PBLink] = []
+    while r.next_is(2):
+        r.expect(2, _LEN, "Links")
+        links.append(_decode_link(r.length_delimited()))
+    node_data: bytes | None = None
+    if r.next_is(1):
+        r.expect(1, _LEN, "Data")
+        node_data = bytes(r.length_delimited())
+    r.finish("a node holds Links (2) then Data (1)")
+    return PBNode(tuple(links), node_data)
+
+
+def decode_unixfs(data: bytes | memoryview) -> UnixFSData:
+    """Decode a UnixFS ``Data`` message from an untrusted source; strict."""
+    _check_size(data)
+    r = _Reader(data, "UnixFS Data")
+    if not r.next_is(1):
+        raise r.fail("UnixFS Data must start with its Type (field 1)")
+    r.expect(1, _VARINT, "Type")
+    kind = r.varint()
+    if kind not in TYPE_NAMES:
+        raise r.fail(f"unknown UnixFS type {kind}")
+    inline: bytes | None = None
+    if r.next_is(2):
+        r.expect(2, _LEN, "Data")
+        inline = bytes(r.length_delimited())
+    optional: dict[int, int | None] = {3: None}
+    sizes: list[int] = []
+    if r.next_is(3):
+        r.expect(3, _VARINT, "filesize")
+        optional[3] = r.varint()
+    while r.next_is(4):
+        r.expect(4, _VARINT, "blocksizes (unpacked)")
+        sizes.append(r.varint())
+    for field, name, limit in ((5, "hashType", _UINT64_MAX), (6, "fanout", _UINT64_MAX),
+                               (7, "mode", _UINT32_MAX)):
+        optional[field] = None
+        if r.next_is(field):
+            r.expect(field, _VARINT, name)
+            optional[field] = r.varint(limit)
+    r.finish(
+        "UnixFS Data holds Type (1), Data (2), filesize (3), blocksizes (4), "
+        "hashType (5), fanout (6), mode (7)"
+    )
+    return UnixFSData(kind, inline, optional[3], tuple(sizes), optional[5], optional[6],
+                      optional[7])
