@@ -1,0 +1,324 @@
+"""The cas command, driven as a user drives it: a subprocess per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pseudo_random, run_cas
+
+MiB = 1 << 20
+
+
+def add(repo: Path, *args: str, input: bytes | None = None) -> str:
+    return run_cas("add", *args, repo=repo, input=input).stdout.decode().strip()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 64 * 1024 - 1, 64 * 1024, 256 * 1024, MiB, MiB + 1, 3 * MiB + 12345],
+    ids=lambda n: f"{n}B",
+)
+def test_files_round_trip_byte_for_byte(repo, tmp_path, size):
+    data = pseudo_random(size, seed=f"round trip {size}")
+    src = tmp_path / "in.bin"
+    src.write_bytes(data)
+    cid = add(repo, str(src))
+    assert run_cas("cat", cid, repo=repo).stdout == data
+    run_cas("get", cid, "-o", str(tmp_path / "out.bin"), repo=repo)
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+def test_the_same_bytes_give_the_same_cid_in_two_repositories(tmp_path):
+    data = pseudo_random(2 * MiB + 7, seed="determinism")
+    src = tmp_path / "in.bin"
+    src.write_bytes(data)
+    a = add(tmp_path / "a", str(src))
+    b = add(tmp_path / "b", "-", input=data)
+    assert a == b
+    assert a.startswith("bafyb4i")  # a multi-block file is a dag-pb root
+
+
+def test_add_prints_one_cid_per_input_in_order(repo, tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(f"file {i}".encode())
+        paths.append(str(p))
+    cids = add(repo, *paths).splitlines()
+    assert len(cids) == 3
+    for p, cid in zip(paths, cids):
+        assert run_cas("cat", cid, repo=repo).stdout == Path(p).read_bytes()
+
+
+def test_add_from_standard_input(repo):
+    cid = add(repo, "-", input=b"from a pipe\n")
+    assert run_cas("cat", cid, repo=repo).stdout == b"from a pipe\n"
+
+
+def test_byte_ranges_with_offset_and_length(repo, tmp_path):
+    data = pseudo_random(3 * MiB, seed="ranges")
+    (tmp_path / "in").write_bytes(data)
+    cid = add(repo, str(tmp_path / "in"))
+    for offset, length in [(0, 10), (MiB - 5, 10), (3 * MiB - 1, 1), (2 * MiB, MiB + 100), (5 * MiB, 4)]:
+        out = run_cas("cat", cid, "--offset", str(offset), "--length", str(length), repo=repo).stdout
+        assert out == data[offset : offset + length]
+    assert run_cas("cat", cid, "--offset", str(MiB), repo=repo).stdout == data[MiB:]
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "a.txt").write_text("alpha\n")
+    (root / "sub" / "b.bin").write_bytes(pseudo_random(700_000, seed="tree"))
+    (root / "sub" / "deeper" / "c").write_bytes(b"")
+    (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(root / "script.sh", 0o755)
+    os.chmod(root / "sub" / "deeper", 0o750)
+    (root / "link").symlink_to("a.txt")
+    (root / "dangling").symlink_to("nowhere/at/all")
+    os.utime(root / "a.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+
+
+def tree_listing(root: Path) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                out[rel] = ("file", p.read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def test_directory_trees_round_trip_with_modes_times_and_symlinks(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    cid = add(repo, "-r", str(src))
+    assert cid.startswith("bafyr4i")  # a directory is a dag-cbor node
+    run_cas("get", cid, "-o", str(tmp_path / "copy"), repo=repo)
+    assert tree_listing(tmp_path / "copy") == tree_listing(src)
+    # the same tree added elsewhere gets the same CID
+    assert add(tmp_path / "other", "-r", str(src)) == cid
+
+
+def test_adding_a_directory_needs_r(repo, tmp_path):
+    result = run_cas("add", str(tmp_path), repo=repo, check=False)
+    assert result.returncode == 1
+    assert b"is a directory; use -r" in result.stderr
+
+
+def test_json_output_describes_each_input(repo, tmp_path):
+    (tmp_path / "f").write_bytes(b"12345")
+    doc = json.loads(run_cas("add", "--json", str(tmp_path / "f"), repo=repo).stdout)
+    [item] = doc["added"]
+    assert item["size"] == 5 and item["kind"] == "file" and item["path"] == str(tmp_path / "f")
+    stat_doc = json.loads(run_cas("repo", "stat", "--json", repo=repo).stdout)
+    assert stat_doc["blocks"] == 1 and stat_doc["bytes"] == 5 and stat_doc["pinned"] == 1
+
+
+def test_global_options_work_before_and_after_the_command(tmp_path):
+    repo = tmp_path / "r"
+    run_cas("--repo", str(repo), "--quiet", "add", "-", input=b"x")
+    out = run_cas("repo", "stat", "--json", "--repo", str(repo)).stdout
+    assert json.loads(out)["blocks"] == 1
+
+
+def test_cas_home_selects_the_repository(tmp_path):
+    home = tmp_path / "home"
+    cid = run_cas("add", "-", input=b"home", env={"CAS_HOME": str(home)}).stdout.decode().strip()
+    assert (home / "config.json").exists()
+    assert run_cas("cat", cid, env={"CAS_HOME": str(home)}).stdout == b"home"
+
+
+def test_no_progress_bar_or_notes_when_piped_or_quiet(repo, tmp_path):
+    (tmp_path / "f").write_bytes(pseudo_random(5 * MiB))
+    result = run_cas("add", str(tmp_path / "f"), repo=repo)
+    assert result.stderr == b""
+    assert result.stdout.decode().count("\n") == 1
+
+
+def test_init_creates_and_reports_an_existing_repository(tmp_path):
+    first = run_cas("init", repo=tmp_path / "r").stdout.decode()
+    again = run_cas("init", repo=tmp_path / "r").stdout.decode()
+    assert "initialised" in first and "already" in again
+
+
+def test_verify_passes_on_a_healthy_repository(repo, tmp_path):
+    (tmp_path / "f").write_bytes(pseudo_random(2 * MiB))
+    add(repo, str(tmp_path / "f"))
+    result = run_cas("repo", "verify", repo=repo)
+    assert b"ok:" in result.stderr
+
+
+# -- bad input: one clear line on stderr, exit 1, nothing lost ----------------
+
+
+def error_of(*args: str, repo: Path, input: bytes | None = None, partial_output: bool = False) -> str:
+    result = run_cas(*args, repo=repo, check=False, input=input)
+    assert result.returncode == 1, result
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    if not partial_output:  # a streaming cat may have written bytes before the failure
+        assert result.stdout == b""
+    return lines[0]
+
+
+def test_missing_path(repo, tmp_path):
+    assert "no such file or directory" in error_of("add", str(tmp_path / "nope"), repo=repo)
+
+
+@pytest.fixture
+def unprivileged(tmp_path_factory):
+    """Run cas as a user that file permissions apply to (root reads anything).
+
+    Yields (run, workdir): ``run(*args)`` runs cas as that user with a
+    repository in ``workdir``, which the user may write.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from tests.conftest import CAS
+
+    work = Path(tempfile.mkdtemp(prefix="cas-unpriv-", dir="/tmp"))
+    os.chmod(work, 0o777)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.fail("setpriv (util-linux) is needed to test permissions as root")
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*prefix, CAS, "--repo", str(work / "repo"), *args],
+            capture_output=True, timeout=120, env={"PATH": os.environ["PATH"]},
+        )
+
+    yield run, work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_unreadable_path(unprivileged):
+    run, work = unprivileged
+    secret = work / "secret"
+    secret.write_text("x")
+    secret.chmod(0)
+    result = run("add", str(secret))
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == f"cas add: error: cannot read {secret}: Permission denied"
+
+
+def test_unreadable_file_inside_a_tree_names_it(unprivileged):
+    run, work = unprivileged
+    src = work / "src"
+    (src / "ok").mkdir(parents=True)
+    (src / "ok" / "fine").write_text("fine")
+    (src / "locked").write_text("x")
+    for p in (src, src / "ok"):
+        p.chmod(0o755)
+    (src / "ok" / "fine").chmod(0o644)
+    (src / "locked").chmod(0)
+    result = run("add", "-r", str(src))
+    assert result.returncode == 1
+    assert f"cannot read {src / 'locked'}: Permission denied" in result.stderr.decode()
+
+
+def test_special_files_are_refused_as_inputs(repo, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in error_of("add", str(fifo), repo=repo)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hello", "is not a CID"),
+        ("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "CIDv0"),
+        ("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "unsupported hash"),
+    ],
+)
+def test_strings_that_are_not_usable_cids(repo, text, expected):
+    assert expected in error_of("cat", text, repo=repo)
+
+
+def test_a_cid_that_is_not_in_the_repository(repo):
+    missing = "bafkr4ihkr4ld3m4gqkjf4reryxsy2s5tkbxprqkow6fin2iiyvreuzzab4"
+    assert f"block {missing} is not in the repository" in error_of("cat", missing, repo=repo)
+
+
+def test_a_changed_block_fails_its_read_by_cid_and_verify_lists_it(repo, tmp_path):
+    data = pseudo_random(3 * MiB, seed="tamper")
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "g").write_bytes(b"innocent bystander")
+    cid = add(repo, str(tmp_path / "f"))
+    other = add(repo, str(tmp_path / "g"))
+    leaf = sorted((repo / "blocks").glob("*/bafkr4i*"))[0]
+    damaged = bytearray(leaf.read_bytes())
+    damaged[100] ^= 1
+    leaf.write_bytes(bytes(damaged))
+    message = error_of("cat", cid, repo=repo, partial_output=True)
+    assert leaf.name in message and "corrupt" in message
+    verify = run_cas("repo", "verify", repo=repo, check=False)
+    assert verify.returncode == 1
+    assert verify.stdout.decode().splitlines() == [f"{leaf.name}: corrupt: content does not match its hash"]
+    assert run_cas("cat", other, repo=repo).stdout == b"innocent bystander"
+
+
+def test_a_repository_owned_by_another_process(repo, tmp_path):
+    import subprocess
+    import sys
+
+    run_cas("init", repo=repo)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cas.store import LocalStore; "
+         f"s = LocalStore.open({str(repo)!r}); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        message = error_of("add", "-", repo=repo, input=b"x")
+        assert f"is in use by process {holder.pid}" in message
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert run_cas("add", "-", repo=repo, input=b"x").returncode == 0
+
+
+def test_get_refuses_to_overwrite_without_force(repo, tmp_path):
+    cid = add(repo, "-", input=b"new")
+    (tmp_path / "out").write_bytes(b"precious")
+    assert "already exists" in error_of("get", cid, "-o", str(tmp_path / "out"), repo=repo)
+    assert (tmp_path / "out").read_bytes() == b"precious"
+    run_cas("get", cid, "-o", str(tmp_path / "out"), "--force", repo=repo)
+    assert (tmp_path / "out").read_bytes() == b"new"
+
+
+def test_cat_of_a_directory_says_it_is_not_a_file(repo, tmp_path):
+    (tmp_path / "d").mkdir()
+    cid = add(repo, "-r", str(tmp_path / "d"))
+    assert "not a file" in error_of("cat", cid, repo=repo)
+
+
+def test_bad_usage_exits_2(repo):
+    assert run_cas("cat", repo=repo, check=False).returncode == 2
+    assert run_cas("frobnicate", repo=repo, check=False).returncode == 2
+    assert run_cas("cat", "x", "--offset", "-3", repo=repo, check=False).returncode == 2
+
+
+def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert "not a cas repository" in error_of("add", "-", repo=tmp_path / "mine", input=b"x")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
