@@ -1,0 +1,634 @@
+"""The trio driver: secure channels over streams, and request multiplexing.
+
+This module owns the only I/O of the network layer. It is deliberately thin:
+every decision about bytes is made by the sans-IO pieces (the handshake in
+:mod:`.noise`, frames in :mod:`.framing`, shapes in :mod:`.messages`); what
+lives here is time and tasks:
+
+* :func:`open_channel` runs the handshake and the hello exchange over any
+  ``trio.abc.Stream`` under one deadline, and returns a
+  :class:`SecureChannel` (``send_message`` / ``receive_message``).
+* :class:`Connection` multiplexes requests over one channel: ``request()``
+  tags a request with a fresh id and waits for the response with that id,
+  while ``run()`` reads, routes responses to their waiters and serves the
+  peer's requests with a handler, under a per-connection rate limit
+  (:class:`TokenBucket`, clock injected) and an idle timeout.
+* :class:`ConnectionLimiter` caps connections per peer and in total.
+
+What a connection does with bad input (docs/network.md has the table):
+anything that breaks the byte stream (a bad frame, a failed decryption, a
+stream that ends mid-frame, a peer silent for longer than the idle timeout)
+closes that connection; a message that decrypts but is malformed,
+unexpected or over the rate limit is dropped (or answered ``busy``) and
+counts as a strike against the peer, and too many strikes close the
+connection. None of it raises out of :meth:`Connection.run`; the node goes on
+serving everyone else.
+
+It never interprets requests (that is the handler's job: the DHT and the
+store) and never verifies content.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import CasError
+from . import messages as msg
+from .framing import (
+    MAX_FRAME_SIZE,
+    MAX_HANDSHAKE_FRAME_SIZE,
+    MIN_FRAME_SIZE,
+    FrameDecoder,
+    encode_frame,
+)
+from .identity import Identity
+from .messages import (
+    LocalProtocolError,
+    MalformedMessageError,
+    Message,
+    RemoteProtocolError,
+    Request,
+    Response,
+)
+from .noise import Handshake, PeerIdentity, Role, Transport
+
+# -- limits and timeouts ------------------------------------------------------------
+
+# The handshake plus hellos is two round trips; 10 s covers a slow
+# intercontinental link many times over and bounds what a silent or
+# dribbling client can hold (the same order as nginx's client_header_timeout).
+HANDSHAKE_TIMEOUT = 10.0
+# A connection on which nothing arrives for this long is closed; peers that
+# want to keep one open send PING (Kademlia refreshes buckets hourly; a
+# connection pool reopens on demand, so this can be short).
+IDLE_TIMEOUT = 120.0
+# How long request() waits for its response by default.
+REQUEST_TIMEOUT = 30.0
+# Incoming requests per second per connection, and the burst allowed above
+# that. A DHT lookup sends a peer a handful of requests; repair batches
+# HAVE. 50/s sustained is far above honest use and far below what hurts.
+REQUEST_RATE = 50.0
+REQUEST_BURST = 100.0
+# Requests from one peer being served at once; more are answered "busy".
+MAX_CONCURRENT_REQUESTS = 16
+# Our own requests outstanding on one connection at once.
+MAX_PENDING_REQUESTS = 256
+# Strikes (malformed, unexpected or rate-limited messages) before we give up
+# on a connection. Several, so that one bug or burst is not fatal.
+MAX_STRIKES = 16
+# Bytes asked of the stream per read; the frame decoder bounds the rest.
+READ_SIZE = 64 * 1024
+# Late responses (for requests that already timed out) are not the peer's
+# fault; remember this many timed-out ids so they are dropped quietly.
+_REMEMBERED_TIMEOUTS = 256
+# Default caps for ConnectionLimiter.
+MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_PEER = 2
+
+# Which responses may answer which request (Error may answer any).
+EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
+    msg.Ping: (msg.Pong,),
+    msg.FindNode: (msg.Nodes,),
+    msg.FindBlock: (msg.Block, msg.Nodes),
+    msg.StoreBlock: (msg.Ok,),
+    msg.Have: (msg.HaveResult,),
+    msg.PutRecord: (msg.Ok,),
+    msg.GetRecord: (msg.Record,),
+}
+
+Clock = Callable[[], float]
+Handler = Callable[[PeerIdentity, Request], Awaitable[Response]]
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class HandshakeTimeoutError(RemoteProtocolError):
+    """The peer did not complete the handshake in time."""
+
+
+class IncompatibleVersionError(RemoteProtocolError):
+    """The peer speaks a protocol version we do not."""
+
+
+class ConnectionClosedError(CasError):
+    """The connection closed (or was closed) before the operation finished."""
+
+
+class RequestTimeoutError(CasError):
+    """The peer did not answer a request in time."""
+
+
+class RequestFailedError(CasError):
+    """The peer answered a request with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer refused the request ({code}): {message}" if message
+                         else f"peer refused the request ({code})")
+        self.code = code
+
+
+class TooManyConnectionsError(CasError):
+    """A connection limit (per peer or in total) is reached."""
+
+
+# -- the rate limiter ---------------------------------------------------------------------
+
+
+class TokenBucket:
+    """Allows ``rate`` events per second on average, ``burst`` at once.
+
+    Sans-IO: time comes from ``clock`` (seconds, monotonic), so tests and the
+    simulator drive it with their own clocks.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._last = clock()
+
+    def try_take(self, tokens: float = 1.0) -> bool:
+        """Take ``tokens`` if available now; return whether it did."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= tokens:
+            self._tokens -= tokens
+            return True
+        return False
+
+
+# -- the secure channel -------------------------------------------------------------------
+
+
+@dataclass
+class ChannelStatistics:
+    messages_sent: int = 0
+    messages_received: int = 0
+    malformed: int = 0
+    unexpected: int = 0
+    rate_limited: int = 0
+    strikes: int = 0
+    closed_because: str | None = None
+
+
+class SecureChannel:
+    """An authenticated, encrypted message channel to one known peer.
+
+    Made by :func:`open_channel`. ``send_message`` may be called from several
+    tasks (sends are serialised so frames never interleave and nonces stay
+    in wire order); ``receive_message`` from one task at a time.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, transport: Transport, peer: PeerIdentity,
+                 decoder: FrameDecoder, *, idle_timeout: float = IDLE_TIMEOUT,
+                 max_strikes: int = MAX_STRIKES) -> None:
+        self._stream = stream
+        self._transport = transport
+        self._decoder = decoder
+        self._send_lock = trio.Lock()
+        self._closed = False
+        self.peer = peer
+        self.peer_hello: msg.Hello | None = None
+        self.idle_timeout = idle_timeout
+        self.max_strikes = max_strikes
+        self.stats = ChannelStatistics()
+
+    def __repr__(self) -> str:
+        return f"SecureChannel(peer={self.peer!r}, closed={self._closed})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def statistics(self) -> ChannelStatistics:
+        return self.stats
+
+    async def send_message(self, message: Message) -> None:
+        """Encode, encrypt and send one message. Raises
+        :class:`ConnectionClosedError` if the channel is or becomes closed."""
+        data = msg.encode(message)
+        async with self._send_lock:
+            if self._closed:
+                raise ConnectionClosedError("the connection is closed")
+            frame = encode_frame(self._transport.seal(data))
+            try:
+                await self._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._close(f"send failed: {exc}")
+                raise ConnectionClosedError("the connection broke while sending") from None
+        self.stats.messages_sent += 1
+
+    async def receive_message(self) -> Message:
+        """The next message from the peer.
+
+        A malformed message raises :class:`MalformedMessageError` and counts
+        a strike; the channel stays usable unless the strikes run out. Any
+        other :class:`RemoteProtocolError` (framing, decryption) closes the
+        channel, as do the idle timeout and the end of the stream, which
+        raise :class:`ConnectionClosedError`.
+        """
+        while True:
+            if self._closed:
+                raise ConnectionClosedError(
+                    f"the connection is closed ({self.stats.closed_because})")
+            try:
+                body = self._decoder.next_frame()
+            except RemoteProtocolError as exc:
+                await self._close(f"bad frame: {exc}")
+                raise
+            if body is not None:
+                break
+            if self._decoder.at_eof:
+                await self._close("the peer closed the connection")
+                continue
+            data = b""
+            with trio.move_on_after(self.idle_timeout) as idle:
+                try:
+                    data = await self._stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if idle.cancelled_caught:
+                await self._close(f"idle for {self.idle_timeout:g} s")
+                continue
+            self._decoder.receive_data(data)
+        try:
+            plaintext = self._transport.open(body)
+        except RemoteProtocolError as exc:
+            await self._close(f"decryption failed: {exc}")
+            raise
+        self.stats.messages_received += 1
+        try:
+            return msg.decode(plaintext)
+        except MalformedMessageError:
+            self.stats.malformed += 1
+            await self.strike("malformed message")
+            raise
+
+    async def strike(self, reason: str) -> None:
+        """Count one misbehaviour against the peer; close after too many."""
+        self.stats.strikes += 1
+        if self.stats.strikes >= self.max_strikes:
+            await self._close(f"too many strikes (last: {reason})")
+
+    async def _close(self, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.stats.closed_because = reason
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    async def aclose(self) -> None:
+        await self._close("closed by us")
+
+
+async def _send_frame(stream: trio.abc.Stream, body: bytes) -> None:
+    await stream.send_all(encode_frame(body, MAX_HANDSHAKE_FRAME_SIZE))
+
+
+async def _receive_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> bytes:
+    while (body := decoder.next_frame()) is None:
+        if decoder.at_eof:
+            raise RemoteProtocolError("the peer closed the connection during the handshake")
+        decoder.receive_data(await stream.receive_some(READ_SIZE))
+    return body
+
+
+async def open_channel(
+    stream: trio.abc.Stream,
+    identity: Identity,
+    *,
+    initiator: bool,
+    expected_peer_id: bytes | None = None,
+    hello: msg.Hello | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> SecureChannel:
+    """Run the handshake and the hello exchange on ``stream``.
+
+    Returns the channel with ``peer`` (the proven identity) and
+    ``peer_hello`` set. On any failure the stream is closed and a
+    :class:`RemoteProtocolError` subclass is raised: :class:`HandshakeError`
+    (and its :class:`PeerIdMismatchError` / :class:`IdentityProofError`),
+    :class:`HandshakeTimeoutError` or :class:`IncompatibleVersionError`.
+    """
+    hello = hello or msg.Hello()
+    role = Role.INITIATOR if initiator else Role.RESPONDER
+    handshake = Handshake(identity, role, expected_peer_id=expected_peer_id)
+    decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE)
+    channel: SecureChannel | None = None
+    try:
+        with trio.fail_after(handshake_timeout):
+            while not handshake.complete:
+                if handshake.our_turn:
+                    await _send_frame(stream, handshake.next_message())
+                else:
+                    handshake.receive_message(await _receive_frame(stream, decoder))
+            assert handshake.peer is not None
+            decoder.limit, decoder.minimum = MAX_FRAME_SIZE, MIN_FRAME_SIZE
+            channel = SecureChannel(stream, handshake.transport(), handshake.peer, decoder,
+                                    idle_timeout=idle_timeout)
+            await channel.send_message(hello)
+            first = await channel.receive_message()
+            if not isinstance(first, msg.Hello):
+                raise RemoteProtocolError(f"expected hello, got {first.TYPE}")
+            if first.version != msg.PROTOCOL_VERSION:
+                raise IncompatibleVersionError(
+                    f"peer speaks protocol version {first.version}, "
+                    f"we speak {msg.PROTOCOL_VERSION}")
+            channel.peer_hello = first
+            return channel
+    except trio.TooSlowError:
+        await _abort(stream, channel, "handshake timed out")
+        raise HandshakeTimeoutError(
+            f"the peer did not complete the handshake within {handshake_timeout:g} s") from None
+    except (RemoteProtocolError, ConnectionClosedError) as exc:
+        await _abort(stream, channel, f"handshake failed: {exc}")
+        if isinstance(exc, RemoteProtocolError):
+            raise
+        raise RemoteProtocolError(f"the connection closed during the handshake: {exc}") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await _abort(stream, channel, "stream broke during the handshake")
+        raise RemoteProtocolError("the connection broke during the handshake") from None
+
+
+async def _abort(stream: trio.abc.Stream, channel: SecureChannel | None, reason: str) -> None:
+    if channel is not None:
+        await channel._close(reason)
+    else:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def connect_tcp(host: str, port: int, identity: Identity, *,
+                      expected_peer_id: bytes | None = None,
+                      hello: msg.Hello | None = None,
+                      handshake_timeout: float = HANDSHAKE_TIMEOUT) -> SecureChannel:
+    """Dial ``host:port`` and open a channel as the initiator."""
+    with trio.fail_after(handshake_timeout):
+        stream = await trio.open_tcp_stream(host, port)
+    return await open_channel(stream, identity, initiator=True,
+                              expected_peer_id=expected_peer_id, hello=hello,
+                              handshake_timeout=handshake_timeout)
+
+
+# -- request multiplexing -------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("request", "event", "response", "error")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.event = trio.Event()
+        self.response: Response | None = None
+        self.error: Exception | None = None
+
+
+class Connection:
+    """Many concurrent requests, both ways, over one :class:`SecureChannel`.
+
+    ``run()`` must be running (see :func:`serve`) for ``request()`` to get
+    answers. ``handler(peer, request)`` serves the peer's requests and
+    returns the response (its ``request_id`` is filled in here); a handler
+    that raises :class:`RemoteProtocolError` (say, a block that does not
+    match its CID) gets the peer an ``invalid`` error and a strike.
+    """
+
+    def __init__(self, channel: SecureChannel, handler: Handler | None = None, *,
+                 rate: float = REQUEST_RATE, burst: float = REQUEST_BURST,
+                 clock: Clock | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 max_concurrent: int = MAX_CONCURRENT_REQUESTS) -> None:
+        self.channel = channel
+        self._handler = handler
+        self._bucket = TokenBucket(rate, burst, clock or trio.current_time)
+        self._request_timeout = request_timeout
+        self._serving = trio.Semaphore(max_concurrent)
+        self._pending: dict[int, _Pending] = {}
+        self._timed_out: OrderedDict[int, None] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"Connection({self.channel!r}, pending={len(self._pending)})"
+
+    @property
+    def peer(self) -> PeerIdentity:
+        return self.channel.peer
+
+    def statistics(self) -> ChannelStatistics:
+        return self.channel.stats
+
+    def _next_id(self) -> int:
+        if len(self._pending) >= MAX_PENDING_REQUESTS:
+            raise TooManyConnectionsError("too many requests outstanding on this connection")
+        while True:
+            request_id = next(self._ids)
+            if request_id > msg.MAX_REQUEST_ID:
+                self._ids = itertools.count(1)
+                continue
+            if request_id not in self._pending:
+                return request_id
+
+    async def request(self, request: Request, timeout: float | None = None) -> Response:
+        """Send ``request`` and wait for its response.
+
+        Raises :class:`RequestFailedError` if the peer answers with an error,
+        :class:`RequestTimeoutError` if it does not answer in time,
+        :class:`ConnectionClosedError` if the connection closes first, and
+        :class:`MalformedMessageError` if it answers with the wrong type.
+        """
+        request_id = self._next_id()
+        request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
+        pending = self._pending[request_id] = _Pending(request)
+        try:
+            await self.channel.send_message(request)
+            with trio.move_on_after(self._request_timeout if timeout is None else timeout):
+                await pending.event.wait()
+            if not pending.event.is_set():
+                self._remember_timeout(request_id)
+                raise RequestTimeoutError(f"no answer to {request.TYPE} in time")
+        finally:
+            del self._pending[request_id]
+        if pending.error is not None:
+            raise pending.error
+        response = pending.response
+        assert response is not None
+        if isinstance(response, msg.Error):
+            raise RequestFailedError(response.code, response.message)
+        return response
+
+    def _remember_timeout(self, request_id: int) -> None:
+        self._timed_out[request_id] = None
+        while len(self._timed_out) > _REMEMBERED_TIMEOUTS:
+            self._timed_out.popitem(last=False)
+
+    async def run(self) -> None:
+        """Read and dispatch until the connection closes. Never raises for
+        anything the peer does; returns once the channel is closed."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._read_loop(nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            closed = ConnectionClosedError(
+                f"the connection closed ({self.channel.stats.closed_because})")
+            for pending in self._pending.values():
+                pending.error = closed
+                pending.event.set()
+            await self.channel._close(self.channel.stats.closed_because or "connection ended")
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                message = await self.channel.receive_message()
+            except MalformedMessageError:
+                continue  # dropped and counted by the channel
+            except (RemoteProtocolError, ConnectionClosedError):
+                return  # the channel closed itself
+            if isinstance(message, msg.Response):
+                await self._on_response(message)
+            elif isinstance(message, msg.Request):
+                await self._on_request(message, nursery)
+            else:  # a second hello
+                self.channel.stats.unexpected += 1
+                await self.channel.strike(f"unexpected {message.TYPE}")
+            if self.channel.closed:
+                return
+
+    async def _on_response(self, response: Response) -> None:
+        pending = self._pending.get(response.request_id)
+        if pending is None or pending.event.is_set():
+            if response.request_id in self._timed_out:
+                del self._timed_out[response.request_id]
+                return  # a late answer to a request we gave up on: not a fault
+            self.channel.stats.unexpected += 1
+            await self.channel.strike(f"response to unknown request {response.request_id}")
+            return
+        allowed = EXPECTED_RESPONSES.get(type(pending.request), ())
+        problem = None
+        if not isinstance(response, (msg.Error, *allowed)):
+            problem = f"{response.TYPE} does not answer {pending.request.TYPE}"
+        elif isinstance(response, msg.HaveResult) and isinstance(pending.request, msg.Have) \
+                and len(response.present) != len(pending.request.cids):
+            problem = "have_result length differs from the request"
+        if problem is not None:
+            pending.error = MalformedMessageError(problem)
+            self.channel.stats.unexpected += 1
+            await self.channel.strike(problem)
+        else:
+            pending.response = response
+        pending.event.set()
+
+    async def _on_request(self, request: Request, nursery: trio.Nursery) -> None:
+        if self._handler is None:
+            await self._reply(msg.Error("refused", "this node serves no requests",
+                                        request_id=request.request_id))
+            return
+        if not self._bucket.try_take():
+            self.channel.stats.rate_limited += 1
+            await self.channel.strike("over the request rate limit")
+            await self._reply(msg.Error("busy", "rate limit exceeded",
+                                        request_id=request.request_id))
+            return
+        try:
+            self._serving.acquire_nowait()
+        except trio.WouldBlock:
+            await self._reply(msg.Error("busy", "too many requests in progress",
+                                        request_id=request.request_id))
+            return
+        nursery.start_soon(self._serve_one, request)
+
+    async def _serve_one(self, request: Request) -> None:
+        try:
+            assert self._handler is not None
+            try:
+                response = await self._handler(self.channel.peer, request)
+            except RemoteProtocolError as exc:
+                await self.channel.strike(f"handler refused {request.TYPE}")
+                response = msg.Error("invalid", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
+            if not isinstance(response, msg.Response):
+                raise LocalProtocolError(f"handler returned {response!r}, not a response")
+            await self._reply(msg.with_request_id(response, request.request_id))
+        finally:
+            self._serving.release()
+
+    async def _reply(self, response: Message) -> None:
+        try:
+            await self.channel.send_message(response)
+        except ConnectionClosedError:
+            pass  # the read loop notices and ends
+
+    async def aclose(self) -> None:
+        await self.channel.aclose()
+
+
+@asynccontextmanager
+async def serve(channel: SecureChannel, handler: Handler | None = None,
+                **options: float | Clock | None) -> AsyncIterator[Connection]:
+    """Run a :class:`Connection` over ``channel`` for the body of the block;
+    the connection is closed when the block exits."""
+    connection = Connection(channel, handler, **options)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+
+
+# -- connection limits --------------------------------------------------------------------
+
+
+class ConnectionLimiter:
+    """Caps open connections per peer (by any key: a node ID once known, an
+    address before the handshake) and in total."""
+
+    def __init__(self, max_total: int = MAX_CONNECTIONS,
+                 max_per_peer: int = MAX_CONNECTIONS_PER_PEER) -> None:
+        self.max_total = max_total
+        self.max_per_peer = max_per_peer
+        self._counts: dict[object, int] = {}
+        self._total = 0
+
+    def try_acquire(self, key: object) -> bool:
+        if self._total >= self.max_total or self._counts.get(key, 0) >= self.max_per_peer:
+            return False
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._total += 1
+        return True
+
+    def release(self, key: object) -> None:
+        count = self._counts.get(key, 0)
+        if count <= 0:
+            raise LocalProtocolError("released a connection slot that was not held")
+        if count == 1:
+            del self._counts[key]
+        else:
+            self._counts[key] = count - 1
+        self._total -= 1
+
+    def count(self, key: object | None = None) -> int:
+        return self._total if key is None else self._counts.get(key, 0)
+
+    @contextmanager
+    def slot(self, key: object) -> Iterator[None]:
+        """Hold a slot for ``key`` for the block, or raise
+        :class:`TooManyConnectionsError`."""
+        if not self.try_acquire(key):
+            raise TooManyConnectionsError(f"connection limit reached for {key!r}")
+        try:
+            yield
+        finally:
+            self.release(key)
+

@@ -1,0 +1,421 @@
+"""The trio driver: channels over in-memory streams (and one real TCP test),
+request multiplexing, bad input, timeouts and limits.
+
+Every test but the TCP one runs on trio's MockClock with autojump, so
+timeouts of minutes pass in microseconds and nothing sleeps for real.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cas.net import messages as m
+from cas.net.connection import (
+    Connection,
+    ConnectionClosedError,
+    ConnectionLimiter,
+    HandshakeTimeoutError,
+    IncompatibleVersionError,
+    RequestFailedError,
+    RequestTimeoutError,
+    SecureChannel,
+    TokenBucket,
+    TooManyConnectionsError,
+    connect_tcp,
+    open_channel,
+    serve,
+)
+from cas.net.framing import encode_frame
+from cas.net.identity import Identity
+from cas.net.messages import MalformedMessageError, RemoteProtocolError
+from cas.net.noise import PeerIdentity, PeerIdMismatchError
+
+
+def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(fn, *args, **kwargs),
+                 clock=trio.testing.MockClock(autojump_threshold=0))
+
+    return run
+
+
+async def echo_handler(peer: PeerIdentity, request: m.Request) -> m.Response:
+    if isinstance(request, m.Ping):
+        return m.Pong()
+    if isinstance(request, m.FindNode):
+        # Answer later for lower targets, so responses come back out of order.
+        await trio.sleep(10 - request.target[0])
+        return m.Nodes((m.PeerInfo(request.target, "192.0.2.1", 4001),))
+    if isinstance(request, m.StoreBlock):
+        if not request.cid.verify(request.data):
+            raise RemoteProtocolError("block does not match its CID")
+        return m.Ok()
+    if isinstance(request, m.Have):
+        return m.HaveResult(())  # wrong length on purpose
+    return m.Error("not_found", "nothing here")
+
+
+async def channel_pair(
+    a: Identity | None = None, b: Identity | None = None, **options: Any
+) -> tuple[SecureChannel, SecureChannel]:
+    a, b = a or Identity.generate(), b or Identity.generate()
+    left, right = trio.testing.memory_stream_pair()
+    result: dict[str, SecureChannel] = {}
+
+    async def side(name: str, stream: Any, identity: Identity, initiator: bool) -> None:
+        result[name] = await open_channel(stream, identity, initiator=initiator,
+                                          hello=m.Hello(agent=name), **options)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, a, True)
+        nursery.start_soon(side, "b", right, b, False)
+    return result["a"], result["b"]
+
+
+async def send_raw(channel: SecureChannel, data: bytes, *, encrypt: bool = True) -> None:
+    """Send bytes as the channel would, bypassing message encoding (an attacker)."""
+    body = channel._transport.seal(data) if encrypt else data
+    await channel._stream.send_all(encode_frame(body) if encrypt else data)
+
+
+# -- handshake ---------------------------------------------------------------------------
+
+
+@trio_test
+async def test_channel_handshake_proves_identities_and_exchanges_hellos() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    a, b = await channel_pair(alice, bob, expected_peer_id=None)
+    assert a.peer.node_id == bob.node_id and b.peer.node_id == alice.node_id
+    assert a.peer_hello == m.Hello(agent="b") and b.peer_hello == m.Hello(agent="a")
+    await a.send_message(m.Ping(request_id=3))
+    assert await b.receive_message() == m.Ping(request_id=3)
+
+
+@trio_test
+async def test_dialing_the_wrong_node_id_is_refused_and_closes_the_stream() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    expected = Identity.generate().node_id
+    errors: list[BaseException] = []
+
+    async def responder() -> None:
+        try:
+            await open_channel(right, Identity.generate(), initiator=False)
+        except RemoteProtocolError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder)
+        with pytest.raises(PeerIdMismatchError):
+            await open_channel(left, Identity.generate(), initiator=True,
+                               expected_peer_id=expected)
+    assert len(errors) == 1  # the responder saw the stream close mid-handshake
+
+
+@trio_test
+async def test_a_silent_client_is_dropped_after_the_handshake_timeout() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    with pytest.raises(HandshakeTimeoutError):
+        await open_channel(right, Identity.generate(), initiator=False, handshake_timeout=10)
+    assert trio.current_time() - start == pytest.approx(10)
+    with pytest.raises(trio.BrokenResourceError):
+        await left.send_all(b"x")
+
+
+@trio_test
+async def test_a_peer_with_another_protocol_version_is_refused() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(
+            open_channel, right, Identity.generate(), initiator=False,
+            hello=m.Hello(version=m.PROTOCOL_VERSION + 1)))
+        with pytest.raises(IncompatibleVersionError):
+            await open_channel(left, Identity.generate(), initiator=True)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\x00\x00\x00\x20" + b"x" * 32,
+                                     b"\x00\x00\x00\x05abc"])
+@trio_test
+async def test_garbage_instead_of_a_handshake_fails_cleanly(garbage: bytes) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        async def attacker() -> None:
+            await left.send_all(garbage)
+            await left.aclose()
+        nursery.start_soon(attacker)
+        with pytest.raises(RemoteProtocolError):
+            await open_channel(right, Identity.generate(), initiator=False)
+
+
+# -- request multiplexing ------------------------------------------------------------------
+
+
+@trio_test
+async def test_concurrent_requests_share_one_channel_and_match_by_id() -> None:
+    a, b = await channel_pair()
+    answers: dict[int, m.Response] = {}
+    async with serve(b, echo_handler), serve(a, echo_handler) as client:
+        async def ask(i: int) -> None:
+            answers[i] = await client.request(m.FindNode(bytes([i]) * 32))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(ask, i)
+        # The server answers concurrently (and wrongly-ordered on purpose) too.
+        assert await client.request(m.Ping()) == m.Pong(request_id=9)
+    for i, response in answers.items():
+        assert isinstance(response, m.Nodes) and response.peers[0].node_id == bytes([i]) * 32
+    assert a.stats.strikes == b.stats.strikes == 0
+
+
+@trio_test
+async def test_requests_work_in_both_directions_on_one_channel() -> None:
+    a, b = await channel_pair()
+    async with serve(a, echo_handler) as left, serve(b, echo_handler) as right:
+        assert isinstance(await left.request(m.Ping()), m.Pong)
+        assert isinstance(await right.request(m.Ping()), m.Pong)
+
+
+@trio_test
+async def test_error_responses_and_handler_refusals_raise_request_failed() -> None:
+    a, b = await channel_pair()
+    async with serve(b, echo_handler), serve(a) as client:
+        with pytest.raises(RequestFailedError) as info:
+            await client.request(m.GetRecord(b"k"))
+        assert info.value.code == "not_found"
+        with pytest.raises(RequestFailedError) as info:
+            await client.request(m.StoreBlock(m.CID.for_data(0x55, b"x"), b"y"))
+        assert info.value.code == "invalid"
+    assert b.stats.strikes == 1  # the refused store counted against the sender
+
+
+@trio_test
+async def test_a_node_without_handler_refuses_requests() -> None:
+    a, b = await channel_pair()
+    async with serve(b), serve(a) as client:
+        with pytest.raises(RequestFailedError, match="refused"):
+            await client.request(m.Ping())
+
+
+@trio_test
+async def test_a_response_of_the_wrong_shape_is_refused_and_counted() -> None:
+    a, b = await channel_pair()
+    async with serve(b, echo_handler), serve(a) as client:
+        with pytest.raises(MalformedMessageError):
+            await client.request(m.Have((m.CID.for_data(0x55, b"x"),)))
+    assert a.stats.unexpected == 1 and a.stats.strikes == 1
+
+
+@trio_test
+async def test_a_request_without_answer_times_out_and_a_late_answer_is_ignored() -> None:
+    a, b = await channel_pair()
+    async with serve(a, request_timeout=5) as client:
+        with pytest.raises(RequestTimeoutError):
+            await client.request(m.Ping())
+        request = await b.receive_message()
+        await b.send_message(m.Pong(request_id=request.request_id))  # late
+        await b.send_message(m.Pong(request_id=12345))  # never asked
+        await trio.testing.wait_all_tasks_blocked()
+    assert a.stats.unexpected == 1 and a.stats.strikes == 1
+
+
+@trio_test
+async def test_pending_requests_fail_when_the_connection_closes() -> None:
+    a, b = await channel_pair()
+    async with serve(a) as client:
+        async with trio.open_nursery() as nursery:
+            async def close_soon() -> None:
+                await b.receive_message()
+                await b.aclose()
+            nursery.start_soon(close_soon)
+            with pytest.raises(ConnectionClosedError):
+                await client.request(m.Ping())
+
+
+# -- bad input after the handshake -----------------------------------------------------------
+
+
+async def two_clients_one_server(
+    body: Callable[[Any, Any, SecureChannel], Awaitable[None]], **server_options: Any
+) -> None:
+    """A server holding two connections; ``body(good, bad, bad_server_side)``."""
+    server_id = Identity.generate()
+    good_a, good_b = await channel_pair(b=server_id)
+    bad_a, bad_b = await channel_pair(b=server_id)
+    async with serve(good_b, echo_handler, **server_options), \
+            serve(bad_b, echo_handler, **server_options), \
+            serve(good_a) as good, serve(bad_a) as bad:
+        await body(good, bad, bad_b)
+
+
+@trio_test
+async def test_garbage_mid_stream_closes_that_connection_only() -> None:
+    async def body(good: Any, bad: Any, bad_server: SecureChannel) -> None:
+        assert isinstance(await bad.request(m.Ping()), m.Pong)
+        await send_raw(bad.channel, b"\x00\x00\x00\x30" + b"\x99" * 48, encrypt=False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert bad_server.closed and "decryption failed" in bad_server.stats.closed_because
+        assert isinstance(await good.request(m.Ping()), m.Pong)
+        with pytest.raises(ConnectionClosedError):
+            await bad.request(m.Ping())
+
+    await two_clients_one_server(body)
+
+
+@trio_test
+async def test_an_oversized_frame_header_closes_the_connection() -> None:
+    async def body(good: Any, bad: Any, bad_server: SecureChannel) -> None:
+        await send_raw(bad.channel, b"\x7f\xff\xff\xff", encrypt=False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert bad_server.closed and "exceeds" in bad_server.stats.closed_because
+        assert isinstance(await good.request(m.Ping()), m.Pong)
+
+    await two_clients_one_server(body)
+
+
+@trio_test
+async def test_malformed_messages_are_dropped_counted_then_the_peer_is_cut_off() -> None:
+    async def body(good: Any, bad: Any, bad_server: SecureChannel) -> None:
+        await send_raw(bad.channel, b"\xa1\x61t\x64nope")  # decrypts, wrong shape
+        assert isinstance(await bad.request(m.Ping()), m.Pong)  # still served
+        assert bad_server.stats.malformed == 1 and bad_server.stats.strikes == 1
+        for _ in range(bad_server.max_strikes - 1):
+            await send_raw(bad.channel, b"not cbor")
+        await trio.testing.wait_all_tasks_blocked()
+        assert bad_server.closed and "too many strikes" in bad_server.stats.closed_because
+        assert isinstance(await good.request(m.Ping()), m.Pong)
+
+    await two_clients_one_server(body)
+
+
+@trio_test
+async def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
+    a, b = await channel_pair(idle_timeout=60)
+    start = trio.current_time()
+    async with serve(b, echo_handler) as server:
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(3600):
+            while not b.closed:
+                await trio.sleep(1)
+    assert trio.current_time() - start == pytest.approx(60, abs=1.5)
+    assert b.stats.closed_because == "idle for 60 s"
+    assert server.statistics().strikes == 0
+
+
+@trio_test
+async def test_the_rate_limit_answers_busy_and_counts() -> None:
+    now = [0.0]
+    a, b = await channel_pair()
+    async with serve(b, echo_handler, rate=1, burst=2, clock=lambda: now[0]), \
+            serve(a) as client:
+        assert isinstance(await client.request(m.Ping()), m.Pong)
+        assert isinstance(await client.request(m.Ping()), m.Pong)
+        with pytest.raises(RequestFailedError) as info:
+            await client.request(m.Ping())
+        assert info.value.code == "busy"
+        now[0] += 1.0  # one token refills
+        assert isinstance(await client.request(m.Ping()), m.Pong)
+    assert b.stats.rate_limited == 1
+
+
+_fuzz = settings(max_examples=25, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@_fuzz
+@given(st.lists(st.one_of(
+    st.binary(max_size=100).map(lambda b: ("sealed", b)),
+    st.binary(max_size=100).map(lambda b: ("raw", b)),
+    st.sampled_from(list(m.MESSAGE_TYPES.values())).map(lambda c: ("type", c.TYPE.encode())),
+), min_size=1, max_size=5))
+def test_fuzz_after_handshake_only_that_connection_suffers(inputs: list) -> None:
+    @trio_test
+    async def scenario() -> None:
+        async def body(good: Any, bad: Any, bad_server: SecureChannel) -> None:
+            for kind, data in inputs:
+                try:
+                    if kind == "type":  # valid CBOR, plausible type, wrong fields
+                        await send_raw(bad.channel, m.dagcbor.encode({"t": data.decode()}))
+                    else:
+                        await send_raw(bad.channel, data, encrypt=(kind == "sealed"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+            await trio.testing.wait_all_tasks_blocked()
+            # Every bad input had a consequence: a strike, a closed connection,
+            # or (raw bytes short of a whole frame) a partial frame still waiting.
+            sent_anything = any(data for _, data in inputs) or any(k != "raw" for k, _ in inputs)
+            assert (bad_server.stats.strikes > 0 or bad_server.closed
+                    or bad_server._decoder.buffered > 0 or not sent_anything)
+            assert isinstance(await good.request(m.Ping()), m.Pong)
+
+        await two_clients_one_server(body)
+
+    scenario()
+
+
+# -- limits as units ---------------------------------------------------------------------------
+
+
+def test_token_bucket_allows_bursts_then_the_rate() -> None:
+    now = [100.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.try_take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5
+    assert bucket.try_take() and not bucket.try_take()
+    now[0] += 1000
+    assert sum(bucket.try_take() for _ in range(10)) == 3
+
+
+def test_connection_limiter_caps_per_peer_and_in_total() -> None:
+    limiter = ConnectionLimiter(max_total=3, max_per_peer=2)
+    assert limiter.try_acquire("p") and limiter.try_acquire("p")
+    assert not limiter.try_acquire("p")
+    with limiter.slot("q"):
+        assert limiter.count() == 3
+        with pytest.raises(TooManyConnectionsError):
+            with limiter.slot("r"):
+                pass
+    limiter.release("p")
+    assert limiter.count("p") == 1 and limiter.count() == 1
+
+
+# -- one test over real TCP ------------------------------------------------------------------
+
+
+def test_over_real_tcp_on_localhost() -> None:
+    async def main() -> None:
+        server_id, client_id = Identity.generate(), Identity.generate()
+
+        async def on_connection(stream: trio.SocketStream) -> None:
+            try:
+                channel = await open_channel(stream, server_id, initiator=False)
+            except RemoteProtocolError:
+                return
+            await Connection(channel, echo_handler).run()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, on_connection, 0, host="127.0.0.1"))
+                port = listeners[0].socket.getsockname()[1]
+                channel = await connect_tcp("127.0.0.1", port, client_id,
+                                            expected_peer_id=server_id.node_id)
+                assert channel.peer.node_id == server_id.node_id
+                async with serve(channel) as client:
+                    assert isinstance(await client.request(m.Ping()), m.Pong)
+                    block = bytes(range(256)) * (m.MAX_BLOCK_SIZE // 256)
+                    cid = m.CID.for_data(0x55, block)
+                    assert isinstance(await client.request(m.StoreBlock(cid, block)), m.Ok)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
