@@ -176,6 +176,11 @@ class _Reader:
         return self.pos >= len(self.buf)
 
     def varint(self, limit: int = _UINT64_MAX) -> int:
+        # Fast path: most tags, lengths and small sizes are one byte, and a
+        # 1024-link node has thousands of them.
+        if self.pos < len(self.buf) and self.buf[self.pos] < 0x80:
+            self.pos += 1
+            return self.buf[self.pos - 1]  # < 128, within every limit used here
         value = 0
         for i in range(_MAX_VARINT_BYTES):
             if self.pos + i >= len(self.buf):
@@ -222,6 +227,8 @@ class _Reader:
 
     def next_is(self, field: int) -> bool:
         """True if the next field has number ``field`` (wire type unchecked)."""
+        if self.pos < len(self.buf) and self.buf[self.pos] < 0x80:
+            return self.buf[self.pos] >> 3 == field  # one-byte key, fast path
         key = self.peek_key()
         return key is not None and key[0] == field
 
