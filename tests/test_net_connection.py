@@ -419,3 +419,14 @@ def test_over_real_tcp_on_localhost() -> None:
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_package_exports_exactly_its_public_surface() -> None:
+    import cas.net
+
+    assert sorted(cas.net.__all__) == sorted(set(cas.net.__all__))
+    for name in cas.net.__all__:
+        assert getattr(cas.net, name) is not None, name
+    public = {name for name in vars(cas.net) if not name.startswith("_")}
+    submodules = {"identity", "noise", "framing", "messages", "connection", "annotations"}
+    assert public - submodules == set(cas.net.__all__)

@@ -142,7 +142,7 @@ def test_oversized_input_is_refused_before_decoding() -> None:
 
 # -- fuzzing: only RemoteProtocolError ever escapes decode -----------------------------
 
-_fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _cbor_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**64), 2**64 - 1), st.text(max_size=20),

@@ -1,0 +1,100 @@
+"""The network layer: node identity and secure, framed message channels.
+
+What lives here, bottom up (docs/network.md describes the wire protocol):
+
+* :mod:`.identity` — the node's Ed25519 key (file mode 0600) and its node ID,
+  BLAKE3-256 of the public key.
+* :mod:`.noise` — the ``Noise_XX_25519_ChaChaPoly_BLAKE2b`` handshake and
+  transport ciphers as a sans-IO state machine, with the Noise static key
+  bound to the node's Ed25519 identity by a signature.
+* :mod:`.framing` — 4-byte length-prefixed frames with hard limits, checked
+  before any body byte is buffered.
+* :mod:`.messages` — every message as a frozen dataclass, encoded as strict
+  DAG-CBOR and validated field by field on the way in; the error split between
+  the remote's fault (:class:`RemoteProtocolError`) and ours
+  (:class:`LocalProtocolError`).
+* :mod:`.connection` — the thin trio driver: handshake with a deadline,
+  :class:`SecureChannel`, request-id multiplexing (:class:`Connection`),
+  idle timeout, rate and connection limits.
+
+This package never decides what a request means (the DHT and the store do)
+and never trusts content: blocks and records that arrive here are verified by
+the layer that asked for them.
+"""
+
+from __future__ import annotations
+
+from .connection import (
+    ChannelStatistics,
+    Connection,
+    ConnectionClosedError,
+    ConnectionLimiter,
+    HandshakeTimeoutError,
+    IncompatibleVersionError,
+    RequestFailedError,
+    RequestTimeoutError,
+    SecureChannel,
+    TokenBucket,
+    TooManyConnectionsError,
+    connect_tcp,
+    open_channel,
+    serve,
+)
+from .framing import FrameDecoder, FrameError, FrameTooLargeError, encode_frame
+from .identity import Identity, IdentityError, node_id_for
+from .messages import (
+    MAX_MESSAGE_SIZE,
+    PROTOCOL_VERSION,
+    Block,
+    Error,
+    FindBlock,
+    FindNode,
+    GetRecord,
+    Have,
+    HaveResult,
+    Hello,
+    LocalProtocolError,
+    MalformedMessageError,
+    Message,
+    Nodes,
+    Ok,
+    PeerInfo,
+    Ping,
+    Pong,
+    PutRecord,
+    Record,
+    RemoteProtocolError,
+    Request,
+    Response,
+    StoreBlock,
+)
+from .noise import (
+    DecryptError,
+    Handshake,
+    HandshakeError,
+    IdentityProofError,
+    PeerIdentity,
+    PeerIdMismatchError,
+    Role,
+    Transport,
+)
+
+__all__ = [
+    # identity
+    "Identity", "IdentityError", "node_id_for",
+    # handshake and transport
+    "Handshake", "Role", "Transport", "PeerIdentity",
+    "HandshakeError", "IdentityProofError", "PeerIdMismatchError", "DecryptError",
+    # framing
+    "FrameDecoder", "encode_frame", "FrameError", "FrameTooLargeError",
+    # messages
+    "Message", "Request", "Response", "Hello", "Ping", "Pong", "FindNode", "Nodes",
+    "FindBlock", "Block", "StoreBlock", "Ok", "Have", "HaveResult", "PutRecord",
+    "GetRecord", "Record", "Error", "PeerInfo", "PROTOCOL_VERSION", "MAX_MESSAGE_SIZE",
+    "RemoteProtocolError", "LocalProtocolError", "MalformedMessageError",
+    # driver
+    "open_channel", "connect_tcp", "SecureChannel", "Connection", "serve",
+    "ChannelStatistics", "TokenBucket", "ConnectionLimiter",
+    "ConnectionClosedError", "RequestFailedError", "RequestTimeoutError",
+    "HandshakeTimeoutError", "IncompatibleVersionError", "TooManyConnectionsError",
+]
