@@ -579,4 +579,5 @@ async def aiter_file(
 async def aread_range(store: AsyncBlockStore, cid: CID, offset: int, length: int) -> bytes:
     """Async twin of :func:`read_range`."""
     _check_range(offset, length)
-    return b"".join([bytes(p) async for p in _arun(store, _read(_PathCache(), cid, offset, length))])
+    steps = _read(_PathCache(), cid, offset, length)
+    return b"".join([piece async for piece in _arun(store, steps)])
