@@ -142,6 +142,25 @@ def test_interop_tampered_handshake_is_refused_by_both() -> None:
         ours.read_message(bytes(reply))
 
 
+def test_an_independent_noise_implementation_can_speak_the_cas_handshake() -> None:
+    """The cas handshake is plain Noise XX plus payloads: noiseprotocol,
+    given the prologue and the identity proof, completes it with us."""
+    from cas.net.noise import PROLOGUE, identity_proof
+
+    alice, bob = Identity.generate(), Identity.generate()
+    their_static, their_public = generate_keypair()
+    theirs = _theirs(False, their_static, PROLOGUE)
+    ours = Handshake(alice, Role.INITIATOR, expected_peer_id=bob.node_id)
+    assert theirs.read_message(ours.next_message()) == b""
+    ours.receive_message(theirs.write_message(identity_proof(bob, their_public)))
+    proof = theirs.read_message(ours.next_message())
+    assert ours.complete and theirs.handshake_finished
+    assert dagcbor.decode(proof)["key"] == alice.public_key
+    transport = ours.transport()
+    assert theirs.decrypt(transport.encrypt(b"ping")) == b"ping"
+    assert transport.decrypt(theirs.encrypt(b"pong")) == b"pong"
+
+
 # -- the identity-bound handshake ------------------------------------------------------
 
 
