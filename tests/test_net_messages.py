@@ -194,3 +194,20 @@ def test_fuzz_truncated_and_bit_flipped_messages(message: m.Message, data: st.Da
     flip = data.draw(st.integers(0, len(wire) * 8 - 1))
     wire[flip // 8] ^= 1 << (flip % 8)
     _only_remote_errors(bytes(wire))
+
+
+def test_docs_network_md_states_the_wire_example_and_limits_the_code_uses() -> None:
+    from pathlib import Path
+
+    from cas.net import connection as c
+    from cas.net.framing import MAX_FRAME_SIZE
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "network.md").read_text()
+    assert encode(m.Ping(request_id=1)).hex() == "a261746470696e6762696401"
+    assert "a2 61 74 64 70696e67 62 6964 01" in doc
+    assert f"{MAX_FRAME_SIZE:,}".replace(",", " ") in doc
+    for name, value in [("HANDSHAKE_TIMEOUT", "10 s"), ("IDLE_TIMEOUT", "120 s"),
+                        ("REQUEST_TIMEOUT", "30 s"), ("MAX_STRIKES", "16"),
+                        ("MAX_CONCURRENT_REQUESTS", "16"), ("MAX_PENDING_REQUESTS", "256")]:
+        assert f"| `{name}` | {value} |" in doc
+        assert str(int(getattr(c, name))) == value.split()[0]
