@@ -77,7 +77,8 @@ REQUEST_RATE = 50.0
 REQUEST_BURST = 100.0
 # Requests from one peer being served at once; more are answered "busy".
 MAX_CONCURRENT_REQUESTS = 16
-# Our own requests outstanding on one connection at once.
+# Our own requests outstanding on one connection at once; request() waits
+# for a slot beyond that (backpressure on our side, not an error).
 MAX_PENDING_REQUESTS = 256
 # Strikes (malformed, unexpected or rate-limited messages) before we give up
 # on a connection. Several, so that one bug or burst is not fatal.
@@ -227,6 +228,11 @@ class SecureChannel:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._close(f"send failed: {exc}")
                 raise ConnectionClosedError("the connection broke while sending") from None
+            except trio.Cancelled:
+                # Part of the frame may be on the wire; the stream cannot be
+                # resynchronised, so it is closed.
+                await self._close("a send was cancelled mid-frame")
+                raise
         self.stats.messages_sent += 1
 
     async def receive_message(self) -> Message:
@@ -416,6 +422,7 @@ class Connection:
         self._request_timeout = request_timeout
         self._serving = trio.Semaphore(max_concurrent)
         self._pending: dict[int, _Pending] = {}
+        self._pending_slots = trio.Semaphore(MAX_PENDING_REQUESTS)
         self._timed_out: OrderedDict[int, None] = OrderedDict()
         self._ids = itertools.count(1)
 
@@ -430,8 +437,6 @@ class Connection:
         return self.channel.stats
 
     def _next_id(self) -> int:
-        if len(self._pending) >= MAX_PENDING_REQUESTS:
-            raise TooManyConnectionsError("too many requests outstanding on this connection")
         while True:
             request_id = next(self._ids)
             if request_id > msg.MAX_REQUEST_ID:
@@ -447,19 +452,24 @@ class Connection:
         :class:`RequestTimeoutError` if it does not answer in time,
         :class:`ConnectionClosedError` if the connection closes first, and
         :class:`MalformedMessageError` if it answers with the wrong type.
+        The timeout covers waiting for a pending-request slot too.
         """
-        request_id = self._next_id()
-        request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
-        pending = self._pending[request_id] = _Pending(request)
-        try:
-            await self.channel.send_message(request)
-            with trio.move_on_after(self._request_timeout if timeout is None else timeout):
-                await pending.event.wait()
-            if not pending.event.is_set():
-                self._remember_timeout(request_id)
-                raise RequestTimeoutError(f"no answer to {request.TYPE} in time")
-        finally:
-            del self._pending[request_id]
+        pending: _Pending | None = None
+        with trio.move_on_after(self._request_timeout if timeout is None else timeout):
+            async with self._pending_slots:
+                request_id = self._next_id()
+                request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
+                pending = self._pending[request_id] = _Pending(request)
+                try:
+                    await self.channel.send_message(request)
+                    await pending.event.wait()
+                finally:
+                    del self._pending[request_id]
+        if pending is None:
+            raise RequestTimeoutError(f"too many requests outstanding to send {request.TYPE}")
+        if not pending.event.is_set():
+            self._remember_timeout(pending.request.request_id)
+            raise RequestTimeoutError(f"no answer to {request.TYPE} in time")
         if pending.error is not None:
             raise pending.error
         response = pending.response
