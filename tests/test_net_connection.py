@@ -131,16 +131,26 @@ async def test_a_silent_client_is_dropped_after_the_handshake_timeout() -> None:
         await left.send_all(b"x")
 
 
+@pytest.mark.parametrize("newer_side", ["initiator", "responder"])
 @trio_test
-async def test_a_peer_with_another_protocol_version_is_refused() -> None:
+async def test_a_peer_with_another_protocol_version_is_refused(newer_side: str) -> None:
     left, right = trio.testing.memory_stream_pair()
+    errors: list[BaseException] = []
+
+    async def side(stream: Any, initiator: bool) -> None:
+        newer = (newer_side == "initiator") == initiator
+        hello = m.Hello(version=m.PROTOCOL_VERSION + 1) if newer else m.Hello()
+        try:
+            await open_channel(stream, Identity.generate(), initiator=initiator, hello=hello)
+        except RemoteProtocolError as exc:
+            errors.append(exc)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(
-            open_channel, right, Identity.generate(), initiator=False,
-            hello=m.Hello(version=m.PROTOCOL_VERSION + 1)))
-        with pytest.raises(IncompatibleVersionError):
-            await open_channel(left, Identity.generate(), initiator=True)
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(side, left, True)
+        nursery.start_soon(side, right, False)
+    # The side that sees a version it does not speak refuses; in both orders
+    # it first received the other's hello, so the refusal names the version.
+    assert [type(e) for e in errors] == [IncompatibleVersionError]
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\x00\x00\x00\x20" + b"x" * 32,
@@ -240,6 +250,25 @@ async def test_pending_requests_fail_when_the_connection_closes() -> None:
             nursery.start_soon(close_soon)
             with pytest.raises(ConnectionClosedError):
                 await client.request(m.Ping())
+
+
+@trio_test
+async def test_a_request_stuck_sending_times_out_and_closes_the_channel() -> None:
+    """A peer that stops reading cannot hold a request forever; a frame cut
+    off mid-send leaves the stream unusable, so the channel closes."""
+    left, right = trio.testing.lockstep_stream_pair()
+    result: dict[str, SecureChannel] = {}
+
+    async def side(name: str, stream: Any, initiator: bool) -> None:
+        result[name] = await open_channel(stream, Identity.generate(), initiator=initiator)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, True)
+        nursery.start_soon(side, "b", right, False)
+    async with serve(result["a"], request_timeout=5) as client:  # "b" never reads
+        with pytest.raises(RequestTimeoutError):
+            await client.request(m.Ping())
+    assert result["a"].stats.closed_because == "a send was cancelled mid-frame"
 
 
 # -- bad input after the handshake -----------------------------------------------------------

@@ -344,10 +344,15 @@ async def open_channel(
             decoder.limit, decoder.minimum = MAX_FRAME_SIZE, MIN_FRAME_SIZE
             channel = SecureChannel(stream, handshake.transport(), handshake.peer, decoder,
                                     idle_timeout=idle_timeout)
-            await channel.send_message(hello)
+            # Hellos go in turn, initiator first (it is the one waiting anyway),
+            # so the exchange needs no buffering in the stream.
+            if initiator:
+                await channel.send_message(hello)
             first = await channel.receive_message()
             if not isinstance(first, msg.Hello):
                 raise RemoteProtocolError(f"expected hello, got {first.TYPE}")
+            if not initiator:  # answer even a version we refuse: the peer learns why
+                await channel.send_message(hello)
             if first.version != msg.PROTOCOL_VERSION:
                 raise IncompatibleVersionError(
                     f"peer speaks protocol version {first.version}, "
