@@ -29,7 +29,7 @@ from cas.net.noise import (
     sealed_size,
 )
 
-noise_connection = pytest.importorskip("noise.connection")
+pytest.importorskip("noise.connection")
 from noise.connection import Keypair, NoiseConnection  # noqa: E402
 
 # -- the published vector ----------------------------------------------------------
@@ -88,7 +88,7 @@ def test_published_vector_handshake_and_transport_bytes_match() -> None:
     assert initiator.handshake_hash == responder.handshake_hash
     i_send, i_recv = initiator.split()
     r_send, r_recv = responder.split()
-    ciphers = [((r_send, i_recv)), ((i_send, r_recv))]  # message 3 is the responder's
+    ciphers = [(r_send, i_recv), (i_send, r_recv)]  # message 4 (index 3) is the responder's
     for i, (payload, ciphertext) in enumerate(messages[3:]):
         send, recv = ciphers[i % 2]
         assert send.encrypt_with_ad(b"", payload) == ciphertext
