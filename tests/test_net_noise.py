@@ -281,6 +281,15 @@ def test_cipher_state_without_key_passes_through_and_rekey_changes_key() -> None
     assert b.decrypt_with_ad(b"", sealed) == b"x"
 
 
+def test_a_low_order_ephemeral_key_is_the_peers_fault() -> None:
+    responder = Handshake(Identity.generate(), Role.RESPONDER)
+    responder.receive_message(bytes(32))  # the all-zero X25519 point
+    with pytest.raises(HandshakeError, match="invalid X25519"):
+        responder.next_message()
+    with pytest.raises(LocalProtocolError):
+        responder.next_message()
+
+
 def test_writing_out_of_turn_is_a_local_error() -> None:
     responder = Handshake(Identity.generate(), Role.RESPONDER)
     with pytest.raises(LocalProtocolError):

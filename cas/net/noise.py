@@ -567,7 +567,11 @@ class Handshake:
         payload = b""
         if self._noise.message_index > 0:
             payload = identity_proof(self._identity, self._noise.static_public)
-        return self._noise.write_message(payload)
+        try:
+            return self._noise.write_message(payload)
+        except RemoteProtocolError:  # a DH with a bad key the peer sent earlier
+            self._failed = True
+            raise
 
     def receive_message(self, message: bytes) -> None:
         """Process the peer's message; raise a :class:`HandshakeError` subclass
