@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import blake3
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -18,12 +24,6 @@ def skip_unless_ci(reason: str) -> None:
 
 # -- running the cas command as a user would --------------------------------
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import blake3
 
 CAS = str(Path(sys.executable).with_name("cas"))
 
@@ -69,3 +69,23 @@ def pseudo_random_stream(size: int, seed: str = "cas tests", piece: int = 1 << 2
 def repo(tmp_path: Path) -> Path:
     """A path for a fresh repository (created on first use by cas)."""
     return tmp_path / "repo"
+
+
+class PseudoRandomReader(io.RawIOBase):
+    """A readable stream of :func:`pseudo_random` bytes, generated on demand."""
+
+    def __init__(self, size: int, seed: str = "cas tests") -> None:
+        self._hasher = blake3.blake3(seed.encode())
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        buffer[:n] = self._hasher.digest(length=n, seek=self._pos)
+        self._pos += n
+        return n
