@@ -1,0 +1,124 @@
+"""The Python library, used as the README shows."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import trio
+
+import cas
+from tests.conftest import pseudo_random
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def repo(tmp_path):
+    with cas.open_repository(tmp_path / "repo") as r:
+        yield r
+
+
+def test_the_exported_surface_is_what_the_docs_promise():
+    assert sorted(cas.__all__) == sorted(
+        name for name in vars(cas) if not name.startswith("_") and name not in {
+            "api", "blocks", "cid", "errors", "files", "trees", "store", "names", "dagcbor",
+            "dagpb", "chunker", "annotations",
+        }
+    )
+    for name in cas.__all__:
+        assert getattr(cas, name).__doc__, f"cas.{name} has no docstring"
+
+
+def test_bytes_in_bytes_out(repo):
+    cid = repo.add_bytes(b"hello")
+    assert isinstance(cid, cas.CID)
+    assert repo.read(cid) == b"hello"
+    assert repo.read(str(cid), offset=1, length=3) == b"ell"
+    assert repo.pins() == [cid]
+
+
+def test_an_open_file_seeks_and_reads_like_a_local_file(repo):
+    data = pseudo_random(3 * MiB + 5, seed="api open")
+    cid = repo.add_stream(io.BytesIO(data)).cid
+    with repo.open(cid) as f:
+        assert f.seekable() and f.readable()
+        f.seek(MiB - 3)
+        assert f.read(10) == data[MiB - 3 : MiB + 7]
+        f.seek(-5, io.SEEK_END)
+        assert f.read() == data[-5:]
+        assert f.tell() == len(data)
+        f.seek(0)
+        assert f.read() == data
+
+
+def test_iter_read_streams_a_range(repo):
+    data = pseudo_random(2 * MiB, seed="api iter")
+    cid = repo.add_bytes(data)
+    assert b"".join(repo.iter_read(cid, 1000, MiB)) == data[1000 : 1000 + MiB]
+
+
+def test_add_path_and_get_a_tree(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"deep")
+    added = repo.add_path(src, recursive=True)
+    assert added.kind == "dir" and added.size == 4
+    [entry] = repo.list_dir(added.cid)
+    assert (entry.name, entry.kind) == ("d", "dir")
+    assert repo.info(added.cid).kind == "dir"
+    repo.get(added.cid, tmp_path / "out")
+    assert (tmp_path / "out" / "d" / "f").read_bytes() == b"deep"
+
+
+def test_blocks_put_get_has(repo):
+    cid = repo.put_block(b"\x00raw block")
+    assert repo.has_block(cid)
+    assert repo.get_block(cid) == b"\x00raw block"
+    with pytest.raises(cas.BlockNotFoundError):
+        repo.get_block(cas.CID.for_data(cas.RAW, b"other"))
+    with pytest.raises(cas.InvalidBlockError, match="limit"):
+        repo.put_block(b"x" * (MiB + 1))
+
+
+def test_errors_are_cas_errors_with_useful_messages(repo):
+    with pytest.raises(cas.InvalidCIDError, match="not a CID"):
+        repo.read("nonsense")
+    with pytest.raises(cas.InvalidInputError, match="offset"):
+        repo.read(repo.add_bytes(b"x"), offset=-1)
+    with pytest.raises(cas.CasError):
+        repo.add_path("/does/not/exist")
+
+
+def test_the_repository_is_released_on_close(tmp_path):
+    r = cas.open_repository(tmp_path / "repo")
+    with pytest.raises(cas.RepositoryLockedError):
+        cas.open_repository(tmp_path / "repo")
+    r.close()
+    cas.open_repository(tmp_path / "repo").close()
+
+
+def test_default_path_follows_cas_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    assert cas.default_repository_path() == tmp_path / "home"
+    monkeypatch.delenv("CAS_HOME")
+    assert cas.default_repository_path().name == "cas"
+
+
+def test_the_trio_api_reads_and_adds(tmp_path):
+    data = pseudo_random(2 * MiB + 1, seed="async")
+    (tmp_path / "f").write_bytes(data)
+
+    async def main() -> None:
+        arepo = await cas.AsyncRepository.open(tmp_path / "repo")
+        try:
+            added = await arepo.add_path(tmp_path / "f")
+            assert await arepo.read(added.cid, offset=5, length=10) == data[5:15]
+            pieces = [p async for p in arepo.iter_read(added.cid)]
+            assert b"".join(pieces) == data
+            small = await arepo.add_bytes(b"tiny")
+            assert await arepo.get_block(small) == b"tiny"
+        finally:
+            await arepo.aclose()
+
+    trio.run(main)
