@@ -233,15 +233,34 @@ class Network:
         """Make ``fraction`` of the nodes dead (and revive the rest)."""
         n = len(self.ids)
         dead = set(rng.sample(range(n), round(fraction * n)))
-        self.alive = [i not in dead for i in range(n)]
+        alive = [i not in dead for i in range(n)]
+        if alive != self.alive or not hasattr(self, "_live_sorted"):
+            self.alive = alive
+            self._live_sorted = sorted(node_id for node_id, up in zip(self.ids, alive) if up)
 
     # -- global view ------------------------------------------------------
 
     def true_closest(self, key: int, n: int, exclude: int | None = None) -> list[int]:
         """IDs of the ``n`` live nodes nearest ``key``, nearest first, leaving
-        out ``exclude`` (the searcher, who never appears in its own result)."""
-        live = (node_id for node_id, up in zip(self.ids, self.alive) if up and node_id != exclude)
-        return heapq.nsmallest(n, live, key=key.__xor__)
+        out ``exclude`` (the searcher, who never appears in its own result).
+
+        The IDs sharing ``key``'s top bits down to some bit form a contiguous
+        range of the sorted IDs, and all of them are nearer ``key`` than any
+        ID outside it; so the smallest such range holding ``n + 1`` live IDs
+        holds the answer."""
+        if not hasattr(self, "_live_sorted"):
+            self._live_sorted = sorted(node_id for node_id, up in zip(self.ids, self.alive) if up)
+        live = self._live_sorted
+        need = n + 1
+        a, b = 0, len(live)
+        for shift in range(ID_BITS + 1):
+            lo = (key >> shift) << shift
+            a = bisect.bisect_left(live, lo)
+            b = bisect.bisect_left(live, lo + (1 << shift), a)
+            if b - a >= need:
+                break
+        nearest = heapq.nsmallest(need, live[a:b], key=key.__xor__)
+        return [node_id for node_id in nearest if node_id != exclude][:n]
 
     # -- measured lookups -------------------------------------------------
 
@@ -305,16 +324,20 @@ class Network:
         """Kill ``config.dead`` of the nodes and measure ``config.lookups``
         lookups."""
         started = time.perf_counter()
-        rng = random.Random(f"run-{config.seed}-{config.dead}")
-        self.kill(config.dead, rng)
+        # Separate generators: the dead set and the (source, target) pairs
+        # depend only on the seed and the dead fraction, so runs that differ
+        # in alpha measure the very same lookups.
+        self.kill(config.dead, random.Random(f"dead-{config.seed}-{config.dead}"))
+        pick = random.Random(f"lookups-{config.seed}-{config.dead}")
+        rng = random.Random(f"wire-{config.seed}-{config.dead}-{config.alpha}")
         live = [i for i, up in enumerate(self.alive) if up]
         hops: list[int] = []
         messages: list[int] = []
         times: list[float] = []
         successes = exact = 0
         for _ in range(config.lookups):
-            src = rng.choice(live)
-            target = rng.getrandbits(ID_BITS)
+            src = pick.choice(live)
+            target = pick.getrandbits(ID_BITS)
             want = self.true_closest(target, max(self.k, config.replicas), exclude=self.ids[src])
             holders = frozenset(self.index_of[n] for n in want[: config.replicas])
             result, took = self.timed_lookup(src, target, rng, config, holders)
