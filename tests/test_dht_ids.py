@@ -89,3 +89,14 @@ def test_node_id_is_blake3_of_the_public_key_big_endian() -> None:
 def test_a_block_key_is_its_cid_digest_whatever_the_codec() -> None:
     cid = CID.for_data(RAW, b"hello")
     assert key_for_digest(cid.digest) == int.from_bytes(cid.digest, "big")
+
+
+def test_the_package_exports_exactly_the_names_it_lists() -> None:
+    import cas.dht
+
+    assert sorted(cas.dht.__all__) == sorted(set(cas.dht.__all__))
+    for name in cas.dht.__all__:
+        assert getattr(cas.dht, name) is not None
+    public = {n for n in vars(cas.dht) if not n.startswith("_")}
+    modules = {"ids", "lookup", "routing", "sim"}
+    assert public - modules == set(cas.dht.__all__)

@@ -155,6 +155,7 @@ class Network:
         ]
         self.tables: list[RoutingTable] = []
         self.alive = [True] * n
+        self._live_sorted: list[int] | None = None
         self.build_messages = 0
         self.build_method = ""
 
@@ -234,9 +235,9 @@ class Network:
         n = len(self.ids)
         dead = set(rng.sample(range(n), round(fraction * n)))
         alive = [i not in dead for i in range(n)]
-        if alive != self.alive or not hasattr(self, "_live_sorted"):
+        if alive != self.alive:
             self.alive = alive
-            self._live_sorted = sorted(node_id for node_id, up in zip(self.ids, alive) if up)
+            self._live_sorted = None
 
     # -- global view ------------------------------------------------------
 
@@ -248,9 +249,9 @@ class Network:
         range of the sorted IDs, and all of them are nearer ``key`` than any
         ID outside it; so the smallest such range holding ``n + 1`` live IDs
         holds the answer."""
-        if not hasattr(self, "_live_sorted"):
-            self._live_sorted = sorted(node_id for node_id, up in zip(self.ids, self.alive) if up)
         live = self._live_sorted
+        if live is None:
+            live = self._live_sorted = sorted(i for i, up in zip(self.ids, self.alive) if up)
         need = n + 1
         a, b = 0, len(live)
         for shift in range(ID_BITS + 1):
