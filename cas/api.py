@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import platformdirs
-import trio
 
 from . import files, trees
 from .blocks import AsyncStoreAdapter, Block
@@ -229,22 +228,30 @@ class AsyncRepository:
     def __init__(self, repo: Repository) -> None:
         self.sync = repo
         self.blocks = AsyncStoreAdapter(repo.blocks)
+        import trio  # here, not at the top: the sync API never pays for it
+
         self._write_lock = trio.Lock()
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str] | None = None) -> AsyncRepository:
+        import trio
+
         return cls(await trio.to_thread.run_sync(open_repository, path))
 
     async def aclose(self) -> None:
         self.sync.close()
 
     async def add_path(self, path: str | os.PathLike[str], *, recursive: bool = False) -> Added:
+        import trio
+
         async with self._write_lock:
             return await trio.to_thread.run_sync(
                 lambda: self.sync.add_path(path, recursive=recursive)
             )
 
     async def add_bytes(self, data: bytes) -> CID:
+        import trio
+
         async with self._write_lock:
             return await trio.to_thread.run_sync(self.sync.add_bytes, data)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from functools import cached_property
 
 import blake3
 
@@ -173,6 +174,11 @@ class CID:
 
     def encode(self) -> str:
         """The text form, ``b`` + lower-case base32 without padding."""
+        return self._text
+
+    @cached_property
+    def _text(self) -> str:
+        # Cached: block paths are named by it, so the read path asks often.
         return "b" + base64.b32encode(bytes(self)).decode("ascii").rstrip("=").lower()
 
     def __str__(self) -> str:

@@ -305,9 +305,21 @@ def _decode_file_node(cid: CID, data: bytes, *, is_root: bool) -> _FileNode:
     )
 
 
-# The walkers below are generators that yield two kinds of things: a CID
+@dataclass(frozen=True)
+class ReadAhead:
+    """A hint from the walker: these blocks will be wanted next, in order.
+
+    Drivers may pass it on to a store that can start fetching early (disk
+    read-ahead, network requests in flight) or ignore it; it is never needed
+    for correctness.
+    """
+
+    cids: tuple[CID, ...]
+
+
+# The walkers below are generators that yield three kinds of things: a CID
 # means "send me this block's verified bytes"; a memoryview is the next piece
-# of file content. They return (StopIteration.value) a result where they have
+# of file content; a ReadAhead is a hint (answered with None). They return (StopIteration.value) a result where they have
 # one. Nothing in them blocks, so the same walk runs under either driver.
 
 
@@ -377,6 +389,9 @@ def _walk(
     # The first child that can overlap: the last one starting at or before
     # `start`. Children of zero bytes are skipped, never fetched.
     first = max(bisect_right(node.starts, start) - 1, 0)
+    last = bisect_right(node.starts, end - 1)
+    if last - first > 1:
+        yield ReadAhead(node.children[first:last])
     for index in range(first, len(node.children)):
         child_start = node.starts[index]
         if child_start >= end:
@@ -410,8 +425,43 @@ def _check_range(offset: int, length: int | None) -> None:
 # -- reading: the synchronous driver ---------------------------------------
 
 
+class _ReadAheadWindow:
+    """Keeps the store's read-ahead ``WINDOW`` blocks in front of the reader,
+    for stores that offer ``prefetch(cids)`` (the local store: disk
+    read-ahead; later the network: requests in flight)."""
+
+    WINDOW = 16  # ~5 MB at the average chunk size: enough to keep a disk busy
+
+    def __init__(self, store: object) -> None:
+        self._prefetch = getattr(store, "prefetch", None)
+        self._plan: tuple[CID, ...] = ()
+        self._index: dict[CID, int] = {}
+        self._advised = 0
+
+    def plan(self, hint: ReadAhead) -> None:
+        if self._prefetch is None:
+            return
+        self._plan = hint.cids
+        self._index = {cid: i for i, cid in enumerate(hint.cids)}
+        self._advised = 0
+        self._advance(0)
+
+    def fetching(self, cid: CID) -> None:
+        index = self._index.get(cid)
+        if index is not None:
+            self._advance(index + 1)
+
+    def _advance(self, start: int) -> None:
+        upto = min(len(self._plan), start + self.WINDOW)
+        if upto > self._advised:
+            assert self._prefetch is not None
+            self._prefetch(self._plan[max(start, self._advised) : upto])
+            self._advised = upto
+
+
 def _run(store: BlockStore, steps: Generator) -> Generator[memoryview, None, object]:
     """Answer the walker's block requests from ``store``; pass content on."""
+    window = _ReadAheadWindow(store)
     reply: bytes | None = None
     while True:
         try:
@@ -419,7 +469,11 @@ def _run(store: BlockStore, steps: Generator) -> Generator[memoryview, None, obj
         except StopIteration as stop:
             return stop.value
         if isinstance(item, CID):
+            window.fetching(item)
             reply = store.get(item)  # the store verifies the hash
+        elif isinstance(item, ReadAhead):
+            window.plan(item)
+            reply = None
         else:
             reply = None
             yield item
@@ -445,7 +499,15 @@ def iter_file(
     """Stream bytes [offset, offset + length) of file ``cid`` (to its end if
     ``length`` is None), one leaf's worth at a time; memory stays bounded."""
     _check_range(offset, length)  # here, not at the first next()
-    return (bytes(piece) for piece in _run(store, _read(_PathCache(), cid, offset, length)))
+    return (_as_bytes(piece) for piece in _run(store, _read(_PathCache(), cid, offset, length)))
+
+
+def _as_bytes(piece: memoryview) -> bytes:
+    """The piece as bytes, without a copy when it is a whole block."""
+    whole = piece.obj
+    if isinstance(whole, bytes) and len(whole) == len(piece):
+        return whole
+    return bytes(piece)
 
 
 def read_range(store: BlockStore, cid: CID, offset: int, length: int) -> bytes:
@@ -547,6 +609,8 @@ async def _arun(store: AsyncBlockStore, steps: Generator) -> AsyncIterator[memor
             return
         if isinstance(item, CID):
             reply = await store.get(item)
+        elif isinstance(item, ReadAhead):
+            reply = None  # not used yet: the network store will fetch ahead
         else:
             reply = None
             yield item
@@ -573,7 +637,7 @@ async def aiter_file(
     """Async twin of :func:`iter_file`."""
     _check_range(offset, length)
     async for piece in _arun(store, _read(_PathCache(), cid, offset, length)):
-        yield bytes(piece)
+        yield _as_bytes(piece)
 
 
 async def aread_range(store: AsyncBlockStore, cid: CID, offset: int, length: int) -> bytes:

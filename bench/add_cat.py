@@ -1,0 +1,195 @@
+"""How fast cas stores and reads files, against the ceilings of this machine.
+
+For each size (default 256 MiB and 1 GiB of random bytes), in one run:
+
+ceilings, measured on the same bytes
+    blake3      BLAKE3-256 over the bytes in memory (one thread)
+    chunker     FastCDC cut points over the bytes in memory
+    write+fsync the bytes written to a new file, then one fsync
+    read        the file read back, page cache warm (a memcpy: BLAKE3
+                verification alone, at one core's hash speed, is slower)
+    read cold   the file read back after dropping the page cache (needs
+                root; the disk-bound ceiling cas cat is compared with)
+
+cas
+    lib add     cas.Repository.add_path into a new repository
+    lib cat     cas.Repository.iter_read of the whole file
+    cli add     the `cas add FILE` process, into a new repository
+    cli cat     the `cas cat CID` process, stdout to /dev/null, warm
+    cli cat cold  the same after dropping the page cache
+    peak RSS    of the cas processes, from /proc/PID/status VmHWM
+
+and the ratios the targets are set on: add / write+fsync (target >= 0.40),
+cat cold / read cold (target >= 0.50), peak RSS at 1 GiB (target <= 150 MiB).
+The warm ratio is printed too.
+
+Run:  .venv/bin/python bench/add_cat.py [--sizes 256M,1G] [--dir DIR]
+The machine is shared and noisy: compare ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import blake3
+
+import cas
+from cas import chunker
+
+MiB = 1 << 20
+CAS = str(Path(sys.executable).with_name("cas"))
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def timed(fn) -> float:
+    os.sync()  # start each measurement with no writeback of the last one pending
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_sampling_rss(argv: list[str], stdout) -> tuple[float, int, bytes]:
+    """Run a process; return (seconds, peak RSS bytes from /proc, stdout)."""
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=0.01)
+        except subprocess.TimeoutExpired:
+            pass
+    elapsed = time.perf_counter() - start
+    out = proc.stdout.read() if proc.stdout else b""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.read().decode()}")
+    return elapsed, peak, out
+
+
+def drop_caches() -> bool:
+    """Empty the page cache so the next reads come from disk (root only)."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def bench_size(size: int, workdir: Path) -> dict[str, float]:
+    data = os.urandom(size)
+    src = workdir / "input.bin"
+    results: dict[str, float] = {}
+
+    results["blake3"] = size / timed(lambda: blake3.blake3(data).digest())
+    results["chunker"] = size / timed(lambda: chunker.cut_points(data))
+
+    def write_fsync() -> None:
+        with open(src, "wb") as f:
+            view = memoryview(data)
+            for i in range(0, size, 4 * MiB):
+                f.write(view[i : i + 4 * MiB])
+            f.flush()
+            os.fsync(f.fileno())
+
+    results["write+fsync"] = size / timed(write_fsync)
+    del data
+
+    def read_back() -> None:
+        with open(src, "rb", buffering=0) as f:
+            while f.read(4 * MiB):
+                pass
+
+    results["read"] = size / timed(read_back)
+    if drop_caches():
+        results["read cold"] = size / timed(read_back)
+
+    lib_repo = workdir / "lib-repo"
+    with cas.open_repository(lib_repo) as repo:
+        holder: list[cas.CID] = []
+        results["lib add"] = size / timed(lambda: holder.append(repo.add_path(src).cid))
+
+        def lib_cat() -> None:
+            for _ in repo.iter_read(holder[0]):
+                pass
+
+        results["lib cat"] = size / timed(lib_cat)
+    shutil.rmtree(lib_repo)
+
+    cli_repo = workdir / "cli-repo"
+    seconds, add_rss, out = run_sampling_rss([CAS, "--repo", str(cli_repo), "add", str(src)], subprocess.PIPE)
+    results["cli add"] = size / seconds
+    cid = out.decode().strip()
+    with open(os.devnull, "wb") as devnull:
+        seconds, cat_rss, _ = run_sampling_rss([CAS, "--repo", str(cli_repo), "cat", cid], devnull)
+    results["cli cat"] = size / seconds
+    if drop_caches():
+        with open(os.devnull, "wb") as devnull:
+            seconds, cold_rss, _ = run_sampling_rss([CAS, "--repo", str(cli_repo), "cat", cid], devnull)
+        results["cli cat cold"] = size / seconds
+        cat_rss = max(cat_rss, cold_rss)
+    results["peak rss"] = max(add_rss, cat_rss)
+    shutil.rmtree(cli_repo)
+    src.unlink()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="256M,1G", help="comma-separated sizes (e.g. 256M,1G)")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir under /var/tmp)")
+    args = parser.parse_args()
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cas-bench-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        for size in [parse_size(s) for s in args.sizes.split(",")]:
+            r = bench_size(size, base)
+            print(f"\n== {size / MiB:.0f} MiB of random bytes")
+            keys = ("blake3", "chunker", "write+fsync", "read", "read cold",
+                    "lib add", "lib cat", "cli add", "cli cat", "cli cat cold")
+            for key in keys:
+                if key in r:
+                    print(f"  {key:<13} {r[key] / 1e6:9.1f} MB/s")
+            print(f"  {'peak RSS':<12} {r['peak rss'] / MiB:9.1f} MiB (cas add / cas cat processes)")
+            add_ratio = r["cli add"] / r["write+fsync"]
+            print(f"  cli add / write+fsync = {add_ratio:.2f}  (target >= 0.40: {'met' if add_ratio >= 0.4 else 'MISSED'})")
+            if "cli cat cold" in r:
+                cold_ratio = r["cli cat cold"] / r["read cold"]
+                print(f"  cli cat cold / read cold = {cold_ratio:.2f}  (target >= 0.50: {'met' if cold_ratio >= 0.5 else 'MISSED'})")
+            else:
+                print("  (cold-cache figures need root to drop the page cache)")
+            print(f"  cli cat / read (warm) = {r['cli cat'] / r['read']:.2f}")
+            print(f"  lib add / write+fsync = {r['lib add'] / r['write+fsync']:.2f}")
+            print(f"  lib cat / read        = {r['lib cat'] / r['read']:.2f}")
+            print(f"  cli add / blake3      = {r['cli add'] / r['blake3']:.2f}")
+            rss_ok = r["peak rss"] <= 150 * MiB
+            print(f"  peak RSS <= 150 MiB: {'met' if rss_ok else 'MISSED'}")
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
