@@ -427,8 +427,9 @@ def write_csv(rows: Sequence[SimStats], path: str) -> None:
 
 
 def write_plot(rows: Sequence[SimStats], path: str) -> bool:
-    """Plot hops (p50 and p99) against network size on a log axis, one line
-    per dead fraction and alpha. Returns False if matplotlib is missing."""
+    """Plot mean and p99 hops against network size on a log axis, one colour
+    per dead fraction, for the largest alpha measured (cas's own). Returns
+    False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -436,23 +437,29 @@ def write_plot(rows: Sequence[SimStats], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[tuple[float, int], list[SimStats]] = {}
+    alpha = max(r.alpha for r in rows)
+    series: dict[float, list[SimStats]] = {}
     for row in rows:
-        series.setdefault((row.dead, row.alpha), []).append(row)
-    for (dead, alpha), items in sorted(series.items()):
+        if row.alpha == alpha:
+            series.setdefault(row.dead, []).append(row)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for dead, items in sorted(series.items()):
         items.sort(key=lambda r: r.nodes)
         xs = [r.nodes for r in items]
-        line = ax.plot(xs, [r.hops_p50 for r in items], marker="o",
-                       label=f"p50, {dead:.0%} dead, α={alpha}")[0]
+        line = ax.plot(xs, [r.hops_mean for r in items], marker="o", label=f"mean, {dead:.0%} dead")[0]
         ax.plot(xs, [r.hops_p99 for r in items], marker="^", linestyle="--",
-                color=line.get_color(), label=f"p99, {dead:.0%} dead, α={alpha}")
+                color=line.get_color(), label=f"p99, {dead:.0%} dead")
+    for r in rows:
+        if r.alpha == alpha and r.dead == min(series):
+            ax.annotate(r.build, (r.nodes, r.hops_mean), textcoords="offset points",
+                        xytext=(0, -14), ha="center", fontsize="x-small")
     ax.set_xscale("log")
-    ax.set_xlabel("nodes")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("nodes (log scale)")
     ax.set_ylabel("hops per lookup")
-    ax.set_title(f"cas DHT lookups (k={rows[0].k}, simulated)")
+    ax.set_title(f"cas DHT lookups, simulated (k={rows[0].k}, α={alpha})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
