@@ -14,7 +14,7 @@ ceilings, measured on the same bytes
 cas
     lib add     cas.Repository.add_path into a new repository
     lib cat     cas.Repository.iter_read of the whole file
-    cli add     the `cas add FILE` process, into a new repository
+    cli add     the `cas add FILE` process, into a new (initialised) repository
     cli cat     the `cas cat CID` process, stdout to /dev/null, warm
     cli cat cold  the same after dropping the page cache
     peak RSS    of the cas processes, from /proc/PID/status VmHWM
@@ -139,6 +139,7 @@ def bench_size(size: int, workdir: Path) -> dict[str, float]:
     shutil.rmtree(lib_repo)
 
     cli_repo = workdir / "cli-repo"
+    subprocess.run([CAS, "--repo", str(cli_repo), "init"], check=True, capture_output=True)
     seconds, add_rss, out = run_sampling_rss([CAS, "--repo", str(cli_repo), "add", str(src)], subprocess.PIPE)
     results["cli add"] = size / seconds
     cid = out.decode().strip()
