@@ -1,0 +1,174 @@
+"""Ed25519 signing keys kept in files only their owner can read.
+
+This module owns key files: generating a key, writing it with mode 0600
+atomically and durably, loading it back with a clear error when the file is
+missing, damaged or readable by others. The node's identity
+(:mod:`cas.net.identity`) and the namespace key that signs root records
+(:mod:`cas.names.record`) are both such keys; each names itself in errors.
+
+Key file format: one line of text, ``cas-ed25519-seed-v1 <64 hex digits>\\n``,
+the 32-byte Ed25519 seed. Text, so that an operator can recognise the file;
+versioned, so it can change.
+
+A key's secret is never printed: ``repr`` shows only the public half.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import nacl.exceptions
+import nacl.signing
+
+from .errors import CasError
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+_SEED_SIZE = 32
+_KEY_FILE_TAG = "cas-ed25519-seed-v1"
+# A key file is one short line; anything bigger is not ours, so refuse to
+# read it into memory.
+_MAX_KEY_FILE_SIZE = 256
+
+K = TypeVar("K", bound="Ed25519Key")
+
+
+class KeyFileError(CasError):
+    """A key file is missing, malformed, or readable by others."""
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True if ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Ed25519Key:
+    """An Ed25519 keypair. ``repr`` never shows the secret."""
+
+    _signing_key: nacl.signing.SigningKey = field(repr=False)
+
+    #: How errors name the key file ("the node key /path ...").
+    what: ClassVar[str] = "key"
+
+    @classmethod
+    def generate(cls: type[K]) -> K:
+        """A fresh random key."""
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls: type[K], seed: bytes) -> K:
+        """The key with this 32-byte Ed25519 seed (tests, known vectors)."""
+        if len(seed) != _SEED_SIZE:
+            raise ValueError(f"an Ed25519 seed has {_SEED_SIZE} bytes")
+        return cls(nacl.signing.SigningKey(seed))
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self._signing_key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self._signing_key.sign(message).signature
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(public_key={self.public_key.hex()[:16]}…)"
+
+    # -- the key file -------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key to ``path`` with mode 0600, atomically and durably.
+
+        The file is created under a temporary name with 0600 from the start
+        (never world-readable, not even for a moment), fsynced, renamed over
+        ``path``, and the directory is fsynced so the rename survives a crash.
+        """
+        path = Path(path)
+        seed = bytes(self._signing_key)
+        text = f"{_KEY_FILE_TAG} {seed.hex()}\n".encode("ascii")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # the umask may only remove bits; be explicit
+                os.write(fd, text)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KeyFileError(f"cannot write the {self.what} {path}: {exc.strerror}") from None
+
+    @classmethod
+    def load(cls: type[K], path: str | os.PathLike[str]) -> K:
+        """Read a key written by :meth:`save`.
+
+        Refuses (with :class:`KeyFileError`) a missing or unreadable file,
+        one that group or others may read or write, one that is not a regular
+        file, and one whose contents are not exactly the format above.
+        """
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise KeyFileError(f"the {cls.what} {path} does not exist") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot open the {cls.what} {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyFileError(f"the {cls.what} {path} is not a regular file")
+            if info.st_mode & 0o077:
+                raise KeyFileError(
+                    f"the {cls.what} {path} is accessible by other users "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+                )
+            raw = os.read(fd, _MAX_KEY_FILE_SIZE + 1)
+        finally:
+            os.close(fd)
+        return cls._parse(raw, path)
+
+    @classmethod
+    def _parse(cls: type[K], raw: bytes, path: Path) -> K:
+        bad = KeyFileError(
+            f"the {cls.what} {path} is damaged or not a cas key "
+            f"(expected one line: '{_KEY_FILE_TAG} <64 hex digits>')"
+        )
+        if len(raw) > _MAX_KEY_FILE_SIZE:
+            raise bad
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise bad from None
+        parts = text.rstrip("\n").split(" ")
+        if len(parts) != 2 or parts[0] != _KEY_FILE_TAG or len(parts[1]) != 2 * _SEED_SIZE:
+            raise bad
+        try:
+            seed = bytes.fromhex(parts[1])
+        except ValueError:
+            raise bad from None
+        return cls.from_seed(seed)
+
+    @classmethod
+    def load_or_create(cls: type[K], path: str | os.PathLike[str]) -> K:
+        """Load the key at ``path``, generating and saving one if there is none."""
+        if not os.path.lexists(path):
+            key = cls.generate()
+            key.save(path)
+            return key
+        return cls.load(path)
