@@ -214,8 +214,18 @@ def _check_range(offset: int, length: int | None) -> None:
 
 def open_repository(path: str | os.PathLike[str] | None = None, *, create: bool = True) -> Repository:
     """Open the repository at ``path`` (default: :func:`default_repository_path`),
-    creating it if needed (unless ``create`` is false)."""
-    return Repository(LocalStore.open(path if path is not None else default_repository_path(), create=create))
+    creating it if needed (unless ``create`` is false).
+
+    If a daemon owns the repository (it answers on ``<repo>/control.sock``),
+    the repository is reached through it; a socket file nobody answers on is
+    left by a daemon that died, and is ignored."""
+    path = path if path is not None else default_repository_path()
+    from .control import RemoteStore  # here: the common offline path stays light
+
+    remote = RemoteStore.connect(path)
+    if remote is not None:
+        return Repository(remote)  # type: ignore[arg-type]
+    return Repository(LocalStore.open(path, create=create))
 
 
 class AsyncRepository:

@@ -1,0 +1,499 @@
+"""The control socket: how the CLI, the library and the mount reach a node.
+
+Owns: the local control protocol (framing, request and response shapes,
+error mapping), the trio server loop that answers it, the synchronous
+client, and :class:`RemoteStore`, the client-side stand-in for
+:class:`cas.store.LocalStore` that lets ``cas.api.Repository`` run unchanged
+against a running daemon.
+
+Must never: decide what an op means (the node's op table does), trust a
+frame's length before checking it, or accept a connection from another user.
+
+The protocol (docs/node.md has the full op table)
+=================================================
+
+The socket is ``<repo>/control.sock``, a Unix stream socket created mode
+0600 in the repository directory; the server also checks each client's
+``SO_PEERCRED`` uid against its own. Each message, both ways, is
+
+    length: u32 big-endian ‖ body: one DAG-CBOR value (≤ MAX_FRAME bytes)
+
+A request is ``{"op": text, "args": map}``; the answer is ``{"ok": value}``
+or ``{"error": {"type": text, "message": text}}``. ``type`` is the name of a
+:class:`cas.errors.CasError` subclass; the client raises that class again
+with the same message, so a command prints the same one line whether it ran
+locally or through the daemon. A *streaming* op (``iterate``) answers with
+any number of ``{"more": [items]}`` frames before its final ``{"ok": n}``.
+Requests on one connection are answered in order, one at a time.
+
+The op table
+============
+
+An op is a name mapped to an async handler ``handler(args) -> value`` (or,
+for a streaming op, an async generator of lists); the server is given the
+table as a plain dict (:data:`OpTable`). The node builds its table in one
+place, :func:`cas.node.control_ops`; a layer adding ops (the namespace, say)
+writes a function returning ``{name: Op(...)}`` and merges it there with one
+line. Handlers raise :class:`CasError` subclasses for the caller's errors;
+anything else is reported as :class:`NodeError` and logged by the node.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat as stat_module
+import struct
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import dagcbor
+from .blocks import MAX_BLOCK_SIZE, Block
+from .cid import CID
+from .errors import CasError, InvalidBlockError, RepositoryError
+from .store import RepoStat, VerifyReport
+from .store._local import Problem
+
+SOCKET_NAME = "control.sock"
+
+MAX_FRAME = 2 * 1024 * 1024
+"""Largest control message either way: a block (≤ 1 MiB, blocks.MAX_BLOCK_SIZE)
+plus its envelope, with the same 2 MiB ceiling as a network message."""
+
+MAX_ITERATE_BATCH = 1024
+"""CIDs per ``{"more": ...}`` frame of ``iterate`` (about 40 KiB)."""
+
+MAX_PROBLEMS = 1000
+"""Problems returned by ``verify`` over the socket; the count says if more."""
+
+CONNECT_TIMEOUT = 2.0
+"""Seconds to wait for a daemon to accept and answer the probe."""
+
+_HEADER = struct.Struct(">I")
+
+
+class NodeError(CasError):
+    """The daemon failed while serving a request (a bug or a resource problem
+    on its side); the message says what it reported."""
+
+
+class ControlProtocolError(CasError):
+    """The other end of the control socket broke the protocol or went away."""
+
+
+class DaemonNotRunningError(CasError):
+    """No daemon answers on the repository's control socket."""
+
+
+# -- framing (shared by both ends) ----------------------------------------------------
+
+
+def encode_frame(value: Any) -> bytes:
+    body = dagcbor.encode(value)
+    if len(body) > MAX_FRAME:
+        raise ControlProtocolError(f"control message of {len(body)} bytes is over the limit")
+    return _HEADER.pack(len(body)) + body
+
+
+def check_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ControlProtocolError(f"control message of {length} bytes is over the {MAX_FRAME}-byte limit")
+    return length
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        return dagcbor.decode(body)
+    except (InvalidBlockError, RecursionError) as exc:
+        raise ControlProtocolError(f"malformed control message: {exc}") from None
+
+
+# -- errors across the socket -----------------------------------------------------------
+
+
+def error_value(exc: BaseException) -> dict[str, str]:
+    """The ``error`` map for an exception raised by a handler."""
+    if isinstance(exc, CasError):
+        return {"type": type(exc).__name__, "message": str(exc)[:4096]}
+    return {"type": "NodeError", "message": f"the node failed: {type(exc).__name__}: {exc}"[:4096]}
+
+
+def _error_classes() -> dict[str, type[CasError]]:
+    found: dict[str, type[CasError]] = {}
+    stack: list[type[CasError]] = [CasError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.__name__, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def error_from_value(value: Any) -> CasError:
+    """Rebuild the :class:`CasError` a handler raised: the same class (found by
+    name among CasError's subclasses; CasError if unknown), the same message."""
+    if not isinstance(value, dict) or not isinstance(value.get("message"), str):
+        return ControlProtocolError("the daemon sent a malformed error")
+    cls = _error_classes().get(str(value.get("type")), CasError)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, value["message"])
+    return exc
+
+
+# -- the server (trio; imported lazily so the sync client never loads trio) ---------------
+
+
+@dataclass(frozen=True)
+class Op:
+    """One entry of the op table. ``handler(args)`` returns the ``ok`` value;
+    with ``streaming`` it is an async generator of lists of items."""
+
+    handler: Callable[[dict[str, Any]], Awaitable[Any]] | Callable[[dict[str, Any]], AsyncIterator[list[Any]]]
+    streaming: bool = False
+
+
+OpTable = dict[str, Op]
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 from birth (umask), any
+    stale file there removed first. The caller owns removing it again."""
+    if path.exists() or path.is_symlink():
+        if not stat_module.S_ISSOCK(path.lstat().st_mode):
+            raise RepositoryError(f"{path} exists and is not a socket; remove it")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        with _short_path(path) as address:
+            sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise RepositoryError(f"cannot create the control socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+class _short_path:
+    """``sun_path`` holds about 107 bytes; a longer socket path is reached
+    through ``/proc/self/fd/N/`` of its directory (Linux)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> str:
+        text = os.fspath(self._path)
+        if len(os.fsencode(text)) < 100:
+            return text
+        self._fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self._fd}/{self._path.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+async def serve_control(listener: socket.socket, ops: OpTable,
+                        on_internal_error: Callable[[str, BaseException], None] | None = None) -> None:
+    """Accept clients on ``listener`` and answer their requests from ``ops``
+    until cancelled. One task per client, in this call's nursery."""
+    import trio
+
+    sock = trio.socket.from_stdlib_socket(listener)
+    async with trio.open_nursery() as nursery:
+        while True:
+            client, _ = await sock.accept()
+            try:
+                uid = _peer_uid(client._sock)  # type: ignore[attr-defined]
+            except OSError:
+                uid = -1
+            if uid != os.getuid():
+                client.close()
+                continue
+            nursery.start_soon(_serve_client, trio.SocketStream(client), ops, on_internal_error)
+
+
+async def _serve_client(stream: Any, ops: OpTable,
+                        on_internal_error: Callable[[str, BaseException], None] | None) -> None:
+    import trio
+
+    buffer = bytearray()
+
+    async def read_exactly(n: int) -> bytes | None:
+        while len(buffer) < n:
+            data = await stream.receive_some(max(65536, n - len(buffer)))
+            if not data:
+                return None
+            buffer.extend(data)
+        out = bytes(buffer[:n])
+        del buffer[:n]
+        return out
+
+    async def send(value: Any) -> None:
+        await stream.send_all(encode_frame(value))
+
+    async with stream:
+        try:
+            while True:
+                header = await read_exactly(4)
+                if header is None:
+                    return
+                try:
+                    length = check_length(header)
+                except ControlProtocolError as exc:
+                    await send({"error": error_value(exc)})
+                    return
+                body = await read_exactly(length)
+                if body is None:
+                    return
+                try:
+                    request = decode_body(body)
+                    op, args = _parse_request(request, ops)
+                except ControlProtocolError as exc:
+                    await send({"error": error_value(exc)})
+                    continue
+                try:
+                    if op.streaming:
+                        count = 0
+                        async for items in op.handler(args):  # type: ignore[union-attr]
+                            count += len(items)
+                            await send({"more": items})
+                        await send({"ok": count})
+                    else:
+                        await send({"ok": await op.handler(args)})  # type: ignore[misc]
+                except CasError as exc:
+                    await send({"error": error_value(exc)})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise
+                except Exception as exc:  # a bug in a handler must not stop the node
+                    if on_internal_error is not None:
+                        on_internal_error(str(request.get("op")), exc)
+                    await send({"error": error_value(exc)})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+def _parse_request(request: Any, ops: OpTable) -> tuple[Op, dict[str, Any]]:
+    if not isinstance(request, dict) or set(request) != {"op", "args"}:
+        raise ControlProtocolError('a control request is {"op": text, "args": map}')
+    name, args = request["op"], request["args"]
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise ControlProtocolError('a control request is {"op": text, "args": map}')
+    op = ops.get(name)
+    if op is None:
+        raise ControlProtocolError(f"the daemon has no operation {name[:64]!r}")
+    return op, args
+
+
+# -- the synchronous client ---------------------------------------------------------------
+
+
+class ControlClient:
+    """A connection to a daemon's control socket. Thread-safe (one request
+    at a time); use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            with _short_path(self.path) as address:
+                self._sock.connect(address)
+        except OSError as exc:
+            self._sock.close()
+            raise DaemonNotRunningError(
+                f"no daemon answers on {self.path} ({exc.strerror or exc}); start one with 'cas daemon'"
+            ) from None
+        self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and return its ``ok`` value, or raise its error."""
+        with self._lock:
+            self._send(op, args)
+            answer = self._receive()
+        return self._result(answer)
+
+    def stream(self, op: str, **args: Any) -> Iterator[Any]:
+        """Items of a streaming op. Holds the connection until exhausted; a
+        generator dropped early closes the connection (the daemon notices)."""
+        with self._lock:
+            self._send(op, args)
+            finished = False
+            try:
+                while True:
+                    answer = self._receive()
+                    if isinstance(answer, dict) and set(answer) == {"more"} and isinstance(answer["more"], list):
+                        yield from answer["more"]
+                        continue
+                    finished = True
+                    self._result(answer)
+                    return
+            finally:
+                if not finished:
+                    self._sock.close()
+
+    def _send(self, op: str, args: dict[str, Any]) -> None:
+        frame = encode_frame({"op": op, "args": args})
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            raise ControlProtocolError(f"lost the daemon on {self.path}: {exc.strerror or exc}") from None
+
+    def _receive(self) -> Any:
+        length = check_length(self._read(4))
+        return decode_body(self._read(length))
+
+    def _read(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            try:
+                data = self._sock.recv(min(n, 1 << 20))
+            except TimeoutError:
+                raise ControlProtocolError(f"the daemon on {self.path} did not answer in time") from None
+            except OSError as exc:
+                raise ControlProtocolError(f"lost the daemon on {self.path}: {exc.strerror or exc}") from None
+            if not data:
+                raise ControlProtocolError(f"the daemon on {self.path} closed the connection")
+            chunks.append(data)
+            n -= len(data)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _result(answer: Any) -> Any:
+        if isinstance(answer, dict) and set(answer) == {"ok"}:
+            return answer["ok"]
+        if isinstance(answer, dict) and set(answer) == {"error"}:
+            raise error_from_value(answer["error"])
+        raise ControlProtocolError("the daemon sent a malformed answer")
+
+
+def socket_path(repo: str | os.PathLike[str]) -> Path:
+    return Path(repo).expanduser().absolute() / SOCKET_NAME
+
+
+def connect(repo: str | os.PathLike[str]) -> ControlClient | None:
+    """A client for the daemon owning ``repo``, or None if none answers (no
+    socket file, or a stale one left by a daemon that died)."""
+    path = socket_path(repo)
+    if not path.exists():
+        return None
+    try:
+        client = ControlClient(path, timeout=CONNECT_TIMEOUT)
+    except DaemonNotRunningError:
+        return None
+    try:
+        client.call("ping")
+    except CasError:
+        client.close()
+        return None
+    client._sock.settimeout(None)
+    return client
+
+
+# -- the remote store ---------------------------------------------------------------------
+
+
+class RemoteBlockStore:
+    """The sync :class:`cas.blocks.BlockStore` protocol over the control socket.
+    ``get`` verifies what the daemon sends, like every store."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
+
+    def has(self, cid: CID) -> bool:
+        return bool(self._client.call("has", cid=cid))
+
+    def get(self, cid: CID) -> bytes:
+        data = self._client.call("get", cid=cid)
+        if not isinstance(data, bytes):
+            raise ControlProtocolError("the daemon sent a malformed block")
+        return Block(cid, data).data  # verifies
+
+    def put(self, block: Block) -> bool:
+        return bool(self._client.call("put", cid=block.cid, data=block.data))
+
+    def delete(self, cid: CID) -> bool:
+        return bool(self._client.call("delete", cid=cid))
+
+    def iterate(self) -> Iterator[CID]:
+        for item in self._client.stream("iterate"):
+            if not isinstance(item, CID):
+                raise ControlProtocolError("the daemon sent a malformed CID")
+            yield item
+
+    def barrier(self) -> None:
+        self._client.call("barrier")
+
+
+class RemoteStore:
+    """What :class:`cas.api.Repository` needs of a store, served by a daemon:
+    ``path``, ``blocks``, pins, ``stat``, ``verify``, ``close``."""
+
+    def __init__(self, client: ControlClient, path: Path) -> None:
+        self._client = client
+        self.path = path
+        self.blocks = RemoteBlockStore(client)
+
+    @classmethod
+    def connect(cls, repo: str | os.PathLike[str]) -> RemoteStore | None:
+        client = connect(repo)
+        if client is None:
+            return None
+        return cls(client, Path(repo).expanduser().absolute())
+
+    @property
+    def client(self) -> ControlClient:
+        return self._client
+
+    def pin(self, cid: CID) -> bool:
+        return bool(self._client.call("pin", cid=cid))
+
+    def unpin(self, cid: CID) -> bool:
+        return bool(self._client.call("unpin", cid=cid))
+
+    def pins(self) -> list[CID]:
+        return list(self._client.call("pins"))
+
+    def stat(self) -> RepoStat:
+        v = self._client.call("stat")
+        return RepoStat(path=v["path"], blocks=v["blocks"], bytes=v["bytes"], pinned=v["pinned"])
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        v = self._client.call("verify")
+        report = VerifyReport(blocks_checked=v["blocks_checked"], bytes_checked=v["bytes_checked"],
+                              problems=[Problem(p["cid"], p["what"]) for p in v["problems"]])
+        if progress is not None:
+            progress(report.bytes_checked)
+        return report
+
+    def close(self) -> None:
+        self._client.close()
+
+
+__all__ = [
+    "MAX_BLOCK_SIZE", "MAX_FRAME", "SOCKET_NAME", "ControlClient", "ControlProtocolError",
+    "DaemonNotRunningError", "NodeError", "Op", "OpTable", "RemoteBlockStore", "RemoteStore",
+    "bind_socket", "connect", "error_from_value", "error_value", "serve_control", "socket_path",
+]

@@ -1,0 +1,498 @@
+"""The trio driver of the DHT: the sans-IO routing table and lookup on real
+connections.
+
+Owns: the pool of :class:`cas.net.Connection` objects to other nodes (one
+per peer, reused, dialled on demand, dropped when they close), turning
+:class:`~cas.dht.lookup.SendQuery` actions into FIND_NODE / FIND_BLOCK
+requests and their outcomes back into lookup events, the per-request timers
+(a soft timeout that lets the lookup search around a slow peer, a hard one
+that gives up on it), feeding the routing table what the wire proves
+(``update`` on every request received and every response, ``record_failure``
+on every failure, ``remove`` on a peer that proves another identity than the
+one it was known by), pinging a full bucket's oldest contact, answering
+peers' DHT requests, bootstrap and bucket refresh.
+
+Must never: decide anything the sans-IO objects decide (who to ask next,
+when a lookup is done, who to evict); trust an address or a block from a
+peer (node IDs come from the handshake, blocks are verified against the CID
+asked for); or let one peer's failure escape into the node.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..blocks import AsyncBlockStore, verified
+from ..cid import CID
+from ..errors import CasError, InvalidBlockError
+from ..net import messages as msg
+from ..net.connection import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    Connection,
+    ConnectionClosedError,
+    ConnectionLimiter,
+    RequestFailedError,
+    RequestTimeoutError,
+    open_channel,
+)
+from ..net.identity import Identity
+from ..net.messages import MalformedMessageError, RemoteProtocolError
+from ..net.noise import PeerIdentity, PeerIdMismatchError
+from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
+from .lookup import ALPHA, Lookup, LookupResult
+from .routing import K, REFRESH_INTERVAL, Contact, RoutingTable
+
+AGENT = "cas/0.1"
+
+REQUEST_TIMEOUT = 5.0
+"""Hard limit for one DHT request, dial and handshake included. A peer that
+has not answered in 5 s is failed (libp2p's DHT uses 10 s per query; a lookup
+never waits for it thanks to the soft timeout below)."""
+
+SOFT_TIMEOUT = 1.0
+"""After this long a query stops holding one of the lookup's alpha slots
+(``Lookup.on_timeout``); a late answer is still used. The simulator's
+default, and several times any healthy round trip."""
+
+REFRESH_CHECK = 60.0
+"""How often the refresh loop asks the table which buckets are due."""
+
+MAX_PINGS = 8
+"""Pings of full buckets' oldest contacts in flight at once; more
+suggestions are dropped (the next update suggests again)."""
+
+HAVE_TIMEOUT = 3.0
+
+
+class BootstrapError(CasError):
+    """No bootstrap peer could be reached."""
+
+
+class PeerUnreachableError(CasError):
+    """A peer could not be dialled or did not complete the handshake."""
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One contact of the routing table as ``cas peers`` shows it."""
+
+    contact: Contact
+    connected: bool
+    last_seen: float | None
+    failures: int
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """A lookup's outcome plus the wall time it took."""
+
+    lookup: LookupResult
+    seconds: float
+    block: bytes | None = None
+    holder: Contact | None = None
+
+
+def contact_to_peer(contact: Contact) -> msg.PeerInfo:
+    return msg.PeerInfo(id_to_bytes(contact.node_id), contact.host, contact.port)
+
+
+def peer_to_contact(peer: msg.PeerInfo) -> Contact | None:
+    try:
+        return Contact(id_from_bytes(peer.node_id), peer.host, peer.port)
+    except ValueError:
+        return None
+
+
+class DhtDriver:
+    """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
+    owns every connection task until cancelled."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        table: RoutingTable,
+        *,
+        blocks: AsyncBlockStore | None = None,
+        listen_port: int | None = None,
+        k: int = K,
+        alpha: int = ALPHA,
+        request_timeout: float = REQUEST_TIMEOUT,
+        soft_timeout: float = SOFT_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        refresh_interval: float = REFRESH_INTERVAL,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.identity = identity
+        self.own_id = NodeID(int.from_bytes(identity.node_id, "big"))
+        if table.own_id != self.own_id:
+            raise ValueError("the routing table belongs to another node")
+        self.table = table
+        self.blocks = blocks
+        self.listen_port = listen_port
+        self.k = k
+        self.alpha = alpha
+        self.request_timeout = request_timeout
+        self.soft_timeout = soft_timeout
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.refresh_interval = refresh_interval
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._limiter = ConnectionLimiter()
+        self._connections: dict[int, Connection] = {}
+        self._dialing: dict[int, trio.Event] = {}
+        self._pinging: set[int] = set()
+        self._nursery: trio.Nursery | None = None
+        self.messages_sent = 0
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connection tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _hello(self) -> msg.Hello:
+        return msg.Hello(agent=AGENT, listen_port=self.listen_port)
+
+    def _now(self) -> float:
+        return self._clock()
+
+    # -- connections ----------------------------------------------------------
+
+    async def handle_inbound(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted TCP stream (give this to ``trio.serve_listeners``)."""
+        try:
+            host = stream.socket.getpeername()[0]
+        except OSError:
+            await stream.aclose()
+            return
+        if not self._limiter.try_acquire(("addr", host)):
+            await stream.aclose()
+            return
+        try:
+            try:
+                channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
+                                             handshake_timeout=self.handshake_timeout,
+                                             idle_timeout=self.idle_timeout)
+            except (RemoteProtocolError, ConnectionClosedError, OSError):
+                return  # refused; open_channel closed the stream
+            hello = channel.peer_hello
+            listen = hello.listen_port if hello is not None else None
+            contact = None
+            if listen is not None:
+                try:
+                    contact = Contact(self._peer_id(channel.peer), host, listen)
+                except ValueError:
+                    contact = None
+            connection = Connection(channel, self._make_handler(contact))
+            await self._run_connection(connection, contact)
+        finally:
+            self._limiter.release(("addr", host))
+
+    async def _run_connection(self, connection: Connection, contact: Contact | None) -> None:
+        peer_id = self._peer_id(connection.peer)
+        if contact is not None:
+            self._connections.setdefault(peer_id, connection)
+        try:
+            await connection.run()
+        finally:
+            if self._connections.get(peer_id) is connection:
+                del self._connections[peer_id]
+
+    @staticmethod
+    def _peer_id(peer: PeerIdentity) -> NodeID:
+        return id_from_bytes(peer.node_id)
+
+    async def _dial(self, host: str, port: int, expected: int | None) -> tuple[Connection, Contact]:
+        assert self._nursery is not None, "DhtDriver.run() is not running"
+        expected_bytes = id_to_bytes(expected) if expected is not None else None
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
+            raise PeerUnreachableError(f"cannot reach {host}:{port}: {reason}") from None
+        try:
+            channel = await open_channel(stream, self.identity, initiator=True,
+                                         expected_peer_id=expected_bytes, hello=self._hello(),
+                                         handshake_timeout=self.handshake_timeout,
+                                         idle_timeout=self.idle_timeout)
+        except PeerIdMismatchError:
+            raise
+        except (RemoteProtocolError, ConnectionClosedError) as exc:
+            raise PeerUnreachableError(f"handshake with {host}:{port} failed: {exc}") from None
+        peer_id = self._peer_id(channel.peer)
+        contact = Contact(peer_id, host, port)
+        connection = Connection(channel, self._make_handler(contact), request_timeout=self.request_timeout)
+        self._nursery.start_soon(self._run_connection, connection, contact)
+        return connection, contact
+
+    async def _connection_to(self, contact: Contact) -> Connection:
+        node_id = contact.node_id
+        while True:
+            existing = self._connections.get(node_id)
+            if existing is not None and not existing.channel.closed:
+                return existing
+            pending = self._dialing.get(node_id)
+            if pending is None:
+                break
+            await pending.wait()
+        event = self._dialing[node_id] = trio.Event()
+        try:
+            connection, _ = await self._dial(contact.host, contact.port, node_id)
+            self._connections[node_id] = connection
+            return connection
+        finally:
+            del self._dialing[node_id]
+            event.set()
+
+    def connected(self, node_id: int) -> bool:
+        conn = self._connections.get(node_id)
+        return conn is not None and not conn.channel.closed
+
+    # -- requests out ---------------------------------------------------------
+
+    async def request(self, contact: Contact, request: msg.Request,
+                      timeout: float | None = None) -> msg.Response:
+        """Send ``request`` to ``contact`` (dialling if needed) and return its
+        response, feeding the routing table either way. Raises
+        :class:`CasError` subclasses on any failure."""
+        timeout = self.request_timeout if timeout is None else timeout
+        try:
+            with trio.fail_after(timeout):
+                connection = await self._connection_to(contact)
+                self.messages_sent += 1
+                response = await connection.request(request, timeout=timeout)
+        except PeerIdMismatchError:
+            # Someone else answers at that address: the contact is false.
+            self.table.remove(contact.node_id)
+            raise
+        except trio.TooSlowError:
+            self.table.record_failure(contact.node_id)
+            raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
+        except (CasError, RemoteProtocolError) as exc:
+            if not (isinstance(exc, RequestFailedError) and exc.code == "busy"):
+                self.table.record_failure(contact.node_id)
+            raise
+        self.seen(contact)
+        return response
+
+    def seen(self, contact: Contact) -> None:
+        """``contact`` proved itself just now: tell the table, and ping the
+        bucket's oldest contact if the bucket is full."""
+        oldest = self.table.update(contact, self._now())
+        if oldest is not None and oldest.node_id not in self._pinging \
+                and len(self._pinging) < MAX_PINGS and self._nursery is not None:
+            self._pinging.add(oldest.node_id)
+            self._nursery.start_soon(self._ping_oldest, oldest)
+
+    async def _ping_oldest(self, contact: Contact) -> None:
+        try:
+            await self.ping(contact)
+        finally:
+            self._pinging.discard(contact.node_id)
+
+    async def ping(self, contact: Contact) -> bool:
+        try:
+            await self.request(contact, msg.Ping())
+            return True
+        except (CasError, RemoteProtocolError):
+            return False
+
+    async def have(self, contact: Contact, cids: Sequence[CID]) -> list[bool] | None:
+        """Which of ``cids`` the peer holds (None if it did not answer)."""
+        try:
+            response = await self.request(contact, msg.Have(tuple(cids)), timeout=HAVE_TIMEOUT)
+        except (CasError, RemoteProtocolError):
+            return None
+        if not isinstance(response, msg.HaveResult):
+            return None
+        return list(response.present)
+
+    # -- requests in ----------------------------------------------------------
+
+    def _make_handler(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], Awaitable[msg.Response]]:
+        async def handler(peer: PeerIdentity, request: msg.Request) -> msg.Response:
+            requester = self._peer_id(peer)
+            if contact is not None:
+                self.seen(contact)
+            return await self.answer(requester, request)
+
+        return handler
+
+    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        """The response to a peer's DHT request."""
+        if isinstance(request, msg.Ping):
+            return msg.Pong()
+        if isinstance(request, msg.FindNode):
+            target = id_from_bytes(request.target)
+            return msg.Nodes(self._closest_peers(target, requester))
+        if isinstance(request, msg.FindBlock):
+            if self.blocks is not None:
+                try:
+                    if await self.blocks.has(request.cid):
+                        return msg.Block(await self.blocks.get(request.cid))
+                except CasError:
+                    pass  # a damaged block is not served; point elsewhere
+            return msg.Nodes(self._closest_peers(key_for_digest(request.cid.digest), requester))
+        if isinstance(request, msg.Have):
+            present = []
+            for cid in request.cids:
+                present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
+            return msg.HaveResult(tuple(present))
+        return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
+
+    def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
+        return tuple(contact_to_peer(c) for c in self.table.closest(target, self.k, exclude=requester))
+
+    # -- lookups --------------------------------------------------------------
+
+    async def find_node(self, target: int) -> FindResult:
+        """The k nodes closest to ``target`` that answered (this node left out)."""
+        request = msg.FindNode(id_to_bytes(target))
+        return await self._lookup(target, request, find_value=False, cid=None)
+
+    async def find_block(self, cid: CID) -> FindResult:
+        """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
+        return await self._lookup(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
+
+    async def _lookup(self, target: int, request: msg.Request, *, find_value: bool,
+                      cid: CID | None) -> FindResult:
+        started = self._now()
+        self.table.mark_lookup(target, started)
+        lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
+                        find_value=find_value, exclude=self.own_id)
+        send, receive = trio.open_memory_channel[tuple[str, Contact, Any]](math.inf)
+        async with trio.open_nursery() as nursery:
+
+            def launch(actions: list[Any]) -> None:
+                for action in actions:
+                    nursery.start_soon(self._query, action.peer, request, cid, send)
+
+            launch(lookup.start())
+            while not lookup.done:
+                kind, peer, payload = await receive.receive()
+                if kind == "response":
+                    contacts, value = payload
+                    launch(lookup.on_response(peer, contacts, value))
+                elif kind == "timeout":
+                    launch(lookup.on_timeout(peer))
+                else:
+                    launch(lookup.on_failure(peer))
+            nursery.cancel_scope.cancel()
+        result = lookup.result
+        block = result.value if isinstance(result.value, bytes) else None
+        return FindResult(result, self._now() - started, block, result.value_from if block else None)
+
+    async def _query(self, peer: Contact, request: msg.Request, cid: CID | None,
+                     send: trio.MemorySendChannel[tuple[str, Contact, Any]]) -> None:
+        finished = False
+
+        async def soft_timer() -> None:
+            await trio.sleep(self.soft_timeout)
+            if not finished:
+                send.send_nowait(("timeout", peer, None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(soft_timer)
+            try:
+                response = await self.request(peer, request)
+                outcome = self._interpret(response, cid)
+            except (CasError, RemoteProtocolError):
+                outcome = None
+            finally:
+                finished = True
+                nursery.cancel_scope.cancel()
+        if outcome is None:
+            send.send_nowait(("failure", peer, None))
+        else:
+            send.send_nowait(("response", peer, outcome))
+
+    def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
+        if isinstance(response, msg.Nodes):
+            contacts = [c for c in map(peer_to_contact, response.peers) if c is not None]
+            return contacts, None
+        if isinstance(response, msg.Block) and cid is not None:
+            try:
+                return [], verified(cid, response.data)
+            except InvalidBlockError:
+                return None  # a peer that lies about a block is a failed peer
+        return None
+
+    # -- joining and refreshing -----------------------------------------------
+
+    async def bootstrap(self, addresses: Sequence[tuple[str, int]]) -> list[Contact]:
+        """Dial each address (whoever answers proves its own ID), then look up
+        our own ID and refresh the buckets beyond our nearest neighbour (the
+        paper's join). Raises :class:`BootstrapError` if nobody answered."""
+        reached: list[Contact] = []
+        problems: list[str] = []
+        for host, port in addresses:
+            try:
+                with trio.fail_after(self.request_timeout):
+                    connection, contact = await self._dial(host, port, None)
+                    if contact.node_id == self.own_id:
+                        raise PeerUnreachableError(f"{host}:{port} is this node itself")
+                    self._connections[contact.node_id] = connection
+                    await connection.request(msg.Ping(), timeout=self.request_timeout)
+            except trio.TooSlowError:
+                problems.append(f"{host}:{port}: no answer within {self.request_timeout:g} s")
+                continue
+            except (CasError, RemoteProtocolError) as exc:
+                problems.append(str(exc))
+                continue
+            self.seen(contact)
+            reached.append(contact)
+        if addresses and not reached:
+            raise BootstrapError("bootstrap failed: " + "; ".join(problems))
+        await self.refresh(force=True)
+        return reached
+
+    async def refresh(self, *, force: bool = False) -> int:
+        """Look up our own ID, then a random ID in every bucket due for refresh
+        (every bucket from our nearest neighbour out, with ``force``).
+        Returns the number of lookups made."""
+        if not len(self.table):
+            return 0
+        now = self._now()
+        due = self.table.refresh_due(now, 0.0 if force else self.refresh_interval)
+        count = 0
+        if force or due:
+            await self.find_node(self.own_id)
+            count += 1
+        for index in due:
+            if not self.table.nonempty_buckets():
+                break
+            await self.find_node(random_id_in_bucket(self.own_id, index, self._rng))
+            count += 1
+        return count
+
+    async def refresh_loop(self, check_every: float = REFRESH_CHECK) -> None:
+        """Refresh due buckets every ``check_every`` seconds, until cancelled."""
+        while True:
+            await trio.sleep(check_every)
+            await self.refresh()
+
+    # -- reporting ------------------------------------------------------------
+
+    def peers(self) -> list[PeerStatus]:
+        now = self._now()
+        out = []
+        for contact in self.table.contacts():
+            seen = self.table.last_seen(contact.node_id)
+            out.append(PeerStatus(contact, self.connected(contact.node_id),
+                                  None if seen is None else max(0.0, now - seen),
+                                  self.table.failures(contact.node_id)))
+        return out

@@ -1,0 +1,427 @@
+"""The node: one trio process that owns a repository and joins the network.
+
+Owns, for as long as it runs: the repository (its lock, the
+:class:`~cas.store.LocalStore`), the node identity (``<repo>/keys/node.key``,
+mode 0600), the DHT (:class:`~cas.dht.driver.DhtDriver` over a
+:class:`~cas.dht.routing.RoutingTable` that is saved as DAG-CBOR to
+``<repo>/dht/routing.cbor`` periodically and on shutdown, and reloaded on
+start), the TCP listener, the bucket-refresh timer, and the control socket
+``<repo>/control.sock`` with the op table (:func:`control_ops`) through which
+the CLI, the library and the mount reach the node.
+
+Every task lives in the nursery of :meth:`Node.run`; cancelling it (what
+SIGTERM and SIGINT do in :func:`run_daemon`) shuts down in order: stop
+accepting, save the routing table, remove the socket file, release the
+repository. kill -9 skips all of that and loses nothing but the last few
+minutes of routing-table freshness: the lock dies with the process, and a
+socket file nobody answers on is ignored by clients and replaced on start.
+
+Must never: interpret wire messages (the DHT driver and cas.net do), hold
+protocol logic (the sans-IO objects in cas.dht do), block the event loop on
+disk writes that fsync (they run in a worker thread under the store lock),
+or pickle anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import dagcbor
+from .blocks import AsyncStoreAdapter, Block
+from .cid import CID, parse_cid
+from .control import MAX_ITERATE_BATCH, MAX_PROBLEMS, SOCKET_NAME, Op, OpTable, bind_socket, serve_control
+from .dht.driver import DhtDriver, FindResult
+from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
+from .dht.routing import REFRESH_INTERVAL, RoutingTable
+from .errors import CasError, InvalidInputError, RepositoryError
+from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
+from .net.identity import Identity
+from .store import LocalStore
+
+DEFAULT_PORT = 4710
+KEY_PATH = Path("keys") / "node.key"
+TABLE_PATH = Path("dht") / "routing.cbor"
+SAVE_INTERVAL = 300.0
+"""Seconds between saves of the routing table while running (and once more
+at shutdown): a kill -9 loses at most this much table history."""
+MAX_TABLE_FILE = 1 << 20
+
+
+@dataclass
+class NodeConfig:
+    """How to run a node. ``listen_port`` 0 picks a free port."""
+
+    repo: Path
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    refresh_interval: float = REFRESH_INTERVAL
+    save_interval: float = SAVE_INTERVAL
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    node_id: bytes
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        return f"node {self.node_id.hex()} listening on {self.host}:{self.port}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) → (host, port), or InvalidInputError."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]+):(\d+)", text.strip())
+    if not m:
+        raise InvalidInputError(f"{text!r} is not an address; write HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise InvalidInputError(f"port {port} in {text!r} is out of range")
+    return host, port
+
+
+def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
+    """The saved table at ``path``, or an empty one if there is none or it
+    belongs to another identity. A damaged file raises RepositoryError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return RoutingTable(own_id, now=now)
+    except OSError as exc:
+        raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_TABLE_FILE:
+        raise RepositoryError(f"{path} is too large to be a routing table; delete it")
+    try:
+        record = dagcbor.decode(raw)
+    except CasError:
+        raise RepositoryError(f"{path} is damaged; delete it to start from the bootstrap peers") from None
+    if isinstance(record, dict) and record.get("node_id") != id_to_bytes(own_id):
+        return RoutingTable(own_id, now=now)  # the key was replaced: the table is someone else's
+    return RoutingTable.from_record(record, now)
+
+
+def save_table(path: Path, table: RoutingTable, now: float) -> None:
+    """Write the table atomically (temporary file, fsync, rename)."""
+    data = dagcbor.encode(table.to_record(now))
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Node:
+    """A running node; see the module docstring. Use :meth:`run` in a
+    nursery (``await nursery.start(node.run)`` returns its address)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store: LocalStore | None = None
+        self.identity: Identity | None = None
+        self.dht: DhtDriver | None = None
+        self.address: NodeAddress | None = None
+        self._store_lock = trio.Lock()
+        self._cancel = trio.CancelScope()
+        self.internal_errors: list[str] = []
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (safe to call from any task)."""
+        self._cancel.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        repo = Path(self.config.repo).expanduser().absolute()
+        store = await trio.to_thread.run_sync(lambda: LocalStore.open(repo, create=True))
+        self.store = store
+        try:
+            await self._run_with_store(store, repo, task_status)
+        finally:
+            store.close()
+
+    async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
+        (repo / "keys").mkdir(mode=0o700, exist_ok=True)
+        identity = self.identity = Identity.load_or_create(repo / KEY_PATH)
+        own_id = id_from_bytes(identity.node_id)
+        table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
+        try:
+            listeners = await trio.open_tcp_listeners(self.config.listen_port, host=self.config.listen_host)
+        except OSError as exc:
+            raise CasError(f"cannot listen on {self.config.listen_host}:{self.config.listen_port}: "
+                           f"{exc.strerror or exc}") from None
+        bound = listeners[0].socket.getsockname()
+        self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
+        dht = self.dht = DhtDriver(
+            identity, table, blocks=AsyncStoreAdapter(store.blocks), listen_port=bound[1],
+            handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
+            refresh_interval=self.config.refresh_interval)
+        control = None
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(dht.run)
+                    nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
+                    if self.config.bootstrap:
+                        await dht.bootstrap(self.config.bootstrap)
+                    elif len(table):
+                        nursery.start_soon(self._rejoin)
+                    control = bind_socket(repo / SOCKET_NAME)
+                    nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
+                    nursery.start_soon(dht.refresh_loop)
+                    nursery.start_soon(self._save_loop)
+                    task_status.started(self.address)
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            if control is not None:
+                control.close()
+                try:
+                    (repo / SOCKET_NAME).unlink()
+                except FileNotFoundError:
+                    pass
+            self.save()
+
+    async def _rejoin(self) -> None:
+        assert self.dht is not None
+        await self.dht.refresh(force=True)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.save_interval)
+            self.save()
+
+    def save(self) -> None:
+        """Save the routing table now."""
+        if self.dht is not None:
+            try:
+                save_table(Path(self.config.repo).expanduser().absolute() / TABLE_PATH,
+                           self.dht.table, trio.current_time())
+            except OSError as exc:
+                self._log(f"cannot save the routing table: {exc}")
+
+    def _log(self, text: str) -> None:
+        print(f"cas daemon: {text}", file=sys.stderr, flush=True)
+
+    def _log_internal(self, op: str, exc: BaseException) -> None:
+        self.internal_errors.append(f"{op}: {type(exc).__name__}: {exc}")
+        self._log(f"internal error in {op}: {type(exc).__name__}: {exc}")
+
+    # -- helpers for the op handlers ------------------------------------------
+
+    async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in a worker thread, one at a time: writes fsync,
+        and the metadata database is not for concurrent use."""
+        async with self._store_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+
+# -- the op table ---------------------------------------------------------------------
+
+
+def _cid_arg(args: dict[str, Any], name: str = "cid") -> CID:
+    value = args.get(name)
+    if isinstance(value, CID):
+        return value
+    if isinstance(value, str):
+        return parse_cid(value)
+    raise InvalidInputError(f"argument {name!r} must be a CID")
+
+
+def _bytes_arg(args: dict[str, Any], name: str) -> bytes:
+    value = args.get(name)
+    if not isinstance(value, bytes):
+        raise InvalidInputError(f"argument {name!r} must be bytes")
+    return value
+
+
+def parse_target(text: str) -> tuple[int, CID | None]:
+    """A lookup target from the command line: a node ID (64 hex digits) or a
+    CID (whose key is its digest)."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return id_from_bytes(bytes.fromhex(text)), None
+    cid = parse_cid(text)
+    return key_for_digest(cid.digest), cid
+
+
+def control_ops(node: Node) -> OpTable:
+    """The node's op table: block store, pins and reports, then node ops.
+
+    To add ops (the namespace, say), write ``names_ops(node) -> OpTable`` in
+    your module and merge it in the ``return`` below; that is the one place.
+    """
+    return {**_store_ops(node), **_node_ops(node)}
+
+
+def _store_ops(node: Node) -> OpTable:
+    def store() -> LocalStore:
+        assert node.store is not None
+        return node.store
+
+    async def ping(args: dict[str, Any]) -> str:
+        return "pong"
+
+    async def has(args: dict[str, Any]) -> bool:
+        return store().blocks.has(_cid_arg(args))
+
+    async def get(args: dict[str, Any]) -> bytes:
+        return store().blocks.get(_cid_arg(args))
+
+    async def put(args: dict[str, Any]) -> bool:
+        block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
+        return bool(await node.in_store_thread(store().blocks.put, block))
+
+    async def barrier(args: dict[str, Any]) -> None:
+        await node.in_store_thread(store().blocks.barrier)
+
+    async def delete(args: dict[str, Any]) -> bool:
+        return bool(await node.in_store_thread(store().blocks.delete, _cid_arg(args)))
+
+    async def iterate(args: dict[str, Any]) -> AsyncIterator[list[CID]]:
+        batch: list[CID] = []
+        for cid in store().blocks.iterate():
+            batch.append(cid)
+            if len(batch) >= MAX_ITERATE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def pin(args: dict[str, Any]) -> bool:
+        return bool(await node.in_store_thread(store().pin, _cid_arg(args)))
+
+    async def unpin(args: dict[str, Any]) -> bool:
+        return bool(await node.in_store_thread(store().unpin, _cid_arg(args)))
+
+    async def pins(args: dict[str, Any]) -> list[CID]:
+        return list(await node.in_store_thread(store().pins))
+
+    async def stat(args: dict[str, Any]) -> dict[str, Any]:
+        st = await node.in_store_thread(store().stat)
+        return {"path": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned}
+
+    async def verify(args: dict[str, Any]) -> dict[str, Any]:
+        report = await node.in_store_thread(store().verify)
+        return {"blocks_checked": report.blocks_checked, "bytes_checked": report.bytes_checked,
+                "problems": [{"cid": p.cid, "what": p.what} for p in report.problems[:MAX_PROBLEMS]]}
+
+    return {
+        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "barrier": Op(barrier),
+        "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
+        "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),
+    }
+
+
+def _node_ops(node: Node) -> OpTable:
+    def dht() -> DhtDriver:
+        assert node.dht is not None
+        return node.dht
+
+    async def id_(args: dict[str, Any]) -> dict[str, Any]:
+        assert node.address is not None
+        return {"id": node.address.node_id.hex(), "host": node.address.host, "port": node.address.port,
+                "peers": len(dht().table)}
+
+    async def peers(args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
+             "connected": p.connected, "failures": p.failures,
+             "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000)}
+            for p in dht().peers()
+        ]
+
+    async def dht_find(args: dict[str, Any]) -> dict[str, Any]:
+        text = args.get("target")
+        if not isinstance(text, str):
+            raise InvalidInputError("argument 'target' must be a node ID or a CID")
+        target, cid = parse_target(text)
+        found: FindResult = await dht().find_node(target)
+        closest = list(found.lookup.closest)
+        holders: list[list[bool] | None] = [None] * len(closest)
+        if cid is not None:
+            async with trio.open_nursery() as nursery:
+                async def ask(i: int) -> None:
+                    holders[i] = await dht().have(closest[i], [cid])
+                for i in range(len(closest)):
+                    nursery.start_soon(ask, i)
+        local_has = bool(cid is not None and node.store is not None and node.store.blocks.has(cid))
+        return {
+            "target": id_to_bytes(target).hex(),
+            "cid": None if cid is None else cid.encode(),
+            "closest": [
+                {"id": id_to_bytes(c.node_id).hex(), "host": c.host, "port": c.port,
+                 "has": None if h is None else bool(h[0])}
+                for c, h in zip(closest, holders)
+            ],
+            "local_has": local_has if cid is not None else None,
+            "hops": found.lookup.hops,
+            "messages": found.lookup.messages,
+            "failures": found.lookup.failures,
+            "elapsed_us": int(found.seconds * 1e6),
+        }
+
+    async def dht_refresh(args: dict[str, Any]) -> int:
+        return await dht().refresh(force=True)
+
+    return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh)}
+
+
+# -- the process ------------------------------------------------------------------------
+
+
+def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None]) -> None:
+    """Run a node in this process until SIGTERM or SIGINT, then shut down
+    cleanly. ``on_ready`` is called once it listens and has bootstrapped.
+    A :class:`CasError` from the node (bootstrap failed, repository in use)
+    is raised as itself, not inside an exception group."""
+
+    async def main() -> None:
+        node = Node(config)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for _ in signals:
+                        node.stop()
+                        return
+
+                async def run_node(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    try:
+                        await node.run(task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                on_ready(await nursery.start(run_node))
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        raise first_cas_error(group) or group from None
+
+
+def first_cas_error(error: BaseException) -> CasError | None:
+    """The first CasError inside (possibly nested) exception groups."""
+    if isinstance(error, CasError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = first_cas_error(inner)
+            if found is not None:
+                return found
+    return None

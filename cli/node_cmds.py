@@ -1,0 +1,156 @@
+"""``cas daemon``, ``cas id``, ``cas peers`` and ``cas dht find|refresh``: the node.
+
+``cas daemon`` runs a node in the foreground and prints one line, ``node
+<id> listening on HOST:PORT``, once it listens and has bootstrapped (tests
+and scripts wait on that line). The other commands ask the running daemon
+through the control socket; ``cas id`` also works without one (it reads the
+node key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cas import control
+from cas.errors import CasError, InvalidInputError
+
+from .output import Output
+from .repo_cmds import repo_path
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "daemon", parents=common, help="run a node (in the foreground)",
+        description="Run a node for the repository: listen for peers, join the DHT through the "
+        "bootstrap peers, and serve the other cas commands through the control socket. "
+        "SIGTERM or Ctrl-C shuts it down cleanly.")
+    p.add_argument("--listen", metavar="HOST:PORT", default=None,
+                   help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", action="append", default=[],
+                   help="a peer to join the network through (more than once for several)")
+    p.add_argument("--handshake-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="close connections that do not complete the handshake in time (default 10)")
+    p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="close connections silent for this long (default 120)")
+    p.set_defaults(run=cmd_daemon)
+
+    p = sub.add_parser("id", parents=common, help="this node's ID and address")
+    p.set_defaults(run=cmd_id)
+
+    p = sub.add_parser("peers", parents=common, help="the peers in the running node's routing table")
+    p.set_defaults(run=cmd_peers)
+
+    p = sub.add_parser("dht", parents=common, help="query the DHT through the running node")
+    dht_sub = p.add_subparsers(dest="dht_command", metavar="find|refresh", required=True)
+    f = dht_sub.add_parser("find", parents=common,
+                           help="the k closest nodes to a CID or node ID, and which have the block")
+    f.add_argument("targets", nargs="+", metavar="CID|NODE-ID")
+    f.set_defaults(run=cmd_dht_find)
+    r = dht_sub.add_parser("refresh", parents=common, help="refresh every bucket of the routing table now")
+    r.set_defaults(run=cmd_dht_refresh)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _client(args: argparse.Namespace) -> control.ControlClient:
+    client = control.connect(repo_path(args))
+    if client is None:
+        raise control.DaemonNotRunningError(
+            f"no daemon is running for {repo_path(args)}; start one with 'cas daemon'")
+    return client
+
+
+def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
+    from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, parse_address, run_daemon
+
+    host, port = parse_address(args.listen) if args.listen else ("0.0.0.0", DEFAULT_PORT)
+    config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
+                        bootstrap=[parse_address(b) for b in args.bootstrap])
+    if args.handshake_timeout is not None:
+        config.handshake_timeout = args.handshake_timeout
+    if args.idle_timeout is not None:
+        config.idle_timeout = args.idle_timeout
+
+    def ready(address: NodeAddress) -> None:
+        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
+        out.result(address.describe())
+
+    run_daemon(config, ready)
+    out.note("cas daemon: stopped")
+    return 0
+
+
+def cmd_id(args: argparse.Namespace, out: Output) -> int:
+    client = control.connect(repo_path(args))
+    if client is not None:
+        with client:
+            info = client.call("id")
+        doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True}
+    else:
+        from cas.net.identity import Identity
+        from cas.node import KEY_PATH
+        from cas.store import LocalStore
+
+        with LocalStore.open(repo_path(args), create=True) as store:
+            (store.path / "keys").mkdir(mode=0o700, exist_ok=True)
+            identity = Identity.load_or_create(store.path / KEY_PATH)
+        doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False}
+    out.document(doc)
+    where = f"{doc['host']}:{doc['port']}" if doc["running"] else "not running"
+    out.result(f"{doc['id']}  {where}")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        peers = client.call("peers")
+    out.document(peers)
+    for p in peers:
+        state = "connected" if p["connected"] else "-"
+        out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}")
+    out.note(f"{len(peers)} peer(s)")
+    return 0
+
+
+def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
+    from cas.node import parse_target
+
+    for text in args.targets:  # bad input fails before any lookup
+        try:
+            parse_target(text)
+        except CasError:
+            raise InvalidInputError(f"{text!r} is neither a CID nor a 64-hex-digit node ID") from None
+    results = []
+    with _client(args) as client:
+        for text in args.targets:
+            results.append(client.call("dht_find", target=text))
+    if out.json_mode:
+        json.dump(results[0] if len(results) == 1 else results, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    for r in results:
+        out.result(f"{r['cid'] or r['target']}: {len(r['closest'])} closest "
+                   f"({r['hops']} hops, {r['messages']} messages)")
+        for c in r["closest"]:
+            has = "" if c["has"] is None else ("  has it" if c["has"] else "  -")
+            out.result(f"  {c['id']}  {c['host']}:{c['port']}{has}")
+    return 0
+
+
+def cmd_dht_refresh(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        lookups = client.call("dht_refresh")
+    out.document({"lookups": lookups})
+    out.result(f"refreshed: {lookups} lookups")
+    return 0

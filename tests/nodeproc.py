@@ -1,0 +1,136 @@
+"""Running ``cas daemon`` processes in tests: start, wait for readiness,
+stop by PID. Every wait has a deadline; nothing sleeps as synchronisation.
+
+Use :class:`Daemons` as a context manager (or the ``daemons`` fixture in
+the test modules): whatever happens in the test, every process it started is
+stopped by PID on the way out (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .conftest import CAS
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    repo: Path
+    node_id: str = ""
+    host: str = ""
+    port: int = 0
+    stderr_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "CAS_HOME"}
+
+
+@dataclass
+class Daemons:
+    """Starts daemons and guarantees they are stopped."""
+
+    started: list[Daemon] = field(default_factory=list)
+    argv_prefix: Sequence[str] = ()
+
+    def start(self, repo: Path, *, listen: str = "127.0.0.1:0", bootstrap: Sequence[str] = (),
+              extra: Sequence[str] = (), wait: bool = True, timeout: float = 30,
+              prefix: Sequence[str] = ()) -> Daemon:
+        repo.mkdir(parents=True, exist_ok=True)
+        stderr_path = repo.parent / f"{repo.name}.daemon.err"
+        argv = [*prefix, CAS, "--repo", str(repo), "daemon", "--listen", listen]
+        for b in bootstrap:
+            argv += ["--bootstrap", b]
+        argv += list(extra)
+        with open(stderr_path, "ab") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=_env())
+        daemon = Daemon(proc, repo, stderr_path=stderr_path)
+        self.started.append(daemon)
+        if wait:
+            self.wait_ready(daemon, timeout)
+        return daemon
+
+    def wait_ready(self, daemon: Daemon, timeout: float = 30) -> Daemon:
+        """Read the daemon's ready line (``node ID listening on HOST:PORT``)."""
+        assert daemon.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"daemon for {daemon.repo} not ready in {timeout:g} s: {daemon.stderr()}")
+            ready, _, _ = select.select([daemon.proc.stdout], [], [], left)
+            if ready:
+                chunk = os.read(daemon.proc.stdout.fileno(), 1)
+                if not chunk:
+                    raise AssertionError(
+                        f"daemon for {daemon.repo} exited ({daemon.proc.wait(5)}): {daemon.stderr()}")
+                line += chunk
+        words = line.decode().split()
+        assert words[0] == "node" and words[2:4] == ["listening", "on"], line
+        daemon.node_id = words[1]
+        daemon.host, port = words[4].rsplit(":", 1)
+        daemon.port = int(port)
+        return daemon
+
+    def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Send ``sig`` to the daemon's PID and wait for it to exit."""
+        if daemon.proc.poll() is None:
+            os.kill(daemon.pid, sig)
+        try:
+            return daemon.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(daemon.pid, signal.SIGKILL)
+            daemon.proc.wait(10)
+            raise AssertionError(f"daemon {daemon.pid} ignored signal {sig} for {timeout:g} s") from None
+
+    def close(self) -> None:
+        for daemon in self.started:
+            if daemon.proc.poll() is None:
+                os.kill(daemon.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for daemon in self.started:
+            try:
+                daemon.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(daemon.pid, signal.SIGKILL)
+                daemon.proc.wait(10)
+            if daemon.proc.stdout is not None:
+                daemon.proc.stdout.close()
+
+    def __enter__(self) -> Daemons:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

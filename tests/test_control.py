@@ -1,0 +1,166 @@
+"""The control socket: round trips of every store op, errors that come back
+as the same classes and messages, owner-only permissions, limits, a stale
+socket ignored, and the CLI going through a running daemon."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cas
+from cas import control
+from cas.blocks import Block
+from cas.cid import RAW
+from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, RepositoryError
+from tests.conftest import pseudo_random, run_cas
+from tests.nodeproc import Daemon, Daemons
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    with Daemons() as d:
+        yield d
+
+
+@pytest.fixture
+def daemon(daemons: Daemons, tmp_path: Path) -> Daemon:
+    return daemons.start(tmp_path / "repo")
+
+
+# -- pure: framing and error mapping -------------------------------------------------------
+
+
+def test_errors_map_back_to_their_class_and_message() -> None:
+    original = BlockNotFoundError("bafyexample", "the repository")
+    again = control.error_from_value(control.error_value(original))
+    assert type(again) is BlockNotFoundError and str(again) == str(original)
+    again = control.error_from_value(control.error_value(RepositoryError("disk full")))
+    assert type(again) is RepositoryError and str(again) == "disk full"
+
+
+def test_unknown_error_types_become_caserror_and_bugs_become_nodeerror() -> None:
+    assert type(control.error_from_value({"type": "Nope", "message": "m"})) is CasError
+    bug = control.error_from_value(control.error_value(ZeroDivisionError("x")))
+    assert isinstance(bug, control.NodeError) and "ZeroDivisionError" in str(bug)
+    assert isinstance(control.error_from_value("junk"), control.ControlProtocolError)
+
+
+def test_frames_over_the_limit_are_refused_both_ways() -> None:
+    with pytest.raises(control.ControlProtocolError):
+        control.check_length(struct.pack(">I", control.MAX_FRAME + 1))
+    with pytest.raises(control.ControlProtocolError):
+        control.encode_frame(b"x" * (control.MAX_FRAME + 1))
+
+
+# -- against a running daemon ---------------------------------------------------------------
+
+
+def test_every_store_op_round_trips(daemon: Daemon) -> None:
+    store = control.RemoteStore.connect(daemon.repo)
+    assert store is not None
+    try:
+        block = Block.of(RAW, b"round trip")
+        assert store.blocks.put(block) is True
+        assert store.blocks.put(block) is False
+        store.blocks.barrier()
+        assert store.blocks.has(block.cid)
+        assert store.blocks.get(block.cid) == b"round trip"
+        assert block.cid in list(store.blocks.iterate())
+        assert store.pin(block.cid) is True
+        assert store.pins() == [block.cid]
+        st = store.stat()
+        assert (st.blocks, st.pinned, st.path) == (1, 1, str(daemon.repo.absolute()))
+        assert store.verify().ok
+        assert store.unpin(block.cid) is True
+        assert store.blocks.delete(block.cid) is True
+        assert not store.blocks.has(block.cid)
+    finally:
+        store.close()
+
+
+def test_iterate_streams_more_than_one_batch(daemon: Daemon) -> None:
+    with cas.open_repository(daemon.repo) as repo:
+        cids = {repo.put_block(i.to_bytes(4, "big")) for i in range(control.MAX_ITERATE_BATCH + 10)}
+        assert set(repo.blocks.iterate()) == cids
+        assert repo.has_block(next(iter(cids)))  # the connection is still in step
+
+
+def test_errors_come_back_as_the_same_one_line_errors(daemon: Daemon) -> None:
+    missing = Block.of(RAW, b"never stored").cid
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        with pytest.raises(BlockNotFoundError, match=f"block {missing} is not in the repository"):
+            client.call("get", cid=missing)
+        with pytest.raises(InvalidBlockError):
+            client.call("put", cid=missing, data=b"other bytes")
+        with pytest.raises(control.ControlProtocolError, match="no operation"):
+            client.call("format_the_disk")
+        with pytest.raises(RepositoryError, match="not in the repository"):
+            client.call("pin", cid=missing)
+        assert client.call("ping") == "pong"  # still answering on the same connection
+    result = run_cas("cat", str(missing), repo=daemon.repo, check=False)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == f"cas cat: error: block {missing} is not in the repository"
+
+
+def test_a_block_over_one_mebibyte_is_refused(daemon: Daemon) -> None:
+    data = b"x" * ((1 << 20) + 1)
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        with pytest.raises(InvalidBlockError, match="limit"):
+            client.call("put", cid=Block.of(RAW, b"x").cid, data=data)
+
+
+def test_an_oversized_frame_closes_that_client_only(daemon: Daemon) -> None:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(10)
+    raw.connect(str(control.socket_path(daemon.repo)))
+    raw.sendall(struct.pack(">I", control.MAX_FRAME + 1))
+    answer = raw.recv(65536)
+    assert b"over the" in answer
+    assert raw.recv(65536) == b""  # closed
+    raw.close()
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        assert client.call("ping") == "pong"
+
+
+def test_the_socket_is_owner_only(daemon: Daemon) -> None:
+    mode = control.socket_path(daemon.repo).stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_cli_add_and_cat_go_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    data = pseudo_random(700_000, "through the daemon")
+    src = tmp_path / "input"
+    src.write_bytes(data)
+    cid = run_cas("add", "-q", str(src), repo=daemon.repo).stdout.decode().strip()
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == data
+    stat_out = run_cas("repo", "stat", "--json", repo=daemon.repo).stdout.decode()
+    assert '"pinned": 1' in stat_out
+    # The daemon holds the lock, so these can only have gone through it.
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        assert client.call("pins") == [cas.parse_cid(cid)]
+
+
+def test_a_stale_socket_is_ignored_and_replaced(tmp_path: Path, daemons: Daemons) -> None:
+    repo = tmp_path / "repo"
+    run_cas("init", repo=repo)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(repo / "control.sock"))
+    stale.close()  # the file stays, nobody listens: a daemon that died
+    cid = run_cas("add", "-q", "-", repo=repo, input=b"offline").stdout.decode().strip()
+    assert run_cas("cat", cid, repo=repo).stdout == b"offline"
+    daemon = daemons.start(repo)
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == b"offline"
+
+
+def test_sigterm_removes_the_socket_and_releases_the_repository(daemons: Daemons, daemon: Daemon) -> None:
+    assert control.socket_path(daemon.repo).exists()
+    assert daemons.stop(daemon) == 0
+    assert not control.socket_path(daemon.repo).exists()
+    cid = run_cas("add", "-q", "-", repo=daemon.repo, input=b"after").stdout.decode().strip()
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == b"after"
