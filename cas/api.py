@@ -34,7 +34,8 @@ from . import files, trees
 from .blocks import AsyncStoreAdapter, Block
 from .cid import DAG_CBOR, RAW, CID, parse_cid
 from .errors import InvalidInputError
-from .names.directory import DirEntry, decode_directory
+from .names import dirtree
+from .names.directory import DirEntry
 from .store import LocalStore, RepoStat, VerifyReport
 
 Progress = Callable[[int], None]
@@ -149,14 +150,12 @@ class Repository:
         """Kind and size of what ``cid`` names."""
         cid = parse_cid(cid)
         if cid.codec == DAG_CBOR:
-            entries = decode_directory(cid, self.blocks.get(cid))
-            return NodeInfo(cid, "dir", sum(e.size for e in entries))
+            return NodeInfo(cid, "dir", dirtree.summary(self.blocks, cid).size)
         return NodeInfo(cid, "file", files.file_size(self.blocks, cid))
 
-    def list_dir(self, cid: CID | str) -> list[DirEntry]:
-        """The entries of directory ``cid``, sorted by name."""
-        cid = parse_cid(cid)
-        return decode_directory(cid, self.blocks.get(cid))
+    def list_dir(self, cid: CID | str) -> Iterator[DirEntry]:
+        """The entries of directory ``cid``, sorted by name, streamed."""
+        return dirtree.iterate(self.blocks, parse_cid(cid))
 
     def get(
         self,

@@ -78,7 +78,12 @@ class BlockStore(Protocol):
     def get(self, cid: CID) -> bytes: ...
 
     def put(self, block: Block) -> bool:
-        """Store ``block``; return True if it was new. Must be idempotent."""
+        """Store ``block``; return True if it was new. Must be idempotent.
+
+        Writers put children before parents; a durable store makes sure the
+        blocks a node links to are durable before the node is (the ordering
+        rule), so a crash never leaves a node whose children are missing.
+        """
         ...
 
     def delete(self, cid: CID) -> bool:
@@ -91,9 +96,10 @@ class BlockStore(Protocol):
         """Return once every block put so far is durable.
 
         The ordering rule (DESIGN.md): a block may be referenced by a parent,
-        a pin or a root only after its own bytes are durable. Writers call
-        this before they put a block or record that refers to earlier ones;
-        a store may batch the expensive part (directory fsyncs) until here.
+        a pin or a root only after its own bytes are durable. The store keeps
+        it between blocks (see ``put``); whoever records a reference outside
+        the store's blocks calls this first. A store may batch its expensive
+        part (directory fsyncs, a transaction commit) until here.
         """
         ...
 

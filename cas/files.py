@@ -18,11 +18,11 @@ building it and reading it back:
 Building is sans-IO: :class:`FileBuilder` takes chunks and hands back the
 blocks to store, bottom-up, so a parent always comes after its children and
 memory holds one pending list of links per level (O(depth x fan-out)),
-never the file. :func:`add_stream` drives it over a :class:`BlockStore` and
-keeps the ordering rule of DESIGN.md: it calls ``store.barrier()`` before it
-puts each interior node, so no node is written before the blocks it links
-to are durable. (Whoever then references the root, a pin or a directory,
-calls ``barrier()`` first, as the rule asks of every writer.)
+never the file. :func:`add_stream` drives it over a :class:`BlockStore`,
+putting every block after the blocks it links to; the store keeps the
+ordering rule of DESIGN.md from there (their bytes durable before the
+node's). Whoever then references the root from outside the store, a pin or
+a namespace root, calls ``barrier()`` first.
 
 Reading is sans-IO too: :func:`_walk` is a generator that *yields the CID
 of each block it needs* and is sent the block's bytes back, and yields the
@@ -196,10 +196,6 @@ class _Tally:
 
     def store(self, store: BlockStore, blocks: Iterable[Block]) -> None:
         for block in blocks:
-            if block.cid.codec == DAG_PB:
-                # Ordering rule: the children this node links to must be
-                # durable before the node exists. Leaves link to nothing.
-                store.barrier()
             self.blocks += 1
             if store.put(block):
                 self.new_blocks += 1

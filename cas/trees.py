@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from . import files
 from .blocks import BlockStore
 from .cid import DAG_CBOR, DAG_PB, RAW, CID
 from .errors import CasError, InvalidInputError, NotAFileError, RepositoryError
-from .names.directory import DirEntry, check_name, decode_directory, encode_directory
+from .names import dirtree
+from .names.directory import DirEntry, check_name
 
 Progress = Callable[[int], None]
 
@@ -114,28 +115,18 @@ def _import_dir(
             )
         else:
             result.skipped.append(f"{child_path} (not a file, directory or symlink)")
-    block = encode_directory(entries)
-    store.barrier()  # the ordering rule: children durable before the parent
-    store.put(block)
+    built = dirtree.build(store, entries)
     return DirEntry(
         name=path.name or "root",
         kind="dir",
-        size=sum(e.size for e in entries),
+        size=built.size,
         mode=statmod.S_IMODE(st.st_mode),
         mtime=st.st_mtime_ns,
-        cid=block.cid,
+        cid=built.cid,
     )
 
 
 # -- export ------------------------------------------------------------------
-
-
-def kind_of(store: BlockStore, cid: CID) -> str:
-    """"file" or "dir" for a stored CID."""
-    if cid.codec in (RAW, DAG_PB):
-        return "file"
-    decode_directory(cid, store.get(cid))
-    return "dir"
 
 
 def export(
@@ -151,10 +142,10 @@ def export(
     if os.path.lexists(out) and not overwrite:
         raise InvalidInputError(f"{out} already exists; choose another output or use --force")
     if cid.codec == DAG_CBOR:
-        entries = decode_directory(cid, store.get(cid))
+        dirtree.summary(store, cid)  # a directory, or a clear error, before creating anything
         if os.path.lexists(out):
             raise InvalidInputError(f"{out} already exists; cas get writes a new directory")
-        _export_dir(store, entries, out, progress)
+        _export_dir(store, dirtree.iterate(store, cid), out, progress)
         return "dir"
     _export_file(store, cid, out, progress)
     return "file"
@@ -183,7 +174,7 @@ def _export_file(store: BlockStore, cid: CID, out: Path, progress: Progress | No
     _write_file(store, cid, out, progress)
 
 
-def _export_dir(store: BlockStore, entries: list[DirEntry], out: Path, progress: Progress | None) -> None:
+def _export_dir(store: BlockStore, entries: Iterable[DirEntry], out: Path, progress: Progress | None) -> None:
     try:
         out.mkdir()
     except OSError as exc:
@@ -193,8 +184,7 @@ def _export_dir(store: BlockStore, entries: list[DirEntry], out: Path, progress:
         try:
             if entry.kind == "dir":
                 assert entry.cid is not None
-                children = decode_directory(entry.cid, store.get(entry.cid))
-                _export_dir(store, children, dest, progress)
+                _export_dir(store, dirtree.iterate(store, entry.cid), dest, progress)
                 # Metadata after the children: writing them changes the mtime,
                 # and a read-only mode would stop them being written.
                 os.chmod(dest, entry.mode)

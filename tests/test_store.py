@@ -19,8 +19,14 @@ from cas.errors import (
     RepositoryError,
     RepositoryLockedError,
 )
-from cas.names.directory import DirEntry, encode_directory
-from cas.store import LocalStore
+from cas.names.directory import DirEntry, encode_leaf
+from cas.store import SMALL_BLOCK_LIMIT, LocalStore
+from tests.conftest import pseudo_random
+
+
+def big(seed: str) -> Block:
+    """A block large enough to live in a file of its own."""
+    return Block.of(RAW, pseudo_random(SMALL_BLOCK_LIMIT + 100, seed=seed))
 
 
 @pytest.fixture
@@ -44,23 +50,47 @@ def test_a_missing_block_raises_not_found_naming_it(store):
         store.blocks.get(cid)
 
 
+def test_large_blocks_are_files_and_small_ones_are_not(store):
+    small, large = Block.of(RAW, b"small"), big("large")
+    store.blocks.put(small)
+    store.blocks.put(large)
+    store.blocks.barrier()
+    assert store.blocks.path_of(large.cid).read_bytes() == large.data
+    assert not store.blocks.path_of(small.cid).exists()
+    assert store.blocks.get(small.cid) == b"small"
+    assert sorted(store.blocks.iterate()) == sorted([small.cid, large.cid])
+
+
 def test_a_block_changed_on_disk_fails_its_read_and_nothing_else(store):
-    good = Block.of(RAW, b"good")
-    bad = Block.of(RAW, b"will be damaged")
+    good, bad = big("good"), big("will be damaged")
     store.blocks.put(good)
     store.blocks.put(bad)
     path = store.blocks.path_of(bad.cid)
-    path.write_bytes(b"will be damagEd")
+    damaged = bytearray(bad.data)
+    damaged[7] ^= 0x40
+    path.write_bytes(bytes(damaged))
     with pytest.raises(InvalidBlockError, match=str(bad.cid)):
         store.blocks.get(bad.cid)
-    assert store.blocks.get(good.cid) == b"good"
+    assert store.blocks.get(good.cid) == good.data
     report = store.verify()
     assert [p.cid for p in report.problems] == [str(bad.cid)]
     assert "corrupt" in report.problems[0].what
 
 
-def test_delete_removes_only_that_block(store):
-    a, b = Block.of(RAW, b"a"), Block.of(RAW, b"b")
+def test_a_small_block_changed_in_the_database_fails_its_read(store, tmp_path):
+    block = Block.of(RAW, b"kept in sqlite")
+    store.blocks.put(block)
+    store.blocks.barrier()
+    store.db.execute("UPDATE small_blocks SET data = ? WHERE cid = ?", (b"kept in sqlitE", bytes(block.cid)))
+    store.db.commit()
+    with pytest.raises(InvalidBlockError, match=str(block.cid)):
+        store.blocks.get(block.cid)
+    assert [p.cid for p in store.verify().problems] == [str(block.cid)]
+
+
+@pytest.mark.parametrize("make", [lambda s: Block.of(RAW, s.encode()), big], ids=["small", "large"])
+def test_delete_removes_only_that_block(store, make):
+    a, b = make("a"), make("b")
     store.blocks.put(a)
     store.blocks.put(b)
     assert store.blocks.delete(a.cid) is True
@@ -89,9 +119,9 @@ def test_stat_counts_blocks_bytes_and_pins(store):
 
 
 def test_verify_reports_a_missing_child_and_a_missing_pin(store):
-    child = Block.of(RAW, b"child")
-    entry = DirEntry("f", "file", 5, 0o644, 0, cid=child.cid)
-    parent = encode_directory([entry])
+    child = big("child")
+    entry = DirEntry("f", "file", len(child.data), 0o644, 0, cid=child.cid)
+    parent = encode_leaf([entry])
     store.blocks.put(child)
     store.blocks.put(parent)
     store.pin(parent.cid)
@@ -99,13 +129,14 @@ def test_verify_reports_a_missing_child_and_a_missing_pin(store):
     os.unlink(store.blocks.path_of(child.cid))
     problems = store.verify().problems
     assert [(p.cid, "linked from" in p.what) for p in problems] == [(str(child.cid), True)]
-    os.unlink(store.blocks.path_of(parent.cid))
+    store.blocks.delete(parent.cid)
+    store.blocks.barrier()
     problems = store.verify().problems
     assert [(p.cid, p.what) for p in problems] == [(str(parent.cid), "missing, but pinned")]
 
 
 def test_verify_reports_stray_files(store):
-    stray = store.blocks.blocks_dir / "00" / "not-a-cid"
+    stray = store.blocks.files.blocks_dir / "00" / "not-a-cid"
     stray.write_bytes(b"?")
     assert [p.what for p in store.verify().problems] == ["stray file in the block directory"]
 
@@ -170,3 +201,32 @@ def test_directory_blocks_are_checked_by_codec_in_verify(store):
     store.blocks.put(bogus)
     [problem] = store.verify().problems
     assert problem.cid == str(bogus.cid) and "malformed" in problem.what
+
+
+def test_a_node_is_stored_only_after_the_files_it_may_link_to_are_durable(store):
+    leaf = big("leaf")
+    store.blocks.put(leaf)
+    assert store.blocks.files._dirty_shards  # the leaf's name is not durable yet
+    node = Block.of(DAG_CBOR, b"\xa0")  # a small node: commits with its small children
+    store.blocks.put(node)
+    assert not store.blocks.files._dirty_shards
+    assert store.db._in_transaction  # ... and itself waits for the next barrier
+    large_node = Block.of(DAG_CBOR, pseudo_random(SMALL_BLOCK_LIMIT, seed="large node"))
+    store.blocks.put(large_node)  # a node stored as a file: pending rows commit first
+    assert not store.db._in_transaction
+
+
+def test_gc_keeps_pinned_and_session_blocks_and_frees_the_rest(store):
+    kept, session_block, garbage = big("kept"), big("in flight"), big("garbage")
+    small_garbage = Block.of(RAW, b"small garbage")
+    for b in (kept, garbage, small_garbage):
+        store.blocks.put(b)
+    store.pin(kept.cid)
+    with store.blocks.open_session() as session:
+        session.put(session_block)
+        report = store.gc()
+        assert store.blocks.has(session_block.cid)
+    assert (report.blocks_freed, report.bytes_freed) == (2, len(garbage.data) + len(small_garbage.data))
+    assert store.blocks.has(kept.cid) and not store.blocks.has(garbage.cid)
+    assert store.gc().blocks_freed == 1  # the session closed: its block is garbage now
+    assert store.verify().ok

@@ -1,11 +1,25 @@
 """The embedded default store: a repository directory on local disk.
 
-``LocalStore`` owns the directory (lock, layout, metadata, pins, verify);
-``FileBlockStore`` holds the block bytes. See ``_local.py`` for the
-invariants kept across crashes.
+``LocalStore`` owns the directory (lock, layout, pins, namespace roots,
+verify, gc); ``RepositoryBlockStore`` holds block bytes, large ones in files
+(``FileBlockStore``) and small ones in SQLite (``Database``). See
+``_local.py`` for the invariants kept across crashes.
 """
 
 from ._blockfiles import FileBlockStore
-from ._local import LocalStore, Problem, RepoStat, VerifyReport
+from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
+from ._local import GcReport, LocalStore, NamespaceKey, Problem, RepoStat, RootRow, VerifyReport
 
-__all__ = ["FileBlockStore", "LocalStore", "Problem", "RepoStat", "VerifyReport"]
+__all__ = [
+    "SMALL_BLOCK_LIMIT",
+    "FileBlockStore",
+    "GcReport",
+    "LocalStore",
+    "NamespaceKey",
+    "Problem",
+    "RepoStat",
+    "RepositoryBlockStore",
+    "RootRow",
+    "VerifyReport",
+    "WriteSession",
+]

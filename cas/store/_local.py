@@ -4,16 +4,19 @@ Layout of a repository directory::
 
     config.json     format name and version; written once, at init
     lock            flock()ed by the owning process; holds its pid and command
-    blocks/xx/CID   block bytes, one file each (see _blockfiles.py)
+    keys/           the namespace key (mode 0600); later the node key
+    blocks/xx/CID   large blocks, one file each (see _blockfiles.py)
     tmp/            staging for atomic writes; emptied when the owner opens
-    meta.sqlite     metadata in SQLite (WAL, synchronous=FULL): pins
+    meta.sqlite     SQLite (WAL, synchronous=FULL): small blocks, pins,
+                    namespace roots (see _database.py)
 
 Invariants this module keeps, and which ``verify`` checks:
 
 * **Closed under references.** Every CID that a stored block links to, and
-  every pinned CID, is itself stored. Writers keep it by the ordering rule
-  (children, then ``barrier()``, then the parent or pin); deletion (gc) keeps
-  it by removing parents before children.
+  every pinned CID and kept root, is itself stored. Writers keep it by the
+  ordering rule (children, then ``barrier()``, then the parent, pin or root);
+  garbage collection keeps it by deleting in rounds, parents before children,
+  with a barrier between rounds.
 * **Every block file holds the bytes of its name.** Files are written whole
   and renamed into place, so a crash leaves either no file or a complete one;
   bit rot or tampering is caught on every read and listed by ``verify``.
@@ -28,24 +31,37 @@ import fcntl
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cid import CID
+from ..cid import RAW, CID
 from ..errors import (
+    BlockNotFoundError,
     InvalidBlockError,
     RepositoryError,
     RepositoryLockedError,
 )
+from ..keys import Ed25519Key
 from . import _links
 from ._blockfiles import FileBlockStore, disk_error, fsync_dir
+from ._blockstore import RepositoryBlockStore
+from ._database import Database
 
 FORMAT_NAME = "cas-repository"
 FORMAT_VERSION = 1
+DEFAULT_HISTORY = 100
+"""Past namespace roots kept readable (and safe from gc) unless configured
+otherwise with "history" in config.json."""
+NAMESPACE_KEY_FILE = "namespace.key"
+
+
+class NamespaceKey(Ed25519Key):
+    """The Ed25519 key that signs a repository's namespace roots."""
+
+    what = "namespace key"
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,26 @@ class VerifyReport:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class RootRow:
+    """One stored namespace root: its sequence number, CID, time and the
+    signed record (checked by cas.names, not here)."""
+
+    seq: int
+    root: CID
+    time_ns: int
+    record: bytes
+
+
+@dataclass
+class GcReport:
+    """What ``cas gc`` removed."""
+
+    blocks_freed: int = 0
+    bytes_freed: int = 0
+    roots_dropped: int = 0
+
+
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -99,17 +135,9 @@ class LocalStore:
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self.blocks = FileBlockStore(path / "blocks", path / "tmp")
-        # The owner may call in from a worker thread (AsyncRepository); calls are
-        # never concurrent, which the owner's write lock guarantees.
-        self._db = sqlite3.connect(
-            path / "meta.sqlite", isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS pins (cid TEXT PRIMARY KEY, created_ns INTEGER NOT NULL)"
-        )
+        self.db = Database(path / "meta.sqlite")
+        self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
+        self.config = self._check_config(path)
 
     # -- opening --------------------------------------------------------------
 
@@ -133,9 +161,6 @@ class LocalStore:
             shutil.rmtree(path / "tmp", ignore_errors=True)
             (path / "tmp").mkdir(exist_ok=True)
             return cls(path, lock_fd)
-        except sqlite3.Error as exc:
-            os.close(lock_fd)
-            raise RepositoryError(f"cannot open the metadata of {path}: {exc}") from None
         except BaseException:
             os.close(lock_fd)
             raise
@@ -151,6 +176,8 @@ class LocalStore:
             path.mkdir(parents=True, exist_ok=True)
             FileBlockStore.create_layout(path / "blocks")
             (path / "tmp").mkdir(exist_ok=True)
+            (path / "keys").mkdir(mode=0o700, exist_ok=True)
+            NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
             config = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             # config.json last: its presence marks a complete repository.
             _atomic_write(path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
@@ -158,7 +185,7 @@ class LocalStore:
             raise disk_error(exc, "creating the repository", path) from None
 
     @staticmethod
-    def _check_config(path: Path) -> None:
+    def _check_config(path: Path) -> dict:
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as exc:
@@ -170,6 +197,7 @@ class LocalStore:
                 f"{path} has repository format version {config.get('version')!r}; "
                 f"this cas understands version {FORMAT_VERSION}"
             )
+        return config
 
     @staticmethod
     def _lock(path: Path) -> int:
@@ -197,7 +225,7 @@ class LocalStore:
     def close(self) -> None:
         if self._lock_fd < 0:
             return
-        self._db.close()
+        self.db.close()
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
 
@@ -214,33 +242,57 @@ class LocalStore:
         Durable on return. Returns True if it was not pinned before."""
         if not self.blocks.has(cid):
             raise RepositoryError(f"cannot pin {cid}: it is not in the repository")
-        self.blocks.barrier()  # the ordering rule: bytes durable before the pin
-        try:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO pins (cid, created_ns) VALUES (?, ?)",
-                (cid.encode(), time.time_ns()),
-            )
-        except sqlite3.OperationalError as exc:
-            raise RepositoryError(f"cannot record the pin in {self.path}: {exc}") from None
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO pins (cid, created_ns) VALUES (?, ?)", (bytes(cid), time.time_ns())
+        )
+        self.blocks.barrier()  # the blocks, then the pin, durable in that order
         return cur.rowcount == 1
 
     def unpin(self, cid: CID) -> bool:
-        cur = self._db.execute("DELETE FROM pins WHERE cid = ?", (cid.encode(),))
+        cur = self.db.execute("DELETE FROM pins WHERE cid = ?", (bytes(cid),))
+        self.blocks.barrier()
         return cur.rowcount == 1
 
     def pins(self) -> list[CID]:
-        rows = self._db.execute("SELECT cid FROM pins ORDER BY cid").fetchall()
-        return [CID.parse(row[0]) for row in rows]
+        rows = self.db.query("SELECT cid FROM pins").fetchall()
+        return sorted(CID.from_bytes(row[0]) for row in rows)
 
     def is_pinned(self, cid: CID) -> bool:
-        row = self._db.execute("SELECT 1 FROM pins WHERE cid = ?", (cid.encode(),)).fetchone()
-        return row is not None
+        return self.db.query("SELECT 1 FROM pins WHERE cid = ?", (bytes(cid),)).fetchone() is not None
 
-    # -- reports --------------------------------------------------------------
+    # -- namespace roots ---------------------------------------------------------
+
+    @property
+    def history_limit(self) -> int:
+        """How many past roots (besides the current one) gc keeps readable."""
+        value = self.config.get("history", DEFAULT_HISTORY)
+        return value if isinstance(value, int) and value >= 0 else DEFAULT_HISTORY
+
+    def namespace_key(self) -> NamespaceKey:
+        """The key that signs this repository's namespace roots."""
+        return NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
+
+    def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
+        """Record root ``seq`` durably, in one step after the blocks it refers to."""
+        if not self.blocks.has(root):
+            raise RepositoryError(f"cannot commit root {root}: it is not in the repository")
+        self.db.execute(
+            "INSERT INTO roots (seq, root, time_ns, record) VALUES (?, ?, ?, ?)",
+            (seq, bytes(root), time_ns, record),
+        )
+        self.blocks.barrier()
+
+    def roots(self, newest_first: bool = True) -> list[RootRow]:
+        """Every stored root row (not verified: the namespace checks records)."""
+        order = "DESC" if newest_first else "ASC"
+        rows = self.db.query(f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}").fetchall()
+        return [RootRow(seq, CID.from_bytes(root), time_ns, bytes(record)) for seq, root, time_ns, record in rows]
+
+    # -- reports ----------------------------------------------------------------
 
     def stat(self) -> RepoStat:
         blocks, total = self.blocks.usage()
-        (pinned,) = self._db.execute("SELECT count(*) FROM pins").fetchone()
+        (pinned,) = self.db.query("SELECT count(*) FROM pins").fetchone()
         return RepoStat(path=str(self.path), blocks=blocks, bytes=total, pinned=pinned)
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
@@ -249,7 +301,7 @@ class LocalStore:
         ``progress`` is called with the byte count of each block checked.
         """
         report = VerifyReport()
-        for path in self.blocks.stray_files():
+        for path in self.blocks.files.stray_files():
             report.problems.append(Problem(str(path), "stray file in the block directory"))
         for cid in self.blocks.iterate():
             try:
@@ -257,7 +309,7 @@ class LocalStore:
             except InvalidBlockError:
                 report.problems.append(Problem(cid.encode(), "corrupt: content does not match its hash"))
                 continue
-            except OSError as exc:
+            except RepositoryError as exc:
                 report.problems.append(Problem(cid.encode(), f"unreadable: {exc}"))
                 continue
             report.blocks_checked += 1
@@ -271,10 +323,83 @@ class LocalStore:
                 continue
             for child in links:
                 if not self.blocks.has(child):
-                    report.problems.append(
-                        Problem(child.encode(), f"missing, but linked from {cid}")
-                    )
+                    report.problems.append(Problem(child.encode(), f"missing, but linked from {cid}"))
         for cid in self.pins():
             if not self.blocks.has(cid):
                 report.problems.append(Problem(cid.encode(), "missing, but pinned"))
+        for row in self.roots():
+            if not self.blocks.has(row.root):
+                report.problems.append(Problem(row.root.encode(), f"missing, but namespace root {row.seq}"))
         return report
+
+    # -- garbage collection ------------------------------------------------------
+
+    def gc(self, *, history: int | None = None) -> GcReport:
+        """Delete every block not reachable from a pin, the current root or
+        one of the ``history`` roots before it (default: the configured
+        limit), and the root rows older than that. Blocks put through an
+        open write session are kept."""
+        keep = self.history_limit if history is None else history
+        report = GcReport()
+        rows = self.roots()
+        for row in rows[keep + 1 :]:
+            self.db.execute("DELETE FROM roots WHERE seq = ?", (row.seq,))
+            report.roots_dropped += 1
+        self.blocks.barrier()
+        live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
+        protected = self.blocks.protected()
+        garbage = {cid for cid in self.blocks.iterate() if cid not in live and cid not in protected}
+        # Delete parents before children, so that at every instant (a crash
+        # included) each remaining block's links still resolve.
+        parents_left: dict[CID, int] = dict.fromkeys(garbage, 0)
+        children: dict[CID, list[CID]] = {}
+        for cid in garbage:
+            if cid.codec == RAW:
+                continue
+            try:
+                kids = [c for c in _links.links_of(cid, self.blocks.get(cid)) if c in garbage]
+            except (InvalidBlockError, RepositoryError):
+                kids = []  # a damaged node: delete it; its children stay ordered by others
+            children[cid] = kids
+            for kid in kids:
+                parents_left[kid] += 1
+        ready = [cid for cid, n in parents_left.items() if n == 0]
+        while ready:
+            next_ready: list[CID] = []
+            for cid in ready:
+                size = self._block_size(cid)
+                if self.blocks.delete(cid):
+                    report.blocks_freed += 1
+                    report.bytes_freed += size
+                for kid in children.get(cid, ()):
+                    parents_left[kid] -= 1
+                    if parents_left[kid] == 0:
+                        next_ready.append(kid)
+            self.blocks.barrier()  # this round's deletions durable before the next
+            ready = next_ready
+        return report
+
+    def _block_size(self, cid: CID) -> int:
+        row = self.db.query("SELECT length(data) FROM small_blocks WHERE cid = ?", (bytes(cid),)).fetchone()
+        if row is not None:
+            return int(row[0])
+        try:
+            return self.blocks.files.size(cid)
+        except BlockNotFoundError:
+            return 0
+
+    def _reachable(self, roots: list[CID]) -> set[CID]:
+        live: set[CID] = set()
+        stack = [cid for cid in roots]
+        while stack:
+            cid = stack.pop()
+            if cid in live:
+                continue
+            live.add(cid)
+            if cid.codec == RAW:
+                continue  # leaves link to nothing; no need to read them
+            try:
+                stack.extend(_links.links_of(cid, self.blocks.get(cid)))
+            except BlockNotFoundError:
+                continue  # verify reports it; gc must not fail on it
+        return live

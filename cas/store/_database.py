@@ -1,0 +1,138 @@
+"""The repository's SQLite database: small blocks, pins and namespace roots.
+
+One connection, owned by the repository's owner process, in WAL mode with
+``synchronous=FULL`` so that a commit is durable when it returns.
+
+Writes are *group-committed*: inserts open a transaction lazily and
+:meth:`Database.commit` ends it. The block store calls ``commit`` from its
+``barrier()``, after the block files written since the last barrier are
+durable, so everything in one transaction (new directory nodes, a pin, a new
+root) becomes durable in one step and only after what it refers to. That is
+what makes a namespace operation one fsync instead of one per node.
+
+Schema (``PRAGMA user_version`` = 1)::
+
+    small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
+    pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
+    roots(seq INTEGER PRIMARY KEY, root BLOB, time_ns INTEGER, record BLOB)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import RepositoryError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (cid BLOB PRIMARY KEY, created_ns INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roots (
+    seq INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    time_ns INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+"""
+
+
+def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
+    text = str(exc)
+    if "full" in text:
+        return RepositoryError(
+            f"disk full while writing metadata in {path.parent}; free some space and retry "
+            "(content stored earlier is intact)"
+        )
+    return RepositoryError(f"metadata database {path} failed: {text}")
+
+
+class Database:
+    """The open metadata database of one repository."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            # The owner may call in from a worker thread (AsyncRepository);
+            # calls are never concurrent, which the owner guarantees.
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RepositoryError(
+                    f"{path} has metadata schema {version}; this cas understands {SCHEMA_VERSION}"
+                )
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise _db_error(exc, path) from None
+        self._in_transaction = False
+
+    def close(self) -> None:
+        if self._in_transaction:
+            self._conn.execute("ROLLBACK")  # never committed: nothing refers to it
+            self._in_transaction = False
+        self._conn.close()
+
+    # -- transactions ---------------------------------------------------------
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """Run a write inside the current group transaction (opened here)."""
+        try:
+            if not self._in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    def query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """A read; sees this connection's uncommitted writes."""
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable, atomically."""
+        if not self._in_transaction:
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+        finally:
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._in_transaction = False
+
+    # -- small blocks ----------------------------------------------------------
+
+    def has_block(self, key: bytes) -> bool:
+        return self.query("SELECT 1 FROM small_blocks WHERE cid = ?", (key,)).fetchone() is not None
+
+    def get_block(self, key: bytes) -> bytes | None:
+        row = self.query("SELECT data FROM small_blocks WHERE cid = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_block(self, key: bytes, data: bytes) -> bool:
+        cur = self.execute("INSERT OR IGNORE INTO small_blocks (cid, data) VALUES (?, ?)", (key, data))
+        return cur.rowcount == 1
+
+    def delete_block(self, key: bytes) -> bool:
+        return self.execute("DELETE FROM small_blocks WHERE cid = ?", (key,)).rowcount == 1
+
+    def block_keys(self) -> Iterator[bytes]:
+        # fetchall: the caller may delete while iterating (gc)
+        for (key,) in self.query("SELECT cid FROM small_blocks ORDER BY cid").fetchall():
+            yield bytes(key)
+
+    def block_usage(self) -> tuple[int, int]:
+        count, total = self.query("SELECT count(*), coalesce(sum(length(data)), 0) FROM small_blocks").fetchone()
+        return int(count), int(total)
