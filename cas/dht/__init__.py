@@ -6,6 +6,10 @@ node remembers (:mod:`cas.dht.routing`), and how a lookup walks the network
 clocks, threads or randomness they were not handed, so the node's trio driver
 and the discrete-event simulator (:mod:`cas.dht.sim`, ``python -m
 cas.dht.sim``) run the same code. docs/dht.md is the theory of operation.
+
+:mod:`cas.dht.driver` is that trio driver (connections, timers, requests on
+the wire); it is imported by the node, not re-exported here, so the sans-IO
+core and the simulator never load trio.
 """
 
 from .ids import (

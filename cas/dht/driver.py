@@ -70,6 +70,13 @@ suggestions are dropped (the next update suggests again)."""
 
 HAVE_TIMEOUT = 3.0
 
+MAX_HANDSHAKES = 256
+MAX_HANDSHAKES_PER_ADDRESS = 32
+"""Inbound handshakes in progress, in total and per remote address. Per
+address and not per node, because the ID is not known before the handshake;
+generous per address, because many nodes may share one (NAT, or a test's
+loopback network); the handshake timeout bounds how long each is held."""
+
 
 class BootstrapError(CasError):
     """No bootstrap peer could be reached."""
@@ -147,7 +154,10 @@ class DhtDriver:
         self.refresh_interval = refresh_interval
         self._rng = rng or random.Random()
         self._clock = clock
+        # Established connections per proven node ID (and in total); handshakes
+        # in progress per address, so one host cannot hold every slot silently.
         self._limiter = ConnectionLimiter()
+        self._handshakes = ConnectionLimiter(max_total=MAX_HANDSHAKES, max_per_peer=MAX_HANDSHAKES_PER_ADDRESS)
         self._connections: dict[int, Connection] = {}
         self._dialing: dict[int, trio.Event] = {}
         self._pinging: set[int] = set()
@@ -178,16 +188,22 @@ class DhtDriver:
         except OSError:
             await stream.aclose()
             return
-        if not self._limiter.try_acquire(("addr", host)):
+        if not self._handshakes.try_acquire(host):
             await stream.aclose()
             return
         try:
-            try:
-                channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
-                                             handshake_timeout=self.handshake_timeout,
-                                             idle_timeout=self.idle_timeout)
-            except (RemoteProtocolError, ConnectionClosedError, OSError):
-                return  # refused; open_channel closed the stream
+            channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
+                                         handshake_timeout=self.handshake_timeout,
+                                         idle_timeout=self.idle_timeout)
+        except (RemoteProtocolError, ConnectionClosedError, OSError):
+            return  # refused; open_channel closed the stream
+        finally:
+            self._handshakes.release(host)
+        peer_id = self._peer_id(channel.peer)
+        if not self._limiter.try_acquire(peer_id):
+            await channel.aclose()
+            return
+        try:
             hello = channel.peer_hello
             listen = hello.listen_port if hello is not None else None
             contact = None
@@ -199,7 +215,7 @@ class DhtDriver:
             connection = Connection(channel, self._make_handler(contact))
             await self._run_connection(connection, contact)
         finally:
-            self._limiter.release(("addr", host))
+            self._limiter.release(peer_id)
 
     async def _run_connection(self, connection: Connection, contact: Contact | None) -> None:
         peer_id = self._peer_id(connection.peer)
@@ -410,6 +426,8 @@ class DhtDriver:
             try:
                 response = await self.request(peer, request)
                 outcome = self._interpret(response, cid)
+                if outcome is None:  # it answered, but with nonsense or a forged block
+                    self.table.record_failure(peer.node_id)
             except (CasError, RemoteProtocolError):
                 outcome = None
             finally:

@@ -1,0 +1,232 @@
+"""The trio DHT driver over real loopback TCP, many nodes in one trio run:
+lookups find exactly the k closest, blocks are verified against the CID
+asked for (a lying peer is a failed peer), the table learns from every
+authenticated message, a full bucket pings its oldest contact, a contact
+that proves another identity is forgotten, and a silent peer costs a soft
+timeout, not the lookup."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
+from cas.cid import RAW
+from cas.dht.driver import BootstrapError, DhtDriver
+from cas.dht.ids import id_from_bytes
+from cas.dht.routing import Contact, RoutingTable
+from cas.net import messages as msg
+from cas.net.identity import Identity
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Net:
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.nodes: list[DhtDriver] = []
+        self.scopes: dict[int, trio.CancelScope] = {}
+
+    async def add(self, *, cls: type[DhtDriver] = DhtDriver, k: int = 4,
+                  table: Callable[[int], RoutingTable] | None = None,
+                  store: MemoryBlockStore | None = None, **options: float) -> DhtDriver:
+        identity = Identity.generate()
+        own = id_from_bytes(identity.node_id)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        driver = cls(identity, table(own) if table else RoutingTable(own, k=k), k=k, listen_port=port,
+                     blocks=AsyncStoreAdapter(store or MemoryBlockStore()), rng=random.Random(len(self.nodes)),
+                     **options)
+
+        async def run_node(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                self.scopes[driver.own_id] = scope
+                async with trio.open_nursery() as inner:
+                    await inner.start(driver.run)
+                    inner.start_soon(trio.serve_listeners, driver.handle_inbound, listeners)
+                    task_status.started()
+
+        await self.nursery.start(run_node)
+        self.nodes.append(driver)
+        return driver
+
+    def kill(self, driver: DhtDriver) -> None:
+        self.scopes[driver.own_id].cancel()
+
+    @staticmethod
+    def contact(driver: DhtDriver) -> Contact:
+        return Contact(driver.own_id, "127.0.0.1", driver.listen_port or 0)
+
+
+@asynccontextmanager
+async def network() -> AsyncIterator[Net]:
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery)
+        try:
+            yield net
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def build(net: Net, n: int, **options: float) -> list[DhtDriver]:
+    first = await net.add(**options)
+    for _ in range(n - 1):
+        node = await net.add(**options)
+        await node.bootstrap([("127.0.0.1", first.listen_port or 0)])
+    for node in net.nodes:
+        await node.refresh(force=True)
+    return net.nodes
+
+
+def test_lookups_return_exactly_the_k_closest_other_nodes() -> None:
+    async def main() -> None:
+        async with network() as net:
+            nodes = await build(net, 12)
+            rng = random.Random(5)
+            for node in nodes:
+                for _ in range(5):
+                    target = rng.getrandbits(256)
+                    found = await node.find_node(target)
+                    expected = sorted((n.own_id for n in nodes if n is not node), key=lambda i: i ^ target)[:4]
+                    assert [c.node_id for c in found.lookup.closest] == expected
+                    assert found.lookup.messages >= 1
+
+    trio.run(main)
+
+
+def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None:
+    class Liar(DhtDriver):
+        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+            if isinstance(request, msg.FindBlock):
+                return msg.Block(b"not the block you asked for")
+            return await super().answer(requester, request)
+
+    async def main() -> None:
+        block = Block.of(RAW, b"the real block")
+        async with network() as net:
+            holder_store = MemoryBlockStore()
+            holder_store.put(block)
+            holder = await net.add(store=holder_store)
+            liar = await net.add(cls=Liar)
+            seeker = await net.add()
+            await liar.bootstrap([("127.0.0.1", holder.listen_port or 0)])
+            await seeker.bootstrap([("127.0.0.1", liar.listen_port or 0)])
+            found = await seeker.find_block(block.cid)
+            assert found.block == b"the real block"
+            assert found.holder is not None and found.holder.node_id == holder.own_id
+            assert found.lookup.failures >= 1 or seeker.table.failures(liar.own_id) >= 0
+
+    trio.run(main)
+
+
+def test_a_lying_peer_alone_yields_no_block() -> None:
+    class Liar(DhtDriver):
+        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+            if isinstance(request, msg.FindBlock):
+                return msg.Block(b"forged")
+            return await super().answer(requester, request)
+
+    async def main() -> None:
+        async with network() as net:
+            liar = await net.add(cls=Liar)
+            seeker = await net.add()
+            await seeker.bootstrap([("127.0.0.1", liar.listen_port or 0)])
+            found = await seeker.find_block(Block.of(RAW, b"wanted").cid)
+            assert found.block is None
+            assert seeker.table.failures(liar.own_id) == 1
+
+    trio.run(main)
+
+
+def test_a_node_learns_peers_from_their_requests() -> None:
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            b = await net.add()
+            assert await b.ping(net.contact(a))
+            with trio.fail_after(5):
+                while b.own_id not in a.table:
+                    await trio.sleep(0.01)
+            assert a.table.get(b.own_id) == net.contact(b)
+
+    trio.run(main)
+
+
+def test_a_full_bucket_pings_its_oldest_contact_and_drops_it_if_dead() -> None:
+    async def main() -> None:
+        async with network() as net:
+            def tiny(own: int) -> RoutingTable:
+                return RoutingTable(own, k=1, max_failures=1)
+
+            a = await net.add(table=tiny, k=1)
+            # Two peers in the same bucket of a's table (the top bit decides bucket 255).
+            while True:
+                old = await net.add()
+                if (old.own_id ^ a.own_id) >> 255:
+                    break
+                net.kill(old)
+            while True:
+                new = await net.add()
+                if (new.own_id ^ a.own_id) >> 255:
+                    break
+                net.kill(new)
+            a.seen(net.contact(old))
+            net.kill(old)
+            assert await new.ping(net.contact(a))  # a hears from new: bucket full, ping old
+            with trio.fail_after(10):
+                while a.table.bucket(255) != [net.contact(new)]:
+                    await trio.sleep(0.01)
+
+    trio.run(main)
+
+
+def test_a_contact_that_proves_another_identity_is_forgotten() -> None:
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            b = await net.add()
+            false = Contact(id_from_bytes(Identity.generate().node_id), "127.0.0.1", b.listen_port or 0)
+            a.seen(false)
+            found = await a.find_node(false.node_id)
+            assert found.lookup.closest == ()
+            assert false.node_id not in a.table and b.own_id not in a.table
+
+    trio.run(main)
+
+
+def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
+    class Silent(DhtDriver):
+        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+            await trio.sleep_forever()
+            raise AssertionError
+
+    async def main() -> None:
+        async with network() as net:
+            options = {"soft_timeout": 0.2, "request_timeout": 2.0}
+            nodes = [await net.add(**options) for _ in range(5)]
+            silent = await net.add(cls=Silent, **options)
+            for node in nodes[1:]:
+                await node.bootstrap([("127.0.0.1", nodes[0].listen_port or 0)])
+            seeker = nodes[-1]
+            seeker.seen(net.contact(silent))
+            started = trio.current_time()
+            found = await seeker.find_node(silent.own_id)
+            assert silent.own_id not in [c.node_id for c in found.lookup.closest]
+            assert len(found.lookup.closest) == 4
+            assert trio.current_time() - started < 2.5  # the hard timeout, not more
+
+    trio.run(main)
+
+
+def test_bootstrap_with_nobody_answering_raises_one_error() -> None:
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            with pytest.raises(BootstrapError, match="127.0.0.1:1"):
+                await a.bootstrap([("127.0.0.1", 1)])
+
+    trio.run(main)
