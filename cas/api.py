@@ -21,8 +21,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +35,11 @@ import platformdirs
 from . import files, trees
 from .blocks import AsyncStoreAdapter, Block
 from .cid import DAG_CBOR, RAW, CID, parse_cid
-from .errors import InvalidInputError
+from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError
 from .names import dirtree
 from .names.directory import DirEntry
-from .store import LocalStore, RepoStat, VerifyReport
+from .names.namespace import Namespace, Node, RootState
+from .store import GcReport, LocalStore, RepoStat, VerifyReport
 
 Progress = Callable[[int], None]
 
@@ -69,14 +72,19 @@ class NodeInfo:
 
 
 class Repository:
-    """A local repository, opened and owned by this process.
+    """A repository: content by CID, and the namespace of paths over it.
 
-    Adding pins what was added, so garbage collection keeps it.
+    Every method that reads content takes a CID or a namespace path (text
+    starting with ``/``), and ``at=SEQ`` reads a path as it was in an
+    earlier root (``log()`` lists them). Adding without ``to`` pins what was
+    added; adding with ``to`` links it into the namespace instead, which
+    keeps it as long as a kept root refers to it.
     """
 
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self.blocks = store.blocks
+        self.namespace = Namespace(store)
 
     @property
     def path(self) -> Path:
@@ -94,16 +102,25 @@ class Repository:
 
     # -- adding ---------------------------------------------------------------
 
-    def add_bytes(self, data: bytes, *, pin: bool = True) -> CID:
+    def add_bytes(self, data: bytes, *, pin: bool = True, to: str | None = None) -> CID:
         """Store ``data`` as a file; return its CID."""
-        return self.add_stream(io.BytesIO(data), pin=pin).cid
+        return self.add_stream(io.BytesIO(data), pin=pin, to=to).cid
 
     def add_stream(
-        self, stream: BinaryIO, *, pin: bool = True, progress: Progress | None = None
+        self,
+        stream: BinaryIO,
+        *,
+        pin: bool = True,
+        to: str | None = None,
+        progress: Progress | None = None,
     ) -> Added:
-        """Store everything read from ``stream`` (in bounded memory)."""
-        result = files.add_stream(self.blocks, stream, progress=progress)
-        self._finish_add(result.cid, pin)
+        """Store everything read from ``stream`` (in bounded memory); with
+        ``to``, link it at that namespace path."""
+        if to is not None and (to.endswith("/") or self._is_dir(to)):
+            raise InvalidInputError(f"{to} is a directory; give the new file's full path")
+        with self._session() as session:
+            result = files.add_stream(session, stream, progress=progress)
+            self._finish_add(result.cid, "file", result.size, pin, to, "")
         return Added(result.cid, "file", result.size, "-")
 
     def add_path(
@@ -112,61 +129,146 @@ class Repository:
         *,
         recursive: bool = False,
         pin: bool = True,
+        to: str | None = None,
         progress: Progress | None = None,
     ) -> Added:
-        """Store a file, or with ``recursive`` a directory tree."""
-        imported = trees.import_path(self.blocks, path, recursive=recursive, progress=progress)
-        self._finish_add(imported.cid, pin)
+        """Store a file, or with ``recursive`` a directory tree; with ``to``,
+        link it into the namespace (into ``to`` if that is a directory or
+        ends with ``/``, else at ``to`` itself), creating missing parents."""
+        with self._session() as session:
+            imported = trees.import_path(session, path, recursive=recursive, progress=progress)
+            self._finish_add(imported.cid, imported.kind, imported.size, pin, to, Path(path).name)
         return Added(imported.cid, imported.kind, imported.size, os.fspath(path))
 
-    def _finish_add(self, cid: CID, pin: bool) -> None:
-        if pin:
-            self._store.pin(cid)  # includes the barrier
-        else:
-            self.blocks.barrier()
+    def _session(self):  # noqa: ANN202 - a context manager giving a BlockStore
+        opener = getattr(self._store.blocks, "open_session", None)
+        return opener() if opener is not None else contextlib.nullcontext(self.blocks)
+
+    def _is_dir(self, path: str) -> bool:
+        try:
+            return self.namespace.resolve(path).kind == "dir"
+        except PathNotFoundError:
+            return False
+
+    def _finish_add(self, cid: CID, kind: str, size: int, pin: bool, to: str | None, name: str) -> None:
+        if to is None:
+            if pin:
+                self._store.pin(cid)  # includes the barrier
+            else:
+                self.blocks.barrier()
+            return
+        target = to
+        if to.endswith("/") or self._is_dir(to):
+            if not name:
+                raise InvalidInputError(f"{to} is a directory; give the new file's full path")
+            target = to.rstrip("/") + "/" + name
+        mode = 0o755 if kind == "dir" else 0o644
+        node = Node(target, name, kind, size, mode, time.time_ns(), cid)
+        self.namespace.link(target, node, parents=True)
 
     # -- reading --------------------------------------------------------------
 
-    def open(self, cid: CID | str) -> files.FileReader:
-        """A seekable, read-only binary file object over the file ``cid``."""
-        return files.open_file(self.blocks, parse_cid(cid))
+    def resolve(self, ref: CID | str, at: int | None = None) -> CID:
+        """The CID that ``ref`` names: a CID as it is, or what a namespace
+        path (``/…``) points at."""
+        if isinstance(ref, str) and ref.startswith("/"):
+            node = self.namespace.resolve(ref, at)
+            if node.cid is None:
+                raise NotAFileError(f"{ref} is a symlink to {node.target!r}")
+            return node.cid
+        if at is not None:
+            raise InvalidInputError("--at applies to namespace paths, not to CIDs")
+        return parse_cid(ref)
 
-    def read(self, cid: CID | str, offset: int = 0, length: int | None = None) -> bytes:
-        """The bytes of file ``cid`` (all, or ``length`` from ``offset``)."""
-        cid = parse_cid(cid)
+    def open(self, ref: CID | str, *, at: int | None = None) -> files.FileReader:
+        """A seekable, read-only binary file object over a file."""
+        return files.open_file(self.blocks, self.resolve(ref, at))
+
+    def read(self, ref: CID | str, offset: int = 0, length: int | None = None, *, at: int | None = None) -> bytes:
+        """The bytes of a file (all, or ``length`` from ``offset``)."""
+        cid = self.resolve(ref, at)
         _check_range(offset, length)
         if length is None:
             length = max(0, files.file_size(self.blocks, cid) - offset)
         return files.read_range(self.blocks, cid, offset, length)
 
     def iter_read(
-        self, cid: CID | str, offset: int = 0, length: int | None = None
+        self, ref: CID | str, offset: int = 0, length: int | None = None, *, at: int | None = None
     ) -> Iterator[bytes]:
-        """Stream file ``cid`` in pieces, in bounded memory."""
+        """Stream a file in pieces, in bounded memory."""
         _check_range(offset, length)
-        return files.iter_file(self.blocks, parse_cid(cid), offset, length)
+        return files.iter_file(self.blocks, self.resolve(ref, at), offset, length)
 
-    def info(self, cid: CID | str) -> NodeInfo:
-        """Kind and size of what ``cid`` names."""
-        cid = parse_cid(cid)
+    def info(self, ref: CID | str, *, at: int | None = None) -> NodeInfo:
+        """Kind and size of what ``ref`` names."""
+        cid = self.resolve(ref, at)
         if cid.codec == DAG_CBOR:
             return NodeInfo(cid, "dir", dirtree.summary(self.blocks, cid).size)
         return NodeInfo(cid, "file", files.file_size(self.blocks, cid))
 
-    def list_dir(self, cid: CID | str) -> Iterator[DirEntry]:
-        """The entries of directory ``cid``, sorted by name, streamed."""
-        return dirtree.iterate(self.blocks, parse_cid(cid))
+    def list_dir(self, ref: CID | str, *, at: int | None = None) -> Iterator[DirEntry]:
+        """The entries of a directory, sorted by name, streamed."""
+        return dirtree.iterate(self.blocks, self.resolve(ref, at))
 
     def get(
         self,
-        cid: CID | str,
+        ref: CID | str,
         out: str | os.PathLike[str],
         *,
+        at: int | None = None,
         overwrite: bool = False,
         progress: Progress | None = None,
     ) -> str:
-        """Write file or tree ``cid`` to the local path ``out``; return its kind."""
-        return trees.export(self.blocks, parse_cid(cid), out, overwrite=overwrite, progress=progress)
+        """Write a file or tree to the local path ``out``; return its kind."""
+        cid = self.resolve(ref, at)
+        return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress)
+
+    # -- the namespace ----------------------------------------------------------
+
+    def ls(self, path: str = "/", *, at: int | None = None) -> Iterator[DirEntry]:
+        """The entries of namespace directory ``path``, sorted, streamed."""
+        return self.namespace.list(path, at)
+
+    def stat(self, path: str, *, at: int | None = None) -> Node:
+        """What namespace ``path`` names (kind, size, mode, mtime, CID)."""
+        return self.namespace.resolve(path, at)
+
+    def mkdir(self, path: str, *, parents: bool = False) -> RootState:
+        return self.namespace.mkdir(path, parents=parents)
+
+    def mv(self, src: str, dst: str) -> RootState:
+        """Rename as ``mv`` does; moves no data."""
+        return self.namespace.move(src, dst)
+
+    def cp(self, src: CID | str, dst: str) -> RootState:
+        """Make ``dst`` name the same content as ``src`` (a CID or a path):
+        a link, no data copied."""
+        if isinstance(src, str) and src.startswith("/"):
+            node = self.namespace.resolve(src)
+        else:
+            cid = parse_cid(src)
+            if not self.blocks.has(cid):
+                raise BlockNotFoundError(cid)
+            node = self.namespace.node_for_cid(cid, self.info(cid).size)
+        target = dst
+        if dst.endswith("/") or self._is_dir(dst):
+            name = node.name or (str(node.cid) if node.cid else "")
+            target = dst.rstrip("/") + "/" + name
+        with self._session() as session:
+            if node.cid is not None and hasattr(session, "protect"):
+                session.protect(node.cid)
+            return self.namespace.link(target, node)
+
+    def rm(self, path: str, *, recursive: bool = False) -> RootState:
+        return self.namespace.remove(path, recursive=recursive)
+
+    def root(self) -> RootState:
+        """The current namespace root: sequence number, CID, key."""
+        return self.namespace.current()
+
+    def log(self) -> list[RootState]:
+        """The kept namespace roots, newest first."""
+        return self.namespace.log()
 
     # -- blocks ---------------------------------------------------------------
 
@@ -187,15 +289,19 @@ class Repository:
     # -- storage management ---------------------------------------------------
 
     def pin(self, cid: CID | str) -> bool:
-        return self._store.pin(parse_cid(cid))
+        return self._store.pin(self.resolve(cid))
 
     def unpin(self, cid: CID | str) -> bool:
-        return self._store.unpin(parse_cid(cid))
+        return self._store.unpin(self.resolve(cid))
 
     def pins(self) -> list[CID]:
         return self._store.pins()
 
-    def stat(self) -> RepoStat:
+    def gc(self, *, history: int | None = None) -> GcReport:
+        """Delete what no pin and no kept root reaches; report what was freed."""
+        return self._store.gc(history=history)
+
+    def repo_stat(self) -> RepoStat:
         """Blocks, bytes and pins in the repository."""
         return self._store.stat()
 

@@ -52,3 +52,43 @@ class NotAFileError(CasError):
 class InvalidInputError(CasError, ValueError):
     """An argument from the user is unusable: a missing path, a bad range, a
     name that is not allowed."""
+
+
+class InvalidRecordError(CasError):
+    """A namespace root record is malformed, badly signed, signed by another
+    key, or older than the one already held."""
+
+
+class ConcurrentUpdateError(CasError):
+    """Another writer committed a new namespace root first; retry."""
+
+
+class NamespaceError(CasError):
+    """A path operation cannot be done. ``errno`` is the POSIX error a file
+    system reports for it (the FUSE driver returns exactly that)."""
+
+    errno: int = 5  # EIO
+
+
+class PathNotFoundError(NamespaceError):
+    errno = 2  # ENOENT
+
+
+class PathExistsError(NamespaceError):
+    errno = 17  # EEXIST
+
+
+class NotADirectoryPathError(NamespaceError):
+    errno = 20  # ENOTDIR
+
+
+class IsADirectoryPathError(NamespaceError):
+    errno = 21  # EISDIR
+
+
+class DirectoryNotEmptyError(NamespaceError):
+    errno = 39  # ENOTEMPTY
+
+
+class InvalidMoveError(NamespaceError):
+    errno = 22  # EINVAL

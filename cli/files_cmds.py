@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cas.cid import parse_cid
 from cas.errors import InvalidInputError
 
 from .output import Output, human_size
@@ -25,16 +24,25 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (with -r) or '-'")
     p.add_argument("-r", "--recursive", action="store_true", help="add directories with their contents")
+    p.add_argument(
+        "--to",
+        metavar="PATH",
+        help="link what is added into the namespace: into PATH if it is a directory or "
+        "ends with '/', else at PATH (parents are created); it is then kept by the "
+        "namespace instead of a pin",
+    )
     p.set_defaults(run=cmd_add)
 
     p = sub.add_parser("cat", parents=common, help="write a file's content to standard output")
-    p.add_argument("cid", metavar="CID")
+    p.add_argument("cid", metavar="CID|PATH")
+    p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("--offset", type=_non_negative, default=0, help="first byte to write")
     p.add_argument("--length", type=_non_negative, default=None, help="number of bytes to write")
     p.set_defaults(run=cmd_cat)
 
     p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk")
-    p.add_argument("cid", metavar="CID")
+    p.add_argument("cid", metavar="CID|PATH")
+    p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="path to create")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT if it is a file")
     p.set_defaults(run=cmd_get)
@@ -74,6 +82,8 @@ def _input_bytes(paths: list[str], recursive: bool) -> int | None:
 def cmd_add(args: argparse.Namespace, out: Output) -> int:
     if args.paths.count("-") > 1:
         raise InvalidInputError("standard input ('-') can be added only once")
+    if args.to is not None and len(args.paths) > 1 and not args.to.endswith("/"):
+        raise InvalidInputError("with several inputs, --to must name a directory (end it with '/')")
     for path in args.paths:
         # Check every input before storing any, so a typo fails fast.
         if path != "-" and not os.path.lexists(path):
@@ -83,9 +93,9 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
         with out.progress(_input_bytes(args.paths, args.recursive), "adding") as progress:
             for path in args.paths:
                 if path == "-":
-                    item = repo.add_stream(sys.stdin.buffer, progress=progress)
+                    item = repo.add_stream(sys.stdin.buffer, to=args.to, progress=progress)
                 else:
-                    item = repo.add_path(path, recursive=args.recursive, progress=progress)
+                    item = repo.add_path(path, recursive=args.recursive, to=args.to, progress=progress)
                 added.append(item)
                 out.result(str(item.cid))
     out.document(
@@ -98,8 +108,8 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_cat(args: argparse.Namespace, out: Output) -> int:
-    cid = parse_cid(args.cid)
     with open_repo(args) as repo:
+        cid = repo.resolve(args.cid, at=args.at)
         sink = sys.stdout.buffer
         for piece in repo.iter_read(cid, args.offset, args.length):
             sink.write(piece)
@@ -108,9 +118,9 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
-    cid = parse_cid(args.cid)
     dest = Path(args.output)
     with open_repo(args) as repo:
+        cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
         if info.kind == "dir" and os.path.lexists(dest):
             raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")

@@ -49,7 +49,7 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, create=False) as repo:
-        st = repo.stat()
+        st = repo.repo_stat()
     out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned})
     out.result(f"repository  {st.path}")
     out.result(f"blocks      {st.blocks}")
@@ -60,7 +60,7 @@ def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_repo_verify(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, create=False) as repo:
-        total = repo.stat().bytes
+        total = repo.repo_stat().bytes
         with out.progress(total, "verifying") as progress:
             report = repo.verify(progress)
     out.document(

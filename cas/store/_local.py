@@ -40,6 +40,7 @@ from pathlib import Path
 from ..cid import RAW, CID
 from ..errors import (
     BlockNotFoundError,
+    ConcurrentUpdateError,
     InvalidBlockError,
     RepositoryError,
     RepositoryLockedError,
@@ -273,9 +274,18 @@ class LocalStore:
         return NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
-        """Record root ``seq`` durably, in one step after the blocks it refers to."""
+        """Record root ``seq`` durably, in one step after the blocks it refers to.
+
+        Compare-and-swap: raises ConcurrentUpdateError if a root numbered
+        ``seq`` or higher exists already (another writer was first).
+        """
         if not self.blocks.has(root):
             raise RepositoryError(f"cannot commit root {root}: it is not in the repository")
+        (latest,) = self.db.query("SELECT coalesce(max(seq), 0) FROM roots").fetchone()
+        if latest >= seq:
+            raise ConcurrentUpdateError(
+                f"the namespace changed while this operation ran (root {latest} exists); retry"
+            )
         self.db.execute(
             "INSERT INTO roots (seq, root, time_ns, record) VALUES (?, ?, ?, ?)",
             (seq, bytes(root), time_ns, record),

@@ -1,0 +1,405 @@
+"""The namespace: a path tree of names over CIDs, under one signed root.
+
+Every change (mkdir, link, mv, rm) is copy-on-write: the directories on the
+path from the changed entry up to the root are rewritten as new nodes (each
+O(log n) small nodes, cas.names.dirtree), a new root record with the next
+sequence number is signed, and the repository commits it in one durable step
+(``commit_root``, after the new nodes). Nothing else is written: moving a
+10 GiB file rewrites a few small directory nodes and no data. Old roots stay
+until garbage collection drops them past the history limit, so
+``resolve(path, at=SEQ)`` reads the namespace as it was.
+
+A namespace works over a *repository*: anything with ``blocks`` (a
+BlockStore), ``roots()``, ``commit_root(...)`` and ``namespace_key()`` — the
+local store, or a client of the node that owns it. Commits are compare-and-
+swap on the sequence number, so two writers never overwrite each other's
+change: the loser re-reads and retries.
+
+Root records that fail verification are skipped with a warning (kept in
+``warnings``) and the last good root is used. This module never touches the
+disk or the network by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
+
+from ..blocks import BlockStore
+from ..cid import DAG_CBOR, CID
+from ..errors import (
+    ConcurrentUpdateError,
+    DirectoryNotEmptyError,
+    InvalidInputError,
+    InvalidMoveError,
+    InvalidRecordError,
+    IsADirectoryPathError,
+    NotADirectoryPathError,
+    PathExistsError,
+    PathNotFoundError,
+)
+from ..keys import Ed25519Key
+from . import dirtree
+from .directory import DirEntry, check_name
+from .record import RootRecord, check_successor
+
+ROOT_MODE = 0o755
+MAX_RETRIES = 20
+
+
+class RootRowLike(Protocol):
+    seq: int
+    root: CID
+    time_ns: int
+    record: bytes
+
+
+class Repo(Protocol):
+    """What a namespace needs from a repository."""
+
+    blocks: BlockStore
+
+    def roots(self, newest_first: bool = True) -> list: ...
+
+    def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None: ...
+
+    def namespace_key(self) -> Ed25519Key: ...
+
+
+@dataclass(frozen=True)
+class RootState:
+    """A verified root: what ``cas root`` and ``cas log`` show."""
+
+    seq: int
+    root: CID
+    time_ns: int
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class Node:
+    """What a path names: an entry, or the root directory (name "")."""
+
+    path: str
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+    cid: CID | None
+    target: str | None = None
+
+    @classmethod
+    def of(cls, path: str, entry: DirEntry) -> Node:
+        return cls(path, entry.name, entry.kind, entry.size, entry.mode, entry.mtime, entry.cid, entry.target)
+
+    def to_entry(self, name: str) -> DirEntry:
+        return DirEntry(name, self.kind, self.size, self.mode, self.mtime, cid=self.cid, target=self.target)
+
+
+def split_path(path: str) -> list[str]:
+    """``"/a/b"`` -> ``["a", "b"]``; every component validated."""
+    if not isinstance(path, str):
+        raise InvalidInputError("a path must be text")
+    parts = [p for p in path.split("/") if p != ""]
+    for part in parts:
+        if part in (".", ".."):
+            raise InvalidInputError(f"path {path!r}: '.' and '..' are not supported; give the full path")
+        try:
+            check_name(part)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"path {path!r}: {exc}") from None
+    return parts
+
+
+def join_path(parts: list[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+class Namespace:
+    """The path tree of one repository."""
+
+    def __init__(self, repo: Repo, clock: Callable[[], int] = time.time_ns) -> None:
+        self.repo = repo
+        self.blocks = repo.blocks
+        self._clock = clock
+        self.warnings: list[str] = []
+
+    # -- roots ----------------------------------------------------------------
+
+    def _verified_rows(self) -> Iterator[tuple[RootRowLike, RootRecord]]:
+        key = self.repo.namespace_key().public_key
+        for row in self.repo.roots(newest_first=True):
+            try:
+                record = RootRecord.decode(row.record)
+                check_successor(None, record, key)
+                if record.seq != row.seq or record.root != row.root:
+                    raise InvalidRecordError("it does not match its stored sequence number and root")
+            except InvalidRecordError as exc:
+                warning = f"root record {row.seq} failed verification ({exc}); it is ignored"
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                continue
+            yield row, record
+
+    def current(self) -> RootState:
+        """The newest root that verifies (an empty directory before the first)."""
+        for _row, record in self._verified_rows():
+            return RootState(record.seq, record.root, record.time_ns, record.public_key)
+        empty = dirtree.build(self.blocks, [])
+        return RootState(0, empty.cid, 0, self.repo.namespace_key().public_key)
+
+    def at(self, seq: int | None) -> RootState:
+        """Root ``seq``, or the current one for None."""
+        if seq is None:
+            return self.current()
+        for _row, record in self._verified_rows():
+            if record.seq == seq:
+                return RootState(record.seq, record.root, record.time_ns, record.public_key)
+        raise PathNotFoundError(f"there is no kept namespace root {seq}; 'cas log' lists them")
+
+    def log(self) -> list[RootState]:
+        """Every kept root that verifies, newest first."""
+        return [
+            RootState(record.seq, record.root, record.time_ns, record.public_key)
+            for _row, record in self._verified_rows()
+        ]
+
+    def import_record(self, data: bytes) -> RootState:
+        """Adopt a root record from outside (e.g. from the network) if it is
+        valid, signed by this namespace's key and newer than the current one."""
+        record = RootRecord.decode(data)
+        current = None
+        for _row, rec in self._verified_rows():
+            current = rec
+            break
+        check_successor(current, record, self.repo.namespace_key().public_key)
+        if not self.blocks.has(record.root):
+            raise InvalidRecordError(f"root record {record.seq} names {record.root}, which is not stored here")
+        self.repo.commit_root(record.seq, record.root, record.time_ns, data)
+        return RootState(record.seq, record.root, record.time_ns, record.public_key)
+
+    # -- reading --------------------------------------------------------------
+
+    def _root_node(self, state: RootState) -> Node:
+        summary = dirtree.summary(self.blocks, state.root)
+        return Node("/", "", "dir", summary.size, ROOT_MODE, state.time_ns, state.root)
+
+    def _resolve_in(self, state: RootState, parts: list[str]) -> Node:
+        node = self._root_node(state)
+        for depth, name in enumerate(parts):
+            if node.kind != "dir":
+                raise NotADirectoryPathError(f"{join_path(parts[:depth])} is not a directory")
+            assert node.cid is not None
+            entry = dirtree.lookup(self.blocks, node.cid, name)
+            if entry is None:
+                raise PathNotFoundError(f"{join_path(parts[: depth + 1])}: no such file or directory")
+            node = Node.of(join_path(parts[: depth + 1]), entry)
+        return node
+
+    def resolve(self, path: str, at: int | None = None) -> Node:
+        """What ``path`` names (in root ``at``, default the current one)."""
+        return self._resolve_in(self.at(at), split_path(path))
+
+    def list(self, path: str = "/", at: int | None = None) -> Iterator[DirEntry]:
+        """The entries of directory ``path``, in name order, streamed."""
+        node = self.resolve(path, at)
+        if node.kind != "dir":
+            raise NotADirectoryPathError(f"{node.path} is not a directory")
+        assert node.cid is not None
+        return dirtree.iterate(self.blocks, node.cid)
+
+    # -- writing --------------------------------------------------------------
+
+    def _commit(self, change: Callable[[RootState], CID]) -> RootState:
+        """Apply ``change`` to the current root and commit the result,
+        retrying if another writer commits first."""
+        for _attempt in range(MAX_RETRIES):
+            state = self.current()
+            new_root = change(state)
+            if new_root == state.root:
+                return state
+            now = max(self._clock(), state.time_ns + 1)
+            record = RootRecord.sign(self.repo.namespace_key(), state.seq + 1, new_root, now)
+            try:
+                self.repo.commit_root(record.seq, new_root, now, record.encode())
+            except ConcurrentUpdateError:
+                continue
+            return RootState(record.seq, new_root, now, record.public_key)
+        raise ConcurrentUpdateError("the namespace kept changing under this operation; try again")
+
+    def _update_dir(
+        self, root: CID, dir_parts: list[str], changes: dict[str, DirEntry | None], now: int
+    ) -> CID:
+        """The new root after applying ``changes`` to directory ``dir_parts``
+        (which must exist); rewrites only the path from it to the root."""
+        chain = [root]
+        entries: list[DirEntry] = []
+        for depth, name in enumerate(dir_parts):
+            entry = dirtree.lookup(self.blocks, chain[-1], name)
+            if entry is None:
+                raise PathNotFoundError(f"{join_path(dir_parts[: depth + 1])}: no such directory")
+            if entry.kind != "dir":
+                raise NotADirectoryPathError(f"{join_path(dir_parts[: depth + 1])} is not a directory")
+            assert entry.cid is not None
+            entries.append(entry)
+            chain.append(entry.cid)
+        new = dirtree.update(self.blocks, chain[-1], changes)
+        for depth in reversed(range(len(dir_parts))):
+            old = entries[depth]
+            # The changed directory's own mtime moves, as on a local disk;
+            # its ancestors only get the new CID and size.
+            mtime = now if depth == len(dir_parts) - 1 else old.mtime
+            new = dirtree.update(
+                self.blocks, chain[depth], {old.name: replace(old, cid=new.cid, size=new.size, mtime=mtime)}
+            )
+        return new.cid
+
+    def _lookup_in(self, root: CID, parts: list[str]) -> DirEntry | None:
+        cid = root
+        entry: DirEntry | None = None
+        for depth, name in enumerate(parts):
+            entry = dirtree.lookup(self.blocks, cid, name)
+            if entry is None:
+                return None
+            if depth < len(parts) - 1:
+                if entry.kind != "dir":
+                    raise NotADirectoryPathError(f"{join_path(parts[: depth + 1])} is not a directory")
+                assert entry.cid is not None
+                cid = entry.cid
+        return entry
+
+    def mkdir(self, path: str, *, parents: bool = False, mode: int = 0o755) -> RootState:
+        """Create directory ``path``; with ``parents``, also missing parents
+        and no error if it exists already as a directory."""
+        parts = split_path(path)
+        if not parts:
+            if parents:
+                return self.current()
+            raise PathExistsError("/ exists already")
+
+        def change(state: RootState) -> CID:
+            now = self._clock()
+            existing = self._lookup_in(state.root, parts)
+            if existing is not None:
+                if parents and existing.kind == "dir":
+                    return state.root
+                raise PathExistsError(f"{join_path(parts)} exists already")
+            root = self._mkdirs(state.root, parts[:-1], now) if parents else state.root
+            empty = dirtree.build(self.blocks, [])
+            entry = DirEntry(parts[-1], "dir", 0, mode, now, cid=empty.cid)
+            return self._update_dir(root, parts[:-1], {parts[-1]: entry}, now)
+
+        return self._commit(change)
+
+    def link(self, path: str, node: Node, *, replace_file: bool = True, parents: bool = False) -> RootState:
+        """Make ``path`` name ``node`` (content already stored). An existing
+        file there is replaced (with ``replace_file``); a directory never is."""
+        parts = split_path(path)
+        if not parts:
+            raise InvalidInputError("cannot replace the root directory /")
+
+        def change(state: RootState) -> CID:
+            now = self._clock()
+            root = state.root
+            if parents and len(parts) > 1:
+                root = self._mkdirs(root, parts[:-1], now)
+            existing = self._lookup_in(root, parts)
+            if existing is not None:
+                if existing.kind == "dir":
+                    raise IsADirectoryPathError(f"{join_path(parts)} is a directory; it is not replaced")
+                if not replace_file:
+                    raise PathExistsError(f"{join_path(parts)} exists already")
+            return self._update_dir(root, parts[:-1], {parts[-1]: node.to_entry(parts[-1])}, now)
+
+        return self._commit(change)
+
+    def _mkdirs(self, root: CID, parts: list[str], now: int) -> CID:
+        """``root`` with every missing directory along ``parts`` created."""
+        for depth in range(1, len(parts) + 1):
+            sub = parts[:depth]
+            existing = self._lookup_in(root, sub)
+            if existing is None:
+                empty = dirtree.build(self.blocks, [])
+                entry = DirEntry(sub[-1], "dir", 0, 0o755, now, cid=empty.cid)
+                root = self._update_dir(root, sub[:-1], {sub[-1]: entry}, now)
+            elif existing.kind != "dir":
+                raise NotADirectoryPathError(f"{join_path(sub)} exists and is not a directory")
+        return root
+
+    def remove(self, path: str, *, recursive: bool = False) -> RootState:
+        """Remove ``path``; a non-empty directory only with ``recursive``."""
+        parts = split_path(path)
+        if not parts:
+            raise InvalidInputError("cannot remove the root directory /")
+
+        def change(state: RootState) -> CID:
+            entry = self._lookup_in(state.root, parts)
+            if entry is None:
+                raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
+            if entry.kind == "dir" and not recursive:
+                assert entry.cid is not None
+                if dirtree.summary(self.blocks, entry.cid).count:
+                    raise DirectoryNotEmptyError(f"{join_path(parts)} is a directory that is not empty; use -r")
+            return self._update_dir(state.root, parts[:-1], {parts[-1]: None}, self._clock())
+
+        return self._commit(change)
+
+    def move(self, src: str, dst: str, *, into_directory: bool = True, no_replace: bool = False) -> RootState:
+        """Rename ``src`` to ``dst``.
+
+        With ``into_directory`` (the ``mv`` command), a ``dst`` that is an
+        existing directory receives ``src`` under its own name. Without it
+        (``rename(2)``, the FUSE driver), ``dst`` is the new path exactly.
+        An existing target is replaced as rename(2) does (a file by a file, an
+        empty directory by a directory), unless ``no_replace``.
+        """
+        src_parts, dst_parts = split_path(src), split_path(dst)
+        if not src_parts:
+            raise InvalidMoveError("cannot move the root directory /")
+
+        def change(state: RootState) -> CID:
+            entry = self._lookup_in(state.root, src_parts)
+            if entry is None:
+                raise PathNotFoundError(f"{join_path(src_parts)}: no such file or directory")
+            target_parts = dst_parts
+            target = self._lookup_in(state.root, dst_parts) if dst_parts else None
+            if into_directory and (not dst_parts or (target is not None and target.kind == "dir")):
+                target_parts = dst_parts + [src_parts[-1]]
+                target = self._lookup_in(state.root, target_parts)
+            if not target_parts:
+                raise InvalidMoveError("cannot replace the root directory /")
+            if target_parts == src_parts:
+                return state.root
+            if entry.kind == "dir" and target_parts[: len(src_parts)] == src_parts:
+                raise InvalidMoveError(f"cannot move {join_path(src_parts)} into itself")
+            if target is not None:
+                if no_replace:
+                    raise PathExistsError(f"{join_path(target_parts)} exists already")
+                if target.kind == "dir":
+                    if entry.kind != "dir":
+                        raise IsADirectoryPathError(f"{join_path(target_parts)} is a directory")
+                    assert target.cid is not None
+                    if dirtree.summary(self.blocks, target.cid).count:
+                        raise DirectoryNotEmptyError(f"{join_path(target_parts)} is a directory that is not empty")
+                elif entry.kind == "dir":
+                    raise NotADirectoryPathError(f"{join_path(target_parts)} is not a directory")
+            parent = self._lookup_in(state.root, target_parts[:-1]) if len(target_parts) > 1 else None
+            if len(target_parts) > 1 and (parent is None or parent.kind != "dir"):
+                raise PathNotFoundError(f"{join_path(target_parts[:-1])}: no such directory")
+            now = self._clock()
+            moved = replace(entry, name=target_parts[-1])
+            if src_parts[:-1] == target_parts[:-1]:
+                changes = {src_parts[-1]: None, target_parts[-1]: moved}
+                return self._update_dir(state.root, src_parts[:-1], changes, now)
+            root = self._update_dir(state.root, src_parts[:-1], {src_parts[-1]: None}, now)
+            return self._update_dir(root, target_parts[:-1], {target_parts[-1]: moved}, now)
+
+        return self._commit(change)
+
+    def node_for_cid(self, cid: CID, size: int) -> Node:
+        """A node for content given by CID (``cas cp CID /path``)."""
+        kind = "dir" if cid.codec == DAG_CBOR else "file"
+        return Node("", "", kind, size, 0o755 if kind == "dir" else 0o644, self._clock(), cid)

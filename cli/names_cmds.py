@@ -1,0 +1,249 @@
+"""The namespace commands: ls, stat, mkdir, mv, cp, rm, root, log; and the
+storage commands that follow from it: pin, unpin, gc."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat as statmod
+import sys
+import time
+from typing import Any
+
+from cas.cid import parse_cid
+from cas.names.directory import DirEntry
+from cas.names.namespace import Node, RootState
+
+from .output import Output, human_size
+from .repo_cmds import open_repo
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ls", parents=common, help="list a namespace directory")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p.add_argument("-l", "--long", action="store_true", help="mode, size, time and CID too")
+    p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ (see cas log)")
+    p.set_defaults(run=cmd_ls)
+
+    p = sub.add_parser("stat", parents=common, help="what a namespace path names")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ")
+    p.set_defaults(run=cmd_stat)
+
+    p = sub.add_parser("mkdir", parents=common, help="create a namespace directory")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-p", "--parents", action="store_true", help="create parents; no error if it exists")
+    p.set_defaults(run=cmd_mkdir)
+
+    p = sub.add_parser("mv", parents=common, help="rename or move (no data is copied)")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.set_defaults(run=cmd_mv)
+
+    p = sub.add_parser("cp", parents=common, help="link a CID or a path at another path (no data is copied)")
+    p.add_argument("src", metavar="CID|PATH")
+    p.add_argument("dst", metavar="PATH")
+    p.set_defaults(run=cmd_cp)
+
+    p = sub.add_parser("rm", parents=common, help="remove a namespace entry")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-r", "--recursive", action="store_true", help="remove non-empty directories")
+    p.set_defaults(run=cmd_rm)
+
+    p = sub.add_parser("root", parents=common, help="the namespace root: CID, sequence number, key")
+    p.set_defaults(run=cmd_root)
+
+    p = sub.add_parser("log", parents=common, help="the kept namespace roots, newest first")
+    p.set_defaults(run=cmd_log)
+
+    p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)")
+    p.add_argument("refs", nargs="+", metavar="CID|PATH|ls")
+    p.set_defaults(run=cmd_pin)
+
+    p = sub.add_parser("unpin", parents=common, help="stop keeping pinned content")
+    p.add_argument("refs", nargs="+", metavar="CID")
+    p.set_defaults(run=cmd_unpin)
+
+    p = sub.add_parser("gc", parents=common, help="delete what no pin and no kept root needs")
+    p.add_argument("--history", type=int, metavar="N", help="past roots to keep (default: the configured 100)")
+    p.set_defaults(run=cmd_gc)
+
+
+def _mode_string(kind: str, mode: int) -> str:
+    type_bits = {"dir": statmod.S_IFDIR, "file": statmod.S_IFREG, "symlink": statmod.S_IFLNK}[kind]
+    return statmod.filemode(type_bits | mode)
+
+
+def _time_string(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
+
+
+def _entry_json(entry: DirEntry | Node) -> dict[str, Any]:
+    value = {
+        "name": entry.name,
+        "kind": entry.kind,
+        "size": entry.size,
+        "mode": entry.mode,
+        "mtime_ns": entry.mtime,
+        "cid": str(entry.cid) if entry.cid else None,
+    }
+    if entry.target is not None:
+        value["target"] = entry.target
+    return value
+
+
+def _root_json(state: RootState) -> dict[str, Any]:
+    return {"seq": state.seq, "root": str(state.root), "time_ns": state.time_ns, "public_key": state.public_key.hex()}
+
+
+def _warn(repo: Any, out: Output) -> None:
+    for warning in repo.namespace.warnings:
+        out.note(f"warning: {warning}")
+
+
+def cmd_ls(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        entries = repo.ls(args.path, at=args.at)
+        _warn(repo, out)
+        if out.json_mode:
+            # Streamed, so a listing of 10^5 entries never sits in memory.
+            sys.stdout.write("[")
+            for index, entry in enumerate(entries):
+                sys.stdout.write(("," if index else "") + "\n  " + json.dumps(_entry_json(entry), sort_keys=True))
+            sys.stdout.write("\n]\n")
+            return 0
+        for entry in entries:
+            name = entry.name + ("/" if entry.kind == "dir" else "")
+            if entry.kind == "symlink":
+                name += f" -> {entry.target}"
+            if args.long:
+                cid = str(entry.cid) if entry.cid else "-"
+                line = f"{_mode_string(entry.kind, entry.mode)} {entry.size:>12} {_time_string(entry.mtime)} {cid} {name}"
+            else:
+                line = name
+            sys.stdout.write(line + "\n")
+    return 0
+
+
+def cmd_stat(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        node = repo.stat(args.path, at=args.at)
+        _warn(repo, out)
+        entries = None
+        if node.kind == "dir":
+            assert node.cid is not None
+            from cas.names import dirtree
+
+            entries = dirtree.summary(repo.blocks, node.cid).count
+    doc = {**_entry_json(node), "path": node.path}
+    if entries is not None:
+        doc["entries"] = entries
+    out.document(doc)
+    out.result(f"path     {node.path}")
+    out.result(f"kind     {node.kind}")
+    out.result(f"size     {human_size(node.size)} ({node.size} bytes)")
+    if entries is not None:
+        out.result(f"entries  {entries}")
+    out.result(f"mode     {_mode_string(node.kind, node.mode)}")
+    out.result(f"modified {_time_string(node.mtime)}")
+    out.result(f"cid      {node.cid if node.cid else '-'}")
+    if node.target is not None:
+        out.result(f"target   {node.target}")
+    return 0
+
+
+def _report_root(out: Output, state: RootState) -> None:
+    out.document(_root_json(state))
+    out.note(f"namespace root {state.seq}: {state.root}")
+
+
+def cmd_mkdir(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        for path in args.paths:
+            state = repo.mkdir(path, parents=args.parents)
+    _report_root(out, state)
+    return 0
+
+
+def cmd_mv(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        state = repo.mv(args.src, args.dst)
+    _report_root(out, state)
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        state = repo.cp(args.src, args.dst)
+    _report_root(out, state)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        for path in args.paths:
+            state = repo.rm(path, recursive=args.recursive)
+    _report_root(out, state)
+    return 0
+
+
+def cmd_root(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        state = repo.root()
+        _warn(repo, out)
+    out.document(_root_json(state))
+    out.result(f"root  {state.root}")
+    out.result(f"seq   {state.seq}")
+    out.result(f"key   {state.public_key.hex()}")
+    if state.time_ns:
+        out.result(f"time  {_time_string(state.time_ns)}")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        states = repo.log()
+        _warn(repo, out)
+    out.document([_root_json(s) for s in states])
+    for state in states:
+        out.result(f"{state.seq:>6}  {_time_string(state.time_ns)}  {state.root}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        if args.refs == ["ls"]:
+            pins = repo.pins()
+            out.document([str(c) for c in pins])
+            for cid in pins:
+                out.result(str(cid))
+            return 0
+        pinned = [repo.resolve(ref) for ref in args.refs]
+        for cid in pinned:
+            repo.pin(cid)
+    out.document({"pinned": [str(c) for c in pinned]})
+    for cid in pinned:
+        out.result(str(cid))
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        results = [(parse_cid(ref), repo.unpin(parse_cid(ref))) for ref in args.refs]
+    out.document({"unpinned": [str(c) for c, was in results if was]})
+    for cid, was in results:
+        if not was:
+            out.note(f"{cid} was not pinned")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        report = repo.gc(history=args.history)
+    out.document(
+        {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed, "roots_dropped": report.roots_dropped}
+    )
+    out.result(f"freed {human_size(report.bytes_freed)} in {report.blocks_freed} blocks")
+    if report.roots_dropped:
+        out.note(f"dropped {report.roots_dropped} namespace root(s) older than the history limit")
+    return 0
