@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cas.errors import CasError
 
-from . import files_cmds, repo_cmds
+from . import files_cmds, names_cmds, repo_cmds
 from . import node_cmds
 from .output import Output
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = [_common_options(suppress=True)]
     repo_cmds.register(sub, common)
     files_cmds.register(sub, common)
+    names_cmds.register(sub, common)
     node_cmds.register(sub, common)
     return parser
 
