@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from . import dagcbor
-from .blocks import AsyncStoreAdapter, Block
+from .blocks import Block
 from .cid import CID, parse_cid
 from .control import MAX_ITERATE_BATCH, MAX_PROBLEMS, SOCKET_NAME, Op, OpTable, bind_socket, serve_control
 from .dht.driver import DhtDriver, FindResult
@@ -166,7 +166,7 @@ class Node:
         bound = listeners[0].socket.getsockname()
         self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
         dht = self.dht = DhtDriver(
-            identity, table, blocks=AsyncStoreAdapter(store.blocks), listen_port=bound[1],
+            identity, table, blocks=_StoreThreadBlocks(self), listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval)
         control = None
@@ -230,6 +230,22 @@ class Node:
             return await trio.to_thread.run_sync(fn, *args)
 
 
+class _StoreThreadBlocks:
+    """The node's store as the DHT driver reads it (``has``/``get``), every
+    call in the store thread like the control ops."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def has(self, cid: CID) -> bool:
+        assert self._node.store is not None
+        return bool(await self._node.in_store_thread(self._node.store.blocks.has, cid))
+
+    async def get(self, cid: CID) -> bytes:
+        assert self._node.store is not None
+        return bytes(await self._node.in_store_thread(self._node.store.blocks.get, cid))
+
+
 # -- the op table ---------------------------------------------------------------------
 
 
@@ -277,10 +293,10 @@ def _store_ops(node: Node) -> OpTable:
         return "pong"
 
     async def has(args: dict[str, Any]) -> bool:
-        return store().blocks.has(_cid_arg(args))
+        return bool(await node.in_store_thread(store().blocks.has, _cid_arg(args)))
 
     async def get(args: dict[str, Any]) -> bytes:
-        return store().blocks.get(_cid_arg(args))
+        return bytes(await node.in_store_thread(store().blocks.get, _cid_arg(args)))
 
     async def put(args: dict[str, Any]) -> bool:
         block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
@@ -293,14 +309,11 @@ def _store_ops(node: Node) -> OpTable:
         return bool(await node.in_store_thread(store().blocks.delete, _cid_arg(args)))
 
     async def iterate(args: dict[str, Any]) -> AsyncIterator[list[CID]]:
-        batch: list[CID] = []
-        for cid in store().blocks.iterate():
-            batch.append(cid)
-            if len(batch) >= MAX_ITERATE_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        # A snapshot of the CIDs, taken in one go in the store thread (the
+        # metadata database is not for concurrent use), streamed in batches.
+        cids: list[CID] = await node.in_store_thread(lambda: list(store().blocks.iterate()))
+        for start in range(0, len(cids), MAX_ITERATE_BATCH):
+            yield cids[start:start + MAX_ITERATE_BATCH]
 
     async def pin(args: dict[str, Any]) -> bool:
         return bool(await node.in_store_thread(store().pin, _cid_arg(args)))
@@ -359,7 +372,7 @@ def _node_ops(node: Node) -> OpTable:
                     holders[i] = await dht().have(closest[i], [cid])
                 for i in range(len(closest)):
                     nursery.start_soon(ask, i)
-        local_has = bool(cid is not None and node.store is not None and node.store.blocks.has(cid))
+        local_has = bool(cid is not None and await node.in_store_thread(node.store.blocks.has, cid))
         return {
             "target": id_to_bytes(target).hex(),
             "cid": None if cid is None else cid.encode(),

@@ -24,11 +24,11 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from ..blocks import AsyncBlockStore, verified
+from ..blocks import verified
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError
 from ..net import messages as msg
@@ -86,6 +86,15 @@ class PeerUnreachableError(CasError):
     """A peer could not be dialled or did not complete the handshake."""
 
 
+class BlockSource(Protocol):
+    """Where the driver looks for blocks peers ask for (any
+    :class:`cas.blocks.AsyncBlockStore` will do)."""
+
+    async def has(self, cid: CID) -> bool: ...
+
+    async def get(self, cid: CID) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class PeerStatus:
     """One contact of the routing table as ``cas peers`` shows it."""
@@ -126,7 +135,7 @@ class DhtDriver:
         identity: Identity,
         table: RoutingTable,
         *,
-        blocks: AsyncBlockStore | None = None,
+        blocks: BlockSource | None = None,
         listen_port: int | None = None,
         k: int = K,
         alpha: int = ALPHA,
