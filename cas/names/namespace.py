@@ -222,7 +222,11 @@ class Namespace:
             if new_root == state.root:
                 return state
             now = max(self._clock(), state.time_ns + 1)
-            record = RootRecord.sign(self.repo.namespace_key(), state.seq + 1, new_root, now)
+            # Above every stored root, good or not: a record that failed
+            # verification still holds its sequence number.
+            rows = self.repo.roots(newest_first=True)
+            seq = max(state.seq, rows[0].seq if rows else 0) + 1
+            record = RootRecord.sign(self.repo.namespace_key(), seq, new_root, now)
             try:
                 self.repo.commit_root(record.seq, new_root, now, record.encode())
             except ConcurrentUpdateError:
