@@ -126,6 +126,35 @@ def peer_to_contact(peer: msg.PeerInfo) -> Contact | None:
         return None
 
 
+_CONVERSION_CACHE = 4096
+"""Wire peers <-> contacts remembered per driver. Every FIND_NODE answer
+carries 20 peers, mostly the same few hundred over and over; converting (and
+validating) each anew was a tenth of a lookup's CPU."""
+
+
+class _Conversions:
+    def __init__(self) -> None:
+        self._to_peer: dict[Contact, msg.PeerInfo] = {}
+        self._to_contact: dict[msg.PeerInfo, Contact | None] = {}
+
+    def peer(self, contact: Contact) -> msg.PeerInfo:
+        found = self._to_peer.get(contact)
+        if found is None:
+            if len(self._to_peer) >= _CONVERSION_CACHE:
+                self._to_peer.clear()
+            found = self._to_peer[contact] = contact_to_peer(contact)
+        return found
+
+    def contact(self, peer: msg.PeerInfo) -> Contact | None:
+        try:
+            return self._to_contact[peer]
+        except KeyError:
+            if len(self._to_contact) >= _CONVERSION_CACHE:
+                self._to_contact.clear()
+            found = self._to_contact[peer] = peer_to_contact(peer)
+            return found
+
+
 class DhtDriver:
     """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
     owns every connection task until cancelled."""
@@ -170,6 +199,7 @@ class DhtDriver:
         self._connections: dict[int, Connection] = {}
         self._dialing: dict[int, trio.Event] = {}
         self._pinging: set[int] = set()
+        self._conversions = _Conversions()
         self._nursery: trio.Nursery | None = None
         self.messages_sent = 0
 
@@ -296,10 +326,12 @@ class DhtDriver:
         :class:`CasError` subclasses on any failure."""
         timeout = self.request_timeout if timeout is None else timeout
         try:
-            with trio.fail_after(timeout):
-                connection = await self._connection_to(contact)
-                self.messages_sent += 1
-                response = await connection.request(request, timeout=timeout)
+            connection = self._connections.get(contact.node_id)
+            if connection is None or connection.channel.closed:
+                with trio.fail_after(timeout):
+                    connection = await self._connection_to(contact)
+            self.messages_sent += 1
+            response = await connection.request(request, timeout=timeout)
         except PeerIdMismatchError:
             # Someone else answers at that address: the contact is false.
             self.table.remove(contact.node_id)
@@ -380,7 +412,8 @@ class DhtDriver:
         return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
 
     def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
-        return tuple(contact_to_peer(c) for c in self.table.closest(target, self.k, exclude=requester))
+        peer = self._conversions.peer
+        return tuple([peer(c) for c in self.table.closest(target, self.k, exclude=requester)])
 
     # -- lookups --------------------------------------------------------------
 
@@ -400,22 +433,34 @@ class DhtDriver:
         lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
                         find_value=find_value, exclude=self.own_id)
         send, receive = trio.open_memory_channel[tuple[str, Contact, Any]](math.inf)
+        # Soft deadlines live here, not in a timer task per query: node ID ->
+        # (deadline, contact) for every query still holding a slot.
+        soft: dict[int, tuple[float, Contact]] = {}
         async with trio.open_nursery() as nursery:
 
             def launch(actions: list[Any]) -> None:
+                deadline = trio.current_time() + self.soft_timeout
                 for action in actions:
+                    soft[action.peer.node_id] = (deadline, action.peer)
                     nursery.start_soon(self._query, action.peer, request, cid, send)
 
             launch(lookup.start())
             while not lookup.done:
-                kind, peer, payload = await receive.receive()
-                if kind == "response":
-                    contacts, value = payload
-                    launch(lookup.on_response(peer, contacts, value))
-                elif kind == "timeout":
-                    launch(lookup.on_timeout(peer))
-                else:
-                    launch(lookup.on_failure(peer))
+                next_deadline = min((d for d, _ in soft.values()), default=math.inf)
+                with trio.move_on_at(next_deadline):
+                    kind, peer, payload = await receive.receive()
+                    soft.pop(peer.node_id, None)
+                    if kind == "response":
+                        contacts, value = payload
+                        launch(lookup.on_response(peer, contacts, value))
+                    else:
+                        launch(lookup.on_failure(peer))
+                    continue
+                now = trio.current_time()
+                for node_id, (deadline, contact) in list(soft.items()):
+                    if deadline <= now:
+                        del soft[node_id]
+                        launch(lookup.on_timeout(contact))
             nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
@@ -423,25 +468,13 @@ class DhtDriver:
 
     async def _query(self, peer: Contact, request: msg.Request, cid: CID | None,
                      send: trio.MemorySendChannel[tuple[str, Contact, Any]]) -> None:
-        finished = False
-
-        async def soft_timer() -> None:
-            await trio.sleep(self.soft_timeout)
-            if not finished:
-                send.send_nowait(("timeout", peer, None))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(soft_timer)
-            try:
-                response = await self.request(peer, request)
-                outcome = self._interpret(response, cid)
-                if outcome is None:  # it answered, but with nonsense or a forged block
-                    self.table.record_failure(peer.node_id)
-            except (CasError, RemoteProtocolError):
-                outcome = None
-            finally:
-                finished = True
-                nursery.cancel_scope.cancel()
+        try:
+            response = await self.request(peer, request)
+            outcome = self._interpret(response, cid)
+            if outcome is None:  # it answered, but with nonsense or a forged block
+                self.table.record_failure(peer.node_id)
+        except (CasError, RemoteProtocolError):
+            outcome = None
         if outcome is None:
             send.send_nowait(("failure", peer, None))
         else:
@@ -449,7 +482,7 @@ class DhtDriver:
 
     def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
         if isinstance(response, msg.Nodes):
-            contacts = [c for c in map(peer_to_contact, response.peers) if c is not None]
+            contacts = [c for c in map(self._conversions.contact, response.peers) if c is not None]
             return contacts, None
         if isinstance(response, msg.Block) and cid is not None:
             try:
