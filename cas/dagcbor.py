@@ -61,10 +61,16 @@ def _check(value: Any, depth: int = 0) -> None:
     raise TypeError(f"{type(value).__name__} is not allowed in DAG-CBOR here")
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, *, check: bool = True) -> bytes:
     """Encode ``value`` canonically. Raises TypeError for values outside the
-    data model (a programming error, not bad input)."""
-    _check(value)
+    data model (a programming error, not bad input).
+
+    ``check=False`` skips the walk that proves the value is within the data
+    model, for hot paths whose values come from validated records (directory
+    entries); ``decode`` always checks.
+    """
+    if check:
+        _check(value)
     return cbor2.dumps(value, canonical=True, default=_default)
 
 

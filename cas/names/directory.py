@@ -174,7 +174,8 @@ def name_key(name: str) -> bytes:
 
 
 def _encoded(value: dict[str, Any], what: str) -> Block:
-    data = dagcbor.encode(value)
+    # The values come from DirEntry/ChildRef, validated when constructed.
+    data = dagcbor.encode(value, check=False)
     if len(data) > MAX_BLOCK_SIZE:
         raise InvalidInputError(f"{what} does not fit one block ({len(data)} bytes)")
     return Block.of(DAG_CBOR, data)

@@ -31,6 +31,8 @@ store keeps the ordering rule (cas.blocks).
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import OrderedDict
+from functools import lru_cache
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -74,6 +76,7 @@ class DirSummary:
     size: int
 
 
+@lru_cache(maxsize=1 << 16)
 def _is_boundary(level: int, name: str) -> bool:
     digest = blake3.blake3(bytes((level,)) + name_key(name)).digest(length=4)
     return int.from_bytes(digest, "big") < _THRESHOLD
@@ -97,8 +100,56 @@ def _chunk(items: list[T], level: int, name_of: Callable[[T], str]) -> list[tupl
 # -- reading ------------------------------------------------------------------
 
 
+class _NodeCache:
+    """Decoded directory nodes by CID, least recently used out first.
+
+    Safe to share between stores: a CID names one content forever, so a
+    decoded node is right wherever it came from. Bounded by the number of
+    entries and children held, not nodes, since nodes vary 1-1024 in size.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._nodes: OrderedDict[CID, LeafNode | IndexNode] = OrderedDict()
+        self._held = 0
+
+    @staticmethod
+    def _weight(node: LeafNode | IndexNode) -> int:
+        return 1 + (len(node.entries) if isinstance(node, LeafNode) else len(node.children))
+
+    def get(self, store: BlockStore, cid: CID) -> LeafNode | IndexNode:
+        node = self._nodes.get(cid)
+        if node is not None:
+            self._nodes.move_to_end(cid)
+            return node
+        node = decode_dir_node(cid, store.get(cid))
+        self.add(cid, node)
+        return node
+
+    def add(self, cid: CID, node: LeafNode | IndexNode) -> None:
+        """Remember a node this process just encoded (no need to decode it)."""
+        if cid in self._nodes:
+            return
+        self._nodes[cid] = node
+        self._held += self._weight(node)
+        while self._held > self.budget:
+            _, old = self._nodes.popitem(last=False)
+            self._held -= self._weight(old)
+
+
+_cache = _NodeCache(budget=200_000)  # ~40 MB of decoded entries at most
+
+
 def _node(store: BlockStore, cid: CID) -> LeafNode | IndexNode:
-    return decode_dir_node(cid, store.get(cid))
+    return _cache.get(store, cid)
+
+
+def empty_directory(store: BlockStore) -> CID:
+    """The empty directory's CID (stored, so it can be linked)."""
+    block = encode_leaf([])
+    if not store.has(block.cid):
+        store.put(block)
+    return block.cid
 
 
 def summary(store: BlockStore, cid: CID) -> DirSummary:
@@ -151,12 +202,14 @@ def lookup(store: BlockStore, cid: CID, name: str) -> DirEntry | None:
 def _put_leaf(store: BlockStore, entries: list[DirEntry]) -> ChildRef:
     block = encode_leaf(entries)
     store.put(block)
+    _cache.add(block.cid, LeafNode(tuple(entries)))
     return ChildRef(entries[0].name, block.cid, len(entries), sum(e.size for e in entries))
 
 
 def _put_index(store: BlockStore, level: int, refs: list[ChildRef]) -> ChildRef:
     block = encode_index(level, refs)
     store.put(block)
+    _cache.add(block.cid, IndexNode(level, tuple(refs)))
     return ChildRef(refs[0].first, block.cid, sum(r.count for r in refs), sum(r.size for r in refs))
 
 

@@ -61,7 +61,7 @@ class Repo(Protocol):
 
     blocks: BlockStore
 
-    def roots(self, newest_first: bool = True) -> list: ...
+    def roots(self, newest_first: bool = True, limit: int | None = None) -> list: ...
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None: ...
 
@@ -126,6 +126,9 @@ class Namespace:
         self.blocks = repo.blocks
         self._clock = clock
         self.warnings: list[str] = []
+        # The newest row as last verified: (seq, record bytes, state). A
+        # signature check per read would cost more than the read.
+        self._verified: tuple[int, bytes, RootState] | None = None
 
     # -- roots ----------------------------------------------------------------
 
@@ -146,10 +149,16 @@ class Namespace:
 
     def current(self) -> RootState:
         """The newest root that verifies (an empty directory before the first)."""
-        for _row, record in self._verified_rows():
-            return RootState(record.seq, record.root, record.time_ns, record.public_key)
-        empty = dirtree.build(self.blocks, [])
-        return RootState(0, empty.cid, 0, self.repo.namespace_key().public_key)
+        newest = self.repo.roots(newest_first=True, limit=1)
+        if newest and self._verified is not None:
+            seq, record_bytes, state = self._verified
+            if newest[0].seq == seq and newest[0].record == record_bytes:
+                return state
+        for row, record in self._verified_rows():
+            state = RootState(record.seq, record.root, record.time_ns, record.public_key)
+            self._verified = (row.seq, row.record, state)
+            return state
+        return RootState(0, dirtree.empty_directory(self.blocks), 0, self.repo.namespace_key().public_key)
 
     def at(self, seq: int | None) -> RootState:
         """Root ``seq``, or the current one for None."""
@@ -224,14 +233,16 @@ class Namespace:
             now = max(self._clock(), state.time_ns + 1)
             # Above every stored root, good or not: a record that failed
             # verification still holds its sequence number.
-            rows = self.repo.roots(newest_first=True)
+            rows = self.repo.roots(newest_first=True, limit=1)
             seq = max(state.seq, rows[0].seq if rows else 0) + 1
             record = RootRecord.sign(self.repo.namespace_key(), seq, new_root, now)
             try:
                 self.repo.commit_root(record.seq, new_root, now, record.encode())
             except ConcurrentUpdateError:
                 continue
-            return RootState(record.seq, new_root, now, record.public_key)
+            state = RootState(record.seq, new_root, now, record.public_key)
+            self._verified = (record.seq, record.encode(), state)
+            return state
         raise ConcurrentUpdateError("the namespace kept changing under this operation; try again")
 
     def _update_dir(
@@ -292,8 +303,7 @@ class Namespace:
                     return state.root
                 raise PathExistsError(f"{join_path(parts)} exists already")
             root = self._mkdirs(state.root, parts[:-1], now) if parents else state.root
-            empty = dirtree.build(self.blocks, [])
-            entry = DirEntry(parts[-1], "dir", 0, mode, now, cid=empty.cid)
+            entry = DirEntry(parts[-1], "dir", 0, mode, now, cid=dirtree.empty_directory(self.blocks))
             return self._update_dir(root, parts[:-1], {parts[-1]: entry}, now)
 
         return self._commit(change)
@@ -326,8 +336,7 @@ class Namespace:
             sub = parts[:depth]
             existing = self._lookup_in(root, sub)
             if existing is None:
-                empty = dirtree.build(self.blocks, [])
-                entry = DirEntry(sub[-1], "dir", 0, 0o755, now, cid=empty.cid)
+                entry = DirEntry(sub[-1], "dir", 0, 0o755, now, cid=dirtree.empty_directory(self.blocks))
                 root = self._update_dir(root, sub[:-1], {sub[-1]: entry}, now)
             elif existing.kind != "dir":
                 raise NotADirectoryPathError(f"{join_path(sub)} exists and is not a directory")

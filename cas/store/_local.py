@@ -139,6 +139,7 @@ class LocalStore:
         self.db = Database(path / "meta.sqlite")
         self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
         self.config = self._check_config(path)
+        self._namespace_key: NamespaceKey | None = None
 
     # -- opening --------------------------------------------------------------
 
@@ -271,7 +272,9 @@ class LocalStore:
 
     def namespace_key(self) -> NamespaceKey:
         """The key that signs this repository's namespace roots."""
-        return NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
+        if self._namespace_key is None:
+            self._namespace_key = NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
+        return self._namespace_key
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         """Record root ``seq`` durably, in one step after the blocks it refers to.
@@ -292,10 +295,16 @@ class LocalStore:
         )
         self.blocks.barrier()
 
-    def roots(self, newest_first: bool = True) -> list[RootRow]:
-        """Every stored root row (not verified: the namespace checks records)."""
+    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
+        """Stored root rows, all or the first ``limit`` (not verified: the
+        namespace checks the records)."""
         order = "DESC" if newest_first else "ASC"
-        rows = self.db.query(f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}").fetchall()
+        sql = f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}"
+        params: tuple = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        rows = self.db.query(sql, params).fetchall()
         return [RootRow(seq, CID.from_bytes(root), time_ns, bytes(record)) for seq, root, time_ns, record in rows]
 
     # -- reports ----------------------------------------------------------------
