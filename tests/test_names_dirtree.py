@@ -13,6 +13,7 @@ from cas.blocks import MemoryBlockStore
 from cas.cid import RAW, CID
 from cas.names import dirtree
 from cas.names.directory import DirEntry, IndexNode, decode_dir_node
+from tests.formatsdoc import vectors
 
 FILE = CID.for_data(RAW, b"content")
 
@@ -127,3 +128,14 @@ def test_removing_every_entry_leaves_the_empty_directory():
     tree = dirtree.build(store, [entry(n) for n in all_names])
     tree = dirtree.update(store, tree.cid, dict.fromkeys(all_names))
     assert tree.cid == dirtree.build(MemoryBlockStore(), []).cid and tree.count == 0
+
+
+def test_published_tree_vector_matches():
+    [v] = vectors("dirtree")
+    store = MemoryBlockStore()
+    entries = [
+        DirEntry(f"file-{i:04d}", "file", 5, 0o644, 1_700_000_000_000_000_000, cid=CID.for_data(RAW, b"hello"))
+        for i in range(300)
+    ]
+    built = dirtree.build(store, entries)
+    assert (str(built.cid), built.count, built.size, len(store)) == (v["cid"], v["count"], v["size"], v["nodes"])

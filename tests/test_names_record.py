@@ -11,6 +11,7 @@ from cas.cid import DAG_CBOR, RAW, CID
 from cas.errors import InvalidRecordError
 from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, check_successor
+from tests.formatsdoc import vectors
 
 KEY = Ed25519Key.from_seed(bytes(range(32)))
 OTHER = Ed25519Key.from_seed(bytes(32))
@@ -68,3 +69,11 @@ def test_malformed_records_are_refused(mutate):
 def test_random_bytes_are_never_a_record(data):
     with pytest.raises(InvalidRecordError):
         RootRecord.decode(data)
+
+
+def test_published_record_vector_matches():
+    [v] = vectors("root-record")
+    key = Ed25519Key.from_seed(bytes.fromhex(v["seed_hex"]))
+    record = RootRecord.sign(key, v["seq"], CID.parse(v["root"]), v["time"])
+    assert record.encode().hex() == v["record_hex"]
+    assert RootRecord.decode(bytes.fromhex(v["record_hex"])) == record
