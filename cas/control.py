@@ -54,8 +54,8 @@ from . import dagcbor
 from .blocks import MAX_BLOCK_SIZE, Block
 from .cid import CID
 from .errors import CasError, InvalidBlockError, RepositoryError
-from .store import RepoStat, VerifyReport
-from .store._local import Problem
+from .store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
+from .store._local import NAMESPACE_KEY_FILE, Problem
 
 SOCKET_NAME = "control.sock"
 
@@ -449,7 +449,8 @@ class RemoteBlockStore:
 
 class RemoteStore:
     """What :class:`cas.api.Repository` needs of a store, served by a daemon:
-    ``path``, ``blocks``, pins, ``stat``, ``verify``, ``close``."""
+    ``path``, ``blocks``, pins, ``stat``, ``verify``, ``gc``, the namespace
+    roots (``roots``, ``commit_root``, ``namespace_key``), ``close``."""
 
     def __init__(self, client: ControlClient, path: Path) -> None:
         self._client = client
@@ -487,6 +488,23 @@ class RemoteStore:
         if progress is not None:
             progress(report.bytes_checked)
         return report
+
+    def gc(self, *, history: int | None = None) -> GcReport:
+        v = self._client.call("gc", history=history)
+        return GcReport(blocks_freed=v["blocks_freed"], bytes_freed=v["bytes_freed"],
+                        roots_dropped=v["roots_dropped"])
+
+    def roots(self, newest_first: bool = True) -> list[RootRow]:
+        return [RootRow(r["seq"], r["root"], r["time_ns"], r["record"])
+                for r in self._client.call("roots", newest_first=newest_first)]
+
+    def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
+        self._client.call("commit_root", seq=seq, root=root, time_ns=time_ns, record=record)
+
+    def namespace_key(self) -> NamespaceKey:
+        """Read from the repository directly, as the daemon would: the key file
+        is the same user's (mode 0600), and a secret has no business on a socket."""
+        return NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
 
     def close(self) -> None:
         self._client.close()

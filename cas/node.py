@@ -333,7 +333,28 @@ def _store_ops(node: Node) -> OpTable:
         return {"blocks_checked": report.blocks_checked, "bytes_checked": report.bytes_checked,
                 "problems": [{"cid": p.cid, "what": p.what} for p in report.problems[:MAX_PROBLEMS]]}
 
+    async def gc(args: dict[str, Any]) -> dict[str, Any]:
+        history = args.get("history")
+        if history is not None and (type(history) is not int or history < 0):
+            raise InvalidInputError("argument 'history' must be a whole number or null")
+        report = await node.in_store_thread(lambda: store().gc(history=history))
+        return {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed,
+                "roots_dropped": report.roots_dropped}
+
+    async def roots(args: dict[str, Any]) -> list[dict[str, Any]]:
+        newest_first = args.get("newest_first", True)
+        rows = await node.in_store_thread(lambda: store().roots(newest_first=bool(newest_first)))
+        return [{"seq": r.seq, "root": r.root, "time_ns": r.time_ns, "record": r.record} for r in rows]
+
+    async def commit_root(args: dict[str, Any]) -> None:
+        seq, time_ns = args.get("seq"), args.get("time_ns")
+        if type(seq) is not int or type(time_ns) is not int:
+            raise InvalidInputError("arguments 'seq' and 'time_ns' must be whole numbers")
+        root, record = _cid_arg(args, "root"), _bytes_arg(args, "record")
+        await node.in_store_thread(store().commit_root, seq, root, time_ns, record)
+
     return {
+        "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),
         "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "barrier": Op(barrier),
         "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
         "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),

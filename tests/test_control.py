@@ -164,3 +164,14 @@ def test_sigterm_removes_the_socket_and_releases_the_repository(daemons: Daemons
     assert not control.socket_path(daemon.repo).exists()
     cid = run_cas("add", "-q", "-", repo=daemon.repo, input=b"after").stdout.decode().strip()
     assert run_cas("cat", cid, repo=daemon.repo).stdout == b"after"
+
+
+def test_namespace_commands_and_gc_go_through_the_daemon(daemon: Daemon) -> None:
+    run_cas("mkdir", "/docs", repo=daemon.repo)
+    cid = run_cas("add", "-q", "-", "--to", "/docs/note", repo=daemon.repo, input=b"a note").stdout.decode().strip()
+    assert run_cas("cat", "/docs/note", repo=daemon.repo).stdout == b"a note"
+    assert "note" in run_cas("ls", "/docs", repo=daemon.repo).stdout.decode()
+    run_cas("gc", repo=daemon.repo)
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == b"a note"
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        assert [r["seq"] for r in client.call("roots")][:1] == [2]
