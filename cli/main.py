@@ -17,6 +17,7 @@ from cas.errors import CasError
 
 from . import files_cmds, names_cmds, repo_cmds
 from . import node_cmds
+from . import mount_cmds
 from .output import Output
 
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     files_cmds.register(sub, common)
     names_cmds.register(sub, common)
     node_cmds.register(sub, common)
+    mount_cmds.register(sub, common)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""``cas mount DIR`` and ``cas umount DIR``: the namespace as a directory.
+
+Thin: the work is in :mod:`cas.fuse.mountd`. Without ``--foreground``,
+``cas mount`` starts the mount process and returns once the mount works (as
+sshfs does); its log goes to ``<repo>/mount.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cas.errors import InvalidInputError
+
+from .output import Output
+from .repo_cmds import repo_path
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mount", parents=common, help="mount the namespace as a directory (FUSE)",
+        description="Mount the repository's namespace at DIR, read-write. The mount process owns the "
+        "repository; the other cas commands keep working through it. 'cas umount DIR' ends it.")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("--ro", action="store_true", help="read-only: every change fails with EROFS")
+    p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--cache", type=int, default=None, metavar="MIB",
+                   help="block cache size in MiB (default 256)")
+    p.set_defaults(run=cmd_mount)
+
+    p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.set_defaults(run=cmd_umount)
+
+
+def cmd_mount(args: argparse.Namespace, out: Output) -> int:
+    from cas.fuse import require_pyfuse3
+    from cas.fuse.mountd import MountConfig, check_mountpoint, run_mount, start_background
+
+    require_pyfuse3()
+    if args.cache is not None and args.cache <= 0:
+        raise InvalidInputError("--cache must be a positive number of MiB")
+    mountpoint = check_mountpoint(Path(args.mountpoint))
+    repo = repo_path(args).expanduser().absolute()
+    config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None)
+
+    def ready() -> None:
+        out.document({"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro})
+        out.note(f"mounted {repo} at {mountpoint}{' (read-only)' if args.ro else ''}")
+
+    if args.foreground:
+        run_mount(config, ready)
+        out.note(f"unmounted {mountpoint}")
+    else:
+        start_background(config)
+        ready()
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace, out: Output) -> int:
+    from cas.fuse.mountd import unmount
+
+    unmount(Path(args.mountpoint))
+    out.note(f"unmounted {args.mountpoint}")
+    return 0

@@ -1,0 +1,270 @@
+"""Open files: readers over the file DAG, a shared block cache, staged writes.
+
+Reading
+=======
+
+Every open file that reads has one :class:`cas.files.FileReader` for as long
+as it is open (kubo's mount rebuilt its reader on every read() and ran 60x
+slower than its CLI). The reader runs on the trio thread over
+:class:`CacheOnly`, a view of the shared :class:`BlockCache` that raises
+:class:`CacheMiss` instead of touching the disk; the caller fetches the
+missing block in the store thread and retries (the reader's state only moves
+when a read completes, so a retry is exact). Sequential reading starts
+read-ahead: a background task pulls the next ``window`` bytes through
+:class:`CachedBlocks` in the store thread, so the reader finds them cached.
+The cache is bounded in bytes (least recently used blocks go first).
+
+Writing
+=======
+
+A file that is written is *staged*: its whole content lives in a temporary
+file under ``<repo>/tmp/`` (on disk, never in RAM), with the old content
+copied in on the first write unless it was truncated to nothing. Every open
+handle of that inode, readers too, then reads the staged bytes, as on a
+local disk. Committing (on flush, fsync and release) chunks the staged file
+into blocks and links it at the inode's path *at that moment*
+(cas.fuse.tree); the staged file is dropped when the last handle closes.
+
+This module owns those objects. It never resolves paths, never commits
+anything by itself, and never calls FUSE.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..blocks import BlockStore
+from ..cid import CID
+from ..files import FileReader
+
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+"""Block cache of a mount; DESIGN.md caps the default at 256 MiB."""
+
+READ_AHEAD_BYTES = 32 * 1024 * 1024
+"""How far ahead of a sequential reader blocks are fetched: ~100 average
+blocks, enough to keep the disk busy between FUSE requests (bench/mount.py)."""
+
+READ_AHEAD_STEP = 4 * 1024 * 1024
+"""Bytes fetched per store-thread call of read-ahead, so that control-socket
+operations never wait long behind it."""
+
+COPY_PIECE = 1024 * 1024
+
+
+class CacheMiss(Exception):
+    """Raised by :class:`CacheOnly` for a block that is not cached (internal:
+    never leaves this package)."""
+
+    def __init__(self, cid: CID) -> None:
+        super().__init__(str(cid))
+        self.cid = cid
+
+
+class BlockCache:
+    """Verified blocks by CID, least recently used dropped past ``max_bytes``.
+    Thread-safe: filled from the store thread, read on the trio thread."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._blocks: OrderedDict[CID, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, cid: CID) -> bytes | None:
+        with self._lock:
+            data = self._blocks.get(cid)
+            if data is None:
+                self.misses += 1
+                return None
+            self._blocks.move_to_end(cid)
+            self.hits += 1
+            return data
+
+    def __contains__(self, cid: CID) -> bool:
+        with self._lock:
+            return cid in self._blocks
+
+    def put(self, cid: CID, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            if cid in self._blocks:
+                self._blocks.move_to_end(cid)
+                return
+            self._blocks[cid] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, old = self._blocks.popitem(last=False)
+                self._bytes -= len(old)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {"blocks": len(self._blocks), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+
+class CachedBlocks:
+    """A store's blocks through the cache (filled on every miss). Disk I/O:
+    use it in the store thread only."""
+
+    def __init__(self, store: BlockStore, cache: BlockCache) -> None:
+        self._store = store
+        self.cache = cache
+
+    def has(self, cid: CID) -> bool:
+        return cid in self.cache or self._store.has(cid)
+
+    def get(self, cid: CID) -> bytes:
+        data = self.cache.get(cid)
+        if data is None:
+            data = bytes(self._store.get(cid))  # verified by the store
+            self.cache.put(cid, data)
+        return data
+
+    def prefetch(self, cids: Iterable[CID]) -> None:
+        prefetch = getattr(self._store, "prefetch", None)
+        if prefetch is not None:
+            prefetch([cid for cid in cids if cid not in self.cache])
+
+
+class CacheOnly:
+    """The cache as a read-only block store that never does I/O: a block that
+    is not cached raises :class:`CacheMiss`. Safe on the trio thread."""
+
+    def __init__(self, cache: BlockCache) -> None:
+        self._cache = cache
+
+    def has(self, cid: CID) -> bool:
+        return cid in self._cache
+
+    def get(self, cid: CID) -> bytes:
+        data = self._cache.get(cid)
+        if data is None:
+            raise CacheMiss(cid)
+        return data
+
+
+@dataclass
+class ReadState:
+    """One open file's reader of committed content, and its read-ahead."""
+
+    cid: CID
+    reader: FileReader
+    next_offset: int = 0  # where a sequential reader reads next
+    sequential: int = 0  # consecutive sequential reads
+    ahead_to: int = 0  # read-ahead has fetched (or is fetching) up to here
+    ahead_running: bool = False
+
+    def note_read(self, offset: int, length: int) -> bool:
+        """Record a read; True if read-ahead should be extended."""
+        self.sequential = self.sequential + 1 if offset == self.next_offset else 0
+        self.next_offset = offset + length
+        if self.sequential < 2 or self.ahead_running:
+            return False
+        self.ahead_to = max(self.ahead_to, self.next_offset)
+        return self.ahead_to - self.next_offset < READ_AHEAD_BYTES // 2 and self.ahead_to < self.reader.size
+
+
+def read_cached(reader: FileReader, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` from a reader over :class:`CacheOnly`;
+    raises CacheMiss (with nothing changed) when a block must be fetched."""
+    reader.seek(offset)
+    return reader.read(length)
+
+
+class Staging:
+    """A file's whole content, staged in a temporary file while it is written.
+
+    Plain positional I/O on one file descriptor; the file is unlinked from
+    the start where the OS allows, so a crash leaves nothing behind (the next
+    owner of the repository empties ``tmp/`` anyway).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="fuse-", dir=directory)
+        os.unlink(name)
+        self.fd = fd
+        self.size = 0
+
+    def write(self, offset: int, data: bytes) -> int:
+        written = os.pwrite(self.fd, data, offset)
+        self.size = max(self.size, offset + written)
+        return written
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, max(0, min(length, self.size - offset)), offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        self.size = size
+
+    def fill(self, pieces: Iterable[bytes]) -> None:
+        """Copy in the committed content (store thread: it reads blocks)."""
+        offset = 0
+        for piece in pieces:
+            os.pwrite(self.fd, piece, offset)
+            offset += len(piece)
+        self.size = offset
+
+    def stream(self) -> Any:
+        """A readable binary stream of the staged content from its start."""
+        fd = os.dup(self.fd)  # shares the offset, which nothing else here uses
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb", buffering=COPY_PIECE, closefd=True)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class FileState:
+    """What is open of one file inode: its committed content, and the staged
+    content while it is being written."""
+
+    cid: CID | None
+    size: int
+    mode: int
+    mtime: int
+    staging: Staging | None = None
+    dirty: bool = False  # staged bytes not yet committed
+    meta_dirty: bool = False  # mode or mtime changed and not yet committed
+    handles: set[int] = field(default_factory=set)
+
+    def current_size(self) -> int:
+        return self.staging.size if self.staging is not None else self.size
+
+
+@dataclass
+class Handle:
+    """One open file (what the kernel calls ``fh``)."""
+
+    fh: int
+    ino: int
+    writable: bool
+    append: bool
+    read: ReadState | None = None
+    wrote: bool = False
+
+
+def drain(pieces: Iterable[bytes], until: Callable[[], bool] | None = None) -> int:
+    """Consume ``pieces`` (read-ahead: the point is the cache they fill)."""
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if until is not None and until():
+            break
+    return total

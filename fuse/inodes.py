@@ -1,0 +1,180 @@
+"""The inode table: kernel inode numbers <-> names in the namespace.
+
+The namespace has paths, not inodes; the kernel wants stable numbers and
+counts the references it holds (its *lookup count*). This module owns that
+bookkeeping and nothing else: it never touches the store, the disk or FUSE,
+so it is tested as plain Python.
+
+Theory of operation
+===================
+
+An :class:`Inode` is named by (``parent``, ``name``), never by a full path,
+so renaming a directory is one change here and every inode below it follows.
+``path_of`` walks the parents to the root. An inode whose name was unlinked
+or renamed over is *detached* (``parent`` None): the kernel may still hold
+it, open files may still read and write it, but it has no path, and writes
+to it are committed nowhere, as on a local disk.
+
+Rules:
+
+1. Every reply that gives the kernel an entry (lookup, create, mkdir,
+   symlink, readdirplus) calls :meth:`InodeTable.lookup`, which adds one to
+   the lookup count; ``forget`` subtracts what the kernel says.
+2. An inode is dropped only when the kernel holds no lookup, no file handle
+   is open on it, and no known inode names it as parent (a child keeps its
+   parent alive, so ``path_of`` always works for a live inode).
+3. The root inode is never dropped.
+4. The same (parent, name) gives the same inode for as long as it lives, unless
+   the kind changed under it (replaced from outside): then the old inode is
+   detached and a new one made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT_INODE = 1
+
+
+@dataclass(eq=False)
+class Inode:
+    """One inode the kernel knows, or that an open file still needs."""
+
+    ino: int
+    parent: int | None  # None: detached (unlinked), or the root
+    name: str
+    kind: str  # "file" | "dir" | "symlink"
+    lookups: int = 0
+    opens: int = 0
+    children: int = 0  # live inodes whose parent this is
+    state: Any = None  # the open file's state (cas.fuse.handles.FileState), if any
+    last: Any = None  # the last namespace node seen for it (its attributes when detached)
+    detached: bool = False
+
+
+@dataclass
+class InodeTable:
+    """All live inodes; see the module docstring for the rules."""
+
+    _inodes: dict[int, Inode] = field(default_factory=dict)
+    _names: dict[tuple[int, str], int] = field(default_factory=dict)
+    _next: int = ROOT_INODE + 1
+
+    def __post_init__(self) -> None:
+        self._inodes[ROOT_INODE] = Inode(ROOT_INODE, None, "", "dir", lookups=1)
+
+    def __len__(self) -> int:
+        return len(self._inodes)
+
+    def __iter__(self) -> Iterator[Inode]:
+        return iter(list(self._inodes.values()))
+
+    def get(self, ino: int) -> Inode:
+        """The inode ``ino``; KeyError if the kernel sent one it never had."""
+        return self._inodes[ino]
+
+    def find(self, parent: int, name: str) -> Inode | None:
+        """The live inode named ``name`` in ``parent``, without counting a lookup."""
+        ino = self._names.get((parent, name))
+        return None if ino is None else self._inodes[ino]
+
+    def path_of(self, ino: int) -> str | None:
+        """The namespace path of ``ino`` now, or None if it is detached."""
+        parts: list[str] = []
+        inode = self._inodes[ino]
+        while inode.ino != ROOT_INODE:
+            if inode.detached or inode.parent is None:
+                return None
+            parts.append(inode.name)
+            inode = self._inodes[inode.parent]
+        return "/" + "/".join(reversed(parts))
+
+    def child_path(self, parent: int, name: str) -> str | None:
+        base = self.path_of(parent)
+        if base is None:
+            return None
+        return base.rstrip("/") + "/" + name
+
+    def lookup(self, parent: int, name: str, kind: str) -> Inode:
+        """The inode for ``name`` in ``parent`` (made if new), its lookup
+        count raised by one: call it for every entry handed to the kernel."""
+        inode = self.find(parent, name)
+        if inode is not None and inode.kind != kind:
+            self.detach(parent, name)
+            inode = None
+        if inode is None:
+            inode = Inode(self._next, parent, name, kind)
+            self._next += 1
+            self._inodes[inode.ino] = inode
+            self._names[(parent, name)] = inode.ino
+            self._inodes[parent].children += 1
+        inode.lookups += 1
+        return inode
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped ``count`` references to ``ino``."""
+        inode = self._inodes.get(ino)
+        if inode is None:
+            return
+        inode.lookups = max(0, inode.lookups - count)
+        self._maybe_drop(inode)
+
+    def opened(self, ino: int) -> Inode:
+        inode = self._inodes[ino]
+        inode.opens += 1
+        return inode
+
+    def released(self, ino: int) -> None:
+        inode = self._inodes[ino]
+        inode.opens -= 1
+        assert inode.opens >= 0, "more releases than opens"
+        self._maybe_drop(inode)
+
+    def detach(self, parent: int, name: str) -> Inode | None:
+        """``name`` in ``parent`` was removed (unlinked, or renamed over):
+        its inode, if any, lives on without a path."""
+        ino = self._names.pop((parent, name), None)
+        if ino is None:
+            return None
+        inode = self._inodes[ino]
+        inode.detached = True
+        self._maybe_drop(inode)
+        return inode
+
+    def rename(self, parent: int, name: str, new_parent: int, new_name: str) -> None:
+        """``name`` in ``parent`` is now ``new_name`` in ``new_parent``; an
+        inode that had the new name is detached."""
+        if (parent, name) == (new_parent, new_name):
+            return
+        self.detach(new_parent, new_name)
+        ino = self._names.pop((parent, name), None)
+        if ino is None:
+            return
+        inode = self._inodes[ino]
+        if inode.parent != new_parent:
+            self._inodes[new_parent].children += 1
+            old_parent = self._inodes[parent]
+            old_parent.children -= 1
+            inode.parent = new_parent
+            self._maybe_drop(old_parent)
+        inode.name = new_name
+        self._names[(new_parent, new_name)] = ino
+
+    def _maybe_drop(self, inode: Inode) -> None:
+        # Rule 2: drop it when nothing refers to it; then its parent may go too.
+        while (
+            inode.ino != ROOT_INODE
+            and inode.lookups == 0
+            and inode.opens == 0
+            and inode.children == 0
+        ):
+            del self._inodes[inode.ino]
+            if not inode.detached and self._names.get((inode.parent, inode.name)) == inode.ino:
+                del self._names[(inode.parent, inode.name)]
+            if inode.parent is None:
+                return
+            parent = self._inodes[inode.parent]
+            parent.children -= 1
+            inode = parent

@@ -1,0 +1,280 @@
+"""The mount process: the node that owns the repository, serving a FUSE mount.
+
+One trio run holds, in one nursery, a :class:`cas.node.Node` (the repository
+lock, the store, the control socket through which ``cas add/cat/ls/...``
+keep working while the mount is up) and the pyfuse3 session. The FUSE
+handlers reach the store only through ``node.in_store_thread``, so they are
+serialised with the control socket's operations.
+
+Lifecycle: mount → tell the parent "ready" (a line on an inherited pipe, as
+sshfs returns once its mount works) → serve until unmounted (``cas umount``
+/ fusermount3 -u) or SIGTERM/SIGINT, which commit every staged file and
+unmount cleanly. kill -9 loses only writes not yet closed or fsynced: every
+commit was one durable root update, and staged files are anonymous temporary
+files. ``cas umount`` clears the dead mount.
+
+Also owns the command-line side of mounting (start, wait for readiness,
+unmount, wait for the process to go) so cli/mount_cmds.py stays thin.
+Must never: serve FUSE requests without the repository lock (the node holds
+it), or leave a mount behind when it exits normally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from ..errors import CasError
+from . import FuseUnavailableError, MountError, require_pyfuse3
+
+FSNAME = "cas"
+READY_TIMEOUT = 60.0
+UNMOUNT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    repo: Path
+    mountpoint: Path
+    read_only: bool = False
+    cache_bytes: int | None = None
+
+
+def check_mountpoint(mountpoint: Path) -> Path:
+    path = mountpoint.expanduser().absolute()
+    if is_mounted(path):
+        raise MountError(f"{path} is already a mount point; 'cas umount {path}' first")
+    if not path.is_dir():
+        raise MountError(f"{path} is not a directory; create it first")
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailableError("/dev/fuse is missing: this machine (or container) has no FUSE device")
+    return path
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point (also a dead FUSE mount)."""
+    target = str(path.expanduser().absolute())
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+# -- the mount process -------------------------------------------------------------
+
+
+async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Mount ``config.repo``'s namespace at ``config.mountpoint`` and serve it
+    until unmounted or signalled. Raises CasError if it cannot start."""
+    pyfuse3 = require_pyfuse3()
+    import trio
+
+    from ..node import Node, NodeConfig
+    from .operations import CasOperations
+    from .tree import MountTree
+
+    node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert node.store is not None
+        ops = CasOperations(
+            run=node.in_store_thread, tree=MountTree(node.store), staging_dir=node.store.path / "tmp",
+            nursery=nursery, read_only=config.read_only, cache_bytes=config.cache_bytes,
+        )
+        options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
+        if config.read_only:
+            options.add("ro")
+        try:
+            pyfuse3.init(ops, str(config.mountpoint), options)
+        except RuntimeError as exc:
+            node.stop()
+            raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+
+                async def watch() -> None:
+                    async for _ in signals:
+                        pyfuse3.terminate()
+                        return
+
+                nursery.start_soon(watch)
+                on_ready()
+                await pyfuse3.main()
+            await ops.commit_all()
+        finally:
+            with trio.CancelScope(shield=True):
+                pyfuse3.close(unmount=True)
+            node.stop()
+            nursery.cancel_scope.cancel()
+
+
+def run_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Run :func:`serve` in this process (``cas mount --foreground``)."""
+    import trio
+
+    from ..node import first_cas_error
+
+    require_pyfuse3()
+    logging.basicConfig(level=logging.WARNING, format="cas mount: %(message)s", stream=sys.stderr)
+    try:
+        trio.run(serve, config, on_ready)
+    except BaseExceptionGroup as group:
+        raise first_cas_error(group) or group from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cas.fuse.mountd``: the background mount started by
+    ``cas mount``; reports "ok" or "error: ..." on ``--ready-fd``."""
+    p = argparse.ArgumentParser(prog="cas.fuse.mountd")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--ready-fd", type=int, required=True)
+    p.add_argument("--ro", action="store_true")
+    p.add_argument("--cache-bytes", type=int, default=None)
+    p.add_argument("mountpoint")
+    args = p.parse_args(argv)
+    ready_fd: int | None = args.ready_fd
+
+    def report(line: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = None
+
+    config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes)
+    try:
+        run_mount(config, lambda: report("ok"))
+    except CasError as exc:
+        report(f"error: {exc}")
+        return 1
+    except BaseException as exc:
+        report(f"error: the mount process failed: {type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+# -- the command-line side ---------------------------------------------------------
+
+
+def start_background(config: MountConfig, timeout: float = READY_TIMEOUT) -> int:
+    """Start the mount process and return its PID once the mount works."""
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "cas.fuse.mountd", "--repo", str(config.repo),
+            "--ready-fd", str(write_fd), str(config.mountpoint)]
+    if config.read_only:
+        argv.append("--ro")
+    if config.cache_bytes:
+        argv += ["--cache-bytes", str(config.cache_bytes)]
+    from ..store import LocalStore
+
+    LocalStore.open(config.repo, create=True).close()  # create it; fail early if it is in use
+    log_path = config.repo / "mount.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            pass_fds=(write_fd,), start_new_session=True,
+        )
+    os.close(write_fd)
+    try:
+        answer = _read_line(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if answer == "ok":
+        return proc.pid
+    if proc.poll() is None:
+        proc.terminate()
+    if answer is None:
+        raise MountError(f"the mount process did not report ready within {timeout:.0f} s; see {log_path}")
+    if answer.startswith("error: "):
+        raise MountError(answer[len("error: "):])
+    raise MountError(f"the mount process exited before the mount was ready; see {log_path}")
+
+
+def _read_line(fd: int, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        piece = os.read(fd, 4096)
+        if not piece:
+            break
+        data += piece
+    return data.decode(errors="replace").strip()
+
+
+def mount_processes(mountpoint: Path) -> list[int]:
+    """PIDs of mount processes serving ``mountpoint`` (found by their command line)."""
+    target = os.path.realpath(mountpoint)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        is_mount = "cas.fuse.mountd" in args or ("mount" in args and any(a.endswith("cas") for a in args[:2]))
+        if is_mount and any(os.path.realpath(a) == target for a in args[1:] if a.startswith(("/", "."))
+                            or os.path.exists(a)):
+            found.append(int(entry))
+    return found
+
+
+def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
+    """Unmount ``mountpoint`` (also a dead mount whose process was killed) and
+    wait until its mount process has exited (its repository is free again)."""
+    path = mountpoint.expanduser().absolute()
+    if not is_mounted(path):
+        raise MountError(f"{path} is not mounted")
+    pids = mount_processes(path)
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    argv = [tool, "-u", str(path)] if tool else ["umount", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0 and is_mounted(path):
+        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unmount failed"
+        raise MountError(f"cannot unmount {path}: {message}")
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise MountError(f"{path} is unmounted but its mount process {pid} is still running")
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,601 @@
+"""The pyfuse3 Operations: kernel requests mapped onto the mount's parts.
+
+Thin by design: names and inodes come from :mod:`.inodes`, paths are
+resolved and changed by :mod:`.tree` (always in the node's store thread),
+open files are :mod:`.handles` objects. This module turns their results into
+``EntryAttributes`` and their errors into errno values: a
+:class:`cas.errors.NamespaceError` carries the errno to return, a bad name is
+EINVAL (ENAMETOOLONG past 255 bytes), anything else is logged and EIO.
+
+Must never: block the trio thread on the store (every store or namespace
+call goes through ``node.in_store_thread``), or let an exception other than
+FUSEError reach pyfuse3.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+import pyfuse3
+import trio
+
+from ..errors import CasError, InvalidInputError, NamespaceError
+from ..files import FileReader
+from ..names.directory import MAX_NAME_BYTES, DirEntry
+from ..names.namespace import Node
+from .handles import (
+    READ_AHEAD_BYTES,
+    READ_AHEAD_STEP,
+    BlockCache,
+    CachedBlocks,
+    CacheMiss,
+    CacheOnly,
+    FileState,
+    Handle,
+    ReadState,
+    Staging,
+    read_cached,
+)
+from .inodes import ROOT_INODE, Inode, InodeTable
+from .tree import MountTree
+
+log = logging.getLogger("cas.fuse")
+
+ATTR_TIMEOUT = 1.0
+"""Seconds the kernel may cache names and attributes: how late a change made
+through the control socket (``cas mv``…) may show in the mount."""
+
+T = TypeVar("T")
+
+_KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    entries: list[DirEntry]
+    fresh: bool = True
+
+
+@contextmanager
+def fuse_errors(what: str) -> Iterator[None]:
+    """Turn cas errors into the errno a file system returns."""
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except NamespaceError as exc:
+        raise pyfuse3.FUSEError(exc.errno) from None
+    except InvalidInputError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    except CasError as exc:
+        log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    except OSError as exc:
+        log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    except Exception:  # a bug here must fail one request, not the mount
+        log.exception("%s failed", what)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+class CasOperations(pyfuse3.Operations):
+    """The mount's request handlers; see the module docstring."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        *,
+        run: Callable[..., Awaitable[Any]],
+        tree: MountTree,
+        staging_dir: Path,
+        nursery: trio.Nursery,
+        read_only: bool = False,
+        cache_bytes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._run = run  # node.in_store_thread
+        self.tree = tree
+        self.inodes = InodeTable()
+        self.cache = BlockCache(cache_bytes) if cache_bytes else BlockCache()
+        self.cached_blocks = CachedBlocks(tree.blocks, self.cache)
+        self._cache_only = CacheOnly(self.cache)
+        self._staging_dir = staging_dir
+        self._nursery = nursery
+        self.read_only = read_only
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._locks: dict[int, trio.Lock] = {}
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # -- helpers ------------------------------------------------------------------
+
+    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._run(fn, *args)
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _name(self, raw: bytes) -> str:
+        if len(raw) > MAX_NAME_BYTES:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _path(self, ino: int) -> str:
+        path = self.inodes.path_of(ino)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return path
+
+    def _child(self, parent: int, name: str) -> str:
+        path = self.inodes.child_path(parent, name)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return path
+
+    def _lock(self, ino: int) -> trio.Lock:
+        lock = self._locks.get(ino)
+        if lock is None:
+            lock = self._locks[ino] = trio.Lock()
+        return lock
+
+    def _attr(self, inode: Inode, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        size, mode, mtime = node.size, node.mode, node.mtime
+        state: FileState | None = inode.state
+        if state is not None:
+            size, mode, mtime = state.current_size(), state.mode, state.mtime
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = _KIND_BITS[node.kind] | (0o777 if node.kind == "symlink" else mode)
+        a.st_nlink = 1
+        a.st_uid = self._uid
+        a.st_gid = self._gid
+        a.st_rdev = 0
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+        return a
+
+    def _entry(self, parent: int, node: Node) -> pyfuse3.EntryAttributes:
+        inode = self.inodes.lookup(parent, node.name, node.kind)
+        inode.last = node
+        return self._attr(inode, node)
+
+    async def _node_of(self, inode: Inode) -> Node:
+        """The current namespace node of ``inode`` (its last one if it has
+        no path any more but is still in use)."""
+        path = self.inodes.path_of(inode.ino)
+        if path is None:
+            if inode.last is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return inode.last
+        try:
+            node = await self._store(self.tree.resolve, path)
+        except NamespaceError:
+            if inode.last is not None and (inode.opens or inode.state is not None):
+                return inode.last
+            raise
+        if node.kind != inode.kind and inode.ino != ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # replaced from outside: a new inode on lookup
+        inode.last = node
+        return node
+
+    # -- names ----------------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        with fuse_errors("lookup"):
+            if name in (b".", b".."):
+                target = self.inodes.get(parent_inode)
+                if name == b".." and target.parent is not None:
+                    target = self.inodes.get(target.parent)
+                node = await self._node_of(target)
+                target.lookups += 1
+                return self._attr(target, node)
+            path = self._child(parent_inode, self._name(name))
+            node = await self._store(self.tree.resolve, path)
+            return self._entry(parent_inode, node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        with fuse_errors("getattr"):
+            found = self.inodes.get(inode)
+            return self._attr(found, await self._node_of(found))
+
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        with fuse_errors("readlink"):
+            node = await self._node_of(self.inodes.get(inode))
+            if node.kind != "symlink" or node.target is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return node.target.encode()
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mkdir"):
+            self._writable()
+            path = self._child(parent_inode, self._name(name))
+            node = await self._store(self.tree.mkdir, path, mode & 0o7777)
+            return self._entry(parent_inode, node)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        with fuse_errors("symlink"):
+            self._writable()
+            path = self._child(parent_inode, self._name(name))
+            node = await self._store(self.tree.symlink, path, os.fsdecode(target))
+            return self._entry(parent_inode, node)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # no hard links: a name is a (path -> CID) entry
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mknod"):
+            self._writable()
+            if not stat.S_ISREG(mode):
+                raise pyfuse3.FUSEError(errno.EPERM)
+            path = self._child(parent_inode, self._name(name))
+            node = await self._store(lambda: self.tree.create(path, mode & 0o7777, exclusive=True))
+            return self._entry(parent_inode, node)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with fuse_errors("unlink"):
+            self._writable()
+            text = self._name(name)
+            await self._store(self.tree.unlink, self._child(parent_inode, text))
+            self.inodes.detach(parent_inode, text)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with fuse_errors("rmdir"):
+            self._writable()
+            text = self._name(name)
+            await self._store(self.tree.rmdir, self._child(parent_inode, text))
+            self.inodes.detach(parent_inode, text)
+
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: Any,
+    ) -> None:
+        with fuse_errors("rename"):
+            self._writable()
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            old, new = self._name(name_old), self._name(name_new)
+            src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
+            no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+            await self._store(lambda: self.tree.rename(src, dst, no_replace=no_replace))
+            self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
+
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: int | None, ctx: Any,
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("setattr"):
+            found = self.inodes.get(inode)
+            changes = fields.update_size or fields.update_mode or fields.update_mtime
+            if changes:
+                self._writable()
+            if fields.update_size:
+                if found.kind != "file":
+                    raise pyfuse3.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
+                await self._truncate(found, attr.st_size)
+            mode = attr.st_mode & 0o7777 if fields.update_mode else None
+            mtime = attr.st_mtime_ns if fields.update_mtime else None
+            if mode is not None or mtime is not None:
+                state: FileState | None = found.state
+                if state is not None and state.staging is not None:
+                    state.mode = state.mode if mode is None else mode
+                    state.mtime = state.mtime if mtime is None else mtime
+                    state.meta_dirty = True
+                else:
+                    path = self.inodes.path_of(inode)
+                    if path is not None:
+                        found.last = await self._store(
+                            lambda: self.tree.set_meta(path, mode=mode, mtime=mtime))
+                    if state is not None:
+                        state.mode = state.mode if mode is None else mode
+                        state.mtime = state.mtime if mtime is None else mtime
+            return self._attr(found, await self._node_of(found))
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        with fuse_errors("statfs"):
+            fs = await self._store(self.tree.statfs)
+            s = pyfuse3.StatvfsData()
+            s.f_bsize = s.f_frsize = fs.block_size
+            s.f_blocks = fs.blocks
+            s.f_bfree = s.f_bavail = fs.blocks_free
+            s.f_files = fs.files
+            s.f_ffree = s.f_favail = fs.files
+            s.f_namemax = MAX_NAME_BYTES
+            return s
+
+    # -- directories ------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        with fuse_errors("opendir"):
+            path = self._path(inode)
+            _node, entries = await self._store(self.tree.list, path)
+            fh = self._fh()
+            self._dirs[fh] = DirHandle(inode, entries)
+            return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Offsets: 1 is ".", 2 is "..", 3 + i is entry i of the snapshot taken
+        # at opendir (or at a rewind), so they stay stable while it changes.
+        with fuse_errors("readdir"):
+            handle = self._dirs[fh]
+            if start_id == 0 and not handle.fresh:
+                _node, handle.entries = await self._store(self.tree.list, self._path(handle.ino))
+            handle.fresh = False
+            here = self.inodes.get(handle.ino)
+            if start_id < 1:
+                node = await self._node_of(here)
+                if not pyfuse3.readdir_reply(token, b".", self._attr(here, node), 1):
+                    return
+            if start_id < 2:
+                up = self.inodes.get(here.parent) if here.parent is not None else here
+                node = await self._node_of(up)
+                if not pyfuse3.readdir_reply(token, b"..", self._attr(up, node), 2):
+                    return
+            base = self.inodes.path_of(handle.ino) or "/"
+            for index in range(max(0, start_id - 2), len(handle.entries)):
+                entry = handle.entries[index]
+                node = Node.of(base.rstrip("/") + "/" + entry.name, entry)
+                attr = self._entry(handle.ino, node)
+                if not pyfuse3.readdir_reply(token, entry.name.encode(), attr, index + 3):
+                    self.inodes.forget(attr.st_ino, 1)
+                    return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every namespace change is durable when it returns
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        with fuse_errors("open"):
+            found = self.inodes.get(inode)
+            if found.kind == "dir":
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+            if writable:
+                self._writable()
+            info = await self._open(found, writable, bool(flags & os.O_APPEND))
+            if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC
+                await self._truncate(found, 0)
+            return info
+
+    async def _open(self, found: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
+        node = await self._node_of(found)
+        if found.state is None:
+            found.state = FileState(node.cid, node.size, node.mode, node.mtime)
+        elif found.state.staging is None and node.cid is not None:
+            found.state.cid, found.state.size = node.cid, node.size  # changed from outside
+        fh = self._fh()
+        self._handles[fh] = Handle(fh, found.ino, writable, append)
+        found.state.handles.add(fh)
+        self.inodes.opened(found.ino)
+        return pyfuse3.FileInfo(fh=fh)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with fuse_errors("create"):
+            self._writable()
+            path = self._child(parent_inode, self._name(name))
+            exclusive = bool(flags & os.O_EXCL)
+            node = await self._store(lambda: self.tree.create(path, mode & 0o7777, exclusive=exclusive))
+            attr = self._entry(parent_inode, node)
+            found = self.inodes.get(attr.st_ino)
+            writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+            info = await self._open(found, writable, bool(flags & os.O_APPEND))
+            return info, self._attr(found, node)
+
+    async def _stage(self, found: Inode) -> Staging:
+        """The inode's staged content, made on first need (old content copied in)."""
+        state: FileState = found.state
+        async with self._lock(found.ino):
+            if state.staging is None:
+                staging = Staging(self._staging_dir)
+                try:
+                    if state.size and state.cid is not None:
+                        cid = state.cid
+                        await self._store(lambda: staging.fill(self.tree.read_all(cid)))
+                except BaseException:
+                    staging.close()
+                    raise
+                state.staging = staging
+        assert state.staging is not None
+        return state.staging
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with fuse_errors("write"):
+            handle = self._handles[fh]
+            found = self.inodes.get(handle.ino)
+            staging = await self._stage(found)
+            if handle.append:
+                off = staging.size
+            written = staging.write(off, buf)
+            state: FileState = found.state
+            state.dirty = True
+            state.mtime = time.time_ns()
+            handle.wrote = True
+            return written
+
+    async def _truncate(self, found: Inode, size: int) -> None:
+        state: FileState | None = found.state
+        if state is not None and state.staging is not None:
+            state.staging.truncate(size)
+            state.dirty, state.mtime = True, time.time_ns()
+            return
+        # Not being written: stage, truncate and commit now (truncate(2),
+        # or the kernel's O_TRUNC before an open).
+        temporary = state is None
+        if temporary:
+            node = await self._node_of(found)
+            found.state = state = FileState(node.cid, node.size, node.mode, node.mtime)
+        if size == 0:
+            state.staging = Staging(self._staging_dir)
+        staging = await self._stage(found)
+        staging.truncate(size)
+        state.dirty, state.mtime = True, time.time_ns()
+        if any(self._handles[fh].writable for fh in state.handles):
+            return  # committed with the writes, on flush or release
+        try:
+            await self._commit(found)
+        finally:
+            if not state.handles:
+                self._drop_state(found)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with fuse_errors("read"):
+            handle = self._handles[fh]
+            found = self.inodes.get(handle.ino)
+            state: FileState = found.state
+            if state.staging is not None:
+                return state.staging.read(off, size)
+            if state.cid is None:
+                return b""
+            rs = handle.read
+            if rs is None or rs.cid != state.cid:
+                cid = state.cid
+                await self._fetch(cid)
+                handle.read = rs = ReadState(cid, FileReader(self._cache_only, cid))
+            while True:
+                try:
+                    data = read_cached(rs.reader, off, size)
+                    break
+                except CacheMiss as miss:
+                    await self._fetch(miss.cid)
+            if rs.note_read(off, len(data)):
+                rs.ahead_running = True
+                self._nursery.start_soon(self._read_ahead, handle, rs)
+            return data
+
+    async def _fetch(self, cid: Any) -> None:
+        await self._store(self.cached_blocks.get, cid)
+
+    async def _read_ahead(self, handle: Handle, rs: ReadState) -> None:
+        """Pull the blocks of the next READ_AHEAD_BYTES into the cache."""
+        try:
+            reader = FileReader(self.cached_blocks, rs.cid) if rs.cid in self.cache else None
+            if reader is None:
+                return
+            while handle.read is rs and rs.ahead_to < min(rs.reader.size, rs.next_offset + READ_AHEAD_BYTES):
+                start = max(rs.ahead_to, rs.next_offset)
+                length = min(READ_AHEAD_STEP, rs.reader.size - start)
+
+                def fetch() -> None:
+                    reader.seek(start)
+                    reader.read(length)
+
+                await self._store(fetch)
+                rs.ahead_to = start + length
+        except (CasError, OSError) as exc:
+            log.warning("read-ahead of %s stopped: %s", rs.cid, exc)
+        finally:
+            rs.ahead_running = False
+
+    async def _commit(self, found: Inode) -> None:
+        state: FileState = found.state
+        async with self._lock(found.ino):
+            if state.staging is not None and state.dirty:
+                state.dirty = False
+                state.meta_dirty = False
+                stream = state.staging.stream()
+                mode, mtime, ino = state.mode, state.mtime, found.ino
+
+                def commit() -> tuple[Any, int] | None:
+                    path = self.inodes.path_of(ino)  # the path it has now
+                    if path is None:
+                        return None  # unlinked while open: written nowhere
+                    return self.tree.commit_file(path, stream, mode, mtime)
+
+                try:
+                    done = await self._store(commit)
+                except BaseException:
+                    state.dirty = True
+                    raise
+                finally:
+                    stream.close()
+                if done is not None:
+                    state.cid, state.size = done
+            elif state.meta_dirty:
+                state.meta_dirty = False
+                path = self.inodes.path_of(found.ino)
+                if path is not None:
+                    mode, mtime = state.mode, state.mtime
+                    found.last = await self._store(lambda: self.tree.set_meta(path, mode=mode, mtime=mtime))
+
+    async def flush(self, fh: int) -> None:
+        with fuse_errors("flush"):
+            handle = self._handles[fh]
+            if handle.writable:
+                await self._commit(self.inodes.get(handle.ino))
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with fuse_errors("fsync"):
+            await self._commit(self.inodes.get(self._handles[fh].ino))
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        handle.read = None
+        found = self.inodes.get(handle.ino)
+        state: FileState = found.state
+        try:
+            with fuse_errors("release"):
+                if handle.writable:
+                    await self._commit(found)
+        finally:
+            state.handles.discard(fh)
+            if not state.handles:
+                self._drop_state(found)
+            self.inodes.released(handle.ino)
+
+    def _drop_state(self, found: Inode) -> None:
+        state: FileState | None = found.state
+        if state is None:
+            return
+        if state.dirty and state.staging is not None:
+            log.error("dropping uncommitted writes of inode %d", found.ino)
+        if state.staging is not None:
+            state.staging.close()
+        found.state = None
+        self._locks.pop(found.ino, None)
+
+    async def commit_all(self) -> None:
+        """Commit every staged file (at a clean unmount)."""
+        for found in self.inodes:
+            if found.state is not None and (found.state.dirty or found.state.meta_dirty):
+                try:
+                    with fuse_errors("commit at unmount"):
+                        await self._commit(found)
+                except pyfuse3.FUSEError:
+                    pass

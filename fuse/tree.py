@@ -1,0 +1,231 @@
+"""The namespace as the mount sees it: resolve, list, change, commit files.
+
+Owns the mount's view of one repository's namespace: path resolution against
+the *current* root (so what ``cas mv`` or ``cas add --to`` did through the
+control socket shows in the mount), the copy-on-write path operations the
+kernel asks for, and committing a staged file as blocks plus one namespace
+link.
+
+Every method here is synchronous and may read or write the disk: it runs
+only in the node's store thread (``Node.in_store_thread``), one at a time
+with the control socket's operations. It never talks to FUSE and never
+knows inode numbers (cas.fuse.inodes does).
+
+Caches, both safe because they are keyed by content:
+
+* the current root is read at most every ``root_ttl`` seconds, and replaced
+  at once by the root each of our own commits returns;
+* directory lookups are cached by (directory CID, name): a CID's listing
+  never changes, so a cached answer is never stale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from .. import files
+from ..cid import CID
+from ..errors import (
+    DirectoryNotEmptyError,
+    IsADirectoryPathError,
+    NotADirectoryPathError,
+    PathNotFoundError,
+)
+from ..names import dirtree
+from ..names.directory import DirEntry
+from ..names.namespace import ROOT_MODE, Namespace, Node, RootState, split_path
+
+ROOT_TTL = 0.1
+"""Seconds a read of the current root is reused: bounds how late a change
+made through the control socket shows (plus the kernel's attribute timeout)."""
+
+MAX_LOOKUP_CACHE = 200_000
+
+
+class _Repo:
+    """The store as the Namespace reads it, with the key loaded once (the
+    store reads its key file on every call)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.blocks = store.blocks
+        self._key = None
+
+    def roots(self, *args: Any, **kwargs: Any) -> list:
+        return self._store.roots(*args, **kwargs)
+
+    def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
+        self._store.commit_root(seq, root, time_ns, record)
+
+    def namespace_key(self) -> Any:
+        if self._key is None:
+            self._key = self._store.namespace_key()
+        return self._key
+
+
+@dataclass(frozen=True)
+class FsStat:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+
+
+class MountTree:
+    """See the module docstring. ``store`` is the node's LocalStore."""
+
+    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
+        self.store = store
+        self.blocks = store.blocks
+        self.namespace = Namespace(_Repo(store))
+        self._root_ttl = root_ttl
+        self._root: RootState | None = None
+        self._root_read = 0.0
+        self._lookups: OrderedDict[tuple[CID, str], DirEntry | None] = OrderedDict()
+
+    # -- reading --------------------------------------------------------------
+
+    def root(self) -> RootState:
+        now = time.monotonic()
+        if self._root is None or now - self._root_read > self._root_ttl:
+            self._root = self.namespace.current()
+            self._root_read = now
+        return self._root
+
+    def _note(self, state: RootState) -> None:
+        self._root = state
+        self._root_read = time.monotonic()
+
+    def _lookup(self, directory: CID, name: str) -> DirEntry | None:
+        key = (directory, name)
+        if key in self._lookups:
+            self._lookups.move_to_end(key)
+            return self._lookups[key]
+        entry = dirtree.lookup(self.blocks, directory, name)
+        self._lookups[key] = entry
+        if len(self._lookups) > MAX_LOOKUP_CACHE:
+            self._lookups.popitem(last=False)
+        return entry
+
+    def resolve(self, path: str) -> Node:
+        """What ``path`` names in the current root."""
+        state = self.root()
+        parts = split_path(path)
+        node = Node("/", "", "dir", 0, ROOT_MODE, state.time_ns, state.root)
+        for depth, name in enumerate(parts):
+            if node.kind != "dir":
+                raise NotADirectoryPathError(f"{node.path} is not a directory")
+            assert node.cid is not None
+            entry = self._lookup(node.cid, name)
+            if entry is None:
+                raise PathNotFoundError(f"/{'/'.join(parts[: depth + 1])}: no such file or directory")
+            node = Node.of("/" + "/".join(parts[: depth + 1]), entry)
+        return node
+
+    def list(self, path: str) -> tuple[Node, list[DirEntry]]:
+        """Directory ``path`` and its entries, in name order (a snapshot)."""
+        node = self.resolve(path)
+        if node.kind != "dir":
+            raise NotADirectoryPathError(f"{path} is not a directory")
+        assert node.cid is not None
+        return node, list(dirtree.iterate(self.blocks, node.cid))
+
+    def read_all(self, cid: CID) -> Any:
+        """The content of file ``cid`` in pieces (to copy into a staged file)."""
+        return files.iter_file(self.blocks, cid)
+
+    # -- changing -------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int) -> Node:
+        self._note(self.namespace.mkdir(path, mode=mode))
+        return self.resolve(path)
+
+    def symlink(self, path: str, target: str) -> Node:
+        name = split_path(path)[-1]
+        node = Node(path, name, "symlink", len(target.encode()), 0o777, time.time_ns(), None, target)
+        self._note(self.namespace.link(path, node, replace_file=False))
+        return self.resolve(path)
+
+    def link(self, path: str, node: Node, *, exclusive: bool = False) -> Node:
+        """Make ``path`` name ``node``'s content (a file: replaced if there)."""
+        self._note(self.namespace.link(path, node, replace_file=not exclusive))
+        return self.resolve(path)
+
+    def create(self, path: str, mode: int, *, exclusive: bool) -> Node:
+        """An empty file at ``path`` (an existing file is kept unless
+        ``exclusive``, which refuses it)."""
+        try:
+            existing = self.resolve(path)
+        except PathNotFoundError:
+            existing = None
+        if existing is not None and not exclusive:
+            if existing.kind == "dir":
+                raise IsADirectoryPathError(f"{path} is a directory")
+            return existing
+        empty = files.add_bytes(self.blocks, b"")
+        name = split_path(path)[-1]
+        return self.link(path, Node(path, name, "file", 0, mode, time.time_ns(), empty.cid), exclusive=True)
+
+    def unlink(self, path: str) -> None:
+        if self.resolve(path).kind == "dir":
+            raise IsADirectoryPathError(f"{path} is a directory")
+        self._note(self.namespace.remove(path))
+
+    def rmdir(self, path: str) -> None:
+        node = self.resolve(path)
+        if node.kind != "dir":
+            raise NotADirectoryPathError(f"{path} is not a directory")
+        assert node.cid is not None
+        if dirtree.summary(self.blocks, node.cid).count:
+            raise DirectoryNotEmptyError(f"{path} is not empty")
+        self._note(self.namespace.remove(path))
+
+    def rename(self, src: str, dst: str, *, no_replace: bool) -> None:
+        self._note(self.namespace.move(src, dst, into_directory=False, no_replace=no_replace))
+
+    def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> Node:
+        """Change a file's or directory's mode or mtime (a link of the same CID)."""
+        node = self.resolve(path)
+        if path == "/" or node.kind == "symlink":
+            return node  # the root and symlinks have fixed metadata
+        changed = Node(
+            node.path, node.name, node.kind, node.size,
+            node.mode if mode is None else mode & 0o7777,
+            node.mtime if mtime is None else mtime,
+            node.cid, node.target,
+        )
+        if changed == node:
+            return node
+        if node.kind == "dir":
+            # Namespace.link never replaces a directory, and there is no public
+            # "set metadata" operation yet: rewrite the entry directly.
+            return self._replace_dir_entry(path, changed)
+        return self.link(path, changed)
+
+    def _replace_dir_entry(self, path: str, node: Node) -> Node:
+        parts = split_path(path)
+        ns = self.namespace
+
+        def change(state: RootState) -> CID:
+            return ns._update_dir(state.root, parts[:-1], {parts[-1]: node.to_entry(parts[-1])}, time.time_ns())
+
+        self._note(ns._commit(change))
+        return self.resolve(path)
+
+    def commit_file(self, path: str | None, stream: BinaryIO, mode: int, mtime: int) -> tuple[CID, int]:
+        """Store ``stream`` as a file and link it at ``path`` (None: an
+        unlinked file, stored nowhere). Returns (CID, size)."""
+        with self.store.blocks.open_session() as session:
+            added = files.add_stream(session, stream)
+            if path is not None:
+                name = split_path(path)[-1]
+                self.link(path, Node(path, name, "file", added.size, mode, mtime, added.cid))
+        return added.cid, added.size
+
+    def statfs(self) -> FsStat:
+        st = os.statvfs(self.store.path)
+        return FsStat(st.f_frsize, st.f_blocks, st.f_bavail, st.f_files)

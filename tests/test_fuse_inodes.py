@@ -1,0 +1,101 @@
+"""The mount's bookkeeping as plain objects: inode table, block cache, staging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cas.cid import RAW
+from cas.blocks import Block
+from cas.fuse.handles import BlockCache, CacheMiss, CacheOnly, Staging
+from cas.fuse.inodes import ROOT_INODE, InodeTable
+
+
+def test_same_name_gives_the_same_inode_and_counts_lookups() -> None:
+    table = InodeTable()
+    a = table.lookup(ROOT_INODE, "a", "dir")
+    assert table.lookup(ROOT_INODE, "a", "dir") is a
+    assert a.lookups == 2
+    assert table.path_of(a.ino) == "/a"
+
+
+def test_forget_drops_an_inode_only_when_nothing_refers_to_it() -> None:
+    table = InodeTable()
+    d = table.lookup(ROOT_INODE, "d", "dir")
+    f = table.lookup(d.ino, "f", "file")
+    table.forget(d.ino, 1)
+    assert table.get(d.ino) is d  # its child keeps it
+    table.opened(f.ino)
+    table.forget(f.ino, 1)
+    assert table.get(f.ino) is f  # open
+    table.released(f.ino)
+    assert len(table) == 1  # f, then d, dropped; the root stays
+    assert table.find(ROOT_INODE, "d") is None
+
+
+def test_rename_of_a_directory_moves_every_inode_below_it() -> None:
+    table = InodeTable()
+    d = table.lookup(ROOT_INODE, "d", "dir")
+    e = table.lookup(ROOT_INODE, "e", "dir")
+    f = table.lookup(d.ino, "f", "file")
+    table.rename(ROOT_INODE, "d", e.ino, "moved")
+    assert table.path_of(f.ino) == "/e/moved/f"
+
+
+def test_rename_over_a_name_detaches_the_old_inode() -> None:
+    table = InodeTable()
+    a = table.lookup(ROOT_INODE, "a", "file")
+    b = table.lookup(ROOT_INODE, "b", "file")
+    table.opened(b.ino)
+    table.rename(ROOT_INODE, "a", ROOT_INODE, "b")
+    assert table.path_of(a.ino) == "/b"
+    assert table.path_of(b.ino) is None  # still open, but nameless
+    assert table.find(ROOT_INODE, "b") is a
+
+
+def test_unlinked_open_file_has_no_path_and_goes_on_release() -> None:
+    table = InodeTable()
+    f = table.lookup(ROOT_INODE, "f", "file")
+    table.opened(f.ino)
+    table.detach(ROOT_INODE, "f")
+    table.forget(f.ino, 1)
+    assert table.path_of(f.ino) is None
+    table.released(f.ino)
+    assert len(table) == 1
+
+
+def test_a_kind_change_from_outside_makes_a_new_inode() -> None:
+    table = InodeTable()
+    f = table.lookup(ROOT_INODE, "x", "file")
+    d = table.lookup(ROOT_INODE, "x", "dir")
+    assert d is not f and table.path_of(f.ino) is None
+
+
+def test_block_cache_is_bounded_and_cache_only_never_reads() -> None:
+    cache = BlockCache(max_bytes=100)
+    blocks = [Block.of(RAW, bytes([i]) * 40) for i in range(3)]
+    for block in blocks:
+        cache.put(block.cid, block.data)
+    assert cache.statistics()["bytes"] == 80
+    assert cache.get(blocks[0].cid) is None  # least recently used went first
+    only = CacheOnly(cache)
+    assert only.get(blocks[2].cid) == blocks[2].data
+    try:
+        only.get(blocks[0].cid)
+    except CacheMiss as miss:
+        assert miss.cid == blocks[0].cid
+    else:
+        raise AssertionError("a missing block must raise CacheMiss")
+
+
+def test_staging_writes_anywhere_and_reads_back(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    staging.fill([b"hello ", b"world"])
+    staging.write(6, b"W")
+    staging.write(20, b"!")  # past the end: a hole of zeros
+    assert staging.size == 21
+    assert staging.read(0, 100) == b"hello World" + bytes(9) + b"!"
+    staging.truncate(5)
+    with staging.stream() as stream:
+        assert stream.read() == b"hello"
+    staging.close()
+    assert list(tmp_path.iterdir()) == []  # anonymous from the start
