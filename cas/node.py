@@ -434,19 +434,31 @@ def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None]) -> N
                         node.stop()
                         return
 
-                async def run_node(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                async def run_node() -> None:
                     try:
-                        await node.run(task_status=task_status)
+                        # Not nursery.start(): a stop before ready (SIGTERM
+                        # during bootstrap) is a clean exit, not an error.
+                        await node.run(task_status=_Ready(on_ready))
                     finally:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch)
-                on_ready(await nursery.start(run_node))
+                nursery.start_soon(run_node)
 
     try:
         trio.run(main)
     except BaseExceptionGroup as group:
         raise first_cas_error(group) or group from None
+
+
+@dataclass
+class _Ready:
+    """A ``task_status`` that reports readiness to a callback."""
+
+    callback: Callable[[NodeAddress], None]
+
+    def started(self, value: NodeAddress) -> None:
+        self.callback(value)
 
 
 def first_cas_error(error: BaseException) -> CasError | None:

@@ -27,9 +27,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         description="Run a node for the repository: listen for peers, join the DHT through the "
         "bootstrap peers, and serve the other cas commands through the control socket. "
         "SIGTERM or Ctrl-C shuts it down cleanly.")
-    p.add_argument("--listen", metavar="HOST:PORT", default=None,
+    p.add_argument("--listen", metavar="HOST:PORT", type=_address, default=None,
                    help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", action="append", default=[],
+    p.add_argument("--bootstrap", metavar="HOST:PORT", type=_address, action="append", default=[],
                    help="a peer to join the network through (more than once for several)")
     p.add_argument("--handshake-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="close connections that do not complete the handshake in time (default 10)")
@@ -53,6 +53,15 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     r.set_defaults(run=cmd_dht_refresh)
 
 
+def _address(text: str) -> tuple[str, int]:
+    from cas.node import parse_address
+
+    try:
+        return parse_address(text)
+    except CasError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -72,11 +81,11 @@ def _client(args: argparse.Namespace) -> control.ControlClient:
 
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
-    from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, parse_address, run_daemon
+    from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, run_daemon
 
-    host, port = parse_address(args.listen) if args.listen else ("0.0.0.0", DEFAULT_PORT)
+    host, port = args.listen or ("0.0.0.0", DEFAULT_PORT)
     config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
-                        bootstrap=[parse_address(b) for b in args.bootstrap])
+                        bootstrap=list(args.bootstrap))
     if args.handshake_timeout is not None:
         config.handshake_timeout = args.handshake_timeout
     if args.idle_timeout is not None:

@@ -138,3 +138,20 @@ def test_garbage_from_a_peer_does_not_stop_the_node(tmp_path: Path, daemons: Dae
     b = daemons.start(tmp_path / "b", bootstrap=[a.address])
     found = json.loads(run_cas("dht", "find", "--json", a.node_id, repo=b.repo).stdout)
     assert [c["id"] for c in found["closest"]] == [a.node_id]
+
+
+def test_sigterm_during_bootstrap_is_a_clean_exit(tmp_path: Path, daemons: Daemons) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    holder.settimeout(15)
+    try:
+        port = holder.getsockname()[1]
+        a = daemons.start(tmp_path / "a", bootstrap=[f"127.0.0.1:{port}"], wait=False)
+        conn, _ = holder.accept()  # the daemon is now in the handshake, waiting on us
+        assert daemons.stop(a) == 0
+        conn.close()
+    finally:
+        holder.close()
+    assert "Traceback" not in a.stderr()
+    assert not (a.repo / "control.sock").exists()
