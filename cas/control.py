@@ -29,9 +29,12 @@ Requests on one connection are answered in order, one at a time.
 The op table
 ============
 
-An op is a name mapped to an async handler ``handler(args) -> value`` (or,
-for a streaming op, an async generator of lists); the server is given the
-table as a plain dict (:data:`OpTable`). The node builds its table in one
+An op is a name mapped to an async handler ``handler(args, client) ->
+value`` (or, for a streaming op, an async generator of lists); ``client`` is
+the connection's :class:`ClientState`, where a handler keeps per-connection
+state (the node keeps each connection's write session there, so gc spares
+what a client has put until it disconnects). The server is given the table
+as a plain dict (:data:`OpTable`). The node builds its table in one
 place, :func:`cas.node.control_ops`; a layer adding ops (the namespace, say)
 writes a function returning ``{name: Op(...)}`` and merges it there with one
 line. Handlers raise :class:`CasError` subclasses for the caller's errors;
@@ -46,7 +49,7 @@ import stat as stat_module
 import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +149,25 @@ def error_from_value(value: Any) -> CasError:
 # -- the server (trio; imported lazily so the sync client never loads trio) ---------------
 
 
+@dataclass
+class ClientState:
+    """Per-connection state for handlers: ``values`` to keep things in, and
+    ``on_close`` callbacks run (shielded, in order) when the client goes."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+Handler = Callable[[dict[str, Any], ClientState], Awaitable[Any]]
+StreamingHandler = Callable[[dict[str, Any], ClientState], AsyncIterator[list[Any]]]
+
+
 @dataclass(frozen=True)
 class Op:
-    """One entry of the op table. ``handler(args)`` returns the ``ok`` value;
-    with ``streaming`` it is an async generator of lists of items."""
+    """One entry of the op table. ``handler(args, client)`` returns the ``ok``
+    value; with ``streaming`` it is an async generator of lists of items."""
 
-    handler: Callable[[dict[str, Any]], Awaitable[Any]] | Callable[[dict[str, Any]], AsyncIterator[list[Any]]]
+    handler: Handler | StreamingHandler
     streaming: bool = False
 
 
@@ -244,6 +260,7 @@ async def _serve_client(stream: Any, ops: OpTable,
     async def send(value: Any) -> None:
         await stream.send_all(encode_frame(value))
 
+    client = ClientState()
     async with stream:
         try:
             while True:
@@ -267,12 +284,12 @@ async def _serve_client(stream: Any, ops: OpTable,
                 try:
                     if op.streaming:
                         count = 0
-                        async for items in op.handler(args):  # type: ignore[union-attr]
+                        async for items in op.handler(args, client):  # type: ignore[union-attr]
                             count += len(items)
                             await send({"more": items})
                         await send({"ok": count})
                     else:
-                        await send({"ok": await op.handler(args)})  # type: ignore[misc]
+                        await send({"ok": await op.handler(args, client)})  # type: ignore[misc]
                 except CasError as exc:
                     await send({"error": error_value(exc)})
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -283,6 +300,10 @@ async def _serve_client(stream: Any, ops: OpTable,
                     await send({"error": error_value(exc)})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        finally:
+            with trio.CancelScope(shield=True):
+                for cleanup in client.on_close:
+                    await cleanup()
 
 
 def _parse_request(request: Any, ops: OpTable) -> tuple[Op, dict[str, Any]]:
@@ -446,6 +467,11 @@ class RemoteBlockStore:
     def barrier(self) -> None:
         self._client.call("barrier")
 
+    def protect(self, cid: CID) -> None:
+        """Keep ``cid`` from gc while this client is connected (a block it will
+        reference without putting it); what it puts is kept anyway."""
+        self._client.call("protect", cid=cid)
+
 
 class RemoteStore:
     """What :class:`cas.api.Repository` needs of a store, served by a daemon:
@@ -512,6 +538,6 @@ class RemoteStore:
 
 __all__ = [
     "MAX_BLOCK_SIZE", "MAX_FRAME", "SOCKET_NAME", "ControlClient", "ControlProtocolError",
-    "DaemonNotRunningError", "NodeError", "Op", "OpTable", "RemoteBlockStore", "RemoteStore",
+    "ClientState", "DaemonNotRunningError", "NodeError", "Op", "OpTable", "RemoteBlockStore", "RemoteStore",
     "bind_socket", "connect", "error_from_value", "error_value", "serve_control", "socket_path",
 ]

@@ -38,7 +38,16 @@ import trio
 from . import dagcbor
 from .blocks import Block
 from .cid import CID, parse_cid
-from .control import MAX_ITERATE_BATCH, MAX_PROBLEMS, SOCKET_NAME, Op, OpTable, bind_socket, serve_control
+from .control import (
+    MAX_ITERATE_BATCH,
+    MAX_PROBLEMS,
+    SOCKET_NAME,
+    ClientState,
+    Op,
+    OpTable,
+    bind_socket,
+    serve_control,
+)
 from .dht.driver import DhtDriver, FindResult
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
@@ -289,51 +298,68 @@ def _store_ops(node: Node) -> OpTable:
         assert node.store is not None
         return node.store
 
-    async def ping(args: dict[str, Any]) -> str:
+    async def ping(args: dict[str, Any], client: ClientState) -> str:
         return "pong"
 
-    async def has(args: dict[str, Any]) -> bool:
+    async def has(args: dict[str, Any], client: ClientState) -> bool:
         return bool(await node.in_store_thread(store().blocks.has, _cid_arg(args)))
 
-    async def get(args: dict[str, Any]) -> bytes:
+    async def get(args: dict[str, Any], client: ClientState) -> bytes:
         return bytes(await node.in_store_thread(store().blocks.get, _cid_arg(args)))
 
-    async def put(args: dict[str, Any]) -> bool:
-        block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
-        return bool(await node.in_store_thread(store().blocks.put, block))
+    async def session(client: ClientState) -> Any:
+        """The connection's write session: gc keeps every block it put (or
+        protected) until the client disconnects, by which time its pin or
+        root is recorded."""
+        found = client.values.get("session")
+        if found is None:
+            found = client.values["session"] = await node.in_store_thread(store().blocks.open_session)
 
-    async def barrier(args: dict[str, Any]) -> None:
+            async def close() -> None:
+                await node.in_store_thread(found.close)
+
+            client.on_close.append(close)
+        return found
+
+    async def put(args: dict[str, Any], client: ClientState) -> bool:
+        block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
+        return bool(await node.in_store_thread((await session(client)).put, block))
+
+    async def protect(args: dict[str, Any], client: ClientState) -> None:
+        await node.in_store_thread((await session(client)).protect, _cid_arg(args))
+
+    async def barrier(args: dict[str, Any], client: ClientState) -> None:
         await node.in_store_thread(store().blocks.barrier)
 
-    async def delete(args: dict[str, Any]) -> bool:
+    async def delete(args: dict[str, Any], client: ClientState) -> bool:
         return bool(await node.in_store_thread(store().blocks.delete, _cid_arg(args)))
 
-    async def iterate(args: dict[str, Any]) -> AsyncIterator[list[CID]]:
+    async def iterate(args: dict[str, Any], client: ClientState) -> AsyncIterator[list[CID]]:
         # A snapshot of the CIDs, taken in one go in the store thread (the
         # metadata database is not for concurrent use), streamed in batches.
         cids: list[CID] = await node.in_store_thread(lambda: list(store().blocks.iterate()))
         for start in range(0, len(cids), MAX_ITERATE_BATCH):
             yield cids[start:start + MAX_ITERATE_BATCH]
 
-    async def pin(args: dict[str, Any]) -> bool:
+    async def pin(args: dict[str, Any], client: ClientState) -> bool:
         return bool(await node.in_store_thread(store().pin, _cid_arg(args)))
 
-    async def unpin(args: dict[str, Any]) -> bool:
+    async def unpin(args: dict[str, Any], client: ClientState) -> bool:
         return bool(await node.in_store_thread(store().unpin, _cid_arg(args)))
 
-    async def pins(args: dict[str, Any]) -> list[CID]:
+    async def pins(args: dict[str, Any], client: ClientState) -> list[CID]:
         return list(await node.in_store_thread(store().pins))
 
-    async def stat(args: dict[str, Any]) -> dict[str, Any]:
+    async def stat(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         st = await node.in_store_thread(store().stat)
         return {"path": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned}
 
-    async def verify(args: dict[str, Any]) -> dict[str, Any]:
+    async def verify(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         report = await node.in_store_thread(store().verify)
         return {"blocks_checked": report.blocks_checked, "bytes_checked": report.bytes_checked,
                 "problems": [{"cid": p.cid, "what": p.what} for p in report.problems[:MAX_PROBLEMS]]}
 
-    async def gc(args: dict[str, Any]) -> dict[str, Any]:
+    async def gc(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         history = args.get("history")
         if history is not None and (type(history) is not int or history < 0):
             raise InvalidInputError("argument 'history' must be a whole number or null")
@@ -341,12 +367,12 @@ def _store_ops(node: Node) -> OpTable:
         return {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed,
                 "roots_dropped": report.roots_dropped}
 
-    async def roots(args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def roots(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
         newest_first = args.get("newest_first", True)
         rows = await node.in_store_thread(lambda: store().roots(newest_first=bool(newest_first)))
         return [{"seq": r.seq, "root": r.root, "time_ns": r.time_ns, "record": r.record} for r in rows]
 
-    async def commit_root(args: dict[str, Any]) -> None:
+    async def commit_root(args: dict[str, Any], client: ClientState) -> None:
         seq, time_ns = args.get("seq"), args.get("time_ns")
         if type(seq) is not int or type(time_ns) is not int:
             raise InvalidInputError("arguments 'seq' and 'time_ns' must be whole numbers")
@@ -355,7 +381,8 @@ def _store_ops(node: Node) -> OpTable:
 
     return {
         "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),
-        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "barrier": Op(barrier),
+        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "protect": Op(protect),
+        "barrier": Op(barrier),
         "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
         "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),
     }
@@ -366,12 +393,12 @@ def _node_ops(node: Node) -> OpTable:
         assert node.dht is not None
         return node.dht
 
-    async def id_(args: dict[str, Any]) -> dict[str, Any]:
+    async def id_(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         assert node.address is not None
         return {"id": node.address.node_id.hex(), "host": node.address.host, "port": node.address.port,
                 "peers": len(dht().table)}
 
-    async def peers(args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def peers(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
         return [
             {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
              "connected": p.connected, "failures": p.failures,
@@ -379,7 +406,7 @@ def _node_ops(node: Node) -> OpTable:
             for p in dht().peers()
         ]
 
-    async def dht_find(args: dict[str, Any]) -> dict[str, Any]:
+    async def dht_find(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         text = args.get("target")
         if not isinstance(text, str):
             raise InvalidInputError("argument 'target' must be a node ID or a CID")
@@ -409,7 +436,7 @@ def _node_ops(node: Node) -> OpTable:
             "elapsed_us": int(found.seconds * 1e6),
         }
 
-    async def dht_refresh(args: dict[str, Any]) -> int:
+    async def dht_refresh(args: dict[str, Any], client: ClientState) -> int:
         return await dht().refresh(force=True)
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh)}

@@ -175,3 +175,24 @@ def test_namespace_commands_and_gc_go_through_the_daemon(daemon: Daemon) -> None
     assert run_cas("cat", cid, repo=daemon.repo).stdout == b"a note"
     with control.ControlClient(control.socket_path(daemon.repo)) as client:
         assert [r["seq"] for r in client.call("roots")][:1] == [2]
+
+
+def test_gc_spares_what_a_connected_client_has_put_until_it_disconnects(daemon: Daemon) -> None:
+    from tests.nodeproc import wait_until
+
+    block = Block.of(RAW, b"not pinned yet")
+    writer = control.ControlClient(control.socket_path(daemon.repo))
+    with control.ControlClient(control.socket_path(daemon.repo)) as other:
+        try:
+            writer.call("put", cid=block.cid, data=block.data)
+            writer.call("barrier")
+            other.call("gc", history=None)
+            assert other.call("has", cid=block.cid)  # an add in progress keeps its blocks
+        finally:
+            writer.close()
+
+        def collected() -> bool:
+            other.call("gc", history=None)
+            return not other.call("has", cid=block.cid)
+
+        wait_until(collected, 10, "gc to collect the block once its writer left")
