@@ -1,0 +1,210 @@
+"""Benchmark the FUSE mount against its baselines, in one run.
+
+    python bench/mount.py [--size-mib 1024] [--files 10000] [--dir DIR]
+
+Prints, each with its ratio:
+
+* sequential read of one file through the mount vs ``cas cat`` of the same
+  file vs the same read through a minimal in-memory pyfuse3 file system (the
+  ceiling of pyfuse3 on this machine); targets: >= 0.7x cas cat, >= 0.5x the
+  ceiling;
+* sequential write through the mount (dd, including the close that commits)
+  vs ``cas add`` of a file of the same size; target >= 0.5x;
+* 4 KiB random reads per second through the mount;
+* ``ls -l`` and ``stat`` of 10,000 files in one directory vs a local directory.
+
+Every figure is from this run on this machine (these machines are noisy:
+compare ratios, not absolute numbers). Mounts are always unmounted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CAS = str(Path(sys.executable).with_name("cas"))
+MIB = 1024 * 1024
+
+
+def cas(repo: Path, *args: str, stdout: int | None = None) -> None:
+    subprocess.run([CAS, "--repo", str(repo), *args], check=True, stdout=stdout or subprocess.DEVNULL)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_file(path: Path, size: int, seed: int) -> None:
+    rng = random.Random(seed)
+    piece = rng.randbytes(16 * MIB)
+    with open(path, "wb") as f:
+        written, i = 0, 0
+        while written < size:
+            chunk = (piece[i:] + piece[:i])[: size - written]
+            f.write(chunk)
+            written += len(chunk)
+            i += 4099
+    subprocess.run(["sync"], check=False)
+
+
+def read_all(path: Path, block: int = MIB) -> int:
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(block)
+        while n := f.readinto(buf):
+            total += n
+    return total
+
+
+def dd(src: Path, dst: Path) -> None:
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "status=none"], check=True)
+
+
+def unmount(mnt: Path) -> None:
+    subprocess.run([CAS, "umount", str(mnt)], capture_output=True)
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+# -- the ceiling: a minimal in-memory pyfuse3 file system -----------------------------
+
+
+CEILING_SERVER = r'''
+import errno, os, stat, sys
+import pyfuse3, trio
+
+SIZE = int(sys.argv[2])
+DATA = os.urandom(16 * 1024 * 1024)
+
+class Mem(pyfuse3.Operations):
+    def _attr(self, ino):
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.st_mode = (stat.S_IFDIR | 0o755) if ino == 1 else (stat.S_IFREG | 0o644)
+        a.st_size = 0 if ino == 1 else SIZE
+        a.st_nlink = 1
+        a.attr_timeout = a.entry_timeout = 60
+        return a
+    async def getattr(self, ino, ctx=None):
+        return self._attr(ino)
+    async def lookup(self, parent, name, ctx=None):
+        if name != b"f":
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(2)
+    async def open(self, ino, flags, ctx):
+        return pyfuse3.FileInfo(fh=ino)
+    async def read(self, fh, off, size):
+        size = max(0, min(size, SIZE - off))
+        start = off % (len(DATA) // 2)
+        return DATA[start:start + size]
+
+pyfuse3.init(Mem(), sys.argv[1], {"fsname=memceiling"})
+print("ready", flush=True)
+try:
+    trio.run(pyfuse3.main)
+finally:
+    pyfuse3.close(unmount=True)
+'''
+
+
+def ceiling_read(work: Path, size: int) -> float:
+    mnt = work / "ceiling"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(mnt), str(size)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return timed(lambda: read_all(mnt / "f"))
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    args = p.parse_args()
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="cas-bench-mount-") as tmp:
+        work = Path(tmp)
+        repo, mnt = work / "repo", work / "mnt"
+        mnt.mkdir()
+        a, b = work / "a", work / "b"
+        make_file(a, size, 1)
+        make_file(b, size, 2)
+        many = work / "many"
+        many.mkdir()
+        for i in range(args.files):
+            (many / f"f{i:05d}").write_bytes(b"%d\n" % i)
+
+        t_add = timed(lambda: cas(repo, "add", str(a), "--to", "/a"))
+        cas(repo, "add", "-r", str(many), "--to", "/many")
+        with open(os.devnull, "wb") as null:
+            cas(repo, "cat", "/a", stdout=null.fileno())  # warm the page cache, as the mount read will be
+            t_cat = timed(lambda: cas(repo, "cat", "/a", stdout=null.fileno()))
+        t_ceiling = ceiling_read(work, size)
+
+        subprocess.run([CAS, "--repo", str(repo), "mount", str(mnt)], check=True)
+        try:
+            t_ls = timed(lambda: subprocess.run(["ls", "-l", str(mnt / "many")], check=True,
+                                                stdout=subprocess.DEVNULL))
+            names = os.listdir(mnt / "many")
+            t_stat = timed(lambda: [os.stat(mnt / "many" / n) for n in names])
+            t_read = timed(lambda: read_all(mnt / "a"))
+            t_write = timed(lambda: dd(b, mnt / "b"))
+            fd = os.open(mnt / "a", os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no kernel page-cache hits
+                rng = random.Random(3)
+                offsets = [rng.randrange(0, size - 4096) & ~4095 for _ in range(20_000)]
+                start = time.perf_counter()
+                deadline = start + 10
+                done = 0
+                for off in offsets:
+                    os.pread(fd, 4096, off)
+                    done += 1
+                    if time.perf_counter() > deadline:
+                        break
+                t_random = time.perf_counter() - start
+            finally:
+                os.close(fd)
+        finally:
+            unmount(mnt)
+        t_ls_local = timed(lambda: subprocess.run(["ls", "-l", str(many)], check=True, stdout=subprocess.DEVNULL))
+        t_stat_local = timed(lambda: [os.stat(many / n) for n in names])
+
+    mb = size / MIB
+
+    def rate(t: float) -> str:
+        return f"{mb / t:8.0f} MiB/s"
+
+    print(f"file size {args.size_mib} MiB, {args.files} files; cache warm for every read")
+    print(f"read   mount {rate(t_read)}   cas cat {rate(t_cat)}   pyfuse3 ceiling {rate(t_ceiling)}")
+    print(f"       mount / cas cat = {t_cat / t_read:.2f} (target >= 0.7)   "
+          f"mount / ceiling = {t_ceiling / t_read:.2f} (target >= 0.5)")
+    print(f"write  mount {rate(t_write)}   cas add {rate(t_add)}   mount / cas add = {t_add / t_write:.2f} "
+          f"(target >= 0.5)")
+    print(f"random 4 KiB reads through the mount (kernel page cache dropped): {done / t_random:,.0f} per second")
+    print(f"ls -l of {args.files} files: mount {t_ls:.2f} s, local {t_ls_local:.3f} s; "
+          f"stat of each: mount {t_stat:.2f} s ({args.files / t_stat:,.0f}/s), local {t_stat_local:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
