@@ -155,3 +155,15 @@ def test_sigterm_during_bootstrap_is_a_clean_exit(tmp_path: Path, daemons: Daemo
         holder.close()
     assert "Traceback" not in a.stderr()
     assert not (a.repo / "control.sock").exists()
+
+
+def test_dht_find_of_a_cid_says_which_close_nodes_hold_the_block(tmp_path: Path, daemons: Daemons) -> None:
+    a = daemons.start(tmp_path / "a")
+    b = daemons.start(tmp_path / "b", bootstrap=[a.address])
+    c = daemons.start(tmp_path / "c", bootstrap=[a.address])
+    cid = run_cas("add", "-q", "-", repo=a.repo, input=b"held by a").stdout.decode().strip()
+    found = json.loads(run_cas("dht", "find", "--json", cid, repo=b.repo).stdout)
+    assert found["cid"] == cid and found["local_has"] is False
+    assert {x["id"]: x["has"] for x in found["closest"]} == {a.node_id: True, c.node_id: False}
+    text = run_cas("dht", "find", cid, repo=c.repo).stdout.decode()
+    assert f"{a.node_id}  {a.address}  has it" in text
