@@ -200,20 +200,7 @@ class MountTree:
         )
         if changed == node:
             return node
-        if node.kind == "dir":
-            # Namespace.link never replaces a directory, and there is no public
-            # "set metadata" operation yet: rewrite the entry directly.
-            return self._replace_dir_entry(path, changed)
-        return self.link(path, changed)
-
-    def _replace_dir_entry(self, path: str, node: Node) -> Node:
-        parts = split_path(path)
-        ns = self.namespace
-
-        def change(state: RootState) -> CID:
-            return ns._update_dir(state.root, parts[:-1], {parts[-1]: node.to_entry(parts[-1])}, time.time_ns())
-
-        self._note(ns._commit(change))
+        self._note(self.namespace.set_attributes(path, mode=changed.mode, mtime=changed.mtime))
         return self.resolve(path)
 
     def commit_file(self, path: str | None, stream: BinaryIO, mode: int, mtime: int) -> tuple[CID, int]:

@@ -146,3 +146,17 @@ def test_records_from_outside_must_be_ours_and_newer(ns):
         ns.import_record(RootRecord.sign(key, 1, state.root, 1).encode())
     adopted = ns.import_record(RootRecord.sign(key, 5, state.root, 2).encode())
     assert ns.current().seq == adopted.seq == 5
+
+
+def test_set_attributes_changes_mode_and_mtime_but_not_content(ns):
+    node = put_file(ns, "/f", b"content")
+    ns.mkdir("/d")
+    ns.set_attributes("/f", mode=0o600, mtime=42)
+    ns.set_attributes("/d", mode=0o700)
+    f, d = ns.resolve("/f"), ns.resolve("/d")
+    assert (f.mode, f.mtime, f.cid) == (0o600, 42, node.cid)
+    assert d.mode == 0o700
+    with pytest.raises(PathNotFoundError):
+        ns.set_attributes("/missing", mode=0o644)
+    with pytest.raises(InvalidInputError):
+        ns.set_attributes("/f", mode=0o10000)

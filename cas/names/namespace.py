@@ -246,10 +246,11 @@ class Namespace:
         raise ConcurrentUpdateError("the namespace kept changing under this operation; try again")
 
     def _update_dir(
-        self, root: CID, dir_parts: list[str], changes: dict[str, DirEntry | None], now: int
+        self, root: CID, dir_parts: list[str], changes: dict[str, DirEntry | None], now: int | None
     ) -> CID:
         """The new root after applying ``changes`` to directory ``dir_parts``
-        (which must exist); rewrites only the path from it to the root."""
+        (which must exist); rewrites only the path from it to the root. The
+        changed directory's mtime becomes ``now`` (unchanged if None)."""
         chain = [root]
         entries: list[DirEntry] = []
         for depth, name in enumerate(dir_parts):
@@ -266,7 +267,7 @@ class Namespace:
             old = entries[depth]
             # The changed directory's own mtime moves, as on a local disk;
             # its ancestors only get the new CID and size.
-            mtime = now if depth == len(dir_parts) - 1 else old.mtime
+            mtime = now if depth == len(dir_parts) - 1 and now is not None else old.mtime
             new = dirtree.update(
                 self.blocks, chain[depth], {old.name: replace(old, cid=new.cid, size=new.size, mtime=mtime)}
             )
@@ -327,6 +328,31 @@ class Namespace:
                 if not replace_file:
                     raise PathExistsError(f"{join_path(parts)} exists already")
             return self._update_dir(root, parts[:-1], {parts[-1]: node.to_entry(parts[-1])}, now)
+
+        return self._commit(change)
+
+    def set_attributes(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> RootState:
+        """Change the mode and/or mtime of ``path`` (file, directory or
+        symlink); its content is untouched."""
+        parts = split_path(path)
+        if not parts:
+            raise InvalidInputError("the root directory's attributes are fixed")
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise InvalidInputError(f"mode {mode:o} is not a permission mode")
+
+        def change(state: RootState) -> CID:
+            entry = self._lookup_in(state.root, parts)
+            if entry is None:
+                raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
+            changed = replace(
+                entry,
+                mode=entry.mode if mode is None else mode,
+                mtime=entry.mtime if mtime is None else mtime,
+            )
+            if changed == entry:
+                return state.root
+            # The parent's own mtime stays: attributes are not contents.
+            return self._update_dir(state.root, parts[:-1], {parts[-1]: changed}, now=None)
 
         return self._commit(change)
 
