@@ -322,3 +322,38 @@ def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path)
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert "not a cas repository" in error_of("add", "-", repo=tmp_path / "mine", input=b"x")
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_for_long_work(repo, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from tests.conftest import CAS, pseudo_random_stream
+
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        for piece in pseudo_random_stream(400 * MiB, seed="progress"):
+            f.write(piece)
+    controller, terminal = pty.openpty()
+    # A terminal 80 columns wide (a fresh pty has none, and no bar fits).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(
+        [CAS, "--repo", str(repo), "add", str(big)], stdout=subprocess.PIPE, stderr=terminal
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.decode().startswith("bafyb4i")
+    assert b"adding:" in drawn and b"/400M" in drawn, drawn[-500:]  # "adding:  69%|###  | 276M/400M"
