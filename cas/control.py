@@ -520,9 +520,9 @@ class RemoteStore:
         return GcReport(blocks_freed=v["blocks_freed"], bytes_freed=v["bytes_freed"],
                         roots_dropped=v["roots_dropped"])
 
-    def roots(self, newest_first: bool = True) -> list[RootRow]:
+    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
         return [RootRow(r["seq"], r["root"], r["time_ns"], r["record"])
-                for r in self._client.call("roots", newest_first=newest_first)]
+                for r in self._client.call("roots", newest_first=newest_first, limit=limit)]
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         self._client.call("commit_root", seq=seq, root=root, time_ns=time_ns, record=record)

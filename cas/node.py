@@ -368,8 +368,10 @@ def _store_ops(node: Node) -> OpTable:
                 "roots_dropped": report.roots_dropped}
 
     async def roots(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
-        newest_first = args.get("newest_first", True)
-        rows = await node.in_store_thread(lambda: store().roots(newest_first=bool(newest_first)))
+        newest_first, limit = args.get("newest_first", True), args.get("limit")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidInputError("argument 'limit' must be a whole number or null")
+        rows = await node.in_store_thread(lambda: store().roots(newest_first=bool(newest_first), limit=limit))
         return [{"seq": r.seq, "root": r.root, "time_ns": r.time_ns, "record": r.record} for r in rows]
 
     async def commit_root(args: dict[str, Any], client: ClientState) -> None:

@@ -57,6 +57,20 @@ def test_frames_over_the_limit_are_refused_both_ways() -> None:
         control.encode_frame(b"x" * (control.MAX_FRAME + 1))
 
 
+def test_remote_store_offers_what_the_repository_and_namespace_use_with_the_same_signatures() -> None:
+    import inspect
+
+    from cas.names.namespace import Repo
+    from cas.store import LocalStore
+
+    names = {n for n in vars(Repo) if not n.startswith("_") and callable(getattr(Repo, n))}
+    names |= {"pin", "unpin", "pins", "stat", "verify", "gc", "close"}
+    for name in sorted(names):
+        local = inspect.signature(getattr(LocalStore, name))
+        remote = inspect.signature(getattr(control.RemoteStore, name))
+        assert list(remote.parameters) == list(local.parameters), name
+
+
 # -- against a running daemon ---------------------------------------------------------------
 
 
