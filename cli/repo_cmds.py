@@ -37,8 +37,13 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     path = repo_path(args)
     existed = (path / "config.json").exists()
-    with LocalStore.open(path, create=True) as store:
-        resolved = str(store.path)
+    if existed:
+        # Checked, not opened: a running daemon owns it, and that is fine.
+        resolved = str(path.expanduser().absolute())
+        LocalStore.check_config(path)
+    else:
+        with LocalStore.open(path, create=True) as store:
+            resolved = str(store.path)
     out.document({"repo": resolved, "created": not existed})
     if existed:
         out.result(f"cas repository already at {resolved}")

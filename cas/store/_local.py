@@ -138,7 +138,7 @@ class LocalStore:
         self._lock_fd = lock_fd
         self.db = Database(path / "meta.sqlite")
         self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
-        self.config = self._check_config(path)
+        self.config = self.check_config(path)
         self._namespace_key: NamespaceKey | None = None
 
     # -- opening --------------------------------------------------------------
@@ -157,7 +157,7 @@ class LocalStore:
                     f"no cas repository at {path}; create one with 'cas init --repo {path}'"
                 )
             cls._initialise(path)
-        cls._check_config(path)
+        cls.check_config(path)
         lock_fd = cls._lock(path)
         try:
             shutil.rmtree(path / "tmp", ignore_errors=True)
@@ -187,7 +187,9 @@ class LocalStore:
             raise disk_error(exc, "creating the repository", path) from None
 
     @staticmethod
-    def _check_config(path: Path) -> dict:
+    def check_config(path: Path) -> dict:
+        """The repository's config.json, checked; RepositoryError if ``path``
+        is not a cas repository this version understands."""
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as exc:
