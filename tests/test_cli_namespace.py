@@ -175,3 +175,22 @@ def test_gc_frees_unique_blocks_and_keeps_shared_pinned_and_history(repo, tmp_pa
     assert run_cas("repo", "verify", repo=repo).returncode == 0
     cas(repo, "unpin", pinned)
     assert json.loads(cas(repo, "gc", "--json"))["bytes_freed"] >= MiB
+
+
+def test_a_tampered_root_record_is_reported_and_the_last_good_root_kept(repo):
+    import sqlite3
+
+    cas(repo, "mkdir", "/kept")
+    cas(repo, "mkdir", "/lost")
+    db = sqlite3.connect(repo / "meta.sqlite")
+    record = bytearray(db.execute("SELECT record FROM roots WHERE seq = 2").fetchone()[0])
+    record[-1] ^= 1  # one bit of the record changed on disk
+    db.execute("UPDATE roots SET record = ? WHERE seq = 2", (bytes(record),))
+    db.commit()
+    db.close()
+    result = run_cas("root", repo=repo)
+    assert "root record 2 failed verification" in result.stderr.decode()
+    assert "seq   1" in result.stdout.decode()
+    assert cas(repo, "ls", "/") == "kept/\n"
+    cas(repo, "mkdir", "/next")  # a new root supersedes the bad one
+    assert json.loads(cas(repo, "root", "--json"))["seq"] == 3
