@@ -54,7 +54,7 @@ from .dht.routing import REFRESH_INTERVAL, RoutingTable
 from .errors import CasError, InvalidInputError, RepositoryError
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
-from .store import LocalStore
+from .store import DEFAULT_QUOTA, LocalStore
 
 DEFAULT_PORT = 4710
 KEY_PATH = Path("keys") / "node.key"
@@ -77,6 +77,9 @@ class NodeConfig:
     idle_timeout: float = IDLE_TIMEOUT
     refresh_interval: float = REFRESH_INTERVAL
     save_interval: float = SAVE_INTERVAL
+    quota: int = DEFAULT_QUOTA
+    """Bytes of other nodes' blocks this node keeps (STORE_BLOCK and blocks
+    fetched to answer reads); beyond it STORE_BLOCK is refused as ``full``."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Node:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()
         store = await trio.to_thread.run_sync(lambda: LocalStore.open(repo, create=True))
+        store.held.quota = self.config.quota
         self.store = store
         try:
             await self._run_with_store(store, repo, task_status)
@@ -175,7 +179,8 @@ class Node:
         bound = listeners[0].socket.getsockname()
         self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
         dht = self.dht = DhtDriver(
-            identity, table, blocks=_StoreThreadBlocks(self), listen_port=bound[1],
+            identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
+            listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval)
         control = None
@@ -254,6 +259,12 @@ class _StoreThreadBlocks:
         assert self._node.store is not None
         return bytes(await self._node.in_store_thread(self._node.store.blocks.get, cid))
 
+    async def keep(self, block: Block) -> None:
+        """A block a peer placed here (verified): held for the network,
+        within the quota, durable on return."""
+        assert self._node.store is not None
+        await self._node.in_store_thread(self._node.store.held.accept, block)
+
 
 # -- the op table ---------------------------------------------------------------------
 
@@ -323,7 +334,14 @@ def _store_ops(node: Node) -> OpTable:
 
     async def put(args: dict[str, Any], client: ClientState) -> bool:
         block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
-        return bool(await node.in_store_thread((await session(client)).put, block))
+        writer = await session(client)
+
+        def put_own() -> bool:
+            new = writer.put(block)
+            store().held.claim(block.cid)  # a local client's block is own, even if a peer sent it first
+            return bool(new)
+
+        return bool(await node.in_store_thread(put_own))
 
     async def protect(args: dict[str, Any], client: ClientState) -> None:
         await node.in_store_thread((await session(client)).protect, _cid_arg(args))

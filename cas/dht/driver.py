@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..blocks import verified
+from ..blocks import Block, verified
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError
 from ..net import messages as msg
@@ -45,8 +45,10 @@ from ..net.connection import (
 from ..net.identity import Identity
 from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.noise import PeerIdentity, PeerIdMismatchError
+from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult
+from .replication import RateLimiter
 from .routing import K, REFRESH_INTERVAL, Contact, RoutingTable
 
 AGENT = "cas/0.1"
@@ -69,6 +71,20 @@ MAX_PINGS = 8
 suggestions are dropped (the next update suggests again)."""
 
 HAVE_TIMEOUT = 3.0
+
+STORE_TIMEOUT = 10.0
+"""Hard limit for one STORE_BLOCK: up to 1 MiB to send, and the receiver
+verifies and fsyncs before it answers."""
+
+STORE_RATE = 50.0
+STORE_BURST = 200.0
+"""STORE_BLOCK requests accepted per peer: 50 a second on average (≈ 12 MiB/s
+of average-size blocks), bursts of 200 (an add's worth of pipelining).
+Beyond that the answer is ``busy``, which the sender retries later."""
+
+NOT_FAILURES = frozenset({"busy", "full"})
+"""Error codes that say "not now" or "not me", not "I am broken": the
+routing table does not count them against the peer."""
 
 MAX_HANDSHAKES = 256
 MAX_HANDSHAKES_PER_ADDRESS = 32
@@ -93,6 +109,25 @@ class BlockSource(Protocol):
     async def has(self, cid: CID) -> bool: ...
 
     async def get(self, cid: CID) -> bytes: ...
+
+
+class BlockKeeper(Protocol):
+    """Where the driver keeps blocks peers place here (STORE_BLOCK). The
+    block is verified before it is handed over; ``keep`` returns once it is
+    durable, or raises :class:`CasError` with the reason it was refused
+    (:class:`cas.store.StorageQuotaError` when the quota is full)."""
+
+    async def keep(self, block: Block) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """How a STORE_BLOCK went: ``stored`` (verified and durable there),
+    ``refused`` (the peer said no, ``reason`` says why: full, busy) or
+    ``failed`` (no answer, or a broken one)."""
+
+    status: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +200,7 @@ class DhtDriver:
         table: RoutingTable,
         *,
         blocks: BlockSource | None = None,
+        keeper: BlockKeeper | None = None,
         listen_port: int | None = None,
         k: int = K,
         alpha: int = ALPHA,
@@ -182,6 +218,8 @@ class DhtDriver:
             raise ValueError("the routing table belongs to another node")
         self.table = table
         self.blocks = blocks
+        self.keeper = keeper
+        self._store_limiter = RateLimiter(STORE_RATE, STORE_BURST)
         self.listen_port = listen_port
         self.k = k
         self.alpha = alpha
@@ -340,7 +378,7 @@ class DhtDriver:
             self.table.record_failure(contact.node_id)
             raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
         except (CasError, RemoteProtocolError) as exc:
-            if not (isinstance(exc, RequestFailedError) and exc.code == "busy"):
+            if not (isinstance(exc, RequestFailedError) and exc.code in NOT_FAILURES):
                 self.table.record_failure(contact.node_id)
             raise
         self.seen(contact)
@@ -378,6 +416,22 @@ class DhtDriver:
             return None
         return list(response.present)
 
+    async def store_block(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
+        """Ask ``contact`` to keep a block (STORE_BLOCK); it acknowledges only
+        after verifying it against ``cid`` and making it durable."""
+        try:
+            response = await self.request(contact, msg.StoreBlock(cid, data), timeout=STORE_TIMEOUT)
+        except RequestFailedError as exc:
+            if exc.code in NOT_FAILURES:
+                return StoreOutcome("refused", f"{exc.code}: {exc}")
+            return StoreOutcome("failed", str(exc))
+        except (CasError, RemoteProtocolError) as exc:
+            return StoreOutcome("failed", str(exc))
+        if not isinstance(response, msg.Ok):
+            self.table.record_failure(contact.node_id)
+            return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
+        return StoreOutcome("stored")
+
     # -- requests in ----------------------------------------------------------
 
     def _make_handler(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], Awaitable[msg.Response]]:
@@ -409,7 +463,26 @@ class DhtDriver:
             for cid in request.cids:
                 present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
             return msg.HaveResult(tuple(present))
+        if isinstance(request, msg.StoreBlock):
+            return await self._answer_store(requester, request)
         return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
+
+    async def _answer_store(self, requester: int, request: msg.StoreBlock) -> msg.Response:
+        """Verify, rate limit, keep: ``ok`` only once the block is durable."""
+        if self.keeper is None:
+            return msg.Error("refused", "this node keeps no blocks for others")
+        if not self._store_limiter.allow(requester, self._now()):
+            return msg.Error("busy", "too many blocks from you; retry later")
+        try:
+            block = Block(request.cid, request.data)  # verifies against the CID
+        except CasError:
+            raise MalformedMessageError("store_block: the data does not match the CID") from None
+        try:
+            await self.keeper.keep(block)
+        except CasError as exc:
+            code = "full" if isinstance(exc, StorageQuotaError) else "refused"
+            return msg.Error(code, str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
+        return msg.Ok()
 
     def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
         peer = self._conversions.peer

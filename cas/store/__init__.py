@@ -8,10 +8,14 @@ verify, gc); ``RepositoryBlockStore`` holds block bytes, large ones in files
 
 from ._blockfiles import FileBlockStore
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
+from ._held import DEFAULT_QUOTA, HeldBlocks, StorageQuotaError
 from ._local import GcReport, LocalStore, NamespaceKey, Problem, RepoStat, RootRow, VerifyReport
 
 __all__ = [
+    "DEFAULT_QUOTA",
     "SMALL_BLOCK_LIMIT",
+    "HeldBlocks",
+    "StorageQuotaError",
     "FileBlockStore",
     "GcReport",
     "LocalStore",

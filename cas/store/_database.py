@@ -10,11 +10,17 @@ durable, so everything in one transaction (new directory nodes, a pin, a new
 root) becomes durable in one step and only after what it refers to. That is
 what makes a namespace operation one fsync instead of one per node.
 
-Schema (``PRAGMA user_version`` = 1)::
+Schema (``PRAGMA user_version`` = 2)::
 
     small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
     pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
     roots(seq INTEGER PRIMARY KEY, root BLOB, time_ns INTEGER, record BLOB)
+    held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER)
+                                    blocks held for the network (version 2)
+
+Migrations: version 1 (no ``held`` table) is upgraded in place on open by
+creating the table, empty: every block of an old repository is its own.
+A schema newer than this code understands is refused, never touched.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 
 from ..errors import RepositoryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -36,7 +42,15 @@ CREATE TABLE IF NOT EXISTS roots (
     time_ns INTEGER NOT NULL,
     record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held (
+    cid BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    since_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+_KNOWN_VERSIONS = (0, 1, SCHEMA_VERSION)
+"""Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
+lacks the ``held`` table, which ``_SCHEMA`` creates."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
@@ -61,7 +75,7 @@ class Database:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in _KNOWN_VERSIONS:
                 raise RepositoryError(
                     f"{path} has metadata schema {version}; this cas understands {SCHEMA_VERSION}"
                 )

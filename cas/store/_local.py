@@ -50,6 +50,7 @@ from . import _links
 from ._blockfiles import FileBlockStore, disk_error, fsync_dir
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
+from ._held import HeldBlocks
 
 FORMAT_NAME = "cas-repository"
 FORMAT_VERSION = 1
@@ -138,6 +139,7 @@ class LocalStore:
         self._lock_fd = lock_fd
         self.db = Database(path / "meta.sqlite")
         self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
+        self.held = HeldBlocks(self.db, self.blocks)  # blocks kept for the network (_held.py)
         self.config = self.check_config(path)
         self._namespace_key: NamespaceKey | None = None
 
@@ -337,6 +339,8 @@ class LocalStore:
             report.bytes_checked += len(data)
             if progress is not None:
                 progress(len(data))
+            if cid.codec != RAW and self.held.is_held(cid):
+                continue  # held for the network: its children live on other nodes
             try:
                 links = _links.links_of(cid, data)
             except InvalidBlockError as exc:
@@ -368,7 +372,7 @@ class LocalStore:
             report.roots_dropped += 1
         self.blocks.barrier()
         live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
-        protected = self.blocks.protected()
+        protected = self.blocks.protected() | set(self.held.cids())  # held: the repair loop decides
         garbage = {cid for cid in self.blocks.iterate() if cid not in live and cid not in protected}
         # Delete parents before children, so that at every instant (a crash
         # included) each remaining block's links still resolve.
@@ -399,6 +403,14 @@ class LocalStore:
             self.blocks.barrier()  # this round's deletions durable before the next
             ready = next_ready
         return report
+
+    def drop_held(self, cids: list[CID]) -> list[CID]:
+        """Delete those of ``cids`` that are held for the network and that no
+        pin, kept root or open write session needs (the replication decided
+        they are safe elsewhere). Own blocks are never deleted here."""
+        rows = self.roots(limit=self.history_limit + 1)
+        keep = self._reachable([*self.pins(), *(row.root for row in rows)]) | self.blocks.protected()
+        return self.held.drop(cids, keep)
 
     def _block_size(self, cid: CID) -> int:
         row = self.db.query("SELECT length(data) FROM small_blocks WHERE cid = ?", (bytes(cid),)).fetchone()

@@ -1,0 +1,125 @@
+"""The sans-IO replication planner (cas.dht.replication), no sockets: the
+placement set is the R nearest willing nodes, a refusal or failure moves it
+to the next closest, HAVE answers spare resends, this node fills its own
+slot, a held copy is dropped only once R others are confirmed, and the
+per-peer STORE_BLOCK rate limit refills with time."""
+
+from __future__ import annotations
+
+import pytest
+
+from cas.dht.replication import Placement, RateLimiter, Slot, Store, have_batches, may_drop
+from cas.dht.routing import Contact
+
+KEY = 0
+
+
+def contact(node_id: int) -> Contact:
+    return Contact(node_id, "127.0.0.1", 1000 + node_id)
+
+
+# Distances to KEY = 0 are the IDs themselves: 1 is nearest.
+PEERS = [contact(i) for i in (5, 1, 9, 3, 7, 11)]
+
+
+def ids(actions: list[Store]) -> list[int]:
+    return [a.peer.node_id for a in actions]
+
+
+def test_placement_asks_the_r_nearest_and_completes_when_they_acknowledge() -> None:
+    plan = Placement(KEY, PEERS, replicas=3)
+    assert ids(plan.next_actions()) == [1, 3, 5]
+    assert plan.next_actions() == []  # each peer asked once
+    assert not plan.done
+    for peer in (1, 3, 5):
+        assert plan.on_stored(contact(peer)) == []
+    assert plan.done and plan.complete and plan.copies == 3
+    assert plan.holders() == [1, 3, 5]
+
+
+def test_a_refusal_moves_the_copy_to_the_next_closest() -> None:
+    plan = Placement(KEY, PEERS, replicas=3)
+    plan.next_actions()
+    assert ids(plan.on_refused(contact(3))) == [7]
+    assert ids(plan.on_failed(contact(1))) == [9]
+    for peer in (5, 7, 9):
+        plan.on_stored(contact(peer))
+    assert plan.window() == [5, 7, 9]
+    assert plan.complete and plan.state(3) is Slot.REFUSED
+
+
+def test_with_fewer_willing_nodes_than_r_the_plan_ends_short() -> None:
+    plan = Placement(KEY, PEERS[:2], replicas=3)
+    plan.next_actions()
+    plan.on_stored(contact(5))
+    plan.on_refused(contact(1))
+    assert plan.done and not plan.complete and plan.copies == 1
+
+
+def test_this_node_fills_its_own_slot_when_it_is_among_the_nearest() -> None:
+    plan = Placement(KEY, PEERS, own_id=2, local=True, replicas=3)
+    assert ids(plan.next_actions()) == [1, 3]
+    plan.on_stored(contact(1))
+    plan.on_stored(contact(3))
+    assert plan.complete and plan.responsible() and plan.holders() == [1, 2, 3]
+
+
+def test_known_holders_are_not_sent_the_block_again() -> None:
+    plan = Placement(KEY, PEERS, own_id=20, local=True, replicas=3, known={1: True, 3: False, 5: True})
+    assert ids(plan.next_actions()) == [3]
+    plan.on_stored(contact(3))
+    assert plan.complete and not plan.responsible()
+
+
+def test_answers_from_peers_never_asked_or_twice_are_ignored() -> None:
+    plan = Placement(KEY, PEERS, replicas=2)
+    plan.next_actions()
+    assert plan.on_stored(contact(11)) == []
+    assert plan.state(11) is Slot.UNKNOWN
+    plan.on_stored(contact(1))
+    plan.on_failed(contact(1))  # a late duplicate cannot undo the ack
+    assert plan.state(1) is Slot.HAS
+
+
+def test_a_held_copy_is_dropped_only_when_r_others_hold_it_and_never_an_own_one() -> None:
+    far = 40
+    plan = Placement(KEY, PEERS, own_id=far, local=True, replicas=3, known={1: True, 3: True})
+    assert not may_drop(plan, own=False)  # 5 not confirmed yet
+    plan.next_actions()
+    assert not may_drop(plan, own=False)  # in flight
+    plan.on_stored(contact(5))
+    assert may_drop(plan, own=False)
+    assert not may_drop(plan, own=True)
+    near = Placement(KEY, PEERS, own_id=2, local=True, replicas=3, known={1: True, 3: True})
+    assert near.done and not may_drop(near, own=False)  # responsible: keeps it
+
+
+def test_a_held_copy_stays_when_a_closer_node_refuses() -> None:
+    plan = Placement(KEY, PEERS[:2], own_id=40, local=True, replicas=3, known={1: True})
+    plan.next_actions()
+    plan.on_refused(contact(5))
+    # 1 and this node hold it; nobody else will: this node is in the set.
+    assert plan.done and plan.responsible() and not may_drop(plan, own=False)
+
+
+def test_have_batches_group_blocks_by_peer() -> None:
+    batches = have_batches({"a": [contact(1), contact(3)], "b": [contact(3)]}, 1024)
+    assert batches == {1: ["a"], 3: ["a", "b"]}
+
+
+def test_rate_limiter_allows_bursts_then_refills_with_time() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.allow(7, 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow(8, 0.0)  # per peer
+    assert not limiter.allow(7, 0.2)
+    assert limiter.allow(7, 0.5)
+    with pytest.raises(ValueError):
+        RateLimiter(rate=0, burst=1)
+
+
+def test_rate_limiter_forgets_the_oldest_peer_beyond_its_bound() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1, max_peers=2)
+    for peer in (1, 2, 3):
+        assert limiter.allow(peer, 0.0)
+    assert limiter.allow(1, 0.0)  # forgotten, so full again
+    assert not limiter.allow(3, 0.0)

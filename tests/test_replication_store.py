@@ -1,0 +1,163 @@
+"""Blocks held for the network, in the store and on the wire: STORE_BLOCK is
+verified before it is acknowledged, kept as held (not own), limited by a
+quota (refused with a reason) and by a per-peer rate; gc keeps held blocks,
+verify does not expect their children, own blocks are never dropped, and a
+repository from before the held table opens and gains it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import trio
+
+from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
+from cas.cid import DAG_CBOR, RAW
+from cas import dagcbor
+from cas.dht import driver as driver_module
+from cas.dht.driver import DhtDriver
+from cas.net import messages as msg
+from cas.store import HeldBlocks, LocalStore, StorageQuotaError
+from cas.store._database import SCHEMA_VERSION
+from tests.test_dht_driver import network
+
+import pytest
+
+
+def test_a_held_block_counts_against_the_quota_and_a_full_store_refuses(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "r") as store:
+        store.held.quota = 100
+        assert store.held.accept(Block.of(RAW, b"x" * 60))
+        assert store.held.bytes == 60 and len(store.held) == 1
+        with pytest.raises(StorageQuotaError, match="full .60 of 100 bytes"):
+            store.held.accept(Block.of(RAW, b"y" * 60))
+        assert not store.held.accept(Block.of(RAW, b"x" * 60))  # already there: no change
+    with LocalStore.open(tmp_path / "r") as store:  # durable, and the count reloads
+        assert store.held.bytes == 60 and store.blocks.has(Block.of(RAW, b"x" * 60).cid)
+
+
+def test_a_block_a_local_client_puts_becomes_own_and_is_never_dropped(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "r") as store:
+        held, own = Block.of(RAW, b"for the network"), Block.of(RAW, b"mine")
+        store.held.accept(held)
+        store.blocks.put(own)
+        store.blocks.barrier()
+        assert store.drop_held([own.cid]) == []
+        assert store.blocks.has(own.cid)
+        store.held.accept(Block.of(RAW, b"claimed"))
+        assert store.held.claim(Block.of(RAW, b"claimed").cid)
+        assert store.drop_held([Block.of(RAW, b"claimed").cid]) == []
+        assert store.drop_held([held.cid]) == [held.cid]
+        assert not store.blocks.has(held.cid) and store.held.bytes == 0
+
+
+def test_a_held_block_the_user_pins_is_kept_and_gc_keeps_held_blocks(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "r") as store:
+        a, b = Block.of(RAW, b"pinned later"), Block.of(RAW, b"just held")
+        store.held.accept(a)
+        store.held.accept(b)
+        store.pin(a.cid)
+        assert store.gc().blocks_freed == 0
+        assert store.drop_held([a.cid, b.cid]) == [b.cid]
+        assert store.blocks.has(a.cid)
+
+
+def test_verify_does_not_expect_the_children_of_a_held_node(tmp_path: Path) -> None:
+    child = Block.of(RAW, b"lives elsewhere")
+    parent = Block.of(DAG_CBOR, dagcbor.encode({"child": child.cid}))
+    with LocalStore.open(tmp_path / "r") as store:
+        store.held.accept(parent)
+        assert store.verify().ok
+
+
+def test_a_repository_from_before_the_held_table_opens_and_gains_it(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "r") as store:
+        store.pin(store_block(store, b"old content"))
+    db = sqlite3.connect(tmp_path / "r" / "meta.sqlite")
+    db.execute("DROP TABLE held")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with LocalStore.open(tmp_path / "r") as store:
+        assert len(store.pins()) == 1 and len(store.held) == 0
+        store.held.accept(Block.of(RAW, b"new"))
+    db = sqlite3.connect(tmp_path / "r" / "meta.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()
+
+
+def store_block(store: LocalStore, data: bytes):  # noqa: ANN201
+    block = Block.of(RAW, data)
+    store.blocks.put(block)
+    store.blocks.barrier()
+    return block.cid
+
+
+# -- on the wire ------------------------------------------------------------------------
+
+
+class MemoryKeeper:
+    """A BlockKeeper over a MemoryBlockStore with a byte quota."""
+
+    def __init__(self, store: MemoryBlockStore, quota: int) -> None:
+        self.store, self.quota, self.used = store, quota, 0
+
+    async def keep(self, block: Block) -> None:
+        if self.store.has(block.cid):
+            return
+        if self.used + len(block.data) > self.quota:
+            raise StorageQuotaError(f"storage for other nodes' blocks is full ({self.used} of {self.quota} bytes used)")
+        self.store.put(block)
+        self.used += len(block.data)
+
+
+def test_store_block_is_verified_kept_and_refused_with_a_reason_when_full() -> None:
+    async def main() -> None:
+        async with network() as net:
+            memory = MemoryBlockStore()
+            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=100))
+            sender = await net.add()
+            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            to = net.contact(receiver)
+            block = Block.of(RAW, b"a" * 60)
+            assert (await sender.store_block(to, block.cid, block.data)).status == "stored"
+            assert memory.has(block.cid)
+            full = await sender.store_block(to, Block.of(RAW, b"b" * 60).cid, b"b" * 60)
+            assert full.status == "refused" and "full" in full.reason and "60 of 100" in full.reason
+            assert sender.table.failures(receiver.own_id) == 0  # full is not broken
+            forged = await sender.store_block(to, Block.of(RAW, b"c").cid, b"not c")
+            assert forged.status == "failed" and not memory.has(Block.of(RAW, b"c").cid)
+            # A node without a keeper refuses politely.
+            plain = await net.add()
+            await sender.bootstrap([("127.0.0.1", plain.listen_port or 0)])
+            refused = await sender.store_block(net.contact(plain), block.cid, block.data)
+            assert refused.status == "failed" and "keeps no blocks" in refused.reason
+
+    trio.run(main)
+
+
+def test_store_block_is_rate_limited_per_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_module, "STORE_BURST", 3.0)
+    monkeypatch.setattr(driver_module, "STORE_RATE", 0.001)
+
+    async def main() -> None:
+        async with network() as net:
+            memory = MemoryBlockStore()
+            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=1 << 20))
+            sender = await net.add()
+            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            outcomes = []
+            for i in range(5):
+                block = Block.of(RAW, b"block %d" % i)
+                outcomes.append((await sender.store_block(net.contact(receiver), block.cid, block.data)).status)
+            assert outcomes == ["stored"] * 3 + ["refused"] * 2
+            assert len(memory) == 3
+
+    trio.run(main)
+
+
+def test_store_block_messages_round_trip() -> None:
+    block = Block.of(RAW, b"wire")
+    assert msg.decode(msg.encode(msg.StoreBlock(block.cid, block.data, request_id=4))) == \
+        msg.StoreBlock(block.cid, block.data, request_id=4)
+    assert isinstance(DhtDriver, type)
