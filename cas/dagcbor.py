@@ -7,9 +7,10 @@ adds one restriction of its own: no floats anywhere, because none of our
 formats need them and they are the usual source of "same value, other bytes".
 
 Decoding is the strict mirror: the bytes must be exactly what :func:`encode`
-would produce for the decoded value (checked by re-encoding, which rejects
-indefinite lengths, unsorted or duplicate keys and non-minimal integers in one
-step), and only the data model types below may appear. Bytes from a peer or a
+would produce for the decoded value (checked by one walk that proves the types
+and the map key order, then a plain re-encoding that must give back the same
+bytes, which rejects indefinite lengths, duplicate keys, non-minimal integers
+and trailing bytes), and only the data model types below may appear. Bytes from a peer or a
 disk go through :func:`decode` and nothing else.
 
 Value types: ``None``, ``bool``, ``int`` (64-bit range), ``str``, ``bytes``,
@@ -29,6 +30,9 @@ _CID_TAG = 42
 _INT_MIN = -(1 << 64)
 _INT_MAX = (1 << 64) - 1
 _MAX_DEPTH = 64  # our nodes are two or three levels deep; bound recursion on input
+# Exact types that need no check beyond their type (cbor2 decodes to exactly
+# these; a subclass handed to encode() takes the isinstance path instead).
+_PLAIN_SCALARS = frozenset({str, bytes, bool, type(None), CID})
 
 
 def _default(encoder: Any, value: Any) -> None:
@@ -38,27 +42,80 @@ def _default(encoder: Any, value: Any) -> None:
     raise TypeError(f"DAG-CBOR cannot encode {type(value).__name__}")
 
 
-def _check(value: Any, depth: int = 0) -> None:
-    """Raise TypeError unless ``value`` is within the data model above."""
+def _check(value: Any, depth: int = 0) -> bool:
+    """Raise TypeError unless ``value`` is within the data model above.
+
+    Returns whether every map in ``value`` already has its keys in canonical
+    order (length of the UTF-8 form first, then bytewise, no duplicates).
+    :func:`encode` then needs no sorting and :func:`decode` uses it to prove
+    key order without cbor2's canonical mode, which costs several times a
+    plain encoding (measured: 64 µs against 10 µs for a 20-peer DHT answer).
+
+    One call per container, not per value: scalars inside a list or a map
+    are checked in the loop (``type(x) is`` for the exact types cbor2
+    decodes to), and only anything else takes the general path below, so a
+    FIND_NODE answer of 20 peers costs 22 calls rather than 84.
+    """
     if depth > _MAX_DEPTH:
         raise TypeError("nesting is too deep")
-    if value is None or isinstance(value, (bool, str, bytes, CID)):
-        return
+    kind = type(value)
+    if kind is dict:
+        return _check_map(value, depth)
+    if kind is list:
+        if value and depth >= _MAX_DEPTH:
+            raise TypeError("nesting is too deep")
+        in_order = True
+        for item in value:
+            item_kind = type(item)
+            if item_kind in _PLAIN_SCALARS:
+                continue
+            if item_kind is int:
+                if not _INT_MIN <= item <= _INT_MAX:
+                    raise TypeError("integer out of the 64-bit range")
+                continue
+            if not _check(item, depth + 1):
+                in_order = False
+        return in_order
+    if value is None or kind in _PLAIN_SCALARS or isinstance(value, (bool, str, bytes, CID)):
+        return True
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise TypeError("integer out of the 64-bit range")
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check(item, depth + 1)
-        return
+        return True
+    if isinstance(value, list):  # a subclass: only what encode() may be handed
+        return all([_check(item, depth + 1) for item in value])
     if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError("map keys must be text strings")
-            _check(item, depth + 1)
-        return
-    raise TypeError(f"{type(value).__name__} is not allowed in DAG-CBOR here")
+        return _check_map(value, depth)
+    raise TypeError(f"{kind.__name__} is not allowed in DAG-CBOR here")
+
+
+def _check_map(value: dict[Any, Any], depth: int) -> bool:
+    if value and depth >= _MAX_DEPTH:
+        raise TypeError("nesting is too deep")
+    in_order = True
+    previous = ""
+    previous_size = -1
+    for key, item in value.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise TypeError("map keys must be text strings")
+        # Canonical order compares the keys' UTF-8 forms, shorter first. For
+        # equal lengths, comparing the str values gives the same answer:
+        # UTF-8 preserves code point order (and a text string from cbor2 is
+        # valid UTF-8; one that is not cannot be encoded at all).
+        size = len(key) if key.isascii() else len(key.encode("utf-8"))
+        if size < previous_size or (size == previous_size and key <= previous):
+            in_order = False
+        previous, previous_size = key, size
+        item_kind = type(item)
+        if item_kind in _PLAIN_SCALARS:
+            continue
+        if item_kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise TypeError("integer out of the 64-bit range")
+            continue
+        if not _check(item, depth + 1):
+            in_order = False
+    return in_order
 
 
 def encode(value: Any, *, check: bool = True) -> bytes:
@@ -69,8 +126,11 @@ def encode(value: Any, *, check: bool = True) -> bytes:
     model, for hot paths whose values come from validated records (directory
     entries); ``decode`` always checks.
     """
-    if check:
-        _check(value)
+    if check and _check(value):
+        # Every map is already in canonical order, so cbor2's plain encoding
+        # is the canonical one (its canonical mode differs only in sorting
+        # map keys and in shrinking floats, which the data model excludes).
+        return cbor2.dumps(value, default=_default)
     return cbor2.dumps(value, canonical=True, default=_default)
 
 
@@ -91,7 +151,17 @@ def _tag_hook(*args: Any) -> Any:
 
 def decode(data: bytes) -> Any:
     """Decode strictly; raise :class:`InvalidBlockError` on anything that is
-    not canonical DAG-CBOR within cas's data model."""
+    not canonical DAG-CBOR within cas's data model.
+
+    The proof of canonical form has two halves: :func:`_check` shows every
+    map's keys are in canonical order (and every value is in the data
+    model), and re-encoding the value with cbor2's plain encoder gives back
+    exactly ``data``. cbor2 always writes the shortest heads and definite
+    lengths, so the second half rejects non-minimal integers and lengths,
+    indefinite lengths, duplicate keys (the dict holds one), trailing bytes
+    and non-canonical links; with keys in order, the plain encoding is the
+    canonical one, so together they prove ``data == encode(value)``.
+    """
     try:
         value = cbor2.loads(data, tag_hook=_tag_hook)
     except InvalidBlockError:
@@ -99,10 +169,10 @@ def decode(data: bytes) -> Any:
     except Exception as exc:  # cbor2 raises several types for malformed input
         raise InvalidBlockError(f"malformed DAG-CBOR: {exc}") from None
     try:
-        _check(value)
-        canonical = cbor2.dumps(value, canonical=True, default=_default)
+        in_order = _check(value)
+        again = cbor2.dumps(value, default=_default)
     except TypeError as exc:
         raise InvalidBlockError(f"not valid DAG-CBOR: {exc}") from None
-    if canonical != bytes(data):
+    if not in_order or again != data:
         raise InvalidBlockError("DAG-CBOR is not in canonical form")
     return value

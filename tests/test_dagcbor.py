@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import dagcbor
@@ -85,3 +85,221 @@ def test_random_bytes_raise_only_invalid_block(data):
 def test_encoding_a_float_is_a_programming_error():
     with pytest.raises(TypeError):
         dagcbor.encode({"x": 0.5})
+
+
+# -- the fast strict codec against the plain reference ----------------------------
+#
+# dagcbor proves canonical form with one walk (types and key order) and a
+# plain re-encoding. The reference below is the obvious construction it
+# replaced: check the types, encode with cbor2's canonical mode, compare.
+# Both must accept exactly the same bytes, give the same values and encode
+# every value to the same bytes.
+
+
+def _reference_check(value, depth=0):
+    if depth > 64:
+        raise TypeError("nesting is too deep")
+    if value is None or isinstance(value, (bool, str, bytes, CID)):
+        return
+    if isinstance(value, int):
+        if not -(2**64) <= value <= 2**64 - 1:
+            raise TypeError("integer out of the 64-bit range")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _reference_check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("map keys must be text strings")
+            _reference_check(item, depth + 1)
+        return
+    raise TypeError(f"{type(value).__name__} is not allowed")
+
+
+def _reference_encode(value):
+    _reference_check(value)
+    return cbor2.dumps(value, canonical=True, default=dagcbor._default)
+
+
+def _reference_decode(data):
+    try:
+        value = cbor2.loads(data, tag_hook=dagcbor._tag_hook)
+    except InvalidBlockError:
+        raise
+    except Exception as exc:
+        raise InvalidBlockError(str(exc)) from None
+    try:
+        canonical = _reference_encode(value)
+    except TypeError as exc:
+        raise InvalidBlockError(str(exc)) from None
+    if canonical != bytes(data):
+        raise InvalidBlockError("not canonical")
+    return value
+
+
+def _outcome(function, data):
+    try:
+        return ("value", function(data))
+    except Exception as exc:  # the exception's type is what must agree
+        return ("raised", type(exc))
+
+
+# Keys that sort differently by length-first UTF-8 order than by str order:
+# multi-byte characters make a short str a long key.
+KEYS = st.sampled_from(["", "a", "b", "aa", "ab", "z", "é", "ée", "ab\x00", "ÿ", "日本", "\U0001f600"]) \
+    | st.text(max_size=6)
+
+unordered_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64) - 2, max_value=2**64 + 1)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.just(LINK),
+    # Dicts are built from pairs in whatever order hypothesis draws them, so
+    # insertion order is often not canonical order.
+    lambda children: st.lists(children, max_size=4)
+    | st.lists(st.tuples(KEYS, children), max_size=5).map(dict),
+    max_leaves=25,
+)
+
+
+def _nested(depth, leaf, kinds="ld"):
+    value = leaf
+    for i in range(depth):
+        value = [value] if kinds[i % len(kinds)] == "l" else {"k": value}
+    return value
+
+
+NESTED = [_nested(depth, leaf, kinds) for depth in (63, 64, 65) for leaf in (1, [], {})
+          for kinds in ("ld", "l", "d")]
+
+
+@given(unordered_values)
+def test_encode_agrees_with_the_canonical_reference(value):
+    assert _outcome(dagcbor.encode, value) == _outcome(_reference_encode, value)
+
+
+@pytest.mark.parametrize("value", [
+    1.0, {"x": [0.5]}, (1, 2), {1: 2}, {"a": {b"k": 1}}, bytearray(b"x"), 2**64, -(2**64) - 1,
+    *NESTED,
+])
+def test_encode_rejects_what_the_reference_rejects(value):
+    assert _outcome(dagcbor.encode, value) == _outcome(_reference_encode, value)
+
+
+# Raw CBOR items, built byte by byte so that every way of breaking the
+# canonical rules is reachable: wider heads than needed, indefinite lengths,
+# keys out of order or repeated, floats, simple values, foreign tags, links
+# with and without the 0x00 prefix, invalid UTF-8, truncation, trailing bytes.
+
+
+@st.composite
+def _head(draw, major, n):
+    if n < 24 and draw(st.booleans()):
+        return bytes([major << 5 | n])
+    widths = [w for w, limit in ((1, 0xFF), (2, 0xFFFF), (4, 0xFFFFFFFF), (8, 2**64 - 1)) if n <= limit]
+    minimal = n >= 24 or not draw(st.booleans())  # mostly the shortest head
+    width = widths[0] if minimal and n >= 24 else draw(st.sampled_from(widths))
+    info = {1: 24, 2: 25, 4: 26, 8: 27}[width]
+    return bytes([major << 5 | info]) + n.to_bytes(width, "big")
+
+
+def _key_order(encoded_key):
+    return (len(encoded_key), encoded_key)
+
+
+@st.composite
+def _text_item(draw):
+    raw = draw(KEYS).encode("utf-8")
+    if draw(st.integers(0, 20)) == 0:
+        raw += b"\xff"  # invalid UTF-8
+    return draw(_head(3, len(raw))) + raw
+
+
+def _container(children):
+    @st.composite
+    def array(draw):
+        items = draw(st.lists(children, max_size=4))
+        if draw(st.integers(0, 8)) == 0:
+            return b"\x9f" + b"".join(items) + b"\xff"
+        return draw(_head(4, len(items))) + b"".join(items)
+
+    @st.composite
+    def map_(draw):
+        keys = draw(st.lists(_text_item() | children, max_size=4))
+        if draw(st.integers(0, 3)):  # mostly in canonical order
+            keys = sorted(keys, key=_key_order)
+        pairs = [key + draw(children) for key in keys]
+        if draw(st.integers(0, 8)) == 0:
+            return b"\xbf" + b"".join(pairs) + b"\xff"
+        return draw(_head(5, len(pairs))) + b"".join(pairs)
+
+    @st.composite
+    def tagged(draw):
+        tag = draw(st.sampled_from([42, 42, 42, 0, 1, 2, 3, 24, 99]))
+        if tag == 42 and draw(st.booleans()):
+            payload = b"\x00" + bytes(LINK) if draw(st.integers(0, 5)) else bytes(LINK)
+            return draw(_head(6, tag)) + draw(_head(2, len(payload))) + payload
+        return draw(_head(6, tag)) + draw(children)
+
+    return array() | map_() | tagged()
+
+
+@st.composite
+def _scalar_item(draw):
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        return draw(_head(0, draw(st.integers(0, 2**64 - 1))))
+    if kind == 1:
+        return draw(_head(1, draw(st.integers(0, 2**64 - 1))))
+    if kind == 2:
+        raw = draw(st.binary(max_size=8))
+        if draw(st.integers(0, 8)) == 0:
+            return b"\x5f" + draw(_head(2, len(raw))) + raw + b"\xff"
+        return draw(_head(2, len(raw))) + raw
+    if kind == 3:
+        return draw(_text_item())
+    if kind == 4:
+        return draw(st.sampled_from([b"\xf4", b"\xf5", b"\xf6", b"\xf7", b"\xe0", b"\xf8\x20"]))
+    if kind == 5:
+        return draw(st.sampled_from([b"\xf9\x3c\x00", b"\xfa\x3f\x80\x00\x00",
+                                     b"\xfb\x3f\xf0\x00\x00\x00\x00\x00\x00"]))
+    return cbor2.dumps(draw(st.integers(-(2**70), 2**70)))  # bignums beyond 64 bits
+
+
+raw_items = st.recursive(_scalar_item(), _container, max_leaves=15)
+
+
+@st.composite
+def _damaged(draw):
+    data = draw(raw_items)
+    how = draw(st.integers(0, 4))
+    if how == 1 and data:
+        return data[: draw(st.integers(0, len(data) - 1))]
+    if how == 2:
+        return data + draw(st.binary(min_size=1, max_size=3))
+    if how == 3 and data:
+        i = draw(st.integers(0, len(data) - 1))
+        return data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+    return data
+
+
+@settings(max_examples=1000)
+@given(_damaged() | unordered_values.map(lambda v: cbor2.dumps(v, default=dagcbor._default)))
+def test_decode_accepts_and_rejects_exactly_what_the_reference_does(data):
+    assert _outcome(dagcbor.decode, data) == _outcome(_reference_decode, data)
+
+
+@given(unordered_values.filter(lambda v: _outcome(_reference_encode, v)[0] == "value"))
+def test_decode_agrees_with_the_reference_on_valid_encodings(value):
+    data = _reference_encode(value)
+    assert _outcome(dagcbor.decode, data) == ("value", value)
+
+
+@pytest.mark.parametrize("value", NESTED)
+def test_decode_nesting_limit_agrees_with_the_reference(value):
+    data = cbor2.dumps(value, canonical=True)
+    assert _outcome(dagcbor.decode, data) == _outcome(_reference_decode, data)
