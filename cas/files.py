@@ -29,7 +29,10 @@ of each block it needs* and is sent the block's bytes back, and yields the
 pieces of file content it produces (memoryviews). It descends by
 ``blocksizes``, so a byte range costs one node per level plus only the
 leaves that overlap it. Two thin drivers run it, one over ``BlockStore``
-(sync) and one over ``AsyncBlockStore`` (trio). Every node is treated as
+(sync) and one over ``AsyncBlockStore`` (trio). :func:`file_leaves` runs
+the same walk without fetching leaves, listing the ones a range will need
+(for a caller's own read-ahead), and a :class:`NodeCache` lets readers share
+decoded interior nodes. Every node is treated as
 untrusted: the stores already verify hashes, and the walker checks the
 structure (links match blocksizes, sizes add up, leaf lengths match what
 the parent claims, children are raw or dag-pb, depth at most ``MAX_DEPTH``)
@@ -44,7 +47,9 @@ directories: a dag-cbor CID handed to the reader is refused with
 from __future__ import annotations
 
 import io
+import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -319,22 +324,63 @@ class ReadAhead:
 # one. Nothing in them blocks, so the same walk runs under either driver.
 
 
+class NodeCache:
+    """Decoded interior nodes of file DAGs by CID, shared by many readers.
+
+    Decoding a full node (1024 links) costs milliseconds in Python, so a
+    reader that jumps between subtrees (random reads, or read-ahead running
+    beside the reader) should decode each node once, not once per jump. A
+    CID fixes its content, so an entry never goes stale. Bounded by the
+    total number of links held (a 1024-link node is ~300 KB decoded);
+    least recently used nodes go first. Thread-safe.
+    """
+
+    def __init__(self, max_links: int = 64 * MAX_FANOUT) -> None:
+        self.max_links = max_links
+        self._nodes: OrderedDict[CID, _FileNode] = OrderedDict()
+        self._links = 0
+        self._lock = threading.Lock()
+
+    def get(self, cid: CID) -> _FileNode | None:
+        with self._lock:
+            node = self._nodes.get(cid)
+            if node is not None:
+                self._nodes.move_to_end(cid)
+            return node
+
+    def put(self, node: _FileNode) -> None:
+        with self._lock:
+            if node.cid in self._nodes:
+                return
+            self._nodes[node.cid] = node
+            self._links += len(node.children)
+            while self._links > self.max_links and len(self._nodes) > 1:
+                _, old = self._nodes.popitem(last=False)
+                self._links -= len(old.children)
+
+
 class _PathCache:
     """The interior nodes on the path to the last leaf read, and that leaf.
 
     A reader keeps one of these, so sequential small reads fetch each node
-    and each leaf once, not once per read.
+    and each leaf once, not once per read. With a shared :class:`NodeCache`,
+    nodes off the current path are found decoded there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: NodeCache | None = None) -> None:
         self.path: list[_FileNode] = []  # path[d] is the node at depth d
         self.leaf: tuple[CID, bytes] | None = None
+        self.nodes = nodes
 
     def node(self, cid: CID, depth: int) -> Generator[CID, bytes, _FileNode]:
         if depth < len(self.path) and self.path[depth].cid == cid:
             return self.path[depth]
-        data = yield cid
-        node = _decode_file_node(cid, data, is_root=depth == 0)
+        node = self.nodes.get(cid) if self.nodes is not None else None
+        if node is None:
+            data = yield cid
+            node = _decode_file_node(cid, data, is_root=depth == 0)
+            if self.nodes is not None:
+                self.nodes.put(node)
         del self.path[depth:]
         self.path.append(node)
         return node
@@ -355,12 +401,28 @@ def _root_size(cache: _PathCache, cid: CID) -> Generator[CID, bytes, int]:
     return (yield from cache.node(cid, 0)).size
 
 
+@dataclass(frozen=True)
+class LeafSpan:
+    """A leaf of a file and where its bytes sit in the file (what
+    :func:`file_leaves` lists: the blocks a byte range will need)."""
+
+    cid: CID
+    offset: int
+    size: int
+
+
 def _walk(
     cache: _PathCache, cid: CID, start: int, end: int, depth: int, claimed: int | None,
-    parent: CID | None,
-) -> Generator[CID | memoryview, bytes | None, None]:
+    parent: CID | None, base: int = 0, spans: bool = False,
+) -> Generator[CID | memoryview | LeafSpan, bytes | None, None]:
     """Produce bytes [start, end) of the subtree ``cid``, whose parent says
-    it holds ``claimed`` bytes (None at the root)."""
+    it holds ``claimed`` bytes (None at the root) and which starts at file
+    offset ``base``. With ``spans``, a leaf below the root is not fetched
+    but produced as a :class:`LeafSpan` (its length is checked when it is
+    read)."""
+    if spans and cid.codec == RAW and claimed is not None:
+        yield LeafSpan(cid, base, claimed)
+        return
     if cid.codec == RAW:
         data = yield from cache.leaf_bytes(cid)
         if claimed is not None and len(data) != claimed:
@@ -397,7 +459,7 @@ def _walk(
         if lo < hi:
             yield from _walk(
                 cache, node.children[index], lo - child_start, hi - child_start,
-                depth + 1, node.sizes[index], cid,
+                depth + 1, node.sizes[index], cid, base + child_start, spans,
             )
 
 
@@ -409,6 +471,20 @@ def _read(
     end = size if length is None else min(size, offset + length)
     if offset < end:
         yield from _walk(cache, cid, offset, end, 0, None, None)
+
+
+def _spans(
+    cache: _PathCache, cid: CID, offset: int, length: int | None
+) -> Generator[CID | LeafSpan, bytes | None, None]:
+    """The leaves that bytes [offset, offset + length) of file ``cid`` lie in."""
+    size = yield from _root_size(cache, cid)
+    end = size if length is None else min(size, offset + length)
+    if offset >= end:
+        return
+    if cid.codec == RAW:  # a one-block file: the root is the leaf
+        yield LeafSpan(cid, 0, size)
+        return
+    yield from _walk(cache, cid, offset, end, 0, None, None, 0, True)
 
 
 def _check_range(offset: int, length: int | None) -> None:
@@ -498,6 +574,17 @@ def iter_file(
     return (_as_bytes(piece) for piece in _run(store, _read(_PathCache(), cid, offset, length)))
 
 
+def file_leaves(
+    store: BlockStore, cid: CID, offset: int = 0, length: int | None = None,
+    *, nodes: NodeCache | None = None,
+) -> Iterator[LeafSpan]:
+    """The leaves holding bytes [offset, offset + length) of file ``cid``, in
+    order, fetching interior nodes only (never a leaf, except the root of a
+    one-block file): what a reader will need next, for read-ahead."""
+    _check_range(offset, length)
+    return _run(store, _spans(_PathCache(nodes), cid, offset, length))  # type: ignore[return-value]
+
+
 def _as_bytes(piece: memoryview) -> bytes:
     """The piece as bytes, without a copy when it is a whole block."""
     whole = piece.obj
@@ -517,13 +604,15 @@ class FileReader(io.BufferedIOBase):
 
     It keeps the interior nodes on the path to its position and the current
     leaf, so reading a file in small sequential steps fetches each block
-    once. Not thread-safe (like any file object).
+    once; ``nodes``, a :class:`NodeCache` shared by many readers, keeps the
+    other decoded nodes for reads that jump around. Not thread-safe (like
+    any file object).
     """
 
-    def __init__(self, store: BlockStore, cid: CID) -> None:
+    def __init__(self, store: BlockStore, cid: CID, *, nodes: NodeCache | None = None) -> None:
         super().__init__()
         self._store = store
-        self._cache = _PathCache()
+        self._cache = _PathCache(nodes)
         self.cid = cid
         self.size: int = int(_run_to_end(store, _root_size(self._cache, cid)))  # type: ignore[arg-type]
         self._pos = 0

@@ -8,10 +8,20 @@ as it is open (kubo's mount rebuilt its reader on every read() and ran 60x
 slower than its CLI). The reader runs on the trio thread over
 :class:`CacheOnly`, a view of the shared :class:`BlockCache` that raises
 :class:`CacheMiss` instead of touching the disk; the caller fetches the
-missing block in the store thread and retries (the reader's state only moves
-when a read completes, so a retry is exact). Sequential reading starts
-read-ahead: a background task pulls the next ``window`` bytes through
-:class:`CachedBlocks` in the store thread, so the reader finds them cached.
+missing block with :class:`BlockFetcher` and retries (the reader's state
+only moves when a read completes, so a retry is exact). Readers share one
+:class:`cas.files.NodeCache`, so interior nodes are decoded once per mount,
+not once per jump between subtrees.
+
+:class:`BlockFetcher` reads and hashes block files in a few worker threads
+at once, outside the node's store thread: block files are immutable, so
+this needs no lock (``RepositoryBlockStore.get_file_block``); only small
+blocks, which live in SQLite, go through the store thread. A block wanted
+by several readers at once is fetched once.
+
+Sequential reading starts read-ahead (cas.fuse.operations): the leaves of
+the next ``READ_AHEAD_BYTES`` are listed (``cas.files.file_leaves``) and
+fetched ``READ_AHEAD_PARALLEL`` at a time, so the reader finds them cached.
 The cache is bounded in bytes (least recently used blocks go first).
 
 Writing
@@ -35,12 +45,13 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..blocks import BlockStore
+import trio
+
 from ..cid import CID
 from ..files import FileReader
 
@@ -49,13 +60,24 @@ DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 
 READ_AHEAD_BYTES = 32 * 1024 * 1024
 """How far ahead of a sequential reader blocks are fetched: ~100 average
-blocks, enough to keep the disk busy between FUSE requests (bench/mount.py)."""
+blocks, enough to keep the threads busy between FUSE requests
+(bench/mount.py)."""
 
 READ_AHEAD_STEP = 4 * 1024 * 1024
-"""Bytes fetched per store-thread call of read-ahead, so that control-socket
-operations never wait long behind it."""
+"""Bytes of leaves listed at a time by read-ahead."""
+
+READ_AHEAD_PARALLEL = 3
+"""Blocks one read-ahead has in flight at once: enough to keep the fetch
+threads busy, few enough that a reader's own miss never queues long
+behind them."""
+
+FETCH_THREADS = 4
+"""Worker threads reading and hashing block files at once (BLAKE3 and
+os.read release the GIL, so they run in parallel with the FUSE loop)."""
 
 COPY_PIECE = 1024 * 1024
+
+T = TypeVar("T")
 
 
 class CacheMiss(Exception):
@@ -111,45 +133,91 @@ class BlockCache:
             return {"blocks": len(self._blocks), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
 
 
-class CachedBlocks:
-    """A store's blocks through the cache (filled on every miss). Disk I/O:
-    use it in the store thread only."""
+class BlockFetcher:
+    """Brings verified blocks into the cache (see the module docstring).
 
-    def __init__(self, store: BlockStore, cache: BlockCache) -> None:
-        self._store = store
+    ``blocks`` is the repository's block store; ``run_in_store`` runs a
+    function in the node's store thread (``Node.in_store_thread``).
+    """
+
+    def __init__(
+        self, cache: BlockCache, blocks: Any, run_in_store: Callable[..., Awaitable[Any]],
+        *, threads: int = FETCH_THREADS,
+    ) -> None:
         self.cache = cache
+        self._blocks = blocks
+        self._run_in_store = run_in_store
+        self._get_file_block = getattr(blocks, "get_file_block", None)
+        self._limiter = trio.CapacityLimiter(threads)
+        self._pending: dict[CID, trio.Event] = {}
 
-    def has(self, cid: CID) -> bool:
-        return cid in self.cache or self._store.has(cid)
+    def wanted(self, cid: CID) -> bool:
+        """True unless ``cid`` is cached or being fetched."""
+        return cid not in self._pending and cid not in self.cache
 
-    def get(self, cid: CID) -> bytes:
+    async def get(self, cid: CID) -> bytes:
+        """The verified bytes of ``cid``, from the cache or fetched into it."""
         data = self.cache.get(cid)
-        if data is None:
-            data = bytes(self._store.get(cid))  # verified by the store
+        while data is None and cid in self._pending:
+            await self._pending[cid].wait()  # someone else is fetching it
+            data = self.cache.get(cid)
+        if data is not None:
+            return data
+        done = self._pending[cid] = trio.Event()
+        try:
+            found = None
+            if self._get_file_block is not None:
+                found = await trio.to_thread.run_sync(self._get_file_block, cid, limiter=self._limiter)
+            if found is None:  # a small block (SQLite), or missing: ask the store
+                found = await self._run_in_store(self._blocks.get, cid)
+            data = bytes(found)
             self.cache.put(cid, data)
-        return data
-
-    def prefetch(self, cids: Iterable[CID]) -> None:
-        prefetch = getattr(self._store, "prefetch", None)
-        if prefetch is not None:
-            prefetch([cid for cid in cids if cid not in self.cache])
+            return data
+        finally:
+            del self._pending[cid]
+            done.set()
 
 
 class CacheOnly:
     """The cache as a read-only block store that never does I/O: a block that
-    is not cached raises :class:`CacheMiss`. Safe on the trio thread."""
+    is not cached raises :class:`CacheMiss`. Safe on the trio thread.
+
+    ``extra`` holds blocks fetched for the read in progress, so that a retry
+    finds them even if the cache dropped them meanwhile.
+    """
 
     def __init__(self, cache: BlockCache) -> None:
         self._cache = cache
+        self.extra: dict[CID, bytes] = {}
 
     def has(self, cid: CID) -> bool:
-        return cid in self._cache
+        return cid in self.extra or cid in self._cache
 
     def get(self, cid: CID) -> bytes:
-        data = self._cache.get(cid)
+        data = self.extra.get(cid)
+        if data is None:
+            data = self._cache.get(cid)
         if data is None:
             raise CacheMiss(cid)
         return data
+
+
+async def read_through(view: CacheOnly, fetcher: BlockFetcher, fn: Callable[[], T]) -> T:
+    """Run ``fn`` (a synchronous read over ``view``) until no block is
+    missing, fetching each missing block and retrying. ``fn`` runs with no
+    checkpoint inside, so concurrent callers sharing ``view`` each see
+    their own ``extra``."""
+    mine: dict[CID, bytes] = {}
+    while True:
+        view.extra = mine
+        try:
+            return fn()
+        except CacheMiss as miss:
+            if miss.cid in mine:  # cannot happen: a fetched block is never missing
+                raise
+            mine[miss.cid] = await fetcher.get(miss.cid)
+        finally:
+            view.extra = {}
 
 
 @dataclass
@@ -158,6 +226,7 @@ class ReadState:
 
     cid: CID
     reader: FileReader
+    view: CacheOnly
     next_offset: int = 0  # where a sequential reader reads next
     sequential: int = 0  # consecutive sequential reads
     ahead_to: int = 0  # read-ahead has fetched (or is fetching) up to here
@@ -258,13 +327,3 @@ class Handle:
     append: bool
     read: ReadState | None = None
     wrote: bool = False
-
-
-def drain(pieces: Iterable[bytes], until: Callable[[], bool] | None = None) -> int:
-    """Consume ``pieces`` (read-ahead: the point is the cache they fill)."""
-    total = 0
-    for piece in pieces:
-        total += len(piece)
-        if until is not None and until():
-            break
-    return total

@@ -29,21 +29,22 @@ import pyfuse3
 import trio
 
 from ..errors import CasError, InvalidInputError, NamespaceError
-from ..files import FileReader
+from ..files import FileReader, NodeCache, file_leaves
 from ..names.directory import MAX_NAME_BYTES, DirEntry
 from ..names.namespace import Node
 from .handles import (
     READ_AHEAD_BYTES,
+    READ_AHEAD_PARALLEL,
     READ_AHEAD_STEP,
     BlockCache,
-    CachedBlocks,
-    CacheMiss,
+    BlockFetcher,
     CacheOnly,
     FileState,
     Handle,
     ReadState,
     Staging,
     read_cached,
+    read_through,
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .tree import MountTree
@@ -110,8 +111,8 @@ class CasOperations(pyfuse3.Operations):
         self.tree = tree
         self.inodes = InodeTable()
         self.cache = BlockCache(cache_bytes) if cache_bytes else BlockCache()
-        self.cached_blocks = CachedBlocks(tree.blocks, self.cache)
-        self._cache_only = CacheOnly(self.cache)
+        self.fetcher = BlockFetcher(self.cache, tree.blocks, run)
+        self.nodes = NodeCache()  # decoded file-tree nodes, shared by every reader
         self._staging_dir = staging_dir
         self._nursery = nursery
         self.read_only = read_only
@@ -486,38 +487,45 @@ class CasOperations(pyfuse3.Operations):
             rs = handle.read
             if rs is None or rs.cid != state.cid:
                 cid = state.cid
-                await self._fetch(cid)
-                handle.read = rs = ReadState(cid, FileReader(self._cache_only, cid))
-            while True:
-                try:
-                    data = read_cached(rs.reader, off, size)
-                    break
-                except CacheMiss as miss:
-                    await self._fetch(miss.cid)
+                view = CacheOnly(self.cache)
+                reader = await read_through(view, self.fetcher, lambda: FileReader(view, cid, nodes=self.nodes))
+                handle.read = rs = ReadState(cid, reader, view)
+            reading = rs
+            data = await read_through(rs.view, self.fetcher, lambda: read_cached(reading.reader, off, size))
             if rs.note_read(off, len(data)):
                 rs.ahead_running = True
                 self._nursery.start_soon(self._read_ahead, handle, rs)
             return data
 
-    async def _fetch(self, cid: Any) -> None:
-        await self._store(self.cached_blocks.get, cid)
-
     async def _read_ahead(self, handle: Handle, rs: ReadState) -> None:
-        """Pull the blocks of the next READ_AHEAD_BYTES into the cache."""
+        """Fetch the leaves of the next READ_AHEAD_BYTES into the cache,
+        READ_AHEAD_PARALLEL at a time (each one in a fetcher thread)."""
+        view = CacheOnly(self.cache)
+        slots = trio.Semaphore(READ_AHEAD_PARALLEL)
+
+        async def fetch(cid: Any) -> None:
+            try:
+                await self.fetcher.get(cid)
+            except (CasError, OSError) as exc:  # the reader meets it again, and reports it
+                log.warning("read-ahead of %s stopped at %s: %s", rs.cid, cid, exc)
+            finally:
+                slots.release()
+
         try:
-            reader = FileReader(self.cached_blocks, rs.cid) if rs.cid in self.cache else None
-            if reader is None:
-                return
-            while handle.read is rs and rs.ahead_to < min(rs.reader.size, rs.next_offset + READ_AHEAD_BYTES):
-                start = max(rs.ahead_to, rs.next_offset)
-                length = min(READ_AHEAD_STEP, rs.reader.size - start)
-
-                def fetch() -> None:
-                    reader.seek(start)
-                    reader.read(length)
-
-                await self._store(fetch)
-                rs.ahead_to = start + length
+            async with trio.open_nursery() as nursery:
+                while handle.read is rs and rs.ahead_to < min(rs.reader.size, rs.next_offset + READ_AHEAD_BYTES):
+                    start = max(rs.ahead_to, rs.next_offset)
+                    length = min(READ_AHEAD_STEP, rs.reader.size - start)
+                    spans = await read_through(
+                        view, self.fetcher,
+                        lambda: list(file_leaves(view, rs.cid, start, length, nodes=self.nodes)))
+                    for span in spans:
+                        if handle.read is not rs:
+                            break
+                        if self.fetcher.wanted(span.cid):
+                            await slots.acquire()
+                            nursery.start_soon(fetch, span.cid)
+                    rs.ahead_to = start + length
         except (CasError, OSError) as exc:
             log.warning("read-ahead of %s stopped: %s", rs.cid, exc)
         finally:

@@ -416,6 +416,56 @@ def test_sequential_small_reads_fetch_each_block_once(deep_file) -> None:
     assert len(store.gets) == len(set(store.gets)) == len(store.blocks) - 1  # root fetched at open
 
 
+def test_file_leaves_lists_the_leaves_of_a_range_without_fetching_them(deep_file) -> None:
+    store, cid, data = deep_file
+    everything = list(files.file_leaves(store, cid))
+    assert everything[0].offset == 0
+    for before, after in zip(everything, everything[1:]):
+        assert after.offset == before.offset + before.size
+    assert everything[-1].offset + everything[-1].size == len(data)
+    for span in everything[:5]:
+        assert store.blocks[span.cid] == data[span.offset : span.offset + span.size]
+    store.gets.clear()
+    some = list(files.file_leaves(store, cid, 1_000_000, 700_000))
+    assert not any(c.codec == RAW for c in store.gets)
+    assert some[0].offset <= 1_000_000 < some[0].offset + some[0].size
+    assert some[-1].offset < 1_700_000 <= some[-1].offset + some[-1].size
+    assert some == [s for s in everything if s.offset < 1_700_000 and s.offset + s.size > 1_000_000]
+    assert list(files.file_leaves(store, cid, len(data), 10)) == []
+
+
+def test_file_leaves_of_a_one_block_file_is_its_root() -> None:
+    store = RecordingStore()
+    result = files.add_bytes(store, b"tiny")
+    assert list(files.file_leaves(store, result.cid)) == [files.LeafSpan(result.cid, 0, 4)]
+
+
+def test_readers_sharing_a_node_cache_decode_each_node_once(deep_file) -> None:
+    store, cid, data = deep_file
+    nodes = files.NodeCache()
+    rng = random.Random(5)
+    offsets = [rng.randrange(0, len(data)) for _ in range(50)]
+    first = files.FileReader(store, cid, nodes=nodes)
+    for offset in offsets:
+        first.seek(offset)
+        assert first.read(100) == data[offset : offset + 100]
+    store.gets.clear()
+    second = files.FileReader(store, cid, nodes=nodes)
+    for offset in offsets:
+        second.seek(offset)
+        assert second.read(100) == data[offset : offset + 100]
+    assert [c for c in store.gets if c.codec != RAW] == []
+
+
+def test_node_cache_is_bounded_by_links() -> None:
+    store = RecordingStore()
+    root, _ = build(store, small_chunks("many", 64), fanout=4)
+    nodes = files.NodeCache(max_links=12)
+    reader = files.FileReader(store, root, nodes=nodes)
+    assert reader.read() == b"".join(small_chunks("many", 64))
+    assert nodes._links <= 12
+
+
 def test_negative_ranges_are_refused(deep_file) -> None:
     store, cid, _ = deep_file
     with pytest.raises(InvalidInputError):

@@ -61,6 +61,24 @@ def test_large_blocks_are_files_and_small_ones_are_not(store):
     assert sorted(store.blocks.iterate()) == sorted([small.cid, large.cid])
 
 
+def test_get_file_block_reads_block_files_from_any_thread_and_only_those(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    small, missing = Block.of(RAW, b"small"), big("never stored")
+    large = [big(f"large {i}") for i in range(8)]
+    for block in [small, *large]:
+        store.blocks.put(block)
+    with ThreadPoolExecutor(4) as pool:  # the database is never touched, so threads are fine
+        got = list(pool.map(store.blocks.get_file_block, [b.cid for b in large] * 4))
+    assert got == [b.data for b in large] * 4
+    assert store.blocks.get_file_block(small.cid) is None  # in the database: ask get()
+    assert store.blocks.get_file_block(missing.cid) is None
+    path = store.blocks.path_of(large[0].cid)
+    path.write_bytes(b"x" + large[0].data[1:])
+    with pytest.raises(InvalidBlockError, match=str(large[0].cid)):
+        store.blocks.get_file_block(large[0].cid)  # verified like every read
+
+
 def test_a_block_changed_on_disk_fails_its_read_and_nothing_else(store):
     good, bad = big("good"), big("will be damaged")
     store.blocks.put(good)

@@ -66,7 +66,10 @@ class FileBlockStore:
     """A :class:`cas.blocks.BlockStore` over a directory of block files.
 
     Not safe for concurrent use by several processes: the repository's lock
-    guarantees one owner.
+    guarantees one owner. Within the owner, ``get``, ``has`` and ``prefetch``
+    read only immutable files and no state of this object, so they may run
+    in any thread at once; ``put``, ``delete`` and ``barrier`` share the
+    set of shards to sync and stay in one thread at a time.
     """
 
     def __init__(self, blocks_dir: Path, tmp_dir: Path) -> None:

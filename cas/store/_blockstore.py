@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 from ..blocks import Block, verified
 from ..cid import RAW, CID
-from ..errors import InvalidBlockError
+from ..errors import BlockNotFoundError, InvalidBlockError
 from ._blockfiles import FileBlockStore
 from ._database import Database
 
@@ -60,6 +60,24 @@ class RepositoryBlockStore:
                 f"block {cid} is corrupt in the repository's database: its bytes do not "
                 "match its hash; run 'cas repo verify' to list all damage"
             ) from None
+
+    def get_file_block(self, cid: CID) -> bytes | None:
+        """The verified bytes of ``cid`` if it is stored as a block file,
+        else None (a small block, in the database, or no block at all).
+
+        The one read that is safe from any thread, concurrently with every
+        other operation: a block file is immutable once renamed into place
+        (a reader sees the whole file or no file, and an open file survives
+        its deletion by gc), and this touches neither the database (one
+        connection, not for concurrent use) nor any state of this object.
+        Readers use it to read and hash large blocks in several threads at
+        once (the FUSE mount) and fall back to :meth:`get`, in the owner's
+        store thread, when it answers None.
+        """
+        try:
+            return self.files.get(cid)
+        except BlockNotFoundError:
+            return None
 
     def put(self, block: Block) -> bool:
         small = len(block.data) < SMALL_BLOCK_LIMIT
