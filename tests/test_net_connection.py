@@ -342,6 +342,22 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
 
 
 @trio_test
+async def test_a_connection_that_keeps_receiving_outlives_the_idle_timeout() -> None:
+    a, b = await channel_pair(idle_timeout=60)
+    async with serve(a) as client, serve(b, echo_handler):
+        start = trio.current_time()
+        for _ in range(10):  # 450 s in all, never 60 s of silence
+            await trio.sleep(45)
+            assert isinstance(await client.request(m.Ping()), m.Pong)
+        assert not b.closed and trio.current_time() - start >= 450
+        with trio.fail_after(3600):
+            while not b.closed:
+                await trio.sleep(1)
+        assert trio.current_time() - start == pytest.approx(450 + 60, abs=1.5)
+    assert b.stats.closed_because == "idle for 60 s"
+
+
+@trio_test
 async def test_the_rate_limit_answers_busy_and_counts() -> None:
     now = [0.0]
     a, b = await channel_pair()
