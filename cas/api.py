@@ -60,6 +60,7 @@ class Added:
     kind: str  # "file" or "dir"
     size: int
     source: str  # the path added, or "-" for a stream
+    linked_at: str | None = None  # the namespace path, when added with ``to``
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class Repository:
             raise InvalidInputError(f"{to} is a directory; give the new file's full path")
         with self._session() as session:
             result = files.add_stream(session, stream, progress=progress)
-            self._finish_add(result.cid, "file", result.size, pin, to, "")
-        return Added(result.cid, "file", result.size, "-")
+            target = self._finish_add(result.cid, "file", result.size, pin, to, "", 0o644, time.time_ns())
+        return Added(result.cid, "file", result.size, "-", target)
 
     def add_path(
         self,
@@ -137,8 +138,10 @@ class Repository:
         ends with ``/``, else at ``to`` itself), creating missing parents."""
         with self._session() as session:
             imported = trees.import_path(session, path, recursive=recursive, progress=progress)
-            self._finish_add(imported.cid, imported.kind, imported.size, pin, to, Path(path).name)
-        return Added(imported.cid, imported.kind, imported.size, os.fspath(path))
+            target = self._finish_add(
+                imported.cid, imported.kind, imported.size, pin, to, Path(path).name, imported.mode, imported.mtime
+            )
+        return Added(imported.cid, imported.kind, imported.size, os.fspath(path), target)
 
     def _session(self):  # noqa: ANN202 - a context manager giving a BlockStore
         opener = getattr(self._store.blocks, "open_session", None)
@@ -150,21 +153,24 @@ class Repository:
         except PathNotFoundError:
             return False
 
-    def _finish_add(self, cid: CID, kind: str, size: int, pin: bool, to: str | None, name: str) -> None:
+    def _finish_add(
+        self, cid: CID, kind: str, size: int, pin: bool, to: str | None, name: str, mode: int, mtime: int
+    ) -> str | None:
+        """Pin what was added, or link it at ``to``; return the path linked."""
         if to is None:
             if pin:
                 self._store.pin(cid)  # includes the barrier
             else:
                 self.blocks.barrier()
-            return
+            return None
         target = to
         if to.endswith("/") or self._is_dir(to):
             if not name:
                 raise InvalidInputError(f"{to} is a directory; give the new file's full path")
             target = to.rstrip("/") + "/" + name
-        mode = 0o755 if kind == "dir" else 0o644
-        node = Node(target, name, kind, size, mode, time.time_ns(), cid)
+        node = Node(target, name, kind, size, mode, mtime, cid)
         self.namespace.link(target, node, parents=True)
+        return target
 
     # -- reading --------------------------------------------------------------
 

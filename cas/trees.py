@@ -33,6 +33,8 @@ class Imported:
     cid: CID
     kind: str  # "file" or "dir"
     size: int
+    mode: int = 0o644  # of the source: kept when it is linked into the namespace
+    mtime: int = 0
     files: int = 0
     skipped: list[str] = field(default_factory=list)
 
@@ -72,7 +74,9 @@ def import_path(
     if statmod.S_ISDIR(st.st_mode):
         if not recursive:
             raise InvalidInputError(f"{path} is a directory; use -r to add it with its contents")
-        result = Imported(cid=CID.for_data(RAW, b""), kind="dir", size=0)
+        result = Imported(
+            cid=CID.for_data(RAW, b""), kind="dir", size=0, mode=statmod.S_IMODE(st.st_mode), mtime=st.st_mtime_ns
+        )
         entry = _import_dir(store, path, st, result, progress)
         assert entry.cid is not None
         result.cid, result.size = entry.cid, entry.size
@@ -80,7 +84,9 @@ def import_path(
     if not statmod.S_ISREG(st.st_mode):
         raise InvalidInputError(f"{path} is not a regular file or directory")
     added = import_file(store, path, progress)
-    return Imported(cid=added.cid, kind="file", size=added.size, files=1)
+    return Imported(
+        cid=added.cid, kind="file", size=added.size, mode=statmod.S_IMODE(st.st_mode), mtime=st.st_mtime_ns, files=1
+    )
 
 
 def _import_dir(

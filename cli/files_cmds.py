@@ -98,9 +98,15 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
                     item = repo.add_path(path, recursive=args.recursive, to=args.to, progress=progress)
                 added.append(item)
                 out.result(str(item.cid))
-    out.document(
-        {"added": [{"path": a.source, "cid": str(a.cid), "kind": a.kind, "size": a.size} for a in added]}
-    )
+    from .node_cmds import replication_line, replication_report
+
+    copies = replication_report(args, [a.cid for a in added]) or []
+    for a, report in zip(added, copies):
+        out.note(replication_line(a.source, report))
+    doc = [{"path": a.source, "cid": str(a.cid), "kind": a.kind, "size": a.size} for a in added]
+    for entry, report in zip(doc, copies):
+        entry["copies"] = report["copies"]
+    out.document({"added": doc})
     if len(added) > 1 or added[0].kind == "dir":
         total = sum(a.size for a in added)
         out.note(f"added {len(added)} item(s), {human_size(total)}")

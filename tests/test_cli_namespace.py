@@ -194,3 +194,16 @@ def test_a_tampered_root_record_is_reported_and_the_last_good_root_kept(repo):
     assert cas(repo, "ls", "/") == "kept/\n"
     cas(repo, "mkdir", "/next")  # a new root supersedes the bad one
     assert json.loads(cas(repo, "root", "--json"))["seq"] == 3
+
+
+def test_add_to_keeps_the_source_mode_and_time_and_says_where_it_linked(repo, tmp_path):
+    import os
+
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o750)
+    os.utime(script, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    doc = json.loads(cas(repo, "add", "--json", str(script), "--to", "/bin/"))
+    assert doc["added"][0]["linked_at"] == "/bin/run.sh"
+    stat = json.loads(cas(repo, "stat", "--json", "/bin/run.sh"))
+    assert (stat["mode"], stat["mtime_ns"]) == (0o750, 1_600_000_000_000_000_000)
