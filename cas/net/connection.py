@@ -30,7 +30,9 @@ store) and never verifies content.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -205,6 +207,9 @@ class SecureChannel:
         # in trio, a twentieth of a whole request's round trip).
         self._last_received = trio.current_time()
         self._idle_watched = False
+        # A TCP stream is read and written through its file descriptor (see
+        # _receive_some and _send_frame); any other stream through its methods.
+        self._socket = stream.socket if type(stream) is trio.SocketStream else None
         self.peer = peer
         self.peer_hello: msg.Hello | None = None
         self.idle_timeout = idle_timeout
@@ -237,7 +242,7 @@ class SecureChannel:
                 raise ConnectionClosedError("the connection is closed")
             frame = encode_frame(self._transport.seal(data))
             try:
-                await self._stream.send_all(frame)
+                await self._send_frame(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._close(f"send failed: {exc}")
                 raise ConnectionClosedError("the connection broke while sending") from None
@@ -296,11 +301,50 @@ class SecureChannel:
             await self.strike("malformed message")
             raise
 
+    async def _send_frame(self, frame: bytes) -> None:
+        sock = self._socket
+        if sock is not None:
+            # The kernel nearly always takes a whole frame at once, so write
+            # it straight away: trio's send_all costs three context managers,
+            # a trip through the scheduler and a wrapper per call on top of
+            # the system call. A cancellation point still, not a schedule
+            # point; whatever the kernel does not take goes through send_all.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            fd = sock.fileno()  # -1 once closed: never write to a reused descriptor
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket is closed")
+            try:
+                sent = os.write(fd, frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket write failed: {exc}") from None
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        await self._stream.send_all(frame)
+
     async def _receive_some(self) -> bytes:
         """One read; b"" at the end of the stream or once it is closed."""
+        sock = self._socket
         try:
-            data = await self._stream.receive_some(READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if sock is None:
+                data = await self._stream.receive_some(READ_SIZE)
+            else:
+                # Wait first, then read: the read loop has just drained the
+                # socket, so trying first (as trio's recv does) would cost a
+                # failed system call and an exception per message.
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    fd = sock.fileno()
+                    if fd < 0:
+                        return b""
+                    try:
+                        data = os.read(fd, READ_SIZE)
+                        break
+                    except BlockingIOError:
+                        continue
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
         self._last_received = trio.current_time()
         return data
