@@ -103,7 +103,10 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
     copies = replication_report(args, [a.cid for a in added]) or []
     for a, report in zip(added, copies):
         out.note(replication_line(a.source, report))
-    doc = [{"path": a.source, "cid": str(a.cid), "kind": a.kind, "size": a.size} for a in added]
+    doc = [
+        {"path": a.source, "cid": str(a.cid), "kind": a.kind, "size": a.size, "linked_at": a.linked_at}
+        for a in added
+    ]
     for entry, report in zip(doc, copies):
         entry["copies"] = report["copies"]
     out.document({"added": doc})
