@@ -49,12 +49,15 @@ from .control import (
     serve_control,
 )
 from .dht.driver import DhtDriver, FindResult
+from .dht.replication import DEFAULT_REPLICAS
+from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
-from .errors import CasError, InvalidInputError, RepositoryError
+from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
-from .store import DEFAULT_QUOTA, LocalStore
+from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
+from .store._links import links_of
 
 DEFAULT_PORT = 4710
 KEY_PATH = Path("keys") / "node.key"
@@ -80,6 +83,9 @@ class NodeConfig:
     quota: int = DEFAULT_QUOTA
     """Bytes of other nodes' blocks this node keeps (STORE_BLOCK and blocks
     fetched to answer reads); beyond it STORE_BLOCK is refused as ``full``."""
+    replicas: int = DEFAULT_REPLICAS
+    repair_interval: float = REPAIR_INTERVAL
+    retry_interval: float = RETRY_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,7 @@ class Node:
         self.store: LocalStore | None = None
         self.identity: Identity | None = None
         self.dht: DhtDriver | None = None
+        self.replicator: Replicator | None = None
         self.address: NodeAddress | None = None
         self._store_lock = trio.Lock()
         self._cancel = trio.CancelScope()
@@ -183,11 +190,15 @@ class Node:
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval)
+        replicator = self.replicator = Replicator(
+            dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
+            repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
         control = None
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(dht.run)
+                    await nursery.start(replicator.run)
                     nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
                     if self.config.bootstrap:
                         await dht.bootstrap(self.config.bootstrap)
@@ -235,6 +246,51 @@ class Node:
         self.internal_errors.append(f"{op}: {type(exc).__name__}: {exc}")
         self._log(f"internal error in {op}: {type(exc).__name__}: {exc}")
 
+    # -- reading from the network ----------------------------------------------
+
+    async def fetch(self, cid: CID) -> bytes:
+        """A block this node lacks, from the network (FIND_BLOCK; the driver
+        verifies it and passes over peers that lie), kept as held for the
+        network if the quota has room. Raises BlockNotFoundError if no node
+        has it."""
+        data = await self.replicator.fetch(cid) if self.replicator is not None else None
+        if data is None:
+            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
+        block = Block(cid, data)  # verified again: nothing unverified is kept
+
+        def cache() -> None:
+            assert self.store is not None
+            try:
+                self.store.held.accept(block)
+            except StorageQuotaError:
+                pass  # served, not kept
+
+        await self.in_store_thread(cache)
+        return data
+
+    def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
+        """The blocks of the DAG under ``root`` that this repository has (in
+        the store thread): what replication reports on for one added item."""
+        assert self.store is not None
+        seen: set[CID] = set()
+        order: list[CID] = []
+        stack = [root]
+        while stack and len(order) < limit:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                data = self.store.blocks.get(cid)
+            except CasError:
+                continue
+            order.append(cid)
+            try:
+                stack.extend(links_of(cid, data))
+            except CasError:
+                pass
+        return order
+
     # -- helpers for the op handlers ------------------------------------------
 
     async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -258,6 +314,18 @@ class _StoreThreadBlocks:
     async def get(self, cid: CID) -> bytes:
         assert self._node.store is not None
         return bytes(await self._node.in_store_thread(self._node.store.blocks.get, cid))
+
+    async def held(self) -> list[CID]:
+        assert self._node.store is not None
+        return list(await self._node.in_store_thread(self._node.store.held.cids))
+
+    async def all_blocks(self) -> list[CID]:
+        assert self._node.store is not None
+        return list(await self._node.in_store_thread(lambda: list(self._node.store.blocks.iterate())))
+
+    async def drop(self, cids: list[CID]) -> list[CID]:
+        assert self._node.store is not None
+        return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
 
     async def keep(self, block: Block) -> None:
         """A block a peer placed here (verified): held for the network,
@@ -316,7 +384,13 @@ def _store_ops(node: Node) -> OpTable:
         return bool(await node.in_store_thread(store().blocks.has, _cid_arg(args)))
 
     async def get(args: dict[str, Any], client: ClientState) -> bytes:
-        return bytes(await node.in_store_thread(store().blocks.get, _cid_arg(args)))
+        cid = _cid_arg(args)
+        try:
+            return bytes(await node.in_store_thread(store().blocks.get, cid))
+        except BlockNotFoundError:
+            if node.dht is None or not len(node.dht.table):
+                raise  # alone: the repository is all there is
+            return await node.fetch(cid)
 
     async def session(client: ClientState) -> Any:
         """The connection's write session: gc keeps every block it put (or
@@ -341,7 +415,10 @@ def _store_ops(node: Node) -> OpTable:
             store().held.claim(block.cid)  # a local client's block is own, even if a peer sent it first
             return bool(new)
 
-        return bool(await node.in_store_thread(put_own))
+        new = bool(await node.in_store_thread(put_own))
+        if node.replicator is not None:
+            await node.replicator.place(block.cid)  # queued: the add goes on
+        return new
 
     async def protect(args: dict[str, Any], client: ClientState) -> None:
         await node.in_store_thread((await session(client)).protect, _cid_arg(args))
@@ -459,7 +536,52 @@ def _node_ops(node: Node) -> OpTable:
     async def dht_refresh(args: dict[str, Any], client: ClientState) -> int:
         return await dht().refresh(force=True)
 
-    return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh)}
+    def replicator() -> Replicator:
+        assert node.replicator is not None
+        return node.replicator
+
+    async def replication_status(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
+        """Per CID (a file or directory root): how many of the R closest
+        nodes hold every one of its blocks, waiting up to ``wait`` seconds
+        for placements still in progress."""
+        cids = args.get("cids")
+        wait = args.get("wait", 0)
+        if not isinstance(cids, list) or not all(isinstance(c, CID) for c in cids) or len(cids) > 1024:
+            raise InvalidInputError("argument 'cids' must be a list of at most 1024 CIDs")
+        if type(wait) is not int or not 0 <= wait <= 3600:  # DAG-CBOR: whole seconds
+            raise InvalidInputError("argument 'wait' must be a number of seconds from 0 to 3600")
+        out = []
+        deadline = trio.current_time() + wait
+        for root in cids:
+            blocks = await node.in_store_thread(node.dag_blocks, root)
+            settled = await replicator().wait_settled(blocks, max(0.0, deadline - trio.current_time()))
+            counts = [replicator().copies(cid) for cid in blocks]
+            out.append({
+                "cid": root, "blocks": len(blocks), "replicas": replicator().replicas,
+                # a block never placed (no peers when it was put) has its local copy only
+                "copies": min((1 if c is None else c) for c in counts) if counts else 0,
+                "settled": settled,
+                "reachable": len(dht().table),
+            })
+        return out
+
+    async def replication_repair(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
+        """Run a repair round now (the same as the periodic one)."""
+        report = await replicator().repair()
+        return {"blocks": report.blocks, "stores": report.stores, "dropped": report.dropped,
+                "short": report.short}
+
+    async def replication_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
+        assert node.store is not None
+        r = replicator()
+        return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
+                "stores_sent": r.stats.stores_sent, "repair_rounds": r.stats.rounds,
+                "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
+                "quota": node.store.held.quota}
+
+    return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
+            "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),
+            "replication_stats": Op(replication_stats)}
 
 
 # -- the process ------------------------------------------------------------------------

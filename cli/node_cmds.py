@@ -35,6 +35,12 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="close connections that do not complete the handshake in time (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="close connections silent for this long (default 120)")
+    p.add_argument("--replicas", type=_replicas, default=None, metavar="R",
+                   help="copies of every block kept on the nodes closest to it (default 3)")
+    p.add_argument("--quota", type=_size, default=None, metavar="SIZE",
+                   help="storage for other nodes' blocks, e.g. 500M or 20G (default 10G)")
+    p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
+                   help="how often every block's copies are checked and repaired (default 600)")
     p.set_defaults(run=cmd_daemon)
 
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
@@ -72,6 +78,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _replicas(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError("must be from 1 to 20 (k)")
+    return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 500M or 20G")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
 def _client(args: argparse.Namespace) -> control.ControlClient:
     client = control.connect(repo_path(args))
     if client is None:
@@ -90,6 +118,12 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.handshake_timeout = args.handshake_timeout
     if args.idle_timeout is not None:
         config.idle_timeout = args.idle_timeout
+    if args.replicas is not None:
+        config.replicas = args.replicas
+    if args.quota is not None:
+        config.quota = args.quota
+    if args.repair_interval is not None:
+        config.repair_interval = args.repair_interval
 
     def ready(address: NodeAddress) -> None:
         out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
@@ -98,6 +132,40 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     run_daemon(config, ready)
     out.note("cas daemon: stopped")
     return 0
+
+
+REPLICATION_WAIT = 120
+"""Seconds ``cas add`` waits at its end for placements still in flight
+before it reports (they go on in the daemon either way)."""
+
+
+def replication_report(args: argparse.Namespace, cids: list[Any]) -> list[dict[str, Any]] | None:
+    """Copies reached by each added item, if a daemon with peers did the add
+    (None when offline or alone: there is nothing to report)."""
+    client = control.connect(repo_path(args))
+    if client is None:
+        return None
+    with client:
+        try:
+            reports = client.call("replication_status", cids=cids, wait=REPLICATION_WAIT)
+        except control.ControlProtocolError:
+            return None  # an older daemon without the op
+    if not reports or all(r["reachable"] == 0 for r in reports):
+        return None
+    return list(reports)
+
+
+def replication_line(name: str, report: dict[str, Any]) -> str:
+    copies, wanted = report["copies"], report["replicas"]
+    line = f"{name}: stored on {copies} of {wanted} nodes"
+    if copies < wanted:
+        if report["reachable"] + 1 < wanted:
+            line += f" (only {report['reachable'] + 1} nodes reachable); retrying in the background"
+        elif not report["settled"]:
+            line += "; placement continues in the background"
+        else:
+            line += "; retrying in the background"
+    return line
 
 
 def cmd_id(args: argparse.Namespace, out: Output) -> int:

@@ -162,8 +162,12 @@ def test_dht_find_of_a_cid_says_which_close_nodes_hold_the_block(tmp_path: Path,
     b = daemons.start(tmp_path / "b", bootstrap=[a.address])
     c = daemons.start(tmp_path / "c", bootstrap=[a.address])
     cid = run_cas("add", "-q", "-", repo=a.repo, input=b"held by a").stdout.decode().strip()
+    # With R = 3 and three nodes, the add placed a copy on each of the others.
     found = json.loads(run_cas("dht", "find", "--json", cid, repo=b.repo).stdout)
-    assert found["cid"] == cid and found["local_has"] is False
-    assert {x["id"]: x["has"] for x in found["closest"]} == {a.node_id: True, c.node_id: False}
+    assert found["cid"] == cid and found["local_has"] is True
+    assert {x["id"]: x["has"] for x in found["closest"]} == {a.node_id: True, c.node_id: True}
+    never = "bafkr4i" + "a" * 52  # a CID nobody holds
+    found = json.loads(run_cas("dht", "find", "--json", never, repo=b.repo).stdout)
+    assert found["local_has"] is False and {x["has"] for x in found["closest"]} == {False}
     text = run_cas("dht", "find", cid, repo=c.repo).stdout.decode()
     assert f"{a.node_id}  {a.address}  has it" in text

@@ -1,0 +1,316 @@
+"""The trio side of replication: placement queue, fetch, repair loop.
+
+Owns: the bounded queue of blocks waiting to be placed and the worker tasks
+that place them (a FIND_NODE lookup for the block's key, then the
+STORE_BLOCK requests :class:`~cas.dht.replication.Placement` asks for), the
+last known copy count of every block placed, the background retry of blocks
+short of R copies, fetching a block the node lacks (FIND_BLOCK, verified by
+the driver), and the periodic repair round (lookups, one batched HAVE per
+peer, the stores the plans ask for, and dropping held copies the plans
+release).
+
+Must never: decide where copies go or whether one may be dropped (the
+sans-IO planner in :mod:`cas.dht.replication` does), touch the repository
+other than through the :class:`ReplicaStore` it is given (the node runs
+those calls in its store thread), or let one block's failure stop the
+others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from ..cid import CID
+from ..errors import CasError
+from ..net.messages import MAX_HAVE_CIDS
+from .driver import DhtDriver
+from .ids import key_for_digest
+from .replication import DEFAULT_REPLICAS, Placement, chunks, have_batches, may_drop
+from .routing import Contact
+
+PLACEMENT_WORKERS = 4
+"""Blocks placed at once. Each holds one lookup and up to R stores in
+flight; four keep an add's pipeline full on a LAN without starving lookups
+made for reads."""
+
+QUEUE_SIZE = 1024
+"""Blocks waiting to be placed before a client's ``put`` waits (about
+256 MiB of average blocks: the add runs ahead of placement by that much)."""
+
+RETRY_INTERVAL = 30.0
+"""Seconds between retries of blocks placed on fewer than R nodes."""
+
+REPAIR_INTERVAL = 600.0
+"""Seconds between repair rounds over every block this node holds
+(Kademlia republishes hourly; blocks are checked more often because a
+missing copy costs more than a stale record). Tests use a second or two."""
+
+LOOKUP_CONCURRENCY = 4
+"""Lookups in flight during a repair round."""
+
+
+class ReplicaStore(Protocol):
+    """What replication needs of the node's repository (the node runs each
+    call in its store thread)."""
+
+    async def get(self, cid: CID) -> bytes: ...
+
+    async def held(self) -> list[CID]:
+        """Blocks kept for the network (may be dropped when safe elsewhere)."""
+        ...
+
+    async def all_blocks(self) -> list[CID]: ...
+
+    async def drop(self, cids: list[CID]) -> list[CID]:
+        """Delete those held blocks that no pin, root or writer needs."""
+        ...
+
+
+@dataclass
+class RepairReport:
+    """What one repair round did."""
+
+    blocks: int = 0
+    stores: int = 0
+    dropped: int = 0
+    short: int = 0
+
+
+@dataclass
+class ReplicationStats:
+    queued: int = 0
+    placed: int = 0
+    stores_sent: int = 0
+    rounds: int = 0
+    last_round: RepairReport = field(default_factory=RepairReport)
+
+
+class Replicator:
+    """Replication for one node. ``await nursery.start(replicator.run)``."""
+
+    def __init__(self, dht: DhtDriver, store: ReplicaStore, *, replicas: int = DEFAULT_REPLICAS,
+                 workers: int = PLACEMENT_WORKERS, queue_size: int = QUEUE_SIZE,
+                 retry_interval: float = RETRY_INTERVAL, repair_interval: float = REPAIR_INTERVAL) -> None:
+        self.dht = dht
+        self.store = store
+        self.replicas = replicas
+        self.workers = workers
+        self.retry_interval = retry_interval
+        self.repair_interval = repair_interval
+        self._send, self._receive = trio.open_memory_channel[CID](queue_size)
+        self._pending: set[CID] = set()
+        self._copies: dict[CID, int] = {}
+        self._short: set[CID] = set()
+        self._changed = trio.Event()
+        self._repair_lock = trio.Lock()
+        self.stats = ReplicationStats()
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            nursery.start_soon(self._retry_loop)
+            nursery.start_soon(self._repair_loop)
+            task_status.started()
+
+    # -- placement --------------------------------------------------------------
+
+    async def place(self, cid: CID) -> None:
+        """Queue ``cid`` for placement on the R closest nodes; waits only if
+        the queue is full (the add runs at most QUEUE_SIZE blocks ahead)."""
+        if cid in self._pending:
+            return
+        self._pending.add(cid)
+        self.stats.queued += 1
+        await self._send.send(cid)
+
+    def copies(self, cid: CID) -> int | None:
+        """Members of the placement set known to hold ``cid`` after its last
+        placement or repair (None: never placed)."""
+        return self._copies.get(cid)
+
+    def pending(self, cid: CID) -> bool:
+        return cid in self._pending
+
+    async def wait_settled(self, cids: Iterable[CID], timeout: float) -> bool:
+        """Wait until none of ``cids`` is queued or being placed; False if
+        ``timeout`` ran out first."""
+        wanted = set(cids)
+        with trio.move_on_after(timeout):
+            while wanted & self._pending:
+                await self._changed.wait()
+            return True
+        return False
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _worker(self) -> None:
+        async for cid in self._receive:
+            try:
+                copies = await self._place_one(cid)
+            except CasError:
+                copies = 1  # the local copy; the retry loop tries again
+            except Exception:
+                self._pending.discard(cid)
+                self._notify()
+                raise
+            self._record(cid, copies)
+            self._pending.discard(cid)
+            self.stats.placed += 1
+            self._notify()
+
+    def _record(self, cid: CID, copies: int) -> None:
+        self._copies[cid] = copies
+        if copies < self.replicas:
+            self._short.add(cid)
+        else:
+            self._short.discard(cid)
+
+    async def _place_one(self, cid: CID) -> int:
+        if not len(self.dht.table):
+            return 1  # alone: the local copy is all there is
+        key = key_for_digest(cid.digest)
+        found = await self.dht.find_node(key)
+        plan = Placement(key, found.lookup.closest, own_id=self.dht.own_id, local=True,
+                         replicas=self.replicas)
+        data = await self.store.get(cid)
+        await self._execute(plan, cid, data)
+        return plan.copies
+
+    async def _execute(self, plan: Placement, cid: CID, data: bytes) -> int:
+        """Send the stores ``plan`` asks for until it is done; returns how many were sent."""
+        send, receive = trio.open_memory_channel[tuple[Contact, str]](math.inf)
+        sent = 0
+
+        async def store(peer: Contact) -> None:
+            outcome = await self.dht.store_block(peer, cid, data)
+            send.send_nowait((peer, outcome.status))
+
+        async with trio.open_nursery() as nursery:
+            def launch(actions: Sequence[object]) -> None:
+                nonlocal sent
+                for action in actions:
+                    nursery.start_soon(store, action.peer)  # type: ignore[attr-defined]
+                    sent += 1
+
+            launch(plan.next_actions())
+            while not plan.done:
+                peer, status = await receive.receive()
+                if status == "stored":
+                    launch(plan.on_stored(peer))
+                elif status == "refused":
+                    launch(plan.on_refused(peer))
+                else:
+                    launch(plan.on_failed(peer))
+        self.stats.stores_sent += sent
+        return sent
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await trio.sleep(self.retry_interval)
+            for cid in list(self._short):
+                if cid not in self._pending:
+                    await self.place(cid)
+
+    # -- fetching -----------------------------------------------------------------
+
+    async def fetch(self, cid: CID) -> bytes | None:
+        """The block from the network (verified), or None if no node has it."""
+        if not len(self.dht.table):
+            return None
+        found = await self.dht.find_block(cid)
+        return found.block
+
+    # -- repair -------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        while True:
+            await trio.sleep(self.repair_interval)
+            await self.repair()
+
+    async def repair(self) -> RepairReport:
+        """One round over every block this node holds: find each one's
+        closest nodes, ask them HAVE in one batch per peer, store where
+        copies are missing (and on closer newcomers), and drop held copies
+        this node is no longer responsible for once R others are confirmed."""
+        async with self._repair_lock:
+            report = RepairReport()
+            if not len(self.dht.table):
+                return report
+            held = set(await self.store.held())
+            blocks = await self.store.all_blocks()
+            report.blocks = len(blocks)
+            closest = await self._lookups(blocks)
+            presence = await self._have(closest)
+            droppable: list[CID] = []
+            for cid in blocks:
+                contacts = closest.get(cid)
+                if contacts is None:
+                    continue
+                key = key_for_digest(cid.digest)
+                plan = Placement(key, contacts, own_id=self.dht.own_id, local=True,
+                                 replicas=self.replicas, known=presence.get(cid, {}))
+                if not plan.done:
+                    try:
+                        data = await self.store.get(cid)
+                    except CasError:
+                        continue  # gone meanwhile (gc, a drop)
+                    report.stores += await self._execute(plan, cid, data)
+                self._record(cid, plan.copies)
+                if not plan.complete:
+                    report.short += 1
+                if may_drop(plan, own=cid not in held):
+                    droppable.append(cid)
+            if droppable:
+                report.dropped = len(await self.store.drop(droppable))
+            self.stats.rounds += 1
+            self.stats.last_round = report
+            return report
+
+    async def _lookups(self, blocks: list[CID]) -> dict[CID, list[Contact]]:
+        out: dict[CID, list[Contact]] = {}
+        limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+
+        async def one(cid: CID) -> None:
+            async with limit:
+                try:
+                    found = await self.dht.find_node(key_for_digest(cid.digest))
+                except CasError:
+                    return
+                out[cid] = list(found.lookup.closest)
+
+        async with trio.open_nursery() as nursery:
+            for cid in blocks:
+                nursery.start_soon(one, cid)
+        return out
+
+    async def _have(self, closest: dict[CID, list[Contact]]) -> dict[CID, dict[int, bool]]:
+        """HAVE, batched per peer, for each block's R nearest other nodes."""
+        windows = {cid: contacts[: self.replicas] for cid, contacts in closest.items()}
+        by_peer = have_batches(windows, MAX_HAVE_CIDS)
+        contacts = {c.node_id: c for cs in windows.values() for c in cs}
+        answers: dict[CID, dict[int, bool]] = {}
+        limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
+
+        async def ask(node_id: int, cids: Sequence[CID]) -> None:
+            async with limit:
+                present = await self.dht.have(contacts[node_id], cids)
+            if present is None or len(present) != len(cids):
+                return  # unanswered: the plan stores there (a holder just acknowledges)
+            for cid, has in zip(cids, present):
+                answers.setdefault(cid, {})[node_id] = has
+
+        async with trio.open_nursery() as nursery:
+            for node_id, cids in by_peer.items():
+                for batch in chunks(cids, MAX_HAVE_CIDS):
+                    nursery.start_soon(ask, node_id, batch)  # type: ignore[arg-type]
+        return answers

@@ -1,0 +1,167 @@
+"""Replication as real processes on 127.0.0.1: a file added through one
+daemon is placed on the R = 3 nodes closest to each block (checked against
+the global view of node IDs), the add says so, it survives its adder's
+kill -9 and is read intact through another node, a full node refuses and
+the copy goes to the next closest, and after a holder dies the repair loop
+restores R copies within a deadline.
+
+Every daemon runs with ``--repair-interval 1.5``; every wait is a condition
+polled with a deadline; every process is stopped by PID
+(:class:`tests.nodeproc.Daemons`)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cas.blocks import Block
+from cas.cid import RAW, CID, parse_cid
+from cas.control import ControlClient, socket_path
+from cas.dht.ids import key_for_digest
+from cas.store._links import links_of
+from tests.conftest import pseudo_random, run_cas
+from tests.nodeproc import Daemon, Daemons, wait_until
+
+R = 3
+NODES = 7
+REPAIR = ["--repair-interval", "1.5"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    with Daemons() as d:
+        yield d
+
+
+def start_network(tmp_path: Path, daemons: Daemons, extra: dict[int, list[str]] | None = None) -> list[Daemon]:
+    extra = extra or {}
+    first = daemons.start(tmp_path / "n0", extra=[*REPAIR, *extra.get(0, [])])
+    rest = [daemons.start(tmp_path / f"n{i}", bootstrap=[first.address], wait=False,
+                          extra=[*REPAIR, *extra.get(i, [])]) for i in range(1, NODES)]
+    for daemon in rest:
+        daemons.wait_ready(daemon, timeout=60)
+    nodes = [first, *rest]
+    for daemon in nodes:  # joins happened in any order: everyone knows everyone
+        run_cas("dht", "refresh", repo=daemon.repo)
+    return nodes
+
+
+def node_id(daemon: Daemon) -> int:
+    return int(daemon.node_id, 16)
+
+
+def closest(cid: CID, nodes: list[Daemon], n: int = R) -> list[Daemon]:
+    key = key_for_digest(cid.digest)
+    return sorted(nodes, key=lambda d: node_id(d) ^ key)[:n]
+
+
+def has(daemon: Daemon, cid: CID) -> bool:
+    with ControlClient(socket_path(daemon.repo), timeout=10) as client:
+        return bool(client.call("has", cid=cid))
+
+
+def holders(cid: CID, nodes: list[Daemon]) -> set[str]:
+    return {d.node_id for d in nodes if has(d, cid)}
+
+
+def dag(daemon: Daemon, root: CID) -> list[CID]:
+    """Every block of the file under ``root``, read from ``daemon``."""
+    out, stack = [], [root]
+    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
+        while stack:
+            cid = stack.pop()
+            out.append(cid)
+            stack.extend(links_of(cid, client.call("get", cid=cid)))
+    return out
+
+
+def add(daemon: Daemon, data: bytes) -> tuple[CID, str]:
+    result = run_cas("add", "-", repo=daemon.repo, input=data, timeout=120)
+    return parse_cid(result.stdout.decode().strip()), result.stderr.decode()
+
+
+def test_an_added_file_is_on_the_r_closest_nodes_survives_its_adder_and_is_repaired(
+        tmp_path: Path, daemons: Daemons) -> None:
+    nodes = start_network(tmp_path, daemons)
+    assert node_id(nodes[1]) == int(json.loads(run_cas("id", "--json", repo=nodes[1].repo).stdout)["id"], 16)
+    adder, reader = nodes[1], nodes[2]
+    data = pseudo_random(1_500_000, "replicated file")
+    root, note = add(adder, data)
+    assert "stored on 3 of 3 nodes" in note, note
+    blocks = dag(adder, root)
+    assert len(blocks) >= 4
+    for cid in blocks:  # exactly the R closest hold a copy, besides the adder's own
+        expected = {d.node_id for d in closest(cid, nodes)} | {adder.node_id}
+        assert holders(cid, nodes) == expected, cid
+
+    daemons.stop(adder, signal.SIGKILL)
+    live = [d for d in nodes if d is not adder]
+    out = run_cas("cat", str(root), repo=reader.repo, timeout=60).stdout
+    assert out == data
+
+    # Repair: every block is back on the R closest live nodes, and the
+    # reader's cached copies go once they are safe (unless it is responsible).
+    def repaired() -> bool:
+        for cid in blocks:
+            got = holders(cid, live)
+            want = {d.node_id for d in closest(cid, live)}
+            if not want <= got:
+                return False
+            if reader.node_id not in want and reader.node_id in got:
+                return False
+        return True
+
+    wait_until(repaired, timeout=45, what="R copies on the R closest live nodes", interval=0.5)
+
+
+def test_a_full_node_refuses_and_the_next_closest_takes_the_copy_then_repair_replaces_a_dead_holder(
+        tmp_path: Path, daemons: Daemons) -> None:
+    full_index = 3
+    nodes = start_network(tmp_path, daemons, extra={full_index: ["--quota", "1"]})
+    full, adder = nodes[full_index], nodes[0]
+    # A small file (one raw block) whose R nearest nodes include the full one.
+    for i in range(20000):
+        content = b"block for the full node %d" % i
+        cid = Block.of(RAW, content).cid
+        if full in closest(cid, nodes):
+            break
+    else:
+        pytest.fail("no suitable content found")
+    got, note = add(adder, content)
+    assert got == cid
+    assert "stored on 3 of 3 nodes" in note, note
+    # The full node refused: the next closest took its place.
+    window = closest(cid, [d for d in nodes if d is not full])
+    assert holders(cid, nodes) == {d.node_id for d in window} | {adder.node_id}
+    assert _stats(full)["held_bytes"] == 0
+
+    victim = next(d for d in window if d is not adder)
+    daemons.stop(victim, signal.SIGKILL)
+    live = [d for d in nodes if d is not victim]
+    want = {d.node_id for d in closest(cid, [d for d in live if d is not full], n=R)}
+    wait_until(lambda: want <= holders(cid, live), timeout=30, what="a third copy after a holder died",
+               interval=0.5)
+    assert not has(full, cid)
+
+
+def test_with_fewer_than_r_nodes_the_add_says_so_and_placement_completes_when_nodes_join(
+        tmp_path: Path, daemons: Daemons) -> None:
+    first = daemons.start(tmp_path / "a", extra=[*REPAIR])
+    second = daemons.start(tmp_path / "b", bootstrap=[first.address], extra=[*REPAIR])
+    root, note = add(first, b"too few nodes")
+    assert "stored on 2 of 3 nodes (only 2 nodes reachable); retrying in the background" in note, note
+    third = daemons.start(tmp_path / "c", bootstrap=[first.address], extra=[*REPAIR])
+    run_cas("dht", "refresh", repo=first.repo)
+    wait_until(lambda: has(third, root), timeout=30, what="the third copy once a third node joined",
+               interval=0.5)
+
+
+def _stats(daemon: Daemon) -> dict:
+    with ControlClient(socket_path(daemon.repo), timeout=10) as client:
+        return dict(client.call("replication_stats"))
