@@ -37,6 +37,11 @@ from ..errors import CasError
 from . import FuseUnavailableError, MountError, require_pyfuse3
 
 FSNAME = "cas"
+KERNEL_READ_AHEAD_KIB = 1024
+"""How far the kernel reads ahead in the mount's files. FUSE's default of
+128 KiB also caps each read request at 128 KiB; at 1 MiB a sequential read
+costs the mount ~35% less CPU per byte (bench/mount.py): fewer, larger
+requests, several in flight at once."""
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
 
@@ -72,6 +77,38 @@ def is_mounted(path: Path) -> bool:
     except OSError:
         pass
     return False
+
+
+def mount_device(path: Path) -> str | None:
+    """The "major:minor" of the file system mounted at ``path``, from
+    /proc/self/mountinfo (a stat() of our own mount point from the process
+    that serves it would wait for itself)."""
+    target = str(path.expanduser().absolute())
+    device = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    device = fields[2]  # the last one listed is the top mount
+    except OSError:
+        return None
+    return device
+
+
+def set_kernel_read_ahead(path: Path, kib: int) -> bool:
+    """Let the kernel read ``kib`` KiB ahead in files of the mount at
+    ``path`` (the FUSE default is 128 KiB, which also caps each read request
+    at 128 KiB). Needs root; False, with nothing changed, where not allowed."""
+    device = mount_device(path)
+    if device is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError:
+        return False
+    return True
 
 
 def _unescape(text: str) -> str:
@@ -116,6 +153,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                         return
 
                 nursery.start_soon(watch)
+                nursery.start_soon(_tune_read_ahead, config.mountpoint)
                 on_ready()
                 await pyfuse3.main()
             await ops.commit_all()
@@ -124,6 +162,21 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                 pyfuse3.close(unmount=True)
             node.stop()
             nursery.cancel_scope.cancel()
+
+
+async def _tune_read_ahead(mountpoint: Path) -> None:
+    """Raise the kernel's read-ahead once the kernel has initialised the
+    mount (it sets read_ahead_kb itself while processing FUSE's INIT). A
+    stat() of the mount point from a worker thread returns only after INIT,
+    since the kernel holds every request until then, and this process
+    answers it."""
+    import trio
+
+    try:
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except OSError:
+        return
+    set_kernel_read_ahead(mountpoint, KERNEL_READ_AHEAD_KIB)
 
 
 def run_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
