@@ -1,4 +1,5 @@
-"""The mount's bookkeeping as plain objects: inode table, block cache, staging."""
+"""The mount's bookkeeping as plain objects: inode table, block cache and
+fetcher, staging."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from pathlib import Path
 
 from cas.cid import RAW
 from cas.blocks import Block
-from cas.fuse.handles import BlockCache, CacheMiss, CacheOnly, Staging
+import trio
+
+from cas import files
+from cas.fuse.handles import BlockCache, BlockFetcher, CacheMiss, CacheOnly, Staging, read_through
+from cas.store import SMALL_BLOCK_LIMIT, LocalStore
+from tests.conftest import pseudo_random
 from cas.fuse.inodes import ROOT_INODE, InodeTable
 
 
@@ -99,3 +105,40 @@ def test_staging_writes_anywhere_and_reads_back(tmp_path: Path) -> None:
         assert stream.read() == b"hello"
     staging.close()
     assert list(tmp_path.iterdir()) == []  # anonymous from the start
+
+
+def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "repo") as store:
+        data = pseudo_random(3 * 1024 * 1024, seed="fetch")
+        added = files.add_bytes(store.blocks, data, fanout=2)
+        store.blocks.barrier()
+        leaves = list(files.file_leaves(store.blocks, added.cid))
+        from_files: list[object] = []
+        in_store: list[object] = []
+
+        class Blocks:  # the repository's store, watched
+            def get_file_block(self, cid):
+                from_files.append(cid)
+                return store.blocks.get_file_block(cid)
+
+            def get(self, cid):
+                in_store.append(cid)
+                return store.blocks.get(cid)
+
+        async def run_in_store(fn, *args):  # stands in for Node.in_store_thread
+            return await trio.to_thread.run_sync(fn, *args)
+
+        async def main() -> bytes:
+            fetcher = BlockFetcher(BlockCache(), Blocks(), run_in_store)
+            async with trio.open_nursery() as nursery:  # several wanting one block at once
+                for _ in range(3):
+                    nursery.start_soon(fetcher.get, leaves[0].cid)
+            view = CacheOnly(fetcher.cache)
+            reader = await read_through(view, fetcher, lambda: files.FileReader(view, added.cid))
+            return await read_through(view, fetcher, lambda: (reader.seek(0), reader.read())[1])
+
+        assert trio.run(main) == data
+        assert from_files.count(leaves[0].cid) == 1  # fetched once
+        large = {s.cid for s in leaves if s.size >= SMALL_BLOCK_LIMIT}
+        assert large and large <= set(from_files) and not large & set(in_store)
+        assert in_store and not any(store.blocks.files.has(cid) for cid in in_store)  # small ones only

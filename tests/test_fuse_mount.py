@@ -79,6 +79,38 @@ def test_two_readers_of_one_file_at_once(tmp_path: Path, repo: Path) -> None:
         assert results == [data, data]
 
 
+def test_sequential_and_random_reads_of_a_multi_level_file(tmp_path: Path, repo: Path) -> None:
+    # > 1024 leaves: a root over interior nodes, so reads cross subtrees and
+    # read-ahead lists leaves under several nodes.
+    data = pseudo_random(1100 * 64 * 1024 * 5, "levels")
+    (tmp_path / "f").write_bytes(data)
+    run_cas("add", str(tmp_path / "f"), "--to", "/f", repo=repo)
+    with mounted(repo, tmp_path / "mnt") as m:
+        with open(m / "f", "rb", buffering=0) as f:
+            assert f.readall() == data
+        fd = os.open(m / "f", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            rng = __import__("random").Random(4)
+            for _ in range(200):
+                offset = rng.randrange(0, len(data))
+                assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        finally:
+            os.close(fd)
+
+
+def test_the_mount_raises_the_kernel_read_ahead(mnt: Path) -> None:
+    from cas.fuse.mountd import KERNEL_READ_AHEAD_KIB, mount_device
+
+    if os.geteuid() != 0:
+        pytest.skip("only root may change a mount's read-ahead")
+    os.stat(mnt)
+    device = mount_device(mnt)
+    assert device is not None
+    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    wait_for(lambda: path.read_text().strip() == str(KERNEL_READ_AHEAD_KIB), what="read-ahead raised")
+
+
 def test_cas_commands_keep_working_while_mounted(mnt: Path, repo: Path, tmp_path: Path) -> None:
     (mnt / "x").write_bytes(b"from the mount")
     cid = run_cas("add", "-", repo=repo, input=b"from the cli").stdout.split()[-1].decode()
