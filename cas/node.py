@@ -37,7 +37,7 @@ import trio
 
 from . import dagcbor
 from .blocks import Block
-from .cid import CID, parse_cid
+from .cid import RAW, CID, parse_cid
 from .control import (
     MAX_ITERATE_BATCH,
     MAX_PROBLEMS,
@@ -66,6 +66,13 @@ SAVE_INTERVAL = 300.0
 """Seconds between saves of the routing table while running (and once more
 at shutdown): a kill -9 loses at most this much table history."""
 MAX_TABLE_FILE = 1 << 20
+READ_AHEAD = 8
+"""Blocks fetched ahead of a reader that is reading from the network: the
+next siblings (in file order) of a block fetched, each its own FIND_BLOCK
+lookup, all in flight at once, so a sequential read does not pay one
+lookup per block in turn."""
+MAX_READ_AHEAD_INDEX = 65536
+"""Child → (siblings, position) entries remembered for read-ahead."""
 
 
 @dataclass
@@ -154,6 +161,12 @@ class Node:
         self.identity: Identity | None = None
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
+        self._nursery: trio.Nursery | None = None
+        self._fetching: dict[CID, trio.Event] = {}
+        self._siblings: dict[CID, tuple[list[CID], int]] = {}
+        self._fetched: set[CID] = set()
+        self._read_ahead_limit = trio.CapacityLimiter(READ_AHEAD)
+        self.read_ahead_count = 0
         self.address: NodeAddress | None = None
         self._store_lock = trio.Lock()
         self._cancel = trio.CancelScope()
@@ -197,6 +210,7 @@ class Node:
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     await nursery.start(dht.run)
                     await nursery.start(replicator.run)
                     nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
@@ -252,7 +266,66 @@ class Node:
         """A block this node lacks, from the network (FIND_BLOCK; the driver
         verifies it and passes over peers that lie), kept as held for the
         network if the quota has room. Raises BlockNotFoundError if no node
-        has it."""
+        has it. Starts read-ahead of the blocks a sequential reader wants next."""
+        pending = self._fetching.get(cid)
+        if pending is not None:  # being read ahead: wait for it, then look again
+            await pending.wait()
+            assert self.store is not None
+            try:
+                data = bytes(await self.in_store_thread(self.store.blocks.get, cid))
+            except BlockNotFoundError:
+                pass  # not kept (quota): fetch it ourselves
+            else:
+                self.after_read(cid, data)
+                return data
+        data = await self._fetch_and_keep(cid)
+        self.after_read(cid, data)
+        return data
+
+    def after_read(self, cid: CID, data: bytes) -> None:
+        """Read-ahead bookkeeping for a block served to a client: remember
+        where a tree node's children sit, and if this block came from the
+        network (now or by read-ahead), fetch the next ones in the
+        background."""
+        if cid.codec != RAW:
+            try:
+                children = links_of(cid, data)
+            except CasError:
+                children = []
+            if len(self._siblings) > MAX_READ_AHEAD_INDEX:
+                self._siblings.clear()
+            for i, child in enumerate(children):
+                self._siblings[child] = (children, i)
+            if cid in self._fetched:
+                self._read_ahead(children[:READ_AHEAD])
+        if cid in self._fetched:
+            self._fetched.discard(cid)
+            entry = self._siblings.get(cid)
+            if entry is not None:
+                siblings, i = entry
+                self._read_ahead(siblings[i + 1:i + 1 + READ_AHEAD])
+
+    def _read_ahead(self, cids: list[CID]) -> None:
+        if self._nursery is None:
+            return
+        for cid in cids:
+            if cid not in self._fetching and cid not in self._fetched:
+                self._fetching[cid] = trio.Event()
+                self._nursery.start_soon(self._read_ahead_one, cid)
+
+    async def _read_ahead_one(self, cid: CID) -> None:
+        assert self.store is not None
+        try:
+            async with self._read_ahead_limit:
+                if not await self.in_store_thread(self.store.blocks.has, cid):
+                    await self._fetch_and_keep(cid)
+                    self.read_ahead_count += 1
+        except CasError:
+            pass  # the reader will ask again and get the error itself
+        finally:
+            self._fetching.pop(cid).set()
+
+    async def _fetch_and_keep(self, cid: CID) -> bytes:
         data = await self.replicator.fetch(cid) if self.replicator is not None else None
         if data is None:
             raise BlockNotFoundError(cid, "the repository nor on any node of the network")
@@ -266,6 +339,9 @@ class Node:
                 pass  # served, not kept
 
         await self.in_store_thread(cache)
+        if len(self._fetched) > MAX_READ_AHEAD_INDEX:
+            self._fetched.clear()
+        self._fetched.add(cid)  # came from the network: reading it reads ahead
         return data
 
     def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
@@ -386,11 +462,14 @@ def _store_ops(node: Node) -> OpTable:
     async def get(args: dict[str, Any], client: ClientState) -> bytes:
         cid = _cid_arg(args)
         try:
-            return bytes(await node.in_store_thread(store().blocks.get, cid))
+            data = bytes(await node.in_store_thread(store().blocks.get, cid))
         except BlockNotFoundError:
             if node.dht is None or not len(node.dht.table):
                 raise  # alone: the repository is all there is
             return await node.fetch(cid)
+        if (cid.codec != RAW or cid in node._fetched) and node.dht is not None and len(node.dht.table):
+            node.after_read(cid, data)  # tree nodes: where their children sit, for read-ahead
+        return data
 
     async def session(client: ClientState) -> Any:
         """The connection's write session: gc keeps every block it put (or
@@ -577,7 +656,7 @@ def _node_ops(node: Node) -> OpTable:
         return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
                 "stores_sent": r.stats.stores_sent, "repair_rounds": r.stats.rounds,
                 "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
-                "quota": node.store.held.quota}
+                "quota": node.store.held.quota, "read_ahead": node.read_ahead_count}
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
             "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),
