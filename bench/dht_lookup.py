@@ -9,33 +9,45 @@ What it measures, in one run:
    Noise-encrypted, authenticated TCP, connections pooled), as the daemon
    reports it; messages are the queries the lookup sent.
 2. **cas, 50 nodes in one process**: the same DHT driver, 50 nodes in one
-   trio run (one core), the same number of lookups: the like-for-like
-   comparison with (3).
+   trio run (one core): the like-for-like comparison with (3).
 3. **kademlia** (PyPI ``kademlia``, bmuller's, asyncio over UDP, no
    encryption): 50 ``Server`` nodes in one process, bootstrapped the same
-   way, the same number of lookups of random keys with its
-   ``NodeSpiderCrawl`` (what its ``get``/``set`` run), k = 20, alpha = 3.
+   way, lookups of random keys with its ``NodeSpiderCrawl`` (what its
+   ``get``/``set`` run), k = 20, alpha = 3.
 4. **ceilings**: one trio TCP round trip on loopback (64 bytes echoed), and
    one cas PING round trip over an established secure channel.
 
-Each lookup set is preceded by a warm-up of the same size that is not
-counted (connections, caches). Target (issue 5): cas p50 no worse than
-kademlia's while every message is encrypted and authenticated.
+The three networks run at the same time (kademlia's asyncio loop and cas's
+trio loop each in a thread of this process, the daemons beside it), and the
+measured lookups are taken in interleaved rounds, a block from each system
+in turn, so that a burst of load on this shared machine falls on all of them
+alike and the ratios stay meaningful; each system's lookups are pooled for
+its percentiles. Only one system works at a time: the other loops are idle.
+Before the rounds, every system does as many unmeasured warm-up lookups
+(connections, caches), and then the garbage collector's view of the set-up is
+frozen (``gc.freeze``): otherwise every full collection rescans the state of
+100 nodes held in this one process, pauses of 0.1-0.4 s that land on
+whichever lookup is running and say nothing about a node, which holds one.
+
+Target (issue 5): cas p50 no worse than kademlia's while every message is
+encrypted and authenticated.
 
 Needs the ``kademlia`` package, which nothing else in cas uses and the tests
 do not need::
 
     .venv/bin/pip install kademlia          # 2.2.3 measured
-    .venv/bin/python bench/dht_lookup.py    # --nodes 50 --lookups 200
+    .venv/bin/python bench/dht_lookup.py    # --nodes 50 --lookups 200 --rounds 10
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
+import queue
 import random
 import select
 import signal
@@ -43,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -94,154 +107,230 @@ def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
     return line.decode().split()[4]
 
 
-def bench_cas_processes(nodes: int, lookups: int, rng: random.Random) -> dict[str, float]:
-    from cas.control import ControlClient, socket_path
+class CasProcesses:
+    """50 ``cas daemon`` processes, asked through their control sockets."""
 
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="cas-dht-bench-") as tmp:
+    name = "cas, {nodes} processes"
+
+    def __init__(self, nodes: int, seed: int) -> None:
+        from cas.control import ControlClient, socket_path
+
+        self.rng = random.Random(seed)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="cas-dht-bench-")
+        self.clients = []
         try:
-            repos = [Path(tmp) / f"n{i:02}" for i in range(nodes)]
-            procs.append(_start(repos[0], None))
-            first = _ready_line(procs[0])
+            repos = [Path(self._tmp.name) / f"n{i:02}" for i in range(nodes)]
+            self.procs.append(_start(repos[0], None))
+            first = _ready_line(self.procs[0])
             for repo in repos[1:]:
-                procs.append(_start(repo, first))
-            for proc in procs[1:]:
+                self.procs.append(_start(repo, first))
+            for proc in self.procs[1:]:
                 _ready_line(proc)
-            clients = [ControlClient(socket_path(r)) for r in repos]
-            for client in clients:
+            self.clients = [ControlClient(socket_path(r)) for r in repos]
+            for client in self.clients:
                 client.call("dht_refresh")
-            latencies: list[float] = []
-            messages: list[int] = []
-            for phase in ("warm-up", "measured"):
-                for _ in range(lookups):
-                    client = rng.choice(clients)
-                    result = client.call("dht_find", target=f"{rng.getrandbits(256):064x}")
-                    if phase == "measured":
-                        latencies.append(result["elapsed_us"] / 1000)
-                        messages.append(result["messages"])
-            for client in clients:
-                client.close()
-            return summary(f"cas, {nodes} processes", latencies, messages)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+        except BaseException:
+            self.close()
+            raise
+
+    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+        latencies, messages = [], []
+        for _ in range(count):
+            client = self.rng.choice(self.clients)
+            result = client.call("dht_find", target=f"{self.rng.getrandbits(256):064x}")
+            latencies.append(result["elapsed_us"] / 1000)
+            messages.append(result["messages"])
+        return latencies, messages
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self._tmp.cleanup()
 
 
-# -- 2. cas, many nodes in one trio process ----------------------------------------------
+# -- 2. cas, many nodes in one trio process (in a thread) ---------------------------------
 
 
-def bench_cas_one_process(nodes: int, lookups: int, seed: int) -> dict[str, float]:
-    from cas.dht.driver import DhtDriver
-    from cas.dht.ids import id_from_bytes
-    from cas.dht.routing import RoutingTable
-    from cas.net.identity import Identity
+class CasOneProcess:
+    """50 DHT drivers in one trio run, in a thread of its own; lookups are
+    handed to it with ``trio.from_thread``."""
 
-    rng = random.Random(seed)
-    out: dict[str, float] = {}
+    name = "cas, {nodes} nodes in one process"
 
-    async def main() -> None:
-        drivers: list[DhtDriver] = []
-        async with trio.open_nursery() as nursery:
-            for i in range(nodes):
-                identity = Identity.generate()
-                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-                port = listeners[0].socket.getsockname()[1]
-                driver = DhtDriver(identity, RoutingTable(id_from_bytes(identity.node_id)),
-                                   listen_port=port, rng=random.Random(i))
-                await nursery.start(driver.run)
-                nursery.start_soon(trio.serve_listeners, driver.handle_inbound, listeners)
-                if drivers:
-                    await driver.bootstrap([("127.0.0.1", drivers[0].listen_port or 0)])
-                drivers.append(driver)
-            for driver in drivers:
-                await driver.refresh(force=True)
-            latencies: list[float] = []
-            messages: list[int] = []
-            for phase in ("warm-up", "measured"):
-                for _ in range(lookups):
-                    driver = rng.choice(drivers)
-                    found = await driver.find_node(rng.getrandbits(256))
-                    if phase == "measured":
-                        latencies.append(found.seconds * 1000)
-                        messages.append(found.lookup.messages)
-            out.update(summary(f"cas, {nodes} nodes in one process", latencies, messages))
-            nursery.cancel_scope.cancel()
+    def __init__(self, nodes: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self._ready: queue.Queue[object] = queue.Queue()
+        self._thread = threading.Thread(target=trio.run, args=(self._main, nodes), daemon=True)
+        self._thread.start()
+        started = self._ready.get()
+        if isinstance(started, BaseException):
+            raise started
+        self._token = started
 
-    trio.run(main)
-    return out
+    async def _main(self, nodes: int) -> None:
+        from cas.dht.driver import DhtDriver
+        from cas.dht.ids import id_from_bytes
+        from cas.dht.routing import RoutingTable
+        from cas.net.identity import Identity
+
+        self.drivers: list[DhtDriver] = []
+        self._stop = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(nodes):
+                    identity = Identity.generate()
+                    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                    port = listeners[0].socket.getsockname()[1]
+                    driver = DhtDriver(identity, RoutingTable(id_from_bytes(identity.node_id)),
+                                       listen_port=port, rng=random.Random(i))
+                    await nursery.start(driver.run)
+                    nursery.start_soon(trio.serve_listeners, driver.handle_inbound, listeners)
+                    if self.drivers:
+                        await driver.bootstrap([("127.0.0.1", self.drivers[0].listen_port or 0)])
+                    self.drivers.append(driver)
+                for driver in self.drivers:
+                    await driver.refresh(force=True)
+                self._ready.put(trio.lowlevel.current_trio_token())
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            self._ready.put(exc)
+            raise
+
+    async def _lookups(self, count: int) -> tuple[list[float], list[int]]:
+        latencies, messages = [], []
+        for _ in range(count):
+            driver = self.rng.choice(self.drivers)
+            found = await driver.find_node(self.rng.getrandbits(256))
+            latencies.append(found.seconds * 1000)
+            messages.append(found.lookup.messages)
+        return latencies, messages
+
+    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+        return trio.from_thread.run(self._lookups, count, trio_token=self._token)
+
+    def close(self) -> None:
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
 
 
-# -- 3. kademlia ---------------------------------------------------------------------------
+# -- 3. kademlia (its asyncio loop in a thread) ----------------------------------------------
 
 
-def bench_kademlia(nodes: int, lookups: int, seed: int) -> dict[str, float] | None:
-    try:
+class Kademlia:
+    """bmuller's kademlia: 50 ``Server`` nodes on one asyncio loop in a thread."""
+
+    name = "kademlia, {nodes} nodes in one process"
+
+    def __init__(self, nodes: int, seed: int) -> None:
+        from kademlia.protocol import KademliaProtocol
+
+        logging.getLogger("kademlia").setLevel(logging.CRITICAL)
+        logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
+        self.rng = random.Random(seed)
+        self.sent = 0
+        original = self._original = KademliaProtocol.call_find_node
+        bench = self
+
+        async def counted(protocol: KademliaProtocol, node_to_ask, node_to_find):  # type: ignore[no-untyped-def]
+            bench.sent += 1
+            return await original(protocol, node_to_ask, node_to_find)
+
+        KademliaProtocol.call_find_node = counted  # type: ignore[method-assign]
+        self.servers: list = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._setup(nodes))
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, coroutine):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _setup(self, nodes: int) -> None:
         from kademlia.crawling import NodeSpiderCrawl
         from kademlia.network import Server
         from kademlia.node import Node as KNode
+
+        for _ in range(nodes):
+            server = Server(ksize=20, alpha=3, node_id=self.rng.getrandbits(160).to_bytes(20, "big"))
+            await server.listen(0, interface="127.0.0.1")
+            server.port = server.transport.get_extra_info("sockname")[1]  # type: ignore[attr-defined]
+            if self.servers:
+                await server.bootstrap([("127.0.0.1", self.servers[0].port)])
+            self.servers.append(server)
+        for server in self.servers:  # the same refresh as cas's: every bucket, now
+            for node_id in server.protocol.get_refresh_ids():
+                target = KNode(node_id)
+                await NodeSpiderCrawl(server.protocol, target,
+                                      server.protocol.router.find_neighbors(target, server.alpha),
+                                      server.ksize, server.alpha).find()
+
+    async def _lookups(self, count: int) -> tuple[list[float], list[int]]:
+        from kademlia.crawling import NodeSpiderCrawl
+        from kademlia.node import Node as KNode
+
+        latencies, messages = [], []
+        for _ in range(count):
+            server = self.rng.choice(self.servers)
+            target = KNode(self.rng.getrandbits(160).to_bytes(20, "big"))
+            nearest = server.protocol.router.find_neighbors(target)
+            before = self.sent
+            started = time.perf_counter()
+            await NodeSpiderCrawl(server.protocol, target, nearest, server.ksize, server.alpha).find()
+            latencies.append((time.perf_counter() - started) * 1000)
+            messages.append(self.sent - before)
+        return latencies, messages
+
+    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+        return self._run(self._lookups(count))
+
+    def close(self) -> None:
         from kademlia.protocol import KademliaProtocol
-    except ImportError:
-        print("kademlia is not installed: .venv/bin/pip install kademlia (skipping its rows)")
-        return None
-    logging.getLogger("kademlia").setLevel(logging.CRITICAL)
-    logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
-    rng = random.Random(seed)
-    sent = [0]
-    original = KademliaProtocol.call_find_node
 
-    async def counted(self: KademliaProtocol, node_to_ask: KNode, node_to_find: KNode):  # type: ignore[no-untyped-def]
-        sent[0] += 1
-        return await original(self, node_to_ask, node_to_find)
-
-    KademliaProtocol.call_find_node = counted  # type: ignore[method-assign]
-    out: dict[str, float] = {}
-
-    async def main() -> None:
-        servers = []
-        try:
-            for i in range(nodes):
-                server = Server(ksize=20, alpha=3, node_id=rng.getrandbits(160).to_bytes(20, "big"))
-                await server.listen(0, interface="127.0.0.1")
-                server.port = server.transport.get_extra_info("sockname")[1]  # type: ignore[attr-defined]
-                if servers:
-                    await server.bootstrap([("127.0.0.1", servers[0].port)])
-                servers.append(server)
-            for server in servers:  # the same refresh as cas's: every bucket, now
-                for node_id in server.protocol.get_refresh_ids():
-                    target = KNode(node_id)
-                    await NodeSpiderCrawl(server.protocol, target,
-                                          server.protocol.router.find_neighbors(target, server.alpha),
-                                          server.ksize, server.alpha).find()
-            latencies: list[float] = []
-            messages: list[int] = []
-            for phase in ("warm-up", "measured"):
-                for _ in range(lookups):
-                    server = rng.choice(servers)
-                    target = KNode(rng.getrandbits(160).to_bytes(20, "big"))
-                    nearest = server.protocol.router.find_neighbors(target)
-                    before = sent[0]
-                    started = time.perf_counter()
-                    await NodeSpiderCrawl(server.protocol, target, nearest, server.ksize, server.alpha).find()
-                    if phase == "measured":
-                        latencies.append((time.perf_counter() - started) * 1000)
-                        messages.append(sent[0] - before)
-            out.update(summary(f"kademlia, {nodes} nodes in one process", latencies, messages))
-        finally:
-            for server in servers:
+        async def stop() -> None:
+            for server in self.servers:
                 server.stop()
 
-    try:
-        asyncio.run(main())
-    finally:
-        KademliaProtocol.call_find_node = original  # type: ignore[method-assign]
-    return out
+        try:
+            self._run(stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+            KademliaProtocol.call_find_node = self._original  # type: ignore[method-assign]
+
+
+def measure(systems: dict[str, object], nodes: int, lookups: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Warm every system up, freeze the set-up for the collector, then take
+    ``lookups`` measured lookups from each in ``rounds`` interleaved blocks."""
+    for system in systems.values():
+        system.lookups(lookups)  # type: ignore[attr-defined]
+    gc.collect()
+    gc.freeze()
+    pooled: dict[str, tuple[list[float], list[int]]] = {key: ([], []) for key in systems}
+    keys = list(systems)
+    for index in range(rounds):
+        block = lookups // rounds + (1 if index < lookups % rounds else 0)
+        for key in keys[index % len(keys):] + keys[:index % len(keys)]:  # rotate who goes first
+            latencies, messages = systems[key].lookups(block)  # type: ignore[attr-defined]
+            pooled[key][0].extend(latencies)
+            pooled[key][1].extend(messages)
+    gc.unfreeze()
+    return {key: summary(systems[key].name.format(nodes=nodes), *pooled[key])  # type: ignore[attr-defined]
+            for key in keys}
 
 
 # -- 4. ceilings ---------------------------------------------------------------------------
@@ -306,21 +395,35 @@ def bench_round_trips(count: int) -> tuple[dict[str, float], dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=50)
-    parser.add_argument("--lookups", type=int, default=200)
+    parser.add_argument("--lookups", type=int, default=200, help="measured lookups per system")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved blocks they are taken in")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-processes", action="store_true", help="leave out the 50 daemons")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
-    print(f"{args.nodes} nodes, {args.lookups} measured lookups each (after as many warm-up lookups)")
+    print(f"{args.nodes} nodes, {args.lookups} measured lookups per system in {args.rounds} "
+          "interleaved rounds (after as many warm-up lookups)")
     rows: dict[str, dict[str, float] | None] = {}
     rows["tcp"], rows["ping"] = bench_round_trips(1000)
-    rows["kademlia"] = bench_kademlia(args.nodes, args.lookups, args.seed)
-    rows["cas_one"] = bench_cas_one_process(args.nodes, args.lookups, args.seed)
-    rows["cas_proc"] = bench_cas_processes(args.nodes, args.lookups, random.Random(args.seed))
-    kad = rows["kademlia"]
+    systems: dict[str, object] = {}
+    try:
+        try:
+            systems["kademlia"] = Kademlia(args.nodes, args.seed)
+        except ImportError:
+            print("kademlia is not installed: .venv/bin/pip install kademlia (skipping its rows)")
+        systems["cas_one"] = CasOneProcess(args.nodes, args.seed)
+        if not args.no_processes:
+            systems["cas_proc"] = CasProcesses(args.nodes, args.seed)
+        rows.update(measure(systems, args.nodes, args.lookups, args.rounds))
+    finally:
+        for system in reversed(systems.values()):
+            system.close()  # type: ignore[attr-defined]
+    kad = rows.get("kademlia")
     print()
     for key, name in (("cas_one", "cas, one process"), ("cas_proc", "cas, processes")):
-        row = rows[key]
-        assert row is not None
+        row = rows.get(key)
+        if row is None:
+            continue
         print(f"{name:18} p50 / trio round trip: {row['p50'] / rows['tcp']['p50']:6.1f}x   "
               f"p50 / cas PING: {row['p50'] / rows['ping']['p50']:5.1f}x", end="")
         if kad:
