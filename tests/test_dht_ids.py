@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import types
-
 import random
+import types
 
 import blake3
 import pytest
