@@ -96,9 +96,12 @@ def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     line = b""
+    # poll, not select: the in-process networks hold thousands of descriptors.
+    poller = select.poll()
+    poller.register(proc.stdout, select.POLLIN)
     while not line.endswith(b"\n"):
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             raise RuntimeError("a daemon did not start in time")
         chunk = os.read(proc.stdout.fileno(), 1)
         if not chunk:
