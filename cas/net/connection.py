@@ -30,7 +30,6 @@ store) and never verifies content.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 from collections import OrderedDict
@@ -190,7 +189,9 @@ class SecureChannel:
 
     Made by :func:`open_channel`. ``send_message`` may be called from several
     tasks (sends are serialised so frames never interleave and nonces stay
-    in wire order); ``receive_message`` from one task at a time.
+    in wire order); ``receive_message`` from one task at a time. The idle
+    timeout is kept by :meth:`close_when_idle` when it runs beside the reader
+    (:class:`Connection` does that), else by a timeout around each read.
     """
 
     def __init__(self, stream: trio.abc.Stream, transport: Transport, peer: PeerIdentity,
@@ -209,7 +210,9 @@ class SecureChannel:
         self._idle_watched = False
         # A TCP stream is read and written through its file descriptor (see
         # _receive_some and _send_frame); any other stream through its methods.
-        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        # POSIX only: elsewhere os.read and os.write do not work on sockets.
+        self._socket = (stream.socket if type(stream) is trio.SocketStream and os.name == "posix"
+                        else None)
         self.peer = peer
         self.peer_hello: msg.Hello | None = None
         self.idle_timeout = idle_timeout
