@@ -7,11 +7,12 @@ adds one restriction of its own: no floats anywhere, because none of our
 formats need them and they are the usual source of "same value, other bytes".
 
 Decoding is the strict mirror: the bytes must be exactly what :func:`encode`
-would produce for the decoded value (checked by one walk that proves the types
-and the map key order, then a plain re-encoding that must give back the same
-bytes, which rejects indefinite lengths, duplicate keys, non-minimal integers
-and trailing bytes), and only the data model types below may appear. Bytes from a peer or a
-disk go through :func:`decode` and nothing else.
+would produce for the decoded value (checked by one walk that proves the
+types and the map key order, then a plain re-encoding that must give back
+the same bytes, which rejects indefinite lengths, duplicate keys, non-minimal
+integers and trailing bytes), and only the data model types below may
+appear. Bytes from a peer or a disk go through :func:`decode` and nothing
+else.
 
 Value types: ``None``, ``bool``, ``int`` (64-bit range), ``str``, ``bytes``,
 ``list``, ``dict`` with ``str`` keys, and :class:`cas.cid.CID`.
