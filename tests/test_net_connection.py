@@ -466,6 +466,50 @@ def test_over_real_tcp_on_localhost() -> None:
     trio.run(main)
 
 
+def test_over_real_tcp_large_concurrent_frames_and_a_vanishing_peer() -> None:
+    """Frames bigger than the socket buffer (written in part, the rest through
+    send_all) from several tasks at once, interleaved with small ones; then
+    the server's socket closes and the client sees a closed connection."""
+
+    async def main() -> None:
+        server_id, client_id = Identity.generate(), Identity.generate()
+        server_channels: list[SecureChannel] = []
+
+        async def on_connection(stream: trio.SocketStream) -> None:
+            channel = await open_channel(stream, server_id, initiator=False)
+            server_channels.append(channel)
+            await Connection(channel, echo_handler, rate=1e6, burst=1e6).run()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, on_connection, 0, host="127.0.0.1"))
+                port = listeners[0].socket.getsockname()[1]
+                channel = await connect_tcp("127.0.0.1", port, client_id)
+                async with serve(channel) as client:
+                    answers: list[object] = []
+
+                    async def store(seed: int) -> None:
+                        block = bytes([seed]) * m.MAX_BLOCK_SIZE
+                        answers.append(await client.request(m.StoreBlock(m.CID.for_data(0x55, block), block)))
+
+                    async def ping() -> None:
+                        answers.append(await client.request(m.Ping()))
+
+                    async with trio.open_nursery() as senders:
+                        for seed in range(6):
+                            senders.start_soon(store, seed)
+                            senders.start_soon(ping)
+                    assert sorted(type(a).__name__ for a in answers) == ["Ok"] * 6 + ["Pong"] * 6
+                    await server_channels[0].aclose()
+                    with pytest.raises(ConnectionClosedError):
+                        await client.request(m.Ping(), timeout=10)
+                    assert channel.closed
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_the_package_exports_exactly_its_public_surface() -> None:
     import cas.net
 
