@@ -65,11 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVERS = {"daemon", "mount"}
+"""Commands that serve peers or the kernel for a long time: a peer that
+hangs up mid-write must cost them one connection (EPIPE), never the process."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # Die quietly on a closed pipe (`cas cat X | head`), as cat does.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in SERVERS:
+        # Die quietly on a closed pipe (`cas cat X | head`), as cat does.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     out = Output(json_mode=args.json, quiet=args.quiet)
     try:
         status = args.run(args, out)
