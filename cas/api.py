@@ -26,7 +26,7 @@ import io
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +39,8 @@ from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNo
 from .names import dirtree
 from .names.directory import DirEntry
 from .names.namespace import Namespace, Node, RootState
+from .names.record import record_key
+from .names.remote import RemoteNamespace, split_ns_path
 from .store import GcReport, LocalStore, RepoStat, VerifyReport
 
 Progress = Callable[[int], None]
@@ -174,11 +176,40 @@ class Repository:
 
     # -- reading --------------------------------------------------------------
 
+    def namespace_for(self, path: str) -> tuple[Namespace, str]:
+        """The namespace a path is in, and the path within it: the local
+        one, or for ``/ns/<public key hex>/rest`` that key's published
+        namespace as of the newest record found (through the node, which
+        looks it up on the network; offline, the record this repository
+        holds, if any)."""
+        split = split_ns_path(path)
+        if split is None:
+            return self.namespace, path
+        public_key, inner = split
+        return self.remote_namespace(public_key), inner
+
+    def remote_namespace(self, public_key: bytes) -> RemoteNamespace:
+        """The published namespace of ``public_key``, resolved now."""
+        records: list[bytes] = []
+        client = getattr(self._store, "client", None)
+        if client is not None:
+            found = client.call("name_resolve", key=public_key)["found"]
+            if found is not None:
+                records.append(found["record"])
+        else:
+            held = self._store.records.get(record_key(public_key))
+            if held is not None:
+                records.append(held)
+            if self._store.namespace_key().public_key == public_key:
+                records += [row.record for row in self._store.roots(newest_first=True, limit=1)]
+        return RemoteNamespace(self.blocks, public_key, records)
+
     def resolve(self, ref: CID | str, at: int | None = None) -> CID:
         """The CID that ``ref`` names: a CID as it is, or what a namespace
-        path (``/…``) points at."""
+        path (``/…``, or ``/ns/KEY/…`` in a published one) points at."""
         if isinstance(ref, str) and ref.startswith("/"):
-            node = self.namespace.resolve(ref, at)
+            namespace, path = self.namespace_for(ref)
+            node = namespace.resolve(path, at)
             if node.cid is None:
                 raise NotAFileError(f"{ref} is a symlink to {node.target!r}")
             return node.cid
@@ -233,11 +264,14 @@ class Repository:
 
     def ls(self, path: str = "/", *, at: int | None = None) -> Iterator[DirEntry]:
         """The entries of namespace directory ``path``, sorted, streamed."""
-        return self.namespace.list(path, at)
+        namespace, inner = self.namespace_for(path)
+        return namespace.list(inner, at)
 
     def stat(self, path: str, *, at: int | None = None) -> Node:
         """What namespace ``path`` names (kind, size, mode, mtime, CID)."""
-        return self.namespace.resolve(path, at)
+        namespace, inner = self.namespace_for(path)
+        node = namespace.resolve(inner, at)
+        return node if namespace is self.namespace else replace(node, path=path)
 
     def mkdir(self, path: str, *, parents: bool = False) -> RootState:
         return self.namespace.mkdir(path, parents=parents)

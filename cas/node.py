@@ -51,6 +51,7 @@ from .control import (
 from .dht.driver import DhtDriver, FindResult
 from .dht.replication import DEFAULT_REPLICAS
 from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
+from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
 from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
@@ -161,6 +162,7 @@ class Node:
         self.identity: Identity | None = None
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
+        self.publisher: Publisher | None = None
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
         self._siblings: dict[CID, tuple[list[CID], int]] = {}
@@ -200,12 +202,14 @@ class Node:
         self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
+            records=StoreRecords(lambda: self.store, self.in_store_thread),
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
+        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
         control = None
         try:
             with self._cancel:
@@ -213,6 +217,7 @@ class Node:
                     self._nursery = nursery
                     await nursery.start(dht.run)
                     await nursery.start(replicator.run)
+                    await nursery.start(self.publisher.run)
                     nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
                     if self.config.bootstrap:
                         await dht.bootstrap(self.config.bootstrap)
@@ -445,7 +450,8 @@ def control_ops(node: Node) -> OpTable:
     To add ops (the namespace, say), write ``names_ops(node) -> OpTable`` in
     your module and merge it in the ``return`` below; that is the one place.
     """
-    return {**_store_ops(node), **_node_ops(node)}
+    return {**_store_ops(node), **_node_ops(node),
+            **name_ops(lambda: node.publisher, lambda: node.store, node.in_store_thread)}
 
 
 def _store_ops(node: Node) -> OpTable:
@@ -554,6 +560,8 @@ def _store_ops(node: Node) -> OpTable:
             raise InvalidInputError("arguments 'seq' and 'time_ns' must be whole numbers")
         root, record = _cid_arg(args, "root"), _bytes_arg(args, "record")
         await node.in_store_thread(store().commit_root, seq, root, time_ns, record)
+        if node.publisher is not None:
+            node.publisher.root_changed()  # published namespaces go out now, not at the next interval
 
     return {
         "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),

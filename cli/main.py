@@ -18,6 +18,7 @@ from cas.errors import CasError
 from . import files_cmds, names_cmds, repo_cmds
 from . import node_cmds
 from . import mount_cmds
+from . import name_cmds
 from .output import Output
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     names_cmds.register(sub, common)
     node_cmds.register(sub, common)
     mount_cmds.register(sub, common)
+    name_cmds.register(sub, common)
     return parser
 
 

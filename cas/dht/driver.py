@@ -10,12 +10,15 @@ that gives up on it), feeding the routing table what the wire proves
 (``update`` on every request received and every response, ``record_failure``
 on every failure, ``remove`` on a peer that proves another identity than the
 one it was known by), pinging a full bucket's oldest contact, answering
-peers' DHT requests, bootstrap and bucket refresh.
+peers' DHT requests, bootstrap and bucket refresh; namespace records
+(PUT_RECORD kept through a :class:`RecordKeeper`, GET_RECORD answered from
+it, and :meth:`DhtDriver.find_records` gathering them with a lookup).
 
 Must never: decide anything the sans-IO objects decide (who to ask next,
 when a lookup is done, who to evict); trust an address or a block from a
 peer (node IDs come from the handshake, blocks are verified against the CID
-asked for); or let one peer's failure escape into the node.
+asked for, records by the keeper and by whoever reads them); or let one
+peer's failure escape into the node.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import trio
 
 from ..blocks import Block, verified
 from ..cid import CID
-from ..errors import CasError, InvalidBlockError
+from ..errors import CasError, InvalidBlockError, InvalidRecordError
 from ..net import messages as msg
 from ..net.connection import (
     HANDSHAKE_TIMEOUT,
@@ -82,7 +85,12 @@ STORE_BURST = 200.0
 of average-size blocks), bursts of 200 (an add's worth of pipelining).
 Beyond that the answer is ``busy``, which the sender retries later."""
 
-NOT_FAILURES = frozenset({"busy", "full"})
+RECORD_RATE = 10.0
+RECORD_BURST = 50.0
+"""PUT_RECORD requests accepted per peer (a publisher sends one per
+namespace per republish; this is generous)."""
+
+NOT_FAILURES = frozenset({"busy", "full", "stale"})
 """Error codes that say "not now" or "not me", not "I am broken": the
 routing table does not count them against the peer."""
 
@@ -118,6 +126,19 @@ class BlockKeeper(Protocol):
     (:class:`cas.store.StorageQuotaError` when the quota is full)."""
 
     async def keep(self, block: Block) -> None: ...
+
+
+class RecordKeeper(Protocol):
+    """Where the driver keeps namespace records peers put here (PUT_RECORD)
+    and finds the ones they ask for (GET_RECORD). ``put`` decides (by
+    :func:`cas.names.record.accept_record`) and raises
+    :class:`InvalidRecordError` for a record it refuses, or another
+    :class:`CasError` (full) when it has no room; it returns once the record
+    is durable."""
+
+    async def get_record(self, key: bytes) -> bytes | None: ...
+
+    async def put_record(self, key: bytes, record: bytes, sender: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,14 @@ class _Conversions:
             return found
 
 
+@dataclass(frozen=True)
+class _HeldRecord:
+    """A record a peer answered GET_RECORD with (not a lookup's value: a
+    record lookup always runs to the k closest)."""
+
+    data: bytes
+
+
 class DhtDriver:
     """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
     owns every connection task until cancelled."""
@@ -201,6 +230,7 @@ class DhtDriver:
         *,
         blocks: BlockSource | None = None,
         keeper: BlockKeeper | None = None,
+        records: RecordKeeper | None = None,
         listen_port: int | None = None,
         k: int = K,
         alpha: int = ALPHA,
@@ -220,6 +250,8 @@ class DhtDriver:
         self.blocks = blocks
         self.keeper = keeper
         self._store_limiter = RateLimiter(STORE_RATE, STORE_BURST)
+        self.records = records
+        self._record_limiter = RateLimiter(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
         self.k = k
         self.alpha = alpha
@@ -432,6 +464,23 @@ class DhtDriver:
             return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
         return StoreOutcome("stored")
 
+    async def put_record(self, contact: Contact, key: bytes, record: bytes) -> StoreOutcome:
+        """Ask ``contact`` to hold a namespace record (PUT_RECORD). ``stored``
+        also when it holds exactly this record already; ``refused`` with
+        ``stale`` when it holds a newer one."""
+        try:
+            response = await self.request(contact, msg.PutRecord(key, record))
+        except RequestFailedError as exc:
+            if exc.code in NOT_FAILURES or exc.code == "invalid":
+                return StoreOutcome("refused", f"{exc.code}: {exc}")
+            return StoreOutcome("failed", str(exc))
+        except (CasError, RemoteProtocolError) as exc:
+            return StoreOutcome("failed", str(exc))
+        if not isinstance(response, msg.Ok):
+            self.table.record_failure(contact.node_id)
+            return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
+        return StoreOutcome("stored")
+
     # -- requests in ----------------------------------------------------------
 
     def _make_handler(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], Awaitable[msg.Response]]:
@@ -465,6 +514,15 @@ class DhtDriver:
             return msg.HaveResult(tuple(present))
         if isinstance(request, msg.StoreBlock):
             return await self._answer_store(requester, request)
+        if isinstance(request, msg.GetRecord):
+            try:
+                target = id_from_bytes(request.key)
+            except ValueError:
+                return msg.Error("invalid", "a record key is 32 bytes")
+            held = await self.records.get_record(request.key) if self.records is not None else None
+            return msg.Record(held, self._closest_peers(target, requester))
+        if isinstance(request, msg.PutRecord):
+            return await self._answer_put_record(requester, request)
         return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
 
     async def _answer_store(self, requester: int, request: msg.StoreBlock) -> msg.Response:
@@ -484,6 +542,25 @@ class DhtDriver:
             return msg.Error(code, str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
         return msg.Ok()
 
+    async def _answer_put_record(self, requester: int, request: msg.PutRecord) -> msg.Response:
+        """Rate limit, then let the keeper judge: ``ok`` once durable,
+        ``stale`` for a record not newer than the held one, ``invalid`` for a
+        malformed, forged or misfiled one (counted against the sender)."""
+        if self.records is None:
+            return msg.Error("refused", "this node keeps no records for others")
+        if not self._record_limiter.allow(requester, self._now()):
+            return msg.Error("busy", "too many records from you; retry later")
+        try:
+            await self.records.put_record(request.key, request.record, id_to_bytes(requester))
+        except InvalidRecordError as exc:
+            stale = "sequence number" in str(exc)
+            if not stale:
+                self.table.record_failure(requester)
+            return msg.Error("stale" if stale else "invalid", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
+        except CasError as exc:
+            return msg.Error("full", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
+        return msg.Ok()
+
     def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
         peer = self._conversions.peer
         return tuple([peer(c) for c in self.table.closest(target, self.k, exclude=requester)])
@@ -499,8 +576,17 @@ class DhtDriver:
         """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
         return await self._lookup(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
 
+    async def find_records(self, key: bytes) -> tuple[FindResult, list[tuple[Contact, bytes]]]:
+        """A lookup of the k nodes closest to record key ``key`` (GET_RECORD
+        to each), and every record they answered with, unverified: the
+        caller keeps the newest valid one."""
+        found: list[tuple[Contact, bytes]] = []
+        result = await self._lookup(id_from_bytes(key), msg.GetRecord(key), find_value=False, cid=None,
+                                    records=found)
+        return result, found
+
     async def _lookup(self, target: int, request: msg.Request, *, find_value: bool,
-                      cid: CID | None) -> FindResult:
+                      cid: CID | None, records: list[tuple[Contact, bytes]] | None = None) -> FindResult:
         started = self._now()
         self.table.mark_lookup(target, started)
         lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
@@ -525,6 +611,10 @@ class DhtDriver:
                     soft.pop(peer.node_id, None)
                     if kind == "response":
                         contacts, value = payload
+                        if isinstance(value, _HeldRecord):
+                            if records is not None:
+                                records.append((peer, value.data))
+                            value = None
                         launch(lookup.on_response(peer, contacts, value))
                     else:
                         launch(lookup.on_failure(peer))
@@ -557,6 +647,9 @@ class DhtDriver:
         if isinstance(response, msg.Nodes):
             contacts = [c for c in map(self._conversions.contact, response.peers) if c is not None]
             return contacts, None
+        if isinstance(response, msg.Record):
+            contacts = [c for c in map(self._conversions.contact, response.peers) if c is not None]
+            return contacts, None if response.record is None else _HeldRecord(response.record)
         if isinstance(response, msg.Block) and cid is not None:
             try:
                 return [], verified(cid, response.data)

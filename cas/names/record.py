@@ -14,12 +14,20 @@ Rules (DESIGN.md, "Namespace root"): a record that fails verification is
 ignored; of two valid records for one key, the higher sequence number wins;
 a record for another key is not a successor of ours. :func:`check_successor`
 applies them; the repository and, later, the network both go through it.
+
+On the network (docs/replication.md, "Published namespaces") a record lives
+under its *record key*, :func:`record_key` of its public key, on the nodes
+closest to that key. :func:`accept_record` is the rule a node applies to a
+PUT_RECORD: strict decoding, a good signature, stored under its own key,
+and newer than what the node holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import blake3
 
 from .. import dagcbor
 from ..cid import DAG_CBOR, CID
@@ -29,6 +37,11 @@ from ..keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Ed25519Key, verify_signature
 RECORD_TYPE = "cas/root"
 SIGNING_CONTEXT = b"cas-root-record-v1\x00"
 MAX_RECORD_SIZE = 1024  # a record is ~200 bytes; refuse anything far bigger unread
+RECORD_KEY_CONTEXT = "cas 2026 namespace record key v1"
+"""BLAKE3 ``derive_key`` context for :func:`record_key`. Derive-key mode is
+domain-separated from plain hashing inside BLAKE3 itself, so a record key can
+never equal a block key (a plain BLAKE3 digest of some block's bytes), not
+even for a block whose bytes are the public key."""
 
 
 @dataclass(frozen=True)
@@ -102,3 +115,56 @@ def check_successor(current: RootRecord | None, new: RootRecord, key: bytes) -> 
         raise InvalidRecordError(
             f"root record has sequence number {new.seq}, not above the current {current.seq}"
         )
+
+
+def record_key(public_key: bytes) -> bytes:
+    """The 32-byte DHT key under which the records of the namespace held by
+    ``public_key`` are stored: BLAKE3-256 in derive-key mode, context
+    :data:`RECORD_KEY_CONTEXT`, over the 32-byte public key."""
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise InvalidRecordError("a namespace key is a 32-byte Ed25519 public key")
+    return blake3.blake3(public_key, derive_key_context=RECORD_KEY_CONTEXT).digest()
+
+
+def parse_public_key(text: str) -> bytes:
+    """A namespace key as users write it (64 hex digits) → 32 bytes."""
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != PUBLIC_KEY_SIZE:
+        raise InvalidRecordError(f"{text[:80]!r} is not a namespace key; give its 64 hex digits ('cas root' shows yours)")
+    return raw
+
+
+def accept_record(held: bytes | None, key: bytes, data: bytes) -> RootRecord | None:
+    """What a node does with a PUT_RECORD of ``data`` under ``key`` while it
+    holds ``held`` there (or nothing). Returns the record to keep, None if
+    ``data`` is exactly what is held already (a republish: nothing to do), or
+    raises :class:`InvalidRecordError`: malformed, forged, stored under
+    another key than its own, or not newer than the held one."""
+    record = RootRecord.decode(data)
+    if record_key(record.public_key) != key:
+        raise InvalidRecordError("root record is not stored under its own key")
+    if held is not None:
+        if held == data:
+            return None
+        current = RootRecord.decode(held)
+        check_successor(current, record, current.public_key)
+    return record
+
+
+def newest_record(candidates: list[bytes], public_key: bytes) -> RootRecord | None:
+    """Of records gathered from anywhere, the valid one for ``public_key``
+    with the highest sequence number (forged, malformed and foreign ones are
+    skipped), or None."""
+    best: RootRecord | None = None
+    for data in candidates:
+        try:
+            record = RootRecord.decode(data)
+            check_successor(best, record, public_key)
+        except InvalidRecordError:
+            continue
+        best = record
+    return best

@@ -10,16 +10,21 @@ durable, so everything in one transaction (new directory nodes, a pin, a new
 root) becomes durable in one step and only after what it refers to. That is
 what makes a namespace operation one fsync instead of one per node.
 
-Schema (``PRAGMA user_version`` = 2)::
+Schema (``PRAGMA user_version`` = 3)::
 
     small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
     pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
     roots(seq INTEGER PRIMARY KEY, root BLOB, time_ns INTEGER, record BLOB)
     held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER)
                                     blocks held for the network (version 2)
+    records(key BLOB PRIMARY KEY, record BLOB, seq INTEGER, sender BLOB, since_ns INTEGER)
+                                    namespace records held for the network (version 3)
+    settings(name TEXT PRIMARY KEY, value)
+                                    small node settings, e.g. publishing (version 3)
 
 Migrations: version 1 (no ``held`` table) is upgraded in place on open by
 creating the table, empty: every block of an old repository is its own.
+Version 2 (no ``records``, no ``settings``) likewise gets both, empty.
 A schema newer than this code understands is refused, never touched.
 """
 
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from ..errors import RepositoryError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -47,10 +52,19 @@ CREATE TABLE IF NOT EXISTS held (
     size INTEGER NOT NULL,
     since_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    key BLOB PRIMARY KEY,
+    record BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    since_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-_KNOWN_VERSIONS = (0, 1, SCHEMA_VERSION)
+_KNOWN_VERSIONS = (0, 1, 2, SCHEMA_VERSION)
 """Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
-lacks the ``held`` table, which ``_SCHEMA`` creates."""
+lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, which
+``_SCHEMA`` creates."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:

@@ -50,6 +50,7 @@ from . import _links
 from ._blockfiles import FileBlockStore, disk_error, fsync_dir
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
+from ._records import HeldRecords
 from ._held import HeldBlocks
 
 FORMAT_NAME = "cas-repository"
@@ -140,6 +141,7 @@ class LocalStore:
         self.db = Database(path / "meta.sqlite")
         self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
         self.held = HeldBlocks(self.db, self.blocks)  # blocks kept for the network (_held.py)
+        self.records = HeldRecords(self.db, self.blocks.barrier)  # namespace records (_records.py)
         self.config = self.check_config(path)
         self._namespace_key: NamespaceKey | None = None
 

@@ -1,0 +1,108 @@
+"""``cas name publish``, ``cas name resolve KEY`` and ``cas name status``:
+published namespaces.
+
+Both need the running node (``cas daemon``): publishing puts the signed root
+record on the nodes closest to its key, resolving asks them. Reading a
+published namespace is ``cas ls|cat|get|stat /ns/KEY/path`` (cas.api).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from cas.control import ControlClient
+from cas.errors import CasError
+from cas.names.record import parse_public_key
+
+from .output import Output
+from .repo_cmds import open_repo
+
+
+class NeedsDaemonError(CasError):
+    """The command works through a running node."""
+
+
+def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("name", parents=common, help="publish this namespace, resolve others")
+    name_sub = p.add_subparsers(dest="name_command", metavar="publish|resolve|status", required=True)
+    s = name_sub.add_parser(
+        "publish", parents=common, help="publish the namespace root on the network, and keep doing so",
+        description="Put the namespace's signed root record on the nodes closest to its key, now, after "
+        "every change and every --every seconds, until 'cas name publish --stop'.")
+    s.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                   help="republish interval (default 1800)")
+    s.add_argument("--stop", action="store_true", help="stop publishing (records already out expire with "
+                   "their holders)")
+    s.set_defaults(run=cmd_publish)
+    r = name_sub.add_parser("resolve", parents=common, help="the newest root record of a published namespace")
+    r.add_argument("key", metavar="PUBKEY", help="the namespace's public key, 64 hex digits")
+    r.set_defaults(run=cmd_resolve)
+    t = name_sub.add_parser("status", parents=common, help="publishing on or off, last publication, records held")
+    t.set_defaults(run=cmd_status)
+
+
+def _client(repo: Any) -> ControlClient:
+    client = getattr(repo._store, "client", None)
+    if client is None:
+        raise NeedsDaemonError("this command needs the running node; start it with 'cas daemon'")
+    return client
+
+
+def _time(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def cmd_publish(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        call: dict[str, Any] = {"stop": True} if args.stop else {}
+        if args.every is not None:
+            call["interval_ms"] = int(args.every * 1000)
+        result = _client(repo).call("name_publish", **call)
+    if not result["publishing"]:
+        out.document({"publishing": False})
+        out.note("stopped publishing")
+        return 0
+    out.document({k: (str(v) if k == "root" else v) for k, v in result.items() if k != "record"})
+    out.result(f"key      {result['key']}")
+    out.result(f"seq      {result['seq']}")
+    out.result(f"root     {result['root']}")
+    out.result(f"stored   on {result['stored']} of {result['asked']} nodes; republished every "
+               f"{result['interval_ms'] / 1000:g} s and after each change")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
+    key = parse_public_key(args.key)
+    with open_repo(args) as repo:
+        result = _client(repo).call("name_resolve", key=key)
+    found = result["found"]
+    if found is None:
+        raise CasError(f"no record found for namespace {key.hex()} (asked {result['asked']} nodes)")
+    out.document({"key": found["key"], "seq": found["seq"], "root": str(found["root"]),
+                  "time_ns": found["time_ns"], "answers": result["answers"], "asked": result["asked"]})
+    out.result(f"key   {found['key']}")
+    out.result(f"seq   {found['seq']}")
+    out.result(f"root  {found['root']}")
+    out.result(f"time  {_time(found['time_ns'])}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args) as repo:
+        result = _client(repo).call("name_status")
+    last = result["last"]
+    doc = {**result, "last": None if last is None else
+           {k: (str(v) if k == "root" else v) for k, v in last.items() if k != "record"}}
+    out.document(doc)
+    if result["publishing"]:
+        out.result(f"publishing    every {result['interval_ms'] / 1000:g} s and after each change")
+    else:
+        out.result("publishing    off ('cas name publish' turns it on)")
+    if last is not None:
+        out.result(f"last          seq {last['seq']} on {last['stored']} of {last['asked']} nodes")
+    if result["last_error"]:
+        out.result(f"last error    {result['last_error']}")
+    out.result(f"records held  {result['held_records']} (for other nodes)")
+    return 0
