@@ -583,10 +583,15 @@ def _node_ops(node: Node) -> OpTable:
                 "peers": len(dht().table)}
 
     async def peers(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
+        stats = node.replicator.stats if node.replicator is not None else None
         return [
             {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
              "connected": p.connected, "failures": p.failures,
-             "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000)}
+             "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000),
+             # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
+             "stores": stats.peer_stores[p.contact.node_id] if stats else 0,
+             "store_failures": stats.peer_store_failures[p.contact.node_id] if stats else 0,
+             "bad_blocks": dht().bad_blocks[p.contact.node_id]}
             for p in dht().peers()
         ]
 
@@ -664,7 +669,10 @@ def _node_ops(node: Node) -> OpTable:
         return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
                 "stores_sent": r.stats.stores_sent, "repair_rounds": r.stats.rounds,
                 "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
-                "quota": node.store.held.quota, "read_ahead": node.read_ahead_count}
+                "quota": node.store.held.quota, "read_ahead": node.read_ahead_count,
+                "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,
+                "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
+                "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table)}
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
             "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),

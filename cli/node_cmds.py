@@ -195,8 +195,9 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     out.document(peers)
     for p in peers:
         state = "connected" if p["connected"] else "-"
-        out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}")
-    out.note(f"{len(peers)} peer(s)")
+        out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}  stores {p.get('stores', 0)}  "
+                   f"failures {p['failures']}/{p.get('store_failures', 0)}/{p.get('bad_blocks', 0)}")
+    out.note(f"{len(peers)} peer(s); failures: in a row / stores failed / wrong blocks sent")
     return 0
 
 

@@ -55,12 +55,38 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, create=False) as repo:
         st = repo.repo_stat()
-    out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned})
+    health = replication_health(args)
+    out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned,
+                  "replication": health})
     out.result(f"repository  {st.path}")
     out.result(f"blocks      {st.blocks}")
     out.result(f"size        {human_size(st.bytes)} ({st.bytes} bytes)")
     out.result(f"pinned      {st.pinned}")
+    if health is not None:
+        out.result(f"replicas    {health['replicas']} wanted, {health['peers']} peer(s) known")
+        out.result(f"below R     {health['short']} block(s) (as last measured by placement or repair)")
+        out.result(f"placed      {health['placed']} block(s), {human_size(health['placed_bytes'])} "
+                   f"acknowledged by other nodes")
+        out.result(f"repair      {health['repair_rounds']} round(s), {health['repair_stores']} copies made "
+                   f"({human_size(health['repair_bytes'])}), {health['repair_dropped']} dropped")
+        out.result(f"held        {health['held_blocks']} block(s), {human_size(health['held_bytes'])} "
+                   f"of {human_size(health['quota'])} for other nodes")
     return 0
+
+
+def replication_health(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The running daemon's replication counters (``replication_stats``), or
+    None when no daemon runs for the repository."""
+    from cas import control
+
+    client = control.connect(repo_path(args))
+    if client is None:
+        return None
+    with client:
+        try:
+            return dict(client.call("replication_stats"))
+        except control.ControlProtocolError:
+            return None  # an older daemon without the op
 
 
 def cmd_repo_verify(args: argparse.Namespace, out: Output) -> int:

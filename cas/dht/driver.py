@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -272,6 +273,8 @@ class DhtDriver:
         self._conversions = _Conversions()
         self._nursery: trio.Nursery | None = None
         self.messages_sent = 0
+        self.bad_blocks: Counter[int] = Counter()
+        """Node ID → blocks it sent that did not match their CID (``cas peers``)."""
 
     # -- lifetime -------------------------------------------------------------
 
@@ -636,6 +639,8 @@ class DhtDriver:
             outcome = self._interpret(response, cid)
             if outcome is None:  # it answered, but with nonsense or a forged block
                 self.table.record_failure(peer.node_id)
+                if isinstance(response, msg.Block):
+                    self.bad_blocks[peer.node_id] += 1
         except (CasError, RemoteProtocolError):
             outcome = None
         if outcome is None:

@@ -19,6 +19,7 @@ others.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -83,11 +84,26 @@ class RepairReport:
 
 @dataclass
 class ReplicationStats:
+    """Counters since the node started (``replication_stats``, ``cas repo stat``)."""
+
     queued: int = 0
     placed: int = 0
     stores_sent: int = 0
     rounds: int = 0
     last_round: RepairReport = field(default_factory=RepairReport)
+    placed_bytes: int = 0
+    """Bytes of blocks other nodes acknowledged storing, placement and repair."""
+    repair_stores: int = 0
+    """Stores acknowledged during repair rounds (copies made good)."""
+    repair_bytes: int = 0
+    """Bytes those repair stores moved."""
+    repair_dropped: int = 0
+    """Held copies released by repair rounds."""
+    peer_stores: Counter[int] = field(default_factory=Counter)
+    """Node ID → STORE_BLOCKs it acknowledged."""
+    peer_store_failures: Counter[int] = field(default_factory=Counter)
+    """Node ID → STORE_BLOCKs it failed (no answer, or a broken one; refusals
+    such as ``full`` are not failures)."""
 
 
 class Replicator:
@@ -186,7 +202,7 @@ class Replicator:
         await self._execute(plan, cid, data)
         return plan.copies
 
-    async def _execute(self, plan: Placement, cid: CID, data: bytes) -> int:
+    async def _execute(self, plan: Placement, cid: CID, data: bytes, *, repair: bool = False) -> int:
         """Send the stores ``plan`` asks for until it is done; returns how many were sent."""
         send, receive = trio.open_memory_channel[tuple[Contact, str]](math.inf)
         sent = 0
@@ -206,13 +222,28 @@ class Replicator:
             while not plan.done:
                 peer, status = await receive.receive()
                 if status == "stored":
+                    self._count_store(peer, len(data), repair)
                     launch(plan.on_stored(peer))
                 elif status == "refused":
                     launch(plan.on_refused(peer))
                 else:
+                    self.stats.peer_store_failures[peer.node_id] += 1
                     launch(plan.on_failed(peer))
         self.stats.stores_sent += sent
         return sent
+
+    def _count_store(self, peer: Contact, size: int, repair: bool) -> None:
+        stats = self.stats
+        stats.peer_stores[peer.node_id] += 1
+        stats.placed_bytes += size
+        if repair:
+            stats.repair_stores += 1
+            stats.repair_bytes += size
+
+    def short_blocks(self) -> int:
+        """Blocks known to have fewer than R copies, as last measured by a
+        placement or repair round."""
+        return len(self._short)
 
     async def _retry_loop(self) -> None:
         while True:
@@ -264,7 +295,7 @@ class Replicator:
                         data = await self.store.get(cid)
                     except CasError:
                         continue  # gone meanwhile (gc, a drop)
-                    report.stores += await self._execute(plan, cid, data)
+                    report.stores += await self._execute(plan, cid, data, repair=True)
                 self._record(cid, plan.copies)
                 if not plan.complete:
                     report.short += 1
@@ -272,6 +303,7 @@ class Replicator:
                     droppable.append(cid)
             if droppable:
                 report.dropped = len(await self.store.drop(droppable))
+                self.stats.repair_dropped += report.dropped
             self.stats.rounds += 1
             self.stats.last_round = report
             return report
