@@ -672,7 +672,9 @@ def _node_ops(node: Node) -> OpTable:
                 "quota": node.store.held.quota, "read_ahead": node.read_ahead_count,
                 "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,
                 "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
-                "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table)}
+                "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table),
+                "refusals": r.stats.refusals, "store_failures": sum(r.stats.peer_store_failures.values()),
+                "last_failure": r.stats.last_failure}
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
             "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),

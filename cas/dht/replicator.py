@@ -34,7 +34,7 @@ from .ids import key_for_digest
 from .replication import DEFAULT_REPLICAS, Placement, chunks, have_batches, may_drop
 from .routing import Contact
 
-PLACEMENT_WORKERS = 4
+PLACEMENT_WORKERS = 16
 """Blocks placed at once. Each holds one lookup and up to R stores in
 flight; four keep an add's pipeline full on a LAN without starving lookups
 made for reads."""
@@ -53,6 +53,11 @@ missing copy costs more than a stale record). Tests use a second or two."""
 
 LOOKUP_CONCURRENCY = 4
 """Lookups in flight during a repair round."""
+
+BUSY_PAUSES = (0.25, 0.5, 1.0, 2.0)
+"""Seconds waited before asking a peer that answered ``busy`` (its rate
+limit) again; after the last, the refusal stands and the placement moves on
+to the next closest node."""
 
 
 class ReplicaStore(Protocol):
@@ -99,11 +104,26 @@ class ReplicationStats:
     """Bytes those repair stores moved."""
     repair_dropped: int = 0
     """Held copies released by repair rounds."""
+    refusals: int = 0
+    """Stores refused (``full``, or ``busy`` after every pause)."""
+    last_failure: str = ""
+    """Why the last failed store failed (for ``cas repo stat``)."""
     peer_stores: Counter[int] = field(default_factory=Counter)
     """Node ID → STORE_BLOCKs it acknowledged."""
     peer_store_failures: Counter[int] = field(default_factory=Counter)
     """Node ID → STORE_BLOCKs it failed (no answer, or a broken one; refusals
     such as ``full`` are not failures)."""
+
+
+def with_table(found: Sequence[Contact], dht: DhtDriver, key: int, replicas: int) -> list[Contact]:
+    """A lookup's closest nodes, topped up from the routing table when the
+    lookup returned fewer than ``replicas`` (peers too slow to answer it, on
+    a loaded machine): the placement then asks them to store the block, and
+    a store that fails moves it on as usual."""
+    if len(found) >= replicas:
+        return list(found)
+    seen = {c.node_id for c in found}
+    return [*found, *(c for c in dht.table.closest(key, dht.k) if c.node_id not in seen)]
 
 
 class Replicator:
@@ -173,7 +193,8 @@ class Replicator:
         async for cid in self._receive:
             try:
                 copies = await self._place_one(cid)
-            except CasError:
+            except CasError as exc:
+                self.stats.last_failure = f"placing {cid}: {exc}"
                 copies = 1  # the local copy; the retry loop tries again
             except Exception:
                 self._pending.discard(cid)
@@ -196,8 +217,8 @@ class Replicator:
             return 1  # alone: the local copy is all there is
         key = key_for_digest(cid.digest)
         found = await self.dht.find_node(key)
-        plan = Placement(key, found.lookup.closest, own_id=self.dht.own_id, local=True,
-                         replicas=self.replicas)
+        plan = Placement(key, with_table(found.lookup.closest, self.dht, key, self.replicas),
+                         own_id=self.dht.own_id, local=True, replicas=self.replicas)
         data = await self.store.get(cid)
         await self._execute(plan, cid, data)
         return plan.copies
@@ -209,6 +230,17 @@ class Replicator:
 
         async def store(peer: Contact) -> None:
             outcome = await self.dht.store_block(peer, cid, data)
+            for pause in BUSY_PAUSES:
+                if not (outcome.status == "refused" and outcome.reason.startswith("busy")):
+                    break
+                await trio.sleep(pause)  # its rate limit: wait for its budget rather than move on
+                outcome = await self.dht.store_block(peer, cid, data)
+            if outcome.status == "failed" and "connection" in outcome.reason:
+                # A connection closed under the request (two nodes that dialled
+                # each other at once keep one connection): ask once more.
+                outcome = await self.dht.store_block(peer, cid, data)
+            if outcome.status == "failed":
+                self.stats.last_failure = outcome.reason
             send.send_nowait((peer, outcome.status))
 
         async with trio.open_nursery() as nursery:
@@ -225,6 +257,7 @@ class Replicator:
                     self._count_store(peer, len(data), repair)
                     launch(plan.on_stored(peer))
                 elif status == "refused":
+                    self.stats.refusals += 1
                     launch(plan.on_refused(peer))
                 else:
                     self.stats.peer_store_failures[peer.node_id] += 1

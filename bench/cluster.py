@@ -1,0 +1,256 @@
+"""Replication on real local nodes: add, read from peers, repair, in one run.
+
+Starts 5 ``cas daemon`` processes on 127.0.0.1 (R = 3; the periodic repair
+is set far off so that the repair measured is the one this script starts),
+then, on one file of random bytes (default 128 MiB):
+
+add
+    local add       ``cas add FILE`` into a new repository, no daemon: the
+                    baseline, measured in the same run
+    replicated add  ``cas add FILE`` through node A: the process's wall time,
+                    which includes waiting until every block is acknowledged
+                    by R nodes (``stored on 3 of 3 nodes``)
+read
+    local cat       ``cas cat CID`` on node A (every block local), stdout to
+                    /dev/null
+    peer cat        ``cas cat CID`` on a sixth node that joins after the add
+                    and holds none of it: every block comes from the network
+repair
+    node B (a holder of some blocks) is killed with SIGKILL; then one repair
+    round is run on every survivor at once (``replication_repair``, the same
+    round the periodic loop runs). Reported: the wall time until every block
+    again has R copies among the live nodes is the round's wall time (the
+    copies are then counted with ``has`` on every survivor), with the copies
+    made and the bytes moved.
+
+Ratios printed: replicated add / local add (target >= 0.3, and >= 60 MiB/s),
+peer cat / local cat.
+
+Run:  .venv/bin/python bench/cluster.py [--size 128M] [--dir DIR]
+The machine is shared and noisy: compare ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cas.cid import CID, parse_cid
+from cas.control import ControlClient, socket_path
+from cas.dht.ids import key_for_digest
+from cas.store._links import links_of
+
+MiB = 1 << 20
+CAS = str(Path(sys.executable).with_name("cas"))
+R = 3
+NODES = 5
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "CAS_HOME"}
+
+
+class Daemon:
+    """One ``cas daemon`` process, stopped by PID."""
+
+    def __init__(self, repo: Path, bootstrap: list[str]) -> None:
+        self.repo = repo
+        argv = [CAS, "--repo", str(repo), "daemon", "--listen", "127.0.0.1:0",
+                "--repair-interval", "3600"]
+        for b in bootstrap:
+            argv += ["--bootstrap", b]
+        self.err = open(repo.parent / f"{repo.name}.err", "wb")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.err, env=env())
+        self.node_id = 0
+        self.address = ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise SystemExit(f"daemon for {self.repo} not ready in {timeout:g} s")
+            chunk = os.read(self.proc.stdout.fileno(), 1)
+            if not chunk:
+                raise SystemExit(f"daemon for {self.repo} exited")
+            line += chunk
+        words = line.decode().split()
+        self.node_id = int(words[1], 16)
+        self.address = words[4]
+
+    def call(self, op: str, timeout: float = 120, **args: Any) -> Any:
+        with ControlClient(socket_path(self.repo), timeout=timeout) as client:
+            return client.call(op, **args)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.err.close()
+
+
+def cas(*args: str, repo: Path, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([CAS, "--repo", str(repo), *args], stdout=stdout, stderr=subprocess.PIPE,
+                          env=env(), check=True, timeout=1800)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by the processes ``pids``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn: Any) -> float:
+    os.sync()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def dag(daemon: Daemon, root: CID) -> list[CID]:
+    out, stack = [], [root]
+    while stack:
+        cid = stack.pop()
+        out.append(cid)
+        stack.extend(links_of(cid, daemon.call("get", cid=cid)))
+    return out
+
+
+def copies(blocks: list[CID], live: list[Daemon]) -> int:
+    """The fewest live copies of any of ``blocks``."""
+    counts = dict.fromkeys(blocks, 0)
+    for d in live:
+        with ControlClient(socket_path(d.repo), timeout=60) as client:
+            for cid in blocks:
+                counts[cid] += bool(client.call("has", cid=cid))
+    return min(counts.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="128M")
+    parser.add_argument("--dir", default=None, help="where the repositories go (default: a temporary directory)")
+    opts = parser.parse_args()
+    size = parse_size(opts.size)
+    base = Path(tempfile.mkdtemp(prefix="cas-cluster-", dir=opts.dir))
+    daemons: list[Daemon] = []
+    try:
+        source = base / "file.bin"
+        with open(source, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 16 * MiB)
+                f.write(os.urandom(n))
+                left -= n
+
+        local_repo = base / "local"
+        cas("init", repo=local_repo)
+        t_local_add = timed(lambda: cas("add", str(source), repo=local_repo))
+
+        first = Daemon(base / "n0", [])
+        daemons.append(first)
+        first.wait_ready()
+        for i in range(1, NODES):
+            daemons.append(Daemon(base / f"n{i}", [first.address]))
+        for d in daemons[1:]:
+            d.wait_ready()
+        for d in daemons:
+            d.call("dht_refresh")
+        adder = daemons[0]
+
+        result: list[subprocess.CompletedProcess[bytes]] = []
+        pids = [d.proc.pid for d in daemons]
+        cpu_before = cpu_seconds(pids), os.times()
+        t_rep_add = timed(lambda: result.append(cas("add", str(source), repo=adder.repo)))
+        after = os.times()
+        cpu_daemons = cpu_seconds(pids) - cpu_before[0]
+        cpu_client = (after.children_user + after.children_system
+                      - cpu_before[1].children_user - cpu_before[1].children_system)
+        root = parse_cid(result[0].stdout.decode().split()[-1])
+        note = result[0].stderr.decode().strip()
+        stats = adder.call("replication_stats")
+
+        t_local_cat = timed(lambda: cas("cat", str(root), repo=adder.repo, stdout=subprocess.DEVNULL))
+
+        reader = Daemon(base / "reader", [first.address])
+        reader.wait_ready()
+        reader.call("dht_refresh")
+        t_peer_cat = timed(lambda: cas("cat", str(root), repo=reader.repo, stdout=subprocess.DEVNULL))
+        read_ahead = reader.call("replication_stats")["read_ahead"]
+        reader.stop()  # its copies are a cache: leave it out of the repair measurement
+
+        blocks = dag(adder, root)
+        victim = daemons[1]
+        held_by_victim = sum(bool(victim.call("has", cid=c)) for c in blocks)
+        victim.stop(signal.SIGKILL)
+        live = [d for d in daemons if d is not victim]
+        before = {id(d): d.call("replication_stats")["repair_bytes"] for d in live}
+        reports: list[dict[str, Any]] = []
+        def repair_all() -> None:
+            threads = [threading.Thread(target=lambda d=d: reports.append(d.call("replication_repair", timeout=600)))
+                       for d in live]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        t_repair = timed(repair_all)
+        fewest = copies(blocks, live)
+        moved = sum(d.call("replication_stats")["repair_bytes"] - before[id(d)] for d in live)
+        stores = sum(r["stores"] for r in reports)
+
+        mib = size / MiB
+        print(f"cluster: {NODES} nodes on 127.0.0.1, R={R}, file {mib:.0f} MiB "
+              f"({len(blocks)} blocks), {os.cpu_count()} cores")
+        print(f"  add   local (no daemon)   {t_local_add:7.2f} s  {mib / t_local_add:7.1f} MiB/s")
+        print(f"        replicated (R=3)    {t_rep_add:7.2f} s  {mib / t_rep_add:7.1f} MiB/s   "
+              f"ratio {t_local_add / t_rep_add:.2f}  (targets: >= 60 MiB/s, >= 0.30)")
+        print(f"        {note}; {stats['stores_sent']} stores ({stats['refusals']} refused, "
+              f"{stats['store_failures']} failed {stats['last_failure']!r}), "
+              f"{stats['placed_bytes'] / MiB:.0f} MiB acknowledged by peers")
+        print(f"        CPU during the replicated add: daemons {cpu_daemons:.1f} s, "
+              f"the cas add process {cpu_client:.1f} s ({(cpu_daemons + cpu_client) / t_rep_add:.2f} cores busy)")
+        print(f"  cat   local (node A)      {t_local_cat:7.2f} s  {mib / t_local_cat:7.1f} MiB/s")
+        print(f"        from peers (new node) {t_peer_cat:5.2f} s  {mib / t_peer_cat:7.1f} MiB/s   "
+              f"ratio {t_local_cat / t_peer_cat:.2f}  ({read_ahead} blocks read ahead)")
+        print(f"  repair after kill -9 of a node holding {held_by_victim} of {len(blocks)} blocks: "
+              f"one round on {len(live)} survivors {t_repair:.2f} s, {stores} copies made, "
+              f"{moved / MiB:.1f} MiB moved; fewest live copies now {fewest} (R={R})")
+    finally:
+        for d in daemons:
+            d.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
