@@ -1,0 +1,182 @@
+"""A discrete-time simulator of block placement and repair under churn.
+
+Owns: a model network whose nodes are replaced at a steady rate (a node dies
+with the blocks it held, a new one with a fresh ID joins), a set of blocks
+kept on the R nodes nearest their keys, the repair rounds every node runs,
+and the ``python -m cas.dht.sim_repair`` command that prints durability and
+repair traffic over simulated months as a table.
+
+Must never: reimplement the placement rules. Every repair of a block is a
+:class:`~cas.dht.replication.Placement` seeded with what its holders know
+(HAVE answers), and its stores are the ones the planner asks for.
+
+The model (its limits are those of :mod:`cas.dht.sim` plus these):
+
+* **Churn.** Each step (one repair interval, default 600 s), every live node
+  is replaced with probability ``churn_per_day * interval / 86400``: it dies
+  at once with everything it held, and a node with a new uniformly random ID
+  joins. The network keeps ``nodes`` nodes.
+* **Repair.** At the end of each step, every block touched by the step (a
+  holder died, or a newcomer is nearer its key than one of its holders) is
+  repaired as the real round does it: the placement set is the R live nodes
+  nearest the key (the global view stands in for the lookup, which finds
+  them in a healthy network, see ``docs/dht.md``), the surviving holders'
+  presence seeds the plan, and every store it asks for succeeds. A holder
+  outside the set drops its copy once the set holds R (``may_drop``). All
+  rounds of a step happen together: a block is stored once per missing
+  copy, not once per surviving holder (real rounds are not aligned, so the
+  first round usually finds the copy made; bench/cluster.py shows the
+  aligned worst case).
+* **Loss.** A block whose every holder dies within one step is lost: no
+  node is left to repair it from.
+* **Traffic.** Each store moves one block of ``block_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .replication import Placement
+from .routing import Contact
+
+DAY = 86400.0
+
+
+@dataclass
+class RepairStats:
+    """One simulated run."""
+
+    nodes: int
+    replicas: int
+    churn_per_day: float
+    days: float
+    blocks: int
+    lost: int = 0
+    stores: int = 0
+    replaced: int = 0
+    block_size: int = 256 * 1024
+
+    @property
+    def durability(self) -> float:
+        return 1.0 - self.lost / self.blocks
+
+    @property
+    def traffic_bytes(self) -> int:
+        return self.stores * self.block_size
+
+    @property
+    def mib_per_node_day(self) -> float:
+        return self.traffic_bytes / (1 << 20) / self.nodes / self.days
+
+
+def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_per_day: float = 0.05,
+             days: float = 90.0, interval: float = 600.0, block_size: int = 256 * 1024,
+             seed: int = 1) -> RepairStats:
+    """Run one network for ``days`` simulated days; see the module docstring."""
+    rng = random.Random(seed)
+    live: set[int] = {rng.getrandbits(256) for _ in range(nodes)}
+    keys = [rng.getrandbits(256) for _ in range(blocks)]
+    holders: list[set[int]] = [set(heapq.nsmallest(replicas, live, key=lambda n, k=k: n ^ k)) for k in keys]
+    # The farthest holder's distance: a newcomer nearer than it takes part.
+    reach = [max(n ^ k for n in h) for k, h in zip(keys, holders)]
+    held_by: dict[int, set[int]] = {n: set() for n in live}
+    for b, h in enumerate(holders):
+        for n in h:
+            held_by[n].add(b)
+    stats = RepairStats(nodes, replicas, churn_per_day, days, blocks, block_size=block_size)
+    alive = [True] * blocks
+    p = churn_per_day * interval / DAY
+    steps = int(days * DAY / interval)
+    for _ in range(steps):
+        dirty: set[int] = set()
+        dying = [n for n in live if rng.random() < p]
+        for n in dying:
+            live.discard(n)
+            for b in held_by.pop(n):
+                holders[b].discard(n)
+                dirty.add(b)
+        for _ in dying:
+            x = rng.getrandbits(256)
+            live.add(x)
+            held_by[x] = set()
+            for b, k in enumerate(keys):
+                if alive[b] and k ^ x < reach[b]:
+                    dirty.add(b)
+        stats.replaced += len(dying)
+        for b in dirty:
+            if not alive[b]:
+                continue
+            if not holders[b]:
+                alive[b] = False
+                stats.lost += 1
+                continue
+            _repair(b, keys[b], holders, held_by, live, replicas, stats)
+            reach[b] = max(n ^ keys[b] for n in holders[b])
+    return stats
+
+
+def _repair(b: int, key: int, holders: list[set[int]], held_by: dict[int, set[int]], live: set[int],
+            replicas: int, stats: RepairStats) -> None:
+    window = heapq.nsmallest(replicas, live, key=lambda n: n ^ key)
+    contacts = {n: Contact(n, "127.0.0.1", 1) for n in window}
+    plan = Placement(key, list(contacts.values()), replicas=replicas,
+                     known={n: n in holders[b] for n in window})
+    actions = plan.next_actions()
+    while actions:
+        more = []
+        for action in actions:
+            stats.stores += 1
+            holders[b].add(action.peer.node_id)
+            held_by[action.peer.node_id].add(b)
+            more += plan.on_stored(action.peer)
+        actions = more
+    if plan.complete:  # holders outside the placement set drop their copies
+        for n in list(holders[b]):
+            if n not in contacts:
+                holders[b].discard(n)
+                held_by[n].discard(b)
+
+
+def format_header() -> str:
+    return (f"{'nodes':>6} {'R':>3} {'churn/day':>9} {'days':>5} {'blocks':>7} {'lost':>6} "
+            f"{'durability':>11} {'repair GiB':>10} {'MiB/node/day':>12} {'stores/block':>12}")
+
+
+def format_row(s: RepairStats) -> str:
+    return (f"{s.nodes:>6} {s.replicas:>3} {s.churn_per_day:>9.0%} {s.days:>5.0f} {s.blocks:>7} {s.lost:>6} "
+            f"{s.durability:>11.5%} {s.traffic_bytes / (1 << 30):>10.2f} {s.mib_per_node_day:>12.1f} "
+            f"{s.stores / s.blocks:>12.1f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cas.dht.sim_repair",
+        description="Durability and repair traffic of R-way placement under churn, over simulated months.")
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--blocks", type=int, default=2000)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument("--churn", type=float, nargs="+", default=[0.05, 0.20],
+                        help="fractions of the nodes replaced per day")
+    parser.add_argument("--days", type=float, default=90.0)
+    parser.add_argument("--interval", type=float, default=600.0, help="seconds between repair rounds")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.nodes < max(args.replicas) or args.blocks < 1 or any(not 0 <= c < 1 for c in args.churn):
+        parser.error("need nodes >= R, at least one block, and churn in [0, 1)")
+    print(f"# repair every {args.interval:g} s; blocks of 256 KiB", flush=True)
+    print(format_header(), flush=True)
+    for churn in args.churn:
+        for r in args.replicas:
+            stats = simulate(nodes=args.nodes, blocks=args.blocks, replicas=r, churn_per_day=churn,
+                             days=args.days, interval=args.interval, seed=args.seed)
+            print(format_row(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
