@@ -457,27 +457,28 @@ class DhtDriver:
     async def store_block(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
         """Ask ``contact`` to keep a block (STORE_BLOCK); it acknowledges only
         after verifying it against ``cid`` and making it durable."""
-        try:
-            response = await self.request(contact, msg.StoreBlock(cid, data), timeout=STORE_TIMEOUT)
-        except RequestFailedError as exc:
-            if exc.code in NOT_FAILURES:
-                return StoreOutcome("refused", f"{exc.code}: {exc}")
-            return StoreOutcome("failed", str(exc))
-        except (CasError, RemoteProtocolError) as exc:
-            return StoreOutcome("failed", str(exc))
-        if not isinstance(response, msg.Ok):
-            self.table.record_failure(contact.node_id)
-            return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
-        return StoreOutcome("stored")
+        return await self._ask_to_keep(
+            contact, msg.StoreBlock(cid, data), refusals=NOT_FAILURES, timeout=STORE_TIMEOUT
+        )
 
     async def put_record(self, contact: Contact, key: bytes, record: bytes) -> StoreOutcome:
         """Ask ``contact`` to hold a namespace record (PUT_RECORD). ``stored``
         also when it holds exactly this record already; ``refused`` with
         ``stale`` when it holds a newer one."""
+        return await self._ask_to_keep(
+            contact, msg.PutRecord(key, record), refusals=NOT_FAILURES | {"invalid"}, timeout=None
+        )
+
+    async def _ask_to_keep(
+        self, contact: Contact, request: msg.Request, *, refusals: frozenset[str], timeout: float | None
+    ) -> StoreOutcome:
+        """Send a request that asks ``contact`` to keep something; an ``Ok``
+        is ``stored``, an error code in ``refusals`` is ``refused`` (not the
+        peer's fault), anything else ``failed``."""
         try:
-            response = await self.request(contact, msg.PutRecord(key, record))
+            response = await self.request(contact, request, timeout=timeout)
         except RequestFailedError as exc:
-            if exc.code in NOT_FAILURES or exc.code == "invalid":
+            if exc.code in refusals:
                 return StoreOutcome("refused", f"{exc.code}: {exc}")
             return StoreOutcome("failed", str(exc))
         except (CasError, RemoteProtocolError) as exc:
