@@ -46,27 +46,6 @@ made through the control socket shows (plus the kernel's attribute timeout)."""
 MAX_LOOKUP_CACHE = 200_000
 
 
-class _Repo:
-    """The store as the Namespace reads it, with the key loaded once (the
-    store reads its key file on every call)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.blocks = store.blocks
-        self._key = None
-
-    def roots(self, *args: Any, **kwargs: Any) -> list:
-        return self._store.roots(*args, **kwargs)
-
-    def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
-        self._store.commit_root(seq, root, time_ns, record)
-
-    def namespace_key(self) -> Any:
-        if self._key is None:
-            self._key = self._store.namespace_key()
-        return self._key
-
-
 @dataclass(frozen=True)
 class FsStat:
     block_size: int
@@ -81,7 +60,7 @@ class MountTree:
     def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
         self.store = store
         self.blocks = store.blocks
-        self.namespace = Namespace(_Repo(store))
+        self.namespace = Namespace(store)  # LocalStore keeps its key loaded
         self._root_ttl = root_ttl
         self._root: RootState | None = None
         self._root_read = 0.0
