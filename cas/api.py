@@ -225,9 +225,8 @@ class Repository:
         """The bytes of a file (all, or ``length`` from ``offset``)."""
         cid = self.resolve(ref, at)
         _check_range(offset, length)
-        if length is None:
-            length = max(0, files.file_size(self.blocks, cid) - offset)
-        return files.read_range(self.blocks, cid, offset, length)
+        # One walk from the root (a length of None reads to the end).
+        return b"".join(files.iter_file(self.blocks, cid, offset, length))
 
     def iter_read(
         self, ref: CID | str, offset: int = 0, length: int | None = None, *, at: int | None = None
@@ -413,9 +412,7 @@ class AsyncRepository:
     async def read(self, cid: CID | str, offset: int = 0, length: int | None = None) -> bytes:
         cid = parse_cid(cid)
         _check_range(offset, length)
-        if length is None:
-            length = max(0, await files.afile_size(self.blocks, cid) - offset)
-        return await files.aread_range(self.blocks, cid, offset, length)
+        return b"".join([piece async for piece in files.aiter_file(self.blocks, cid, offset, length)])
 
     async def iter_read(
         self, cid: CID | str, offset: int = 0, length: int | None = None
