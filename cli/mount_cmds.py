@@ -8,10 +8,13 @@ sshfs does); its log goes to ``<repo>/mount.log``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from cas.errors import InvalidInputError
+from cas.fuse.mountd import DEFAULT_REFRESH, MIN_REFRESH
+from cas.names.record import parse_public_key
 
 from .output import Output
 from .repo_cmds import repo_path
@@ -21,9 +24,15 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "mount", parents=common, help="mount the namespace as a directory (FUSE)",
         description="Mount the repository's namespace at DIR, read-write. The mount process owns the "
-        "repository; the other cas commands keep working through it. 'cas umount DIR' ends it.")
+        "repository; the other cas commands keep working through it. With --name KEY --ro, mount "
+        "another node's published namespace instead, following its new versions (through this "
+        "repository's daemon if one runs). 'cas umount DIR' ends it.")
     p.add_argument("mountpoint", metavar="DIR")
     p.add_argument("--ro", action="store_true", help="read-only: every change fails with EROFS")
+    p.add_argument("--name", metavar="KEY", default=None,
+                   help="mount the namespace published under this key (64 hex digits; needs --ro)")
+    p.add_argument("--refresh", type=float, default=None, metavar="SECONDS",
+                   help=f"with --name: look for a newer version this often (default {DEFAULT_REFRESH:g})")
     p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
@@ -38,15 +47,31 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     from cas.fuse import require_pyfuse3
     from cas.fuse.mountd import MountConfig, check_mountpoint, run_mount, start_background
 
+    if args.name is not None and not args.ro:
+        return usage_error("--name mounts another node's namespace, which is read-only here: add --ro")
+    if args.refresh is not None and args.name is None:
+        return usage_error("--refresh applies to --name (a published namespace) only")
+    refresh = DEFAULT_REFRESH if args.refresh is None else args.refresh
+    if not refresh >= MIN_REFRESH:
+        return usage_error(f"--refresh must be at least {MIN_REFRESH:g} seconds")
     require_pyfuse3()
     if args.cache is not None and args.cache <= 0:
         raise InvalidInputError("--cache must be a positive number of MiB")
+    name = parse_public_key(args.name) if args.name is not None else None
     mountpoint = check_mountpoint(Path(args.mountpoint))
     repo = repo_path(args).expanduser().absolute()
-    config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None)
+    config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
+                         name, refresh)
 
     def ready() -> None:
-        out.document({"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro})
+        doc = {"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro}
+        if name is not None:
+            doc["name"] = name.hex()
+            out.document(doc)
+            out.note(f"mounted namespace {name.hex()} at {mountpoint} (read-only; "
+                     f"looking for new versions every {refresh:g} s)")
+            return
+        out.document(doc)
         out.note(f"mounted {repo} at {mountpoint}{' (read-only)' if args.ro else ''}")
 
     if args.foreground:
@@ -56,6 +81,12 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
         start_background(config)
         ready()
     return 0
+
+
+def usage_error(message: str) -> int:
+    """Bad usage: one line on stderr and exit status 2 (DESIGN.md)."""
+    print(f"cas mount: error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_umount(args: argparse.Namespace, out: Output) -> int:

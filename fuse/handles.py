@@ -138,16 +138,19 @@ class BlockFetcher:
 
     ``blocks`` is the repository's block store; ``run_in_store`` runs a
     function in the node's store thread (``Node.in_store_thread``).
+    ``parallel_get`` (default: the store's ``get_file_block``) reads a block
+    in a worker thread, several at once, outside the store thread; it
+    returns None for a block only the store thread can read.
     """
 
     def __init__(
         self, cache: BlockCache, blocks: Any, run_in_store: Callable[..., Awaitable[Any]],
-        *, threads: int = FETCH_THREADS,
+        *, threads: int = FETCH_THREADS, parallel_get: Callable[[CID], bytes | None] | None = None,
     ) -> None:
         self.cache = cache
         self._blocks = blocks
         self._run_in_store = run_in_store
-        self._get_file_block = getattr(blocks, "get_file_block", None)
+        self._get_file_block = parallel_get or getattr(blocks, "get_file_block", None)
         self._limiter = trio.CapacityLimiter(threads)
         self._pending: dict[CID, trio.Event] = {}
 

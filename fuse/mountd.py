@@ -13,10 +13,16 @@ unmount cleanly. kill -9 loses only writes not yet closed or fsynced: every
 commit was one durable root update, and staged files are anonymous temporary
 files. ``cas umount`` clears the dead mount.
 
+With ``--name KEY`` the process mounts another node's published namespace,
+read-only (:mod:`cas.fuse.published`): through the daemon that owns the
+repository if one runs (then this process holds no lock), else through a
+node it runs itself as above.
+
 Also owns the command-line side of mounting (start, wait for readiness,
 unmount, wait for the process to go) so cli/mount_cmds.py stays thin.
-Must never: serve FUSE requests without the repository lock (the node holds
-it), or leave a mount behind when it exits normally.
+Must never: serve FUSE requests without the repository lock being held (by
+its own node or by the daemon it goes through), or leave a mount behind
+when it exits normally.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from ..errors import CasError
 from . import FuseUnavailableError, MountError, require_pyfuse3
 
@@ -42,6 +49,11 @@ KERNEL_READ_AHEAD_KIB = 1024
 128 KiB also caps each read request at 128 KiB; at 1 MiB a sequential read
 costs the mount ~35% less CPU per byte (bench/mount.py): fewer, larger
 requests, several in flight at once."""
+DEFAULT_REFRESH = 30.0
+"""Seconds between re-resolutions of a mounted published namespace
+(``--refresh``). Its publisher republishes right after each new root, so a
+change shows within about this long; each one is a small DHT lookup."""
+MIN_REFRESH = 0.1
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
 
@@ -52,6 +64,11 @@ class MountConfig:
     mountpoint: Path
     read_only: bool = False
     cache_bytes: int | None = None
+    name: bytes | None = None
+    """The public key of another node's published namespace to mount
+    (read-only) instead of the repository's own namespace."""
+    refresh: float = DEFAULT_REFRESH
+    """Seconds between re-resolutions of ``name``."""
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -119,8 +136,9 @@ def _unescape(text: str) -> str:
 
 
 async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
-    """Mount ``config.repo``'s namespace at ``config.mountpoint`` and serve it
-    until unmounted or signalled. Raises CasError if it cannot start."""
+    """Mount ``config.repo``'s namespace (or, with ``config.name``, another
+    node's published namespace) at ``config.mountpoint`` and serve it until
+    unmounted or signalled. Raises CasError if it cannot start."""
     pyfuse3 = require_pyfuse3()
     import trio
 
@@ -128,40 +146,90 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     from .operations import CasOperations
     from .tree import MountTree
 
-    node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+    node: Node | None = None
+    link = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        assert node.store is not None
-        ops = CasOperations(
-            run=node.in_store_thread, tree=MountTree(node.store), staging_dir=node.store.path / "tmp",
-            nursery=nursery, read_only=config.read_only, cache_bytes=config.cache_bytes,
-        )
-        options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
-        if config.read_only:
-            options.add("ro")
         try:
-            pyfuse3.init(ops, str(config.mountpoint), options)
-        except RuntimeError as exc:
-            node.stop()
-            raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
-        try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            if config.name is None:
+                node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+                await nursery.start(node.run)
+                assert node.store is not None
+                ops = CasOperations(
+                    run=node.in_store_thread, tree=MountTree(node.store), staging_dir=node.store.path / "tmp",
+                    nursery=nursery, read_only=config.read_only, cache_bytes=config.cache_bytes,
+                )
+            else:
+                node, link, ops = await _published(config, nursery)
+            options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
+            if ops.read_only:
+                options.add("ro")
+            try:
+                pyfuse3.init(ops, str(config.mountpoint), options)
+            except RuntimeError as exc:
+                raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
+            try:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
 
-                async def watch() -> None:
-                    async for _ in signals:
-                        pyfuse3.terminate()
-                        return
+                    async def watch() -> None:
+                        async for _ in signals:
+                            pyfuse3.terminate()
+                            return
 
-                nursery.start_soon(watch)
-                nursery.start_soon(_tune_read_ahead, config.mountpoint)
-                on_ready()
-                await pyfuse3.main()
-            await ops.commit_all()
+                    nursery.start_soon(watch)
+                    nursery.start_soon(_tune_read_ahead, config.mountpoint)
+                    if link is not None:
+                        from .published import follow
+
+                        nursery.start_soon(follow, ops.tree, link, ops, config.refresh)
+                    on_ready()
+                    await pyfuse3.main()
+                await ops.commit_all()
+            finally:
+                with trio.CancelScope(shield=True):
+                    pyfuse3.close(unmount=True)
         finally:
-            with trio.CancelScope(shield=True):
-                pyfuse3.close(unmount=True)
-            node.stop()
+            if node is not None:
+                node.stop()
+            if link is not None:
+                link.close()
             nursery.cancel_scope.cancel()
+
+
+async def _published(config: MountConfig, nursery: Any) -> tuple[Any, Any, Any]:
+    """(node or None, link, operations) for a published namespace: through
+    the daemon owning the repository if one runs, else through a node run
+    here, as the local mount does. Raises MountError, with nothing mounted,
+    if the namespace cannot be resolved now."""
+    import trio
+
+    from ..node import Node, NodeConfig
+    from .operations import CasOperations
+    from .published import NodeLink, PublishedTree, SerialThread
+
+    assert config.name is not None
+    node = None
+    link = await trio.to_thread.run_sync(NodeLink.connect, config.repo)
+    if link is None:
+        node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+        await nursery.start(node.run)
+        link = await trio.to_thread.run_sync(NodeLink.connect, config.repo)
+        if link is None:
+            raise MountError(f"the mount's own node for {config.repo} does not answer on its control socket")
+    try:
+        record = await trio.to_thread.run_sync(link.resolve, config.name)
+        if record is None:
+            raise MountError(
+                f"no published record found for namespace {config.name.hex()}: is it published "
+                "('cas name publish' on its node) and is this node's daemon on the network?")
+        tree = PublishedTree(link, config.name, record, config.repo)
+    except BaseException:
+        link.close()
+        raise
+    ops = CasOperations(
+        run=SerialThread(), tree=tree, staging_dir=config.repo / "tmp", nursery=nursery, read_only=True,
+        cache_bytes=config.cache_bytes, parallel_get=link.get,
+    )
+    return node, link, ops
 
 
 async def _tune_read_ahead(mountpoint: Path) -> None:
@@ -201,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--ro", action="store_true")
     p.add_argument("--cache-bytes", type=int, default=None)
+    p.add_argument("--name", default=None, help="64 hex digits: a published namespace")
+    p.add_argument("--refresh", type=float, default=DEFAULT_REFRESH)
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
     ready_fd: int | None = args.ready_fd
@@ -215,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             ready_fd = None
 
-    config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes)
+    name = bytes.fromhex(args.name) if args.name else None
+    config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes, name, args.refresh)
     try:
         run_mount(config, lambda: report("ok"))
     except CasError as exc:
@@ -239,9 +310,16 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT) -> int
         argv.append("--ro")
     if config.cache_bytes:
         argv += ["--cache-bytes", str(config.cache_bytes)]
+    if config.name is not None:
+        argv += ["--name", config.name.hex(), "--refresh", repr(config.refresh)]
+    from ..control import connect
     from ..store import LocalStore
 
-    LocalStore.open(config.repo, create=True).close()  # create it; fail early if it is in use
+    daemon = connect(config.repo) if config.name is not None else None
+    if daemon is not None:
+        daemon.close()  # a published namespace is mounted through the daemon: no lock needed
+    else:
+        LocalStore.open(config.repo, create=True).close()  # create it; fail early if it is in use
     log_path = config.repo / "mount.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

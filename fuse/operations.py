@@ -47,6 +47,7 @@ from .handles import (
     read_through,
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
+from .published import PublishedTree
 from .tree import MountTree
 
 log = logging.getLogger("cas.fuse")
@@ -100,18 +101,19 @@ class CasOperations(pyfuse3.Operations):
         self,
         *,
         run: Callable[..., Awaitable[Any]],
-        tree: MountTree,
+        tree: MountTree | PublishedTree,
         staging_dir: Path,
         nursery: trio.Nursery,
         read_only: bool = False,
         cache_bytes: int | None = None,
+        parallel_get: Callable[[Any], bytes | None] | None = None,
     ) -> None:
         super().__init__()
         self._run = run  # node.in_store_thread
-        self.tree = tree
+        self.tree: Any = tree  # a PublishedTree has no changing methods: read_only is set then
         self.inodes = InodeTable()
         self.cache = BlockCache(cache_bytes) if cache_bytes else BlockCache()
-        self.fetcher = BlockFetcher(self.cache, tree.blocks, run)
+        self.fetcher = BlockFetcher(self.cache, tree.blocks, run, parallel_get=parallel_get)
         self.nodes = NodeCache()  # decoded file-tree nodes, shared by every reader
         self._staging_dir = staging_dir
         self._nursery = nursery
@@ -598,6 +600,26 @@ class CasOperations(pyfuse3.Operations):
         found.state = None
         self._locks.pop(found.ino, None)
 
+    async def root_replaced(self) -> None:
+        """The whole tree was replaced from outside at once (a published
+        namespace's newer record). Open files keep reading the version they
+        opened: each is given up by its name, as if renamed over, and lives
+        on detached (a new lookup makes a new inode, so the kernel's page
+        cache of the old version is never read for the new one). The kernel
+        forgets every name and attribute it cached, so new lookups and
+        listings see the new root now rather than after ATTR_TIMEOUT."""
+        names: list[tuple[int, bytes]] = []
+        for found in self.inodes:
+            if found.parent is None or found.detached:
+                continue
+            names.append((found.parent, found.name.encode()))
+            if found.kind == "file" and (found.opens or found.state is not None):
+                self.inodes.detach(found.parent, found.name)
+        attached = [found.ino for found in self.inodes if not found.detached]
+        # In a worker thread: invalidating an entry waits for the kernel's
+        # requests about it in flight, which this (trio) thread answers.
+        await trio.to_thread.run_sync(_invalidate, names, attached, abandon_on_cancel=True)
+
     async def commit_all(self) -> None:
         """Commit every staged file (at a clean unmount)."""
         for found in self.inodes:
@@ -607,3 +629,16 @@ class CasOperations(pyfuse3.Operations):
                         await self._commit(found)
                 except pyfuse3.FUSEError:
                     pass
+
+
+def _invalidate(names: list[tuple[int, bytes]], inodes: list[int]) -> None:
+    for parent, name in names:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError:
+            pass  # the kernel had forgotten it already
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino)
+        except OSError:
+            pass

@@ -54,30 +54,19 @@ class FsStat:
     files: int
 
 
-class MountTree:
-    """See the module docstring. ``store`` is the node's LocalStore."""
+class TreeReader:
+    """Reading a tree of directories from whatever :meth:`root` says is
+    current: path resolution with the lookup cache, listings, file content.
+    Subclasses say where the root comes from (:class:`MountTree`: the local
+    namespace; :class:`cas.fuse.published.PublishedTree`: another node's
+    published record)."""
 
-    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
-        self.store = store
-        self.blocks = store.blocks
-        self.namespace = Namespace(store)  # LocalStore keeps its key loaded
-        self._root_ttl = root_ttl
-        self._root: RootState | None = None
-        self._root_read = 0.0
+    def __init__(self, blocks: Any) -> None:
+        self.blocks = blocks
         self._lookups: OrderedDict[tuple[CID, str], DirEntry | None] = OrderedDict()
 
-    # -- reading --------------------------------------------------------------
-
     def root(self) -> RootState:
-        now = time.monotonic()
-        if self._root is None or now - self._root_read > self._root_ttl:
-            self._root = self.namespace.current()
-            self._root_read = now
-        return self._root
-
-    def _note(self, state: RootState) -> None:
-        self._root = state
-        self._root_read = time.monotonic()
+        raise NotImplementedError
 
     def _lookup(self, directory: CID, name: str) -> DirEntry | None:
         key = (directory, name)
@@ -116,6 +105,30 @@ class MountTree:
     def read_all(self, cid: CID) -> Any:
         """The content of file ``cid`` in pieces (to copy into a staged file)."""
         return files.iter_file(self.blocks, cid)
+
+
+
+class MountTree(TreeReader):
+    """See the module docstring. ``store`` is the node's LocalStore."""
+
+    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
+        super().__init__(store.blocks)
+        self.store = store
+        self.namespace = Namespace(store)  # LocalStore keeps its key loaded
+        self._root_ttl = root_ttl
+        self._root: RootState | None = None
+        self._root_read = 0.0
+
+    def root(self) -> RootState:
+        now = time.monotonic()
+        if self._root is None or now - self._root_read > self._root_ttl:
+            self._root = self.namespace.current()
+            self._root_read = now
+        return self._root
+
+    def _note(self, state: RootState) -> None:
+        self._root = state
+        self._root_read = time.monotonic()
 
     # -- changing -------------------------------------------------------------
 

@@ -81,6 +81,17 @@ class RemoteNamespace(Namespace):
     def current(self) -> RootState:
         return RootState(self.record.seq, self.record.root, self.record.time_ns, self.public_key)
 
+    def newer(self, records: list[bytes]) -> RemoteNamespace | None:
+        """The namespace as of the newest of ``records`` if that is a valid
+        record of this key with a *higher* sequence number than the one held
+        (what a mount following the namespace switches to); None otherwise,
+        so a forged, foreign, equal or lower-sequence record never replaces
+        what is held."""
+        best = newest_record(records, self.public_key)
+        if best is None or best.seq <= self.record.seq:
+            return None
+        return RemoteNamespace(self.repo.blocks, self.public_key, [best.encode()])
+
 
 def split_ns_path(path: str) -> tuple[bytes, str] | None:
     """``/ns/<hex key>/a/b`` → (key, ``/a/b``); None for any other path.
