@@ -39,9 +39,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
 from ..errors import CasError
 from . import FuseUnavailableError, MountError, require_pyfuse3
+
+if TYPE_CHECKING:  # trio and the node load only in the mount process
+    import trio
+
+    from ..node import Node
+    from .operations import CasOperations
+    from .published import NodeLink
 
 FSNAME = "cas"
 KERNEL_READ_AHEAD_KIB = 1024
@@ -195,7 +203,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _published(config: MountConfig, nursery: Any) -> tuple[Any, Any, Any]:
+async def _published(config: MountConfig, nursery: trio.Nursery) -> tuple[Node | None, NodeLink, CasOperations]:
     """(node or None, link, operations) for a published namespace: through
     the daemon owning the repository if one runs, else through a node run
     here, as the local mount does. Raises MountError, with nothing mounted,
