@@ -38,6 +38,15 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
         time.sleep(0.02)
 
 
+def errno_of(fn: Callable[..., object], *args: object) -> int:
+    """The errno ``fn(*args)`` fails with (an AssertionError if it succeeds)."""
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    raise AssertionError(f"{fn.__name__}{args} did not fail")
+
+
 def pids_of(mnt: Path) -> list[int]:
     from cas.fuse.mountd import mount_processes
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pseudo_random, run_cas
-from tests.fusemount import mounted, pids_of, require_fuse, wait_for
+from tests.fusemount import errno_of, mounted, pids_of, require_fuse, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.fuse
 def mnt(tmp_path: Path, repo: Path):
     with mounted(repo, tmp_path / "mnt") as path:
         yield path
-
-
-def errno_of(fn, *args) -> int:
-    try:
-        fn(*args)
-    except OSError as exc:
-        return exc.errno
-    raise AssertionError(f"{fn.__name__}{args} did not fail")
 
 
 # -- reading ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, record_key
 from cas.names.remote import RemoteNamespace
 from tests.conftest import pseudo_random, run_cas
-from tests.fusemount import mounted, pids_of, require_fuse
+from tests.fusemount import errno_of, mounted, pids_of, require_fuse
 from tests.nodeproc import Daemon, Daemons, wait_until
 from tests.test_published_names import _stored_record, put_raw
 
@@ -48,14 +48,6 @@ def two_nodes(tmp_path: Path, daemons: Daemons) -> tuple[Daemon, Daemon]:
 
 def cas_json(daemon: Daemon, *args: str) -> dict:
     return json.loads(run_cas("--json", *args, repo=daemon.repo, timeout=60).stdout)
-
-
-def errno_of(fn, *args) -> int:
-    try:
-        fn(*args)
-    except OSError as exc:
-        return exc.errno
-    raise AssertionError(f"{fn.__name__}{args} did not fail")
 
 
 def same_tree(left: Path, right: Path) -> bool:
