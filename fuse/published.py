@@ -37,15 +37,15 @@ from __future__ import annotations
 import logging
 import os
 import queue
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from ..cid import CID
-from ..control import ControlClient, RemoteBlockStore, connect
+from ..control import ControlClient, ControlProtocolError, RemoteBlockStore, connect
 from ..errors import CasError
 from ..names.namespace import RootState
 from ..names.remote import RemoteNamespace
@@ -63,18 +63,54 @@ once (cas.fuse.handles.FETCH_THREADS), each on a connection of its own."""
 T = TypeVar("T")
 
 
+class _Pool:
+    """Control connections to one repository's node, each used by one thread
+    at a time. A call that loses its connection (the daemon was restarted)
+    is tried once more on a fresh one, so a mount outlives a daemon restart."""
+
+    def __init__(self, repo: Path, clients: list[ControlClient]) -> None:
+        self._repo = repo
+        self._clients = clients
+        self._lock = threading.Lock()  # guards _clients, the list closed at the end
+        self._idle: queue.SimpleQueue[ControlClient] = queue.SimpleQueue()
+        for client in clients:
+            self._idle.put(client)
+
+    def call(self, fn: Callable[[ControlClient], T]) -> T:
+        client = self._idle.get()
+        try:
+            try:
+                return fn(client)
+            except ControlProtocolError:
+                fresh = connect(self._repo)
+                if fresh is None:
+                    raise
+                self._replace(client, fresh)
+                client = fresh
+                return fn(client)
+        finally:
+            self._idle.put(client)
+
+    def _replace(self, old: ControlClient, new: ControlClient) -> None:
+        old.close()
+        with self._lock:
+            self._clients = [new if c is old else c for c in self._clients]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients:
+                client.close()
+
+
 class NodeLink:
     """The node owning a repository, through its control socket: verified
     blocks (the node fetches from the network those it lacks) and namespace
-    records. Thread-safe: each call takes a connection of its own from a
-    pool, and record lookups, which may take seconds, have their own."""
+    records. Thread-safe: block reads share a pool of connections, and
+    record lookups, which may take seconds, have one of their own."""
 
-    def __init__(self, clients: list[ControlClient]) -> None:
-        self._resolver = clients[0]
-        self._idle: queue.SimpleQueue[ControlClient] = queue.SimpleQueue()
-        for client in clients[1:]:
-            self._idle.put(client)
-        self._clients = clients
+    def __init__(self, repo: Path, clients: list[ControlClient]) -> None:
+        self._records = _Pool(repo, clients[:1])
+        self._blocks = _Pool(repo, clients[1:])
 
     @classmethod
     def connect(cls, repo: Path, connections: int = CONNECTIONS) -> NodeLink | None:
@@ -94,36 +130,24 @@ class NodeLink:
             for client in clients:
                 client.close()
             return None
-        return cls(clients)
-
-    @contextmanager
-    def _client(self) -> Iterator[ControlClient]:
-        client = self._idle.get()
-        try:
-            yield client
-        finally:
-            self._idle.put(client)
+        return cls(repo, clients)
 
     def get(self, cid: CID) -> bytes:
-        with self._client() as client:
-            return RemoteBlockStore(client).get(cid)  # verifies the bytes against the CID
+        return self._blocks.call(lambda client: RemoteBlockStore(client).get(cid))  # verifies the bytes
 
     def has(self, cid: CID) -> bool:
-        with self._client() as client:
-            return RemoteBlockStore(client).has(cid)
+        return self._blocks.call(lambda client: RemoteBlockStore(client).has(cid))
 
     def resolve(self, public_key: bytes) -> bytes | None:
         """The newest record the node finds for ``public_key`` (its bytes,
         unverified here: :class:`RemoteNamespace` verifies them), or None."""
-        found = self._resolver.call("name_resolve", key=public_key)["found"]
-        if found is None:
-            return None
+        found = self._records.call(lambda client: client.call("name_resolve", key=public_key))["found"]
         record = found.get("record") if isinstance(found, dict) else None
         return record if isinstance(record, bytes) else None
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
+        self._records.close()
+        self._blocks.close()
 
 
 class SerialThread:

@@ -174,3 +174,22 @@ def test_a_mounted_namespace_switches_only_to_a_valid_higher_sequence() -> None:
     newer = held.newer([_record(1), _record(3), forged.encode()])
     assert newer is not None and newer.current().seq == 3
 
+
+
+def test_the_mount_outlives_a_restart_of_the_daemon_it_reads_through(tmp_path: Path, daemons: Daemons) -> None:
+    require_fuse()
+    a, b = two_nodes(tmp_path, daemons)
+    data = pseudo_random(1_500_000, "read after the restart")
+    (tmp_path / "later.bin").write_bytes(data)
+    add_to(a, tmp_path / "later.bin", "/later.bin")
+    key = cas_json(a, "name", "publish", "--every", "60")["key"]
+    with mounted(b.repo, tmp_path / "mnt", "--name", key, "--ro", "--refresh", REFRESH) as mnt:
+        assert os.listdir(mnt) == ["later.bin"]
+        daemons.stop(b)
+        b = daemons.start(b.repo, bootstrap=[a.address])
+        # Nothing of the file was read before: every block comes through the new daemon.
+        assert (mnt / "later.bin").read_bytes() == data
+        (tmp_path / "new.txt").write_bytes(b"after the restart\n")
+        add_to(a, tmp_path / "new.txt", "/new.txt")
+        wait_until(lambda: (mnt / "new.txt").exists(), DEADLINE, "a new version after the restart")
+        assert (mnt / "new.txt").read_bytes() == b"after the restart\n"
