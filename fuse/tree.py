@@ -6,6 +6,10 @@ control socket shows in the mount), the copy-on-write path operations the
 kernel asks for, and committing a staged file as blocks plus one namespace
 link.
 
+The reading half (:class:`TreeReader`) is shared with the read-only tree
+of another node's published namespace (cas.fuse.published), which differs
+only in where its root comes from.
+
 Every method here is synchronous and may read or write the disk: it runs
 only in the node's store thread (``Node.in_store_thread``), one at a time
 with the control socket's operations. It never talks to FUSE and never
