@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cas.cid import RAW
+from cas.store import LocalStore
 from tests.conftest import pseudo_random, run_cas
 
 MiB = 1 << 20
@@ -264,15 +266,19 @@ def test_a_changed_block_fails_its_read_by_cid_and_verify_lists_it(repo, tmp_pat
     (tmp_path / "g").write_bytes(b"innocent bystander")
     cid = add(repo, str(tmp_path / "f"))
     other = add(repo, str(tmp_path / "g"))
-    leaf = sorted((repo / "blocks").glob("*/bafkr4i*"))[0]
-    damaged = bytearray(leaf.read_bytes())
-    damaged[100] ^= 1
-    leaf.write_bytes(bytes(damaged))
+    with LocalStore.open(repo) as store:  # where a leaf's bytes lie on disk
+        leaf = next(c for c in store.blocks.packs.iterate() if c.codec == RAW)
+        where = store.blocks.locate(leaf)
+    with open(where.path, "r+b") as f:  # bit rot: one byte of it flipped
+        f.seek(where.start + 100)
+        byte = f.read(1)[0]
+        f.seek(where.start + 100)
+        f.write(bytes([byte ^ 1]))
     message = error_of("cat", cid, repo=repo, partial_output=True)
-    assert leaf.name in message and "corrupt" in message
+    assert str(leaf) in message and "corrupt" in message
     verify = run_cas("repo", "verify", repo=repo, check=False)
     assert verify.returncode == 1
-    assert verify.stdout.decode().splitlines() == [f"{leaf.name}: corrupt: content does not match its hash"]
+    assert verify.stdout.decode().splitlines() == [f"{leaf}: corrupt: content does not match its hash"]
     assert run_cas("cat", other, repo=repo).stdout == b"innocent bystander"
 
 

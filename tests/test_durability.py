@@ -11,16 +11,22 @@ from pathlib import Path
 
 import pytest
 
+from cas.store import LocalStore
 from tests.conftest import CAS, pseudo_random, run_cas, skip_unless_ci
 
 MiB = 1 << 20
 
 
-def count_blocks(repo: Path) -> int:
-    blocks = repo / "blocks"
-    if not blocks.exists():
-        return 0
-    return sum(len(os.listdir(blocks / shard)) for shard in os.listdir(blocks))
+def pack_bytes(repo: Path) -> int:
+    """Bytes in the repository's pack files: what a running add has appended."""
+    packs = repo / "packs"
+    total = 0
+    for name in os.listdir(packs) if packs.exists() else ():
+        try:
+            total += os.stat(packs / name).st_size
+        except FileNotFoundError:
+            pass  # removed between the listing and the stat
+    return total
 
 
 def wait_for(condition, deadline: float, what: str) -> None:
@@ -48,15 +54,16 @@ def test_kill_9_during_add_never_corrupts_and_printed_cids_stay_readable(tmp_pat
         data = base[cut:] + fresh + base[:cut]
         src = tmp_path / "input"
         src.write_bytes(data)
-        blocks_before = count_blocks(repo)
-        # Kill once the add has stored a random number of new blocks (at
-        # least 8 are new in each input); three runs are left to finish.
-        kill_after = 10**9 if run % 8 == 7 else rng.randrange(0, 8)
+        bytes_before = pack_bytes(repo)
+        # Kill once the add has appended a random number of new blocks'
+        # worth of bytes (at least 8 blocks of 64 KiB or more are new in
+        # each input); three runs are left to finish.
+        kill_after = 10**12 if run % 8 == 7 else rng.randrange(0, 8) * 64 * 1024
         proc = subprocess.Popen(
             [CAS, "--repo", str(repo), "add", str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         wait_for(
-            lambda: proc.poll() is not None or count_blocks(repo) - blocks_before >= kill_after,
+            lambda: proc.poll() is not None or pack_bytes(repo) - bytes_before >= kill_after,
             time.monotonic() + 120,
             "cas add to store blocks",
         )
@@ -110,4 +117,6 @@ def test_a_full_disk_fails_the_add_clearly_and_loses_nothing(small_disk, tmp_pat
 
     assert run_cas("repo", "verify", repo=repo).returncode == 0
     assert run_cas("cat", first_cid, repo=repo).stdout == first
-    assert os.listdir(repo / "tmp") == []  # the half-written block was removed
+    assert os.listdir(repo / "tmp") == []
+    with LocalStore.open(repo) as store:  # the half-written record was given back, not left as garbage
+        assert all(usage.dead == 0 for usage in store.blocks.packs.pack_usage())

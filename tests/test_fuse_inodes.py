@@ -141,4 +141,4 @@ def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(t
         assert from_files.count(leaves[0].cid) == 1  # fetched once
         large = {s.cid for s in leaves if s.size >= SMALL_BLOCK_LIMIT}
         assert large and large <= set(from_files) and not large & set(in_store)
-        assert in_store and not any(store.blocks.files.has(cid) for cid in in_store)  # small ones only
+        assert in_store and not any(store.blocks.packs.has(cid) for cid in in_store)  # small ones only

@@ -1,19 +1,21 @@
-"""The repository's block store: large blocks in files, small ones in SQLite.
+"""The repository's block store: large blocks in pack files, small ones in SQLite.
 
 Blocks under ``SMALL_BLOCK_LIMIT`` (directory nodes, file tree nodes, small
 files and file tails) live in the database's ``small_blocks`` table; the rest
-(the chunked body of files, 64 KiB to 1 MiB each) are one file each. Why:
+(the chunked body of files, 64 KiB to 1 MiB each) are appended to pack files
+(``_packs.py``) and indexed in the same database. Why small blocks in SQLite:
 a namespace operation writes a handful of small nodes and a new root, and
-with every small block in SQLite they all become durable in one transaction,
-one fsync, instead of two fsyncs per node (bench/namespace.py).
+they all become durable in one transaction, one fsync (bench/namespace.py).
+Why packs for the large ones: a file's leaves lie contiguously, so a cold
+read is sequential (bench/add_cat.py).
 
-The ordering rule (DESIGN.md) is kept here, so writers only have to put
-children before parents: before a node that can hold links is stored, the
-files it may link to are made durable (and, for a node stored as a file,
-the pending transaction too). ``barrier()`` makes everything durable: first
-the shard directories of block files written since the last barrier are
-fsynced, then the database transaction commits. So a small parent committed
-with a root is never durable before the large children it links to.
+The ordering rule (DESIGN.md) needs no work from writers beyond putting
+children before parents: every block, small or large, becomes stored by a
+row of the database's open transaction, and ``barrier()`` fsyncs the pack
+bytes appended since the last barrier *then* commits (the database runs the
+pack store's sync before every commit). A parent's row is in the same
+transaction as its children's or a later one, so it is never durable before
+them; nor is a pin or a root committed with it.
 
 ``WriteSession`` is how a writer tells garbage collection "I am about to
 reference these": every block put through a session, new or already stored,
@@ -26,33 +28,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ..blocks import Block, verified
-from ..cid import RAW, CID
-from ..errors import BlockNotFoundError, InvalidBlockError
-from ._blockfiles import FileBlockStore
+from ..cid import CID
+from ..errors import InvalidBlockError
 from ._database import Database
+from ._packs import BlockLocation, PackStore
 
 SMALL_BLOCK_LIMIT = 64 * 1024
 """Blocks shorter than this go to SQLite: the chunker's minimum, so every
-full chunk of a file is a file and every directory node a row."""
+full chunk of a file goes to a pack and every directory node to a row."""
 
 
 class RepositoryBlockStore:
     """A :class:`cas.blocks.BlockStore` over the repository's two homes."""
 
-    def __init__(self, files: FileBlockStore, db: Database) -> None:
-        self.files = files
+    def __init__(self, packs: PackStore, db: Database) -> None:
+        self.packs = packs
         self.db = db
         self._sessions: set[WriteSession] = set()
 
     # -- BlockStore -----------------------------------------------------------
 
     def has(self, cid: CID) -> bool:
-        return self.db.has_block(bytes(cid)) or self.files.has(cid)
+        return self.db.has_block(bytes(cid)) or self.packs.has(cid)
 
     def get(self, cid: CID) -> bytes:
         data = self.db.get_block(bytes(cid))
         if data is None:
-            return self.files.get(cid)
+            return self.packs.get(cid)
         try:
             return verified(cid, data)
         except InvalidBlockError:
@@ -62,62 +64,51 @@ class RepositoryBlockStore:
             ) from None
 
     def get_file_block(self, cid: CID) -> bytes | None:
-        """The verified bytes of ``cid`` if it is stored as a block file,
-        else None (a small block, in the database, or no block at all).
+        """The verified bytes of ``cid`` if it is a large block in a pack whose
+        index row is committed, else None (a small block, in the database, a
+        block put since the last barrier, or no block at all).
 
         The one read that is safe from any thread, concurrently with every
-        other operation: a block file is immutable once renamed into place
-        (a reader sees the whole file or no file, and an open file survives
-        its deletion by gc), and this touches neither the database (one
-        connection, not for concurrent use) nor any state of this object.
+        other operation: it reads the index through a read-only connection
+        of its own thread and pack bytes that are never rewritten in place
+        (``_packs.py``, rule 4), and touches no state of this object.
         Readers use it to read and hash large blocks in several threads at
         once (the FUSE mount) and fall back to :meth:`get`, in the owner's
         store thread, when it answers None.
         """
-        try:
-            return self.files.get(cid)
-        except BlockNotFoundError:
-            return None
+        return self.packs.get_committed(cid)
 
     def put(self, block: Block) -> bool:
-        small = len(block.data) < SMALL_BLOCK_LIMIT
-        if block.cid.codec != RAW:
-            # The ordering rule, kept here so writers need not: whatever this
-            # node may link to is durable before the node can be. A small
-            # node commits in the same transaction as small children, so
-            # only the large ones' file names must be synced first.
-            if small:
-                self.files.barrier()
-            else:
-                self.barrier()
-        if small:
+        if len(block.data) < SMALL_BLOCK_LIMIT:
             return self.db.put_block(bytes(block.cid), block.data)
-        return self.files.put(block)
+        return self.packs.put(block)
 
     def delete(self, cid: CID) -> bool:
-        return self.db.delete_block(bytes(cid)) or self.files.delete(cid)
+        return self.db.delete_block(bytes(cid)) or self.packs.delete(cid)
 
     def iterate(self) -> Iterator[CID]:
         for key in self.db.block_keys():
             yield CID.from_bytes(key)
-        yield from self.files.iterate()
+        yield from self.packs.iterate()
 
     def barrier(self) -> None:
-        self.files.barrier()  # block files' names durable first ...
-        self.db.commit()  # ... then whatever in the database refers to them
+        self.packs.sync()  # the bytes appended since the last barrier durable first ...
+        self.db.commit()  # ... then the rows that point at them, and whatever refers to those
 
     # -- extras ------------------------------------------------------------------
 
     def prefetch(self, cids: Iterable[CID]) -> None:
-        self.files.prefetch(cids)
+        self.packs.prefetch(cids)
 
-    def path_of(self, cid: CID):  # noqa: ANN201 - a Path, for tests and messages
-        return self.files.path_of(cid)
+    def locate(self, cid: CID) -> BlockLocation | None:
+        """Where a large block's bytes lie on disk (None for a small or a
+        missing block): for messages, and for tests that damage a disk."""
+        return self.packs.locate(cid)
 
     def usage(self) -> tuple[int, int]:
         small_count, small_bytes = self.db.block_usage()
-        file_count, file_bytes = self.files.usage()
-        return small_count + file_count, small_bytes + file_bytes
+        pack_count, pack_bytes = self.packs.usage()
+        return small_count + pack_count, small_bytes + pack_bytes
 
     # -- sessions ------------------------------------------------------------------
 

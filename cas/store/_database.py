@@ -1,16 +1,19 @@
-"""The repository's SQLite database: small blocks, pins and namespace roots.
+"""The repository's SQLite database: small blocks, the pack index, pins and
+namespace roots.
 
 One connection, owned by the repository's owner process, in WAL mode with
 ``synchronous=FULL`` so that a commit is durable when it returns.
 
 Writes are *group-committed*: inserts open a transaction lazily and
-:meth:`Database.commit` ends it. The block store calls ``commit`` from its
-``barrier()``, after the block files written since the last barrier are
-durable, so everything in one transaction (new directory nodes, a pin, a new
-root) becomes durable in one step and only after what it refers to. That is
-what makes a namespace operation one fsync instead of one per node.
+:meth:`Database.commit` ends it. Before it commits, ``commit`` runs the
+``before_commit`` hook, which the pack store sets to fsync the pack files
+appended to since the last commit (``_packs.py``): so everything in one
+transaction (new pack index rows, directory nodes, a pin, a new root)
+becomes durable in one step and only after the bytes it refers to, whoever
+calls ``commit``. That is what makes a namespace operation one fsync instead
+of one per node, and an add one fsync of its pack instead of one per block.
 
-Schema (``PRAGMA user_version`` = 3)::
+Schema (``PRAGMA user_version`` = 4)::
 
     small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
     pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
@@ -21,22 +24,28 @@ Schema (``PRAGMA user_version`` = 3)::
                                     namespace records held for the network (version 3)
     settings(name TEXT PRIMARY KEY, value)
                                     small node settings, e.g. publishing (version 3)
+    pack_blocks(cid BLOB PRIMARY KEY, pack INTEGER, start INTEGER, length INTEGER)
+                                    where each large block's bytes lie: pack
+                                    file number, byte offset of the block's
+                                    bytes in it, their length (version 4)
 
 Migrations: version 1 (no ``held`` table) is upgraded in place on open by
 creating the table, empty: every block of an old repository is its own.
 Version 2 (no ``records``, no ``settings``) likewise gets both, empty.
+Version 3 gets the empty ``pack_blocks`` table; its ``blocks/XX/CID`` files
+are then moved into packs by the store (``_packs.migrate_block_files``).
 A schema newer than this code understands is refused, never touched.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import RepositoryError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -60,11 +69,18 @@ CREATE TABLE IF NOT EXISTS records (
     since_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pack_blocks (
+    cid BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    length INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pack_blocks_by_place ON pack_blocks (pack, start);
 """
-_KNOWN_VERSIONS = (0, 1, 2, SCHEMA_VERSION)
+_KNOWN_VERSIONS = (0, 1, 2, 3, SCHEMA_VERSION)
 """Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
-lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, which
-``_SCHEMA`` creates."""
+lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, 3 the
+``pack_blocks`` table, which ``_SCHEMA`` creates."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
@@ -98,12 +114,26 @@ class Database:
         except sqlite3.Error as exc:
             raise _db_error(exc, path) from None
         self._in_transaction = False
+        self.before_commit: Callable[[], None] | None = None
+        """Run before each commit of a transaction: the pack store's fsync
+        of the bytes the transaction's rows point at (the ordering rule)."""
 
     def close(self) -> None:
         if self._in_transaction:
             self._conn.execute("ROLLBACK")  # never committed: nothing refers to it
             self._in_transaction = False
         self._conn.close()
+
+    def open_reader(self) -> sqlite3.Connection:
+        """A new read-only connection to the same database, for one other
+        thread: it sees committed rows only (WAL readers never block the
+        writer, nor it them)."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path) from None
+        return conn
 
     # -- transactions ---------------------------------------------------------
 
@@ -128,6 +158,8 @@ class Database:
         """Make every write since the last commit durable, atomically."""
         if not self._in_transaction:
             return
+        if self.before_commit is not None:
+            self.before_commit()  # raises before COMMIT: the rows wait for the bytes
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -5,10 +5,14 @@ Layout of a repository directory::
     config.json     format name and version; written once, at init
     lock            flock()ed by the owning process; holds its pid and command
     keys/           the namespace key (mode 0600); later the node key
-    blocks/xx/CID   large blocks, one file each (see _blockfiles.py)
+    packs/NNNNNNNN.pack
+                    large blocks, appended to pack files (see _packs.py)
     tmp/            staging for atomic writes; emptied when the owner opens
-    meta.sqlite     SQLite (WAL, synchronous=FULL): small blocks, pins,
-                    namespace roots (see _database.py)
+    meta.sqlite     SQLite (WAL, synchronous=FULL): small blocks, the pack
+                    index, pins, namespace roots (see _database.py)
+
+A repository from before packs (``blocks/xx/CID``, one file per large
+block) is moved into packs when it is opened (``_packs.migrate_block_files``).
 
 Invariants this module keeps, and which ``verify`` checks:
 
@@ -17,8 +21,9 @@ Invariants this module keeps, and which ``verify`` checks:
   ordering rule (children, then ``barrier()``, then the parent, pin or root);
   garbage collection keeps it by deleting in rounds, parents before children,
   with a barrier between rounds.
-* **Every block file holds the bytes of its name.** Files are written whole
-  and renamed into place, so a crash leaves either no file or a complete one;
+* **Every indexed block's bytes are complete and durable.** Pack bytes are
+  fsynced before the transaction that indexes them commits, and a crash
+  leaves only an unindexed tail, cut off on the next open (``_packs.py``);
   bit rot or tampering is caught on every read and listed by ``verify``.
 * **One owner.** The lock is taken on open and released by the OS when the
   owner exits, however it exits, so kill -9 never leaves a stale lock.
@@ -33,7 +38,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +52,10 @@ from ..errors import (
 )
 from ..keys import Ed25519Key
 from . import _links
-from ._blockfiles import FileBlockStore, disk_error, fsync_dir
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
+from ._disk import disk_error, fsync_dir
+from ._packs import CompactReport, PackStore, migrate_block_files
 from ._records import HeldRecords
 from ._held import HeldBlocks
 
@@ -74,7 +80,12 @@ class RepoStat:
     path: str
     blocks: int
     bytes: int
+    """Bytes of the blocks stored (live content; pack records' heads and the
+    dead bytes of gc'd blocks not counted: see ``pack_bytes``)."""
     pinned: int
+    pack_bytes: int = 0
+    """Bytes of the pack files on disk: ``bytes`` of large blocks plus record
+    heads plus dead bytes that compaction has not reclaimed yet."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ class GcReport:
     blocks_freed: int = 0
     bytes_freed: int = 0
     roots_dropped: int = 0
+    compaction: CompactReport = field(default_factory=CompactReport)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -139,7 +151,16 @@ class LocalStore:
         self.path = path
         self._lock_fd = lock_fd
         self.db = Database(path / "meta.sqlite")
-        self.blocks = RepositoryBlockStore(FileBlockStore(path / "blocks", path / "tmp"), self.db)
+        packs: PackStore | None = None
+        try:
+            packs = PackStore(path / "packs", self.db)
+            migrate_block_files(path, packs)  # a repository from before packs
+        except BaseException:
+            if packs is not None:
+                packs.close()
+            self.db.close()
+            raise
+        self.blocks = RepositoryBlockStore(packs, self.db)
         self.held = HeldBlocks(self.db, self.blocks)  # blocks kept for the network (_held.py)
         self.records = HeldRecords(self.db, self.blocks.barrier)  # namespace records (_records.py)
         self.config = self.check_config(path)
@@ -180,7 +201,7 @@ class LocalStore:
             )
         try:
             path.mkdir(parents=True, exist_ok=True)
-            FileBlockStore.create_layout(path / "blocks")
+            (path / "packs").mkdir(exist_ok=True)
             (path / "tmp").mkdir(exist_ok=True)
             (path / "keys").mkdir(mode=0o700, exist_ok=True)
             NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
@@ -233,6 +254,7 @@ class LocalStore:
     def close(self) -> None:
         if self._lock_fd < 0:
             return
+        self.blocks.packs.close()
         self.db.close()
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
@@ -318,7 +340,8 @@ class LocalStore:
     def stat(self) -> RepoStat:
         blocks, total = self.blocks.usage()
         (pinned,) = self.db.query("SELECT count(*) FROM pins").fetchone()
-        return RepoStat(path=str(self.path), blocks=blocks, bytes=total, pinned=pinned)
+        pack_bytes = sum(usage.size for usage in self.blocks.packs.pack_usage())
+        return RepoStat(path=str(self.path), blocks=blocks, bytes=total, pinned=pinned, pack_bytes=pack_bytes)
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every block and check every reference; never modifies.
@@ -326,8 +349,12 @@ class LocalStore:
         ``progress`` is called with the byte count of each block checked.
         """
         report = VerifyReport()
-        for path in self.blocks.files.stray_files():
-            report.problems.append(Problem(str(path), "stray file in the block directory"))
+        for damage in self.blocks.packs.check():
+            report.problems.append(Problem(damage.where, damage.what))
+        old = self.path / "blocks"  # what the migration from one file per block left: not blocks
+        if old.is_dir():
+            for leftover in sorted(p for p in old.rglob("*") if not p.is_dir()):
+                report.problems.append(Problem(str(leftover), "stray file in the old block directory"))
         for cid in self.blocks.iterate():
             try:
                 data = self.blocks.get(cid)
@@ -404,6 +431,7 @@ class LocalStore:
                         next_ready.append(kid)
             self.blocks.barrier()  # this round's deletions durable before the next
             ready = next_ready
+        report.compaction = self.blocks.packs.compact()  # the dead bytes back to the disk
         return report
 
     def drop_held(self, cids: list[CID]) -> list[CID]:
@@ -418,10 +446,8 @@ class LocalStore:
         row = self.db.query("SELECT length(data) FROM small_blocks WHERE cid = ?", (bytes(cid),)).fetchone()
         if row is not None:
             return int(row[0])
-        try:
-            return self.blocks.files.size(cid)
-        except BlockNotFoundError:
-            return 0
+        where = self.blocks.locate(cid)
+        return 0 if where is None else where.length
 
     def _reachable(self, roots: list[CID]) -> set[CID]:
         live: set[CID] = set()
