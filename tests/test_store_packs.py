@@ -16,12 +16,13 @@ import pytest
 
 import cas
 from cas.blocks import Block
-from cas.cid import DAG_CBOR, RAW
+from cas.cid import DAG_CBOR, RAW, CID
 from cas.errors import InvalidBlockError
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
 from cas.store import _packs
 from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
 from tests.conftest import pseudo_random
+from tests.formatsdoc import vectors
 
 MiB = 1 << 20
 
@@ -316,3 +317,14 @@ def test_a_repository_of_block_files_is_moved_into_packs_on_open(tmp_path, monke
     db = sqlite3.connect(repo / "meta.sqlite")
     assert db.execute("PRAGMA user_version").fetchone() == (4,)
     db.close()
+
+
+@pytest.mark.parametrize("vector", vectors("pack-record"), ids=lambda v: v["cid"][:12])
+def test_pack_records_match_the_published_vectors(vector, store):
+    data = bytes.fromhex(vector["data_hex"])
+    cid = CID.parse(vector["cid"])
+    assert record_head(bytes(cid), len(data)) + data == bytes.fromhex(vector["record_hex"])
+    store.blocks.packs.put(Block(cid, data))  # as a pack holds it, whatever its size
+    store.blocks.barrier()
+    raw = pack_files(store.path)[0].read_bytes()
+    assert raw == PACK_MAGIC + bytes.fromhex(vector["record_hex"])

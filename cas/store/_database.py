@@ -109,8 +109,9 @@ class Database:
                 raise RepositoryError(
                     f"{path} has metadata schema {version}; this cas understands {SCHEMA_VERSION}"
                 )
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version != SCHEMA_VERSION:  # a write: only when there is something to upgrade
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise _db_error(exc, path) from None
         self._in_transaction = False

@@ -164,6 +164,7 @@ class PackStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._asked: tuple[int, int] = (0, 0)  # (pack, end) of the last range asked for, see prefetch
         self._dirty = False
         self._fd = -1
         try:
@@ -392,8 +393,18 @@ class PackStore:
             ) from None
 
     def prefetch(self, cids: Iterable[CID]) -> None:
-        """Ask the kernel to start reading these blocks now: one
-        ``posix_fadvise(WILLNEED)`` per run of nearby blocks. Any thread."""
+        """Ask the kernel to start reading these blocks now, where it would
+        not by itself. Any thread.
+
+        A sequential reader asks, after each block it reads, for the one a
+        few dozen blocks ahead. Blocks that continue the last range asked
+        for in the same pack need no hint: the kernel's read-ahead follows
+        a sequential read (8 MiB ahead on this machine's disk), and hints
+        there were measured to slow the read down (each call blocks while
+        it queues its reads). So only a run of blocks elsewhere (the start
+        of a file, another pack, leaves shared with an older file) gets one
+        ``posix_fadvise(WILLNEED)``. A race between threads here can only
+        cost or save one hint."""
         keys = [bytes(cid) for cid in cids]
         if not keys:
             return
@@ -411,6 +422,10 @@ class PackStore:
             else:
                 ranges.append([number, start, start + length])
         for number, start, end in ranges:
+            pack, asked = self._asked
+            self._asked = (number, max(end, asked) if pack == number else end)
+            if pack == number and asked - PREFETCH_GAP <= start <= asked + PREFETCH_GAP:
+                continue  # reading on sequentially: the kernel's read-ahead has it
             try:
                 fd = os.open(self._path_str(number), os.O_RDONLY)
             except OSError:
