@@ -328,3 +328,63 @@ def test_pack_records_match_the_published_vectors(vector, store):
     store.blocks.barrier()
     raw = pack_files(store.path)[0].read_bytes()
     assert raw == PACK_MAGIC + bytes.fromhex(vector["record_hex"])
+
+
+COMPACT_CRASHER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import cas
+
+    # Die at the Nth disk step of gc and its compaction (every fsync, unlink,
+    # truncate and append), as kill -9 would.
+    kill_at, steps = int(sys.argv[2]), [0]
+
+    def step(real):
+        def wrapped(*args):
+            steps[0] += 1
+            if steps[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args)
+        return wrapped
+
+    with cas.open_repository(sys.argv[1]) as lib:
+        lib._store.blocks.packs.pack_limit = 3 << 20
+        for name in ("fsync", "unlink", "ftruncate", "pwritev"):
+            setattr(os, name, step(getattr(os, name)))
+        lib.gc()
+    print(steps[0])
+    """
+)
+
+
+def test_kill_9_at_every_step_of_gc_and_compaction_loses_no_live_block(tmp_path):
+    repo = tmp_path / "repo"
+    kept = {f"kept {i}": pseudo_random(1_500_000, seed=f"kept {i}") for i in range(4)}
+    with cas.open_repository(repo) as lib:
+        lib._store.blocks.packs.pack_limit = 3 << 20
+        cids = {}
+        for i, (name, data) in enumerate(kept.items()):
+            cids[name] = lib.add_bytes(data)
+            lib.unpin(lib.add_bytes(pseudo_random(1_500_000, seed=f"garbage {i}")))
+        bytes_before = lib.repo_stat().pack_bytes
+    pristine = tmp_path / "pristine"
+    subprocess.run(["cp", "-a", str(repo), str(pristine)], check=True)
+    kill_at, finished = 1, False
+    while not finished:
+        subprocess.run(["rm", "-rf", str(repo)], check=True)
+        subprocess.run(["cp", "-a", str(pristine), str(repo)], check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", COMPACT_CRASHER, str(repo), str(kill_at)],
+            capture_output=True, cwd=Path(__file__).parent.parent,
+        )
+        finished = done.returncode == 0
+        assert finished or done.returncode == -9, done.stderr
+        with cas.open_repository(repo) as lib:
+            report = lib.verify()
+            assert report.ok, (kill_at, report.problems)
+            for name, data in kept.items():
+                assert lib.read(cids[name]) == data, kill_at
+            pack_bytes = lib.repo_stat().pack_bytes
+        kill_at += 1
+    assert kill_at > 10, kill_at  # gc and compaction took that many steps, each one a crash point
+    assert pack_bytes < bytes_before - 3_000_000  # and the run that finished freed space
