@@ -333,9 +333,11 @@ def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path)
 def test_a_progress_bar_is_drawn_on_a_terminal_for_long_work(repo, tmp_path):
     import fcntl
     import pty
+    import signal
     import struct
     import subprocess
     import termios
+    import time
 
     from tests.conftest import CAS, pseudo_random_stream
 
@@ -350,6 +352,16 @@ def test_a_progress_bar_is_drawn_on_a_terminal_for_long_work(repo, tmp_path):
         [CAS, "--repo", str(repo), "add", str(big)], stdout=subprocess.PIPE, stderr=terminal
     )
     os.close(terminal)
+    # Make the work long for sure: 400 MiB can take under the bar's 0.5 s
+    # delay now that an add fsyncs once. Once the add is appending (its bar
+    # exists), hold it stopped for longer than the delay.
+    packs, deadline = repo / "packs", time.monotonic() + 60
+    while proc.poll() is None and sum(p.stat().st_size for p in packs.glob("*.pack")) < 64 * MiB:
+        assert time.monotonic() < deadline, "cas add never started appending"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.6)  # the work taking long, not a synchronisation
+    proc.send_signal(signal.SIGCONT)
     drawn = b""
     while True:
         try:
