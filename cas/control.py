@@ -328,6 +328,11 @@ class ControlClient:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._ahead = 0  # requests sent by send_ahead whose answers are unread
+        self.before_request: list[Callable[[], None]] = []
+        """Called before every request but those sent ahead: a writer that
+        holds requests back (RemoteBlockStore's batch) sends them first, so
+        what the daemon is asked next sees them."""
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(CONNECT_TIMEOUT)
         try:
@@ -350,16 +355,50 @@ class ControlClient:
         self.close()
 
     def call(self, op: str, **args: Any) -> Any:
-        """Send one request and return its ``ok`` value, or raise its error."""
+        """Send one request and return its ``ok`` value, or raise its error
+        (or the error of an earlier :meth:`send_ahead` request)."""
+        self._before_request()
         with self._lock:
+            self._drain(0)
             self._send(op, args)
             answer = self._receive()
         return self._result(answer)
 
+    def _before_request(self) -> None:
+        for hook in self.before_request:
+            hook()
+
+    def send_ahead(self, op: str, window: int, **args: Any) -> None:
+        """Send a request without waiting for its answer, keeping at most
+        ``window`` unanswered: a writer's puts then overlap the daemon's
+        work instead of paying a round trip each. The daemon answers in
+        order; an error among the answers is raised by the call that reads
+        it (this one, once the window is full, or the next :meth:`call`)."""
+        with self._lock:
+            self._send(op, args)
+            self._ahead += 1
+            self._drain(window)
+
+    def _drain(self, keep: int) -> None:
+        """Read answers to requests sent ahead until ``keep`` are left; every
+        one is read even after an error, so the stream stays in step."""
+        first_error: Exception | None = None
+        while self._ahead > keep:
+            answer = self._receive()
+            self._ahead -= 1
+            try:
+                self._result(answer)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the rest are read
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
         """Items of a streaming op. Holds the connection until exhausted; a
         generator dropped early closes the connection (the daemon notices)."""
+        self._before_request()
         with self._lock:
+            self._drain(0)
             self._send(op, args)
             finished = False
             try:
@@ -436,12 +475,25 @@ def connect(repo: str | os.PathLike[str]) -> ControlClient | None:
 # -- the remote store ---------------------------------------------------------------------
 
 
+PUT_BATCH_BYTES = MAX_FRAME - 64 * 1024
+"""Block bytes in one ``put_many`` request: as many as a frame holds, so the
+daemon stores a batch in one trip to its store thread."""
+
+BATCHES_AHEAD = 2
+"""``put_many`` requests a client keeps unanswered: the daemon stores one
+while the client chunks and hashes the next; an error surfaces within a few
+MiB of its cause."""
+
+
 class RemoteBlockStore:
     """The sync :class:`cas.blocks.BlockStore` protocol over the control socket.
     ``get`` verifies what the daemon sends, like every store."""
 
     def __init__(self, client: ControlClient) -> None:
         self._client = client
+        self._batch: list[list[Any]] = []  # [cid, data] pairs not sent yet
+        self._batch_bytes = 0
+        client.before_request.append(self._flush)
 
     def has(self, cid: CID) -> bool:
         return bool(self._client.call("has", cid=cid))
@@ -453,7 +505,22 @@ class RemoteBlockStore:
         return Block(cid, data).data  # verifies
 
     def put(self, block: Block) -> bool:
-        return bool(self._client.call("put", cid=block.cid, data=block.data))
+        """Store ``block`` through the daemon, batched and pipelined: blocks
+        go in ``put_many`` requests of up to PUT_BATCH_BYTES, whose answers
+        are read later. So this returns True whether or not the daemon had
+        the block, and a failure is raised by a later call (every writer
+        ends with :meth:`barrier`, which raises it before anything refers to
+        the block). Every other call sends the pending batch first."""
+        if self._batch_bytes + len(block.data) > PUT_BATCH_BYTES:
+            self._flush()
+        self._batch.append([block.cid, block.data])
+        self._batch_bytes += len(block.data)
+        return True
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._client.send_ahead("put_many", BATCHES_AHEAD, blocks=batch)
 
     def delete(self, cid: CID) -> bool:
         return bool(self._client.call("delete", cid=cid))

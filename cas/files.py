@@ -189,7 +189,7 @@ class AddResult:
     cid: CID
     size: int  # bytes of file content
     blocks: int  # blocks in the file's DAG as written (leaves + nodes)
-    new_blocks: int  # of those, how many the store did not have
+    new_blocks: int  # of those, how many the store did not have (a daemon pipelines puts: all count)
     new_bytes: int  # their total size
 
 
