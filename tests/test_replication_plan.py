@@ -1,14 +1,26 @@
 """The sans-IO replication planner (cas.dht.replication), no sockets: the
 placement set is the R nearest willing nodes, a refusal or failure moves it
 to the next closest, HAVE answers spare resends, this node fills its own
-slot, a held copy is dropped only once R others are confirmed, and the
-per-peer STORE_BLOCK rate limit refills with time."""
+slot, a held copy is dropped only once R others are confirmed, the
+per-peer STORE_BLOCK rate limit refills with time, and a lookup's answer is
+reused only for keys it provably covers."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cas.dht.replication import Placement, RateLimiter, Slot, Store, have_batches, may_drop
+from cas.dht.replication import (
+    Neighbourhood,
+    NeighbourhoodCache,
+    Placement,
+    RateLimiter,
+    Slot,
+    Store,
+    have_batches,
+    may_drop,
+)
 from cas.dht.routing import Contact
 
 KEY = 0
@@ -123,3 +135,48 @@ def test_rate_limiter_forgets_the_oldest_peer_beyond_its_bound() -> None:
         assert limiter.allow(peer, 0.0)
     assert limiter.allow(1, 0.0)  # forgotten, so full again
     assert not limiter.allow(3, 0.0)
+
+
+# -- reusing a lookup's answer for nearby keys --------------------------------------
+
+
+def nearest(nodes: list[int], key: int, n: int) -> list[int]:
+    return sorted(nodes, key=lambda node_id: node_id ^ key)[:n]
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=st.sets(st.integers(0, 2**12 - 1), min_size=1, max_size=80),
+       target=st.integers(0, 2**12 - 1), key=st.integers(0, 2**12 - 1),
+       k=st.integers(1, 20), wanted=st.integers(1, 6))
+def test_a_reused_answer_never_ranks_a_node_wrongly(nodes: set[int], target: int, key: int,
+                                                     k: int, wanted: int) -> None:
+    """Whatever the network, the nodes it returns for another key are
+    exactly that key's nearest: no node outside the answer is closer."""
+    everyone = sorted(nodes)
+    answer = Neighbourhood(target, tuple(contact(n) for n in nearest(everyone, target, k)),
+                           exhaustive=len(everyone) < k)
+    ranked = answer.ranked_for(key, wanted)
+    if ranked is not None:
+        assert [c.node_id for c in ranked] == nearest(everyone, key, len(ranked))
+        assert len(ranked) >= wanted or answer.exhaustive
+
+
+def test_an_answer_covers_its_own_key_and_an_exhaustive_one_every_key() -> None:
+    nodes = [contact(i) for i in range(0, 256, 8)]  # 32 nodes
+    answer = Neighbourhood(16, tuple(sorted(nodes, key=lambda c: c.node_id ^ 16)[:20]), exhaustive=False)
+    ranked = answer.ranked_for(16, 3)
+    assert ranked is not None and [c.node_id for c in ranked[:3]] == [16, 24, 0]
+    assert answer.ranked_for(200, 3) is None  # far away: a lookup is needed
+    small = Neighbourhood(16, tuple(nodes[:4]), exhaustive=True)
+    ranked = small.ranked_for(200, 3)
+    assert ranked is not None and [c.node_id for c in ranked] == nearest([0, 8, 16, 24], 200, 4)
+
+
+def test_the_cache_forgets_expired_answers_and_those_naming_a_failed_peer() -> None:
+    cache = NeighbourhoodCache(ttl=30.0)
+    cache.add(Neighbourhood(0, (contact(1), contact(2)), exhaustive=True), now=0.0)
+    assert cache.ranked_for(99, 2, now=10.0) is not None
+    assert cache.ranked_for(99, 2, now=31.0) is None  # expired
+    cache.add(Neighbourhood(0, (contact(1), contact(2)), exhaustive=True), now=40.0)
+    cache.forget(2)
+    assert cache.ranked_for(99, 2, now=41.0) is None

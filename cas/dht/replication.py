@@ -182,6 +182,75 @@ class Placement:
         return self._state.get(node_id)
 
 
+@dataclass(frozen=True)
+class Neighbourhood:
+    """A lookup's answer, reused for other keys it provably covers.
+
+    ``closest`` are the k nodes closest to ``target`` that answered (this
+    node left out); ``exhaustive`` says the lookup ran out of nodes to ask
+    before it found k, so every node reachable is in it (a network of
+    fewer than k+1 nodes).
+
+    Why it can answer for another key: for any node N outside the set,
+    d(N, target) > D, the distance of the set's farthest member. For a key
+    with δ = d(key, target), d(N, key) = d(N, target) XOR δ keeps every bit
+    of d(N, target) above δ's highest bit, so d(N, key) ≥ ((D + 1) >> b) << b
+    with b = δ.bit_length(). Members of the set closer to the key than that
+    bound are ranked correctly against every node outside it.
+    """
+
+    target: int
+    closest: tuple[Contact, ...]
+    exhaustive: bool
+
+    def ranked_for(self, key: int, wanted: int) -> list[Contact] | None:
+        """The members provably nearest to ``key``, nearest first, if there
+        are at least ``wanted`` of them (or all of them, when the answer is
+        exhaustive); else None: a lookup is needed."""
+        ranked = sorted(self.closest, key=lambda c: c.node_id ^ key)
+        if self.exhaustive:
+            return ranked  # there is no one else to rank
+        if not self.closest:
+            return None
+        farthest = max(c.node_id ^ self.target for c in self.closest)
+        shift = (key ^ self.target).bit_length()
+        bound = ((farthest + 1) >> shift) << shift
+        provable = [c for c in ranked if c.node_id ^ key < bound]
+        return provable if len(provable) >= wanted else None
+
+
+class NeighbourhoodCache:
+    """Recent lookup answers, so that placing many blocks does not cost a
+    lookup each when earlier answers already prove where they go (in a
+    network of fewer than k nodes, one lookup answers for every key).
+    Sans-IO: the caller passes ``now``. Entries expire after ``ttl``
+    seconds, and :meth:`forget` drops every entry naming a peer that failed.
+    """
+
+    def __init__(self, *, ttl: float = 30.0, size: int = 64) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: list[tuple[float, Neighbourhood]] = []  # (expiry, answer), oldest first
+
+    def add(self, answer: Neighbourhood, now: float) -> None:
+        self._entries.append((now + self.ttl, answer))
+        if len(self._entries) > self.size:
+            del self._entries[0]
+
+    def ranked_for(self, key: int, wanted: int, now: float) -> list[Contact] | None:
+        """Candidates for ``key`` from the newest answer that covers it."""
+        self._entries = [(t, a) for t, a in self._entries if t > now]
+        for _, answer in reversed(self._entries):
+            ranked = answer.ranked_for(key, wanted)
+            if ranked is not None:
+                return ranked
+        return None
+
+    def forget(self, node_id: int) -> None:
+        self._entries = [(t, a) for t, a in self._entries
+                         if all(c.node_id != node_id for c in a.closest)]
+
+
 def may_drop(plan: Placement, *, own: bool) -> bool:
     """May this node delete its copy of the plan's block now?
 

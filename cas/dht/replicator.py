@@ -31,7 +31,15 @@ from ..errors import CasError
 from ..net.messages import MAX_HAVE_CIDS
 from .driver import DhtDriver
 from .ids import key_for_digest
-from .replication import DEFAULT_REPLICAS, Placement, chunks, have_batches, may_drop
+from .replication import (
+    DEFAULT_REPLICAS,
+    Neighbourhood,
+    NeighbourhoodCache,
+    Placement,
+    chunks,
+    have_batches,
+    may_drop,
+)
 from .routing import Contact
 
 PLACEMENT_WORKERS = 16
@@ -42,6 +50,11 @@ made for reads."""
 QUEUE_SIZE = 1024
 """Blocks waiting to be placed before a client's ``put`` waits (about
 256 MiB of average blocks: the add runs ahead of placement by that much)."""
+
+QUEUED_BYTES = 64 * 1024 * 1024
+"""Bytes of queued blocks kept in memory with their place in the queue, so
+a worker need not read them back from the store; past it, blocks are
+queued by CID only (memory stays bounded whatever the add's pace)."""
 
 RETRY_INTERVAL = 30.0
 """Seconds between retries of blocks placed on fewer than R nodes."""
@@ -138,7 +151,9 @@ class Replicator:
         self.workers = workers
         self.retry_interval = retry_interval
         self.repair_interval = repair_interval
-        self._send, self._receive = trio.open_memory_channel[CID](queue_size)
+        self._send, self._receive = trio.open_memory_channel[tuple[CID, bytes | None]](queue_size)
+        self._queued_bytes = 0
+        self.neighbourhoods = NeighbourhoodCache()
         self._pending: set[CID] = set()
         self._copies: dict[CID, int] = {}
         self._short: set[CID] = set()
@@ -158,14 +173,20 @@ class Replicator:
 
     # -- placement --------------------------------------------------------------
 
-    async def place(self, cid: CID) -> None:
+    async def place(self, cid: CID, data: bytes | None = None) -> None:
         """Queue ``cid`` for placement on the R closest nodes; waits only if
-        the queue is full (the add runs at most QUEUE_SIZE blocks ahead)."""
+        the queue is full (the add runs at most QUEUE_SIZE blocks ahead).
+        ``data``, the block's bytes if the caller has them, saves reading
+        them back (kept while the queue holds under QUEUED_BYTES)."""
         if cid in self._pending:
             return
         self._pending.add(cid)
         self.stats.queued += 1
-        await self._send.send(cid)
+        if data is not None and self._queued_bytes + len(data) > QUEUED_BYTES:
+            data = None
+        if data is not None:
+            self._queued_bytes += len(data)
+        await self._send.send((cid, data))
 
     def copies(self, cid: CID) -> int | None:
         """Members of the placement set known to hold ``cid`` after its last
@@ -190,9 +211,11 @@ class Replicator:
         self._changed = trio.Event()
 
     async def _worker(self) -> None:
-        async for cid in self._receive:
+        async for cid, data in self._receive:
+            if data is not None:
+                self._queued_bytes -= len(data)
             try:
-                copies = await self._place_one(cid)
+                copies = await self._place_one(cid, data)
             except CasError as exc:
                 self.stats.last_failure = f"placing {cid}: {exc}"
                 copies = 1  # the local copy; the retry loop tries again
@@ -212,16 +235,36 @@ class Replicator:
         else:
             self._short.discard(cid)
 
-    async def _place_one(self, cid: CID) -> int:
+    async def _place_one(self, cid: CID, data: bytes | None = None) -> int:
         if not len(self.dht.table):
             return 1  # alone: the local copy is all there is
         key = key_for_digest(cid.digest)
-        found = await self.dht.find_node(key)
-        plan = Placement(key, with_table(found.lookup.closest, self.dht, key, self.replicas),
-                         own_id=self.dht.own_id, local=True, replicas=self.replicas)
-        data = await self.store.get(cid)
+        if data is None:
+            data = await self.store.get(cid)
+        known = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
+        if known is not None:
+            plan = Placement(key, known, own_id=self.dht.own_id, local=True, replicas=self.replicas)
+            await self._execute(plan, cid, data)
+            if plan.complete:
+                return plan.copies
+            # Short of R with a remembered answer: ask the network afresh.
+        plan = Placement(key, await self._find_candidates(key), own_id=self.dht.own_id,
+                         local=True, replicas=self.replicas)
         await self._execute(plan, cid, data)
         return plan.copies
+
+    async def _find_candidates(self, key: int) -> list[Contact]:
+        """A lookup's closest nodes for ``key`` (remembered for nearby keys)."""
+        found = await self.dht.find_node(key)
+        self.remember(found.lookup.closest, key, found.lookup.failures, self.neighbourhoods)
+        return with_table(found.lookup.closest, self.dht, key, self.replicas)
+
+    def remember(self, closest: Sequence[Contact], key: int, failures: int,
+                 cache: NeighbourhoodCache) -> None:
+        # A lookup that found fewer than k with no query failing ran out of
+        # nodes to ask: every reachable node is in its answer.
+        exhaustive = len(closest) < self.dht.k and failures == 0
+        cache.add(Neighbourhood(key, tuple(closest), exhaustive), trio.current_time())
 
     async def _execute(self, plan: Placement, cid: CID, data: bytes, *, repair: bool = False) -> int:
         """Send the stores ``plan`` asks for until it is done; returns how many were sent."""
@@ -261,6 +304,7 @@ class Replicator:
                     launch(plan.on_refused(peer))
                 else:
                     self.stats.peer_store_failures[peer.node_id] += 1
+                    self.neighbourhoods.forget(peer.node_id)
                     launch(plan.on_failed(peer))
         self.stats.stores_sent += sent
         return sent
@@ -342,15 +386,25 @@ class Replicator:
             return report
 
     async def _lookups(self, blocks: list[CID]) -> dict[CID, list[Contact]]:
+        """Each block's closest nodes, from lookups made in this round: one
+        lookup answers for every block its answer provably covers."""
         out: dict[CID, list[Contact]] = {}
         limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+        this_round = NeighbourhoodCache(ttl=math.inf, size=256)
 
         async def one(cid: CID) -> None:
+            key = key_for_digest(cid.digest)
             async with limit:
+                # 2R, not R: the plan moves past refusals to the next closest.
+                known = this_round.ranked_for(key, 2 * self.replicas, trio.current_time())
+                if known is not None:
+                    out[cid] = known
+                    return
                 try:
-                    found = await self.dht.find_node(key_for_digest(cid.digest))
+                    found = await self.dht.find_node(key)
                 except CasError:
                     return
+                self.remember(found.lookup.closest, key, found.lookup.failures, this_round)
                 out[cid] = list(found.lookup.closest)
 
         async with trio.open_nursery() as nursery:
