@@ -55,6 +55,7 @@ from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
 from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
+from .group_commit import GroupCommitter
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
@@ -163,6 +164,7 @@ class Node:
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
         self.publisher: Publisher | None = None
+        self.group_commit: GroupCommitter | None = None
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
         self._siblings: dict[CID, tuple[list[CID], int]] = {}
@@ -210,11 +212,14 @@ class Node:
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
         self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
+        group_commit = self.group_commit = GroupCommitter(
+            lambda blocks: self.in_store_thread(store.held.accept_many, blocks))
         control = None
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    await nursery.start(group_commit.run)
                     await nursery.start(dht.run)
                     await nursery.start(replicator.run)
                     await nursery.start(self.publisher.run)
@@ -410,12 +415,17 @@ class _StoreThreadBlocks:
 
     async def keep(self, block: Block) -> None:
         """A block a peer placed here (verified): held for the network,
-        within the quota, durable on return."""
-        assert self._node.store is not None
-        await self._node.in_store_thread(self._node.store.held.accept, block)
+        within the quota, durable on return (group-committed with the
+        others arriving at the same time)."""
+        assert self._node.group_commit is not None
+        await self._node.group_commit.keep(block)
 
 
 # -- the op table ---------------------------------------------------------------------
+
+
+MAX_PUT_BATCH = 1024
+"""Blocks one ``put_many`` may carry (the frame limit bounds their bytes)."""
 
 
 def _cid_arg(args: dict[str, Any], name: str = "cid") -> CID:
@@ -491,19 +501,36 @@ def _store_ops(node: Node) -> OpTable:
             client.on_close.append(close)
         return found
 
-    async def put(args: dict[str, Any], client: ClientState) -> bool:
-        block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
+    async def put_blocks(blocks: list[Block], client: ClientState) -> list[bool]:
         writer = await session(client)
 
-        def put_own() -> bool:
-            new = writer.put(block)
-            store().held.claim(block.cid)  # a local client's block is own, even if a peer sent it first
-            return bool(new)
+        def put_own() -> list[bool]:
+            new = []
+            for block in blocks:
+                new.append(bool(writer.put(block)))
+                store().held.claim(block.cid)  # a local client's block is own, even if a peer sent it first
+            return new
 
-        new = bool(await node.in_store_thread(put_own))
+        new = await node.in_store_thread(put_own)  # one trip to the store thread for the batch
         if node.replicator is not None:
-            await node.replicator.place(block.cid)  # queued: the add goes on
+            for block in blocks:
+                await node.replicator.place(block.cid, block.data)  # queued: the add goes on
         return new
+
+    async def put(args: dict[str, Any], client: ClientState) -> bool:
+        block = Block(_cid_arg(args), _bytes_arg(args, "data"))  # verifies, ≤ 1 MiB
+        return (await put_blocks([block], client))[0]
+
+    async def put_many(args: dict[str, Any], client: ClientState) -> list[bool]:
+        """Several blocks in one request (a frame holds up to 2 MiB), stored
+        in order; for each, whether it was new."""
+        items = args.get("blocks")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_PUT_BATCH or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[1], bytes) for i in items):
+            raise InvalidInputError(
+                f"argument 'blocks' must be a list of 1 to {MAX_PUT_BATCH} [cid, bytes] pairs")
+        blocks = [Block(_cid_arg({"cid": cid}), data) for cid, data in items]  # verifies each
+        return await put_blocks(blocks, client)
 
     async def protect(args: dict[str, Any], client: ClientState) -> None:
         await node.in_store_thread((await session(client)).protect, _cid_arg(args))
@@ -565,7 +592,7 @@ def _store_ops(node: Node) -> OpTable:
 
     return {
         "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),
-        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "protect": Op(protect),
+        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "put_many": Op(put_many), "protect": Op(protect),
         "barrier": Op(barrier),
         "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
         "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),

@@ -36,6 +36,18 @@ def test_a_held_block_counts_against_the_quota_and_a_full_store_refuses(tmp_path
         assert store.held.bytes == 60 and store.blocks.has(Block.of(RAW, b"x" * 60).cid)
 
 
+def test_a_group_of_blocks_is_kept_in_one_commit_and_only_the_one_over_quota_refused(tmp_path: Path) -> None:
+    a, b, c = (Block.of(RAW, bytes([i]) * 40) for i in range(3))
+    with LocalStore.open(tmp_path / "r") as store:
+        store.held.quota = 100
+        outcomes = store.held.accept_many([a, b, a, c])
+        assert outcomes[:3] == [True, True, False]  # a second copy of a is no change
+        assert isinstance(outcomes[3], StorageQuotaError)
+    with LocalStore.open(tmp_path / "r") as store:  # durable on return
+        assert store.held.bytes == 80 and store.blocks.has(a.cid) and store.blocks.has(b.cid)
+        assert not store.blocks.has(c.cid)
+
+
 def test_a_block_a_local_client_puts_becomes_own_and_is_never_dropped(tmp_path: Path) -> None:
     with LocalStore.open(tmp_path / "r") as store:
         held, own = Block.of(RAW, b"for the network"), Block.of(RAW, b"mine")

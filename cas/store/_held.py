@@ -90,19 +90,34 @@ class HeldBlocks:
 
         Raises :class:`StorageQuotaError` if it does not fit the quota.
         """
-        if self._blocks.has(block.cid):
-            return False
-        size = len(block.data)
-        if not self.room_for(size):
-            raise StorageQuotaError(
-                f"storage for other nodes' blocks is full ({self._bytes} of {self.quota} bytes used)")
-        self._blocks.put(block)
-        self._db.execute("INSERT OR REPLACE INTO held (cid, size, since_ns) VALUES (?, ?, ?)",
-                         (bytes(block.cid), size, time.time_ns()))
-        self._count += 1
-        self._bytes += size
-        self._blocks.barrier()  # bytes and row durable before anyone is told
-        return True
+        outcome = self.accept_many([block])[0]
+        if isinstance(outcome, StorageQuotaError):
+            raise outcome
+        return outcome
+
+    def accept_many(self, blocks: Iterable[Block]) -> list[bool | StorageQuotaError]:
+        """:meth:`accept` for several blocks with one barrier (a group
+        commit: one set of fsyncs however many blocks peers sent at once).
+        For each block, in order: True if new, False if already stored, or
+        the :class:`StorageQuotaError` that refused it. Durable on return."""
+        outcomes: list[bool | StorageQuotaError] = []
+        for block in blocks:
+            if self._blocks.has(block.cid):
+                outcomes.append(False)
+                continue
+            size = len(block.data)
+            if not self.room_for(size):
+                outcomes.append(StorageQuotaError(
+                    f"storage for other nodes' blocks is full ({self._bytes} of {self.quota} bytes used)"))
+                continue
+            self._blocks.put(block)
+            self._db.execute("INSERT OR REPLACE INTO held (cid, size, since_ns) VALUES (?, ?, ?)",
+                             (bytes(block.cid), size, time.time_ns()))
+            self._count += 1
+            self._bytes += size
+            outcomes.append(True)
+        self._blocks.barrier()  # bytes and rows durable before anyone is told
+        return outcomes
 
     def claim(self, cid: CID) -> bool:
         """``cid`` is own from now on (a local client put it). Commits with
