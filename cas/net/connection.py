@@ -72,10 +72,12 @@ IDLE_TIMEOUT = 120.0
 # How long request() waits for its response by default.
 REQUEST_TIMEOUT = 30.0
 # Incoming requests per second per connection, and the burst allowed above
-# that. A DHT lookup sends a peer a handful of requests; repair batches
-# HAVE. 50/s sustained is far above honest use and far below what hurts.
-REQUEST_RATE = 50.0
-REQUEST_BURST = 100.0
+# that. A DHT lookup sends a peer a handful of requests and repair batches
+# HAVE, but placement sends one STORE_BLOCK per block and copy: an add at
+# 100 MiB/s puts ~400 a second on each of its R closest peers (the driver's
+# own STORE_BLOCK limit). Beyond this the peer is answered busy and struck.
+REQUEST_RATE = 1000.0
+REQUEST_BURST = 2000.0
 # Requests from one peer being served at once; more are answered "busy".
 MAX_CONCURRENT_REQUESTS = 16
 # Our own requests outstanding on one connection at once; request() waits
