@@ -156,10 +156,25 @@ def copies(blocks: list[CID], live: list[Daemon]) -> int:
     return min(counts.values())
 
 
+def profile(where: str | None, targets: dict[str, Daemon]) -> list[subprocess.Popen[bytes]]:
+    """Start py-spy on each target daemon; stopped with SIGINT, it writes its collapsed stacks."""
+    if where is None:
+        return []
+    Path(where).mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--pid", str(d.proc.pid), "--rate", "400",
+                              "--format", "raw", "-o", f"{where}/{name}.txt"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, d in targets.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="128M")
     parser.add_argument("--dir", default=None, help="where the repositories go (default: a temporary directory)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="record py-spy profiles (collapsed stacks) of every daemon during the "
+                             "replicated add into DIR (needs py-spy installed)")
     opts = parser.parse_args()
     size = parse_size(opts.size)
     base = Path(tempfile.mkdtemp(prefix="cas-cluster-", dir=opts.dir))
@@ -191,7 +206,11 @@ def main() -> None:
         result: list[subprocess.CompletedProcess[bytes]] = []
         pids = [d.proc.pid for d in daemons]
         cpu_before = cpu_seconds(pids), os.times()
+        spies = profile(opts.profile, {f"n{i}": d for i, d in enumerate(daemons)})
         t_rep_add = timed(lambda: result.append(cas("add", str(source), repo=adder.repo)))
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         after = os.times()
         cpu_daemons = cpu_seconds(pids) - cpu_before[0]
         cpu_client = (after.children_user + after.children_system
