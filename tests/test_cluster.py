@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,50 @@ def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_ag
                 node.stop()
 
     trio.run(main)
+
+
+# -- a holder that stops answering ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_reader_gets_every_block_while_holders_are_frozen(tmp_path: Path, daemons: Daemons) -> None:
+    """Holders frozen with SIGSTOP (connected, silent: the slowest a peer
+    can be) never stall a read: each block comes from a holder that answers."""
+    first = daemons.start(tmp_path / "n0", extra=REPAIR)
+    rest = [daemons.start(tmp_path / f"n{i}", bootstrap=[first.address], wait=False, extra=REPAIR)
+            for i in range(1, 5)]
+    for daemon in rest:
+        daemons.wait_ready(daemon, timeout=60)
+    for daemon in (first, *rest):
+        run_cas("dht", "refresh", repo=daemon.repo)
+    adder, others = first, rest
+    data = pseudo_random(3 << 20, "read past a frozen holder")
+    result = run_cas("add", "-", repo=adder.repo, input=data, timeout=120)
+    root = parse_cid(result.stdout.decode().split()[-1])
+    assert "stored on 3 of 3 nodes" in result.stderr.decode(), result.stderr
+    blocks = dag_of(adder, root)
+
+    def has(daemon: Daemon, cid: CID) -> bool:
+        with ControlClient(socket_path(daemon.repo), timeout=30) as client:
+            return bool(client.call("has", cid=cid))
+
+    holders = {cid: [d for d in others if has(d, cid)] for cid in blocks}
+    # Freeze the adder and the peer holding most blocks: each block keeps a live holder.
+    busiest = max(others, key=lambda d: sum(d in h for h in holders.values()))
+    frozen = [adder, busiest]
+    assert all(any(d not in frozen for d in h) for h in holders.values()), "a block has no live holder"
+    assert any(busiest in h for h in holders.values())
+    live = next(d for d in others if d is not busiest)
+    reader = daemons.start(tmp_path / "reader", bootstrap=[live.address, adder.address, busiest.address])
+    run_cas("dht", "refresh", repo=reader.repo)  # every node in its table, the frozen ones too
+    for daemon in frozen:
+        os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        out = run_cas("cat", str(root), repo=reader.repo, timeout=120).stdout
+        assert out == data
+    finally:
+        for daemon in frozen:
+            os.kill(daemon.pid, signal.SIGCONT)
 
 
 # -- 10 daemons, 64 MiB, kill -9 of the adder ---------------------------------------
