@@ -23,7 +23,7 @@ from cas.names.remote import ReadOnlyNamespaceError, RemoteNamespace, split_ns_p
 from cas.net import messages as msg
 from cas.net.identity import Identity
 from cas.store import LocalStore
-from cas.store._records import MAX_RECORDS_PER_SENDER, RecordQuotaError
+from cas.store._records import MAX_RECORDS_PER_SENDER, RECORD_LIFETIME, RecordQuotaError
 from tests.formatsdoc import vectors
 
 KEY = Ed25519Key.from_seed(bytes(range(32)))
@@ -120,6 +120,40 @@ def test_held_records_are_bounded_per_sender(tmp_path: Path) -> None:
             store.records.put(b"\xff" * 32, b"r", 1, b"s" * 32)
         store.records.put((0).to_bytes(32, "big"), b"r2", 2, b"s" * 32)  # a replacement still fits
         store.records.put(b"\xff" * 32, b"r", 1, b"t" * 32)  # another sender too
+
+
+def test_a_held_record_expires_unless_it_is_put_again_within_its_lifetime(tmp_path: Path) -> None:
+    day = 86400 * 10**9
+    clock = [100 * day]
+    with LocalStore.open(tmp_path / "r") as store:
+        store.records.now_ns = lambda: clock[0]
+        store.records.put(b"\x01" * 32, b"kept", 1, b"s" * 32)
+        store.records.put(b"\x02" * 32, b"forgotten", 1, b"s" * 32)
+        clock[0] += day
+        store.records.renew(b"\x01" * 32)  # republished a day later
+        clock[0] += int(RECORD_LIFETIME * 10**9) - day // 2
+        assert store.records.expire() == 1
+        assert store.records.get(b"\x01" * 32) == b"kept"
+        assert store.records.get(b"\x02" * 32) is None
+    with LocalStore.open(tmp_path / "r") as store:  # durable
+        assert store.records.get(b"\x02" * 32) is None and len(store.records) == 1
+
+
+def test_a_peer_putting_the_same_record_again_renews_its_lifetime(tmp_path: Path) -> None:
+    clock = [1_000 * 10**9]
+    with LocalStore.open(tmp_path / "r") as store:
+        store.records.now_ns = lambda: clock[0]
+
+        async def in_thread(fn, *args):  # noqa: ANN001, ANN202 - the node's store-thread call, inline
+            return fn(*args)
+
+        keeper = StoreRecords(lambda: store, in_thread)
+        trio.run(keeper.put_record, RKEY, signed(1), b"s" * 32)
+        clock[0] += int(RECORD_LIFETIME * 10**9) - 10**9
+        trio.run(keeper.put_record, RKEY, signed(1), b"t" * 32)  # a republish, a day and more later
+        clock[0] += 2 * 10**9
+        assert store.records.expire() == 0
+        assert store.records.get(RKEY) == signed(1)
 
 
 def test_a_version_2_repository_opens_and_gains_the_records_table(tmp_path: Path) -> None:

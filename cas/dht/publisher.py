@@ -39,7 +39,12 @@ record on whoever is closest now (Kademlia republishes hourly; half that,
 as a record is tiny)."""
 
 MIN_REPUBLISH_INTERVAL = 0.5
-MAX_REPUBLISH_INTERVAL = 7 * 86400.0
+MAX_REPUBLISH_INTERVAL = 86400.0
+"""A day: held records expire two days after their last republish
+(cas.store._records.RECORD_LIFETIME), so a publisher must come back sooner."""
+
+EXPIRY_SWEEP_INTERVAL = 3600.0
+"""Seconds between sweeps of held records past their lifetime."""
 
 StoreThread = Callable[..., Awaitable[Any]]
 
@@ -85,6 +90,8 @@ class StoreRecords:
             accepted = accept_record(records.get(key), key, record)
             if accepted is not None:
                 records.put(key, record, accepted.seq, sender)
+            else:  # the same bytes again: a republish renews the record's lifetime
+                records.renew(key)
 
         await self._thread(put)
 
@@ -106,8 +113,19 @@ class Publisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Republish every interval (and soon after each new root) while the
-        repository's publishing setting is on, until cancelled."""
-        task_status.started()
+        repository's publishing setting is on, and drop held records past
+        their lifetime, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expiry_loop)
+            task_status.started()
+            await self._publish_loop()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await self._thread(self._store().records.expire)
+            await trio.sleep(EXPIRY_SWEEP_INTERVAL)
+
+    async def _publish_loop(self) -> None:
         while True:
             interval = await self._thread(self._store().records.publish_interval)
             with trio.move_on_after(math.inf if interval is None else interval):
