@@ -23,6 +23,7 @@ import trio
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import RAW, CID, parse_cid
 from cas.control import ClientState, ControlClient, socket_path
+from cas.dht.ids import key_for_digest
 from cas.dht.driver import DhtDriver
 from cas.net import messages as msg
 from cas.node import Node, NodeConfig, control_ops
@@ -84,14 +85,17 @@ class SlowHolder(DhtDriver):
 
 def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_against_the_liar(
         tmp_path: Path) -> None:
-    block = Block.of(RAW, pseudo_random(200_000, "wanted block"))
-
     async def main() -> None:
         async with network() as net:
             memory = MemoryBlockStore()
-            memory.put(block)
+            memory.put(Block.of(RAW, b"filler"))  # not empty: net.add would make a store of its own
             holder = await net.add(cls=SlowHolder, store=memory)
             liar = await net.add(cls=Liar)
+            # A block nearer the liar than the holder: asked directly or by a
+            # lookup, the liar is asked first.
+            block = next(b for b in (Block.of(RAW, pseudo_random(200_000, f"wanted {i}")) for i in range(64))
+                         if liar.own_id ^ key_for_digest(b.cid.digest) < holder.own_id ^ key_for_digest(b.cid.digest))
+            memory.put(block)
             await liar.bootstrap([("127.0.0.1", holder.listen_port or 0)])
             node = Node(NodeConfig(repo=tmp_path / "reader", listen_host="127.0.0.1", listen_port=0,
                                    bootstrap=[("127.0.0.1", liar.listen_port or 0),
@@ -109,6 +113,38 @@ def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_ag
                 assert peers[holder.identity.node_id.hex()]["bad_blocks"] == 0
                 # Verified and kept (held for the network): a second read is local.
                 assert node.store is not None and node.store.held.is_held(block.cid)
+                node.stop()
+
+    trio.run(main)
+
+
+def test_a_reader_asks_the_nodes_placement_chose_directly_one_message_per_block(tmp_path: Path) -> None:
+    blocks = [Block.of(RAW, pseudo_random(100_000, f"block {i}")) for i in range(3)]
+
+    async def main() -> None:
+        async with network() as net:
+            stores = [MemoryBlockStore() for _ in range(8)]
+            for store in stores:
+                store.put(Block.of(RAW, b"filler"))  # not empty: net.add would make a store of its own
+            peers = [await net.add(store=store) for store in stores]
+            for peer in peers[1:]:
+                await peer.bootstrap([("127.0.0.1", peers[0].listen_port or 0)])
+            for block in blocks:  # where placement puts it: the R = 3 nodes closest to its key
+                key = key_for_digest(block.cid.digest)
+                for i in sorted(range(8), key=lambda i: peers[i].own_id ^ key)[:3]:
+                    stores[i].put(block)
+            node = Node(NodeConfig(repo=tmp_path / "reader", listen_host="127.0.0.1", listen_port=0,
+                                   bootstrap=[("127.0.0.1", p.listen_port or 0) for p in peers],
+                                   repair_interval=3600))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                assert node.dht is not None
+                ops, client = control_ops(node), ClientState()
+                assert await ops["get"].handler({"cid": blocks[0].cid}, client) == blocks[0].data  # type: ignore[misc]
+                for block in blocks[1:]:  # the first read's lookup answers for these keys too
+                    before = node.dht.messages_sent
+                    assert await ops["get"].handler({"cid": block.cid}, client) == block.data  # type: ignore[misc]
+                    assert node.dht.messages_sent - before == 1  # a FIND_BLOCK lookup sends alpha = 3 at once
                 node.stop()
 
     trio.run(main)

@@ -583,6 +583,23 @@ class DhtDriver:
         """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
         return await self._lookup(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
 
+    async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> bytes | None:
+        """Ask one peer for ``cid`` with a single FIND_BLOCK (no lookup): the
+        verified bytes, or None if it has not got them, did not answer, or
+        lied (counted against it, as in a lookup)."""
+        try:
+            response = await self.request(contact, msg.FindBlock(cid), timeout=timeout)
+        except (CasError, RemoteProtocolError):
+            return None
+        if not isinstance(response, msg.Block):
+            return None
+        try:
+            return verified(cid, response.data)
+        except InvalidBlockError:
+            self.table.record_failure(contact.node_id)
+            self.bad_blocks[contact.node_id] += 1
+            return None
+
     async def find_records(self, key: bytes) -> tuple[FindResult, list[tuple[Contact, bytes]]]:
         """A lookup of the k nodes closest to record key ``key`` (GET_RECORD
         to each), and every record they answered with, unverified: the

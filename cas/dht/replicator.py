@@ -64,6 +64,10 @@ REPAIR_INTERVAL = 600.0
 (Kademlia republishes hourly; blocks are checked more often because a
 missing copy costs more than a stale record). Tests use a second or two."""
 
+DIRECT_FETCH_TIMEOUT = 1.0
+"""Seconds a likely holder asked directly for a block has to answer before
+the next is asked (a frozen or overloaded peer costs a reader this much)."""
+
 LOOKUP_CONCURRENCY = 4
 """Lookups in flight during a repair round."""
 
@@ -332,9 +336,27 @@ class Replicator:
     # -- fetching -----------------------------------------------------------------
 
     async def fetch(self, cid: CID) -> bytes | None:
-        """The block from the network (verified), or None if no node has it."""
+        """The block from the network (verified), or None if no node has it.
+
+        Its holders are the nodes placement chose, the R closest to its key:
+        when a remembered lookup answer names them (see
+        :class:`~cas.dht.replication.Neighbourhood`), they are asked
+        directly, one FIND_BLOCK each, nearest first, each given
+        ``DIRECT_FETCH_TIMEOUT``; otherwise (or if none of them gives it)
+        a FIND_BLOCK lookup looks for it."""
         if not len(self.dht.table):
             return None
+        key = key_for_digest(cid.digest)
+        likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
+        if likely is None and len(self.dht.table) < self.dht.k:
+            # A node that knows fewer than k peers: a FIND_NODE lookup costs
+            # what a FIND_BLOCK one does, and its answer serves every key.
+            with trio.move_on_after(DIRECT_FETCH_TIMEOUT * self.replicas):
+                likely = await self._find_candidates(key)
+        for peer in (likely or [])[: self.replicas]:
+            data = await self.dht.block_from(peer, cid, timeout=DIRECT_FETCH_TIMEOUT)
+            if data is not None:
+                return data
         found = await self.dht.find_block(cid)
         return found.block
 
