@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from tqdm import tqdm
-
 
 class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
@@ -45,6 +43,8 @@ class Output:
         if self.quiet or self.json_mode or not sys.stderr.isatty():
             yield lambda n: None
             return
+        from tqdm import tqdm  # here: its import costs ~20% of the start of every command
+
         bar = tqdm(
             total=total,
             desc=what,
