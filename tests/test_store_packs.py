@@ -17,7 +17,7 @@ import pytest
 import cas
 from cas.blocks import Block
 from cas.cid import DAG_CBOR, RAW, CID
-from cas.errors import InvalidBlockError
+from cas.errors import InvalidBlockError, RepositoryError
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
 from cas.store import _packs
 from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
@@ -388,3 +388,25 @@ def test_kill_9_at_every_step_of_gc_and_compaction_loses_no_live_block(tmp_path)
         kill_at += 1
     assert kill_at > 10, kill_at  # gc and compaction took that many steps, each one a crash point
     assert pack_bytes < bytes_before - 3_000_000  # and the run that finished freed space
+
+
+def test_a_failed_pack_fsync_rolls_back_the_rows_that_would_point_at_the_bytes(store, monkeypatch):
+    kept = big("before")
+    store.blocks.put(kept)
+    store.blocks.barrier()
+    lost = big("lost")
+    store.blocks.put(lost)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_packs.os, "fsync", failing_fsync)
+    with pytest.raises(RepositoryError, match="I/O error while syncing a pack file"):
+        store.blocks.barrier()
+    monkeypatch.undo()
+    assert not store.blocks.has(lost.cid)  # never indexed: its bytes may not be on disk
+    assert store.blocks.get(kept.cid) == kept.data
+    store.blocks.put(lost)  # tried again, it is appended anew
+    store.blocks.barrier()
+    assert store.blocks.get(lost.cid) == lost.data
+    assert store.verify().ok

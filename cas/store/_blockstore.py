@@ -92,8 +92,11 @@ class RepositoryBlockStore:
         yield from self.packs.iterate()
 
     def barrier(self) -> None:
-        self.packs.sync()  # the bytes appended since the last barrier durable first ...
-        self.db.commit()  # ... then the rows that point at them, and whatever refers to those
+        # The database syncs the packs before it commits (PackStore.sync as
+        # its before_commit): the bytes appended since the last barrier are
+        # durable first, then the rows that point at them and whatever
+        # refers to those; if the sync fails, the rows never commit.
+        self.db.commit()
 
     # -- extras ------------------------------------------------------------------
 

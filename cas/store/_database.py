@@ -160,7 +160,15 @@ class Database:
         if not self._in_transaction:
             return
         if self.before_commit is not None:
-            self.before_commit()  # raises before COMMIT: the rows wait for the bytes
+            try:
+                self.before_commit()
+            except BaseException:
+                # The bytes these rows point at may not be on disk (and a
+                # failed fsync is not reliably reported twice): the rows
+                # must never commit. The operation fails as a whole.
+                self._conn.execute("ROLLBACK")
+                self._in_transaction = False
+                raise
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:

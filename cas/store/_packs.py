@@ -165,7 +165,8 @@ class PackStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._asked: tuple[int, int] = (0, 0)  # (pack, end) of the last range asked for, see prefetch
-        self._dirty = False
+        self._dirty = False  # the active pack appended to since the last sync
+        self._rolled: list[int] = []  # packs closed since then, still to sync
         self._fd = -1
         try:
             if not packs_dir.exists():
@@ -179,6 +180,9 @@ class PackStore:
         db.before_commit = self.sync
 
     def close(self) -> None:
+        for fd in self._rolled:  # never committed: nothing points there
+            os.close(fd)
+        self._rolled.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -285,27 +289,36 @@ class PackStore:
         return self._active, at + len(head)
 
     def _roll(self) -> None:
-        """Close the active pack and start the next one."""
-        self.sync()
+        """Start the next pack; the last one is synced with the next commit."""
         try:
             self._write_header(self._active + 1)
             fd = os.open(self._path_str(self._active + 1), os.O_RDWR)
         except OSError as exc:
             raise disk_error(exc, "starting a new pack file", self.dir.parent) from None
-        os.close(self._fd)
+        if self._dirty:
+            self._rolled.append(self._fd)
+        else:
+            os.close(self._fd)
         self._fd = fd
         self._active += 1
         self._end = HEADER_SIZE
+        self._dirty = False
 
     def sync(self) -> None:
-        """Make every byte appended so far durable (rule 2: before a commit)."""
-        if not self._dirty:
-            return
+        """Make every byte appended so far durable (rule 2: before a commit).
+
+        If it raises, the database rolls the transaction back: the rows
+        must not commit, and a second fsync cannot be trusted to report
+        the same failure."""
         try:
-            os.fsync(self._fd)
+            while self._rolled:
+                os.fsync(self._rolled[0])
+                os.close(self._rolled.pop(0))
+            if self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
         except OSError as exc:
             raise disk_error(exc, "syncing a pack file", self.dir.parent) from None
-        self._dirty = False
 
     def delete(self, cid: CID) -> bool:
         """Forget ``cid`` (its bytes stay until compaction)."""
