@@ -410,3 +410,15 @@ def test_a_failed_pack_fsync_rolls_back_the_rows_that_would_point_at_the_bytes(s
     store.blocks.barrier()
     assert store.blocks.get(lost.cid) == lost.data
     assert store.verify().ok
+
+
+def test_write_out_starts_while_an_add_appends_not_only_at_the_commit(store, monkeypatch):
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(_packs, "start_writeback", lambda fd, start, length: started.append((start, length)))
+    monkeypatch.setattr(_packs, "WRITE_BEHIND", 1 << 20)
+    for i in range(40):  # ~2.6 MiB
+        store.blocks.put(big(f"behind {i}"))
+    assert [start for start, _ in started] == [HEADER_SIZE, started[0][0] + started[0][1]]
+    assert all(length >= 1 << 20 for _, length in started)
+    assert _packs._sync_file_range is not None  # on Linux the hint is real
+    _packs.start_writeback(store.blocks.packs._fd, 0, 1 << 20)  # and harmless
