@@ -26,9 +26,10 @@ stream in memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import pyfastcdc
+if TYPE_CHECKING:
+    import pyfastcdc
 
 MIN_CHUNK_SIZE = 64 * 1024
 """No cut before this many bytes (except the end of the stream)."""
@@ -56,7 +57,10 @@ class Readable(Protocol):
 
 def _fastcdc() -> pyfastcdc.FastCDC:
     # A FastCDC object is cheap, but not safe to share between threads; make
-    # one per call rather than guarding a global.
+    # one per call rather than guarding a global. Imported here: loading the
+    # extension costs a cold start ~60 ms, which reading commands never need.
+    import pyfastcdc
+
     return pyfastcdc.FastCDC(
         AVG_CHUNK_PARAMETER,
         min_size=MIN_CHUNK_SIZE,

@@ -19,12 +19,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, TypeVar
-
-import nacl.exceptions
-import nacl.signing
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from .errors import CasError
+
+if TYPE_CHECKING:
+    import nacl.signing
+
+# nacl is imported where it is used: loading libsodium costs a cold start
+# ~40 ms, which commands that never sign or verify (cas cat CID) should not pay.
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -45,6 +48,9 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     """True if ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
+    import nacl.exceptions
+    import nacl.signing
+
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
@@ -64,6 +70,8 @@ class Ed25519Key:
     @classmethod
     def generate(cls: type[K]) -> K:
         """A fresh random key."""
+        import nacl.signing
+
         return cls(nacl.signing.SigningKey.generate())
 
     @classmethod
@@ -71,6 +79,8 @@ class Ed25519Key:
         """The key with this 32-byte Ed25519 seed (tests, known vectors)."""
         if len(seed) != _SEED_SIZE:
             raise ValueError(f"an Ed25519 seed has {_SEED_SIZE} bytes")
+        import nacl.signing
+
         return cls(nacl.signing.SigningKey(seed))
 
     @property
