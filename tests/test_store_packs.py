@@ -422,3 +422,28 @@ def test_write_out_starts_while_an_add_appends_not_only_at_the_commit(store, mon
     assert all(length >= 1 << 20 for _, length in started)
     assert _packs._sync_file_range is not None  # on Linux the hint is real
     _packs.start_writeback(store.blocks.packs._fd, 0, 1 << 20)  # and harmless
+
+
+def test_prefetch_hints_only_where_reads_jump_and_looks_up_single_blocks_in_batches(store, monkeypatch):
+    store.blocks.packs.pack_limit = 1 << 20  # 15 of these blocks to a pack
+    blocks = [big(f"ahead {i}") for i in range(40)]
+    for block in blocks:
+        store.blocks.put(block)
+    store.blocks.barrier()
+    packs = [store.blocks.locate(b.cid).pack for b in blocks]
+    assert packs[0] == 1 and packs[15] == 2 and packs[14] == 1
+    hints: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(_packs.os, "posix_fadvise", lambda fd, start, length, advice: hints.append(
+        (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), start, length)))
+    first = store.blocks.locate(blocks[0].cid)
+    store.blocks.prefetch([b.cid for b in blocks[:8]])  # a reader's first plan: the start of a file
+    eighth = store.blocks.locate(blocks[7].cid)
+    assert hints == [("00000001.pack", first.start, eighth.start + eighth.length - first.start)]
+    for block in blocks[8:23]:  # then one block at a time, 15 of them: not looked up yet
+        store.blocks.prefetch([block.cid])
+    assert len(hints) == 1
+    store.blocks.prefetch([blocks[23].cid])  # the 16th: looked up with the others
+    # Blocks 8-14 continue the read in pack 1 (the kernel reads ahead by
+    # itself); 15-23 are a jump to pack 2: one hint for them.
+    jump, last = store.blocks.locate(blocks[15].cid), store.blocks.locate(blocks[23].cid)
+    assert hints[1:] == [("00000002.pack", jump.start, last.start + last.length - jump.start)]
