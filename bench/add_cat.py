@@ -199,7 +199,10 @@ def main() -> None:
                 cold_ratio = r["cli cat cold"] / r["read cold"]
                 print(f"  cli cat cold / read cold = {cold_ratio:.2f}  (target >= 0.50: {'met' if cold_ratio >= 0.5 else 'MISSED'})")
                 reading = size / r["cli cat cold"] - r["cli start cold"]
-                print(f"  (the same without the cold start-up = {size / reading / r['read cold']:.2f})")
+                if reading > 0:
+                    print(f"  (the same without the cold start-up = {size / reading / r['read cold']:.2f})")
+                else:  # the start-up measured longer than the whole cat: a disturbed run
+                    print("  (the same without the cold start-up: n/a, the start-up took longer)")
             else:
                 print("  (cold-cache figures need root to drop the page cache)")
             print(f"  cli cat / read (warm) = {r['cli cat'] / r['read']:.2f}")
