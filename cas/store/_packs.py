@@ -242,12 +242,18 @@ class PackStore:
 
     def _recover(self) -> int:
         """Cut unindexed tails, remove emptied packs; return the active pack."""
-        ends = dict(self.db.query("SELECT pack, max(start + length) FROM pack_blocks GROUP BY pack").fetchall())
+        # Index seeks only (every command opens the store; a scan of the
+        # index would cost a large repository dearly): the last record of a
+        # pack is the one with the highest start, records never overlap.
         present = self.pack_numbers()
-        newest = max([*present, *ends, 0])
+        (indexed_newest,) = self.db.query("SELECT coalesce(max(pack), 0) FROM pack_blocks").fetchone()
+        newest = max([*present, int(indexed_newest)])
         for number in present:
             path = self._path_str(number)
-            end = ends.get(number)
+            row = self.db.query(
+                "SELECT start + length FROM pack_blocks WHERE pack = ? ORDER BY start DESC LIMIT 1", (number,)
+            ).fetchone()
+            end = None if row is None else int(row[0])
             if end is None and number != newest:
                 os.unlink(path)  # emptied: nothing points into it
                 continue
