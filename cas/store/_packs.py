@@ -13,7 +13,9 @@ file starts with the 8-byte magic ``CASPACK1`` and is followed by records::
     "CASB"  length (u32, big-endian)  cid_len (u8)  cid (binary)  bytes
 
 A record is self-describing, so a pack can be scanned and checked without
-the index (``check``); the index, the ``pack_blocks`` table of the
+the index (``check``). It carries no checksum of its own: the CID is one
+for the bytes, and a damaged head shows by its magic, its bounds or a CID
+that does not parse. The index, the ``pack_blocks`` table of the
 repository's database (``_database.py``), maps each CID to (pack, start,
 length), ``start`` being the offset of the block's bytes. The newest pack is
 the *active* one; when a record would take it past ``pack_limit`` (1 GiB) a
@@ -27,11 +29,12 @@ The rules, which everything below keeps:
    offset read from the index stays valid for as long as the file exists,
    and an open descriptor reads the same bytes even after the file is gone.
 2. **Bytes before rows.** ``put`` appends (no fsync) and inserts the index
-   row into the database's open transaction. ``sync`` fsyncs the active
-   pack if it was appended to; the database runs it before every commit
-   (``Database.before_commit``). So a row is never durable before the bytes
-   it points at, nor is anything that refers to the block through the row
-   (a node, a pin, a root), being in the same transaction or a later one.
+   row into the database's open transaction. ``sync`` fsyncs the packs
+   appended to since it last ran; the database runs it before every commit
+   (``Database.before_commit``) and rolls the transaction back if it fails.
+   So a row is never durable before the bytes it points at, nor is
+   anything that refers to the block through the row (a node, a pin, a
+   root), being in the same transaction or a later one.
    A new pack file is created, headed and fsynced with its directory
    before any row can point into it. (Every ``WRITE_BEHIND`` bytes the
    kernel is asked to start writing out, so that fsync has less to do;
