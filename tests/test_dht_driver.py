@@ -160,7 +160,7 @@ def test_a_full_bucket_pings_its_oldest_contact_and_drops_it_if_dead() -> None:
     async def main() -> None:
         async with network() as net:
             def tiny(own: int) -> RoutingTable:
-                return RoutingTable(own, k=1, max_failures=1)
+                return RoutingTable(own, k=1, max_failures=1, stale_after=0.0)
 
             a = await net.add(table=tiny, k=1)
             # Two peers in the same bucket of a's table (the top bit decides bucket 255).

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cas import dagcbor
 from cas.dht.ids import ID_BITS, bucket_index, random_id_in_bucket
-from cas.dht.routing import REFRESH_INTERVAL, Contact, RoutingTable, is_valid_contact
+from cas.dht.routing import REFRESH_INTERVAL, STALE_AFTER, Contact, RoutingTable, is_valid_contact
 from cas.errors import RepositoryError
 
 OWN = 0
@@ -78,10 +78,21 @@ def test_a_full_bucket_sends_the_newcomer_to_the_replacement_cache_and_asks_to_p
     first, second, third, newcomer = in_bucket(100, 4)
     for t, c in enumerate([first, second, third]):
         table.update(c, float(t))
-    assert table.update(newcomer, 10.0) == first
+    assert table.update(newcomer, STALE_AFTER + 1.0) == first
     assert newcomer.node_id not in table
     assert table.replacements(100) == [newcomer]
     assert table.bucket(100) == [first, second, third]
+
+
+def test_a_full_bucket_whose_oldest_contact_was_heard_from_lately_asks_for_no_ping() -> None:
+    table = RoutingTable(OWN, k=3, stale_after=60.0)
+    first, second, third, newcomer, later = in_bucket(100, 5)
+    for t, c in enumerate([first, second, third]):
+        table.update(c, float(t))
+    assert table.update(newcomer, 59.0) is None  # first was heard from 59 s ago
+    assert table.replacements(100) == [newcomer]
+    assert table.bucket(100) == [first, second, third]
+    assert table.update(later, 60.0) == first  # now it is stale: worth a ping
 
 
 def test_hearing_from_a_known_contact_moves_it_to_the_tail_and_clears_its_failures() -> None:
