@@ -150,6 +150,52 @@ def _tag_hook(*args: Any) -> Any:
         raise InvalidBlockError(f"bad link: {exc}") from None
 
 
+def decode_unchecked(data: bytes) -> Any:
+    """The first half of :func:`decode`: parse ``data`` (links resolved,
+    foreign tags and malformed CBOR rejected with :class:`InvalidBlockError`)
+    without proving it canonical or within the data model.
+
+    For decoders that know the exact shape to expect (the network messages):
+    their own shape check replaces the data-model walk, and
+    :func:`check_reencodes` then completes the proof. Anything else must use
+    :func:`decode`.
+    """
+    try:
+        return cbor2.loads(data, tag_hook=_tag_hook)
+    except InvalidBlockError:
+        raise
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise InvalidBlockError(f"malformed DAG-CBOR: {exc}") from None
+
+
+def check_reencodes(value: Any, data: bytes) -> None:
+    """The second half of :func:`decode`: raise :class:`InvalidBlockError`
+    unless cbor2's plain encoding of ``value`` (parsed from ``data``) is
+    exactly ``data``.
+
+    That rejects non-minimal integers and lengths, indefinite lengths,
+    duplicate keys, trailing bytes and non-canonical links. It proves
+    ``data`` canonical only together with a check that ``value`` is within
+    the data model with every map's keys in canonical order, which the
+    caller must have made (:func:`decode` makes it with :func:`_check`).
+    """
+    try:
+        again = cbor2.dumps(value, default=_default)
+    except TypeError as exc:
+        raise InvalidBlockError(f"not valid DAG-CBOR: {exc}") from None
+    if again != data:
+        raise InvalidBlockError("DAG-CBOR is not in canonical form")
+
+
+def encode_unchecked(value: Any) -> bytes:
+    """cbor2's plain encoding of ``value``, which is the canonical one when
+    ``value`` is within the data model and every map's keys are already in
+    canonical order; the caller guarantees both (the network messages build
+    their maps in that order from checked fields). Anything else must use
+    :func:`encode`."""
+    return cbor2.dumps(value, default=_default)
+
+
 def decode(data: bytes) -> Any:
     """Decode strictly; raise :class:`InvalidBlockError` on anything that is
     not canonical DAG-CBOR within cas's data model.
@@ -157,23 +203,19 @@ def decode(data: bytes) -> Any:
     The proof of canonical form has two halves: :func:`_check` shows every
     map's keys are in canonical order (and every value is in the data
     model), and re-encoding the value with cbor2's plain encoder gives back
-    exactly ``data``. cbor2 always writes the shortest heads and definite
-    lengths, so the second half rejects non-minimal integers and lengths,
-    indefinite lengths, duplicate keys (the dict holds one), trailing bytes
-    and non-canonical links; with keys in order, the plain encoding is the
-    canonical one, so together they prove ``data == encode(value)``.
+    exactly ``data`` (:func:`check_reencodes`). cbor2 always writes the
+    shortest heads and definite lengths, so the second half rejects
+    non-minimal integers and lengths, indefinite lengths, duplicate keys (the
+    dict holds one), trailing bytes and non-canonical links; with keys in
+    order, the plain encoding is the canonical one, so together they prove
+    ``data == encode(value)``.
     """
-    try:
-        value = cbor2.loads(data, tag_hook=_tag_hook)
-    except InvalidBlockError:
-        raise
-    except Exception as exc:  # cbor2 raises several types for malformed input
-        raise InvalidBlockError(f"malformed DAG-CBOR: {exc}") from None
+    value = decode_unchecked(data)
     try:
         in_order = _check(value)
-        again = cbor2.dumps(value, default=_default)
     except TypeError as exc:
         raise InvalidBlockError(f"not valid DAG-CBOR: {exc}") from None
-    if not in_order or again != data:
+    if not in_order:
         raise InvalidBlockError("DAG-CBOR is not in canonical form")
+    check_reencodes(value, data)
     return value

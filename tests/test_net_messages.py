@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
+import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +28,7 @@ from cas.net.messages import (
 CID_A = CID.for_data(RAW, b"a")
 CID_B = CID.for_data(DAG_CBOR, b"b")
 PEER = m.PeerInfo(b"\x01" * 32, "192.0.2.7", 4001)
+PEER_WIRE = {"id": b"\x01" * 32, "host": "192.0.2.7", "port": 4001}
 
 EXAMPLES = [
     m.Hello(version=1, agent="cas/0.1", listen_port=4001),
@@ -194,6 +197,101 @@ def test_fuzz_truncated_and_bit_flipped_messages(message: m.Message, data: st.Da
     flip = data.draw(st.integers(0, len(wire) * 8 - 1))
     wire[flip // 8] ^= 1 << (flip % 8)
     _only_remote_errors(bytes(wire))
+
+
+# -- decode is exactly as strict as strict DAG-CBOR followed by the shape checks ---------
+
+
+def _reference_decode(data: bytes) -> m.Message | None:
+    """The obvious construction decode() must agree with: strict DAG-CBOR
+    (dagcbor.decode, which proves the bytes canonical on its own), then the
+    message's exact key set and every field's codec."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        return None
+    try:
+        wire = dagcbor.decode(data)
+    except Exception:
+        return None
+    if type(wire) is not dict or type(wire.get("t")) is not str or wire["t"] not in m.MESSAGE_TYPES:
+        return None
+    cls = m.MESSAGE_TYPES[wire["t"]]
+    keys = {"t", *(key for _, key, _ in cls.FIELDS)} | ({"id"} if cls.HAS_ID else set())
+    if set(wire) != keys:
+        return None
+    try:
+        values = {name: codec.decode(wire[key]) for name, key, codec in cls.FIELDS}
+        if cls.HAS_ID:
+            values["request_id"] = m._REQUEST_ID.decode(wire["id"])
+    except ValueError:
+        return None
+    return cls(**values)
+
+
+def _agrees_with_reference(data: bytes) -> None:
+    try:
+        got: m.Message | None = decode(data)
+    except MalformedMessageError:
+        got = None
+    assert got == _reference_decode(data)
+
+
+def _shuffled(value: object, rng: random.Random) -> object:
+    """The same value with every map's keys in a random order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {key: _shuffled(item, rng) for key, item in items}
+    if isinstance(value, list):
+        return [_shuffled(item, rng) for item in value]
+    return value
+
+
+def _plain(value: object) -> bytes:
+    """cbor2's plain encoding: map keys in whatever order the dict holds."""
+    return cbor2.dumps(value, default=lambda enc, cid: enc.encode(cbor2.CBORTag(42, b"\x00" + bytes(cid))))
+
+
+@_fuzz
+@given(st.sampled_from(EXAMPLES[:9] + EXAMPLES[12:]), st.randoms(use_true_random=False), st.data())
+def test_decode_accepts_exactly_what_strict_dag_cbor_plus_the_shape_accepts(
+    message: m.Message, rng: random.Random, data: st.DataObject
+) -> None:
+    wire = dagcbor.decode(encode(message))
+    if isinstance(message, m.Nodes) and message.peers:  # peers of many shapes
+        wire["peers"] = [dict(PEER_WIRE, port=rng.choice([1, 4001, 65535, 0, 70000]))] * rng.randint(1, 3)
+    _agrees_with_reference(_plain(_shuffled(wire, rng)))  # keys in any order
+    encoded = bytearray(_plain(wire))
+    flip = data.draw(st.integers(0, len(encoded) * 8 - 1))
+    encoded[flip // 8] ^= 1 << (flip % 8)
+    _agrees_with_reference(bytes(encoded))
+    _agrees_with_reference(bytes(encoded[: data.draw(st.integers(0, len(encoded)))]))
+
+
+@_fuzz
+@given(_shaped, st.randoms(use_true_random=False))
+def test_decode_agrees_with_the_reference_on_shaped_cbor_in_any_key_order(value: dict, rng: random.Random) -> None:
+    _agrees_with_reference(dagcbor.encode(value))
+    _agrees_with_reference(_plain(_shuffled(value, rng)))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # a peer's keys out of canonical order, otherwise valid
+        b"\xa3\x61t\x65nodes\x62id\x01\x65peers\x81\xa3\x64host\x61h\x62id\x58\x20" + b"\x01" * 32
+        + b"\x64port\x19\x0f\xa1",
+        # a request id written in a wider head than needed (0x18 0x01 for 1)
+        b"\xa2\x61t\x64ping\x62id\x18\x01",
+        # a duplicate key
+        b"\xa3\x61t\x64ping\x62id\x01\x62id\x01",
+        # a bignum (tag 2) where a request id belongs
+        b"\xa2\x61t\x64ping\x62id\xc2\x41\x01",
+    ],
+)
+def test_non_canonical_messages_are_malformed(data: bytes) -> None:
+    assert _reference_decode(data) is None
+    with pytest.raises(MalformedMessageError):
+        decode(data)
 
 
 def test_docs_network_md_states_the_wire_example_and_limits_the_code_uses() -> None:
