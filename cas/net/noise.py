@@ -63,6 +63,8 @@ from enum import Enum
 
 import nacl.bindings as sodium
 import nacl.exceptions
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from .. import dagcbor
 from ..errors import InvalidBlockError
@@ -159,6 +161,28 @@ def _nonce(n: int) -> bytes:
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
 
 
+def _aead_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    """ChaCha20-Poly1305 (IETF) through pynacl's cffi binding of libsodium
+    itself, the function ``nacl.bindings`` wraps: the wrapper re-checks its
+    arguments and formats five error messages on every call, half of the
+    ~5 µs a DHT message's encryption cost. Our callers pass bytes of the
+    right sizes (a 32-byte key, a 12-byte nonce, at most 65 535 bytes)."""
+    out = _ffi.new("unsigned char[]", len(plaintext) + TAGLEN)
+    _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+        out, _ffi.NULL, plaintext, len(plaintext), ad, len(ad), _ffi.NULL, nonce, key)
+    return _ffi.buffer(out)[:]
+
+
+def _aead_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes | None:
+    """The inverse of :func:`_aead_encrypt`; None if authentication fails.
+    ``ciphertext`` is at least TAGLEN bytes."""
+    out = _ffi.new("unsigned char[]", len(ciphertext) - TAGLEN)
+    if _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            out, _ffi.NULL, _ffi.NULL, ciphertext, len(ciphertext), ad, len(ad), nonce, key) != 0:
+        return None
+    return _ffi.buffer(out)[:]
+
+
 # -- CipherState (section 5.1) ---------------------------------------------------
 
 
@@ -192,9 +216,7 @@ class CipherState:
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self._key is None:
             return bytes(plaintext)
-        return sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-            bytes(plaintext), ad, self._next_nonce(), self._key
-        )
+        return _aead_encrypt(self._key, self._next_nonce(), bytes(ad), bytes(plaintext))
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         if self._key is None:
@@ -203,14 +225,11 @@ class CipherState:
             raise DecryptError("ciphertext shorter than its authentication tag")
         if self._n >= _MAX_NONCE:
             raise LocalProtocolError("this key is spent (nonce exhausted); reconnect")
-        try:
-            plaintext = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                bytes(ciphertext), ad, _nonce(self._n), self._key
-            )
-        except nacl.exceptions.CryptoError:
+        plaintext = _aead_decrypt(self._key, _nonce(self._n), bytes(ad), bytes(ciphertext))
+        if plaintext is None:
             # The nonce is not advanced: the spec leaves the state unchanged
             # on failure, and the caller drops the connection anyway.
-            raise DecryptError("a message failed authentication") from None
+            raise DecryptError("a message failed authentication")
         self._n += 1
         return plaintext
 
