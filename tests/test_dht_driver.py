@@ -200,6 +200,9 @@ def test_a_contact_that_proves_another_identity_is_forgotten() -> None:
 
 def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
     class Silent(DhtDriver):
+        def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
+            return None  # nothing is answered at once: every request waits in answer()
+
         async def answer(self, requester: int, request: msg.Request) -> msg.Response:
             await trio.sleep_forever()
             raise AssertionError

@@ -210,6 +210,32 @@ async def test_error_responses_and_handler_refusals_raise_request_failed() -> No
 
 
 @trio_test
+async def test_a_quick_handler_answers_what_it_can_and_passes_the_rest_on() -> None:
+    def quick(peer: PeerIdentity, request: m.Request) -> m.Response | None:
+        if isinstance(request, m.Ping):
+            return m.Pong()
+        if isinstance(request, m.StoreBlock):
+            raise RemoteProtocolError("refused at once")
+        return None
+
+    async def handler(peer: PeerIdentity, request: m.Request) -> m.Response:
+        handled.append(request.TYPE)
+        return await echo_handler(peer, request)
+
+    handled: list[str] = []
+    a, b = await channel_pair()
+    async with serve(b, handler, quick=quick), serve(a) as client:  # type: ignore[arg-type]
+        assert await client.request(m.Ping()) == m.Pong(request_id=1)
+        with pytest.raises(RequestFailedError) as info:
+            await client.request(m.StoreBlock(m.CID.for_data(0x55, b"x"), b"x"))
+        assert info.value.code == "invalid"
+        with pytest.raises(RequestFailedError, match="nothing here"):
+            await client.request(m.GetRecord(b"k"))
+    assert handled == ["get_record"]  # only what quick passed on
+    assert b.stats.strikes == 1
+
+
+@trio_test
 async def test_a_node_without_handler_refuses_requests() -> None:
     a, b = await channel_pair()
     async with serve(b), serve(a) as client:

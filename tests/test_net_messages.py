@@ -79,6 +79,17 @@ def test_requests_and_responses_are_classified() -> None:
     assert m.with_request_id(m.Ping(), 5) == m.Ping(request_id=5)
 
 
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_with_request_id_copies_the_message_and_leaves_the_original_alone(message: m.Message) -> None:
+    import dataclasses
+
+    before = dataclasses.replace(message)  # type: ignore[type-var]
+    tagged = m.with_request_id(message, 77)
+    assert tagged == dataclasses.replace(message, request_id=77)  # type: ignore[type-var]
+    assert type(tagged) is type(message) and tagged.request_id == 77
+    assert message == before
+
+
 @pytest.mark.parametrize(
     "bad",
     [

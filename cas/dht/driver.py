@@ -327,7 +327,7 @@ class DhtDriver:
                     contact = Contact(self._peer_id(channel.peer), host, listen)
                 except ValueError:
                     contact = None
-            connection = Connection(channel, self._make_handler(contact))
+            connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact))
             await self._run_connection(connection, contact)
         finally:
             self._limiter.release(peer_id)
@@ -366,7 +366,8 @@ class DhtDriver:
             raise PeerUnreachableError(f"handshake with {host}:{port} failed: {exc}") from None
         peer_id = self._peer_id(channel.peer)
         contact = Contact(peer_id, host, port)
-        connection = Connection(channel, self._make_handler(contact), request_timeout=self.request_timeout)
+        connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact),
+                                request_timeout=self.request_timeout)
         self._nursery.start_soon(self._run_connection, connection, contact)
         return connection, contact
 
@@ -499,13 +500,30 @@ class DhtDriver:
 
         return handler
 
-    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
-        """The response to a peer's DHT request."""
+    def _make_quick(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], msg.Response | None]:
+        def quick(peer: PeerIdentity, request: msg.Request) -> msg.Response | None:
+            response = self.answer_now(self._peer_id(peer), request)
+            if response is not None and contact is not None:
+                self.seen(contact)
+            return response
+
+        return quick
+
+    def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
+        """The response to a request answered from memory (PING, FIND_NODE),
+        or None for one that needs :meth:`answer`. The connection calls it
+        from its read loop, so it must never wait."""
+        if isinstance(request, msg.FindNode):
+            return msg.Nodes(self._closest_peers(id_from_bytes(request.target), requester))
         if isinstance(request, msg.Ping):
             return msg.Pong()
-        if isinstance(request, msg.FindNode):
-            target = id_from_bytes(request.target)
-            return msg.Nodes(self._closest_peers(target, requester))
+        return None
+
+    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        """The response to a peer's DHT request."""
+        quick = self.answer_now(requester, request)
+        if quick is not None:
+            return quick
         if isinstance(request, msg.FindBlock):
             if self.blocks is not None:
                 try:

@@ -108,6 +108,9 @@ EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
 
 Clock = Callable[[], float]
 Handler = Callable[[PeerIdentity, Request], Awaitable[Response]]
+# Answers at once, without waiting for anything, the requests it can (a DHT
+# node's FIND_NODE and PING), and returns None for the rest.
+QuickHandler = Callable[[PeerIdentity, Request], "Response | None"]
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -508,15 +511,25 @@ class Connection:
     returns the response (its ``request_id`` is filled in here); a handler
     that raises :class:`RemoteProtocolError` (say, a block that does not
     match its CID) gets the peer an ``invalid`` error and a strike.
+
+    ``quick(peer, request)``, if given, is tried first, by the read loop
+    itself: a response it returns is sent from there, with no task, for
+    requests that need no waiting (a spawned task per request was ~5 % of a
+    DHT lookup's CPU); None passes the request on to ``handler``. The rate
+    limit applies to both. While the reply is written the loop reads
+    nothing more from this peer, which only a peer that stops reading its
+    own answers can notice.
     """
 
     def __init__(self, channel: SecureChannel, handler: Handler | None = None, *,
+                 quick: QuickHandler | None = None,
                  rate: float = REQUEST_RATE, burst: float = REQUEST_BURST,
                  clock: Clock | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
                  max_concurrent: int = MAX_CONCURRENT_REQUESTS) -> None:
         self.channel = channel
         self._handler = handler
+        self._quick = quick
         self._bucket = TokenBucket(rate, burst, clock or trio.current_time)
         self._request_timeout = request_timeout
         self._serving = trio.Semaphore(max_concurrent)
@@ -659,6 +672,17 @@ class Connection:
             await self._reply(msg.Error("busy", "rate limit exceeded",
                                         request_id=request.request_id))
             return
+        if self._quick is not None:
+            try:
+                response = self._quick(self.channel.peer, request)
+            except RemoteProtocolError as exc:
+                await self.channel.strike(f"handler refused {request.TYPE}")
+                response = msg.Error("invalid", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
+            if response is not None:
+                if not isinstance(response, msg.Response):
+                    raise LocalProtocolError(f"quick handler returned {response!r}, not a response")
+                await self._reply(msg.with_request_id(response, request.request_id))
+                return
         try:
             self._serving.acquire_nowait()
         except trio.WouldBlock:
