@@ -49,6 +49,8 @@ EXAMPLES = [
     m.Record(b"signed record", (PEER,), request_id=9),
     m.Record(None, request_id=10),
     m.Error("busy", "rate limited, retry later", request_id=11),
+    # hosts near and at the limit: 126 two-byte characters (252 bytes), 253 ASCII ones
+    m.Nodes((m.PeerInfo(b"\x03" * 32, "é" * 126, 1), m.PeerInfo(b"\x04" * 32, "a" * 253, 65535)), request_id=8),
 ]
 
 
@@ -135,6 +137,8 @@ def _wire(**fields: object) -> bytes:
         _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "h"}]),
         _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "h", "port": 70000}]),
         _wire(t="nodes", id=1, peers={"a": 1}),
+        _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "é" * 127, "port": 1}]),  # 254 bytes
+        _wire(t="nodes", id=1, peers=[{"id": b"\x01" * 32, "host": "a" * 254, "port": 1}]),
         _wire(t="have_result", id=1, present=[1, 0]),
         _wire(t="have", id=1, cids=[CID_A] * (MAX_HAVE_CIDS + 1)),
         _wire(t="hello", id=1, version=1, agent="", port=None),

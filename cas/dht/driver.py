@@ -194,16 +194,21 @@ validating) each anew was a tenth of a lookup's CPU."""
 
 class _Conversions:
     def __init__(self) -> None:
-        self._to_peer: dict[Contact, msg.PeerInfo] = {}
+        # Keyed by node ID and checked by identity: the table hands out the
+        # same Contact object until the contact changes, and hashing a
+        # Contact (a dataclass) costs a Python call where an int's does not.
+        self._to_peer: dict[int, tuple[Contact, msg.PeerInfo]] = {}
         self._to_contact: dict[msg.PeerInfo, Contact | None] = {}
 
     def peer(self, contact: Contact) -> msg.PeerInfo:
-        found = self._to_peer.get(contact)
-        if found is None:
-            if len(self._to_peer) >= _CONVERSION_CACHE:
-                self._to_peer.clear()
-            found = self._to_peer[contact] = contact_to_peer(contact)
-        return found
+        found = self._to_peer.get(contact.node_id)
+        if found is not None and found[0] is contact:
+            return found[1]
+        if len(self._to_peer) >= _CONVERSION_CACHE:
+            self._to_peer.clear()
+        peer = contact_to_peer(contact)
+        self._to_peer[contact.node_id] = (contact, peer)
+        return peer
 
     def contact(self, peer: msg.PeerInfo) -> Contact | None:
         try:

@@ -186,6 +186,9 @@ _HOST = _text(MAX_HOST_LENGTH)
 _PORT = _uint(65535, minimum=1)
 
 
+_new_tuple = tuple.__new__
+
+
 def _peer_decode(value: Any) -> PeerInfo:
     # The checks of _NODE_ID, _HOST and _PORT, inlined: this runs 20 times per
     # FIND_NODE answer, the commonest message there is.
@@ -193,23 +196,39 @@ def _peer_decode(value: Any) -> PeerInfo:
         if type(value) is dict and set(value) == set(_PEER_KEYS):
             raise ValueError("a peer's keys must be in canonical order")
         raise ValueError("a peer must be a map of exactly 'id', 'host' and 'port'")
-    node_id, host, port = value["id"], value["host"], value["port"]
+    node_id, host, port = value.values()  # in _PEER_KEYS order, as just checked
     if type(node_id) is not bytes or len(node_id) != NODE_ID_SIZE:
         raise ValueError(f"a peer's id must be exactly {NODE_ID_SIZE} bytes")
-    if type(host) is not str or len(host) > MAX_HOST_LENGTH \
-            or (not host.isascii() and len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_LENGTH):
+    if type(host) is not str or (len(host) > MAX_HOST_LENGTH // 4  # else ≤ 4 bytes a character fit
+                                 and len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_LENGTH):
         raise ValueError(f"a peer's host must be text of at most {MAX_HOST_LENGTH} bytes")
     if type(port) is not int or not 1 <= port <= 65535:
         raise ValueError("a peer's port must be an integer from 1 to 65535")
-    return PeerInfo(node_id, host, port)
+    # The named tuple without its Python-level __new__ (the fields are checked).
+    return _new_tuple(PeerInfo, (node_id, host, port))  # type: ignore[return-value]
+
+
+_PEER_WIRE_CACHE = 4096
+"""Checked wire maps of peers remembered: a node answers FIND_NODE with the
+same few hundred contacts over and over."""
+_peer_wire: dict[PeerInfo, dict[str, Any]] = {}
 
 
 def _peer_encode(value: Any) -> dict[str, Any]:
     if type(value) is not PeerInfo:
         raise ValueError("must be a PeerInfo")
-    # Built in canonical key order (_PEER_KEYS): encode() relies on it.
-    return {"id": _NODE_ID.encode(value.node_id), "host": _HOST.encode(value.host),
+    try:
+        return _peer_wire[value]
+    except (KeyError, TypeError):  # TypeError: a field is unhashable, so invalid
+        pass
+    # Built in canonical key order (_PEER_KEYS): encode() relies on it. Only
+    # a peer whose fields pass is remembered, and the map is never changed.
+    wire = {"id": _NODE_ID.encode(value.node_id), "host": _HOST.encode(value.host),
             "port": _PORT.encode(value.port)}
+    if len(_peer_wire) >= _PEER_WIRE_CACHE:
+        _peer_wire.clear()
+    _peer_wire[value] = wire
+    return wire
 
 
 _PEERS = _array(_Codec("peer", _peer_decode, _peer_encode), MAX_PEERS)
