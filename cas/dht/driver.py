@@ -51,7 +51,7 @@ from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.noise import PeerIdentity, PeerIdMismatchError
 from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
-from .lookup import ALPHA, Lookup, LookupResult
+from .lookup import ALPHA, Lookup, LookupResult, SendQuery
 from .replication import RateLimiter
 from .routing import K, REFRESH_INTERVAL, Contact, RoutingTable
 
@@ -638,58 +638,83 @@ class DhtDriver:
         self.table.mark_lookup(target, started)
         lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
                         find_value=find_value, exclude=self.own_id)
-        send, receive = trio.open_memory_channel[tuple[str, Contact, Any]](math.inf)
         # Soft deadlines live here, not in a timer task per query: node ID ->
         # (deadline, contact) for every query still holding a slot. Every
         # query gets the same soft timeout, so insertion order is deadline
         # order and the first entry is the next to expire.
         soft: dict[int, tuple[float, Contact]] = {}
+        finished = trio.Event()
+        waiting = trio.CancelScope()  # this task's wait for the next soft deadline
+
+        def next_deadline() -> float:
+            return next(iter(soft.values()))[0] if soft else math.inf
+
+        def launch(actions: list[SendQuery]) -> Contact | None:
+            """Give the new queries their soft deadlines and start a task for
+            each but the first, whose peer is returned for the caller to ask."""
+            if not actions:
+                return None
+            deadline = trio.current_time() + self.soft_timeout
+            for action in actions:
+                soft[action.peer.node_id] = (deadline, action.peer)
+            if deadline < waiting.deadline:
+                waiting.deadline = deadline
+            for action in actions[1:]:
+                nursery.start_soon(ask, action.peer)
+            return actions[0].peer
+
+        def settle(peer: Contact, outcome: tuple[list[Contact], Any] | None) -> list[SendQuery]:
+            soft.pop(peer.node_id, None)
+            if outcome is None:
+                actions = lookup.on_failure(peer)
+            else:
+                contacts, value = outcome
+                if isinstance(value, _HeldRecord):
+                    if records is not None:
+                        records.append((peer, value.data))
+                    value = None
+                actions = lookup.on_response(peer, contacts, value)
+            if lookup.done:
+                finished.set()
+            return actions
+
+        async def ask(peer: Contact | None) -> None:  # None: nothing to ask
+            # A task goes on from query to query: the answer that frees a
+            # slot is fed to the lookup here, and this task sends the next
+            # query itself, instead of handing the answer to the lookup's task
+            # which would start a third (two trips through trio's scheduler,
+            # each a system call, fewer per answer).
+            while peer is not None:
+                outcome = await self._query(peer, request, cid)
+                peer = launch(settle(peer, outcome))
+
+        def start(actions: list[SendQuery]) -> None:
+            peer = launch(actions)
+            if peer is not None:
+                nursery.start_soon(ask, peer)
+            if lookup.done:
+                finished.set()
+
         async with trio.open_nursery() as nursery:
-
-            def launch(actions: list[Any]) -> None:
-                deadline = trio.current_time() + self.soft_timeout
-                for action in actions:
-                    soft[action.peer.node_id] = (deadline, action.peer)
-                    nursery.start_soon(self._query, action.peer, request, cid, send)
-
-            def next_deadline() -> float:
-                return next(iter(soft.values()))[0] if soft else math.inf
-
-            launch(lookup.start())
-            while not lookup.done:
-                # One cancel scope for a run of events, its deadline moved as
-                # queries come and go, rather than a scope per event (entering
-                # and leaving one was ~3 % of a lookup's CPU).
-                with trio.CancelScope(deadline=next_deadline()) as waiting:
-                    while not lookup.done:
-                        kind, peer, payload = await receive.receive()
-                        soft.pop(peer.node_id, None)
-                        if kind == "response":
-                            contacts, value = payload
-                            if isinstance(value, _HeldRecord):
-                                if records is not None:
-                                    records.append((peer, value.data))
-                                value = None
-                            launch(lookup.on_response(peer, contacts, value))
-                        else:
-                            launch(lookup.on_failure(peer))
-                        deadline = next_deadline()
-                        if deadline != waiting.deadline:
-                            waiting.deadline = deadline
-                if not waiting.cancelled_caught:
-                    break
+            start(lookup.start())
+            while not finished.is_set():
+                waiting = trio.CancelScope(deadline=next_deadline())
+                with waiting:
+                    await finished.wait()
                 now = trio.current_time()
                 for node_id, (deadline, contact) in list(soft.items()):
-                    if deadline <= now:
+                    if deadline <= now and not finished.is_set():
                         del soft[node_id]
-                        launch(lookup.on_timeout(contact))
+                        start(lookup.on_timeout(contact))
             nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
         return FindResult(result, self._now() - started, block, result.value_from if block else None)
 
-    async def _query(self, peer: Contact, request: msg.Request, cid: CID | None,
-                     send: trio.MemorySendChannel[tuple[str, Contact, Any]]) -> None:
+    async def _query(self, peer: Contact, request: msg.Request,
+                     cid: CID | None) -> tuple[list[Contact], Any] | None:
+        """Ask ``peer``; its answer as contacts and a value, or None if it
+        failed (no answer, an error, nonsense or a forged block)."""
         try:
             response = await self.request(peer, request)
             outcome = self._interpret(response, cid)
@@ -699,10 +724,7 @@ class DhtDriver:
                     self.bad_blocks[peer.node_id] += 1
         except (CasError, RemoteProtocolError):
             outcome = None
-        if outcome is None:
-            send.send_nowait(("failure", peer, None))
-        else:
-            send.send_nowait(("response", peer, outcome))
+        return outcome
 
     def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
         if isinstance(response, msg.Nodes):
