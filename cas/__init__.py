@@ -14,8 +14,8 @@ The library in one screen::
 Everything cas raises for a user to see derives from :class:`CasError`.
 """
 
-from .api import Added, AsyncRepository, NodeInfo, Repository, default_repository_path, open_repository
-from .blocks import Block, BlockStore
+import typing as _typing
+
 from .cid import CID, DAG_CBOR, DAG_PB, RAW, parse_cid
 from .errors import (
     BlockNotFoundError,
@@ -27,6 +27,34 @@ from .errors import (
     RepositoryError,
     RepositoryLockedError,
 )
+
+if _typing.TYPE_CHECKING:
+    from .api import Added, AsyncRepository, NodeInfo, Repository, default_repository_path, open_repository
+    from .blocks import Block, BlockStore
+
+_LAZY = {
+    "Added": "api", "AsyncRepository": "api", "NodeInfo": "api", "Repository": "api",
+    "default_repository_path": "api", "open_repository": "api", "Block": "blocks", "BlockStore": "blocks",
+}
+"""Names imported on first use: ``import cas.store`` (every ``cas`` command
+does the like) then does not load the whole library, which costs a short
+command most of its start-up."""
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cas' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from cas.errors import InvalidInputError
-from cas.fuse.mountd import DEFAULT_REFRESH, MIN_REFRESH
-from cas.names.record import parse_public_key
 
 from .output import Output
 from .repo_cmds import repo_path
@@ -32,7 +30,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", metavar="KEY", default=None,
                    help="mount the namespace published under this key (64 hex digits; needs --ro)")
     p.add_argument("--refresh", type=float, default=None, metavar="SECONDS",
-                   help=f"with --name: look for a newer version this often (default {DEFAULT_REFRESH:g})")
+                   help="with --name: look for a newer version this often (default 30)")
     p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
@@ -44,8 +42,18 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
 
 def cmd_mount(args: argparse.Namespace, out: Output) -> int:
+    # Imported here, not at the top: every cas command loads this module,
+    # and the mount's machinery costs a short command much of its start-up.
     from cas.fuse import require_pyfuse3
-    from cas.fuse.mountd import MountConfig, check_mountpoint, run_mount, start_background
+    from cas.fuse.mountd import (
+        DEFAULT_REFRESH,
+        MIN_REFRESH,
+        MountConfig,
+        check_mountpoint,
+        run_mount,
+        start_background,
+    )
+    from cas.names.record import parse_public_key
 
     if args.name is not None and not args.ro:
         return usage_error("--name mounts another node's namespace, which is read-only here: add --ro")

@@ -12,9 +12,12 @@ import argparse
 import time
 from typing import Any
 
-from cas.control import ControlClient
+from typing import TYPE_CHECKING
+
 from cas.errors import CasError
-from cas.names.record import parse_public_key
+
+if TYPE_CHECKING:
+    from cas.control import ControlClient
 
 from .output import Output
 from .repo_cmds import open_repo
@@ -74,6 +77,8 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
+    from cas.names.record import parse_public_key
+
     key = parse_public_key(args.key)
     with open_repo(args) as repo:
         result = _client(repo).call("name_resolve", key=key)

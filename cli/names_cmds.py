@@ -10,9 +10,13 @@ import sys
 import time
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from cas.cid import parse_cid
-from cas.names.directory import DirEntry
-from cas.names.namespace import Node, RootState
+
+if TYPE_CHECKING:  # annotations only: the namespace loads when a command uses it
+    from cas.names.directory import DirEntry
+    from cas.names.namespace import Node, RootState
 
 from .output import Output, human_size
 from .repo_cmds import open_repo

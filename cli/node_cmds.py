@@ -14,8 +14,12 @@ import json
 import sys
 from typing import Any
 
-from cas import control
+from typing import TYPE_CHECKING
+
 from cas.errors import CasError, InvalidInputError
+
+if TYPE_CHECKING:
+    from cas import control
 
 from .output import Output
 from .repo_cmds import repo_path
@@ -101,6 +105,8 @@ def _size(text: str) -> int:
 
 
 def _client(args: argparse.Namespace) -> control.ControlClient:
+    from cas import control
+
     client = control.connect(repo_path(args))
     if client is None:
         raise control.DaemonNotRunningError(
@@ -142,6 +148,8 @@ before it reports (they go on in the daemon either way)."""
 def replication_report(args: argparse.Namespace, cids: list[Any]) -> list[dict[str, Any]] | None:
     """Copies reached by each added item, if a daemon with peers did the add
     (None when offline or alone: there is nothing to report)."""
+    from cas import control
+
     client = control.connect(repo_path(args))
     if client is None:
         return None
@@ -169,6 +177,8 @@ def replication_line(name: str, report: dict[str, Any]) -> str:
 
 
 def cmd_id(args: argparse.Namespace, out: Output) -> int:
+    from cas import control
+
     client = control.connect(repo_path(args))
     if client is not None:
         with client:

@@ -150,6 +150,13 @@ def test_name_without_ro_is_refused_as_bad_usage(tmp_path: Path) -> None:
         "cas mount: error: --name mounts another node's namespace, which is read-only here: add --ro"]
 
 
+def test_mount_help_states_the_refresh_default_the_mount_uses() -> None:
+    from cas.fuse.mountd import DEFAULT_REFRESH
+
+    help_text = " ".join(run_cas("mount", "--help").stdout.decode().split())
+    assert f"newer version this often (default {DEFAULT_REFRESH:g})" in help_text
+
+
 # -- the rule the mount switches by (no processes) ------------------------------
 
 KEY = Ed25519Key.from_seed(bytes(range(32)))
