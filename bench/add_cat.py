@@ -10,6 +10,9 @@ ceilings, measured on the same bytes
                 verification alone, at one core's hash speed, is slower)
     read cold   the file read back after dropping the page cache (needs
                 root; the disk-bound ceiling cas cat is compared with)
+    read evicted  the same after evicting only that file from the page
+                cache (posix_fadvise DONTNEED): checks the eviction below
+                gives what dropping every cache does
 
 cas
     lib add     cas.Repository.add_path into a new repository
@@ -17,6 +20,9 @@ cas
     cli add     the `cas add FILE` process, into a new (initialised) repository
     cli cat     the `cas cat CID` process, stdout to /dev/null, warm
     cli cat cold  the same after dropping the page cache
+    cli cat data cold  the same after evicting only the repository's files
+                (packs and database): the data is cold, the interpreter and
+                the cas code are warm, as for anyone who ran cas once
     cli start cold  `cas cat` of a 1-byte file in that repository after
                 dropping the page cache: the start-up every cold cas
                 process pays (interpreter, imports, opening the repository)
@@ -24,6 +30,9 @@ cas
 
 and the ratios the targets are set on: add / write+fsync (target >= 0.40),
 cat cold / read cold (target >= 0.50), peak RSS at 1 GiB (target <= 150 MiB).
+The cat target is printed twice: with everything cold (the process also
+reads the interpreter and ~140 modules from disk, 0.2-0.3 s, as long as
+the whole ceiling read of 256 MiB), and with the data cold only.
 The warm ratio is printed too.
 
 Run:  .venv/bin/python bench/add_cat.py [--sizes 256M,1G] [--dir DIR]
@@ -108,6 +117,20 @@ def drop_caches() -> bool:
         return False
 
 
+def evict(*paths: Path) -> None:
+    """Drop these files (directories: every file under them) from the page
+    cache, after writing back whatever is dirty; no root needed."""
+    os.sync()
+    for path in paths:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for file in files:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def bench_size(size: int, workdir: Path) -> dict[str, float]:
     data = os.urandom(size)
     src = workdir / "input.bin"
@@ -135,6 +158,8 @@ def bench_size(size: int, workdir: Path) -> dict[str, float]:
     results["read"] = size / timed(read_back)
     if drop_caches():
         results["read cold"] = size / timed(read_back)
+    evict(src)
+    results["read evicted"] = size / timed(read_back)
 
     lib_repo = workdir / "lib-repo"
     with cas.open_repository(lib_repo) as repo:
@@ -156,6 +181,10 @@ def bench_size(size: int, workdir: Path) -> dict[str, float]:
     with open(os.devnull, "wb") as devnull:
         seconds, cat_rss, _ = run_sampling_rss([CAS, "--repo", str(cli_repo), "cat", cid], devnull)
     results["cli cat"] = size / seconds
+    evict(cli_repo)
+    with open(os.devnull, "wb") as devnull:
+        seconds, _, _ = run_sampling_rss([CAS, "--repo", str(cli_repo), "cat", cid], devnull)
+    results["cli cat data cold"] = size / seconds
     if drop_caches():
         with open(os.devnull, "wb") as devnull:
             seconds, cold_rss, _ = run_sampling_rss([CAS, "--repo", str(cli_repo), "cat", cid], devnull)
@@ -185,8 +214,8 @@ def main() -> None:
         for size in [parse_size(s) for s in args.sizes.split(",")]:
             r = bench_size(size, base)
             print(f"\n== {size / MiB:.0f} MiB of random bytes")
-            keys = ("blake3", "chunker", "write+fsync", "read", "read cold",
-                    "lib add", "lib cat", "cli add", "cli cat", "cli cat cold")
+            keys = ("blake3", "chunker", "write+fsync", "read", "read cold", "read evicted",
+                    "lib add", "lib cat", "cli add", "cli cat", "cli cat cold", "cli cat data cold")
             for key in keys:
                 if key in r:
                     print(f"  {key:<13} {r[key] / 1e6:9.1f} MB/s")
@@ -205,6 +234,10 @@ def main() -> None:
                     print("  (the same without the cold start-up: n/a, the start-up took longer)")
             else:
                 print("  (cold-cache figures need root to drop the page cache)")
+            ceiling = r.get("read cold", r["read evicted"])
+            data_cold = r["cli cat data cold"] / ceiling
+            print(f"  cli cat data cold / read cold = {data_cold:.2f}  "
+                  f"(target >= 0.50: {'met' if data_cold >= 0.5 else 'MISSED'})")
             print(f"  cli cat / read (warm) = {r['cli cat'] / r['read']:.2f}")
             print(f"  lib add / write+fsync = {r['lib add'] / r['write+fsync']:.2f}")
             print(f"  lib cat / read        = {r['lib cat'] / r['read']:.2f}")
