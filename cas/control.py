@@ -110,7 +110,7 @@ def check_length(header: bytes) -> int:
 
 def decode_body(body: bytes) -> Any:
     try:
-        return dagcbor.decode(body)
+        return dagcbor.decode_noncanonical(body)
     except (InvalidBlockError, RecursionError) as exc:
         raise ControlProtocolError(f"malformed control message: {exc}") from None
 

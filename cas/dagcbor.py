@@ -168,6 +168,20 @@ def decode_unchecked(data: bytes) -> Any:
         raise InvalidBlockError(f"malformed DAG-CBOR: {exc}") from None
 
 
+def decode_noncanonical(data: bytes) -> Any:
+    """Parse ``data`` and check it is within the data model, without proving
+    it canonical (no re-encoding): for the control socket, whose client is
+    the same user's own program and whose values are never hashed or
+    stored as they came, so that a frame of 2 MiB of blocks is not copied
+    twice more. Raises :class:`InvalidBlockError`."""
+    value = decode_unchecked(data)
+    try:
+        _check(value)
+    except TypeError as exc:
+        raise InvalidBlockError(f"not valid DAG-CBOR: {exc}") from None
+    return value
+
+
 def check_reencodes(value: Any, data: bytes) -> None:
     """The second half of :func:`decode`: raise :class:`InvalidBlockError`
     unless cbor2's plain encoding of ``value`` (parsed from ``data``) is

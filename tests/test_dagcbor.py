@@ -303,3 +303,18 @@ def test_decode_agrees_with_the_reference_on_valid_encodings(value):
 def test_decode_nesting_limit_agrees_with_the_reference(value):
     data = cbor2.dumps(value, canonical=True)
     assert _outcome(dagcbor.decode, data) == _outcome(_reference_decode, data)
+
+
+def test_the_noncanonical_decoder_takes_any_key_order_but_nothing_outside_the_data_model() -> None:
+    """The control socket's decoder: keys out of order are fine (a local
+    client), a float or a foreign tag is not."""
+    out_of_order = cbor2.dumps({"args": {}, "op": 1})  # canonical order puts the shorter key first
+    with pytest.raises(InvalidBlockError):
+        dagcbor.decode(out_of_order)
+    assert dagcbor.decode_noncanonical(out_of_order) == {"op": 1, "args": {}}
+    with pytest.raises(InvalidBlockError):
+        dagcbor.decode_noncanonical(cbor2.dumps({"x": 1.5}))
+    with pytest.raises(InvalidBlockError):
+        dagcbor.decode_noncanonical(cbor2.dumps(cbor2.CBORTag(99, b"x")))
+    with pytest.raises(InvalidBlockError):
+        dagcbor.decode_noncanonical(b"\xa1")  # truncated
