@@ -29,16 +29,9 @@ import time
 from pathlib import Path
 
 import cas
+from cas.store._disk import fsync_dir
 
 DIRS, FILES_PER_DIR = 100, 100
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build_plain(root: Path) -> None:
