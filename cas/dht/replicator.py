@@ -188,9 +188,14 @@ class Replicator:
         self.stats.queued += 1
         if data is not None and self._queued_bytes + len(data) > QUEUED_BYTES:
             data = None
-        if data is not None:
-            self._queued_bytes += len(data)
-        await self._send.send((cid, data))
+        size = 0 if data is None else len(data)
+        self._queued_bytes += size
+        try:
+            await self._send.send((cid, data))
+        except BaseException:  # cancelled while the queue was full: it was never queued
+            self._queued_bytes -= size
+            self._pending.discard(cid)
+            raise
 
     def copies(self, cid: CID) -> int | None:
         """Members of the placement set known to hold ``cid`` after its last
@@ -251,19 +256,23 @@ class Replicator:
             await self._execute(plan, cid, data)
             if plan.complete:
                 return plan.copies
-            # Short of R with a remembered answer: ask the network afresh.
+            # Short of R with a remembered answer: ask the network afresh,
+            # without sending again to those that took it.
+            holders = {node_id: True for node_id in plan.holders()}
+        else:
+            holders = {}
         plan = Placement(key, await self._find_candidates(key), own_id=self.dht.own_id,
-                         local=True, replicas=self.replicas)
+                         local=True, replicas=self.replicas, known=holders)
         await self._execute(plan, cid, data)
         return plan.copies
 
     async def _find_candidates(self, key: int) -> list[Contact]:
         """A lookup's closest nodes for ``key`` (remembered for nearby keys)."""
         found = await self.dht.find_node(key)
-        self.remember(found.lookup.closest, key, found.lookup.failures, self.neighbourhoods)
+        self._remember(found.lookup.closest, key, found.lookup.failures, self.neighbourhoods)
         return with_table(found.lookup.closest, self.dht, key, self.replicas)
 
-    def remember(self, closest: Sequence[Contact], key: int, failures: int,
+    def _remember(self, closest: Sequence[Contact], key: int, failures: int,
                  cache: NeighbourhoodCache) -> None:
         # A lookup that found fewer than k with no query failing ran out of
         # nodes to ask: every reachable node is in its answer.
@@ -426,7 +435,7 @@ class Replicator:
                     found = await self.dht.find_node(key)
                 except CasError:
                     return
-                self.remember(found.lookup.closest, key, found.lookup.failures, this_round)
+                self._remember(found.lookup.closest, key, found.lookup.failures, this_round)
                 out[cid] = list(found.lookup.closest)
 
         async with trio.open_nursery() as nursery:
