@@ -92,7 +92,8 @@ def _start(repo: Path, bootstrap: str | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
 
 
-def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
+def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+    """One line from a child's stdout, or an error after ``timeout`` seconds."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     line = b""
@@ -102,12 +103,30 @@ def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
     while not line.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
-            raise RuntimeError("a daemon did not start in time")
+            raise RuntimeError(f"{what} did not answer in time")
+        # a byte at a time: nothing past the newline may be taken from the pipe
         chunk = os.read(proc.stdout.fileno(), 1)
         if not chunk:
-            raise RuntimeError("a daemon exited at start")
+            raise RuntimeError(f"{what} exited")
         line += chunk
-    return line.decode().split()[4]
+    return line.decode()
+
+
+def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    return _read_line(proc, timeout, "a daemon at start").split()[4]
+
+
+def _stop_by_pid(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each child still running, by PID; SIGKILL any that lingers."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 class CasProcesses:
@@ -149,15 +168,7 @@ class CasProcesses:
     def close(self) -> None:
         for client in self.clients:
             client.close()
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        _stop_by_pid(self.procs)
         self._tmp.cleanup()
 
 
@@ -316,6 +327,77 @@ class Kademlia:
             KademliaProtocol.call_find_node = self._original  # type: ignore[method-assign]
 
 
+
+# -- 3b. kademlia as processes -----------------------------------------------------------------
+
+KADEMLIA_NODE = str(Path(__file__).with_name("kademlia_node.py"))
+
+
+class KademliaProcesses:
+    """bmuller's kademlia as 50 processes (bench/kademlia_node.py), one node
+    each: the like-for-like pairing of the ``cas daemon`` processes. A lookup
+    is asked of a random node over its stdin and timed inside that node."""
+
+    name = "kademlia, {nodes} processes"
+
+    def __init__(self, nodes: int, seed: int) -> None:
+        import kademlia  # noqa: F401  -- fail here, as the in-process one does, if it is missing
+
+        self.rng = random.Random(seed)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            ids = [f"{self.rng.getrandbits(160):040x}" for _ in range(nodes)]
+            self.procs.append(self._start(ids[0], None))
+            first = int(_read_line(self.procs[0], 120, "a kademlia node at start").split()[2])
+            # All join through the first at once, as the daemons do; the
+            # refresh below, node by node as in-process, fills the tables.
+            for node_id in ids[1:]:
+                self.procs.append(self._start(node_id, first))
+            for proc in self.procs[1:]:
+                _read_line(proc, 120, "a kademlia node at start")
+            for proc in self.procs:
+                if self._ask(proc, "refresh") != "ok":
+                    raise RuntimeError("a kademlia node failed its refresh")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _start(node_id: str, bootstrap: int | None) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, KADEMLIA_NODE, "--id", node_id]
+        if bootstrap is not None:
+            argv += ["--bootstrap", str(bootstrap)]
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    @staticmethod
+    def _ask(proc: subprocess.Popen[bytes], command: str) -> str:
+        assert proc.stdin is not None
+        proc.stdin.write(command.encode() + b"\n")
+        proc.stdin.flush()
+        return _read_line(proc, 60, "a kademlia node").strip()
+
+    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+        latencies, messages = [], []
+        for _ in range(count):
+            proc = self.rng.choice(self.procs)
+            result = json.loads(self._ask(proc, f"find {self.rng.getrandbits(160):040x}"))
+            latencies.append(result["elapsed_us"] / 1000)
+            messages.append(result["messages"])
+        return latencies, messages
+
+    def close(self) -> None:
+        for proc in self.procs:  # end of stdin asks each node to stop by itself...
+            if proc.stdin is not None and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+        _stop_by_pid(self.procs)  # ...and any still running is stopped by PID
+        for proc in self.procs:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
 def measure(systems: dict[str, object], nodes: int, lookups: int, rounds: int) -> dict[str, dict[str, float]]:
     """Warm every system up, freeze the set-up for the collector, then take
     ``lookups`` measured lookups from each in ``rounds`` interleaved blocks."""
@@ -417,6 +499,8 @@ def main() -> None:
         systems["cas_one"] = CasOneProcess(args.nodes, args.seed)
         if not args.no_processes:
             systems["cas_proc"] = CasProcesses(args.nodes, args.seed)
+            if "kademlia" in systems:
+                systems["kad_proc"] = KademliaProcesses(args.nodes, args.seed)
         rows.update(measure(systems, args.nodes, args.lookups, args.rounds))
     finally:
         for system in reversed(systems.values()):
@@ -435,6 +519,14 @@ def main() -> None:
                   f"messages / kademlia's: {row['messages'] / kad['messages']:5.2f}")
         else:
             print()
+    # The like-for-like pairing of the daemons: kademlia as processes too.
+    kad_proc, cas_proc = rows.get("kad_proc"), rows.get("cas_proc")
+    if kad_proc and cas_proc:
+        print(f"{'cas, processes':18} p50 / kademlia processes p50: {cas_proc['p50'] / kad_proc['p50']:5.2f}   "
+              f"p99 / kademlia processes p99: {cas_proc['p99'] / kad_proc['p99']:5.2f}   "
+              f"messages / kademlia's: {cas_proc['messages'] / kad_proc['messages']:5.2f}")
+    if kad_proc and kad:  # what 50 processes cost kademlia itself
+        print(f"{'kademlia':18} processes p50 / one process p50: {kad_proc['p50'] / kad['p50']:5.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
