@@ -14,11 +14,19 @@ What it measures, in one run:
    encryption): 50 ``Server`` nodes in one process, bootstrapped the same
    way, lookups of random keys with its ``NodeSpiderCrawl`` (what its
    ``get``/``set`` run), k = 20, alpha = 3.
-4. **ceilings**: one trio TCP round trip on loopback (64 bytes echoed), and
+4. **kademlia, 50 processes**: the same kademlia node, one per OS process
+   (bench/kademlia_node.py), bootstrapped and refreshed as in (3), asked
+   through its stdin for a lookup of a random key (the same
+   ``NodeSpiderCrawl``) and answering with the time that crawl took inside
+   the node, and the queries it sent: measured as the daemons of (1) are,
+   and so the like-for-like comparison with (1). 50 processes on a small
+   machine cost both systems alike (each exchange wakes two processes),
+   which (1) against (3) would charge to cas alone.
+5. **ceilings**: one trio TCP round trip on loopback (64 bytes echoed), and
    one cas PING round trip over an established secure channel.
 
-The three networks run at the same time (kademlia's asyncio loop and cas's
-trio loop each in a thread of this process, the daemons beside it), and the
+The four networks run at the same time (kademlia's asyncio loop and cas's
+trio loop each in a thread of this process, the processes beside it), and the
 measured lookups are taken in interleaved rounds, a block from each system
 in turn, so that a burst of load on this shared machine falls on all of them
 alike and the ratios stay meaningful; each system's lookups are pooled for
@@ -30,7 +38,9 @@ frozen (``gc.freeze``): otherwise every full collection rescans the state of
 whichever lookup is running and say nothing about a node, which holds one.
 
 Target (issue 5): cas p50 no worse than kademlia's while every message is
-encrypted and authenticated.
+encrypted and authenticated; the pairings are (2) with (3) and (1) with (4).
+Every process started is stopped by its PID at the end, also on an error or
+Ctrl-C, and all traffic stays on 127.0.0.1.
 
 Needs the ``kademlia`` package, which nothing else in cas uses and the tests
 do not need::
@@ -328,7 +338,7 @@ class Kademlia:
 
 
 
-# -- 3b. kademlia as processes -----------------------------------------------------------------
+# -- 4. kademlia as processes -----------------------------------------------------------------
 
 KADEMLIA_NODE = str(Path(__file__).with_name("kademlia_node.py"))
 
@@ -418,7 +428,7 @@ def measure(systems: dict[str, object], nodes: int, lookups: int, rounds: int) -
             for key in keys}
 
 
-# -- 4. ceilings ---------------------------------------------------------------------------
+# -- 5. ceilings ---------------------------------------------------------------------------
 
 
 def bench_round_trips(count: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -483,7 +493,8 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=200, help="measured lookups per system")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved blocks they are taken in")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--no-processes", action="store_true", help="leave out the 50 daemons")
+    parser.add_argument("--no-processes", action="store_true",
+                        help="leave out the multi-process networks (cas daemons, kademlia processes)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
     print(f"{args.nodes} nodes, {args.lookups} measured lookups per system in {args.rounds} "
