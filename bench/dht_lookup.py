@@ -337,7 +337,6 @@ class Kademlia:
             KademliaProtocol.call_find_node = self._original  # type: ignore[method-assign]
 
 
-
 # -- 4. kademlia as processes -----------------------------------------------------------------
 
 KADEMLIA_NODE = str(Path(__file__).with_name("kademlia_node.py"))
