@@ -123,6 +123,7 @@ def test_kill_9_during_add_to_mv_and_rm_leaves_the_namespace_before_or_after(tmp
     repo = tmp_path / "repo"
     run_cas("mkdir", "-p", "/inbox", "/archive", repo=repo)
     kills = 0
+    typical = {"add": 0.3, "mv": 0.2, "rm": 0.2}  # seconds, updated by runs that finish
     for run in range(48):
         before = tree(repo)
         dirs = {p for p in before if before[p].startswith("bafyr4i")}
@@ -145,13 +146,17 @@ def test_kill_9_during_add_to_mv_and_rm_leaves_the_namespace_before_or_after(tmp
             source = rng.choice(files_now)
             argv = ["rm", source]
             after = removed(before, source)
+        started = time.monotonic()
         proc = subprocess.Popen([CAS, "--repo", str(repo), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Fault injection, not synchronisation: kill at a random instant
-        # within the operation's typical duration.
-        time.sleep(rng.uniform(0.0, 0.3 if op == "add" else 0.2))
+        # within the operation's duration, as last measured on this machine
+        # (a fixed window would miss more and more as cas gets faster).
+        time.sleep(rng.uniform(0.0, typical[op]))
         if proc.poll() is None:
             proc.kill()
             kills += 1
+        else:
+            typical[op] = time.monotonic() - started
         proc.wait(timeout=60)
         now = tree(repo)
         now_dirs = dirs | {p for p in now if now[p].startswith("bafyr4i")}
