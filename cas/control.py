@@ -493,7 +493,8 @@ class RemoteBlockStore:
         self._client = client
         self._batch: list[list[Any]] = []  # [cid, data] pairs not sent yet
         self._batch_bytes = 0
-        client.before_request.append(self._flush)
+        self._hooked = False  # _flush registered with the client (on the first put only:
+        # readers make a store per call, and each would add a hook)
 
     def has(self, cid: CID) -> bool:
         return bool(self._client.call("has", cid=cid))
@@ -511,6 +512,9 @@ class RemoteBlockStore:
         the block, and a failure is raised by a later call (every writer
         ends with :meth:`barrier`, which raises it before anything refers to
         the block). Every other call sends the pending batch first."""
+        if not self._hooked:
+            self._client.before_request.append(self._flush)
+            self._hooked = True
         if self._batch_bytes + len(block.data) > PUT_BATCH_BYTES:
             self._flush()
         self._batch.append([block.cid, block.data])

@@ -116,6 +116,19 @@ def test_batched_puts_are_seen_by_the_next_request_and_survive_many_batches(daem
         store.close()
 
 
+def test_a_reading_store_made_per_call_leaves_the_client_as_it_was(daemon: Daemon) -> None:
+    """The published mount makes a RemoteBlockStore per read: only a store
+    that batches puts hooks itself onto the client."""
+    block = Block.of(RAW, b"read many times")
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        writer = control.RemoteBlockStore(client)
+        writer.put(block)
+        writer.barrier()
+        for _ in range(100):
+            assert control.RemoteBlockStore(client).get(block.cid) == block.data
+        assert len(client.before_request) == 1
+
+
 def test_an_error_in_a_request_sent_ahead_is_raised_by_the_next_call(daemon: Daemon) -> None:
     good = Block.of(RAW, b"good")
     with control.ControlClient(control.socket_path(daemon.repo)) as client:
