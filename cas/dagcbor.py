@@ -194,11 +194,65 @@ def check_reencodes(value: Any, data: bytes) -> None:
     caller must have made (:func:`decode` makes it with :func:`_check`).
     """
     try:
-        again = cbor2.dumps(value, default=_default)
+        if not _reencodes_around_payload(value, data):
+            again = cbor2.dumps(value, default=_default)
+            if again != data:
+                raise InvalidBlockError("DAG-CBOR is not in canonical form")
     except TypeError as exc:
         raise InvalidBlockError(f"not valid DAG-CBOR: {exc}") from None
-    if again != data:
+
+
+_PAYLOAD_MIN = 4096
+"""A byte string this long as a value of a message's top-level map (a
+block) is checked by position instead of being encoded again."""
+
+
+def _reencodes_around_payload(value: Any, data: bytes) -> bool:
+    """:func:`check_reencodes` for a map whose largest value is a long byte
+    string (a STORE_BLOCK, a block answer), without copying it twice more.
+
+    Returns False when the shortcut does not apply (the caller re-encodes
+    everything); True once ``data`` is proven to be the plain encoding of
+    ``value``; raises InvalidBlockError when it is proven not to be.
+
+    Why it is exact: the plain encoding of the map is ``prefix`` (its head
+    and the entries before the payload, then the payload's key), the
+    payload's own head, the payload, and ``suffix`` (the entries after it).
+    If ``data`` starts with that prefix and head, a decoder reading ``data``
+    (as cbor2 did to produce ``value``) took the payload from exactly the
+    next ``len(payload)`` bytes, so those need no comparison; then ``data``
+    must end with ``suffix`` and have exactly the total length.
+    """
+    if type(value) is not dict or len(value) >= 24:  # a one-byte map head only
+        return False
+    items = list(value.items())
+    at = -1
+    for i, (_, item) in enumerate(items):
+        if type(item) is bytes and len(item) >= _PAYLOAD_MIN and (at < 0 or len(item) > len(items[at][1])):
+            at = i
+    if at < 0:
+        return False
+    key, payload = items[at]
+    head = bytes([0xA0 | len(items)])
+    prefix = head + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key)
+    length = len(payload)  # its head: major type 2 and the shortest length form
+    if length < 24:
+        payload_head = bytes([0x40 | length])
+    elif length < 1 << 8:
+        payload_head = bytes([0x58, length])
+    elif length < 1 << 16:
+        payload_head = b"\x59" + length.to_bytes(2, "big")
+    elif length < 1 << 32:
+        payload_head = b"\x5a" + length.to_bytes(4, "big")
+    else:
+        return False
+    suffix = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
+    start = len(prefix) + len(payload_head)
+    if (len(data) != start + length + len(suffix)
+            or not data.startswith(prefix) or data[len(prefix):start] != payload_head
+            or not data.endswith(suffix)):
         raise InvalidBlockError("DAG-CBOR is not in canonical form")
+    return True
 
 
 def encode_unchecked(value: Any) -> bytes:

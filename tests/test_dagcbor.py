@@ -318,3 +318,53 @@ def test_the_noncanonical_decoder_takes_any_key_order_but_nothing_outside_the_da
         dagcbor.decode_noncanonical(cbor2.dumps(cbor2.CBORTag(99, b"x")))
     with pytest.raises(InvalidBlockError):
         dagcbor.decode_noncanonical(b"\xa1")  # truncated
+
+
+# -- the shortcut for messages that carry a block --------------------------------------
+
+
+def _full_reencode_accepts(value: object, data: bytes) -> bool:
+    return cbor2.dumps(value, default=dagcbor._default) == data
+
+
+_PAYLOAD_MAPS = st.lists(
+    st.tuples(st.text(min_size=1, max_size=6),
+              st.one_of(st.integers(0, 2**40), st.text(max_size=8), st.binary(max_size=8),
+                        st.binary(min_size=dagcbor._PAYLOAD_MIN, max_size=dagcbor._PAYLOAD_MIN + 300))),
+    min_size=1, max_size=6, unique_by=lambda kv: kv[0],
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=_PAYLOAD_MAPS, edit=st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+       kind=st.sampled_from(["same", "flip", "append", "truncate", "long_head"]))
+def test_checking_a_block_carrying_map_by_position_agrees_with_re_encoding_it(entries, edit, kind) -> None:
+    """Whatever the bytes (canonical, a byte changed anywhere, trailing
+    bytes, cut short, the payload's length written in a longer form), the
+    shortcut accepts exactly what a full re-encoding would."""
+    value = dict(sorted(entries, key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+    data = cbor2.dumps(value)
+    where, byte = edit
+    if kind == "flip":
+        i = where % len(data)
+        data = data[:i] + bytes([byte]) + data[i + 1:]
+    elif kind == "append":
+        data += bytes([byte])
+    elif kind == "truncate":
+        data = data[: where % len(data)]
+    elif kind == "long_head":
+        big = max((v for v in value.values() if type(v) is bytes), key=len, default=b"")
+        if len(big) >= dagcbor._PAYLOAD_MIN:  # 2-byte length form rewritten as 4-byte: not minimal
+            short, long_ = b"\x59" + len(big).to_bytes(2, "big"), b"\x5a" + len(big).to_bytes(4, "big")
+            data = data.replace(short + big, long_ + big, 1)
+    try:
+        parsed = dagcbor.decode_unchecked(data)
+    except InvalidBlockError:
+        return  # not even CBOR: never reaches the check
+    expected = _full_reencode_accepts(parsed, data)
+    try:
+        dagcbor.check_reencodes(parsed, data)
+        accepted = True
+    except InvalidBlockError:
+        accepted = False
+    assert accepted == expected
