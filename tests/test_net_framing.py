@@ -67,6 +67,21 @@ def test_a_frame_split_across_reads_is_reassembled() -> None:
     assert decoder.next_frame() == b"hello world"
 
 
+def test_missing_says_how_much_of_the_frame_is_still_to_come_never_past_the_limit() -> None:
+    decoder = FrameDecoder(limit=1000)
+    assert decoder.missing == 4  # a header's worth
+    frame = encode_frame(b"x" * 300)
+    decoder.receive_data(frame[:2])
+    assert decoder.missing == 2
+    decoder.receive_data(frame[2:100])
+    assert decoder.missing == len(frame) - 100
+    decoder.receive_data(frame[100:])
+    assert decoder.missing == 0 and decoder.next_frame() == b"x" * 300
+    liar = FrameDecoder(limit=1000)
+    liar.receive_data((10**9).to_bytes(4, "big"))
+    assert liar.missing <= 1004  # an announcement over the limit never sizes a read
+
+
 def test_truncated_frame_at_end_of_stream_is_an_error() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(encode_frame(b"hello")[:-1])

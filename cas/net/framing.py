@@ -73,6 +73,17 @@ class FrameDecoder:
         return len(self._buffer)
 
     @property
+    def missing(self) -> int:
+        """Bytes still to come before the frame being received is complete
+        (a header's worth when none has started): how much a reader may ask
+        for at once."""
+        have = len(self._buffer)
+        if have < HEADER_SIZE:
+            return HEADER_SIZE - have
+        length = int.from_bytes(self._buffer[:HEADER_SIZE], "big")
+        return max(0, HEADER_SIZE + min(length, self.limit) - have)
+
+    @property
     def at_eof(self) -> bool:
         return self._eof
 
@@ -102,7 +113,8 @@ class FrameDecoder:
                 raise self._fail(FrameError(f"frame of {length} bytes is below the minimum"))
             end = HEADER_SIZE + length
             if len(self._buffer) >= end:
-                body = bytes(self._buffer[HEADER_SIZE:end])
+                with memoryview(self._buffer) as view:  # one copy of the body, not two
+                    body = bytes(view[HEADER_SIZE:end])
                 del self._buffer[:end]
                 return body
         if self._eof and self._buffer:
