@@ -493,6 +493,9 @@ class RemoteBlockStore:
         self._client = client
         self._batch: list[list[Any]] = []  # [cid, data] pairs not sent yet
         self._batch_bytes = 0
+        # Guards the batch: a reader in another thread (AsyncRepository reads
+        # on the trio thread while an add runs in a worker) may send it.
+        self._batch_lock = threading.Lock()
         self._hooked = False  # _flush registered with the client (on the first put only:
         # readers make a store per call, and each would add a hook)
 
@@ -512,16 +515,23 @@ class RemoteBlockStore:
         the block, and a failure is raised by a later call (every writer
         ends with :meth:`barrier`, which raises it before anything refers to
         the block). Every other call sends the pending batch first."""
-        if not self._hooked:
-            self._client.before_request.append(self._flush)
-            self._hooked = True
-        if self._batch_bytes + len(block.data) > PUT_BATCH_BYTES:
-            self._flush()
-        self._batch.append([block.cid, block.data])
-        self._batch_bytes += len(block.data)
+        with self._batch_lock:
+            if not self._hooked:
+                self._client.before_request.append(self._flush)
+                self._hooked = True
+            if self._batch_bytes + len(block.data) > PUT_BATCH_BYTES:
+                self._send_batch()
+            self._batch.append([block.cid, block.data])
+            self._batch_bytes += len(block.data)
         return True
 
     def _flush(self) -> None:
+        with self._batch_lock:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        # Called with _batch_lock held, and sending under it: batches go out
+        # in the order they were made, whichever thread sends them.
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
             self._client.send_ahead("put_many", BATCHES_AHEAD, blocks=batch)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +115,42 @@ def test_batched_puts_are_seen_by_the_next_request_and_survive_many_batches(daem
         assert store.pin(big[-1].cid) is True  # the connection is still in step
     finally:
         store.close()
+
+
+def test_reads_from_another_thread_during_batched_puts_keep_the_connection_in_step(daemon: Daemon) -> None:
+    """AsyncRepository reads on the trio thread while an add puts from a
+    worker, through one client: each read sends the writer's pending batch
+    and reads the answers outstanding, and every answer still reaches the
+    call it belongs to, every block is stored. (The batch's own lock is
+    correct by construction; a lost block needs a thread switch between two
+    bytecodes, which no test here can force.)"""
+    import threading
+
+    blocks = [Block.of(RAW, i.to_bytes(4, "big") * 4096) for i in range(600)]
+    probe = Block.of(RAW, b"probe")
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        store = control.RemoteBlockStore(client)
+        store.put(probe)
+        store.barrier()
+        done = threading.Event()
+
+        def read_meanwhile() -> None:
+            while not done.is_set():
+                assert store.has(probe.cid)
+
+        reader = threading.Thread(target=read_meanwhile)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads interleave between almost any two bytecodes
+        reader.start()
+        try:
+            for block in blocks:
+                store.put(block)
+            store.barrier()
+        finally:
+            done.set()
+            reader.join(timeout=60)
+            sys.setswitchinterval(interval)
+        assert all(store.has(block.cid) for block in blocks)
 
 
 def test_a_reading_store_made_per_call_leaves_the_client_as_it_was(daemon: Daemon) -> None:
