@@ -586,7 +586,8 @@ class RemoteStore:
 
     def stat(self) -> RepoStat:
         v = self._client.call("stat")
-        return RepoStat(path=v["path"], blocks=v["blocks"], bytes=v["bytes"], pinned=v["pinned"])
+        return RepoStat(path=v["path"], blocks=v["blocks"], bytes=v["bytes"], pinned=v["pinned"],
+                        pack_bytes=v.get("pack_bytes", 0), dead_bytes=v.get("dead_bytes", 0))
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         v = self._client.call("verify")

@@ -563,7 +563,8 @@ def _store_ops(node: Node) -> OpTable:
 
     async def stat(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         st = await node.in_store_thread(store().stat)
-        return {"path": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned}
+        return {"path": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned,
+                "pack_bytes": st.pack_bytes, "dead_bytes": st.dead_bytes}
 
     async def verify(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         report = await node.in_store_thread(store().verify)

@@ -57,11 +57,13 @@ def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
         st = repo.repo_stat()
     health = replication_health(args)
     out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned,
-                  "replication": health})
+                  "pack_bytes": st.pack_bytes, "dead_bytes": st.dead_bytes, "replication": health})
     out.result(f"repository  {st.path}")
     out.result(f"blocks      {st.blocks}")
     out.result(f"size        {human_size(st.bytes)} ({st.bytes} bytes)")
     out.result(f"pinned      {st.pinned}")
+    out.result(f"packs       {human_size(st.pack_bytes)} on disk, {human_size(st.dead_bytes)} of it "
+               "deleted blocks (freed by 'cas gc' once a pack is under half live)")
     if health is not None:
         out.result(f"replicas    {health['replicas']} wanted, {health['peers']} peer(s) known")
         out.result(f"below R     {health['short']} block(s) (as last measured by placement or repair)")

@@ -100,6 +100,19 @@ def test_every_store_op_round_trips(daemon: Daemon) -> None:
         store.close()
 
 
+def test_stat_through_the_daemon_reports_the_pack_space(daemon: Daemon) -> None:
+    store = control.RemoteStore.connect(daemon.repo)
+    assert store is not None
+    try:
+        large = Block.of(RAW, pseudo_random(200_000, "a large block"))
+        store.blocks.put(large)
+        store.blocks.barrier()
+        st = store.stat()
+        assert st.pack_bytes > 200_000 and st.dead_bytes == 0
+    finally:
+        store.close()
+
+
 def test_batched_puts_are_seen_by_the_next_request_and_survive_many_batches(daemon: Daemon) -> None:
     store = control.RemoteStore.connect(daemon.repo)
     assert store is not None

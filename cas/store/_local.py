@@ -86,6 +86,9 @@ class RepoStat:
     pack_bytes: int = 0
     """Bytes of the pack files on disk: ``bytes`` of large blocks plus record
     heads plus dead bytes that compaction has not reclaimed yet."""
+    dead_bytes: int = 0
+    """Of ``pack_bytes``, the records of blocks gc deleted: compaction (at the
+    end of ``cas gc``) frees them once a pack is under half live."""
 
 
 @dataclass(frozen=True)
@@ -340,8 +343,10 @@ class LocalStore:
     def stat(self) -> RepoStat:
         blocks, total = self.blocks.usage()
         (pinned,) = self.db.query("SELECT count(*) FROM pins").fetchone()
-        pack_bytes = sum(usage.size for usage in self.blocks.packs.pack_usage())
-        return RepoStat(path=str(self.path), blocks=blocks, bytes=total, pinned=pinned, pack_bytes=pack_bytes)
+        packs = self.blocks.packs.pack_usage()
+        return RepoStat(path=str(self.path), blocks=blocks, bytes=total, pinned=pinned,
+                        pack_bytes=sum(usage.size for usage in packs),
+                        dead_bytes=sum(usage.dead for usage in packs))
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every block and check every reference; never modifies.
