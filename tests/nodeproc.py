@@ -17,6 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cas.cid import CID
+from cas.control import ControlClient, socket_path
+from cas.store._links import links_of
+
 from .conftest import CAS
 
 
@@ -134,3 +138,20 @@ class Daemons:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def has(daemon: Daemon, cid: CID) -> bool:
+    """Whether ``daemon``'s repository holds ``cid`` (never fetching it)."""
+    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
+        return bool(client.call("has", cid=cid))
+
+
+def dag_of(daemon: Daemon, root: CID) -> list[CID]:
+    """Every block under ``root``, read through ``daemon``."""
+    out, stack = [], [root]
+    with ControlClient(socket_path(daemon.repo), timeout=60) as client:
+        while stack:
+            cid = stack.pop()
+            out.append(cid)
+            stack.extend(links_of(cid, client.call("get", cid=cid)))
+    return out

@@ -27,9 +27,8 @@ from cas.dht.ids import key_for_digest
 from cas.dht.driver import DhtDriver
 from cas.net import messages as msg
 from cas.node import Node, NodeConfig, control_ops
-from cas.store._links import links_of
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, wait_until
+from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
 from tests.test_dht_driver import network
 
 pytestmark = pytest.mark.timeout(240)
@@ -170,11 +169,6 @@ def test_a_reader_gets_every_block_while_holders_are_frozen(tmp_path: Path, daem
     root = parse_cid(result.stdout.decode().split()[-1])
     assert "stored on 3 of 3 nodes" in result.stderr.decode(), result.stderr
     blocks = dag_of(adder, root)
-
-    def has(daemon: Daemon, cid: CID) -> bool:
-        with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-            return bool(client.call("has", cid=cid))
-
     holders = {cid: [d for d in others if has(d, cid)] for cid in blocks}
     # Freeze the adder and the peer holding most blocks: each block keeps a live holder.
     busiest = max(others, key=lambda d: sum(d in h for h in holders.values()))
@@ -315,14 +309,3 @@ def test_churn_a_third_of_twenty_nodes_replaced_one_at_a_time_loses_nothing(
     run_cas("get", str(root), "-o", str(out), repo=live[-1].repo, timeout=120)
     for i in range(CHURN_FILES):
         assert (out / f"f{i:03}").read_bytes() == (tree / f"f{i:03}").read_bytes(), i
-
-
-def dag_of(daemon: Daemon, root: CID) -> list[CID]:
-    """Every block under ``root``, read through ``daemon``."""
-    out, stack = [], [root]
-    with ControlClient(socket_path(daemon.repo), timeout=60) as client:
-        while stack:
-            cid = stack.pop()
-            out.append(cid)
-            stack.extend(links_of(cid, client.call("get", cid=cid)))
-    return out

@@ -22,9 +22,8 @@ from cas.blocks import Block
 from cas.cid import RAW, CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
-from cas.store._links import links_of
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, wait_until
+from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
 
 R = 3
 NODES = 7
@@ -61,24 +60,10 @@ def closest(cid: CID, nodes: list[Daemon], n: int = R) -> list[Daemon]:
     return sorted(nodes, key=lambda d: node_id(d) ^ key)[:n]
 
 
-def has(daemon: Daemon, cid: CID) -> bool:
-    with ControlClient(socket_path(daemon.repo), timeout=10) as client:
-        return bool(client.call("has", cid=cid))
-
-
 def holders(cid: CID, nodes: list[Daemon]) -> set[str]:
     return {d.node_id for d in nodes if has(d, cid)}
 
 
-def dag(daemon: Daemon, root: CID) -> list[CID]:
-    """Every block of the file under ``root``, read from ``daemon``."""
-    out, stack = [], [root]
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-        while stack:
-            cid = stack.pop()
-            out.append(cid)
-            stack.extend(links_of(cid, client.call("get", cid=cid)))
-    return out
 
 
 def add(daemon: Daemon, data: bytes) -> tuple[CID, str]:
@@ -94,7 +79,7 @@ def test_an_added_file_is_on_the_r_closest_nodes_survives_its_adder_and_is_repai
     data = pseudo_random(1_500_000, "replicated file")
     root, note = add(adder, data)
     assert "stored on 3 of 3 nodes" in note, note
-    blocks = dag(adder, root)
+    blocks = dag_of(adder, root)
     assert len(blocks) >= 4
     for cid in blocks:  # exactly the R closest hold a copy, besides the adder's own
         expected = {d.node_id for d in closest(cid, nodes)} | {adder.node_id}
