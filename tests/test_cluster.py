@@ -87,7 +87,6 @@ def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_ag
     async def main() -> None:
         async with network() as net:
             memory = MemoryBlockStore()
-            memory.put(Block.of(RAW, b"filler"))  # not empty: net.add would make a store of its own
             holder = await net.add(cls=SlowHolder, store=memory)
             liar = await net.add(cls=Liar)
             # A block nearer the liar than the holder: asked directly or by a
@@ -123,8 +122,6 @@ def test_a_reader_asks_the_nodes_placement_chose_directly_one_message_per_block(
     async def main() -> None:
         async with network() as net:
             stores = [MemoryBlockStore() for _ in range(8)]
-            for store in stores:
-                store.put(Block.of(RAW, b"filler"))  # not empty: net.add would make a store of its own
             peers = [await net.add(store=store) for store in stores]
             for peer in peers[1:]:
                 await peer.bootstrap([("127.0.0.1", peers[0].listen_port or 0)])

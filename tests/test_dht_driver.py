@@ -39,7 +39,7 @@ class Net:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         driver = cls(identity, table(own) if table else RoutingTable(own, k=k), k=k, listen_port=port,
-                     blocks=AsyncStoreAdapter(store or MemoryBlockStore()), rng=random.Random(len(self.nodes)),
+                     blocks=AsyncStoreAdapter(MemoryBlockStore() if store is None else store), rng=random.Random(len(self.nodes)),
                      **options)
 
         async def run_node(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
