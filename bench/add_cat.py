@@ -60,25 +60,11 @@ import blake3
 
 import cas
 import cas.cli
+from benchutil import parse_size, timed
 from cas import chunker
 
 MiB = 1 << 20
 CAS = str(Path(sys.executable).with_name("cas"))
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper()
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def timed(fn) -> float:
-    os.sync()  # start each measurement with no writeback of the last one pending
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run_sampling_rss(argv: list[str], stdout) -> tuple[float, int, bytes]:

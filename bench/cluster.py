@@ -45,23 +45,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchutil import parse_size, timed
 from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
-from cas.dht.ids import key_for_digest
 from cas.store._links import links_of
 
 MiB = 1 << 20
 CAS = str(Path(sys.executable).with_name("cas"))
 R = 3
 NODES = 5
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper()
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def env() -> dict[str, str]:
@@ -128,13 +120,6 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def timed(fn: Any) -> float:
-    os.sync()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def dag(daemon: Daemon, root: CID) -> list[CID]:

@@ -1,0 +1,25 @@
+"""Small pieces the benchmark scripts share (they run as scripts, with this
+directory first on the import path)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+
+def parse_size(text: str) -> int:
+    """A byte count written like 256M, 1G or 4096."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` takes, started with no writeback of earlier work pending."""
+    os.sync()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
