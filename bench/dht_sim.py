@@ -35,8 +35,7 @@ from cas.dht.sim import (  # noqa: E402
     build_network,
     format_header,
     format_row,
-    write_csv,
-    write_plot,
+    write_outputs,
 )
 
 TARGET_SIZE = 10_000
@@ -98,14 +97,7 @@ def main() -> int:
                               f"{'ok' if r.success >= need else 'MISSED'}")
             print(f"  {r.dead:>4.0%} dead: " + "; ".join(checks))
 
-    if args.csv:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}")
-    if args.plot:
-        if write_plot(rows, args.plot):
-            print(f"wrote {args.plot}")
-        else:
-            print("matplotlib is not installed: no plot (pip install matplotlib)")
+    write_outputs(rows, args.csv, args.plot)
     print(f"\n{time.perf_counter() - started:.0f} s wall clock")
     return 0
 

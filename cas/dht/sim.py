@@ -466,6 +466,18 @@ def write_plot(rows: Sequence[SimStats], path: str) -> bool:
     return True
 
 
+def write_outputs(rows: Sequence[SimStats], csv_path: str | None, plot_path: str | None) -> None:
+    """The CSV and the plot, where asked for, each announced on stdout."""
+    if csv_path:
+        write_csv(rows, csv_path)
+        print(f"wrote {csv_path}")
+    if plot_path:
+        if write_plot(rows, plot_path):
+            print(f"wrote {plot_path}")
+        else:
+            print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cas.dht.sim",
@@ -494,14 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need at least 2 nodes and 1 lookup")
 
     rows = run_table(args.nodes, args.dead, args.alpha, args)
-    if args.csv:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}")
-    if args.plot:
-        if write_plot(rows, args.plot):
-            print(f"wrote {args.plot}")
-        else:
-            print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    write_outputs(rows, args.csv, args.plot)
     return 0
 
 
