@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from cas.allocator import keep_freed_buffers
 from cas.errors import CasError
 
 from . import files_cmds, names_cmds, repo_cmds
@@ -75,6 +76,7 @@ hangs up mid-write must cost them one connection (EPIPE), never the process."""
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_buffers()
     if args.command not in SERVERS:
         # Die quietly on a closed pipe (`cas cat X | head`), as cat does.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
