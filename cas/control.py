@@ -241,8 +241,54 @@ async def serve_control(listener: socket.socket, ops: OpTable,
             nursery.start_soon(_serve_client, trio.SocketStream(client), ops, on_internal_error)
 
 
+READ_AHEAD_REQUESTS = 1
+"""Requests read and decoded while the one before is being handled: a
+client that sends ``put_many`` batches ahead (an add) gets the next one's
+reading overlapped with the store's writing of this one."""
+
+
 async def _serve_client(stream: Any, ops: OpTable,
                         on_internal_error: Callable[[str, BaseException], None] | None) -> None:
+    """Serve one client: requests are handled one at a time and answered in
+    order, while a reader task reads the next one ahead."""
+    import trio
+
+    send_request, receive_request = trio.open_memory_channel[Any](READ_AHEAD_REQUESTS)
+
+    async def send(value: Any) -> None:
+        await stream.send_all(encode_frame(value))
+
+    client = ClientState()
+    async with stream:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_requests, stream, send_request)
+                try:
+                    async for request in receive_request:
+                        if isinstance(request, _FatalRequest):  # the stream cannot go on
+                            await send({"error": error_value(request.error)})
+                            break
+                        await _handle(request, ops, client, send, on_internal_error)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for cleanup in client.on_close:
+                    await cleanup()
+
+
+@dataclass(frozen=True)
+class _FatalRequest:
+    """A frame header the stream cannot be read past."""
+
+    error: ControlProtocolError
+
+
+async def _read_requests(stream: Any, requests: Any) -> None:
+    """Read frames from ``stream`` and pass each on decoded (or the
+    :class:`ControlProtocolError` that says why it is not a request); stop
+    at the end of the stream, a bad header, or when the server is done."""
     import trio
 
     buffer = bytearray()
@@ -257,53 +303,55 @@ async def _serve_client(stream: Any, ops: OpTable,
         del buffer[:n]
         return out
 
-    async def send(value: Any) -> None:
-        await stream.send_all(encode_frame(value))
-
-    client = ClientState()
-    async with stream:
+    async with requests:
         try:
-            while True:
-                header = await read_exactly(4)
-                if header is None:
-                    return
+            while (header := await read_exactly(4)) is not None:
                 try:
                     length = check_length(header)
                 except ControlProtocolError as exc:
-                    await send({"error": error_value(exc)})
+                    await requests.send(_FatalRequest(exc))
                     return
                 body = await read_exactly(length)
                 if body is None:
                     return
                 try:
                     request = decode_body(body)
-                    op, args = _parse_request(request, ops)
                 except ControlProtocolError as exc:
-                    await send({"error": error_value(exc)})
-                    continue
-                try:
-                    if op.streaming:
-                        count = 0
-                        async for items in op.handler(args, client):  # type: ignore[union-attr]
-                            count += len(items)
-                            await send({"more": items})
-                        await send({"ok": count})
-                    else:
-                        await send({"ok": await op.handler(args, client)})  # type: ignore[misc]
-                except CasError as exc:
-                    await send({"error": error_value(exc)})
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise
-                except Exception as exc:  # a bug in a handler must not stop the node
-                    if on_internal_error is not None:
-                        on_internal_error(str(request.get("op")), exc)
-                    await send({"error": error_value(exc)})
+                    request = exc
+                await requests.send(request)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        finally:
-            with trio.CancelScope(shield=True):
-                for cleanup in client.on_close:
-                    await cleanup()
+            return  # the client went away, or the server stopped listening to it
+
+
+async def _handle(request: Any, ops: OpTable, client: ClientState, send: Callable[[Any], Awaitable[None]],
+                  on_internal_error: Callable[[str, BaseException], None] | None) -> None:
+    """Answer one decoded request (or the error that made it unreadable)."""
+    import trio
+
+    try:
+        if isinstance(request, ControlProtocolError):
+            raise request
+        op, args = _parse_request(request, ops)
+    except ControlProtocolError as exc:
+        await send({"error": error_value(exc)})
+        return
+    try:
+        if op.streaming:
+            count = 0
+            async for items in op.handler(args, client):  # type: ignore[union-attr]
+                count += len(items)
+                await send({"more": items})
+            await send({"ok": count})
+        else:
+            await send({"ok": await op.handler(args, client)})  # type: ignore[misc]
+    except CasError as exc:
+        await send({"error": error_value(exc)})
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise
+    except Exception as exc:  # a bug in a handler must not stop the node
+        if on_internal_error is not None:
+            on_internal_error(str(request.get("op")), exc)
+        await send({"error": error_value(exc)})
 
 
 def _parse_request(request: Any, ops: OpTable) -> tuple[Op, dict[str, Any]]:
