@@ -241,7 +241,7 @@ def main() -> None:
         print(f"  add   local (no daemon)   {t_local_add:7.2f} s  {mib / t_local_add:7.1f} MiB/s")
         print(f"        replicated (R=3)    {t_rep_add:7.2f} s  {mib / t_rep_add:7.1f} MiB/s   "
               f"ratio {t_local_add / t_rep_add:.2f}  (targets: >= 60 MiB/s, >= 0.30)")
-        print(f"        {note}; {stats['stores_sent']} stores ({stats['refusals']} refused, "
+        print(f"        {note}; {stats['stores_sent']} stores in {stats['store_messages']} messages ({stats['refusals']} refused, "
               f"{stats['store_failures']} failed {stats['last_failure']!r}), "
               f"{stats['placed_bytes'] / MiB:.0f} MiB acknowledged by peers")
         print(f"        CPU during the replicated add: daemons {cpu_daemons:.1f} s (the adder's "

@@ -1,6 +1,6 @@
 """Group commit of the blocks peers place on this node.
 
-Every STORE_BLOCK is acknowledged only once the block is durable, and
+Every block of a STORE_BLOCKS is acknowledged only once it is durable, and
 making a block durable costs a barrier (fsyncs and a database commit) and a
 trip to the store thread. Peers placing an add's blocks send many at once;
 :class:`GroupCommitter` makes all those that arrived while the previous
@@ -32,13 +32,14 @@ exception that refused it (see :meth:`cas.store.HeldBlocks.accept_many`)."""
 
 @dataclass
 class _Waiter:
-    block: Block
+    blocks: list[Block]
     done: trio.Event = field(default_factory=trio.Event)
-    outcome: object = None
+    outcomes: list[object] = field(default_factory=list)
 
 
 class GroupCommitter:
-    """Run :meth:`run` in a nursery; then ``await keep(block)`` from any task."""
+    """Run :meth:`run` in a nursery; then ``await keep(block)`` or
+    ``await keep_many(blocks)`` from any task."""
 
     def __init__(self, commit: Commit) -> None:
         self._commit = commit
@@ -46,29 +47,38 @@ class GroupCommitter:
 
     async def keep(self, block: Block) -> object:
         """Durable on return: the block's result, or its refusal raised."""
-        waiter = _Waiter(block)
+        outcome = (await self.keep_many([block]))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def keep_many(self, blocks: list[Block]) -> list[object]:
+        """Durable on return, in one group: for each block its result or
+        the exception that refused it."""
+        waiter = _Waiter(blocks)
         await self._send.send(waiter)
         await waiter.done.wait()
-        if isinstance(waiter.outcome, BaseException):
-            raise waiter.outcome
-        return waiter.outcome
+        return waiter.outcomes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async for first in self._receive:
             group = [first]
-            size = len(first.block.data)
+            size = sum(len(b.data) for b in first.blocks)
             while size < MAX_GROUP_BYTES:
                 try:
                     waiter = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     break
                 group.append(waiter)
-                size += len(waiter.block.data)
+                size += sum(len(b.data) for b in waiter.blocks)
+            blocks = [block for waiter in group for block in waiter.blocks]
             try:
-                outcomes = await self._commit([w.block for w in group])
+                outcomes = await self._commit(blocks)
             except Exception as exc:  # the whole group failed (a disk error): each is told
-                outcomes = [exc] * len(group)
-            for waiter, outcome in zip(group, outcomes):
-                waiter.outcome = outcome
+                outcomes = [exc] * len(blocks)
+            at = 0
+            for waiter in group:
+                waiter.outcomes = outcomes[at:at + len(waiter.blocks)]
+                at += len(waiter.blocks)
                 waiter.done.set()

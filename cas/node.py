@@ -417,12 +417,13 @@ class _StoreThreadBlocks:
         assert self._node.store is not None
         return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
 
-    async def keep(self, block: Block) -> None:
-        """A block a peer placed here (verified): held for the network,
+    async def keep_many(self, blocks: list[Block]) -> list[object]:
+        """Blocks a peer placed here (verified): held for the network,
         within the quota, durable on return (group-committed with the
-        others arriving at the same time)."""
+        others arriving at the same time); per block, True/False or the
+        quota error that refused it."""
         assert self._node.group_commit is not None
-        await self._node.group_commit.keep(block)
+        return await self._node.group_commit.keep_many(blocks)
 
 
 # -- the op table ---------------------------------------------------------------------
@@ -699,7 +700,8 @@ def _node_ops(node: Node) -> OpTable:
         assert node.store is not None
         r = replicator()
         return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
-                "stores_sent": r.stats.stores_sent, "repair_rounds": r.stats.rounds,
+                "stores_sent": r.stats.stores_sent, "store_messages": dht().store_messages_sent,
+                "repair_rounds": r.stats.rounds,
                 "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
                 "quota": node.store.held.quota, "read_ahead": node.read_ahead_count,
                 "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,

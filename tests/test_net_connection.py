@@ -55,10 +55,10 @@ async def echo_handler(peer: PeerIdentity, request: m.Request) -> m.Response:
         # Answer later for lower targets, so responses come back out of order.
         await trio.sleep(10 - request.target[0])
         return m.Nodes((m.PeerInfo(request.target, "192.0.2.1", 4001),))
-    if isinstance(request, m.StoreBlock):
-        if not request.cid.verify(request.data):
+    if isinstance(request, m.StoreBlocks):
+        if not all(cid.verify(data) for cid, data in request.blocks()):
             raise RemoteProtocolError("block does not match its CID")
-        return m.Ok()
+        return m.Stored(("ok",) * len(request.cids))
     if isinstance(request, m.Have):
         return m.HaveResult(())  # wrong length on purpose
     return m.Error("not_found", "nothing here")
@@ -204,7 +204,7 @@ async def test_error_responses_and_handler_refusals_raise_request_failed() -> No
             await client.request(m.GetRecord(b"k"))
         assert info.value.code == "not_found"
         with pytest.raises(RequestFailedError) as info:
-            await client.request(m.StoreBlock(m.CID.for_data(0x55, b"x"), b"y"))
+            await client.request(m.StoreBlocks.of([(m.CID.for_data(0x55, b"x"), b"y")]))
         assert info.value.code == "invalid"
     assert b.stats.strikes == 1  # the refused store counted against the sender
 
@@ -214,7 +214,7 @@ async def test_a_quick_handler_answers_what_it_can_and_passes_the_rest_on() -> N
     def quick(peer: PeerIdentity, request: m.Request) -> m.Response | None:
         if isinstance(request, m.Ping):
             return m.Pong()
-        if isinstance(request, m.StoreBlock):
+        if isinstance(request, m.StoreBlocks):
             raise RemoteProtocolError("refused at once")
         return None
 
@@ -227,7 +227,7 @@ async def test_a_quick_handler_answers_what_it_can_and_passes_the_rest_on() -> N
     async with serve(b, handler, quick=quick), serve(a) as client:  # type: ignore[arg-type]
         assert await client.request(m.Ping()) == m.Pong(request_id=1)
         with pytest.raises(RequestFailedError) as info:
-            await client.request(m.StoreBlock(m.CID.for_data(0x55, b"x"), b"x"))
+            await client.request(m.StoreBlocks.of([(m.CID.for_data(0x55, b"x"), b"x")]))
         assert info.value.code == "invalid"
         with pytest.raises(RequestFailedError, match="nothing here"):
             await client.request(m.GetRecord(b"k"))
@@ -486,7 +486,7 @@ def test_over_real_tcp_on_localhost() -> None:
                     assert isinstance(await client.request(m.Ping()), m.Pong)
                     block = bytes(range(256)) * (m.MAX_BLOCK_SIZE // 256)
                     cid = m.CID.for_data(0x55, block)
-                    assert isinstance(await client.request(m.StoreBlock(cid, block)), m.Ok)
+                    assert await client.request(m.StoreBlocks.of([(cid, block)])) == m.Stored(("ok",), request_id=2)
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -517,7 +517,7 @@ def test_over_real_tcp_large_concurrent_frames_and_a_vanishing_peer() -> None:
 
                     async def store(seed: int) -> None:
                         block = bytes([seed]) * m.MAX_BLOCK_SIZE
-                        answers.append(await client.request(m.StoreBlock(m.CID.for_data(0x55, block), block)))
+                        answers.append(await client.request(m.StoreBlocks.of([(m.CID.for_data(0x55, block), block)])))
 
                     async def ping() -> None:
                         answers.append(await client.request(m.Ping()))
@@ -526,7 +526,7 @@ def test_over_real_tcp_large_concurrent_frames_and_a_vanishing_peer() -> None:
                         for seed in range(6):
                             senders.start_soon(store, seed)
                             senders.start_soon(ping)
-                    assert sorted(type(a).__name__ for a in answers) == ["Ok"] * 6 + ["Pong"] * 6
+                    assert sorted(type(a).__name__ for a in answers) == ["Pong"] * 6 + ["Stored"] * 6
                     await server_channels[0].aclose()
                     with pytest.raises(ConnectionClosedError):
                         await client.request(m.Ping(), timeout=10)

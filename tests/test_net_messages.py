@@ -40,7 +40,11 @@ EXAMPLES = [
     m.Nodes((), request_id=8),
     m.FindBlock(CID_A, request_id=2**32 - 1),
     m.Block(os.urandom(1000), request_id=3),
-    m.StoreBlock(CID_B, b"\x00" * MAX_BLOCK_SIZE, request_id=4),
+    m.StoreBlocks((CID_B,), (MAX_BLOCK_SIZE,), b"\x00" * MAX_BLOCK_SIZE, request_id=4),
+    # as many blocks as one message may carry, as many bytes as fit
+    m.StoreBlocks((CID_A,) * m.MAX_STORE_BLOCKS, (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS,) * m.MAX_STORE_BLOCKS,
+                  b"\x01" * (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS * m.MAX_STORE_BLOCKS), request_id=4),
+    m.Stored(("ok", "full"), "storage for other nodes' blocks is full", request_id=4),
     m.Ok(request_id=4),
     m.Have((CID_A, CID_B) * (MAX_HAVE_CIDS // 2), request_id=5),
     m.HaveResult((True, False, True), request_id=5),

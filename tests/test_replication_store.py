@@ -11,13 +11,12 @@ from pathlib import Path
 
 import trio
 
-from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
+from cas.blocks import Block, MemoryBlockStore
 from cas.cid import DAG_CBOR, RAW
 from cas import dagcbor
 from cas.dht import driver as driver_module
-from cas.dht.driver import DhtDriver
 from cas.net import messages as msg
-from cas.store import HeldBlocks, LocalStore, StorageQuotaError
+from cas.store import LocalStore, StorageQuotaError
 from cas.store._database import SCHEMA_VERSION
 from tests.test_dht_driver import network
 
@@ -114,13 +113,19 @@ class MemoryKeeper:
     def __init__(self, store: MemoryBlockStore, quota: int) -> None:
         self.store, self.quota, self.used = store, quota, 0
 
-    async def keep(self, block: Block) -> None:
-        if self.store.has(block.cid):
-            return
-        if self.used + len(block.data) > self.quota:
-            raise StorageQuotaError(f"storage for other nodes' blocks is full ({self.used} of {self.quota} bytes used)")
-        self.store.put(block)
-        self.used += len(block.data)
+    async def keep_many(self, blocks: list[Block]) -> list[object]:
+        outcomes: list[object] = []
+        for block in blocks:
+            if self.store.has(block.cid):
+                outcomes.append(False)
+            elif self.used + len(block.data) > self.quota:
+                outcomes.append(StorageQuotaError(
+                    f"storage for other nodes' blocks is full ({self.used} of {self.quota} bytes used)"))
+            else:
+                self.store.put(block)
+                self.used += len(block.data)
+                outcomes.append(True)
+        return outcomes
 
 
 def test_store_block_is_verified_kept_and_refused_with_a_reason_when_full() -> None:
@@ -168,8 +173,78 @@ def test_store_block_is_rate_limited_per_peer(monkeypatch: pytest.MonkeyPatch) -
     trio.run(main)
 
 
-def test_store_block_messages_round_trip() -> None:
-    block = Block.of(RAW, b"wire")
-    assert msg.decode(msg.encode(msg.StoreBlock(block.cid, block.data, request_id=4))) == \
-        msg.StoreBlock(block.cid, block.data, request_id=4)
-    assert isinstance(DhtDriver, type)
+def test_blocks_stored_at_once_on_one_peer_share_messages() -> None:
+    async def main() -> None:
+        async with network() as net:
+            memory = MemoryBlockStore()
+            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=1 << 20))
+            sender = await net.add()
+            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            to = net.contact(receiver)
+            blocks = [Block.of(RAW, b"%d" % i * 1000) for i in range(40)]
+            outcomes: list[str] = []
+
+            async def store(block: Block) -> None:
+                outcomes.append((await sender.store_block(to, block.cid, block.data)).status)
+
+            before = sender.store_messages_sent
+            async with trio.open_nursery() as nursery:
+                for block in blocks:
+                    nursery.start_soon(store, block)
+            assert outcomes == ["stored"] * 40
+            assert all(memory.has(b.cid) for b in blocks)
+            # The first goes alone, at once; the rest wait for a free slot and share messages.
+            assert sender.store_messages_sent - before <= 10
+
+    trio.run(main)
+
+
+def test_a_batch_is_refused_block_by_block_when_the_quota_fills_midway() -> None:
+    async def main() -> None:
+        async with network() as net:
+            memory = MemoryBlockStore()
+            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=250))
+            sender = await net.add()
+            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            blocks = [Block.of(RAW, bytes([i]) * 100) for i in range(3)]
+            outcomes = await sender.store_blocks(net.contact(receiver), [(b.cid, b.data) for b in blocks])
+            assert [o.status for o in outcomes] == ["stored", "stored", "refused"]
+            assert "full" in outcomes[2].reason
+            assert memory.has(blocks[1].cid) and not memory.has(blocks[2].cid)
+
+    trio.run(main)
+
+
+def test_a_batch_with_one_forged_block_is_refused_whole_and_counted() -> None:
+    async def main() -> None:
+        async with network() as net:
+            memory = MemoryBlockStore()
+            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=1 << 20))
+            sender = await net.add()
+            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            good = Block.of(RAW, b"good")
+            outcomes = await sender.store_blocks(net.contact(receiver), [
+                (good.cid, good.data), (Block.of(RAW, b"c").cid, b"not c")])
+            assert [o.status for o in outcomes] == ["failed", "failed"]
+            assert "does not match" in outcomes[0].reason
+            assert len(memory) == 0  # nothing of a lying message is kept
+
+    trio.run(main)
+
+
+def test_store_blocks_messages_round_trip_and_check_their_sizes() -> None:
+    blocks = [Block.of(RAW, b"wire"), Block.of(RAW, b"x" * 5000)]
+    message = msg.StoreBlocks.of([(b.cid, b.data) for b in blocks])
+    message = msg.with_request_id(message, 4)
+    decoded = msg.decode(msg.encode(message))
+    assert decoded == message
+    assert isinstance(decoded, msg.StoreBlocks)
+    assert decoded.blocks() == [(b.cid, b.data) for b in blocks]
+    with pytest.raises(ValueError, match="add up"):
+        msg.StoreBlocks((blocks[0].cid,), (3,), b"wire")
+    # Sizes that do not add up to the data are refused on the way in too.
+    wire = msg.encode(msg.StoreBlocks((blocks[0].cid,), (4,), b"wire"))
+    bad = wire.replace(b"\x81\x04", b"\x81\x03")
+    assert bad != wire
+    with pytest.raises(msg.MalformedMessageError, match="add up"):
+        msg.decode(bad)

@@ -297,13 +297,14 @@ class RateLimiter:
         self.max_peers = max_peers
         self._buckets: dict[int, tuple[float, float]] = {}  # peer -> (tokens, time)
 
-    def allow(self, peer: int, now: float) -> bool:
-        """Take one token for ``peer`` if there is one."""
+    def allow(self, peer: int, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens for ``peer`` (a request, or one per block of
+        a batch) if it has them."""
         tokens, then = self._buckets.pop(peer, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
-        allowed = tokens >= 1.0
+        allowed = tokens >= cost
         if allowed:
-            tokens -= 1.0
+            tokens -= cost
         self._buckets[peer] = (tokens, now)  # re-inserted: most recently used last
         if len(self._buckets) > self.max_peers:
             del self._buckets[next(iter(self._buckets))]

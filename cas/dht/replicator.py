@@ -42,10 +42,11 @@ from .replication import (
 )
 from .routing import Contact
 
-PLACEMENT_WORKERS = 16
-"""Blocks placed at once. Each holds one lookup and up to R stores in
-flight; four keep an add's pipeline full on a LAN without starving lookups
-made for reads."""
+PLACEMENT_WORKERS = 64
+"""Blocks placed at once. Each holds one lookup or up to R stores in
+flight; the stores bound for one peer share STORE_BLOCKS messages
+(:mod:`cas.dht.store_batches`), and 64 blocks (~16 MiB) in flight give
+those messages several blocks each during an add."""
 
 QUEUE_SIZE = 1024
 """Blocks waiting to be placed before a client's ``put`` waits (about

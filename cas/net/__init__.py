@@ -66,7 +66,8 @@ from .messages import (
     RemoteProtocolError,
     Request,
     Response,
-    StoreBlock,
+    StoreBlocks,
+    Stored,
 )
 from .noise import (
     DecryptError,
@@ -89,7 +90,7 @@ __all__ = [
     "FrameDecoder", "encode_frame", "FrameError", "FrameTooLargeError",
     # messages
     "Message", "Request", "Response", "Hello", "Ping", "Pong", "FindNode", "Nodes",
-    "FindBlock", "Block", "StoreBlock", "Ok", "Have", "HaveResult", "PutRecord",
+    "FindBlock", "Block", "StoreBlocks", "Stored", "Ok", "Have", "HaveResult", "PutRecord",
     "GetRecord", "Record", "Error", "PeerInfo", "PROTOCOL_VERSION", "MAX_MESSAGE_SIZE",
     "RemoteProtocolError", "LocalProtocolError", "MalformedMessageError",
     # driver

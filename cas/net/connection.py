@@ -105,7 +105,7 @@ EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
     msg.Ping: (msg.Pong,),
     msg.FindNode: (msg.Nodes,),
     msg.FindBlock: (msg.Block, msg.Nodes),
-    msg.StoreBlock: (msg.Ok,),
+    msg.StoreBlocks: (msg.Stored,),
     msg.Have: (msg.HaveResult,),
     msg.PutRecord: (msg.Ok,),
     msg.GetRecord: (msg.Record,),
@@ -669,6 +669,9 @@ class Connection:
         elif isinstance(response, msg.HaveResult) and isinstance(pending.request, msg.Have) \
                 and len(response.present) != len(pending.request.cids):
             problem = "have_result length differs from the request"
+        elif isinstance(response, msg.Stored) and isinstance(pending.request, msg.StoreBlocks) \
+                and len(response.codes) != len(pending.request.cids):
+            problem = "stored length differs from the request"
         if problem is not None:
             pending.error = MalformedMessageError(problem)
             self.channel.stats.unexpected += 1

@@ -23,7 +23,7 @@ Wire form: a DAG-CBOR map ``{"t": <type>, "id": <request id>, ...fields}``;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -59,6 +59,10 @@ MAX_BLOCK_SIZE = 1024 * 1024
 MAX_PEERS = 20
 # HAVE batches presence checks for repair; 1024 CIDs is ~40 KiB on the wire.
 MAX_HAVE_CIDS = 1024
+# STORE_BLOCKS carries up to 64 blocks whose bytes, concatenated, fit one
+# message with room for the envelope (64 CIDs and sizes are under 3 KiB).
+MAX_STORE_BLOCKS = 64
+MAX_STORE_BYTES = MAX_MESSAGE_SIZE - 4096
 # A namespace record is a key, a sequence number, a CID and a signature
 # (~200 bytes); 16 KiB leaves room to grow without inviting abuse.
 MAX_RECORD_SIZE = 16 * 1024
@@ -328,19 +332,69 @@ class Block(Response):
 
 
 @dataclass(frozen=True)
-class StoreBlock(Request):
-    """Keep this block. The receiver verifies ``data`` against ``cid``."""
+class StoreBlocks(Request):
+    """Keep these blocks (DESIGN.md's STORE_BLOCK, batched): ``data`` is
+    their bytes concatenated, ``sizes`` says where each ends. One large
+    byte string rather than an array of them, so that the message is proven
+    canonical by position (:func:`cas.dagcbor.check_reencodes`) and sealed
+    in one piece. The receiver verifies each block against its CID."""
 
-    TYPE = "store_block"
-    FIELDS = (("cid", "cid", _cid()), ("data", "data", _bytes(MAX_BLOCK_SIZE)))
-    cid: CID
+    TYPE = "store_blocks"
+    FIELDS = (
+        ("cids", "cids", _array(_cid(), MAX_STORE_BLOCKS)),
+        ("sizes", "sizes", _array(_uint(MAX_BLOCK_SIZE), MAX_STORE_BLOCKS)),
+        ("data", "data", _bytes(MAX_STORE_BYTES)),
+    )
+    cids: tuple[CID, ...]
+    sizes: tuple[int, ...]
     data: bytes
+    request_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.cids:
+            raise ValueError("must carry at least one block")
+        if len(self.sizes) != len(self.cids):
+            raise ValueError("needs one size per CID")
+        if sum(self.sizes) != len(self.data):
+            raise ValueError("sizes must add up to the data's length")
+
+    @classmethod
+    def of(cls, blocks: Sequence[tuple[CID, bytes]]) -> StoreBlocks:
+        """The message for ``(cid, data)`` pairs."""
+        return cls(tuple(cid for cid, _ in blocks), tuple(len(data) for _, data in blocks),
+                   b"".join(data for _, data in blocks))
+
+    def blocks(self) -> list[tuple[CID, bytes]]:
+        """The ``(cid, data)`` pairs, in order (the data not yet verified)."""
+        out = []
+        at = 0
+        view = memoryview(self.data)
+        for cid, size in zip(self.cids, self.sizes):
+            out.append((cid, bytes(view[at:at + size])))
+            at += size
+        return out
+
+
+@dataclass(frozen=True)
+class Stored(Response):
+    """The answer to STORE_BLOCKS: one code per block, in order. ``ok``: the
+    block is verified and durable there; otherwise why it was refused
+    (``full``: the quota for other nodes' blocks). ``message`` is the first
+    refusal's reason, for people."""
+
+    TYPE = "stored"
+    FIELDS = (
+        ("codes", "codes", _array(_text(MAX_ERROR_CODE_LENGTH), MAX_STORE_BLOCKS)),
+        ("message", "message", _text(MAX_ERROR_TEXT_LENGTH)),
+    )
+    codes: tuple[str, ...]
+    message: str = ""
     request_id: int = 0
 
 
 @dataclass(frozen=True)
 class Ok(Response):
-    """A request with nothing to return succeeded (STORE_BLOCK, PUT_RECORD)."""
+    """A request with nothing to return succeeded (PUT_RECORD)."""
 
     TYPE = "ok"
     FIELDS = ()
@@ -422,7 +476,7 @@ class Error(Response):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, StoreBlock, Ok,
+    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, StoreBlocks, Stored, Ok,
                 Have, HaveResult, PutRecord, GetRecord, Record, Error)
 }
 _REQUEST_ID = _uint(MAX_REQUEST_ID)
@@ -525,7 +579,10 @@ def decode(data: bytes) -> Message:
         dagcbor.check_reencodes(wire, data)
     except InvalidBlockError as exc:
         raise MalformedMessageError(f"{kind}: {exc}") from None
-    return cls(**values)
+    try:
+        return cls(**values)  # checks across fields (__post_init__), where a message has them
+    except ValueError as exc:
+        raise MalformedMessageError(f"{kind}: {exc}") from None
 
 
 def with_request_id(message: Message, request_id: int) -> Message:
