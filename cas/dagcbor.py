@@ -150,7 +150,7 @@ def _tag_hook(*args: Any) -> Any:
         raise InvalidBlockError(f"bad link: {exc}") from None
 
 
-def decode_unchecked(data: bytes) -> Any:
+def decode_unchecked(data: bytes | memoryview) -> Any:
     """The first half of :func:`decode`: parse ``data`` (links resolved,
     foreign tags and malformed CBOR rejected with :class:`InvalidBlockError`)
     without proving it canonical or within the data model.
@@ -182,7 +182,7 @@ def decode_noncanonical(data: bytes) -> Any:
     return value
 
 
-def check_reencodes(value: Any, data: bytes) -> None:
+def check_reencodes(value: Any, data: bytes | memoryview) -> None:
     """The second half of :func:`decode`: raise :class:`InvalidBlockError`
     unless cbor2's plain encoding of ``value`` (parsed from ``data``) is
     exactly ``data``.
@@ -207,52 +207,70 @@ _PAYLOAD_MIN = 4096
 block) is checked by position instead of being encoded again."""
 
 
-def _reencodes_around_payload(value: Any, data: bytes) -> bool:
+def _reencodes_around_payload(value: Any, data: bytes | bytearray | memoryview) -> bool:
     """:func:`check_reencodes` for a map whose largest value is a long byte
-    string (a STORE_BLOCK, a block answer), without copying it twice more.
+    string (a STORE_BLOCKS, a block answer), without copying it twice more.
 
     Returns False when the shortcut does not apply (the caller re-encodes
     everything); True once ``data`` is proven to be the plain encoding of
     ``value``; raises InvalidBlockError when it is proven not to be.
 
     Why it is exact: the plain encoding of the map is ``prefix`` (its head
-    and the entries before the payload, then the payload's key), the
-    payload's own head, the payload, and ``suffix`` (the entries after it).
-    If ``data`` starts with that prefix and head, a decoder reading ``data``
-    (as cbor2 did to produce ``value``) took the payload from exactly the
-    next ``len(payload)`` bytes, so those need no comparison; then ``data``
-    must end with ``suffix`` and have exactly the total length.
+    and the entries before the payload, then the payload's key and its own
+    head), the payload, and ``suffix`` (the entries after it). If ``data``
+    starts with that prefix, a decoder reading ``data`` (as cbor2 did to
+    produce ``value``) took the payload from exactly the next
+    ``len(payload)`` bytes, so those need no comparison; then ``data`` must
+    end with ``suffix`` and have exactly the total length.
     """
-    if type(value) is not dict or len(value) >= 24:  # a one-byte map head only
+    split = _split_around_payload(value)
+    if split is None:
         return False
+    prefix, payload, suffix = split
+    start = len(prefix)
+    if (len(data) != start + len(payload) + len(suffix)
+            or data[:start] != prefix or data[len(data) - len(suffix):] != suffix):
+        raise InvalidBlockError("DAG-CBOR is not in canonical form")
+    return True
+
+
+def _split_around_payload(value: Any) -> tuple[bytes, bytes, bytes] | None:
+    """The plain encoding of ``value`` as (prefix, payload, suffix) when it
+    is a map whose largest value is a byte string of at least
+    ``_PAYLOAD_MIN`` bytes (the payload, not copied); None otherwise."""
+    if type(value) is not dict or len(value) >= 24:  # a one-byte map head only
+        return None
     items = list(value.items())
     at = -1
     for i, (_, item) in enumerate(items):
         if type(item) is bytes and len(item) >= _PAYLOAD_MIN and (at < 0 or len(item) > len(items[at][1])):
             at = i
     if at < 0:
-        return False
+        return None
     key, payload = items[at]
-    head = bytes([0xA0 | len(items)])
-    prefix = head + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key)
-    length = len(payload)  # its head: major type 2 and the shortest length form
-    if length < 24:
-        payload_head = bytes([0x40 | length])
-    elif length < 1 << 8:
-        payload_head = bytes([0x58, length])
-    elif length < 1 << 16:
+    length = len(payload)  # its head: major type 2 and the shortest length form (≥ 4096)
+    if length < 1 << 16:
         payload_head = b"\x59" + length.to_bytes(2, "big")
     elif length < 1 << 32:
         payload_head = b"\x5a" + length.to_bytes(4, "big")
     else:
-        return False
+        return None
+    head = bytes([0xA0 | len(items)])
+    prefix = head + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key) + payload_head
     suffix = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
-    start = len(prefix) + len(payload_head)
-    if (len(data) != start + length + len(suffix)
-            or not data.startswith(prefix) or data[len(prefix):start] != payload_head
-            or not data.endswith(suffix)):
-        raise InvalidBlockError("DAG-CBOR is not in canonical form")
-    return True
+    return prefix, payload, suffix
+
+
+def encode_unchecked_parts(value: Any) -> list[bytes]:
+    """:func:`encode_unchecked` as pieces whose concatenation is the
+    encoding: a map carrying a block comes back as the bytes before it, the
+    block itself (not copied) and the bytes after it, for a sender that
+    encrypts the pieces straight into its frame. Same caller's guarantees
+    as :func:`encode_unchecked`."""
+    split = _split_around_payload(value)
+    if split is None:
+        return [encode_unchecked(value)]
+    return list(split)
 
 
 def encode_unchecked(value: Any) -> bytes:

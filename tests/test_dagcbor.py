@@ -368,3 +368,14 @@ def test_checking_a_block_carrying_map_by_position_agrees_with_re_encoding_it(en
     except InvalidBlockError:
         accepted = False
     assert accepted == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=_PAYLOAD_MAPS)
+def test_encoding_around_a_payload_joins_to_the_plain_encoding(entries) -> None:
+    value = dict(sorted(entries, key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+    parts = dagcbor.encode_unchecked_parts(value)
+    assert b"".join(parts) == dagcbor.encode_unchecked(value)
+    big = [v for v in value.values() if type(v) is bytes and len(v) >= dagcbor._PAYLOAD_MIN]
+    if big:  # the payload itself is handed back, not a copy of it
+        assert any(part is max(big, key=len) for part in parts)

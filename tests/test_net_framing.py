@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from cas.net.framing import (
     HEADER_SIZE,
+    IN_PLACE_BODY,
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
     FrameDecoder,
@@ -135,3 +136,50 @@ def test_fuzz_random_bytes_only_ever_raise_frame_errors(data: bytes) -> None:
     except RemoteProtocolError as exc:
         assert isinstance(exc, FrameError)
     assert decoder.buffered <= len(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([10, IN_PLACE_BODY - 1, IN_PLACE_BODY, 3 * IN_PLACE_BODY + 5]), max_size=5),
+       st.lists(st.integers(1, 2 * IN_PLACE_BODY), max_size=20), st.booleans())
+def test_fuzz_large_bodies_filled_in_place_or_fed_come_out_whole(
+        sizes: list[int], cuts: list[int], in_place: bool) -> None:
+    """A large body may be written straight into body_space() or fed with
+    receive_data like any other bytes; either way, split anywhere, every
+    frame comes out exactly once and in order."""
+    bodies = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    wire = b"".join(encode_frame(b) for b in bodies)
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    pos = 0
+    cut_sizes = iter(cuts)
+    while pos < len(wire):
+        cut = next(cut_sizes, len(wire))
+        while (frame := decoder.next_frame()) is not None:
+            out.append(bytes(frame))
+        space = decoder.body_space()
+        if in_place and space is not None:
+            chunk = wire[pos : pos + min(cut, len(space))]  # a reader never reads past the body
+            space[: len(chunk)] = chunk
+            decoder.body_filled(len(chunk))
+        else:
+            chunk = wire[pos : pos + cut]
+            decoder.receive_data(chunk)
+        pos += len(chunk)
+    while (frame := decoder.next_frame()) is not None:
+        out.append(bytes(frame))
+    assert out == bodies
+    assert decoder.buffered == 0
+
+
+def test_a_stream_ending_inside_a_body_filled_in_place_is_an_error() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(b"x" * IN_PLACE_BODY)[:1000])
+    assert decoder.next_frame() is None
+    space = decoder.body_space()
+    assert space is not None and len(space) == IN_PLACE_BODY + HEADER_SIZE - 1000
+    assert decoder.missing == len(space)
+    with pytest.raises(LocalProtocolError):
+        decoder.body_filled(len(space) + 1)
+    decoder.receive_data(b"")
+    with pytest.raises(FrameError, match="middle of a frame"):
+        decoder.next_frame()

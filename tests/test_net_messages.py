@@ -328,3 +328,16 @@ def test_docs_network_md_states_the_wire_example_and_limits_the_code_uses() -> N
                         ("MAX_CONCURRENT_REQUESTS", "16"), ("MAX_PENDING_REQUESTS", "256")]:
         assert f"| `{name}` | {value} |" in doc
         assert str(int(getattr(c, name))) == value.split()[0]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_encoding_in_parts_joins_to_the_one_encoding(message: m.Message) -> None:
+    parts = m.encode_parts(message)
+    assert b"".join(parts) == encode(message)
+    if isinstance(message, (m.StoreBlocks, m.Block)) and len(message.data) >= 4096:
+        assert len(parts) == 3 and any(part is message.data for part in parts)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
+def test_a_message_decodes_the_same_from_a_bytearray(message: m.Message) -> None:
+    assert decode(bytearray(encode(message))) == message

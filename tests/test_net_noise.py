@@ -348,3 +348,30 @@ def test_fuzz_identity_payload_shapes(payload: bytes) -> None:
     noise_b.read_message(hs_a.next_message())
     with pytest.raises(RemoteProtocolError):
         hs_a.receive_message(noise_b.write_message(payload))
+
+
+def _transport(send_key: bytes, receive_key: bytes) -> Transport:
+    return Transport(CipherState(send_key), CipherState(receive_key), b"h")
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 4 * MAX_NOISE_PLAINTEXT + 5), cuts=st.lists(st.integers(0, 4 * MAX_NOISE_PLAINTEXT + 5)))
+def test_sealing_parts_in_place_gives_the_bytes_sealing_them_joined_does(size: int, cuts: list[int]) -> None:
+    """seal_into over any cutting of a message into parts writes exactly what
+    seal of the whole writes (same pieces, same nonces), and it opens."""
+    plaintext = os.urandom(size)
+    edges = sorted({0, size, *(c for c in cuts if c <= size)})
+    parts = [plaintext[a:b] for a, b in zip(edges, edges[1:])] or [b""]
+    key = os.urandom(32)
+    joined_sender, in_place, receiver = _transport(key, key), _transport(key, key), _transport(key, key)
+    out = bytearray(sealed_size(size))
+    in_place.seal_into(parts, memoryview(out))
+    sealed = joined_sender.seal(plaintext)
+    assert bytes(out) == sealed
+    assert bytes(receiver.open(sealed)) == plaintext
+
+
+def test_seal_into_refuses_an_output_of_the_wrong_size() -> None:
+    sender = _transport(os.urandom(32), os.urandom(32))
+    with pytest.raises((LocalProtocolError, ValueError)):
+        sender.seal_into([b"x" * 100], memoryview(bytearray(sealed_size(100) + 1)))

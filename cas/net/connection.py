@@ -42,11 +42,13 @@ import trio
 from ..errors import CasError
 from . import messages as msg
 from .framing import (
+    HEADER_SIZE,
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
     MIN_FRAME_SIZE,
     FrameDecoder,
     encode_frame,
+    frame_header,
 )
 from .identity import Identity
 from .messages import (
@@ -57,7 +59,7 @@ from .messages import (
     Request,
     Response,
 )
-from .noise import Handshake, PeerIdentity, Role, Transport
+from .noise import Handshake, PeerIdentity, Role, Transport, sealed_size
 
 # -- limits and timeouts ------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class SecureChannel:
         self._last_received = trio.current_time()
         self._idle_watched = False
         # A TCP stream is read and written through its file descriptor (see
-        # _receive_some and _send_frame); any other stream through its methods.
+        # _receive and _send_frame); any other stream through its methods.
         # POSIX only: elsewhere os.read and os.write do not work on sockets.
         self._socket = (stream.socket if type(stream) is trio.SocketStream and os.name == "posix"
                         else None)
@@ -237,7 +239,7 @@ class SecureChannel:
     async def send_message(self, message: Message) -> None:
         """Encode, encrypt and send one message. Raises
         :class:`ConnectionClosedError` if the channel is or becomes closed."""
-        data = msg.encode(message)
+        parts = msg.encode_parts(message)
         # Uncontended (the usual case), take the lock without Lock.acquire()'s
         # extra trip through the scheduler: send_all below is the checkpoint.
         try:
@@ -250,7 +252,13 @@ class SecureChannel:
                 raise ConnectionClosedError("the connection is closed")
             # Inline, blocks too: OpenSSL's ChaCha20-Poly1305 holds the GIL, so
             # a worker thread would add a hop and save nothing (2 MiB: ~0.7 ms).
-            frame = encode_frame(self._transport.seal(data))
+            if len(parts) == 1:
+                frame: bytes | bytearray = encode_frame(self._transport.seal(parts[0]))
+            else:  # a block: encrypted from where it lies straight into the frame
+                body_size = sealed_size(sum(len(part) for part in parts))
+                frame = bytearray(HEADER_SIZE + body_size)
+                frame[:HEADER_SIZE] = frame_header(body_size)
+                self._transport.seal_into(parts, memoryview(frame)[HEADER_SIZE:])
             try:
                 await self._send_frame(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -289,15 +297,13 @@ class SecureChannel:
                 await self._close("the peer closed the connection")
                 continue
             if self._idle_watched:
-                data = await self._receive_some()
+                await self._receive()
             else:
-                data = b""
                 with trio.move_on_after(self.idle_timeout) as idle:
-                    data = await self._receive_some()
+                    await self._receive()
                 if idle.cancelled_caught:
                     await self._close(f"idle for {self.idle_timeout:g} s")
                     continue
-            self._decoder.receive_data(data)
         try:
             plaintext = self._transport.open(body)
         except RemoteProtocolError as exc:
@@ -311,7 +317,7 @@ class SecureChannel:
             await self.strike("malformed message")
             raise
 
-    async def _send_frame(self, frame: bytes) -> None:
+    async def _send_frame(self, frame: bytes | bytearray) -> None:
         sock = self._socket
         if sock is not None:
             # The kernel nearly always takes a whole frame at once, so write
@@ -331,20 +337,29 @@ class SecureChannel:
                 raise trio.BrokenResourceError(f"socket write failed: {exc}") from None
             if sent == len(frame):
                 return
-            frame = frame[sent:]
+            await self._stream.send_all(memoryview(frame)[sent:])
+            return
         await self._stream.send_all(frame)
 
-    async def _receive_some(self) -> bytes:
-        """One read; b"" at the end of the stream or once it is closed.
+    async def _receive(self) -> None:
+        """One read into the frame decoder (the end of the stream, or a
+        closed socket, as the end).
 
         Asks for the rest of the frame being received when that is more
         than READ_SIZE (a block): one system call and one wake-up instead
-        of one per 64 KiB."""
-        size = max(READ_SIZE, self._decoder.missing)
+        of one per 64 KiB; and reads a block's body straight into the
+        buffer the decoder keeps for it (``body_space``)."""
+        space = self._decoder.body_space()
+        size = len(space) if space is not None else max(READ_SIZE, self._decoder.missing)
         sock = self._socket
+        data = b""
+        count = 0
         try:
             if sock is None:
                 data = await self._stream.receive_some(size)
+                count = len(data)
+                if space is not None:
+                    space[:count] = data
             else:
                 # Wait first, then read: the read loop has just drained the
                 # socket, so trying first (as trio's recv does) would cost a
@@ -353,16 +368,26 @@ class SecureChannel:
                     await trio.lowlevel.wait_readable(sock)
                     fd = sock.fileno()
                     if fd < 0:
-                        return b""
+                        break
                     try:
-                        data = os.read(fd, size)
+                        if space is not None:
+                            count = os.readv(fd, [space])
+                        else:
+                            data = os.read(fd, size)
+                            count = len(data)
                         break
                     except BlockingIOError:
                         continue
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return b""
+            count = 0
+        if not count:
+            self._decoder.receive_data(b"")
+            return
         self._last_received = trio.current_time()
-        return data
+        if space is not None:
+            self._decoder.body_filled(count)
+        else:
+            self._decoder.receive_data(data)
 
     async def close_when_idle(self) -> None:
         """Close the channel once nothing has been received for

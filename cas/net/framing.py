@@ -29,6 +29,9 @@ MAX_FRAME_SIZE = sealed_size(MAX_MESSAGE_SIZE)
 MAX_HANDSHAKE_FRAME_SIZE = MAX_NOISE_MESSAGE
 # The smallest body after the handshake: an empty plaintext still has a tag.
 MIN_FRAME_SIZE = TAGLEN
+# A body this large, still incomplete, is received in place (body_space):
+# blocks, not DHT messages.
+IN_PLACE_BODY = 64 * 1024
 
 
 class FrameError(RemoteProtocolError):
@@ -41,9 +44,16 @@ class FrameTooLargeError(FrameError):
 
 def encode_frame(body: bytes, limit: int = MAX_FRAME_SIZE) -> bytes:
     """Header + body. Raises :class:`LocalProtocolError` if over ``limit``."""
-    if len(body) > limit:
-        raise LocalProtocolError(f"frame body of {len(body)} bytes exceeds the limit {limit}")
-    return len(body).to_bytes(HEADER_SIZE, "big") + body
+    return frame_header(len(body), limit) + body
+
+
+def frame_header(body_size: int, limit: int = MAX_FRAME_SIZE) -> bytes:
+    """The header of a frame whose body has ``body_size`` bytes (for a body
+    written in place after it). Raises :class:`LocalProtocolError` if over
+    ``limit``."""
+    if body_size > limit:
+        raise LocalProtocolError(f"frame body of {body_size} bytes exceeds the limit {limit}")
+    return body_size.to_bytes(HEADER_SIZE, "big")
 
 
 class FrameDecoder:
@@ -61,6 +71,9 @@ class FrameDecoder:
         self.limit = limit
         self.minimum = minimum
         self._buffer = bytearray()
+        # A large frame's body, filled in place (see body_space).
+        self._body: bytearray | None = None
+        self._body_have = 0
         self._eof = False
         self._error: FrameError | None = None
 
@@ -70,13 +83,15 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buffer)
+        return len(self._buffer) + self._body_have
 
     @property
     def missing(self) -> int:
         """Bytes still to come before the frame being received is complete
         (a header's worth when none has started): how much a reader may ask
         for at once."""
+        if self._body is not None:
+            return len(self._body) - self._body_have
         have = len(self._buffer)
         if have < HEADER_SIZE:
             return HEADER_SIZE - have
@@ -93,16 +108,44 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
+        if self._body is not None:  # a large body being filled in place takes what it lacks
+            take = min(len(data), len(self._body) - self._body_have)
+            self._body[self._body_have:self._body_have + take] = data[:take]
+            self._body_have += take
+            data = data[take:]
         self._buffer += data
+
+    def body_space(self) -> memoryview | None:
+        """Where the rest of a large frame's body goes, for a reader to fill
+        in place (``readv`` into it, then :meth:`body_filled`) instead of
+        passing bytes to :meth:`receive_data`: a block is then copied once,
+        by the kernel, instead of three times. None when no such body is
+        being received; call :meth:`next_frame` first, which starts one."""
+        if self._body is None:
+            return None
+        return memoryview(self._body)[self._body_have:]
+
+    def body_filled(self, count: int) -> None:
+        """``count`` bytes were written at the start of :meth:`body_space`."""
+        if self._body is None or not 0 <= count <= len(self._body) - self._body_have:
+            raise LocalProtocolError("body_filled beyond the body being received")
+        self._body_have += count
 
     def _fail(self, error: FrameError) -> FrameError:
         self._error = error
         return error
 
-    def next_frame(self) -> bytes | None:
+    def next_frame(self) -> bytes | bytearray | None:
         """The next complete body, or ``None`` if more bytes are needed."""
         if self._error is not None:
             raise self._error
+        if self._body is not None:
+            if self._body_have == len(self._body):
+                body, self._body, self._body_have = self._body, None, 0
+                return body
+            if self._eof:
+                raise self._fail(FrameError("the stream ended in the middle of a frame"))
+            return None
         if len(self._buffer) >= HEADER_SIZE:
             length = int.from_bytes(self._buffer[:HEADER_SIZE], "big")
             if length > self.limit:
@@ -117,6 +160,13 @@ class FrameDecoder:
                     body = bytes(view[HEADER_SIZE:end])
                 del self._buffer[:end]
                 return body
+            if length >= IN_PLACE_BODY and not self._eof:
+                # The rest of this body is read straight into its own buffer.
+                self._body = bytearray(length)
+                self._body_have = len(self._buffer) - HEADER_SIZE
+                self._body[: self._body_have] = memoryview(self._buffer)[HEADER_SIZE:]
+                self._buffer.clear()
+                return None
         if self._eof and self._buffer:
             raise self._fail(FrameError("the stream ended in the middle of a frame"))
         return None

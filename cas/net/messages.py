@@ -511,6 +511,25 @@ def encode(message: Message) -> bytes:
     (exact types within the data model), so cbor2's plain encoding is the
     canonical one and dagcbor's ordering walk is not needed.
     """
+    data = dagcbor.encode_unchecked(_wire(message))
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(f"{message.TYPE} message of {len(data)} bytes exceeds the limit")
+    return data
+
+
+def encode_parts(message: Message) -> list[bytes]:
+    """:func:`encode` as pieces to be joined: a message carrying a block
+    (``store_blocks``, ``block``) as the bytes around it and the block's own
+    bytes, not copied; any other as one piece."""
+    parts = dagcbor.encode_unchecked_parts(_wire(message))
+    size = sum(len(part) for part in parts)
+    if size > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(f"{message.TYPE} message of {size} bytes exceeds the limit")
+    return parts
+
+
+def _wire(message: Message) -> dict[str, Any]:
+    """The wire map of ``message``, keys in canonical order, fields checked."""
     cls = type(message)
     plan = _WIRE_PLAN.get(cls)  # type: ignore[arg-type]
     if plan is None:
@@ -525,13 +544,10 @@ def encode(message: Message) -> bytes:
         except ValueError as exc:
             what = "request id" if key == "id" else name
             raise LocalProtocolError(f"{cls.TYPE}.{what} {exc}") from None
-    data = dagcbor.encode_unchecked(wire)
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise LocalProtocolError(f"{cls.TYPE} message of {len(data)} bytes exceeds the limit")
-    return data
+    return wire
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse and validate one message from a peer.
 
     Raises :class:`MalformedMessageError` (and nothing else) for anything
@@ -545,7 +561,8 @@ def decode(data: bytes) -> Message:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = memoryview(data)  # a decrypted bytearray: parsed where it is, not copied
     try:
         wire = dagcbor.decode_unchecked(data)
     except InvalidBlockError as exc:

@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -200,6 +201,28 @@ class CipherState:
         if self._aead is None:
             return bytes(plaintext)
         return self._aead.encrypt(self._next_nonce(), plaintext, ad)
+
+    def encrypt_into(self, plaintext: bytes | memoryview, out: memoryview) -> None:
+        """:meth:`encrypt_with_ad` with empty ad, written into ``out``
+        (exactly ``len(plaintext) + TAGLEN`` bytes). Keyed ciphers only."""
+        if self._aead is None:
+            raise LocalProtocolError("encrypt_into needs a keyed cipher")
+        self._aead.encrypt_into(self._next_nonce(), plaintext, b"", out)
+
+    def decrypt_into(self, ciphertext: bytes | memoryview, out: memoryview) -> None:
+        """:meth:`decrypt_with_ad` with empty ad, written into ``out``
+        (exactly ``len(ciphertext) - TAGLEN`` bytes). Keyed ciphers only."""
+        if self._aead is None:
+            raise LocalProtocolError("decrypt_into needs a keyed cipher")
+        if len(ciphertext) < TAGLEN:
+            raise DecryptError("ciphertext shorter than its authentication tag")
+        if self._n >= _MAX_NONCE:
+            raise LocalProtocolError("this key is spent (nonce exhausted); reconnect")
+        try:
+            self._aead.decrypt_into(_nonce(self._n), ciphertext, b"", out)
+        except InvalidTag:
+            raise DecryptError("a message failed authentication") from None
+        self._n += 1
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         if self._aead is None:
@@ -448,23 +471,65 @@ class Transport:
         if len(plaintext) <= MAX_NOISE_PLAINTEXT:
             # One piece: nearly every message (a 20-peer answer is ~1.2 KB).
             return self._send.encrypt_with_ad(b"", plaintext)
-        view = memoryview(plaintext)
-        pieces = [
-            self.encrypt(view[i : i + MAX_NOISE_PLAINTEXT])
-            for i in range(0, len(view), MAX_NOISE_PLAINTEXT)
-        ] or [self.encrypt(b"")]
-        return b"".join(pieces)
+        out = bytearray(sealed_size(len(plaintext)))
+        self.seal_into([plaintext], memoryview(out))
+        return bytes(out)
 
-    def open(self, ciphertext: bytes) -> bytes:
+    def seal_into(self, parts: Sequence[bytes | memoryview], out: memoryview) -> None:
+        """:meth:`seal` the concatenation of ``parts`` into ``out`` (exactly
+        :func:`sealed_size` of their total length): each piece is encrypted
+        straight from the parts (joined only where a piece spans two) into
+        its place, so a block is read once and written once."""
+        at = 0
+        for piece in _pieces(parts, MAX_NOISE_PLAINTEXT):
+            end = at + len(piece) + TAGLEN
+            self._send.encrypt_into(piece, out[at:end])
+            at = end
+        if at != len(out):
+            raise LocalProtocolError("seal_into: the output is not the sealed size of the parts")
+
+    def open(self, ciphertext: bytes | memoryview) -> bytes | bytearray:
+        """The plaintext of a sealed message: bytes for one piece, a
+        bytearray (decrypted in place, not joined) for several."""
         if not ciphertext:
             raise DecryptError("an empty ciphertext carries no message")
         if len(ciphertext) <= MAX_NOISE_MESSAGE:
             return self._receive.decrypt_with_ad(b"", ciphertext)
-        view = memoryview(ciphertext)
-        return b"".join(
-            self.decrypt(view[i : i + MAX_NOISE_MESSAGE])
-            for i in range(0, len(view), MAX_NOISE_MESSAGE)
-        )
+        pieces = -(-len(ciphertext) // MAX_NOISE_MESSAGE)
+        if len(ciphertext) - (pieces - 1) * MAX_NOISE_MESSAGE < TAGLEN:
+            raise DecryptError("the last piece is shorter than its authentication tag")
+        plaintext = bytearray(len(ciphertext) - pieces * TAGLEN)
+        view, out = memoryview(ciphertext), memoryview(plaintext)
+        at = 0
+        for i in range(0, len(view), MAX_NOISE_MESSAGE):
+            piece = view[i : i + MAX_NOISE_MESSAGE]
+            end = at + len(piece) - TAGLEN
+            self._receive.decrypt_into(piece, out[at:end])
+            at = end
+        return plaintext
+
+
+def _pieces(parts: Sequence[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+    """The concatenation of ``parts`` cut into pieces of ``size`` bytes
+    (the last shorter; one empty piece for no bytes at all). A piece inside
+    one part is a view of it; one spanning parts is joined (≤ ``size``)."""
+    pending: list[memoryview] = []
+    have = 0
+    produced = False
+    for part in parts:
+        view = memoryview(part)
+        at = 0
+        while at < len(view):
+            take = min(size - have, len(view) - at)
+            pending.append(view[at : at + take])
+            have += take
+            at += take
+            if have == size:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                produced = True
+                pending, have = [], 0
+    if pending or not produced:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
 # -- the cas handshake: Noise XX plus the identity binding --------------------------
