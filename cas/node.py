@@ -340,15 +340,13 @@ class Node:
         if data is None:
             raise BlockNotFoundError(cid, "the repository nor on any node of the network")
         block = Block(cid, data)  # verified again: nothing unverified is kept
-
-        def cache() -> None:
-            assert self.store is not None
-            try:
-                self.store.held.accept(block)
-            except StorageQuotaError:
-                pass  # served, not kept
-
-        await self.in_store_thread(cache)
+        assert self.group_commit is not None
+        try:
+            # Kept with the other blocks arriving meanwhile (read-ahead
+            # fetches several at once): one barrier for them all.
+            await self.group_commit.keep(block)
+        except StorageQuotaError:
+            pass  # served, not kept
         if len(self._fetched) > MAX_READ_AHEAD_INDEX:
             self._fetched.clear()
         self._fetched.add(cid)  # came from the network: reading it reads ahead
