@@ -323,6 +323,40 @@ def test_bad_usage_exits_2(repo):
     assert run_cas("cat", "x", "--offset", "-3", repo=repo, check=False).returncode == 2
 
 
+def commands_of(parser) -> set[str]:
+    import argparse
+
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+def test_the_command_table_names_every_command_and_the_module_that_builds_it():
+    from cas.cli import main
+
+    assert commands_of(main.build_parser()) == set(main.COMMANDS)
+    for command in main.COMMANDS:
+        built = commands_of(main.build_parser(command))
+        assert command in built and built < set(main.COMMANDS)
+
+
+def test_the_command_word_is_found_past_the_main_options_as_argparse_reads_them():
+    from cas.cli.main import command_named
+
+    assert command_named(["cat", "X"]) == "cat"
+    assert command_named(["--repo", "cat", "ls"]) == "ls"  # a repository named "cat"
+    assert command_named(["--rep", "cat", "-q", "--json", "get", "X"]) == "get"  # abbreviated
+    assert command_named(["--repo=cat", "ls"]) == "ls"
+    assert command_named(["-q", "--json"]) is None
+    assert command_named(["--", "cat"]) is None
+
+
+def test_abbreviated_options_before_the_command_still_work(repo):
+    cid = add(repo, "-", input=b"abbreviated")
+    result = run_cas("--rep", str(repo), "--qu", "cat", cid)
+    assert result.stdout == b"abbreviated"
+    assert b"usage: cas" in run_cas("--help").stdout and b"umount" in run_cas("--help").stdout
+
+
 def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
