@@ -27,21 +27,24 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import platformdirs
-
-from . import files, trees
+from . import files
 from .blocks import AsyncStoreAdapter, Block
 from .cid import DAG_CBOR, RAW, CID, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError
-from .names import dirtree
-from .names.directory import DirEntry
-from .names.namespace import Namespace, Node, RootState
-from .names.record import record_key
-from .names.remote import RemoteNamespace, split_ns_path
 from .store import GcReport, LocalStore, RepoStat, VerifyReport
+
+if TYPE_CHECKING:
+    from .names.directory import DirEntry
+    from .names.namespace import Namespace, Node, RootState
+    from .names.remote import RemoteNamespace
+
+# The namespace (cas.names), directory trees (cas.trees) and platformdirs
+# are imported where they are used: a `cas cat CID` needs none of them, and
+# they are a third of its imports (bench/README.md, start-up).
 
 Progress = Callable[[int], None]
 
@@ -51,6 +54,8 @@ def default_repository_path() -> Path:
     env = os.environ.get("CAS_HOME")
     if env:
         return Path(env).expanduser()
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("cas", appauthor=False))
 
 
@@ -87,7 +92,13 @@ class Repository:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self.blocks = store.blocks
-        self.namespace = Namespace(store)
+
+    @cached_property
+    def namespace(self) -> Namespace:
+        """The namespace of paths (made on first use)."""
+        from .names.namespace import Namespace
+
+        return Namespace(self._store)
 
     @property
     def path(self) -> Path:
@@ -138,6 +149,8 @@ class Repository:
         """Store a file, or with ``recursive`` a directory tree; with ``to``,
         link it into the namespace (into ``to`` if that is a directory or
         ends with ``/``, else at ``to`` itself), creating missing parents."""
+        from . import trees
+
         with self._session() as session:
             imported = trees.import_path(session, path, recursive=recursive, progress=progress)
             target = self._finish_add(
@@ -170,6 +183,8 @@ class Repository:
             if not name:
                 raise InvalidInputError(f"{to} is a directory; give the new file's full path")
             target = to.rstrip("/") + "/" + name
+        from .names.namespace import Node
+
         node = Node(target, name, kind, size, mode, mtime, cid)
         self.namespace.link(target, node, parents=True)
         return target
@@ -182,6 +197,8 @@ class Repository:
         namespace as of the newest record found (through the node, which
         looks it up on the network; offline, the record this repository
         holds, if any)."""
+        from .names.remote import split_ns_path
+
         split = split_ns_path(path)
         if split is None:
             return self.namespace, path
@@ -190,6 +207,9 @@ class Repository:
 
     def remote_namespace(self, public_key: bytes) -> RemoteNamespace:
         """The published namespace of ``public_key``, resolved now."""
+        from .names.record import record_key
+        from .names.remote import RemoteNamespace
+
         records: list[bytes] = []
         client = getattr(self._store, "client", None)
         if client is not None:
@@ -239,11 +259,15 @@ class Repository:
         """Kind and size of what ``ref`` names."""
         cid = self.resolve(ref, at)
         if cid.codec == DAG_CBOR:
+            from .names import dirtree
+
             return NodeInfo(cid, "dir", dirtree.summary(self.blocks, cid).size)
         return NodeInfo(cid, "file", files.file_size(self.blocks, cid))
 
     def list_dir(self, ref: CID | str, *, at: int | None = None) -> Iterator[DirEntry]:
         """The entries of a directory, sorted by name, streamed."""
+        from .names import dirtree
+
         return dirtree.iterate(self.blocks, self.resolve(ref, at))
 
     def get(
@@ -256,6 +280,8 @@ class Repository:
         progress: Progress | None = None,
     ) -> str:
         """Write a file or tree to the local path ``out``; return its kind."""
+        from . import trees
+
         cid = self.resolve(ref, at)
         return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress)
 
@@ -364,12 +390,18 @@ def open_repository(path: str | os.PathLike[str] | None = None, *, create: bool 
     the repository is reached through it; a socket file nobody answers on is
     left by a daemon that died, and is ignored."""
     path = path if path is not None else default_repository_path()
-    from .control import RemoteStore  # here: the common offline path stays light
+    if os.path.exists(os.path.join(os.path.expanduser(path), CONTROL_SOCKET)):
+        from .control import RemoteStore  # only then: the common offline path stays light
 
-    remote = RemoteStore.connect(path)
-    if remote is not None:
-        return Repository(remote)  # type: ignore[arg-type]
+        remote = RemoteStore.connect(path)
+        if remote is not None:
+            return Repository(remote)  # type: ignore[arg-type]
     return Repository(LocalStore.open(path, create=create))
+
+
+CONTROL_SOCKET = "control.sock"
+"""``cas.control.SOCKET_NAME``, known here without importing the control
+client (~4 ms of a short command's start-up) when no daemon has a socket."""
 
 
 class AsyncRepository:

@@ -107,6 +107,12 @@ def test_default_path_follows_cas_home(monkeypatch, tmp_path):
     assert cas.default_repository_path().name == "cas"
 
 
+def test_the_daemon_is_looked_for_at_the_control_socket_the_daemon_makes():
+    from cas import api, control
+
+    assert api.CONTROL_SOCKET == control.SOCKET_NAME
+
+
 def test_the_trio_api_reads_and_adds(tmp_path):
     data = pseudo_random(2 * MiB + 1, seed="async")
     (tmp_path / "f").write_bytes(data)

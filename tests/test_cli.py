@@ -357,6 +357,27 @@ def test_abbreviated_options_before_the_command_still_work(repo):
     assert b"usage: cas" in run_cas("--help").stdout and b"umount" in run_cas("--help").stdout
 
 
+def test_cat_of_a_cid_loads_no_namespace_tree_or_daemon_code(repo):
+    # What keeps `cas cat CID` starting fast (bench/README.md): it must not
+    # pull in the modules only paths, trees and daemons need.
+    import subprocess
+    import sys
+
+    cid = add(repo, "-", input=b"light")
+    script = (
+        "import sys; from cas.cli.main import main; "
+        f"main(['--repo', {str(repo)!r}, 'cat', {cid!r}]); sys.stdout.flush(); "
+        "print('\\n' + ' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    content, modules = out.split(b"\n", 1)
+    assert content == b"light"
+    loaded = set(modules.decode().split())
+    heavy = {"cas.names.namespace", "cas.names.dirtree", "cas.trees", "cas.control", "platformdirs",
+             "cas.cli.names_cmds", "cas.cli.node_cmds", "cas.cli.mount_cmds", "trio"}
+    assert not heavy & loaded
+
+
 def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

@@ -420,7 +420,7 @@ def test_write_out_starts_while_an_add_appends_not_only_at_the_commit(store, mon
         store.blocks.put(big(f"behind {i}"))
     assert [start for start, _ in started] == [HEADER_SIZE, started[0][0] + started[0][1]]
     assert all(length >= 1 << 20 for _, length in started)
-    assert _packs._sync_file_range is not None  # on Linux the hint is real
+    assert _packs._sync_file_range() is not None  # on Linux the hint is real
     _packs.start_writeback(store.blocks.packs._fd, 0, 1 << 20)  # and harmless
 
 
