@@ -49,8 +49,8 @@ from __future__ import annotations
 import io
 import threading
 from bisect import bisect_right
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -531,9 +531,51 @@ class _ReadAheadWindow:
             self._advised = upto
 
 
+class _LeafLookups:
+    """The index look-ups of the leaves the walker will ask for next, a batch
+    at a time, for a store that offers ``fetchers(cids)`` (the local
+    repository): one index query per ``BATCH`` leaves instead of one per
+    leaf (and the store hints the kernel where the leaves jump). Each
+    leaf's bytes are still read and verified only when the walker asks for
+    it. Measured: a warm read of 256 MiB ~8% faster (bench/README.md)."""
+
+    BATCH = 64
+
+    def __init__(self, fetchers: Callable[[Sequence[CID]], list[Callable[[], bytes | None] | None]]) -> None:
+        self._fetchers = fetchers
+        self._plan: tuple[CID, ...] = ()
+        self._next = 0  # index in the plan of the next leaf to look up
+        self._found: deque[tuple[CID, Callable[[], bytes | None] | None]] = deque()
+
+    def plan(self, cids: tuple[CID, ...]) -> None:
+        """The walker's next blocks, in order (a ReadAhead)."""
+        self._plan, self._next = cids, 0
+        self._found.clear()
+
+    def get(self, cid: CID) -> bytes | None:
+        """``cid``'s verified bytes if it was looked up as planned, else None
+        (then the caller asks the store)."""
+        for _ in range(2):  # among those looked up, else among the next batch
+            for index, (planned, fetch) in enumerate(self._found):
+                if planned == cid:
+                    for _ in range(index + 1):  # it, and those before it the walker had cached
+                        self._found.popleft()
+                    return None if fetch is None else fetch()
+            if self._next >= len(self._plan):
+                return None
+            batch = self._plan[self._next : self._next + self.BATCH]
+            self._next += len(batch)
+            self._found.clear()
+            self._found.extend(zip(batch, self._fetchers(batch)))
+        return None
+
+
 def _run(store: BlockStore, steps: Generator) -> Generator[memoryview, None, object]:
     """Answer the walker's block requests from ``store``; pass content on."""
-    window = _ReadAheadWindow(store)
+    fetchers = getattr(store, "fetchers", None)
+    lookups = _LeafLookups(fetchers) if fetchers is not None else None
+    # A store that looks leaves up in batches hints the kernel itself.
+    window = _ReadAheadWindow(store if lookups is None else None)
     reply: bytes | None = None
     while True:
         try:
@@ -542,9 +584,13 @@ def _run(store: BlockStore, steps: Generator) -> Generator[memoryview, None, obj
             return stop.value
         if isinstance(item, CID):
             window.fetching(item)
-            reply = store.get(item)  # the store verifies the hash
+            reply = lookups.get(item) if lookups is not None else None
+            if reply is None:
+                reply = store.get(item)  # the store verifies the hash
         elif isinstance(item, ReadAhead):
             window.plan(item)
+            if lookups is not None:
+                lookups.plan(item.cids)
             reply = None
         else:
             reply = None

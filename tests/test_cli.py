@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cas.cid import RAW
+from cas import files
+from cas.cid import RAW, parse_cid
 from cas.store import LocalStore
 from tests.conftest import pseudo_random, run_cas
 
@@ -266,8 +267,9 @@ def test_a_changed_block_fails_its_read_by_cid_and_verify_lists_it(repo, tmp_pat
     (tmp_path / "g").write_bytes(b"innocent bystander")
     cid = add(repo, str(tmp_path / "f"))
     other = add(repo, str(tmp_path / "g"))
-    with LocalStore.open(repo) as store:  # where a leaf's bytes lie on disk
-        leaf = next(c for c in store.blocks.packs.iterate() if c.codec == RAW)
+    with LocalStore.open(repo) as store:  # where a leaf in the middle lies, in the file and on disk
+        spans = list(files.file_leaves(store.blocks, parse_cid(cid)))
+        leaf, offset = spans[len(spans) // 2].cid, spans[len(spans) // 2].offset
         where = store.blocks.locate(leaf)
     with open(where.path, "r+b") as f:  # bit rot: one byte of it flipped
         f.seek(where.start + 100)
@@ -276,6 +278,9 @@ def test_a_changed_block_fails_its_read_by_cid_and_verify_lists_it(repo, tmp_pat
         f.write(bytes([byte ^ 1]))
     message = error_of("cat", cid, repo=repo, partial_output=True)
     assert str(leaf) in message and "corrupt" in message
+    # Everything before the leaf was written, nothing of it or after it
+    # (the leaves after it were being read ahead).
+    assert run_cas("cat", cid, repo=repo, check=False).stdout == data[:offset]
     verify = run_cas("repo", "verify", repo=repo, check=False)
     assert verify.returncode == 1
     assert verify.stdout.decode().splitlines() == [f"{leaf}: corrupt: content does not match its hash"]

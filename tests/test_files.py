@@ -641,3 +641,65 @@ def test_a_missing_block_surfaces_as_block_not_found(deep_file) -> None:
             files.read_range(store, cid, 0, len(data))
     finally:
         store.blocks[victim] = original
+
+
+# -- reading from the local repository (index look-ups in batches) ------------------------
+
+
+@pytest.fixture(scope="module")
+def repo_file(tmp_path_factory):
+    """A 3-level file of ~5 MB (fan-out 4) in a real repository, whose store
+    looks leaves up in batches; and a file whose leaves repeat."""
+    from cas.store import LocalStore
+
+    with LocalStore.open(tmp_path_factory.mktemp("batches") / "repo") as store:
+        data = xof("batches", 5_000_000)
+        cid = files.add_bytes(store.blocks, data, fanout=4).cid
+        # Zeros chunk into identical 1 MiB leaves: the walker asks for a
+        # repeated leaf once (it keeps the last one), not once per link.
+        repeats = bytes(3 << 20) + xof("between", 700_000) + bytes(4 << 20)
+        repeats_cid = files.add_bytes(store.blocks, repeats, fanout=4).cid
+        store.blocks.barrier()
+        yield store, cid, data, repeats_cid, repeats
+
+
+def test_reading_from_the_repository_gives_the_same_bytes_for_any_range(repo_file, monkeypatch) -> None:
+    store, cid, data, repeats_cid, repeats = repo_file
+    rng = random.Random(5)
+    for _ in range(30):
+        offset = rng.randrange(0, len(data) + 100)
+        length = rng.choice([None, 0, 1, 300_000, rng.randrange(0, len(data))])
+        end = None if length is None else offset + length
+        assert b"".join(files.iter_file(store.blocks, cid, offset, length)) == data[offset:end]
+    assert b"".join(files.iter_file(store.blocks, repeats_cid)) == repeats
+    assert b"".join(files.iter_file(store.blocks, repeats_cid, 5 << 20)) == repeats[5 << 20 :]
+    # Batches smaller than the runs of repeated leaves: still every leaf from a batch.
+    monkeypatch.setattr(files._LeafLookups, "BATCH", 2)
+    asked: list[CID] = []
+    monkeypatch.setattr(store.blocks, "get", lambda c, get=store.blocks.get: asked.append(c) or get(c))
+    assert b"".join(files.iter_file(store.blocks, repeats_cid)) == repeats
+    assert all(c.codec != RAW or store.blocks.locate(c) is None for c in asked)  # none in a pack
+
+
+def test_a_corrupt_leaf_fails_after_every_byte_before_it_and_none_after(repo_file) -> None:
+    store, cid, data, *_ = repo_file
+    spans = list(files.file_leaves(store.blocks, cid))
+    victim = spans[len(spans) // 2]
+    where = store.blocks.locate(victim.cid)
+
+    def flip() -> None:
+        with open(where.path, "r+b") as f:
+            f.seek(where.start + 5)
+            byte = f.read(1)[0]
+            f.seek(where.start + 5)
+            f.write(bytes([byte ^ 1]))
+
+    flip()
+    try:
+        got = bytearray()
+        with pytest.raises(InvalidBlockError, match=str(victim.cid)):
+            for piece in files.iter_file(store.blocks, cid):
+                got += piece
+        assert bytes(got) == data[: victim.offset]
+    finally:
+        flip()

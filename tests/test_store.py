@@ -94,6 +94,26 @@ def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_tho
         store.blocks.get_file_block(large[0].cid)  # verified like every read
 
 
+def test_fetchers_look_up_now_and_read_verified_bytes_later_in_any_thread(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    small, missing = Block.of(RAW, b"small"), big("never stored")
+    large = [big(f"fetched {i}") for i in range(6)]
+    for block in [small, *large]:
+        store.blocks.put(block)
+    store.blocks.barrier()
+    fetch = store.blocks.fetchers([small.cid, *[b.cid for b in large], missing.cid])
+    assert fetch[0] is None and fetch[-1] is None  # not in a pack: ask get()
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda f: f(), fetch[1:-1] * 3)) == [b.data for b in large] * 3
+    flip_byte(store, large[2].cid)
+    with pytest.raises(InvalidBlockError, match=str(large[2].cid)):
+        fetch[3]()  # verified like every read
+    [gone] = store.blocks.fetchers([large[0].cid])
+    os.unlink(store.blocks.locate(large[0].cid).path)
+    assert gone() is None  # the pack went after the look-up: ask get()
+
+
 def test_a_block_changed_on_disk_fails_its_read_and_nothing_else(store):
     good, bad = big("good"), big("will be damaged")
     store.blocks.put(good)

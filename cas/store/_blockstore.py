@@ -25,7 +25,7 @@ committed).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..blocks import Block, verified
 from ..cid import RAW, CID
@@ -68,6 +68,17 @@ class RepositoryBlockStore:
                 f"block {cid} is corrupt in the repository's database: its bytes do not "
                 "match its hash; run 'cas repo verify' to list all damage"
             ) from None
+
+    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
+        """For a reader that knows which blocks it will want next (a file's
+        leaves): the index look-ups of these blocks now, in one query, and
+        for each large raw block a function that reads and verifies its
+        bytes when called, returning None if they have moved since (then
+        ask :meth:`get`). None for any other block: ask :meth:`get`
+        (``PackStore.fetchers``)."""
+        raw = [cid for cid in cids if cid.codec == RAW]
+        found = iter(self.packs.fetchers(raw))
+        return [next(found) if cid.codec == RAW else None for cid in cids]
 
     def get_file_block(self, cid: CID) -> bytes | None:
         """The verified bytes of ``cid`` if it is a large block in a pack whose

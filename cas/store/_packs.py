@@ -73,9 +73,9 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 from ..blocks import MAX_BLOCK_SIZE, Block, verified
@@ -105,6 +105,9 @@ PREFETCH_GAP = 1 << 20
 """Ranges to prefetch closer than this in one pack are advised as one."""
 PREFETCH_BATCH = 16
 """Blocks asked for one by one are looked up this many at a time."""
+LOOKUP_BATCH = 500
+"""CIDs in one index query at most (SQLite builds before 3.32 allow 999
+parameters)."""
 
 
 @cache
@@ -419,6 +422,31 @@ class PackStore:
             )
         return data
 
+    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
+        """``find`` in two steps, for a reader that knows which blocks it
+        will want next (a file's leaves): their index look-ups now, in one
+        query, and for each block in a pack a function that reads and
+        verifies its bytes when called (from any thread: it touches only
+        pack bytes, never rewritten in place, rule 4); None for a block not
+        in a pack. Such a function returns None if the pack has gone since
+        (compacted away: look again with ``get``). Where the blocks jump,
+        the kernel is asked to start reading them (see :meth:`prefetch`)."""
+        keys = [bytes(cid) for cid in cids]
+        found: dict[bytes, tuple[int, int, int]] = {}
+        for start in range(0, len(keys), LOOKUP_BATCH):
+            part = keys[start : start + LOOKUP_BATCH]
+            rows = self.db.query(
+                f"SELECT cid, pack, start, length FROM pack_blocks WHERE cid IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            found.update((bytes(key), (pack, at, length)) for key, pack, at, length in rows)
+        self._advise(sorted(found.values()))
+        out: list[Callable[[], bytes | None] | None] = []
+        for cid, key in zip(cids, keys):
+            where = found.get(key)
+            out.append(None if where is None else partial(self._read, cid, *where))
+        return out
+
     def get_committed(self, cid: CID) -> bytes | None:
         """``get`` for any thread (rule 4): the verified bytes if ``cid``'s
         row is committed and its pack still there, else None."""
@@ -499,6 +527,11 @@ class PackStore:
             ).fetchall()
         except sqlite3.Error:
             return  # only a hint
+        self._advise(rows)
+
+    def _advise(self, rows: Iterable[tuple[int, int, int]]) -> None:
+        """``posix_fadvise(WILLNEED)`` for these (pack, start, length), in
+        order, where they do not continue the last range asked for."""
         ranges: list[list[int]] = []
         for number, start, length in rows:
             if ranges and ranges[-1][0] == number and start - ranges[-1][2] <= PREFETCH_GAP:
