@@ -537,7 +537,7 @@ class _LeafLookups:
     repository): one index query per ``BATCH`` leaves instead of one per
     leaf (and the store hints the kernel where the leaves jump). Each
     leaf's bytes are still read and verified only when the walker asks for
-    it. Measured: a warm read of 256 MiB ~8% faster (bench/README.md)."""
+    it. Measured: a warm read of 256 MiB ~10% faster (bench/README.md)."""
 
     BATCH = 64
 
