@@ -392,24 +392,40 @@ class Replicator:
             closest = await self._lookups(blocks)
             presence = await self._have(closest)
             droppable: list[CID] = []
-            for cid in blocks:
-                contacts = closest.get(cid)
-                if contacts is None:
-                    continue
-                key = key_for_digest(cid.digest)
-                plan = Placement(key, contacts, own_id=self.dht.own_id, local=True,
-                                 replicas=self.replicas, known=presence.get(cid, {}))
-                if not plan.done:
-                    try:
-                        data = await self.store.get(cid)
-                    except CasError:
-                        continue  # gone meanwhile (gc, a drop)
-                    report.stores += await self._execute(plan, cid, data, repair=True)
+
+            def conclude(cid: CID, plan: Placement) -> None:
                 self._record(cid, plan.copies)
                 if not plan.complete:
                     report.short += 1
                 if may_drop(plan, own=cid not in held):
                     droppable.append(cid)
+
+            # Copies are made for many blocks at once, as an add's are, so
+            # that the stores bound for one peer share messages; at most
+            # `workers` blocks' bytes are in memory at a time.
+            limit = trio.CapacityLimiter(self.workers)
+
+            async def make_copies(cid: CID, plan: Placement) -> None:
+                async with limit:
+                    try:
+                        data = await self.store.get(cid)
+                    except CasError:
+                        return  # gone meanwhile (gc, a drop)
+                    report.stores += await self._execute(plan, cid, data, repair=True)
+                conclude(cid, plan)
+
+            async with trio.open_nursery() as nursery:
+                for cid in blocks:
+                    contacts = closest.get(cid)
+                    if contacts is None:
+                        continue
+                    key = key_for_digest(cid.digest)
+                    plan = Placement(key, contacts, own_id=self.dht.own_id, local=True,
+                                     replicas=self.replicas, known=presence.get(cid, {}))
+                    if plan.done:
+                        conclude(cid, plan)
+                    else:
+                        nursery.start_soon(make_copies, cid, plan)
             if droppable:
                 report.dropped = len(await self.store.drop(droppable))
                 self.stats.repair_dropped += report.dropped
