@@ -411,7 +411,8 @@ class Replicator:
                         data = await self.store.get(cid)
                     except CasError:
                         return  # gone meanwhile (gc, a drop)
-                    report.stores += await self._execute(plan, cid, data, repair=True)
+                    sent = await self._execute(plan, cid, data, repair=True)
+                report.stores += sent  # (not `+= await`: that would add to a stale count)
                 conclude(cid, plan)
 
             async with trio.open_nursery() as nursery:
