@@ -199,6 +199,10 @@ def test_leftover_temporary_files_are_removed_on_open(tmp_path):
     leftover.write_bytes(b"half a block")
     with LocalStore.open(tmp_path / "repo"):
         assert not leftover.exists()
+    (tmp_path / "repo" / "tmp" / "a-dir").mkdir()
+    (tmp_path / "repo" / "tmp" / "a-dir" / "x").write_bytes(b"x")
+    with LocalStore.open(tmp_path / "repo"):
+        assert list((tmp_path / "repo" / "tmp").iterdir()) == []
 
 
 def test_a_second_owner_in_another_process_is_refused(tmp_path):
