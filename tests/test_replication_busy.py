@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import trio
 
-from cas.blocks import Block, MemoryBlockStore
+from cas.blocks import Block
 from cas.cid import RAW, CID
 from cas.dht import driver as driver_module
 from cas.dht.replicator import Replicator
 from tests.test_dht_driver import network
-from tests.test_replication_store import MemoryKeeper
+from tests.test_replication_store import keeper_and_sender
 
 
 class Source:
@@ -40,10 +40,7 @@ def test_a_busy_peer_is_waited_for_and_its_copy_is_stored(monkeypatch: pytest.Mo
 
     async def main() -> None:
         async with network() as net:
-            memory = MemoryBlockStore()
-            receiver = await net.add(store=memory, keeper=MemoryKeeper(memory, quota=1 << 20))
-            sender = await net.add()
-            await sender.bootstrap([("127.0.0.1", receiver.listen_port or 0)])
+            receiver, sender, memory = await keeper_and_sender(net)
             replicator = Replicator(sender, Source(blocks), replicas=2, retry_interval=3600,
                                     repair_interval=3600)
             async with trio.open_nursery() as nursery:
