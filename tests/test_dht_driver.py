@@ -225,6 +225,30 @@ def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
     trio.run(main)
 
 
+def test_a_peer_silent_past_the_hard_timeout_fails_the_query_and_is_counted() -> None:
+    class Silent(DhtDriver):
+        def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
+            return None
+
+        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+            await trio.sleep_forever()
+            raise AssertionError
+
+    async def main() -> None:
+        async with network() as net:
+            # The soft timeout never comes first here: the hard one must end the query.
+            seeker = await net.add(soft_timeout=30.0, request_timeout=0.3)
+            silent = await net.add(cls=Silent)
+            seeker.seen(net.contact(silent))
+            with trio.fail_after(5):
+                found = await seeker.find_node(silent.own_id)
+            assert found.lookup.closest == () and found.lookup.failures == 1
+            assert seeker.table.failures(silent.own_id) == 1
+            assert seeker.messages_sent == 1
+
+    trio.run(main)
+
+
 def test_bootstrap_with_nobody_answering_raises_one_error() -> None:
     async def main() -> None:
         async with network() as net:

@@ -297,6 +297,72 @@ async def test_a_request_stuck_sending_times_out_and_closes_the_channel() -> Non
     assert result["a"].stats.closed_because == "a send was cancelled mid-frame"
 
 
+class Waiter:
+    """An AnswerWaiter that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+        self.event = trio.Event()
+
+    async def answered(self, response: m.Response) -> None:
+        self.told.append(("answered", response))
+        self.event.set()
+
+    def failed(self, error: Exception) -> None:
+        self.told.append(("failed", error))
+        self.event.set()
+
+
+@trio_test
+async def test_send_request_returns_at_once_and_the_read_loop_tells_the_waiter() -> None:
+    a, b = await channel_pair()
+    async with serve(b, echo_handler), serve(a) as client:
+        ok, refused, wrong = Waiter(), Waiter(), Waiter()
+        first = await client.send_request(m.Ping(), ok)
+        second = await client.send_request(m.GetRecord(b"k"), refused)
+        third = await client.send_request(m.Have((m.CID.for_data(0x55, b"x"),)), wrong)
+        assert len({first, second, third}) == 3
+        for waiter in (ok, refused, wrong):
+            await waiter.event.wait()
+    assert ok.told == [("answered", m.Pong(request_id=first))]
+    [(kind, error)] = refused.told
+    assert kind == "failed" and isinstance(error, RequestFailedError) and error.code == "not_found"
+    [(kind, error)] = wrong.told
+    assert kind == "failed" and isinstance(error, MalformedMessageError)
+    assert a.stats.strikes == 1  # only the answer of the wrong type
+
+
+@trio_test
+async def test_a_forgotten_request_is_never_told_and_its_late_answer_is_no_fault() -> None:
+    a, b = await channel_pair()
+    async with serve(a) as client:
+        waiter = Waiter()
+        request_id = await client.send_request(m.Ping(), waiter)
+        request = await b.receive_message()
+        assert request.request_id == request_id
+        client.forget(request_id)
+        client.forget(request_id)  # twice is harmless
+        await b.send_message(m.Pong(request_id=request_id))  # late
+        await trio.testing.wait_all_tasks_blocked()
+    assert waiter.told == []
+    assert a.stats.unexpected == 0 and a.stats.strikes == 0
+
+
+@trio_test
+async def test_a_sent_request_fails_when_the_connection_closes() -> None:
+    a, b = await channel_pair()
+    async with serve(a) as client:
+        waiter = Waiter()
+        await client.send_request(m.Ping(), waiter)
+        await b.receive_message()
+        await b.aclose()
+        await waiter.event.wait()
+        [(kind, error)] = waiter.told
+        assert kind == "failed" and isinstance(error, ConnectionClosedError)
+        with pytest.raises(ConnectionClosedError):
+            await client.send_request(m.Ping(), Waiter())  # and nothing more is sent
+
+
 # -- bad input after the handshake -----------------------------------------------------------
 
 

@@ -658,93 +658,30 @@ class DhtDriver:
         self.table.mark_lookup(target, started)
         lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
                         find_value=find_value, exclude=self.own_id)
-        # Soft deadlines live here, not in a timer task per query: node ID ->
-        # (deadline, contact) for every query still holding a slot. Every
-        # query gets the same soft timeout, so insertion order is deadline
-        # order and the first entry is the next to expire.
-        soft: dict[int, tuple[float, Contact]] = {}
-        finished = trio.Event()
-        waiting = trio.CancelScope()  # this task's wait for the next soft deadline
-
-        def next_deadline() -> float:
-            return next(iter(soft.values()))[0] if soft else math.inf
-
-        def launch(actions: list[SendQuery]) -> Contact | None:
-            """Give the new queries their soft deadlines and start a task for
-            each but the first, whose peer is returned for the caller to ask."""
-            if not actions:
-                return None
-            deadline = trio.current_time() + self.soft_timeout
-            for action in actions:
-                soft[action.peer.node_id] = (deadline, action.peer)
-            if deadline < waiting.deadline:
-                waiting.deadline = deadline
-            for action in actions[1:]:
-                nursery.start_soon(ask, action.peer)
-            return actions[0].peer
-
-        def settle(peer: Contact, outcome: tuple[list[Contact], Any] | None) -> list[SendQuery]:
-            soft.pop(peer.node_id, None)
-            if outcome is None:
-                actions = lookup.on_failure(peer)
-            else:
-                contacts, value = outcome
-                if isinstance(value, _HeldRecord):
-                    if records is not None:
-                        records.append((peer, value.data))
-                    value = None
-                actions = lookup.on_response(peer, contacts, value)
-            if lookup.done:
-                finished.set()
-            return actions
-
-        async def ask(peer: Contact | None) -> None:  # None: nothing to ask
-            # A task goes on from query to query: the answer that frees a
-            # slot is fed to the lookup here, and this task sends the next
-            # query itself, instead of handing the answer to the lookup's task
-            # which would start a third (two trips through trio's scheduler,
-            # each a system call, fewer per answer).
-            while peer is not None:
-                outcome = await self._query(peer, request, cid)
-                peer = launch(settle(peer, outcome))
-
-        def start(actions: list[SendQuery]) -> None:
-            peer = launch(actions)
-            if peer is not None:
-                nursery.start_soon(ask, peer)
-            if lookup.done:
-                finished.set()
-
-        async with trio.open_nursery() as nursery:
-            start(lookup.start())
-            while not finished.is_set():
-                waiting = trio.CancelScope(deadline=next_deadline())
-                with waiting:
-                    await finished.wait()
-                now = trio.current_time()
-                for node_id, (deadline, contact) in list(soft.items()):
-                    if deadline <= now and not finished.is_set():
-                        del soft[node_id]
-                        start(lookup.on_timeout(contact))
+        async with trio.open_nursery() as nursery:  # holds only dials to peers not yet connected
+            await _LookupRun(self, lookup, request, cid, records, nursery).run()
             nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
         return FindResult(result, self._now() - started, block, result.value_from if block else None)
 
-    async def _query(self, peer: Contact, request: msg.Request,
-                     cid: CID | None) -> tuple[list[Contact], Any] | None:
-        """Ask ``peer``; its answer as contacts and a value, or None if it
-        failed (no answer, an error, nonsense or a forged block)."""
-        try:
-            response = await self.request(peer, request)
-            outcome = self._interpret(response, cid)
-            if outcome is None:  # it answered, but with nonsense or a forged block
-                self.table.record_failure(peer.node_id)
-                if isinstance(response, msg.Block):
-                    self.bad_blocks[peer.node_id] += 1
-        except (CasError, RemoteProtocolError):
-            outcome = None
+    def _outcome(self, peer: Contact, response: msg.Response,
+                 cid: CID | None) -> tuple[list[Contact], Any] | None:
+        """``peer``'s answer to a lookup query as contacts and a value, or
+        None (counted against it) if it is nonsense or a forged block."""
+        outcome = self._interpret(response, cid)
+        if outcome is None:
+            self.table.record_failure(peer.node_id)
+            if isinstance(response, msg.Block):
+                self.bad_blocks[peer.node_id] += 1
         return outcome
+
+    def _count_failure(self, peer: Contact, error: BaseException) -> None:
+        """Feed the table a request's failure, as :meth:`request` does."""
+        if isinstance(error, PeerIdMismatchError):
+            self.table.remove(peer.node_id)  # someone else answers at that address
+        elif not (isinstance(error, RequestFailedError) and error.code in NOT_FAILURES):
+            self.table.record_failure(peer.node_id)
 
     def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
         if isinstance(response, msg.Nodes):
@@ -825,3 +762,185 @@ class DhtDriver:
                                   None if seen is None else max(0.0, now - seen),
                                   self.table.failures(contact.node_id)))
         return out
+
+
+class _Query:
+    """One query of a lookup on the wire, and the connection's
+    :class:`~cas.net.connection.AnswerWaiter` for its answer."""
+
+    __slots__ = ("run", "peer", "soft", "hard", "connection", "request_id")
+
+    def __init__(self, run: _LookupRun, peer: Contact, soft: float, hard: float) -> None:
+        self.run = run
+        self.peer = peer
+        self.soft = soft  # when it stops holding a slot (Lookup.on_timeout)
+        self.hard = hard  # when it is given up (Lookup.on_failure)
+        self.connection: Connection | None = None
+        self.request_id: int | None = None
+
+    async def answered(self, response: msg.Response) -> None:
+        await self.run.answered(self, response)
+
+    def failed(self, error: Exception) -> None:
+        self.run.failed(self, error)
+
+
+class _LookupRun:
+    """Drives one :class:`Lookup` on the wire (the trio half of
+    :meth:`DhtDriver._lookup`).
+
+    Answers are fed to the lookup by the read loop of the connection they
+    arrive on (:meth:`Connection.send_request`), which then sends the queries
+    the answer opened itself: one trip through trio's scheduler per answer,
+    no task and no cancel scope per query. The lookup's own task (``run``)
+    only waits: for the end, for failures (told synchronously, so handled
+    here), and for the next deadline. Every query gets the same soft and
+    hard timeouts, so the dicts of queries are in deadline order and one
+    timer serves them all. A peer without an open connection is dialled by
+    a task of its own. When the lookup ends, queries still unanswered are
+    forgotten: a late answer is dropped without counting against the peer.
+    """
+
+    def __init__(self, driver: DhtDriver, lookup: Lookup, request: msg.Request, cid: CID | None,
+                 records: list[tuple[Contact, bytes]] | None, nursery: trio.Nursery) -> None:
+        self.driver = driver
+        self.lookup = lookup
+        self.request = request
+        self.cid = cid
+        self.records = records
+        self.nursery = nursery
+        self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
+        self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
+        self.failures: list[tuple[_Query, BaseException]] = []  # told by connections, for run()
+        self.wakeup: trio.Event | None = None  # set to wake run() from its wait
+        self.timer: trio.CancelScope | None = None  # run()'s wait, its deadline the next one due
+
+    async def run(self) -> None:
+        lookup = self.lookup
+        await self.send(lookup.start())
+        while not lookup.done:
+            if self.failures:
+                query, error = self.failures.pop(0)
+                await self.send(self.fail(query, error))
+                continue
+            self.wakeup = trio.Event()
+            with trio.CancelScope(deadline=self.next_deadline()) as self.timer:
+                await self.wakeup.wait()
+            self.timer = self.wakeup = None
+            now = trio.current_time()
+            for query in list(self.holding.values()):
+                if query.soft > now or lookup.done:
+                    break
+                if self.holding.get(query.peer.node_id) is query:  # not answered meanwhile
+                    del self.holding[query.peer.node_id]
+                    await self.send(lookup.on_timeout(query.peer))
+            for query in list(self.waiting.values()):
+                if query.hard > now or lookup.done:
+                    break
+                await self.send(self.fail(query, RequestTimeoutError(
+                    f"no answer from {query.peer.host}:{query.peer.port} in time")))
+        for query in self.waiting.values():
+            if query.connection is not None and query.request_id is not None:
+                query.connection.forget(query.request_id)
+        self.waiting.clear()
+
+    def next_deadline(self) -> float:
+        soft = next(iter(self.holding.values())).soft if self.holding else math.inf
+        hard = next(iter(self.waiting.values())).hard if self.waiting else math.inf
+        return min(soft, hard)
+
+    def wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    async def send(self, actions: list[SendQuery]) -> None:
+        """Ask each peer of ``actions`` (and of whatever a failure to send opens)."""
+        driver = self.driver
+        todo = list(actions)
+        while todo:
+            peer = todo.pop(0).peer
+            now = trio.current_time()
+            query = _Query(self, peer, now + driver.soft_timeout, now + driver.request_timeout)
+            self.waiting[peer.node_id] = self.holding[peer.node_id] = query
+            timer = self.timer
+            if timer is not None and query.soft < timer.deadline:
+                timer.deadline = query.soft
+            connection = driver._connections.get(peer.node_id)
+            if connection is None or connection.channel.closed or connection.send_would_wait():
+                self.nursery.start_soon(self.dial_and_send, query)
+                continue
+            driver.messages_sent += 1
+            try:
+                await self.send_on(connection, query)
+            except (CasError, RemoteProtocolError) as exc:
+                todo += self.fail(query, exc)
+        if self.lookup.done:
+            self.wake()
+
+    async def send_on(self, connection: Connection, query: _Query) -> None:
+        request_id = await connection.send_request(self.request, query)
+        if self.waiting.get(query.peer.node_id) is query:
+            query.connection, query.request_id = connection, request_id
+        else:  # given up (or over) while the send waited
+            connection.forget(request_id)
+
+    async def dial_and_send(self, query: _Query) -> None:
+        driver = self.driver
+        try:
+            with trio.fail_after(max(0.0, query.hard - trio.current_time())):
+                connection = await driver._connection_to(query.peer)
+            if self.waiting.get(query.peer.node_id) is not query:
+                return
+            driver.messages_sent += 1
+            await self.send_on(connection, query)
+        except trio.TooSlowError:
+            error: BaseException = RequestTimeoutError(
+                f"no answer from {query.peer.host}:{query.peer.port} in time")
+        except (CasError, RemoteProtocolError) as exc:
+            error = exc
+        else:
+            return
+        await self.send(self.fail(query, error))
+
+    def fail(self, query: _Query, error: BaseException) -> list[SendQuery]:
+        """``query`` failed for good: tell the table and the lookup."""
+        node_id = query.peer.node_id
+        if self.waiting.get(node_id) is not query:
+            return []
+        del self.waiting[node_id]
+        self.holding.pop(node_id, None)
+        if query.connection is not None and query.request_id is not None:
+            query.connection.forget(query.request_id)  # a timeout: a late answer is no fault
+        self.driver._count_failure(query.peer, error)
+        return self.lookup.on_failure(query.peer)
+
+    def failed(self, query: _Query, error: BaseException) -> None:
+        """A connection's word that ``query`` failed; handled by run()."""
+        if self.waiting.get(query.peer.node_id) is query:
+            self.failures.append((query, error))
+            self.wake()
+
+    async def answered(self, query: _Query, response: msg.Response) -> None:
+        """``query``'s answer, from the read loop of its connection."""
+        peer = query.peer
+        if self.waiting.get(peer.node_id) is not query:
+            return
+        del self.waiting[peer.node_id]
+        self.holding.pop(peer.node_id, None)
+        driver = self.driver
+        driver.seen(peer)
+        outcome = driver._outcome(peer, response, self.cid)
+        lookup = self.lookup
+        if outcome is None:
+            actions = lookup.on_failure(peer)
+        else:
+            contacts, value = outcome
+            if isinstance(value, _HeldRecord):
+                if self.records is not None:
+                    self.records.append((peer, value.data))
+                value = None
+            actions = lookup.on_response(peer, contacts, value)
+        if lookup.done:
+            self.wake()
+        elif actions:
+            await self.send(actions)

@@ -25,6 +25,7 @@ the layer that asked for them.
 from __future__ import annotations
 
 from .connection import (
+    AnswerWaiter,
     ChannelStatistics,
     Connection,
     ConnectionClosedError,
@@ -94,7 +95,7 @@ __all__ = [
     "GetRecord", "Record", "Error", "PeerInfo", "PROTOCOL_VERSION", "MAX_MESSAGE_SIZE",
     "RemoteProtocolError", "LocalProtocolError", "MalformedMessageError",
     # driver
-    "open_channel", "connect_tcp", "SecureChannel", "Connection", "serve",
+    "open_channel", "connect_tcp", "SecureChannel", "Connection", "serve", "AnswerWaiter",
     "ChannelStatistics", "TokenBucket", "ConnectionLimiter",
     "ConnectionClosedError", "RequestFailedError", "RequestTimeoutError",
     "HandshakeTimeoutError", "IncompatibleVersionError", "TooManyConnectionsError",

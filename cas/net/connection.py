@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -232,6 +233,11 @@ class SecureChannel:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sending(self) -> bool:
+        """Whether a message is being sent (a send now would wait for it)."""
+        return self._send_lock.locked()
 
     def statistics(self) -> ChannelStatistics:
         return self.stats
@@ -525,12 +531,32 @@ async def connect_tcp(host: str, port: int, identity: Identity, *,
 # -- request multiplexing -------------------------------------------------------------------
 
 
-class _Pending:
-    __slots__ = ("request", "event", "response", "error")
+class AnswerWaiter(Protocol):
+    """Who learns the outcome of a request sent with
+    :meth:`Connection.send_request`, exactly once (unless it is forgotten
+    first)."""
 
-    def __init__(self, request: Request) -> None:
+    async def answered(self, response: Response) -> None:
+        """The answer arrived (of a type that answers the request, not an
+        error). Awaited by the connection's read loop itself: it may send
+        (that is what it is for), but nothing more from this peer is read
+        until it returns, so it must not wait for anything else."""
+
+    def failed(self, error: Exception) -> None:
+        """The request failed: :class:`RequestFailedError` (an error
+        answer), :class:`MalformedMessageError` (an answer of the wrong
+        type) or :class:`ConnectionClosedError`. Synchronous: it may be
+        called from the read loop or while the connection shuts down."""
+
+
+class _Pending:
+    __slots__ = ("request", "event", "response", "error", "waiter")
+
+    def __init__(self, request: Request, waiter: AnswerWaiter | None = None) -> None:
         self.request = request
-        self.event = trio.Event()
+        self.waiter = waiter
+        # A waiter is told directly; only request() waits on an event.
+        self.event = trio.Event() if waiter is None else None
         self.response: Response | None = None
         self.error: Exception | None = None
 
@@ -610,6 +636,7 @@ class Connection:
                 request_id = self._next_id()
                 request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
                 pending = self._pending[request_id] = _Pending(request)
+                assert pending.event is not None
                 try:
                     await self.channel.send_message(request)
                     await pending.event.wait()
@@ -619,6 +646,7 @@ class Connection:
                 self._pending_slots.release()
         if pending is None:
             raise RequestTimeoutError(f"too many requests outstanding to send {request.TYPE}")
+        assert pending.event is not None
         if not pending.event.is_set():
             self._remember_timeout(pending.request.request_id)
             raise RequestTimeoutError(f"no answer to {request.TYPE} in time")
@@ -629,6 +657,45 @@ class Connection:
         if isinstance(response, msg.Error):
             raise RequestFailedError(response.code, response.message)
         return response
+
+    async def send_request(self, request: Request, waiter: AnswerWaiter) -> int:
+        """Send ``request`` and return its id at once, without waiting for
+        the answer: ``waiter`` is told the outcome (see
+        :class:`AnswerWaiter`), the answer itself by the read loop with no
+        task in between. There is no timeout here: the caller keeps its own
+        deadlines (one timer for many requests) and calls :meth:`forget`
+        when it gives up. Raises :class:`ConnectionClosedError` if the
+        request could not be sent (the waiter is then never called)."""
+        try:
+            self._pending_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._pending_slots.acquire()
+        request_id = self._next_id()
+        request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
+        self._pending[request_id] = _Pending(request, waiter)
+        try:
+            await self.channel.send_message(request)
+        except BaseException:
+            if self._pending.pop(request_id, None) is not None:
+                self._pending_slots.release()
+            raise
+        return request_id
+
+    def forget(self, request_id: int) -> None:
+        """Give up on a request sent with :meth:`send_request`: its waiter
+        is not called, and a late answer is dropped without a strike (as
+        for a request that timed out). Nothing happens if it has already
+        been answered or failed."""
+        pending = self._pending.get(request_id)
+        if pending is not None and pending.waiter is not None:
+            del self._pending[request_id]
+            self._pending_slots.release()
+            self._remember_timeout(request_id)
+
+    def send_would_wait(self) -> bool:
+        """Whether :meth:`send_request` would have to wait before sending
+        (another send in progress, or no pending-request slot free)."""
+        return self.channel.sending or self._pending_slots.value == 0
 
     def _remember_timeout(self, request_id: int) -> None:
         self._timed_out[request_id] = None
@@ -646,9 +713,15 @@ class Connection:
         finally:
             closed = ConnectionClosedError(
                 f"the connection closed ({self.channel.stats.closed_because})")
-            for pending in self._pending.values():
-                pending.error = closed
-                pending.event.set()
+            for request_id, pending in list(self._pending.items()):
+                if pending.waiter is not None:
+                    del self._pending[request_id]
+                    self._pending_slots.release()
+                    pending.waiter.failed(closed)
+                else:
+                    assert pending.event is not None
+                    pending.error = closed
+                    pending.event.set()
             await self.channel._close(self.channel.stats.closed_because or "connection ended")
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
@@ -671,7 +744,7 @@ class Connection:
 
     async def _on_response(self, response: Response) -> None:
         pending = self._pending.get(response.request_id)
-        if pending is None or pending.event.is_set():
+        if pending is None or (pending.event is not None and pending.event.is_set()):
             if response.request_id in self._timed_out:
                 del self._timed_out[response.request_id]
                 return  # a late answer to a request we gave up on: not a fault
@@ -688,12 +761,26 @@ class Connection:
         elif isinstance(response, msg.Stored) and isinstance(pending.request, msg.StoreBlocks) \
                 and len(response.codes) != len(pending.request.cids):
             problem = "stored length differs from the request"
+        waiter = pending.waiter
+        if waiter is not None:  # sent by send_request: tell the waiter now
+            del self._pending[response.request_id]
+            self._pending_slots.release()
+            if problem is not None:
+                self.channel.stats.unexpected += 1
+                await self.channel.strike(problem)
+                waiter.failed(MalformedMessageError(problem))
+            elif isinstance(response, msg.Error):
+                waiter.failed(RequestFailedError(response.code, response.message))
+            else:
+                await waiter.answered(response)
+            return
         if problem is not None:
             pending.error = MalformedMessageError(problem)
             self.channel.stats.unexpected += 1
             await self.channel.strike(problem)
         else:
             pending.response = response
+        assert pending.event is not None
         pending.event.set()
 
     async def _on_request(self, request: Request, nursery: trio.Nursery) -> None:
