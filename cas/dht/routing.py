@@ -208,32 +208,34 @@ class RoutingTable:
         want = self._k if n is None else n
         if want <= 0:
             return []
-        if exclude is not None:
-            want += 1
         buckets = self._buckets
         order = self._order
         if order is None:
             order = self._order = sorted(buckets)
-        d = self._own ^ key
-        by_distance = key.__xor__
+        own = self._own
+        d = own ^ key
+        # The bucket ``exclude`` would be in (-1: none), to drop it there.
+        skip = -1 if exclude is None or exclude == own else (own ^ exclude).bit_length() - 1
+        xor = key.__xor__
         found: list[Contact] = []
         for j in reversed(order):
             if d >> j & 1:
                 bucket = buckets[j]
-                ids = sorted(bucket, key=by_distance)
+                ids = sorted(bucket, key=xor)
+                if j == skip and exclude in bucket:
+                    ids.remove(exclude)
                 found += [bucket[nid].contact for nid in ids[: want - len(found)]]
                 if len(found) >= want:
-                    break
-        else:
-            for j in order:
-                if not d >> j & 1:
-                    bucket = buckets[j]
-                    ids = sorted(bucket, key=by_distance)
-                    found += [bucket[nid].contact for nid in ids[: want - len(found)]]
-                    if len(found) >= want:
-                        break
-        if exclude is not None:
-            found = [c for c in found if c.node_id != exclude][: want - 1]
+                    return found
+        for j in order:
+            if not d >> j & 1:
+                bucket = buckets[j]
+                ids = sorted(bucket, key=xor)
+                if j == skip and exclude in bucket:
+                    ids.remove(exclude)
+                found += [bucket[nid].contact for nid in ids[: want - len(found)]]
+                if len(found) >= want:
+                    return found
         return found
 
     # -- learning and forgetting ------------------------------------------
