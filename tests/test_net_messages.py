@@ -114,6 +114,28 @@ def test_encoding_an_out_of_bounds_message_is_a_local_error(bad: m.Message) -> N
         encode(bad)
 
 
+_peers = st.lists(
+    st.builds(m.PeerInfo, st.binary(min_size=32, max_size=32),
+              st.one_of(st.just("127.0.0.1"), st.text(max_size=63)),
+              st.one_of(st.sampled_from([1, 23, 24, 255, 256, 65535]), st.integers(1, 65535))),
+    max_size=MAX_PEERS,
+).map(tuple)
+_request_ids = st.one_of(st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1]),
+                         st.integers(0, 2**32 - 1))
+
+
+@given(_peers, _request_ids)
+@settings(max_examples=300)
+def test_nodes_put_together_from_remembered_peers_is_the_plain_encoding_of_the_map(
+        peers: tuple[m.PeerInfo, ...], request_id: int) -> None:
+    message = m.Nodes(peers, request_id=request_id)
+    expected = cbor2.dumps({"t": "nodes", "id": request_id, "peers": [
+        {"id": p.node_id, "host": p.host, "port": p.port} for p in peers]})
+    assert encode(message) == expected
+    assert encode(message) == expected  # again, from the remembered peers
+    assert decode(expected) == message
+
+
 def _wire(**fields: object) -> bytes:
     return dagcbor.encode(fields)
 

@@ -501,6 +501,56 @@ for _cls in MESSAGE_TYPES.values():
 del _cls, _fields
 
 
+def _head(major: int, value: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` for ``value`` (a uint
+    below 2**32): the only one DAG-CBOR allows, and the one cbor2 writes."""
+    if value < 24:
+        return bytes((major << 5 | value,))
+    if value < 0x100:
+        return bytes((major << 5 | 24, value))
+    if value < 0x10000:
+        return bytes((major << 5 | 25,)) + value.to_bytes(2, "big")
+    return bytes((major << 5 | 26,)) + value.to_bytes(4, "big")
+
+
+_peer_bytes: dict[PeerInfo, bytes] = {}
+"""Encoded wire maps of checked peers (bounded like ``_peer_wire``)."""
+
+
+def _peer_encoded(value: Any) -> bytes:
+    try:
+        return _peer_bytes[value]
+    except (KeyError, TypeError):
+        pass
+    data = dagcbor.encode_unchecked(_peer_encode(value))  # ValueError if it is no valid peer
+    if len(_peer_bytes) >= _PEER_WIRE_CACHE:
+        _peer_bytes.clear()
+    _peer_bytes[value] = data
+    return data
+
+
+# A NODES message, {"t": "nodes", "id": id, "peers": [...]} in canonical key
+# order, is these bytes around the id's head and the array's items.
+_NODES_START = b"\xa3" + b"".join(map(dagcbor.encode_unchecked, ("t", "nodes", "id")))
+_NODES_PEERS = dagcbor.encode_unchecked("peers")
+
+
+def _encode_nodes(message: Nodes) -> bytes | None:
+    """NODES, the commonest answer, put together from its peers' remembered
+    encodings: the same bytes as cbor2's encoding of the whole map, without
+    building and encoding 20 maps again. None if a field is not as it must
+    be (the general path then says what is wrong)."""
+    request_id, peers = message.request_id, message.peers
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID \
+            or not isinstance(peers, (tuple, list)) or len(peers) > MAX_PEERS:
+        return None
+    try:
+        items = [_peer_encoded(peer) for peer in peers]
+    except ValueError:
+        return None
+    return b"".join((_NODES_START, _head(0, request_id), _NODES_PEERS, _head(4, len(items)), *items))
+
+
 def encode(message: Message) -> bytes:
     """The canonical DAG-CBOR bytes of ``message``.
 
@@ -509,8 +559,13 @@ def encode(message: Message) -> bytes:
 
     The map is built in canonical key order from values the codecs checked
     (exact types within the data model), so cbor2's plain encoding is the
-    canonical one and dagcbor's ordering walk is not needed.
+    canonical one and dagcbor's ordering walk is not needed. NODES is put
+    together from its peers' remembered encodings (:func:`_encode_nodes`).
     """
+    if type(message) is Nodes:
+        data = _encode_nodes(message)  # type: ignore[arg-type]
+        if data is not None:
+            return data  # 20 peers are far below the message limit
     data = dagcbor.encode_unchecked(_wire(message))
     if len(data) > MAX_MESSAGE_SIZE:
         raise LocalProtocolError(f"{message.TYPE} message of {len(data)} bytes exceeds the limit")
@@ -521,6 +576,10 @@ def encode_parts(message: Message) -> list[bytes]:
     """:func:`encode` as pieces to be joined: a message carrying a block
     (``store_blocks``, ``block``) as the bytes around it and the block's own
     bytes, not copied; any other as one piece."""
+    if type(message) is Nodes:
+        data = _encode_nodes(message)  # type: ignore[arg-type]
+        if data is not None:
+            return [data]
     parts = dagcbor.encode_unchecked_parts(_wire(message))
     size = sum(len(part) for part in parts)
     if size > MAX_MESSAGE_SIZE:
