@@ -659,8 +659,10 @@ class DhtDriver:
         lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
                         find_value=find_value, exclude=self.own_id)
         async with trio.open_nursery() as nursery:  # holds only dials to peers not yet connected
-            await _LookupRun(self, lookup, request, cid, records, nursery).run()
-            nursery.cancel_scope.cancel()
+            run = _LookupRun(self, lookup, request, cid, records, nursery)
+            await run.run()
+            if run.dialling:
+                nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
         return FindResult(result, self._now() - started, block, result.value_from if block else None)
@@ -812,6 +814,7 @@ class _LookupRun:
         self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
         self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
         self.failures: list[tuple[_Query, BaseException]] = []  # told by connections, for run()
+        self.dialling = 0  # dial_and_send tasks running
         self.wakeup: trio.Event | None = None  # set to wake run() from its wait
         self.timer: trio.CancelScope | None = None  # run()'s wait, its deadline the next one due
 
@@ -857,9 +860,9 @@ class _LookupRun:
         """Ask each peer of ``actions`` (and of whatever a failure to send opens)."""
         driver = self.driver
         todo = list(actions)
+        now = trio.current_time()
         while todo:
             peer = todo.pop(0).peer
-            now = trio.current_time()
             query = _Query(self, peer, now + driver.soft_timeout, now + driver.request_timeout)
             self.waiting[peer.node_id] = self.holding[peer.node_id] = query
             timer = self.timer
@@ -867,6 +870,7 @@ class _LookupRun:
                 timer.deadline = query.soft
             connection = driver._connections.get(peer.node_id)
             if connection is None or connection.channel.closed or connection.send_would_wait():
+                self.dialling += 1
                 self.nursery.start_soon(self.dial_and_send, query)
                 continue
             driver.messages_sent += 1
@@ -885,6 +889,12 @@ class _LookupRun:
             connection.forget(request_id)
 
     async def dial_and_send(self, query: _Query) -> None:
+        try:
+            await self._dial_and_send(query)
+        finally:
+            self.dialling -= 1
+
+    async def _dial_and_send(self, query: _Query) -> None:
         driver = self.driver
         try:
             with trio.fail_after(max(0.0, query.hard - trio.current_time())):
