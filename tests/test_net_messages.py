@@ -136,6 +136,24 @@ def test_nodes_put_together_from_remembered_peers_is_the_plain_encoding_of_the_m
     assert decode(expected) == message
 
 
+@given(st.binary(min_size=32, max_size=32), _request_ids)
+@settings(max_examples=300)
+def test_find_node_read_and_written_by_position_is_exactly_its_canonical_encoding(
+        target: bytes, request_id: int) -> None:
+    message = m.FindNode(target, request_id=request_id)
+    expected = cbor2.dumps({"t": "find_node", "id": request_id, "target": target})
+    assert encode(message) == expected
+    assert decode(expected) == message
+    # The same id in a longer head than it needs is not canonical: refused as before.
+    longer = {0: b"\x18", 1: b"\x19\x00", 2: b"\x1a\x00\x00"}
+    head = expected[len(m._FIND_NODE_START):-len(m._FIND_NODE_TARGET) - 32]
+    if len(head) <= 3 and head[0] < 0x1a:
+        size = 0 if head[0] < 24 else head[0] - 23
+        padded = longer[size] + (head if size == 0 else head[1:])
+        with pytest.raises(MalformedMessageError):
+            decode(m._FIND_NODE_START + padded + m._FIND_NODE_TARGET + target)
+
+
 def _wire(**fields: object) -> bytes:
     return dagcbor.encode(fields)
 

@@ -551,6 +551,47 @@ def _encode_nodes(message: Nodes) -> bytes | None:
     return b"".join((_NODES_START, _head(0, request_id), _NODES_PEERS, _head(4, len(items)), *items))
 
 
+# FIND_NODE, {"t": "find_node", "id": id, "target": bytes(32)}, likewise.
+_FIND_NODE_START = b"\xa3" + b"".join(map(dagcbor.encode_unchecked, ("t", "find_node", "id")))
+_FIND_NODE_TARGET = dagcbor.encode_unchecked("target") + _head(2, NODE_ID_SIZE)
+_FIND_NODE_SIZE = len(_FIND_NODE_START) + len(_FIND_NODE_TARGET) + NODE_ID_SIZE  # plus the id's head
+
+
+def _encode_find_node(message: FindNode) -> bytes | None:
+    request_id, target = message.request_id, message.target
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID \
+            or type(target) is not bytes or len(target) != NODE_ID_SIZE:
+        return None
+    return b"".join((_FIND_NODE_START, _head(0, request_id), _FIND_NODE_TARGET, target))
+
+
+_ID_HEAD_SIZES = {**{b: 1 for b in range(24)}, 24: 2, 25: 3, 26: 5}
+
+
+def _decode_find_node(data: bytes) -> FindNode | None:
+    """FIND_NODE read by position, if ``data`` is exactly the canonical
+    encoding of one (proven by encoding what was read and comparing):
+    that is a message the general decoder accepts, with the same result.
+    None for anything else, which the general decoder then judges."""
+    head_size = _ID_HEAD_SIZES.get(data[len(_FIND_NODE_START)]) if len(data) > _FIND_NODE_SIZE else None
+    if head_size is None or len(data) != _FIND_NODE_SIZE + head_size:
+        return None
+    start = len(_FIND_NODE_START)
+    head = data[start:start + head_size]
+    request_id = int.from_bytes(head[1:], "big") if head_size > 1 else head[0]
+    message = FindNode(data[-NODE_ID_SIZE:], request_id=request_id)
+    return message if _encode_find_node(message) == data else None
+
+
+def _encode_fast(message: Message) -> bytes | None:
+    cls = type(message)
+    if cls is Nodes:
+        return _encode_nodes(message)  # type: ignore[arg-type]
+    if cls is FindNode:
+        return _encode_find_node(message)  # type: ignore[arg-type]
+    return None
+
+
 def encode(message: Message) -> bytes:
     """The canonical DAG-CBOR bytes of ``message``.
 
@@ -560,12 +601,12 @@ def encode(message: Message) -> bytes:
     The map is built in canonical key order from values the codecs checked
     (exact types within the data model), so cbor2's plain encoding is the
     canonical one and dagcbor's ordering walk is not needed. NODES is put
-    together from its peers' remembered encodings (:func:`_encode_nodes`).
+    together from its peers' remembered encodings (:func:`_encode_nodes`),
+    FIND_NODE from its two fields (:func:`_encode_find_node`).
     """
-    if type(message) is Nodes:
-        data = _encode_nodes(message)  # type: ignore[arg-type]
-        if data is not None:
-            return data  # 20 peers are far below the message limit
+    fast = _encode_fast(message)
+    if fast is not None:
+        return fast  # 20 peers are far below the message limit
     data = dagcbor.encode_unchecked(_wire(message))
     if len(data) > MAX_MESSAGE_SIZE:
         raise LocalProtocolError(f"{message.TYPE} message of {len(data)} bytes exceeds the limit")
@@ -576,10 +617,9 @@ def encode_parts(message: Message) -> list[bytes]:
     """:func:`encode` as pieces to be joined: a message carrying a block
     (``store_blocks``, ``block``) as the bytes around it and the block's own
     bytes, not copied; any other as one piece."""
-    if type(message) is Nodes:
-        data = _encode_nodes(message)  # type: ignore[arg-type]
-        if data is not None:
-            return [data]
+    fast = _encode_fast(message)
+    if fast is not None:
+        return [fast]
     parts = dagcbor.encode_unchecked_parts(_wire(message))
     size = sum(len(part) for part in parts)
     if size > MAX_MESSAGE_SIZE:
@@ -617,9 +657,17 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     walk (every field is checked for its exact type; the message's keys, and
     a peer's, must come in canonical order), and then the parsed map must
     re-encode to exactly ``data``, which proves the bytes canonical.
+    FIND_NODE, the commonest request, is read by position when the bytes
+    are exactly its canonical encoding (:func:`_decode_find_node`).
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if _FIND_NODE_SIZE < len(data) <= _FIND_NODE_SIZE + 5:  # the size of a FIND_NODE
+        small = bytes(data)
+        if small.startswith(_FIND_NODE_START):
+            find_node = _decode_find_node(small)
+            if find_node is not None:
+                return find_node
     if type(data) is not bytes:
         data = memoryview(data)  # a decrypted bytearray: parsed where it is, not copied
     try:
