@@ -345,6 +345,16 @@ def test_decode_agrees_with_the_reference_on_shaped_cbor_in_any_key_order(value:
         b"\xa3\x61t\x64ping\x62id\x01\x62id\x01",
         # a bignum (tag 2) where a request id belongs
         b"\xa2\x61t\x64ping\x62id\xc2\x41\x01",
+        # NODES with a peer's port in a wider head than needed (0x19 0x00 0x05 for 5)
+        b"\xa3\x61t\x65nodes\x62id\x01\x65peers\x81\xa3\x62id\x58\x20" + b"\x01" * 32
+        + b"\x64host\x61h\x64port\x19\x00\x05",
+        # NODES with its peers in an indefinite-length array
+        b"\xa3\x61t\x65nodes\x62id\x01\x65peers\x9f\xa3\x62id\x58\x20" + b"\x01" * 32
+        + b"\x64host\x61h\x64port\x05\xff",
+        # NODES with trailing bytes
+        b"\xa3\x61t\x65nodes\x62id\x01\x65peers\x80\x00",
+        # FIND_NODE with its target's length in a wider head than needed
+        b"\xa3\x61t\x69find_node\x62id\x01\x66target\x59\x00\x20" + b"\x01" * 32,
     ],
 )
 def test_non_canonical_messages_are_malformed(data: bytes) -> None:

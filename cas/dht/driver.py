@@ -523,8 +523,10 @@ class DhtDriver:
         return handler
 
     def _make_quick(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], msg.Response | None]:
+        known = None if contact is None else contact.node_id  # the proven ID of this connection's peer
+
         def quick(peer: PeerIdentity, request: msg.Request) -> msg.Response | None:
-            response = self.answer_now(self._peer_id(peer), request)
+            response = self.answer_now(self._peer_id(peer) if known is None else known, request)
             if response is not None and contact is not None:
                 self.seen(contact)
             return response
@@ -612,8 +614,14 @@ class DhtDriver:
         return msg.Ok()
 
     def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
-        peer = self._conversions.peer
-        return tuple([peer(c) for c in self.table.closest(target, self.k, exclude=requester)])
+        # _Conversions.peer inlined for the remembered contacts (nearly all).
+        remembered = self._conversions._to_peer.get
+        peers = []
+        for contact in self.table.closest(target, self.k, exclude=requester):
+            found = remembered(contact.node_id)
+            peers.append(found[1] if found is not None and found[0] is contact
+                         else self._conversions.peer(contact))
+        return tuple(peers)
 
     # -- lookups --------------------------------------------------------------
 

@@ -700,13 +700,20 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     except ValueError as exc:
         raise MalformedMessageError(f"{kind}: a field {exc}") from None
     try:
+        message = cls(**values)  # checks across fields (__post_init__), where a message has them
+    except ValueError as exc:
+        raise MalformedMessageError(f"{kind}: {exc}") from None
+    if cls is Nodes:
+        # The same proof, from the peers' remembered encodings: with every
+        # field checked, _encode_nodes gives exactly cbor2's encoding of ``wire``.
+        if _encode_nodes(message) != data:  # type: ignore[arg-type]
+            raise MalformedMessageError(f"{kind}: DAG-CBOR is not in canonical form")
+        return message
+    try:
         dagcbor.check_reencodes(wire, data)
     except InvalidBlockError as exc:
         raise MalformedMessageError(f"{kind}: {exc}") from None
-    try:
-        return cls(**values)  # checks across fields (__post_init__), where a message has them
-    except ValueError as exc:
-        raise MalformedMessageError(f"{kind}: {exc}") from None
+    return message
 
 
 def with_request_id(message: Message, request_id: int) -> Message:
