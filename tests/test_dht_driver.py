@@ -249,6 +249,38 @@ def test_a_peer_silent_past_the_hard_timeout_fails_the_query_and_is_counted() ->
     trio.run(main)
 
 
+def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None:
+    class Slow(DhtDriver):
+        def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
+            return None
+
+        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+            await trio.sleep(0.3)
+            answer = DhtDriver.answer_now(self, requester, request)
+            assert answer is not None
+            return answer
+
+    async def main() -> None:
+        async with network() as net:
+            seeker = await net.add()
+            slow = [await net.add(cls=Slow) for _ in range(4)]
+            for node in slow[:3]:
+                seeker.seen(net.contact(node))
+                node.seen(net.contact(slow[3]))  # answers that would open a new query
+            with trio.move_on_after(0.1) as scope:
+                await seeker.find_node(slow[0].own_id)
+            assert scope.cancelled_caught
+            await trio.sleep(0.6)  # the answers arrive now, for a lookup that is over
+            for node in slow[:3]:
+                connection = seeker._connections[node.own_id]
+                assert not connection.channel.closed
+                assert connection.statistics().strikes == 0
+            found = await seeker.find_node(slow[0].own_id)  # and the node carries on
+            assert {c.node_id for c in found.lookup.closest} == {n.own_id for n in slow}
+
+    trio.run(main)
+
+
 def test_bootstrap_with_nobody_answering_raises_one_error() -> None:
     async def main() -> None:
         async with network() as net:

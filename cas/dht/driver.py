@@ -823,10 +823,22 @@ class _LookupRun:
         self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
         self.failures: list[tuple[_Query, BaseException]] = []  # told by connections, for run()
         self.dialling = 0  # dial_and_send tasks running
+        self.over = False  # run() has returned: late news is ignored
         self.wakeup: trio.Event | None = None  # set to wake run() from its wait
         self.timer: trio.CancelScope | None = None  # run()'s wait, its deadline the next one due
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # also when cancelled: nothing more is sent, nobody is told
+            self.over = True
+            for query in self.waiting.values():
+                if query.connection is not None and query.request_id is not None:
+                    query.connection.forget(query.request_id)
+            self.waiting.clear()
+            self.holding.clear()
+
+    async def _run(self) -> None:
         lookup = self.lookup
         await self.send(lookup.start())
         while not lookup.done:
@@ -850,10 +862,6 @@ class _LookupRun:
                     break
                 await self.send(self.fail(query, RequestTimeoutError(
                     f"no answer from {query.peer.host}:{query.peer.port} in time")))
-        for query in self.waiting.values():
-            if query.connection is not None and query.request_id is not None:
-                query.connection.forget(query.request_id)
-        self.waiting.clear()
 
     def next_deadline(self) -> float:
         soft = next(iter(self.holding.values())).soft if self.holding else math.inf
@@ -869,7 +877,7 @@ class _LookupRun:
         driver = self.driver
         todo = list(actions)
         now = trio.current_time()
-        while todo:
+        while todo and not self.over:
             peer = todo.pop(0).peer
             query = _Query(self, peer, now + driver.soft_timeout, now + driver.request_timeout)
             self.waiting[peer.node_id] = self.holding[peer.node_id] = query
@@ -891,7 +899,7 @@ class _LookupRun:
 
     async def send_on(self, connection: Connection, query: _Query) -> None:
         request_id = await connection.send_request(self.request, query)
-        if self.waiting.get(query.peer.node_id) is query:
+        if self.waiting.get(query.peer.node_id) is query and not self.over:
             query.connection, query.request_id = connection, request_id
         else:  # given up (or over) while the send waited
             connection.forget(request_id)
