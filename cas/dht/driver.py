@@ -693,13 +693,16 @@ class DhtDriver:
         elif not (isinstance(error, RequestFailedError) and error.code in NOT_FAILURES):
             self.table.record_failure(peer.node_id)
 
+    def _contacts(self, peers: Sequence[msg.PeerInfo]) -> list[Contact]:
+        # _Conversions.contact inlined for the remembered peers (nearly all).
+        remembered, convert = self._conversions._to_contact.get, self._conversions.contact
+        return [c for p in peers if (c := remembered(p)) is not None or (c := convert(p)) is not None]
+
     def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
         if isinstance(response, msg.Nodes):
-            contacts = [c for c in map(self._conversions.contact, response.peers) if c is not None]
-            return contacts, None
+            return self._contacts(response.peers), None
         if isinstance(response, msg.Record):
-            contacts = [c for c in map(self._conversions.contact, response.peers) if c is not None]
-            return contacts, None if response.record is None else _HeldRecord(response.record)
+            return self._contacts(response.peers), None if response.record is None else _HeldRecord(response.record)
         if isinstance(response, msg.Block) and cid is not None:
             try:
                 return [], verified(cid, response.data)
