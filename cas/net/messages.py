@@ -544,9 +544,10 @@ def _encode_nodes(message: Nodes) -> bytes | None:
     if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID \
             or not isinstance(peers, (tuple, list)) or len(peers) > MAX_PEERS:
         return None
+    remembered = _peer_bytes.get  # _peer_encoded inlined for the remembered peers (nearly all)
     try:
-        items = [_peer_encoded(peer) for peer in peers]
-    except ValueError:
+        items = [remembered(peer) or _peer_encoded(peer) for peer in peers]
+    except (ValueError, TypeError):  # TypeError: a field is unhashable, so invalid
         return None
     return b"".join((_NODES_START, _head(0, request_id), _NODES_PEERS, _head(4, len(items)), *items))
 
