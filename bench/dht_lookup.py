@@ -25,6 +25,11 @@ What it measures, in one run:
 5. **ceilings**: one trio TCP round trip on loopback (64 bytes echoed), and
    one cas PING round trip over an established secure channel.
 
+Each system's line also gives its CPU time per measured lookup: for the
+in-process networks the CPU of the thread all 50 nodes run in, for the
+process networks the user and system time of all 50 processes (from
+/proc), which is where the two pairings differ most.
+
 The four networks run at the same time (kademlia's asyncio loop and cas's
 trio loop each in a thread of this process, the processes beside it), and the
 measured lookups are taken in interleaved rounds, a block from each system
@@ -79,16 +84,33 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def summary(name: str, latencies_ms: list[float], messages: list[int]) -> dict[str, float]:
+def summary(name: str, latencies_ms: list[float], messages: list[int],
+            cpu_seconds: float | None = None) -> dict[str, float]:
     row = {
         "p50": percentile(latencies_ms, 50),
         "p99": percentile(latencies_ms, 99),
         "mean": statistics.fmean(latencies_ms),
         "messages": statistics.fmean(messages) if messages else float("nan"),
+        "cpu_ms": float("nan") if cpu_seconds is None else cpu_seconds * 1000 / len(latencies_ms),
     }
+    cpu = f"   CPU/lookup {row['cpu_ms']:6.2f} ms" if cpu_seconds is not None else ""
     print(f"{name:32} p50 {row['p50']:8.2f} ms   p99 {row['p99']:8.2f} ms   "
-          f"mean {row['mean']:8.2f} ms   messages/lookup {row['messages']:6.1f}", flush=True)
+          f"mean {row['mean']:8.2f} ms   messages/lookup {row['messages']:6.1f}{cpu}", flush=True)
     return row
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used, from /proc
+    (Linux); 0 where it cannot be read."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # -- 1. cas as processes ---------------------------------------------------------------
@@ -166,14 +188,16 @@ class CasProcesses:
             self.close()
             raise
 
-    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+    def lookups(self, count: int) -> tuple[list[float], list[int], float]:
         latencies, messages = [], []
+        pids = [proc.pid for proc in self.procs]
+        cpu = cpu_of(pids)
         for _ in range(count):
             client = self.rng.choice(self.clients)
             result = client.call("dht_find", target=f"{self.rng.getrandbits(256):064x}")
             latencies.append(result["elapsed_us"] / 1000)
             messages.append(result["messages"])
-        return latencies, messages
+        return latencies, messages, cpu_of(pids) - cpu
 
     def close(self) -> None:
         for client in self.clients:
@@ -231,16 +255,17 @@ class CasOneProcess:
             self._ready.put(exc)
             raise
 
-    async def _lookups(self, count: int) -> tuple[list[float], list[int]]:
+    async def _lookups(self, count: int) -> tuple[list[float], list[int], float]:
         latencies, messages = [], []
+        cpu = time.thread_time()  # the trio thread's, where all 50 nodes run
         for _ in range(count):
             driver = self.rng.choice(self.drivers)
             found = await driver.find_node(self.rng.getrandbits(256))
             latencies.append(found.seconds * 1000)
             messages.append(found.lookup.messages)
-        return latencies, messages
+        return latencies, messages, time.thread_time() - cpu
 
-    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+    def lookups(self, count: int) -> tuple[list[float], list[int], float]:
         return trio.from_thread.run(self._lookups, count, trio_token=self._token)
 
     def close(self) -> None:
@@ -308,6 +333,7 @@ class Kademlia:
         from kademlia.node import Node as KNode
 
         latencies, messages = [], []
+        cpu = time.thread_time()  # the asyncio thread's, where all 50 nodes run
         for _ in range(count):
             server = self.rng.choice(self.servers)
             target = KNode(self.rng.getrandbits(160).to_bytes(20, "big"))
@@ -317,9 +343,9 @@ class Kademlia:
             await NodeSpiderCrawl(server.protocol, target, nearest, server.ksize, server.alpha).find()
             latencies.append((time.perf_counter() - started) * 1000)
             messages.append(self.sent - before)
-        return latencies, messages
+        return latencies, messages, time.thread_time() - cpu
 
-    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+    def lookups(self, count: int) -> tuple[list[float], list[int], float]:
         return self._run(self._lookups(count))
 
     def close(self) -> None:
@@ -385,14 +411,16 @@ class KademliaProcesses:
         proc.stdin.flush()
         return _read_line(proc, 60, "a kademlia node").strip()
 
-    def lookups(self, count: int) -> tuple[list[float], list[int]]:
+    def lookups(self, count: int) -> tuple[list[float], list[int], float]:
         latencies, messages = [], []
+        pids = [proc.pid for proc in self.procs]
+        cpu = cpu_of(pids)
         for _ in range(count):
             proc = self.rng.choice(self.procs)
             result = json.loads(self._ask(proc, f"find {self.rng.getrandbits(160):040x}"))
             latencies.append(result["elapsed_us"] / 1000)
             messages.append(result["messages"])
-        return latencies, messages
+        return latencies, messages, cpu_of(pids) - cpu
 
     def close(self) -> None:
         for proc in self.procs:  # end of stdin asks each node to stop by itself...
@@ -415,15 +443,17 @@ def measure(systems: dict[str, object], nodes: int, lookups: int, rounds: int) -
     gc.collect()
     gc.freeze()
     pooled: dict[str, tuple[list[float], list[int]]] = {key: ([], []) for key in systems}
+    cpu: dict[str, float] = dict.fromkeys(systems, 0.0)
     keys = list(systems)
     for index in range(rounds):
         block = lookups // rounds + (1 if index < lookups % rounds else 0)
         for key in keys[index % len(keys):] + keys[:index % len(keys)]:  # rotate who goes first
-            latencies, messages = systems[key].lookups(block)  # type: ignore[attr-defined]
+            latencies, messages, seconds = systems[key].lookups(block)  # type: ignore[attr-defined]
             pooled[key][0].extend(latencies)
             pooled[key][1].extend(messages)
+            cpu[key] += seconds
     gc.unfreeze()
-    return {key: summary(systems[key].name.format(nodes=nodes), *pooled[key])  # type: ignore[attr-defined]
+    return {key: summary(systems[key].name.format(nodes=nodes), *pooled[key], cpu[key])  # type: ignore[attr-defined]
             for key in keys}
 
 
@@ -526,7 +556,8 @@ def main() -> None:
         if kad:
             print(f"   p50 / kademlia p50: {row['p50'] / kad['p50']:5.2f}   "
                   f"p99 / kademlia p99: {row['p99'] / kad['p99']:5.2f}   "
-                  f"messages / kademlia's: {row['messages'] / kad['messages']:5.2f}")
+                  f"messages / kademlia's: {row['messages'] / kad['messages']:5.2f}", end="")
+            print(f"   CPU / kademlia's: {row['cpu_ms'] / kad['cpu_ms']:5.2f}" if key == "cas_one" else "")
         else:
             print()
     # The like-for-like pairing of the daemons: kademlia as processes too.
@@ -534,7 +565,8 @@ def main() -> None:
     if kad_proc and cas_proc:
         print(f"{'cas, processes':18} p50 / kademlia processes p50: {cas_proc['p50'] / kad_proc['p50']:5.2f}   "
               f"p99 / kademlia processes p99: {cas_proc['p99'] / kad_proc['p99']:5.2f}   "
-              f"messages / kademlia's: {cas_proc['messages'] / kad_proc['messages']:5.2f}")
+              f"messages / kademlia's: {cas_proc['messages'] / kad_proc['messages']:5.2f}   "
+              f"CPU / kademlia's: {cas_proc['cpu_ms'] / kad_proc['cpu_ms']:5.2f}")
     if kad_proc and kad:  # what 50 processes cost kademlia itself
         print(f"{'kademlia':18} processes p50 / one process p50: {kad_proc['p50'] / kad['p50']:5.2f}")
     if args.json:
