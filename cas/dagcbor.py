@@ -203,74 +203,101 @@ def check_reencodes(value: Any, data: bytes | memoryview) -> None:
 
 
 _PAYLOAD_MIN = 4096
-"""A byte string this long as a value of a message's top-level map (a
-block) is checked by position instead of being encoded again."""
+"""Byte strings this long in all, as a value of a message's top-level map
+(a block) or as the items of an array there (a batch of blocks), are
+checked by position instead of being encoded again."""
 
 
 def _reencodes_around_payload(value: Any, data: bytes | bytearray | memoryview) -> bool:
-    """:func:`check_reencodes` for a map whose largest value is a long byte
-    string (a STORE_BLOCKS, a block answer), without copying it twice more.
+    """:func:`check_reencodes` for a map carrying blocks (a STORE_BLOCKS, a
+    block answer), without copying them twice more.
 
     Returns False when the shortcut does not apply (the caller re-encodes
     everything); True once ``data`` is proven to be the plain encoding of
     ``value``; raises InvalidBlockError when it is proven not to be.
 
-    Why it is exact: the plain encoding of the map is ``prefix`` (its head
-    and the entries before the payload, then the payload's key and its own
-    head), the payload, and ``suffix`` (the entries after it). If ``data``
-    starts with that prefix, a decoder reading ``data`` (as cbor2 did to
-    produce ``value``) took the payload from exactly the next
-    ``len(payload)`` bytes, so those need no comparison; then ``data`` must
-    end with ``suffix`` and have exactly the total length.
+    Why it is exact: the plain encoding of the map is the bytes before the
+    payload (the map's head, the entries before it, its key and, for an
+    array, the array's head), then each payload byte string after its own
+    head, then the bytes after the payload (the entries after it).
+    :func:`_split_around_payload` gives these pieces. Every piece but the
+    byte strings' contents is compared with ``data`` at the offset the
+    plain encoding puts it. A decoder reading ``data`` (as cbor2 did to
+    produce ``value``) is then at that very offset before each piece, so it
+    took each byte string from exactly where the plain encoding has it, and
+    those bytes need no comparison; with the total length equal too,
+    ``data`` is the plain encoding.
     """
-    split = _split_around_payload(value)
-    if split is None:
+    parts = _split_around_payload(value)
+    if parts is None:
         return False
-    prefix, payload, suffix = split
-    start = len(prefix)
-    if (len(data) != start + len(payload) + len(suffix)
-            or data[:start] != prefix or data[len(data) - len(suffix):] != suffix):
+    at = 0
+    for i, part in enumerate(parts):
+        if i % 2 == 0 and data[at:at + len(part)] != part:  # structure (payloads sit at odd places)
+            raise InvalidBlockError("DAG-CBOR is not in canonical form")
+        at += len(part)
+    if at != len(data):
         raise InvalidBlockError("DAG-CBOR is not in canonical form")
     return True
 
 
-def _split_around_payload(value: Any) -> tuple[bytes, bytes, bytes] | None:
-    """The plain encoding of ``value`` as (prefix, payload, suffix) when it
-    is a map whose largest value is a byte string of at least
-    ``_PAYLOAD_MIN`` bytes (the payload, not copied); None otherwise."""
+def _head(major: int, length: int) -> bytes:
+    """A CBOR head of major type ``major`` for ``length`` (shortest form)."""
+    kind = major << 5
+    if length < 24:
+        return bytes([kind | length])
+    if length < 1 << 8:
+        return bytes([kind | 24, length])
+    if length < 1 << 16:
+        return bytes([kind | 25]) + length.to_bytes(2, "big")
+    if length < 1 << 32:
+        return bytes([kind | 26]) + length.to_bytes(4, "big")
+    return bytes([kind | 27]) + length.to_bytes(8, "big")
+
+
+def _split_around_payload(value: Any) -> list[bytes] | None:
+    """The plain encoding of ``value`` in pieces, when it is a map with a
+    value that is a byte string, or an array of byte strings, of at least
+    ``_PAYLOAD_MIN`` bytes in all (the largest such is the payload):
+    structure, payload, structure, payload, ..., structure — the payload
+    byte strings themselves at the odd places, not copied. None otherwise."""
     if type(value) is not dict or len(value) >= 24:  # a one-byte map head only
         return None
     items = list(value.items())
-    at = -1
+    at, best = -1, _PAYLOAD_MIN - 1
     for i, (_, item) in enumerate(items):
-        if type(item) is bytes and len(item) >= _PAYLOAD_MIN and (at < 0 or len(item) > len(items[at][1])):
-            at = i
+        if type(item) is bytes:
+            size = len(item)
+        elif type(item) is list and item and all(type(x) is bytes for x in item):
+            size = sum(len(x) for x in item)
+        else:
+            continue
+        if size > best:
+            at, best = i, size
     if at < 0:
         return None
     key, payload = items[at]
-    length = len(payload)  # its head: major type 2 and the shortest length form (≥ 4096)
-    if length < 1 << 16:
-        payload_head = b"\x59" + length.to_bytes(2, "big")
-    elif length < 1 << 32:
-        payload_head = b"\x5a" + length.to_bytes(4, "big")
-    else:
-        return None
-    head = bytes([0xA0 | len(items)])
-    prefix = head + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key) + payload_head
-    suffix = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
-    return prefix, payload, suffix
+    before = bytes([0xA0 | len(items)]) + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key)
+    after = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
+    if type(payload) is bytes:
+        return [before + _head(2, len(payload)), payload, after]
+    parts = [before + _head(4, len(payload)) + _head(2, len(payload[0])), payload[0]]
+    for item in payload[1:]:
+        parts += [_head(2, len(item)), item]
+    parts.append(after)
+    return parts
 
 
 def encode_unchecked_parts(value: Any) -> list[bytes]:
     """:func:`encode_unchecked` as pieces whose concatenation is the
-    encoding: a map carrying a block comes back as the bytes before it, the
-    block itself (not copied) and the bytes after it, for a sender that
+    encoding: a map carrying blocks comes back as the bytes around and
+    between them and the blocks themselves (not copied), for a sender that
     encrypts the pieces straight into its frame. Same caller's guarantees
     as :func:`encode_unchecked`."""
-    split = _split_around_payload(value)
-    if split is None:
+    parts = _split_around_payload(value)
+    if parts is None:
         return [encode_unchecked(value)]
-    return list(split)
+    return parts
 
 
 def encode_unchecked(value: Any) -> bytes:

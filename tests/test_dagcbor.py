@@ -330,7 +330,10 @@ def _full_reencode_accepts(value: object, data: bytes) -> bool:
 _PAYLOAD_MAPS = st.lists(
     st.tuples(st.text(min_size=1, max_size=6),
               st.one_of(st.integers(0, 2**40), st.text(max_size=8), st.binary(max_size=8),
-                        st.binary(min_size=dagcbor._PAYLOAD_MIN, max_size=dagcbor._PAYLOAD_MIN + 300))),
+                        st.binary(min_size=dagcbor._PAYLOAD_MIN, max_size=dagcbor._PAYLOAD_MIN + 300),
+                        # a batch of blocks: byte strings of any size, up to 30 of them
+                        st.lists(st.one_of(st.binary(max_size=30), st.binary(min_size=250, max_size=1200)),
+                                 min_size=1, max_size=30))),
     min_size=1, max_size=6, unique_by=lambda kv: kv[0],
 )
 
@@ -377,5 +380,8 @@ def test_encoding_around_a_payload_joins_to_the_plain_encoding(entries) -> None:
     parts = dagcbor.encode_unchecked_parts(value)
     assert b"".join(parts) == dagcbor.encode_unchecked(value)
     big = [v for v in value.values() if type(v) is bytes and len(v) >= dagcbor._PAYLOAD_MIN]
-    if big:  # the payload itself is handed back, not a copy of it
+    if big and len(parts) == 3:  # the payload itself is handed back, not a copy of it
         assert any(part is max(big, key=len) for part in parts)
+    if len(parts) > 3:  # a batch: its byte strings themselves, at the odd places
+        batch = next(v for v in value.values() if type(v) is list and all(p is b for p, b in zip(parts[1::2], v)))
+        assert len(batch) == len(parts) // 2

@@ -40,10 +40,11 @@ EXAMPLES = [
     m.Nodes((), request_id=8),
     m.FindBlock(CID_A, request_id=2**32 - 1),
     m.Block(os.urandom(1000), request_id=3),
-    m.StoreBlocks((CID_B,), (MAX_BLOCK_SIZE,), b"\x00" * MAX_BLOCK_SIZE, request_id=4),
+    m.StoreBlocks((CID_B,), (b"\x00" * MAX_BLOCK_SIZE,), request_id=4),
+    m.StoreBlocks((CID_A, CID_B), (b"x", b""), request_id=4),  # tiny blocks: no payload shortcut
     # as many blocks as one message may carry, as many bytes as fit
-    m.StoreBlocks((CID_A,) * m.MAX_STORE_BLOCKS, (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS,) * m.MAX_STORE_BLOCKS,
-                  b"\x01" * (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS * m.MAX_STORE_BLOCKS), request_id=4),
+    m.StoreBlocks((CID_A,) * m.MAX_STORE_BLOCKS,
+                  (b"\x01" * (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS),) * m.MAX_STORE_BLOCKS, request_id=4),
     m.Stored(("ok", "full"), "storage for other nodes' blocks is full", request_id=4),
     m.Ok(request_id=4),
     m.Have((CID_A, CID_B) * (MAX_HAVE_CIDS // 2), request_id=5),
@@ -384,8 +385,11 @@ def test_docs_network_md_states_the_wire_example_and_limits_the_code_uses() -> N
 def test_encoding_in_parts_joins_to_the_one_encoding(message: m.Message) -> None:
     parts = m.encode_parts(message)
     assert b"".join(parts) == encode(message)
-    if isinstance(message, (m.StoreBlocks, m.Block)) and len(message.data) >= 4096:
-        assert len(parts) == 3 and any(part is message.data for part in parts)
+    if isinstance(message, m.Block) and len(message.data) >= 4096:
+        assert len(parts) == 3 and parts[1] is message.data  # the block itself, not a copy
+    if isinstance(message, m.StoreBlocks) and sum(map(len, message.data)) >= 4096:
+        assert parts[1::2] == list(message.data)
+        assert all(part is block for part, block in zip(parts[1::2], message.data))
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)

@@ -236,11 +236,13 @@ def test_store_blocks_messages_round_trip_and_check_their_sizes() -> None:
     assert decoded == message
     assert isinstance(decoded, msg.StoreBlocks)
     assert decoded.blocks() == [(b.cid, b.data) for b in blocks]
-    with pytest.raises(ValueError, match="add up"):
-        msg.StoreBlocks((blocks[0].cid,), (3,), b"wire")
-    # Sizes that do not add up to the data are refused on the way in too.
-    wire = msg.encode(msg.StoreBlocks((blocks[0].cid,), (4,), b"wire"))
-    bad = wire.replace(b"\x81\x04", b"\x81\x03")
+    with pytest.raises(ValueError, match="one block per CID"):
+        msg.StoreBlocks((blocks[0].cid,), ())
+    with pytest.raises(ValueError, match="at most"):
+        msg.StoreBlocks((blocks[0].cid,) * 3, (b"x" * msg.MAX_BLOCK_SIZE,) * 3)
+    # A message whose CIDs and blocks differ in number is refused on the way in too.
+    wire = msg.encode(msg.StoreBlocks((blocks[0].cid, blocks[1].cid), (b"ab", b"cd")))
+    bad = wire.replace(b"\x82\x42ab\x42cd", b"\x81\x44abcd")
     assert bad != wire
-    with pytest.raises(msg.MalformedMessageError, match="add up"):
+    with pytest.raises(msg.MalformedMessageError, match="one block per CID"):
         msg.decode(bad)

@@ -59,8 +59,8 @@ MAX_BLOCK_SIZE = 1024 * 1024
 MAX_PEERS = 20
 # HAVE batches presence checks for repair; 1024 CIDs is ~40 KiB on the wire.
 MAX_HAVE_CIDS = 1024
-# STORE_BLOCKS carries up to 64 blocks whose bytes, concatenated, fit one
-# message with room for the envelope (64 CIDs and sizes are under 3 KiB).
+# STORE_BLOCKS carries up to 64 blocks whose bytes fit one message with
+# room for the envelope (64 CIDs and heads are under 3 KiB).
 MAX_STORE_BLOCKS = 64
 MAX_STORE_BYTES = MAX_MESSAGE_SIZE - 4096
 # A namespace record is a key, a sequence number, a CID and a signature
@@ -333,46 +333,37 @@ class Block(Response):
 
 @dataclass(frozen=True)
 class StoreBlocks(Request):
-    """Keep these blocks (DESIGN.md's STORE_BLOCK, batched): ``data`` is
-    their bytes concatenated, ``sizes`` says where each ends. One large
-    byte string rather than an array of them, so that the message is proven
-    canonical by position (:func:`cas.dagcbor.check_reencodes`) and sealed
-    in one piece. The receiver verifies each block against its CID."""
+    """Keep these blocks (DESIGN.md's STORE_BLOCK, batched): ``data[i]`` is
+    the block named ``cids[i]``. The receiver verifies each block against
+    its CID. Sent and received without copying a block's bytes: they are
+    sealed from where they lie and the message is proven canonical by
+    position (:func:`cas.dagcbor.check_reencodes`)."""
 
     TYPE = "store_blocks"
     FIELDS = (
         ("cids", "cids", _array(_cid(), MAX_STORE_BLOCKS)),
-        ("sizes", "sizes", _array(_uint(MAX_BLOCK_SIZE), MAX_STORE_BLOCKS)),
-        ("data", "data", _bytes(MAX_STORE_BYTES)),
+        ("data", "blocks", _array(_bytes(MAX_BLOCK_SIZE), MAX_STORE_BLOCKS)),
     )
     cids: tuple[CID, ...]
-    sizes: tuple[int, ...]
-    data: bytes
+    data: tuple[bytes, ...]
     request_id: int = 0
 
     def __post_init__(self) -> None:
         if not self.cids:
             raise ValueError("must carry at least one block")
-        if len(self.sizes) != len(self.cids):
-            raise ValueError("needs one size per CID")
-        if sum(self.sizes) != len(self.data):
-            raise ValueError("sizes must add up to the data's length")
+        if len(self.data) != len(self.cids):
+            raise ValueError("needs one block per CID")
+        if sum(len(block) for block in self.data) > MAX_STORE_BYTES:
+            raise ValueError(f"blocks must add up to at most {MAX_STORE_BYTES} bytes")
 
     @classmethod
     def of(cls, blocks: Sequence[tuple[CID, bytes]]) -> StoreBlocks:
         """The message for ``(cid, data)`` pairs."""
-        return cls(tuple(cid for cid, _ in blocks), tuple(len(data) for _, data in blocks),
-                   b"".join(data for _, data in blocks))
+        return cls(tuple(cid for cid, _ in blocks), tuple(data for _, data in blocks))
 
     def blocks(self) -> list[tuple[CID, bytes]]:
         """The ``(cid, data)`` pairs, in order (the data not yet verified)."""
-        out = []
-        at = 0
-        view = memoryview(self.data)
-        for cid, size in zip(self.cids, self.sizes):
-            out.append((cid, bytes(view[at:at + size])))
-            at += size
-        return out
+        return list(zip(self.cids, self.data))
 
 
 @dataclass(frozen=True)
