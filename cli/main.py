@@ -9,6 +9,7 @@ that catches :class:`cas.CasError` broadly.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -123,5 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(status or 0)
 
 
+def run() -> None:
+    """The ``cas`` console script: :func:`main`, then out without tearing
+    the interpreter down when nothing else is running.
+
+    Freeing every module and object at exit costs a short command ~7 ms, a
+    tenth of its start (a warm ``cas cat`` of a 1-byte file: 61-62 against
+    69-70 ms). By the time main returns it has closed the repository and
+    every file it opened, so only the standard streams need flushing. A
+    command that leaves another thread alive (a server, trio's worker
+    threads) exits the usual way, which waits for them."""
+    status = main()
+    threading = sys.modules.get("threading")
+    if threading is None or threading.active_count() == 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
