@@ -3,9 +3,8 @@
 Placement asks for one block on one peer at a time (a :class:`Placement`
 per block), but an add places hundreds of blocks a second on the same few
 peers. Sent one per message, every block pays a message's whole cost at
-both ends: a seal and an open in a worker thread, a trip through each
-event loop, a request, and on the receiver a group commit of one block (an
-fsync). :class:`StoreBatcher` queues the blocks bound for each peer and
+both ends: a seal and an open, a trip through each event loop, a request,
+and on the receiver a group commit of one block (an fsync). :class:`StoreBatcher` queues the blocks bound for each peer and
 sends whatever has queued as one STORE_BLOCKS when the peer has no message
 outstanding, and a second one only once a full message has queued: a lone
 block goes at once, and under load each message carries what arrived during
@@ -138,5 +137,5 @@ class StoreBatcher:
         self._forget_if_idle(queue)
 
     def _forget_if_idle(self, queue: _PeerQueue) -> None:
-        if not queue.waiting and not queue.in_flight:
-            self._queues.pop(queue.contact.node_id, None)
+        if not queue.waiting and not queue.in_flight and self._queues.get(queue.contact.node_id) is queue:
+            del self._queues[queue.contact.node_id]
