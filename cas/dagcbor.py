@@ -241,18 +241,20 @@ def _reencodes_around_payload(value: Any, data: bytes | bytearray | memoryview) 
     return True
 
 
-def _head(major: int, length: int) -> bytes:
-    """A CBOR head of major type ``major`` for ``length`` (shortest form)."""
+def encode_head(major: int, value: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` for ``value`` (a uint):
+    the only one DAG-CBOR allows, and the one cbor2 writes. For encoders
+    that write the structure around a payload themselves."""
     kind = major << 5
-    if length < 24:
-        return bytes([kind | length])
-    if length < 1 << 8:
-        return bytes([kind | 24, length])
-    if length < 1 << 16:
-        return bytes([kind | 25]) + length.to_bytes(2, "big")
-    if length < 1 << 32:
-        return bytes([kind | 26]) + length.to_bytes(4, "big")
-    return bytes([kind | 27]) + length.to_bytes(8, "big")
+    if value < 24:
+        return bytes((kind | value,))
+    if value < 1 << 8:
+        return bytes((kind | 24, value))
+    if value < 1 << 16:
+        return bytes((kind | 25,)) + value.to_bytes(2, "big")
+    if value < 1 << 32:
+        return bytes((kind | 26,)) + value.to_bytes(4, "big")
+    return bytes((kind | 27,)) + value.to_bytes(8, "big")
 
 
 def _split_around_payload(value: Any) -> list[bytes] | None:
@@ -280,10 +282,10 @@ def _split_around_payload(value: Any) -> list[bytes] | None:
     before = bytes([0xA0 | len(items)]) + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key)
     after = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
     if type(payload) is bytes:
-        return [before + _head(2, len(payload)), payload, after]
-    parts = [before + _head(4, len(payload)) + _head(2, len(payload[0])), payload[0]]
+        return [before + encode_head(2, len(payload)), payload, after]
+    parts = [before + encode_head(4, len(payload)) + encode_head(2, len(payload[0])), payload[0]]
     for item in payload[1:]:
-        parts += [_head(2, len(item)), item]
+        parts += [encode_head(2, len(item)), item]
     parts.append(after)
     return parts
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .. import dagcbor
+from ..dagcbor import encode_head
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError
 
@@ -492,18 +493,6 @@ for _cls in MESSAGE_TYPES.values():
 del _cls, _fields
 
 
-def _head(major: int, value: int) -> bytes:
-    """The shortest CBOR head of major type ``major`` for ``value`` (a uint
-    below 2**32): the only one DAG-CBOR allows, and the one cbor2 writes."""
-    if value < 24:
-        return bytes((major << 5 | value,))
-    if value < 0x100:
-        return bytes((major << 5 | 24, value))
-    if value < 0x10000:
-        return bytes((major << 5 | 25,)) + value.to_bytes(2, "big")
-    return bytes((major << 5 | 26,)) + value.to_bytes(4, "big")
-
-
 _peer_bytes: dict[PeerInfo, bytes] = {}
 """Encoded wire maps of checked peers (bounded like ``_peer_wire``)."""
 
@@ -540,12 +529,12 @@ def _encode_nodes(message: Nodes) -> bytes | None:
         items = [remembered(peer) or _peer_encoded(peer) for peer in peers]
     except (ValueError, TypeError):  # TypeError: a field is unhashable, so invalid
         return None
-    return b"".join((_NODES_START, _head(0, request_id), _NODES_PEERS, _head(4, len(items)), *items))
+    return b"".join((_NODES_START, encode_head(0, request_id), _NODES_PEERS, encode_head(4, len(items)), *items))
 
 
 # FIND_NODE, {"t": "find_node", "id": id, "target": bytes(32)}, likewise.
 _FIND_NODE_START = b"\xa3" + b"".join(map(dagcbor.encode_unchecked, ("t", "find_node", "id")))
-_FIND_NODE_TARGET = dagcbor.encode_unchecked("target") + _head(2, NODE_ID_SIZE)
+_FIND_NODE_TARGET = dagcbor.encode_unchecked("target") + encode_head(2, NODE_ID_SIZE)
 _FIND_NODE_SIZE = len(_FIND_NODE_START) + len(_FIND_NODE_TARGET) + NODE_ID_SIZE  # plus the id's head
 
 
@@ -554,7 +543,7 @@ def _encode_find_node(message: FindNode) -> bytes | None:
     if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID \
             or type(target) is not bytes or len(target) != NODE_ID_SIZE:
         return None
-    return b"".join((_FIND_NODE_START, _head(0, request_id), _FIND_NODE_TARGET, target))
+    return b"".join((_FIND_NODE_START, encode_head(0, request_id), _FIND_NODE_TARGET, target))
 
 
 _ID_HEAD_SIZES = {**{b: 1 for b in range(24)}, 24: 2, 25: 3, 26: 5}
