@@ -51,14 +51,17 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import dagcbor
 from .blocks import MAX_BLOCK_SIZE, Block
 from .cid import CID
-from .errors import CasError, InvalidBlockError, RepositoryError
+from .errors import CasError, InvalidBlockError, InvalidInputError, RepositoryError
 from .store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
 from .store._local import NAMESPACE_KEY_FILE, Problem
+
+if TYPE_CHECKING:
+    from .files import AddResult
 
 SOCKET_NAME = "control.sock"
 
@@ -71,6 +74,10 @@ MAX_ITERATE_BATCH = 1024
 
 MAX_PROBLEMS = 1000
 """Problems returned by ``verify`` over the socket; the count says if more."""
+
+MAX_FDS = 1
+"""Descriptors a request may carry (``add_file`` passes one); more are
+closed by the kernel on arrival."""
 
 CONNECT_TIMEOUT = 2.0
 """Seconds to wait for a daemon to accept and answer the probe."""
@@ -85,6 +92,10 @@ class NodeError(CasError):
 
 class ControlProtocolError(CasError):
     """The other end of the control socket broke the protocol or went away."""
+
+
+class UnknownOpError(ControlProtocolError):
+    """The daemon has no such operation (an older daemon than the client)."""
 
 
 class DaemonNotRunningError(CasError):
@@ -152,10 +163,19 @@ def error_from_value(value: Any) -> CasError:
 @dataclass
 class ClientState:
     """Per-connection state for handlers: ``values`` to keep things in, and
-    ``on_close`` callbacks run (shielded, in order) when the client goes."""
+    ``on_close`` callbacks run (shielded, in order) when the client goes.
+    ``fds`` are the descriptors passed with the request being handled; a
+    handler takes the one it needs, and the server closes any left."""
 
     values: dict[str, Any] = field(default_factory=dict)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+
+    def take_fd(self) -> int:
+        """The descriptor passed with this request, now the handler's to close."""
+        if len(self.fds) != 1:
+            raise InvalidInputError("this operation needs exactly one file descriptor passed with it")
+        return self.fds.pop()
 
 
 Handler = Callable[[dict[str, Any], ClientState], Awaitable[Any]]
@@ -264,18 +284,35 @@ async def _serve_client(stream: Any, ops: OpTable,
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_requests, stream, send_request)
                 try:
-                    async for request in receive_request:
+                    async for request, fds in receive_request:
                         if isinstance(request, _FatalRequest):  # the stream cannot go on
+                            _close_all(fds)
                             await send({"error": error_value(request.error)})
                             break
-                        await _handle(request, ops, client, send, on_internal_error)
+                        client.fds = fds
+                        try:
+                            await _handle(request, ops, client, send, on_internal_error)
+                        finally:
+                            _close_all(client.fds)  # passed but not taken
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
                 nursery.cancel_scope.cancel()
         finally:
+            _close_all(client.fds)
+            while True:  # requests read ahead but never handled
+                try:
+                    _, fds = receive_request.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                _close_all(fds)
             with trio.CancelScope(shield=True):
                 for cleanup in client.on_close:
                     await cleanup()
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 @dataclass(frozen=True)
@@ -288,19 +325,24 @@ class _FatalRequest:
 async def _read_requests(stream: Any, requests: Any) -> None:
     """Read frames from ``stream`` (a :class:`trio.SocketStream`) and pass
     each on decoded (or the :class:`ControlProtocolError` that says why it
-    is not a request); stop at the end of the stream, a bad header, or when
-    the server is done."""
+    is not a request), with the descriptors passed with it; stop at the end
+    of the stream, a bad header, or when the server is done."""
     import trio
 
     sock = stream.socket
+    fds: list[int] = []  # passed with the frame being read
+    ancillary_size = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 
     async def read_into(buffer: bytearray) -> bool:
         # Straight into the frame's own buffer: a 2 MiB put_many is copied
-        # once by the kernel, not again to be joined and cut.
+        # once by the kernel, not again to be joined and cut. A read never
+        # goes past this frame, so descriptors arrive with the frame the
+        # client sent them with (on its first byte).
         view = memoryview(buffer)
         got = 0
         while got < len(buffer):
-            n = await sock.recv_into(view[got:])
+            n, ancillary, _, _ = await sock.recvmsg_into([view[got:]], ancillary_size)
+            fds.extend(_passed_fds(ancillary))
             if not n:
                 return False
             got += n
@@ -313,7 +355,7 @@ async def _read_requests(stream: Any, requests: Any) -> None:
                 try:
                     length = check_length(bytes(header))
                 except ControlProtocolError as exc:
-                    await requests.send(_FatalRequest(exc))
+                    await requests.send((_FatalRequest(exc), _take(fds)))
                     return
                 body = bytearray(length)
                 if not await read_into(body):
@@ -322,9 +364,34 @@ async def _read_requests(stream: Any, requests: Any) -> None:
                     request = decode_body(memoryview(body))  # cbor2 would copy a bytearray
                 except ControlProtocolError as exc:
                     request = exc
-                await requests.send(request)
+                frame_fds = _take(fds)
+                try:
+                    await requests.send((request, frame_fds))
+                except BaseException:
+                    _close_all(frame_fds)
+                    raise
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return  # the client went away, or the server stopped listening to it
+        finally:
+            _close_all(fds)
+
+
+_FD_SIZE = struct.calcsize("i")
+
+
+def _passed_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    found: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            whole = len(data) - len(data) % _FD_SIZE
+            found.extend(struct.unpack(f"{whole // _FD_SIZE}i", data[:whole]))
+    return found
+
+
+def _take(fds: list[int]) -> list[int]:
+    taken = fds[:]
+    fds.clear()
+    return taken
 
 
 async def _handle(request: Any, ops: OpTable, client: ClientState, send: Callable[[Any], Awaitable[None]],
@@ -366,7 +433,7 @@ def _parse_request(request: Any, ops: OpTable) -> tuple[Op, dict[str, Any]]:
         raise ControlProtocolError('a control request is {"op": text, "args": map}')
     op = ops.get(name)
     if op is None:
-        raise ControlProtocolError(f"the daemon has no operation {name[:64]!r}")
+        raise UnknownOpError(f"the daemon has no operation {name[:64]!r}")
     return op, args
 
 
@@ -454,10 +521,18 @@ class ControlClient:
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
         """Items of a streaming op. Holds the connection until exhausted; a
         generator dropped early closes the connection (the daemon notices)."""
+        return self._stream(op, args, None)
+
+    def stream_with_fd(self, op: str, fd: int, **args: Any) -> Iterator[Any]:
+        """As :meth:`stream`, passing the open descriptor ``fd`` with the
+        request (SCM_RIGHTS): the daemon gets its own copy of it."""
+        return self._stream(op, args, fd)
+
+    def _stream(self, op: str, args: dict[str, Any], fd: int | None) -> Iterator[Any]:
         self._before_request()
         with self._lock:
             self._drain(0)
-            self._send(op, args)
+            self._send(op, args, fd)
             finished = False
             try:
                 while True:
@@ -472,9 +547,12 @@ class ControlClient:
                 if not finished:
                     self._sock.close()
 
-    def _send(self, op: str, args: dict[str, Any]) -> None:
+    def _send(self, op: str, args: dict[str, Any], fd: int | None = None) -> None:
         frame = encode_frame({"op": op, "args": args})
         try:
+            if fd is not None:  # the descriptor rides on the frame's first byte
+                sent = socket.send_fds(self._sock, [frame[:1]], [fd])
+                frame = frame[sent:]
             self._sock.sendall(frame)
         except OSError as exc:
             raise ControlProtocolError(f"lost the daemon on {self.path}: {exc.strerror or exc}") from None
@@ -596,6 +674,30 @@ class RemoteBlockStore:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
             self._client.send_ahead("put_many", BATCHES_AHEAD, blocks=batch)
 
+    def add_file(self, fd: int, offset: int, progress: Callable[[int], object] | None) -> AddResult | None:
+        """Have the daemon add the regular file open at ``fd``, from
+        ``offset`` to its end (see :class:`cas.files.AddsFiles`): it reads
+        the file itself, so the bytes never cross the socket. None from a
+        daemon without the op (the caller then streams the blocks)."""
+        from .files import AddResult
+
+        result = None
+        try:
+            for item in self._client.stream_with_fd("add_file", fd, offset=offset):
+                if isinstance(item, dict) and set(item) == {"read"} and type(item["read"]) is int:
+                    if progress is not None:
+                        progress(item["read"])
+                elif isinstance(item, dict) and isinstance(item.get("cid"), CID):
+                    result = AddResult(item["cid"], item["size"], item["blocks"], item["new_blocks"],
+                                       item["new_bytes"])
+                else:
+                    raise ControlProtocolError("the daemon sent a malformed add_file answer")
+        except UnknownOpError:
+            return None  # an older daemon
+        if result is None:
+            raise ControlProtocolError("the daemon ended add_file without a result")
+        return result
+
     def delete(self, cid: CID) -> bool:
         return bool(self._client.call("delete", cid=cid))
 
@@ -680,6 +782,6 @@ class RemoteStore:
 
 __all__ = [
     "MAX_BLOCK_SIZE", "MAX_FRAME", "SOCKET_NAME", "ControlClient", "ControlProtocolError",
-    "ClientState", "DaemonNotRunningError", "NodeError", "Op", "OpTable", "RemoteBlockStore", "RemoteStore",
+    "ClientState", "DaemonNotRunningError", "NodeError", "Op", "OpTable", "RemoteBlockStore", "RemoteStore", "UnknownOpError",
     "bind_socket", "connect", "error_from_value", "error_value", "serve_control", "socket_path",
 ]

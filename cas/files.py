@@ -47,12 +47,14 @@ directories: a dag-cbor CID handed to the reader is refused with
 from __future__ import annotations
 
 import io
+import os
+import stat
 import threading
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
 from .blocks import MAX_BLOCK_SIZE, AsyncBlockStore, Block, BlockStore
 from .chunker import Readable, chunk_bytes, chunk_stream
@@ -193,18 +195,52 @@ class AddResult:
     new_bytes: int  # their total size
 
 
-class _Tally:
-    def __init__(self) -> None:
-        self.blocks = 0
-        self.new_blocks = 0
-        self.new_bytes = 0
+class BlockSink(Protocol):
+    """All an add needs of a store: ``put``, True if the block was new."""
 
-    def store(self, store: BlockStore, blocks: Iterable[Block]) -> None:
+    def put(self, block: Block, /) -> bool: ...
+
+
+class FileAdd:
+    """One file's add, done in steps over a :class:`BlockStore`: each
+    :meth:`step` consumes chunks until it has read ``max_bytes`` of content
+    and stores the blocks they complete; the step that reaches the end
+    stores the interior nodes too and sets :attr:`result`. A daemon runs
+    one step at a time in its store thread and places the step's blocks on
+    peers in between, so the add and the placement go on side by side."""
+
+    def __init__(self, store: BlockSink, chunks: Iterable[bytes], *, fanout: int = MAX_FANOUT) -> None:
+        self._store = store
+        self._chunks = iter(chunks)
+        self._builder = FileBuilder(fanout=fanout)
+        self._blocks = 0
+        self._new_blocks = 0
+        self._new_bytes = 0
+        self.result: AddResult | None = None
+
+    def step(self, max_bytes: int) -> tuple[list[Block], int]:
+        """Store the next blocks; return them and the content bytes read."""
+        if self.result is not None:
+            raise RuntimeError("FileAdd.step after the end")
+        stored: list[Block] = []
+        read = 0
+        for chunk in self._chunks:
+            self._store_all(self._builder.push(chunk), stored)
+            read += len(chunk)
+            if read >= max_bytes:
+                return stored, read
+        blocks, root, size = self._builder.finish()
+        self._store_all(blocks, stored)
+        self.result = AddResult(root, size, self._blocks, self._new_blocks, self._new_bytes)
+        return stored, read
+
+    def _store_all(self, blocks: list[Block], stored: list[Block]) -> None:
         for block in blocks:
-            self.blocks += 1
-            if store.put(block):
-                self.new_blocks += 1
-                self.new_bytes += len(block.data)
+            self._blocks += 1
+            if self._store.put(block):
+                self._new_blocks += 1
+                self._new_bytes += len(block.data)
+        stored.extend(blocks)
 
 
 def _add_chunks(
@@ -213,15 +249,22 @@ def _add_chunks(
     progress: Callable[[int], object] | None,
     fanout: int,
 ) -> AddResult:
-    builder = FileBuilder(fanout=fanout)
-    tally = _Tally()
-    for chunk in chunks:
-        tally.store(store, builder.push(chunk))
-        if progress is not None:
-            progress(len(chunk))
-    blocks, root, size = builder.finish()
-    tally.store(store, blocks)
-    return AddResult(root, size, tally.blocks, tally.new_blocks, tally.new_bytes)
+    add = FileAdd(store, chunks, fanout=fanout)
+    while add.result is None:
+        _, read = add.step(1)  # one chunk a step: progress as fine as the chunks
+        if progress is not None and read:
+            progress(read)
+    return add.result
+
+
+class AddsFiles(Protocol):
+    """A store that adds a whole regular file itself, given its descriptor:
+    a daemon's client (:class:`cas.control.RemoteBlockStore`) passes the
+    descriptor over the control socket, so the file's bytes never cross it."""
+
+    def add_file(self, fd: int, offset: int, progress: Callable[[int], object] | None) -> AddResult | None:
+        """Add the file from ``offset`` to its end without moving the
+        descriptor's position; None if this store cannot after all."""
 
 
 def add_stream(
@@ -235,8 +278,30 @@ def add_stream(
 
     ``progress``, if given, is called with the number of bytes consumed
     since its last call. ``fanout`` is for tests only (see FileBuilder).
+    A regular file added to a store that :class:`AddsFiles` is handed over
+    whole (the same CID either way), and ``stream`` is left at its end.
     """
+    if fanout == MAX_FANOUT and hasattr(store, "add_file"):
+        place = _regular_file_position(stream)
+        if place is not None:
+            fd, offset = place
+            result = cast(AddsFiles, store).add_file(fd, offset, progress)
+            if result is not None:
+                cast(BinaryIO, stream).seek(offset + result.size)
+                return result
     return _add_chunks(store, chunk_stream(stream), progress, fanout)
+
+
+def _regular_file_position(stream: object) -> tuple[int, int] | None:
+    """(descriptor, logical position) of a stream reading a regular file;
+    None for anything else (a pipe, a socket, bytes in memory)."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fd, stream.tell()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return None
 
 
 def add_bytes(store: BlockStore, data: bytes, *, fanout: int = MAX_FANOUT) -> AddResult:

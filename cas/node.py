@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat as stat_module
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
 from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
+from .chunker import chunk_stream
 from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
+from .files import FileAdd
 from .group_commit import GroupCommitter
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
@@ -75,6 +78,9 @@ lookup, all in flight at once, so a sequential read does not pay one
 lookup per block in turn."""
 MAX_READ_AHEAD_INDEX = 65536
 """Child → (siblings, position) entries remembered for read-ahead."""
+ADD_STEP_BYTES = 2 * 1024 * 1024
+"""File content ``add_file`` reads and stores per trip to the store thread;
+the step's blocks are queued for placement before the next one."""
 
 
 @dataclass
@@ -457,6 +463,37 @@ def parse_target(text: str) -> tuple[int, CID | None]:
     return key_for_digest(cid.digest), cid
 
 
+class _OwnBlocks:
+    """A write session whose blocks are the node's own (a local client's),
+    even those a peer sent first: what ``add_file`` stores through."""
+
+    def __init__(self, writer: Any, held: Any) -> None:
+        self._writer = writer
+        self._held = held
+
+    def put(self, block: Block) -> bool:
+        new = bool(self._writer.put(block))
+        self._held.claim(block.cid)
+        return new
+
+
+class _FileFrom:
+    """A regular file read from ``offset`` with ``pread``: the descriptor's
+    position, shared with the client that passed it, is never moved."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._at = offset
+
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            n = os.preadv(self._fd, [buffer], self._at)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read the file being added: {exc.strerror or exc}") from None
+        self._at += n
+        return n
+
+
 def control_ops(node: Node) -> OpTable:
     """The node's op table: block store, pins and reports, then node ops.
 
@@ -535,6 +572,33 @@ def _store_ops(node: Node) -> OpTable:
         blocks = [Block(_cid_arg({"cid": cid}), data) for cid, data in items]  # verifies each
         return await put_blocks(blocks, client)
 
+    async def add_file(args: dict[str, Any], client: ClientState) -> AsyncIterator[list[Any]]:
+        """Add the regular file whose descriptor came with the request, from
+        ``offset`` to its end, as the client's own blocks: ``{"read": n}``
+        after each step, then the result. The daemon reads the file itself,
+        so its bytes never cross the socket, and places each step's blocks
+        while it reads the next."""
+        fd = client.take_fd()
+        try:
+            offset = args.get("offset", 0)
+            if type(offset) is not int or offset < 0:
+                raise InvalidInputError("argument 'offset' must be a byte offset (an integer >= 0)")
+            if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidInputError("add_file reads regular files only")
+            own = _OwnBlocks(await session(client), store().held)
+            add = FileAdd(own, chunk_stream(_FileFrom(fd, offset)))
+            while add.result is None:
+                blocks, read = await node.in_store_thread(add.step, ADD_STEP_BYTES)
+                if node.replicator is not None:
+                    for block in blocks:
+                        await node.replicator.place(block.cid, block.data)  # queued: the add goes on
+                yield [{"read": read}]
+            done = add.result
+            yield [{"cid": done.cid, "size": done.size, "blocks": done.blocks,
+                    "new_blocks": done.new_blocks, "new_bytes": done.new_bytes}]
+        finally:
+            os.close(fd)
+
     async def protect(args: dict[str, Any], client: ClientState) -> None:
         await node.in_store_thread((await session(client)).protect, _cid_arg(args))
 
@@ -596,7 +660,8 @@ def _store_ops(node: Node) -> OpTable:
 
     return {
         "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),
-        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "put_many": Op(put_many), "protect": Op(protect),
+        "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "put_many": Op(put_many),
+        "add_file": Op(add_file, streaming=True), "protect": Op(protect),
         "barrier": Op(barrier),
         "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
         "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),

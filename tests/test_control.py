@@ -4,6 +4,7 @@ socket ignored, and the CLI going through a running daemon."""
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 import struct
@@ -14,12 +15,12 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas import control
-from cas.blocks import Block
+from cas import control, files
+from cas.blocks import Block, MemoryBlockStore
 from cas.cid import RAW
-from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, RepositoryError
+from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, InvalidInputError, RepositoryError
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons
+from tests.nodeproc import Daemon, Daemons, wait_until
 
 
 @pytest.fixture
@@ -203,7 +204,7 @@ def test_errors_come_back_as_the_same_one_line_errors(daemon: Daemon) -> None:
             client.call("get", cid=missing)
         with pytest.raises(InvalidBlockError):
             client.call("put", cid=missing, data=b"other bytes")
-        with pytest.raises(control.ControlProtocolError, match="no operation"):
+        with pytest.raises(control.UnknownOpError, match="no operation"):
             client.call("format_the_disk")
         with pytest.raises(RepositoryError, match="not in the repository"):
             client.call("pin", cid=missing)
@@ -250,6 +251,60 @@ def test_cli_add_and_cat_go_through_the_daemon(daemon: Daemon, tmp_path: Path) -
     # The daemon holds the lock, so these can only have gone through it.
     with control.ControlClient(control.socket_path(daemon.repo)) as client:
         assert client.call("pins") == [cas.parse_cid(cid)]
+
+
+def _open_fds(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
+
+
+def _settled_fds(daemon: Daemon) -> int:
+    """The daemon's descriptor count once it has written a block (its pack open)."""
+    with cas.open_repository(daemon.repo) as repo:
+        repo.put_block(b"opens the pack")
+    return _open_fds(daemon)
+
+
+def test_a_file_added_through_the_daemon_is_read_by_the_daemon_from_its_descriptor(
+        daemon: Daemon, tmp_path: Path) -> None:
+    data = pseudo_random(3_000_000, "read by the daemon")
+    src = tmp_path / "input"
+    src.write_bytes(data)
+    fds_before = _settled_fds(daemon)
+    with control.ControlClient(control.socket_path(daemon.repo)) as client, open(src, "rb") as f:
+        f.seek(12345)
+        store = control.RemoteBlockStore(client)
+        deltas: list[int] = []
+        result = files.add_stream(store, f, progress=deltas.append)
+        assert f.tell() == len(data)  # the stream is consumed, as if read here
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == len(data)
+        assert result == files.add_bytes(MemoryBlockStore(), data[12345:])
+        assert result.new_blocks == result.blocks > 1  # counted by the daemon's store
+        assert sum(deltas) == len(data) - 12345 and len(deltas) > 1
+        assert client.call("has", cid=result.cid) is True
+    wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the passed descriptor")
+    assert run_cas("cat", str(result.cid), repo=daemon.repo).stdout == data[12345:]
+
+
+def test_add_file_refuses_anything_but_one_regular_file_and_closes_what_it_was_passed(
+        daemon: Daemon, tmp_path: Path) -> None:
+    fds_before = _settled_fds(daemon)
+    read_end, write_end = os.pipe()
+    try:
+        with control.ControlClient(control.socket_path(daemon.repo)) as client:
+            with pytest.raises(InvalidInputError, match="regular files only"):
+                list(client.stream_with_fd("add_file", read_end))
+            with pytest.raises(InvalidInputError, match="one file descriptor"):
+                list(client.stream("add_file"))
+            (tmp_path / "f").write_bytes(b"x")
+            with open(tmp_path / "f", "rb") as f:
+                with pytest.raises(InvalidInputError, match="offset"):
+                    list(client.stream_with_fd("add_file", f.fileno(), offset=-1))
+                assert list(client.stream_with_fd("ping", f.fileno())) == []  # passed, unused: closed
+            assert client.call("ping") == "pong"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
 
 
 def test_a_stale_socket_is_ignored_and_replaced(tmp_path: Path, daemons: Daemons) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import tracemalloc
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import trio
 
 from cas import files
 from cas.blocks import AsyncStoreAdapter, Block, verified
-from cas.chunker import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from cas.chunker import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_bytes
 from cas.cid import DAG_CBOR, DAG_PB, RAW, CID
 from cas.dagpb import (
     TYPE_DIRECTORY,
@@ -288,6 +289,64 @@ def test_adding_the_same_file_twice_stores_nothing_new() -> None:
     assert first.new_bytes == sum(len(b) for b in store.blocks.values())
     second = files.add_bytes(store, data)
     assert (second.cid, second.new_blocks, second.new_bytes) == (first.cid, 0, 0)
+
+
+@pytest.mark.parametrize("step_bytes", [1, 300_000, 10 << 20])
+def test_an_add_in_steps_stores_the_same_file_whatever_the_step(step_bytes: int) -> None:
+    data = xof("steps", 3_000_000)
+    store = RecordingStore()
+    add = files.FileAdd(store, chunk_bytes(data))
+    steps = []
+    while add.result is None:
+        steps.append(add.step(step_bytes))
+    assert add.result == files.add_bytes(RecordingStore(), data)
+    assert sum(read for _, read in steps) == len(data)
+    assert [b.cid for blocks, _ in steps for b in blocks] == [cid for _, cid in store.events]
+    assert steps[-1][0][-1].cid == add.result.cid  # the root comes last
+    with pytest.raises(RuntimeError):
+        add.step(1)
+
+
+class FileAddingStore(RecordingStore):
+    """A store that adds regular files itself, as a daemon's client does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list[tuple[int, int]] = []
+
+    def add_file(self, fd: int, offset: int, progress) -> files.AddResult:
+        self.handed.append((fd, offset))
+        data = os.pread(fd, 1 << 30, offset)
+        if progress is not None:
+            progress(len(data))
+        return files.add_bytes(self, data)
+
+
+def test_a_regular_file_is_handed_whole_to_a_store_that_adds_files(tmp_path) -> None:
+    data = xof("handed over", 1_500_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    store = FileAddingStore()
+    with open(path, "rb") as f:
+        f.read(1000)  # a buffered stream already part-read: its logical position counts
+        deltas: list[int] = []
+        result = files.add_stream(store, f, progress=deltas.append)
+        assert store.handed == [(f.fileno(), 1000)]
+        assert f.tell() == len(data) and f.read() == b""
+    assert result == files.add_bytes(RecordingStore(), data[1000:])
+    assert sum(deltas) == len(data) - 1000
+
+
+def test_streams_that_are_not_regular_files_are_chunked_here() -> None:
+    store = FileAddingStore()
+    files.add_stream(store, io.BytesIO(b"in memory"))
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as pipe:
+        os.write(write_end, b"through a pipe")
+        os.close(write_end)
+        result = files.add_stream(store, pipe)
+    assert store.handed == []
+    assert result.size == len(b"through a pipe")
 
 
 class XofStream(io.RawIOBase):
