@@ -36,7 +36,7 @@ from noise.connection import Keypair, NoiseConnection  # noqa: E402
 # -- the published vector ----------------------------------------------------------
 # From the cacophony test vectors (haskell-cryptography/cacophony,
 # vectors/cacophony.txt, commit 36c1e5c3a799342b226547ce9fdb3579ab60ccd3),
-# entry "Noise_XX_25519_ChaChaPoly_BLAKE2b". Messages alternate sides,
+# entry "Noise_XX_25519_AESGCM_BLAKE2b". Messages alternate sides,
 # initiator first: three handshake messages, then three transport messages.
 
 VECTOR = {
@@ -51,19 +51,21 @@ VECTOR = {
          "4c756477696720766f6e204d69736573"),
         ("4d757272617920526f746862617264",
          "95ebc60d2b1fa672c1f46a8aa265ef51bfe38e7ccb39ec5be34069f144808843"
-         "0505b6745ce64a5f33f0e8e3b83f11ce8802bca507f4f2d8b564dbe277e19661"
-         "16e132faa2dfd70b8b077b9f94b913df5056ae1319469b824a98d54bbaa82c32"
-         "5595587064f978c4b6d104f7596e6f"),
+         "cf031a86733a890297fda30d4b471d0ceeff97124c67a7b656356862398ad52e"
+         "08b423271d80894ace0fc531c39492823f2cc8f5ebe97a7feffaae500aef491e"
+         "f9815e8e024ac906b3678983549ec8"),
         ("462e20412e20486179656b",
-         "99579e1c1ee15e422a57ddd6b16d37087b17558e8369c18991b4b2ca3a824abf"
-         "904cdcf5458b5431a75af034ca9e9b982de039eaaf156775e2d580cd4e5ebae8"
-         "9c3f8cb2594b556d8a8169"),
+         "ee1c5e4fe3060d7014884f9328573c4f2e3c5593c3ef574b418e8bb397792a77"
+         "db4cc497ce5db0c79d29afbbb78a3059d289413105384ef2738071c015c39467"
+         "f6e9b61eb3e2f1db47d5f6"),
         ("4361726c204d656e676572",
-         "fc56eea290b3f3a21aac0c70cd5787b5ee99be37d2f4d751329b55"),
+         "7ab9b6ee246550448f838ec94ab1c3cb93e7d475dc8aa7434e6462"),
         ("4a65616e2d426170746973746520536179",
-         "bb31c9da10d5639a4cdb88a12f5c61de41bbc7df09bf75d94f8184fe4157f5c68f"),
+         "3d741aa91dff33adf4758746ddbf2b6afef8b64768b1d589e6bd999f7e7c7e42"
+         "87"),
         ("457567656e2042f6686d20766f6e2042617765726b",
-         "f6199cadb152fb27f82be0a0891ec76a33598ae92a46cab2fb5a8ed5bf48b7f267f8370af7"),
+         "6645a432705ba19de0dedaf6c9f2c4ecfa2447d48eac868bffd3ae8d899d6656"
+         "a0a00c5699"),
     ],
 }
 

@@ -4,7 +4,7 @@ What lives here, bottom up (docs/network.md describes the wire protocol):
 
 * :mod:`.identity` — the node's Ed25519 key (file mode 0600) and its node ID,
   BLAKE3-256 of the public key.
-* :mod:`.noise` — the ``Noise_XX_25519_ChaChaPoly_BLAKE2b`` handshake and
+* :mod:`.noise` — the ``Noise_XX_25519_AESGCM_BLAKE2b`` handshake and
   transport ciphers as a sans-IO state machine, with the Noise static key
   bound to the node's Ed25519 identity by a signature.
 * :mod:`.framing` — 4-byte length-prefixed frames with hard limits, checked
