@@ -36,11 +36,23 @@ _MAX_DEPTH = 64  # our nodes are two or three levels deep; bound recursion on in
 _PLAIN_SCALARS = frozenset({str, bytes, bool, type(None), CID})
 
 
+def _encode_cid(encoder: Any, value: CID) -> None:
+    encoder.encode(cbor2.CBORTag(_CID_TAG, b"\x00" + bytes(value)))
+
+
 def _default(encoder: Any, value: Any) -> None:
-    if isinstance(value, CID):
-        encoder.encode(cbor2.CBORTag(_CID_TAG, b"\x00" + bytes(value)))
+    if isinstance(value, CID):  # a subclass
+        _encode_cid(encoder, value)
         return
     raise TypeError(f"DAG-CBOR cannot encode {type(value).__name__}")
+
+
+_ENCODE = {"encoders": {CID: _encode_cid}, "default": _default}
+"""Keyword arguments of every ``cbor2.dumps`` here. A CID is found in
+``encoders`` at once; left to ``default``, it first sends cbor2 through its
+table of deferred types, which imports email.mime, decimal, fractions and
+uuid on a process's first CID (26 ms: every daemon paid it on its first
+store of an add)."""
 
 
 def _check(value: Any, depth: int = 0) -> bool:
@@ -131,8 +143,8 @@ def encode(value: Any, *, check: bool = True) -> bytes:
         # Every map is already in canonical order, so cbor2's plain encoding
         # is the canonical one (its canonical mode differs only in sorting
         # map keys and in shrinking floats, which the data model excludes).
-        return cbor2.dumps(value, default=_default)
-    return cbor2.dumps(value, canonical=True, default=_default)
+        return cbor2.dumps(value, **_ENCODE)
+    return cbor2.dumps(value, canonical=True, **_ENCODE)
 
 
 def _tag_hook(*args: Any) -> Any:
@@ -195,7 +207,7 @@ def check_reencodes(value: Any, data: bytes | memoryview) -> None:
     """
     try:
         if not _reencodes_around_payload(value, data):
-            again = cbor2.dumps(value, default=_default)
+            again = cbor2.dumps(value, **_ENCODE)
             if again != data:
                 raise InvalidBlockError("DAG-CBOR is not in canonical form")
     except TypeError as exc:
@@ -279,8 +291,8 @@ def _split_around_payload(value: Any) -> list[bytes] | None:
     if at < 0:
         return None
     key, payload = items[at]
-    before = bytes([0xA0 | len(items)]) + cbor2.dumps(dict(items[:at]), default=_default)[1:] + cbor2.dumps(key)
-    after = cbor2.dumps(dict(items[at + 1:]), default=_default)[1:]
+    before = bytes([0xA0 | len(items)]) + cbor2.dumps(dict(items[:at]), **_ENCODE)[1:] + cbor2.dumps(key)
+    after = cbor2.dumps(dict(items[at + 1:]), **_ENCODE)[1:]
     if type(payload) is bytes:
         return [before + encode_head(2, len(payload)), payload, after]
     parts = [before + encode_head(4, len(payload)) + encode_head(2, len(payload[0])), payload[0]]
@@ -308,7 +320,7 @@ def encode_unchecked(value: Any) -> bytes:
     canonical order; the caller guarantees both (the network messages build
     their maps in that order from checked fields). Anything else must use
     :func:`encode`."""
-    return cbor2.dumps(value, default=_default)
+    return cbor2.dumps(value, **_ENCODE)
 
 
 def decode(data: bytes) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -80,6 +83,22 @@ def test_random_bytes_raise_only_invalid_block(data):
         dagcbor.decode(data)
     except InvalidBlockError:
         pass
+
+
+def test_encoding_a_cid_does_not_load_cbor2s_optional_encoders() -> None:
+    # cbor2 imports email.mime, decimal and more the first time it meets a
+    # type it has no encoder for; a CID must never send it there (a daemon
+    # paid ~26 ms on its first store).
+    script = (
+        "import sys\n"
+        "from cas import dagcbor\n"
+        "from cas.blocks import Block\n"
+        "from cas.cid import RAW\n"
+        "dagcbor.encode({'cids': [Block.of(RAW, b'x').cid], 'n': 1})\n"
+        "print(sorted(m for m in ('email.mime.text', 'decimal', 'fractions', 'uuid') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_encoding_a_float_is_a_programming_error():
