@@ -395,3 +395,47 @@ def test_encoding_in_parts_joins_to_the_one_encoding(message: m.Message) -> None
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda msg: type(msg).__name__)
 def test_a_message_decodes_the_same_from_a_bytearray(message: m.Message) -> None:
     assert decode(bytearray(encode(message))) == message
+
+
+# -- STORE_BLOCKS read by position ----------------------------------------------------
+
+_store_blocks_messages = st.builds(
+    lambda blocks, request_id: m.StoreBlocks(
+        tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), request_id=request_id),
+    st.lists(st.binary(max_size=40), min_size=1, max_size=5),  # small: most bytes are structure
+    _request_ids,
+)
+
+
+def test_a_large_store_blocks_is_read_by_position_with_its_blocks_left_in_place() -> None:
+    blocks = [os.urandom(100_000), os.urandom(3), os.urandom(300_000)]
+    message = m.StoreBlocks(tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), request_id=77)
+    received = bytearray(encode(message))
+    got = decode(received)
+    assert got == message
+    assert all(type(d) is memoryview and d.obj is received for d in got.data)  # not copied
+    assert [bytes(d) for d in got.data] == blocks
+
+
+@given(_store_blocks_messages, st.data())
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_store_blocks_by_position_accepts_exactly_what_the_general_decoder_accepts(
+        message: m.StoreBlocks, data: st.DataObject) -> None:
+    wire = bytearray(encode(message))
+    assert m._decode_store_blocks(memoryview(wire)) == message  # the canonical bytes: accepted
+    at = data.draw(st.integers(0, len(wire)))
+    change = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+    byte = data.draw(st.integers(0, 255))
+    if change == "replace" and at < len(wire):
+        wire[at] = byte
+    elif change == "insert":
+        wire[at:at] = bytes([byte])
+    elif at < len(wire):
+        del wire[at]
+    by_position = m._decode_store_blocks(memoryview(wire))
+    try:
+        general = decode(bytes(wire))  # bytes: the general decoder only
+    except MalformedMessageError:
+        assert by_position is None
+        return
+    assert by_position is None or by_position == general

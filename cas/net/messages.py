@@ -346,7 +346,7 @@ class StoreBlocks(Request):
         ("data", "blocks", _array(_bytes(MAX_BLOCK_SIZE), MAX_STORE_BLOCKS)),
     )
     cids: tuple[CID, ...]
-    data: tuple[bytes, ...]
+    data: tuple[bytes, ...]  # received: memoryviews of the decrypted message (decode)
     request_id: int = 0
 
     def __post_init__(self) -> None:
@@ -546,6 +546,10 @@ def _encode_find_node(message: FindNode) -> bytes | None:
     return b"".join((_FIND_NODE_START, encode_head(0, request_id), _FIND_NODE_TARGET, target))
 
 
+_BY_POSITION_MIN = 64 * 1024
+"""Messages at least this long (they span several Noise messages, so they
+arrive as a bytearray) are tried as a STORE_BLOCKS read by position."""
+
 _ID_HEAD_SIZES = {**{b: 1 for b in range(24)}, 24: 2, 25: 3, 26: 5}
 
 
@@ -562,6 +566,80 @@ def _decode_find_node(data: bytes) -> FindNode | None:
     request_id = int.from_bytes(head[1:], "big") if head_size > 1 else head[0]
     message = FindNode(data[-NODE_ID_SIZE:], request_id=request_id)
     return message if _encode_find_node(message) == data else None
+
+
+# STORE_BLOCKS, {"t": "store_blocks", "id": id, "cids": [links], "blocks":
+# [bytes]}: these bytes, then the id's head, "cids" and so on.
+_STORE_BLOCKS_START = b"\xa4" + b"".join(map(dagcbor.encode_unchecked, ("t", "store_blocks", "id")))
+_STORE_BLOCKS_CIDS = dagcbor.encode_unchecked("cids")
+_STORE_BLOCKS_BLOCKS = dagcbor.encode_unchecked("blocks")
+_LINK_TAG = b"\xd8\x2a"  # tag 42, a CID link
+
+
+def _read_head(data: memoryview, at: int, major: int) -> tuple[int, int]:
+    """(value, next offset) of the CBOR head of type ``major`` at ``at``;
+    ValueError unless it is there and in its one canonical (shortest) form."""
+    first = data[at]
+    if first >> 5 != major:
+        raise ValueError("another type")
+    info = first & 31
+    if info < 24:
+        return info, at + 1
+    if not 24 <= info <= 27:
+        raise ValueError("not a definite length")
+    size = 1 << (info - 24)
+    value = int.from_bytes(data[at + 1:at + 1 + size], "big")
+    if len(encode_head(major, value)) != 1 + size:
+        raise ValueError("not the shortest head")
+    return value, at + 1 + size
+
+
+def _decode_store_blocks(data: memoryview) -> StoreBlocks | None:
+    """STORE_BLOCKS read by position, its blocks as views of ``data`` (the
+    receiver's copy of up to 2 MiB saved), if ``data`` is exactly the
+    canonical encoding of a valid one: every head is read in its shortest
+    form and every other byte compared with what the encoder writes, so
+    this accepts exactly what the general decoder accepts, with the same
+    result. None for anything else, which the general decoder then judges."""
+    try:
+        if data[:len(_STORE_BLOCKS_START)] != _STORE_BLOCKS_START:
+            return None
+        request_id, at = _read_head(data, len(_STORE_BLOCKS_START), 0)
+        if data[at:at + len(_STORE_BLOCKS_CIDS)] != _STORE_BLOCKS_CIDS:
+            return None
+        count, at = _read_head(data, at + len(_STORE_BLOCKS_CIDS), 4)
+        if not 0 < count <= MAX_STORE_BLOCKS:
+            return None
+        cids = []
+        for _ in range(count):
+            if data[at:at + 2] != _LINK_TAG:
+                return None
+            size, at = _read_head(data, at + 2, 2)
+            link = bytes(data[at:at + size])
+            at += size
+            if len(link) != size or link[:1] != b"\x00":
+                return None
+            cid = CID.from_bytes(link[1:])
+            if bytes(cid) != link[1:]:
+                return None
+            cids.append(cid)
+        if data[at:at + len(_STORE_BLOCKS_BLOCKS)] != _STORE_BLOCKS_BLOCKS:
+            return None
+        blocks_count, at = _read_head(data, at + len(_STORE_BLOCKS_BLOCKS), 4)
+        if blocks_count != count:
+            return None
+        blocks = []
+        for _ in range(count):
+            size, at = _read_head(data, at, 2)
+            if size > MAX_BLOCK_SIZE or at + size > len(data):
+                return None
+            blocks.append(data[at:at + size])
+            at += size
+        if at != len(data) or request_id > MAX_REQUEST_ID:
+            return None
+        return StoreBlocks(tuple(cids), tuple(blocks), request_id=request_id)  # type: ignore[arg-type]
+    except (IndexError, ValueError):  # ValueError: a bad CID, __post_init__'s checks
+        return None
 
 
 def _encode_fast(message: Message) -> bytes | None:
@@ -639,7 +717,9 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     a peer's, must come in canonical order), and then the parsed map must
     re-encode to exactly ``data``, which proves the bytes canonical.
     FIND_NODE, the commonest request, is read by position when the bytes
-    are exactly its canonical encoding (:func:`_decode_find_node`).
+    are exactly its canonical encoding (:func:`_decode_find_node`), and so
+    is a large STORE_BLOCKS, whose blocks then stay where they were
+    decrypted (:func:`_decode_store_blocks`).
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
@@ -651,6 +731,10 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
                 return find_node
     if type(data) is not bytes:
         data = memoryview(data)  # a decrypted bytearray: parsed where it is, not copied
+        if len(data) > _BY_POSITION_MIN:
+            store_blocks = _decode_store_blocks(data)
+            if store_blocks is not None:
+                return store_blocks
     try:
         wire = dagcbor.decode_unchecked(data)
     except InvalidBlockError as exc:
