@@ -50,7 +50,6 @@ otherwise compile its ~140 modules from source, ~0.15 s per start.
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import subprocess
@@ -64,7 +63,7 @@ import blake3
 
 import cas
 import cas.cli
-from benchutil import parse_size, timed
+from benchutil import compile_cas, parse_size, timed
 from cas import chunker
 
 MiB = 1 << 20
@@ -212,8 +211,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="256M,1G", help="comma-separated sizes (e.g. 256M,1G)")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir under /var/tmp)")
     args = parser.parse_args()
-    for package in (cas, cas.cli):
-        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+    compile_cas()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cas-bench-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     try:
