@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import Any
 
 from cas.allocator import keep_freed_buffers
 from cas.errors import CasError
@@ -46,7 +47,7 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     # subcommands their defaults are suppressed so that a value given before
     # the command name is not overwritten by the subcommand's default.
     default = argparse.SUPPRESS if suppress else None
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     p.add_argument(
         "--repo",
         metavar="DIR",
@@ -72,7 +73,7 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of the ``cas`` command line; given the name of a command,
     one that knows only that command and those of its module."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cas",
         description="Content-addressed storage: add files, read them back by CID.",
         parents=[_common_options(suppress=False)],
@@ -103,12 +104,52 @@ SERVERS = {"daemon", "mount"}
 """Commands that serve peers or the kernel for a long time: a peer that
 hangs up mid-write must cost them one connection (EPIPE), never the process."""
 
+BUFFER_HEAVY = SERVERS | {"add"}
+"""Commands that pass megabyte buffers through sockets and ciphers, for
+which glibc's malloc is tuned first (cas/allocator.py). Reading commands
+are not: a warm ``cas cat`` of 256 MiB takes the same time either way
+(87-89 ms), and loading ctypes for it costs a cold start ~10 ms."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without importing shutil (which brings
+    zlib, bz2 and lzma along: ~12 ms of a cold ``cas cat``). argparse makes
+    one for every ``add_argument``, to check the metavar."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    # What shutil.get_terminal_size does: $COLUMNS, else the terminal's, else 80.
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser with :class:`_HelpFormatter`; subcommands' parsers
+    are made of the same class (argparse's default ``parser_class``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser(command_named(argv)).parse_args(argv)
-    keep_freed_buffers()
+    if args.command in BUFFER_HEAVY:
+        keep_freed_buffers()
     if args.command not in SERVERS:
         # Die quietly on a closed pipe (`cas cat X | head`), as cat does.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -379,8 +379,15 @@ def test_cat_of_a_cid_loads_no_namespace_tree_or_daemon_code(repo):
     assert content == b"light"
     loaded = set(modules.decode().split())
     heavy = {"cas.names.namespace", "cas.names.dirtree", "cas.trees", "cas.control", "platformdirs",
-             "cas.cli.names_cmds", "cas.cli.node_cmds", "cas.cli.mount_cmds", "trio"}
+             "cas.cli.names_cmds", "cas.cli.node_cmds", "cas.cli.mount_cmds", "trio",
+             "shutil", "bz2", "lzma", "ctypes"}  # argparse's terminal size; the allocator's mallopt
     assert not heavy & loaded
+
+
+def test_help_is_wrapped_to_the_terminal_width_given_in_columns():
+    narrow = run_cas("cat", "--help", env={"COLUMNS": "40"}).stdout.decode()
+    wide = run_cas("cat", "--help", env={"COLUMNS": "200"}).stdout.decode()
+    assert max(map(len, narrow.splitlines())) <= 40 < max(map(len, wide.splitlines()))
 
 
 def test_a_repository_path_that_is_a_non_empty_directory_is_left_alone(tmp_path):
