@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from cas import control, files
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import RAW
 from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, InvalidInputError, RepositoryError
-from tests.conftest import pseudo_random, run_cas
+from tests.conftest import CAS, pseudo_random, run_cas
 from tests.nodeproc import Daemon, Daemons, wait_until
 
 
@@ -305,6 +306,32 @@ def test_add_file_refuses_anything_but_one_regular_file_and_closes_what_it_was_p
         os.close(read_end)
         os.close(write_end)
     wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
+
+
+def test_cli_adds_through_the_daemon_give_the_cids_an_offline_add_gives(daemon: Daemon, tmp_path: Path) -> None:
+    # Regular files are passed to the daemon (add_file); a pipe still
+    # travels as blocks (put_many). Either way: the offline CIDs.
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.bin").write_bytes(pseudo_random(900_000, "a"))
+    (tree / "sub" / "b.bin").write_bytes(pseudo_random(5_000, "b"))
+    offline = tmp_path / "offline"
+    run_cas("init", repo=offline)
+    piped = pseudo_random(600_000, "piped")
+
+    def cids(repo: Path) -> list[str]:
+        with open(tree / "a.bin", "rb") as stdin:
+            stdin.seek(1000)  # standard input that is a file: added from where it stands
+            from_file = subprocess.run([CAS, "--repo", str(repo), "add", "-q", "-"], stdin=stdin,
+                                       capture_output=True, check=True).stdout.decode().split()
+        return [*from_file,
+                *run_cas("add", "-q", "-", repo=repo, input=piped).stdout.decode().split(),
+                *run_cas("add", "-q", "-r", str(tree), repo=repo).stdout.decode().split()]
+
+    through_daemon = cids(daemon.repo)
+    assert through_daemon == cids(offline)
+    assert run_cas("cat", through_daemon[0], repo=daemon.repo).stdout == (tree / "a.bin").read_bytes()[1000:]
+    assert run_cas("cat", through_daemon[1], repo=daemon.repo).stdout == piped
 
 
 def test_a_stale_socket_is_ignored_and_replaced(tmp_path: Path, daemons: Daemons) -> None:
