@@ -439,3 +439,15 @@ def test_store_blocks_by_position_accepts_exactly_what_the_general_decoder_accep
         assert by_position is None
         return
     assert by_position is None or by_position == general
+
+
+@given(st.lists(st.binary(max_size=5000), min_size=1, max_size=m.MAX_STORE_BLOCKS), _request_ids)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_store_blocks_written_by_position_is_exactly_the_plain_encoding_of_the_map(
+        blocks: list[bytes], request_id: int) -> None:
+    message = m.StoreBlocks(tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), request_id=request_id)
+    expected = dagcbor.encode({"t": "store_blocks", "id": request_id, "cids": list(message.cids),
+                               "blocks": blocks})
+    parts = m.encode_parts(message)
+    assert b"".join(parts) == expected == encode(message)
+    assert all(part is block for part, block in zip(parts[1::2], blocks))  # not copied
