@@ -190,3 +190,58 @@ async def test_a_block_whose_caller_gives_up_before_it_is_sent_is_not_sent() -> 
         peers.release.release()
         await trio.testing.wait_all_tasks_blocked()
     assert peers.sent == [(1, [first.cid])]
+
+
+class PerPeerOutcomes(FakePeers):
+    """Answers every block at once, with an outcome chosen per peer."""
+
+    def __init__(self, by_peer: dict[int, StoreOutcome]) -> None:
+        super().__init__()
+        self.by_peer = by_peer
+
+    async def send(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]]) -> list[StoreOutcome]:
+        self.sent.append((contact.node_id, [cid for cid, _ in blocks]))
+        await trio.sleep(0)
+        return [self.by_peer[contact.node_id]] * len(blocks)
+
+
+PEER_C = Contact(3, "127.0.0.1", 4003)
+
+
+@trio_test
+async def test_one_block_stored_on_several_peers_at_once_gives_each_outcome_in_order() -> None:
+    peers = PerPeerOutcomes({1: StoreOutcome("stored"), 2: StoreOutcome("refused", "full"),
+                             3: StoreOutcome("failed", "timed out")})
+    block = blocks(1)[0]
+    async with trio.open_nursery() as nursery:
+        batcher = StoreBatcher(peers.send, nursery)
+        outcomes = await batcher.store_on([PEER_C, PEER_A, PEER_B], block.cid, block.data)
+        nursery.cancel_scope.cancel()
+    assert [o.status for o in outcomes] == ["failed", "stored", "refused"]
+    assert sorted(peers.sent) == [(1, [block.cid]), (2, [block.cid]), (3, [block.cid])]
+
+
+@trio_test
+async def test_a_round_cancelled_before_its_stores_are_sent_leaves_nothing_queued() -> None:
+    peers = FakePeers()
+    first, second = blocks(2)
+    async with trio.open_nursery() as nursery:
+        batcher = StoreBatcher(peers.send, nursery, in_flight=1)
+        nursery.start_soon(batcher.store, PEER_A, first.cid, first.data)  # PEER_A now busy
+        await trio.testing.wait_all_tasks_blocked()
+        round_scope = trio.CancelScope()
+
+        async def store_round() -> None:
+            with round_scope:
+                await batcher.store_on([PEER_A, PEER_B], second.cid, second.data)
+
+        nursery.start_soon(store_round)  # PEER_B's store goes; PEER_A's waits behind the first
+        await trio.testing.wait_all_tasks_blocked()
+        round_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [sent for sent in peers.sent if sent[0] == 1] == [(1, [first.cid])]
+        for _ in range(2):
+            peers.release.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [sent for sent in peers.sent if sent[0] == 1] == [(1, [first.cid])]  # never sent after
+        nursery.cancel_scope.cancel()

@@ -464,6 +464,12 @@ class DhtDriver:
         assert self._batcher is not None, "DhtDriver.run() is not running"
         return await self._batcher.store(contact, cid, data)
 
+    async def store_block_on(self, contacts: Sequence[Contact], cid: CID, data: bytes) -> list[StoreOutcome]:
+        """:meth:`store_block` on each of ``contacts`` at once; the outcomes
+        in order, once all are known."""
+        assert self._batcher is not None, "DhtDriver.run() is not running"
+        return await self._batcher.store_on(contacts, cid, data)
+
     @property
     def store_messages_sent(self) -> int:
         """STORE_BLOCKS messages :meth:`store_block` has sent."""

@@ -41,6 +41,7 @@ from .replication import (
     may_drop,
 )
 from .routing import Contact
+from .store_batches import StoreOutcome
 
 PLACEMENT_WORKERS = 64
 """Blocks placed at once. Each holds one lookup or up to R stores in
@@ -281,47 +282,60 @@ class Replicator:
         cache.add(Neighbourhood(key, tuple(closest), exhaustive), trio.current_time())
 
     async def _execute(self, plan: Placement, cid: CID, data: bytes, *, repair: bool = False) -> int:
-        """Send the stores ``plan`` asks for until it is done; returns how many were sent."""
-        send, receive = trio.open_memory_channel[tuple[Contact, str]](math.inf)
+        """Send the stores ``plan`` asks for until it is done; returns how many were sent.
+
+        In rounds: every store the plan asks for at once goes out together
+        (one wait for all their answers), then the plan is told each outcome
+        and may ask for more (a refusal or failure moves its window)."""
         sent = 0
-
-        async def store(peer: Contact) -> None:
-            outcome = await self.dht.store_block(peer, cid, data)
-            for pause in BUSY_PAUSES:
-                if not (outcome.status == "refused" and outcome.reason.startswith("busy")):
-                    break
-                await trio.sleep(pause)  # its rate limit: wait for its budget rather than move on
-                outcome = await self.dht.store_block(peer, cid, data)
-            if outcome.status == "failed" and "connection" in outcome.reason:
-                # A connection closed under the request (two nodes that dialled
-                # each other at once keep one connection): ask once more.
-                outcome = await self.dht.store_block(peer, cid, data)
-            if outcome.status == "failed":
-                self.stats.last_failure = outcome.reason
-            send.send_nowait((peer, outcome.status))
-
-        async with trio.open_nursery() as nursery:
-            def launch(actions: Sequence[object]) -> None:
-                nonlocal sent
-                for action in actions:
-                    nursery.start_soon(store, action.peer)  # type: ignore[attr-defined]
-                    sent += 1
-
-            launch(plan.next_actions())
-            while not plan.done:
-                peer, status = await receive.receive()
-                if status == "stored":
+        actions = plan.next_actions()
+        while actions:
+            peers = [action.peer for action in actions]  # type: ignore[attr-defined]
+            sent += len(peers)
+            outcomes = await self.dht.store_block_on(peers, cid, data)
+            if any(outcome.status != "stored" for outcome in outcomes):
+                outcomes = await self._settle_stores(peers, outcomes, cid, data)
+            actions = []
+            for peer, outcome in zip(peers, outcomes):
+                if outcome.status == "stored":
                     self._count_store(peer, len(data), repair)
-                    launch(plan.on_stored(peer))
-                elif status == "refused":
+                    actions += plan.on_stored(peer)
+                elif outcome.status == "refused":
                     self.stats.refusals += 1
-                    launch(plan.on_refused(peer))
+                    actions += plan.on_refused(peer)
                 else:
                     self.stats.peer_store_failures[peer.node_id] += 1
                     self.neighbourhoods.forget(peer.node_id)
-                    launch(plan.on_failed(peer))
+                    actions += plan.on_failed(peer)
         self.stats.stores_sent += sent
         return sent
+
+    async def _settle_stores(self, peers: list[Contact], outcomes: list[StoreOutcome],
+                             cid: CID, data: bytes) -> list[StoreOutcome]:
+        """The final outcome of each store that did not succeed at once,
+        each retried on its own: a busy peer after its rate limit's pause,
+        rather than moving on; a connection closed under the request (two
+        nodes that dialled each other at once keep one) once more."""
+        settled = list(outcomes)
+
+        async def settle(index: int) -> None:
+            peer, outcome = peers[index], outcomes[index]
+            for pause in BUSY_PAUSES:
+                if not (outcome.status == "refused" and outcome.reason.startswith("busy")):
+                    break
+                await trio.sleep(pause)
+                outcome = await self.dht.store_block(peer, cid, data)
+            if outcome.status == "failed" and "connection" in outcome.reason:
+                outcome = await self.dht.store_block(peer, cid, data)
+            if outcome.status == "failed":
+                self.stats.last_failure = outcome.reason
+            settled[index] = outcome
+
+        async with trio.open_nursery() as nursery:
+            for index, outcome in enumerate(outcomes):
+                if outcome.status != "stored":
+                    nursery.start_soon(settle, index)
+        return settled
 
     def _count_store(self, peer: Contact, size: int, repair: bool) -> None:
         stats = self.stats

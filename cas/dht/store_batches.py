@@ -56,10 +56,18 @@ for the peer's failures: they are outcomes)."""
 
 
 @dataclass
+class _Round:
+    """The stores of one block on several peers, waited for together."""
+
+    remaining: int
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
 class _Waiting:
     cid: CID
     data: bytes
-    done: trio.Event = field(default_factory=trio.Event)
+    round: _Round
     outcome: StoreOutcome | None = None
 
 
@@ -88,22 +96,34 @@ class StoreBatcher:
     async def store(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
         """Store one block on ``contact``, in a message with whatever else is
         queued for it; returns that block's outcome."""
-        queue = self._queues.get(contact.node_id)
-        if queue is None:
-            queue = self._queues[contact.node_id] = _PeerQueue(contact)
-        item = _Waiting(cid, data)
-        queue.waiting.append(item)
-        queue.queued_bytes += len(data)
-        self._send_what_fits(queue)
+        return (await self.store_on([contact], cid, data))[0]
+
+    async def store_on(self, contacts: Sequence[Contact], cid: CID, data: bytes) -> list[StoreOutcome]:
+        """Store one block on each of ``contacts`` at once (each in a message
+        with whatever else is queued for that peer); their outcomes, in
+        order, once every one is known: one wait for the whole round."""
+        round_ = _Round(len(contacts))
+        placed: list[tuple[_PeerQueue, _Waiting]] = []
+        for contact in contacts:
+            queue = self._queues.get(contact.node_id)
+            if queue is None:
+                queue = self._queues[contact.node_id] = _PeerQueue(contact)
+            item = _Waiting(cid, data, round_)
+            queue.waiting.append(item)
+            queue.queued_bytes += len(data)
+            placed.append((queue, item))
+        for queue, _ in placed:
+            self._send_what_fits(queue)
         try:
-            await item.done.wait()
+            if round_.remaining:
+                await round_.done.wait()
         finally:
-            if item.outcome is None and item in queue.waiting:
-                queue.waiting.remove(item)  # cancelled before it was sent
-                queue.queued_bytes -= len(data)
-                self._forget_if_idle(queue)
-        assert item.outcome is not None
-        return item.outcome
+            for queue, item in placed:
+                if item.outcome is None and item in queue.waiting:
+                    queue.waiting.remove(item)  # cancelled before it was sent
+                    queue.queued_bytes -= len(data)
+                    self._forget_if_idle(queue)
+        return [item.outcome for _, item in placed]  # type: ignore[misc]
 
     def _send_what_fits(self, queue: _PeerQueue) -> None:
         # An idle peer gets whatever is queued at once; a busy one a second
@@ -132,7 +152,9 @@ class StoreBatcher:
             queue.in_flight -= 1
             for item, outcome in zip(batch, outcomes, strict=True):
                 item.outcome = outcome
-                item.done.set()
+                item.round.remaining -= 1
+                if not item.round.remaining:
+                    item.round.done.set()
         self._send_what_fits(queue)
         self._forget_if_idle(queue)
 
