@@ -210,10 +210,11 @@ class Replicator:
     async def wait_settled(self, cids: Iterable[CID], timeout: float) -> bool:
         """Wait until none of ``cids`` is queued or being placed; False if
         ``timeout`` ran out first."""
-        wanted = set(cids)
+        wanted = set(cids) & self._pending
         with trio.move_on_after(timeout):
-            while wanted & self._pending:
+            while wanted:
                 await self._changed.wait()
+                wanted &= self._pending  # shrinks as they settle: each wake-up costs what is left
             return True
         return False
 
