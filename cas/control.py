@@ -687,7 +687,8 @@ class RemoteBlockStore:
                 if isinstance(item, dict) and set(item) == {"read"} and type(item["read"]) is int:
                     if progress is not None:
                         progress(item["read"])
-                elif isinstance(item, dict) and isinstance(item.get("cid"), CID):
+                elif isinstance(item, dict) and isinstance(item.get("cid"), CID) and all(
+                        type(item.get(key)) is int for key in ("size", "blocks", "new_blocks", "new_bytes")):
                     result = AddResult(item["cid"], item["size"], item["blocks"], item["new_blocks"],
                                        item["new_bytes"])
                 else:

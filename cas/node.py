@@ -545,11 +545,8 @@ def _store_ops(node: Node) -> OpTable:
         writer = await session(client)
 
         def put_own() -> list[bool]:
-            new = []
-            for block in blocks:
-                new.append(bool(writer.put(block)))
-                store().held.claim(block.cid)  # a local client's block is own, even if a peer sent it first
-            return new
+            own = _OwnBlocks(writer, store().held)
+            return [own.put(block) for block in blocks]
 
         new = await node.in_store_thread(put_own)  # one trip to the store thread for the batch
         if node.replicator is not None:
