@@ -258,10 +258,12 @@ def _open_fds(daemon: Daemon) -> int:
     return len(os.listdir(f"/proc/{daemon.pid}/fd"))
 
 
-def _settled_fds(daemon: Daemon) -> int:
-    """The daemon's descriptor count once it has written a block (its pack open)."""
-    with cas.open_repository(daemon.repo) as repo:
-        repo.put_block(b"opens the pack")
+def _settled_fds(daemon: Daemon, client: control.ControlClient) -> int:
+    """The daemon's descriptor count once it has written a block to its pack
+    (which stays open), counted while ``client`` is connected: compare with
+    a count taken on the same connection."""
+    data = b"opens the pack" * 5000  # over SMALL_BLOCK_LIMIT: a pack's, not a row's
+    client.call("put", cid=Block.of(RAW, data).cid, data=data)
     return _open_fds(daemon)
 
 
@@ -270,8 +272,8 @@ def test_a_file_added_through_the_daemon_is_read_by_the_daemon_from_its_descript
     data = pseudo_random(3_000_000, "read by the daemon")
     src = tmp_path / "input"
     src.write_bytes(data)
-    fds_before = _settled_fds(daemon)
     with control.ControlClient(control.socket_path(daemon.repo)) as client, open(src, "rb") as f:
+        fds_before = _settled_fds(daemon, client)
         f.seek(12345)
         store = control.RemoteBlockStore(client)
         deltas: list[int] = []
@@ -282,16 +284,16 @@ def test_a_file_added_through_the_daemon_is_read_by_the_daemon_from_its_descript
         assert result.new_blocks == result.blocks > 1  # counted by the daemon's store
         assert sum(deltas) == len(data) - 12345 and len(deltas) > 1
         assert client.call("has", cid=result.cid) is True
-    wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the passed descriptor")
+        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the passed descriptor")
     assert run_cas("cat", str(result.cid), repo=daemon.repo).stdout == data[12345:]
 
 
 def test_add_file_refuses_anything_but_one_regular_file_and_closes_what_it_was_passed(
         daemon: Daemon, tmp_path: Path) -> None:
-    fds_before = _settled_fds(daemon)
     read_end, write_end = os.pipe()
     try:
         with control.ControlClient(control.socket_path(daemon.repo)) as client:
+            fds_before = _settled_fds(daemon, client)
             with pytest.raises(InvalidInputError, match="regular files only"):
                 list(client.stream_with_fd("add_file", read_end))
             with pytest.raises(InvalidInputError, match="one file descriptor"):
@@ -302,10 +304,10 @@ def test_add_file_refuses_anything_but_one_regular_file_and_closes_what_it_was_p
                     list(client.stream_with_fd("add_file", f.fileno(), offset=-1))
                 assert list(client.stream_with_fd("ping", f.fileno())) == []  # passed, unused: closed
             assert client.call("ping") == "pong"
+            wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
     finally:
         os.close(read_end)
         os.close(write_end)
-    wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
 
 
 def test_cli_adds_through_the_daemon_give_the_cids_an_offline_add_gives(daemon: Daemon, tmp_path: Path) -> None:
