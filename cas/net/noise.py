@@ -44,7 +44,7 @@ Rules for this file
 2. No home-made cryptography. Primitives come from libsodium (through
    pynacl: X25519, Ed25519), OpenSSL (through ``cryptography``:
    AES-256-GCM, 2.7x the speed of its own ChaCha20-Poly1305 on this
-   project's machines, which have AES instructions; see CIPHER below) and
+   project's machines, which have AES instructions; see PROTOCOL_NAME) and
    the standard library (BLAKE2b, HMAC). This file only composes them in the order the
    Noise specification and RFC 2104 prescribe; the tests check the result
    byte for byte against published vectors and against the independent
