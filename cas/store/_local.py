@@ -50,7 +50,6 @@ from ..errors import (
     RepositoryLockedError,
 )
 from ..keys import Ed25519Key
-from . import _links
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 from ._disk import disk_error, fsync_dir
@@ -351,6 +350,7 @@ class LocalStore:
 
         ``progress`` is called with the byte count of each block checked.
         """
+        from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         report = VerifyReport()
         for damage in self.blocks.packs.check():
             report.problems.append(Problem(damage.where, damage.what))
@@ -396,6 +396,7 @@ class LocalStore:
         one of the ``history`` roots before it (default: the configured
         limit), and the root rows older than that. Blocks put through an
         open write session are kept."""
+        from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         keep = self.history_limit if history is None else history
         report = GcReport()
         rows = self.roots()
@@ -453,6 +454,7 @@ class LocalStore:
         return 0 if where is None else where.length
 
     def _reachable(self, roots: list[CID]) -> set[CID]:
+        from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         live: set[CID] = set()
         stack = [cid for cid in roots]
         while stack:
