@@ -11,6 +11,7 @@ from cas.net.framing import (
     IN_PLACE_BODY,
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
+    FrameBuffers,
     FrameDecoder,
     FrameError,
     FrameTooLargeError,
@@ -156,6 +157,7 @@ def test_fuzz_large_bodies_filled_in_place_or_fed_come_out_whole(
         cut = next(cut_sizes, len(wire))
         while (frame := decoder.next_frame()) is not None:
             out.append(bytes(frame))
+            decoder.recycle(frame)  # its buffer serves the next large body
         space = decoder.body_space()
         if in_place and space is not None:
             chunk = wire[pos : pos + min(cut, len(space))]  # a reader never reads past the body
@@ -167,8 +169,39 @@ def test_fuzz_large_bodies_filled_in_place_or_fed_come_out_whole(
         pos += len(chunk)
     while (frame := decoder.next_frame()) is not None:
         out.append(bytes(frame))
+        decoder.recycle(frame)
     assert out == bodies
     assert decoder.buffered == 0
+
+
+def test_frame_buffers_are_reused_up_to_the_number_kept() -> None:
+    # A reused buffer still holds what was written in it; a new one is zeros.
+    pool = FrameBuffers(keep=1)
+    first = pool.take(100_000)
+    assert len(first) == 100_000 and not first.readonly
+    first[:3] = b"one"
+    pool.give_back(first)
+    again = pool.take(7)
+    assert len(again) == 7 and bytes(again[:3]) == b"one"  # reused, not allocated
+    other = pool.take(10)
+    assert bytes(other[:3]) == b"\0\0\0"
+    other[:3] = b"two"
+    pool.give_back(again)
+    pool.give_back(other)  # one is kept; the other is left to be freed
+    assert bytes(pool.take(3)) == b"one"
+    assert bytes(pool.take(3)) == b"\0\0\0"
+    with pytest.raises(LocalProtocolError):
+        pool.take(FrameBuffers.SIZE + 1)
+
+
+def test_a_frame_buffer_still_in_use_elsewhere_is_not_reused() -> None:
+    pool = FrameBuffers()
+    view = pool.take(1000)
+    view[10:13] = b"abc"
+    still_read = view[10:20]  # e.g. a block parsed out of a body, not yet stored
+    pool.give_back(view)
+    pool.take(1000)[:] = b"x" * 1000  # the next frame: a new buffer, not this one
+    assert bytes(still_read[:3]) == b"abc"
 
 
 def test_a_stream_ending_inside_a_body_filled_in_place_is_an_error() -> None:

@@ -17,6 +17,8 @@ It never decrypts, decodes CBOR, or touches a socket.
 
 from __future__ import annotations
 
+import sys
+
 from .messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
 from .noise import MAX_NOISE_MESSAGE, TAGLEN, sealed_size
 
@@ -32,6 +34,50 @@ MIN_FRAME_SIZE = TAGLEN
 # A body this large, still incomplete, is received in place (body_space):
 # blocks, not DHT messages.
 IN_PLACE_BODY = 64 * 1024
+
+
+class FrameBuffers:
+    """Buffers for large frames, reused from one frame to the next.
+
+    A fresh ``bytearray`` is zero-filled, and for a 2 MiB frame that memset
+    was a tenth of a receiving daemon's time holding the GIL (py-spy): a
+    frame being received and one being sent each borrow a buffer of the
+    largest frame's size and give it back once its bytes are consumed (read
+    by the cipher, or taken by the kernel). At most ``keep`` free buffers
+    are kept (a busy node has a few frames in flight, an idle one nothing
+    to spare memory for); beyond that a returned buffer is left to be freed.
+    One thread only (the event loop's)."""
+
+    SIZE = HEADER_SIZE + MAX_FRAME_SIZE
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> memoryview:
+        """A writable view of exactly ``size`` bytes (≤ SIZE), contents undefined."""
+        if size > self.SIZE:
+            raise LocalProtocolError(f"a frame buffer of {size} bytes is over {self.SIZE}")
+        buffer = self._free.pop() if self._free else bytearray(self.SIZE)
+        return memoryview(buffer)[:size]
+
+    def give_back(self, view: memoryview) -> None:
+        """Return what :meth:`take` gave; the view must not be used after."""
+        buffer = view.obj
+        try:
+            view.release()
+        except BufferError:  # exported to something still reading it
+            return
+        # Another view of it still alive (CPython: it holds a reference to
+        # the buffer) means someone may read it: never reuse it under them.
+        if sys.getrefcount(buffer) > 2:  # ``buffer`` and getrefcount's own argument
+            return
+        if len(self._free) < self.keep and type(buffer) is bytearray and len(buffer) == self.SIZE:
+            self._free.append(buffer)
+
+
+FRAME_BUFFERS = FrameBuffers()
+"""The process's pool: every connection's large frames share it."""
 
 
 class FrameError(RemoteProtocolError):
@@ -72,7 +118,7 @@ class FrameDecoder:
         self.minimum = minimum
         self._buffer = bytearray()
         # A large frame's body, filled in place (see body_space).
-        self._body: bytearray | None = None
+        self._body: memoryview | None = None  # borrowed from FRAME_BUFFERS
         self._body_have = 0
         self._eof = False
         self._error: FrameError | None = None
@@ -115,6 +161,13 @@ class FrameDecoder:
             data = data[take:]
         self._buffer += data
 
+    @staticmethod
+    def recycle(body: bytes | memoryview) -> None:
+        """Give back the buffer of a body :meth:`next_frame` returned, once
+        nothing reads it any more (a small body, plain bytes, needs nothing)."""
+        if type(body) is memoryview:
+            FRAME_BUFFERS.give_back(body)
+
     def body_space(self) -> memoryview | None:
         """Where the rest of a large frame's body goes, for a reader to fill
         in place (``readv`` into it, then :meth:`body_filled`) instead of
@@ -123,7 +176,7 @@ class FrameDecoder:
         being received; call :meth:`next_frame` first, which starts one."""
         if self._body is None:
             return None
-        return memoryview(self._body)[self._body_have:]
+        return self._body[self._body_have:]
 
     def body_filled(self, count: int) -> None:
         """``count`` bytes were written at the start of :meth:`body_space`."""
@@ -135,8 +188,10 @@ class FrameDecoder:
         self._error = error
         return error
 
-    def next_frame(self) -> bytes | bytearray | None:
-        """The next complete body, or ``None`` if more bytes are needed."""
+    def next_frame(self) -> bytes | memoryview | None:
+        """The next complete body, or ``None`` if more bytes are needed. A
+        large body is a view of a borrowed buffer: pass it to :meth:`recycle`
+        once its bytes are consumed."""
         if self._error is not None:
             raise self._error
         if self._body is not None:
@@ -161,8 +216,9 @@ class FrameDecoder:
                 del self._buffer[:end]
                 return body
             if length >= IN_PLACE_BODY and not self._eof:
-                # The rest of this body is read straight into its own buffer.
-                self._body = bytearray(length)
+                # The rest of this body is read straight into a buffer of
+                # its own, borrowed: the caller gives it back (recycle).
+                self._body = FRAME_BUFFERS.take(length)
                 self._body_have = len(self._buffer) - HEADER_SIZE
                 self._body[: self._body_have] = memoryview(self._buffer)[HEADER_SIZE:]
                 self._buffer.clear()
