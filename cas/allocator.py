@@ -11,8 +11,9 @@ With a fixed, higher mmap threshold and trim threshold the heap keeps the
 memory it has used and reuses it: the process's peak footprint is what it
 was, it just stays mapped.
 
-Called once at the start of a ``cas`` command (the daemon and the mount are
-commands too). The library leaves a host program's allocator alone.
+Called once at the start of the ``cas`` commands that move such buffers
+(``add``, ``daemon``, ``mount``: cli.main.BUFFER_HEAVY); reading commands
+gain nothing from it. The library leaves a host program's allocator alone.
 """
 
 from __future__ import annotations
