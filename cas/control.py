@@ -43,6 +43,7 @@ anything else is reported as :class:`NodeError` and logged by the node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat as stat_module
@@ -409,9 +410,13 @@ async def _handle(request: Any, ops: OpTable, client: ClientState, send: Callabl
     try:
         if op.streaming:
             count = 0
-            async for items in op.handler(args, client):  # type: ignore[union-attr]
-                count += len(items)
-                await send({"more": items})
+            # Closed here, not whenever it is collected: a client gone
+            # mid-stream must not leave the handler's resources (add_file's
+            # descriptor) open until then.
+            async with contextlib.aclosing(op.handler(args, client)) as items_stream:  # type: ignore[type-var]
+                async for items in items_stream:
+                    count += len(items)
+                    await send({"more": items})
             await send({"ok": count})
         else:
             await send({"ok": await op.handler(args, client)})  # type: ignore[misc]

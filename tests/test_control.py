@@ -310,6 +310,21 @@ def test_add_file_refuses_anything_but_one_regular_file_and_closes_what_it_was_p
         os.close(write_end)
 
 
+def test_a_client_gone_in_the_middle_of_add_file_leaves_no_descriptor_open(daemon: Daemon, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.write_bytes(pseudo_random(48 << 20, "big"))
+    with control.ControlClient(control.socket_path(daemon.repo)) as observer:
+        fds_before = _settled_fds(daemon, observer)
+        adder = control.ControlClient(control.socket_path(daemon.repo))
+        with open(src, "rb") as f:
+            answers = adder.stream_with_fd("add_file", f.fileno())
+            assert "read" in next(answers)  # under way
+            answers.close()  # the client goes: its connection closes mid-stream
+        adder.close()
+        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the file and the connection")
+        assert observer.call("ping") == "pong"
+
+
 def test_cli_adds_through_the_daemon_give_the_cids_an_offline_add_gives(daemon: Daemon, tmp_path: Path) -> None:
     # Regular files are passed to the daemon (add_file); a pipe still
     # travels as blocks (put_many). Either way: the offline CIDs.
