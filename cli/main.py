@@ -124,11 +124,14 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _terminal_columns() -> int:
-    # What shutil.get_terminal_size does: $COLUMNS, else the terminal's, else 80.
+    # What shutil.get_terminal_size does: $COLUMNS if positive, else the
+    # terminal's, else 80.
     try:
-        return int(os.environ["COLUMNS"])
+        columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
-        pass
+        columns = 0
+    if columns > 0:
+        return columns
     try:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
