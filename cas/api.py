@@ -26,18 +26,18 @@ import io
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from . import files
 from .blocks import AsyncStoreAdapter, Block
 from .cid import DAG_CBOR, RAW, CID, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError
-from .store import GcReport, LocalStore, RepoStat, VerifyReport
+from .store import LocalStore, RepoStat
 
 if TYPE_CHECKING:
+    from .store import GcReport, VerifyReport
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
@@ -59,8 +59,7 @@ def default_repository_path() -> Path:
     return Path(platformdirs.user_data_dir("cas", appauthor=False))
 
 
-@dataclass(frozen=True)
-class Added:
+class Added(NamedTuple):
     """The result of adding one input."""
 
     cid: CID
@@ -70,8 +69,7 @@ class Added:
     linked_at: str | None = None  # the namespace path, when added with ``to``
 
 
-@dataclass(frozen=True)
-class NodeInfo:
+class NodeInfo(NamedTuple):
     """What a CID names: its kind, and its size in bytes of content."""
 
     cid: CID
@@ -296,7 +294,11 @@ class Repository:
         """What namespace ``path`` names (kind, size, mode, mtime, CID)."""
         namespace, inner = self.namespace_for(path)
         node = namespace.resolve(inner, at)
-        return node if namespace is self.namespace else replace(node, path=path)
+        if namespace is self.namespace:
+            return node
+        from dataclasses import replace  # a namespace record; the module loads with it
+
+        return replace(node, path=path)
 
     def mkdir(self, path: str, *, parents: bool = False) -> RootState:
         return self.namespace.mkdir(path, parents=parents)

@@ -20,8 +20,7 @@ it. Code that must run against both (the file reader) is written sans-IO in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .cid import CID
 from .errors import BlockNotFoundError, InvalidBlockError
@@ -31,20 +30,25 @@ MAX_BLOCK_SIZE = 1 << 20
 tree node). Anything larger from outside is refused before it is hashed."""
 
 
-@dataclass(frozen=True)
-class Block:
+class _BlockFields(NamedTuple):
+    cid: CID
+    data: bytes
+
+
+class Block(_BlockFields):
     """A CID and its bytes, checked against each other on construction."""
 
-    cid: CID
-    data: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.data) > MAX_BLOCK_SIZE:
+    def __new__(cls, cid: CID, data: bytes) -> Block:
+        if len(data) > MAX_BLOCK_SIZE:
             raise InvalidBlockError(
-                f"block {self.cid} is {len(self.data)} bytes, over the {MAX_BLOCK_SIZE}-byte limit"
+                f"block {cid} is {len(data)} bytes, over the {MAX_BLOCK_SIZE}-byte limit"
             )
-        if not self.cid.verify(self.data):
-            raise InvalidBlockError(f"block {self.cid}: content does not match its hash")
+        if not cid.verify(data):
+            raise InvalidBlockError(f"block {cid}: content does not match its hash")
+        return tuple.__new__(cls, (cid, data))
+
+    def __repr__(self) -> str:
+        return f"Block(cid={self.cid!r}, {len(self.data)} bytes)"
 
     @classmethod
     def of(cls, codec: int, data: bytes) -> Block:
@@ -53,10 +57,7 @@ class Block:
             raise InvalidBlockError(
                 f"block of {len(data)} bytes is over the {MAX_BLOCK_SIZE}-byte limit"
             )
-        block = object.__new__(cls)
-        object.__setattr__(block, "cid", CID.for_data(codec, data))
-        object.__setattr__(block, "data", bytes(data))
-        return block
+        return tuple.__new__(cls, (CID.for_data(codec, data), bytes(data)))
 
 
 def verified(cid: CID, data: bytes) -> bytes:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import blake3
 
@@ -81,20 +81,25 @@ def _cid_varint(raw: bytes, pos: int) -> tuple[int, int]:
         raise InvalidCIDError(f"malformed CID: {exc}") from None
 
 
-@dataclass(frozen=True, order=True)
-class CID:
-    """A CIDv1 over a BLAKE3-256 digest. Immutable and hashable."""
-
+class _CIDFields(NamedTuple):
     codec: int
     digest: bytes
 
-    def __post_init__(self) -> None:
-        if self.codec not in CODEC_NAMES:
-            raise InvalidCIDError(f"unsupported codec 0x{self.codec:x}")
-        if len(self.digest) != DIGEST_SIZE:
-            raise InvalidCIDError(
-                f"BLAKE3 digest must be {DIGEST_SIZE} bytes, not {len(self.digest)}"
-            )
+
+class CID(_CIDFields):
+    """A CIDv1 over a BLAKE3-256 digest. Immutable, hashable, and ordered by
+    (codec, digest).
+
+    A named tuple rather than a dataclass, as are the other records every
+    command loads ("Records" in docs/architecture.md): hashing and comparing run in C,
+    and nothing on the way to a first byte imports ``dataclasses``."""
+
+    def __new__(cls, codec: int, digest: bytes) -> CID:
+        if codec not in CODEC_NAMES:
+            raise InvalidCIDError(f"unsupported codec 0x{codec:x}")
+        if len(digest) != DIGEST_SIZE:
+            raise InvalidCIDError(f"BLAKE3 digest must be {DIGEST_SIZE} bytes, not {len(digest)}")
+        return tuple.__new__(cls, (codec, digest))
 
     # -- construction -----------------------------------------------------
 

@@ -58,8 +58,8 @@ from . import dagcbor
 from .blocks import MAX_BLOCK_SIZE, Block
 from .cid import CID
 from .errors import CasError, InvalidBlockError, InvalidInputError, RepositoryError
-from .store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
-from .store._local import NAMESPACE_KEY_FILE, Problem
+from .store import GcReport, NamespaceKey, Problem, RepoStat, RootRow, VerifyReport
+from .store._local import NAMESPACE_KEY_FILE
 
 if TYPE_CHECKING:
     from .files import AddResult

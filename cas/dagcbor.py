@@ -41,9 +41,6 @@ def _encode_cid(encoder: Any, value: CID) -> None:
 
 
 def _default(encoder: Any, value: Any) -> None:
-    if isinstance(value, CID):  # a subclass
-        _encode_cid(encoder, value)
-        return
     raise TypeError(f"DAG-CBOR cannot encode {type(value).__name__}")
 
 
@@ -89,7 +86,9 @@ def _check(value: Any, depth: int = 0) -> bool:
             if not _check(item, depth + 1):
                 in_order = False
         return in_order
-    if value is None or kind in _PLAIN_SCALARS or isinstance(value, (bool, str, bytes, CID)):
+    # Not a subclass of CID: CID is a named tuple, and cbor2 would write a
+    # subclass of it as an array.
+    if value is None or kind in _PLAIN_SCALARS or isinstance(value, (bool, str, bytes)):
         return True
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:

@@ -39,7 +39,7 @@ file node may have, what the sizes must add up to): that is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .blocks import MAX_BLOCK_SIZE
 from .cid import CID, encode_varint
@@ -70,8 +70,7 @@ _UINT32_MAX = (1 << 32) - 1
 _MAX_VARINT_BYTES = 10  # a uint64 needs at most ceil(64 / 7) bytes
 
 
-@dataclass(frozen=True)
-class PBLink:
+class PBLink(NamedTuple):
     """A dag-pb link. ``name``/``tsize`` of ``None`` mean the field is absent,
     which is distinct from present-and-empty/zero in the bytes."""
 
@@ -80,16 +79,14 @@ class PBLink:
     tsize: int | None = None
 
 
-@dataclass(frozen=True)
-class PBNode:
+class PBNode(NamedTuple):
     """A dag-pb node: ordered links, then optional opaque data."""
 
     links: tuple[PBLink, ...] = ()
     data: bytes | None = None
 
 
-@dataclass(frozen=True)
-class UnixFSData:
+class UnixFSData(NamedTuple):
     """The UnixFS ``Data`` message; ``None`` means the field is absent."""
 
     type: int

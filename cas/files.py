@@ -53,8 +53,8 @@ import threading
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast
+
+from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from .blocks import MAX_BLOCK_SIZE, AsyncBlockStore, Block, BlockStore
 from .chunker import Readable, chunk_bytes, chunk_stream
@@ -91,8 +91,7 @@ node's bytes are the ones an IPFS importer makes for the same children."""
 # -- building ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Child:
+class _Child(NamedTuple):
     """A finished subtree, waiting for its parent."""
 
     cid: CID
@@ -184,8 +183,7 @@ class FileBuilder:
         return _Child(block.cid, size, len(encoded) + sum(child.tsize for child in children))
 
 
-@dataclass(frozen=True)
-class AddResult:
+class AddResult(NamedTuple):
     """What adding one file did."""
 
     cid: CID
@@ -312,8 +310,7 @@ def add_bytes(store: BlockStore, data: bytes, *, fanout: int = MAX_FANOUT) -> Ad
 # -- reading: sans-IO navigation -------------------------------------------
 
 
-@dataclass(frozen=True)
-class _FileNode:
+class _FileNode(NamedTuple):
     """A validated interior node: its content is ``inline`` then each child."""
 
     cid: CID
@@ -371,8 +368,7 @@ def _decode_file_node(cid: CID, data: bytes, *, is_root: bool) -> _FileNode:
     )
 
 
-@dataclass(frozen=True)
-class ReadAhead:
+class ReadAhead(NamedTuple):
     """A hint from the walker: these blocks will be wanted next, in order.
 
     Drivers may pass it on to a store that can start fetching early (disk
@@ -466,8 +462,7 @@ def _root_size(cache: _PathCache, cid: CID) -> Generator[CID, bytes, int]:
     return (yield from cache.node(cid, 0)).size
 
 
-@dataclass(frozen=True)
-class LeafSpan:
+class LeafSpan(NamedTuple):
     """A leaf of a file and where its bytes sit in the file (what
     :func:`file_leaves` lists: the blocks a byte range will need)."""
 

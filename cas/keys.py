@@ -182,3 +182,9 @@ class Ed25519Key:
             key.save(path)
             return key
         return cls.load(path)
+
+
+class NamespaceKey(Ed25519Key):
+    """The Ed25519 key that signs a repository's namespace roots."""
+
+    what = "namespace key"

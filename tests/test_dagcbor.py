@@ -137,9 +137,15 @@ def _reference_check(value, depth=0):
     raise TypeError(f"{type(value).__name__} is not allowed")
 
 
+def _reference_cid(encoder, cid):
+    # Named in ``encoders``: a CID is a named tuple, which cbor2 would
+    # otherwise write as an array before it ever asked ``default``.
+    encoder.encode(cbor2.CBORTag(42, b"\x00" + bytes(cid)))
+
+
 def _reference_encode(value):
     _reference_check(value)
-    return cbor2.dumps(value, canonical=True, default=dagcbor._default)
+    return cbor2.dumps(value, canonical=True, encoders={CID: _reference_cid})
 
 
 def _reference_decode(data):
@@ -307,7 +313,7 @@ def _damaged(draw):
 
 
 @settings(max_examples=1000)
-@given(_damaged() | unordered_values.map(lambda v: cbor2.dumps(v, default=dagcbor._default)))
+@given(_damaged() | unordered_values.map(lambda v: cbor2.dumps(v, encoders={CID: _reference_cid})))
 def test_decode_accepts_and_rejects_exactly_what_the_reference_does(data):
     assert _outcome(dagcbor.decode, data) == _outcome(_reference_decode, data)
 
@@ -343,7 +349,7 @@ def test_the_noncanonical_decoder_takes_any_key_order_but_nothing_outside_the_da
 
 
 def _full_reencode_accepts(value: object, data: bytes) -> bool:
-    return cbor2.dumps(value, default=dagcbor._default) == data
+    return cbor2.dumps(value, encoders={CID: _reference_cid}) == data
 
 
 _PAYLOAD_MAPS = st.lists(

@@ -7,10 +7,35 @@ append-only pack files (``PackStore``) and small ones in SQLite
 across crashes.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
-from ._packs import BlockLocation, CompactReport, PackStore
+from ._packs import BlockLocation, PackStore
 from ._held import DEFAULT_QUOTA, HeldBlocks, StorageQuotaError
-from ._local import GcReport, LocalStore, NamespaceKey, Problem, RepoStat, RootRow, VerifyReport
+from ._local import LocalStore, RepoStat, RootRow
+
+if TYPE_CHECKING:
+    from ..keys import NamespaceKey
+    from ._reports import CompactReport, GcReport, Problem, VerifyReport
+
+# Loaded when first named: the maintenance reports and the namespace key
+# are not needed to read a file (see "Records" in docs/architecture.md).
+_LAZY = {
+    "CompactReport": "._reports",
+    "GcReport": "._reports",
+    "Problem": "._reports",
+    "VerifyReport": "._reports",
+    "NamespaceKey": "..keys",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
 
 __all__ = [
     "DEFAULT_QUOTA",

@@ -38,8 +38,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..cid import RAW, CID
 from ..errors import (
@@ -49,13 +49,16 @@ from ..errors import (
     RepositoryError,
     RepositoryLockedError,
 )
-from ..keys import Ed25519Key
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 from ._disk import disk_error, fsync_dir
-from ._packs import CompactReport, PackStore, migrate_block_files
+from ._packs import PackStore, migrate_block_files
 from ._records import HeldRecords
 from ._held import HeldBlocks
+
+if TYPE_CHECKING:
+    from ..keys import NamespaceKey
+    from ._reports import GcReport, VerifyReport
 
 FORMAT_NAME = "cas-repository"
 FORMAT_VERSION = 1
@@ -65,14 +68,7 @@ otherwise with "history" in config.json."""
 NAMESPACE_KEY_FILE = "namespace.key"
 
 
-class NamespaceKey(Ed25519Key):
-    """The Ed25519 key that signs a repository's namespace roots."""
-
-    what = "namespace key"
-
-
-@dataclass(frozen=True)
-class RepoStat:
+class RepoStat(NamedTuple):
     """What ``cas repo stat`` reports."""
 
     path: str
@@ -89,27 +85,7 @@ class RepoStat:
     end of ``cas gc``) frees them once a pack is under half live."""
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a repository, found by :meth:`LocalStore.verify`."""
-
-    cid: str
-    what: str
-
-
-@dataclass
-class VerifyReport:
-    blocks_checked: int = 0
-    bytes_checked: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass(frozen=True)
-class RootRow:
+class RootRow(NamedTuple):
     """One stored namespace root: its sequence number, CID, time and the
     signed record (checked by cas.names, not here)."""
 
@@ -117,16 +93,6 @@ class RootRow:
     root: CID
     time_ns: int
     record: bytes
-
-
-@dataclass
-class GcReport:
-    """What ``cas gc`` removed."""
-
-    blocks_freed: int = 0
-    bytes_freed: int = 0
-    roots_dropped: int = 0
-    compaction: CompactReport = field(default_factory=CompactReport)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -204,6 +170,8 @@ class LocalStore:
             (path / "packs").mkdir(exist_ok=True)
             (path / "tmp").mkdir(exist_ok=True)
             (path / "keys").mkdir(mode=0o700, exist_ok=True)
+            from ..keys import NamespaceKey
+
             NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
             config = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             # config.json last: its presence marks a complete repository.
@@ -301,6 +269,8 @@ class LocalStore:
     def namespace_key(self) -> NamespaceKey:
         """The key that signs this repository's namespace roots."""
         if self._namespace_key is None:
+            from ..keys import NamespaceKey
+
             self._namespace_key = NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
         return self._namespace_key
 
@@ -351,6 +321,8 @@ class LocalStore:
         ``progress`` is called with the byte count of each block checked.
         """
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
+        from ._reports import Problem, VerifyReport
+
         report = VerifyReport()
         for damage in self.blocks.packs.check():
             report.problems.append(Problem(damage.where, damage.what))
@@ -397,6 +369,8 @@ class LocalStore:
         limit), and the root rows older than that. Blocks put through an
         open write session are kept."""
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
+        from ._reports import GcReport
+
         keep = self.history_limit if history is None else history
         report = GcReport()
         rows = self.roots()

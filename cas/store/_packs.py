@@ -74,15 +74,18 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..blocks import MAX_BLOCK_SIZE, Block, verified
 from ..cid import CID
 from ..errors import BlockNotFoundError, InvalidBlockError, InvalidCIDError, RepositoryError
 from ._database import Database
 from ._disk import disk_error, fsync_dir
+
+if TYPE_CHECKING:
+    from ._reports import CompactReport
 
 PACK_MAGIC = b"CASPACK1"
 RECORD_MAGIC = b"CASB"
@@ -147,8 +150,7 @@ def record_head(cid: bytes, length: int) -> bytes:
     return _RECORD_HEAD.pack(RECORD_MAGIC, length, len(cid)) + cid
 
 
-@dataclass(frozen=True)
-class BlockLocation:
+class BlockLocation(NamedTuple):
     """Where a block's bytes lie on disk: ``length`` bytes at ``start`` of
     the file ``path`` (pack number ``pack``)."""
 
@@ -158,8 +160,7 @@ class BlockLocation:
     length: int
 
 
-@dataclass(frozen=True)
-class PackUsage:
+class PackUsage(NamedTuple):
     """One pack file: its size and how much of it indexed records use."""
 
     pack: int
@@ -173,18 +174,7 @@ class PackUsage:
         return max(0, self.size - HEADER_SIZE - self.live)
 
 
-@dataclass
-class CompactReport:
-    """What :meth:`PackStore.compact` did."""
-
-    packs_removed: int = 0
-    blocks_moved: int = 0
-    bytes_moved: int = 0
-    bytes_freed: int = 0
-
-
-@dataclass(frozen=True)
-class PackProblem:
+class PackProblem(NamedTuple):
     """Damage found in a pack file by :meth:`PackStore.check`."""
 
     where: str
@@ -584,6 +574,8 @@ class PackStore:
     def compact(self, below: float = COMPACT_BELOW) -> CompactReport:
         """Rewrite the packs whose live records are under ``below`` of their
         records' bytes (rule 5). Commits the open transaction."""
+        from ._reports import CompactReport
+
         report = CompactReport()
         for usage in self.pack_usage():
             records = usage.size - HEADER_SIZE
