@@ -109,6 +109,13 @@ class CID(_CIDFields):
         return cls(codec, blake3.blake3(data).digest())
 
     @classmethod
+    def from_parts(cls, codec: int, digest: bytes) -> CID:
+        """A CID from a codec and digest its caller has already checked
+        (a known codec, 32 bytes): the constructor without the checks, for
+        decoders that build thousands."""
+        return tuple.__new__(cls, (codec, digest))
+
+    @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> CID:
         """Parse the binary form. Rejects anything but a BLAKE3 CIDv1."""
         raw = bytes(raw)
