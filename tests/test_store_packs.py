@@ -447,3 +447,20 @@ def test_prefetch_hints_only_where_reads_jump_and_looks_up_single_blocks_in_batc
     # itself); 15-23 are a jump to pack 2: one hint for them.
     jump, last = store.blocks.locate(blocks[15].cid), store.blocks.locate(blocks[23].cid)
     assert hints[1:] == [("00000002.pack", jump.start, last.start + last.length - jump.start)]
+
+
+def test_fetchers_leave_the_run_their_reader_starts_to_the_kernel_and_hint_jumps(store, monkeypatch):
+    store.blocks.packs.pack_limit = 1 << 20  # 15 of these blocks to a pack
+    blocks = [big(f"fetched {i}") for i in range(20)]
+    for block in blocks:
+        store.blocks.put(block)
+    store.blocks.barrier()
+    hints: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(_packs.os, "posix_fadvise", lambda fd, start, length, advice: hints.append(
+        (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), start, length)))
+    fetch = store.blocks.packs.fetchers([b.cid for b in blocks])
+    # Blocks 0-14 are the run the reader starts reading now, in pack 1: no
+    # hint. 15-19 are a jump to pack 2: one hint for them.
+    jump, last = store.blocks.locate(blocks[15].cid), store.blocks.locate(blocks[19].cid)
+    assert hints == [("00000002.pack", jump.start, last.start + last.length - jump.start)]
+    assert [f() for f in fetch] == [b.data for b in blocks]

@@ -430,6 +430,13 @@ class PackStore:
                 part,
             ).fetchall()
             found.update((bytes(key), (pack, at, length)) for key, pack, at, length in rows)
+        first = found.get(keys[0]) if keys else None
+        if first is not None:
+            # The caller reads the first of these next: the kernel's
+            # read-ahead follows it from there, and a hint over the run it
+            # starts only delays it (bench/README.md). Hints go where the
+            # blocks jump after it.
+            self._asked = (first[0], first[1])
         self._advise(sorted(found.values()))
         out: list[Callable[[], bytes | None] | None] = []
         for cid, key in zip(cids, keys):
