@@ -203,6 +203,20 @@ def test_leftover_temporary_files_are_removed_on_open(tmp_path):
     (tmp_path / "repo" / "tmp" / "a-dir" / "x").write_bytes(b"x")
     with LocalStore.open(tmp_path / "repo"):
         assert list((tmp_path / "repo" / "tmp").iterdir()) == []
+    (tmp_path / "repo" / "tmp").rmdir()
+    with LocalStore.open(tmp_path / "repo"):
+        assert (tmp_path / "repo" / "tmp").is_dir()
+
+
+def test_an_empty_temporary_directory_is_left_as_it_is_on_open(tmp_path):
+    # Not removed and made again: a command that only reads writes no
+    # directory entries of its own (SQLite's WAL files aside).
+    LocalStore.open(tmp_path / "repo").close()
+    tmp = tmp_path / "repo" / "tmp"
+    before = (tmp.stat().st_ino, tmp.stat().st_mtime_ns)
+    with LocalStore.open(tmp_path / "repo"):
+        pass
+    assert (tmp.stat().st_ino, tmp.stat().st_mtime_ns) == before
 
 
 def test_a_second_owner_in_another_process_is_refused(tmp_path):
