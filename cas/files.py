@@ -53,7 +53,6 @@ import threading
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-
 from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from .blocks import MAX_BLOCK_SIZE, AsyncBlockStore, Block, BlockStore

@@ -1,9 +1,10 @@
 """What the repository's maintenance reports: ``cas repo verify``, ``cas
 gc`` and pack compaction fill these in as they go.
 
-Records that change while an operation runs, so dataclasses; this module
-loads with the first of those operations, not with every command (see
-"Records" in docs/architecture.md).
+Records that change while an operation runs, so dataclasses (and the
+problems verify lists); this module loads with the first of those
+operations, not with every command (see "Records" in
+docs/architecture.md).
 """
 
 from __future__ import annotations
