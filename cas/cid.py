@@ -54,6 +54,13 @@ def encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
+# What precedes the digest in the binary form, by codec (every part a
+# one-byte varint): an add or a read makes thousands.
+_BINARY_HEADS = {
+    codec: b"\x01" + encode_varint(codec) + bytes((BLAKE3, DIGEST_SIZE)) for codec in CODEC_NAMES
+}
+
+
 def decode_varint(buf: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
     """Decode a minimal unsigned varint at ``pos``; return (value, next_pos).
 
@@ -180,9 +187,7 @@ class CID(_CIDFields):
     # -- forms ------------------------------------------------------------
 
     def __bytes__(self) -> bytes:
-        return (
-            b"\x01" + encode_varint(self.codec) + bytes((BLAKE3, DIGEST_SIZE)) + self.digest
-        )
+        return _BINARY_HEADS[self.codec] + self.digest
 
     def encode(self) -> str:
         """The text form, ``b`` + lower-case base32 without padding."""
