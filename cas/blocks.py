@@ -19,8 +19,8 @@ it. Code that must run against both (the file reader) is written sans-IO in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .cid import CID
 from .errors import BlockNotFoundError, InvalidBlockError
@@ -46,6 +46,12 @@ class Block(_BlockFields):
         if not cid.verify(data):
             raise InvalidBlockError(f"block {cid}: content does not match its hash")
         return tuple.__new__(cls, (cid, data))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Block:
+        # The named tuple's own _make (and _replace, which calls it) builds
+        # the tuple directly, past the checks above.
+        return cls(*iterable)
 
     def __repr__(self) -> str:
         return f"Block(cid={self.cid!r}, {len(self.data)} bytes)"

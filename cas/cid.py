@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import blake3
 
@@ -107,6 +108,12 @@ class CID(_CIDFields):
         if len(digest) != DIGEST_SIZE:
             raise InvalidCIDError(f"BLAKE3 digest must be {DIGEST_SIZE} bytes, not {len(digest)}")
         return tuple.__new__(cls, (codec, digest))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> CID:
+        # The named tuple's own _make (and _replace, which calls it) builds
+        # the tuple directly, past the checks above.
+        return cls(*iterable)
 
     # -- construction -----------------------------------------------------
 

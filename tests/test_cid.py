@@ -85,3 +85,12 @@ def test_varints_round_trip(n):
 def test_non_minimal_varint_is_rejected():
     with pytest.raises(ValueError):
         decode_varint(b"\x81\x00")
+
+
+def test_a_cid_is_checked_however_it_is_made():
+    cid = CID.for_data(RAW, b"x")
+    assert cid._replace(codec=DAG_PB) == CID(DAG_PB, cid.digest)
+    with pytest.raises(InvalidCIDError, match="unsupported codec"):
+        cid._replace(codec=0x12)
+    with pytest.raises(InvalidCIDError, match="must be 32 bytes"):
+        CID._make((RAW, b"short"))
