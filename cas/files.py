@@ -698,6 +698,32 @@ def _as_bytes(piece: memoryview) -> bytes:
     return bytes(piece)
 
 
+def write_file(
+    store: BlockStore, cid: CID, fd: int, offset: int = 0, length: int | None = None,
+    *, stopped: Callable[[], bool] | None = None,
+) -> int:
+    """Write bytes [offset, offset + length) of file ``cid`` (to its end if
+    ``length`` is None) to the open descriptor ``fd``, each piece once it is
+    read and verified; return how many were written. ``stopped`` is asked
+    before each piece and ends the copy early when it says so. A failed
+    write raises its OSError (BrokenPipeError when a pipe's reader has
+    gone), after the bytes before it."""
+    written = 0
+    for piece in iter_file(store, cid, offset, length):
+        if stopped is not None and stopped():
+            break
+        view = memoryview(piece)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:  # a non-blocking descriptor, full for now
+                import select
+
+                select.select([], [fd], [])
+        written += len(piece)
+    return written
+
+
 def read_range(store: BlockStore, cid: CID, offset: int, length: int) -> bytes:
     """Bytes [offset, offset + length) of file ``cid``; shorter past its end."""
     _check_range(offset, length)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,23 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         sink = sys.stdout.buffer
-        for piece in repo.iter_read(cid, args.offset, args.length):
-            sink.write(piece)
         sink.flush()
+        try:
+            fd = sink.fileno()
+        except (AttributeError, OSError, ValueError):  # a stand-in stdout (tests, embedders)
+            for piece in repo.iter_read(cid, args.offset, args.length):
+                sink.write(piece)
+            sink.flush()
+            return 0
+        try:
+            # With a daemon, the daemon writes to our standard output itself.
+            repo.write_to(cid, fd, args.offset, args.length)
+        except BrokenPipeError:
+            # The reader went away (`cas cat X | head`): end as cat does.
+            signal.raise_signal(signal.SIGPIPE)
+            return 141
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write to standard output: {exc.strerror or exc}") from None
     return 0
 
 

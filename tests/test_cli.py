@@ -322,6 +322,22 @@ def test_cat_of_a_directory_says_it_is_not_a_file(repo, tmp_path):
     assert "not a file" in error_of("cat", cid, repo=repo)
 
 
+def test_cat_to_a_full_disk_or_a_closed_pipe_ends_as_cat_does(repo):
+    import subprocess
+
+    from tests.conftest import CAS
+
+    data = pseudo_random(3 * MiB, "out")
+    cid = add(repo, "-", input=data)
+    with open("/dev/full", "wb") as full:
+        failed = subprocess.run([CAS, "--repo", str(repo), "cat", cid], stdout=full, stderr=subprocess.PIPE)
+    assert failed.returncode == 1
+    assert failed.stderr == b"cas cat: error: cannot write to standard output: No space left on device\n"
+    head = subprocess.run(f"{CAS} --repo {repo} cat {cid} | head -c 10; echo \" ${{PIPESTATUS[0]}}\"",
+                          shell=True, capture_output=True, executable="/bin/bash")
+    assert head.stdout == data[:10] + b" 141\n" and head.stderr == b""  # killed by SIGPIPE, quietly
+
+
 def test_bad_usage_exits_2(repo):
     assert run_cas("cat", repo=repo, check=False).returncode == 2
     assert run_cas("frobnicate", repo=repo, check=False).returncode == 2
