@@ -704,6 +704,33 @@ class RemoteBlockStore:
             raise ControlProtocolError("the daemon ended add_file without a result")
         return result
 
+    def write_file(self, cid: CID, fd: int, offset: int, length: int | None) -> int | None:
+        """Have the daemon write bytes [offset, offset + length) of file
+        ``cid`` to the open descriptor ``fd`` itself, so they never cross
+        the socket; return how many it wrote. None from a daemon without
+        the op (the caller then reads the blocks). A write the daemon could
+        not make raises its OSError here, as a local one would
+        (BrokenPipeError: the reader of ``fd`` went away)."""
+        written: int | None = None
+        failed: int | None = None
+        try:
+            # Read to the end of the stream either way: leaving it early
+            # would close the connection.
+            for item in self._client.stream_with_fd("write_file", fd, cid=cid, offset=offset, length=length):
+                if isinstance(item, dict) and len(item) == 1 and type(item.get("written")) is int:
+                    written = item["written"]
+                elif isinstance(item, dict) and len(item) == 1 and type(item.get("failed")) is int:
+                    failed = item["failed"]
+                else:
+                    raise ControlProtocolError("the daemon sent a malformed write_file answer")
+        except UnknownOpError:
+            return None  # an older daemon
+        if failed is not None:
+            raise OSError(failed, os.strerror(failed))  # EPIPE makes a BrokenPipeError
+        if written is None:
+            raise ControlProtocolError("the daemon ended write_file without a result")
+        return written
+
     def delete(self, cid: CID) -> bool:
         return bool(self._client.call("delete", cid=cid))
 

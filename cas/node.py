@@ -24,12 +24,14 @@ or pickle anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import stat as stat_module
 import sys
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from .dht.routing import REFRESH_INTERVAL, RoutingTable
 from .chunker import chunk_stream
 from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
 from .files import FileAdd
+from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
@@ -494,6 +497,27 @@ class _FileFrom:
         return n
 
 
+class _PackFirst:
+    """What a worker thread reads a file through for the ``write_file`` op:
+    large blocks straight from their packs, in that thread (the one read
+    safe from any thread, ``get_file_block``); anything else (small nodes,
+    blocks put since the last barrier, blocks on peers) as the ``get`` op
+    finds it, on the node's thread."""
+
+    def __init__(self, blocks: Any, get: Callable[[CID], Awaitable[bytes]]) -> None:
+        self._blocks = blocks
+        self._get = get
+
+    def get(self, cid: CID) -> bytes:
+        data = self._blocks.get_file_block(cid)
+        if data is None:
+            data = trio.from_thread.run(self._get, cid)
+        return data
+
+    def release(self) -> None:
+        self._blocks.release_thread()
+
+
 def control_ops(node: Node) -> OpTable:
     """The node's op table: block store, pins and reports, then node ops.
 
@@ -515,8 +539,7 @@ def _store_ops(node: Node) -> OpTable:
     async def has(args: dict[str, Any], client: ClientState) -> bool:
         return bool(await node.in_store_thread(store().blocks.has, _cid_arg(args)))
 
-    async def get(args: dict[str, Any], client: ClientState) -> bytes:
-        cid = _cid_arg(args)
+    async def get_block(cid: CID) -> bytes:
         try:
             data = bytes(await node.in_store_thread(store().blocks.get, cid))
         except BlockNotFoundError:
@@ -526,6 +549,59 @@ def _store_ops(node: Node) -> OpTable:
         if (cid.codec != RAW or cid in node._fetched) and node.dht is not None and len(node.dht.table):
             node.after_read(cid, data)  # tree nodes: where their children sit, for read-ahead
         return data
+
+    async def get(args: dict[str, Any], client: ClientState) -> bytes:
+        return await get_block(_cid_arg(args))
+
+    async def write_file(args: dict[str, Any], client: ClientState) -> AsyncIterator[list[Any]]:
+        """Write bytes [offset, offset + length) of file ``cid`` to the
+        descriptor that came with the request: ``{"written": n}`` at the
+        end, or ``{"failed": errno}`` if a write failed (EPIPE: the
+        descriptor's reader went away). The bytes never cross the socket:
+        one worker thread reads, verifies and writes them (a pipe may block
+        it, never the node), asking the node only for blocks that are not
+        in a pack (small nodes, blocks from peers). A client that goes
+        stops the copy at the next piece."""
+        fd = client.take_fd()
+        try:
+            cid = _cid_arg(args)
+            offset, length = args.get("offset", 0), args.get("length")
+            if type(offset) is not int or offset < 0 or (
+                    length is not None and (type(length) is not int or length < 0)):
+                raise InvalidInputError("arguments 'offset' and 'length' must be byte counts (integers >= 0)")
+        except BaseException:
+            os.close(fd)
+            raise
+        reader = _PackFirst(store().blocks, get_block)
+        gone = threading.Event()
+        # Who closes fd: the thread once it has begun (a write may outlast
+        # the request: a stalled pipe), else the op, if it gives up first.
+        closer: list[str] = []
+        closer_lock = threading.Lock()
+
+        def copy_out() -> int:
+            with closer_lock:
+                if closer:
+                    return 0  # the op gave up before this thread began
+                closer.append("thread")
+            try:
+                return write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set)
+            finally:
+                os.close(fd)
+                reader.release()  # a pooled thread: its index connection goes now
+
+        try:
+            written = await trio.to_thread.run_sync(copy_out, abandon_on_cancel=True)
+        except OSError as exc:  # a write failed: the client raises it as its own
+            yield [{"failed": exc.errno or errno.EIO}]
+            return
+        finally:
+            gone.set()
+            with closer_lock:
+                if not closer:
+                    closer.append("op")
+                    os.close(fd)
+        yield [{"written": written}]
 
     async def session(client: ClientState) -> Any:
         """The connection's write session: gc keeps every block it put (or
@@ -658,7 +734,8 @@ def _store_ops(node: Node) -> OpTable:
     return {
         "gc": Op(gc), "roots": Op(roots), "commit_root": Op(commit_root),
         "ping": Op(ping), "has": Op(has), "get": Op(get), "put": Op(put), "put_many": Op(put_many),
-        "add_file": Op(add_file, streaming=True), "protect": Op(protect),
+        "add_file": Op(add_file, streaming=True), "write_file": Op(write_file, streaming=True),
+        "protect": Op(protect),
         "barrier": Op(barrier),
         "delete": Op(delete), "iterate": Op(iterate, streaming=True), "pin": Op(pin),
         "unpin": Op(unpin), "pins": Op(pins), "stat": Op(stat), "verify": Op(verify),

@@ -351,6 +351,107 @@ def test_cli_adds_through_the_daemon_give_the_cids_an_offline_add_gives(daemon: 
     assert run_cas("cat", through_daemon[1], repo=daemon.repo).stdout == piped
 
 
+def _settled_write_fds(daemon: Daemon, store: control.RemoteBlockStore, cid: cas.CID) -> int:
+    """The daemon's descriptor count once it has written a file out: the
+    worker thread's index connection is closed after each, but SQLite keeps
+    its file descriptor for the next connection (its locks are per process)."""
+    with open(os.devnull, "wb") as sink:
+        store.write_file(cid, sink.fileno(), 0, None)
+    return _open_fds(daemon)
+
+
+def test_write_file_has_the_daemon_write_a_file_to_the_descriptor_it_was_passed(
+        daemon: Daemon, tmp_path: Path) -> None:
+    data = pseudo_random(5_000_000, "written by the daemon")  # leaves in a pack, nodes in the database
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        store = control.RemoteBlockStore(client)
+        cid = files.add_bytes(store, data).cid
+        store.barrier()
+        fds_before = _settled_write_fds(daemon, store, cid)
+        out = tmp_path / "out"
+        with open(out, "wb") as f:
+            f.write(b"head:")
+            f.flush()
+            assert store.write_file(cid, f.fileno(), 0, None) == len(data)
+            assert store.write_file(cid, f.fileno(), 1_234_567, 10) == 10  # at the descriptor's position
+        assert out.read_bytes() == b"head:" + data + data[1_234_567:1_234_577]
+        read_end, write_end = os.pipe()
+        with os.fdopen(read_end, "rb") as reader:
+            assert store.write_file(cid, write_end, len(data) - 5, 100) == 5
+            os.close(write_end)
+            assert reader.read() == data[-5:]
+        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the passed descriptors")
+
+
+def test_write_file_reports_a_reader_gone_and_bad_arguments_and_closes_what_it_was_passed(
+        daemon: Daemon) -> None:
+    data = pseudo_random(3_000_000, "nobody reads")
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        store = control.RemoteBlockStore(client)
+        cid = files.add_bytes(store, data).cid
+        store.barrier()
+        fds_before = _settled_write_fds(daemon, store, cid)
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader has gone before a byte is written
+        try:
+            with pytest.raises(BrokenPipeError):
+                store.write_file(cid, write_end, 0, None)
+            with pytest.raises(InvalidInputError, match="byte counts"):
+                list(client.stream_with_fd("write_file", write_end, cid=cid, offset=-1))
+            with pytest.raises(InvalidInputError, match="one file descriptor"):
+                list(client.stream("write_file", cid=cid))
+            with pytest.raises(CasError, match="not a file"):
+                store.write_file(files.add_bytes(MemoryBlockStore(), b"").cid._replace(codec=0x71), write_end, 0, None)
+        finally:
+            os.close(write_end)
+        assert client.call("ping") == "pong"
+        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
+
+
+def test_cas_cat_through_a_daemon_is_written_by_the_daemon_and_ends_quietly_on_a_closed_pipe(
+        daemon: Daemon, tmp_path: Path) -> None:
+    data = pseudo_random(4_000_000, "cat through the daemon")
+    cid = run_cas("add", "-q", "-", repo=daemon.repo, input=data).stdout.decode().strip()
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == data
+    assert run_cas("cat", "--offset", "100", "--length", "2000000", cid, repo=daemon.repo).stdout \
+        == data[100:2_000_100]
+    head = subprocess.run(f"{CAS} --repo {daemon.repo} cat {cid} | head -c 10", shell=True,
+                          capture_output=True, timeout=60, executable="/bin/bash")
+    assert head.stdout == data[:10] and head.stderr == b""
+    with open("/dev/full", "wb") as full:
+        failed = subprocess.run([CAS, "--repo", str(daemon.repo), "cat", cid], stdout=full,
+                                stderr=subprocess.PIPE, timeout=60)
+    assert failed.returncode == 1
+    assert failed.stderr == b"cas cat: error: cannot write to standard output: No space left on device\n"
+    assert run_cas("cat", cid, repo=daemon.repo).stdout == data  # the daemon is still there
+
+
+def test_an_older_daemon_without_write_file_is_read_block_by_block(tmp_path: Path) -> None:
+    class OlderDaemon:
+        """A RemoteBlockStore of a daemon before write_file."""
+
+        def __init__(self) -> None:
+            self.memory = MemoryBlockStore()
+
+        def get(self, cid):
+            return self.memory.get(cid)
+
+        def write_file(self, cid, fd, offset, length):
+            return None
+
+    older = OlderDaemon()
+    data = pseudo_random(700_000, "old")
+    cid = files.add_bytes(older.memory, data).cid
+    repo = cas.open_repository(tmp_path / "repo")
+    try:
+        repo.blocks = older  # type: ignore[assignment]
+        with open(tmp_path / "out", "wb") as f:
+            assert repo.write_to(cid, f.fileno(), 10, None) == len(data) - 10
+        assert (tmp_path / "out").read_bytes() == data[10:]
+    finally:
+        repo.close()
+
+
 def test_a_stale_socket_is_ignored_and_replaced(tmp_path: Path, daemons: Daemons) -> None:
     repo = tmp_path / "repo"
     run_cas("init", repo=repo)

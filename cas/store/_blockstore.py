@@ -95,6 +95,11 @@ class RepositoryBlockStore:
         """
         return self.packs.get_committed(cid)
 
+    def release_thread(self) -> None:
+        """Close what :meth:`get_file_block` opened for the calling thread (a
+        read-only connection to the index): for a thread done reading."""
+        self.packs.release_reader()
+
     def put(self, block: Block) -> bool:
         if len(block.data) < SMALL_BLOCK_LIMIT:
             return self.db.put_block(bytes(block.cid), block.data)

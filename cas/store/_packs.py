@@ -382,6 +382,17 @@ class PackStore:
                 self._readers.append(conn)
         return conn
 
+    def release_reader(self) -> None:
+        """Close the calling thread's read-only connection, if it has one:
+        for a thread that is done with :meth:`get_committed` for now (a
+        pooled worker thread, which may end without it)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._readers_lock:
+                self._readers.remove(conn)
+            conn.close()
+
     def has(self, cid: CID) -> bool:
         return self._lookup(bytes(cid)) is not None
 
