@@ -700,14 +700,15 @@ def _as_bytes(piece: memoryview) -> bytes:
 
 def write_file(
     store: BlockStore, cid: CID, fd: int, offset: int = 0, length: int | None = None,
-    *, stopped: Callable[[], bool] | None = None,
+    *, stopped: Callable[[], bool] | None = None, progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write bytes [offset, offset + length) of file ``cid`` (to its end if
     ``length`` is None) to the open descriptor ``fd``, each piece once it is
     read and verified; return how many were written. ``stopped`` is asked
-    before each piece and ends the copy early when it says so. A failed
-    write raises its OSError (BrokenPipeError when a pipe's reader has
-    gone), after the bytes before it."""
+    before each piece and ends the copy early when it says so; ``progress``
+    is given the count written after each piece. A failed write raises its
+    OSError (BrokenPipeError when a pipe's reader has gone), after the
+    bytes before it."""
     written = 0
     for piece in iter_file(store, cid, offset, length):
         if stopped is not None and stopped():
@@ -721,6 +722,8 @@ def write_file(
 
                 select.select([], [fd], [])
         written += len(piece)
+        if progress is not None:
+            progress(written)
     return written
 
 

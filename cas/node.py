@@ -25,6 +25,7 @@ or pickle anything.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import signal
@@ -84,6 +85,9 @@ MAX_READ_AHEAD_INDEX = 65536
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
+WRITE_REPORT_BYTES = 4 * 1024 * 1024
+"""How often ``write_file`` tells its client how far it is: also how far a
+copy runs on after the client has gone (a report is how the op sees it)."""
 
 
 @dataclass
@@ -504,14 +508,15 @@ class _PackFirst:
     blocks put since the last barrier, blocks on peers) as the ``get`` op
     finds it, on the node's thread."""
 
-    def __init__(self, blocks: Any, get: Callable[[CID], Awaitable[bytes]]) -> None:
+    def __init__(self, blocks: Any, get: Callable[[CID], Awaitable[bytes]], token: trio.lowlevel.TrioToken) -> None:
         self._blocks = blocks
         self._get = get
+        self._token = token
 
     def get(self, cid: CID) -> bytes:
         data = self._blocks.get_file_block(cid)
         if data is None:
-            data = trio.from_thread.run(self._get, cid)
+            data = trio.from_thread.run(self._get, cid, trio_token=self._token)
         return data
 
     def release(self) -> None:
@@ -561,7 +566,8 @@ def _store_ops(node: Node) -> OpTable:
         one worker thread reads, verifies and writes them (a pipe may block
         it, never the node), asking the node only for blocks that are not
         in a pack (small nodes, blocks from peers). A client that goes
-        stops the copy at the next piece."""
+        stops the copy within ``WRITE_REPORT_BYTES``: the op answers
+        ``{"written": n}`` that often, and notices then that it has gone."""
         fd = client.take_fd()
         try:
             cid = _cid_arg(args)
@@ -572,36 +578,58 @@ def _store_ops(node: Node) -> OpTable:
         except BaseException:
             os.close(fd)
             raise
-        reader = _PackFirst(store().blocks, get_block)
+        token = trio.lowlevel.current_trio_token()
+        reader = _PackFirst(store().blocks, get_block, token)
         gone = threading.Event()
         # Who closes fd: the thread once it has begun (a write may outlast
         # the request: a stalled pipe), else the op, if it gives up first.
         closer: list[str] = []
         closer_lock = threading.Lock()
+        reports_in, reports = trio.open_memory_channel[tuple[str, Any]](math.inf)
 
-        def copy_out() -> int:
+        def report(kind: str, value: Any) -> None:  # from the thread
+            token.run_sync_soon(reports_in.send_nowait, (kind, value))
+
+        def copy_out() -> None:
             with closer_lock:
                 if closer:
-                    return 0  # the op gave up before this thread began
+                    return  # the op gave up before this thread began
                 closer.append("thread")
+            next_report = WRITE_REPORT_BYTES
+
+            def progress(written: int) -> None:
+                nonlocal next_report
+                if written >= next_report:
+                    report("written", written)
+                    next_report = written + WRITE_REPORT_BYTES
+
             try:
-                return write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set)
+                report("done", write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set,
+                                             progress=progress))
+            except BaseException as exc:  # noqa: BLE001 - the op raises or reports it
+                report("failed", exc)
             finally:
                 os.close(fd)
                 reader.release()  # a pooled thread: its index connection goes now
 
+        trio.lowlevel.start_thread_soon(copy_out, lambda result: None)
         try:
-            written = await trio.to_thread.run_sync(copy_out, abandon_on_cancel=True)
-        except OSError as exc:  # a write failed: the client raises it as its own
-            yield [{"failed": exc.errno or errno.EIO}]
-            return
+            async for kind, value in reports:
+                if kind == "failed":
+                    if isinstance(value, OSError):  # a write: the client raises it as its own
+                        yield [{"failed": value.errno or errno.EIO}]
+                        return
+                    raise value
+                # A report on the way lets the op see a client that has gone.
+                yield [{"written": value}]
+                if kind == "done":
+                    return
         finally:
             gone.set()
             with closer_lock:
                 if not closer:
                     closer.append("op")
                     os.close(fd)
-        yield [{"written": written}]
 
     async def session(client: ClientState) -> Any:
         """The connection's write session: gc keeps every block it put (or

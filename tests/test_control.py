@@ -351,13 +351,18 @@ def test_cli_adds_through_the_daemon_give_the_cids_an_offline_add_gives(daemon: 
     assert run_cas("cat", through_daemon[1], repo=daemon.repo).stdout == piped
 
 
-def _settled_write_fds(daemon: Daemon, store: control.RemoteBlockStore, cid: cas.CID) -> int:
-    """The daemon's descriptor count once it has written a file out: the
-    worker thread's index connection is closed after each, but SQLite keeps
-    its file descriptor for the next connection (its locks are per process)."""
-    with open(os.devnull, "wb") as sink:
-        store.write_file(cid, sink.fileno(), 0, None)
-    return _open_fds(daemon)
+def _open_fds_but_the_index(daemon: Daemon) -> int:
+    """The daemon's descriptors, less its index database's: a worker thread
+    of write_file closes its index connection when done, but SQLite may keep
+    the file descriptor for the next connection (its locks are per process)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{daemon.pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{daemon.pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        count += not target.endswith(("meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"))
+    return count
 
 
 def test_write_file_has_the_daemon_write_a_file_to_the_descriptor_it_was_passed(
@@ -367,7 +372,7 @@ def test_write_file_has_the_daemon_write_a_file_to_the_descriptor_it_was_passed(
         store = control.RemoteBlockStore(client)
         cid = files.add_bytes(store, data).cid
         store.barrier()
-        fds_before = _settled_write_fds(daemon, store, cid)
+        fds_before = _open_fds_but_the_index(daemon)
         out = tmp_path / "out"
         with open(out, "wb") as f:
             f.write(b"head:")
@@ -380,7 +385,8 @@ def test_write_file_has_the_daemon_write_a_file_to_the_descriptor_it_was_passed(
             assert store.write_file(cid, write_end, len(data) - 5, 100) == 5
             os.close(write_end)
             assert reader.read() == data[-5:]
-        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close the passed descriptors")
+        wait_until(lambda: _open_fds_but_the_index(daemon) == fds_before, 10,
+                   "the daemon to close the passed descriptors")
 
 
 def test_write_file_reports_a_reader_gone_and_bad_arguments_and_closes_what_it_was_passed(
@@ -390,7 +396,7 @@ def test_write_file_reports_a_reader_gone_and_bad_arguments_and_closes_what_it_w
         store = control.RemoteBlockStore(client)
         cid = files.add_bytes(store, data).cid
         store.barrier()
-        fds_before = _settled_write_fds(daemon, store, cid)
+        fds_before = _open_fds_but_the_index(daemon)
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader has gone before a byte is written
         try:
@@ -405,7 +411,40 @@ def test_write_file_reports_a_reader_gone_and_bad_arguments_and_closes_what_it_w
         finally:
             os.close(write_end)
         assert client.call("ping") == "pong"
-        wait_until(lambda: _open_fds(daemon) == fds_before, 10, "the daemon to close every passed descriptor")
+        wait_until(lambda: _open_fds_but_the_index(daemon) == fds_before, 10,
+                   "the daemon to close every passed descriptor")
+
+
+def test_a_client_gone_in_the_middle_of_write_file_stops_the_copy_and_leaves_no_descriptor_open(
+        daemon: Daemon) -> None:
+    data = pseudo_random(16 << 20, "abandoned")
+    with control.ControlClient(control.socket_path(daemon.repo)) as observer:
+        store = control.RemoteBlockStore(observer)
+        cid = files.add_bytes(store, data).cid
+        store.barrier()
+        fds_before = _open_fds_but_the_index(daemon)
+        read_end, write_end = os.pipe()
+        client = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from cas import control; "
+             "c = control.ControlClient(control.socket_path(sys.argv[1])); "
+             "list(c.stream_with_fd('write_file', int(sys.argv[2]), cid=sys.argv[3]))",
+             str(daemon.repo), str(write_end), str(cid)], pass_fds=[write_end])
+        os.close(write_end)  # the client and then the daemon hold it; the daemon fills the pipe
+        try:
+            with os.fdopen(read_end, "rb") as reader:
+                first = reader.read(1 << 16)  # under way
+                client.kill()  # the client goes mid-copy
+                client.wait(timeout=10)
+                rest = reader.read()  # to the end: the daemon stopped and closed its copy
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        copied = first + rest
+        assert len(first) == 1 << 16 and len(copied) < len(data) and copied == data[:len(copied)]
+        wait_until(lambda: _open_fds_but_the_index(daemon) == fds_before, 10,
+                   "the daemon to close the pipe and the connection")
+        assert observer.call("ping") == "pong"
 
 
 def test_cas_cat_through_a_daemon_is_written_by_the_daemon_and_ends_quietly_on_a_closed_pipe(

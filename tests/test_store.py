@@ -94,6 +94,29 @@ def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_tho
         store.blocks.get_file_block(large[0].cid)  # verified like every read
 
 
+def test_a_thread_done_with_get_file_block_can_release_its_connection(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    block = big("released")
+    store.blocks.put(block)
+    store.blocks.barrier()
+    readers = store.blocks.packs._readers  # the connections threads opened, closed at close()
+
+    def read_then_release() -> None:
+        assert store.blocks.get_file_block(block.cid) == block.data
+        assert len(readers) == 1
+        store.blocks.release_thread()
+        assert readers == []
+        assert store.blocks.get_file_block(block.cid) == block.data  # opens another if asked again
+        store.blocks.release_thread()
+
+    for _ in range(3):  # pooled threads come and go: connections do not pile up
+        with ThreadPoolExecutor(1) as pool:  # a new thread each time
+            pool.submit(read_then_release).result()
+    assert readers == []
+    store.blocks.release_thread()  # a thread that never read: nothing to do
+
+
 def test_fetchers_look_up_now_and_read_verified_bytes_later_in_any_thread(store):
     from concurrent.futures import ThreadPoolExecutor
 
