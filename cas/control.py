@@ -704,13 +704,17 @@ class RemoteBlockStore:
             raise ControlProtocolError("the daemon ended add_file without a result")
         return result
 
-    def write_file(self, cid: CID, fd: int, offset: int, length: int | None) -> int | None:
+    def write_file(
+        self, cid: CID, fd: int, offset: int, length: int | None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int | None:
         """Have the daemon write bytes [offset, offset + length) of file
         ``cid`` to the open descriptor ``fd`` itself, so they never cross
-        the socket; return how many it wrote. None from a daemon without
-        the op (the caller then reads the blocks). A write the daemon could
-        not make raises its OSError here, as a local one would
-        (BrokenPipeError: the reader of ``fd`` went away)."""
+        the socket; return how many it wrote. ``progress`` is given the
+        bytes written since its last call, every few MiB. None from a
+        daemon without the op (the caller then reads the blocks). A write
+        the daemon could not make raises its OSError here, as a local one
+        would (BrokenPipeError: the reader of ``fd`` went away)."""
         written: int | None = None
         failed: int | None = None
         try:
@@ -718,6 +722,8 @@ class RemoteBlockStore:
             # would close the connection.
             for item in self._client.stream_with_fd("write_file", fd, cid=cid, offset=offset, length=length):
                 if isinstance(item, dict) and len(item) == 1 and type(item.get("written")) is int:
+                    if progress is not None:
+                        progress(item["written"] - (written or 0))
                     written = item["written"]
                 elif isinstance(item, dict) and len(item) == 1 and type(item.get("failed")) is int:
                     failed = item["failed"]

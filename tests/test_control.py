@@ -465,6 +465,26 @@ def test_cas_cat_through_a_daemon_is_written_by_the_daemon_and_ends_quietly_on_a
     assert run_cas("cat", cid, repo=daemon.repo).stdout == data  # the daemon is still there
 
 
+def test_cas_get_through_a_daemon_has_the_daemon_write_the_files(daemon: Daemon, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "big.bin").write_bytes(pseudo_random(9_000_000, "big"))
+    (tree / "sub" / "small.txt").write_bytes(b"small")
+    file_cid = run_cas("add", "-q", str(tree / "big.bin"), repo=daemon.repo).stdout.decode().strip()
+    tree_cid = run_cas("add", "-q", "-r", str(tree), repo=daemon.repo).stdout.decode().strip()
+    run_cas("get", file_cid, "-o", str(tmp_path / "big.out"), repo=daemon.repo)
+    assert (tmp_path / "big.out").read_bytes() == (tree / "big.bin").read_bytes()
+    run_cas("get", tree_cid, "-o", str(tmp_path / "tree.out"), repo=daemon.repo)
+    assert (tmp_path / "tree.out" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+    assert (tmp_path / "tree.out" / "sub" / "small.txt").read_bytes() == b"small"
+    with control.ControlClient(control.socket_path(daemon.repo)) as client:
+        deltas: list[int] = []
+        with open(tmp_path / "again", "wb") as f:
+            written = control.RemoteBlockStore(client).write_file(
+                cas.parse_cid(file_cid), f.fileno(), 0, None, deltas.append)
+        assert written == sum(deltas) == 9_000_000 and len(deltas) >= 2  # every 4 MiB, then the rest
+
+
 def test_an_older_daemon_without_write_file_is_read_block_by_block(tmp_path: Path) -> None:
     class OlderDaemon:
         """A RemoteBlockStore of a daemon before write_file."""
