@@ -32,7 +32,7 @@ import signal
 import stat as stat_module
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -512,6 +512,11 @@ class _PackFirst:
         self._blocks = blocks
         self._get = get
         self._token = token
+
+    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
+        # The reader's batched look-ups (files._LeafLookups), through this
+        # thread's connection.
+        return self._blocks.fetchers(cids, committed=True)
 
     def get(self, cid: CID) -> bytes:
         data = self._blocks.get_file_block(cid)

@@ -94,6 +94,30 @@ def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_tho
         store.blocks.get_file_block(large[0].cid)  # verified like every read
 
 
+def test_committed_fetchers_look_up_in_batches_from_any_thread(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = Block.of(RAW, b"small")
+    committed = [big(f"committed {i}") for i in range(5)]
+    for block in [small, *committed]:
+        store.blocks.put(block)
+    store.blocks.barrier()
+    pending = big("not committed yet")
+    store.blocks.put(pending)
+    cids = [small.cid, *(b.cid for b in committed), pending.cid]
+
+    def fetch_all() -> list[bytes | None]:
+        found = store.blocks.fetchers(cids, committed=True)
+        out = [None if fetch is None else fetch() for fetch in found]
+        store.blocks.release_thread()
+        return out
+
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(fetch_all).result()
+    # Small blocks and uncommitted rows: None, ask get() (the owner's thread).
+    assert got == [None, *(b.data for b in committed), None]
+
+
 def test_a_thread_done_with_get_file_block_can_release_its_connection(store):
     from concurrent.futures import ThreadPoolExecutor
 

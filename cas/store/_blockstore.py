@@ -69,15 +69,18 @@ class RepositoryBlockStore:
                 "match its hash; run 'cas repo verify' to list all damage"
             ) from None
 
-    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
+    def fetchers(
+        self, cids: Sequence[CID], *, committed: bool = False
+    ) -> list[Callable[[], bytes | None] | None]:
         """For a reader that knows which blocks it will want next (a file's
         leaves): the index look-ups of these blocks now, in one query, and
         for each large raw block a function that reads and verifies its
         bytes when called, returning None if they have moved since (then
         ask :meth:`get`). None for any other block: ask :meth:`get`
-        (``PackStore.fetchers``)."""
+        (``PackStore.fetchers``). With ``committed``, safe from any thread,
+        as :meth:`get_file_block` is: committed blocks only."""
         raw = [cid for cid in cids if cid.codec == RAW]
-        found = iter(self.packs.fetchers(raw))
+        found = iter(self.packs.fetchers(raw, committed=committed))
         return [next(found) if cid.codec == RAW else None for cid in cids]
 
     def get_file_block(self, cid: CID) -> bytes | None:

@@ -423,7 +423,9 @@ class PackStore:
             )
         return data
 
-    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
+    def fetchers(
+        self, cids: Sequence[CID], *, committed: bool = False
+    ) -> list[Callable[[], bytes | None] | None]:
         """``find`` in two steps, for a reader that knows which blocks it
         will want next (a file's leaves): their index look-ups now, in one
         query, and for each block in a pack a function that reads and
@@ -431,12 +433,17 @@ class PackStore:
         pack bytes, never rewritten in place, rule 4); None for a block not
         in a pack. Such a function returns None if the pack has gone since
         (compacted away: look again with ``get``). Where the blocks jump,
-        the kernel is asked to start reading them (see :meth:`prefetch`)."""
+        the kernel is asked to start reading them (see :meth:`prefetch`).
+
+        With ``committed``, for any thread: the look-ups go through the
+        thread's own read-only connection and see committed rows only, as
+        :meth:`get_committed` does."""
+        query = self._query_committed if committed else self.db.query
         keys = [bytes(cid) for cid in cids]
         found: dict[bytes, tuple[int, int, int]] = {}
         for start in range(0, len(keys), LOOKUP_BATCH):
             part = keys[start : start + LOOKUP_BATCH]
-            rows = self.db.query(
+            rows = query(
                 f"SELECT cid, pack, start, length FROM pack_blocks WHERE cid IN ({','.join('?' * len(part))})",
                 part,
             ).fetchall()
@@ -458,15 +465,19 @@ class PackStore:
     def get_committed(self, cid: CID) -> bytes | None:
         """``get`` for any thread (rule 4): the verified bytes if ``cid``'s
         row is committed and its pack still there, else None."""
-        try:
-            row = self._reader().execute(
-                "SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise RepositoryError(f"metadata database {self.db.path} failed: {exc}") from None
+        row = self._query_committed(
+            "SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),)
+        ).fetchall()
         if not row:
             return None
         return self._read(cid, *row[0])
+
+    def _query_committed(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        """A query through the calling thread's read-only connection."""
+        try:
+            return self._reader().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise RepositoryError(f"metadata database {self.db.path} failed: {exc}") from None
 
     def _read(self, cid: CID, number: int, start: int, length: int) -> bytes | None:
         """The verified bytes at ``start``; None if the pack does not exist."""
