@@ -565,14 +565,14 @@ def _store_ops(node: Node) -> OpTable:
 
     async def write_file(args: dict[str, Any], client: ClientState) -> AsyncIterator[list[Any]]:
         """Write bytes [offset, offset + length) of file ``cid`` to the
-        descriptor that came with the request: ``{"written": n}`` at the
-        end, or ``{"failed": errno}`` if a write failed (EPIPE: the
-        descriptor's reader went away). The bytes never cross the socket:
-        one worker thread reads, verifies and writes them (a pipe may block
-        it, never the node), asking the node only for blocks that are not
-        in a pack (small nodes, blocks from peers). A client that goes
-        stops the copy within ``WRITE_REPORT_BYTES``: the op answers
-        ``{"written": n}`` that often, and notices then that it has gone."""
+        descriptor that came with the request: ``{"written": n}`` every
+        ``WRITE_REPORT_BYTES`` and at the end (the last is the total), or
+        ``{"failed": errno}`` if a write failed (EPIPE: the descriptor's
+        reader went away). The bytes never cross the socket: one worker
+        thread reads, verifies and writes them (a pipe may block it, never
+        the node), asking the node only for blocks that are not in a pack
+        (small nodes, blocks from peers). A report is also how the op
+        learns that its client has gone; the copy stops then."""
         fd = client.take_fd()
         try:
             cid = _cid_arg(args)
