@@ -260,14 +260,8 @@ class Repository:
         open descriptor ``fd``; return how many. With a daemon, the daemon
         writes them itself and they never cross its socket. A failed write
         raises its OSError (BrokenPipeError when a pipe's reader has gone)."""
-        cid = self.resolve(ref, at)
         _check_range(offset, length)
-        by_daemon = getattr(self.blocks, "write_file", None)
-        if by_daemon is not None:
-            written = by_daemon(cid, fd, offset, length)
-            if written is not None:
-                return int(written)
-        return files.write_file(self.blocks, cid, fd, offset, length)
+        return files.write_file(self.blocks, self.resolve(ref, at), fd, offset, length)
 
     def info(self, ref: CID | str, *, at: int | None = None) -> NodeInfo:
         """Kind and size of what ``ref`` names."""

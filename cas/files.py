@@ -698,22 +698,41 @@ def _as_bytes(piece: memoryview) -> bytes:
     return bytes(piece)
 
 
+class WritesFiles(Protocol):
+    """A store that writes a whole file to a descriptor itself: a daemon's
+    client (:class:`cas.control.RemoteBlockStore`) passes the descriptor
+    over the control socket, so the file's bytes never cross it."""
+
+    def write_file(
+        self, cid: CID, fd: int, offset: int, length: int | None, progress: Callable[[int], object] | None
+    ) -> int | None:
+        """Write the bytes to ``fd`` and return how many; None if this store
+        cannot after all."""
+
+
 def write_file(
     store: BlockStore, cid: CID, fd: int, offset: int = 0, length: int | None = None,
     *, stopped: Callable[[], bool] | None = None, progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write bytes [offset, offset + length) of file ``cid`` (to its end if
     ``length`` is None) to the open descriptor ``fd``, each piece once it is
-    read and verified; return how many were written. ``stopped`` is asked
-    before each piece and ends the copy early when it says so; ``progress``
-    is given the count written after each piece. A failed write raises its
-    OSError (BrokenPipeError when a pipe's reader has gone), after the
-    bytes before it."""
+    read and verified; return how many were written. ``progress``, if
+    given, is called with the bytes written since its last call. A failed
+    write raises its OSError (BrokenPipeError when a pipe's reader has
+    gone), after the bytes before it.
+
+    A store that :class:`WritesFiles` is handed the job whole. A copy made
+    here asks ``stopped`` before each piece and ends early when it says so."""
+    _check_range(offset, length)
+    if hasattr(store, "write_file"):
+        written = cast(WritesFiles, store).write_file(cid, fd, offset, length, progress)
+        if written is not None:
+            return written
     written = 0
-    for piece in iter_file(store, cid, offset, length):
+    for piece in _run(store, _read(_PathCache(), cid, offset, length)):
         if stopped is not None and stopped():
             break
-        view = memoryview(piece)
+        view = piece
         while view:
             try:
                 view = view[os.write(fd, view):]
@@ -723,7 +742,7 @@ def write_file(
                 select.select([], [fd], [])
         written += len(piece)
         if progress is not None:
-            progress(written)
+            progress(len(piece))
     return written
 
 

@@ -600,10 +600,12 @@ def _store_ops(node: Node) -> OpTable:
                 if closer:
                     return  # the op gave up before this thread began
                 closer.append("thread")
+            written = 0
             next_report = WRITE_REPORT_BYTES
 
-            def progress(written: int) -> None:
-                nonlocal next_report
+            def progress(more: int) -> None:
+                nonlocal written, next_report
+                written += more
                 if written >= next_report:
                     report("written", written)
                     next_report = written + WRITE_REPORT_BYTES

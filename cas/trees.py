@@ -159,14 +159,9 @@ def export(
 
 def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None) -> None:
     part = dest.with_name(f".{dest.name}.cas-part")
-    by_daemon = getattr(store, "write_file", None)  # a daemon's store writes the file itself
     try:
-        with open(part, "wb") as f:
-            if by_daemon is None or by_daemon(cid, f.fileno(), 0, None, progress) is None:
-                for piece in files.iter_file(store, cid):
-                    f.write(piece)
-                    if progress is not None:
-                        progress(len(piece))
+        with open(part, "wb") as f:  # a daemon's store writes into it itself
+            files.write_file(store, cid, f.fileno(), progress=progress)
         os.replace(part, dest)
     except OSError as exc:
         part.unlink(missing_ok=True)

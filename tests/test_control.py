@@ -495,7 +495,7 @@ def test_an_older_daemon_without_write_file_is_read_block_by_block(tmp_path: Pat
         def get(self, cid):
             return self.memory.get(cid)
 
-        def write_file(self, cid, fd, offset, length):
+        def write_file(self, cid, fd, offset, length, progress=None):
             return None
 
     older = OlderDaemon()
