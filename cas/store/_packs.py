@@ -438,15 +438,15 @@ class PackStore:
         With ``committed``, for any thread: the look-ups go through the
         thread's own read-only connection and see committed rows only, as
         :meth:`get_committed` does."""
-        query = self._query_committed if committed else self.db.query
+        rows_of = self._committed_rows if committed else self._rows
         keys = [bytes(cid) for cid in cids]
         found: dict[bytes, tuple[int, int, int]] = {}
         for start in range(0, len(keys), LOOKUP_BATCH):
             part = keys[start : start + LOOKUP_BATCH]
-            rows = query(
+            rows = rows_of(
                 f"SELECT cid, pack, start, length FROM pack_blocks WHERE cid IN ({','.join('?' * len(part))})",
                 part,
-            ).fetchall()
+            )
             found.update((bytes(key), (pack, at, length)) for key, pack, at, length in rows)
         first = found.get(keys[0]) if keys else None
         if first is not None:
@@ -465,17 +465,20 @@ class PackStore:
     def get_committed(self, cid: CID) -> bytes | None:
         """``get`` for any thread (rule 4): the verified bytes if ``cid``'s
         row is committed and its pack still there, else None."""
-        row = self._query_committed(
-            "SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),)
-        ).fetchall()
+        row = self._committed_rows("SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),))
         if not row:
             return None
         return self._read(cid, *row[0])
 
-    def _query_committed(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
-        """A query through the calling thread's read-only connection."""
+    def _rows(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """A query's rows, read through the owner's connection."""
+        return self.db.query(sql, tuple(params)).fetchall()
+
+    def _committed_rows(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """A query's rows, read through the calling thread's read-only
+        connection (its errors, to the last row, as RepositoryError)."""
         try:
-            return self._reader().execute(sql, params)
+            return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise RepositoryError(f"metadata database {self.db.path} failed: {exc}") from None
 
