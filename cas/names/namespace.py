@@ -11,9 +11,19 @@ until garbage collection drops them past the history limit, so
 
 A namespace works over a *repository*: anything with ``blocks`` (a
 BlockStore), ``roots()``, ``commit_root(...)`` and ``namespace_key()`` — the
-local store, or a client of the node that owns it. Commits are compare-and-
-swap on the sequence number, so two writers never overwrite each other's
-change: the loser re-reads and retries.
+local store, or a client of the node that owns it.
+
+Concurrent writers (docs/architecture.md, "Concurrent changes"). Every
+change is a record of paths (cas.names.changes), applied by :meth:`apply`
+to the newest root and committed as the next sequence number, compare-and-
+swap: the commit is refused if any root was committed after the one the
+change was applied to, and then the change is applied again to the newer
+root (a rebase at the level of paths: changes to different paths both
+survive; of two changes to one path the later commit wins, and both are in
+the history). A change that no longer fits the newer root (its source was
+moved away) fails with the error it meets there. A daemon's clients hand
+their changes to the daemon (:class:`AppliesChanges`), which applies them
+one at a time, so through a daemon they never even conflict.
 
 Root records that fail verification are skipped with a warning (kept in
 ``warnings``) and the last good root is used. This module never touches the
@@ -25,11 +35,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from ..blocks import BlockStore
 from ..cid import DAG_CBOR, CID
 from ..errors import (
+    BlockNotFoundError,
     ConcurrentUpdateError,
     DirectoryNotEmptyError,
     InvalidInputError,
@@ -42,6 +53,7 @@ from ..errors import (
 )
 from ..keys import Ed25519Key
 from . import dirtree
+from .changes import Change, Link, Mkdir, Move, Remove, SetAttributes, check_change
 from .directory import DirEntry, check_name
 from .record import RootRecord, check_successor
 
@@ -76,6 +88,18 @@ class RootState:
     root: CID
     time_ns: int
     public_key: bytes
+
+
+@runtime_checkable
+class AppliesChanges(Protocol):
+    """A repository that applies namespace changes itself: a daemon's
+    client (:class:`cas.control.RemoteStore`) sends each change to the
+    daemon, which applies them one at a time to the repository it owns."""
+
+    def apply_change(self, change: Change) -> RootState | None:
+        """The root committed with ``change`` applied; None if this
+        repository cannot after all (an older daemon: the caller then
+        commits the change itself)."""
 
 
 @dataclass(frozen=True)
@@ -222,28 +246,66 @@ class Namespace:
 
     # -- writing --------------------------------------------------------------
 
+    def apply(self, change: Change) -> RootState:
+        """Apply ``change`` to the newest root and commit it as the next one
+        (the rule: docs/architecture.md, "Concurrent changes").
+
+        A repository that :class:`AppliesChanges` (a daemon's client) is
+        handed the change whole and applies it itself; otherwise it is
+        applied here and committed compare-and-swap, and applied again to
+        the newer root whenever another writer committed first. Either way
+        the change lands on the root that is newest when it commits, or
+        fails with the error it meets there: never on a root that another
+        commit has replaced."""
+        check_change(change)
+        if isinstance(self.repo, AppliesChanges):
+            done = self.repo.apply_change(change)
+            if done is not None:
+                return done
+        return self._commit(lambda state: self._changed_root(state, change))
+
     def _commit(self, change: Callable[[RootState], CID]) -> RootState:
-        """Apply ``change`` to the current root and commit the result,
-        retrying if another writer commits first."""
+        """Apply ``change`` to the newest root and commit the result as the
+        next root, compare-and-swap; if another writer commits first, apply
+        it again to the root that writer made."""
         for _attempt in range(MAX_RETRIES):
+            # The newest stored sequence number is read *before* the change
+            # is made, and the new root is numbered right after it (or after
+            # the state, if a commit landed between the two reads): the
+            # commit then succeeds only if nothing was committed since, so a
+            # change is never committed on top of a root it was not made
+            # against. A stored record that fails verification still holds
+            # its number, so the next is above it.
+            rows = self.repo.roots(newest_first=True, limit=1)
             state = self.current()
+            seq = max(state.seq, rows[0].seq if rows else 0) + 1
             new_root = change(state)
             if new_root == state.root:
                 return state
             now = max(self._clock(), state.time_ns + 1)
-            # Above every stored root, good or not: a record that failed
-            # verification still holds its sequence number.
-            rows = self.repo.roots(newest_first=True, limit=1)
-            seq = max(state.seq, rows[0].seq if rows else 0) + 1
             record = RootRecord.sign(self.repo.namespace_key(), seq, new_root, now)
             try:
                 self.repo.commit_root(record.seq, new_root, now, record.encode())
             except ConcurrentUpdateError:
-                continue
+                continue  # another writer was first: apply the change to its root
             state = RootState(record.seq, new_root, now, record.public_key)
             self._verified = (record.seq, record.encode(), state)
             return state
         raise ConcurrentUpdateError("the namespace kept changing under this operation; try again")
+
+    def _changed_root(self, state: RootState, change: Change) -> CID:
+        """The root ``state`` becomes with ``change`` applied (its new nodes
+        stored); ``state.root`` itself if the change changes nothing. Raises
+        the NamespaceError the change meets on this root."""
+        if isinstance(change, Mkdir):
+            return self._mkdir(state.root, change)
+        if isinstance(change, Link):
+            return self._link(state.root, change)
+        if isinstance(change, Move):
+            return self._move(state.root, change)
+        if isinstance(change, Remove):
+            return self._remove(state.root, change)
+        return self._set_attributes(state.root, change)
 
     def _update_dir(
         self, root: CID, dir_parts: list[str], changes: dict[str, DirEntry | None], now: int | None
@@ -290,24 +352,28 @@ class Namespace:
     def mkdir(self, path: str, *, parents: bool = False, mode: int = 0o755) -> RootState:
         """Create directory ``path``; with ``parents``, also missing parents
         and no error if it exists already as a directory."""
-        parts = split_path(path)
-        if not parts:
+        if not split_path(path):
             if parents:
                 return self.current()
             raise PathExistsError("/ exists already")
+        return self.apply(Mkdir(path, parents, mode))
 
-        def change(state: RootState) -> CID:
-            now = self._clock()
-            existing = self._lookup_in(state.root, parts)
-            if existing is not None:
-                if parents and existing.kind == "dir":
-                    return state.root
-                raise PathExistsError(f"{join_path(parts)} exists already")
-            root = self._mkdirs(state.root, parts[:-1], now) if parents else state.root
-            entry = DirEntry(parts[-1], "dir", 0, mode, now, cid=dirtree.empty_directory(self.blocks))
-            return self._update_dir(root, parts[:-1], {parts[-1]: entry}, now)
-
-        return self._commit(change)
+    def _mkdir(self, root: CID, change: Mkdir) -> CID:
+        parts = split_path(change.path)
+        if not parts:
+            if change.parents:
+                return root
+            raise PathExistsError("/ exists already")
+        now = self._clock()
+        existing = self._lookup_in(root, parts)
+        if existing is not None:
+            if change.parents and existing.kind == "dir":
+                return root
+            raise PathExistsError(f"{join_path(parts)} exists already")
+        if change.parents:
+            root = self._mkdirs(root, parts[:-1], now)
+        entry = DirEntry(parts[-1], "dir", 0, change.mode, now, cid=dirtree.empty_directory(self.blocks))
+        return self._update_dir(root, parts[:-1], {parts[-1]: entry}, now)
 
     def link(self, path: str, node: Node, *, replace_file: bool = True, parents: bool = False) -> RootState:
         """Make ``path`` name ``node`` (content already stored). An existing
@@ -315,46 +381,51 @@ class Namespace:
         parts = split_path(path)
         if not parts:
             raise InvalidInputError("cannot replace the root directory /")
+        return self.apply(Link(path, node.to_entry(parts[-1]), replace_file, parents))
 
-        def change(state: RootState) -> CID:
-            now = self._clock()
-            root = state.root
-            if parents and len(parts) > 1:
-                root = self._mkdirs(root, parts[:-1], now)
-            existing = self._lookup_in(root, parts)
-            if existing is not None:
-                if existing.kind == "dir":
-                    raise IsADirectoryPathError(f"{join_path(parts)} is a directory; it is not replaced")
-                if not replace_file:
-                    raise PathExistsError(f"{join_path(parts)} exists already")
-            return self._update_dir(root, parts[:-1], {parts[-1]: node.to_entry(parts[-1])}, now)
-
-        return self._commit(change)
+    def _link(self, root: CID, change: Link) -> CID:
+        parts = split_path(change.path)
+        if not parts:
+            raise InvalidInputError("cannot replace the root directory /")
+        content = change.entry.cid
+        if content is not None and not self.blocks.has(content):
+            # Checked here, where the change is committed: a root never
+            # refers to a block the repository lacks.
+            raise BlockNotFoundError(content)
+        now = self._clock()
+        if change.parents and len(parts) > 1:
+            root = self._mkdirs(root, parts[:-1], now)
+        existing = self._lookup_in(root, parts)
+        if existing is not None:
+            if existing.kind == "dir":
+                raise IsADirectoryPathError(f"{join_path(parts)} is a directory; it is not replaced")
+            if not change.replace_file:
+                raise PathExistsError(f"{join_path(parts)} exists already")
+        return self._update_dir(root, parts[:-1], {parts[-1]: change.entry}, now)
 
     def set_attributes(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> RootState:
         """Change the mode and/or mtime of ``path`` (file, directory or
         symlink); its content is untouched."""
-        parts = split_path(path)
+        if not split_path(path):
+            raise InvalidInputError("the root directory's attributes are fixed")
+        return self.apply(SetAttributes(path, mode, mtime))
+
+    def _set_attributes(self, root: CID, change: SetAttributes) -> CID:
+        parts = split_path(change.path)
         if not parts:
             raise InvalidInputError("the root directory's attributes are fixed")
-        if mode is not None and not 0 <= mode <= 0o7777:
-            raise InvalidInputError(f"mode {mode:o} is not a permission mode")
-
-        def change(state: RootState) -> CID:
-            entry = self._lookup_in(state.root, parts)
-            if entry is None:
-                raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
-            changed = replace(
-                entry,
-                mode=entry.mode if mode is None else mode,
-                mtime=entry.mtime if mtime is None else mtime,
-            )
-            if changed == entry:
-                return state.root
-            # The parent's own mtime stays: attributes are not contents.
-            return self._update_dir(state.root, parts[:-1], {parts[-1]: changed}, now=None)
-
-        return self._commit(change)
+        entry = self._lookup_in(root, parts)
+        if entry is None:
+            raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
+        changed = replace(
+            entry,
+            mode=entry.mode if change.mode is None else change.mode,
+            mtime=entry.mtime if change.mtime is None else change.mtime,
+        )
+        if changed == entry:
+            return root
+        # The parent's own mtime stays: attributes are not contents.
+        return self._update_dir(root, parts[:-1], {parts[-1]: changed}, now=None)
 
     def _mkdirs(self, root: CID, parts: list[str], now: int) -> CID:
         """``root`` with every missing directory along ``parts`` created."""
@@ -370,21 +441,22 @@ class Namespace:
 
     def remove(self, path: str, *, recursive: bool = False) -> RootState:
         """Remove ``path``; a non-empty directory only with ``recursive``."""
-        parts = split_path(path)
+        if not split_path(path):
+            raise InvalidInputError("cannot remove the root directory /")
+        return self.apply(Remove(path, recursive))
+
+    def _remove(self, root: CID, change: Remove) -> CID:
+        parts = split_path(change.path)
         if not parts:
             raise InvalidInputError("cannot remove the root directory /")
-
-        def change(state: RootState) -> CID:
-            entry = self._lookup_in(state.root, parts)
-            if entry is None:
-                raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
-            if entry.kind == "dir" and not recursive:
-                assert entry.cid is not None
-                if dirtree.summary(self.blocks, entry.cid).count:
-                    raise DirectoryNotEmptyError(f"{join_path(parts)} is a directory that is not empty; use -r")
-            return self._update_dir(state.root, parts[:-1], {parts[-1]: None}, self._clock())
-
-        return self._commit(change)
+        entry = self._lookup_in(root, parts)
+        if entry is None:
+            raise PathNotFoundError(f"{join_path(parts)}: no such file or directory")
+        if entry.kind == "dir" and not change.recursive:
+            assert entry.cid is not None
+            if dirtree.summary(self.blocks, entry.cid).count:
+                raise DirectoryNotEmptyError(f"{join_path(parts)} is a directory that is not empty; use -r")
+        return self._update_dir(root, parts[:-1], {parts[-1]: None}, self._clock())
 
     def move(self, src: str, dst: str, *, into_directory: bool = True, no_replace: bool = False) -> RootState:
         """Rename ``src`` to ``dst``.
@@ -395,48 +467,50 @@ class Namespace:
         An existing target is replaced as rename(2) does (a file by a file, an
         empty directory by a directory), unless ``no_replace``.
         """
-        src_parts, dst_parts = split_path(src), split_path(dst)
+        split_path(dst)
+        if not split_path(src):
+            raise InvalidMoveError("cannot move the root directory /")
+        return self.apply(Move(src, dst, into_directory, no_replace))
+
+    def _move(self, root: CID, change: Move) -> CID:
+        src_parts, dst_parts = split_path(change.src), split_path(change.dst)
         if not src_parts:
             raise InvalidMoveError("cannot move the root directory /")
-
-        def change(state: RootState) -> CID:
-            entry = self._lookup_in(state.root, src_parts)
-            if entry is None:
-                raise PathNotFoundError(f"{join_path(src_parts)}: no such file or directory")
-            target_parts = dst_parts
-            target = self._lookup_in(state.root, dst_parts) if dst_parts else None
-            if into_directory and (not dst_parts or (target is not None and target.kind == "dir")):
-                target_parts = dst_parts + [src_parts[-1]]
-                target = self._lookup_in(state.root, target_parts)
-            if not target_parts:
-                raise InvalidMoveError("cannot replace the root directory /")
-            if target_parts == src_parts:
-                return state.root
-            if entry.kind == "dir" and target_parts[: len(src_parts)] == src_parts:
-                raise InvalidMoveError(f"cannot move {join_path(src_parts)} into itself")
-            if target is not None:
-                if no_replace:
-                    raise PathExistsError(f"{join_path(target_parts)} exists already")
-                if target.kind == "dir":
-                    if entry.kind != "dir":
-                        raise IsADirectoryPathError(f"{join_path(target_parts)} is a directory")
-                    assert target.cid is not None
-                    if dirtree.summary(self.blocks, target.cid).count:
-                        raise DirectoryNotEmptyError(f"{join_path(target_parts)} is a directory that is not empty")
-                elif entry.kind == "dir":
-                    raise NotADirectoryPathError(f"{join_path(target_parts)} is not a directory")
-            parent = self._lookup_in(state.root, target_parts[:-1]) if len(target_parts) > 1 else None
-            if len(target_parts) > 1 and (parent is None or parent.kind != "dir"):
-                raise PathNotFoundError(f"{join_path(target_parts[:-1])}: no such directory")
-            now = self._clock()
-            moved = replace(entry, name=target_parts[-1])
-            if src_parts[:-1] == target_parts[:-1]:
-                changes = {src_parts[-1]: None, target_parts[-1]: moved}
-                return self._update_dir(state.root, src_parts[:-1], changes, now)
-            root = self._update_dir(state.root, src_parts[:-1], {src_parts[-1]: None}, now)
-            return self._update_dir(root, target_parts[:-1], {target_parts[-1]: moved}, now)
-
-        return self._commit(change)
+        entry = self._lookup_in(root, src_parts)
+        if entry is None:
+            raise PathNotFoundError(f"{join_path(src_parts)}: no such file or directory")
+        target_parts = dst_parts
+        target = self._lookup_in(root, dst_parts) if dst_parts else None
+        if change.into_directory and (not dst_parts or (target is not None and target.kind == "dir")):
+            target_parts = dst_parts + [src_parts[-1]]
+            target = self._lookup_in(root, target_parts)
+        if not target_parts:
+            raise InvalidMoveError("cannot replace the root directory /")
+        if target_parts == src_parts:
+            return root
+        if entry.kind == "dir" and target_parts[: len(src_parts)] == src_parts:
+            raise InvalidMoveError(f"cannot move {join_path(src_parts)} into itself")
+        if target is not None:
+            if change.no_replace:
+                raise PathExistsError(f"{join_path(target_parts)} exists already")
+            if target.kind == "dir":
+                if entry.kind != "dir":
+                    raise IsADirectoryPathError(f"{join_path(target_parts)} is a directory")
+                assert target.cid is not None
+                if dirtree.summary(self.blocks, target.cid).count:
+                    raise DirectoryNotEmptyError(f"{join_path(target_parts)} is a directory that is not empty")
+            elif entry.kind == "dir":
+                raise NotADirectoryPathError(f"{join_path(target_parts)} is not a directory")
+        parent = self._lookup_in(root, target_parts[:-1]) if len(target_parts) > 1 else None
+        if len(target_parts) > 1 and (parent is None or parent.kind != "dir"):
+            raise PathNotFoundError(f"{join_path(target_parts[:-1])}: no such directory")
+        now = self._clock()
+        moved = replace(entry, name=target_parts[-1])
+        if src_parts[:-1] == target_parts[:-1]:
+            changes = {src_parts[-1]: None, target_parts[-1]: moved}
+            return self._update_dir(root, src_parts[:-1], changes, now)
+        root = self._update_dir(root, src_parts[:-1], {src_parts[-1]: None}, now)
+        return self._update_dir(root, target_parts[:-1], {target_parts[-1]: moved}, now)
 
     def node_for_cid(self, cid: CID, size: int) -> Node:
         """A node for content given by CID (``cas cp CID /path``)."""
