@@ -63,6 +63,8 @@ from .store._local import NAMESPACE_KEY_FILE
 
 if TYPE_CHECKING:
     from .files import AddResult
+    from .names.changes import Change
+    from .names.namespace import RootState
 
 SOCKET_NAME = "control.sock"
 
@@ -758,7 +760,8 @@ class RemoteBlockStore:
 class RemoteStore:
     """What :class:`cas.api.Repository` needs of a store, served by a daemon:
     ``path``, ``blocks``, pins, ``stat``, ``verify``, ``gc``, the namespace
-    roots (``roots``, ``commit_root``, ``namespace_key``), ``close``."""
+    roots (``roots``, ``commit_root``, ``namespace_key``), namespace changes
+    (``apply_change``: the daemon applies them), ``close``."""
 
     def __init__(self, client: ControlClient, path: Path) -> None:
         self._client = client
@@ -809,6 +812,22 @@ class RemoteStore:
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         self._client.call("commit_root", seq=seq, root=root, time_ns=time_ns, record=record)
+
+    def apply_change(self, change: Change) -> RootState | None:
+        """Have the daemon apply a namespace change to the repository it
+        owns (see :class:`cas.names.namespace.AppliesChanges`); None from a
+        daemon without the op (the caller then commits it itself)."""
+        from .names.changes import change_to_value
+        from .names.namespace import RootState
+
+        try:
+            v = self._client.call("namespace_change", change=change_to_value(change))
+        except UnknownOpError:
+            return None  # an older daemon
+        if not (isinstance(v, dict) and type(v.get("seq")) is int and isinstance(v.get("root"), CID)
+                and type(v.get("time_ns")) is int and isinstance(v.get("public_key"), bytes)):
+            raise ControlProtocolError("the daemon sent a malformed namespace_change answer")
+        return RootState(v["seq"], v["root"], v["time_ns"], v["public_key"])
 
     def namespace_key(self) -> NamespaceKey:
         """Read from the repository directly, as the daemon would: the key file

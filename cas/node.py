@@ -63,6 +63,8 @@ from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryE
 from .files import FileAdd
 from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
+from .names.changes import change_from_value
+from .names.namespace import Namespace
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
@@ -178,6 +180,7 @@ class Node:
         self.replicator: Replicator | None = None
         self.publisher: Publisher | None = None
         self.group_commit: GroupCommitter | None = None
+        self.namespace: Namespace | None = None
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
         self._siblings: dict[CID, tuple[list[CID], int]] = {}
@@ -198,6 +201,7 @@ class Node:
         store = await trio.to_thread.run_sync(lambda: LocalStore.open(repo, create=True))
         store.held.quota = self.config.quota
         self.store = store
+        self.namespace = Namespace(store)
         try:
             await self._run_with_store(store, repo, task_status)
         finally:
@@ -534,8 +538,23 @@ def control_ops(node: Node) -> OpTable:
     To add ops (the namespace, say), write ``names_ops(node) -> OpTable`` in
     your module and merge it in the ``return`` below; that is the one place.
     """
-    return {**_store_ops(node), **_node_ops(node),
+    return {**_store_ops(node), **_node_ops(node), **_namespace_ops(node),
             **name_ops(lambda: node.publisher, lambda: node.store, node.in_store_thread)}
+
+
+def _namespace_ops(node: Node) -> OpTable:
+    async def namespace_change(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
+        """Apply a client's namespace change here, in the store thread, one
+        change at a time: clients' changes never race each other (the rule:
+        docs/architecture.md, "Concurrent changes")."""
+        change = change_from_value(args.get("change"))
+        assert node.namespace is not None
+        state = await node.in_store_thread(node.namespace.apply, change)
+        if node.publisher is not None:
+            node.publisher.root_changed()  # published namespaces go out now, not at the next interval
+        return {"seq": state.seq, "root": state.root, "time_ns": state.time_ns, "public_key": state.public_key}
+
+    return {"namespace_change": Op(namespace_change)}
 
 
 def _store_ops(node: Node) -> OpTable:

@@ -561,3 +561,48 @@ def test_gc_spares_what_a_connected_client_has_put_until_it_disconnects(daemon: 
             return not other.call("has", cid=block.cid)
 
         wait_until(collected, 10, "gc to collect the block once its writer left")
+
+
+def test_namespace_changes_are_applied_by_the_daemon_not_committed_by_the_client(daemon: Daemon) -> None:
+    from cas.names.changes import Link, Mkdir, Move, Remove, SetAttributes, change_to_value
+    from cas.names.directory import DirEntry
+    from cas.names.namespace import Namespace
+
+    store = control.RemoteStore.connect(daemon.repo)
+    assert store is not None
+    try:
+        def no_commits(*args: object) -> None:
+            raise AssertionError("the client committed a root itself")
+
+        store.commit_root = no_commits  # type: ignore[method-assign]
+        ns = Namespace(store)  # type: ignore[arg-type]
+        cid = files.add_bytes(store.blocks, b"through the daemon").cid
+        store.blocks.barrier()
+        assert ns.apply(Mkdir("/d")).seq == 1
+        entry = DirEntry("f", "file", 18, 0o644, 1, cid=cid)
+        assert ns.apply(Link("/d/e/f", entry, parents=True)).seq == 2
+        assert ns.apply(Move("/d/e/f", "/g", into_directory=False)).seq == 3
+        assert ns.apply(SetAttributes("/g", mode=0o600)).seq == 4
+        assert ns.apply(Remove("/d", recursive=True)).seq == 5
+        assert [e.name for e in ns.list("/")] == ["g"]
+        assert ns.resolve("/g").mode == 0o600 and ns.resolve("/g").cid == cid
+        assert [s.seq for s in ns.log()] == [5, 4, 3, 2, 1]
+        # The error a change meets on the daemon's root comes back as itself.
+        with pytest.raises(cas.errors.PathNotFoundError, match="/nowhere"):
+            ns.apply(Remove("/nowhere"))
+        # A link to content the daemon does not hold is refused: no root
+        # ever refers to a missing block.
+        missing = Block.of(RAW, b"never stored").cid
+        with pytest.raises(BlockNotFoundError):
+            ns.apply(Link("/h", DirEntry("h", "file", 12, 0o644, 1, cid=missing)))
+        with control.ControlClient(control.socket_path(daemon.repo)) as client:
+            for bad in [{"kind": "mkdir", "path": "/x"}, {"kind": "explode"}, [1, 2],
+                        {**change_to_value(Mkdir("/x")), "mode": True},
+                        # a link whose entry is not named after its path
+                        {**change_to_value(Link("/x", DirEntry("x", "file", 18, 0o644, 1, cid=cid))), "path": "/y"}]:
+                with pytest.raises(InvalidInputError):
+                    client.call("namespace_change", change=bad)
+            assert client.call("ping") == "pong"  # and the daemon serves on
+        assert ns.current().seq == 5
+    finally:
+        store.close()
