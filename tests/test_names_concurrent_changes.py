@@ -316,3 +316,41 @@ def test_a_change_that_no_longer_fits_fails_with_the_error_it_meets(tmp_path):
             first.move("/a", "/b")
         reader = Namespace(store)
         assert list(reader.list("/")) == [] and reader.current().seq == 2
+
+
+class _FirstReadHook:
+    """A block store that runs ``hook`` once, just before its first read."""
+
+    def __init__(self, blocks: Any, hook: Callable[[], None]) -> None:
+        self._blocks, self._hook = blocks, hook
+
+    def get(self, cid: CID) -> bytes:
+        hook, self._hook = self._hook, lambda: None
+        hook()
+        return self._blocks.get(cid)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blocks, name)
+
+
+def test_a_read_whose_root_is_collected_meanwhile_reads_the_newest_root(tmp_path, monkeypatch):
+    # The reader is another process: it has none of the writer's decoded nodes.
+    monkeypatch.setattr(dirtree, "_cache", dirtree._NodeCache(budget=0))
+    repo = MemoryRepo(NamespaceKey.load_or_create(tmp_path / "namespace.key"))
+    writer = Namespace(repo)  # type: ignore[arg-type]
+    writer.mkdir("/a/b", parents=True)
+    old = writer.current().root
+
+    def change_and_collect() -> None:
+        # Another writer changes the tree and gc drops the old root's nodes
+        # (past the history limit) after this reader read the old root.
+        writer.mkdir("/a/c")
+        writer.remove("/a/b")
+        writer.mkdir("/a/b")
+        assert repo.blocks.delete(old)
+
+    reading = MemoryRepo(repo.namespace_key())
+    reading.rows, reading.blocks = repo.rows, _FirstReadHook(repo.blocks, change_and_collect)  # type: ignore[assignment]
+    reader = Namespace(reading)  # type: ignore[arg-type]
+    assert reader.resolve("/a/b").kind == "dir"
+    assert sorted(e.name for e in reader.list("/a")) == ["b", "c"]

@@ -234,7 +234,18 @@ class Namespace:
 
     def resolve(self, path: str, at: int | None = None) -> Node:
         """What ``path`` names (in root ``at``, default the current one)."""
-        return self._resolve_in(self.at(at), split_path(path))
+        parts = split_path(path)
+        for _attempt in range(MAX_RETRIES):
+            state = self.at(at)
+            try:
+                return self._resolve_in(state, parts)
+            except BlockNotFoundError:
+                # Another process (a daemon's gc past the history limit)
+                # may drop a root's nodes once newer roots replaced it, even
+                # while this read walks it: then read the newest root.
+                if at is not None or self.current().seq == state.seq:
+                    raise
+        raise ConcurrentUpdateError("the namespace kept changing under this read; try again")
 
     def list(self, path: str = "/", at: int | None = None) -> Iterator[DirEntry]:
         """The entries of directory ``path``, in name order, streamed."""
