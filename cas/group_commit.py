@@ -1,21 +1,23 @@
-"""Group commit of the blocks peers place on this node.
+"""Group commit: what arrives together is made durable together.
 
-Every block of a STORE_BLOCKS is acknowledged only once it is durable, and
-making a block durable costs a barrier (fsyncs and a database commit) and a
-trip to the store thread. Peers placing an add's blocks send many at once;
-:class:`GroupCommitter` makes all those that arrived while the previous
-group was being written durable together, in one trip and one barrier, so
-the cost per block falls as the load rises, and a lone block waits for
-nothing.
+Two things a node acknowledges only once they are durable arrive many at a
+time: the blocks peers place on it (every block of a STORE_BLOCKS), and its
+clients' namespace changes (each a new root). Making them durable costs a
+barrier (fsyncs and a database commit) and a trip to the store thread.
+:class:`GroupCommitter` writes all the items that arrived while the
+previous group was being written in one trip and one barrier, so the cost
+per item falls as the load rises, and a lone item waits for nothing.
 
-Must never: acknowledge a block before the group it is in is durable, or
-let one block's refusal (the quota) fail the others in its group.
+Must never: acknowledge an item before the group it is in is durable, or
+let one item's refusal (the quota; a change that does not apply) fail the
+others in its group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -25,37 +27,48 @@ MAX_GROUP_BYTES = 32 * 1024 * 1024
 """Bytes of blocks written in one group, bounding how long one barrier
 holds the store thread (the rest wait for the next group)."""
 
-Commit = Callable[[list[Block]], Awaitable[list[object]]]
-"""Makes blocks durable together; returns, for each, its result or the
+Item = TypeVar("Item")
+
+Commit = Callable[[list[Item]], Awaitable[list[object]]]
+"""Makes items durable together; returns, for each, its result or the
 exception that refused it (see :meth:`cas.store.HeldBlocks.accept_many`)."""
 
 
+def block_bytes(block: Block) -> int:
+    """The weight of a block in a group: its bytes."""
+    return len(block.data)
+
+
 @dataclass
-class _Waiter:
-    blocks: list[Block]
+class _Waiter(Generic[Item]):
+    items: list[Item]
     done: trio.Event = field(default_factory=trio.Event)
     outcomes: list[object] = field(default_factory=list)
 
 
-class GroupCommitter:
-    """Run :meth:`run` in a nursery; then ``await keep(block)`` or
-    ``await keep_many(blocks)`` from any task."""
+class GroupCommitter(Generic[Item]):
+    """Run :meth:`run` in a nursery; then ``await keep(item)`` or
+    ``await keep_many(items)`` from any task. A group holds items up to
+    ``max_weight`` by ``weight`` (default: blocks, up to MAX_GROUP_BYTES)."""
 
-    def __init__(self, commit: Commit) -> None:
+    def __init__(self, commit: Commit[Item], *, weight: Callable[[Any], int] = block_bytes,
+                 max_weight: int = MAX_GROUP_BYTES) -> None:
         self._commit = commit
-        self._send, self._receive = trio.open_memory_channel[_Waiter](1024)
+        self._weight = weight
+        self._max_weight = max_weight
+        self._send, self._receive = trio.open_memory_channel[_Waiter[Item]](1024)
 
-    async def keep(self, block: Block) -> object:
-        """Durable on return: the block's result, or its refusal raised."""
-        outcome = (await self.keep_many([block]))[0]
+    async def keep(self, item: Item) -> object:
+        """Durable on return: the item's result, or its refusal raised."""
+        outcome = (await self.keep_many([item]))[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    async def keep_many(self, blocks: list[Block]) -> list[object]:
-        """Durable on return, in one group: for each block its result or
+    async def keep_many(self, items: list[Item]) -> list[object]:
+        """Durable on return, in one group: for each item its result or
         the exception that refused it."""
-        waiter = _Waiter(blocks)
+        waiter = _Waiter(items)
         await self._send.send(waiter)
         await waiter.done.wait()
         return waiter.outcomes
@@ -64,21 +77,21 @@ class GroupCommitter:
         task_status.started()
         async for first in self._receive:
             group = [first]
-            size = sum(len(b.data) for b in first.blocks)
-            while size < MAX_GROUP_BYTES:
+            size = sum(map(self._weight, first.items))
+            while size < self._max_weight:
                 try:
                     waiter = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     break
                 group.append(waiter)
-                size += sum(len(b.data) for b in waiter.blocks)
-            blocks = [block for waiter in group for block in waiter.blocks]
+                size += sum(map(self._weight, waiter.items))
+            items = [item for waiter in group for item in waiter.items]
             try:
-                outcomes = await self._commit(blocks)
+                outcomes = await self._commit(items)
             except Exception as exc:  # the whole group failed (a disk error): each is told
-                outcomes = [exc] * len(blocks)
+                outcomes = [exc] * len(items)
             at = 0
             for waiter in group:
-                waiter.outcomes = outcomes[at:at + len(waiter.blocks)]
-                at += len(waiter.blocks)
+                waiter.outcomes = outcomes[at:at + len(waiter.items)]
+                at += len(waiter.items)
                 waiter.done.set()

@@ -63,8 +63,8 @@ from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryE
 from .files import FileAdd
 from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
-from .names.changes import change_from_value
-from .names.namespace import Namespace
+from .names.changes import Change, change_from_value
+from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
@@ -87,6 +87,9 @@ MAX_READ_AHEAD_INDEX = 65536
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
+MAX_CHANGES_PER_GROUP = 64
+"""Namespace changes committed with one barrier, at most: bounds how long
+one group holds the store thread (the rest wait for the next group)."""
 WRITE_REPORT_BYTES = 4 * 1024 * 1024
 """How often ``write_file`` tells its client how far it is: also how far a
 copy runs on after the client has gone (a report is how the op sees it)."""
@@ -181,6 +184,7 @@ class Node:
         self.publisher: Publisher | None = None
         self.group_commit: GroupCommitter | None = None
         self.namespace: Namespace | None = None
+        self.namespace_commits: GroupCommitter[Change] | None = None
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
         self._siblings: dict[CID, tuple[list[CID], int]] = {}
@@ -231,12 +235,16 @@ class Node:
         self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
         group_commit = self.group_commit = GroupCommitter(
             lambda blocks: self.in_store_thread(store.held.accept_many, blocks))
+        namespace_commits = self.namespace_commits = GroupCommitter(
+            lambda changes: self.in_store_thread(self.apply_changes, changes),
+            weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
         control = None
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(group_commit.run)
+                    await nursery.start(namespace_commits.run)
                     await nursery.start(dht.run)
                     await nursery.start(replicator.run)
                     await nursery.start(self.publisher.run)
@@ -396,6 +404,20 @@ class Node:
                 pass
         return order
 
+    def apply_changes(self, changes: list[Change]) -> list[object]:
+        """Apply namespace changes in turn, each committed as its own
+        version, all made durable by one barrier at the end (store thread).
+        For each, the root it committed or the exception that refused it."""
+        assert self.store is not None and self.namespace is not None
+        outcomes: list[object] = []
+        with self.store.grouped_roots():
+            for change in changes:
+                try:
+                    outcomes.append(self.namespace.apply(change))
+                except Exception as exc:  # noqa: BLE001 - one change's failure is its own; the op reports it
+                    outcomes.append(exc)
+        return outcomes
+
     # -- helpers for the op handlers ------------------------------------------
 
     async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -546,10 +568,12 @@ def _namespace_ops(node: Node) -> OpTable:
     async def namespace_change(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         """Apply a client's namespace change here, in the store thread, one
         change at a time: clients' changes never race each other (the rule:
-        docs/architecture.md, "Concurrent changes")."""
+        docs/architecture.md, "Concurrent changes"). Changes that arrive
+        together are committed together (:meth:`Node.apply_changes`)."""
         change = change_from_value(args.get("change"))
-        assert node.namespace is not None
-        state = await node.in_store_thread(node.namespace.apply, change)
+        assert node.namespace_commits is not None
+        state = await node.namespace_commits.keep(change)
+        assert isinstance(state, RootState)
         if node.publisher is not None:
             node.publisher.root_changed()  # published namespaces go out now, not at the next interval
         return {"seq": state.seq, "root": state.root, "time_ns": state.time_ns, "public_key": state.public_key}

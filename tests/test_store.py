@@ -336,3 +336,25 @@ def test_gc_keeps_pinned_and_session_blocks_and_frees_the_rest(store):
     assert store.blocks.has(kept.cid) and not store.blocks.has(garbage.cid)
     assert store.gc().blocks_freed == 1  # the session closed: its block is garbage now
     assert store.verify().ok
+
+
+def test_grouped_roots_are_durable_together_at_the_end_of_the_group(store):
+    import sqlite3
+
+    root = encode_leaf([])
+    store.blocks.put(root)
+    committed = sqlite3.connect(store.path / "meta.sqlite")  # what another process sees
+    try:
+        def seen() -> list[int]:
+            return [seq for (seq,) in committed.execute("SELECT seq FROM roots ORDER BY seq")]
+
+        with store.grouped_roots():
+            store.commit_root(1, root.cid, 1, b"one")
+            store.commit_root(2, root.cid, 2, b"two")
+            assert [r.seq for r in store.roots()] == [2, 1]  # the owner sees them at once
+            assert seen() == []  # nobody else yet: not durable
+        assert seen() == [1, 2]
+        store.commit_root(3, root.cid, 3, b"three")  # outside a group, durable on return
+        assert seen() == [1, 2, 3]
+    finally:
+        committed.close()

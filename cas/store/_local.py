@@ -31,13 +31,14 @@ Invariants this module keeps, and which ``verify`` checks:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -132,6 +133,7 @@ class LocalStore:
         self.records = HeldRecords(self.db, self.blocks.barrier)  # namespace records (_records.py)
         self.config = self.check_config(path)
         self._namespace_key: NamespaceKey | None = None
+        self._grouping_roots = False
 
     # -- opening --------------------------------------------------------------
 
@@ -275,7 +277,8 @@ class LocalStore:
         return self._namespace_key
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
-        """Record root ``seq`` durably, in one step after the blocks it refers to.
+        """Record root ``seq`` durably, in one step after the blocks it refers to
+        (inside :meth:`grouped_roots`, durable at the end of the group).
 
         Compare-and-swap: raises ConcurrentUpdateError if a root numbered
         ``seq`` or higher exists already (another writer was first).
@@ -291,7 +294,24 @@ class LocalStore:
             "INSERT INTO roots (seq, root, time_ns, record) VALUES (?, ?, ?, ?)",
             (seq, bytes(root), time_ns, record),
         )
-        self.blocks.barrier()
+        if not self._grouping_roots:
+            self.blocks.barrier()
+
+    @contextlib.contextmanager
+    def grouped_roots(self) -> Iterator[None]:
+        """Within this block, :meth:`commit_root` leaves each root in the
+        open transaction; on the way out one barrier makes them durable
+        together (or none of them, if it fails: it raises). So a daemon
+        commits many clients' namespace changes, each its own version, with
+        one fsync. Whoever acknowledges a root must wait for the block to end.
+        The barrier runs however the block ends: the transaction holds
+        other writers' blocks too, and is never rolled back for one of them."""
+        self._grouping_roots = True
+        try:
+            yield
+        finally:
+            self._grouping_roots = False
+            self.blocks.barrier()
 
     def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
         """Stored root rows, all or the first ``limit`` (not verified: the
