@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,21 @@ def repo_path(args: argparse.Namespace) -> Path:
 
 
 def open_repo(args: argparse.Namespace, *, create: bool = True) -> cas.Repository:
-    return cas.open_repository(repo_path(args), create=create)
+    """The repository of ``--repo``, waiting ``--wait`` seconds for another
+    process using it (and saying so on stderr after a second)."""
+    return cas.open_repository(repo_path(args), create=create, wait=args.wait, on_wait=waiting_note(args))
+
+
+def waiting_note(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """What a command says while it waits for the repository: one line on
+    stderr, naming who holds it (nothing with ``--quiet``)."""
+    if args.quiet:
+        return None
+
+    def note(text: str) -> None:
+        print(f"cas {args.command}: waiting for the repository: {text}", file=sys.stderr, flush=True)
+
+    return note
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -42,7 +58,7 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
         resolved = str(path.expanduser().absolute())
         LocalStore.check_config(path)
     else:
-        with LocalStore.open(path, create=True) as store:
+        with LocalStore.open(path, create=True, wait=args.wait, on_wait=waiting_note(args)) as store:
             resolved = str(store.path)
     out.document({"repo": resolved, "created": not existed})
     if existed:
