@@ -108,6 +108,8 @@ class NodeConfig:
     replicas: int = DEFAULT_REPLICAS
     repair_interval: float = REPAIR_INTERVAL
     retry_interval: float = RETRY_INTERVAL
+    lock_wait: float = 0.0
+    """Seconds to wait for the repository while another process uses it."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,8 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()
-        store = await trio.to_thread.run_sync(lambda: LocalStore.open(repo, create=True))
+        store = await trio.to_thread.run_sync(
+            lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
         store.held.quota = self.config.quota
         self.store = store
         try:

@@ -77,6 +77,27 @@ def test_wait_takes_a_number_of_seconds(repo):
         assert result.returncode == 2 and b"--wait" in result.stderr, bad
 
 
+def test_the_daemon_and_id_wait_too(repo):
+    with Holder(repo) as holder:
+        for args in (["id"], ["daemon", "--listen", "127.0.0.1:0"]):
+            result = run_cas("--wait", "0", *args, repo=repo, check=False, timeout=60)
+            assert result.returncode == 1, args
+            assert f"is in use by process {holder.pid} (" in stderr_lines(result)[-1], args
+
+
+def test_a_mount_waits_too(repo, tmp_path):
+    from tests.fusemount import require_fuse
+
+    require_fuse()
+    (tmp_path / "mnt").mkdir()
+    with Holder(repo) as holder:
+        result = run_cas("--wait", "0", "mount", str(tmp_path / "mnt"), repo=repo, check=False, timeout=60)
+    if result.returncode == 0:  # not expected: do not leave a mount behind
+        run_cas("umount", str(tmp_path / "mnt"), repo=repo, check=False, timeout=60)
+    assert result.returncode == 1
+    assert f"is in use by process {holder.pid} (" in stderr_lines(result)[-1]
+
+
 WRITERS = 16
 COMMANDS_EACH = 5
 
