@@ -203,9 +203,10 @@ def _alive(line: str) -> bool:
 # by the kernel behind the holder (and behind earlier waiters) and is woken
 # when the lock is released; a poller only finds out at its next try, and a
 # process that starts just then can take the lock first, again and again.
-# Measured with 16 processes each running 5 offline `cas mkdir` (test
-# test_sixteen_offline_writers_all_get_through, 2 cores): see
-# docs/architecture.md, "Decisions taken by measurement".
+# With 16 processes each running 5 offline `cas mkdir` at once (2 cores),
+# polling left the slowest commands waiting longest and some were refused
+# at the default 5 s: docs/architecture.md, "Decisions taken by
+# measurement".
 #
 # The timer: flock() has no timeout, so ITIMER_REAL delivers SIGALRM at the
 # deadline and the handler raises _Alarm out of the call (PEP 475 retries a
