@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 from pathlib import Path
 
 import blake3
@@ -88,12 +88,13 @@ class Holder:
                 self.proc.stdout.close()
 
 
-def read_line(stream: IO[bytes], timeout: float) -> bytes:
-    """One line from a pipe, or b"" if none came within ``timeout`` seconds."""
+def read_line(stream: IO[Any], timeout: float) -> Any:
+    """One line from a pipe (bytes or text, as the stream gives), or an
+    empty one if none came within ``timeout`` seconds."""
     import select
 
     ready, _, _ = select.select([stream], [], [], timeout)
-    return stream.readline() if ready else b""
+    return stream.readline() if ready else stream.read(0)
 
 
 def pseudo_random(size: int, seed: str = "cas tests") -> bytes:

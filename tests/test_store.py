@@ -22,7 +22,7 @@ from cas.errors import (
 )
 from cas.names.directory import DirEntry, encode_leaf
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from tests.conftest import Holder, pseudo_random
+from tests.conftest import Holder, pseudo_random, read_line
 
 
 def big(seed: str) -> Block:
@@ -394,7 +394,7 @@ def test_the_main_thread_waits_in_flock_and_puts_sigalrm_back(tmp_path):
     store = LocalStore.open(repo)
     waiter = start_waiter(repo, 60)
     try:
-        line = waiter.stdout.readline()  # after a second of waiting
+        line = read_line(waiter.stdout, timeout=30)  # after a second of waiting
         assert line.startswith(f"waiting in use by process {os.getpid()} ("), line
     finally:
         store.close()
@@ -416,7 +416,7 @@ def test_an_interrupted_wait_leaves_no_descriptor_and_puts_sigalrm_back(tmp_path
     repo = tmp_path / "repo"
     with LocalStore.open(repo):
         waiter = start_waiter(repo, 60)
-        assert waiter.stdout.readline().startswith("waiting in use by process")
+        assert read_line(waiter.stdout, timeout=30).startswith("waiting in use by process")
         waiter.send_signal(signal.SIGINT)
         assert waiter_tail(waiter) == ["interrupted"]
 
@@ -443,7 +443,7 @@ def test_the_owner_is_always_named_while_owners_come_and_go(tmp_path):
     opener = subprocess.Popen([sys.executable, "-c", churn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     messages: list[str] = []
     try:
-        assert opener.stdout.readline() == "ready\n"
+        assert read_line(opener.stdout, timeout=30) == "ready\n"
         deadline = time.monotonic() + 30
         while len(messages) < 300 and time.monotonic() < deadline:
             try:
