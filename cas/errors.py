@@ -42,7 +42,11 @@ class RepositoryError(CasError):
 
 
 class RepositoryLockedError(RepositoryError):
-    """Another process owns the repository."""
+    """Another process owns the repository (and kept it for as long as the
+    caller was willing to wait)."""
+
+    holder: str | None = None
+    """Who holds it, as "process 123 (cas add big.iso)", when known."""
 
 
 class NotAFileError(CasError):

@@ -113,6 +113,8 @@ class NodeConfig:
     replicas: int = DEFAULT_REPLICAS
     repair_interval: float = REPAIR_INTERVAL
     retry_interval: float = RETRY_INTERVAL
+    lock_wait: float = 0.0
+    """Seconds to wait for the repository while another process uses it."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()
-        store = await trio.to_thread.run_sync(lambda: LocalStore.open(repo, create=True))
+        store = await trio.to_thread.run_sync(
+            lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
         store.held.quota = self.config.quota
         self.store = store
         self.namespace = Namespace(store)

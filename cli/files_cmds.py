@@ -12,7 +12,7 @@ from typing import Any
 from cas.errors import InvalidInputError
 
 from .output import Output, human_size
-from .repo_cmds import open_repo
+from .repo_cmds import NAMESPACE_CODE, TREE_CODE, open_repo
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -90,7 +90,8 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
         if path != "-" and not os.path.lexists(path):
             raise InvalidInputError(f"{path}: no such file or directory")
     added = []
-    with open_repo(args) as repo:
+    load = (TREE_CODE if any(path != "-" for path in args.paths) else ()) + (NAMESPACE_CODE if args.to else ())
+    with open_repo(args, load=load) as repo:
         with out.progress(_input_bytes(args.paths, args.recursive), "adding") as progress:
             for path in args.paths:
                 if path == "-":
@@ -118,7 +119,7 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_cat(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         sink = sys.stdout.buffer
         sink.flush()
@@ -143,7 +144,7 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     dest = Path(args.output)
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
         if info.kind == "dir" and os.path.lexists(dest):

@@ -2,7 +2,7 @@
 
 Exit status: 0 on success, 1 when the work failed (one line on stderr saying
 why), 2 on bad usage (argparse's message). Every command takes ``--repo``,
-``--json`` and ``--quiet`` before or after its name. This is the only place
+``--wait``, ``--json`` and ``--quiet`` before or after its name. This is the only place
 that catches :class:`cas.CasError` broadly.
 """
 
@@ -42,6 +42,23 @@ MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "mount_cmds", "
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 
+DEFAULT_WAIT = 5.0
+"""Seconds a command waits for a repository another process is using
+(``--wait``): long enough for other commands to finish one after another
+(16 writers at once all get through), short enough that a command stuck
+behind a long ``cas add`` or a mount says so and gives up soon."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     # The same options on the main parser and on every subcommand; on the
     # subcommands their defaults are suppressed so that a value given before
@@ -53,6 +70,14 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
         metavar="DIR",
         default=default,
         help="repository directory (default: $CAS_HOME, else the user data directory)",
+    )
+    p.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS if suppress else DEFAULT_WAIT,
+        help=f"if another cas process is using the repository, wait this long for it "
+             f"(default: {DEFAULT_WAIT:g}; 0: fail at once)",
     )
     p.add_argument(
         "--json",
@@ -95,7 +120,7 @@ def command_named(argv: Sequence[str]) -> str | None:
             return None
         if not arg.startswith("-"):
             return arg
-        if len(arg) > 2 and "--repo".startswith(arg):  # the one option taking a value
+        if len(arg) > 2 and ("--repo".startswith(arg) or "--wait".startswith(arg)):  # options taking a value
             next(args, None)
     return None
 

@@ -15,7 +15,7 @@ from typing import Any
 from cas.errors import InvalidInputError
 
 from .output import Output
-from .repo_cmds import repo_path
+from .repo_cmds import repo_path, waiting_note
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -69,7 +69,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     mountpoint = check_mountpoint(Path(args.mountpoint))
     repo = repo_path(args).expanduser().absolute()
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
-                         name, refresh)
+                         name, refresh, args.wait)
 
     def ready() -> None:
         doc = {"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro}
@@ -86,7 +86,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
         run_mount(config, ready)
         out.note(f"unmounted {mountpoint}")
     else:
-        start_background(config)
+        start_background(config, on_wait=waiting_note(args))
         ready()
     return 0
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # annotations only: the namespace loads when a command uses i
     from cas.names.namespace import Node, RootState
 
 from .output import Output, human_size
-from .repo_cmds import open_repo
+from .repo_cmds import NAMESPACE_CODE, open_repo
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -106,7 +106,7 @@ def _warn(repo: Any, out: Output) -> None:
 
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         entries = repo.ls(args.path, at=args.at)
         _warn(repo, out)
         if out.json_mode:
@@ -130,7 +130,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_stat(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         node = repo.stat(args.path, at=args.at)
         _warn(repo, out)
         entries = None
@@ -162,7 +162,7 @@ def _report_root(out: Output, state: RootState) -> None:
 
 
 def cmd_mkdir(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         for path in args.paths:
             state = repo.mkdir(path, parents=args.parents)
     _report_root(out, state)
@@ -170,21 +170,21 @@ def cmd_mkdir(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_mv(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         state = repo.mv(args.src, args.dst)
     _report_root(out, state)
     return 0
 
 
 def cmd_cp(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         state = repo.cp(args.src, args.dst)
     _report_root(out, state)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         for path in args.paths:
             state = repo.rm(path, recursive=args.recursive)
     _report_root(out, state)
@@ -192,7 +192,7 @@ def cmd_rm(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_root(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         state = repo.root()
         _warn(repo, out)
     out.document(_root_json(state))
@@ -205,7 +205,7 @@ def cmd_root(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
         states = repo.log()
         _warn(repo, out)
     out.document([_root_json(s) for s in states])
@@ -215,7 +215,7 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_pin(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args) as repo:
+    with open_repo(args, load=NAMESPACE_CODE if any(ref.startswith("/") for ref in args.refs) else ()) as repo:
         if args.refs == ["ls"]:
             pins = repo.pins()
             out.document([str(c) for c in pins])

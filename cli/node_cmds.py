@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from cas import control
 
 from .output import Output
-from .repo_cmds import repo_path
+from .repo_cmds import repo_path, waiting_note
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -131,6 +131,14 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
 
+    # Wait for a command using the repository here, on the main thread, which
+    # says so after a second; the node waits again (silently) in case another
+    # command slips in before it takes the repository.
+    from cas.store import LocalStore
+
+    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
+    config.lock_wait = args.wait
+
     def ready(address: NodeAddress) -> None:
         out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
         out.result(address.describe())
@@ -189,7 +197,7 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
         from cas.node import KEY_PATH
         from cas.store import LocalStore
 
-        with LocalStore.open(repo_path(args), create=True) as store:
+        with LocalStore.open(repo_path(args), create=True, wait=args.wait, on_wait=waiting_note(args)) as store:
             (store.path / "keys").mkdir(mode=0o700, exist_ok=True)
             identity = Identity.load_or_create(store.path / KEY_PATH)
         doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False}

@@ -77,6 +77,8 @@ class MountConfig:
     (read-only) instead of the repository's own namespace."""
     refresh: float = DEFAULT_REFRESH
     """Seconds between re-resolutions of ``name``."""
+    wait: float = 0.0
+    """Seconds to wait for the repository while another process uses it."""
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -159,7 +161,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         try:
             if config.name is None:
-                node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+                node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0, lock_wait=config.wait))
                 await nursery.start(node.run)
                 assert node.store is not None
                 ops = CasOperations(
@@ -218,7 +220,7 @@ async def _published(config: MountConfig, nursery: trio.Nursery) -> tuple[Node |
     node = None
     link = await trio.to_thread.run_sync(NodeLink.connect, config.repo)
     if link is None:
-        node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0))
+        node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0, lock_wait=config.wait))
         await nursery.start(node.run)
         link = await trio.to_thread.run_sync(NodeLink.connect, config.repo)
         if link is None:
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-bytes", type=int, default=None)
     p.add_argument("--name", default=None, help="64 hex digits: a published namespace")
     p.add_argument("--refresh", type=float, default=DEFAULT_REFRESH)
+    p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
     ready_fd: int | None = args.ready_fd
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             ready_fd = None
 
     name = bytes.fromhex(args.name) if args.name else None
-    config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes, name, args.refresh)
+    config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes, name, args.refresh,
+                         args.wait)
     try:
         run_mount(config, lambda: report("ok"))
     except CasError as exc:
@@ -309,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 # -- the command-line side ---------------------------------------------------------
 
 
-def start_background(config: MountConfig, timeout: float = READY_TIMEOUT) -> int:
-    """Start the mount process and return its PID once the mount works."""
+def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
+                     on_wait: Callable[[str], None] | None = None) -> int:
+    """Start the mount process and return its PID once the mount works.
+    Waits ``config.wait`` seconds for a repository another process is
+    using (calling ``on_wait`` after a second, as ``LocalStore.open``)."""
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "cas.fuse.mountd", "--repo", str(config.repo),
             "--ready-fd", str(write_fd), str(config.mountpoint)]
@@ -320,6 +327,8 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT) -> int
         argv += ["--cache-bytes", str(config.cache_bytes)]
     if config.name is not None:
         argv += ["--name", config.name.hex(), "--refresh", repr(config.refresh)]
+    if config.wait:
+        argv += ["--wait", repr(config.wait)]
     from ..control import connect
     from ..store import LocalStore
 
@@ -327,7 +336,8 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT) -> int
     if daemon is not None:
         daemon.close()  # a published namespace is mounted through the daemon: no lock needed
     else:
-        LocalStore.open(config.repo, create=True).close()  # create it; fail early if it is in use
+        # Create it; wait for a command using it, or fail early if it stays in use.
+        LocalStore.open(config.repo, create=True, wait=config.wait, on_wait=on_wait).close()
     log_path = config.repo / "mount.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import IO, Any
 from pathlib import Path
 
 import blake3
@@ -48,6 +49,52 @@ def run_cas(
             f"cas {' '.join(args)} exited {result.returncode}: {result.stderr.decode(errors='replace')}"
         )
     return result
+
+
+class Holder:
+    """Another process owning a repository (through ``LocalStore.open``)
+    until :meth:`release` (or the end of the ``with``) closes its stdin."""
+
+    def __init__(self, repo: Path, timeout: float = 60) -> None:
+        code = ("import sys; from cas.store import LocalStore; "
+                f"s = LocalStore.open({str(repo)!r}); print('held', flush=True); sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self._timeout = timeout
+        try:
+            assert read_line(self.proc.stdout, timeout) == b"held\n", "the holder did not take the repository"
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def release(self) -> None:
+        """Let the repository go: returns once the holder has exited."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=self._timeout)
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.release()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def read_line(stream: IO[Any], timeout: float) -> Any:
+    """One line from a pipe (bytes or text, as the stream gives), or an
+    empty one if none came within ``timeout`` seconds."""
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline() if ready else stream.read(0)
 
 
 def pseudo_random(size: int, seed: str = "cas tests") -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import types
 
 import pytest
@@ -98,6 +99,40 @@ def test_the_repository_is_released_on_close(tmp_path):
         cas.open_repository(tmp_path / "repo")
     r.close()
     cas.open_repository(tmp_path / "repo").close()
+
+
+def test_open_waits_for_another_owner_when_asked_and_names_it(tmp_path):
+    path = tmp_path / "repo"
+    owner = cas.open_repository(path)
+    with pytest.raises(cas.RepositoryLockedError, match=rf"in use by process {os.getpid()} \(.*0\.2 s"):
+        cas.open_repository(path, wait=0.2)
+    notes: list[str] = []
+
+    def on_wait(text: str) -> None:  # after a second of waiting: the owner goes
+        notes.append(text)
+        owner.close()
+
+    with cas.open_repository(path, wait=60, on_wait=on_wait) as repo:
+        assert repo.path == path.absolute()
+    assert len(notes) == 1 and notes[0].startswith(f"in use by process {os.getpid()} (")
+
+
+def test_a_daemon_that_starts_during_the_wait_is_gone_through(tmp_path, monkeypatch):
+    from cas import control
+
+    path = tmp_path / "repo"
+    owner = cas.open_repository(path)  # holds the lock, as a starting daemon does
+    daemon_store = types.SimpleNamespace(blocks=object(), close=lambda: None)
+
+    def connect(cls: type, repo: object) -> object:
+        return daemon_store if (path / "control.sock").exists() else None
+
+    monkeypatch.setattr(control.RemoteStore, "connect", classmethod(connect))
+    try:
+        repo = cas.open_repository(path, wait=60, on_wait=lambda text: (path / "control.sock").touch())
+        assert repo._store is daemon_store
+    finally:
+        owner.close()
 
 
 def test_default_path_follows_cas_home(monkeypatch, tmp_path):

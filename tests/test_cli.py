@@ -299,7 +299,7 @@ def test_a_repository_owned_by_another_process(repo, tmp_path):
     )
     try:
         assert holder.stdout.readline() == b"held\n"
-        message = error_of("add", "-", repo=repo, input=b"x")
+        message = error_of("--wait", "0", "add", "-", repo=repo, input=b"x")
         assert f"is in use by process {holder.pid}" in message
     finally:
         holder.stdin.close()

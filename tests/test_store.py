@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from cas.errors import (
 )
 from cas.names.directory import DirEntry, encode_leaf
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from tests.conftest import pseudo_random
+from tests.conftest import Holder, pseudo_random, read_line
 
 
 def big(seed: str) -> Block:
@@ -290,6 +291,171 @@ def test_a_second_owner_in_the_same_process_is_refused(tmp_path):
     with LocalStore.open(tmp_path / "repo"):
         with pytest.raises(RepositoryLockedError):
             LocalStore.open(tmp_path / "repo")
+
+
+def lock_descriptors() -> int:
+    """How many of this process's descriptors are open on a repository lock file."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith("/lock")
+        except OSError:
+            pass  # the directory's own descriptor, closed by now
+    return count
+
+
+def test_a_waiting_open_gets_the_repository_once_its_owner_lets_go(tmp_path):
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    notes: list[str] = []
+    with Holder(repo) as holder:
+
+        def on_wait(text: str) -> None:  # told after a second: the owner may go now
+            notes.append(text)
+            holder.release()
+
+        with LocalStore.open(repo, wait=60, on_wait=on_wait) as store:
+            assert store.path == repo.absolute()
+    assert len(notes) == 1 and notes[0].startswith(f"in use by process {holder.pid} (")
+
+
+def test_a_waiting_open_gives_up_after_its_wait_naming_the_owner(tmp_path):
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    before = lock_descriptors()
+    with Holder(repo) as holder:
+        with pytest.raises(RepositoryLockedError) as info:
+            LocalStore.open(repo, wait=0.2)
+        message = str(info.value)
+        assert f"is in use by process {holder.pid} (" in message and "0.2 s" in message
+        assert info.value.holder.startswith(f"process {holder.pid} (")
+        with pytest.raises(RepositoryLockedError, match=f"in use by process {holder.pid} .*try again$"):
+            LocalStore.open(repo, wait=0)
+        assert lock_descriptors() == before  # neither attempt kept its descriptor
+    LocalStore.open(repo, wait=0).close()
+
+
+def test_a_waiting_open_in_another_thread_polls_and_gets_the_repository(tmp_path):
+    import threading
+
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    got: list[object] = []
+    with Holder(repo) as holder:
+
+        def opener() -> None:
+            with LocalStore.open(repo, wait=60, on_wait=lambda text: holder.release()) as store:
+                got.append(store.path)
+
+        thread = threading.Thread(target=opener)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert got == [repo.absolute()]
+
+
+WAITER = textwrap.dedent(
+    """
+    import signal, sys
+    from cas.store import LocalStore, _lock
+    from cas.errors import RepositoryLockedError
+    repo, wait = sys.argv[1], float(sys.argv[2])
+    assert _lock._can_block()  # the main thread, SIGALRM unused: flock() under a timer
+    try:
+        with LocalStore.open(repo, wait=wait, on_wait=lambda text: print("waiting", text, flush=True)):
+            print("opened", flush=True)
+    except RepositoryLockedError as exc:
+        print("refused", exc, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    fds = sum(1 for fd in __import__("os").listdir("/proc/self/fd")
+              if __import__("os").path.realpath(f"/proc/self/fd/{fd}").endswith("/lock"))
+    print("lock descriptors", fds)
+    print("handler restored", signal.getsignal(signal.SIGALRM) is signal.SIG_DFL)
+    print("timer stopped", signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+    """
+)
+
+
+def start_waiter(repo: Path, wait: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", WAITER, str(repo), str(wait)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def waiter_tail(proc: subprocess.Popen[str]) -> list[str]:
+    out, err = proc.communicate(timeout=60)
+    lines = out.splitlines()
+    assert lines[-3:] == ["lock descriptors 0", "handler restored True", "timer stopped True"], (out, err)
+    return lines[:-3]
+
+
+def test_the_main_thread_waits_in_flock_and_puts_sigalrm_back(tmp_path):
+    repo = tmp_path / "repo"
+    store = LocalStore.open(repo)
+    waiter = start_waiter(repo, 60)
+    try:
+        line = read_line(waiter.stdout, timeout=30)  # after a second of waiting
+        assert line.startswith(f"waiting in use by process {os.getpid()} ("), line
+    finally:
+        store.close()
+    assert waiter_tail(waiter) == ["opened"]
+
+
+def test_the_main_thread_gives_up_at_its_deadline_and_puts_sigalrm_back(tmp_path):
+    repo = tmp_path / "repo"
+    with LocalStore.open(repo):
+        lines = waiter_tail(start_waiter(repo, 1.5))
+    assert lines[0].startswith(f"waiting in use by process {os.getpid()} (")
+    assert lines[1].startswith(f"refused repository {repo.absolute()} is in use by process {os.getpid()} (")
+    assert len(lines) == 2
+
+
+def test_an_interrupted_wait_leaves_no_descriptor_and_puts_sigalrm_back(tmp_path):
+    import signal
+
+    repo = tmp_path / "repo"
+    with LocalStore.open(repo):
+        waiter = start_waiter(repo, 60)
+        assert read_line(waiter.stdout, timeout=30).startswith("waiting in use by process")
+        waiter.send_signal(signal.SIGINT)
+        assert waiter_tail(waiter) == ["interrupted"]
+
+
+def test_the_owner_is_always_named_while_owners_come_and_go(tmp_path):
+    # The holder line is replaced in place, never emptied: a process refused
+    # the lock at any moment reads a whole line naming the owner.
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    churn = textwrap.dedent(
+        f"""
+        import select, time
+        from cas.errors import RepositoryLockedError
+        from cas.store import LocalStore
+        print("ready", flush=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not select.select([0], [], [], 0)[0]:  # until stdin closes
+            try:
+                LocalStore.open({str(repo)!r}).close()
+            except RepositoryLockedError:
+                pass  # the test process has it this moment
+        """
+    )
+    opener = subprocess.Popen([sys.executable, "-c", churn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    messages: list[str] = []
+    try:
+        assert read_line(opener.stdout, timeout=30) == "ready\n"
+        deadline = time.monotonic() + 30
+        while len(messages) < 300 and time.monotonic() < deadline:
+            try:
+                LocalStore.open(repo, wait=0).close()
+            except RepositoryLockedError as exc:
+                messages.append(str(exc))
+    finally:
+        opener.stdin.close()
+        opener.wait(timeout=60)
+    assert len(messages) >= 50, "the two processes hardly met"
+    unnamed = [m for m in messages if f"in use by process {opener.pid} (" not in m]
+    assert unnamed == []
 
 
 def test_a_non_empty_directory_is_not_made_into_a_repository(tmp_path):

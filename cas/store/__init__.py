@@ -13,6 +13,7 @@ from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
 from ._packs import BlockLocation, PackStore
 from ._held import DEFAULT_QUOTA, HeldBlocks, StorageQuotaError
 from ._local import LocalStore, RepoStat, RootRow
+from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER, locked_error
 
 if TYPE_CHECKING:
     from ..keys import NamespaceKey
@@ -49,6 +50,7 @@ __all__ = [
     "StorageQuotaError",
     "GcReport",
     "LocalStore",
+    "LOCK_NOTICE_AFTER",
     "NamespaceKey",
     "Problem",
     "RepoStat",
@@ -56,4 +58,5 @@ __all__ = [
     "RootRow",
     "VerifyReport",
     "WriteSession",
+    "locked_error",
 ]

@@ -3,7 +3,8 @@
 Layout of a repository directory::
 
     config.json     format name and version; written once, at init
-    lock            flock()ed by the owning process; holds its pid and command
+    lock            flock()ed by the owning process; holds its pid and
+                    command (see _lock.py)
     keys/           the namespace key (mode 0600); later the node key
     packs/NNNNNNNN.pack
                     large blocks, appended to pack files (see _packs.py)
@@ -25,18 +26,17 @@ Invariants this module keeps, and which ``verify`` checks:
   fsynced before the transaction that indexes them commits, and a crash
   leaves only an unindexed tail, cut off on the next open (``_packs.py``);
   bit rot or tampering is caught on every read and listed by ``verify``.
-* **One owner.** The lock is taken on open and released by the OS when the
-  owner exits, however it exits, so kill -9 never leaves a stale lock.
+* **One owner.** The lock is taken on open (waiting for it, if the caller
+  asks, while another process holds it) and released by the OS when the
+  owner exits, however it exits, so kill -9 never leaves a stale lock
+  (``_lock.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,8 +48,8 @@ from ..errors import (
     ConcurrentUpdateError,
     InvalidBlockError,
     RepositoryError,
-    RepositoryLockedError,
 )
+from . import _lock
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 from ._disk import disk_error, fsync_dir
@@ -138,11 +138,22 @@ class LocalStore:
     # -- opening --------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> LocalStore:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        wait: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> LocalStore:
         """Open (and with ``create``, initialise) the repository at ``path``.
 
-        Raises RepositoryLockedError if another process owns it, and
-        RepositoryError if ``path`` is something other than a repository.
+        If another process owns it, wait up to ``wait`` seconds for it to
+        let go, then raise RepositoryLockedError naming that process (at
+        once if ``wait`` is 0, the default). After a second of waiting
+        ``on_wait`` is called once with a phrase naming the owner ("in use
+        by process 123 (cas add big.iso)"). Raises RepositoryError if
+        ``path`` is something other than a repository.
         """
         path = Path(path).expanduser().absolute()
         if not (path / "config.json").exists():
@@ -152,7 +163,7 @@ class LocalStore:
                 )
             cls._initialise(path)
         cls.check_config(path)
-        lock_fd = cls._lock(path)
+        lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
         try:
             _empty_dir(path / "tmp")
             return cls(path, lock_fd)
@@ -197,29 +208,6 @@ class LocalStore:
                 f"this cas understands version {FORMAT_VERSION}"
             )
         return config
-
-    @staticmethod
-    def _lock(path: Path) -> int:
-        try:
-            fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RepositoryError(f"cannot open {path}/lock: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                who = f" by {holder}" if holder else ""
-                raise RepositoryLockedError(
-                    f"repository {path} is in use{who}; wait for it to finish "
-                    "(or stop it) and try again"
-                ) from None
-            raise RepositoryError(f"cannot lock {path}: {exc.strerror}") from None
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} ({command[:200]})\n".encode(), 0)
-        return fd
 
     def close(self) -> None:
         if self._lock_fd < 0:
