@@ -94,3 +94,17 @@ def test_clients_and_writers_through_a_mount_lose_nothing(tmp_path: Path) -> Non
             assert missing_changes(through_the_mount, cli_models + mount_models) == []
     # And still there after a clean unmount, with no daemon.
     check_everything_survived(repo, cli_models + mount_models)
+
+
+def test_sixteen_clients_with_no_daemon_wait_their_turn_and_lose_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    run_cas("init", repo=repo)
+    run = cas_runner(repo)  # the default --wait
+    models = [Model() for _ in range(CLIENTS)]
+    collector = Model()
+    deadline = time.monotonic() + SECONDS
+    run_clients([partial(cli_client, k, run, deadline, tmp_path / f"client{k}", models[k])
+                 for k in range(CLIENTS)] + [partial(gc_client, run, deadline, collector)])
+    assert collector.failures == [], "a gc was refused instead of waiting its turn"
+    assert sum(m.commands for m in models) > CLIENTS * 5, "the clients barely ran"
+    check_everything_survived(repo, models)
