@@ -64,7 +64,7 @@ from .store._local import NAMESPACE_KEY_FILE
 if TYPE_CHECKING:
     from .files import AddResult
     from .names.changes import Change
-    from .names.namespace import RootState
+    from .names.namespace import Node, RootState
 
 SOCKET_NAME = "control.sock"
 
@@ -761,7 +761,8 @@ class RemoteStore:
     """What :class:`cas.api.Repository` needs of a store, served by a daemon:
     ``path``, ``blocks``, pins, ``stat``, ``verify``, ``gc``, the namespace
     roots (``roots``, ``commit_root``, ``namespace_key``), namespace changes
-    (``apply_change``: the daemon applies them), ``close``."""
+    (``apply_change``: the daemon applies them) and path look-ups
+    (``resolve_path``), ``close``."""
 
     def __init__(self, client: ControlClient, path: Path) -> None:
         self._client = client
@@ -828,6 +829,21 @@ class RemoteStore:
                 and type(v.get("time_ns")) is int and isinstance(v.get("public_key"), bytes)):
             raise ControlProtocolError("the daemon sent a malformed namespace_change answer")
         return RootState(v["seq"], v["root"], v["time_ns"], v["public_key"])
+
+    def resolve_path(self, path: str, at: int | None) -> Node | None:
+        """What namespace ``path`` names, resolved by the daemon in one round
+        trip (see :class:`cas.names.namespace.ResolvesPaths`); None from a
+        daemon without the op (the caller then walks the blocks itself)."""
+        from .names.namespace import Node
+
+        try:
+            value = self._client.call("namespace_resolve", path=path, at=at)
+        except UnknownOpError:
+            return None  # an older daemon
+        try:
+            return Node.from_value(value)
+        except InvalidInputError:
+            raise ControlProtocolError("the daemon sent a malformed namespace_resolve answer") from None
 
     def namespace_key(self) -> NamespaceKey:
         """Read from the repository directly, as the daemon would: the key file

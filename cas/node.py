@@ -581,7 +581,17 @@ def _namespace_ops(node: Node) -> OpTable:
             node.publisher.root_changed()  # published namespaces go out now, not at the next interval
         return {"seq": state.seq, "root": state.root, "time_ns": state.time_ns, "public_key": state.public_key}
 
-    return {"namespace_change": Op(namespace_change)}
+    async def namespace_resolve(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
+        """What a path names, in one round trip (the client would read one
+        directory node per level over the socket)."""
+        path, at = args.get("path"), args.get("at")
+        if not isinstance(path, str) or not (at is None or (type(at) is int and at >= 0)):
+            raise InvalidInputError("arguments 'path' (text) and 'at' (a sequence number or null) are needed")
+        assert node.namespace is not None
+        found = await node.in_store_thread(node.namespace.resolve, path, at)
+        return found.to_value()
+
+    return {"namespace_change": Op(namespace_change), "namespace_resolve": Op(namespace_resolve)}
 
 
 def _store_ops(node: Node) -> OpTable:

@@ -603,6 +603,15 @@ def test_namespace_changes_are_applied_by_the_daemon_not_committed_by_the_client
                 with pytest.raises(InvalidInputError):
                     client.call("namespace_change", change=bad)
             assert client.call("ping") == "pong"  # and the daemon serves on
+            # Paths are resolved by the daemon in one round trip.
+            assert client.call("namespace_resolve", path="/g", at=None)["cid"] == cid
+            assert client.call("namespace_resolve", path="/d/e", at=2)["kind"] == "dir"
+            with pytest.raises(InvalidInputError):
+                client.call("namespace_resolve", path=7, at=None)
+            with pytest.raises(cas.errors.PathNotFoundError):
+                client.call("namespace_resolve", path="/g", at=99)
         assert ns.current().seq == 5
+        old = store.resolve_path("/d/e/f", 2)
+        assert old is not None and (old.path, old.name, old.kind, old.cid) == ("/d/e/f", "f", "file", cid)
     finally:
         store.close()

@@ -32,10 +32,11 @@ disk or the network by itself.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from ..blocks import BlockStore
 from ..cid import DAG_CBOR, CID
@@ -102,6 +103,16 @@ class AppliesChanges(Protocol):
         commits the change itself)."""
 
 
+@runtime_checkable
+class ResolvesPaths(Protocol):
+    """A repository that resolves namespace paths itself: a daemon's client
+    asks the daemon, in one round trip instead of one block per level."""
+
+    def resolve_path(self, path: str, at: int | None) -> Node | None:
+        """What ``path`` names in root ``at`` (the current one for None);
+        None if this repository cannot after all (an older daemon)."""
+
+
 @dataclass(frozen=True)
 class Node:
     """What a path names: an entry, or the root directory (name "")."""
@@ -118,6 +129,22 @@ class Node:
     @classmethod
     def of(cls, path: str, entry: DirEntry) -> Node:
         return cls(path, entry.name, entry.kind, entry.size, entry.mode, entry.mtime, entry.cid, entry.target)
+
+    def to_value(self) -> dict[str, Any]:
+        """The node as a DAG-CBOR-ready map (the control socket's form)."""
+        return {"path": self.path, "name": self.name, "kind": self.kind, "size": self.size, "mode": self.mode,
+                "mtime": self.mtime, "cid": self.cid, "target": self.target}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Node:
+        """The node a map describes; InvalidInputError if it is malformed."""
+        types: dict[str, tuple[type, ...]] = {
+            "path": (str,), "name": (str,), "kind": (str,), "size": (int,), "mode": (int,), "mtime": (int,),
+            "cid": (CID, type(None)), "target": (str, type(None))}
+        if not isinstance(value, dict) or set(value) != set(types) or any(
+                not isinstance(value[k], t) or isinstance(value[k], bool) for k, t in types.items()):
+            raise InvalidInputError("a namespace node is a map of path, name, kind, size, mode, mtime, cid, target")
+        return cls(**value)
 
     def to_entry(self, name: str) -> DirEntry:
         return DirEntry(name, self.kind, self.size, self.mode, self.mtime, cid=self.cid, target=self.target)
@@ -156,9 +183,11 @@ class Namespace:
 
     # -- roots ----------------------------------------------------------------
 
-    def _verified_rows(self) -> Iterator[tuple[RootRowLike, RootRecord]]:
+    def _verified_rows(self, rows: list[RootRowLike] | None = None) -> Iterator[tuple[RootRowLike, RootRecord]]:
+        """The stored rows (or ``rows``), newest first, each with its record,
+        those that fail verification left out (with a warning)."""
         key = self.repo.namespace_key().public_key
-        for row in self.repo.roots(newest_first=True):
+        for row in self.repo.roots(newest_first=True) if rows is None else rows:
             try:
                 record = RootRecord.decode(row.record)
                 check_successor(None, record, key)
@@ -178,7 +207,9 @@ class Namespace:
             seq, record_bytes, state = self._verified
             if newest[0].seq == seq and newest[0].record == record_bytes:
                 return state
-        for row, record in self._verified_rows():
+        # The newest row first (nearly always good: one signature checked,
+        # one row read, through a daemon too), every row only if it is bad.
+        for row, record in itertools.chain(self._verified_rows(newest), self._verified_rows()):
             state = RootState(record.seq, record.root, record.time_ns, record.public_key)
             self._verified = (row.seq, row.record, state)
             return state
@@ -235,6 +266,10 @@ class Namespace:
     def resolve(self, path: str, at: int | None = None) -> Node:
         """What ``path`` names (in root ``at``, default the current one)."""
         parts = split_path(path)
+        if isinstance(self.repo, ResolvesPaths):
+            found = self.repo.resolve_path(join_path(parts), at)
+            if found is not None:
+                return found
         for _attempt in range(MAX_RETRIES):
             state = self.at(at)
             try:
