@@ -25,6 +25,18 @@ class InvalidBlockError(CasError):
     or a node is malformed or not in canonical form."""
 
 
+class CorruptBlockError(InvalidBlockError):
+    """A block stored here failed verification: its bytes on disk (``place``
+    says where) no longer match its hash. Whoever meets one quarantines it
+    (``LocalStore.quarantine``) so that it is never served or claimed
+    again, and a node fetches a good copy from the network."""
+
+    def __init__(self, cid: object, place: str, message: str) -> None:
+        super().__init__(message)
+        self.cid = cid
+        self.place = place
+
+
 class BlockNotFoundError(CasError, KeyError):
     """A block is not in the store that was asked for it."""
 

@@ -94,7 +94,7 @@ def test_a_repository_from_before_the_held_table_opens_and_gains_it(tmp_path: Pa
         assert len(store.pins()) == 1 and len(store.held) == 0
         store.held.accept(Block.of(RAW, b"new"))
     db = sqlite3.connect(tmp_path / "r" / "meta.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     db.close()
 
 

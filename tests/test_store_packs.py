@@ -21,6 +21,7 @@ from cas.errors import InvalidBlockError, RepositoryError
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
 from cas.store import _packs
 from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
+from cas.store._database import SCHEMA_VERSION
 from tests.conftest import pseudo_random
 from tests.formatsdoc import vectors
 
@@ -315,7 +316,7 @@ def test_a_repository_of_block_files_is_moved_into_packs_on_open(tmp_path, monke
                     assert damaged.name in str(exc)
         assert lib.read("/f0") == files["f0"]  # small: it was in SQLite all along
     db = sqlite3.connect(repo / "meta.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     db.close()
 
 

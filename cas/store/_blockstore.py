@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..blocks import Block, verified
 from ..cid import RAW, CID
-from ..errors import InvalidBlockError
+from ..errors import CorruptBlockError, InvalidBlockError
 from ._database import Database
 from ._packs import BlockLocation, PackStore
 
@@ -64,9 +64,10 @@ class RepositoryBlockStore:
         try:
             return verified(cid, data)
         except InvalidBlockError:
-            raise InvalidBlockError(
+            raise CorruptBlockError(
+                cid, "the metadata database",
                 f"block {cid} is corrupt in the repository's database: its bytes do not "
-                "match its hash; run 'cas repo verify' to list all damage"
+                "match its hash; run 'cas repo verify' to list all damage",
             ) from None
 
     def fetchers(

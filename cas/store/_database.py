@@ -28,12 +28,17 @@ Schema (``PRAGMA user_version`` = 4)::
                                     where each large block's bytes lie: pack
                                     file number, byte offset of the block's
                                     bytes in it, their length (version 4)
+    quarantine(cid BLOB PRIMARY KEY, place TEXT, reason TEXT, held INTEGER, since_ns INTEGER)
+                                    blocks that failed verification, taken
+                                    out of the index until a good copy is
+                                    fetched (``_quarantine.py``, version 5)
 
 Migrations: version 1 (no ``held`` table) is upgraded in place on open by
 creating the table, empty: every block of an old repository is its own.
 Version 2 (no ``records``, no ``settings``) likewise gets both, empty.
 Version 3 gets the empty ``pack_blocks`` table; its ``blocks/XX/CID`` files
 are then moved into packs by the store (``_packs.migrate_block_files``).
+Version 4 gets the empty ``quarantine`` table.
 A schema newer than this code understands is refused, never touched.
 """
 
@@ -45,7 +50,7 @@ from pathlib import Path
 
 from ..errors import RepositoryError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -76,11 +81,18 @@ CREATE TABLE IF NOT EXISTS pack_blocks (
     length INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pack_blocks_by_place ON pack_blocks (pack, start);
+CREATE TABLE IF NOT EXISTS quarantine (
+    cid BLOB PRIMARY KEY,
+    place TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    held INTEGER NOT NULL,
+    since_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
-_KNOWN_VERSIONS = (0, 1, 2, 3, SCHEMA_VERSION)
+_KNOWN_VERSIONS = (0, 1, 2, 3, 4, SCHEMA_VERSION)
 """Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
 lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, 3 the
-``pack_blocks`` table, which ``_SCHEMA`` creates."""
+``pack_blocks`` table, 4 the ``quarantine`` table, which ``_SCHEMA`` creates."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:

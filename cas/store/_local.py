@@ -46,6 +46,7 @@ from ..cid import RAW, CID
 from ..errors import (
     BlockNotFoundError,
     ConcurrentUpdateError,
+    CorruptBlockError,
     InvalidBlockError,
     RepositoryError,
 )
@@ -56,6 +57,7 @@ from ._disk import disk_error, fsync_dir
 from ._packs import PackStore, migrate_block_files
 from ._records import HeldRecords
 from ._held import HeldBlocks
+from ._quarantine import Quarantine
 
 if TYPE_CHECKING:
     from ..keys import NamespaceKey
@@ -131,6 +133,7 @@ class LocalStore:
         self.blocks = RepositoryBlockStore(packs, self.db)
         self.held = HeldBlocks(self.db, self.blocks)  # blocks kept for the network (_held.py)
         self.records = HeldRecords(self.db, self.blocks.barrier)  # namespace records (_records.py)
+        self.quarantine = Quarantine(self.db, self.blocks, self.held)  # blocks that failed verification
         self.config = self.check_config(path)
         self._namespace_key: NamespaceKey | None = None
         self._grouping_roots = False
@@ -338,9 +341,16 @@ class LocalStore:
         if old.is_dir():
             for leftover in sorted(p for p in old.rglob("*") if not p.is_dir()):
                 report.problems.append(Problem(str(leftover), "stray file in the old block directory"))
+        for bad in self.quarantine.list():
+            report.problems.append(Problem(bad.cid.encode(), f"quarantined: it failed verification in {bad.place} "
+                                                             "and no good copy has been fetched yet"))
         for cid in self.blocks.iterate():
             try:
                 data = self.blocks.get(cid)
+            except CorruptBlockError as exc:
+                report.problems.append(Problem(cid.encode(), "corrupt: content does not match its hash"))
+                report.corrupt.append(exc)
+                continue
             except InvalidBlockError:
                 report.problems.append(Problem(cid.encode(), "corrupt: content does not match its hash"))
                 continue

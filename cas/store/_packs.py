@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..blocks import MAX_BLOCK_SIZE, Block, verified
 from ..cid import CID
-from ..errors import BlockNotFoundError, InvalidBlockError, InvalidCIDError, RepositoryError
+from ..errors import BlockNotFoundError, CorruptBlockError, InvalidBlockError, InvalidCIDError, RepositoryError
 from ._database import Database
 from ._disk import disk_error, fsync_dir
 
@@ -496,9 +496,10 @@ class PackStore:
             while len(data) < length:
                 more = os.pread(fd, length - len(data), start + len(data))
                 if not more:
-                    raise RepositoryError(
+                    raise CorruptBlockError(
+                        cid, f"{path} at offset {start}",
                         f"block {cid} is cut short in {path} (the file ends at {start + len(data)}); "
-                        "run 'cas repo verify' to list all damage"
+                        "run 'cas repo verify' to list all damage",
                     )
                 data += more
         except OSError as exc:
@@ -508,9 +509,10 @@ class PackStore:
         try:
             return verified(cid, data)
         except InvalidBlockError:
-            raise InvalidBlockError(
+            raise CorruptBlockError(
+                cid, f"{path} at offset {start}",
                 f"block {cid} is corrupt on disk ({path} at offset {start}): its bytes do not "
-                "match its hash; run 'cas repo verify' to list all damage"
+                "match its hash; run 'cas repo verify' to list all damage",
             ) from None
 
     def prefetch(self, cids: Iterable[CID]) -> None:

@@ -10,7 +10,7 @@ docs/architecture.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Problem(NamedTuple):
@@ -25,6 +25,11 @@ class VerifyReport:
     blocks_checked: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    corrupt: list[Any] = field(default_factory=list)
+    """The CorruptBlockError of each stored block that failed verification
+    (``verify --repair`` quarantines them and fetches good copies)."""
+    repaired: int = 0
+    """Blocks ``verify --repair`` brought back from the network."""
 
     @property
     def ok(self) -> bool:
