@@ -103,6 +103,12 @@ class Repository:
     def path(self) -> Path:
         return self._store.path
 
+    @property
+    def through_daemon(self) -> bool:
+        """Whether a daemon owns the repository and this object reaches it
+        through the daemon's control socket."""
+        return not isinstance(self._store, LocalStore)
+
     def close(self) -> None:
         """Release the repository (and its lock)."""
         self._store.close()
@@ -383,9 +389,11 @@ class Repository:
         """Blocks, bytes and pins in the repository."""
         return self._store.stat()
 
-    def verify(self, progress: Progress | None = None) -> VerifyReport:
-        """Re-hash every block and check every reference."""
-        return self._store.verify(progress)
+    def verify(self, progress: Progress | None = None, *, repair: bool = False) -> VerifyReport:
+        """Re-hash every block and check every reference. With ``repair``,
+        blocks that fail are quarantined and, through a daemon, good copies
+        of what is damaged or missing are fetched from the network."""
+        return self._store.verify(progress, repair=repair)
 
 
 def _check_range(offset: int, length: int | None) -> None:

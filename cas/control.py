@@ -794,10 +794,13 @@ class RemoteStore:
         return RepoStat(path=v["path"], blocks=v["blocks"], bytes=v["bytes"], pinned=v["pinned"],
                         pack_bytes=v.get("pack_bytes", 0), dead_bytes=v.get("dead_bytes", 0))
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        v = self._client.call("verify")
+    def verify(self, progress: Callable[[int], None] | None = None, *, repair: bool = False) -> VerifyReport:
+        """The daemon's verify; with ``repair`` it also quarantines what is
+        corrupt and fetches good copies of what is damaged or missing."""
+        v = self._client.call("verify", repair=repair) if repair else self._client.call("verify")
         report = VerifyReport(blocks_checked=v["blocks_checked"], bytes_checked=v["bytes_checked"],
-                              problems=[Problem(p["cid"], p["what"]) for p in v["problems"]])
+                              problems=[Problem(p["cid"], p["what"]) for p in v["problems"]],
+                              repaired=v.get("repaired", 0))
         if progress is not None:
             progress(report.bytes_checked)
         return report

@@ -32,6 +32,8 @@ import signal
 import stat as stat_module
 import sys
 import threading
+from collections import OrderedDict
+from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,15 +61,16 @@ from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
 from .chunker import chunk_stream
-from .errors import BlockNotFoundError, CasError, InvalidInputError, RepositoryError
+from .errors import BlockNotFoundError, CasError, CorruptBlockError, InvalidInputError, RepositoryError
 from .files import FileAdd
 from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
+from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
 from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
-from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
+from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
 from .store._links import links_of
 
 DEFAULT_PORT = 4710
@@ -87,6 +90,11 @@ MAX_READ_AHEAD_INDEX = 65536
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
+MAX_VERIFIED_MEMORY = 1 << 16
+"""Blocks whose last verification the node remembers (CID -> when), for
+HAVE: beyond it the oldest are forgotten and read again when asked about."""
+SCRUB_PAGE = 64
+"""Blocks the scrub looks up per trip to the store thread."""
 MAX_CHANGES_PER_GROUP = 64
 """Namespace changes committed with one barrier, at most: bounds how long
 one group holds the store thread (the rest wait for the next group)."""
@@ -115,6 +123,23 @@ class NodeConfig:
     retry_interval: float = RETRY_INTERVAL
     lock_wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
+    scrub_rate: float = DEFAULT_SCRUB_RATE
+    """Bytes per second the scrub re-reads stored blocks at most."""
+    scrub_period: float = DEFAULT_SCRUB_PERIOD
+    """Seconds within which every stored block is verified again (the scrub
+    runs a pass at most this often); also how long a verification stands
+    for HAVE before the block is read again."""
+
+
+@dataclass
+class IntegrityStats:
+    """What the node did about damaged blocks since it started."""
+
+    quarantined: int = 0  # stored blocks that failed verification
+    restored: int = 0  # of those, replaced by a good copy from the network
+    unrecoverable: int = 0  # heals that found no good copy
+    scrubbed_bytes: int = 0
+    scrub_passes: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +212,9 @@ class Node:
         self.group_commit: GroupCommitter | None = None
         self.namespace: Namespace | None = None
         self.namespace_commits: GroupCommitter[Change] | None = None
+        self.integrity = IntegrityStats()
+        self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
+        self._healing: dict[CID, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
         self._siblings: dict[CID, tuple[list[CID], int]] = {}
@@ -260,6 +288,7 @@ class Node:
                     nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
                     nursery.start_soon(dht.refresh_loop)
                     nursery.start_soon(self._save_loop)
+                    nursery.start_soon(self._scrub_loop)
                     task_status.started(self.address)
         finally:
             for listener in listeners:
@@ -407,6 +436,170 @@ class Node:
                 pass
         return order
 
+    # -- integrity: quarantine, healing, scrub ----------------------------------
+
+    def mark_verified(self, cid: CID) -> None:
+        """``cid``'s stored copy was read and verified just now."""
+        self._verified[cid] = trio.current_time()
+        self._verified.move_to_end(cid)
+        while len(self._verified) > MAX_VERIFIED_MEMORY:
+            self._verified.popitem(last=False)
+
+    def recently_verified(self, cid: CID) -> bool:
+        """Whether ``cid`` was verified within the scrub period."""
+        when = self._verified.get(cid)
+        return when is not None and trio.current_time() - when < self.config.scrub_period
+
+    async def quarantine(self, damage: CorruptBlockError) -> None:
+        """Take a stored block that failed verification out of service
+        (durably) and log it, once, with where it lay."""
+        assert self.store is not None
+        store = self.store
+
+        def take_out() -> bool:
+            new = store.quarantine.add(damage)
+            store.blocks.barrier()
+            return new
+
+        self._verified.pop(damage.cid, None)  # type: ignore[arg-type]
+        if await self.in_store_thread(take_out):
+            self.integrity.quarantined += 1
+            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
+                      "a good copy is fetched from the network")
+
+    async def heal(self, cid: CID) -> bytes:
+        """A good copy of quarantined ``cid``, fetched from the network and
+        kept as the bad one was (own or held). Raises BlockNotFoundError if
+        no node has one (the block stays quarantined)."""
+        assert self.store is not None
+        pending = self._healing.get(cid)
+        if pending is not None:  # another reader is healing it: its copy will do
+            await pending.wait()
+            return bytes(await self.in_store_thread(self.store.blocks.get, cid))
+        self._healing[cid] = trio.Event()
+        try:
+            online = self.replicator is not None and self.dht is not None and len(self.dht.table)
+            data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
+            if data is None:
+                self.integrity.unrecoverable += 1
+                raise BlockNotFoundError(
+                    cid, "the repository (its copy failed verification and is quarantined) nor on any node")
+            block = Block(cid, data)  # verified again: nothing unverified is kept
+            if await self.in_store_thread(self.store.quarantine.restore, block):
+                self.integrity.restored += 1
+                self._log(f"block {cid} restored from the network")
+            self.mark_verified(cid)
+            return data
+        finally:
+            self._healing.pop(cid).set()
+
+    def heal_soon(self, cid: CID) -> None:
+        """Heal ``cid`` in the background (a damage found while serving a peer)."""
+        if self._nursery is not None and cid not in self._healing:
+            self._nursery.start_soon(self._heal_quietly, cid)
+
+    async def _heal_quietly(self, cid: CID) -> None:
+        try:
+            await self.heal(cid)
+        except CasError as exc:
+            self._log(f"block {cid} stays quarantined: {exc}")
+
+    async def read_verified(self, cid: CID) -> bytes:
+        """``cid`` from the store; a copy that fails verification is
+        quarantined and, if the network has a good one, replaced by it."""
+        assert self.store is not None
+        try:
+            data = bytes(await self.in_store_thread(self.store.blocks.get, cid))
+        except CorruptBlockError as damage:
+            await self.quarantine(damage)
+            return await self.heal(cid)
+        self.mark_verified(cid)
+        return data
+
+    async def verify(self, *, repair: bool = False) -> VerifyReport:
+        """``cas repo verify``; with ``repair``, damaged blocks are
+        quarantined and every quarantined or missing block that the
+        network has is fetched back (own, or held as it was), round after
+        round while that finds more (a missing node's children are seen
+        once it is back), then everything is verified again."""
+        assert self.store is not None
+        store = self.store
+        report = await self.in_store_thread(lambda: store.verify(repair=repair))
+        if not repair:
+            return report
+        for damage in report.corrupt:
+            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined")
+        self.integrity.quarantined += len(report.corrupt)
+        repaired = 0
+        tried: set[CID] = set()
+        while True:
+            wanted = [q.cid for q in await self.in_store_thread(store.quarantine.list)]
+            wanted += [parse_cid(p.cid) for p in report.problems if p.what.startswith("missing")]
+            wanted = [cid for cid in dict.fromkeys(wanted) if cid not in tried]
+            if not wanted:
+                break
+            tried.update(wanted)
+            for cid in wanted:
+                try:
+                    await self._fetch_back(cid)
+                    repaired += 1
+                except CasError as exc:
+                    self._log(f"verify --repair: {exc}")
+            report = await self.in_store_thread(store.verify)
+        report.repaired = repaired
+        return report
+
+    async def _fetch_back(self, cid: CID) -> None:
+        """A quarantined or missing block, from the network, kept as own (or
+        held, for a quarantined held block)."""
+        assert self.store is not None
+        store = self.store
+        if await self.in_store_thread(store.quarantine.is_quarantined, cid):
+            await self.heal(cid)
+            return
+        online = self.replicator is not None and self.dht is not None and len(self.dht.table)
+        data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
+        if data is None:
+            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
+        block = Block(cid, data)
+
+        def keep() -> None:
+            store.blocks.put(block)
+            store.blocks.barrier()
+
+        await self.in_store_thread(keep)
+        self._log(f"block {cid} was missing; fetched from the network")
+
+    async def _scrub_loop(self) -> None:
+        """Re-verify every stored block, at the configured rate, once per
+        period (cas/scrub.py); what fails is quarantined and healed."""
+        assert self.store is not None
+        store = self.store
+        pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
+        while True:
+            pace.start_pass(trio.current_time())
+            after: CID | None = None
+            while page := await self.in_store_thread(store.blocks.page, after, SCRUB_PAGE):
+                for cid, size in page:
+                    if self.recently_verified(cid):
+                        continue  # read and verified within the period (by a reader, HAVE)
+                    while (wait := pace.wait_before(size, trio.current_time())) > 0:
+                        await trio.sleep(wait)
+                    try:
+                        await self.read_verified(cid)
+                    except BlockNotFoundError:
+                        pass  # gone meanwhile (gc), or quarantined with no good copy anywhere
+                    except CasError as exc:
+                        self._log(f"scrub: cannot read block {cid}: {exc}")
+                    self.integrity.scrubbed_bytes += size
+                after = page[-1][0]
+            self.integrity.scrub_passes += 1
+            rest, overran = pace.end_pass(trio.current_time())
+            if overran:
+                self._log(f"scrub: a pass took longer than the period ({self.config.scrub_period:g} s); "
+                          "raise --scrub-rate or --scrub-period")
+            await trio.sleep(rest)
+
     def apply_changes(self, changes: list[Change]) -> list[object]:
         """Apply namespace changes in turn, each committed as its own
         version, all made durable by one barrier at the end (store thread).
@@ -442,8 +635,54 @@ class _StoreThreadBlocks:
         return bool(await self._node.in_store_thread(self._node.store.blocks.has, cid))
 
     async def get(self, cid: CID) -> bytes:
-        assert self._node.store is not None
-        return bytes(await self._node.in_store_thread(self._node.store.blocks.get, cid))
+        """A verified copy, for a peer (FIND_BLOCK) or the repair round; a
+        stored copy that fails verification is quarantined, healed in the
+        background, and reported as not here."""
+        node = self._node
+        assert node.store is not None
+        try:
+            data = bytes(await node.in_store_thread(node.store.blocks.get, cid))
+        except CorruptBlockError as damage:
+            await node.quarantine(damage)
+            node.heal_soon(cid)
+            raise BlockNotFoundError(cid) from None
+        node.mark_verified(cid)
+        return data
+
+    async def have(self, cids: Sequence[CID]) -> list[bool]:
+        """HAVE: for each CID, whether a copy here verified within the scrub
+        period; one not checked that recently is read and hashed now, and a
+        bad one quarantined (and healed in the background)."""
+        node = self._node
+        assert node.store is not None
+        store = node.store
+        recheck = {cid for cid in cids if not node.recently_verified(cid)}
+
+        def check() -> tuple[list[bool], list[CID], list[CorruptBlockError]]:
+            present: list[bool] = []
+            read: list[CID] = []
+            bad: list[CorruptBlockError] = []
+            for cid in cids:
+                ok = store.blocks.has(cid)
+                if ok and cid in recheck:
+                    try:
+                        store.blocks.get(cid)
+                        read.append(cid)
+                    except CorruptBlockError as damage:
+                        bad.append(damage)
+                        ok = False
+                    except CasError:
+                        ok = False
+                present.append(ok)
+            return present, read, bad
+
+        present, read, bad = await node.in_store_thread(check)
+        for cid in read:
+            node.mark_verified(cid)
+        for damage in bad:
+            await node.quarantine(damage)
+            node.heal_soon(damage.cid)  # type: ignore[arg-type]
+        return present
 
     async def held(self) -> list[CID]:
         assert self._node.store is not None
@@ -544,11 +783,23 @@ class _PackFirst:
 
     def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
         # The reader's batched look-ups (files._LeafLookups), through this
-        # thread's connection.
-        return self._blocks.fetchers(cids, committed=True)
+        # thread's connection; a copy that fails verification is left to
+        # the node's get, which quarantines it and heals it.
+        return [None if fetch is None else partial(self._or_none, fetch)
+                for fetch in self._blocks.fetchers(cids, committed=True)]
+
+    @staticmethod
+    def _or_none(fetch: Callable[[], bytes | None]) -> bytes | None:
+        try:
+            return fetch()
+        except CorruptBlockError:
+            return None  # ask get
 
     def get(self, cid: CID) -> bytes:
-        data = self._blocks.get_file_block(cid)
+        try:
+            data = self._blocks.get_file_block(cid)
+        except CorruptBlockError:
+            data = None
         if data is None:
             data = trio.from_thread.run(self._get, cid, trio_token=self._token)
         return data
@@ -608,7 +859,13 @@ def _store_ops(node: Node) -> OpTable:
     async def get_block(cid: CID) -> bytes:
         try:
             data = bytes(await node.in_store_thread(store().blocks.get, cid))
+        except CorruptBlockError as damage:
+            # A local read heals itself from the network instead of failing.
+            await node.quarantine(damage)
+            return await node.heal(cid)
         except BlockNotFoundError:
+            if await node.in_store_thread(store().quarantine.is_quarantined, cid):
+                return await node.heal(cid)  # kept as it was (own or held) when it comes back
             if node.dht is None or not len(node.dht.table):
                 raise  # alone: the repository is all there is
             return await node.fetch(cid)
@@ -794,9 +1051,13 @@ def _store_ops(node: Node) -> OpTable:
                 "pack_bytes": st.pack_bytes, "dead_bytes": st.dead_bytes}
 
     async def verify(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        report = await node.in_store_thread(store().verify)
+        repair = args.get("repair", False)
+        if type(repair) is not bool:
+            raise InvalidInputError("argument 'repair' must be true or false")
+        report = await node.verify(repair=repair)
         return {"blocks_checked": report.blocks_checked, "bytes_checked": report.bytes_checked,
-                "problems": [{"cid": p.cid, "what": p.what} for p in report.problems[:MAX_PROBLEMS]]}
+                "problems": [{"cid": p.cid, "what": p.what} for p in report.problems[:MAX_PROBLEMS]],
+                "repaired": report.repaired}
 
     async def gc(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         history = args.get("history")

@@ -45,6 +45,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="storage for other nodes' blocks, e.g. 500M or 20G (default 10G)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
+    p.add_argument("--scrub-rate", type=_size, default=None, metavar="SIZE",
+                   help="bytes per second the scrub re-reads stored blocks at most, e.g. 16M (the default)")
+    p.add_argument("--scrub-period", type=_seconds, default=None, metavar="SECONDS",
+                   help="every stored block is verified again within this time (default 86400, a day)")
     p.set_defaults(run=cmd_daemon)
 
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
@@ -130,6 +134,12 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.quota = args.quota
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
+    if args.scrub_rate is not None:
+        if args.scrub_rate <= 0:
+            raise InvalidInputError("--scrub-rate must be more than 0")
+        config.scrub_rate = args.scrub_rate
+    if args.scrub_period is not None:
+        config.scrub_period = args.scrub_period
 
     # Wait for a command using the repository here, on the main thread, which
     # says so after a second; the node waits again (silently) in case another

@@ -63,8 +63,12 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     s = repo_sub.add_parser("stat", parents=common, help="blocks, bytes and pins stored")
     s.set_defaults(run=cmd_repo_stat)
     v = repo_sub.add_parser(
-        "verify", parents=common, help="re-hash every block and check every reference"
-    )
+        "verify", parents=common, help="re-hash every block and check every reference",
+        description="Re-hash every stored block and check that every link, pin and kept namespace "
+        "root resolves. With --repair, blocks that fail are quarantined and, when a daemon runs, "
+        "good copies of everything damaged or missing are fetched from the network.")
+    v.add_argument("--repair", action="store_true",
+                   help="quarantine damaged blocks and fetch good copies from the network (needs a daemon)")
     v.set_defaults(run=cmd_repo_verify)
 
 
@@ -129,19 +133,28 @@ def cmd_repo_verify(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, create=False) as repo:
         total = repo.repo_stat().bytes
         with out.progress(total, "verifying") as progress:
-            report = repo.verify(progress)
+            report = repo.verify(progress, repair=args.repair)
+        through_daemon = repo.through_daemon
     out.document(
         {
             "ok": report.ok,
             "blocks_checked": report.blocks_checked,
             "bytes_checked": report.bytes_checked,
+            "repaired": report.repaired,
             "problems": [{"cid": p.cid, "problem": p.what} for p in report.problems],
         }
     )
     for problem in report.problems:
         out.result(f"{problem.cid}: {problem.what}")
+    if args.repair and report.repaired:
+        out.note(f"repaired: {report.repaired} block(s) fetched from the network")
     if report.ok:
         out.note(f"ok: {report.blocks_checked} blocks, {human_size(report.bytes_checked)} verified")
         return 0
-    out.note(f"{len(report.problems)} problem(s) found in {report.blocks_checked} blocks")
+    out.note(f"{len(report.problems)} problem(s) found; {report.blocks_checked} blocks verified")
+    if args.repair and not through_daemon:
+        out.note("damaged blocks are quarantined; start 'cas daemon' (with peers) and run "
+                 "'cas repo verify --repair' again to fetch good copies")
+    elif not args.repair:
+        out.note("'cas repo verify --repair' quarantines damaged blocks and fetches good copies through a daemon")
     return 1

@@ -28,7 +28,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -124,6 +124,16 @@ class BlockSource(Protocol):
     async def has(self, cid: CID) -> bool: ...
 
     async def get(self, cid: CID) -> bytes: ...
+
+
+@runtime_checkable
+class VerifiesPresence(Protocol):
+    """A :class:`BlockSource` that answers HAVE only for copies it has
+    verified (the node's store: it re-reads and re-hashes a block whose
+    last check is too old, and quarantines one that fails). A source
+    without it answers HAVE from ``has``."""
+
+    async def have(self, cids: Sequence[CID]) -> list[bool]: ...
 
 
 class BlockKeeper(Protocol):
@@ -563,6 +573,8 @@ class DhtDriver:
                     pass  # a damaged block is not served; point elsewhere
             return msg.Nodes(self._closest_peers(key_for_digest(request.cid.digest), requester))
         if isinstance(request, msg.Have):
+            if isinstance(self.blocks, VerifiesPresence):
+                return msg.HaveResult(tuple(await self.blocks.have(request.cids)))
             present = []
             for cid in request.cids:
                 present.append(bool(self.blocks is not None and await self.blocks.has(cid)))

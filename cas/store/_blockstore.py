@@ -117,6 +117,20 @@ class RepositoryBlockStore:
             yield CID.from_bytes(key)
         yield from self.packs.iterate()
 
+    def page(self, after: CID | None, limit: int) -> list[tuple[CID, int]]:
+        """Up to ``limit`` stored blocks after ``after`` in CID byte order,
+        with their sizes: a walk over every block that holds no list of
+        them all and survives blocks coming and going (the scrub's)."""
+        start = bytes(after) if after is not None else b""
+        rows = self.db.query(
+            "SELECT cid, length(data) FROM small_blocks WHERE cid > ? ORDER BY cid LIMIT ?", (start, limit)
+        ).fetchall()
+        rows += self.db.query(
+            "SELECT cid, length FROM pack_blocks WHERE cid > ? ORDER BY cid LIMIT ?", (start, limit)
+        ).fetchall()
+        rows.sort()
+        return [(CID.from_bytes(bytes(key)), int(size)) for key, size in rows[:limit]]
+
     def barrier(self) -> None:
         # The database syncs the packs before it commits (PackStore.sync as
         # its before_commit): the bytes appended since the last barrier are

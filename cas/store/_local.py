@@ -326,8 +326,10 @@ class LocalStore:
                         pack_bytes=sum(usage.size for usage in packs),
                         dead_bytes=sum(usage.dead for usage in packs))
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Re-hash every block and check every reference; never modifies.
+    def verify(self, progress: Callable[[int], None] | None = None, *, repair: bool = False) -> VerifyReport:
+        """Re-hash every block and check every reference; modifies nothing,
+        unless ``repair``: then every block that fails verification is
+        quarantined (``_quarantine.py``; a daemon then fetches good copies).
 
         ``progress`` is called with the byte count of each block checked.
         """
@@ -377,6 +379,10 @@ class LocalStore:
         for row in self.roots():
             if not self.blocks.has(row.root):
                 report.problems.append(Problem(row.root.encode(), f"missing, but namespace root {row.seq}"))
+        if repair and report.corrupt:
+            for damage in report.corrupt:
+                self.quarantine.add(damage)
+            self.blocks.barrier()
         return report
 
     # -- garbage collection ------------------------------------------------------
