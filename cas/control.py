@@ -198,23 +198,27 @@ OpTable = dict[str, Op]
 
 
 def bind_socket(path: Path) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0600 from birth (umask), any
-    stale file there removed first. The caller owns removing it again."""
+    """A listening Unix socket at ``path`` in a repository, mode 0600, any
+    stale file there removed first. The caller owns removing it again.
+
+    The socket is bound, then made 0600 before it listens. Between the two
+    its mode is the umask's, and no other user can reach it all the same:
+    connecting needs search permission on its directory, the repository,
+    which is 0700 (cas/store/_modes.py). The process umask is not changed
+    to cover that moment: it is shared by all the node's threads, and a
+    directory another thread made under it would come out unusable."""
     if path.exists() or path.is_symlink():
         if not stat_module.S_ISSOCK(path.lstat().st_mode):
             raise RepositoryError(f"{path} exists and is not a socket; remove it")
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
     try:
         with _short_path(path) as address:
             sock.bind(address)
+        os.chmod(path, 0o600)
     except OSError as exc:
         sock.close()
         raise RepositoryError(f"cannot create the control socket {path}: {exc.strerror}") from None
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
     sock.listen(64)
     return sock
 

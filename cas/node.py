@@ -71,6 +71,7 @@ from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
+from .store._modes import open_private, private_dir
 from .store._links import links_of
 
 DEFAULT_PORT = 4710
@@ -187,9 +188,9 @@ def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
 def save_table(path: Path, table: RoutingTable, now: float) -> None:
     """Write the table atomically (temporary file, fsync, rename)."""
     data = dagcbor.encode(table.to_record(now))
-    path.parent.mkdir(mode=0o700, exist_ok=True)
+    private_dir(path.parent)  # 0700, and the file 0600, whatever the umask (cas/store/_modes.py)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -63,7 +63,7 @@ class ScrubPace:
         self._last = now
         # A block larger than the burst is let through once the bucket is full.
         needed = min(float(size), self.rate)
-        if self._tokens >= needed:
+        if self._tokens >= needed * (1 - 1e-9):  # (a float short of full is full)
             self._tokens -= size
             return 0.0
         return (needed - self._tokens) / self.rate

@@ -54,6 +54,7 @@ import trio
 
 from ..cid import CID
 from ..files import FileReader
+from ..store._modes import private_dir
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 """Block cache of a mount; DESIGN.md caps the default at 256 MiB."""
@@ -261,8 +262,8 @@ class Staging:
     """
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="fuse-", dir=directory)
+        private_dir(directory, parents=True)  # the repository's tmp/: 0700 (cas/store/_modes.py)
+        fd, name = tempfile.mkstemp(prefix="fuse-", dir=directory)  # 0600, and unlinked at once
         os.unlink(name)
         self.fd = fd
         self.size = 0

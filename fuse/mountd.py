@@ -338,12 +338,17 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
     else:
         # Create it; wait for a command using it, or fail early if it stays in use.
         LocalStore.open(config.repo, create=True, wait=config.wait, on_wait=on_wait).close()
+    from ..store._modes import open_private
+
     log_path = config.repo / "mount.log"
-    with open(log_path, "ab") as log_file:
+    log_fd = open_private(log_path, os.O_WRONLY | os.O_APPEND)  # 0600, like all in the repository
+    try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             pass_fds=(write_fd,), start_new_session=True,
         )
+    finally:
+        os.close(log_fd)
     os.close(write_fd)
     try:
         answer = _read_line(read_fd, timeout)

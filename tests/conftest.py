@@ -136,3 +136,42 @@ class PseudoRandomReader(io.RawIOBase):
         buffer[:n] = self._hasher.digest(length=n, seek=self._pos)
         self._pos += n
         return n
+
+
+# -- who may read a repository (issue 14) -----------------------------------
+
+
+def not_private(root: Path) -> list[str]:
+    """Every entry under ``root`` (``root`` included) that another user could
+    use, as "PATH MODE": a directory that is not 0700, anything else with a
+    permission bit outside 0600. Links are not followed (nor listed). Empty
+    for a private repository."""
+    import stat
+
+    found = []
+    for where, dirs, files in os.walk(root):
+        for name in ["", *dirs, *files]:
+            path = os.path.join(where, name) if name else where
+            if name == "" and where != str(root):
+                continue  # a directory is looked at once, from its parent
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue  # removed while we looked (a running daemon's files)
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            loose = mode != 0o700 if stat.S_ISDIR(info.st_mode) else bool(mode & ~0o600)
+            if loose:
+                found.append(f"{os.path.relpath(path, root)} {mode:04o}")
+    return sorted(found)
+
+
+def make_world_readable(root: Path) -> None:
+    """What a repository made under a 022 umask looked like before issue 14,
+    and worse: every directory 0755, every file 0644 (no link followed)."""
+    for where, dirs, files in os.walk(root):
+        os.chmod(where, 0o755)
+        for name in files:
+            if not os.path.islink(os.path.join(where, name)):
+                os.chmod(os.path.join(where, name), 0o644)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from cas.errors import (
 )
 from cas.names.directory import DirEntry, encode_leaf
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from tests.conftest import Holder, pseudo_random, read_line
+from tests.conftest import Holder, make_world_readable, not_private, pseudo_random, read_line
 
 
 def big(seed: str) -> Block:
@@ -524,3 +525,89 @@ def test_grouped_roots_are_durable_together_at_the_end_of_the_group(store):
         assert seen() == [1, 2, 3]
     finally:
         committed.close()
+
+
+# -- who may read it: the owner only (issue 14, _modes.py) ----------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_a_new_repository_is_private_whatever_the_umask(tmp_path, umask):
+    repo = tmp_path / "repo"
+    # In a process of its own with that umask; what is looked at while the
+    # repository is open includes SQLite's -wal and -shm files.
+    code = textwrap.dedent(f"""
+        import json, os
+        from pathlib import Path
+        import cas
+        from tests.conftest import not_private
+        repo = cas.open_repository({str(repo)!r})
+        repo.mkdir("/docs")
+        repo.add_bytes(os.urandom(300_000), to="/docs/big")
+        print(json.dumps([sorted(os.listdir({str(repo)!r})), not_private(Path({str(repo)!r}))]))
+        repo.close()
+    """)
+    result = subprocess.run([sys.executable, "-c", code], umask=umask, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    names, loose_while_open = json.loads(result.stdout)
+    assert {"meta.sqlite-wal", "meta.sqlite-shm", "packs", "keys", "lock", "config.json"} <= set(names)
+    assert loose_while_open == []
+    assert not_private(repo) == []
+    assert os.listdir(repo / "packs") and os.listdir(repo / "keys")  # the walk saw a pack and a key
+    assert result.stderr == ""
+
+
+def test_opening_makes_an_older_repository_private_once_and_says_so(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    with LocalStore.open(repo) as s:
+        s.blocks.put(big("older"))
+        s.blocks.barrier()
+        s.namespace_key()
+    make_world_readable(repo)
+    assert not_private(repo) != []
+    LocalStore.open(repo).close()
+    err = capsys.readouterr().err
+    assert f"repository {repo} was open to other users" in err
+    assert f"the key {repo / 'keys' / 'namespace.key'} was readable by other users" in err
+    assert not_private(repo) == []
+    LocalStore.open(repo).close()
+    assert capsys.readouterr().err == ""  # nothing left to change: not a word
+
+
+def test_tightening_never_loosens_a_mode_nor_follows_a_link_out(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the repository's")
+    outside.chmod(0o644)
+    (repo / "notes").symlink_to(outside)
+    (repo / "packs" / "elsewhere").symlink_to(outside)
+    key = repo / "keys" / "namespace.key"
+    key.chmod(0o400)
+    LocalStore.open(repo).close()
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+    assert stat.S_IMODE(key.stat().st_mode) == 0o400
+    assert capsys.readouterr().err == ""
+
+
+def test_a_chmod_refused_is_named_and_the_open_goes_on(tmp_path, capsys, monkeypatch):
+    repo = tmp_path / "repo"
+    LocalStore.open(repo).close()
+    log = repo / "mount.log"
+    log.write_text("someone else's\n")
+    log.chmod(0o644)
+    real_chmod = os.chmod
+
+    def chmod(path, mode, **kw):
+        if os.fspath(path) == str(log):  # as for a file another user owns
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_chmod(path, mode, **kw)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    with LocalStore.open(repo) as s:
+        s.blocks.put(Block.of(RAW, b"still works"))
+        s.blocks.barrier()
+    err = capsys.readouterr().err
+    assert f"cas: warning: {log} stays open to other users (mode 0644): Operation not permitted" in err
+    assert f"chmod go-rwx {log}" in err
+    assert not_private(repo) == ["mount.log 0644"]

@@ -4,6 +4,10 @@ namespace roots.
 One connection, owned by the repository's owner process, in WAL mode with
 ``synchronous=FULL`` so that a commit is durable when it returns.
 
+The file is made mode 0600 before the first connection (``_modes.py``):
+SQLite gives ``-wal``, ``-shm`` and ``-journal`` the main file's mode, so
+they are private too, whatever the umask.
+
 Writes are *group-committed*: inserts open a transaction lazily and
 :meth:`Database.commit` ends it. Before it commits, ``commit`` runs the
 ``before_commit`` hook, which the pack store sets to fsync the pack files
@@ -44,11 +48,14 @@ A schema newer than this code understands is refused, never touched.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import RepositoryError
+from ._disk import disk_error
+from ._modes import open_private
 
 SCHEMA_VERSION = 5
 
@@ -110,6 +117,10 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            os.close(open_private(path, os.O_RDONLY))  # 0600 before SQLite creates its companions
+        except OSError as exc:
+            raise disk_error(exc, "opening the metadata database", path.parent) from None
         try:
             # The owner may call in from a worker thread (AsyncRepository);
             # calls are never concurrent, which the owner guarantees.

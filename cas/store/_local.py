@@ -1,16 +1,21 @@
 """The local repository: a directory that one process owns.
 
-Layout of a repository directory::
+Layout of a repository directory (mode 0700, like every directory in it;
+every file in it is 0600, whatever the umask: see _modes.py)::
 
     config.json     format name and version; written once, at init
     lock            flock()ed by the owning process; holds its pid and
                     command (see _lock.py)
-    keys/           the namespace key (mode 0600); later the node key
+    keys/           the namespace key; the node key (cas/node.py)
     packs/NNNNNNNN.pack
                     large blocks, appended to pack files (see _packs.py)
-    tmp/            staging for atomic writes; emptied when the owner opens
+    tmp/            staging for atomic writes and the mount's open files;
+                    emptied when the owner opens
     meta.sqlite     SQLite (WAL, synchronous=FULL): small blocks, the pack
                     index, pins, namespace roots (see _database.py)
+    dht/, control.sock, mount.log
+                    the node's routing table, its control socket, the
+                    mount process's output (cas/node.py, cas.fuse)
 
 A repository from before packs (``blocks/xx/CID``, one file per large
 block) is moved into packs when it is opened (``_packs.migrate_block_files``).
@@ -30,6 +35,10 @@ Invariants this module keeps, and which ``verify`` checks:
   asks, while another process holds it) and released by the OS when the
   owner exits, however it exits, so kill -9 never leaves a stale lock
   (``_lock.py``).
+* **Private to its owner.** Everything here is created 0700 / 0600 by
+  ``_modes.private_dir`` and ``_modes.open_private``, and an older
+  repository with looser modes is tightened when it is opened, under the
+  lock and before the database is (``_modes.tighten``).
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from ..errors import (
     InvalidBlockError,
     RepositoryError,
 )
-from . import _lock
+from . import _lock, _modes
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 from ._disk import disk_error, fsync_dir
@@ -98,9 +107,10 @@ class RootRow(NamedTuple):
     record: bytes
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file of ``data``, mode 0600, durably."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = _modes.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -168,6 +178,7 @@ class LocalStore:
         cls.check_config(path)
         lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
         try:
+            _modes.report(path, _modes.tighten(path))  # an older repository made private: _modes.py
             _empty_dir(path / "tmp")
             return cls(path, lock_fd)
         except BaseException:
@@ -182,10 +193,13 @@ class LocalStore:
                 "give --repo a new or empty directory"
             )
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "packs").mkdir(exist_ok=True)
-            (path / "tmp").mkdir(exist_ok=True)
-            (path / "keys").mkdir(mode=0o700, exist_ok=True)
+            _modes.private_dir(path, parents=True)
+            try:
+                os.chmod(path, _modes.DIR_MODE)  # an empty directory given for it becomes the repository
+            except PermissionError:
+                pass  # another user's directory: open names it (_modes.py, rule 4)
+            for name in ("packs", "tmp", "keys"):
+                _modes.private_dir(path / name)
             from ..keys import NamespaceKey
 
             NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
@@ -480,13 +494,13 @@ def _empty_dir(path: Path) -> None:
             if next(entries, None) is None:
                 return
     except FileNotFoundError:
-        path.mkdir(exist_ok=True)
+        _modes.private_dir(path)
         return
     except NotADirectoryError:
         path.unlink()
-        path.mkdir()
+        _modes.private_dir(path)
         return
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(exist_ok=True)
+    _modes.private_dir(path)

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RepositoryError, RepositoryLockedError
+from ._modes import open_private
 
 LOCK_FILE = "lock"
 
@@ -85,7 +86,7 @@ def acquire(path: Path, *, wait: float = 0.0, on_wait: Callable[[str], None] | N
     """
     line = _own_line()  # made before the lock is taken: rule 2's gap stays two system calls
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(path / LOCK_FILE, os.O_RDWR)  # 0600, whatever the umask (_modes.py)
     except OSError as exc:
         raise RepositoryError(f"cannot open {path}/{LOCK_FILE}: {exc.strerror}") from None
     try:

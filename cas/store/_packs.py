@@ -83,6 +83,7 @@ from ..cid import CID
 from ..errors import BlockNotFoundError, CorruptBlockError, InvalidBlockError, InvalidCIDError, RepositoryError
 from ._database import Database
 from ._disk import disk_error, fsync_dir
+from ._modes import open_private, private_dir
 
 if TYPE_CHECKING:
     from ._reports import CompactReport
@@ -204,7 +205,7 @@ class PackStore:
         self._fd = -1
         try:
             if not packs_dir.exists():
-                packs_dir.mkdir()
+                private_dir(packs_dir)
                 fsync_dir(packs_dir.parent)
             self._active = self._recover()
             self._fd = os.open(self._path_str(self._active), os.O_RDWR)
@@ -278,7 +279,7 @@ class PackStore:
         return newest
 
     def _write_header(self, number: int) -> None:
-        fd = os.open(self._path_str(number), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(self._path_str(number), os.O_WRONLY | os.O_TRUNC)  # 0600 (_modes.py)
         try:
             os.write(fd, PACK_MAGIC)
             os.fsync(fd)
