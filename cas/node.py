@@ -1198,7 +1198,10 @@ def _node_ops(node: Node) -> OpTable:
                 "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
                 "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table),
                 "refusals": r.stats.refusals, "store_failures": sum(r.stats.peer_store_failures.values()),
-                "last_failure": r.stats.last_failure}
+                "last_failure": r.stats.last_failure,
+                "quarantined": node.integrity.quarantined, "restored": node.integrity.restored,
+                "in_quarantine": await node.in_store_thread(lambda: len(node.store.quarantine)),
+                "scrubbed_bytes": node.integrity.scrubbed_bytes, "scrub_passes": node.integrity.scrub_passes}
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
             "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),

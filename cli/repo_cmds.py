@@ -111,6 +111,10 @@ def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
                    f"({human_size(health['repair_bytes'])}), {health['repair_dropped']} dropped")
         out.result(f"held        {health['held_blocks']} block(s), {human_size(health['held_bytes'])} "
                    f"of {human_size(health['quota'])} for other nodes")
+        if "quarantined" in health:
+            out.result(f"integrity   {health['quarantined']} damaged block(s) found, {health['restored']} "
+                       f"restored from the network, {health['in_quarantine']} still quarantined; "
+                       f"scrub: {health['scrub_passes']} pass(es), {human_size(health['scrubbed_bytes'])} re-verified")
     return 0
 
 

@@ -95,3 +95,19 @@ def test_quarantine_survives_reopening(tmp_path):
     with LocalStore.open(tmp_path / "repo") as store:
         assert [q.cid for q in store.quarantine.list()] == [block.cid]
         assert not store.blocks.has(block.cid)
+
+
+def test_a_stale_report_never_quarantines_the_good_copy_that_replaced_the_bad_one(store):
+    block = Block.of(RAW, pseudo_random(120_000, "raced"))
+    store.blocks.put(block)
+    store.blocks.barrier()
+    damage_pack_block(store, block)
+    reports = []
+    for _ in range(2):  # two readers met the same bad copy
+        with pytest.raises(CorruptBlockError) as caught:
+            store.blocks.get(block.cid)
+        reports.append(caught.value)
+    assert store.quarantine.add(reports[0]) is True
+    store.quarantine.restore(block)
+    assert store.quarantine.add(reports[1]) is False  # the second report comes late
+    assert store.blocks.get(block.cid) == block.data and len(store.quarantine) == 0

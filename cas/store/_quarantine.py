@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CorruptBlockError
+from ..errors import BlockNotFoundError, CorruptBlockError
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 from ._held import HeldBlocks
@@ -62,8 +62,18 @@ class Quarantine:
         cid = damage.cid
         assert isinstance(cid, CID)
         key = bytes(cid)
+        # The damage may be stale: found by a read that raced another
+        # finder, whose quarantine and healing came first. Only the copy
+        # indexed now, and bad now, is taken out.
+        try:
+            self._blocks.get(cid)
+            return False  # a good copy is indexed (healed meanwhile)
+        except BlockNotFoundError:
+            return False  # nothing indexed: in quarantine already, or gone
+        except CorruptBlockError:
+            pass
         if self._db.query("SELECT 1 FROM quarantine WHERE cid = ?", (key,)).fetchone() is not None:
-            self._blocks.delete(cid)  # indexed again meanwhile, and bad again
+            self._blocks.delete(cid)  # a copy indexed again meanwhile, and bad too
             return False
         was_held = self._held.claim(cid)  # its held row goes too: its bytes do not count
         self._blocks.delete(cid)
