@@ -54,7 +54,7 @@ from .control import (
     bind_socket,
     serve_control,
 )
-from .dht.driver import DhtDriver, FindResult
+from .dht.driver import BootstrapError, DhtDriver, FindResult
 from .dht.replication import DEFAULT_REPLICAS
 from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
 from .dht.publisher import Publisher, StoreRecords, name_ops
@@ -91,6 +91,12 @@ MAX_READ_AHEAD_INDEX = 65536
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
+BOOTSTRAP_RETRY_FIRST = 1.0
+BOOTSTRAP_RETRY_MAX = 60.0
+"""Seconds between tries to join through the bootstrap peers while none
+answers: from the first, doubling after each failure, up to the most."""
+REJOIN_CHECK = 5.0
+"""Seconds between checks that the routing table still has someone in it."""
 MAX_VERIFIED_MEMORY = 1 << 16
 """Blocks whose last verification the node remembers (CID -> when), for
 HAVE: beyond it the oldest are forgotten and read again when asked about."""
@@ -282,7 +288,13 @@ class Node:
                     await nursery.start(self.publisher.run)
                     nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
                     if self.config.bootstrap:
-                        await dht.bootstrap(self.config.bootstrap)
+                        try:
+                            await dht.bootstrap(self.config.bootstrap)
+                        except BootstrapError as exc:
+                            # Not fatal: nodes may start in any order. The
+                            # node serves its own repository meanwhile.
+                            self._log(f"{exc}; running alone and retrying")
+                        nursery.start_soon(self._keep_joined)
                     elif len(table):
                         nursery.start_soon(self._rejoin)
                     control = bind_socket(repo / SOCKET_NAME)
@@ -306,6 +318,28 @@ class Node:
     async def _rejoin(self) -> None:
         assert self.dht is not None
         await self.dht.refresh(force=True)
+
+    async def _keep_joined(self) -> None:
+        """Whenever the routing table is empty (the bootstrap peers were
+        down at start, or every peer has gone since), join again through
+        the bootstrap peers, waiting 1 s before the first try and twice as
+        long after each failure, up to a minute."""
+        assert self.dht is not None
+        dht = self.dht
+        delay = BOOTSTRAP_RETRY_FIRST
+        while True:
+            if len(dht.table):
+                delay = BOOTSTRAP_RETRY_FIRST
+                await trio.sleep(REJOIN_CHECK)
+                continue
+            await trio.sleep(delay)
+            try:
+                reached = await dht.bootstrap(self.config.bootstrap)
+            except BootstrapError as exc:
+                delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+                self._log(f"{exc}; retrying in {delay:g} s")
+                continue
+            self._log("joined the network through " + ", ".join(f"{c.host}:{c.port}" for c in reached))
 
     async def _save_loop(self) -> None:
         while True:

@@ -78,19 +78,28 @@ def test_sigint_also_shuts_down_cleanly(tmp_path: Path, daemons: Daemons) -> Non
     assert not (a.repo / "control.sock").exists()
 
 
-def test_bootstrap_to_an_unreachable_address_fails_with_one_line(tmp_path: Path) -> None:
+def test_a_daemon_whose_bootstrap_peer_is_down_runs_and_joins_once_it_comes_up(
+        tmp_path: Path, daemons: Daemons) -> None:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
-    result = run_cas("daemon", "--listen", "127.0.0.1:0", "--bootstrap", f"127.0.0.1:{port}",
-                     repo=tmp_path / "repo", check=False, timeout=60)
-    assert result.returncode == 1
-    lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("cas daemon: error: bootstrap failed")
-    assert f"127.0.0.1:{port}" in lines[0]
-    assert not (tmp_path / "repo" / "control.sock").exists()
+    late = daemons.start(tmp_path / "late", bootstrap=[f"127.0.0.1:{port}"])  # ready, not exited
+    assert late.proc.poll() is None
+    note = late.stderr().strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("cas daemon: bootstrap failed")
+    assert f"127.0.0.1:{port}" in note[0] and "retrying" in note[0]
+    cid = run_cas("add", "-q", "-", repo=late.repo, input=b"alone meanwhile").stdout.decode().strip()
+    assert run_cas("cat", cid, repo=late.repo).stdout == b"alone meanwhile"  # it serves its repository
+
+    first = daemons.start(tmp_path / "first", listen=f"127.0.0.1:{port}")
+
+    def joined() -> bool:
+        peers = json.loads(run_cas("peers", "--json", repo=late.repo).stdout)
+        return any(p["id"] == first.node_id for p in peers)
+
+    wait_until(joined, timeout=30, what="the late daemon to join once its bootstrap peer is up", interval=0.2)
+    assert "joined the network through 127.0.0.1:" in late.stderr()
 
 
 def test_a_silent_connection_is_closed_after_the_timeout(tmp_path: Path, daemons: Daemons) -> None:
