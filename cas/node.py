@@ -71,6 +71,7 @@ from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
+from .store._held import DEFAULT_PEER_QUOTA
 from .store._modes import open_private, private_dir
 from .store._links import links_of
 
@@ -125,6 +126,11 @@ class NodeConfig:
     quota: int = DEFAULT_QUOTA
     """Bytes of other nodes' blocks this node keeps (STORE_BLOCK and blocks
     fetched to answer reads); beyond it STORE_BLOCK is refused as ``full``."""
+    peer_quota: int = DEFAULT_PEER_QUOTA
+    """Bytes of blocks any one other node may have placed here."""
+    disk_reserve: int | None = None
+    """Free disk never given to other nodes' blocks (None: a quarter of the
+    disk, at most 10 GiB)."""
     replicas: int = DEFAULT_REPLICAS
     repair_interval: float = REPAIR_INTERVAL
     retry_interval: float = RETRY_INTERVAL
@@ -216,7 +222,7 @@ class Node:
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
         self.publisher: Publisher | None = None
-        self.group_commit: GroupCommitter | None = None
+        self.group_commit: GroupCommitter[tuple[Block, bytes | None]] | None = None
         self.namespace: Namespace | None = None
         self.namespace_commits: GroupCommitter[Change] | None = None
         self.integrity = IntegrityStats()
@@ -242,6 +248,8 @@ class Node:
         store = await trio.to_thread.run_sync(
             lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
         store.held.quota = self.config.quota
+        store.held.peer_quota = self.config.peer_quota
+        store.held.reserve = self.config.disk_reserve
         self.store = store
         self.namespace = Namespace(store)
         try:
@@ -272,7 +280,8 @@ class Node:
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
         self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
         group_commit = self.group_commit = GroupCommitter(
-            lambda blocks: self.in_store_thread(store.held.accept_many, blocks))
+            lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
+            weight=lambda item: len(item[0].data))  # (block, sender)
         namespace_commits = self.namespace_commits = GroupCommitter(
             lambda changes: self.in_store_thread(self.apply_changes, changes),
             weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
@@ -436,7 +445,7 @@ class Node:
         try:
             # Kept with the other blocks arriving meanwhile (read-ahead
             # fetches several at once): one barrier for them all.
-            await self.group_commit.keep(block)
+            await self.group_commit.keep((block, None))
         except StorageQuotaError:
             pass  # served, not kept
         if len(self._fetched) > MAX_READ_AHEAD_INDEX:
@@ -731,13 +740,13 @@ class _StoreThreadBlocks:
         assert self._node.store is not None
         return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
 
-    async def keep_many(self, blocks: list[Block]) -> list[object]:
-        """Blocks a peer placed here (verified): held for the network,
-        within the quota, durable on return (group-committed with the
-        others arriving at the same time); per block, True/False or the
-        quota error that refused it."""
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
+        """Blocks a peer (``sender``) placed here (verified): held for the
+        network, within the quota, the sender's share and the disk reserve,
+        durable on return (group-committed with the others arriving at the
+        same time); per block, True/False or the quota error that refused it."""
         assert self._node.group_commit is not None
-        return await self._node.group_commit.keep_many(blocks)
+        return await self._node.group_commit.keep_many([(block, sender) for block in blocks])
 
 
 # -- the op table ---------------------------------------------------------------------
@@ -1141,6 +1150,8 @@ def _node_ops(node: Node) -> OpTable:
 
     async def peers(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
         stats = node.replicator.stats if node.replicator is not None else None
+        assert node.store is not None
+        held = await node.in_store_thread(node.store.held.by_sender)
         return [
             {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
              "connected": p.connected, "failures": p.failures,
@@ -1148,7 +1159,10 @@ def _node_ops(node: Node) -> OpTable:
              # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
              "stores": stats.peer_stores[p.contact.node_id] if stats else 0,
              "store_failures": stats.peer_store_failures[p.contact.node_id] if stats else 0,
-             "bad_blocks": dht().bad_blocks[p.contact.node_id]}
+             "bad_blocks": dht().bad_blocks[p.contact.node_id],
+             # what it stores with us now: blocks and bytes it placed here
+             "held_blocks": held.get(id_to_bytes(p.contact.node_id), (0, 0))[0],
+             "held_bytes": held.get(id_to_bytes(p.contact.node_id), (0, 0))[1]}
             for p in dht().peers()
         ]
 

@@ -21,7 +21,7 @@ from cas.errors import CasError, InvalidInputError
 if TYPE_CHECKING:
     from cas import control
 
-from .output import Output
+from .output import Output, human_size
 from .repo_cmds import repo_path, waiting_note
 
 
@@ -43,6 +43,11 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="copies of every block kept on the nodes closest to it (default 3)")
     p.add_argument("--quota", type=_size, default=None, metavar="SIZE",
                    help="storage for other nodes' blocks, e.g. 500M or 20G (default 10G)")
+    p.add_argument("--peer-quota", type=_size, default=None, metavar="SIZE",
+                   help="storage any one other node may use here, e.g. 500M (default 1G)")
+    p.add_argument("--disk-reserve", type=_size, default=None, metavar="SIZE",
+                   help="free disk never given to other nodes' blocks, kept for your own "
+                   "(default: a quarter of the disk, at most 10G)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
     p.add_argument("--scrub-rate", type=_size, default=None, metavar="SIZE",
@@ -132,6 +137,10 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.replicas = args.replicas
     if args.quota is not None:
         config.quota = args.quota
+    if args.peer_quota is not None:
+        config.peer_quota = args.peer_quota
+    if args.disk_reserve is not None:
+        config.disk_reserve = args.disk_reserve
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
     if args.scrub_rate is not None:
@@ -224,8 +233,10 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     for p in peers:
         state = "connected" if p["connected"] else "-"
         out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}  stores {p.get('stores', 0)}  "
+                   f"holds {human_size(p.get('held_bytes', 0))}  "
                    f"failures {p['failures']}/{p.get('store_failures', 0)}/{p.get('bad_blocks', 0)}")
-    out.note(f"{len(peers)} peer(s); failures: in a row / stores failed / wrong blocks sent")
+    out.note(f"{len(peers)} peer(s); stores: blocks we placed on it (since start); holds: what it stored "
+             "with us; failures: in a row / stores failed / wrong blocks sent")
     return 0
 
 

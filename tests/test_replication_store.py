@@ -94,7 +94,7 @@ def test_a_repository_from_before_the_held_table_opens_and_gains_it(tmp_path: Pa
         assert len(store.pins()) == 1 and len(store.held) == 0
         store.held.accept(Block.of(RAW, b"new"))
     db = sqlite3.connect(tmp_path / "r" / "meta.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
 
 
@@ -114,7 +114,7 @@ class MemoryKeeper:
     def __init__(self, store: MemoryBlockStore, quota: int) -> None:
         self.store, self.quota, self.used = store, quota, 0
 
-    async def keep_many(self, blocks: list[Block]) -> list[object]:
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
         outcomes: list[object] = []
         for block in blocks:
             if self.store.has(block.cid):
@@ -246,3 +246,33 @@ def test_store_blocks_messages_round_trip_and_check_their_sizes() -> None:
     assert bad != wire
     with pytest.raises(msg.MalformedMessageError, match="one block per CID"):
         msg.decode(bad)
+
+
+def test_one_sender_is_held_only_up_to_its_share_and_others_still_fit(tmp_path: Path) -> None:
+    rogue, honest = b"r" * 32, b"h" * 32
+    with LocalStore.open(tmp_path / "r") as store:
+        store.held.quota, store.held.peer_quota = 1000, 100
+        junk = [Block.of(RAW, bytes([i]) * 40) for i in range(5)]
+        outcomes = store.held.accept_many([(block, rogue) for block in junk])
+        assert outcomes[:2] == [True, True]
+        assert all(isinstance(o, StorageQuotaError) and "limit per node" in str(o) for o in outcomes[2:])
+        assert store.held.held_for(rogue) == 80
+        assert store.held.accept_many([(Block.of(RAW, b"good" * 10), honest)]) == [True]
+        assert store.held.by_sender() == {rogue: (2, 80), honest: (1, 40)}
+
+
+def test_blocks_for_others_never_take_the_disk_reserve(tmp_path: Path) -> None:
+    from cas.store._held import DiskSpace
+
+    with LocalStore.open(tmp_path / "r") as store:
+        free = [1000]
+        store.held._disk = lambda: DiskSpace(free[0], 4000)  # a disk of 4000 bytes, 1000 free
+        store.held.reserve = 900
+        outcomes = store.held.accept_many([(Block.of(RAW, bytes([i]) * 60), b"p" * 32) for i in range(3)])
+        assert outcomes[0] is True  # 940 free after it
+        assert isinstance(outcomes[1], StorageQuotaError) and "free for its owner" in str(outcomes[1])
+        store.held.reserve = None  # the default: a quarter of the disk
+        free[0] = 1100
+        assert store.held.accept_many([(Block.of(RAW, b"q" * 60), b"p" * 32)]) == [True]
+        free[0] = 1050
+        assert isinstance(store.held.accept_many([(Block.of(RAW, b"z" * 60), b"p" * 32)])[0], StorageQuotaError)

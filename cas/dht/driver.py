@@ -143,7 +143,9 @@ class BlockKeeper(Protocol):
     exception means kept; a :class:`CasError` is why that block was refused
     (:class:`cas.store.StorageQuotaError` when the quota is full)."""
 
-    async def keep_many(self, blocks: list[Block]) -> list[object]: ...
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
+        """``sender``: the ID of the node that placed them (its share of
+        the storage is limited)."""
 
 
 class RecordKeeper(Protocol):
@@ -604,7 +606,7 @@ class DhtDriver:
             raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
         codes = []
         message = ""
-        for outcome in await self.keeper.keep_many(blocks):
+        for outcome in await self.keeper.keep_many(blocks, id_to_bytes(requester)):
             if not isinstance(outcome, BaseException):
                 codes.append("ok")
                 continue

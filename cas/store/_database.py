@@ -22,8 +22,11 @@ Schema (``PRAGMA user_version`` = 4)::
     small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
     pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
     roots(seq INTEGER PRIMARY KEY, root BLOB, time_ns INTEGER, record BLOB)
-    held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER)
-                                    blocks held for the network (version 2)
+    held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER, sender BLOB)
+                                    blocks held for the network (version 2);
+                                    the node that placed each, NULL if none
+                                    did (fetched to answer a read; held
+                                    before version 6)
     records(key BLOB PRIMARY KEY, record BLOB, seq INTEGER, sender BLOB, since_ns INTEGER)
                                     namespace records held for the network (version 3)
     settings(name TEXT PRIMARY KEY, value)
@@ -42,7 +45,8 @@ creating the table, empty: every block of an old repository is its own.
 Version 2 (no ``records``, no ``settings``) likewise gets both, empty.
 Version 3 gets the empty ``pack_blocks`` table; its ``blocks/XX/CID`` files
 are then moved into packs by the store (``_packs.migrate_block_files``).
-Version 4 gets the empty ``quarantine`` table.
+Version 4 gets the empty ``quarantine`` table. Version 5 gets the
+``sender`` column of ``held`` (NULL for what it held already).
 A schema newer than this code understands is refused, never touched.
 """
 
@@ -57,7 +61,7 @@ from ..errors import RepositoryError
 from ._disk import disk_error
 from ._modes import open_private
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -71,7 +75,8 @@ CREATE TABLE IF NOT EXISTS roots (
 CREATE TABLE IF NOT EXISTS held (
     cid BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
-    since_ns INTEGER NOT NULL
+    since_ns INTEGER NOT NULL,
+    sender BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     key BLOB PRIMARY KEY,
@@ -96,10 +101,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     since_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-_KNOWN_VERSIONS = (0, 1, 2, 3, 4, SCHEMA_VERSION)
+_KNOWN_VERSIONS = (0, 1, 2, 3, 4, 5, SCHEMA_VERSION)
 """Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
 lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, 3 the
-``pack_blocks`` table, 4 the ``quarantine`` table, which ``_SCHEMA`` creates."""
+``pack_blocks`` table, 4 the ``quarantine`` table, which ``_SCHEMA`` creates;
+5 the ``sender`` column of ``held``, which the upgrade adds."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
@@ -134,6 +140,10 @@ class Database:
                 )
             if version != SCHEMA_VERSION:  # a write: only when there is something to upgrade
                 self._conn.executescript(_SCHEMA)
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(held)")}
+                if "sender" not in columns:  # versions 2-5: blocks held so far have no known sender
+                    self._conn.execute("ALTER TABLE held ADD COLUMN sender BLOB")
+                self._conn.execute("CREATE INDEX IF NOT EXISTS held_by_sender ON held (sender)")
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise _db_error(exc, path) from None

@@ -29,8 +29,11 @@ the node's replication does (cas.dht.replication plans it).
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
 
 from ..blocks import Block
 from ..cid import CID
@@ -42,9 +45,40 @@ DEFAULT_QUOTA = 10 * 1024**3
 """Bytes of other nodes' blocks a repository keeps unless configured
 otherwise (``cas daemon --quota``): 10 GiB."""
 
+DEFAULT_PEER_QUOTA = 1024**3
+"""Bytes of blocks one other node may have placed here, unless configured
+otherwise (``cas daemon --peer-quota``): 1 GiB, so that no single peer
+(nor a throwaway identity) takes the whole quota."""
+
+DEFAULT_RESERVE_FRACTION = 0.25
+DEFAULT_RESERVE_MAX = 10 * 1024**3
+"""The disk reserve unless configured (``cas daemon --disk-reserve``): a
+quarter of the disk's size, at most 10 GiB. Blocks for other nodes are
+never stored where they would leave less free space than that, so the
+owner's own adds keep the rest."""
+
+
+def default_reserve(total: int) -> int:
+    """The disk reserve for a disk of ``total`` bytes."""
+    return min(int(total * DEFAULT_RESERVE_FRACTION), DEFAULT_RESERVE_MAX)
+
+
+class DiskSpace(NamedTuple):
+    """What the file system holding the repository reports."""
+
+    free: int  # bytes an unprivileged writer may still use
+    total: int
+
 
 class StorageQuotaError(CasError):
-    """This node's storage for other nodes' blocks is full."""
+    """This node's storage for other nodes' blocks is full: its quota, the
+    sender's share of it, or the disk reserve."""
+
+
+def disk_space(path: Path) -> DiskSpace:
+    """Free and total bytes of the file system holding ``path``."""
+    st = os.statvfs(path)
+    return DiskSpace(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
 
 
 class HeldBlocks:
@@ -54,10 +88,16 @@ class HeldBlocks:
     time, like the rest of the store.
     """
 
-    def __init__(self, db: Database, blocks: RepositoryBlockStore, quota: int = DEFAULT_QUOTA) -> None:
+    def __init__(self, db: Database, blocks: RepositoryBlockStore, quota: int = DEFAULT_QUOTA, *,
+                 disk: Callable[[], DiskSpace] | None = None) -> None:
         self._db = db
         self._blocks = blocks
         self.quota = quota
+        self.peer_quota = DEFAULT_PEER_QUOTA
+        self.reserve: int | None = None
+        """Free bytes never given to other nodes' blocks (None: the default,
+        :func:`default_reserve` of the disk's size)."""
+        self._disk = disk
         count, total = db.query("SELECT count(*), coalesce(sum(size), 0) FROM held").fetchone()
         self._count = int(count)
         self._bytes = int(total)
@@ -81,6 +121,31 @@ class HeldBlocks:
     def room_for(self, size: int) -> bool:
         return self._bytes + size <= self.quota
 
+    def held_for(self, sender: bytes) -> int:
+        """Bytes held here that ``sender`` (a node ID) placed."""
+        (total,) = self._db.query("SELECT coalesce(sum(size), 0) FROM held WHERE sender = ?", (sender,)).fetchone()
+        return int(total)
+
+    def by_sender(self) -> dict[bytes, tuple[int, int]]:
+        """For each node that placed blocks here: (blocks, bytes)."""
+        rows = self._db.query(
+            "SELECT sender, count(*), sum(size) FROM held WHERE sender IS NOT NULL GROUP BY sender").fetchall()
+        return {bytes(sender): (int(count), int(total)) for sender, count, total in rows}
+
+    def _refusal(self, size: int, sender: bytes | None, peer_bytes: int, free: int | None,
+                 reserve: int) -> StorageQuotaError | None:
+        """Why a block of ``size`` bytes cannot be held, or None if it can."""
+        if not self.room_for(size):
+            return StorageQuotaError(
+                f"storage for other nodes' blocks is full ({self._bytes} of {self.quota} bytes used)")
+        if sender is not None and peer_bytes + size > self.peer_quota:
+            return StorageQuotaError(
+                f"this node holds {peer_bytes} bytes for you already, its limit per node ({self.peer_quota})")
+        if free is not None and free - size < reserve:
+            return StorageQuotaError(
+                f"this node keeps {reserve} bytes of its disk free for its owner ({free} free)")
+        return None
+
     # -- writing ----------------------------------------------------------------
 
     def accept(self, block: Block) -> bool:
@@ -95,26 +160,42 @@ class HeldBlocks:
             raise outcome
         return outcome
 
-    def accept_many(self, blocks: Iterable[Block]) -> list[bool | StorageQuotaError]:
+    def accept_many(self, blocks: Iterable[Block | tuple[Block, bytes | None]]) -> list[bool | StorageQuotaError]:
         """:meth:`accept` for several blocks with one barrier (a group
         commit: one set of fsyncs however many blocks peers sent at once).
-        For each block, in order: True if new, False if already stored, or
-        the :class:`StorageQuotaError` that refused it. Durable on return."""
+        Each is a block, or (block, sender): the node that placed it, whose
+        share is limited to ``peer_quota``; a block with no sender was
+        fetched to answer a read. Beyond the quotas, no block is held where
+        it would leave less free disk than the reserve. For each block, in
+        order: True if new, False if already stored, or the
+        :class:`StorageQuotaError` that refused it. Durable on return."""
         outcomes: list[bool | StorageQuotaError] = []
-        for block in blocks:
+        space = self._disk() if self._disk is not None else None
+        free = space.free if space is not None else None
+        reserve = (self.reserve if self.reserve is not None
+                   else default_reserve(space.total) if space is not None else 0)
+        peers: dict[bytes, int] = {}
+        for item in blocks:
+            block, sender = (item, None) if isinstance(item, Block) else item  # (a Block is a tuple too)
             if self._blocks.has(block.cid):
                 outcomes.append(False)
                 continue
             size = len(block.data)
-            if not self.room_for(size):
-                outcomes.append(StorageQuotaError(
-                    f"storage for other nodes' blocks is full ({self._bytes} of {self.quota} bytes used)"))
+            if sender is not None and sender not in peers:
+                peers[sender] = self.held_for(sender)
+            refusal = self._refusal(size, sender, peers.get(sender, 0) if sender else 0, free, reserve)
+            if refusal is not None:
+                outcomes.append(refusal)
                 continue
             self._blocks.put(block)
-            self._db.execute("INSERT OR REPLACE INTO held (cid, size, since_ns) VALUES (?, ?, ?)",
-                             (bytes(block.cid), size, time.time_ns()))
+            self._db.execute("INSERT OR REPLACE INTO held (cid, size, since_ns, sender) VALUES (?, ?, ?, ?)",
+                             (bytes(block.cid), size, time.time_ns(), sender))
             self._count += 1
             self._bytes += size
+            if sender is not None:
+                peers[sender] += size
+            if free is not None:
+                free -= size
             outcomes.append(True)
         self._blocks.barrier()  # bytes and rows durable before anyone is told
         return outcomes

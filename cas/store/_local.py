@@ -65,7 +65,7 @@ from ._database import Database
 from ._disk import disk_error, fsync_dir
 from ._packs import PackStore, migrate_block_files
 from ._records import HeldRecords
-from ._held import HeldBlocks
+from ._held import HeldBlocks, disk_space
 from ._quarantine import Quarantine
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class LocalStore:
             self.db.close()
             raise
         self.blocks = RepositoryBlockStore(packs, self.db)
-        self.held = HeldBlocks(self.db, self.blocks)  # blocks kept for the network (_held.py)
+        self.held = HeldBlocks(self.db, self.blocks, disk=lambda: disk_space(path))  # blocks kept for the network (_held.py)
         self.records = HeldRecords(self.db, self.blocks.barrier)  # namespace records (_records.py)
         self.quarantine = Quarantine(self.db, self.blocks, self.held)  # blocks that failed verification
         self.config = self.check_config(path)
