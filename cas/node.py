@@ -67,6 +67,7 @@ from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
+from .net.network_key import describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError
 from .store._links import links_of
 
@@ -115,6 +116,10 @@ class NodeConfig:
     retry_interval: float = RETRY_INTERVAL
     lock_wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
+    network_key: Path | None = None
+    """The key file of the private network to join; None: the repository's
+    ``keys/network.key`` if it has one, else the open network
+    (:func:`cas.net.network_key.network_key_for`)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,7 @@ class Node:
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
         identity = self.identity = Identity.load_or_create(repo / KEY_PATH)
+        network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
         try:
@@ -231,7 +237,8 @@ class Node:
             records=StoreRecords(lambda: self.store, self.in_store_thread),
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
-            refresh_interval=self.config.refresh_interval)
+            refresh_interval=self.config.refresh_interval,
+            network_key=network_key, on_refused=self._log)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
@@ -260,6 +267,8 @@ class Node:
                     nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
                     nursery.start_soon(dht.refresh_loop)
                     nursery.start_soon(self._save_loop)
+                    # Once, as it starts serving (a start that fails says only why).
+                    self._log(describe_network(network_key))
                     task_status.started(self.address)
         finally:
             for listener in listeners:

@@ -162,3 +162,13 @@ def network_key_for(repo: str | os.PathLike[str],
     if os.path.lexists(own):
         return NetworkKey.load(own)
     return None
+
+
+def describe_network(key: NetworkKey | None) -> str:
+    """The line a daemon prints as it starts: which network it is on, and
+    the key's fingerprint and file (never the key)."""
+    if key is None:
+        return "open network (no network key): any cas node can connect"
+    where = f" ({key.source})" if key.source is not None else ""
+    return (f"private network, key fingerprint {key.fingerprint}{where}: "
+            "only nodes holding this key can connect")
