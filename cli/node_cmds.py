@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="storage for other nodes' blocks, e.g. 500M or 20G (default 10G)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
+    p.add_argument("--network-key", type=Path, default=None, metavar="FILE",
+                   help="join the private network of this key (made by 'cas network init'); "
+                   "default: the repository's keys/network.key if it has one, else the open network")
     p.set_defaults(run=cmd_daemon)
 
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
@@ -130,6 +134,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.quota = args.quota
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
+    if args.network_key is not None:
+        config.network_key = args.network_key.expanduser()
 
     # Wait for a command using the repository here, on the main thread, which
     # says so after a second; the node waits again (silently) in case another
