@@ -1,7 +1,7 @@
 """Private networks, as a user meets them: ``cas network init`` writes a
 key, daemons holding the same key join and replicate, and a daemon with
 another key, or none, is refused and learns nothing: no peers, no blocks,
-no place in anyone's routing table.
+no records, no place in anyone's routing table.
 
 Daemons listen on different loopback addresses (127.0.0.x), so that the
 dialler's log line names the one it was refused by (a connection comes
@@ -146,6 +146,13 @@ def test_nodes_with_the_same_key_replicate_and_nodes_of_other_networks_learn_not
     cid = run_cas("add", "-q", "-", repo=b.repo, input=data).stdout.decode().split()[-1]
     wait_until(lambda: has(a, cid), 30, "b's add to be placed on a")
     assert run_cas("cat", cid, repo=a.repo).stdout == data
+    # And b's published namespace (a record) is found by a.
+    run_cas("add", "-q", "-", "--to", "/x", repo=b.repo, input=b"a record's content\n")
+    published = json.loads(run_cas("name", "publish", "--json", repo=b.repo, timeout=60).stdout)
+    record_key = published["key"]
+    assert published["stored"] >= 1
+    resolved = json.loads(run_cas("name", "resolve", "--json", record_key, repo=a.repo, timeout=60).stdout)
+    assert resolved["root"] == published["root"]
 
     # Both ends of every refused handshake say why, naming the address.
     assert f"refused peer {c.address}: {KEY_DIFFERS}" in b.stderr()
@@ -182,6 +189,8 @@ def test_nodes_with_the_same_key_replicate_and_nodes_of_other_networks_learn_not
         result = run_cas("cat", cid, repo=outsider.repo, check=False, timeout=60)
         assert result.returncode == 1 and not result.stdout
         assert not has(outsider, cid)
+        result = run_cas("name", "resolve", record_key, repo=outsider.repo, check=False, timeout=60)
+        assert result.returncode == 1 and b"no record found" in result.stderr
         for member in (a, b):
             assert member.node_id not in outsider.stderr()
 
