@@ -757,11 +757,6 @@ class Handshake:
     def our_turn(self) -> bool:
         return self._noise.our_turn
 
-    @property
-    def private(self) -> bool:
-        """Whether this is a private network's handshake (has a network key)."""
-        return self._private
-
     def next_message(self) -> bytes:
         """Our next handshake message. Message 1 carries no payload (it would
         travel in clear); messages 2 and 3 carry our identity proof."""
