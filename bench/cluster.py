@@ -26,10 +26,26 @@ repair
     copies are then counted with ``has`` on every survivor), with the copies
     made and the bytes moved.
 
-Ratios printed: replicated add / local add (target >= 0.3, and >= 60 MiB/s),
-peer cat / local cat.
+private network (``--network-key``)
+    a second cluster of 5 nodes is started on a private network (a key made
+    by ``cas network init``, so every handshake is ``Noise_XXpsk0``), and
+    each pair gets a third add: the same file through its node A. The two
+    replicated adds of a pair run in alternating order (open first in odd
+    pairs, private first in even ones), so drift on the shared machine
+    falls on both alike. Two clusters write twice the bytes, and the
+    kernel's writeback of one add, and the daemons' work after it, slowed
+    whichever add came next (60 % iowait; either network by a third or
+    more), so in this mode every replicated add starts after a ``sync``
+    and once every daemon has been quiet for a quarter of a second.
+    Printed: both rates, private / open per pair and the median; and the
+    handshake itself, with and without the key, timed in this process
+    (sans-IO, no sockets).
 
-Run:  .venv/bin/python bench/cluster.py [--size 128M] [--pairs 3] [--dir DIR]
+Ratios printed: replicated add / local add (target >= 0.3, and >= 60 MiB/s),
+peer cat / local cat, and with ``--network-key`` private / open replicated
+add (target: the PSK costs <= 5 %, a ratio >= 0.95).
+
+Run:  .venv/bin/python bench/cluster.py [--size 128M] [--pairs 3] [--dir DIR] [--network-key]
 The machine is shared and noisy: compare ratios, not absolute figures.
 """
 
@@ -68,10 +84,10 @@ def env() -> dict[str, str]:
 class Daemon:
     """One ``cas daemon`` process, stopped by PID."""
 
-    def __init__(self, repo: Path, bootstrap: list[str]) -> None:
+    def __init__(self, repo: Path, bootstrap: list[str], extra: list[str] | None = None) -> None:
         self.repo = repo
         argv = [CAS, "--repo", str(repo), "daemon", "--listen", "127.0.0.1:0",
-                "--repair-interval", "3600"]
+                "--repair-interval", "3600", *(extra or [])]
         for b in bootstrap:
             argv += ["--bootstrap", b]
         self.err = open(repo.parent / f"{repo.name}.err", "wb")
@@ -174,6 +190,8 @@ class AddPair:
     failed: int
     acknowledged: int
     root: CID
+    private: float | None = None
+    """The same file's replicated add on the private cluster (``--network-key``)."""
 
 
 def write_random(path: Path, size: int) -> None:
@@ -185,11 +203,77 @@ def write_random(path: Path, size: int) -> None:
             left -= n
 
 
+def start_cluster(base: Path, prefix: str, extra: list[str]) -> list[Daemon]:
+    """NODES daemons joined through the first, their buckets refreshed."""
+    first = Daemon(base / f"{prefix}0", [], extra)
+    daemons = [first]
+    try:
+        first.wait_ready()
+        for i in range(1, NODES):
+            daemons.append(Daemon(base / f"{prefix}{i}", [first.address], extra))
+        for d in daemons[1:]:
+            d.wait_ready()
+        for d in daemons:
+            d.call("dht_refresh")
+    except BaseException:
+        for d in daemons:
+            d.stop()
+        raise
+    return daemons
+
+
+def quiesce(pids: list[int], timeout: float = 60.0) -> float:
+    """Flush dirty pages, then wait until the processes ``pids`` use under
+    2 % of a core for a quarter of a second (or ``timeout`` passes);
+    returns the seconds waited."""
+    start = time.monotonic()
+    os.sync()
+    before = cpu_seconds(pids)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.25)
+        now = cpu_seconds(pids)
+        if now - before < 0.005:
+            break
+        before = now
+    return time.monotonic() - start
+
+
+def handshake_costs(rounds: int = 300) -> tuple[float, float]:
+    """Seconds for one complete handshake (both ends, in this process),
+    without and with a network key, timed alternately."""
+    from cas.net.identity import Identity
+    from cas.net.network_key import NetworkKey
+    from cas.net.noise import Handshake, Role
+
+    alice, bob, key = Identity.generate(), Identity.generate(), NetworkKey.generate()
+
+    def one(network_key: NetworkKey | None) -> None:
+        ends = [Handshake(alice, Role.INITIATOR, network_key=network_key),
+                Handshake(bob, Role.RESPONDER, network_key=network_key)]
+        turn = 0
+        while not ends[1].complete:
+            ends[1 - turn].receive_message(ends[turn].next_message())
+            turn = 1 - turn
+        ends[0].transport()
+        ends[1].transport()
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for private in (False, True):
+            start = time.perf_counter()
+            one(key if private else None)
+            times[private].append(time.perf_counter() - start)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="128M")
     parser.add_argument("--pairs", type=int, default=3, help="local and replicated adds, each on a new file")
     parser.add_argument("--dir", default=None, help="where the repositories go (default: a temporary directory)")
+    parser.add_argument("--network-key", action="store_true",
+                        help="also add each file on a second cluster on a private network "
+                             "(Noise_XXpsk0) and print the replicated add with and without the key")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="record py-spy profiles (collapsed stacks) of every daemon during the "
                              "replicated add into DIR (needs py-spy installed)")
@@ -198,20 +282,18 @@ def main() -> None:
     size = parse_size(opts.size)
     base = Path(tempfile.mkdtemp(prefix="cas-cluster-", dir=opts.dir))
     daemons: list[Daemon] = []
+    private: list[Daemon] = []
     try:
-        first = Daemon(base / "n0", [])
-        daemons.append(first)
-        first.wait_ready()
-        for i in range(1, NODES):
-            daemons.append(Daemon(base / f"n{i}", [first.address]))
-        for d in daemons[1:]:
-            d.wait_ready()
-        for d in daemons:
-            d.call("dht_refresh")
+        daemons = start_cluster(base, "n", [])
+        first = daemons[0]
+        if opts.network_key:
+            cas("network", "init", "--out", str(base / "network.key"), repo=base / "keygen")
+            private = start_cluster(base, "p", ["--network-key", str(base / "network.key")])
         adder = daemons[0]
         pids = [d.proc.pid for d in daemons]
 
         pairs: list[AddPair] = []
+        settled: list[float] = []
         for number in range(opts.pairs):
             source = base / f"file{number}.bin"
             write_random(source, size)
@@ -224,7 +306,17 @@ def main() -> None:
             last = number == opts.pairs - 1
             spies = profile(opts.profile, {f"n{i}": d for i, d in enumerate(daemons)}) if last else []
             result: list[subprocess.CompletedProcess[bytes]] = []
+            t_private: float | None = None
+            all_pids = pids + [d.proc.pid for d in private]
+            if private:  # see the docstring: each add starts on a quiet machine
+                settled.append(quiesce(all_pids))
+            if private and number % 2 == 1:  # alternate which network goes first
+                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))
+                settled.append(quiesce(all_pids))
             t_rep_add = timed(lambda: result.append(cas("add", str(source), repo=adder.repo)))
+            if private and number % 2 == 0:
+                settled.append(quiesce(all_pids))
+                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -240,7 +332,7 @@ def main() -> None:
                 refused=stats["refusals"] - stats_before["refusals"],
                 failed=stats["store_failures"] - stats_before["store_failures"],
                 acknowledged=stats["placed_bytes"] - stats_before["placed_bytes"],
-                root=parse_cid(result[0].stdout.decode().split()[-1])))
+                root=parse_cid(result[0].stdout.decode().split()[-1]), private=t_private))
 
         root = pairs[-1].root  # the reads and the repair are measured on the last file
 
@@ -289,6 +381,25 @@ def main() -> None:
         ratio = statistics.median(pair.local / pair.replicated for pair in pairs)
         print(f"  add   median of {len(pairs)}: replicated {mib / replicated:.1f} MiB/s, "
               f"ratio {ratio:.2f}  (targets: >= 60 MiB/s, >= 0.30)")
+        if private:
+            print(f"  private network (Noise_XXpsk0, a second cluster of {NODES}), the same files:")
+            for number, pair in enumerate(pairs, 1):
+                assert pair.private is not None
+                first_one = "open" if number % 2 == 1 else "private"
+                print(f"  add {number} open {mib / pair.replicated:7.1f} MiB/s   private "
+                      f"{mib / pair.private:7.1f} MiB/s   private/open {pair.replicated / pair.private:.3f}"
+                      f"   ({first_one} first)")
+            private_ratio = statistics.median(pair.replicated / pair.private for pair in pairs
+                                              if pair.private is not None)
+            open_rate = statistics.median(mib / pair.replicated for pair in pairs)
+            private_rate = statistics.median(mib / pair.private for pair in pairs if pair.private is not None)
+            plain, psk = handshake_costs()
+            print(f"  add   median of {len(pairs)}: open {open_rate:.1f} MiB/s, private {private_rate:.1f} "
+                  f"MiB/s, private/open {private_ratio:.3f}  (target: >= 0.95)")
+            print(f"  handshake (both ends, one process): XX {plain * 1e3:.2f} ms, XXpsk0 "
+                  f"{psk * 1e3:.2f} ms, ratio {psk / plain:.3f}; once per connection")
+            print(f"  (before each of these adds: sync, then the daemons quiet for "
+                  f"{statistics.median(settled):.1f} s median, {max(settled):.1f} s at most)")
         print(f"  cat   local (node A)      {t_local_cat:7.2f} s  {mib / t_local_cat:7.1f} MiB/s")
         print(f"        from peers (new node) {t_peer_cat:5.2f} s  {mib / t_peer_cat:7.1f} MiB/s   "
               f"ratio {t_local_cat / t_peer_cat:.2f}  ({read_ahead} blocks read ahead)")
@@ -296,7 +407,7 @@ def main() -> None:
               f"one round on {len(live)} survivors {t_repair:.2f} s, {stores} copies made, "
               f"{moved / MiB:.1f} MiB moved; fewest live copies now {fewest} (R={R})")
     finally:
-        for d in daemons:
+        for d in daemons + private:
             d.stop()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -5,6 +5,9 @@ atomically and durably, loading it back with a clear error when the file is
 missing, damaged or readable by others. The node's identity
 (:mod:`cas.net.identity`) and the namespace key that signs root records
 (:mod:`cas.names.record`) are both such keys; each names itself in errors.
+:func:`write_private_file` and :func:`read_private_file` are how every
+secret file of cas is written and read (the network key of
+:mod:`cas.net.network_key` too).
 
 Key file format: one line of text, ``cas-ed25519-seed-v1 <64 hex digits>\\n``,
 the 32-byte Ed25519 seed. Text, so that an operator can recognise the file;
@@ -42,6 +45,77 @@ K = TypeVar("K", bound="Ed25519Key")
 
 class KeyFileError(CasError):
     """A key file is missing, malformed, or readable by others."""
+
+
+def write_private_file(path: str | os.PathLike[str], data: bytes, what: str, *,
+                       replace: bool = True) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically and durably.
+
+    The file is created under a temporary name with 0600 from the start
+    (never readable by others, not even for a moment) and fsynced; then it
+    takes ``path``'s name (renamed over it, or with ``replace=False``
+    linked, which fails if ``path`` exists, so an existing file is never
+    overwritten, even by a racing writer), and the directory is fsynced so
+    the name survives a crash. ``what`` names the file in errors ("the
+    node key"); a failure raises :class:`KeyFileError`.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # the umask may only remove bits; be explicit
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyFileError(f"{what} {path} already exists; it was left as it is") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot write {what} {path}: {exc.strerror}") from None
+
+
+def read_private_file(path: str | os.PathLike[str], what: str, max_size: int) -> bytes:
+    """The bytes of a secret file (at most ``max_size + 1`` of them, so the
+    caller can tell a file that is too long).
+
+    Refuses, with a :class:`KeyFileError` that names the file as ``what``
+    ("the node key") and says what to do: a missing or unreadable file, a
+    symlink, a file that is not a regular file, and one that group or
+    others may read or write.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{what} {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise KeyFileError(
+                f"{what} {path} is accessible by other users "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+            )
+        return os.read(fd, max_size + 1)
+    finally:
+        os.close(fd)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -96,62 +170,21 @@ class Ed25519Key:
 
     # -- the key file -------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the key to ``path`` with mode 0600, atomically and durably.
-
-        The file is created under a temporary name with 0600 from the start
-        (never world-readable, not even for a moment), fsynced, renamed over
-        ``path``, and the directory is fsynced so the rename survives a crash.
-        """
-        path = Path(path)
+        """Write the key to ``path`` with mode 0600, atomically and durably
+        (see :func:`write_private_file`), replacing any file there."""
         seed = bytes(self._signing_key)
         text = f"{_KEY_FILE_TAG} {seed.hex()}\n".encode("ascii")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # the umask may only remove bits; be explicit
-                os.write(fd, text)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise KeyFileError(f"cannot write the {self.what} {path}: {exc.strerror}") from None
+        write_private_file(path, text, f"the {self.what}")
 
     @classmethod
     def load(cls: type[K], path: str | os.PathLike[str]) -> K:
         """Read a key written by :meth:`save`.
 
-        Refuses (with :class:`KeyFileError`) a missing or unreadable file,
-        one that group or others may read or write, one that is not a regular
-        file, and one whose contents are not exactly the format above.
+        Refuses (with :class:`KeyFileError`) what :func:`read_private_file`
+        refuses, and a file whose contents are not exactly the format above.
         """
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise KeyFileError(f"the {cls.what} {path} does not exist") from None
-        except OSError as exc:
-            raise KeyFileError(f"cannot open the {cls.what} {path}: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(f"the {cls.what} {path} is not a regular file")
-            if info.st_mode & 0o077:
-                raise KeyFileError(
-                    f"the {cls.what} {path} is accessible by other users "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-                )
-            raw = os.read(fd, _MAX_KEY_FILE_SIZE + 1)
-        finally:
-            os.close(fd)
-        return cls._parse(raw, path)
+        return cls._parse(read_private_file(path, f"the {cls.what}", _MAX_KEY_FILE_SIZE), path)
 
     @classmethod
     def _parse(cls: type[K], raw: bytes, path: Path) -> K:

@@ -54,7 +54,7 @@ from .control import (
     bind_socket,
     serve_control,
 )
-from .dht.driver import BootstrapError, DhtDriver, FindResult
+from .dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver, FindResult
 from .dht.replication import DEFAULT_REPLICAS
 from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
 from .dht.publisher import Publisher, StoreRecords, name_ops
@@ -70,6 +70,7 @@ from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.identity import Identity
+from .net.network_key import describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
 from .store._held import DEFAULT_PEER_QUOTA
 from .store._modes import open_private, private_dir
@@ -142,6 +143,10 @@ class NodeConfig:
     """Seconds within which every stored block is verified again (the scrub
     runs a pass at most this often); also how long a verification stands
     for HAVE before the block is read again."""
+    network_key: Path | None = None
+    """The key file of the private network to join; None: the repository's
+    ``keys/network.key`` if it has one, else the open network
+    (:func:`cas.net.network_key.network_key_for`)."""
 
 
 @dataclass
@@ -260,6 +265,7 @@ class Node:
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
         identity = self.identity = Identity.load_or_create(repo / KEY_PATH)
+        network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
         try:
@@ -274,7 +280,8 @@ class Node:
             records=StoreRecords(lambda: self.store, self.in_store_thread),
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
-            refresh_interval=self.config.refresh_interval)
+            refresh_interval=self.config.refresh_interval,
+            network_key=network_key, on_refused=self._log)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
@@ -299,6 +306,8 @@ class Node:
                     if self.config.bootstrap:
                         try:
                             await dht.bootstrap(self.config.bootstrap)
+                        except BootstrapRefusedError:
+                            raise  # on another network: a configuration to fix, not a peer to wait for
                         except BootstrapError as exc:
                             # Not fatal: nodes may start in any order. The
                             # node serves its own repository meanwhile.
@@ -311,6 +320,8 @@ class Node:
                     nursery.start_soon(dht.refresh_loop)
                     nursery.start_soon(self._save_loop)
                     nursery.start_soon(self._scrub_loop)
+                    # Once, as it starts serving (a start that fails says only why).
+                    self._log(describe_network(network_key))
                     task_status.started(self.address)
         finally:
             for listener in listeners:

@@ -30,6 +30,7 @@ COMMANDS = {
     "daemon": "node_cmds", "id": "node_cmds", "peers": "node_cmds", "dht": "node_cmds",
     "mount": "mount_cmds", "umount": "mount_cmds",
     "name": "name_cmds",
+    "network": "network_cmds",
 }
 """Each command and the module of this package that registers and runs it.
 A command line naming one of them builds (and imports) only that module's
@@ -38,7 +39,8 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 ``cas cat CID``. ``cas --help`` and anything unrecognised get the whole
 parser."""
 
-MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "mount_cmds", "name_cmds")
+MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
+           "name_cmds")
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from typing import TYPE_CHECKING
@@ -54,6 +55,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="bytes per second the scrub re-reads stored blocks at most, e.g. 16M (the default)")
     p.add_argument("--scrub-period", type=_seconds, default=None, metavar="SECONDS",
                    help="every stored block is verified again within this time (default 86400, a day)")
+    p.add_argument("--network-key", type=Path, default=None, metavar="FILE",
+                   help="join the private network of this key (made by 'cas network init'); "
+                   "default: the repository's keys/network.key if it has one, else the open network")
     p.set_defaults(run=cmd_daemon)
 
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
@@ -149,6 +153,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.scrub_rate = args.scrub_rate
     if args.scrub_period is not None:
         config.scrub_period = args.scrub_period
+    if args.network_key is not None:
+        config.network_key = args.network_key.expanduser()
 
     # Wait for a command using the repository here, on the main thread, which
     # says so after a second; the node waits again (silently) in case another

@@ -609,5 +609,6 @@ def test_the_package_exports_exactly_its_public_surface() -> None:
     for name in cas.net.__all__:
         assert getattr(cas.net, name) is not None, name
     public = {name for name in vars(cas.net) if not name.startswith("_")}
-    submodules = {"identity", "noise", "framing", "messages", "connection", "annotations"}
+    submodules = {"identity", "network_key", "noise", "framing", "messages", "connection",
+                  "annotations"}
     assert public - submodules == set(cas.net.__all__)

@@ -12,7 +12,9 @@ on every failure, ``remove`` on a peer that proves another identity than the
 one it was known by), pinging a full bucket's oldest contact, answering
 peers' DHT requests, bootstrap and bucket refresh; namespace records
 (PUT_RECORD kept through a :class:`RecordKeeper`, GET_RECORD answered from
-it, and :meth:`DhtDriver.find_records` gathering them with a lookup).
+it, and :meth:`DhtDriver.find_records` gathering them with a lookup); the
+network key every handshake is made with, and a count per host of the
+peers refused for being on another network.
 
 Must never: decide anything the sans-IO objects decide (who to ask next,
 when a lookup is done, who to evict); trust an address or a block from a
@@ -48,7 +50,8 @@ from ..net.connection import (
 )
 from ..net.identity import Identity
 from ..net.messages import MalformedMessageError, RemoteProtocolError
-from ..net.noise import PeerIdentity, PeerIdMismatchError
+from ..net.network_key import NetworkKey
+from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
 from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
@@ -113,8 +116,17 @@ class BootstrapError(CasError):
     """No bootstrap peer could be reached."""
 
 
+class BootstrapRefusedError(BootstrapError):
+    """Every bootstrap peer refused the handshake: they are on another
+    network (a network key that differs, or none where one is needed)."""
+
+
 class PeerUnreachableError(CasError):
     """A peer could not be dialled or did not complete the handshake."""
+
+
+class PeerRefusedError(PeerUnreachableError):
+    """The handshake was refused: the peer is on another network."""
 
 
 class BlockSource(Protocol):
@@ -256,8 +268,12 @@ class DhtDriver:
         refresh_interval: float = REFRESH_INTERVAL,
         rng: random.Random | None = None,
         clock: Callable[[], float] = trio.current_time,
+        network_key: NetworkKey | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.identity = identity
+        self.network_key = network_key
+        self._on_refused = on_refused
         self.own_id = NodeID(int.from_bytes(identity.node_id, "big"))
         if table.own_id != self.own_id:
             raise ValueError("the routing table belongs to another node")
@@ -290,6 +306,10 @@ class DhtDriver:
         self.messages_sent = 0
         self.bad_blocks: Counter[int] = Counter()
         """Node ID → blocks it sent that did not match their CID (``cas peers``)."""
+        self.refused: Counter[str] = Counter()
+        """Remote host → handshakes refused because it is on another network."""
+        self._refusal_reasons: Counter[tuple[str, str]] = Counter()
+        """(host, reason) → refusals: ``on_refused`` hears the 1st, 10th, 100th…"""
 
     # -- lifetime -------------------------------------------------------------
 
@@ -312,7 +332,7 @@ class DhtDriver:
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         """Serve one accepted TCP stream (give this to ``trio.serve_listeners``)."""
         try:
-            host = stream.socket.getpeername()[0]
+            host, port = stream.socket.getpeername()[:2]
         except OSError:
             await stream.aclose()
             return
@@ -322,7 +342,10 @@ class DhtDriver:
         try:
             channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
                                          handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout)
+                                         idle_timeout=self.idle_timeout, network_key=self.network_key)
+        except NetworkMismatchError as exc:
+            self._count_refused(host, port, exc)
+            return  # it learnt nothing; open_channel told it why and closed the stream
         except (RemoteProtocolError, ConnectionClosedError, OSError):
             return  # refused; open_channel closed the stream
         finally:
@@ -355,6 +378,14 @@ class DhtDriver:
             if self._connections.get(peer_id) is connection:
                 del self._connections[peer_id]
 
+    def _count_refused(self, host: str, port: int, error: NetworkMismatchError, *,
+                       tell: bool = True) -> None:
+        self.refused[host] += 1
+        count = self._refusal_reasons[host, str(error)] = self._refusal_reasons[host, str(error)] + 1
+        if tell and self._on_refused is not None and str(count).strip("0") == "1":  # 1, 10, 100…
+            again = f" ({count} times from {host})" if count > 1 else ""
+            self._on_refused(f"refused peer {host}:{port}: {error}{again}")
+
     @staticmethod
     def _peer_id(peer: PeerIdentity) -> NodeID:
         return id_from_bytes(peer.node_id)
@@ -372,9 +403,12 @@ class DhtDriver:
             channel = await open_channel(stream, self.identity, initiator=True,
                                          expected_peer_id=expected_bytes, hello=self._hello(),
                                          handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout)
+                                         idle_timeout=self.idle_timeout, network_key=self.network_key)
         except PeerIdMismatchError:
             raise
+        except NetworkMismatchError as exc:
+            self._count_refused(host, port, exc, tell=False)  # the caller says it, or not
+            raise PeerRefusedError(f"refused peer {host}:{port}: {exc}") from None
         except (RemoteProtocolError, ConnectionClosedError) as exc:
             raise PeerUnreachableError(f"handshake with {host}:{port} failed: {exc}") from None
         peer_id = self._peer_id(channel.peer)
@@ -738,6 +772,7 @@ class DhtDriver:
         paper's join). Raises :class:`BootstrapError` if nobody answered."""
         reached: list[Contact] = []
         problems: list[str] = []
+        refused: list[str] = []
         for host, port in addresses:
             try:
                 with trio.fail_after(self.request_timeout):
@@ -751,11 +786,17 @@ class DhtDriver:
                 continue
             except (CasError, RemoteProtocolError) as exc:
                 problems.append(str(exc))
+                if isinstance(exc, PeerRefusedError):
+                    refused.append(str(exc))
                 continue
             self.seen(contact)
             reached.append(contact)
         if addresses and not reached:
-            raise BootstrapError("bootstrap failed: " + "; ".join(problems))
+            fatal = len(refused) == len(addresses)  # every one is on another network: retrying will not help
+            raise (BootstrapRefusedError if fatal else BootstrapError)("bootstrap failed: " + "; ".join(problems))
+        if self._on_refused is not None:
+            for text in refused:  # joined without them: the operator should still know
+                self._on_refused(text)
         await self.refresh(force=True)
         return reached
 

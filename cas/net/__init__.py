@@ -4,9 +4,12 @@ What lives here, bottom up (docs/network.md describes the wire protocol):
 
 * :mod:`.identity` — the node's Ed25519 key (file mode 0600) and its node ID,
   BLAKE3-256 of the public key.
+* :mod:`.network_key` — a private network's key (file mode 0600, shown
+  only by its fingerprint), and which key a node uses.
 * :mod:`.noise` — the ``Noise_XX_25519_AESGCM_BLAKE2b`` handshake and
   transport ciphers as a sans-IO state machine, with the Noise static key
-  bound to the node's Ed25519 identity by a signature.
+  bound to the node's Ed25519 identity by a signature; on a private network
+  ``Noise_XXpsk0_…`` with the network key as the pre-shared key.
 * :mod:`.framing` — 4-byte length-prefixed frames with hard limits, checked
   before any body byte is buffered.
 * :mod:`.messages` — every message as a frozen dataclass, encoded as strict
@@ -70,11 +73,13 @@ from .messages import (
     StoreBlocks,
     Stored,
 )
+from .network_key import NetworkKey, NetworkKeyError, network_key_for
 from .noise import (
     DecryptError,
     Handshake,
     HandshakeError,
     IdentityProofError,
+    NetworkMismatchError,
     PeerIdentity,
     PeerIdMismatchError,
     Role,
@@ -84,9 +89,12 @@ from .noise import (
 __all__ = [
     # identity
     "Identity", "IdentityError", "node_id_for",
+    # private networks
+    "NetworkKey", "NetworkKeyError", "network_key_for",
     # handshake and transport
     "Handshake", "Role", "Transport", "PeerIdentity",
-    "HandshakeError", "IdentityProofError", "PeerIdMismatchError", "DecryptError",
+    "HandshakeError", "IdentityProofError", "PeerIdMismatchError", "NetworkMismatchError",
+    "DecryptError",
     # framing
     "FrameDecoder", "encode_frame", "FrameError", "FrameTooLargeError",
     # messages

@@ -6,8 +6,10 @@ every decision about bytes is made by the sans-IO pieces (the handshake in
 lives here is time and tasks:
 
 * :func:`open_channel` runs the handshake and the hello exchange over any
-  ``trio.abc.Stream`` under one deadline, and returns a
-  :class:`SecureChannel` (``send_message`` / ``receive_message``).
+  ``trio.abc.Stream`` under one deadline (a private network's handshake when
+  given a network key, sending a peer on another network the handshake's
+  refusal before closing), and returns a :class:`SecureChannel`
+  (``send_message`` / ``receive_message``).
 * :class:`Connection` multiplexes requests over one channel: ``request()``
   tags a request with a fresh id and waits for the response with that id,
   while ``run()`` reads, routes responses to their waiters and serves the
@@ -61,7 +63,8 @@ from .messages import (
     Request,
     Response,
 )
-from .noise import Handshake, PeerIdentity, Role, Transport, sealed_size
+from .network_key import NetworkKey
+from .noise import Handshake, NetworkMismatchError, PeerIdentity, Role, Transport, sealed_size
 
 # -- limits and timeouts ------------------------------------------------------------
 
@@ -443,12 +446,23 @@ async def _send_frame(stream: trio.abc.Stream, body: bytes) -> None:
     await stream.send_all(encode_frame(body, MAX_HANDSHAKE_FRAME_SIZE))
 
 
-async def _receive_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> bytes:
+async def _receive_frame(stream: trio.abc.Stream, decoder: FrameDecoder, hint: str = "") -> bytes:
     while (body := decoder.next_frame()) is None:
         if decoder.at_eof:
-            raise RemoteProtocolError("the peer closed the connection during the handshake")
+            raise RemoteProtocolError(f"the peer closed the connection during the handshake{hint}")
         decoder.receive_data(await stream.receive_some(READ_SIZE))
     return body
+
+
+async def _send_refusal(stream: trio.abc.Stream, refusal: bytes | None) -> None:
+    """Tell a peer on another network why it is refused (best effort: it
+    may be gone already, and the handshake deadline still bounds this)."""
+    if refusal is None:
+        return
+    try:
+        await _send_frame(stream, refusal)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def open_channel(
@@ -460,27 +474,42 @@ async def open_channel(
     hello: msg.Hello | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
+    network_key: NetworkKey | None = None,
 ) -> SecureChannel:
     """Run the handshake and the hello exchange on ``stream``.
 
     Returns the channel with ``peer`` (the proven identity) and
     ``peer_hello`` set. On any failure the stream is closed and a
     :class:`RemoteProtocolError` subclass is raised: :class:`HandshakeError`
-    (and its :class:`PeerIdMismatchError` / :class:`IdentityProofError`),
-    :class:`HandshakeTimeoutError` or :class:`IncompatibleVersionError`.
+    (and its :class:`PeerIdMismatchError` / :class:`IdentityProofError` /
+    :class:`NetworkMismatchError`), :class:`HandshakeTimeoutError` or
+    :class:`IncompatibleVersionError`. With ``network_key`` only a peer
+    holding the same key completes it; without, only a peer holding none.
     """
     hello = hello or msg.Hello()
     role = Role.INITIATOR if initiator else Role.RESPONDER
-    handshake = Handshake(identity, role, expected_peer_id=expected_peer_id)
+    handshake = Handshake(identity, role, expected_peer_id=expected_peer_id,
+                          network_key=network_key)
     decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE)
     channel: SecureChannel | None = None
+    received = 0
     try:
         with trio.fail_after(handshake_timeout):
             while not handshake.complete:
                 if handshake.our_turn:
                     await _send_frame(stream, handshake.next_message())
                 else:
-                    handshake.receive_message(await _receive_frame(stream, decoder))
+                    # A private initiator whose message 1 is answered by a
+                    # close met a node that predates private networks, or
+                    # something that is no cas node (either way, no refusal).
+                    hint = (" (a node not on this node's private network may do that)"
+                            if network_key is not None and initiator and received == 0 else "")
+                    try:
+                        handshake.receive_message(await _receive_frame(stream, decoder, hint))
+                        received += 1
+                    except NetworkMismatchError:
+                        await _send_refusal(stream, handshake.refusal)
+                        raise
             assert handshake.peer is not None
             decoder.limit, decoder.minimum = MAX_FRAME_SIZE, MIN_FRAME_SIZE
             channel = SecureChannel(stream, handshake.transport(), handshake.peer, decoder,
@@ -525,13 +554,14 @@ async def _abort(stream: trio.abc.Stream, channel: SecureChannel | None, reason:
 async def connect_tcp(host: str, port: int, identity: Identity, *,
                       expected_peer_id: bytes | None = None,
                       hello: msg.Hello | None = None,
-                      handshake_timeout: float = HANDSHAKE_TIMEOUT) -> SecureChannel:
+                      handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                      network_key: NetworkKey | None = None) -> SecureChannel:
     """Dial ``host:port`` and open a channel as the initiator."""
     with trio.fail_after(handshake_timeout):
         stream = await trio.open_tcp_stream(host, port)
     return await open_channel(stream, identity, initiator=True,
                               expected_peer_id=expected_peer_id, hello=hello,
-                              handshake_timeout=handshake_timeout)
+                              handshake_timeout=handshake_timeout, network_key=network_key)
 
 
 # -- request multiplexing -------------------------------------------------------------------

@@ -37,6 +37,35 @@ not have; a peer that signs with another key simply proves a different node
 ID. The initiator, which dialled a node ID it learnt from the DHT, then
 checks that the proven ID is the one it dialled.
 
+Private networks: XXpsk0
+========================
+
+A node given a network key (:mod:`.network_key`) runs
+``Noise_XXpsk0_25519_AESGCM_BLAKE2b`` instead: the same three messages with
+the key mixed in as a pre-shared key *before* the first one (the Noise
+spec, revision 34, section 9)::
+
+    -> psk, e            MixKeyAndHash(psk); e; the (empty) payload is
+                         encrypted, so its 16-byte tag proves the key
+    <- e, ee, s, es      as in XX, under keys that depend on the psk
+    -> s, se
+
+In PSK mode every "e" token also calls MixKey(e), as the spec requires. A
+node without the key cannot produce a first message that verifies, and the
+responder, which checks it before doing any Diffie-Hellman or signing,
+refuses it at once. So a node on another network (or on none) sees only
+the responder's refusal: not its static key, not its identity proof, not
+its node ID; and a member dialling an outsider shows it only a fresh
+ephemeral key and a tag. psk3, the spec's own example for XX, checks the
+key only in message 3, after the responder has sent its identity proof
+(under keys an outsider can compute), so any outsider could learn every
+member's node ID by dialling it; docs/network.md compares the placements.
+
+A refused peer is told why in one short, clear frame (:data:`REFUSALS`),
+so that both ends can say "not on this node's private network" rather
+than "garbage". Without a key, nothing changes on the wire: the handshake
+is plain XX, byte for byte.
+
 Rules for this file
 ===================
 
@@ -73,6 +102,7 @@ from .. import dagcbor
 from ..errors import InvalidBlockError
 from .identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_for, verify_signature
 from .messages import LocalProtocolError, RemoteProtocolError
+from .network_key import NetworkKey
 
 PROTOCOL_NAME = b"Noise_XX_25519_AESGCM_BLAKE2b"
 """AESGCM rather than ChaChaPoly: every block placed on a peer is sealed by
@@ -84,6 +114,32 @@ strong; a machine without AES instructions would be the one to pay."""
 # Bound into every handshake as the Noise prologue: two programs that do not
 # agree on it cannot complete a handshake with each other.
 PROLOGUE = b"cas/net noise handshake"
+
+PSK_PROTOCOL_NAME = b"Noise_XXpsk0_25519_AESGCM_BLAKE2b"
+"""The handshake of a private network: XX with the network key as the
+pre-shared key, mixed in before the first message (the "psk0" modifier)."""
+PSK_SIZE = 32  # Noise spec section 9: a PSK is 32 bytes
+
+# A refusal: the body of the handshake frame a responder sends instead of
+# message 2 when message 1 shows that the peer is on another network, then
+# it closes. Cleartext and unauthenticated (there are no shared keys to
+# authenticate it with); all it can do is make a handshake that is failing
+# anyway fail with a clearer reason. Each is shorter than the shortest
+# message 2 (96 bytes), so it is never mistaken for one.
+REFUSAL_PREFIX = b"cas/net refused: "
+REFUSED_KEY_DIFFERS = REFUSAL_PREFIX + b"network key differs"
+"""From a private node whose key did not verify the peer's message 1."""
+REFUSED_PRIVATE = REFUSAL_PREFIX + b"private network"
+"""From a private node to a peer that sent a plain XX message 1 (no key)."""
+REFUSED_OPEN = REFUSAL_PREFIX + b"open network"
+"""From a node with no key to a peer that sent a PSK message 1."""
+REFUSALS = (REFUSED_KEY_DIFFERS, REFUSED_PRIVATE, REFUSED_OPEN)
+
+# Why a handshake between different networks failed, as both ends say it
+# (the driver's log line is "refused peer HOST:PORT: <reason>").
+KEY_DIFFERS = "it is not on this node's private network (network key differs)"
+PEER_HAS_NO_KEY = "it is not on this node's private network (it has no network key)"
+WE_HAVE_NO_KEY = "it is on a private network (this node has no network key)"
 
 # Domain separation for the identity signature (libp2p uses
 # "noise-libp2p-static-key:"; ours names cas so a signature made for one
@@ -123,6 +179,12 @@ class PeerIdMismatchError(HandshakeError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class NetworkMismatchError(HandshakeError):
+    """The peer is on another network: its network key differs from ours,
+    or one side has a key and the other none. Nothing about it was learnt
+    (the handshake stopped at message 1 or at the refusal answering it)."""
 
 
 class DecryptError(RemoteProtocolError):
@@ -274,6 +336,12 @@ class SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = _hash(self.h + data)
 
+    def mix_key_and_hash(self, input_key_material: bytes) -> None:
+        """Section 5.2, for "psk" tokens: ck, a hash input and a key."""
+        self.ck, temp_h, temp_k = _hkdf(self.ck, input_key_material, 3)
+        self.mix_hash(temp_h)
+        self.cipher = CipherState(temp_k[:KEYLEN])
+
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
         ciphertext = self.cipher.encrypt_with_ad(self.h, plaintext)
         self.mix_hash(ciphertext)
@@ -294,6 +362,24 @@ class SymmetricState:
 _XX = (("e",), ("e", "ee", "s", "es"), ("s", "se"))
 
 
+def _xx_with_psk(position: int) -> tuple[tuple[str, ...], ...]:
+    """XX with the "pskN" modifier (section 9.2): psk0 puts a "psk" token
+    first in message 1, pskN (N >= 1) last in message N."""
+    messages = [list(tokens) for tokens in _XX]
+    if position == 0:
+        messages[0].insert(0, "psk")
+    else:
+        messages[position - 1].append("psk")
+    return tuple(tuple(tokens) for tokens in messages)
+
+
+def protocol_name(psk_position: int | None = None) -> bytes:
+    """``Noise_XX_25519_AESGCM_BLAKE2b``, or with ``pskN`` after ``XX``."""
+    if psk_position is None:
+        return PROTOCOL_NAME
+    return b"Noise_XXpsk%d_25519_AESGCM_BLAKE2b" % psk_position
+
+
 class NoiseXX:
     """The bare Noise XX handshake, exactly as the spec defines it.
 
@@ -301,6 +387,10 @@ class NoiseXX:
     initiator writes first); after the third message :attr:`complete` is
     true and :meth:`split` yields the transport ciphers. The ephemeral key
     may be supplied only to reproduce published test vectors.
+
+    With ``psk`` (32 bytes) it is ``XXpskN`` for ``psk_position`` N: cas
+    uses psk0 (see the module docstring); the other placements exist so
+    that the published XXpsk3 vector can check the PSK rules.
     """
 
     def __init__(
@@ -310,9 +400,17 @@ class NoiseXX:
         prologue: bytes = b"",
         *,
         ephemeral_private: bytes | None = None,
+        psk: bytes | None = None,
+        psk_position: int = 0,
     ) -> None:
         if len(static_private) != DHLEN:
             raise LocalProtocolError("an X25519 private key has 32 bytes")
+        if psk is not None and len(psk) != PSK_SIZE:
+            raise LocalProtocolError("a Noise pre-shared key has 32 bytes")
+        if not 0 <= psk_position <= len(_XX):
+            raise LocalProtocolError("XX takes psk0 to psk3")
+        self._psk = psk
+        self._pattern = _XX if psk is None else _xx_with_psk(psk_position)
         self.initiator = initiator
         self._s = static_private
         self.static_public = sodium.crypto_scalarmult_base(static_private)
@@ -320,18 +418,19 @@ class NoiseXX:
         self._e: bytes | None = None
         self.remote_static: bytes | None = None
         self._re: bytes | None = None
-        self._symmetric = SymmetricState(PROTOCOL_NAME)
+        self._symmetric = SymmetricState(protocol_name(None if psk is None else psk_position))
         self._symmetric.mix_hash(prologue)
         self._step = 0
         self._failed = False
 
     def __repr__(self) -> str:
         role = "initiator" if self.initiator else "responder"
-        return f"NoiseXX({role}, message {self._step + 1} of 3)"
+        psk = "" if self._psk is None else ", with psk"
+        return f"NoiseXX({role}, message {self._step + 1} of 3{psk})"
 
     @property
     def complete(self) -> bool:
-        return self._step == len(_XX)
+        return self._step == len(self._pattern)
 
     @property
     def handshake_hash(self) -> bytes:
@@ -372,7 +471,7 @@ class NoiseXX:
         """Our next handshake message, carrying ``payload``."""
         self._check_turn(writing=True)
         out = bytearray()
-        for token in _XX[self._step]:
+        for token in self._pattern[self._step]:
             if token == "e":
                 if self._e_fixed is not None:
                     self._e = self._e_fixed
@@ -381,6 +480,11 @@ class NoiseXX:
                     self._e, e_public = generate_keypair()
                 out += e_public
                 self._symmetric.mix_hash(e_public)
+                if self._psk is not None:  # section 9.2: "e" also calls MixKey
+                    self._symmetric.mix_key(e_public)
+            elif token == "psk":
+                assert self._psk is not None
+                self._symmetric.mix_key_and_hash(self._psk)
             elif token == "s":
                 out += self._symmetric.encrypt_and_hash(self.static_public)
             else:
@@ -400,13 +504,18 @@ class NoiseXX:
         view = bytes(message)
         pos = 0
         try:
-            for token in _XX[self._step]:
+            for token in self._pattern[self._step]:
                 if token == "e":
                     if len(view) - pos < DHLEN:
                         raise HandshakeError("handshake message too short for an ephemeral key")
                     self._re = view[pos : pos + DHLEN]
                     pos += DHLEN
                     self._symmetric.mix_hash(self._re)
+                    if self._psk is not None:
+                        self._symmetric.mix_key(self._re)
+                elif token == "psk":
+                    assert self._psk is not None
+                    self._symmetric.mix_key_and_hash(self._psk)
                 elif token == "s":
                     size = DHLEN + (TAGLEN if self._symmetric.cipher.has_key else 0)
                     if len(view) - pos < size:
@@ -604,6 +713,12 @@ class Handshake:
 
     ``expected_peer_id``, if given, is the node ID we mean to reach; a peer
     that proves any other ID is refused with :class:`PeerIdMismatchError`.
+
+    ``network_key``, if given, makes it the private network's handshake
+    (``XXpsk0``, see the module docstring); None is plain XX, unchanged on
+    the wire. A peer on another network is refused with
+    :class:`NetworkMismatchError`; if :attr:`refusal` is then set, send it
+    to the peer (one frame) before closing, so it learns why.
     """
 
     def __init__(
@@ -614,6 +729,7 @@ class Handshake:
         expected_peer_id: bytes | None = None,
         prologue: bytes = PROLOGUE,
         static_private: bytes | None = None,
+        network_key: NetworkKey | None = None,
     ) -> None:
         # The Noise static key is per handshake: the Ed25519 signature is
         # what makes it the node's, so it need not be stored anywhere.
@@ -621,9 +737,14 @@ class Handshake:
             static_private, _ = generate_keypair()
         self._identity = identity
         self._expected = expected_peer_id
-        self._noise = NoiseXX(role is Role.INITIATOR, static_private, prologue)
+        self._private = network_key is not None
+        self._noise = NoiseXX(role is Role.INITIATOR, static_private, prologue,
+                              psk=None if network_key is None else network_key.psk)
         self._failed = False
         self.peer: PeerIdentity | None = None
+        self.refusal: bytes | None = None
+        """The frame to send a peer found to be on another network, once
+        :meth:`receive_message` has raised :class:`NetworkMismatchError`."""
 
     def __repr__(self) -> str:
         return f"Handshake({self._noise!r}, peer={self.peer!r})"
@@ -652,16 +773,19 @@ class Handshake:
 
     def receive_message(self, message: bytes) -> None:
         """Process the peer's message; raise a :class:`HandshakeError` subclass
-        if it is malformed, fails to decrypt, or proves the wrong identity."""
+        if it is malformed, fails to decrypt, proves the wrong identity, or
+        comes from another network (:class:`NetworkMismatchError`)."""
         if self._failed:
             raise LocalProtocolError("this handshake already failed; start a new one")
         step = self._noise.message_index
         try:
-            payload = self._noise.read_message(message)
             if step == 0:
-                if payload:
+                if self._read_first(message):
                     raise HandshakeError("the first handshake message must carry no payload")
                 return
+            if step == 1 and message.startswith(REFUSAL_PREFIX):
+                raise self._refused(message)
+            payload = self._noise.read_message(message)
             assert self._noise.remote_static is not None
             public_key = verify_identity_proof(payload, self._noise.remote_static)
             node_id = node_id_for(public_key)
@@ -671,6 +795,36 @@ class Handshake:
             self._failed = True
             raise
         self.peer = PeerIdentity(public_key, node_id)
+
+    def _read_first(self, message: bytes) -> bytes:
+        """Message 1, which says which network its sender is on: plain XX's
+        is an ephemeral key alone (32 bytes); XXpsk0's adds the tag of its
+        empty payload (48 bytes), which only the same key verifies. A
+        message of any other size is no cas handshake and gets no refusal."""
+        if self._private and len(message) == DHLEN:
+            self.refusal = REFUSED_PRIVATE
+            raise NetworkMismatchError(PEER_HAS_NO_KEY)
+        if not self._private and len(message) == DHLEN + TAGLEN:
+            self.refusal = REFUSED_OPEN
+            raise NetworkMismatchError(WE_HAVE_NO_KEY)
+        try:
+            return self._noise.read_message(message)
+        except HandshakeError:
+            if self._private and len(message) == DHLEN + TAGLEN:
+                # With a psk, reading message 1 does no Diffie-Hellman:
+                # the tag is all that can fail, and only another key fails it.
+                self.refusal = REFUSED_KEY_DIFFERS
+                raise NetworkMismatchError(KEY_DIFFERS) from None
+            raise
+
+    def _refused(self, message: bytes) -> HandshakeError:
+        """The error for a refusal frame received instead of message 2."""
+        reasons = ({REFUSED_KEY_DIFFERS: KEY_DIFFERS, REFUSED_OPEN: PEER_HAS_NO_KEY}
+                   if self._private else {REFUSED_PRIVATE: WE_HAVE_NO_KEY})
+        reason = reasons.get(message)
+        if reason is None:  # an unknown reason, or one that cannot apply to us
+            return HandshakeError("the peer refused the handshake")
+        return NetworkMismatchError(reason)
 
     def transport(self) -> Transport:
         """The session's ciphers; only after the handshake is complete."""

@@ -1,0 +1,174 @@
+"""The network key: the secret that makes a network private.
+
+Every node of a private network holds the same 32-byte key, and uses it as
+the Noise pre-shared key of its handshake (:mod:`.noise`,
+``Noise_XXpsk0_25519_AESGCM_BLAKE2b``): a node without exactly that key
+cannot complete a handshake with any of them, so it never reaches the DHT,
+the blocks or the records behind it. A node with no key is on the open
+network, as every node was before this existed.
+
+This module owns: the key file (its format, writing a new one, loading one
+with an error a person can act on), where a repository keeps its own
+(``keys/network.key``), which key a node uses (:func:`network_key_for`), and
+the key's **fingerprint**, a short hash that people compare between machines
+and that the daemon prints; the key itself is never shown.
+
+Key file format, text, mode 0600 (two lines, the second the key)::
+
+    cas-network-key v1
+    <64 hex digits: the 32-byte key>
+
+Versioned, so it can change; text, so that an operator recognises the file.
+The key is 32 bytes from the operating system's random source, never a
+passphrase: the first handshake message of a private network is
+authenticated with it, so an eavesdropper could test guesses at a weak key
+offline.
+
+Must never: print, log or put in an exception message the key's bytes (only
+the fingerprint); overwrite an existing key file (the machines holding the
+old key would lose each other); open a socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..keys import KeyFileError, read_private_file, write_private_file
+
+KEY_SIZE = 32
+"""Bytes in a network key: the Noise PSK size (spec section 9)."""
+
+NETWORK_KEY_PATH = Path("keys") / "network.key"
+"""Where a repository keeps its network key, relative to the repository."""
+
+FILE_HEADER = "cas-network-key v1"
+_MAX_FILE_SIZE = 128  # header, 64 hex digits, newlines: anything longer is not ours
+
+# Domain separation: the fingerprint is a hash of the key under a label
+# used for nothing else, so it says nothing about any other use of the key.
+_FINGERPRINT_LABEL = b"cas network key fingerprint\x00"
+FINGERPRINT_SIZE = 8
+"""Bytes of the fingerprint (16 hex digits): enough to tell keys apart by
+eye; a preimage of a hash of a 256-bit random key is out of reach."""
+
+NetworkKeyError = KeyFileError
+"""The network key file is missing, malformed, readable by others, or
+(when writing) already there."""
+
+
+@dataclass(frozen=True, repr=False)
+class NetworkKey:
+    """A network key. ``repr`` and ``str`` show only its fingerprint."""
+
+    _secret: bytes = field(repr=False)
+    source: Path | None = field(default=None, compare=False)
+    """The file it was loaded from, if any (for messages)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self._secret, bytes) or len(self._secret) != KEY_SIZE:
+            raise ValueError(f"a network key has {KEY_SIZE} bytes")
+
+    @classmethod
+    def generate(cls) -> NetworkKey:
+        """A new random key."""
+        return cls(os.urandom(KEY_SIZE))
+
+    @property
+    def psk(self) -> bytes:
+        """The 32 bytes the handshake mixes in as its pre-shared key."""
+        return self._secret
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits that identify the key without revealing it."""
+        return hashlib.blake2b(_FINGERPRINT_LABEL + self._secret,
+                               digest_size=FINGERPRINT_SIZE).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"NetworkKey(fingerprint={self.fingerprint})"
+
+    __str__ = __repr__
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key to a new file ``path`` (mode 0600, atomically and
+        durably). Refuses, with :class:`NetworkKeyError`, if ``path`` exists:
+        a network key is never overwritten."""
+        path = Path(path)
+        if os.path.lexists(path):
+            raise NetworkKeyError(f"the network key {path} already exists; it was left as it is")
+        text = f"{FILE_HEADER}\n{self._secret.hex()}\n".encode("ascii")
+        write_private_file(path, text, "the network key", replace=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NetworkKey:
+        """Read a key file written by :meth:`save`.
+
+        Refuses, with :class:`NetworkKeyError`: a missing file, a symlink or
+        anything but a regular file, a file group or others may access, and
+        any content that is not exactly the format above.
+        """
+        path = Path(path)
+        try:
+            raw = read_private_file(path, "the network key", _MAX_FILE_SIZE)
+        except KeyFileError as exc:
+            if not os.path.lexists(path):
+                raise NetworkKeyError(
+                    f"{exc}: create one with 'cas network init --out {path}', "
+                    "or copy the network's key there") from None
+            raise
+        return cls(_parse(raw, path), path)
+
+
+def _parse(raw: bytes, path: Path) -> bytes:
+    bad = NetworkKeyError(
+        f"the network key {path} is damaged or not a cas network key "
+        f"(expected two lines: '{FILE_HEADER}' and 64 hex digits)")
+    if len(raw) > _MAX_FILE_SIZE:
+        raise bad
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise bad from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline
+    if len(lines) != 2 or lines[0] != FILE_HEADER or len(lines[1]) != 2 * KEY_SIZE:
+        raise bad
+    try:
+        return bytes.fromhex(lines[1])
+    except ValueError:
+        raise bad from None
+
+
+def repository_key_path(repo: str | os.PathLike[str]) -> Path:
+    """Where the repository ``repo`` keeps its network key."""
+    return Path(repo) / NETWORK_KEY_PATH
+
+
+def network_key_for(repo: str | os.PathLike[str],
+                    path: str | os.PathLike[str] | None = None) -> NetworkKey | None:
+    """The network key a node of ``repo`` uses: the file ``path`` if one is
+    given, else the repository's own (``keys/network.key``) if it has one,
+    else None (the open network). So a repository that holds a key never
+    joins an open network by accident. A key file that cannot be used
+    raises :class:`NetworkKeyError`, never falls back to the open network.
+    """
+    if path is not None:
+        return NetworkKey.load(path)
+    own = repository_key_path(repo)
+    if os.path.lexists(own):
+        return NetworkKey.load(own)
+    return None
+
+
+def describe_network(key: NetworkKey | None) -> str:
+    """The line a daemon prints as it starts: which network it is on, and
+    the key's fingerprint and file (never the key)."""
+    if key is None:
+        return "open network (no network key): any cas node can connect"
+    where = f" ({key.source})" if key.source is not None else ""
+    return (f"private network, key fingerprint {key.fingerprint}{where}: "
+            "only nodes holding this key can connect")
