@@ -86,32 +86,42 @@ def test_network_init_out_writes_a_file_to_copy_and_refuses_an_existing_one(tmp_
     assert out.read_bytes() == before
 
 
-@pytest.mark.parametrize("problem", ["missing", "damaged", "readable-by-others", "in-repo-0644"])
+@pytest.mark.parametrize("problem", ["missing", "damaged", "readable-by-others"])
 def test_a_daemon_with_an_unusable_key_file_says_why_in_one_line_and_exits_1(
         tmp_path: Path, problem: str) -> None:
     repo = tmp_path / "repo"
     key = tmp_path / "network.key"
     run_cas("network", "init", "--out", str(key))
     expected = {"missing": "does not exist", "damaged": "damaged or not a cas network key",
-                "readable-by-others": "chmod 600", "in-repo-0644": "chmod 600"}[problem]
+                "readable-by-others": "chmod 600"}[problem]
     args = ["--network-key", str(key)]
     if problem == "missing":
         key.unlink()
     elif problem == "damaged":
         key.write_text(HEADER + "\nnot hex\n")
-    elif problem == "readable-by-others":
+    else:
         key.chmod(0o644)
-    else:  # the repository's own key: never silently the open network instead
-        run_cas("init", repo=repo)
-        shutil.copy(key, repo / "keys" / "network.key")
-        (repo / "keys" / "network.key").chmod(0o644)
-        args = []
     result = run_cas("daemon", "--listen", "127.0.0.1:0", *args, repo=repo, check=False, timeout=60)
     assert result.returncode == 1
     lines = stderr_lines(result)
     assert len(lines) == 1, lines
     assert lines[0].startswith("cas daemon: error: the network key") and expected in lines[0]
     assert not (repo / "control.sock").exists()
+
+
+def test_a_repository_key_readable_by_others_is_made_private_with_a_warning_and_still_used(
+        tmp_path: Path, daemons: Daemons) -> None:
+    # Never silently the open network instead: the repository is tightened
+    # when opened (as every file in it is), and the owner told the key may be known.
+    repo = tmp_path / "repo"
+    run_cas("init", repo=repo)
+    run_cas("network", "init", "--out", str(tmp_path / "network.key"))
+    shutil.copy(tmp_path / "network.key", repo / "keys" / "network.key")
+    (repo / "keys" / "network.key").chmod(0o644)
+    daemon = daemons.start(repo)
+    assert (repo / "keys" / "network.key").stat().st_mode & 0o777 == 0o600
+    assert "network.key was readable by other users" in daemon.stderr()
+    assert "private network" in daemon.stderr()
 
 
 # -- the network ---------------------------------------------------------------------
