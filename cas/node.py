@@ -1280,6 +1280,7 @@ def _node_ops(node: Node) -> OpTable:
                 "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,
                 "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
                 "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table),
+                "repair_rounds_after_loss": r.stats.rounds_after_loss,
                 "refusals": r.stats.refusals, "store_failures": sum(r.stats.peer_store_failures.values()),
                 "last_failure": r.stats.last_failure,
                 "quarantined": node.integrity.quarantined, "restored": node.integrity.restored,

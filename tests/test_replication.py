@@ -156,3 +156,23 @@ def test_with_fewer_than_r_nodes_the_add_says_so_and_placement_completes_when_no
 def _stats(daemon: Daemon) -> dict:
     with ControlClient(socket_path(daemon.repo), timeout=10) as client:
         return dict(client.call("replication_stats"))
+
+
+def test_repair_starts_when_a_holder_is_found_dead_not_only_on_the_timer(tmp_path: Path, daemons: Daemons) -> None:
+    nodes = start_network(tmp_path, daemons, extra={i: ["--repair-interval", "3600"] for i in range(NODES)})
+    adder = nodes[0]
+    root, _ = add(adder, pseudo_random(600_000, "found dead"))
+    blocks = dag_of(adder, root)
+    victim = max(nodes[1:], key=lambda d: sum(has(d, c) for c in blocks))
+    daemons.stop(victim, signal.SIGKILL)
+    live = [d for d in nodes if d is not victim]
+
+    def repaired() -> bool:
+        # Lookups meet the dead node (its failures drop it from the tables)...
+        for daemon in live:
+            run_cas("dht", "refresh", repo=daemon.repo, check=False)
+        # ...and the holders repair at once, an hour before their timers.
+        return all({d.node_id for d in closest(cid, live)} <= holders(cid, live) for cid in blocks)
+
+    wait_until(repaired, timeout=60, what="R copies again after a holder was found dead", interval=0.5)
+    assert any(_stats(d)["repair_rounds_after_loss"] >= 1 for d in live)

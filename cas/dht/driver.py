@@ -274,6 +274,8 @@ class DhtDriver:
         self.identity = identity
         self.network_key = network_key
         self._on_refused = on_refused
+        self.peer_lost: list[Callable[[int], None]] = []
+        """Called with a contact's ID when the table drops it as failed."""
         self.own_id = NodeID(int.from_bytes(identity.node_id, "big"))
         if table.own_id != self.own_id:
             raise ValueError("the routing table belongs to another node")
@@ -461,14 +463,25 @@ class DhtDriver:
             self.table.remove(contact.node_id)
             raise
         except trio.TooSlowError:
-            self.table.record_failure(contact.node_id)
+            self._record_failure(contact.node_id)
             raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
         except (CasError, RemoteProtocolError) as exc:
             if not (isinstance(exc, RequestFailedError) and exc.code in NOT_FAILURES):
-                self.table.record_failure(contact.node_id)
+                self._record_failure(contact.node_id)
             raise
         self.seen(contact)
         return response
+
+    def _record_failure(self, node_id: int) -> bool:
+        """The routing table's ``record_failure``; when that drops the
+        contact (it failed too often in a row: presumed dead), every
+        ``peer_lost`` hook hears its ID, so that repair can start now
+        rather than at its next interval."""
+        dropped = self.table.record_failure(node_id)
+        if dropped:
+            for hook in self.peer_lost:
+                hook(node_id)
+        return dropped
 
     def seen(self, contact: Contact) -> None:
         """``contact`` proved itself just now: tell the table, and ping the
@@ -559,7 +572,7 @@ class DhtDriver:
                     StoreOutcome("refused" if code in refusals else "failed", f"{code}: {response.message}")
                     for code in response.codes]
         if not isinstance(response, msg.Ok):
-            self.table.record_failure(contact.node_id)
+            self._record_failure(contact.node_id)
             return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
         return _STORED
 
@@ -661,7 +674,7 @@ class DhtDriver:
         except InvalidRecordError as exc:
             stale = "sequence number" in str(exc)
             if not stale:
-                self.table.record_failure(requester)
+                self._record_failure(requester)
             return msg.Error("stale" if stale else "invalid", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
         except CasError as exc:
             return msg.Error("full", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
@@ -701,7 +714,7 @@ class DhtDriver:
         try:
             return verified(cid, response.data)
         except InvalidBlockError:
-            self.table.record_failure(contact.node_id)
+            self._record_failure(contact.node_id)
             self.bad_blocks[contact.node_id] += 1
             return None
 
@@ -735,7 +748,7 @@ class DhtDriver:
         None (counted against it) if it is nonsense or a forged block."""
         outcome = self._interpret(response, cid)
         if outcome is None:
-            self.table.record_failure(peer.node_id)
+            self._record_failure(peer.node_id)
             if isinstance(response, msg.Block):
                 self.bad_blocks[peer.node_id] += 1
         return outcome
@@ -745,7 +758,7 @@ class DhtDriver:
         if isinstance(error, PeerIdMismatchError):
             self.table.remove(peer.node_id)  # someone else answers at that address
         elif not (isinstance(error, RequestFailedError) and error.code in NOT_FAILURES):
-            self.table.record_failure(peer.node_id)
+            self._record_failure(peer.node_id)
 
     def _contacts(self, peers: Sequence[msg.PeerInfo]) -> list[Contact]:
         # _Conversions.contact inlined for the remembered peers (nearly all).

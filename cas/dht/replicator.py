@@ -66,6 +66,16 @@ REPAIR_INTERVAL = 600.0
 (Kademlia republishes hourly; blocks are checked more often because a
 missing copy costs more than a stale record). Tests use a second or two."""
 
+REPAIR_AFTER_LOSS = 2.0
+"""Seconds a repair round waits after a peer is found dead (the routing
+table drops it) before it starts: the other losses of the same event (a
+rack, a network split) arrive meanwhile and are repaired in one round.
+Repair then starts on detected failure, not only on the timer."""
+
+MIN_LOSS_ROUNDS_GAP = 10.0
+"""Seconds at least between two rounds started by losses, so a flapping
+peer cannot keep the node in repair."""
+
 DIRECT_FETCH_TIMEOUT = 1.0
 """Seconds a likely holder asked directly for a block has to answer before
 the next is asked (a frozen or overloaded peer costs a reader this much)."""
@@ -123,6 +133,8 @@ class ReplicationStats:
     """Bytes those repair stores moved."""
     repair_dropped: int = 0
     """Held copies released by repair rounds."""
+    rounds_after_loss: int = 0
+    """Repair rounds started because a peer was found dead (not by the timer)."""
     refusals: int = 0
     """Stores refused (``full``, or ``busy`` after every pause)."""
     last_failure: str = ""
@@ -165,7 +177,9 @@ class Replicator:
         self._short: set[CID] = set()
         self._changed = trio.Event()
         self._repair_lock = trio.Lock()
+        self._peer_lost = trio.Event()
         self.stats = ReplicationStats()
+        dht.peer_lost.append(self.repair_soon)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -387,9 +401,21 @@ class Replicator:
 
     # -- repair -------------------------------------------------------------------
 
+    def repair_soon(self, node_id: int | None = None) -> None:
+        """A peer was found dead: start a repair round soon (after
+        REPAIR_AFTER_LOSS) instead of at the next interval."""
+        self._peer_lost.set()
+
     async def _repair_loop(self) -> None:
+        last_loss_round = -math.inf
         while True:
-            await trio.sleep(self.repair_interval)
+            with trio.move_on_after(self.repair_interval):
+                await self._peer_lost.wait()
+                await trio.sleep(max(REPAIR_AFTER_LOSS,
+                                     last_loss_round + MIN_LOSS_ROUNDS_GAP - trio.current_time()))
+                last_loss_round = trio.current_time()
+                self.stats.rounds_after_loss += 1
+            self._peer_lost = trio.Event()
             await self.repair()
 
     async def repair(self) -> RepairReport:
