@@ -34,3 +34,14 @@ def test_the_command_prints_one_row_per_churn_and_r(capsys) -> None:  # noqa: AN
     assert lines[1] == format_header()
     assert len(lines) == 4
     assert format_row(simulate(nodes=20, blocks=50, replicas=2, churn_per_day=0.1, days=1)) == lines[2]
+
+
+def test_half_the_nodes_dying_at_once_costs_about_half_to_the_r_of_the_blocks() -> None:
+    from cas.dht.sim_repair import mass_failure
+
+    one = mass_failure(nodes=40, replicas=1, fraction=0.5, files=10, blocks_per_file=16, trials=10)
+    assert 0.35 < one.lost_blocks / one.blocks < 0.65  # each block's one holder dies with p = 1/2
+    three = mass_failure(nodes=40, replicas=3, fraction=0.5, files=10, blocks_per_file=16, trials=10)
+    assert three.lost_blocks < one.lost_blocks and three.unreadable_files > 0
+    every = mass_failure(nodes=40, replicas=21, fraction=0.5, files=10, blocks_per_file=16, trials=10)
+    assert every.lost_blocks == 0 and every.readable == 1.0  # 21 holders cannot all be in a dead 20

@@ -120,6 +120,48 @@ def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_p
     return stats
 
 
+@dataclass
+class MassFailure:
+    """What ``fraction`` of the nodes dying at once, before any repair,
+    costs: blocks with no copy left, and files with at least one such block."""
+
+    nodes: int
+    replicas: int
+    fraction: float
+    blocks: int
+    files: int
+    lost_blocks: int = 0
+    unreadable_files: int = 0
+    networks_losing: int = 0  # trials in which at least one file became unreadable
+
+    @property
+    def readable(self) -> float:
+        return 1.0 - self.unreadable_files / self.files
+
+
+def mass_failure(*, nodes: int = 40, replicas: int = 3, fraction: float = 0.5, files: int = 200,
+                 blocks_per_file: int = 128, trials: int = 20, seed: int = 1) -> MassFailure:
+    """Place ``files`` files of ``blocks_per_file`` blocks on the R nodes
+    nearest each block's key, kill ``fraction`` of the nodes at once,
+    ``trials`` times with fresh IDs and keys, and count what is lost."""
+    rng = random.Random(seed)
+    result = MassFailure(nodes, replicas, fraction, files * blocks_per_file * trials, files * trials)
+    for _ in range(trials):
+        ids = [rng.getrandbits(256) for _ in range(nodes)]
+        dead = set(rng.sample(ids, round(nodes * fraction)))
+        before = result.unreadable_files
+        for _file in range(files):
+            lost = 0
+            for _block in range(blocks_per_file):
+                key = rng.getrandbits(256)
+                if all(n in dead for n in heapq.nsmallest(replicas, ids, key=lambda n: n ^ key)):
+                    lost += 1
+            result.lost_blocks += lost
+            result.unreadable_files += lost > 0
+        result.networks_losing += result.unreadable_files > before
+    return result
+
+
 def _repair(b: int, key: int, holders: list[set[int]], held_by: dict[int, set[int]], live: set[int],
             replicas: int, stats: RepairStats) -> None:
     window = heapq.nsmallest(replicas, live, key=lambda n: n ^ key)
@@ -165,7 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=90.0)
     parser.add_argument("--interval", type=float, default=600.0, help="seconds between repair rounds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-at-once", type=float, default=None, metavar="FRACTION",
+                        help="instead: kill this fraction of the nodes at once, before any repair, and "
+                        "count the files left unreadable (files of 128 blocks, 32 MiB)")
+    parser.add_argument("--files", type=int, default=200, help="with --kill-at-once: files per trial")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="with --kill-at-once: networks tried, each with its own IDs, keys and dead half")
     args = parser.parse_args(argv)
+    if args.kill_at_once is not None:
+        if not 0 < args.kill_at_once < 1:
+            parser.error("--kill-at-once is a fraction between 0 and 1")
+        print(f"# {args.nodes} nodes, {args.kill_at_once:.0%} of them killed at once; "
+              f"{args.files} files of 128 blocks in each of {args.trials} networks", flush=True)
+        print(f"{'R':>3} {'blocks lost':>12} {'files readable':>15} {'networks losing a file':>23}", flush=True)
+        for r in args.replicas:
+            m = mass_failure(nodes=args.nodes, replicas=r, fraction=args.kill_at_once, files=args.files,
+                             trials=args.trials, seed=args.seed)
+            print(f"{r:>3} {m.lost_blocks / m.blocks:>12.4%} {m.readable:>15.2%} "
+                  f"{m.networks_losing:>11} of {args.trials}", flush=True)
+        return 0
     if args.nodes < max(args.replicas) or args.blocks < 1 or any(not 0 <= c < 1 for c in args.churn):
         parser.error("need nodes >= R, at least one block, and churn in [0, 1)")
     print(f"# repair every {args.interval:g} s; blocks of 256 KiB", flush=True)
