@@ -70,6 +70,11 @@ class DiskSpace(NamedTuple):
     total: int
 
 
+NodeId = bytes
+"""A node's 32-byte ID: who placed a held block (``HeldBlocks.bytes``, a
+property, would shadow the type inside the class)."""
+
+
 class StorageQuotaError(CasError):
     """This node's storage for other nodes' blocks is full: its quota, the
     sender's share of it, or the disk reserve."""
@@ -121,18 +126,18 @@ class HeldBlocks:
     def room_for(self, size: int) -> bool:
         return self._bytes + size <= self.quota
 
-    def held_for(self, sender: bytes) -> int:
+    def held_for(self, sender: NodeId) -> int:
         """Bytes held here that ``sender`` (a node ID) placed."""
         (total,) = self._db.query("SELECT coalesce(sum(size), 0) FROM held WHERE sender = ?", (sender,)).fetchone()
         return int(total)
 
-    def by_sender(self) -> dict[bytes, tuple[int, int]]:
+    def by_sender(self) -> dict[NodeId, tuple[int, int]]:
         """For each node that placed blocks here: (blocks, bytes)."""
         rows = self._db.query(
             "SELECT sender, count(*), sum(size) FROM held WHERE sender IS NOT NULL GROUP BY sender").fetchall()
         return {bytes(sender): (int(count), int(total)) for sender, count, total in rows}
 
-    def _refusal(self, size: int, sender: bytes | None, peer_bytes: int, free: int | None,
+    def _refusal(self, size: int, sender: NodeId | None, peer_bytes: int, free: int | None,
                  reserve: int) -> StorageQuotaError | None:
         """Why a block of ``size`` bytes cannot be held, or None if it can."""
         if not self.room_for(size):
@@ -160,7 +165,7 @@ class HeldBlocks:
             raise outcome
         return outcome
 
-    def accept_many(self, blocks: Iterable[Block | tuple[Block, bytes | None]]) -> list[bool | StorageQuotaError]:
+    def accept_many(self, blocks: Iterable[Block | tuple[Block, NodeId | None]]) -> list[bool | StorageQuotaError]:
         """:meth:`accept` for several blocks with one barrier (a group
         commit: one set of fsyncs however many blocks peers sent at once).
         Each is a block, or (block, sender): the node that placed it, whose
@@ -174,7 +179,7 @@ class HeldBlocks:
         free = space.free if space is not None else None
         reserve = (self.reserve if self.reserve is not None
                    else default_reserve(space.total) if space is not None else 0)
-        peers: dict[bytes, int] = {}
+        peers: dict[NodeId, int] = {}
         for item in blocks:
             block, sender = (item, None) if isinstance(item, Block) else item  # (a Block is a tuple too)
             if self._blocks.has(block.cid):
