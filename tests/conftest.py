@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 import os
 import subprocess
 import sys
@@ -175,3 +176,18 @@ def make_world_readable(root: Path) -> None:
         for name in files:
             if not os.path.islink(os.path.join(where, name)):
                 os.chmod(os.path.join(where, name), 0o644)
+
+
+@contextmanager
+def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``"64m"``) mounted at ``mountpoint`` for a
+    test (needs root, as in CI; skipped elsewhere), always unmounted."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+                            capture_output=True)
+    if result.returncode != 0:
+        skip_unless_ci(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)

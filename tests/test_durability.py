@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cas.store import LocalStore
-from tests.conftest import CAS, pseudo_random, run_cas, skip_unless_ci
+from tests.conftest import CAS, pseudo_random, run_cas, tmpfs
 
 MiB = 1 << 20
 
@@ -89,17 +89,8 @@ def test_kill_9_during_add_never_corrupts_and_printed_cids_stay_readable(tmp_pat
 @pytest.fixture
 def small_disk(tmp_path):
     """A 32 MiB tmpfs mounted for the test (needs root, as in CI)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if result.returncode != 0:
-        skip_unless_ci(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "32m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_fails_the_add_clearly_and_loses_nothing(small_disk, tmp_path):

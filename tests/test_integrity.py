@@ -23,6 +23,7 @@ import pytest
 from cas.cid import RAW, CID, parse_cid
 from cas.control import ControlClient, socket_path
 from tests.conftest import pseudo_random, run_cas
+from tests import nodeproc
 from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,15 +38,7 @@ def daemons() -> Iterator[Daemons]:
 
 
 def start_network(tmp_path: Path, daemons: Daemons, extra: list[str]) -> list[Daemon]:
-    first = daemons.start(tmp_path / "n0", extra=extra)
-    rest = [daemons.start(tmp_path / f"n{i}", bootstrap=[first.address], wait=False, extra=extra)
-            for i in range(1, NODES)]
-    for daemon in rest:
-        daemons.wait_ready(daemon, timeout=60)
-    nodes = [first, *rest]
-    for daemon in nodes:
-        run_cas("dht", "refresh", repo=daemon.repo)
-    return nodes
+    return nodeproc.start_network(daemons, tmp_path, NODES, extra)
 
 
 def damage(repo: Path, cids: list[CID]) -> list[CID]:

@@ -22,6 +22,7 @@ from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, record_key
 from cas.net.identity import Identity
 from tests.conftest import run_cas
+from tests import nodeproc
 from tests.nodeproc import Daemon, Daemons, wait_until
 
 NODES = 5
@@ -36,14 +37,7 @@ def daemons() -> Iterator[Daemons]:
 
 
 def start_network(tmp_path: Path, daemons: Daemons) -> list[Daemon]:
-    first = daemons.start(tmp_path / "n0")
-    rest = [daemons.start(tmp_path / f"n{i}", bootstrap=[first.address], wait=False) for i in range(1, NODES)]
-    for daemon in rest:
-        daemons.wait_ready(daemon, timeout=60)
-    nodes = [first, *rest]
-    for daemon in nodes:
-        run_cas("dht", "refresh", repo=daemon.repo)
-    return nodes
+    return nodeproc.start_network(daemons, tmp_path, NODES)
 
 
 def cas_json(daemon: Daemon, *args: str) -> dict:

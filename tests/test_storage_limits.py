@@ -8,13 +8,12 @@ peer in 0.8 s and its owner's next ``cas add`` failed with "disk full"."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import pseudo_random, run_cas, skip_unless_ci
+from tests.conftest import pseudo_random, run_cas, tmpfs
 from tests.nodeproc import Daemon, Daemons
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,16 +29,8 @@ def daemons() -> Iterator[Daemons]:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs mounted for the test (needs root, as in CI)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
-    if result.returncode != 0:
-        skip_unless_ci(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "64m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def held_for(victim: Daemon, peer: Daemon) -> int:

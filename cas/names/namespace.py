@@ -452,8 +452,6 @@ class Namespace:
     def set_attributes(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> RootState:
         """Change the mode and/or mtime of ``path`` (file, directory or
         symlink); its content is untouched."""
-        if not split_path(path):
-            raise InvalidInputError("the root directory's attributes are fixed")
         return self.apply(SetAttributes(path, mode, mtime))
 
     def _set_attributes(self, root: CID, change: SetAttributes) -> CID:
@@ -487,8 +485,6 @@ class Namespace:
 
     def remove(self, path: str, *, recursive: bool = False) -> RootState:
         """Remove ``path``; a non-empty directory only with ``recursive``."""
-        if not split_path(path):
-            raise InvalidInputError("cannot remove the root directory /")
         return self.apply(Remove(path, recursive))
 
     def _remove(self, root: CID, change: Remove) -> CID:
@@ -513,9 +509,6 @@ class Namespace:
         An existing target is replaced as rename(2) does (a file by a file, an
         empty directory by a directory), unless ``no_replace``.
         """
-        split_path(dst)
-        if not split_path(src):
-            raise InvalidMoveError("cannot move the root directory /")
         return self.apply(Move(src, dst, into_directory, no_replace))
 
     def _move(self, root: CID, change: Move) -> CID:
