@@ -41,6 +41,7 @@ from ..net import messages as msg
 from ..net.connection import (
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
+    PEER_CLOSED,
     Connection,
     ConnectionClosedError,
     ConnectionLimiter,
@@ -275,7 +276,9 @@ class DhtDriver:
         self.network_key = network_key
         self._on_refused = on_refused
         self.peer_lost: list[Callable[[int], None]] = []
-        """Called with a contact's ID when the table drops it as failed."""
+        """Called with a contact's ID when the table drops it as failed, or
+        as gone (its address refuses connections after it hung up)."""
+        self._probing: set[int] = set()
         self.own_id = NodeID(int.from_bytes(identity.node_id, "big"))
         if table.own_id != self.own_id:
             raise ValueError("the routing table belongs to another node")
@@ -379,6 +382,34 @@ class DhtDriver:
         finally:
             if self._connections.get(peer_id) is connection:
                 del self._connections[peer_id]
+        if connection.channel.stats.closed_because == PEER_CLOSED and contact is not None:
+            self._probe_soon(contact)
+
+    def _probe_soon(self, contact: Contact) -> None:
+        """A peer closed our connection: it idled it out, or its process
+        died (the kernel closes a dead process's sockets). Tell the two
+        apart at once, cheaply, so that a death is acted on (repair) in
+        seconds rather than at the next failed request: see :meth:`_probe`."""
+        if self._nursery is not None and contact.node_id not in self._probing:
+            self._probing.add(contact.node_id)
+            self._nursery.start_soon(self._probe, contact)
+
+    async def _probe(self, contact: Contact) -> None:
+        """A TCP connect to the peer's address, no handshake: refused means
+        nothing listens there any more, and the contact is dropped as lost
+        (``peer_lost``); accepted (closed at once) means it is alive."""
+        try:
+            with trio.move_on_after(self.handshake_timeout):
+                try:
+                    stream = await trio.open_tcp_stream(contact.host, contact.port)
+                except OSError:
+                    if self.table.remove(contact.node_id):
+                        for hook in self.peer_lost:
+                            hook(contact.node_id)
+                    return
+                await stream.aclose()
+        finally:
+            self._probing.discard(contact.node_id)
 
     def _count_refused(self, host: str, port: int, error: NetworkMismatchError, *,
                        tell: bool = True) -> None:

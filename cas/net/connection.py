@@ -120,6 +120,11 @@ Handler = Callable[[PeerIdentity, Request], Awaitable[Response]]
 QuickHandler = Callable[[PeerIdentity, Request], "Response | None"]
 
 
+PEER_CLOSED = "the peer closed the connection"
+"""``ChannelStats.closed_because`` when the peer ended the stream (EOF):
+an idle close on its side, or its process died."""
+
+
 # -- errors ---------------------------------------------------------------------------
 
 
@@ -307,7 +312,7 @@ class SecureChannel:
             if body is not None:
                 break
             if self._decoder.at_eof:
-                await self._close("the peer closed the connection")
+                await self._close(PEER_CLOSED)
                 continue
             if self._idle_watched:
                 await self._receive()
