@@ -535,13 +535,13 @@ class Node:
             return bytes(await self.in_store_thread(self.store.blocks.get, cid))
         self._healing[cid] = trio.Event()
         try:
-            online = self.replicator is not None and self.dht is not None and len(self.dht.table)
-            data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
-            if data is None:
+            try:
+                block = await self._from_network(cid)
+            except BlockNotFoundError:
                 self.integrity.unrecoverable += 1
                 raise BlockNotFoundError(
-                    cid, "the repository (its copy failed verification and is quarantined) nor on any node")
-            block = Block(cid, data)  # verified again: nothing unverified is kept
+                    cid, "the repository (its copy failed verification and is quarantined) nor on any node") from None
+            data = block.data
             if await self.in_store_thread(self.store.quarantine.restore, block):
                 self.integrity.restored += 1
                 self._log(f"block {cid} restored from the network")
@@ -549,6 +549,15 @@ class Node:
             return data
         finally:
             self._healing.pop(cid).set()
+
+    async def _from_network(self, cid: CID) -> Block:
+        """A copy of ``cid`` from another node (FIND_BLOCK), verified here
+        again; BlockNotFoundError if no node answers with one."""
+        online = self.replicator is not None and self.dht is not None and len(self.dht.table)
+        data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
+        if data is None:
+            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
+        return Block(cid, data)  # verified again: nothing unverified is kept
 
     def heal_soon(self, cid: CID) -> None:
         """Heal ``cid`` in the background (a damage found while serving a peer)."""
@@ -560,18 +569,6 @@ class Node:
             await self.heal(cid)
         except CasError as exc:
             self._log(f"block {cid} stays quarantined: {exc}")
-
-    async def read_verified(self, cid: CID) -> bytes:
-        """``cid`` from the store; a copy that fails verification is
-        quarantined and, if the network has a good one, replaced by it."""
-        assert self.store is not None
-        try:
-            data = bytes(await self.in_store_thread(self.store.blocks.get, cid))
-        except CorruptBlockError as damage:
-            await self.quarantine(damage)
-            return await self.heal(cid)
-        self.mark_verified(cid)
-        return data
 
     async def verify(self, *, repair: bool = False) -> VerifyReport:
         """``cas repo verify``; with ``repair``, damaged blocks are
@@ -614,11 +611,7 @@ class Node:
         if await self.in_store_thread(store.quarantine.is_quarantined, cid):
             await self.heal(cid)
             return
-        online = self.replicator is not None and self.dht is not None and len(self.dht.table)
-        data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
-        if data is None:
-            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
-        block = Block(cid, data)
+        block = await self._from_network(cid)
 
         def keep() -> None:
             store.blocks.put(block)
