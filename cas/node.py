@@ -69,7 +69,7 @@ from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
 from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
 from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
-from .net.identity import Identity
+from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
 from .net.network_key import describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
 from .store._held import DEFAULT_PEER_QUOTA
@@ -145,6 +145,9 @@ class NodeConfig:
     """Seconds within which every stored block is verified again (the scrub
     runs a pass at most this often); also how long a verification stands
     for HAVE before the block is read again."""
+    id_difficulty: int | None = None
+    """Bits of work a node ID must show (cas.net.identity); None: the
+    repository's ``"id_difficulty"`` in config.json, else the default."""
     network_key: Path | None = None
     """The key file of the private network to join; None: the repository's
     ``keys/network.key`` if it has one, else the open network
@@ -182,6 +185,17 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"port {port} in {text!r} is out of range")
     return host, port
+
+
+def id_difficulty(store: LocalStore, configured: int | None = None) -> int:
+    """The work node IDs must show: ``configured`` (the daemon's flag), else
+    the repository's ``"id_difficulty"``, else DEFAULT_ID_DIFFICULTY."""
+    if configured is not None:
+        return configured
+    value = store.config.get("id_difficulty", DEFAULT_ID_DIFFICULTY)
+    if type(value) is not int or not 0 <= value <= 40:
+        raise RepositoryError(f"{store.path}/config.json: \"id_difficulty\" must be a whole number of bits, 0 to 40")
+    return value
 
 
 def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
@@ -266,7 +280,12 @@ class Node:
 
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
-        identity = self.identity = Identity.load_or_create(repo / KEY_PATH)
+        difficulty = id_difficulty(store, self.config.id_difficulty)
+        identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
+        self.identity = identity
+        if replaced:
+            self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
+                      f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
         network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
@@ -283,7 +302,7 @@ class Node:
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
-            network_key=network_key, on_refused=self._log)
+            network_key=network_key, on_refused=self._log, id_difficulty=difficulty)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)

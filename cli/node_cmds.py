@@ -49,6 +49,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--disk-reserve", type=_size, default=None, metavar="SIZE",
                    help="free disk never given to other nodes' blocks, kept for your own "
                    "(default: a quarter of the disk, at most 10G)")
+    p.add_argument("--id-difficulty", type=_bits, default=None, metavar="BITS",
+                   help="work a node ID must show to be let in (S/Kademlia's puzzle); every node of a "
+                   "network should use the same (default: the repository's config.json, else 12)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
     p.add_argument("--scrub-rate", type=_size, default=None, metavar="SIZE",
@@ -92,6 +95,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bits") from None
+    if not 0 <= value <= 40:
+        raise argparse.ArgumentTypeError("must be 0 to 40 bits")
     return value
 
 
@@ -147,6 +160,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.disk_reserve = args.disk_reserve
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
+    if args.id_difficulty is not None:
+        config.id_difficulty = args.id_difficulty
     if args.scrub_rate is not None:
         if args.scrub_rate <= 0:
             raise InvalidInputError("--scrub-rate must be more than 0")
@@ -219,12 +234,12 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
         doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True}
     else:
         from cas.net.identity import Identity
-        from cas.node import KEY_PATH
+        from cas.node import KEY_PATH, id_difficulty
         from cas.store import LocalStore
 
         with LocalStore.open(repo_path(args), create=True, wait=args.wait, on_wait=waiting_note(args)) as store:
             (store.path / "keys").mkdir(mode=0o700, exist_ok=True)
-            identity = Identity.load_or_create(store.path / KEY_PATH)
+            identity, _ = Identity.for_node(store.path / KEY_PATH, id_difficulty(store))
         doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False}
     out.document(doc)
     where = f"{doc['host']}:{doc['port']}" if doc["running"] else "not running"

@@ -94,3 +94,29 @@ def test_signatures_verify_only_for_the_signer_and_message() -> None:
 def test_repr_never_shows_the_secret() -> None:
     identity = Identity.from_seed(b"\x42" * 32)
     assert "42424242" not in repr(identity)
+
+
+def test_an_identity_made_with_work_shows_it_and_a_random_one_rarely_does(tmp_path) -> None:
+    from cas.net.identity import Identity, id_work, meets_difficulty
+
+    worked = Identity.with_work(10)
+    assert id_work(worked.node_id) >= 10 and meets_difficulty(worked.node_id, 10)
+    assert meets_difficulty(Identity.generate().node_id, 0)  # no work asked, none needed
+    shown = [id_work(Identity.generate().node_id) for _ in range(400)]
+    assert sum(w >= 4 for w in shown) < 80  # about 1 in 16 by chance
+
+
+def test_a_node_key_short_of_the_work_asked_is_replaced_and_kept_aside(tmp_path) -> None:
+    from cas.net.identity import Identity, id_work
+
+    path = tmp_path / "node.key"
+    weak = Identity.generate()
+    while id_work(weak.node_id) >= 8:
+        weak = Identity.generate()
+    weak.save(path)
+    kept, replaced = Identity.for_node(path, 0)
+    assert kept.node_id == weak.node_id and not replaced
+    strong, replaced = Identity.for_node(path, 8)
+    assert replaced and id_work(strong.node_id) >= 8
+    assert Identity.load(tmp_path / "node.key.old").node_id == weak.node_id
+    assert Identity.for_node(path, 8) == (strong, False)

@@ -181,3 +181,13 @@ def test_dht_find_of_a_cid_says_which_close_nodes_hold_the_block(tmp_path: Path,
     assert found["local_has"] is False and {x["has"] for x in found["closest"]} == {False}
     text = run_cas("dht", "find", cid, repo=c.repo).stdout.decode()
     assert f"{a.node_id}  {a.address}  has it" in text
+
+
+def test_a_node_whose_id_shows_too_little_work_is_refused_and_never_listed(tmp_path: Path, daemons: Daemons) -> None:
+    demanding = daemons.start(tmp_path / "demanding", extra=["--id-difficulty", "16"])
+    cheap = daemons.start(tmp_path / "cheap", bootstrap=[demanding.address], extra=["--id-difficulty", "0"])
+    worked = daemons.start(tmp_path / "worked", bootstrap=[demanding.address], extra=["--id-difficulty", "16"])
+    assert "bootstrap failed" in cheap.stderr() and "work" in cheap.stderr()
+    listed = {p["id"] for p in json.loads(run_cas("peers", "--json", repo=demanding.repo).stdout)}
+    assert worked.node_id in listed and cheap.node_id not in listed
+    assert json.loads(run_cas("peers", "--json", repo=cheap.repo).stdout) == []

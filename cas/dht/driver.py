@@ -49,7 +49,7 @@ from ..net.connection import (
     RequestTimeoutError,
     open_channel,
 )
-from ..net.identity import Identity
+from ..net.identity import Identity, meets_difficulty
 from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.network_key import NetworkKey
 from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
@@ -271,9 +271,15 @@ class DhtDriver:
         clock: Callable[[], float] = trio.current_time,
         network_key: NetworkKey | None = None,
         on_refused: Callable[[str], None] | None = None,
+        id_difficulty: int = 0,
     ) -> None:
         self.identity = identity
         self.network_key = network_key
+        self.id_difficulty = id_difficulty
+        """Work a peer's node ID must show (cas.net.identity.id_work): one
+        that falls short is never put in the routing table and is refused
+        every request."""
+        self.short_of_work = 0  # requests refused for it
         self._on_refused = on_refused
         self.peer_lost: list[Callable[[int], None]] = []
         """Called with a contact's ID when the table drops it as failed, or
@@ -516,7 +522,10 @@ class DhtDriver:
 
     def seen(self, contact: Contact) -> None:
         """``contact`` proved itself just now: tell the table, and ping the
-        bucket's oldest contact if the bucket is full."""
+        bucket's oldest contact if the bucket is full. A node whose ID does
+        not show the network's work never enters the table."""
+        if not self._shows_work(contact.node_id):
+            return
         oldest = self.table.update(contact, self._now())
         if oldest is not None and oldest.node_id not in self._pinging \
                 and len(self._pinging) < MAX_PINGS and self._nursery is not None:
@@ -629,10 +638,17 @@ class DhtDriver:
 
         return quick
 
+    def _shows_work(self, node_id: int) -> bool:
+        return self.id_difficulty <= 0 or meets_difficulty(id_to_bytes(node_id), self.id_difficulty)
+
     def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
         """The response to a request answered from memory (PING, FIND_NODE),
         or None for one that needs :meth:`answer`. The connection calls it
         from its read loop, so it must never wait."""
+        if not self._shows_work(requester):
+            self.short_of_work += 1
+            return msg.Error("refused", f"your node ID does not show the work this network asks for "
+                                        f"({self.id_difficulty} bits; docs/network.md, 'Identities')")
         if isinstance(request, msg.FindNode):
             return msg.Nodes(self._closest_peers(id_from_bytes(request.target), requester))
         if isinstance(request, msg.Ping):
