@@ -1,8 +1,9 @@
 """The scrub's speed, against a plain read of the same pack files.
 
 A repository gets SIZE of files (``cas add``), then a daemon is started on
-it with a rate limit far above the disk's (``--scrub-rate 4G``), and the
-time its first scrub pass takes to re-read and re-hash every stored block
+it with a rate limit far above the disk's (``--scrub-rate 4G``) and a tiny
+period (so its first pass starts at once, not a minute after start), and
+the time its first scrub pass takes to re-read and re-hash every stored block
 is measured by polling ``replication_stats``. The baseline, in the same
 run: reading every pack file once (``cat`` into nothing), page cache
 dropped before each when run as root (cold), and again warm.
@@ -53,7 +54,7 @@ def plain_read(repo: Path) -> float:
 def scrub_pass(repo: Path) -> tuple[float, int]:
     """(seconds for the daemon's first scrub pass, bytes it re-verified)."""
     proc = subprocess.Popen([CAS, "--repo", str(repo), "daemon", "--listen", "127.0.0.1:0",
-                             "--scrub-rate", "4G", "--scrub-period", "3600"],
+                             "--scrub-rate", "4G", "--scrub-period", "0.001"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
@@ -101,9 +102,10 @@ def main() -> None:
               f"{'cold' if cold else 'warm: not root, page cache not dropped'})")
         print(f"  plain read of the packs   {stored / MiB / read_s:8.0f} MiB/s {'(cold)' if cold else ''}")
         print(f"  plain read, warm          {stored / MiB / warm_read_s:8.0f} MiB/s")
-        print(f"  scrub pass (daemon)       {scrubbed / MiB / scrub_s:8.0f} MiB/s, "
-              f"{scrubbed / MiB:.0f} MiB in {scrub_s:.2f} s")
-        print(f"  scrub / plain read        {(scrubbed / scrub_s) / (stored / read_s):8.2f}")
+        # (the daemon may have begun a second pass by the time it is asked)
+        print(f"  scrub pass (daemon)       {stored / MiB / scrub_s:8.0f} MiB/s, "
+              f"{stored / MiB:.0f} MiB in {scrub_s:.2f} s ({scrubbed / MiB:.0f} MiB re-verified by then)")
+        print(f"  scrub / plain read        {read_s / scrub_s:8.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

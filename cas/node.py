@@ -102,6 +102,9 @@ REJOIN_CHECK = 5.0
 MAX_VERIFIED_MEMORY = 1 << 16
 """Blocks whose last verification the node remembers (CID -> when), for
 HAVE: beyond it the oldest are forgotten and read again when asked about."""
+SCRUB_FIRST_DELAY = 60.0
+"""Seconds after start before the first scrub pass (or the scrub period, if
+shorter)."""
 SCRUB_PAGE = 16
 """Blocks the scrub looks up, then reads and verifies, per trip to the store
 thread: at most 16 MiB, so the store thread is never held long (measured:
@@ -645,6 +648,9 @@ class Node:
         assert self.store is not None
         store = self.store
         pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
+        # Not in the first minute: a node starting (a mount, a daemon after a
+        # reboot) has its own reading to do first.
+        await trio.sleep(min(SCRUB_FIRST_DELAY, self.config.scrub_period))
         while True:
             pace.start_pass(trio.current_time())
             after: CID | None = None

@@ -313,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 # -- the command-line side ---------------------------------------------------------
 
 
+STOP_TIMEOUT = 10.0
+"""Seconds a mount process that failed to start is given to exit before it
+is killed."""
+
+
 def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
                      on_wait: Callable[[str], None] | None = None) -> int:
     """Start the mount process and return its PID once the mount works.
@@ -358,6 +363,11 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
         return proc.pid
     if proc.poll() is None:
         proc.terminate()
+    try:  # a mount that failed leaves no process behind when the command returns
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     if answer is None:
         raise MountError(f"the mount process did not report ready within {timeout:.0f} s; see {log_path}")
     if answer.startswith("error: "):

@@ -20,7 +20,7 @@ from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
 from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, record_key
-from cas.net.identity import Identity
+from cas.net.identity import DEFAULT_ID_DIFFICULTY, Identity
 from tests.conftest import run_cas
 from tests import nodeproc
 from tests.nodeproc import Daemon, Daemons, wait_until
@@ -48,7 +48,7 @@ def put_raw(target: Daemon, tmp_path: Path, key: bytes, data: bytes) -> tuple[st
     """PUT_RECORD from a throwaway in-process node; (status, reason)."""
 
     async def main() -> tuple[str, str]:
-        identity = Identity.generate()
+        identity = Identity.with_work(DEFAULT_ID_DIFFICULTY)  # throwaway, but it paid for its ID
         driver = DhtDriver(identity, RoutingTable(id_from_bytes(identity.node_id)))
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
