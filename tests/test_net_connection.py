@@ -411,7 +411,7 @@ async def test_a_peer_that_takes_none_of_our_frame_is_closed_after_the_frame_tim
     with pytest.raises(ConnectionClosedError):
         await a.send_message(a_block_message())
     assert 5 <= trio.current_time() - started < 6
-    assert "took nothing of a frame" in (a.stats.closed_because or "")
+    assert "did not take a frame of ours" in (a.stats.closed_because or "")
 
 
 class Waiter:

@@ -376,10 +376,13 @@ class DhtDriver:
         finally:
             self.admission.close(slot)
             del self._inbound[slot]
-            if self._inbound_peak - len(self._inbound) >= RELEASE_AFTER_CLOSES and not self._release_pending:
-                self._release_pending = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._release_memory)
+            if self._inbound_peak - len(self._inbound) >= RELEASE_AFTER_CLOSES and not self._release_pending \
+                    and self._nursery is not None:
+                try:
+                    self._nursery.start_soon(self._release_memory)
+                    self._release_pending = True
+                except RuntimeError:  # the driver is shutting down: nothing to give back for
+                    pass
             if scope.cancelled_caught:  # evicted: the stream may still be open
                 with trio.CancelScope(shield=True):
                     await stream.aclose()

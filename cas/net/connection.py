@@ -54,10 +54,10 @@ from . import messages as msg
 from .framing import (
     FRAME_BUFFERS,
     HEADER_SIZE,
-    FrameBudget,
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
     MIN_FRAME_SIZE,
+    FrameBudget,
     FrameDecoder,
     encode_frame,
     frame_header,
@@ -408,13 +408,13 @@ class SecureChannel:
         await self._send_rest(frame)
 
     async def _send_rest(self, data: bytes | memoryview) -> None:
-        """``send_all``, within the frame timeout: a peer that takes none of
-        our frame for that long is not reading, and holds its buffer."""
+        """``send_all``, within the frame timeout: a peer that has not taken
+        our frame by then is not reading, and holds its buffer."""
         with trio.move_on_after(self.frame_timeout) as stalled:
             await self._stream.send_all(data)
         if stalled.cancelled_caught:
             raise trio.BrokenResourceError(
-                f"the peer took nothing of a frame for {self.frame_timeout:g} s")
+                f"the peer did not take a frame of ours within {self.frame_timeout:g} s")
 
     async def _receive(self) -> None:
         """One read into the frame decoder (the end of the stream, or a
