@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -39,6 +39,7 @@ from cas.net.connection import (
     ConnectionClosedError,
     RequestFailedError,
     RequestTimeoutError,
+    SecureChannel,
     open_channel,
 )
 from cas.net.framing import MAX_FRAME_SIZE, frame_header
@@ -58,15 +59,9 @@ class FloodStatus:
     handshakes: int = 0  # handshakes completed
     handshake_failures: int = 0  # closed by the daemon before the handshake completed
     alive: int = 0  # connections open now (a connection flood's: answering pings)
-    peak_alive: int = 0
     dropped: int = 0  # closed by the daemon after the handshake, or after holding a slot
     started: int = 0  # stalled frames whose header is sent
     sent: int = 0  # stalled frames all sent but their last byte
-    errors: list[str] = field(default_factory=list)  # anything unexpected, for the test to show
-
-    def up(self) -> None:
-        self.alive += 1
-        self.peak_alive = max(self.peak_alive, self.alive)
 
 
 Flooder = Callable[[FloodStatus], Awaitable[None]]
@@ -147,7 +142,7 @@ async def _connect(status: FloodStatus, host: str, port: int, source: str) -> tr
 
 
 async def _handshake(status: FloodStatus, stream: trio.SocketStream,
-                     listen_port: int | None = FAKE_LISTEN_PORT):  # type: ignore[no-untyped-def]
+                     listen_port: int | None = FAKE_LISTEN_PORT) -> SecureChannel | None:
     try:
         channel = await open_channel(stream, Identity.generate(), initiator=True,
                                      hello=msg.Hello(agent="flood", listen_port=listen_port))
@@ -172,7 +167,7 @@ def connection_flood(host: str, port: int, source: str, identities: int, *,
             channel = await _handshake(status, stream)
         if channel is None:
             return
-        status.up()
+        status.alive += 1
         connection = Connection(channel)  # no handler: the daemon's requests are refused
         try:
             async with trio.open_nursery() as nursery:
@@ -210,7 +205,7 @@ def half_open_flood(host: str, port: int, sources: Sequence[str], per_source: in
             if stream is None:
                 await trio.sleep(0.01)  # the attacker's pace after a failed connect
                 continue
-            status.up()
+            status.alive += 1
             try:
                 while await stream.receive_some(4096):
                     pass  # nothing comes; the daemon closes it in the end
@@ -248,7 +243,7 @@ def stalled_frames(host: str, port: int, sources: Sequence[str], count: int, *,
             channel = await _handshake(status, stream, listen_port=None)
         if channel is None:
             return
-        status.up()
+        status.alive += 1
         try:
             await stream.send_all(frame_header(frame_size))
             status.started += 1

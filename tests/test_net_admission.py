@@ -66,6 +66,15 @@ def test_sixteen_addresses_holding_every_handshake_slot_cannot_keep_a_seventeent
     assert isinstance(policy.authenticated(honest.slot, "honest", now=2000), Admitted)
 
 
+def test_a_handshake_evicted_as_it_finishes_is_refused_not_an_error() -> None:
+    policy = Admission(max_handshakes_per_address=1)
+    first = policy.open("10.0.0.1", 0.0)
+    assert isinstance(first, Admitted)
+    assert isinstance(policy.open("10.0.0.1", 1.0), Admitted)  # evicts first
+    assert isinstance(policy.authenticated(first.slot, "a", 2.0), Refused)
+    assert policy.statistics().connections == 0
+
+
 def test_a_handshake_that_finishes_or_closes_frees_its_slot() -> None:
     policy = Admission(max_handshakes=1)
     first = policy.open("10.0.0.1", 0.0)

@@ -14,10 +14,15 @@ peers' DHT requests, bootstrap and bucket refresh; namespace records
 (PUT_RECORD kept through a :class:`RecordKeeper`, GET_RECORD answered from
 it, and :meth:`DhtDriver.find_records` gathering them with a lookup); the
 network key every handshake is made with, and a count per host of the
-peers refused for being on another network.
+peers refused for being on another network; inbound connections as the
+admission policy (:mod:`cas.net.admission`) rules, whose evictions it
+carries out, fed with which peers answered our requests; the frame budget
+its connections share; and giving memory back to the kernel once a flood
+of inbound connections is over.
 
 Must never: decide anything the sans-IO objects decide (who to ask next,
-when a lookup is done, who to evict); trust an address or a block from a
+when a lookup is done, who to evict from the table or from the connection
+pool); trust an address or a block from a
 peer (node IDs come from the handshake, blocks are verified against the CID
 asked for, records by the keeper and by whoever reads them); or let one
 peer's failure escape into the node.

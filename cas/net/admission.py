@@ -295,9 +295,13 @@ class Admission:
 
     def authenticated(self, slot: Slot, peer: Hashable, now: float) -> Decision:
         """``slot``'s handshake proved node ID ``peer``: may it stay? On
-        :class:`Refused` the slot is released."""
-        if not slot.open or slot.established:
-            raise ValueError(f"{slot!r} is not a handshake in progress")
+        :class:`Refused` the slot is released. A handshake evicted while it
+        finished (its driver had not yet noticed) is refused."""
+        if slot.established:
+            raise ValueError(f"{slot!r} is established already")
+        if not slot.open:
+            self.stats.refused += 1
+            return Refused("evicted during its handshake")
         self._handshakes.remove(slot)
         pool = self._connections
         held = self._by_peer.get(peer, ())
