@@ -174,9 +174,12 @@ def connection_flood(host: str, port: int, source: str, identities: int, *,
                 nursery.start_soon(connection.run)
                 try:
                     while True:
-                        await connection.request(msg.Ping(), timeout=10)
+                        try:
+                            await connection.request(msg.Ping(), timeout=10)
+                        except RequestFailedError:
+                            pass  # refused (an ID without the network's work): still holding the slot
                         await trio.sleep(ping_every)
-                except (ConnectionClosedError, RequestTimeoutError, RequestFailedError, RemoteProtocolError):
+                except (ConnectionClosedError, RequestTimeoutError, RemoteProtocolError):
                     status.dropped += 1
                 finally:
                     nursery.cancel_scope.cancel()
