@@ -14,11 +14,21 @@ was, it just stays mapped.
 Called once at the start of the ``cas`` commands that move such buffers
 (``add``, ``daemon``, ``mount``: cli.main.BUFFER_HEAVY); reading commands
 gain nothing from it. The library leaves a host program's allocator alone.
+
+The other side of keeping: what a flood of connections leaves behind (the
+objects and small buffers of hundreds of connections, freed in the middle
+of the heap, which trimming its top never reaches) would stay mapped for
+good. :func:`release_free_memory` (a full garbage collection, then
+glibc's ``malloc_trim(0)``: every arena, and the whole free pages inside
+them, ~6 ms for 120 MiB here) gives it back; the DHT driver calls it once such a flood is over. Frame buffers
+never need it: they are maps of their own (``cas.net.framing.FrameBuffers``).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 
 MMAP_THRESHOLD = 8 * 1024 * 1024
 """Allocations below this come from the heap (the largest cas makes is a
@@ -44,3 +54,35 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+
+
+def release_free_memory() -> bool:
+    """Free what is garbage and return the free memory malloc holds to the
+    kernel; False where there is no glibc (the garbage is still freed).
+
+    First a full collection: a closed connection's objects are often in a
+    reference cycle (a task, the exception that ended it, its traceback),
+    freed only when the collector gets round to it; then ``malloc_trim(0)``.
+    Measured after 500 connections closed at once in a daemon: ~29 000
+    objects and 35-45 ms collecting, under 1 ms trimming: for the end of a
+    flood, not for every request."""
+    import gc
+
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

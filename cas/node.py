@@ -68,7 +68,9 @@ from .group_commit import GroupCommitter
 from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
 from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
-from .net.connection import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
+from .net.admission import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Admission
+from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
+from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
 from .net.network_key import describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
@@ -127,6 +129,13 @@ class NodeConfig:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    frame_timeout: float = FRAME_TIMEOUT
+    """Seconds a frame may take from its first byte to its last, either way."""
+    frame_memory: int = FRAME_MEMORY
+    """Bytes of large frames being received at once, over all connections."""
+    max_connections: int = MAX_CONNECTIONS
+    """Inbound connections held at once (docs/network.md, "Admission")."""
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     refresh_interval: float = REFRESH_INTERVAL
     save_interval: float = SAVE_INTERVAL
     quota: int = DEFAULT_QUOTA
@@ -305,7 +314,10 @@ class Node:
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
-            network_key=network_key, on_refused=self._log, id_difficulty=difficulty)
+            network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
+            admission=Admission(max_connections=self.config.max_connections,
+                                max_connections_per_address=self.config.max_connections_per_address),
+            frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
             repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)

@@ -40,6 +40,17 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="close connections that do not complete the handshake in time (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="close connections silent for this long (default 120)")
+    p.add_argument("--frame-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="close connections on which a message takes longer than this to arrive "
+                   "or to be sent, from its first byte to its last (default 10)")
+    p.add_argument("--frame-memory", type=_size, default=None, metavar="SIZE",
+                   help="memory for large messages being received, over all connections "
+                   "(default 32M); more wait")
+    p.add_argument("--max-connections", type=_count, default=None, metavar="N",
+                   help="connections from other nodes held at once (default 512); beyond it a "
+                   "newcomer replaces the least useful")
+    p.add_argument("--max-connections-per-address", type=_count, default=None, metavar="N",
+                   help="connections from one address (an IPv6 /64) held at once (default 128)")
     p.add_argument("--replicas", type=_replicas, default=None, metavar="R",
                    help="copies of every block kept on the nodes closest to it (default 3)")
     p.add_argument("--quota", type=_size, default=None, metavar="SIZE",
@@ -108,6 +119,16 @@ def _bits(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _replicas(text: str) -> int:
     try:
         value = int(text)
@@ -150,6 +171,18 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.handshake_timeout = args.handshake_timeout
     if args.idle_timeout is not None:
         config.idle_timeout = args.idle_timeout
+    if args.frame_timeout is not None:
+        config.frame_timeout = args.frame_timeout
+    if args.frame_memory is not None:
+        from cas.net.framing import MAX_FRAME_SIZE
+
+        if args.frame_memory < MAX_FRAME_SIZE:
+            raise InvalidInputError("--frame-memory must hold at least one 2 MiB message and its framing: 3M or more")
+        config.frame_memory = args.frame_memory
+    if args.max_connections is not None:
+        config.max_connections = args.max_connections
+    if args.max_connections_per_address is not None:
+        config.max_connections_per_address = args.max_connections_per_address
     if args.replicas is not None:
         config.replicas = args.replicas
     if args.quota is not None:

@@ -19,6 +19,7 @@ from cas.cid import RAW
 from cas.dht.driver import BootstrapError, DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
+from cas.net.admission import Admission
 from cas.net import messages as msg
 from cas.net.identity import Identity
 
@@ -33,14 +34,14 @@ class Net:
 
     async def add(self, *, cls: type[DhtDriver] = DhtDriver, k: int = 4,
                   table: Callable[[int], RoutingTable] | None = None,
-                  store: MemoryBlockStore | None = None, **options: float) -> DhtDriver:
+                  store: MemoryBlockStore | None = None, **options: object) -> DhtDriver:
         identity = Identity.generate()
         own = id_from_bytes(identity.node_id)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         driver = cls(identity, table(own) if table else RoutingTable(own, k=k), k=k, listen_port=port,
                      blocks=AsyncStoreAdapter(MemoryBlockStore() if store is None else store), rng=random.Random(len(self.nodes)),
-                     **options)
+                     **options)  # type: ignore[arg-type]
 
         async def run_node(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with trio.CancelScope() as scope:
@@ -287,5 +288,46 @@ def test_bootstrap_with_nobody_answering_raises_one_error() -> None:
             a = await net.add()
             with pytest.raises(BootstrapError, match="127.0.0.1:1"):
                 await a.bootstrap([("127.0.0.1", 1)])
+
+    trio.run(main)
+
+
+async def wait_for(condition: Callable[[], object], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def test_pings_alone_never_make_an_inbound_peer_useful_and_answers_do() -> None:
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            b = await net.add()
+            assert await b.ping(net.contact(a))  # b's connection to a: inbound at a
+            await wait_for(lambda: a.admission.connections())
+            (slot,) = a.admission.connections()
+            for _ in range(5):  # pings both ways
+                assert await a.ping(net.contact(b)) and await b.ping(net.contact(a))
+            assert slot.served == 0
+            await a.request(net.contact(b), msg.FindNode(bytes(32)))  # b does work for a
+            assert slot.served == 1
+
+    trio.run(main)
+
+
+def test_a_full_node_evicts_its_least_useful_inbound_connection_for_a_newcomer() -> None:
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add(admission=Admission(max_connections=2, grace=0.0))
+            useful, useless, newcomer = await net.add(), await net.add(), await net.add()
+            assert await useful.ping(net.contact(a)) and await useless.ping(net.contact(a))
+            await wait_for(lambda: len(a.admission.connections()) == 2)
+            await a.request(net.contact(useful), msg.FindNode(bytes(32)))
+            assert await newcomer.ping(net.contact(a))
+            await wait_for(lambda: not useless.connected(a.own_id))  # its connection was closed
+            assert useful.connected(a.own_id) and newcomer.connected(a.own_id)
+            assert {s.peer for s in a.admission.connections()} == {useful.own_id, newcomer.own_id}
+            assert a.admission.statistics().evicted_connections == 1
+            assert await useless.ping(net.contact(a))  # it may come back: it is refused or evicts in turn
 
     trio.run(main)

@@ -21,19 +21,17 @@ from cas.net import messages as m
 from cas.net.connection import (
     Connection,
     ConnectionClosedError,
-    ConnectionLimiter,
     HandshakeTimeoutError,
     IncompatibleVersionError,
     RequestFailedError,
     RequestTimeoutError,
     SecureChannel,
     TokenBucket,
-    TooManyConnectionsError,
     connect_tcp,
     open_channel,
     serve,
 )
-from cas.net.framing import encode_frame
+from cas.net.framing import MAX_FRAME_SIZE, FrameBudget, encode_frame, frame_header
 from cas.net.identity import Identity
 from cas.net.messages import MalformedMessageError, RemoteProtocolError
 from cas.net.noise import PeerIdentity, PeerIdMismatchError
@@ -297,6 +295,125 @@ async def test_a_request_stuck_sending_times_out_and_closes_the_channel() -> Non
     assert result["a"].stats.closed_because == "a send was cancelled mid-frame"
 
 
+async def lockstep_pair(**options: Any) -> tuple[SecureChannel, SecureChannel]:
+    """Channels over streams that buffer nothing: a send waits for a read."""
+    left, right = trio.testing.lockstep_stream_pair()
+    result: dict[str, SecureChannel] = {}
+
+    async def side(name: str, stream: Any, initiator: bool) -> None:
+        result[name] = await open_channel(stream, Identity.generate(), initiator=initiator, **options)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, True)
+        nursery.start_soon(side, "b", right, False)
+    return result["a"], result["b"]
+
+
+def a_block_message(size: int = 1 << 20) -> m.StoreBlocks:
+    block = bytes(size)
+    return m.StoreBlocks.of([(m.CID.for_data(0x55, block), block)])
+
+
+@pytest.mark.parametrize("announced", [1000, MAX_FRAME_SIZE], ids=["small frame", "large frame"])
+@trio_test
+async def test_a_frame_stalled_midway_closes_the_connection_after_the_frame_timeout(announced: int) -> None:
+    budget = FrameBudget()
+    a, b = await channel_pair(frame_timeout=5, budget=budget)
+    started = trio.current_time()
+    await a._stream.send_all(frame_header(announced) + b"x" * 500)  # and never the rest
+    with trio.fail_after(60):
+        await Connection(b, echo_handler).run()  # returns once the channel closes
+    assert 5 <= trio.current_time() - started < 6  # the frame timeout, not the 120 s idle one
+    assert "a frame stalled" in (b.stats.closed_because or "")
+    assert budget.used == 0  # the large body's memory was given back
+
+
+@trio_test
+async def test_a_stalled_frame_also_times_out_for_a_reader_without_a_connection() -> None:
+    a, b = await channel_pair(frame_timeout=5)
+    await a._stream.send_all(frame_header(1000) + b"x" * 10)
+    with pytest.raises(ConnectionClosedError):
+        await b.receive_message()
+    assert "a frame stalled" in (b.stats.closed_because or "")
+
+
+@trio_test
+async def test_a_frame_that_arrives_slowly_but_within_the_timeout_is_received() -> None:
+    a, b = await channel_pair(frame_timeout=5)
+    frame = encode_frame(a._transport.seal(m.encode(m.Ping(request_id=7))))
+    async with trio.open_nursery() as nursery:
+        async def dribble() -> None:
+            for i in range(len(frame)):  # a byte every 0.1 s: the whole frame within ~3 s
+                await a._stream.send_all(frame[i : i + 1])
+                await trio.sleep(0.1)
+
+        nursery.start_soon(dribble)
+        assert await b.receive_message() == m.Ping(request_id=7)
+
+
+@pytest.mark.parametrize("waiter_timeout", [20, 3])
+@trio_test
+async def test_large_frames_wait_for_the_budget_and_a_stalled_one_holds_it_only_until_its_timeout(
+        waiter_timeout: float) -> None:
+    """A frame waits for room in the budget (reading nothing, holding no
+    buffer) and is received once the stalled frame holding it times out;
+    the waiting counts against its own frame timeout, from its header."""
+    budget = FrameBudget(MAX_FRAME_SIZE)  # room for one large frame at a time
+    stalled_sender, stalled = await channel_pair(frame_timeout=5, budget=budget)
+    sender, receiver = await channel_pair(frame_timeout=waiter_timeout, budget=budget)
+    got: m.Message | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Connection(stalled, echo_handler).run)
+        await stalled_sender._stream.send_all(frame_header(MAX_FRAME_SIZE) + b"x" * 100_000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == MAX_FRAME_SIZE  # the stalled frame holds all of it
+        started = trio.current_time()
+        nursery.start_soon(sender.send_message, a_block_message())
+        try:
+            got = await receiver.receive_message()
+        except ConnectionClosedError:
+            pass
+        waited = trio.current_time() - started
+    assert "a frame stalled" in (stalled.stats.closed_because or "")
+    assert budget.refusals >= 1
+    if waiter_timeout > 5:
+        assert isinstance(got, m.StoreBlocks) and len(got.blocks()[0][1]) == 1 << 20
+        assert 5 <= waited < 6  # until the stalled frame's 5 s were up
+        assert not receiver.closed
+    else:
+        assert got is None and 3 <= waited < 4
+        assert "a frame stalled" in (receiver.stats.closed_because or "")
+    assert budget.used == 0
+
+
+@trio_test
+async def test_a_closed_connection_waiting_for_the_budget_stops_waiting() -> None:
+    budget = FrameBudget(MAX_FRAME_SIZE)
+    budget.used = budget.limit  # held by someone else for good
+    sender, receiver = await channel_pair(frame_timeout=1000, budget=budget)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send_message, a_block_message())
+
+        async def close_soon() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await receiver.aclose()
+
+        nursery.start_soon(close_soon)
+        with pytest.raises(ConnectionClosedError), trio.fail_after(10):
+            await receiver.receive_message()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
+async def test_a_peer_that_takes_none_of_our_frame_is_closed_after_the_frame_timeout() -> None:
+    a, b = await lockstep_pair(frame_timeout=5)  # b never reads
+    started = trio.current_time()
+    with pytest.raises(ConnectionClosedError):
+        await a.send_message(a_block_message())
+    assert 5 <= trio.current_time() - started < 6
+    assert "did not take a frame of ours" in (a.stats.closed_because or "")
+
+
 class Waiter:
     """An AnswerWaiter that writes down what it is told."""
 
@@ -513,19 +630,6 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     assert sum(bucket.try_take() for _ in range(10)) == 3
 
 
-def test_connection_limiter_caps_per_peer_and_in_total() -> None:
-    limiter = ConnectionLimiter(max_total=3, max_per_peer=2)
-    assert limiter.try_acquire("p") and limiter.try_acquire("p")
-    assert not limiter.try_acquire("p")
-    with limiter.slot("q"):
-        assert limiter.count() == 3
-        with pytest.raises(TooManyConnectionsError):
-            with limiter.slot("r"):
-                pass
-    limiter.release("p")
-    assert limiter.count("p") == 1 and limiter.count() == 1
-
-
 # -- one test over real TCP ------------------------------------------------------------------
 
 
@@ -610,5 +714,5 @@ def test_the_package_exports_exactly_its_public_surface() -> None:
         assert getattr(cas.net, name) is not None, name
     public = {name for name in vars(cas.net) if not name.startswith("_")}
     submodules = {"identity", "network_key", "noise", "framing", "messages", "connection",
-                  "annotations"}
+                  "admission", "annotations"}
     assert public - submodules == set(cas.net.__all__)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import weakref
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +14,7 @@ from cas.net.framing import (
     IN_PLACE_BODY,
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
+    FrameBudget,
     FrameBuffers,
     FrameDecoder,
     FrameError,
@@ -216,3 +220,99 @@ def test_a_stream_ending_inside_a_body_filled_in_place_is_an_error() -> None:
     decoder.receive_data(b"")
     with pytest.raises(FrameError, match="middle of a frame"):
         decoder.next_frame()
+
+
+# -- memory: the frame budget, and buffers given back to the kernel ----------------------------
+
+
+def large_frame_start(size: int = MAX_FRAME_SIZE) -> bytes:
+    return size.to_bytes(HEADER_SIZE, "big") + b"x" * 100
+
+
+def test_a_large_frame_waits_for_the_budget_before_taking_a_buffer() -> None:
+    budget = FrameBudget(MAX_FRAME_SIZE)  # room for one frame
+    first, second = FrameDecoder(budget=budget), FrameDecoder(budget=budget)
+    first.receive_data(large_frame_start())
+    assert first.next_frame() is None and first.body_space() is not None
+    assert budget.used == MAX_FRAME_SIZE
+    second.receive_data(large_frame_start())
+    assert second.next_frame() is None
+    assert second.waiting_for_memory and second.body_space() is None  # nothing allocated for it
+    assert second.buffered == HEADER_SIZE + 100 and budget.refusals == 1
+    space = first.body_space()
+    assert space is not None
+    space[:] = b"y" * len(space)
+    first.body_filled(len(space))
+    body = first.next_frame()
+    assert body is not None and len(body) == MAX_FRAME_SIZE
+    first.recycle(body)
+    assert budget.used == 0
+    assert second.next_frame() is None and not second.waiting_for_memory  # asked again: granted
+    assert second.body_space() is not None and budget.used == MAX_FRAME_SIZE
+    second.close()
+    assert budget.used == 0
+
+
+def test_small_frames_never_wait_for_the_budget() -> None:
+    budget = FrameBudget(MAX_FRAME_SIZE)
+    budget.used = budget.limit  # all of it held elsewhere
+    decoder = FrameDecoder(budget=budget)
+    decoder.receive_data(encode_frame(b"s" * (IN_PLACE_BODY - 1)))
+    assert decoder.next_frame() == b"s" * (IN_PLACE_BODY - 1)
+
+
+def test_a_body_cut_off_by_the_end_of_the_stream_or_a_close_gives_its_budget_back() -> None:
+    budget = FrameBudget()
+    cut = FrameDecoder(budget=budget)
+    cut.receive_data(large_frame_start())
+    assert cut.next_frame() is None and budget.used > 0
+    cut.receive_data(b"")
+    with pytest.raises(FrameError):
+        cut.next_frame()
+    assert budget.used == 0
+    closed = FrameDecoder(budget=budget)
+    closed.receive_data(large_frame_start())
+    assert closed.next_frame() is None and budget.used > 0
+    closed.close()
+    closed.close()
+    assert budget.used == 0
+
+
+def test_a_budget_smaller_than_one_frame_is_refused() -> None:
+    with pytest.raises(ValueError):
+        FrameBudget(MAX_FRAME_SIZE - 1)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_frame_buffers_beyond_those_kept_go_back_to_the_kernel() -> None:
+    """Measured, not assumed: 16 buffers filled (32 MiB) and given back to a
+    pool that keeps 2 leave the process ~4 MiB larger, not 32."""
+    pool = FrameBuffers(keep=2)
+    before = _rss()
+    views = [pool.take(FrameBuffers.SIZE) for _ in range(16)]
+    for view in views:
+        view[::4096] = b"\1" * len(range(0, len(view), 4096))  # touch every page
+    grown = _rss()
+    assert grown - before >= 16 * FrameBuffers.SIZE * 0.9
+    buffers = [weakref.ref(view.obj) for view in views]  # type: ignore[arg-type]
+    for view in views:
+        pool.give_back(view)
+    del views, view
+    assert pool.kept == 2 and sum(buffer() is None for buffer in buffers) == 14  # unmapped
+    assert _rss() - before <= 2 * FrameBuffers.SIZE + 4 * 1024 * 1024
+
+
+def test_an_announced_frame_costs_memory_only_as_its_bytes_arrive() -> None:
+    before = _rss()
+    decoders = [FrameDecoder(budget=FrameBudget()) for _ in range(32)]
+    for d in decoders:
+        d.receive_data(large_frame_start())
+        assert d.next_frame() is None and d.body_space() is not None
+    assert _rss() - before < 4 * 1024 * 1024  # 32 announced 2 MiB frames, ~64 MiB if allocated
+    for d in decoders:
+        d.close()

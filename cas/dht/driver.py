@@ -14,10 +14,15 @@ peers' DHT requests, bootstrap and bucket refresh; namespace records
 (PUT_RECORD kept through a :class:`RecordKeeper`, GET_RECORD answered from
 it, and :meth:`DhtDriver.find_records` gathering them with a lookup); the
 network key every handshake is made with, and a count per host of the
-peers refused for being on another network.
+peers refused for being on another network; inbound connections as the
+admission policy (:mod:`cas.net.admission`) rules, whose evictions it
+carries out, fed with which peers answered our requests; the frame budget
+its connections share; and giving memory back to the kernel once a flood
+of inbound connections is over.
 
 Must never: decide anything the sans-IO objects decide (who to ask next,
-when a lookup is done, who to evict); trust an address or a block from a
+when a lookup is done, who to evict from the table or from the connection
+pool); trust an address or a block from a
 peer (node IDs come from the handshake, blocks are verified against the CID
 asked for, records by the keeper and by whoever reads them); or let one
 peer's failure escape into the node.
@@ -34,21 +39,24 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from ..allocator import release_free_memory
 from ..blocks import Block, verified
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError, InvalidRecordError
 from ..net import messages as msg
+from ..net.admission import Admission, Admitted, Slot
 from ..net.connection import (
+    FRAME_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
     PEER_CLOSED,
     Connection,
     ConnectionClosedError,
-    ConnectionLimiter,
     RequestFailedError,
     RequestTimeoutError,
     open_channel,
 )
+from ..net.framing import FRAME_MEMORY, FrameBudget
 from ..net.identity import Identity, meets_difficulty
 from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.network_key import NetworkKey
@@ -101,16 +109,23 @@ RECORD_BURST = 50.0
 """PUT_RECORD requests accepted per peer (a publisher sends one per
 namespace per republish; this is generous)."""
 
+RELEASE_AFTER_CLOSES = 64
+"""Inbound connections closed since the busiest moment after which the
+driver has malloc give its free memory back (:mod:`cas.allocator`): a
+flood leaves its connections' objects in the middle of the heap, which
+glibc, tuned to keep freed memory, would otherwise hold for good."""
+
+RELEASE_INTERVAL = 5.0
+"""Seconds between two such releases at least (each costs milliseconds
+and makes the next buffers fault their pages in again)."""
+
+RELEASE_SETTLE = 1.0
+"""Seconds a release waits once due, for the rest of a burst of closes (the
+flood's end) to happen first."""
+
 NOT_FAILURES = frozenset({"busy", "full", "stale"})
 """Error codes that say "not now" or "not me", not "I am broken": the
 routing table does not count them against the peer."""
-
-MAX_HANDSHAKES = 256
-MAX_HANDSHAKES_PER_ADDRESS = 32
-"""Inbound handshakes in progress, in total and per remote address. Per
-address and not per node, because the ID is not known before the handshake;
-generous per address, because many nodes may share one (NAT, or a test's
-loopback network); the handshake timeout bounds how long each is held."""
 
 
 class BootstrapError(CasError):
@@ -272,6 +287,9 @@ class DhtDriver:
         network_key: NetworkKey | None = None,
         on_refused: Callable[[str], None] | None = None,
         id_difficulty: int = 0,
+        admission: Admission | None = None,
+        frame_timeout: float = FRAME_TIMEOUT,
+        frame_memory: int = FRAME_MEMORY,
     ) -> None:
         self.identity = identity
         self.network_key = network_key
@@ -304,10 +322,18 @@ class DhtDriver:
         self.refresh_interval = refresh_interval
         self._rng = rng or random.Random()
         self._clock = clock
-        # Established connections per proven node ID (and in total); handshakes
-        # in progress per address, so one host cannot hold every slot silently.
-        self._limiter = ConnectionLimiter()
-        self._handshakes = ConnectionLimiter(max_total=MAX_HANDSHAKES, max_per_peer=MAX_HANDSHAKES_PER_ADDRESS)
+        # Who may hold an inbound connection, and whose to close for a
+        # newcomer (sans-IO, cas/net/admission.py); the driver closes what it
+        # names (the cancel scope of each inbound connection's task).
+        self.admission = admission if admission is not None else Admission()
+        self.admission.protected = self._good_contact
+        self._inbound: dict[Slot, trio.CancelScope] = {}
+        self._inbound_peak = 0  # most inbound connections at once since memory was last released
+        self._release_pending = False
+        self._last_release = -math.inf
+        # Large frames being received, on all this node's connections at once.
+        self.frame_timeout = frame_timeout
+        self.frame_budget = FrameBudget(frame_memory)
         self._connections: dict[int, Connection] = {}
         self._dialing: dict[int, trio.Event] = {}
         self._pinging: set[int] = set()
@@ -341,43 +367,97 @@ class DhtDriver:
     # -- connections ----------------------------------------------------------
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted TCP stream (give this to ``trio.serve_listeners``)."""
+        """Serve one accepted TCP stream (give this to ``trio.serve_listeners``).
+
+        The admission policy decides at two points: when the stream is
+        accepted (a handshake slot) and when the peer has proven its node
+        ID (a connection slot); either decision may name connections to
+        evict, whose tasks are cancelled here."""
         try:
             host, port = stream.socket.getpeername()[:2]
         except OSError:
             await stream.aclose()
             return
-        if not self._handshakes.try_acquire(host):
+        decision = self.admission.open(host, self._now())
+        if not isinstance(decision, Admitted):
             await stream.aclose()
             return
+        slot = decision.slot
+        self._evict(decision.evict)
+        scope = self._inbound[slot] = trio.CancelScope()
+        self._inbound_peak = max(self._inbound_peak, len(self._inbound))
+        try:
+            with scope:
+                await self._serve_inbound(stream, slot, host, port)
+        finally:
+            self.admission.close(slot)
+            del self._inbound[slot]
+            if self._inbound_peak - len(self._inbound) >= RELEASE_AFTER_CLOSES and not self._release_pending \
+                    and self._nursery is not None:
+                try:
+                    self._nursery.start_soon(self._release_memory)
+                    self._release_pending = True
+                except RuntimeError:  # the driver is shutting down: nothing to give back for
+                    pass
+            if scope.cancelled_caught:  # evicted: the stream may still be open
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+    async def _serve_inbound(self, stream: trio.SocketStream, slot: Slot, host: str, port: int) -> None:
         try:
             channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
                                          handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout, network_key=self.network_key)
+                                         idle_timeout=self.idle_timeout, network_key=self.network_key,
+                                         frame_timeout=self.frame_timeout, budget=self.frame_budget)
         except NetworkMismatchError as exc:
             self._count_refused(host, port, exc)
             return  # it learnt nothing; open_channel told it why and closed the stream
         except (RemoteProtocolError, ConnectionClosedError, OSError):
             return  # refused; open_channel closed the stream
-        finally:
-            self._handshakes.release(host)
         peer_id = self._peer_id(channel.peer)
-        if not self._limiter.try_acquire(peer_id):
+        decision = self.admission.authenticated(slot, peer_id, self._now())
+        if not isinstance(decision, Admitted):
             await channel.aclose()
             return
+        self._evict(decision.evict)
+        hello = channel.peer_hello
+        listen = hello.listen_port if hello is not None else None
+        contact = None
+        if listen is not None:
+            try:
+                contact = Contact(peer_id, host, listen)
+            except ValueError:
+                contact = None
+        connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact))
+        await self._run_connection(connection, contact)
+
+    async def _release_memory(self) -> None:
+        """Many inbound connections have closed (a flood, over or ending):
+        give malloc's free memory back, no sooner than RELEASE_INTERVAL
+        after the last time."""
         try:
-            hello = channel.peer_hello
-            listen = hello.listen_port if hello is not None else None
-            contact = None
-            if listen is not None:
-                try:
-                    contact = Contact(self._peer_id(channel.peer), host, listen)
-                except ValueError:
-                    contact = None
-            connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact))
-            await self._run_connection(connection, contact)
+            await trio.sleep_until(max(trio.current_time() + RELEASE_SETTLE,
+                                       self._last_release + RELEASE_INTERVAL))
+            release_free_memory()
         finally:
-            self._limiter.release(peer_id)
+            self._last_release = trio.current_time()
+            self._inbound_peak = len(self._inbound)
+            self._release_pending = False
+
+    def _evict(self, slots: Sequence[Slot]) -> None:
+        """Close the inbound connections the admission policy evicted."""
+        for slot in slots:
+            scope = self._inbound.get(slot)
+            if scope is not None:
+                scope.cancel()
+
+    def _good_contact(self, peer: object) -> bool:
+        """For the admission policy: a peer our routing table holds."""
+        return peer in self.table
+
+    def _served(self, node_id: int) -> None:
+        """``node_id`` answered one of our requests (not a ping): useful."""
+        self.admission.served(node_id)
 
     async def _run_connection(self, connection: Connection, contact: Contact | None) -> None:
         peer_id = self._peer_id(connection.peer)
@@ -442,7 +522,8 @@ class DhtDriver:
             channel = await open_channel(stream, self.identity, initiator=True,
                                          expected_peer_id=expected_bytes, hello=self._hello(),
                                          handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout, network_key=self.network_key)
+                                         idle_timeout=self.idle_timeout, network_key=self.network_key,
+                                         frame_timeout=self.frame_timeout, budget=self.frame_budget)
         except PeerIdMismatchError:
             raise
         except NetworkMismatchError as exc:
@@ -507,6 +588,8 @@ class DhtDriver:
                 self._record_failure(contact.node_id)
             raise
         self.seen(contact)
+        if not isinstance(request, msg.Ping):  # a pong proves it alive, not useful
+            self._served(contact.node_id)
         return response
 
     def _record_failure(self, node_id: int) -> bool:
@@ -1084,6 +1167,7 @@ class _LookupRun:
         if outcome is None:
             actions = lookup.on_failure(peer)
         else:
+            driver._served(peer.node_id)
             contacts, value = outcome
             if isinstance(value, _HeldRecord):
                 if self.records is not None:

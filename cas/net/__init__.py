@@ -18,7 +18,9 @@ What lives here, bottom up (docs/network.md describes the wire protocol):
   (:class:`LocalProtocolError`).
 * :mod:`.connection` — the thin trio driver: handshake with a deadline,
   :class:`SecureChannel`, request-id multiplexing (:class:`Connection`),
-  idle timeout, rate and connection limits.
+  idle and stalled-frame timeouts, rate limits, waiting for the frame budget.
+* :mod:`.admission` — who may hold an inbound connection: limits per source
+  address and in total, and whose connection a newcomer evicts (sans-IO).
 
 This package never decides what a request means (the DHT and the store do)
 and never trusts content: blocks and records that arrive here are verified by
@@ -27,19 +29,18 @@ the layer that asked for them.
 
 from __future__ import annotations
 
+from .admission import Admission, Admitted, Refused
 from .connection import (
     AnswerWaiter,
     ChannelStatistics,
     Connection,
     ConnectionClosedError,
-    ConnectionLimiter,
     HandshakeTimeoutError,
     IncompatibleVersionError,
     RequestFailedError,
     RequestTimeoutError,
     SecureChannel,
     TokenBucket,
-    TooManyConnectionsError,
     connect_tcp,
     open_channel,
     serve,
@@ -104,7 +105,9 @@ __all__ = [
     "RemoteProtocolError", "LocalProtocolError", "MalformedMessageError",
     # driver
     "open_channel", "connect_tcp", "SecureChannel", "Connection", "serve", "AnswerWaiter",
-    "ChannelStatistics", "TokenBucket", "ConnectionLimiter",
+    "ChannelStatistics", "TokenBucket",
     "ConnectionClosedError", "RequestFailedError", "RequestTimeoutError",
-    "HandshakeTimeoutError", "IncompatibleVersionError", "TooManyConnectionsError",
+    "HandshakeTimeoutError", "IncompatibleVersionError",
+    # admission
+    "Admission", "Admitted", "Refused",
 ]

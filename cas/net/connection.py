@@ -15,7 +15,12 @@ lives here is time and tasks:
   while ``run()`` reads, routes responses to their waiters and serves the
   peer's requests with a handler, under a per-connection rate limit
   (:class:`TokenBucket`, clock injected) and an idle timeout.
-* :class:`ConnectionLimiter` caps connections per peer and in total.
+* a frame stalled in either direction (its body not all received, or not
+  all taken by the peer, within :data:`FRAME_TIMEOUT`) closes the
+  connection; large frames are received only as the frame budget allows
+  (:class:`~cas.net.framing.FrameBudget`: the channel waits, not reads).
+
+Who may connect at all is the admission policy's (:mod:`.admission`).
 
 What a connection does with bad input (docs/network.md has the table):
 anything that breaks the byte stream (a bad frame, a failed decryption, a
@@ -33,10 +38,12 @@ store) and never verifies content.
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +57,7 @@ from .framing import (
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
     MIN_FRAME_SIZE,
+    FrameBudget,
     FrameDecoder,
     encode_frame,
     frame_header,
@@ -76,6 +84,12 @@ HANDSHAKE_TIMEOUT = 10.0
 # want to keep one open send PING (Kademlia refreshes buckets hourly; a
 # connection pool reopens on demand, so this can be short).
 IDLE_TIMEOUT = 120.0
+# A frame whose body has not all arrived this long after its first bytes
+# closes the connection, and so does a frame of ours the peer has not taken
+# in that time: a stalled frame holds memory (up to 2 MiB, and a share of
+# the frame budget). The largest frame in 10 s is 1.7 Mbit/s, which a slow
+# uplink still makes; the same order as the handshake and STORE timeouts.
+FRAME_TIMEOUT = 10.0
 # How long request() waits for its response by default.
 REQUEST_TIMEOUT = 30.0
 # Incoming requests per second per connection, and the burst allowed above
@@ -93,14 +107,15 @@ MAX_PENDING_REQUESTS = 256
 # Strikes (malformed, unexpected or rate-limited messages) before we give up
 # on a connection. Several, so that one bug or burst is not fatal.
 MAX_STRIKES = 16
-# Bytes asked of the stream per read; the frame decoder bounds the rest.
-READ_SIZE = 64 * 1024
+# Bytes asked of the stream per read outside a large body (which is read
+# in place, all that is missing at once); the frame decoder bounds the rest.
+# Small, because what a read brings beyond a large frame's header stays in
+# memory, outside the frame budget, while the frame waits for the budget:
+# 16 KiB on each of 512 connections is 8 MiB. DHT messages are a few KiB.
+READ_SIZE = 16 * 1024
 # Late responses (for requests that already timed out) are not the peer's
 # fault; remember this many timed-out ids so they are dropped quietly.
 _REMEMBERED_TIMEOUTS = 256
-# Default caps for ConnectionLimiter.
-MAX_CONNECTIONS = 512
-MAX_CONNECTIONS_PER_PEER = 2
 
 # Which responses may answer which request (Error may answer any).
 EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
@@ -151,10 +166,6 @@ class RequestFailedError(CasError):
         super().__init__(f"peer refused the request ({code}): {message}" if message
                          else f"peer refused the request ({code})")
         self.code = code
-
-
-class TooManyConnectionsError(CasError):
-    """A connection limit (per peer or in total) is reached."""
 
 
 # -- the rate limiter ---------------------------------------------------------------------
@@ -213,6 +224,7 @@ class SecureChannel:
 
     def __init__(self, stream: trio.abc.Stream, transport: Transport, peer: PeerIdentity,
                  decoder: FrameDecoder, *, idle_timeout: float = IDLE_TIMEOUT,
+                 frame_timeout: float = FRAME_TIMEOUT,
                  max_strikes: int = MAX_STRIKES) -> None:
         self._stream = stream
         self._transport = transport
@@ -225,6 +237,12 @@ class SecureChannel:
         # in trio, a twentieth of a whole request's round trip).
         self._last_received = trio.current_time()
         self._idle_watched = False
+        self._watch: trio.CancelScope | None = None  # close_when_idle's sleep, its deadline the next due
+        # The frame timeout: when the frame being received must be complete
+        # (inf between frames). Set when a read leaves part of a frame in the
+        # decoder, so a message that arrives whole costs nothing.
+        self._frame_deadline = math.inf
+        self._memory_wait: trio.CancelScope | None = None  # waiting for the frame budget
         # A TCP stream is read and written through its file descriptor (see
         # _receive and _send_frame); any other stream through its methods.
         # POSIX only: elsewhere os.read and os.write do not work on sockets.
@@ -233,6 +251,7 @@ class SecureChannel:
         self.peer = peer
         self.peer_hello: msg.Hello | None = None
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         self.max_strikes = max_strikes
         self.stats = ChannelStatistics()
 
@@ -300,28 +319,41 @@ class SecureChannel:
         channel, as do the idle timeout and the end of the stream, which
         raise :class:`ConnectionClosedError`.
         """
+        decoder = self._decoder
         while True:
             if self._closed:
                 raise ConnectionClosedError(
                     f"the connection is closed ({self.stats.closed_because})")
             try:
-                body = self._decoder.next_frame()
+                body = decoder.next_frame()
             except RemoteProtocolError as exc:
                 await self._close(f"bad frame: {exc}")
                 raise
             if body is not None:
                 break
-            if self._decoder.at_eof:
+            if decoder.at_eof:
                 await self._close(PEER_CLOSED)
                 continue
+            if decoder.buffered or decoder.waiting_for_memory:  # inside a frame
+                if self._frame_deadline == math.inf:
+                    self._start_frame_clock()
+                elif trio.current_time() >= self._frame_deadline:
+                    await self._close(self._stalled())
+                    continue
+                if decoder.waiting_for_memory:
+                    await self._wait_for_memory()
+                    continue
             if self._idle_watched:
                 await self._receive()
             else:
-                with trio.move_on_after(self.idle_timeout) as idle:
+                with trio.move_on_at(min(trio.current_time() + self.idle_timeout,
+                                         self._frame_deadline)) as idle:
                     await self._receive()
                 if idle.cancelled_caught:
-                    await self._close(f"idle for {self.idle_timeout:g} s")
+                    await self._close(self._stalled() if trio.current_time() >= self._frame_deadline
+                                      else f"idle for {self.idle_timeout:g} s")
                     continue
+        self._frame_deadline = math.inf
         try:
             plaintext = self._transport.open(body)
         except RemoteProtocolError as exc:
@@ -336,6 +368,25 @@ class SecureChannel:
             self.stats.malformed += 1
             await self.strike("malformed message")
             raise
+
+    def _start_frame_clock(self) -> None:
+        """The frame being received began with the last read: it must be
+        complete within the frame timeout."""
+        deadline = self._frame_deadline = self._last_received + self.frame_timeout
+        watch = self._watch
+        if watch is not None and deadline < watch.deadline:
+            watch.deadline = deadline
+
+    def _stalled(self) -> str:
+        return f"a frame stalled: not complete {self.frame_timeout:g} s after it began"
+
+    async def _wait_for_memory(self) -> None:
+        """Until the frame budget frees some room (or the frame's deadline
+        passes, or the channel closes); the caller tries again."""
+        lot = _memory_lot(self._decoder.budget)
+        with trio.CancelScope(deadline=self._frame_deadline) as self._memory_wait:
+            await lot.park()
+        self._memory_wait = None
 
     async def _send_frame(self, frame: bytes | memoryview) -> None:
         sock = self._socket
@@ -357,9 +408,18 @@ class SecureChannel:
                 raise trio.BrokenResourceError(f"socket write failed: {exc}") from None
             if sent == len(frame):
                 return
-            await self._stream.send_all(memoryview(frame)[sent:])
+            await self._send_rest(memoryview(frame)[sent:])
             return
-        await self._stream.send_all(frame)
+        await self._send_rest(frame)
+
+    async def _send_rest(self, data: bytes | memoryview) -> None:
+        """``send_all``, within the frame timeout: a peer that has not taken
+        our frame by then is not reading, and holds its buffer."""
+        with trio.move_on_after(self.frame_timeout) as stalled:
+            await self._stream.send_all(data)
+        if stalled.cancelled_caught:
+            raise trio.BrokenResourceError(
+                f"the peer did not take a frame of ours within {self.frame_timeout:g} s")
 
     async def _receive(self) -> None:
         """One read into the frame decoder (the end of the stream, or a
@@ -421,13 +481,21 @@ class SecureChannel:
         self._idle_watched = True
         try:
             while not self._closed:
+                now = trio.current_time()
+                # The reader, blocked in a read or waiting for the frame
+                # budget, is woken by the close.
+                if now >= self._frame_deadline:
+                    await self._close(self._stalled())
+                    return
                 deadline = self._last_received + self.idle_timeout
-                if trio.current_time() >= deadline:
-                    # The reader, blocked in receive_some, is woken by the close.
+                if now >= deadline:
                     await self._close(f"idle for {self.idle_timeout:g} s")
                     return
-                await trio.sleep_until(deadline)
+                with trio.CancelScope(deadline=min(deadline, self._frame_deadline)) as self._watch:
+                    await trio.sleep_forever()
+                self._watch = None
         finally:
+            self._watch = None
             self._idle_watched = False
 
     async def strike(self, reason: str) -> None:
@@ -440,11 +508,32 @@ class SecureChannel:
         if not self._closed:
             self._closed = True
             self.stats.closed_because = reason
+            self._decoder.close()  # a body half-received gives its memory back
+            if self._memory_wait is not None:
+                self._memory_wait.cancel()
         with trio.CancelScope(shield=True):
             await self._stream.aclose()
 
     async def aclose(self) -> None:
         await self._close("closed by us")
+
+
+_MEMORY_LOTS: weakref.WeakKeyDictionary[FrameBudget, trio.lowlevel.ParkingLot] = weakref.WeakKeyDictionary()
+
+
+def _memory_lot(budget: FrameBudget) -> trio.lowlevel.ParkingLot:
+    """Where channels wait for room in ``budget``: all are woken when any
+    is released (they are few, and each tries again)."""
+    lot = _MEMORY_LOTS.get(budget)
+    if lot is None:
+        lot = _MEMORY_LOTS[budget] = trio.lowlevel.ParkingLot()
+
+        def wake(lot: trio.lowlevel.ParkingLot = lot) -> None:
+            if lot:
+                lot.unpark_all()
+
+        budget.on_release = wake
+    return lot
 
 
 async def _send_frame(stream: trio.abc.Stream, body: bytes) -> None:
@@ -480,6 +569,8 @@ async def open_channel(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
     network_key: NetworkKey | None = None,
+    frame_timeout: float = FRAME_TIMEOUT,
+    budget: FrameBudget | None = None,
 ) -> SecureChannel:
     """Run the handshake and the hello exchange on ``stream``.
 
@@ -490,12 +581,14 @@ async def open_channel(
     :class:`NetworkMismatchError`), :class:`HandshakeTimeoutError` or
     :class:`IncompatibleVersionError`. With ``network_key`` only a peer
     holding the same key completes it; without, only a peer holding none.
+    Large frames received on the channel share ``budget`` (the process's
+    :data:`~cas.net.framing.FRAME_BUDGET` by default).
     """
     hello = hello or msg.Hello()
     role = Role.INITIATOR if initiator else Role.RESPONDER
     handshake = Handshake(identity, role, expected_peer_id=expected_peer_id,
                           network_key=network_key)
-    decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE)
+    decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE, budget=budget)
     channel: SecureChannel | None = None
     received = 0
     try:
@@ -518,7 +611,7 @@ async def open_channel(
             assert handshake.peer is not None
             decoder.limit, decoder.minimum = MAX_FRAME_SIZE, MIN_FRAME_SIZE
             channel = SecureChannel(stream, handshake.transport(), handshake.peer, decoder,
-                                    idle_timeout=idle_timeout)
+                                    idle_timeout=idle_timeout, frame_timeout=frame_timeout)
             # Hellos go in turn, initiator first (it is the one waiting anyway),
             # so the exchange needs no buffering in the stream.
             if initiator:
@@ -890,50 +983,3 @@ async def serve(channel: SecureChannel, handler: Handler | None = None,
             yield connection
         finally:
             await connection.aclose()
-
-
-# -- connection limits --------------------------------------------------------------------
-
-
-class ConnectionLimiter:
-    """Caps open connections per peer (by any key: a node ID once known, an
-    address before the handshake) and in total."""
-
-    def __init__(self, max_total: int = MAX_CONNECTIONS,
-                 max_per_peer: int = MAX_CONNECTIONS_PER_PEER) -> None:
-        self.max_total = max_total
-        self.max_per_peer = max_per_peer
-        self._counts: dict[object, int] = {}
-        self._total = 0
-
-    def try_acquire(self, key: object) -> bool:
-        if self._total >= self.max_total or self._counts.get(key, 0) >= self.max_per_peer:
-            return False
-        self._counts[key] = self._counts.get(key, 0) + 1
-        self._total += 1
-        return True
-
-    def release(self, key: object) -> None:
-        count = self._counts.get(key, 0)
-        if count <= 0:
-            raise LocalProtocolError("released a connection slot that was not held")
-        if count == 1:
-            del self._counts[key]
-        else:
-            self._counts[key] = count - 1
-        self._total -= 1
-
-    def count(self, key: object | None = None) -> int:
-        return self._total if key is None else self._counts.get(key, 0)
-
-    @contextmanager
-    def slot(self, key: object) -> Iterator[None]:
-        """Hold a slot for ``key`` for the block, or raise
-        :class:`TooManyConnectionsError`."""
-        if not self.try_acquire(key):
-            raise TooManyConnectionsError(f"connection limit reached for {key!r}")
-        try:
-            yield
-        finally:
-            self.release(key)
-

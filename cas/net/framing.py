@@ -12,12 +12,27 @@ cannot make us reserve memory by announcing a huge frame. A driver that reads
 only when :meth:`FrameDecoder.next_frame` asks for more keeps the buffer
 within one frame (limit + header) plus one read.
 
-It never decrypts, decodes CBOR, or touches a socket.
+Memory, per connection and in total. A body under :data:`IN_PLACE_BODY` is
+gathered in the decoder's own buffer (so a connection holds at most one
+such frame plus one read). A larger one is received in place, into a
+buffer taken from the process's pool only once the **frame budget**
+(:class:`FrameBudget`, :data:`FRAME_MEMORY` across every connection that
+shares it) has room for it; until then the decoder says it is
+``waiting_for_memory`` and its driver stops reading, which pushes back on
+the sender through TCP. The buffers are anonymous memory maps: a page
+costs memory only once a byte of the frame has arrived in it, and a buffer
+the pool does not keep is unmapped when it is given back, so its memory
+goes back to the kernel at once (see :class:`FrameBuffers`). How long a
+frame may take is the driver's to enforce (a clock is not ours).
+
+It never decrypts, decodes CBOR, reads a clock, or touches a socket.
 """
 
 from __future__ import annotations
 
+import mmap
 import sys
+from collections.abc import Callable
 
 from .messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
 from .noise import MAX_NOISE_MESSAGE, TAGLEN, sealed_size
@@ -39,26 +54,40 @@ IN_PLACE_BODY = 64 * 1024
 class FrameBuffers:
     """Buffers for large frames, reused from one frame to the next.
 
-    A fresh ``bytearray`` is zero-filled, and for a 2 MiB frame that memset
-    was a tenth of a receiving daemon's time holding the GIL (py-spy): a
-    frame being received and one being sent each borrow a buffer of the
-    largest frame's size and give it back once its bytes are consumed (read
-    by the cipher, or taken by the kernel). At most ``keep`` free buffers
-    are kept (a busy node has a few frames in flight, an idle one nothing
-    to spare memory for); beyond that a returned buffer is left to be freed.
-    One thread only (the event loop's)."""
+    A fresh buffer costs a page fault per 4 KiB page when it is first
+    written (~1.8 ms for 2 MiB on this project's VM, several times the
+    cipher's work on it), and zero-filling a fresh ``bytearray`` was a tenth
+    of a receiving daemon's time: a frame being received and one being sent
+    each borrow a buffer of the largest frame's size and give it back once
+    its bytes are consumed (read by the cipher, or taken by the kernel). At
+    most ``keep`` free buffers are kept (a busy node has a few frames in
+    flight, an idle one nothing to spare memory for).
+
+    Each buffer is an anonymous ``mmap`` of its own, not heap memory: glibc
+    is tuned to keep freed heap memory (:mod:`cas.allocator`), so a flood of
+    frames once left a daemon's heap at its peak for good, while a map given
+    back beyond ``keep`` is unmapped on the spot and its pages return to
+    the kernel. And only the pages a frame's bytes reach are ever touched,
+    so a peer that announces a large frame and sends little of it costs
+    what it sent. One thread only (the event loop's)."""
 
     SIZE = HEADER_SIZE + MAX_FRAME_SIZE
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
+        self.mapped = 0
+        """Buffers made (each one a fresh map) since the pool was created."""
 
     def take(self, size: int) -> memoryview:
         """A writable view of exactly ``size`` bytes (≤ SIZE), contents undefined."""
         if size > self.SIZE:
             raise LocalProtocolError(f"a frame buffer of {size} bytes is over {self.SIZE}")
-        buffer = self._free.pop() if self._free else bytearray(self.SIZE)
+        if self._free:
+            buffer = self._free.pop()
+        else:
+            buffer = mmap.mmap(-1, self.SIZE)
+            self.mapped += 1
         return memoryview(buffer)[:size]
 
     def give_back(self, view: memoryview) -> None:
@@ -69,15 +98,74 @@ class FrameBuffers:
         except BufferError:  # exported to something still reading it
             return
         # Another view of it still alive (CPython: it holds a reference to
-        # the buffer) means someone may read it: never reuse it under them.
+        # the buffer) means someone may read it: never reuse it under them;
+        # it is unmapped when the last view goes.
         if sys.getrefcount(buffer) > 2:  # ``buffer`` and getrefcount's own argument
             return
-        if len(self._free) < self.keep and type(buffer) is bytearray and len(buffer) == self.SIZE:
+        if type(buffer) is not mmap.mmap or len(buffer) != self.SIZE:
+            return
+        if len(self._free) < self.keep:
             self._free.append(buffer)
+        else:
+            buffer.close()  # unmapped now: the pages go back to the kernel
+
+    @property
+    def kept(self) -> int:
+        """Free buffers held for reuse."""
+        return len(self._free)
 
 
 FRAME_BUFFERS = FrameBuffers()
 """The process's pool: every connection's large frames share it."""
+
+FRAME_MEMORY = 16 * MAX_FRAME_SIZE
+"""Bytes of large frame bodies being received at once, across every
+connection sharing a :class:`FrameBudget` (a node's: ~32 MiB). Sixteen of
+the largest frames: a replicated add keeps one in flight per connection on
+each receiving node, so a node takes blocks from sixteen peers at once at
+full speed, and 500 peers that each announce a 2 MiB frame and never finish
+it hold 32 MiB, not 1 GiB."""
+
+
+class FrameBudget:
+    """How many bytes of large frame bodies may be in flight at once, in
+    total: a body is received only once :meth:`try_reserve` grants its size,
+    and its reservation is released when its buffer is given back (or its
+    connection closes). Sans-IO: a driver that must wait for room sets
+    ``on_release`` to be told when some is freed."""
+
+    def __init__(self, limit: int = FRAME_MEMORY) -> None:
+        if limit < MAX_FRAME_SIZE:
+            raise ValueError(f"a frame budget must hold at least one frame ({MAX_FRAME_SIZE} bytes)")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refusals = 0
+        """Reservations refused for want of room (frames that had to wait)."""
+        self.on_release: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"FrameBudget(used={self.used}, limit={self.limit})"
+
+    def try_reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            self.refusals += 1
+            return False
+        self.used += size
+        if self.used > self.peak:
+            self.peak = self.used
+        return True
+
+    def release(self, size: int) -> None:
+        if size > self.used:
+            raise LocalProtocolError(f"released {size} bytes of a frame budget holding {self.used}")
+        self.used -= size
+        if self.on_release is not None:
+            self.on_release()
+
+
+FRAME_BUDGET = FrameBudget()
+"""The default budget, for channels not given one of their own."""
 
 
 class FrameError(RemoteProtocolError):
@@ -111,15 +199,24 @@ class FrameDecoder:
     The limit can be changed between frames (it is raised once the
     handshake is over). Once an error is raised the decoder stays broken:
     after a framing error nothing later in the stream can be trusted.
+
+    A large body is received only once ``budget`` grants its size; until
+    then :attr:`waiting_for_memory` is true and :meth:`next_frame` asks
+    again each time it is called. Give every large body back
+    (:meth:`recycle`), and :meth:`close` a decoder that is dropped with a
+    body half-received, or the budget stays spent.
     """
 
-    def __init__(self, limit: int = MAX_FRAME_SIZE, minimum: int = 0) -> None:
+    def __init__(self, limit: int = MAX_FRAME_SIZE, minimum: int = 0,
+                 budget: FrameBudget | None = None) -> None:
         self.limit = limit
         self.minimum = minimum
+        self.budget = FRAME_BUDGET if budget is None else budget
         self._buffer = bytearray()
         # A large frame's body, filled in place (see body_space).
-        self._body: memoryview | None = None  # borrowed from FRAME_BUFFERS
+        self._body: memoryview | None = None  # borrowed from FRAME_BUFFERS, its size reserved
         self._body_have = 0
+        self._starved = False  # a large body is announced and the budget has no room for it
         self._eof = False
         self._error: FrameError | None = None
 
@@ -148,6 +245,13 @@ class FrameDecoder:
     def at_eof(self) -> bool:
         return self._eof
 
+    @property
+    def waiting_for_memory(self) -> bool:
+        """A large frame is announced and the budget has no room for it
+        yet: read nothing more until some is released, then call
+        :meth:`next_frame` again."""
+        return self._starved
+
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:
             raise LocalProtocolError("data received after end of stream")
@@ -161,12 +265,22 @@ class FrameDecoder:
             data = data[take:]
         self._buffer += data
 
-    @staticmethod
-    def recycle(body: bytes | memoryview) -> None:
-        """Give back the buffer of a body :meth:`next_frame` returned, once
-        nothing reads it any more (a small body, plain bytes, needs nothing)."""
+    def recycle(self, body: bytes | memoryview) -> None:
+        """Give back the buffer of a body :meth:`next_frame` returned, and
+        its share of the budget, once nothing reads it any more (a small
+        body, plain bytes, needs nothing)."""
         if type(body) is memoryview:
+            size = len(body)
             FRAME_BUFFERS.give_back(body)
+            self.budget.release(size)
+
+    def close(self) -> None:
+        """Give back a body being received (its connection is gone); the
+        decoder reads nothing more. Idempotent."""
+        self._starved = False
+        body, self._body, self._body_have = self._body, None, 0
+        if body is not None:
+            self.recycle(body)
 
     def body_space(self) -> memoryview | None:
         """Where the rest of a large frame's body goes, for a reader to fill
@@ -186,6 +300,7 @@ class FrameDecoder:
 
     def _fail(self, error: FrameError) -> FrameError:
         self._error = error
+        self.close()
         return error
 
     def next_frame(self) -> bytes | memoryview | None:
@@ -217,8 +332,17 @@ class FrameDecoder:
                 return body
             if length >= IN_PLACE_BODY and not self._eof:
                 # The rest of this body is read straight into a buffer of
-                # its own, borrowed: the caller gives it back (recycle).
-                self._body = FRAME_BUFFERS.take(length)
+                # its own, borrowed once the budget has room for it: the
+                # caller gives both back (recycle).
+                if not self.budget.try_reserve(length):
+                    self._starved = True
+                    return None
+                self._starved = False
+                try:
+                    self._body = FRAME_BUFFERS.take(length)
+                except BaseException:
+                    self.budget.release(length)
+                    raise
                 self._body_have = len(self._buffer) - HEADER_SIZE
                 self._body[: self._body_have] = memoryview(self._buffer)[HEADER_SIZE:]
                 self._buffer.clear()
