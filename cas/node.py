@@ -104,6 +104,11 @@ REJOIN_CHECK = 5.0
 MAX_VERIFIED_MEMORY = 1 << 16
 """Blocks whose last verification the node remembers (CID -> when), for
 HAVE: beyond it the oldest are forgotten and read again when asked about."""
+HAVE_VERIFY_BYTES = 16 * 1024 * 1024
+"""Bytes one HAVE may make this node read and hash to verify blocks it has
+not verified within the scrub period: a peer's batch of 1024 blocks must
+not hold the store thread for a gigabyte of reading (nor be a way to make
+it). Blocks past it are answered no."""
 SCRUB_FIRST_DELAY = 60.0
 """Seconds after start before the first scrub pass (or the scrub period, if
 shorter)."""
@@ -753,11 +758,19 @@ class _StoreThreadBlocks:
             present: list[bool] = []
             read: list[CID] = []
             bad: list[CorruptBlockError] = []
+            budget = HAVE_VERIFY_BYTES
             for cid in cids:
                 ok = store.blocks.has(cid)
                 if ok and cid in recheck:
+                    if budget <= 0:
+                        # Not verified in time for this answer, so not
+                        # claimed: the asker sends a copy (kept as it is)
+                        # or asks again, by when the scrub or a later HAVE
+                        # has verified more.
+                        present.append(False)
+                        continue
                     try:
-                        store.blocks.get(cid)
+                        budget -= len(store.blocks.get(cid))
                         read.append(cid)
                     except CorruptBlockError as damage:
                         bad.append(damage)
