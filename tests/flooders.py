@@ -153,6 +153,25 @@ async def _handshake(status: FloodStatus, stream: trio.SocketStream,
     return channel
 
 
+async def _held_until_closed(status: FloodStatus, stream: trio.abc.Stream,
+                             first: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Counted alive, do ``first`` (if any) on ``stream``, then read nothing
+    until the daemon closes it; counted dropped, and the stream closed."""
+    status.alive += 1
+    try:
+        if first is not None:
+            await first()
+        while await stream.receive_some(4096):
+            pass  # nothing comes; the daemon closes it in the end
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        status.alive -= 1
+        status.dropped += 1
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
 def connection_flood(host: str, port: int, source: str, identities: int, *,
                      ping_every: float = 1.0, at_once: int = 32) -> Flooder:
     """``identities`` fresh identities from ``source``, ``at_once`` handshakes
@@ -208,17 +227,7 @@ def half_open_flood(host: str, port: int, sources: Sequence[str], per_source: in
             if stream is None:
                 await trio.sleep(0.01)  # the attacker's pace after a failed connect
                 continue
-            status.alive += 1
-            try:
-                while await stream.receive_some(4096):
-                    pass  # nothing comes; the daemon closes it in the end
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-            finally:
-                status.alive -= 1
-                status.dropped += 1
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+            await _held_until_closed(status, stream)
 
     async def flood(status: FloodStatus) -> None:
         async with trio.open_nursery() as nursery:
@@ -246,21 +255,13 @@ def stalled_frames(host: str, port: int, sources: Sequence[str], count: int, *,
             channel = await _handshake(status, stream, listen_port=None)
         if channel is None:
             return
-        status.alive += 1
-        try:
+        async def send_all_but_one_byte() -> None:
             await stream.send_all(frame_header(frame_size))
             status.started += 1
             await stream.send_all(filler)
             status.sent += 1
-            while await stream.receive_some(4096):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            status.alive -= 1
-            status.dropped += 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+
+        await _held_until_closed(status, stream, first=send_all_but_one_byte)
 
     async def flood(status: FloodStatus) -> None:
         limiter = trio.CapacityLimiter(at_once)
