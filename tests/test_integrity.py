@@ -71,6 +71,18 @@ def damage(repo: Path, cids: list[CID]) -> list[CID]:
     return damaged
 
 
+def added(adder: Daemon, size: int, seed: str) -> tuple[bytes, CID, list[CID]]:
+    """``size`` bytes added through ``adder``: (the bytes, the root, every block)."""
+    data = pseudo_random(size, seed)
+    root = parse_cid(run_cas("add", "-q", "-", repo=adder.repo, input=data, timeout=300).stdout.decode().strip())
+    return data, root, dag_of(adder, root)
+
+
+def busiest(nodes: list[Daemon], blocks: list[CID]) -> Daemon:
+    """The node of ``nodes`` holding the most of ``blocks``."""
+    return max(nodes, key=lambda d: sum(has(d, c) for c in blocks))
+
+
 def stats(daemon: Daemon) -> dict:
     with ControlClient(socket_path(daemon.repo), timeout=30) as client:
         return dict(client.call("replication_stats"))
@@ -83,10 +95,8 @@ def quarantine_lines(daemon: Daemon) -> list[str]:
 def test_a_holders_own_read_heals_its_damaged_copies_from_the_network(tmp_path: Path, daemons: Daemons) -> None:
     nodes = start_network(tmp_path, daemons, ["--repair-interval", "3600", "--scrub-period", "3600"])
     adder = nodes[0]
-    data = pseudo_random(4_000_000, "heal on read")
-    root = parse_cid(run_cas("add", "-q", "-", repo=adder.repo, input=data, timeout=120).stdout.decode().strip())
-    blocks = dag_of(adder, root)
-    holder = max(nodes[1:], key=lambda d: sum(has(d, c) for c in blocks))
+    data, root, blocks = added(adder, 4_000_000, "heal on read")
+    holder = busiest(nodes[1:], blocks)
     held = [c for c in blocks if has(holder, c)]
     bad = damage(holder.repo, held)
     assert len(bad) >= 2 and any(c.codec == RAW for c in bad)
@@ -110,11 +120,9 @@ def test_damaged_copies_are_replaced_before_two_holders_die_and_nothing_is_lost(
         tmp_path: Path, daemons: Daemons) -> None:
     nodes = start_network(tmp_path, daemons, ["--repair-interval", "1.5", "--scrub-period", "2"])
     adder = nodes[0]
-    data = pseudo_random(32 * 1024 * 1024, "the measured case")
-    root = parse_cid(run_cas("add", "-q", "-", repo=adder.repo, input=data, timeout=300).stdout.decode().strip())
-    blocks = dag_of(adder, root)
+    data, root, blocks = added(adder, 32 * 1024 * 1024, "the measured case")
     others = nodes[1:]
-    holder = max(others, key=lambda d: sum(has(d, c) for c in blocks))
+    holder = busiest(others, blocks)
     bad = damage(holder.repo, [c for c in blocks if has(holder, c)])
     assert len(bad) > 10
 
@@ -128,7 +136,7 @@ def test_damaged_copies_are_replaced_before_two_holders_die_and_nothing_is_lost(
 
     # Two other holders die at once, the adder among them: every block still
     # has good copies, and the file reads intact from every survivor.
-    victims = [adder, max((d for d in others if d is not holder), key=lambda d: sum(has(d, c) for c in blocks))]
+    victims = [adder, busiest([d for d in others if d is not holder], blocks)]
     for victim in victims:
         daemons.stop(victim, signal.SIGKILL)
     survivors = [d for d in nodes if d not in victims]
@@ -141,10 +149,8 @@ def test_verify_repair_offline_quarantines_and_through_a_daemon_fetches_good_cop
         tmp_path: Path, daemons: Daemons) -> None:
     nodes = start_network(tmp_path, daemons, ["--repair-interval", "3600", "--scrub-period", "3600"])
     adder = nodes[0]
-    data = pseudo_random(3_000_000, "verify repair")
-    root = parse_cid(run_cas("add", "-q", "-", repo=adder.repo, input=data, timeout=120).stdout.decode().strip())
-    blocks = dag_of(adder, root)
-    holder = max(nodes[1:], key=lambda d: sum(has(d, c) for c in blocks))
+    data, root, blocks = added(adder, 3_000_000, "verify repair")
+    holder = busiest(nodes[1:], blocks)
     held = [c for c in blocks if has(holder, c)]
     daemons.stop(holder)
     bad = damage(holder.repo, held)
