@@ -73,6 +73,15 @@ class Writer:
         self.cut_ins: list[tuple[int, Callable[[], None]]] = []
         self.calls = 0
 
+    def cut_in(self, at: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` just before this writer's ``at``-th call on the
+        repository, counted from its next change (0: the first call)."""
+        self.cut_ins.append((at, fn))
+
+    def start_change(self) -> None:
+        """The writer starts a change: calls are counted from here."""
+        self.calls = 0
+
     def _cut_in(self) -> None:
         due = [fn for at, fn in self.cut_ins if at <= self.calls]
         self.cut_ins = [(at, fn) for at, fn in self.cut_ins if at > self.calls]
@@ -207,10 +216,10 @@ class Run:
         ns = self.writers[writer]
         view = ns.repo
         assert isinstance(view, Writer)
-        view.calls = 0
+        view.start_change()
         for other, at, other_op in cut_ins:
             other = (writer + 1 + other) % len(self.writers)  # another writer than this one
-            view.cut_ins.append((at, lambda other=other, other_op=other_op: self.change(other, other_op, [])))
+            view.cut_in(at, lambda other=other, other_op=other_op: self.change(other, other_op, []))
         try:
             run(ns, op, self.cids)
         except NamespaceError as exc:
@@ -295,8 +304,8 @@ def test_a_change_made_on_a_replaced_root_is_applied_again_not_committed(tmp_pat
         first.mkdir("/a")
         view = first.repo
         assert isinstance(view, Writer)
-        view.calls = 0
-        view.cut_ins.append((1, lambda: second.mkdir("/b")))  # after first read the newest root
+        view.start_change()
+        view.cut_in(1, lambda: second.mkdir("/b"))  # after first read the newest root
         first.mkdir("/c")
         reader = Namespace(store)
         assert sorted(e.name for e in reader.list("/")) == ["a", "b", "c"]
@@ -310,8 +319,8 @@ def test_a_change_that_no_longer_fits_fails_with_the_error_it_meets(tmp_path):
         first.mkdir("/a")
         view = first.repo
         assert isinstance(view, Writer)
-        view.calls = 0
-        view.cut_ins.append((1, lambda: second.remove("/a")))
+        view.start_change()
+        view.cut_in(1, lambda: second.remove("/a"))
         with pytest.raises(NamespaceError, match="/a"):
             first.move("/a", "/b")
         reader = Namespace(store)
