@@ -1327,6 +1327,7 @@ def _node_ops(node: Node) -> OpTable:
                 "refusals": r.stats.refusals, "store_failures": sum(r.stats.peer_store_failures.values()),
                 "last_failure": r.stats.last_failure,
                 "quarantined": node.integrity.quarantined, "restored": node.integrity.restored,
+                "unrecoverable": node.integrity.unrecoverable,
                 "in_quarantine": await node.in_store_thread(lambda: len(node.store.quarantine)),
                 "scrubbed_bytes": node.integrity.scrubbed_bytes, "scrub_passes": node.integrity.scrub_passes}
 

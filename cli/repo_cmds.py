@@ -113,7 +113,8 @@ def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
                    f"of {human_size(health['quota'])} for other nodes")
         if "quarantined" in health:
             out.result(f"integrity   {health['quarantined']} damaged block(s) found, {health['restored']} "
-                       f"restored from the network, {health['in_quarantine']} still quarantined; "
+                       f"restored from the network, {health['in_quarantine']} still quarantined "
+                       f"({health.get('unrecoverable', 0)} heal(s) found no good copy); "
                        f"scrub: {health['scrub_passes']} pass(es), {human_size(health['scrubbed_bytes'])} re-verified")
     return 0
 
