@@ -33,9 +33,9 @@ import stat as stat_module
 import sys
 import threading
 from collections import OrderedDict
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ import trio
 
 from . import dagcbor
 from .blocks import Block
-from .cid import RAW, CID, parse_cid
+from .chunker import chunk_stream
+from .cid import CID, RAW, parse_cid
 from .control import (
     MAX_ITERATE_BATCH,
     MAX_PROBLEMS,
@@ -55,17 +56,21 @@ from .control import (
     serve_control,
 )
 from .dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver, FindResult
+from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
+from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.replication import DEFAULT_REPLICAS
 from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
-from .dht.publisher import Publisher, StoreRecords, name_ops
-from .dht.ids import id_from_bytes, id_to_bytes, key_for_digest
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
-from .chunker import chunk_stream
-from .errors import BlockNotFoundError, CasError, CorruptBlockError, InvalidInputError, RepositoryError
+from .errors import (
+    BlockNotFoundError,
+    CasError,
+    CorruptBlockError,
+    InvalidInputError,
+    RepositoryError,
+)
 from .files import FileAdd
 from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
-from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
 from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
 from .net.admission import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Admission
@@ -73,10 +78,11 @@ from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
 from .net.network_key import describe_network, network_key_for
+from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
 from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
 from .store._held import DEFAULT_PEER_QUOTA
-from .store._modes import open_private, private_dir
 from .store._links import links_of
+from .store._modes import open_private, private_dir
 
 DEFAULT_PORT = 4710
 KEY_PATH = Path("keys") / "node.key"

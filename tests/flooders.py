@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import trio
 
@@ -90,12 +91,12 @@ class Flood:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # shown by stop()
+        except BaseException as exc:  # noqa: BLE001 -- anything, shown by stop()
             self._failure = exc
         finally:
             self._ready.set()
 
-    def start(self) -> Flood:
+    def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(10):
             raise AssertionError("the flood's trio loop did not start")
@@ -124,7 +125,7 @@ class Flood:
             raise AssertionError(f"the flood failed: {self._failure!r}") from self._failure
         return self.status
 
-    def __enter__(self) -> Flood:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -22,7 +22,14 @@ import pytest
 
 from cas.control import ControlClient, socket_path
 from cas.net.admission import MAX_CONNECTIONS_PER_ADDRESS
-from tests.flooders import Flood, connection_flood, half_open_flood, stalled_frames, vm_hwm, vm_rss
+from tests.flooders import (
+    Flood,
+    connection_flood,
+    half_open_flood,
+    stalled_frames,
+    vm_hwm,
+    vm_rss,
+)
 from tests.nodeproc import Daemon, Daemons, wait_until
 
 pytestmark = [

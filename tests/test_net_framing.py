@@ -117,7 +117,7 @@ def test_frames_below_the_minimum_are_refused() -> None:
 def test_fuzz_any_split_of_valid_frames_round_trips(bodies: list[bytes], cuts: list[int]) -> None:
     wire = b"".join(encode_frame(b) for b in bodies)
     decoder = FrameDecoder(limit=300)
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     pos = 0
     for cut in [*cuts, len(wire)]:
         decoder.receive_data(wire[pos : pos + cut])
@@ -154,7 +154,7 @@ def test_fuzz_large_bodies_filled_in_place_or_fed_come_out_whole(
     bodies = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
     wire = b"".join(encode_frame(b) for b in bodies)
     decoder = FrameDecoder()
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     pos = 0
     cut_sizes = iter(cuts)
     while pos < len(wire):

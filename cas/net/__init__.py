@@ -87,7 +87,7 @@ from .noise import (
     Transport,
 )
 
-__all__ = [
+__all__ = [  # noqa: RUF022 -- grouped by layer, bottom up, as the docstring lists them
     # identity
     "Identity", "IdentityError", "node_id_for",
     # private networks

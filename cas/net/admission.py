@@ -139,7 +139,7 @@ class Slot:
     Its fields are the policy's; the driver only holds it and hands it
     back."""
 
-    __slots__ = ("address", "peer", "opened", "served", "established", "open")
+    __slots__ = ("address", "established", "open", "opened", "peer", "served")
 
     def __init__(self, address: str, opened: float) -> None:
         self.address = address

@@ -72,7 +72,14 @@ from .messages import (
     Response,
 )
 from .network_key import NetworkKey
-from .noise import Handshake, NetworkMismatchError, PeerIdentity, Role, Transport, sealed_size
+from .noise import (
+    Handshake,
+    NetworkMismatchError,
+    PeerIdentity,
+    Role,
+    Transport,
+    sealed_size,
+)
 
 # -- limits and timeouts ------------------------------------------------------------
 
@@ -432,7 +439,7 @@ class SecureChannel:
         space = self._decoder.body_space()
         size = len(space) if space is not None else max(READ_SIZE, self._decoder.missing)
         sock = self._socket
-        data = b""
+        data: bytes | bytearray = b""
         count = 0
         try:
             if sock is None:
@@ -545,6 +552,7 @@ async def _receive_frame(stream: trio.abc.Stream, decoder: FrameDecoder, hint: s
         if decoder.at_eof:
             raise RemoteProtocolError(f"the peer closed the connection during the handshake{hint}")
         decoder.receive_data(await stream.receive_some(READ_SIZE))
+    assert isinstance(body, bytes)  # a handshake frame is under IN_PLACE_BODY: never a borrowed view
     return body
 
 
@@ -684,7 +692,7 @@ class AnswerWaiter(Protocol):
 
 
 class _Pending:
-    __slots__ = ("request", "event", "response", "error", "waiter")
+    __slots__ = ("error", "event", "request", "response", "waiter")
 
     def __init__(self, request: Request, waiter: AnswerWaiter | None = None) -> None:
         self.request = request

@@ -152,8 +152,7 @@ class FrameBudget:
             self.refusals += 1
             return False
         self.used += size
-        if self.used > self.peak:
-            self.peak = self.used
+        self.peak = max(self.peak, self.used)
         return True
 
     def release(self, size: int) -> None:
@@ -252,7 +251,7 @@ class FrameDecoder:
         :meth:`next_frame` again."""
         return self._starved
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._eof and data:
             raise LocalProtocolError("data received after end of stream")
         if not data:
@@ -327,9 +326,9 @@ class FrameDecoder:
             end = HEADER_SIZE + length
             if len(self._buffer) >= end:
                 with memoryview(self._buffer) as view:  # one copy of the body, not two
-                    body = bytes(view[HEADER_SIZE:end])
+                    whole = bytes(view[HEADER_SIZE:end])
                 del self._buffer[:end]
-                return body
+                return whole
             if length >= IN_PLACE_BODY and not self._eof:
                 # The rest of this body is read straight into a buffer of
                 # its own, borrowed once the budget has room for it: the
