@@ -20,6 +20,16 @@ have a slot, and if the pool is full, whose slot does it take?
   and one that lingers is the suspect; an address that holds many cannot
   push out one that holds few, so 16 addresses holding every slot cannot
   keep a 17th out, and the handshake timeout bounds the rest.
+* **New handshakes per address per second.** A handshake costs the node
+  three Diffie-Hellman operations and an Ed25519 verification (~1 ms of
+  CPU), and identities cost an attacker nothing, so one address could make
+  the node do hundreds a second, all of them finishing in time to be
+  counted as honest. Each address has a token bucket
+  (:data:`HANDSHAKE_RATE_PER_ADDRESS` a second on average,
+  :data:`HANDSHAKE_BURST_PER_ADDRESS` at once); a newcomer whose address's
+  bucket is empty is refused as TCP accepts it, before any byte of the
+  handshake is read, so it costs no cryptography at all. The pools' limits
+  are unchanged and still apply to what gets through.
 * **Connections** (established: the handshake proved a node ID). At most
   :data:`MAX_CONNECTIONS` in total, :data:`MAX_CONNECTIONS_PER_ADDRESS` per
   source address and :data:`MAX_CONNECTIONS_PER_PEER` per node ID. Over
@@ -57,14 +67,17 @@ and it evicts the first of these in the order:
 
 Rules for this file (as h11's state module has):
 
-1. No I/O, no clocks, no tasks: time comes in as ``now``, the routing
+1. No I/O, no clocks, no tasks: time comes in as ``now`` (seconds, never
+   going back), the routing
    table's view as the ``protected`` predicate; decisions go out as return
    values, and the driver closes what they name.
 2. Every slot handed out is in exactly one pool until :meth:`Admission.close`
    (idempotent) or an eviction removes it; the counts are always the pools'
    sizes.
 3. Everything is bounded: the pools by their limits, the work per decision
-   by the pool's size.
+   by the pool's size, the rate's buckets by the addresses seen in the last
+   few seconds (a bucket that has filled up again is forgotten: a full
+   bucket and none are the same) and at most :data:`MAX_RATE_ADDRESSES`.
 
 Only inbound connections are admitted here. The connections this node dials
 are its own choice (lookups, placement, pings of its routing table) and are
@@ -74,6 +87,8 @@ bounded by its own activity and the idle timeout; they are not counted.
 from __future__ import annotations
 
 import ipaddress
+import math
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -89,6 +104,25 @@ MAX_HANDSHAKES_PER_ADDRESS = 32
 """Inbound handshakes in progress from one source address: generous,
 because many nodes may share one (NAT, or a test's loopback network of 30
 daemons bootstrapping at once)."""
+
+HANDSHAKE_RATE_PER_ADDRESS = 16.0
+"""New inbound handshakes per second from one source address, on average
+(``--handshake-rate-per-address``). An honest node opens one connection to
+a peer and keeps it (it is pooled, and reopened after the idle timeout), so
+even a NAT of hundreds of nodes opens a handful a second; one address at
+this rate costs the node ~2 % of a core in handshakes."""
+
+HANDSHAKE_BURST_PER_ADDRESS = 64
+"""New inbound handshakes from one source address at once, above the rate:
+a loopback test network of 50 daemons (bench/dht_lookup.py) bootstrapping
+through one of them at the same moment fits."""
+
+MAX_RATE_ADDRESSES = 65536
+"""Addresses whose handshake rate is tracked at once; past it, the address
+seen least recently is forgotten (it gets a full bucket again: the limit
+errs towards letting in). Only addresses seen within the last
+HANDSHAKE_BURST_PER_ADDRESS / HANDSHAKE_RATE_PER_ADDRESS seconds are
+tracked anyway."""
 
 MAX_CONNECTIONS = 512
 """Established inbound connections at once: a routing table holds a few
@@ -180,13 +214,55 @@ class AdmissionStatistics:
     connections: int = 0  # established now
     addresses: int = 0  # source addresses holding an established connection now
     admitted: int = 0  # handshakes that became connections, ever
-    refused: int = 0  # newcomers refused, ever (both pools)
+    refused: int = 0  # newcomers refused, ever (both pools, and over the rate)
+    rate_limited: int = 0  # of those, refused at accept for their address's handshake rate
     evicted_handshakes: int = 0
     evicted_connections: int = 0
 
 
 def _never(peer: Hashable) -> bool:
     return False
+
+
+class HandshakeRate:
+    """A token bucket per address: ``rate`` new handshakes a second on
+    average, ``burst`` at once. Time comes in as ``now``; a rate of
+    ``math.inf`` limits nothing."""
+
+    __slots__ = ("_buckets", "burst", "max_addresses", "rate")
+
+    def __init__(self, rate: float = HANDSHAKE_RATE_PER_ADDRESS, burst: int = HANDSHAKE_BURST_PER_ADDRESS,
+                 max_addresses: int = MAX_RATE_ADDRESSES) -> None:
+        if not rate > 0 or burst < 1 or max_addresses < 1:
+            raise ValueError("a handshake rate must be positive, with a burst and room for at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_addresses = max_addresses
+        # address -> (tokens, when last counted), least recently counted first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Addresses tracked now (those whose bucket is not full)."""
+        return len(self._buckets)
+
+    def try_take(self, address: str, now: float) -> bool:
+        """One new handshake from ``address`` at ``now``: within its rate?"""
+        if self.rate == math.inf:
+            return True
+        buckets = self._buckets
+        refill = self.burst / self.rate  # an untouched bucket is full again after this
+        while buckets:
+            oldest, (_, last) = next(iter(buckets.items()))
+            if now - last < refill:
+                break
+            del buckets[oldest]
+        tokens, last = buckets.pop(address, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+        allowed = tokens >= 1.0
+        buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        if len(buckets) > self.max_addresses:
+            buckets.popitem(last=False)
+        return allowed
 
 
 class _Pool:
@@ -235,6 +311,8 @@ class Admission:
         max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
         grace: float = NEW_CONNECTION_GRACE,
         protected: Callable[[Hashable], bool] = _never,
+        handshake_rate_per_address: float = HANDSHAKE_RATE_PER_ADDRESS,
+        handshake_burst_per_address: int = HANDSHAKE_BURST_PER_ADDRESS,
     ) -> None:
         if min(max_handshakes, max_handshakes_per_address, max_connections,
                max_connections_per_address, max_connections_per_peer) < 1:
@@ -246,6 +324,7 @@ class Admission:
         self.max_connections_per_peer = max_connections_per_peer
         self.grace = grace
         self.protected = protected
+        self.handshake_rate = HandshakeRate(handshake_rate_per_address, handshake_burst_per_address)
         self._handshakes = _Pool()
         self._connections = _Pool()
         self._by_peer: dict[Hashable, list[Slot]] = {}
@@ -273,8 +352,14 @@ class Admission:
     # -- the two questions ----------------------------------------------------------
 
     def open(self, host: str, now: float) -> Decision:
-        """A TCP connection from ``host`` was accepted: may it handshake?"""
+        """A TCP connection from ``host`` was accepted: may it handshake?
+        Asked before any byte of it is read: a newcomer over its address's
+        handshake rate is refused here, and costs no cryptography."""
         address = address_group(host)
+        if not self.handshake_rate.try_take(address, now):
+            self.stats.refused += 1
+            self.stats.rate_limited += 1
+            return Refused(f"over {self.handshake_rate.rate:g} new handshakes a second from {address}")
         pool = self._handshakes
         evict: tuple[Slot, ...] = ()
         if pool.count(address) >= self.max_handshakes_per_address:
