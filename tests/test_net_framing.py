@@ -246,8 +246,8 @@ def test_a_large_frame_waits_for_the_budget_before_taking_a_buffer() -> None:
     body = first.next_frame()
     assert body is not None and len(body) == MAX_FRAME_SIZE
     first.recycle(body)
-    assert budget.used == 0
-    assert second.next_frame() is None and not second.waiting_for_memory  # asked again: granted
+    assert budget.used == MAX_FRAME_SIZE and second.claim.granted  # handed straight to the waiter
+    assert second.next_frame() is None and not second.waiting_for_memory  # asked again: taken
     assert second.body_space() is not None and budget.used == MAX_FRAME_SIZE
     second.close()
     assert budget.used == 0
@@ -255,7 +255,7 @@ def test_a_large_frame_waits_for_the_budget_before_taking_a_buffer() -> None:
 
 def test_small_frames_never_wait_for_the_budget() -> None:
     budget = FrameBudget(MAX_FRAME_SIZE)
-    budget.used = budget.limit  # all of it held elsewhere
+    assert budget.claim("10.0.0.9").try_reserve(budget.limit)  # all of it held elsewhere
     decoder = FrameDecoder(budget=budget)
     decoder.receive_data(encode_frame(b"s" * (IN_PLACE_BODY - 1)))
     assert decoder.next_frame() == b"s" * (IN_PLACE_BODY - 1)

@@ -20,7 +20,10 @@ What lives here, bottom up (docs/network.md describes the wire protocol):
   :class:`SecureChannel`, request-id multiplexing (:class:`Connection`),
   idle and stalled-frame timeouts, rate limits, waiting for the frame budget.
 * :mod:`.admission` — who may hold an inbound connection: limits per source
-  address and in total, and whose connection a newcomer evicts (sans-IO).
+  address and in total, new handshakes per address per second, and whose
+  connection a newcomer evicts (sans-IO).
+* :mod:`.frame_budget` — who may receive a large frame now: the memory for
+  large frames, shared out by source address (sans-IO).
 
 This package never decides what a request means (the DHT and the store do)
 and never trusts content: blocks and records that arrive here are verified by
@@ -45,6 +48,7 @@ from .connection import (
     open_channel,
     serve,
 )
+from .frame_budget import FrameBudget, FrameClaim
 from .framing import FrameDecoder, FrameError, FrameTooLargeError, encode_frame
 from .identity import Identity, IdentityError, node_id_for
 from .messages import (
@@ -110,4 +114,6 @@ __all__ = [  # noqa: RUF022 -- grouped by layer, bottom up, as the docstring lis
     "HandshakeTimeoutError", "IncompatibleVersionError",
     # admission
     "Admission", "Admitted", "Refused",
+    # memory
+    "FrameBudget", "FrameClaim",
 ]

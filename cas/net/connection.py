@@ -18,7 +18,8 @@ lives here is time and tasks:
 * a frame stalled in either direction (its body not all received, or not
   all taken by the peer, within :data:`FRAME_TIMEOUT`) closes the
   connection; large frames are received only as the frame budget allows
-  (:class:`~cas.net.framing.FrameBudget`: the channel waits, not reads).
+  (:class:`~cas.net.frame_budget.FrameBudget`, which shares it out by
+  source address: the channel waits, not reads, until its claim is granted).
 
 Who may connect at all is the admission policy's (:mod:`.admission`).
 
@@ -40,7 +41,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -250,6 +250,7 @@ class SecureChannel:
         # decoder, so a message that arrives whole costs nothing.
         self._frame_deadline = math.inf
         self._memory_wait: trio.CancelScope | None = None  # waiting for the frame budget
+        decoder.claim.on_grant = self._memory_granted
         # A TCP stream is read and written through its file descriptor (see
         # _receive and _send_frame); any other stream through its methods.
         # POSIX only: elsewhere os.read and os.write do not work on sockets.
@@ -388,12 +389,20 @@ class SecureChannel:
         return f"a frame stalled: not complete {self.frame_timeout:g} s after it began"
 
     async def _wait_for_memory(self) -> None:
-        """Until the frame budget frees some room (or the frame's deadline
-        passes, or the channel closes); the caller tries again."""
-        lot = _memory_lot(self._decoder.budget)
+        """Until the frame budget grants the frame its turn (or the frame's
+        deadline passes, or the channel closes); the caller tries again."""
+        if self._decoder.claim.granted:
+            await trio.lowlevel.checkpoint()
+            return
         with trio.CancelScope(deadline=self._frame_deadline) as self._memory_wait:
-            await lot.park()
+            await trio.sleep_forever()
         self._memory_wait = None
+
+    def _memory_granted(self) -> None:
+        """The budget granted the frame being waited for (called by it,
+        synchronously, from whichever task gave memory back)."""
+        if self._memory_wait is not None:
+            self._memory_wait.cancel()
 
     async def _send_frame(self, frame: bytes | memoryview) -> None:
         sock = self._socket
@@ -525,24 +534,6 @@ class SecureChannel:
         await self._close("closed by us")
 
 
-_MEMORY_LOTS: weakref.WeakKeyDictionary[FrameBudget, trio.lowlevel.ParkingLot] = weakref.WeakKeyDictionary()
-
-
-def _memory_lot(budget: FrameBudget) -> trio.lowlevel.ParkingLot:
-    """Where channels wait for room in ``budget``: all are woken when any
-    is released (they are few, and each tries again)."""
-    lot = _MEMORY_LOTS.get(budget)
-    if lot is None:
-        lot = _MEMORY_LOTS[budget] = trio.lowlevel.ParkingLot()
-
-        def wake(lot: trio.lowlevel.ParkingLot = lot) -> None:
-            if lot:
-                lot.unpark_all()
-
-        budget.on_release = wake
-    return lot
-
-
 async def _send_frame(stream: trio.abc.Stream, body: bytes) -> None:
     await stream.send_all(encode_frame(body, MAX_HANDSHAKE_FRAME_SIZE))
 
@@ -579,6 +570,7 @@ async def open_channel(
     network_key: NetworkKey | None = None,
     frame_timeout: float = FRAME_TIMEOUT,
     budget: FrameBudget | None = None,
+    address: str | None = None,
 ) -> SecureChannel:
     """Run the handshake and the hello exchange on ``stream``.
 
@@ -590,13 +582,17 @@ async def open_channel(
     :class:`IncompatibleVersionError`. With ``network_key`` only a peer
     holding the same key completes it; without, only a peer holding none.
     Large frames received on the channel share ``budget`` (the process's
-    :data:`~cas.net.framing.FRAME_BUDGET` by default).
+    :data:`~cas.net.framing.FRAME_BUDGET` by default), counted under the
+    peer's ``address`` (by default the TCP stream's remote address; one
+    address for all streams that are not sockets).
     """
     hello = hello or msg.Hello()
     role = Role.INITIATOR if initiator else Role.RESPONDER
     handshake = Handshake(identity, role, expected_peer_id=expected_peer_id,
                           network_key=network_key)
-    decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE, budget=budget)
+    if address is None:
+        address = _remote_host(stream)
+    decoder = FrameDecoder(limit=MAX_HANDSHAKE_FRAME_SIZE, budget=budget, address=address)
     channel: SecureChannel | None = None
     received = 0
     try:
@@ -655,6 +651,16 @@ async def _abort(stream: trio.abc.Stream, channel: SecureChannel | None, reason:
     else:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+def _remote_host(stream: trio.abc.Stream) -> str:
+    """The peer's address of a TCP stream; "" for any other stream."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return str(stream.socket.getpeername()[0])
+        except (OSError, IndexError, TypeError):
+            pass
+    return ""
 
 
 async def connect_tcp(host: str, port: int, identity: Identity, *,

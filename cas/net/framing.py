@@ -17,7 +17,8 @@ gathered in the decoder's own buffer (so a connection holds at most one
 such frame plus one read). A larger one is received in place, into a
 buffer taken from the process's pool only once the **frame budget**
 (:class:`FrameBudget`, :data:`FRAME_MEMORY` across every connection that
-shares it) has room for it; until then the decoder says it is
+shares it, a share of it per source address; :mod:`.frame_budget` decides
+whose frame goes next) grants it; until then the decoder says it is
 ``waiting_for_memory`` and its driver stops reading, which pushes back on
 the sender through TCP. The buffers are anonymous memory maps: a page
 costs memory only once a byte of the frame has arrived in it, and a buffer
@@ -32,15 +33,22 @@ from __future__ import annotations
 
 import mmap
 import sys
-from collections.abc import Callable
 
+from .frame_budget import FRAME_MEMORY, LARGEST_FRAME, FrameBudget, FrameClaim
 from .messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
 from .noise import MAX_NOISE_MESSAGE, TAGLEN, sealed_size
+
+__all__ = [
+    "FRAME_BUDGET", "FRAME_BUFFERS", "FRAME_MEMORY", "HEADER_SIZE", "IN_PLACE_BODY",
+    "MAX_FRAME_SIZE", "MAX_HANDSHAKE_FRAME_SIZE", "MIN_FRAME_SIZE", "FrameBudget", "FrameBuffers",
+    "FrameClaim", "FrameDecoder", "FrameError", "FrameTooLargeError", "encode_frame", "frame_header",
+]
 
 HEADER_SIZE = 4
 # The largest body after the handshake: a MAX_MESSAGE_SIZE plaintext sealed
 # into Noise messages (2 MiB + 16 bytes of tag per 65519-byte piece).
 MAX_FRAME_SIZE = sealed_size(MAX_MESSAGE_SIZE)
+assert MAX_FRAME_SIZE == LARGEST_FRAME
 # During the handshake a body is one Noise message, which the Noise spec caps
 # at 65535 bytes; an unauthenticated peer gets no more buffer than that.
 MAX_HANDSHAKE_FRAME_SIZE = MAX_NOISE_MESSAGE
@@ -118,51 +126,6 @@ class FrameBuffers:
 FRAME_BUFFERS = FrameBuffers()
 """The process's pool: every connection's large frames share it."""
 
-FRAME_MEMORY = 16 * MAX_FRAME_SIZE
-"""Bytes of large frame bodies being received at once, across every
-connection sharing a :class:`FrameBudget` (a node's: ~32 MiB). Sixteen of
-the largest frames: a replicated add keeps one in flight per connection on
-each receiving node, so a node takes blocks from sixteen peers at once at
-full speed, and 500 peers that each announce a 2 MiB frame and never finish
-it hold 32 MiB, not 1 GiB."""
-
-
-class FrameBudget:
-    """How many bytes of large frame bodies may be in flight at once, in
-    total: a body is received only once :meth:`try_reserve` grants its size,
-    and its reservation is released when its buffer is given back (or its
-    connection closes). Sans-IO: a driver that must wait for room sets
-    ``on_release`` to be told when some is freed."""
-
-    def __init__(self, limit: int = FRAME_MEMORY) -> None:
-        if limit < MAX_FRAME_SIZE:
-            raise ValueError(f"a frame budget must hold at least one frame ({MAX_FRAME_SIZE} bytes)")
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self.refusals = 0
-        """Reservations refused for want of room (frames that had to wait)."""
-        self.on_release: Callable[[], None] | None = None
-
-    def __repr__(self) -> str:
-        return f"FrameBudget(used={self.used}, limit={self.limit})"
-
-    def try_reserve(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            self.refusals += 1
-            return False
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        return True
-
-    def release(self, size: int) -> None:
-        if size > self.used:
-            raise LocalProtocolError(f"released {size} bytes of a frame budget holding {self.used}")
-        self.used -= size
-        if self.on_release is not None:
-            self.on_release()
-
-
 FRAME_BUDGET = FrameBudget()
 """The default budget, for channels not given one of their own."""
 
@@ -199,24 +162,28 @@ class FrameDecoder:
     handshake is over). Once an error is raised the decoder stays broken:
     after a framing error nothing later in the stream can be trusted.
 
-    A large body is received only once ``budget`` grants its size; until
-    then :attr:`waiting_for_memory` is true and :meth:`next_frame` asks
-    again each time it is called. Give every large body back
-    (:meth:`recycle`), and :meth:`close` a decoder that is dropped with a
-    body half-received, or the budget stays spent.
+    A large body is received only once ``budget`` grants its size, counted
+    under the source ``address`` of the stream (its :attr:`claim`); until
+    then :attr:`waiting_for_memory` is true, the claim waits its turn and
+    :meth:`next_frame` asks again each time it is called (the claim's
+    ``on_grant`` says when to). Give every large body back
+    (:meth:`recycle`), and :meth:`close` a decoder that is dropped, or the
+    budget stays spent.
     """
 
     def __init__(self, limit: int = MAX_FRAME_SIZE, minimum: int = 0,
-                 budget: FrameBudget | None = None) -> None:
+                 budget: FrameBudget | None = None, address: str = "") -> None:
         self.limit = limit
         self.minimum = minimum
         self.budget = FRAME_BUDGET if budget is None else budget
+        self.claim: FrameClaim = self.budget.claim(address)
         self._buffer = bytearray()
         # A large frame's body, filled in place (see body_space).
         self._body: memoryview | None = None  # borrowed from FRAME_BUFFERS, its size reserved
         self._body_have = 0
         self._starved = False  # a large body is announced and the budget has no room for it
         self._eof = False
+        self._closed = False
         self._error: FrameError | None = None
 
     def __repr__(self) -> str:
@@ -271,12 +238,15 @@ class FrameDecoder:
         if type(body) is memoryview:
             size = len(body)
             FRAME_BUFFERS.give_back(body)
-            self.budget.release(size)
+            self.claim.release(size)
 
     def close(self) -> None:
-        """Give back a body being received (its connection is gone); the
-        decoder reads nothing more. Idempotent."""
+        """Give back a body being received (its connection is gone), and
+        stop waiting for the budget; the decoder reads nothing more.
+        Idempotent."""
+        self._closed = True
         self._starved = False
+        self.claim.withdraw()
         body, self._body, self._body_have = self._body, None, 0
         if body is not None:
             self.recycle(body)
@@ -308,6 +278,8 @@ class FrameDecoder:
         once its bytes are consumed."""
         if self._error is not None:
             raise self._error
+        if self._closed:
+            raise LocalProtocolError("the frame decoder is closed")
         if self._body is not None:
             if self._body_have == len(self._body):
                 body, self._body, self._body_have = self._body, None, 0
@@ -333,14 +305,14 @@ class FrameDecoder:
                 # The rest of this body is read straight into a buffer of
                 # its own, borrowed once the budget has room for it: the
                 # caller gives both back (recycle).
-                if not self.budget.try_reserve(length):
+                if not self.claim.try_reserve(length):
                     self._starved = True
                     return None
                 self._starved = False
                 try:
                     self._body = FRAME_BUFFERS.take(length)
                 except BaseException:
-                    self.budget.release(length)
+                    self.claim.release(length)
                     raise
                 self._body_have = len(self._buffer) - HEADER_SIZE
                 self._body[: self._body_have] = memoryview(self._buffer)[HEADER_SIZE:]
