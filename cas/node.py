@@ -73,7 +73,12 @@ from .files import write_file as write_file_to  # the op below has the name
 from .group_commit import GroupCommitter
 from .names.changes import Change, change_from_value
 from .names.namespace import Namespace, RootState
-from .net.admission import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Admission
+from .net.admission import (
+    HANDSHAKE_RATE_PER_ADDRESS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    Admission,
+)
 from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
@@ -147,6 +152,8 @@ class NodeConfig:
     max_connections: int = MAX_CONNECTIONS
     """Inbound connections held at once (docs/network.md, "Admission")."""
     max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+    handshake_rate_per_address: float = HANDSHAKE_RATE_PER_ADDRESS
+    """New inbound handshakes a second from one address, on average (docs/network.md, "Admission")."""
     refresh_interval: float = REFRESH_INTERVAL
     save_interval: float = SAVE_INTERVAL
     quota: int = DEFAULT_QUOTA
@@ -327,7 +334,8 @@ class Node:
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
             admission=Admission(max_connections=self.config.max_connections,
-                                max_connections_per_address=self.config.max_connections_per_address),
+                                max_connections_per_address=self.config.max_connections_per_address,
+                                handshake_rate_per_address=self.config.handshake_rate_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         replicator = self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
@@ -1337,9 +1345,26 @@ def _node_ops(node: Node) -> OpTable:
                 "in_quarantine": await node.in_store_thread(lambda: len(node.store.quarantine)),
                 "scrubbed_bytes": node.integrity.scrubbed_bytes, "scrub_passes": node.integrity.scrub_passes}
 
+    async def net_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
+        """The transport's own counts: handshakes, admission, the frame budget."""
+        driver = dht()
+        admission = driver.admission.statistics()
+        budget = driver.frame_budget.statistics()
+        return {"handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
+                "handshakes": admission.handshakes, "connections": admission.connections,
+                "addresses": admission.addresses, "admitted": admission.admitted,
+                "refused": admission.refused, "rate_limited": admission.rate_limited,
+                "evicted_handshakes": admission.evicted_handshakes,
+                "evicted_connections": admission.evicted_connections,
+                "frame_memory": {"limit": budget.limit, "per_address": budget.per_address,
+                                 "used": budget.used, "peak": budget.peak, "waiting": budget.waiting,
+                                 "refusals": budget.refusals,
+                                 "granted_after_waiting": budget.granted_after_waiting,
+                                 "by_address": driver.frame_budget.held_by_address()}}
+
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),
             "replication_status": Op(replication_status), "replication_repair": Op(replication_repair),
-            "replication_stats": Op(replication_stats)}
+            "replication_stats": Op(replication_stats), "net_stats": Op(net_stats)}
 
 
 # -- the process ------------------------------------------------------------------------

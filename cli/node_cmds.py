@@ -44,12 +44,16 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "or to be sent, from its first byte to its last (default 10)")
     p.add_argument("--frame-memory", type=_size, default=None, metavar="SIZE",
                    help="memory for large messages being received, over all connections "
-                   "(default 32M); more wait")
+                   "(default 32M); one address (an IPv6 /64) gets a quarter of it at most, and "
+                   "more wait, the address holding least first")
     p.add_argument("--max-connections", type=_count, default=None, metavar="N",
                    help="connections from other nodes held at once (default 512); beyond it a "
                    "newcomer replaces the least useful")
     p.add_argument("--max-connections-per-address", type=_count, default=None, metavar="N",
                    help="connections from one address (an IPv6 /64) held at once (default 128)")
+    p.add_argument("--handshake-rate-per-address", type=_rate, default=None, metavar="N",
+                   help="new connections from one address (an IPv6 /64) accepted per second, on "
+                   "average, 64 at once (default 16); more are closed before any cryptography")
     p.add_argument("--replicas", type=_replicas, default=None, metavar="R",
                    help="copies of every block kept on the nodes closest to it (default 3)")
     p.add_argument("--quota", type=_size, default=None, metavar="SIZE",
@@ -104,6 +108,19 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A positive, finite number of events per second."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number per second") from None
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
@@ -172,6 +189,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.max_connections = args.max_connections
     if args.max_connections_per_address is not None:
         config.max_connections_per_address = args.max_connections_per_address
+    if args.handshake_rate_per_address is not None:
+        config.handshake_rate_per_address = args.handshake_rate_per_address
     if args.replicas is not None:
         config.replicas = args.replicas
     if args.quota is not None:

@@ -341,6 +341,10 @@ class DhtDriver:
         self._nursery: trio.Nursery | None = None
         self._batcher: StoreBatcher | None = None
         self.messages_sent = 0
+        self.handshakes_in = 0
+        """Handshakes completed with peers that dialled us, since start."""
+        self.handshakes_out = 0
+        """Handshakes completed with peers we dialled, since start."""
         self.bad_blocks: Counter[int] = Counter()
         """Node ID → blocks it sent that did not match their CID (``cas peers``)."""
         self.refused: Counter[str] = Counter()
@@ -414,6 +418,7 @@ class DhtDriver:
             return  # it learnt nothing; open_channel told it why and closed the stream
         except (RemoteProtocolError, ConnectionClosedError, OSError):
             return  # refused; open_channel closed the stream
+        self.handshakes_in += 1
         peer_id = self._peer_id(channel.peer)
         decision = self.admission.authenticated(slot, peer_id, self._now())
         if not isinstance(decision, Admitted):
@@ -531,6 +536,7 @@ class DhtDriver:
             raise PeerRefusedError(f"refused peer {host}:{port}: {exc}") from None
         except (RemoteProtocolError, ConnectionClosedError) as exc:
             raise PeerUnreachableError(f"handshake with {host}:{port} failed: {exc}") from None
+        self.handshakes_out += 1
         peer_id = self._peer_id(channel.peer)
         contact = Contact(peer_id, host, port)
         connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact),
