@@ -1,6 +1,6 @@
 """Attackers, for the admission and memory tests and ``bench/flood.py``.
 
-Three floods against a daemon's listening address, each from chosen
+Four floods against a daemon's listening address, each from chosen
 source addresses on 127.0.0.0/8 (``local_address``: Linux routes the whole
 /8 to the loopback interface, so 127.0.0.2 … 127.0.0.17 are distinct hosts
 to the daemon, and nothing leaves the machine):
@@ -12,7 +12,10 @@ to the daemon, and nothing leaves the machine):
   handshake, reopened as soon as the daemon closes them, trying to hold
   every handshake slot;
 * :func:`stalled_frames` — connections that complete the handshake, then
-  announce the largest frame and send all of it but its last byte.
+  announce the largest frame and send all of it but its last byte;
+* :func:`handshake_flood` — new connections from one address as fast as
+  they go, each a fresh identity's handshake, closed once it is done,
+  trying to spend the daemon's CPU on handshakes.
 
 Each runs in a trio loop on a thread of its own (:class:`Flood`), so a test
 written in plain blocking code (start daemons, run ``cas``) runs beside it;
@@ -269,6 +272,30 @@ def stalled_frames(host: str, port: int, sources: Sequence[str], count: int, *,
         async with trio.open_nursery() as nursery:
             for i in range(count):
                 nursery.start_soon(stall, status, sources[i % len(sources)], limiter)
+
+    return flood
+
+
+def handshake_flood(host: str, port: int, source: str, *, at_once: int = 16) -> Flooder:
+    """New connections from ``source``, ``at_once`` at a time, each one a
+    fresh identity's handshake, closed as soon as it completes (or the
+    daemon closes it): as many handshakes as the daemon will do."""
+
+    async def churn(status: FloodStatus) -> None:
+        while True:
+            stream = await _connect(status, host, port, source)
+            if stream is None:
+                await trio.sleep(0.01)  # the attacker's pace after a failed connect
+                continue
+            channel = await _handshake(status, stream, listen_port=None)
+            if channel is not None:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose()
+
+    async def flood(status: FloodStatus) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(at_once):
+                nursery.start_soon(churn, status)
 
     return flood
 

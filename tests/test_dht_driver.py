@@ -8,6 +8,7 @@ timeout, not the lookup."""
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,9 +21,11 @@ from cas.cid import RAW
 from cas.dht.driver import BootstrapError, DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
+from cas.net import connection, noise
 from cas.net import messages as msg
 from cas.net.admission import Admission
 from cas.net.identity import Identity
+from cas.net.messages import RemoteProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -312,6 +315,43 @@ def test_pings_alone_never_make_an_inbound_peer_useful_and_answers_do() -> None:
             assert slot.served == 0
             await a.request(net.contact(b), msg.FindNode(bytes(32)))  # b does work for a
             assert slot.served == 1
+
+    trio.run(main)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.2 as a source address is Linux's")
+def test_a_handshake_over_its_address_rate_is_closed_before_any_cryptography(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    responders: list[object] = []  # the handshakes a node began as the responder
+
+    class CountingHandshake(noise.Handshake):
+        def __init__(self, identity: Identity, role: noise.Role, **options: Any) -> None:
+            if role is noise.Role.RESPONDER:
+                responders.append(self)
+            super().__init__(identity, role, **options)
+
+    monkeypatch.setattr(connection, "Handshake", CountingHandshake)
+
+    async def dial(port: int, source: str) -> bool:
+        stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
+        try:
+            channel = await connection.open_channel(stream, Identity.generate(), initiator=True)
+        except RemoteProtocolError:
+            return False  # closed at once: open_channel closed the stream
+        await channel.aclose()
+        return True
+
+    async def main() -> None:
+        async with network() as net:
+            node = await net.add(admission=Admission(handshake_rate_per_address=0.001,
+                                                     handshake_burst_per_address=3))
+            port = node.listen_port or 0
+            done = [await dial(port, "127.0.0.2") for _ in range(8)]
+            assert done == [True] * 3 + [False] * 5
+            assert len(responders) == 3  # the five refused cost no handshake state, so no DH
+            assert node.admission.statistics().rate_limited == 5
+            assert await dial(port, "127.0.0.3")  # another address is not slowed
+            assert node.handshakes_in == 4
 
     trio.run(main)
 
