@@ -12,10 +12,14 @@ half-open    TCP connections that never start the handshake, 32 from each
 stalled      500 connections from 127.0.0.2 … 127.0.0.21 that complete the
              handshake, announce a 2 MiB frame and send all of it but its
              last byte
+handshakes   new connections from 127.0.0.2 as fast as they go (16 at a
+             time), each a fresh identity's handshake, closed once done
 
 Printed for each: the target's RSS before (VmRSS), its peak during the
 flood (VmHWM, reset when the flood starts), and 0, 2 and 6 s after the
-attackers have gone; how many connections the attackers held; and the
+attackers have gone; how many connections the attackers held, how many
+handshakes they completed and were refused, and the CPU time the target
+spent from the flood's start until the honest node had joined; and the
 **honest join**: a new daemon started during the flood with
 ``--bootstrap`` the target, timed from its start until it has the target in
 its routing table (a successful request; 30 s at most). The baseline, in
@@ -31,6 +35,7 @@ are not.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -40,18 +45,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cas.control import ControlClient, socket_path  # noqa: E402
-from tests.flooders import (  # noqa: E402
+from cas.control import ControlClient, socket_path
+from tests.flooders import (
     Flood,
-    FloodStatus,
     Flooder,
+    FloodStatus,
     connection_flood,
     half_open_flood,
+    handshake_flood,
     stalled_frames,
     vm_hwm,
     vm_rss,
 )
-from tests.nodeproc import Daemon, Daemons  # noqa: E402
+from tests.nodeproc import Daemon, Daemons
 
 MiB = 1 << 20
 
@@ -65,7 +71,7 @@ def joined(newcomer: Daemon, target: Daemon) -> bool:
     try:
         with ControlClient(socket_path(newcomer.repo), timeout=5) as client:
             return any(p["id"] == target.node_id for p in client.call("peers"))
-    except (OSError, Exception):  # not listening yet, or busy: not joined yet
+    except Exception:  # noqa: BLE001 -- not listening yet, or busy: not joined yet
         return False
 
 
@@ -112,7 +118,18 @@ FLOODS: dict[str, tuple[str, Callable[[Daemon], Flooder], Callable[[FloodStatus]
         lambda t: stalled_frames(t.host, t.port, [f"127.0.0.{i}" for i in range(2, 22)], 500),
         lambda s: s.handshakes + s.handshake_failures + s.connect_failures >= 500,
     ),
+    "handshakes": (
+        "new connections from 127.0.0.2 as fast as they go, a handshake each",
+        lambda t: handshake_flood(t.host, t.port, "127.0.0.2"),
+        lambda s: s.handshakes + s.handshake_failures >= 2000,
+    ),
 }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -136,10 +153,12 @@ def main() -> None:
                 target = daemons.start(root / f"target-{name}")
                 before = vm_rss(target.pid)
                 reset_peak(target.pid)
+                cpu_before, started = cpu_seconds(target.pid), time.monotonic()
                 with Flood(make(target)) as flood:
                     flood.wait_for(in_place, 120, f"the {name} flood to be in place")
                     join = honest_join(daemons, root, f"joiner-{name}", target)
                     peak = vm_hwm(target.pid)
+                    cpu, lasted = cpu_seconds(target.pid) - cpu_before, time.monotonic() - started
                     status = flood.status
                     held = status.alive
                 after = after_leaving(target.pid)
@@ -152,6 +171,9 @@ def main() -> None:
                 print(f"               attackers: {status.opened} connections opened, {status.handshakes} "
                       f"handshakes, {held} open once the honest node had joined (or given up), "
                       f"{status.dropped} closed by the daemon; daemon {'still running' if alive else 'DIED'}")
+                print(f"               the flood's first {lasted:.1f} s (until the honest node joined): "
+                      f"{status.handshakes} handshakes completed, {status.handshake_failures} refused, "
+                      f"target CPU {cpu:.2f} s ({cpu / lasted:.0%} of a core)")
                 print(f"               honest join {fmt_join(join)}")
                 daemons.stop(target)
             idle_after = vm_rss(idle.pid)
