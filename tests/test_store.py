@@ -77,6 +77,21 @@ def test_large_blocks_are_in_packs_and_small_ones_are_not(store):
     assert sorted(store.blocks.iterate()) == sorted([small.cid, large.cid])
 
 
+def test_sizes_come_from_the_index_for_small_and_packed_blocks_in_batches(store):
+    small, large = Block.of(RAW, b"small"), big("sized")
+    many = [Block.of(RAW, b"%d" % i) for i in range(1200)]  # past one batch of the index's queries
+    for block in (small, large, *many):
+        store.blocks.put(block)
+    missing = CID.for_data(RAW, b"never stored")
+    store.blocks.barrier()
+    store.blocks.delete(many[0].cid)
+    sizes = store.blocks.sizes([small.cid, large.cid, missing, *(b.cid for b in many)])
+    assert sizes[small.cid] == 5 and sizes[large.cid] == len(large.data)
+    assert missing not in sizes and many[0].cid not in sizes
+    assert all(sizes[b.cid] == len(b.data) for b in many[1:])
+    assert len(sizes) == 2 + len(many) - 1
+
+
 def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_those(store):
     from concurrent.futures import ThreadPoolExecutor
 
