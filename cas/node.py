@@ -800,6 +800,10 @@ class _StoreThreadBlocks:
         assert self._node.store is not None
         return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
 
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        assert self._node.store is not None
+        return dict(await self._node.in_store_thread(self._node.store.blocks.sizes, cids))
+
     async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
         """Blocks a peer (``sender``) placed here (verified): held for the
         network, within the quota, the sender's share and the disk reserve,

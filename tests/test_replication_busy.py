@@ -32,6 +32,9 @@ class Source:
     async def drop(self, cids: list[CID]) -> list[CID]:
         return []
 
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        return {cid: len(self.blocks[cid]) for cid in cids if cid in self.blocks}
+
 
 def test_a_busy_peer_is_waited_for_and_its_copy_is_stored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(driver_module, "STORE_RATE", 8.0)

@@ -3,11 +3,12 @@
 Owns: the bounded queue of blocks waiting to be placed and the worker tasks
 that place them (a FIND_NODE lookup for the block's key, then the
 STORE_BLOCK requests :class:`~cas.dht.replication.Placement` asks for), the
-last known copy count of every block placed, the background retry of blocks
-short of R copies, fetching a block the node lacks (FIND_BLOCK, verified by
-the driver), and the periodic repair round (lookups, one batched HAVE per
-peer, the stores the plans ask for, and dropping held copies the plans
-release).
+confirmed holders of every block placed or repaired (a
+:class:`~cas.dht.holders.HolderIndex`, told at once when a holder is found
+dead), the background retry of blocks short of R copies, fetching a block
+the node lacks (FIND_BLOCK, verified by the driver), and the periodic
+repair round (lookups, one batched HAVE per peer, the stores the plans ask
+for, and dropping held copies the plans release).
 
 Must never: decide where copies go or whether one may be dropped (the
 sans-IO planner in :mod:`cas.dht.replication` does), touch the repository
@@ -30,6 +31,7 @@ from ..cid import CID
 from ..errors import CasError
 from ..net.messages import MAX_HAVE_CIDS
 from .driver import DhtDriver
+from .holders import HolderIndex
 from .ids import key_for_digest
 from .replication import (
     DEFAULT_REPLICAS,
@@ -83,6 +85,11 @@ the next is asked (a frozen or overloaded peer costs a reader this much)."""
 LOOKUP_CONCURRENCY = 4
 """Lookups in flight during a repair round."""
 
+INDEX_CHECK_BATCH = 4096
+"""Blocks of the holder index checked against the store in one store-thread
+call after a repair round (a few milliseconds: the node's other store calls
+run between them)."""
+
 BUSY_PAUSES = (0.25, 0.5, 1.0, 2.0)
 """Seconds waited before asking a peer that answered ``busy`` (its rate
 limit) again; after the last, the refusal stands and the placement moves on
@@ -103,6 +110,10 @@ class ReplicaStore(Protocol):
 
     async def drop(self, cids: list[CID]) -> list[CID]:
         """Delete those held blocks that no pin, root or writer needs."""
+        ...
+
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        """The size of each of ``cids`` stored here; those not stored are left out."""
         ...
 
 
@@ -135,6 +146,9 @@ class ReplicationStats:
     """Held copies released by repair rounds."""
     rounds_after_loss: int = 0
     """Repair rounds started because a peer was found dead (not by the timer)."""
+    copies_lost: int = 0
+    """Copies known gone because their holder was found dead (each such
+    block counted below R at once, until a placement or repair counts again)."""
     refusals: int = 0
     """Stores refused (``full``, or ``busy`` after every pause)."""
     last_failure: str = ""
@@ -173,12 +187,12 @@ class Replicator:
         self._queued_bytes = 0
         self.neighbourhoods = NeighbourhoodCache()
         self._pending: set[CID] = set()
-        self._copies: dict[CID, int] = {}
-        self._short: set[CID] = set()
+        self.holders = HolderIndex(dht.own_id, replicas)
         self._changed = trio.Event()
         self._repair_lock = trio.Lock()
         self._peer_lost = trio.Event()
         self.stats = ReplicationStats()
+        dht.peer_lost.append(self.holder_lost)
         dht.peer_lost.append(self.repair_soon)
 
     # -- lifetime -------------------------------------------------------------
@@ -214,9 +228,10 @@ class Replicator:
             raise
 
     def copies(self, cid: CID) -> int | None:
-        """Members of the placement set known to hold ``cid`` after its last
-        placement or repair (None: never placed)."""
-        return self._copies.get(cid)
+        """Members of the placement set known to hold ``cid`` now: those its
+        last placement or repair confirmed, less those found dead since
+        (None: never placed)."""
+        return self.holders.copies(cid)
 
     def pending(self, cid: CID) -> bool:
         return cid in self._pending
@@ -241,29 +256,31 @@ class Replicator:
             if data is not None:
                 self._queued_bytes -= len(data)
             try:
-                copies = await self._place_one(cid, data)
+                holders, size = await self._place_one(cid, data)
             except CasError as exc:
                 self.stats.last_failure = f"placing {cid}: {exc}"
-                copies = 1  # the local copy; the retry loop tries again
+                holders, size = [self.dht.own_id], None  # the local copy; the retry loop tries again
             except Exception:
                 self._pending.discard(cid)
                 self._notify()
                 raise
-            self._record(cid, copies)
+            self._record(cid, holders, size=size)
             self._pending.discard(cid)
             self.stats.placed += 1
             self._notify()
 
-    def _record(self, cid: CID, copies: int) -> None:
-        self._copies[cid] = copies
-        if copies < self.replicas:
-            self._short.add(cid)
-        else:
-            self._short.discard(cid)
+    def _record(self, cid: CID, holders: Sequence[int], *, size: int | None = None,
+                own: bool | None = None) -> None:
+        """A placement or repair of ``cid`` confirmed ``holders`` (this node
+        among them when it is a member of the placement set): its copy count."""
+        self.holders.record(cid, holders, size=size, own=own)
 
-    async def _place_one(self, cid: CID, data: bytes | None = None) -> int:
+    async def _place_one(self, cid: CID, data: bytes | None = None) -> tuple[list[int], int | None]:
+        """Place ``cid``; returns the members of its placement set holding
+        it and its size (None if unread)."""
         if not len(self.dht.table):
-            return 1  # alone: the local copy is all there is
+            # Alone: the local copy is all there is.
+            return [self.dht.own_id], None if data is None else len(data)
         key = key_for_digest(cid.digest)
         if data is None:
             data = await self.store.get(cid)
@@ -272,7 +289,7 @@ class Replicator:
             plan = Placement(key, known, own_id=self.dht.own_id, local=True, replicas=self.replicas)
             await self._execute(plan, cid, data)
             if plan.complete:
-                return plan.copies
+                return plan.holders(), len(data)
             # Short of R with a remembered answer: ask the network afresh,
             # without sending again to those that took it.
             holders = {node_id: True for node_id in plan.holders()}
@@ -281,7 +298,7 @@ class Replicator:
         plan = Placement(key, await self._find_candidates(key), own_id=self.dht.own_id,
                          local=True, replicas=self.replicas, known=holders)
         await self._execute(plan, cid, data)
-        return plan.copies
+        return plan.holders(), len(data)
 
     async def _find_candidates(self, key: int) -> list[Contact]:
         """A lookup's closest nodes for ``key`` (remembered for nearby keys)."""
@@ -361,14 +378,30 @@ class Replicator:
             stats.repair_bytes += size
 
     def short_blocks(self) -> int:
-        """Blocks known to have fewer than R copies, as last measured by a
-        placement or repair round."""
-        return len(self._short)
+        """Blocks known to have fewer than R copies now: as their last
+        placement or repair round counted them, less the copies of holders
+        found dead since."""
+        return self.holders.short()
+
+    def holder_lost(self, node_id: int) -> None:
+        """A peer was found dead (the routing table dropped it): the copies
+        it held are gone from the counts now, not at the next round."""
+        self.stats.copies_lost += len(self.holders.lose(node_id))
+
+    async def _check_index(self) -> None:
+        """After a round: blocks no longer stored here (dropped, collected)
+        leave the holder index, and the sizes it lacks are learnt, a slice
+        at a time."""
+        cids = self.holders.cids()
+        for start in range(0, len(cids), INDEX_CHECK_BATCH):
+            seen = self.holders.snapshot(cids[start:start + INDEX_CHECK_BATCH])
+            sizes = await self.store.sizes([cid for cid, _ in seen])
+            self.holders.reconcile(seen, sizes)
 
     async def _retry_loop(self) -> None:
         while True:
             await trio.sleep(self.retry_interval)
-            for cid in list(self._short):
+            for cid in self.holders.short_cids():
                 if cid not in self._pending:
                     await self.place(cid)
 
@@ -435,7 +468,7 @@ class Replicator:
             droppable: list[CID] = []
 
             def conclude(cid: CID, plan: Placement) -> None:
-                self._record(cid, plan.copies)
+                self._record(cid, plan.holders(), own=cid not in held)
                 if not plan.complete:
                     report.short += 1
                 if may_drop(plan, own=cid not in held):
@@ -471,6 +504,7 @@ class Replicator:
             if droppable:
                 report.dropped = len(await self.store.drop(droppable))
                 self.stats.repair_dropped += report.dropped
+            await self._check_index()
             self.stats.rounds += 1
             self.stats.last_round = report
             return report
