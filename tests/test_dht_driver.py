@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
 from cas.cid import RAW
+from cas.dht import driver as driver_module
 from cas.dht.driver import BootstrapError, DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
@@ -329,5 +331,41 @@ def test_a_full_node_evicts_its_least_useful_inbound_connection_for_a_newcomer()
             assert {s.peer for s in a.admission.connections()} == {useful.own_id, newcomer.own_id}
             assert a.admission.statistics().evicted_connections == 1
             assert await useless.ping(net.contact(a))  # it may come back: it is refused or evicts in turn
+
+    trio.run(main)
+
+
+def test_a_probe_taken_by_a_dying_nodes_listener_and_reset_finds_the_node_dead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process being killed closes its sockets one at a time: the
+    # connection whose end starts the probe can close before the listener,
+    # which takes the probe into its queue and resets it as it closes.
+    monkeypatch.setattr(driver_module, "PROBE_SETTLE", 0.5)
+
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            lost: list[int] = []
+            a.peer_lost.append(lost.append)
+            for dying in (True, False):
+                listener = trio.socket.socket()
+                await listener.bind(("127.0.0.1", 0))
+                listener.listen(8)
+                peer = Contact(id_from_bytes(Identity.generate().node_id), "127.0.0.1",
+                               listener.getsockname()[1])
+                a.seen(peer)
+                a._probe_soon(peer)
+                with trio.fail_after(5):
+                    await trio.lowlevel.wait_readable(listener)  # the probe is in its queue
+                    await trio.testing.wait_all_tasks_blocked()  # and the prober is done connecting
+                    if dying:
+                        listener.close()
+                    while peer.node_id in a._probing:
+                        await trio.sleep(0.01)
+                if dying:
+                    assert lost == [peer.node_id] and peer.node_id not in a.table
+                else:  # a listener that stays (a live node, silent until the handshake)
+                    assert len(lost) == 1 and peer.node_id in a.table  # still only the first
+                    listener.close()
 
     trio.run(main)
