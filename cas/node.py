@@ -1231,22 +1231,29 @@ def _node_ops(node: Node) -> OpTable:
                 "peers": len(dht().table)}
 
     async def peers(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
-        stats = node.replicator.stats if node.replicator is not None else None
+        r = node.replicator
         assert node.store is not None
         held = await node.in_store_thread(node.store.held.by_sender)
-        return [
-            {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
-             "connected": p.connected, "failures": p.failures,
-             "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000),
-             # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
-             "stores": stats.peer_stores[p.contact.node_id] if stats else 0,
-             "store_failures": stats.peer_store_failures[p.contact.node_id] if stats else 0,
-             "bad_blocks": dht().bad_blocks[p.contact.node_id],
-             # what it stores with us now: blocks and bytes it placed here
-             "held_blocks": held.get(id_to_bytes(p.contact.node_id), (0, 0))[0],
-             "held_bytes": held.get(id_to_bytes(p.contact.node_id), (0, 0))[1]}
-            for p in dht().peers()
-        ]
+        out = []
+        for p in dht().peers():
+            node_id = p.contact.node_id
+            held_blocks, held_bytes = held.get(id_to_bytes(node_id), (0, 0))
+            ours_blocks, ours_bytes = r.holders.with_peer(node_id) if r is not None else (0, 0)
+            out.append({
+                "id": id_to_bytes(node_id).hex(), "host": p.contact.host, "port": p.contact.port,
+                "connected": p.connected, "failures": p.failures,
+                "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000),
+                # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
+                "stores": r.stats.peer_stores[node_id] if r is not None else 0,
+                "store_failures": r.stats.peer_store_failures[node_id] if r is not None else 0,
+                "bad_blocks": dht().bad_blocks[node_id],
+                # what we store with it now: our own blocks it is known to hold
+                # (the holder index: confirmed by placement or repair, gone if it is found dead)
+                "ours_blocks": ours_blocks, "ours_bytes": ours_bytes,
+                # what it stores with us now: blocks and bytes it placed here
+                "held_blocks": held_blocks, "held_bytes": held_bytes,
+            })
+        return out
 
     async def dht_find(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         text = args.get("target")
@@ -1317,14 +1324,17 @@ def _node_ops(node: Node) -> OpTable:
                 "short": report.short}
 
     async def replication_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        assert node.store is not None
+        store = node.store
+        assert store is not None
         r = replicator()
         return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
                 "stores_sent": r.stats.stores_sent, "store_messages": dht().store_messages_sent,
                 "repair_rounds": r.stats.rounds,
-                "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
-                "quota": node.store.held.quota, "read_ahead": node.read_ahead_count,
-                "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,
+                "held_blocks": len(store.held), "held_bytes": store.held.bytes,
+                "quota": store.held.quota, "read_ahead": node.read_ahead_count,
+                # live: as last placed or repaired, less copies on peers found dead since
+                "short": r.short_blocks(), "tracked": len(r.holders), "copies_lost": r.stats.copies_lost,
+                "placed_bytes": r.stats.placed_bytes,
                 "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
                 "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table),
                 "repair_rounds_after_loss": r.stats.rounds_after_loss,
@@ -1332,7 +1342,7 @@ def _node_ops(node: Node) -> OpTable:
                 "last_failure": r.stats.last_failure,
                 "quarantined": node.integrity.quarantined, "restored": node.integrity.restored,
                 "unrecoverable": node.integrity.unrecoverable,
-                "in_quarantine": await node.in_store_thread(lambda: len(node.store.quarantine)),
+                "in_quarantine": await node.in_store_thread(lambda: len(store.quarantine)),
                 "scrubbed_bytes": node.integrity.scrubbed_bytes, "scrub_passes": node.integrity.scrub_passes}
 
     return {"id": Op(id_), "peers": Op(peers), "dht_find": Op(dht_find), "dht_refresh": Op(dht_refresh),

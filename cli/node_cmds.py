@@ -78,7 +78,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
     p.set_defaults(run=cmd_id)
 
-    p = sub.add_parser("peers", parents=common, help="the peers in the running node's routing table")
+    p = sub.add_parser("peers", parents=common,
+                       help="the peers in the running node's routing table, what we store with each and it with us")
     p.set_defaults(run=cmd_peers)
 
     p = sub.add_parser("dht", parents=common, help="query the DHT through the running node")
@@ -278,10 +279,12 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     for p in peers:
         state = "connected" if p["connected"] else "-"
         out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}  stores {p.get('stores', 0)}  "
+                   f"ours {human_size(p.get('ours_bytes', 0))} ({p.get('ours_blocks', 0)} blocks)  "
                    f"holds {human_size(p.get('held_bytes', 0))}  "
                    f"failures {p['failures']}/{p.get('store_failures', 0)}/{p.get('bad_blocks', 0)}")
-    out.note(f"{len(peers)} peer(s); stores: blocks we placed on it (since start); holds: what it stored "
-             "with us; failures: in a row / stores failed / wrong blocks sent")
+    out.note(f"{len(peers)} peer(s); stores: blocks we placed on it (since start); ours: our own blocks "
+             "it holds now (as placement and repair confirmed them); holds: what it stored with us; "
+             "failures: in a row / stores failed / wrong blocks sent")
     return 0
 
 
