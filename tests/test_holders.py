@@ -6,8 +6,9 @@ node IDs interned and forgotten with their last block."""
 from __future__ import annotations
 
 from cas.blocks import Block
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.dht.holders import HolderIndex
+from cas.dht.ids import NodeID
 from cas.dht.replication import Placement
 from cas.dht.routing import Contact
 
@@ -80,7 +81,7 @@ def test_a_peers_share_counts_own_blocks_with_their_bytes_never_this_nodes_copy(
 
 def test_holders_come_from_the_plan_of_the_placement() -> None:
     key = int.from_bytes(cid(1).digest, "big")
-    contacts = [Contact(n, "127.0.0.1", 1) for n in (A, B, C, D)]
+    contacts = [Contact(NodeID(n), "127.0.0.1", 1) for n in (A, B, C, D)]
     plan = Placement(key, contacts, own_id=OWN, local=True, replicas=R)
     for action in plan.next_actions():
         plan.on_stored(action.peer)

@@ -236,7 +236,7 @@ def test_a_killed_holder_counts_its_blocks_below_r_at_once_and_peers_show_what_e
     # Only the loss can have counted them (the timer's round is an hour away;
     # the round the loss starts finds the same): its copies went with it.
     assert health["copies_lost"] == len(had)  # type: ignore[index]
-    assert "below R     %d block(s) of %d tracked, counted live" % (len(had), len(blocks)) in \
+    assert f"below R     {len(had)} block(s) of {len(blocks)} tracked, counted live" in \
         run_cas("repo", "stat", repo=adder.repo).stdout.decode()
     assert victim.node_id not in {p["id"] for p in _cas_json(adder, "peers")}
 
