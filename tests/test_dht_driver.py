@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -21,8 +22,8 @@ from cas.dht import driver as driver_module
 from cas.dht.driver import BootstrapError, DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
-from cas.net.admission import Admission
 from cas.net import messages as msg
+from cas.net.admission import Admission
 from cas.net.identity import Identity
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,7 +76,7 @@ async def network() -> AsyncIterator[Net]:
             nursery.cancel_scope.cancel()
 
 
-async def build(net: Net, n: int, **options: float) -> list[DhtDriver]:
+async def build(net: Net, n: int, **options: Any) -> list[DhtDriver]:
     first = await net.add(**options)
     for _ in range(n - 1):
         node = await net.add(**options)
@@ -212,7 +213,7 @@ def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
 
     async def main() -> None:
         async with network() as net:
-            options = {"soft_timeout": 0.2, "request_timeout": 2.0}
+            options: dict[str, Any] = {"soft_timeout": 0.2, "request_timeout": 2.0}
             nodes = [await net.add(**options) for _ in range(5)]
             silent = await net.add(cls=Silent, **options)
             for node in nodes[1:]:

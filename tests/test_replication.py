@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cas.blocks import Block
-from cas.cid import RAW, CID, parse_cid
+from cas.cid import CID, RAW, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from tests.conftest import pseudo_random, run_cas
@@ -148,7 +148,7 @@ def test_a_full_node_refuses_and_the_next_closest_takes_the_copy_then_repair_rep
 def test_with_fewer_than_r_nodes_the_add_says_so_and_placement_completes_when_nodes_join(
         tmp_path: Path, daemons: Daemons) -> None:
     first = daemons.start(tmp_path / "a", extra=[*REPAIR])
-    second = daemons.start(tmp_path / "b", bootstrap=[first.address], extra=[*REPAIR])
+    daemons.start(tmp_path / "b", bootstrap=[first.address], extra=[*REPAIR])
     root, note = add(first, b"too few nodes")
     assert "stored on 2 of 3 nodes (only 2 nodes reachable); retrying in the background" in note, note
     third = daemons.start(tmp_path / "c", bootstrap=[first.address], extra=[*REPAIR])

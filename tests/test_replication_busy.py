@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from cas.blocks import Block
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.dht import driver as driver_module
 from cas.dht.replicator import Replicator
 from tests.test_dht_driver import network

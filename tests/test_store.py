@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cas.blocks import Block
-from cas.cid import DAG_CBOR, RAW, CID
+from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import (
     BlockNotFoundError,
     InvalidBlockError,
@@ -23,7 +23,13 @@ from cas.errors import (
 )
 from cas.names.directory import DirEntry, encode_leaf
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from tests.conftest import Holder, make_world_readable, not_private, pseudo_random, read_line
+from tests.conftest import (
+    Holder,
+    make_world_readable,
+    not_private,
+    pseudo_random,
+    read_line,
+)
 
 
 def big(seed: str) -> Block:
@@ -34,6 +40,7 @@ def big(seed: str) -> Block:
 def flip_byte(store: LocalStore, cid: CID, index: int = 7) -> None:
     """Damage one byte of a large block where it lies on disk (bit rot)."""
     where = store.blocks.locate(cid)
+    assert where is not None
     with open(where.path, "r+b") as f:
         f.seek(where.start + index)
         byte = f.read(1)
@@ -296,7 +303,8 @@ def test_a_second_owner_in_another_process_is_refused(tmp_path):
                 print(exc)
             """
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             check=False)
     assert "is in use by process" in out.stdout, out.stderr
     assert str(os.getpid()) in out.stdout
     # Released with its owner:
@@ -304,9 +312,8 @@ def test_a_second_owner_in_another_process_is_refused(tmp_path):
 
 
 def test_a_second_owner_in_the_same_process_is_refused(tmp_path):
-    with LocalStore.open(tmp_path / "repo"):
-        with pytest.raises(RepositoryLockedError):
-            LocalStore.open(tmp_path / "repo")
+    with LocalStore.open(tmp_path / "repo"), pytest.raises(RepositoryLockedError):
+        LocalStore.open(tmp_path / "repo")
 
 
 def lock_descriptors() -> int:
@@ -562,7 +569,7 @@ def test_a_new_repository_is_private_whatever_the_umask(tmp_path, umask):
         repo.close()
     """)
     result = subprocess.run([sys.executable, "-c", code], umask=umask, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     names, loose_while_open = json.loads(result.stdout)
     assert {"meta.sqlite-wal", "meta.sqlite-shm", "packs", "keys", "lock", "config.json"} <= set(names)

@@ -65,7 +65,7 @@ from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
 from .replication import RateLimiter
-from .routing import K, REFRESH_INTERVAL, Contact, RoutingTable
+from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
 from .store_batches import StoreBatcher, StoreOutcome
 
 AGENT = "cas/0.1"
@@ -1005,7 +1005,7 @@ class _Query:
     """One query of a lookup on the wire, and the connection's
     :class:`~cas.net.connection.AnswerWaiter` for its answer."""
 
-    __slots__ = ("run", "peer", "soft", "hard", "connection", "request_id")
+    __slots__ = ("connection", "hard", "peer", "request_id", "run", "soft")
 
     def __init__(self, run: _LookupRun, peer: Contact, soft: float, hard: float) -> None:
         self.run = run

@@ -26,9 +26,10 @@ committed).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Self
 
 from ..blocks import Block, verified
-from ..cid import RAW, CID
+from ..cid import CID, RAW
 from ..errors import CorruptBlockError, InvalidBlockError
 from ._database import Database
 from ._packs import LOOKUP_BATCH, BlockLocation, PackStore
@@ -226,7 +227,7 @@ class WriteSession:
         self._store._sessions.discard(self)
         self.touched = set()
 
-    def __enter__(self) -> WriteSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
