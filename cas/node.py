@@ -315,7 +315,7 @@ class Node:
         self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
-            records=StoreRecords(lambda: self.store, self.in_store_thread),
+            records=StoreRecords(lambda: store, self.in_store_thread),
             listen_port=bound[1],
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
@@ -557,7 +557,7 @@ class Node:
             store.blocks.barrier()
             return new
 
-        self._verified.pop(damage.cid, None)  # type: ignore[arg-type]
+        self._verified.pop(damage.cid, None)  # type: ignore[call-overload]
         if await self.in_store_thread(take_out):
             self.integrity.quarantined += 1
             self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
@@ -793,8 +793,9 @@ class _StoreThreadBlocks:
         return list(await self._node.in_store_thread(self._node.store.held.cids))
 
     async def all_blocks(self) -> list[CID]:
-        assert self._node.store is not None
-        return list(await self._node.in_store_thread(lambda: list(self._node.store.blocks.iterate())))
+        store = self._node.store
+        assert store is not None
+        return list(await self._node.in_store_thread(lambda: list(store.blocks.iterate())))
 
     async def drop(self, cids: list[CID]) -> list[CID]:
         assert self._node.store is not None
@@ -940,8 +941,16 @@ def control_ops(node: Node) -> OpTable:
     To add ops (the namespace, say), write ``names_ops(node) -> OpTable`` in
     your module and merge it in the ``return`` below; that is the one place.
     """
+    def publisher() -> Publisher:
+        assert node.publisher is not None
+        return node.publisher
+
+    def store() -> LocalStore:
+        assert node.store is not None
+        return node.store
+
     return {**_store_ops(node), **_node_ops(node), **_namespace_ops(node),
-            **name_ops(lambda: node.publisher, lambda: node.store, node.in_store_thread)}
+            **name_ops(publisher, store, node.in_store_thread)}
 
 
 def _namespace_ops(node: Node) -> OpTable:
@@ -1269,6 +1278,7 @@ def _node_ops(node: Node) -> OpTable:
                     holders[i] = await dht().have(closest[i], [cid])
                 for i in range(len(closest)):
                     nursery.start_soon(ask, i)
+        assert node.store is not None
         local_has = bool(cid is not None and await node.in_store_thread(node.store.blocks.has, cid))
         return {
             "target": id_to_bytes(target).hex(),
