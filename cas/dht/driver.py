@@ -171,9 +171,20 @@ class BlockKeeper(Protocol):
     exception means kept; a :class:`CasError` is why that block was refused
     (:class:`cas.store.StorageQuotaError` when the quota is full)."""
 
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
         """``sender``: the ID of the node that placed them (its share of
-        the storage is limited)."""
+        the storage is limited); ``leases``: seconds to keep each (none:
+        as long as the keeper's network allows)."""
+
+
+@runtime_checkable
+class RenewsLeases(Protocol):
+    """A :class:`BlockKeeper` whose blocks carry leases that a HAVE with a
+    lease renews (the node's store, ``cas/store/_held.py``). A keeper
+    without it keeps blocks until its owner drops them."""
+
+    async def renew(self, cids: Sequence[CID], seconds: int) -> None: ...
 
 
 class RecordKeeper(Protocol):
@@ -628,38 +639,43 @@ class DhtDriver:
         except (CasError, RemoteProtocolError):
             return False
 
-    async def have(self, contact: Contact, cids: Sequence[CID]) -> list[bool] | None:
-        """Which of ``cids`` the peer holds (None if it did not answer)."""
+    async def have(self, contact: Contact, cids: Sequence[CID], lease: int = 0) -> list[bool] | None:
+        """Which of ``cids`` the peer holds (None if it did not answer);
+        with a ``lease``, it keeps those at least that many seconds more."""
         try:
-            response = await self.request(contact, msg.Have(tuple(cids)), timeout=HAVE_TIMEOUT)
+            response = await self.request(contact, msg.Have(tuple(cids), lease), timeout=HAVE_TIMEOUT)
         except (CasError, RemoteProtocolError):
             return None
         if not isinstance(response, msg.HaveResult):
             return None
         return list(response.present)
 
-    async def store_block(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
-        """Ask ``contact`` to keep a block; ``stored`` only once it has
-        verified it against ``cid`` and made it durable. Blocks queued for
-        the same peer meanwhile travel in one STORE_BLOCKS
+    async def store_block(self, contact: Contact, cid: CID, data: bytes, lease: int | None = None) -> StoreOutcome:
+        """Ask ``contact`` to keep a block for ``lease`` seconds (None: as
+        long as its network allows); ``stored`` only once it has verified
+        it against ``cid`` and made it durable. Blocks queued for the same
+        peer meanwhile travel in one STORE_BLOCKS
         (:mod:`cas.dht.store_batches`)."""
         assert self._batcher is not None, "DhtDriver.run() is not running"
-        return await self._batcher.store(contact, cid, data)
+        return await self._batcher.store(contact, cid, data, lease)
 
-    async def store_block_on(self, contacts: Sequence[Contact], cid: CID, data: bytes) -> list[StoreOutcome]:
+    async def store_block_on(self, contacts: Sequence[Contact], cid: CID, data: bytes,
+                             lease: int | None = None) -> list[StoreOutcome]:
         """:meth:`store_block` on each of ``contacts`` at once; the outcomes
         in order, once all are known."""
         assert self._batcher is not None, "DhtDriver.run() is not running"
-        return await self._batcher.store_on(contacts, cid, data)
+        return await self._batcher.store_on(contacts, cid, data, lease)
 
     @property
     def store_messages_sent(self) -> int:
         """STORE_BLOCKS messages :meth:`store_block` has sent."""
         return 0 if self._batcher is None else self._batcher.messages_sent
 
-    async def store_blocks(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]]) -> list[StoreOutcome]:
-        """One STORE_BLOCKS of ``(cid, data)`` pairs; one outcome per block."""
-        outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks), refusals=NOT_FAILURES,
+    async def store_blocks(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]],
+                           leases: Sequence[int] = ()) -> list[StoreOutcome]:
+        """One STORE_BLOCKS of ``(cid, data)`` pairs (and their leases, or
+        none for the peer's full lease); one outcome per block."""
+        outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks, leases), refusals=NOT_FAILURES,
                                            timeout=STORE_TIMEOUT)
         if isinstance(outcomes, StoreOutcome):
             return [outcomes] * len(blocks)
@@ -752,6 +768,8 @@ class DhtDriver:
                     pass  # a damaged block is not served; point elsewhere
             return msg.Nodes(self._closest_peers(key_for_digest(request.cid.digest), requester))
         if isinstance(request, msg.Have):
+            if request.lease and isinstance(self.keeper, RenewsLeases):
+                await self.keeper.renew(request.cids, request.lease)
             if isinstance(self.blocks, VerifiesPresence):
                 return msg.HaveResult(tuple(await self.blocks.have(request.cids)))
             present = []
@@ -783,7 +801,7 @@ class DhtDriver:
             raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
         codes = []
         message = ""
-        for outcome in await self.keeper.keep_many(blocks, id_to_bytes(requester)):
+        for outcome in await self.keeper.keep_many(blocks, id_to_bytes(requester), request.leases):
             if not isinstance(outcome, BaseException):
                 codes.append("ok")
                 continue
