@@ -72,7 +72,7 @@ from .net.admission import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Admissi
 from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
-from .net.network_key import describe_network, network_key_for
+from .net.network_key import NetworkKey, NetworkSettings, describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, Placed, StorageQuotaError, VerifyReport
 from .store._held import DEFAULT_LEASE, DEFAULT_PEER_QUOTA
 from .store._modes import open_private, private_dir
@@ -151,11 +151,14 @@ class NodeConfig:
     disk_reserve: int | None = None
     """Free disk never given to other nodes' blocks (None: a quarter of the
     disk, at most 10 GiB)."""
-    lease: float = DEFAULT_LEASE
+    lease: float | None = None
     """Seconds a block held for another node is kept without a renewal; the
-    longest lease this node grants, and the one it asks for its own."""
-    replicas: int = DEFAULT_REPLICAS
-    repair_interval: float = REPAIR_INTERVAL
+    longest lease this node grants, and the one it asks for its own. None:
+    the network key's setting, else the default."""
+    replicas: int | None = None
+    """Copies of every block; None: the network key's setting, else the default."""
+    repair_interval: float | None = None
+    """Seconds between repair rounds; None: the network key's, else the default."""
     retry_interval: float = RETRY_INTERVAL
     lock_wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
@@ -205,6 +208,39 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"port {port} in {text!r} is out of range")
     return host, port
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings a node runs with that every node of its network shares."""
+
+    replicas: int
+    repair_interval: float
+    lease: float
+    id_difficulty: int
+
+
+def network_settings(config: NodeConfig, key: NetworkKey | None, store: LocalStore) -> Settings:
+    """Each shared setting from the daemon's flag, else the network key's
+    settings, else (the ID difficulty) the repository's config.json, else
+    the default. A flag that differs from the key's setting is refused: a
+    node that kept its own would not be of that network."""
+    from_key = key.settings if key is not None else NetworkSettings()
+
+    def pick(name: str, flag: float | None, default: float, flag_name: str) -> float:
+        shared = getattr(from_key, name)
+        if flag is not None and shared is not None and flag != shared:
+            assert key is not None
+            raise InvalidInputError(
+                f"{flag_name} {flag:g} differs from the network's {shared:g}, set in its key {key.source}; "
+                f"every node of a network uses its key's settings (leave {flag_name} out)")
+        return flag if flag is not None else shared if shared is not None else default
+
+    return Settings(
+        replicas=int(pick("replicas", config.replicas, DEFAULT_REPLICAS, "--replicas")),
+        repair_interval=pick("repair_interval", config.repair_interval, REPAIR_INTERVAL, "--repair-interval"),
+        lease=pick("lease", config.lease, DEFAULT_LEASE, "--lease"),
+        id_difficulty=int(pick("id_difficulty", config.id_difficulty, id_difficulty(store), "--id-difficulty")))
 
 
 def id_difficulty(store: LocalStore, configured: int | None = None) -> int:
@@ -267,6 +303,7 @@ class Node:
         self.namespace: Namespace | None = None
         self.namespace_commits: GroupCommitter[Change] | None = None
         self.integrity = IntegrityStats()
+        self.settings: Settings | None = None
         self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
         self._healing: dict[CID, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -291,7 +328,6 @@ class Node:
         store.held.quota = self.config.quota
         store.held.peer_quota = self.config.peer_quota
         store.held.reserve = self.config.disk_reserve
-        store.held.set_lease(self.config.lease)  # committed with the first barrier
         self.store = store
         self.namespace = Namespace(store)
         try:
@@ -301,13 +337,15 @@ class Node:
 
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
-        difficulty = id_difficulty(store, self.config.id_difficulty)
+        network_key = network_key_for(repo, self.config.network_key)
+        settings = self.settings = network_settings(self.config, network_key, store)
+        store.held.set_lease(settings.lease)  # committed with the first barrier
+        difficulty = settings.id_difficulty
         identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
         self.identity = identity
         if replaced:
             self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
                       f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
-        network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
         try:
@@ -328,10 +366,10 @@ class Node:
                                 max_connections_per_address=self.config.max_connections_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         replicator = self.replicator = Replicator(
-            dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
-            repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval,
-            lease=self.config.lease)
-        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
+            dht, _StoreThreadBlocks(self), replicas=settings.replicas,
+            repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
+            lease=settings.lease)
+        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
         group_commit = self.group_commit = GroupCommitter(
             lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
             weight=lambda item: len(item.block.data))
