@@ -40,6 +40,7 @@ EXAMPLES = [
     m.Nodes((), request_id=8),
     m.FindBlock(CID_A, request_id=2**32 - 1),
     m.Block(os.urandom(1000), request_id=3),
+    m.Providers((PEER,), (PEER,) * MAX_PEERS, request_id=3),
     m.StoreBlocks((CID_B,), (b"\x00" * MAX_BLOCK_SIZE,), request_id=4),
     m.StoreBlocks((CID_A, CID_B), (b"x", b""), request_id=4),  # tiny blocks: no payload shortcut
     m.StoreBlocks((CID_A, CID_B), (b"x", b"y"), (0, m.MAX_LEASE), request_id=4),  # a lease per block

@@ -64,6 +64,7 @@ from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
 from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
+from .providers import ProviderRecords
 from .replication import RateLimiter
 from .routing import K, REFRESH_INTERVAL, Contact, RoutingTable
 from .store_batches import StoreBatcher, StoreOutcome
@@ -218,6 +219,9 @@ class FindResult:
     seconds: float
     block: bytes | None = None
     holder: Contact | None = None
+    providers: tuple[Contact, ...] = ()
+    """For FIND_BLOCK without the block: nodes others know hold it
+    (provider records, :mod:`.providers`), to ask directly."""
 
 
 def contact_to_peer(contact: Contact) -> msg.PeerInfo:
@@ -273,6 +277,15 @@ class _HeldRecord:
     data: bytes
 
 
+@dataclass(frozen=True)
+class _Holders:
+    """Providers a peer named for a block it lacks (not a lookup's value:
+    the lookup goes on to the closest nodes, which should have the block;
+    the providers are asked only if none has)."""
+
+    contacts: tuple[Contact, ...]
+
+
 class DhtDriver:
     """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
     owns every connection task until cancelled."""
@@ -321,6 +334,8 @@ class DhtDriver:
         self.blocks = blocks
         self.keeper = keeper
         self._store_limiter = RateLimiter(STORE_RATE, STORE_BURST)
+        self.providers = ProviderRecords()
+        """Who offered blocks this node refused (:mod:`.providers`)."""
         self.records = records
         self._record_limiter = RateLimiter(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
@@ -722,7 +737,7 @@ class DhtDriver:
             requester = self._peer_id(peer)
             if contact is not None:
                 self.seen(contact)
-            return await self.answer(requester, request)
+            return await self.answer(requester, request, contact)
 
         return handler
 
@@ -754,8 +769,9 @@ class DhtDriver:
             return msg.Pong()
         return None
 
-    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
-        """The response to a peer's DHT request."""
+    async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
+        """The response to a peer's DHT request (``contact``: where the
+        requester listens, if known)."""
         quick = self.answer_now(requester, request)
         if quick is not None:
             return quick
@@ -766,7 +782,11 @@ class DhtDriver:
                         return msg.Block(await self.blocks.get(request.cid))
                 except CasError:
                     pass  # a damaged block is not served; point elsewhere
-            return msg.Nodes(self._closest_peers(key_for_digest(request.cid.digest), requester))
+            closer = self._closest_peers(key_for_digest(request.cid.digest), requester)
+            providers = self.providers.providers(bytes(request.cid), self._now())
+            if providers:
+                return msg.Providers(tuple(contact_to_peer(p) for p in providers[: msg.MAX_PEERS]), closer)
+            return msg.Nodes(closer)
         if isinstance(request, msg.Have):
             if request.lease and isinstance(self.keeper, RenewsLeases):
                 await self.keeper.renew(request.cids, request.lease)
@@ -777,7 +797,7 @@ class DhtDriver:
                 present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
             return msg.HaveResult(tuple(present))
         if isinstance(request, msg.StoreBlocks):
-            return await self._answer_store(requester, request)
+            return await self._answer_store(requester, request, contact)
         if isinstance(request, msg.GetRecord):
             try:
                 target = id_from_bytes(request.key)
@@ -789,8 +809,11 @@ class DhtDriver:
             return await self._answer_put_record(requester, request)
         return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
 
-    async def _answer_store(self, requester: int, request: msg.StoreBlocks) -> msg.Response:
-        """Rate limit, verify, keep: each block ``ok`` only once it is durable."""
+    async def _answer_store(self, requester: int, request: msg.StoreBlocks,
+                            contact: Contact | None = None) -> msg.Response:
+        """Rate limit, verify, keep: each block ``ok`` only once it is
+        durable. A block refused (full) leaves a provider record: the
+        sender has it, and readers who ask here are told so."""
         if self.keeper is None:
             return msg.Error("refused", "this node keeps no blocks for others")
         if not self._store_limiter.allow(requester, self._now(), cost=len(request.cids)):
@@ -801,10 +824,13 @@ class DhtDriver:
             raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
         codes = []
         message = ""
-        for outcome in await self.keeper.keep_many(blocks, id_to_bytes(requester), request.leases):
+        outcomes = await self.keeper.keep_many(blocks, id_to_bytes(requester), request.leases)
+        for block, outcome in zip(blocks, outcomes):
             if not isinstance(outcome, BaseException):
                 codes.append("ok")
                 continue
+            if contact is not None:
+                self.providers.add(bytes(block.cid), contact, self._now())
             codes.append("full" if isinstance(outcome, StorageQuotaError) else "refused")
             message = message or str(outcome)[: msg.MAX_ERROR_TEXT_LENGTH]
         return msg.Stored(tuple(codes), message)
@@ -888,7 +914,8 @@ class DhtDriver:
                 nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
-        return FindResult(result, self._now() - started, block, result.value_from if block else None)
+        return FindResult(result, self._now() - started, block, result.value_from if block else None,
+                          tuple(dict.fromkeys(run.providers)))
 
     def _outcome(self, peer: Contact, response: msg.Response,
                  cid: CID | None) -> tuple[list[Contact], Any] | None:
@@ -918,6 +945,8 @@ class DhtDriver:
             return self._contacts(response.peers), None
         if isinstance(response, msg.Record):
             return self._contacts(response.peers), None if response.record is None else _HeldRecord(response.record)
+        if isinstance(response, msg.Providers) and cid is not None:
+            return self._contacts(response.peers), _Holders(tuple(self._contacts(response.providers)))
         if isinstance(response, msg.Block) and cid is not None:
             try:
                 return [], verified(cid, response.data)
@@ -1043,6 +1072,7 @@ class _LookupRun:
         self.request = request
         self.cid = cid
         self.records = records
+        self.providers: list[Contact] = []
         self.nursery = nursery
         self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
         self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
@@ -1190,6 +1220,9 @@ class _LookupRun:
             if isinstance(value, _HeldRecord):
                 if self.records is not None:
                     self.records.append((peer, value.data))
+                value = None
+            elif isinstance(value, _Holders):  # asked after the lookup, if it finds no copy
+                self.providers += [c for c in value.contacts if c.node_id != driver.own_id]
                 value = None
             actions = lookup.on_response(peer, contacts, value)
         if lookup.done:

@@ -427,7 +427,15 @@ class Replicator:
             if data is not None:
                 return data
         found = await self.dht.find_block(cid)
-        return found.block
+        if found.block is not None:
+            return found.block
+        # No copy where copies belong: ask those others know hold it (the
+        # node that added it, while its copies are not placed).
+        for provider in found.providers[: self.replicas]:
+            data = await self.dht.block_from(provider, cid, timeout=DIRECT_FETCH_TIMEOUT)
+            if data is not None:
+                return data
+        return None
 
     # -- repair -------------------------------------------------------------------
 

@@ -338,6 +338,22 @@ class Block(Response):
 
 
 @dataclass(frozen=True)
+class Providers(Response):
+    """FIND_BLOCK's answer from a node without the block that knows who has
+    it (a provider record: the node offered it here, cas.dht.providers),
+    with the peers closest to it as ``nodes`` gives them."""
+
+    TYPE = "providers"
+    FIELDS = (
+        ("providers", "providers", _PEERS),
+        ("peers", "peers", _PEERS),
+    )
+    providers: tuple[PeerInfo, ...]
+    peers: tuple[PeerInfo, ...] = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
 class StoreBlocks(Request):
     """Keep these blocks (DESIGN.md's STORE_BLOCK, batched): ``data[i]`` is
     the block named ``cids[i]``, to be kept ``leases[i]`` seconds unless
@@ -486,7 +502,7 @@ class Error(Response):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, StoreBlocks, Stored, Ok,
+    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, Providers, StoreBlocks, Stored, Ok,
                 Have, HaveResult, PutRecord, GetRecord, Record, Error)
 }
 _REQUEST_ID = _uint(MAX_REQUEST_ID)
