@@ -48,7 +48,7 @@ def test_copies_placed_on_a_node_moments_ago_are_confirmed_by_the_next_round_not
     """A node answers HAVE yes only for copies it verified within its scrub
     period, re-reading at most HAVE_VERIFY_BYTES per HAVE; copies placed a
     moment ago have not been re-read. A round that asked about them 1024 at
-    a time was told no past the first 16 MiB and sent them again (3.5-6.4
+    a time was told no past the first 16 MiB and sent them again (3.2-6.4
     times the bytes to restore in bench/churn.py); in batches of HAVE_BATCH
     each HAVE fits the budget and every copy is confirmed."""
     size = 512 * 1024

@@ -89,7 +89,7 @@ only for copies it verified within its scrub period, and re-reads at most
 past that it answers no, and the asker sends a copy it already has. Copies
 placed minutes ago have not been re-read yet, so a repair round's batches
 of 1024 were answered no past their first ~60 blocks and sent again:
-bench/churn.py measured 3.5-6.4 times the bytes to restore. 32 blocks of
+bench/churn.py measured 3.2-6.4 times the bytes to restore. 32 blocks of
 the 256 KiB average chunk are 8 MiB, within the answerer's budget even for
 blocks twice that size; it costs one more small message per 32 blocks."""
 
