@@ -103,10 +103,10 @@ def test_lookups_return_exactly_the_k_closest_other_nodes() -> None:
 
 def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None:
     class Liar(DhtDriver):
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             if isinstance(request, msg.FindBlock):
                 return msg.Block(b"not the block you asked for")
-            return await super().answer(requester, request)
+            return await super().answer(requester, request, contact)
 
     async def main() -> None:
         block = Block.of(RAW, b"the real block")
@@ -128,10 +128,10 @@ def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None
 
 def test_a_lying_peer_alone_yields_no_block() -> None:
     class Liar(DhtDriver):
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             if isinstance(request, msg.FindBlock):
                 return msg.Block(b"forged")
-            return await super().answer(requester, request)
+            return await super().answer(requester, request, contact)
 
     async def main() -> None:
         async with network() as net:
@@ -206,7 +206,7 @@ def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None  # nothing is answered at once: every request waits in answer()
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep_forever()
             raise AssertionError
 
@@ -233,7 +233,7 @@ def test_a_peer_silent_past_the_hard_timeout_fails_the_query_and_is_counted() ->
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep_forever()
             raise AssertionError
 
@@ -257,7 +257,7 @@ def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep(0.3)
             answer = DhtDriver.answer_now(self, requester, request)
             assert answer is not None
