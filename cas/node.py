@@ -358,7 +358,7 @@ class Node:
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
             records=StoreRecords(lambda: self.store, self.in_store_thread),
-            listen_port=bound[1],
+            listen_port=bound[1], listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,

@@ -30,6 +30,7 @@ peer's failure escape into the node.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections import Counter
@@ -235,6 +236,32 @@ def peer_to_contact(peer: msg.PeerInfo) -> Contact | None:
         return None
 
 
+def source_address(listen_host: str | None, target_host: str) -> str | None:
+    """The local address to dial ``target_host`` from, so that the peer
+    sees the address this node listens on (it files an inbound contact
+    under the connection's source address and the hello's port); None lets
+    the kernel choose, as for a node listening on every address.
+
+    A node bound to one address of a host with several (127.0.0.12 beside
+    127.0.0.1, a server's second interface) would otherwise dial from the
+    kernel's default source, and its peers would note an address where
+    nothing listens: their lookups hand it on, dials to it are refused, and
+    the probe after a hang-up finds it "dead". Only an IP literal of the
+    same family and the same scope (loopback or not) as the target is used:
+    a node on 127.0.0.1 can still dial a remote bootstrap peer as a
+    client, and a host name is left to the resolver."""
+    if not listen_host:
+        return None
+    try:
+        local = ipaddress.ip_address(listen_host)
+        remote = ipaddress.ip_address(target_host)
+    except ValueError:
+        return None
+    if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
+        return None
+    return listen_host
+
+
 _CONVERSION_CACHE = 4096
 """Wire peers <-> contacts remembered per driver. Every FIND_NODE answer
 carries 20 peers, mostly the same few hundred over and over; converting (and
@@ -299,6 +326,7 @@ class DhtDriver:
         keeper: BlockKeeper | None = None,
         records: RecordKeeper | None = None,
         listen_port: int | None = None,
+        listen_host: str | None = None,
         k: int = K,
         alpha: int = ALPHA,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -339,6 +367,9 @@ class DhtDriver:
         self.records = records
         self._record_limiter = RateLimiter(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
+        self.listen_host = listen_host
+        """The address the node listens on; outbound connections are dialled
+        from it when it is one address (:func:`source_address`)."""
         self.k = k
         self.alpha = alpha
         self.request_timeout = request_timeout
@@ -540,7 +571,8 @@ class DhtDriver:
         expected_bytes = id_to_bytes(expected) if expected is not None else None
         try:
             with trio.fail_after(self.handshake_timeout):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await trio.open_tcp_stream(
+                    host, port, local_address=source_address(self.listen_host, host))
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise PeerUnreachableError(f"cannot reach {host}:{port}: {reason}") from None
