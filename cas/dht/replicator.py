@@ -81,6 +81,12 @@ DIRECT_FETCH_TIMEOUT = 1.0
 """Seconds a likely holder asked directly for a block has to answer before
 the next is asked (a frozen or overloaded peer costs a reader this much)."""
 
+REPAIR_DEFER = 5.0
+"""Seconds a holder that knows of a nearer holder of a block waits, in a
+repair round, before it asks again and makes the copies still missing: the
+nearer one makes them first (measured before: every surviving holder sent
+the same copy, 1.55-2.3x the bytes to restore at R = 3)."""
+
 LOOKUP_CONCURRENCY = 4
 """Lookups in flight during a repair round."""
 
@@ -487,7 +493,8 @@ class Replicator:
             blocks = [cid for cid in await self.store.all_blocks() if leases.get(cid, 1) >= 1]
             report.blocks = len(blocks)
             closest = await self._lookups(blocks)
-            presence = await self._have(closest, own={cid for cid in blocks if cid not in leases})
+            own = {cid for cid in blocks if cid not in leases}
+            presence = await self._have(closest, own=own)
             droppable: list[CID] = list(expired)
             now = trio.current_time()
 
@@ -516,18 +523,32 @@ class Replicator:
                 report.stores += sent  # (not `+= await`: that would add to a stale count)
                 conclude(cid, plan)
 
+            def plan_for(cid: CID, known: dict[int, bool]) -> Placement:
+                return Placement(key_for_digest(cid.digest), closest[cid], own_id=self.dht.own_id, local=True,
+                                 replicas=self.replicas, known=known)
+
+            deferred: list[CID] = []
             async with trio.open_nursery() as nursery:
                 for cid in blocks:
-                    contacts = closest.get(cid)
-                    if contacts is None:
+                    if cid not in closest:
                         continue
-                    key = key_for_digest(cid.digest)
-                    plan = Placement(key, contacts, own_id=self.dht.own_id, local=True,
-                                     replicas=self.replicas, known=presence.get(cid, {}))
+                    plan = plan_for(cid, presence.get(cid, {}))
                     if plan.done:
                         conclude(cid, plan)
+                    elif plan.defers():
+                        deferred.append(cid)
                     else:
                         nursery.start_soon(make_copies, cid, plan)
+            if deferred:  # a nearer holder makes these copies; fill what it has not
+                await trio.sleep(REPAIR_DEFER)
+                again = await self._have({cid: closest[cid] for cid in deferred}, own=own)
+                async with trio.open_nursery() as nursery:
+                    for cid in deferred:
+                        plan = plan_for(cid, again.get(cid, {}))
+                        if plan.done:
+                            conclude(cid, plan)
+                        else:
+                            nursery.start_soon(make_copies, cid, plan)
             for cid in expired:
                 self._forget(cid)
             if droppable:
