@@ -72,9 +72,9 @@ from .net.admission import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Admissi
 from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
-from .net.network_key import describe_network, network_key_for
-from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
-from .store._held import DEFAULT_PEER_QUOTA
+from .net.network_key import NetworkKey, NetworkSettings, describe_network, network_key_for
+from .store import DEFAULT_QUOTA, LocalStore, Placed, StorageQuotaError, VerifyReport
+from .store._held import DEFAULT_LEASE, DEFAULT_PEER_QUOTA
 from .store._modes import open_private, private_dir
 from .store._links import links_of
 
@@ -151,8 +151,14 @@ class NodeConfig:
     disk_reserve: int | None = None
     """Free disk never given to other nodes' blocks (None: a quarter of the
     disk, at most 10 GiB)."""
-    replicas: int = DEFAULT_REPLICAS
-    repair_interval: float = REPAIR_INTERVAL
+    lease: float | None = None
+    """Seconds a block held for another node is kept without a renewal; the
+    longest lease this node grants, and the one it asks for its own. None:
+    the network key's setting, else the default."""
+    replicas: int | None = None
+    """Copies of every block; None: the network key's setting, else the default."""
+    repair_interval: float | None = None
+    """Seconds between repair rounds; None: the network key's, else the default."""
     retry_interval: float = RETRY_INTERVAL
     lock_wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
@@ -202,6 +208,39 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"port {port} in {text!r} is out of range")
     return host, port
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings a node runs with that every node of its network shares."""
+
+    replicas: int
+    repair_interval: float
+    lease: float
+    id_difficulty: int
+
+
+def network_settings(config: NodeConfig, key: NetworkKey | None, store: LocalStore) -> Settings:
+    """Each shared setting from the daemon's flag, else the network key's
+    settings, else (the ID difficulty) the repository's config.json, else
+    the default. A flag that differs from the key's setting is refused: a
+    node that kept its own would not be of that network."""
+    from_key = key.settings if key is not None else NetworkSettings()
+
+    def pick(name: str, flag: float | None, default: float, flag_name: str) -> float:
+        shared = getattr(from_key, name)
+        if flag is not None and shared is not None and flag != shared:
+            assert key is not None
+            raise InvalidInputError(
+                f"{flag_name} {flag:g} differs from the network's {shared:g}, set in its key {key.source}; "
+                f"every node of a network uses its key's settings (leave {flag_name} out)")
+        return flag if flag is not None else shared if shared is not None else default
+
+    return Settings(
+        replicas=int(pick("replicas", config.replicas, DEFAULT_REPLICAS, "--replicas")),
+        repair_interval=pick("repair_interval", config.repair_interval, REPAIR_INTERVAL, "--repair-interval"),
+        lease=pick("lease", config.lease, DEFAULT_LEASE, "--lease"),
+        id_difficulty=int(pick("id_difficulty", config.id_difficulty, id_difficulty(store), "--id-difficulty")))
 
 
 def id_difficulty(store: LocalStore, configured: int | None = None) -> int:
@@ -260,10 +299,11 @@ class Node:
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
         self.publisher: Publisher | None = None
-        self.group_commit: GroupCommitter[tuple[Block, bytes | None]] | None = None
+        self.group_commit: GroupCommitter[Placed] | None = None
         self.namespace: Namespace | None = None
         self.namespace_commits: GroupCommitter[Change] | None = None
         self.integrity = IntegrityStats()
+        self.settings: Settings | None = None
         self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
         self._healing: dict[CID, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -297,13 +337,15 @@ class Node:
 
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
-        difficulty = id_difficulty(store, self.config.id_difficulty)
+        network_key = network_key_for(repo, self.config.network_key)
+        settings = self.settings = network_settings(self.config, network_key, store)
+        store.held.set_lease(settings.lease)  # committed with the first barrier
+        difficulty = settings.id_difficulty
         identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
         self.identity = identity
         if replaced:
             self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
                       f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
-        network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
         try:
@@ -316,7 +358,7 @@ class Node:
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
-            listen_port=bound[1],
+            listen_port=bound[1], listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
@@ -324,12 +366,13 @@ class Node:
                                 max_connections_per_address=self.config.max_connections_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         replicator = self.replicator = Replicator(
-            dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
-            repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
-        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
+            dht, _StoreThreadBlocks(self), replicas=settings.replicas,
+            repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
+            lease=settings.lease)
+        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
         group_commit = self.group_commit = GroupCommitter(
             lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
-            weight=lambda item: len(item[0].data))  # (block, sender)
+            weight=lambda item: len(item.block.data))
         namespace_commits = self.namespace_commits = GroupCommitter(
             lambda changes: self.in_store_thread(self.apply_changes, changes),
             weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
@@ -497,7 +540,7 @@ class Node:
         try:
             # Kept with the other blocks arriving meanwhile (read-ahead
             # fetches several at once): one barrier for them all.
-            await self.group_commit.keep((block, None))
+            await self.group_commit.keep(Placed(block))
         except StorageQuotaError:
             pass  # served, not kept
         if len(self._fetched) > MAX_READ_AHEAD_INDEX:
@@ -748,7 +791,9 @@ class _StoreThreadBlocks:
     async def have(self, cids: Sequence[CID]) -> list[bool]:
         """HAVE: for each CID, whether a copy here verified within the scrub
         period; one not checked that recently is read and hashed now, and a
-        bad one quarantined (and healed in the background)."""
+        bad one quarantined (and healed in the background). A block held
+        for the network whose lease ran out is not claimed: nobody wants
+        it kept, and gc will take it."""
         node = self._node
         assert node.store is not None
         store = node.store
@@ -759,8 +804,9 @@ class _StoreThreadBlocks:
             read: list[CID] = []
             bad: list[CorruptBlockError] = []
             budget = HAVE_VERIFY_BYTES
+            expired = store.held.expired_among(cids)
             for cid in cids:
-                ok = store.blocks.has(cid)
+                ok = store.blocks.has(cid) and cid not in expired
                 if ok and cid in recheck:
                     if budget <= 0:
                         # Not verified in time for this answer, so not
@@ -788,9 +834,20 @@ class _StoreThreadBlocks:
             node.heal_soon(damage.cid)  # type: ignore[arg-type]
         return present
 
-    async def held(self) -> list[CID]:
+    async def leases(self) -> dict[CID, float]:
         assert self._node.store is not None
-        return list(await self._node.in_store_thread(self._node.store.held.cids))
+        return dict(await self._node.in_store_thread(self._node.store.held.leases))
+
+    async def renew(self, cids: Sequence[CID], seconds: int) -> None:
+        """A HAVE with a lease: keep those held here that much longer."""
+        store = self._node.store
+        assert store is not None
+
+        def renew() -> None:
+            store.held.renew(cids, seconds)
+            store.blocks.barrier()
+
+        await self._node.in_store_thread(renew)
 
     async def all_blocks(self) -> list[CID]:
         store = self._node.store
@@ -805,13 +862,16 @@ class _StoreThreadBlocks:
         assert self._node.store is not None
         return dict(await self._node.in_store_thread(self._node.store.blocks.sizes, cids))
 
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
-        """Blocks a peer (``sender``) placed here (verified): held for the
-        network, within the quota, the sender's share and the disk reserve,
-        durable on return (group-committed with the others arriving at the
-        same time); per block, True/False or the quota error that refused it."""
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
+        """Blocks a peer (``sender``) placed here (verified), each for its
+        lease in seconds (none: the network's): held for the network, within
+        the quota, the sender's share and the disk reserve, durable on
+        return (group-committed with the others arriving at the same time);
+        per block, True/False or the quota error that refused it."""
         assert self._node.group_commit is not None
-        return await self._node.group_commit.keep_many([(block, sender) for block in blocks])
+        return await self._node.group_commit.keep_many(
+            [Placed(block, sender, leases[i] if leases else None) for i, block in enumerate(blocks)])
 
 
 def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[CorruptBlockError]]:
@@ -1200,7 +1260,7 @@ def _store_ops(node: Node) -> OpTable:
             raise InvalidInputError("argument 'history' must be a whole number or null")
         report = await node.in_store_thread(lambda: store().gc(history=history))
         return {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed,
-                "roots_dropped": report.roots_dropped}
+                "roots_dropped": report.roots_dropped, "expired_freed": report.expired_freed}
 
     async def roots(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
         newest_first, limit = args.get("newest_first", True), args.get("limit")
@@ -1331,13 +1391,13 @@ def _node_ops(node: Node) -> OpTable:
         """Run a repair round now (the same as the periodic one)."""
         report = await replicator().repair()
         return {"blocks": report.blocks, "stores": report.stores, "dropped": report.dropped,
-                "short": report.short}
+                "short": report.short, "expired": report.expired}
 
     async def replication_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         store = node.store
         assert store is not None
         r = replicator()
-        return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
+        return {"replicas": r.replicas, "lease_s": math.ceil(r.lease), "queued": r.stats.queued, "placed": r.stats.placed,
                 "stores_sent": r.stats.stores_sent, "store_messages": dht().store_messages_sent,
                 "repair_rounds": r.stats.rounds,
                 "held_blocks": len(store.held), "held_bytes": store.held.bytes,

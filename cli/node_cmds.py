@@ -64,6 +64,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "network should use the same (default: the repository's config.json, else 12)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
+    p.add_argument("--lease", type=_lease, default=None, metavar="DURATION",
+                   help="how long blocks held for other nodes are kept unless their owner renews them "
+                   "(it does every repair round), e.g. 7d; what nobody renews is reclaimed (default 30d)")
     p.add_argument("--scrub-rate", type=_size, default=None, metavar="SIZE",
                    help="bytes per second the scrub re-reads stored blocks at most, e.g. 16M (the default)")
     p.add_argument("--scrub-period", type=_seconds, default=None, metavar="SECONDS",
@@ -99,13 +102,29 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    """A duration: seconds, or a number with s, m, h or d (``90``, ``15m``, ``30d``)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write seconds, or e.g. 90s, 15m, 12h, 30d")
+    value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+_MAX_LEASE_DAYS = 3650
+
+
+def _lease(text: str) -> float:
+    value = _seconds(text)
+    if value > _MAX_LEASE_DAYS * 86400:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_LEASE_DAYS}d")
     return value
 
 
@@ -183,6 +202,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.disk_reserve = args.disk_reserve
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
+    if args.lease is not None:
+        config.lease = args.lease
     if args.id_difficulty is not None:
         config.id_difficulty = args.id_difficulty
     if args.scrub_rate is not None:

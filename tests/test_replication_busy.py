@@ -23,8 +23,8 @@ class Source:
     async def get(self, cid: CID) -> bytes:
         return self.blocks[cid]
 
-    async def held(self) -> list[CID]:
-        return []
+    async def leases(self) -> dict[CID, float]:
+        return {}  # every block its own
 
     async def all_blocks(self) -> list[CID]:
         return list(self.blocks)

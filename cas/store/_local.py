@@ -405,7 +405,8 @@ class LocalStore:
         """Delete every block not reachable from a pin, the current root or
         one of the ``history`` roots before it (default: the configured
         limit), and the root rows older than that. Blocks put through an
-        open write session are kept."""
+        open write session are kept, and so are blocks held for the network
+        (``_held.py``) until their lease runs out."""
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         from ._reports import GcReport
 
@@ -417,7 +418,13 @@ class LocalStore:
             report.roots_dropped += 1
         self.blocks.barrier()
         live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
-        protected = self.blocks.protected() | set(self.held.cids())  # held: the repair loop decides
+        expired = self.held.expired()
+        sizes = {cid: self._block_size(cid) for cid in expired}
+        for cid in self.held.drop(expired, live | self.blocks.protected()):  # nobody renewed them
+            report.blocks_freed += 1
+            report.bytes_freed += sizes[cid]
+            report.expired_freed += 1
+        protected = self.blocks.protected() | set(self.held.cids())  # held, leased: the repair loop decides
         garbage = {cid for cid in self.blocks.iterate() if cid not in live and cid not in protected}
         # Delete parents before children, so that at every instant (a crash
         # included) each remaining block's links still resolve.
