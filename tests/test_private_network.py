@@ -3,9 +3,10 @@ key, daemons holding the same key join and replicate, and a daemon with
 another key, or none, is refused and learns nothing: no peers, no blocks,
 no records, no place in anyone's routing table.
 
-Daemons listen on different loopback addresses (127.0.0.x), so that the
-dialler's log line names the one it was refused by (a connection comes
-from 127.0.0.1 whoever dials, so the refuser's line says only that); every
+Daemons listen on different loopback addresses (127.0.0.x), so that each
+log line names the other end: the dialler's the address it was refused by,
+the refuser's the address the dialler listens on (a daemon bound to one
+address dials from it); every
 wait is a condition polled with a deadline, and every daemon is stopped by
 PID (:class:`tests.nodeproc.Daemons`).
 """
@@ -169,9 +170,9 @@ def test_nodes_with_the_same_key_replicate_and_nodes_of_other_networks_learn_not
     assert f"refused peer {c.address}: {KEY_DIFFERS}" in b.stderr()
     assert f"refused peer {d.address}: {PEER_HAS_NO_KEY}" in b.stderr()
     wait_until(lambda: KEY_DIFFERS in c.stderr(), 15, "c to log b's refusal")
-    assert "refused peer 127.0.0.1:" in c.stderr()
+    assert f"refused peer {b.host}:" in c.stderr()
     wait_until(lambda: WE_HAVE_NO_KEY in d.stderr(), 15, "d to log b's refusal")
-    assert "refused peer 127.0.0.1:" in d.stderr()
+    assert f"refused peer {b.host}:" in d.stderr()
     assert "refused" not in a.stderr()
 
     # Outsiders bootstrapping through a member are refused: one line, exit 1,
