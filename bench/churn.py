@@ -61,14 +61,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchutil import compile_cas, parse_size
+from benchutil import compile_cas, cpu_seconds, parse_size
 
 from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from cas.store._links import links_of
 from tests.conftest import CAS, pseudo_random_stream
-from tests.nodeproc import Daemon, Daemons
+from tests.nodeproc import Daemon, Daemons, start_network
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -88,15 +88,6 @@ def blocks_of(daemon: Daemon) -> set[CID]:
         return set(client.stream("iterate"))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by the processes ``pids``."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def node_key(daemon: Daemon) -> int:
     return int(daemon.node_id, 16)
 
@@ -104,21 +95,6 @@ def node_key(daemon: Daemon) -> int:
 def closest(cid: CID, nodes: list[Daemon], replicas: int) -> list[Daemon]:
     key = key_for_digest(cid.digest)
     return sorted(nodes, key=lambda d: node_key(d) ^ key)[:replicas]
-
-
-def start_network(daemons: Daemons, base: Path, count: int, extra: list[str]) -> list[Daemon]:
-    first = daemons.start(base / "n0", listen="127.0.0.10:0", extra=extra)
-    rest = [daemons.start(base / f"n{i}", listen=f"127.0.0.{10 + i}:0", bootstrap=[first.address],
-                          wait=False, extra=extra) for i in range(1, count)]
-    for daemon in rest:
-        daemons.wait_ready(daemon, timeout=120)
-    nodes = [first, *rest]
-    refreshes = [subprocess.Popen([CAS, "--repo", str(d.repo), "dht", "refresh"], stdout=subprocess.DEVNULL)
-                 for d in nodes]
-    for proc in refreshes:
-        if proc.wait(120) != 0:
-            raise SystemExit("cas dht refresh failed")
-    return nodes
 
 
 def add(daemon: Daemon, path: Path, replicas: int) -> CID:

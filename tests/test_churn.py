@@ -25,12 +25,10 @@ stopped by PID, whatever happens (:class:`tests.nodeproc.Daemons`)."""
 
 from __future__ import annotations
 
-import functools
 import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +37,7 @@ from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, dag_of
+from tests.nodeproc import Daemon, Daemons, dag_of, start_network
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,38 +67,6 @@ def daemons() -> Iterator[Daemons]:
         yield d
 
 
-def in_parallel(calls: list[Callable[[], object]]) -> None:
-    """Run each call on its own thread; re-raise the first failure."""
-    errors: list[BaseException] = []
-
-    def one(call: Callable[[], object]) -> None:
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001  (re-raised below, on the test's thread)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-
-
-def start_network(daemons: Daemons, base: Path) -> list[Daemon]:
-    """NODES daemons, node i listening on 127.0.0.(10 + i), all bootstrapped
-    through the first, then refreshed so that each knows the others."""
-    first = daemons.start(base / "n0", listen="127.0.0.10:0", extra=DAEMON_ARGS)
-    rest = [daemons.start(base / f"n{i}", listen=f"127.0.0.{10 + i}:0", bootstrap=[first.address],
-                          wait=False, extra=DAEMON_ARGS) for i in range(1, NODES)]
-    for daemon in rest:
-        daemons.wait_ready(daemon, timeout=90)
-    nodes = [first, *rest]
-    in_parallel([functools.partial(run_cas, "dht", "refresh", repo=d.repo) for d in nodes])
-    return nodes
-
-
 def holders(cids: list[CID], nodes: list[Daemon]) -> dict[CID, set[str]]:
     """For each CID, the node IDs of ``nodes`` that hold it (``has``: never
     fetching)."""
@@ -122,7 +88,7 @@ def closest(cid: CID, nodes: list[Daemon]) -> set[str]:
 def test_half_of_forty_nodes_killed_at_once_every_file_reads_back_after_repair(
         tmp_path: Path, daemons: Daemons) -> None:
     started = time.monotonic()
-    nodes = start_network(daemons, tmp_path)
+    nodes = start_network(daemons, tmp_path, NODES, DAEMON_ARGS, timeout=90)
     doomed = set(random.Random(SEED).sample(range(NODES), KILLED))
     dead_adders = sorted(doomed)[:2]
     live_adders = sorted(set(range(NODES)) - doomed)[:2]
