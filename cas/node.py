@@ -75,7 +75,8 @@ from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
 from .net.network_key import NetworkKey, NetworkSettings, describe_network, network_key_for
 from .store import DEFAULT_QUOTA, LocalStore, Placed, StorageQuotaError, VerifyReport
 from .store._held import DEFAULT_LEASE, DEFAULT_PEER_QUOTA
-from .store._modes import open_private, private_dir
+from .durable import write_atomically
+from .store._modes import private_dir
 from .store._links import links_of
 
 DEFAULT_PORT = 4710
@@ -275,17 +276,10 @@ def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
 
 
 def save_table(path: Path, table: RoutingTable, now: float) -> None:
-    """Write the table atomically (temporary file, fsync, rename)."""
+    """Write the table atomically and durably (:mod:`cas.durable`)."""
     data = dagcbor.encode(table.to_record(now))
     private_dir(path.parent)  # 0700, and the file 0600, whatever the umask (cas/store/_modes.py)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, data)
 
 
 class Node:

@@ -62,7 +62,8 @@ from ..errors import (
 from . import _lock, _modes
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
-from ._disk import disk_error, fsync_dir
+from ..durable import write_atomically
+from ._disk import disk_error
 from ._packs import PackStore, migrate_block_files
 from ._records import HeldRecords
 from ._held import HeldBlocks, disk_space
@@ -105,19 +106,6 @@ class RootRow(NamedTuple):
     root: CID
     time_ns: int
     record: bytes
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file of ``data``, mode 0600, durably."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = _modes.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
 
 
 class LocalStore:
@@ -205,7 +193,7 @@ class LocalStore:
             NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
             config = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             # config.json last: its presence marks a complete repository.
-            _atomic_write(path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
+            write_atomically(path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
         except OSError as exc:
             raise disk_error(exc, "creating the repository", path) from None
 
