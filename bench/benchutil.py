@@ -39,3 +39,12 @@ def compile_cas() -> None:
 
     for package in (cas, cas.cli, cas.fuse):
         compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by the processes ``pids``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

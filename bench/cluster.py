@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchutil import compile_cas, parse_size, timed
+from benchutil import compile_cas, cpu_seconds, parse_size, timed
 from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.store._links import links_of
@@ -132,15 +132,6 @@ class Daemon:
 def cas(*args: str, repo: Path, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([CAS, "--repo", str(repo), *args], stdout=stdout, stderr=subprocess.PIPE,
                           env=env(), check=True, timeout=1800)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by the processes ``pids``."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def dag(daemon: Daemon, root: CID) -> list[CID]:

@@ -812,7 +812,7 @@ class RemoteStore:
     def gc(self, *, history: int | None = None) -> GcReport:
         v = self._client.call("gc", history=history)
         return GcReport(blocks_freed=v["blocks_freed"], bytes_freed=v["bytes_freed"],
-                        roots_dropped=v["roots_dropped"])
+                        roots_dropped=v["roots_dropped"], expired_freed=v.get("expired_freed", 0))
 
     def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
         return [RootRow(r["seq"], r["root"], r["time_ns"], r["record"])

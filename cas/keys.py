@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from .durable import write_atomically
 from .errors import CasError
 
 if TYPE_CHECKING:
@@ -60,31 +61,11 @@ def write_private_file(path: str | os.PathLike[str], data: bytes, what: str, *,
     node key"); a failure raises :class:`KeyFileError`.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # the umask may only remove bits; be explicit
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyFileError(f"{what} {path} already exists; it was left as it is") from None
-            finally:
-                tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, data, replace=replace)
+    except FileExistsError:
+        raise KeyFileError(f"{what} {path} already exists; it was left as it is") from None
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write {what} {path}: {exc.strerror}") from None
 
 

@@ -61,6 +61,7 @@ from .dht.publisher import Publisher, StoreRecords, name_ops
 from .dht.replication import DEFAULT_REPLICAS
 from .dht.replicator import REPAIR_INTERVAL, RETRY_INTERVAL, Replicator
 from .dht.routing import REFRESH_INTERVAL, RoutingTable
+from .durable import write_atomically
 from .errors import (
     BlockNotFoundError,
     CasError,
@@ -82,12 +83,17 @@ from .net.admission import (
 from .net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from .net.framing import FRAME_MEMORY
 from .net.identity import DEFAULT_ID_DIFFICULTY, Identity
-from .net.network_key import describe_network, network_key_for
+from .net.network_key import (
+    NetworkKey,
+    NetworkSettings,
+    describe_network,
+    network_key_for,
+)
 from .scrub import DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE, ScrubPace
-from .store import DEFAULT_QUOTA, LocalStore, StorageQuotaError, VerifyReport
-from .store._held import DEFAULT_PEER_QUOTA
+from .store import DEFAULT_QUOTA, LocalStore, Placed, StorageQuotaError, VerifyReport
+from .store._held import DEFAULT_LEASE, DEFAULT_PEER_QUOTA
 from .store._links import links_of
-from .store._modes import open_private, private_dir
+from .store._modes import private_dir
 
 DEFAULT_PORT = 4710
 KEY_PATH = Path("keys") / "node.key"
@@ -164,8 +170,14 @@ class NodeConfig:
     disk_reserve: int | None = None
     """Free disk never given to other nodes' blocks (None: a quarter of the
     disk, at most 10 GiB)."""
-    replicas: int = DEFAULT_REPLICAS
-    repair_interval: float = REPAIR_INTERVAL
+    lease: float | None = None
+    """Seconds a block held for another node is kept without a renewal; the
+    longest lease this node grants, and the one it asks for its own. None:
+    the network key's setting, else the default."""
+    replicas: int | None = None
+    """Copies of every block; None: the network key's setting, else the default."""
+    repair_interval: float | None = None
+    """Seconds between repair rounds; None: the network key's, else the default."""
     retry_interval: float = RETRY_INTERVAL
     lock_wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
@@ -217,6 +229,39 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The settings a node runs with that every node of its network shares."""
+
+    replicas: int
+    repair_interval: float
+    lease: float
+    id_difficulty: int
+
+
+def network_settings(config: NodeConfig, key: NetworkKey | None, store: LocalStore) -> Settings:
+    """Each shared setting from the daemon's flag, else the network key's
+    settings, else (the ID difficulty) the repository's config.json, else
+    the default. A flag that differs from the key's setting is refused: a
+    node that kept its own would not be of that network."""
+    from_key = key.settings if key is not None else NetworkSettings()
+
+    def pick(name: str, flag: float | None, default: float, flag_name: str) -> float:
+        shared = getattr(from_key, name)
+        if flag is not None and shared is not None and flag != shared:
+            assert key is not None
+            raise InvalidInputError(
+                f"{flag_name} {flag:g} differs from the network's {shared:g}, set in its key {key.source}; "
+                f"every node of a network uses its key's settings (leave {flag_name} out)")
+        return flag if flag is not None else shared if shared is not None else default
+
+    return Settings(
+        replicas=int(pick("replicas", config.replicas, DEFAULT_REPLICAS, "--replicas")),
+        repair_interval=pick("repair_interval", config.repair_interval, REPAIR_INTERVAL, "--repair-interval"),
+        lease=pick("lease", config.lease, DEFAULT_LEASE, "--lease"),
+        id_difficulty=int(pick("id_difficulty", config.id_difficulty, id_difficulty(store), "--id-difficulty")))
+
+
 def id_difficulty(store: LocalStore, configured: int | None = None) -> int:
     """The work node IDs must show: ``configured`` (the daemon's flag), else
     the repository's ``"id_difficulty"``, else DEFAULT_ID_DIFFICULTY."""
@@ -249,17 +294,10 @@ def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
 
 
 def save_table(path: Path, table: RoutingTable, now: float) -> None:
-    """Write the table atomically (temporary file, fsync, rename)."""
+    """Write the table atomically and durably (:mod:`cas.durable`)."""
     data = dagcbor.encode(table.to_record(now))
     private_dir(path.parent)  # 0700, and the file 0600, whatever the umask (cas/store/_modes.py)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, data)
 
 
 class Node:
@@ -273,10 +311,11 @@ class Node:
         self.dht: DhtDriver | None = None
         self.replicator: Replicator | None = None
         self.publisher: Publisher | None = None
-        self.group_commit: GroupCommitter[tuple[Block, bytes | None]] | None = None
+        self.group_commit: GroupCommitter[Placed] | None = None
         self.namespace: Namespace | None = None
         self.namespace_commits: GroupCommitter[Change] | None = None
         self.integrity = IntegrityStats()
+        self.settings: Settings | None = None
         self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
         self._healing: dict[CID, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -310,13 +349,15 @@ class Node:
 
     async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
         (repo / "keys").mkdir(mode=0o700, exist_ok=True)
-        difficulty = id_difficulty(store, self.config.id_difficulty)
+        network_key = network_key_for(repo, self.config.network_key)
+        settings = self.settings = network_settings(self.config, network_key, store)
+        store.held.set_lease(settings.lease)  # committed with the first barrier
+        difficulty = settings.id_difficulty
         identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
         self.identity = identity
         if replaced:
             self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
                       f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
-        network_key = network_key_for(repo, self.config.network_key)
         own_id = id_from_bytes(identity.node_id)
         table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
         try:
@@ -328,8 +369,8 @@ class Node:
         self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
-            records=StoreRecords(lambda: self.store, self.in_store_thread),
-            listen_port=bound[1],
+            records=StoreRecords(lambda: store, self.in_store_thread),
+            listen_port=bound[1], listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
@@ -338,12 +379,13 @@ class Node:
                                 handshake_rate_per_address=self.config.handshake_rate_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         replicator = self.replicator = Replicator(
-            dht, _StoreThreadBlocks(self), replicas=self.config.replicas,
-            repair_interval=self.config.repair_interval, retry_interval=self.config.retry_interval)
-        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=self.config.replicas)
+            dht, _StoreThreadBlocks(self), replicas=settings.replicas,
+            repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
+            lease=settings.lease)
+        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
         group_commit = self.group_commit = GroupCommitter(
             lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
-            weight=lambda item: len(item[0].data))  # (block, sender)
+            weight=lambda item: len(item.block.data))
         namespace_commits = self.namespace_commits = GroupCommitter(
             lambda changes: self.in_store_thread(self.apply_changes, changes),
             weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
@@ -511,7 +553,7 @@ class Node:
         try:
             # Kept with the other blocks arriving meanwhile (read-ahead
             # fetches several at once): one barrier for them all.
-            await self.group_commit.keep((block, None))
+            await self.group_commit.keep(Placed(block))
         except StorageQuotaError:
             pass  # served, not kept
         if len(self._fetched) > MAX_READ_AHEAD_INDEX:
@@ -571,7 +613,7 @@ class Node:
             store.blocks.barrier()
             return new
 
-        self._verified.pop(damage.cid, None)  # type: ignore[arg-type]
+        self._verified.pop(damage.cid, None)  # type: ignore[call-overload]
         if await self.in_store_thread(take_out):
             self.integrity.quarantined += 1
             self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
@@ -762,7 +804,9 @@ class _StoreThreadBlocks:
     async def have(self, cids: Sequence[CID]) -> list[bool]:
         """HAVE: for each CID, whether a copy here verified within the scrub
         period; one not checked that recently is read and hashed now, and a
-        bad one quarantined (and healed in the background)."""
+        bad one quarantined (and healed in the background). A block held
+        for the network whose lease ran out is not claimed: nobody wants
+        it kept, and gc will take it."""
         node = self._node
         assert node.store is not None
         store = node.store
@@ -773,8 +817,9 @@ class _StoreThreadBlocks:
             read: list[CID] = []
             bad: list[CorruptBlockError] = []
             budget = HAVE_VERIFY_BYTES
+            expired = store.held.expired_among(cids)
             for cid in cids:
-                ok = store.blocks.has(cid)
+                ok = store.blocks.has(cid) and cid not in expired
                 if ok and cid in recheck:
                     if budget <= 0:
                         # Not verified in time for this answer, so not
@@ -802,25 +847,44 @@ class _StoreThreadBlocks:
             node.heal_soon(damage.cid)  # type: ignore[arg-type]
         return present
 
-    async def held(self) -> list[CID]:
+    async def leases(self) -> dict[CID, float]:
         assert self._node.store is not None
-        return list(await self._node.in_store_thread(self._node.store.held.cids))
+        return dict(await self._node.in_store_thread(self._node.store.held.leases))
+
+    async def renew(self, cids: Sequence[CID], seconds: int) -> None:
+        """A HAVE with a lease: keep those held here that much longer."""
+        store = self._node.store
+        assert store is not None
+
+        def renew() -> None:
+            store.held.renew(cids, seconds)
+            store.blocks.barrier()
+
+        await self._node.in_store_thread(renew)
 
     async def all_blocks(self) -> list[CID]:
-        assert self._node.store is not None
-        return list(await self._node.in_store_thread(lambda: list(self._node.store.blocks.iterate())))
+        store = self._node.store
+        assert store is not None
+        return list(await self._node.in_store_thread(lambda: list(store.blocks.iterate())))
 
     async def drop(self, cids: list[CID]) -> list[CID]:
         assert self._node.store is not None
         return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
 
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
-        """Blocks a peer (``sender``) placed here (verified): held for the
-        network, within the quota, the sender's share and the disk reserve,
-        durable on return (group-committed with the others arriving at the
-        same time); per block, True/False or the quota error that refused it."""
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        assert self._node.store is not None
+        return dict(await self._node.in_store_thread(self._node.store.blocks.sizes, cids))
+
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
+        """Blocks a peer (``sender``) placed here (verified), each for its
+        lease in seconds (none: the network's): held for the network, within
+        the quota, the sender's share and the disk reserve, durable on
+        return (group-committed with the others arriving at the same time);
+        per block, True/False or the quota error that refused it."""
         assert self._node.group_commit is not None
-        return await self._node.group_commit.keep_many([(block, sender) for block in blocks])
+        return await self._node.group_commit.keep_many(
+            [Placed(block, sender, leases[i] if leases else None) for i, block in enumerate(blocks)])
 
 
 def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[CorruptBlockError]]:
@@ -950,8 +1014,16 @@ def control_ops(node: Node) -> OpTable:
     To add ops (the namespace, say), write ``names_ops(node) -> OpTable`` in
     your module and merge it in the ``return`` below; that is the one place.
     """
+    def publisher() -> Publisher:
+        assert node.publisher is not None
+        return node.publisher
+
+    def store() -> LocalStore:
+        assert node.store is not None
+        return node.store
+
     return {**_store_ops(node), **_node_ops(node), **_namespace_ops(node),
-            **name_ops(lambda: node.publisher, lambda: node.store, node.in_store_thread)}
+            **name_ops(publisher, store, node.in_store_thread)}
 
 
 def _namespace_ops(node: Node) -> OpTable:
@@ -1201,7 +1273,7 @@ def _store_ops(node: Node) -> OpTable:
             raise InvalidInputError("argument 'history' must be a whole number or null")
         report = await node.in_store_thread(lambda: store().gc(history=history))
         return {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed,
-                "roots_dropped": report.roots_dropped}
+                "roots_dropped": report.roots_dropped, "expired_freed": report.expired_freed}
 
     async def roots(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
         newest_first, limit = args.get("newest_first", True), args.get("limit")
@@ -1241,22 +1313,29 @@ def _node_ops(node: Node) -> OpTable:
                 "peers": len(dht().table)}
 
     async def peers(args: dict[str, Any], client: ClientState) -> list[dict[str, Any]]:
-        stats = node.replicator.stats if node.replicator is not None else None
+        r = node.replicator
         assert node.store is not None
         held = await node.in_store_thread(node.store.held.by_sender)
-        return [
-            {"id": id_to_bytes(p.contact.node_id).hex(), "host": p.contact.host, "port": p.contact.port,
-             "connected": p.connected, "failures": p.failures,
-             "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000),
-             # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
-             "stores": stats.peer_stores[p.contact.node_id] if stats else 0,
-             "store_failures": stats.peer_store_failures[p.contact.node_id] if stats else 0,
-             "bad_blocks": dht().bad_blocks[p.contact.node_id],
-             # what it stores with us now: blocks and bytes it placed here
-             "held_blocks": held.get(id_to_bytes(p.contact.node_id), (0, 0))[0],
-             "held_bytes": held.get(id_to_bytes(p.contact.node_id), (0, 0))[1]}
-            for p in dht().peers()
-        ]
+        out = []
+        for p in dht().peers():
+            node_id = p.contact.node_id
+            held_blocks, held_bytes = held.get(id_to_bytes(node_id), (0, 0))
+            ours_blocks, ours_bytes = r.holders.with_peer(node_id) if r is not None else (0, 0)
+            out.append({
+                "id": id_to_bytes(node_id).hex(), "host": p.contact.host, "port": p.contact.port,
+                "connected": p.connected, "failures": p.failures,
+                "last_seen_ms": None if p.last_seen is None else int(p.last_seen * 1000),
+                # since start: blocks it acknowledged storing, stores it failed, wrong blocks it sent
+                "stores": r.stats.peer_stores[node_id] if r is not None else 0,
+                "store_failures": r.stats.peer_store_failures[node_id] if r is not None else 0,
+                "bad_blocks": dht().bad_blocks[node_id],
+                # what we store with it now: our own blocks it is known to hold
+                # (the holder index: confirmed by placement or repair, gone if it is found dead)
+                "ours_blocks": ours_blocks, "ours_bytes": ours_bytes,
+                # what it stores with us now: blocks and bytes it placed here
+                "held_blocks": held_blocks, "held_bytes": held_bytes,
+            })
+        return out
 
     async def dht_find(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
         text = args.get("target")
@@ -1272,6 +1351,7 @@ def _node_ops(node: Node) -> OpTable:
                     holders[i] = await dht().have(closest[i], [cid])
                 for i in range(len(closest)):
                     nursery.start_soon(ask, i)
+        assert node.store is not None
         local_has = bool(cid is not None and await node.in_store_thread(node.store.blocks.has, cid))
         return {
             "target": id_to_bytes(target).hex(),
@@ -1324,17 +1404,20 @@ def _node_ops(node: Node) -> OpTable:
         """Run a repair round now (the same as the periodic one)."""
         report = await replicator().repair()
         return {"blocks": report.blocks, "stores": report.stores, "dropped": report.dropped,
-                "short": report.short}
+                "short": report.short, "expired": report.expired}
 
     async def replication_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        assert node.store is not None
+        store = node.store
+        assert store is not None
         r = replicator()
-        return {"replicas": r.replicas, "queued": r.stats.queued, "placed": r.stats.placed,
+        return {"replicas": r.replicas, "lease_s": math.ceil(r.lease), "queued": r.stats.queued, "placed": r.stats.placed,
                 "stores_sent": r.stats.stores_sent, "store_messages": dht().store_messages_sent,
                 "repair_rounds": r.stats.rounds,
-                "held_blocks": len(node.store.held), "held_bytes": node.store.held.bytes,
-                "quota": node.store.held.quota, "read_ahead": node.read_ahead_count,
-                "short": r.short_blocks(), "placed_bytes": r.stats.placed_bytes,
+                "held_blocks": len(store.held), "held_bytes": store.held.bytes,
+                "quota": store.held.quota, "read_ahead": node.read_ahead_count,
+                # live: as last placed or repaired, less copies on peers found dead since
+                "short": r.short_blocks(), "tracked": len(r.holders), "copies_lost": r.stats.copies_lost,
+                "placed_bytes": r.stats.placed_bytes,
                 "repair_stores": r.stats.repair_stores, "repair_bytes": r.stats.repair_bytes,
                 "repair_dropped": r.stats.repair_dropped, "peers": len(dht().table),
                 "repair_rounds_after_loss": r.stats.rounds_after_loss,
@@ -1342,7 +1425,7 @@ def _node_ops(node: Node) -> OpTable:
                 "last_failure": r.stats.last_failure,
                 "quarantined": node.integrity.quarantined, "restored": node.integrity.restored,
                 "unrecoverable": node.integrity.unrecoverable,
-                "in_quarantine": await node.in_store_thread(lambda: len(node.store.quarantine)),
+                "in_quarantine": await node.in_store_thread(lambda: len(store.quarantine)),
                 "scrubbed_bytes": node.integrity.scrubbed_bytes, "scrub_passes": node.integrity.scrub_passes}
 
     async def net_stats(args: dict[str, Any], client: ClientState) -> dict[str, Any]:

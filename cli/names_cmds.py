@@ -245,9 +245,12 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args) as repo:
         report = repo.gc(history=args.history)
     out.document(
-        {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed, "roots_dropped": report.roots_dropped}
+        {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed, "roots_dropped": report.roots_dropped,
+         "expired_freed": report.expired_freed}
     )
     out.result(f"freed {human_size(report.bytes_freed)} in {report.blocks_freed} blocks")
+    if report.expired_freed:
+        out.note(f"{report.expired_freed} of them were held for other nodes, whose lease nobody renewed")
     if report.roots_dropped:
         out.note(f"dropped {report.roots_dropped} namespace root(s) older than the history limit")
     return 0

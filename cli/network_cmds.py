@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .node_cmds import _bits, _replicas, _seconds
 from .output import Output
 from .repo_cmds import repo_path, waiting_note
 
@@ -26,14 +27,24 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         description="Write a new random network key (mode 0600). A daemon with a network key "
         "completes handshakes only with nodes holding the same key. Without --out, the key goes "
         "to the repository (keys/network.key), which its daemon then uses by itself; copy it to "
-        "the other machines of the network. An existing key file is never overwritten.")
+        "the other machines of the network. An existing key file is never overwritten. "
+        "Settings every node of the network must share can be written with the key: they go "
+        "wherever the key goes, and a node whose key file has other settings cannot connect.")
     i.add_argument("--out", metavar="FILE", type=Path, default=None,
                    help="where to write the key (default: <repo>/keys/network.key)")
+    i.add_argument("--replicas", type=_replicas, default=None, metavar="R",
+                   help="copies of every block the network keeps (default 3)")
+    i.add_argument("--repair-interval", type=_whole_seconds, default=None, metavar="DURATION",
+                   help="how often every node checks and repairs its blocks' copies, e.g. 10m (default 600 s)")
+    i.add_argument("--lease", type=_whole_seconds, default=None, metavar="DURATION",
+                   help="how long blocks held for others are kept unless renewed, e.g. 7d (default 30d)")
+    i.add_argument("--id-difficulty", type=_bits, default=None, metavar="BITS",
+                   help="work a node ID must show to be let in (default 12)")
     i.set_defaults(run=cmd_network_init)
 
 
 def cmd_network_init(args: argparse.Namespace, out: Output) -> int:
-    from cas.net.network_key import NetworkKey, NetworkKeyError, repository_key_path
+    from cas.net.network_key import NetworkKey, NetworkKeyError, NetworkSettings, repository_key_path
 
     if args.out is not None:
         path = args.out.expanduser()
@@ -41,13 +52,24 @@ def cmd_network_init(args: argparse.Namespace, out: Output) -> int:
         path = repository_key_path(_repository(args))
     if path.exists() or path.is_symlink():  # said before any work, and save() checks again
         raise NetworkKeyError(f"the network key {path} already exists; it was left as it is")
-    key = NetworkKey.generate()
+    settings = NetworkSettings(replicas=args.replicas, repair_interval=args.repair_interval, lease=args.lease,
+                               id_difficulty=args.id_difficulty)
+    key = NetworkKey.generate(settings)
     key.save(path)
-    out.document({"path": str(path.absolute()), "fingerprint": key.fingerprint})
-    out.result(f"wrote network key {path.absolute()} (fingerprint {key.fingerprint})")
+    out.document({"path": str(path.absolute()), "fingerprint": key.fingerprint,
+                  "settings": dict(line.split(" ") for line in settings.lines())})
+    out.result(f"wrote network key {path.absolute()} (fingerprint {key.fingerprint}, "
+               f"settings: {settings.describe()})")
     out.note("copy it (mode 0600) to every machine of the network; a daemon uses "
              "<repo>/keys/network.key by itself, or any file given with --network-key")
     return 0
+
+
+def _whole_seconds(text: str) -> int:
+    """A duration (``90``, ``15m``, ``7d``) as whole seconds, as key files keep them."""
+    import math
+
+    return math.ceil(_seconds(text))
 
 
 def _repository(args: argparse.Namespace) -> Path:

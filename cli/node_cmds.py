@@ -68,6 +68,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "network should use the same (default: the repository's config.json, else 12)")
     p.add_argument("--repair-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often every block's copies are checked and repaired (default 600)")
+    p.add_argument("--lease", type=_lease, default=None, metavar="DURATION",
+                   help="how long blocks held for other nodes are kept unless their owner renews them "
+                   "(it does every repair round), e.g. 7d; what nobody renews is reclaimed (default 30d)")
     p.add_argument("--scrub-rate", type=_size, default=None, metavar="SIZE",
                    help="bytes per second the scrub re-reads stored blocks at most, e.g. 16M (the default)")
     p.add_argument("--scrub-period", type=_seconds, default=None, metavar="SECONDS",
@@ -80,7 +83,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("id", parents=common, help="this node's ID and address")
     p.set_defaults(run=cmd_id)
 
-    p = sub.add_parser("peers", parents=common, help="the peers in the running node's routing table")
+    p = sub.add_parser("peers", parents=common,
+                       help="the peers in the running node's routing table, what we store with each and it with us")
     p.set_defaults(run=cmd_peers)
 
     p = sub.add_parser("dht", parents=common, help="query the DHT through the running node")
@@ -102,11 +106,17 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    """A duration: seconds, or a number with s, m, h or d (``90``, ``15m``, ``30d``)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write seconds, or e.g. 90s, 15m, 12h, 30d")
+    value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
@@ -122,6 +132,16 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number per second") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+_MAX_LEASE_DAYS = 3650
+
+
+def _lease(text: str) -> float:
+    value = _seconds(text)
+    if value > _MAX_LEASE_DAYS * 86400:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_LEASE_DAYS}d")
     return value
 
 
@@ -201,6 +221,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         config.disk_reserve = args.disk_reserve
     if args.repair_interval is not None:
         config.repair_interval = args.repair_interval
+    if args.lease is not None:
+        config.lease = args.lease
     if args.id_difficulty is not None:
         config.id_difficulty = args.id_difficulty
     if args.scrub_rate is not None:
@@ -295,10 +317,12 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     for p in peers:
         state = "connected" if p["connected"] else "-"
         out.result(f"{p['id']}  {p['host']}:{p['port']}  {state}  stores {p.get('stores', 0)}  "
+                   f"ours {human_size(p.get('ours_bytes', 0))} ({p.get('ours_blocks', 0)} blocks)  "
                    f"holds {human_size(p.get('held_bytes', 0))}  "
                    f"failures {p['failures']}/{p.get('store_failures', 0)}/{p.get('bad_blocks', 0)}")
-    out.note(f"{len(peers)} peer(s); stores: blocks we placed on it (since start); holds: what it stored "
-             "with us; failures: in a row / stores failed / wrong blocks sent")
+    out.note(f"{len(peers)} peer(s); stores: blocks we placed on it (since start); ours: our own blocks "
+             "it holds now (as placement and repair confirmed them); holds: what it stored with us; "
+             "failures: in a row / stores failed / wrong blocks sent")
     return 0
 
 

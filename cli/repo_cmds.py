@@ -104,7 +104,9 @@ def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
                "deleted blocks (freed by 'cas gc' once a pack is under half live)")
     if health is not None:
         out.result(f"replicas    {health['replicas']} wanted, {health['peers']} peer(s) known")
-        out.result(f"below R     {health['short']} block(s) (as last measured by placement or repair)")
+        out.result(f"below R     {health['short']} block(s) of {health.get('tracked', '?')} tracked, counted live: "
+                   "the copies their last placement or repair confirmed, less those on peers found dead "
+                   f"since ({health.get('copies_lost', 0)} copies so far)")
         out.result(f"placed      {health['placed']} block(s), {human_size(health['placed_bytes'])} "
                    f"acknowledged by other nodes")
         out.result(f"repair      {health['repair_rounds']} round(s), {health['repair_stores']} copies made "

@@ -51,9 +51,14 @@ class Model:
     failures: list[str] = field(default_factory=list)  # "command: stderr", for the assertion message
 
 
+MIN_ROUNDS = 3
+"""Rounds every client makes whatever the clock says, so that a loaded
+machine slows the run down instead of emptying it."""
+
+
 def cli_client(k: int, run: Run, deadline: float, workdir: Path, model: Model) -> None:
     """Client ``k``: rounds of add --to, mkdir, mv (a flip), rm -r, mv into
-    an archive directory, until ``deadline``."""
+    an archive directory, until ``deadline`` and at least MIN_ROUNDS."""
     workdir.mkdir(parents=True, exist_ok=True)
     base, flips = f"/c{k}", f"/m{k}"
 
@@ -77,7 +82,7 @@ def cli_client(k: int, run: Run, deadline: float, workdir: Path, model: Model) -
     if cas("mkdir", "-p", f"{base}/archive") is not None:
         model.dirs.add(f"{base}/archive")
     i = 0
-    while time.monotonic() < deadline:
+    while i < MIN_ROUNDS or time.monotonic() < deadline:
         # Mostly small files; every fourth a multi-block one (~600 KiB).
         size = 600_000 if i % 4 == 3 else 1000 + 37 * i
         add(f"{base}/f{i}", pseudo_random(size, f"client {k} file {i}"))
@@ -95,9 +100,9 @@ def cli_client(k: int, run: Run, deadline: float, workdir: Path, model: Model) -
 
 
 def gc_client(run: Run, deadline: float, model: Model) -> None:
-    """``cas gc --history 1`` over and over while the others write: it must
-    never take a block that an acknowledged change refers to."""
-    while time.monotonic() < deadline:
+    """``cas gc --history 1`` over and over while the others write (at least
+    twice): it must never take a block that an acknowledged change refers to."""
+    while model.commands < 2 or time.monotonic() < deadline:
         result = run(["gc", "--history", "1"])
         model.commands += 1
         if result.returncode != 0:
@@ -111,7 +116,7 @@ def mount_writer(k: int, mnt: Path, deadline: float, model: Model) -> None:
         os.makedirs(mnt / f"w{k}", exist_ok=True)
         model.dirs.add(f"/w{k}")
         i = 0
-        while time.monotonic() < deadline:
+        while i < MIN_ROUNDS or time.monotonic() < deadline:
             data = pseudo_random(3000 + 101 * i, f"mount writer {k} file {i}")
             with open(mnt / f"w{k}" / f"f{i}", "wb") as f:
                 f.write(data)

@@ -173,3 +173,29 @@ def dag_of(daemon: Daemon, root: CID) -> list[CID]:
             out.append(cid)
             stack.extend(links_of(cid, client.call("get", cid=cid)))
     return out
+
+
+def start_network(daemons: Daemons, base: Path, count: int, extra: Sequence[str] = (),
+                  timeout: float = 120) -> list[Daemon]:
+    """``count`` daemons in ``base/n0``, ``base/n1``..., node i listening on
+    127.0.0.(10 + i), all bootstrapped through the first and then refreshed
+    at once (``cas dht refresh``) so that each knows the others."""
+    first = daemons.start(base / "n0", listen="127.0.0.10:0", extra=extra)
+    rest = [daemons.start(base / f"n{i}", listen=f"127.0.0.{10 + i}:0", bootstrap=[first.address],
+                          wait=False, extra=extra) for i in range(1, count)]
+    for daemon in rest:
+        daemons.wait_ready(daemon, timeout=timeout)
+    nodes = [first, *rest]
+    refreshes = [subprocess.Popen([CAS, "--repo", str(d.repo), "dht", "refresh"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for d in nodes]
+    deadline = time.monotonic() + timeout
+    for proc in refreshes:  # each waited for, whatever the others do
+        try:
+            _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"cas dht refresh did not finish in {timeout:g} s") from None
+        if proc.returncode != 0:
+            raise AssertionError(f"cas dht refresh failed: {err.decode().strip()}")
+    return nodes

@@ -25,6 +25,7 @@ from cas.cid import RAW, CID, parse_cid
 from cas.control import ClientState, ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from cas.dht.driver import DhtDriver
+from cas.dht.routing import Contact
 from cas.net import messages as msg
 from cas.node import Node, NodeConfig, control_ops
 from tests.conftest import pseudo_random, run_cas
@@ -66,20 +67,20 @@ def test_repo_stat_without_a_daemon_reports_no_replication(tmp_path: Path) -> No
 class Liar(DhtDriver):
     """Answers every FIND_BLOCK at once with bytes that are not the block."""
 
-    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+    async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
         if isinstance(request, msg.FindBlock):
             return msg.Block(b"not the block you asked for")
-        return await super().answer(requester, request)
+        return await super().answer(requester, request, contact)
 
 
 class SlowHolder(DhtDriver):
     """An honest holder that answers FIND_BLOCK after the liar has (so the
     reader always meets the lie first)."""
 
-    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+    async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
         if isinstance(request, msg.FindBlock):
             await trio.sleep(0.3)  # the peer's behaviour under test, not synchronisation
-        return await super().answer(requester, request)
+        return await super().answer(requester, request, contact)
 
 
 def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_against_the_liar(

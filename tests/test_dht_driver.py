@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
 from cas.cid import RAW
-from cas.dht.driver import BootstrapError, DhtDriver
+from cas.dht import driver as driver_module
+from cas.dht.driver import BootstrapError, DhtDriver, source_address
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
 from cas.net import connection, noise
@@ -41,7 +43,8 @@ class Net:
                   store: MemoryBlockStore | None = None, **options: object) -> DhtDriver:
         identity = Identity.generate()
         own = id_from_bytes(identity.node_id)
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        # listen_host="127.0.0.N" (an option of the driver) listens there too
+        listeners = await trio.open_tcp_listeners(0, host=str(options.get("listen_host", "127.0.0.1")))
         port = listeners[0].socket.getsockname()[1]
         driver = cls(identity, table(own) if table else RoutingTable(own, k=k), k=k, listen_port=port,
                      blocks=AsyncStoreAdapter(MemoryBlockStore() if store is None else store), rng=random.Random(len(self.nodes)),
@@ -105,10 +108,10 @@ def test_lookups_return_exactly_the_k_closest_other_nodes() -> None:
 
 def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None:
     class Liar(DhtDriver):
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             if isinstance(request, msg.FindBlock):
                 return msg.Block(b"not the block you asked for")
-            return await super().answer(requester, request)
+            return await super().answer(requester, request, contact)
 
     async def main() -> None:
         block = Block.of(RAW, b"the real block")
@@ -130,10 +133,10 @@ def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None
 
 def test_a_lying_peer_alone_yields_no_block() -> None:
     class Liar(DhtDriver):
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             if isinstance(request, msg.FindBlock):
                 return msg.Block(b"forged")
-            return await super().answer(requester, request)
+            return await super().answer(requester, request, contact)
 
     async def main() -> None:
         async with network() as net:
@@ -208,7 +211,7 @@ def test_a_silent_peer_costs_a_soft_timeout_not_the_lookup() -> None:
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None  # nothing is answered at once: every request waits in answer()
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep_forever()
             raise AssertionError
 
@@ -235,7 +238,7 @@ def test_a_peer_silent_past_the_hard_timeout_fails_the_query_and_is_counted() ->
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep_forever()
             raise AssertionError
 
@@ -259,7 +262,7 @@ def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None
 
-        async def answer(self, requester: int, request: msg.Request) -> msg.Response:
+        async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
             await trio.sleep(0.3)
             answer = DhtDriver.answer_now(self, requester, request)
             assert answer is not None
@@ -372,3 +375,79 @@ def test_a_full_node_evicts_its_least_useful_inbound_connection_for_a_newcomer()
             assert await useless.ping(net.contact(a))  # it may come back: it is refused or evicts in turn
 
     trio.run(main)
+
+
+def test_a_probe_taken_by_a_dying_nodes_listener_and_reset_finds_the_node_dead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process being killed closes its sockets one at a time: the
+    # connection whose end starts the probe can close before the listener,
+    # which takes the probe into its queue and resets it as it closes.
+    monkeypatch.setattr(driver_module, "PROBE_SETTLE", 0.5)
+
+    async def main() -> None:
+        async with network() as net:
+            a = await net.add()
+            lost: list[int] = []
+            a.peer_lost.append(lost.append)
+            for dying in (True, False):
+                listener = trio.socket.socket()
+                await listener.bind(("127.0.0.1", 0))
+                listener.listen(8)
+                peer = Contact(id_from_bytes(Identity.generate().node_id), "127.0.0.1",
+                               listener.getsockname()[1])
+                a.seen(peer)
+                a._probe_soon(peer)
+                with trio.fail_after(5):
+                    await trio.lowlevel.wait_readable(listener)  # the probe is in its queue
+                    await trio.testing.wait_all_tasks_blocked()  # and the prober is done connecting
+                    if dying:
+                        listener.close()
+                    while peer.node_id in a._probing:
+                        await trio.sleep(0.01)
+                if dying:
+                    assert lost == [peer.node_id] and peer.node_id not in a.table
+                else:  # a listener that stays (a live node, silent until the handshake)
+                    assert len(lost) == 1 and peer.node_id in a.table  # still only the first
+                    listener.close()
+
+    trio.run(main)
+# -- a node bound to one of its host's addresses ------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.2 and up are Linux's loopback")
+def test_nodes_bound_to_one_address_each_are_noted_where_they_listen_and_reach_each_other() -> None:
+    """Three nodes on one host, on 127.0.0.2, .3 and .4 (as 40 daemons in
+    tests/test_churn.py are): a peer files an inbound contact under the
+    connection's source address, so each node dials from the address it
+    listens on. Before, they dialled from the kernel's default, 127.0.0.1:
+    the first noted the others there, where nothing listens, and a lookup
+    through it handed out addresses that refused every dial."""
+    async def main() -> None:
+        async with network() as net:
+            nodes = [await net.add(listen_host=f"127.0.0.{i}") for i in (2, 3, 4)]
+            first = nodes[0]
+            for node in nodes[1:]:
+                await node.bootstrap([("127.0.0.2", first.listen_port or 0)])
+            assert {(c.host, c.port) for c in first.table.contacts()} == {
+                (f"127.0.0.{i}", n.listen_port) for i, n in zip((3, 4), nodes[1:])}
+            found = await nodes[2].find_node(nodes[1].own_id)  # learnt from the first, then dialled
+            assert nodes[1].own_id in [c.node_id for c in found.lookup.closest]
+            assert found.lookup.failures == 0
+            assert nodes[2].table.get(nodes[1].own_id) == Contact(nodes[1].own_id, "127.0.0.3",
+                                                                   nodes[1].listen_port or 0)
+
+    trio.run(main)
+
+
+def test_the_source_address_is_the_listen_address_only_where_it_can_reach_the_target() -> None:
+    assert source_address("127.0.0.12", "127.0.0.1") == "127.0.0.12"
+    assert source_address("10.0.0.5", "192.0.2.7") == "10.0.0.5"
+    assert source_address("::1", "::1") == "::1"
+    assert source_address("0.0.0.0", "127.0.0.1") is None  # every address: the kernel chooses
+    assert source_address("::", "2001:db8::1") is None
+    assert source_address(None, "127.0.0.1") is None
+    assert source_address("127.0.0.1", "192.0.2.7") is None  # loopback cannot reach another host
+    assert source_address("10.0.0.5", "127.0.0.1") is None
+    assert source_address("10.0.0.5", "2001:db8::1") is None  # another family
+    assert source_address("localhost", "127.0.0.1") is None  # names are the resolver's
+    assert source_address("10.0.0.5", "seed.example.org") is None

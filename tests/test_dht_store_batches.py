@@ -12,7 +12,7 @@ from cas.blocks import Block
 from cas.cid import CID, RAW
 from cas.dht.routing import Contact
 from cas.dht.store_batches import StoreBatcher, StoreOutcome
-from cas.net.messages import MAX_STORE_BLOCKS
+from cas.net.messages import MAX_LEASE, MAX_STORE_BLOCKS
 
 def trio_test(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     @functools.wraps(fn)
@@ -35,12 +35,15 @@ class FakePeers:
 
     def __init__(self, outcome: StoreOutcome = StoreOutcome("stored")) -> None:
         self.sent: list[tuple[int, list[CID]]] = []
+        self.leases: list[list[int]] = []
         self.release = trio.Semaphore(0)
         self.outcome = outcome
         self.fail_with: Exception | None = None
 
-    async def send(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]]) -> list[StoreOutcome]:
+    async def send(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]],
+                   leases: Sequence[int]) -> list[StoreOutcome]:
         self.sent.append((contact.node_id, [cid for cid, _ in blocks]))
+        self.leases.append(list(leases))
         await self.release.acquire()
         if self.fail_with is not None:
             raise self.fail_with
@@ -199,8 +202,10 @@ class PerPeerOutcomes(FakePeers):
         super().__init__()
         self.by_peer = by_peer
 
-    async def send(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]]) -> list[StoreOutcome]:
+    async def send(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]],
+                   leases: Sequence[int]) -> list[StoreOutcome]:
         self.sent.append((contact.node_id, [cid for cid, _ in blocks]))
+        self.leases.append(list(leases))
         await trio.sleep(0)
         return [self.by_peer[contact.node_id]] * len(blocks)
 
@@ -245,3 +250,28 @@ async def test_a_round_cancelled_before_its_stores_are_sent_leaves_nothing_queue
         await trio.testing.wait_all_tasks_blocked()
         assert [sent for sent in peers.sent if sent[0] == 1] == [(1, [first.cid])]  # never sent after
         nursery.cancel_scope.cancel()
+
+
+@trio_test
+async def test_each_block_travels_with_its_lease_and_whole_leases_are_left_to_the_receiver() -> None:
+    peers = FakePeers()
+    items = blocks(3)
+    outcomes: dict[CID, StoreOutcome] = {}
+
+    async def store(batcher: StoreBatcher, block: Block, lease: int | None) -> None:
+        outcomes[block.cid] = await batcher.store(PEER_A, block.cid, block.data, lease)
+
+    async with trio.open_nursery() as nursery:
+        batcher = StoreBatcher(peers.send, nursery, in_flight=1)
+        nursery.start_soon(store, batcher, items[0], None)  # alone, and the whole lease: no leases sent
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(store, batcher, items[1], 90)  # these two queue behind it and share a message
+        nursery.start_soon(store, batcher, items[2], None)
+        await trio.testing.wait_all_tasks_blocked()
+        peers.release.release()
+        await trio.testing.wait_all_tasks_blocked()
+        peers.release.release()
+    assert peers.leases[0] == []
+    # a whole lease as the most the wire holds: the receiver caps it
+    assert dict(zip(peers.sent[1][1], peers.leases[1])) == {items[1].cid: 90, items[2].cid: MAX_LEASE}
+    assert outcomes == {b.cid: StoreOutcome("stored") for b in items}

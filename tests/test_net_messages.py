@@ -40,14 +40,17 @@ EXAMPLES = [
     m.Nodes((), request_id=8),
     m.FindBlock(CID_A, request_id=2**32 - 1),
     m.Block(os.urandom(1000), request_id=3),
+    m.Providers((PEER,), (PEER,) * MAX_PEERS, request_id=3),
     m.StoreBlocks((CID_B,), (b"\x00" * MAX_BLOCK_SIZE,), request_id=4),
     m.StoreBlocks((CID_A, CID_B), (b"x", b""), request_id=4),  # tiny blocks: no payload shortcut
+    m.StoreBlocks((CID_A, CID_B), (b"x", b"y"), (0, m.MAX_LEASE), request_id=4),  # a lease per block
     # as many blocks as one message may carry, as many bytes as fit
     m.StoreBlocks((CID_A,) * m.MAX_STORE_BLOCKS,
                   (b"\x01" * (m.MAX_STORE_BYTES // m.MAX_STORE_BLOCKS),) * m.MAX_STORE_BLOCKS, request_id=4),
     m.Stored(("ok", "full"), "storage for other nodes' blocks is full", request_id=4),
     m.Ok(request_id=4),
     m.Have((CID_A, CID_B) * (MAX_HAVE_CIDS // 2), request_id=5),
+    m.Have((CID_A,), lease=30 * 86400, request_id=5),  # and renew
     m.HaveResult((True, False, True), request_id=5),
     m.PutRecord(b"k" * 32, b"signed record", request_id=6),
     m.GetRecord(b"k" * 32, request_id=9),
@@ -76,7 +79,7 @@ def test_wire_form_is_a_flat_map_with_type_and_id() -> None:
         "t": "find_node", "id": 7, "target": b"\x02" * 32,
     }
     assert dagcbor.decode(encode(m.Hello(agent="x"))) == {
-        "t": "hello", "version": 1, "agent": "x", "port": None,
+        "t": "hello", "version": m.PROTOCOL_VERSION, "agent": "x", "port": None,
     }
 
 
@@ -400,9 +403,11 @@ def test_a_message_decodes_the_same_from_a_bytearray(message: m.Message) -> None
 # -- STORE_BLOCKS read by position ----------------------------------------------------
 
 _store_blocks_messages = st.builds(
-    lambda blocks, request_id: m.StoreBlocks(
-        tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), request_id=request_id),
+    lambda blocks, leases, request_id: m.StoreBlocks(
+        tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks),
+        tuple(leases[: len(blocks)]) if len(leases) >= len(blocks) else (), request_id=request_id),
     st.lists(st.binary(max_size=40), min_size=1, max_size=5),  # small: most bytes are structure
+    st.lists(st.integers(0, m.MAX_LEASE), max_size=5),  # enough for every block, or none sent
     _request_ids,
 )
 
@@ -441,13 +446,16 @@ def test_store_blocks_by_position_accepts_exactly_what_the_general_decoder_accep
     assert by_position is None or by_position == general
 
 
-@given(st.lists(st.binary(max_size=5000), min_size=1, max_size=m.MAX_STORE_BLOCKS), _request_ids)
+@given(st.lists(st.binary(max_size=5000), min_size=1, max_size=m.MAX_STORE_BLOCKS), _request_ids,
+       st.booleans(), st.integers(0, m.MAX_LEASE))
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 def test_store_blocks_written_by_position_is_exactly_the_plain_encoding_of_the_map(
-        blocks: list[bytes], request_id: int) -> None:
-    message = m.StoreBlocks(tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), request_id=request_id)
+        blocks: list[bytes], request_id: int, with_leases: bool, lease: int) -> None:
+    leases = [lease + i for i in range(len(blocks))] if with_leases and lease + len(blocks) <= m.MAX_LEASE else []
+    message = m.StoreBlocks(tuple(CID.for_data(RAW, b) for b in blocks), tuple(blocks), tuple(leases),
+                            request_id=request_id)
     expected = dagcbor.encode({"t": "store_blocks", "id": request_id, "cids": list(message.cids),
-                               "blocks": blocks})
+                               "blocks": blocks, "leases": leases})
     parts = m.encode_parts(message)
     assert b"".join(parts) == expected == encode(message)
     assert all(part is block for part, block in zip(parts[1::2], blocks))  # not copied

@@ -24,7 +24,14 @@ from cas import dagcbor
 from cas.net.connection import open_channel
 from cas.net.identity import Identity
 from cas.net.messages import RemoteProtocolError
-from cas.net.network_key import NetworkKey, NetworkKeyError, network_key_for, repository_key_path
+from cas.net.network_key import (
+    NetworkKey,
+    NetworkKeyError,
+    NetworkSettings,
+    describe_network,
+    network_key_for,
+    repository_key_path,
+)
 from cas.net.noise import (
     KEY_DIFFERS,
     PEER_HAS_NO_KEY,
@@ -373,17 +380,50 @@ def test_an_existing_key_file_is_never_overwritten(tmp_path: Path) -> None:
     b"cas-network-key v2\n" + b"ab" * 32 + b"\n",
     b"cas-network-key v1\n" + b"ab" * 31 + b"\n",
     b"cas-network-key v1\n" + b"zz" * 32 + b"\n",
-    b"cas-network-key v1\n" + b"ab" * 32 + b"\nextra\n",
     b"cas-ed25519-seed-v1 " + b"ab" * 32 + b"\n",
     b"\xff" * 90,
     b"x" * 4096,
-], ids=["empty", "no-key", "other-version", "short", "not-hex", "extra-line", "node-key",
+], ids=["empty", "no-key", "other-version", "short", "not-hex", "node-key",
         "binary", "large"])
 def test_a_damaged_key_file_is_refused_with_what_is_expected(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "network.key"
     path.write_bytes(content)
     path.chmod(0o600)
     with pytest.raises(NetworkKeyError, match="damaged or not a cas network key.*cas-network-key v1"):
+        NetworkKey.load(path)
+
+
+def test_a_networks_settings_travel_in_its_key_file_and_are_part_of_its_psk(tmp_path: Path) -> None:
+    settings = NetworkSettings(replicas=5, repair_interval=300, lease=7 * 86400)
+    key = NetworkKey.generate(settings)
+    key.save(tmp_path / "network.key")
+    assert (tmp_path / "network.key").read_text().splitlines()[2:] == [
+        "replicas 5", "repair-interval 300", "lease 604800"]
+    loaded = NetworkKey.load(tmp_path / "network.key")
+    assert loaded.settings == settings and loaded.psk == key.psk and loaded.fingerprint == key.fingerprint
+    # The same secret with other settings, or none, is another network.
+    plain = NetworkKey(key._secret)
+    other = NetworkKey(key._secret, settings=NetworkSettings(replicas=3, repair_interval=300, lease=7 * 86400))
+    assert plain.psk == key._secret  # no settings: the key itself, as before settings existed
+    assert len({key.psk, plain.psk, other.psk}) == 3
+    assert len({key.fingerprint, plain.fingerprint, other.fingerprint}) == 3
+    assert "replicas 5" in describe_network(loaded) and key.psk.hex() not in describe_network(loaded)
+
+
+@pytest.mark.parametrize("lines, complaint", [
+    (b"extra\n", "not a setting this cas knows"),
+    (b"replicas five\n", "not a setting this cas knows"),
+    (b"replicas 05\n", "not a setting this cas knows"),
+    (b"replicas 5\nreplicas 6\n", "not a setting this cas knows"),
+    (b"replicas 0\n", "replicas must be a whole number from 1 to 20"),
+    (b"id-difficulty 41\n", "id-difficulty must be a whole number from 0 to 40"),
+    (b"lease 60\nreplicas 5\n", "must come in the order replicas, repair-interval, lease"),
+])
+def test_a_bad_setting_in_a_key_file_is_refused_saying_which(tmp_path: Path, lines: bytes, complaint: str) -> None:
+    path = tmp_path / "network.key"
+    path.write_bytes(b"cas-network-key v1\n" + b"ab" * 32 + b"\n" + lines)
+    path.chmod(0o600)
+    with pytest.raises(NetworkKeyError, match=complaint):
         NetworkKey.load(path)
 
 

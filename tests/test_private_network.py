@@ -3,9 +3,10 @@ key, daemons holding the same key join and replicate, and a daemon with
 another key, or none, is refused and learns nothing: no peers, no blocks,
 no records, no place in anyone's routing table.
 
-Daemons listen on different loopback addresses (127.0.0.x), so that the
-dialler's log line names the one it was refused by (a connection comes
-from 127.0.0.1 whoever dials, so the refuser's line says only that); every
+Daemons listen on different loopback addresses (127.0.0.x), so that each
+log line names the other end: the dialler's the address it was refused by,
+the refuser's the address the dialler listens on (a daemon bound to one
+address dials from it); every
 wait is a condition polled with a deadline, and every daemon is stopped by
 PID (:class:`tests.nodeproc.Daemons`).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from cas.control import ControlClient, socket_path
 from cas.dht.driver import PeerRefusedError
 from cas.net.network_key import NetworkKey
 from cas.net.noise import KEY_DIFFERS, PEER_HAS_NO_KEY, WE_HAVE_NO_KEY
@@ -168,9 +170,9 @@ def test_nodes_with_the_same_key_replicate_and_nodes_of_other_networks_learn_not
     assert f"refused peer {c.address}: {KEY_DIFFERS}" in b.stderr()
     assert f"refused peer {d.address}: {PEER_HAS_NO_KEY}" in b.stderr()
     wait_until(lambda: KEY_DIFFERS in c.stderr(), 15, "c to log b's refusal")
-    assert "refused peer 127.0.0.1:" in c.stderr()
+    assert f"refused peer {b.host}:" in c.stderr()
     wait_until(lambda: WE_HAVE_NO_KEY in d.stderr(), 15, "d to log b's refusal")
-    assert "refused peer 127.0.0.1:" in d.stderr()
+    assert f"refused peer {b.host}:" in d.stderr()
     assert "refused" not in a.stderr()
 
     # Outsiders bootstrapping through a member are refused: one line, exit 1,
@@ -203,6 +205,43 @@ def test_nodes_with_the_same_key_replicate_and_nodes_of_other_networks_learn_not
         assert result.returncode == 1 and b"no record found" in result.stderr
         for member in (a, b):
             assert member.node_id not in outsider.stderr()
+
+
+def test_a_networks_settings_come_with_its_key_and_a_node_with_other_settings_is_refused(
+        tmp_path: Path, daemons: Daemons) -> None:
+    shared = tmp_path / "shared.key"
+    run_cas("network", "init", "--out", str(shared), "--replicas", "2", "--repair-interval", "90",
+            "--lease", "7d", "--id-difficulty", "0")
+    a = daemons.start(tmp_path / "a", extra=["--network-key", str(shared)])
+    b = daemons.start(tmp_path / "b", listen="127.0.0.2:0", bootstrap=[a.address],
+                      extra=["--network-key", str(shared)])
+    for member in (a, b):  # no flags: the key's settings are the node's
+        stats = replication_stats(member)
+        assert (stats["replicas"], stats["lease_s"]) == (2, 7 * 86400)
+        assert "settings: replicas 2, repair-interval 90 s, lease 604800 s, id-difficulty 0 bits" in member.stderr()
+    assert peer_ids(a) == {b.node_id}
+
+    # The same secret with another setting is another network: refused.
+    drifted = tmp_path / "drifted.key"
+    drifted.write_text(shared.read_text().replace("replicas 2", "replicas 3"))
+    drifted.chmod(0o600)
+    result = run_cas("daemon", "--listen", "127.0.0.3:0", "--bootstrap", a.address, "--network-key", str(drifted),
+                     repo=tmp_path / "c", check=False, timeout=60)
+    assert result.returncode == 1
+    assert stderr_lines(result) == [f"cas daemon: error: bootstrap failed: refused peer {a.address}: {KEY_DIFFERS}"]
+
+    # A flag that contradicts the key is refused before the node starts.
+    result = run_cas("daemon", "--listen", "127.0.0.4:0", "--network-key", str(shared), "--replicas", "3",
+                     repo=tmp_path / "d", check=False, timeout=60)
+    assert result.returncode == 1
+    assert stderr_lines(result) == [
+        f"cas daemon: error: --replicas 3 differs from the network's 2, set in its key {shared}; "
+        "every node of a network uses its key's settings (leave --replicas out)"]
+
+
+def replication_stats(daemon: Daemon) -> dict:
+    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
+        return dict(client.call("replication_stats"))
 
 
 def test_refusals_are_counted_per_address_and_told_the_1st_10th_100th_time() -> None:

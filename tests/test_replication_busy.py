@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from cas.blocks import Block
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.dht import driver as driver_module
 from cas.dht.replicator import Replicator
 from tests.test_dht_driver import network
@@ -23,14 +23,17 @@ class Source:
     async def get(self, cid: CID) -> bytes:
         return self.blocks[cid]
 
-    async def held(self) -> list[CID]:
-        return []
+    async def leases(self) -> dict[CID, float]:
+        return {}  # every block its own
 
     async def all_blocks(self) -> list[CID]:
         return list(self.blocks)
 
     async def drop(self, cids: list[CID]) -> list[CID]:
         return []
+
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        return {cid: len(self.blocks[cid]) for cid in cids if cid in self.blocks}
 
 
 def test_a_busy_peer_is_waited_for_and_its_copy_is_stored(monkeypatch: pytest.MonkeyPatch) -> None:

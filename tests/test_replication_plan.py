@@ -83,6 +83,19 @@ def test_known_holders_are_not_sent_the_block_again() -> None:
     assert plan.complete and not plan.responsible()
 
 
+def test_a_holder_leaves_the_copies_to_a_nearer_holder_and_the_nearest_makes_them() -> None:
+    # 3 died; 1 and 5 hold the block, and so does this node (20, the adder, far away).
+    survivors = [c for c in PEERS if c.node_id != 3]
+    far = Placement(KEY, survivors, own_id=20, local=True, replicas=3, known={1: True, 5: True, 7: False})
+    assert far.defers()  # 1 is nearer and holds it
+    nearest = Placement(KEY, [c for c in survivors if c.node_id != 1], own_id=1, local=True, replicas=3,
+                        known={5: True, 7: False})
+    assert not nearest.defers() and ids(nearest.next_actions()) == [7]
+    # Nobody nearer is known to hold it (the HAVE went unanswered): copy now.
+    alone = Placement(KEY, survivors, own_id=20, local=True, replicas=3)
+    assert not alone.defers()
+
+
 def test_answers_from_peers_never_asked_or_twice_are_ignored() -> None:
     plan = Placement(KEY, PEERS, replicas=2)
     plan.next_actions()

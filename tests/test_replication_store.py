@@ -7,6 +7,7 @@ repository from before the held table opens and gains it."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -94,7 +95,7 @@ def test_a_repository_from_before_the_held_table_opens_and_gains_it(tmp_path: Pa
         assert len(store.pins()) == 1 and len(store.held) == 0
         store.held.accept(Block.of(RAW, b"new"))
     db = sqlite3.connect(tmp_path / "r" / "meta.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     db.close()
 
 
@@ -114,7 +115,8 @@ class MemoryKeeper:
     def __init__(self, store: MemoryBlockStore, quota: int) -> None:
         self.store, self.quota, self.used = store, quota, 0
 
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
         outcomes: list[object] = []
         for block in blocks:
             if self.store.has(block.cid):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cas.blocks import Block
-from cas.cid import DAG_CBOR, RAW, CID
+from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import (
     BlockNotFoundError,
     InvalidBlockError,
@@ -23,7 +23,13 @@ from cas.errors import (
 )
 from cas.names.directory import DirEntry, encode_leaf
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from tests.conftest import Holder, make_world_readable, not_private, pseudo_random, read_line
+from tests.conftest import (
+    Holder,
+    make_world_readable,
+    not_private,
+    pseudo_random,
+    read_line,
+)
 
 
 def big(seed: str) -> Block:
@@ -34,6 +40,7 @@ def big(seed: str) -> Block:
 def flip_byte(store: LocalStore, cid: CID, index: int = 7) -> None:
     """Damage one byte of a large block where it lies on disk (bit rot)."""
     where = store.blocks.locate(cid)
+    assert where is not None
     with open(where.path, "r+b") as f:
         f.seek(where.start + index)
         byte = f.read(1)
@@ -75,6 +82,21 @@ def test_large_blocks_are_in_packs_and_small_ones_are_not(store):
     assert store.blocks.locate(small.cid) is None
     assert store.blocks.get(small.cid) == b"small"
     assert sorted(store.blocks.iterate()) == sorted([small.cid, large.cid])
+
+
+def test_sizes_come_from_the_index_for_small_and_packed_blocks_in_batches(store):
+    small, large = Block.of(RAW, b"small"), big("sized")
+    many = [Block.of(RAW, b"%d" % i) for i in range(1200)]  # past one batch of the index's queries
+    for block in (small, large, *many):
+        store.blocks.put(block)
+    missing = CID.for_data(RAW, b"never stored")
+    store.blocks.barrier()
+    store.blocks.delete(many[0].cid)
+    sizes = store.blocks.sizes([small.cid, large.cid, missing, *(b.cid for b in many)])
+    assert sizes[small.cid] == 5 and sizes[large.cid] == len(large.data)
+    assert missing not in sizes and many[0].cid not in sizes
+    assert all(sizes[b.cid] == len(b.data) for b in many[1:])
+    assert len(sizes) == 2 + len(many) - 1
 
 
 def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_those(store):
@@ -281,7 +303,8 @@ def test_a_second_owner_in_another_process_is_refused(tmp_path):
                 print(exc)
             """
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             check=False)
     assert "is in use by process" in out.stdout, out.stderr
     assert str(os.getpid()) in out.stdout
     # Released with its owner:
@@ -289,9 +312,8 @@ def test_a_second_owner_in_another_process_is_refused(tmp_path):
 
 
 def test_a_second_owner_in_the_same_process_is_refused(tmp_path):
-    with LocalStore.open(tmp_path / "repo"):
-        with pytest.raises(RepositoryLockedError):
-            LocalStore.open(tmp_path / "repo")
+    with LocalStore.open(tmp_path / "repo"), pytest.raises(RepositoryLockedError):
+        LocalStore.open(tmp_path / "repo")
 
 
 def lock_descriptors() -> int:
@@ -547,7 +569,7 @@ def test_a_new_repository_is_private_whatever_the_umask(tmp_path, umask):
         repo.close()
     """)
     result = subprocess.run([sys.executable, "-c", code], umask=umask, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     names, loose_while_open = json.loads(result.stdout)
     assert {"meta.sqlite-wal", "meta.sqlite-shm", "packs", "keys", "lock", "config.json"} <= set(names)

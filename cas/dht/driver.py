@@ -30,6 +30,7 @@ peer's failure escape into the node.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections import Counter
@@ -64,6 +65,7 @@ from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
 from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
+from .providers import ProviderRecords
 from .replication import RateLimiter
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
 from .store_batches import StoreBatcher, StoreOutcome
@@ -123,6 +125,15 @@ RELEASE_SETTLE = 1.0
 """Seconds a release waits once due, for the rest of a burst of closes (the
 flood's end) to happen first."""
 
+PROBE_SETTLE = 1.0
+"""Seconds a probe's accepted connection is watched for a reset before the
+peer counts as alive. A process being killed closes its sockets one at a
+time (and may be preempted in between): the connection whose end started
+the probe may close before its listener, which then accepts the probe and
+resets it as it closes. Seen in about one kill in ten with 4 daemons on 2
+busy cores; the node was then never found dead. A live node says nothing
+on a connection until the dialler's first handshake message."""
+
 NOT_FAILURES = frozenset({"busy", "full", "stale"})
 """Error codes that say "not now" or "not me", not "I am broken": the
 routing table does not count them against the peer."""
@@ -171,9 +182,20 @@ class BlockKeeper(Protocol):
     exception means kept; a :class:`CasError` is why that block was refused
     (:class:`cas.store.StorageQuotaError` when the quota is full)."""
 
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None) -> list[object]:
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
         """``sender``: the ID of the node that placed them (its share of
-        the storage is limited)."""
+        the storage is limited); ``leases``: seconds to keep each (none:
+        as long as the keeper's network allows)."""
+
+
+@runtime_checkable
+class RenewsLeases(Protocol):
+    """A :class:`BlockKeeper` whose blocks carry leases that a HAVE with a
+    lease renews (the node's store, ``cas/store/_held.py``). A keeper
+    without it keeps blocks until its owner drops them."""
+
+    async def renew(self, cids: Sequence[CID], seconds: int) -> None: ...
 
 
 class RecordKeeper(Protocol):
@@ -207,6 +229,9 @@ class FindResult:
     seconds: float
     block: bytes | None = None
     holder: Contact | None = None
+    providers: tuple[Contact, ...] = ()
+    """For FIND_BLOCK without the block: nodes others know hold it
+    (provider records, :mod:`.providers`), to ask directly."""
 
 
 def contact_to_peer(contact: Contact) -> msg.PeerInfo:
@@ -218,6 +243,32 @@ def peer_to_contact(peer: msg.PeerInfo) -> Contact | None:
         return Contact(id_from_bytes(peer.node_id), peer.host, peer.port)
     except ValueError:
         return None
+
+
+def source_address(listen_host: str | None, target_host: str) -> str | None:
+    """The local address to dial ``target_host`` from, so that the peer
+    sees the address this node listens on (it files an inbound contact
+    under the connection's source address and the hello's port); None lets
+    the kernel choose, as for a node listening on every address.
+
+    A node bound to one address of a host with several (127.0.0.12 beside
+    127.0.0.1, a server's second interface) would otherwise dial from the
+    kernel's default source, and its peers would note an address where
+    nothing listens: their lookups hand it on, dials to it are refused, and
+    the probe after a hang-up finds it "dead". Only an IP literal of the
+    same family and the same scope (loopback or not) as the target is used:
+    a node on 127.0.0.1 can still dial a remote bootstrap peer as a
+    client, and a host name is left to the resolver."""
+    if not listen_host:
+        return None
+    try:
+        local = ipaddress.ip_address(listen_host)
+        remote = ipaddress.ip_address(target_host)
+    except ValueError:
+        return None
+    if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
+        return None
+    return listen_host
 
 
 _CONVERSION_CACHE = 4096
@@ -262,6 +313,15 @@ class _HeldRecord:
     data: bytes
 
 
+@dataclass(frozen=True)
+class _Holders:
+    """Providers a peer named for a block it lacks (not a lookup's value:
+    the lookup goes on to the closest nodes, which should have the block;
+    the providers are asked only if none has)."""
+
+    contacts: tuple[Contact, ...]
+
+
 class DhtDriver:
     """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
     owns every connection task until cancelled."""
@@ -275,6 +335,7 @@ class DhtDriver:
         keeper: BlockKeeper | None = None,
         records: RecordKeeper | None = None,
         listen_port: int | None = None,
+        listen_host: str | None = None,
         k: int = K,
         alpha: int = ALPHA,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -310,9 +371,14 @@ class DhtDriver:
         self.blocks = blocks
         self.keeper = keeper
         self._store_limiter = RateLimiter(STORE_RATE, STORE_BURST)
+        self.providers = ProviderRecords()
+        """Who offered blocks this node refused (:mod:`.providers`)."""
         self.records = records
         self._record_limiter = RateLimiter(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
+        self.listen_host = listen_host
+        """The address the node listens on; outbound connections are dialled
+        from it when it is one address (:func:`source_address`)."""
         self.k = k
         self.alpha = alpha
         self.request_timeout = request_timeout
@@ -488,17 +554,28 @@ class DhtDriver:
     async def _probe(self, contact: Contact) -> None:
         """A TCP connect to the peer's address, no handshake: refused means
         nothing listens there any more, and the contact is dropped as lost
-        (``peer_lost``); accepted (closed at once) means it is alive."""
+        (``peer_lost``); accepted means it is alive, unless the connection
+        is reset within PROBE_SETTLE (a dying process's listener took it)."""
+
+        def lost() -> None:
+            if self.table.remove(contact.node_id):
+                for hook in self.peer_lost:
+                    hook(contact.node_id)
+
         try:
             with trio.move_on_after(self.handshake_timeout):
                 try:
                     stream = await trio.open_tcp_stream(contact.host, contact.port)
                 except OSError:
-                    if self.table.remove(contact.node_id):
-                        for hook in self.peer_lost:
-                            hook(contact.node_id)
+                    lost()
                     return
-                await stream.aclose()
+                try:
+                    with trio.move_on_after(PROBE_SETTLE):
+                        await stream.receive_some(1)  # the end (an admission refusal) is alive too
+                except trio.BrokenResourceError:
+                    lost()  # reset: its listener closed with the probe in its queue
+                finally:
+                    await stream.aclose()
         finally:
             self._probing.discard(contact.node_id)
 
@@ -519,7 +596,8 @@ class DhtDriver:
         expected_bytes = id_to_bytes(expected) if expected is not None else None
         try:
             with trio.fail_after(self.handshake_timeout):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await trio.open_tcp_stream(
+                    host, port, local_address=source_address(self.listen_host, host))
         except (OSError, trio.TooSlowError) as exc:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
             raise PeerUnreachableError(f"cannot reach {host}:{port}: {reason}") from None
@@ -634,38 +712,43 @@ class DhtDriver:
         except (CasError, RemoteProtocolError):
             return False
 
-    async def have(self, contact: Contact, cids: Sequence[CID]) -> list[bool] | None:
-        """Which of ``cids`` the peer holds (None if it did not answer)."""
+    async def have(self, contact: Contact, cids: Sequence[CID], lease: int = 0) -> list[bool] | None:
+        """Which of ``cids`` the peer holds (None if it did not answer);
+        with a ``lease``, it keeps those at least that many seconds more."""
         try:
-            response = await self.request(contact, msg.Have(tuple(cids)), timeout=HAVE_TIMEOUT)
+            response = await self.request(contact, msg.Have(tuple(cids), lease), timeout=HAVE_TIMEOUT)
         except (CasError, RemoteProtocolError):
             return None
         if not isinstance(response, msg.HaveResult):
             return None
         return list(response.present)
 
-    async def store_block(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
-        """Ask ``contact`` to keep a block; ``stored`` only once it has
-        verified it against ``cid`` and made it durable. Blocks queued for
-        the same peer meanwhile travel in one STORE_BLOCKS
+    async def store_block(self, contact: Contact, cid: CID, data: bytes, lease: int | None = None) -> StoreOutcome:
+        """Ask ``contact`` to keep a block for ``lease`` seconds (None: as
+        long as its network allows); ``stored`` only once it has verified
+        it against ``cid`` and made it durable. Blocks queued for the same
+        peer meanwhile travel in one STORE_BLOCKS
         (:mod:`cas.dht.store_batches`)."""
         assert self._batcher is not None, "DhtDriver.run() is not running"
-        return await self._batcher.store(contact, cid, data)
+        return await self._batcher.store(contact, cid, data, lease)
 
-    async def store_block_on(self, contacts: Sequence[Contact], cid: CID, data: bytes) -> list[StoreOutcome]:
+    async def store_block_on(self, contacts: Sequence[Contact], cid: CID, data: bytes,
+                             lease: int | None = None) -> list[StoreOutcome]:
         """:meth:`store_block` on each of ``contacts`` at once; the outcomes
         in order, once all are known."""
         assert self._batcher is not None, "DhtDriver.run() is not running"
-        return await self._batcher.store_on(contacts, cid, data)
+        return await self._batcher.store_on(contacts, cid, data, lease)
 
     @property
     def store_messages_sent(self) -> int:
         """STORE_BLOCKS messages :meth:`store_block` has sent."""
         return 0 if self._batcher is None else self._batcher.messages_sent
 
-    async def store_blocks(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]]) -> list[StoreOutcome]:
-        """One STORE_BLOCKS of ``(cid, data)`` pairs; one outcome per block."""
-        outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks), refusals=NOT_FAILURES,
+    async def store_blocks(self, contact: Contact, blocks: Sequence[tuple[CID, bytes]],
+                           leases: Sequence[int] = ()) -> list[StoreOutcome]:
+        """One STORE_BLOCKS of ``(cid, data)`` pairs (and their leases, or
+        none for the peer's full lease); one outcome per block."""
+        outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks, leases), refusals=NOT_FAILURES,
                                            timeout=STORE_TIMEOUT)
         if isinstance(outcomes, StoreOutcome):
             return [outcomes] * len(blocks)
@@ -712,7 +795,7 @@ class DhtDriver:
             requester = self._peer_id(peer)
             if contact is not None:
                 self.seen(contact)
-            return await self.answer(requester, request)
+            return await self.answer(requester, request, contact)
 
         return handler
 
@@ -744,8 +827,9 @@ class DhtDriver:
             return msg.Pong()
         return None
 
-    async def answer(self, requester: int, request: msg.Request) -> msg.Response:
-        """The response to a peer's DHT request."""
+    async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
+        """The response to a peer's DHT request (``contact``: where the
+        requester listens, if known)."""
         quick = self.answer_now(requester, request)
         if quick is not None:
             return quick
@@ -756,8 +840,14 @@ class DhtDriver:
                         return msg.Block(await self.blocks.get(request.cid))
                 except CasError:
                     pass  # a damaged block is not served; point elsewhere
-            return msg.Nodes(self._closest_peers(key_for_digest(request.cid.digest), requester))
+            closer = self._closest_peers(key_for_digest(request.cid.digest), requester)
+            providers = self.providers.providers(bytes(request.cid), self._now())
+            if providers:
+                return msg.Providers(tuple(contact_to_peer(p) for p in providers[: msg.MAX_PEERS]), closer)
+            return msg.Nodes(closer)
         if isinstance(request, msg.Have):
+            if request.lease and isinstance(self.keeper, RenewsLeases):
+                await self.keeper.renew(request.cids, request.lease)
             if isinstance(self.blocks, VerifiesPresence):
                 return msg.HaveResult(tuple(await self.blocks.have(request.cids)))
             present = []
@@ -765,7 +855,7 @@ class DhtDriver:
                 present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
             return msg.HaveResult(tuple(present))
         if isinstance(request, msg.StoreBlocks):
-            return await self._answer_store(requester, request)
+            return await self._answer_store(requester, request, contact)
         if isinstance(request, msg.GetRecord):
             try:
                 target = id_from_bytes(request.key)
@@ -777,8 +867,11 @@ class DhtDriver:
             return await self._answer_put_record(requester, request)
         return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
 
-    async def _answer_store(self, requester: int, request: msg.StoreBlocks) -> msg.Response:
-        """Rate limit, verify, keep: each block ``ok`` only once it is durable."""
+    async def _answer_store(self, requester: int, request: msg.StoreBlocks,
+                            contact: Contact | None = None) -> msg.Response:
+        """Rate limit, verify, keep: each block ``ok`` only once it is
+        durable. A block refused (full) leaves a provider record: the
+        sender has it, and readers who ask here are told so."""
         if self.keeper is None:
             return msg.Error("refused", "this node keeps no blocks for others")
         if not self._store_limiter.allow(requester, self._now(), cost=len(request.cids)):
@@ -789,10 +882,13 @@ class DhtDriver:
             raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
         codes = []
         message = ""
-        for outcome in await self.keeper.keep_many(blocks, id_to_bytes(requester)):
+        outcomes = await self.keeper.keep_many(blocks, id_to_bytes(requester), request.leases)
+        for block, outcome in zip(blocks, outcomes):
             if not isinstance(outcome, BaseException):
                 codes.append("ok")
                 continue
+            if contact is not None:
+                self.providers.add(bytes(block.cid), contact, self._now())
             codes.append("full" if isinstance(outcome, StorageQuotaError) else "refused")
             message = message or str(outcome)[: msg.MAX_ERROR_TEXT_LENGTH]
         return msg.Stored(tuple(codes), message)
@@ -876,7 +972,8 @@ class DhtDriver:
                 nursery.cancel_scope.cancel()
         result = lookup.result
         block = result.value if isinstance(result.value, bytes) else None
-        return FindResult(result, self._now() - started, block, result.value_from if block else None)
+        return FindResult(result, self._now() - started, block, result.value_from if block else None,
+                          tuple(dict.fromkeys(run.providers)))
 
     def _outcome(self, peer: Contact, response: msg.Response,
                  cid: CID | None) -> tuple[list[Contact], Any] | None:
@@ -906,6 +1003,8 @@ class DhtDriver:
             return self._contacts(response.peers), None
         if isinstance(response, msg.Record):
             return self._contacts(response.peers), None if response.record is None else _HeldRecord(response.record)
+        if isinstance(response, msg.Providers) and cid is not None:
+            return self._contacts(response.peers), _Holders(tuple(self._contacts(response.providers)))
         if isinstance(response, msg.Block) and cid is not None:
             try:
                 return [], verified(cid, response.data)
@@ -1031,6 +1130,7 @@ class _LookupRun:
         self.request = request
         self.cid = cid
         self.records = records
+        self.providers: list[Contact] = []
         self.nursery = nursery
         self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
         self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
@@ -1178,6 +1278,9 @@ class _LookupRun:
             if isinstance(value, _HeldRecord):
                 if self.records is not None:
                     self.records.append((peer, value.data))
+                value = None
+            elif isinstance(value, _Holders):  # asked after the lookup, if it finds no copy
+                self.providers += [c for c in value.contacts if c.node_id != driver.own_id]
                 value = None
             actions = lookup.on_response(peer, contacts, value)
         if lookup.done:

@@ -23,6 +23,12 @@ who is responsible without talking about it; a node is only ever asked to
   republish, but for blocks and without resending what is already there. A
   newcomer closer than a holder enters the window, answers HAVE with false
   and receives a copy: that is the handover.
+* **One copier.** All the holders of a block repair it in the same round
+  after a death (they all see it), and each would send the missing copy.
+  So a holder that knows of a nearer one (:meth:`Placement.defers`) leaves
+  the copies to it, asks again a little later, and fills only what is
+  still missing: one copy travels, and a nearer holder that did not notice
+  the death costs only the delay.
 * **Dropping** (:func:`may_drop`): a node keeps a block it holds *for the
   network* only while it is in the placement set. Once it is not, it drops
   the block, but only after every member of the window has confirmed a copy
@@ -173,6 +179,18 @@ class Placement:
     def holders(self) -> list[int]:
         """Node IDs of the placement set that hold the block, nearest first."""
         return [n for n in self.window() if self._state[n] is Slot.HAS]
+
+    def defers(self) -> bool:
+        """Should this node leave the missing copies to another holder?
+        True when a node nearer the key than this node is known to hold
+        the block: every holder repairs the same block in the same round
+        (they see the same death), and that one makes the copies; this
+        node asks again a little later and fills only what is still
+        missing (see ``REPAIR_DEFER`` in the replicator)."""
+        for node_id in self._order:
+            if self._state[node_id] is Slot.HAS:
+                return node_id != self.own_id
+        return False
 
     def responsible(self) -> bool:
         """Is this node in the placement set?"""

@@ -3,11 +3,12 @@
 Owns: the bounded queue of blocks waiting to be placed and the worker tasks
 that place them (a FIND_NODE lookup for the block's key, then the
 STORE_BLOCK requests :class:`~cas.dht.replication.Placement` asks for), the
-last known copy count of every block placed, the background retry of blocks
-short of R copies, fetching a block the node lacks (FIND_BLOCK, verified by
-the driver), and the periodic repair round (lookups, one batched HAVE per
-peer, the stores the plans ask for, and dropping held copies the plans
-release).
+confirmed holders of every block placed or repaired (a
+:class:`~cas.dht.holders.HolderIndex`, told at once when a holder is found
+dead), the background retry of blocks short of R copies, fetching a block
+the node lacks (FIND_BLOCK, verified by the driver), and the periodic
+repair round (lookups, one batched HAVE per peer, the stores the plans ask
+for, and dropping held copies the plans release).
 
 Must never: decide where copies go or whether one may be dropped (the
 sans-IO planner in :mod:`cas.dht.replication` does), touch the repository
@@ -28,8 +29,10 @@ import trio
 
 from ..cid import CID
 from ..errors import CasError
-from ..net.messages import MAX_HAVE_CIDS
+from ..net.messages import MAX_LEASE
+from ..store._held import DEFAULT_LEASE
 from .driver import DhtDriver
+from .holders import HolderIndex
 from .ids import key_for_digest
 from .replication import (
     DEFAULT_REPLICAS,
@@ -80,8 +83,30 @@ DIRECT_FETCH_TIMEOUT = 1.0
 """Seconds a likely holder asked directly for a block has to answer before
 the next is asked (a frozen or overloaded peer costs a reader this much)."""
 
+REPAIR_DEFER = 5.0
+"""Seconds a holder that knows of a nearer holder of a block waits, in a
+repair round, before it asks again and makes the copies still missing: the
+nearer one makes them first (measured before: every surviving holder sent
+the same copy, 1.55-2.3x the bytes to restore at R = 3)."""
+
 LOOKUP_CONCURRENCY = 4
 """Lookups in flight during a repair round."""
+
+INDEX_CHECK_BATCH = 4096
+"""Blocks of the holder index checked against the store in one store-thread
+call after a repair round (a few milliseconds: the node's other store calls
+run between them)."""
+
+HAVE_BATCH = 32
+"""CIDs asked about in one HAVE (the wire allows 1024). A node answers yes
+only for copies it verified within its scrub period, and re-reads at most
+16 MiB per HAVE to verify the others (``cas.node.HAVE_VERIFY_BYTES``);
+past that it answers no, and the asker sends a copy it already has. Copies
+placed minutes ago have not been re-read yet, so a repair round's batches
+of 1024 were answered no past their first ~60 blocks and sent again:
+bench/churn.py measured 3.2-6.4 times the bytes to restore. 32 blocks of
+the 256 KiB average chunk are 8 MiB, within the answerer's budget even for
+blocks twice that size; it costs one more small message per 32 blocks."""
 
 BUSY_PAUSES = (0.25, 0.5, 1.0, 2.0)
 """Seconds waited before asking a peer that answered ``busy`` (its rate
@@ -95,14 +120,20 @@ class ReplicaStore(Protocol):
 
     async def get(self, cid: CID) -> bytes: ...
 
-    async def held(self) -> list[CID]:
-        """Blocks kept for the network (may be dropped when safe elsewhere)."""
+    async def leases(self) -> dict[CID, float]:
+        """Blocks kept for the network (may be dropped when safe elsewhere),
+        each with the seconds left of its lease (0 or less: expired). Every
+        other block is the node's own, which it keeps leased elsewhere."""
         ...
 
     async def all_blocks(self) -> list[CID]: ...
 
     async def drop(self, cids: list[CID]) -> list[CID]:
         """Delete those held blocks that no pin, root or writer needs."""
+        ...
+
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        """The size of each of ``cids`` stored here; those not stored are left out."""
         ...
 
 
@@ -114,6 +145,8 @@ class RepairReport:
     stores: int = 0
     dropped: int = 0
     short: int = 0
+    expired: int = 0
+    """Held blocks whose lease had run out: not repaired, dropped."""
 
 
 @dataclass
@@ -135,6 +168,9 @@ class ReplicationStats:
     """Held copies released by repair rounds."""
     rounds_after_loss: int = 0
     """Repair rounds started because a peer was found dead (not by the timer)."""
+    copies_lost: int = 0
+    """Copies known gone because their holder was found dead (each such
+    block counted below R at once, until a placement or repair counts again)."""
     refusals: int = 0
     """Stores refused (``full``, or ``busy`` after every pause)."""
     last_failure: str = ""
@@ -162,23 +198,28 @@ class Replicator:
 
     def __init__(self, dht: DhtDriver, store: ReplicaStore, *, replicas: int = DEFAULT_REPLICAS,
                  workers: int = PLACEMENT_WORKERS, queue_size: int = QUEUE_SIZE,
-                 retry_interval: float = RETRY_INTERVAL, repair_interval: float = REPAIR_INTERVAL) -> None:
+                 retry_interval: float = RETRY_INTERVAL, repair_interval: float = REPAIR_INTERVAL,
+                 lease: float = DEFAULT_LEASE) -> None:
         self.dht = dht
         self.store = store
         self.replicas = replicas
+        self.lease = lease
+        """Seconds of the leases this node renews on its own blocks' holders
+        every repair round (the network's lease)."""
         self.workers = workers
         self.retry_interval = retry_interval
         self.repair_interval = repair_interval
-        self._send, self._receive = trio.open_memory_channel[tuple[CID, bytes | None]](queue_size)
+        self._send, self._receive = trio.open_memory_channel[tuple[CID, bytes | None, int | None]](queue_size)
         self._queued_bytes = 0
         self.neighbourhoods = NeighbourhoodCache()
         self._pending: set[CID] = set()
-        self._copies: dict[CID, int] = {}
-        self._short: set[CID] = set()
+        self.holders = HolderIndex(dht.own_id, replicas)
+        self._lease_ends: dict[CID, float] = {}  # held blocks short of R: when their lease runs out (trio time)
         self._changed = trio.Event()
         self._repair_lock = trio.Lock()
         self._peer_lost = trio.Event()
         self.stats = ReplicationStats()
+        dht.peer_lost.append(self.holder_lost)
         dht.peer_lost.append(self.repair_soon)
 
     # -- lifetime -------------------------------------------------------------
@@ -193,11 +234,13 @@ class Replicator:
 
     # -- placement --------------------------------------------------------------
 
-    async def place(self, cid: CID, data: bytes | None = None) -> None:
+    async def place(self, cid: CID, data: bytes | None = None, lease: int | None = None) -> None:
         """Queue ``cid`` for placement on the R closest nodes; waits only if
         the queue is full (the add runs at most QUEUE_SIZE blocks ahead).
         ``data``, the block's bytes if the caller has them, saves reading
-        them back (kept while the queue holds under QUEUED_BYTES)."""
+        them back (kept while the queue holds under QUEUED_BYTES).
+        ``lease``: seconds the copies are to be kept (None: the whole
+        lease, for the node's own blocks)."""
         if cid in self._pending:
             return
         self._pending.add(cid)
@@ -207,16 +250,17 @@ class Replicator:
         size = 0 if data is None else len(data)
         self._queued_bytes += size
         try:
-            await self._send.send((cid, data))
+            await self._send.send((cid, data, lease))
         except BaseException:  # cancelled while the queue was full: it was never queued
             self._queued_bytes -= size
             self._pending.discard(cid)
             raise
 
     def copies(self, cid: CID) -> int | None:
-        """Members of the placement set known to hold ``cid`` after its last
-        placement or repair (None: never placed)."""
-        return self._copies.get(cid)
+        """Members of the placement set known to hold ``cid`` now: those its
+        last placement or repair confirmed, less those found dead since
+        (None: never placed)."""
+        return self.holders.copies(cid)
 
     def pending(self, cid: CID) -> bool:
         return cid in self._pending
@@ -237,42 +281,53 @@ class Replicator:
         self._changed = trio.Event()
 
     async def _worker(self) -> None:
-        async for cid, data in self._receive:
+        async for cid, data, lease in self._receive:
             if data is not None:
                 self._queued_bytes -= len(data)
             try:
-                copies = await self._place_one(cid, data)
+                holders, size = await self._place_one(cid, data, lease)
             except CasError as exc:
                 self.stats.last_failure = f"placing {cid}: {exc}"
-                copies = 1  # the local copy; the retry loop tries again
+                holders, size = [self.dht.own_id], None  # the local copy; the retry loop tries again
             except Exception:
                 self._pending.discard(cid)
                 self._notify()
                 raise
-            self._record(cid, copies)
+            self._record(cid, holders, size=size)
             self._pending.discard(cid)
             self.stats.placed += 1
             self._notify()
 
-    def _record(self, cid: CID, copies: int) -> None:
-        self._copies[cid] = copies
-        if copies < self.replicas:
-            self._short.add(cid)
-        else:
-            self._short.discard(cid)
+    def _record(self, cid: CID, holders: Sequence[int], *, size: int | None = None,
+                own: bool | None = None) -> None:
+        """A placement or repair of ``cid`` confirmed ``holders`` (this node
+        among them when it is a member of the placement set): its copy count."""
+        self.holders.record(cid, holders, size=size, own=own)
+        if (self.holders.copies(cid) or 0) >= self.replicas:
+            self._lease_ends.pop(cid, None)
 
-    async def _place_one(self, cid: CID, data: bytes | None = None) -> int:
+    def _forget(self, cid: CID) -> None:
+        """``cid`` is no longer this node's to place (its lease ran out)."""
+        self.holders.forget([cid])
+        self._lease_ends.pop(cid, None)
+
+    async def _place_one(self, cid: CID, data: bytes | None = None,
+                         lease: int | None = None) -> tuple[list[int], int | None]:
+        """Place ``cid`` for ``lease`` seconds (None: the whole lease);
+        returns the members of its placement set holding it and its size
+        (None if unread)."""
         if not len(self.dht.table):
-            return 1  # alone: the local copy is all there is
+            # Alone: the local copy is all there is.
+            return [self.dht.own_id], None if data is None else len(data)
         key = key_for_digest(cid.digest)
         if data is None:
             data = await self.store.get(cid)
         known = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
         if known is not None:
             plan = Placement(key, known, own_id=self.dht.own_id, local=True, replicas=self.replicas)
-            await self._execute(plan, cid, data)
+            await self._execute(plan, cid, data, lease)
             if plan.complete:
-                return plan.copies
+                return plan.holders(), len(data)
             # Short of R with a remembered answer: ask the network afresh,
             # without sending again to those that took it.
             holders = {node_id: True for node_id in plan.holders()}
@@ -280,8 +335,8 @@ class Replicator:
             holders = {}
         plan = Placement(key, await self._find_candidates(key), own_id=self.dht.own_id,
                          local=True, replicas=self.replicas, known=holders)
-        await self._execute(plan, cid, data)
-        return plan.copies
+        await self._execute(plan, cid, data, lease)
+        return plan.holders(), len(data)
 
     async def _find_candidates(self, key: int) -> list[Contact]:
         """A lookup's closest nodes for ``key`` (remembered for nearby keys)."""
@@ -296,8 +351,10 @@ class Replicator:
         exhaustive = len(closest) < self.dht.k and failures == 0
         cache.add(Neighbourhood(key, tuple(closest), exhaustive), trio.current_time())
 
-    async def _execute(self, plan: Placement, cid: CID, data: bytes, *, repair: bool = False) -> int:
-        """Send the stores ``plan`` asks for until it is done; returns how many were sent.
+    async def _execute(self, plan: Placement, cid: CID, data: bytes, lease: int | None = None, *,
+                       repair: bool = False) -> int:
+        """Send the stores ``plan`` asks for, each for ``lease`` seconds (None:
+        the whole lease), until it is done; returns how many were sent.
 
         In rounds: every store the plan asks for at once goes out together
         (one wait for all their answers), then the plan is told each outcome
@@ -307,9 +364,9 @@ class Replicator:
         while actions:
             peers = [action.peer for action in actions]  # type: ignore[attr-defined]
             sent += len(peers)
-            outcomes = await self.dht.store_block_on(peers, cid, data)
+            outcomes = await self.dht.store_block_on(peers, cid, data, lease)
             if any(outcome.status != "stored" for outcome in outcomes):
-                outcomes = await self._settle_stores(peers, outcomes, cid, data)
+                outcomes = await self._settle_stores(peers, outcomes, cid, data, lease)
             actions = []
             for peer, outcome in zip(peers, outcomes):
                 if outcome.status == "stored":
@@ -326,7 +383,7 @@ class Replicator:
         return sent
 
     async def _settle_stores(self, peers: list[Contact], outcomes: list[StoreOutcome],
-                             cid: CID, data: bytes) -> list[StoreOutcome]:
+                             cid: CID, data: bytes, lease: int | None) -> list[StoreOutcome]:
         """The final outcome of each store that did not succeed at once,
         each retried on its own: a busy peer after its rate limit's pause,
         rather than moving on; a connection closed under the request (two
@@ -339,9 +396,9 @@ class Replicator:
                 if not (outcome.status == "refused" and outcome.reason.startswith("busy")):
                     break
                 await trio.sleep(pause)
-                outcome = await self.dht.store_block(peer, cid, data)
+                outcome = await self.dht.store_block(peer, cid, data, lease)
             if outcome.status == "failed" and "connection" in outcome.reason:
-                outcome = await self.dht.store_block(peer, cid, data)
+                outcome = await self.dht.store_block(peer, cid, data, lease)
             if outcome.status == "failed":
                 self.stats.last_failure = outcome.reason
             settled[index] = outcome
@@ -361,16 +418,40 @@ class Replicator:
             stats.repair_bytes += size
 
     def short_blocks(self) -> int:
-        """Blocks known to have fewer than R copies, as last measured by a
-        placement or repair round."""
-        return len(self._short)
+        """Blocks known to have fewer than R copies now: as their last
+        placement or repair round counted them, less the copies of holders
+        found dead since."""
+        return self.holders.short()
+
+    def holder_lost(self, node_id: int) -> None:
+        """A peer was found dead (the routing table dropped it): the copies
+        it held are gone from the counts now, not at the next round."""
+        self.stats.copies_lost += len(self.holders.lose(node_id))
+
+    async def _check_index(self) -> None:
+        """After a round: blocks no longer stored here (dropped, collected)
+        leave the holder index, and the sizes it lacks are learnt, a slice
+        at a time."""
+        cids = self.holders.cids()
+        for start in range(0, len(cids), INDEX_CHECK_BATCH):
+            seen = self.holders.snapshot(cids[start:start + INDEX_CHECK_BATCH])
+            sizes = await self.store.sizes([cid for cid, _ in seen])
+            self.holders.reconcile(seen, sizes)
 
     async def _retry_loop(self) -> None:
         while True:
             await trio.sleep(self.retry_interval)
-            for cid in list(self._short):
-                if cid not in self._pending:
-                    await self.place(cid)
+            for cid in self.holders.short_cids():
+                if cid in self._pending:
+                    continue
+                end = self._lease_ends.get(cid)
+                left = None if end is None else math.floor(end - trio.current_time())
+                if left is None:
+                    await self.place(cid)  # own: the whole lease
+                elif left >= 1:
+                    await self.place(cid, lease=min(left, MAX_LEASE))
+                else:  # held, and nobody renewed it: never placed again
+                    self._forget(cid)
 
     # -- fetching -----------------------------------------------------------------
 
@@ -397,7 +478,15 @@ class Replicator:
             if data is not None:
                 return data
         found = await self.dht.find_block(cid)
-        return found.block
+        if found.block is not None:
+            return found.block
+        # No copy where copies belong: ask those others know hold it (the
+        # node that added it, while its copies are not placed).
+        for provider in found.providers[: self.replicas]:
+            data = await self.dht.block_from(provider, cid, timeout=DIRECT_FETCH_TIMEOUT)
+            if data is not None:
+                return data
+        return None
 
     # -- repair -------------------------------------------------------------------
 
@@ -420,25 +509,36 @@ class Replicator:
 
     async def repair(self) -> RepairReport:
         """One round over every block this node holds: find each one's
-        closest nodes, ask them HAVE in one batch per peer, store where
-        copies are missing (and on closer newcomers), and drop held copies
-        this node is no longer responsible for once R others are confirmed."""
+        closest nodes, ask them HAVE in one batch per peer (renewing the
+        leases of this node's own blocks as it asks), store where copies
+        are missing (and on closer newcomers) for what is left of each
+        block's lease, and drop held copies this node is no longer
+        responsible for once R others are confirmed. A held block whose
+        lease ran out is not repaired but dropped: nobody wants it kept."""
         async with self._repair_lock:
             report = RepairReport()
             if not len(self.dht.table):
                 return report
-            held = set(await self.store.held())
-            blocks = await self.store.all_blocks()
+            leases = await self.store.leases()
+            # Under a second left counts as run out: leases travel in whole
+            # seconds, always rounded down, so copying one never adds time.
+            expired = [cid for cid, left in leases.items() if left < 1]
+            report.expired = len(expired)
+            blocks = [cid for cid in await self.store.all_blocks() if leases.get(cid, 1) >= 1]
             report.blocks = len(blocks)
             closest = await self._lookups(blocks)
-            presence = await self._have(closest)
-            droppable: list[CID] = []
+            own = {cid for cid in blocks if cid not in leases}
+            presence = await self._have(closest, own=own)
+            droppable: list[CID] = list(expired)
+            now = trio.current_time()
 
             def conclude(cid: CID, plan: Placement) -> None:
-                self._record(cid, plan.copies)
+                self._record(cid, plan.holders(), own=cid not in leases)
+                if cid in leases and not plan.complete:  # retried for what is left of its lease
+                    self._lease_ends[cid] = now + leases[cid]
                 if not plan.complete:
                     report.short += 1
-                if may_drop(plan, own=cid not in held):
+                if may_drop(plan, own=cid not in leases):
                     droppable.append(cid)
 
             # Copies are made for many blocks at once, as an add's are, so
@@ -452,25 +552,43 @@ class Replicator:
                         data = await self.store.get(cid)
                     except CasError:
                         return  # gone meanwhile (gc, a drop)
-                    sent = await self._execute(plan, cid, data, repair=True)
+                    lease = min(math.floor(leases[cid]), MAX_LEASE) if cid in leases else None  # held: what is left
+                    sent = await self._execute(plan, cid, data, lease, repair=True)
                 report.stores += sent  # (not `+= await`: that would add to a stale count)
                 conclude(cid, plan)
 
+            def plan_for(cid: CID, known: dict[int, bool]) -> Placement:
+                return Placement(key_for_digest(cid.digest), closest[cid], own_id=self.dht.own_id, local=True,
+                                 replicas=self.replicas, known=known)
+
+            deferred: list[CID] = []
             async with trio.open_nursery() as nursery:
                 for cid in blocks:
-                    contacts = closest.get(cid)
-                    if contacts is None:
+                    if cid not in closest:
                         continue
-                    key = key_for_digest(cid.digest)
-                    plan = Placement(key, contacts, own_id=self.dht.own_id, local=True,
-                                     replicas=self.replicas, known=presence.get(cid, {}))
+                    plan = plan_for(cid, presence.get(cid, {}))
                     if plan.done:
                         conclude(cid, plan)
+                    elif plan.defers():
+                        deferred.append(cid)
                     else:
                         nursery.start_soon(make_copies, cid, plan)
+            if deferred:  # a nearer holder makes these copies; fill what it has not
+                await trio.sleep(REPAIR_DEFER)
+                again = await self._have({cid: closest[cid] for cid in deferred}, own=own)
+                async with trio.open_nursery() as nursery:
+                    for cid in deferred:
+                        plan = plan_for(cid, again.get(cid, {}))
+                        if plan.done:
+                            conclude(cid, plan)
+                        else:
+                            nursery.start_soon(make_copies, cid, plan)
+            for cid in expired:
+                self._forget(cid)
             if droppable:
                 report.dropped = len(await self.store.drop(droppable))
                 self.stats.repair_dropped += report.dropped
+            await self._check_index()
             self.stats.rounds += 1
             self.stats.last_round = report
             return report
@@ -502,24 +620,29 @@ class Replicator:
                 nursery.start_soon(one, cid)
         return out
 
-    async def _have(self, closest: dict[CID, list[Contact]]) -> dict[CID, dict[int, bool]]:
-        """HAVE, batched per peer, for each block's R nearest other nodes."""
+    async def _have(self, closest: dict[CID, list[Contact]], own: set[CID]) -> dict[CID, dict[int, bool]]:
+        """HAVE, batched per peer, for each block's R nearest other nodes;
+        those asked about this node's ``own`` blocks are asked to keep them
+        another whole lease (the renewal)."""
         windows = {cid: contacts[: self.replicas] for cid, contacts in closest.items()}
-        by_peer = have_batches(windows, MAX_HAVE_CIDS)
         contacts = {c.node_id: c for cs in windows.values() for c in cs}
         answers: dict[CID, dict[int, bool]] = {}
         limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
 
-        async def ask(node_id: int, cids: Sequence[CID]) -> None:
+        async def ask(node_id: int, cids: Sequence[CID], lease: int) -> None:
             async with limit:
-                present = await self.dht.have(contacts[node_id], cids)
+                present = await self.dht.have(contacts[node_id], cids, lease)
             if present is None or len(present) != len(cids):
                 return  # unanswered: the plan stores there (a holder just acknowledges)
             for cid, has in zip(cids, present):
                 answers.setdefault(cid, {})[node_id] = has
 
+        renewal = min(math.ceil(self.lease), MAX_LEASE)
         async with trio.open_nursery() as nursery:
-            for node_id, cids in by_peer.items():
-                for batch in chunks(cids, MAX_HAVE_CIDS):
-                    nursery.start_soon(ask, node_id, batch)  # type: ignore[arg-type]
+            for lease, which in ((renewal, True), (0, False)):
+                by_peer = have_batches({cid: w for cid, w in windows.items() if (cid in own) is which},
+                                       HAVE_BATCH)
+                for node_id, cids in by_peer.items():
+                    for batch in chunks(cids, HAVE_BATCH):
+                        nursery.start_soon(ask, node_id, batch, lease)  # type: ignore[arg-type]
         return answers

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..cid import CID
-from ..net.messages import MAX_STORE_BLOCKS, MAX_STORE_BYTES
+from ..net.messages import MAX_LEASE, MAX_STORE_BLOCKS, MAX_STORE_BYTES
 from .routing import Contact
 
 BATCH_BYTES = MAX_STORE_BYTES
@@ -50,8 +50,9 @@ class StoreOutcome:
     reason: str = ""
 
 
-SendBatch = Callable[[Contact, Sequence[tuple[CID, bytes]]], Awaitable[list[StoreOutcome]]]
-"""Sends one STORE_BLOCKS and returns one outcome per block (never raises
+SendBatch = Callable[[Contact, Sequence[tuple[CID, bytes]], Sequence[int]], Awaitable[list[StoreOutcome]]]
+"""Sends one STORE_BLOCKS (blocks, and their leases in seconds or none for
+the receiver's full lease) and returns one outcome per block (never raises
 for the peer's failures: they are outcomes)."""
 
 
@@ -67,6 +68,7 @@ class _Round:
 class _Waiting:
     cid: CID
     data: bytes
+    lease: int | None  # seconds; None: as long as the receiver allows
     round: _Round
     outcome: StoreOutcome | None = None
 
@@ -77,6 +79,15 @@ class _PeerQueue:
     waiting: deque[_Waiting] = field(default_factory=deque)
     queued_bytes: int = 0
     in_flight: int = 0
+
+
+def _leases(batch: Sequence[_Waiting]) -> list[int]:
+    """The leases of a batch on the wire: none if every block takes the
+    receiver's full lease, else one each (the full one asked as the most
+    the wire holds, which the receiver caps)."""
+    if all(item.lease is None for item in batch):
+        return []
+    return [MAX_LEASE if item.lease is None else item.lease for item in batch]
 
 
 class StoreBatcher:
@@ -93,12 +104,14 @@ class StoreBatcher:
         self._queues: dict[int, _PeerQueue] = {}
         self.messages_sent = 0
 
-    async def store(self, contact: Contact, cid: CID, data: bytes) -> StoreOutcome:
-        """Store one block on ``contact``, in a message with whatever else is
+    async def store(self, contact: Contact, cid: CID, data: bytes, lease: int | None = None) -> StoreOutcome:
+        """Store one block on ``contact`` for ``lease`` seconds (None: as
+        long as the receiver allows), in a message with whatever else is
         queued for it; returns that block's outcome."""
-        return (await self.store_on([contact], cid, data))[0]
+        return (await self.store_on([contact], cid, data, lease))[0]
 
-    async def store_on(self, contacts: Sequence[Contact], cid: CID, data: bytes) -> list[StoreOutcome]:
+    async def store_on(self, contacts: Sequence[Contact], cid: CID, data: bytes,
+                       lease: int | None = None) -> list[StoreOutcome]:
         """Store one block on each of ``contacts`` at once (each in a message
         with whatever else is queued for that peer); their outcomes, in
         order, once every one is known: one wait for the whole round."""
@@ -108,7 +121,7 @@ class StoreBatcher:
             queue = self._queues.get(contact.node_id)
             if queue is None:
                 queue = self._queues[contact.node_id] = _PeerQueue(contact)
-            item = _Waiting(cid, data, round_)
+            item = _Waiting(cid, data, lease, round_)
             queue.waiting.append(item)
             queue.queued_bytes += len(data)
             placed.append((queue, item))
@@ -145,7 +158,8 @@ class StoreBatcher:
     async def _send_batch(self, queue: _PeerQueue, batch: list[_Waiting]) -> None:
         outcomes = [StoreOutcome("failed", "the node stopped before the peer answered")] * len(batch)
         try:
-            outcomes = await self._send(queue.contact, [(item.cid, item.data) for item in batch])
+            outcomes = await self._send(queue.contact, [(item.cid, item.data) for item in batch],
+                                        _leases(batch))
         except Exception as exc:  # a bug in the sender; every block is told
             outcomes = [StoreOutcome("failed", f"store failed: {exc}")] * len(batch)
         finally:

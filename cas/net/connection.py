@@ -128,7 +128,7 @@ _REMEMBERED_TIMEOUTS = 256
 EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
     msg.Ping: (msg.Pong,),
     msg.FindNode: (msg.Nodes,),
-    msg.FindBlock: (msg.Block, msg.Nodes),
+    msg.FindBlock: (msg.Block, msg.Nodes, msg.Providers),
     msg.StoreBlocks: (msg.Stored,),
     msg.Have: (msg.HaveResult,),
     msg.PutRecord: (msg.Ok,),

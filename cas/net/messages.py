@@ -50,7 +50,9 @@ class LocalProtocolError(RuntimeError):
 
 # -- limits -------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""1: before leases (``store_blocks`` without ``leases``, ``have`` without
+``lease``)."""
 # DESIGN.md, "Wire protocol": every CBOR message is at most 2 MiB.
 MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 # DESIGN.md: chunks are at most 1 MiB and so are tree nodes; a block that
@@ -66,6 +68,9 @@ MAX_STORE_BLOCKS = 64
 MAX_STORE_BYTES = MAX_MESSAGE_SIZE - 4096
 # A namespace record is a key, a sequence number, a CID and a signature
 # (~200 bytes); 16 KiB leaves room to grow without inviting abuse.
+MAX_LEASE = (1 << 32) - 1
+"""Seconds in a lease on the wire, at most (the receiver caps it at its
+network's lease anyway)."""
 MAX_RECORD_SIZE = 16 * 1024
 MAX_RECORD_KEY_SIZE = 64
 # Request ids are chosen by the requester; 32 bits never wrap in practice.
@@ -333,20 +338,40 @@ class Block(Response):
 
 
 @dataclass(frozen=True)
+class Providers(Response):
+    """FIND_BLOCK's answer from a node without the block that knows who has
+    it (a provider record: the node offered it here, cas.dht.providers),
+    with the peers closest to it as ``nodes`` gives them."""
+
+    TYPE = "providers"
+    FIELDS = (
+        ("providers", "providers", _PEERS),
+        ("peers", "peers", _PEERS),
+    )
+    providers: tuple[PeerInfo, ...]
+    peers: tuple[PeerInfo, ...] = ()
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
 class StoreBlocks(Request):
     """Keep these blocks (DESIGN.md's STORE_BLOCK, batched): ``data[i]`` is
-    the block named ``cids[i]``. The receiver verifies each block against
-    its CID. Sent and received without copying a block's bytes: they are
-    sealed from where they lie and the message is proven canonical by
-    position (:func:`cas.dagcbor.check_reencodes`)."""
+    the block named ``cids[i]``, to be kept ``leases[i]`` seconds unless
+    renewed (``leases`` empty: as long as the receiver's network allows,
+    which also caps any lease asked for). The receiver verifies each block
+    against its CID. Sent and received without copying a block's bytes:
+    they are sealed from where they lie and the message is proven canonical
+    by position (:func:`cas.dagcbor.check_reencodes`)."""
 
     TYPE = "store_blocks"
     FIELDS = (
         ("cids", "cids", _array(_cid(), MAX_STORE_BLOCKS)),
         ("data", "blocks", _array(_bytes(MAX_BLOCK_SIZE), MAX_STORE_BLOCKS)),
+        ("leases", "leases", _array(_uint(MAX_LEASE), MAX_STORE_BLOCKS)),
     )
     cids: tuple[CID, ...]
     data: tuple[bytes, ...]  # received: memoryviews of the decrypted message (decode)
+    leases: tuple[int, ...] = ()
     request_id: int = 0
 
     def __post_init__(self) -> None:
@@ -354,13 +379,15 @@ class StoreBlocks(Request):
             raise ValueError("must carry at least one block")
         if len(self.data) != len(self.cids):
             raise ValueError("needs one block per CID")
+        if self.leases and len(self.leases) != len(self.cids):
+            raise ValueError("needs one lease per block, or none")
         if sum(len(block) for block in self.data) > MAX_STORE_BYTES:
             raise ValueError(f"blocks must add up to at most {MAX_STORE_BYTES} bytes")
 
     @classmethod
-    def of(cls, blocks: Sequence[tuple[CID, bytes]]) -> StoreBlocks:
-        """The message for ``(cid, data)`` pairs."""
-        return cls(tuple(cid for cid, _ in blocks), tuple(data for _, data in blocks))
+    def of(cls, blocks: Sequence[tuple[CID, bytes]], leases: Sequence[int] = ()) -> StoreBlocks:
+        """The message for ``(cid, data)`` pairs (and their leases, if any)."""
+        return cls(tuple(cid for cid, _ in blocks), tuple(data for _, data in blocks), tuple(leases))
 
     def blocks(self) -> list[tuple[CID, bytes]]:
         """The ``(cid, data)`` pairs, in order (the data not yet verified)."""
@@ -395,11 +422,18 @@ class Ok(Response):
 
 @dataclass(frozen=True)
 class Have(Request):
-    """Which of these blocks do you hold? (Batch presence check for repair.)"""
+    """Which of these blocks do you hold? (Batch presence check for repair.)
+    With a ``lease``, also: keep those you hold at least this many seconds
+    more (the node that wants them kept renews their leases this way; 0
+    only asks)."""
 
     TYPE = "have"
-    FIELDS = (("cids", "cids", _array(_cid(), MAX_HAVE_CIDS)),)
+    FIELDS = (
+        ("cids", "cids", _array(_cid(), MAX_HAVE_CIDS)),
+        ("lease", "lease", _uint(MAX_LEASE)),
+    )
     cids: tuple[CID, ...]
+    lease: int = 0
     request_id: int = 0
 
 
@@ -468,7 +502,7 @@ class Error(Response):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, StoreBlocks, Stored, Ok,
+    for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, Providers, StoreBlocks, Stored, Ok,
                 Have, HaveResult, PutRecord, GetRecord, Record, Error)
 }
 _REQUEST_ID = _uint(MAX_REQUEST_ID)
@@ -569,10 +603,11 @@ def _decode_find_node(data: bytes) -> FindNode | None:
 
 
 # STORE_BLOCKS, {"t": "store_blocks", "id": id, "cids": [links], "blocks":
-# [bytes]}: these bytes, then the id's head, "cids" and so on.
-_STORE_BLOCKS_START = b"\xa4" + b"".join(map(dagcbor.encode_unchecked, ("t", "store_blocks", "id")))
+# [bytes], "leases": [uints]}: these bytes, then the id's head, "cids" and so on.
+_STORE_BLOCKS_START = b"\xa5" + b"".join(map(dagcbor.encode_unchecked, ("t", "store_blocks", "id")))
 _STORE_BLOCKS_CIDS = dagcbor.encode_unchecked("cids")
 _STORE_BLOCKS_BLOCKS = dagcbor.encode_unchecked("blocks")
+_STORE_BLOCKS_LEASES = dagcbor.encode_unchecked("leases")
 _LINK_TAG = b"\xd8\x2a"  # tag 42, a CID link
 
 
@@ -601,10 +636,11 @@ def _encode_store_blocks(message: StoreBlocks) -> list[bytes] | None:
     as cbor2's encoding of the map (property-tested), without building it.
     None if a field is not as it must be (the general path then says what
     is wrong)."""
-    request_id, cids, data = message.request_id, message.cids, message.data
+    request_id, cids, data, leases = message.request_id, message.cids, message.data, message.leases
     if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID \
-            or type(cids) is not tuple or type(data) is not tuple \
-            or not 0 < len(cids) <= MAX_STORE_BLOCKS or len(data) != len(cids):
+            or type(cids) is not tuple or type(data) is not tuple or type(leases) is not tuple \
+            or not 0 < len(cids) <= MAX_STORE_BLOCKS or len(data) != len(cids) \
+            or len(leases) not in (0, len(cids)):
         return None
     structure = [_STORE_BLOCKS_START, encode_head(0, request_id), _STORE_BLOCKS_CIDS, encode_head(4, len(cids))]
     for cid in cids:
@@ -620,7 +656,12 @@ def _encode_store_blocks(message: StoreBlocks) -> list[bytes] | None:
         structure.append(encode_head(2, len(block)))
         parts += (b"".join(structure), block)
         structure = []
-    parts.append(b"")
+    structure += (_STORE_BLOCKS_LEASES, encode_head(4, len(leases)))
+    for lease in leases:
+        if type(lease) is not int or not 0 <= lease <= MAX_LEASE:
+            return None
+        structure.append(encode_head(0, lease))
+    parts.append(b"".join(structure))
     return parts
 
 
@@ -665,9 +706,21 @@ def _decode_store_blocks(data: memoryview) -> StoreBlocks | None:
                 return None
             blocks.append(data[at:at + size])
             at += size
+        if data[at:at + len(_STORE_BLOCKS_LEASES)] != _STORE_BLOCKS_LEASES:
+            return None
+        leases_count, at = _read_head(data, at + len(_STORE_BLOCKS_LEASES), 4)
+        if leases_count not in (0, count):
+            return None
+        leases = []
+        for _ in range(leases_count):
+            lease, at = _read_head(data, at, 0)
+            if lease > MAX_LEASE:
+                return None
+            leases.append(lease)
         if at != len(data) or request_id > MAX_REQUEST_ID:
             return None
-        return StoreBlocks(tuple(cids), tuple(blocks), request_id=request_id)  # type: ignore[arg-type]
+        return StoreBlocks(tuple(cids), tuple(blocks), tuple(leases),  # type: ignore[arg-type]
+                           request_id=request_id)
     except (IndexError, ValueError):  # ValueError: a bad CID, __post_init__'s checks
         return None
 

@@ -13,10 +13,24 @@ with an error a person can act on), where a repository keeps its own
 the key's **fingerprint**, a short hash that people compare between machines
 and that the daemon prints; the key itself is never shown.
 
-Key file format, text, mode 0600 (two lines, the second the key)::
+Key file format, text, mode 0600 (two lines, the second the key, then the
+network's settings if it has any, one per line)::
 
     cas-network-key v1
     <64 hex digits: the 32-byte key>
+    replicas 5
+    repair-interval 300
+    lease 604800
+    id-difficulty 16
+
+The **settings** are the ones every node of a network must share
+(:class:`NetworkSettings`: copies per block, seconds between repair rounds,
+seconds of a lease, bits of work in a node ID). Written with the key
+(``cas network init --replicas 5 ...``), they travel with it to every
+machine, and they are part of the handshake's pre-shared key: a node whose
+file carries other settings is refused as if it held another key, so a
+network cannot drift apart. A file without settings (the defaults) gives
+the key itself as the PSK, as before settings existed.
 
 Versioned, so it can change; text, so that an operator recognises the file.
 The key is 32 bytes from the operating system's random source, never a
@@ -35,6 +49,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..keys import KeyFileError, read_private_file, write_private_file
 
@@ -45,11 +60,12 @@ NETWORK_KEY_PATH = Path("keys") / "network.key"
 """Where a repository keeps its network key, relative to the repository."""
 
 FILE_HEADER = "cas-network-key v1"
-_MAX_FILE_SIZE = 128  # header, 64 hex digits, newlines: anything longer is not ours
+_MAX_FILE_SIZE = 512  # header, 64 hex digits, four settings, newlines: anything longer is not ours
 
 # Domain separation: the fingerprint is a hash of the key under a label
 # used for nothing else, so it says nothing about any other use of the key.
 _FINGERPRINT_LABEL = b"cas network key fingerprint\x00"
+_PSK_LABEL = b"cas network psk with settings\x00"
 FINGERPRINT_SIZE = 8
 """Bytes of the fingerprint (16 hex digits): enough to tell keys apart by
 eye; a preimage of a hash of a 256-bit random key is out of reach."""
@@ -59,6 +75,45 @@ NetworkKeyError = KeyFileError
 (when writing) already there."""
 
 
+@dataclass(frozen=True)
+class NetworkSettings:
+    """What every node of a network must agree on; None: the default."""
+
+    replicas: int | None = None
+    repair_interval: int | None = None  # seconds
+    lease: int | None = None  # seconds
+    id_difficulty: int | None = None  # bits
+
+    LIMITS: ClassVar[dict[str, tuple[str, int, int]]] = {
+        # field: (name in the file, least, most)
+        "replicas": ("replicas", 1, 20),
+        "repair_interval": ("repair-interval", 1, 366 * 86400),
+        "lease": ("lease", 1, 3650 * 86400),
+        "id_difficulty": ("id-difficulty", 0, 40),
+    }
+
+    def __post_init__(self) -> None:
+        for name, (key, low, high) in self.LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not low <= value <= high):
+                raise ValueError(f"{key} must be a whole number from {low} to {high}")
+
+    def lines(self) -> list[str]:
+        """The settings as the key file writes them (only those set)."""
+        return [f"{key} {getattr(self, name)}" for name, (key, _, _) in self.LIMITS.items()
+                if getattr(self, name) is not None]
+
+    def describe(self) -> str:
+        """For people: ``replicas 5, lease 604800 s``, or ``defaults``."""
+        parts = []
+        for name, (key, _, _) in self.LIMITS.items():
+            value = getattr(self, name)
+            if value is not None:
+                unit = " s" if name in ("repair_interval", "lease") else " bits" if name == "id_difficulty" else ""
+                parts.append(f"{key} {value}{unit}")
+        return ", ".join(parts) or "defaults"
+
+
 @dataclass(frozen=True, repr=False)
 class NetworkKey:
     """A network key. ``repr`` and ``str`` show only its fingerprint."""
@@ -66,25 +121,34 @@ class NetworkKey:
     _secret: bytes = field(repr=False)
     source: Path | None = field(default=None, compare=False)
     """The file it was loaded from, if any (for messages)."""
+    settings: NetworkSettings = field(default_factory=NetworkSettings)
+    """The network's shared settings, part of what makes it this network."""
 
     def __post_init__(self) -> None:
         if not isinstance(self._secret, bytes) or len(self._secret) != KEY_SIZE:
             raise ValueError(f"a network key has {KEY_SIZE} bytes")
 
     @classmethod
-    def generate(cls) -> NetworkKey:
-        """A new random key."""
-        return cls(os.urandom(KEY_SIZE))
+    def generate(cls, settings: NetworkSettings | None = None) -> NetworkKey:
+        """A new random key (with the network's settings, if any)."""
+        return cls(os.urandom(KEY_SIZE), settings=settings or NetworkSettings())
 
     @property
     def psk(self) -> bytes:
-        """The 32 bytes the handshake mixes in as its pre-shared key."""
-        return self._secret
+        """The 32 bytes the handshake mixes in as its pre-shared key: the
+        key itself, or with settings a keyed hash of them under the key
+        (as secret as the key, and different for other settings)."""
+        lines = self.settings.lines()
+        if not lines:
+            return self._secret
+        return hashlib.blake2b(_PSK_LABEL + "\n".join(lines).encode("ascii"),
+                               key=self._secret, digest_size=KEY_SIZE).digest()
 
     @property
     def fingerprint(self) -> str:
-        """16 hex digits that identify the key without revealing it."""
-        return hashlib.blake2b(_FINGERPRINT_LABEL + self._secret,
+        """16 hex digits that identify the network (its key and settings)
+        without revealing the key."""
+        return hashlib.blake2b(_FINGERPRINT_LABEL + self.psk,
                                digest_size=FINGERPRINT_SIZE).hexdigest()
 
     def __repr__(self) -> str:
@@ -99,7 +163,7 @@ class NetworkKey:
         path = Path(path)
         if os.path.lexists(path):
             raise NetworkKeyError(f"the network key {path} already exists; it was left as it is")
-        text = f"{FILE_HEADER}\n{self._secret.hex()}\n".encode("ascii")
+        text = "".join(f"{line}\n" for line in [FILE_HEADER, self._secret.hex(), *self.settings.lines()]).encode("ascii")
         write_private_file(path, text, "the network key", replace=False)
 
     @classmethod
@@ -119,13 +183,14 @@ class NetworkKey:
                     f"{exc}: create one with 'cas network init --out {path}', "
                     "or copy the network's key there") from None
             raise
-        return cls(_parse(raw, path), path)
+        secret, settings = _parse(raw, path)
+        return cls(secret, path, settings)
 
 
-def _parse(raw: bytes, path: Path) -> bytes:
+def _parse(raw: bytes, path: Path) -> tuple[bytes, NetworkSettings]:
     bad = NetworkKeyError(
         f"the network key {path} is damaged or not a cas network key "
-        f"(expected two lines: '{FILE_HEADER}' and 64 hex digits)")
+        f"(expected '{FILE_HEADER}', 64 hex digits, then settings such as 'replicas 5', a line each)")
     if len(raw) > _MAX_FILE_SIZE:
         raise bad
     try:
@@ -135,12 +200,29 @@ def _parse(raw: bytes, path: Path) -> bytes:
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the final newline
-    if len(lines) != 2 or lines[0] != FILE_HEADER or len(lines[1]) != 2 * KEY_SIZE:
+    if len(lines) < 2 or lines[0] != FILE_HEADER or len(lines[1]) != 2 * KEY_SIZE:
         raise bad
     try:
-        return bytes.fromhex(lines[1])
+        secret = bytes.fromhex(lines[1])
     except ValueError:
         raise bad from None
+    by_key = {key: name for name, (key, _, _) in NetworkSettings.LIMITS.items()}
+    values: dict[str, int] = {}
+    for line in lines[2:]:
+        words = line.split(" ")
+        if len(words) != 2 or words[0] not in by_key or by_key[words[0]] in values \
+                or not words[1].isdigit() or words[1] != str(int(words[1])):
+            raise NetworkKeyError(f"the network key {path}: {line[:60]!r} is not a setting this cas knows "
+                                  f"(one of {', '.join(by_key)}, each once, with a whole number)")
+        values[by_key[words[0]]] = int(words[1])
+    try:
+        settings = NetworkSettings(**values)
+    except ValueError as exc:
+        raise NetworkKeyError(f"the network key {path}: {exc}") from None
+    if settings.lines() != lines[2:]:  # one order, so equal settings are equal files and PSKs
+        raise NetworkKeyError(f"the network key {path}: settings must come in the order "
+                              + ", ".join(key for key, _, _ in NetworkSettings.LIMITS.values()))
+    return secret, settings
 
 
 def repository_key_path(repo: str | os.PathLike[str]) -> Path:
@@ -170,5 +252,5 @@ def describe_network(key: NetworkKey | None) -> str:
     if key is None:
         return "open network (no network key): any cas node can connect"
     where = f" ({key.source})" if key.source is not None else ""
-    return (f"private network, key fingerprint {key.fingerprint}{where}: "
+    return (f"private network, key fingerprint {key.fingerprint}{where}, settings: {key.settings.describe()}; "
             "only nodes holding this key can connect")

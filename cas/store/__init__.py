@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
 from ._packs import BlockLocation, PackStore
-from ._held import DEFAULT_QUOTA, HeldBlocks, StorageQuotaError
+from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, Placed, StorageQuotaError
 from ._local import LocalStore, RepoStat, RootRow
 from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER, locked_error
 
@@ -41,7 +41,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 __all__ = [
+    "DEFAULT_LEASE",
     "DEFAULT_QUOTA",
+    "Placed",
     "BlockLocation",
     "CompactReport",
     "PackStore",

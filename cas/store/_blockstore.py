@@ -26,12 +26,13 @@ committed).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Self
 
 from ..blocks import Block, verified
-from ..cid import RAW, CID
+from ..cid import CID, RAW
 from ..errors import CorruptBlockError, InvalidBlockError
 from ._database import Database
-from ._packs import BlockLocation, PackStore
+from ._packs import LOOKUP_BATCH, BlockLocation, PackStore
 
 SMALL_BLOCK_LIMIT = 64 * 1024
 """Blocks shorter than this go to SQLite: the chunker's minimum, so every
@@ -148,6 +149,22 @@ class RepositoryBlockStore:
         missing block): for messages, and for tests that damage a disk."""
         return self.packs.locate(cid)
 
+    def sizes(self, cids: Sequence[CID]) -> dict[CID, int]:
+        """The size of each of ``cids`` stored here (those not stored are
+        left out), from the index alone: two queries per 500 CIDs, no block
+        read."""
+        keys = {bytes(cid): cid for cid in cids}
+        batch = list(keys)
+        out: dict[CID, int] = {}
+        for start in range(0, len(batch), LOOKUP_BATCH):
+            part = batch[start:start + LOOKUP_BATCH]
+            marks = ",".join("?" * len(part))
+            for sql in (f"SELECT cid, length(data) FROM small_blocks WHERE cid IN ({marks})",
+                        f"SELECT cid, length FROM pack_blocks WHERE cid IN ({marks})"):
+                for key, size in self.db.query(sql, tuple(part)):
+                    out[keys[bytes(key)]] = int(size)
+        return out
+
     def usage(self) -> tuple[int, int]:
         small_count, small_bytes = self.db.block_usage()
         pack_count, pack_bytes = self.packs.usage()
@@ -210,7 +227,7 @@ class WriteSession:
         self._store._sessions.discard(self)
         self.touched = set()
 
-    def __enter__(self) -> WriteSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

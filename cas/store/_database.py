@@ -17,16 +17,17 @@ becomes durable in one step and only after the bytes it refers to, whoever
 calls ``commit``. That is what makes a namespace operation one fsync instead
 of one per node, and an add one fsync of its pack instead of one per block.
 
-Schema (``PRAGMA user_version`` = 4)::
+Schema (``PRAGMA user_version`` = 7)::
 
     small_blocks(cid BLOB PRIMARY KEY, data BLOB)   blocks under 64 KiB
     pins(cid BLOB PRIMARY KEY, created_ns INTEGER)
     roots(seq INTEGER PRIMARY KEY, root BLOB, time_ns INTEGER, record BLOB)
-    held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER, sender BLOB)
+    held(cid BLOB PRIMARY KEY, size INTEGER, since_ns INTEGER, sender BLOB, expires_ns INTEGER)
                                     blocks held for the network (version 2);
                                     the node that placed each, NULL if none
                                     did (fetched to answer a read; held
-                                    before version 6)
+                                    before version 6); when its lease runs
+                                    out (version 7, ``_held.py``)
     records(key BLOB PRIMARY KEY, record BLOB, seq INTEGER, sender BLOB, since_ns INTEGER)
                                     namespace records held for the network (version 3)
     settings(name TEXT PRIMARY KEY, value)
@@ -46,7 +47,10 @@ Version 2 (no ``records``, no ``settings``) likewise gets both, empty.
 Version 3 gets the empty ``pack_blocks`` table; its ``blocks/XX/CID`` files
 are then moved into packs by the store (``_packs.migrate_block_files``).
 Version 4 gets the empty ``quarantine`` table. Version 5 gets the
-``sender`` column of ``held`` (NULL for what it held already).
+``sender`` column of ``held`` (NULL for what it held already). Version 6
+gets the ``expires_ns`` column of ``held``: what it held already is given
+the default lease from the upgrade (the node shortens it to its network's
+on start).
 A schema newer than this code understands is refused, never touched.
 """
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,7 +66,7 @@ from ..errors import RepositoryError
 from ._disk import disk_error
 from ._modes import open_private
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS small_blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -76,7 +81,8 @@ CREATE TABLE IF NOT EXISTS held (
     cid BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
     since_ns INTEGER NOT NULL,
-    sender BLOB
+    sender BLOB,
+    expires_ns INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     key BLOB PRIMARY KEY,
@@ -101,11 +107,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     since_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-_KNOWN_VERSIONS = (0, 1, 2, 3, 4, 5, SCHEMA_VERSION)
+_KNOWN_VERSIONS = (0, 1, 2, 3, 4, 5, 6, SCHEMA_VERSION)
 """Versions opened (and upgraded to SCHEMA_VERSION): 0 is a new file, 1
 lacks the ``held`` table, 2 the ``records`` and ``settings`` tables, 3 the
 ``pack_blocks`` table, 4 the ``quarantine`` table, which ``_SCHEMA`` creates;
-5 the ``sender`` column of ``held``, which the upgrade adds."""
+5 the ``sender`` column of ``held`` and 6 its ``expires_ns``, which the
+upgrade adds."""
 
 
 def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
@@ -143,6 +150,13 @@ class Database:
                 columns = {row[1] for row in self._conn.execute("PRAGMA table_info(held)")}
                 if "sender" not in columns:  # versions 2-5: blocks held so far have no known sender
                     self._conn.execute("ALTER TABLE held ADD COLUMN sender BLOB")
+                if "expires_ns" not in columns:
+                    self._conn.execute("ALTER TABLE held ADD COLUMN expires_ns INTEGER NOT NULL DEFAULT 0")
+                if version < 7:  # blocks held before leases: theirs start now (again, after a crash here)
+                    from ._held import DEFAULT_LEASE
+
+                    self._conn.execute("UPDATE held SET expires_ns = ? WHERE expires_ns = 0",
+                                       (time.time_ns() + int(DEFAULT_LEASE * 1e9),))
                 self._conn.execute("CREATE INDEX IF NOT EXISTS held_by_sender ON held (sender)")
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:

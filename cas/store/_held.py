@@ -19,9 +19,21 @@ that arrived from a peer first becomes own the moment the user adds the same
 content. Dropping re-checks pins and roots, so a held block the user has
 since pinned (or linked into the namespace) stays.
 
+**Leases.** Every held block has a lease: the time until which it is
+kept, whoever placed it. A copy placed here is kept for the lease its
+sender asked (at most this network's, :attr:`HeldBlocks.lease`); the node
+that wants a block kept (its own content: puts, pins, namespace) renews
+the lease on the block's holders (a HAVE with a lease), and a copy that
+arrives again renews it too. What nobody renews expires: it is no longer
+claimed present (HAVE), never placed anywhere again, and ``gc`` (or the
+repair round) reclaims it. So a throwaway identity's blocks, bounded by its
+share while it lives, are gone one lease after it stops renewing.
+
 Ordering: a held block's bytes and its row become durable in the same
 barrier, before STORE_BLOCK is acknowledged, so an acknowledged copy
-survives a crash of the receiver.
+survives a crash of the receiver. A renewal commits with the next barrier
+(losing one to a crash costs nothing: the next renewal comes long before
+the lease runs out).
 
 This module never decides *whether* a block should be held or dropped;
 the node's replication does (cas.dht.replication plans it).
@@ -44,6 +56,13 @@ from ._database import Database
 DEFAULT_QUOTA = 10 * 1024**3
 """Bytes of other nodes' blocks a repository keeps unless configured
 otherwise (``cas daemon --quota``): 10 GiB."""
+
+DEFAULT_LEASE = 30 * 86400.0
+"""Seconds a held block is kept unless its lease is renewed, unless the
+network is configured otherwise (``cas daemon --lease``): 30 days, as long
+as Tahoe-LAFS's leases, so an owner's machine may be away for weeks. The
+owner renews every repair round (10 minutes), so it could be far shorter
+for a network of machines that are always on."""
 
 DEFAULT_PEER_QUOTA = 1024**3
 """Bytes of blocks one other node may have placed here, unless configured
@@ -75,6 +94,15 @@ NodeId = bytes
 property, would shadow the type inside the class)."""
 
 
+class Placed(NamedTuple):
+    """A block to hold: who placed it (None: fetched to answer a read) and
+    for how many seconds (None: the network's whole lease)."""
+
+    block: Block
+    sender: NodeId | None = None
+    lease: float | None = None
+
+
 class StorageQuotaError(CasError):
     """This node's storage for other nodes' blocks is full: its quota, the
     sender's share of it, or the disk reserve."""
@@ -94,9 +122,14 @@ class HeldBlocks:
     """
 
     def __init__(self, db: Database, blocks: RepositoryBlockStore, quota: int = DEFAULT_QUOTA, *,
-                 disk: Callable[[], DiskSpace] | None = None) -> None:
+                 disk: Callable[[], DiskSpace] | None = None, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._blocks = blocks
+        self.clock = clock
+        """Wall-clock seconds (leases outlive restarts); tests move it."""
+        self.lease = DEFAULT_LEASE
+        """The network's lease in seconds: the longest any held block is
+        kept without a renewal (:meth:`set_lease`)."""
         self.quota = quota
         self.peer_quota = DEFAULT_PEER_QUOTA
         self.reserve: int | None = None
@@ -122,6 +155,31 @@ class HeldBlocks:
 
     def cids(self) -> list[CID]:
         return [CID.from_bytes(row[0]) for row in self._db.query("SELECT cid FROM held ORDER BY cid").fetchall()]
+
+    def _now_ns(self) -> int:
+        return int(self.clock() * 1e9)
+
+    def leases(self) -> dict[CID, float]:
+        """Every held block and the seconds left of its lease (0 or less:
+        expired, waiting for gc)."""
+        now = self._now_ns()
+        rows = self._db.query("SELECT cid, expires_ns FROM held").fetchall()
+        return {CID.from_bytes(cid): (int(expires) - now) / 1e9 for cid, expires in rows}
+
+    def expired(self) -> list[CID]:
+        """Held blocks whose lease has run out."""
+        rows = self._db.query("SELECT cid FROM held WHERE expires_ns <= ? ORDER BY cid", (self._now_ns(),))
+        return [CID.from_bytes(row[0]) for row in rows.fetchall()]
+
+    def expired_among(self, cids: Iterable[CID]) -> set[CID]:
+        """Those of ``cids`` that are held with an expired lease."""
+        now = self._now_ns()
+        out: set[CID] = set()
+        for batch in _batches([bytes(cid) for cid in cids]):
+            marks = ",".join("?" * len(batch))
+            rows = self._db.query(f"SELECT cid FROM held WHERE expires_ns <= ? AND cid IN ({marks})", (now, *batch))
+            out.update(CID.from_bytes(row[0]) for row in rows.fetchall())
+        return out
 
     def room_for(self, size: int) -> bool:
         return self._bytes + size <= self.quota
@@ -153,7 +211,7 @@ class HeldBlocks:
 
     # -- writing ----------------------------------------------------------------
 
-    def accept(self, block: Block) -> bool:
+    def accept(self, block: Block | Placed) -> bool:
         """Keep ``block`` (already verified: a :class:`Block` checks its
         bytes) for the network. Durable on return. True if it was new; a
         block already stored, own or held, is left as it is.
@@ -165,24 +223,29 @@ class HeldBlocks:
             raise outcome
         return outcome
 
-    def accept_many(self, blocks: Iterable[Block | tuple[Block, NodeId | None]]) -> list[bool | StorageQuotaError]:
+    def accept_many(self, blocks: Iterable[Block | Placed]) -> list[bool | StorageQuotaError]:
         """:meth:`accept` for several blocks with one barrier (a group
         commit: one set of fsyncs however many blocks peers sent at once).
-        Each is a block, or (block, sender): the node that placed it, whose
-        share is limited to ``peer_quota``; a block with no sender was
-        fetched to answer a read. Beyond the quotas, no block is held where
-        it would leave less free disk than the reserve. For each block, in
-        order: True if new, False if already stored, or the
-        :class:`StorageQuotaError` that refused it. Durable on return."""
+        Each is a block (fetched to answer a read), or :class:`Placed`: the
+        node that placed it, whose share is limited to ``peer_quota``, and
+        the lease it asked for (capped at :attr:`lease`). Beyond the
+        quotas, no block is held where it would leave less free disk than
+        the reserve. A block already held has its lease renewed instead.
+        For each block, in order: True if new, False if already stored, or
+        the :class:`StorageQuotaError` that refused it. Durable on return."""
         outcomes: list[bool | StorageQuotaError] = []
         space = self._disk() if self._disk is not None else None
         free = space.free if space is not None else None
         reserve = (self.reserve if self.reserve is not None
                    else default_reserve(space.total) if space is not None else 0)
         peers: dict[NodeId, int] = {}
+        now = self._now_ns()
         for item in blocks:
-            block, sender = (item, None) if isinstance(item, Block) else item  # (a Block is a tuple too)
+            placed = Placed(item) if isinstance(item, Block) else Placed(*item)  # (a Block is a tuple too)
+            block, sender = placed.block, placed.sender
+            expires = now + self._lease_ns(placed.lease)
             if self._blocks.has(block.cid):
+                self._extend(block.cid, expires)
                 outcomes.append(False)
                 continue
             size = len(block.data)
@@ -193,8 +256,9 @@ class HeldBlocks:
                 outcomes.append(refusal)
                 continue
             self._blocks.put(block)
-            self._db.execute("INSERT OR REPLACE INTO held (cid, size, since_ns, sender) VALUES (?, ?, ?, ?)",
-                             (bytes(block.cid), size, time.time_ns(), sender))
+            self._db.execute(
+                "INSERT OR REPLACE INTO held (cid, size, since_ns, sender, expires_ns) VALUES (?, ?, ?, ?, ?)",
+                (bytes(block.cid), size, now, sender, expires))
             self._count += 1
             self._bytes += size
             if sender is not None:
@@ -204,6 +268,33 @@ class HeldBlocks:
             outcomes.append(True)
         self._blocks.barrier()  # bytes and rows durable before anyone is told
         return outcomes
+
+    def renew(self, cids: Iterable[CID], seconds: float) -> None:
+        """Keep those of ``cids`` held here at least ``seconds`` more (capped
+        at :attr:`lease`); own blocks need no lease and are left as they
+        are. Commits with the next barrier."""
+        expires = self._now_ns() + self._lease_ns(seconds)
+        for batch in _batches([bytes(cid) for cid in cids]):
+            marks = ",".join("?" * len(batch))
+            self._db.execute(f"UPDATE held SET expires_ns = ? WHERE expires_ns < ? AND cid IN ({marks})",
+                             (expires, expires, *batch))
+
+    def set_lease(self, seconds: float) -> None:
+        """The network's lease is ``seconds`` from now on: no held block is
+        kept longer than that without a renewal (leases granted under a
+        longer one are shortened). Commits with the next barrier."""
+        if not seconds > 0:
+            raise ValueError("a lease must be more than 0 seconds")
+        self.lease = seconds
+        latest = self._now_ns() + self._lease_ns(seconds)
+        self._db.execute("UPDATE held SET expires_ns = ? WHERE expires_ns > ?", (latest, latest))
+
+    def _lease_ns(self, seconds: float | None) -> int:
+        return int(min(self.lease if seconds is None else seconds, self.lease) * 1e9)
+
+    def _extend(self, cid: CID, expires: int) -> None:
+        self._db.execute("UPDATE held SET expires_ns = ? WHERE cid = ? AND expires_ns < ?",
+                         (expires, bytes(cid), expires))
 
     def claim(self, cid: CID) -> bool:
         """``cid`` is own from now on (a local client put it). Commits with
@@ -234,3 +325,13 @@ class HeldBlocks:
             dropped.append(cid)
         self._blocks.barrier()
         return dropped
+
+
+_SQL_BATCH = 500
+"""Values in one ``IN (...)`` list (SQLite allows 32766 since 3.32; fewer
+keep each statement's parse small)."""
+
+
+def _batches(values: list[bytes]) -> Iterable[list[bytes]]:
+    for start in range(0, len(values), _SQL_BATCH):
+        yield values[start:start + _SQL_BATCH]

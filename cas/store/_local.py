@@ -62,7 +62,8 @@ from ..errors import (
 from . import _lock, _modes
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
-from ._disk import disk_error, fsync_dir
+from ..durable import write_atomically
+from ._disk import disk_error
 from ._packs import PackStore, migrate_block_files
 from ._records import HeldRecords
 from ._held import HeldBlocks, disk_space
@@ -105,19 +106,6 @@ class RootRow(NamedTuple):
     root: CID
     time_ns: int
     record: bytes
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file of ``data``, mode 0600, durably."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = _modes.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
 
 
 class LocalStore:
@@ -205,7 +193,7 @@ class LocalStore:
             NamespaceKey.load_or_create(path / "keys" / NAMESPACE_KEY_FILE)
             config = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             # config.json last: its presence marks a complete repository.
-            _atomic_write(path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
+            write_atomically(path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
         except OSError as exc:
             raise disk_error(exc, "creating the repository", path) from None
 
@@ -405,7 +393,8 @@ class LocalStore:
         """Delete every block not reachable from a pin, the current root or
         one of the ``history`` roots before it (default: the configured
         limit), and the root rows older than that. Blocks put through an
-        open write session are kept."""
+        open write session are kept, and so are blocks held for the network
+        (``_held.py``) until their lease runs out."""
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         from ._reports import GcReport
 
@@ -417,7 +406,13 @@ class LocalStore:
             report.roots_dropped += 1
         self.blocks.barrier()
         live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
-        protected = self.blocks.protected() | set(self.held.cids())  # held: the repair loop decides
+        expired = self.held.expired()
+        sizes = {cid: self._block_size(cid) for cid in expired}
+        for cid in self.held.drop(expired, live | self.blocks.protected()):  # nobody renewed them
+            report.blocks_freed += 1
+            report.bytes_freed += sizes[cid]
+            report.expired_freed += 1
+        protected = self.blocks.protected() | set(self.held.cids())  # held, leased: the repair loop decides
         garbage = {cid for cid in self.blocks.iterate() if cid not in live and cid not in protected}
         # Delete parents before children, so that at every instant (a crash
         # included) each remaining block's links still resolve.

@@ -53,4 +53,6 @@ class GcReport:
     blocks_freed: int = 0
     bytes_freed: int = 0
     roots_dropped: int = 0
+    expired_freed: int = 0
+    """Of ``blocks_freed``, blocks held for other nodes whose lease ran out."""
     compaction: CompactReport = field(default_factory=CompactReport)
