@@ -26,7 +26,6 @@ from cas.net.connection import (
     RequestFailedError,
     RequestTimeoutError,
     SecureChannel,
-    TokenBucket,
     connect_tcp,
     open_channel,
     serve,
@@ -617,16 +616,6 @@ def test_fuzz_after_handshake_only_that_connection_suffers(inputs: list) -> None
 
 
 # -- limits as units ---------------------------------------------------------------------------
-
-
-def test_token_bucket_allows_bursts_then_the_rate() -> None:
-    now = [100.0]
-    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
-    assert [bucket.try_take() for _ in range(4)] == [True, True, True, False]
-    now[0] += 0.5
-    assert bucket.try_take() and not bucket.try_take()
-    now[0] += 1000
-    assert sum(bucket.try_take() for _ in range(10)) == 3
 
 
 # -- one test over real TCP ------------------------------------------------------------------

@@ -7,7 +7,6 @@ reused only for keys it provably covers."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +14,6 @@ from cas.dht.replication import (
     Neighbourhood,
     NeighbourhoodCache,
     Placement,
-    RateLimiter,
     Slot,
     Store,
     have_batches,
@@ -130,24 +128,6 @@ def test_a_held_copy_stays_when_a_closer_node_refuses() -> None:
 def test_have_batches_group_blocks_by_peer() -> None:
     batches = have_batches({"a": [contact(1), contact(3)], "b": [contact(3)]}, 1024)
     assert batches == {1: ["a"], 3: ["a", "b"]}
-
-
-def test_rate_limiter_allows_bursts_then_refills_with_time() -> None:
-    limiter = RateLimiter(rate=2.0, burst=3)
-    assert [limiter.allow(7, 0.0) for _ in range(4)] == [True, True, True, False]
-    assert limiter.allow(8, 0.0)  # per peer
-    assert not limiter.allow(7, 0.2)
-    assert limiter.allow(7, 0.5)
-    with pytest.raises(ValueError):
-        RateLimiter(rate=0, burst=1)
-
-
-def test_rate_limiter_forgets_the_oldest_peer_beyond_its_bound() -> None:
-    limiter = RateLimiter(rate=1.0, burst=1, max_peers=2)
-    for peer in (1, 2, 3):
-        assert limiter.allow(peer, 0.0)
-    assert limiter.allow(1, 0.0)  # forgotten, so full again
-    assert not limiter.allow(3, 0.0)
 
 
 # -- reusing a lookup's answer for nearby keys --------------------------------------

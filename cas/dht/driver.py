@@ -62,11 +62,11 @@ from ..net.identity import Identity, meets_difficulty
 from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.network_key import NetworkKey
 from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
+from ..ratelimit import KeyedBuckets
 from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
 from .providers import ProviderRecords
-from .replication import RateLimiter
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
 from .store_batches import StoreBatcher, StoreOutcome
 
@@ -370,11 +370,11 @@ class DhtDriver:
         self.table = table
         self.blocks = blocks
         self.keeper = keeper
-        self._store_limiter = RateLimiter(STORE_RATE, STORE_BURST)
+        self._store_limiter: KeyedBuckets[int] = KeyedBuckets(STORE_RATE, STORE_BURST)
         self.providers = ProviderRecords()
         """Who offered blocks this node refused (:mod:`.providers`)."""
         self.records = records
-        self._record_limiter = RateLimiter(RECORD_RATE, RECORD_BURST)
+        self._record_limiter: KeyedBuckets[int] = KeyedBuckets(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
         self.listen_host = listen_host
         """The address the node listens on; outbound connections are dialled
@@ -874,7 +874,7 @@ class DhtDriver:
         sender has it, and readers who ask here are told so."""
         if self.keeper is None:
             return msg.Error("refused", "this node keeps no blocks for others")
-        if not self._store_limiter.allow(requester, self._now(), cost=len(request.cids)):
+        if not self._store_limiter.take(requester, self._now(), cost=len(request.cids)):
             return msg.Error("busy", "too many blocks from you; retry later")
         try:
             blocks = [Block(cid, data) for cid, data in request.blocks()]  # each verified against its CID
@@ -899,7 +899,7 @@ class DhtDriver:
         malformed, forged or misfiled one (counted against the sender)."""
         if self.records is None:
             return msg.Error("refused", "this node keeps no records for others")
-        if not self._record_limiter.allow(requester, self._now()):
+        if not self._record_limiter.take(requester, self._now()):
             return msg.Error("busy", "too many records from you; retry later")
         try:
             await self.records.put_record(request.key, request.record, id_to_bytes(requester))

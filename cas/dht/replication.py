@@ -39,8 +39,8 @@ who is responsible without talking about it; a node is only ever asked to
 
 Rules for this file (as h11's state module has):
 
-1. No I/O, no clocks, no randomness: time comes in as arguments (see
-   :class:`RateLimiter`), answers come in as method calls.
+1. No I/O, no clocks, no randomness: time comes in as arguments,
+   answers come in as method calls.
 2. A contact is reported at most once; reports about contacts the plan never
    asked are ignored (a late or duplicate answer cannot corrupt the plan).
 3. Everything here is bounded by the candidates handed in (a lookup's k).
@@ -296,34 +296,3 @@ def chunks(items: Sequence[object], size: int) -> Iterable[Sequence[object]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
-
-class RateLimiter:
-    """A token bucket per peer: ``rate`` requests per second on average,
-    bursts of up to ``burst``. Sans-IO: the caller passes ``now``.
-
-    Used for STORE_BLOCK, which costs the receiver a verify, a write and an
-    fsync: a peer may fill a node's quota only as fast as this allows.
-    At most ``max_peers`` buckets are kept; the oldest is forgotten first
-    (it refills to full anyway).
-    """
-
-    def __init__(self, rate: float, burst: float, *, max_peers: int = 4096) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
-        self.rate = rate
-        self.burst = burst
-        self.max_peers = max_peers
-        self._buckets: dict[int, tuple[float, float]] = {}  # peer -> (tokens, time)
-
-    def allow(self, peer: int, now: float, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens for ``peer`` (a request, or one per block of
-        a batch) if it has them."""
-        tokens, then = self._buckets.pop(peer, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
-        allowed = tokens >= cost
-        if allowed:
-            tokens -= cost
-        self._buckets[peer] = (tokens, now)  # re-inserted: most recently used last
-        if len(self._buckets) > self.max_peers:
-            del self._buckets[next(iter(self._buckets))]
-        return allowed

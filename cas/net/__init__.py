@@ -43,7 +43,6 @@ from .connection import (
     RequestFailedError,
     RequestTimeoutError,
     SecureChannel,
-    TokenBucket,
     connect_tcp,
     open_channel,
     serve,
@@ -109,7 +108,7 @@ __all__ = [  # noqa: RUF022 -- grouped by layer, bottom up, as the docstring lis
     "RemoteProtocolError", "LocalProtocolError", "MalformedMessageError",
     # driver
     "open_channel", "connect_tcp", "SecureChannel", "Connection", "serve", "AnswerWaiter",
-    "ChannelStatistics", "TokenBucket",
+    "ChannelStatistics",
     "ConnectionClosedError", "RequestFailedError", "RequestTimeoutError",
     "HandshakeTimeoutError", "IncompatibleVersionError",
     # admission

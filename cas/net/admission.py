@@ -87,10 +87,10 @@ bounded by its own activity and the idle timeout; they are not counted.
 from __future__ import annotations
 
 import ipaddress
-import math
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+from ..ratelimit import KeyedBuckets
 
 # -- limits -------------------------------------------------------------------------
 
@@ -224,47 +224,6 @@ def _never(peer: Hashable) -> bool:
     return False
 
 
-class HandshakeRate:
-    """A token bucket per address: ``rate`` new handshakes a second on
-    average, ``burst`` at once. Time comes in as ``now``; a rate of
-    ``math.inf`` limits nothing."""
-
-    __slots__ = ("_buckets", "burst", "max_addresses", "rate")
-
-    def __init__(self, rate: float = HANDSHAKE_RATE_PER_ADDRESS, burst: int = HANDSHAKE_BURST_PER_ADDRESS,
-                 max_addresses: int = MAX_RATE_ADDRESSES) -> None:
-        if not rate > 0 or burst < 1 or max_addresses < 1:
-            raise ValueError("a handshake rate must be positive, with a burst and room for at least 1")
-        self.rate = rate
-        self.burst = burst
-        self.max_addresses = max_addresses
-        # address -> (tokens, when last counted), least recently counted first
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        """Addresses tracked now (those whose bucket is not full)."""
-        return len(self._buckets)
-
-    def try_take(self, address: str, now: float) -> bool:
-        """One new handshake from ``address`` at ``now``: within its rate?"""
-        if self.rate == math.inf:
-            return True
-        buckets = self._buckets
-        refill = self.burst / self.rate  # an untouched bucket is full again after this
-        while buckets:
-            oldest, (_, last) = next(iter(buckets.items()))
-            if now - last < refill:
-                break
-            del buckets[oldest]
-        tokens, last = buckets.pop(address, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= 1.0
-        buckets[address] = (tokens - 1.0 if allowed else tokens, now)
-        if len(buckets) > self.max_addresses:
-            buckets.popitem(last=False)
-        return allowed
-
-
 class _Pool:
     """Slots by address, with per-address counts (insertion order = age)."""
 
@@ -324,7 +283,9 @@ class Admission:
         self.max_connections_per_peer = max_connections_per_peer
         self.grace = grace
         self.protected = protected
-        self.handshake_rate = HandshakeRate(handshake_rate_per_address, handshake_burst_per_address)
+        self.handshake_rate: KeyedBuckets[str] = KeyedBuckets(
+            handshake_rate_per_address, handshake_burst_per_address, max_keys=MAX_RATE_ADDRESSES)
+        """New handshakes per address (a token bucket each, cas/ratelimit.py)."""
         self._handshakes = _Pool()
         self._connections = _Pool()
         self._by_peer: dict[Hashable, list[Slot]] = {}
@@ -356,7 +317,7 @@ class Admission:
         Asked before any byte of it is read: a newcomer over its address's
         handshake rate is refused here, and costs no cryptography."""
         address = address_group(host)
-        if not self.handshake_rate.try_take(address, now):
+        if not self.handshake_rate.take(address, now):
             self.stats.refused += 1
             self.stats.rate_limited += 1
             return Refused(f"over {self.handshake_rate.rate:g} new handshakes a second from {address}")

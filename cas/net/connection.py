@@ -14,7 +14,8 @@ lives here is time and tasks:
   tags a request with a fresh id and waits for the response with that id,
   while ``run()`` reads, routes responses to their waiters and serves the
   peer's requests with a handler, under a per-connection rate limit
-  (:class:`TokenBucket`, clock injected) and an idle timeout.
+  (:class:`cas.ratelimit.TokenBucket`, read with the injected clock) and an
+  idle timeout.
 * a frame stalled in either direction (its body not all received, or not
   all taken by the peer, within :data:`FRAME_TIMEOUT`) closes the
   connection; large frames are received only as the frame budget allows
@@ -50,6 +51,7 @@ from typing import Protocol
 import trio
 
 from ..errors import CasError
+from ..ratelimit import TokenBucket
 from . import messages as msg
 from .framing import (
     FRAME_BUFFERS,
@@ -173,36 +175,6 @@ class RequestFailedError(CasError):
         super().__init__(f"peer refused the request ({code}): {message}" if message
                          else f"peer refused the request ({code})")
         self.code = code
-
-
-# -- the rate limiter ---------------------------------------------------------------------
-
-
-class TokenBucket:
-    """Allows ``rate`` events per second on average, ``burst`` at once.
-
-    Sans-IO: time comes from ``clock`` (seconds, monotonic), so tests and the
-    simulator drive it with their own clocks.
-    """
-
-    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = burst
-        self._last = clock()
-
-    def try_take(self, tokens: float = 1.0) -> bool:
-        """Take ``tokens`` if available now; return whether it did."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= tokens:
-            self._tokens -= tokens
-            return True
-        return False
 
 
 # -- the secure channel -------------------------------------------------------------------
@@ -736,7 +708,8 @@ class Connection:
         self.channel = channel
         self._handler = handler
         self._quick = quick
-        self._bucket = TokenBucket(rate, burst, clock or trio.current_time)
+        self._clock = clock or trio.current_time
+        self._bucket = TokenBucket(rate, burst, self._clock())
         self._request_timeout = request_timeout
         self._serving = trio.Semaphore(max_concurrent)
         self._pending: dict[int, _Pending] = {}
@@ -936,7 +909,7 @@ class Connection:
             await self._reply(msg.Error("refused", "this node serves no requests",
                                         request_id=request.request_id))
             return
-        if not self._bucket.try_take():
+        if not self._bucket.take(self._clock()):
             self.channel.stats.rate_limited += 1
             await self.channel.strike("over the request rate limit")
             await self._reply(msg.Error("busy", "rate limit exceeded",
