@@ -125,3 +125,12 @@ def test_node_ids_are_interned_and_forgotten_with_their_last_block() -> None:
     assert index.peers() == 2  # B went with its last block
     index.forget(cid(n) for n in range(50))
     assert index.peers() == 0 and len(index) == 0
+
+
+def test_own_and_held_blocks_are_told_apart() -> None:
+    index = HolderIndex(OWN, R)
+    index.record(cid(1), [OWN, A, B], size=10)  # first placed when its user put it: own
+    index.record(cid(2), [A, B, C], size=10, own=False)  # held for another node
+    assert index.is_own(cid(1)) and not index.is_own(cid(2)) and not index.is_own(cid(3))
+    index.lose(A)  # still told apart once short (the retry places only own blocks afresh)
+    assert index.short_cids() == [cid(1), cid(2)] and index.is_own(cid(1)) and not index.is_own(cid(2))

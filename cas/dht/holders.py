@@ -116,6 +116,11 @@ class HolderIndex:
         entry = self._entries.get(cid)
         return [] if entry is None else list(entry[_HOLDERS:])
 
+    def is_own(self, cid: CID) -> bool:
+        """Whether ``cid`` was recorded as this node's own block (not held for another)."""
+        entry = self._entries.get(cid)
+        return entry is not None and entry[1]
+
     def short(self) -> int:
         """Blocks known to have fewer than R copies now."""
         return len(self._short)

@@ -447,7 +447,10 @@ class Replicator:
                 end = self._lease_ends.get(cid)
                 left = None if end is None else math.floor(end - trio.current_time())
                 if left is None:
-                    await self.place(cid)  # own: the whole lease
+                    if self.holders.is_own(cid):
+                        await self.place(cid)  # the whole lease
+                    # else held, short since a holder died: the round that
+                    # loss started places it, for what is left of its lease
                 elif left >= 1:
                     await self.place(cid, lease=min(left, MAX_LEASE))
                 else:  # held, and nobody renewed it: never placed again
