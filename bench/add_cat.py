@@ -64,10 +64,10 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-
-import cas
 import cas.cli
 from benchutil import compile_cas, parse_size, timed
+
+import cas
 from cas import chunker
 
 MiB = 1 << 20
@@ -174,7 +174,7 @@ def bench_size(size: int, workdir: Path) -> dict[str, Any]:
             os.fsync(f.fileno())
 
     results["write+fsync"] = size / timed(write_fsync)
-    del data
+    data = b""  # the closures above are done with it: its memory back
 
     def read_back() -> None:
         with open(src, "rb", buffering=0) as f:

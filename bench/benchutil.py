@@ -33,9 +33,10 @@ def compile_cas() -> None:
     every ``cas`` process would otherwise compile the modules it imports
     from source, ~0.05-0.15 s per start, and an editable install whose
     sources changed since their last compile would pay it too."""
-    import cas
     import cas.cli
     import cas.fuse
+
+    import cas
 
     for package in (cas, cas.cli, cas.fuse):
         compileall.compile_dir(Path(package.__file__).parent, quiet=1)

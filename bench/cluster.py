@@ -53,10 +53,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from benchutil import compile_cas, cpu_seconds, parse_size, timed
+
 from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.store._links import links_of
@@ -290,7 +291,7 @@ def main() -> None:
             write_random(source, size)
             local_repo = base / f"local{number}"
             cas("init", repo=local_repo)
-            t_local_add = timed(lambda: cas("add", str(source), repo=local_repo))
+            t_local_add = timed(lambda: cas("add", str(source), repo=local_repo))  # noqa: B023 (called within this iteration)
             stats_before = adder.call("replication_stats")
             cpu_before = cpu_seconds(pids), os.times()
             adder_before = cpu_seconds(pids[:1])
@@ -302,12 +303,12 @@ def main() -> None:
             if private:  # see the docstring: each add starts on a quiet machine
                 settled.append(quiesce(all_pids))
             if private and number % 2 == 1:  # alternate which network goes first
-                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))
+                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))  # noqa: B023 (called within this iteration)
                 settled.append(quiesce(all_pids))
-            t_rep_add = timed(lambda: result.append(cas("add", str(source), repo=adder.repo)))
+            t_rep_add = timed(lambda: result.append(cas("add", str(source), repo=adder.repo)))  # noqa: B023 (called within this iteration)
             if private and number % 2 == 0:
                 settled.append(quiesce(all_pids))
-                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))
+                t_private = timed(lambda: cas("add", str(source), repo=private[0].repo))  # noqa: B023 (called within this iteration)
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cas.dht.sim import (  # noqa: E402
+from cas.dht.sim import (
     SimConfig,
     SimStats,
     build_network,

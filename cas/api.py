@@ -33,15 +33,15 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from . import files
 from .blocks import AsyncStoreAdapter, Block
-from .cid import DAG_CBOR, RAW, CID, parse_cid
+from .cid import CID, DAG_CBOR, RAW, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
 if TYPE_CHECKING:
-    from .store import GcReport, VerifyReport
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
+    from .store import GcReport, VerifyReport
 
 # The namespace (cas.names), directory trees (cas.trees) and platformdirs
 # are imported where they are used: a `cas cat CID` needs none of them, and
@@ -163,7 +163,7 @@ class Repository:
             )
         return Added(imported.cid, imported.kind, imported.size, os.fspath(path), target)
 
-    def _session(self):  # noqa: ANN202 - a context manager giving a BlockStore
+    def _session(self):
         opener = getattr(self._store.blocks, "open_session", None)
         return opener() if opener is not None else contextlib.nullcontext(self.blocks)
 

@@ -48,7 +48,7 @@ class Block(_BlockFields):
         return tuple.__new__(cls, (cid, data))
 
     @classmethod
-    def _make(cls, iterable: Iterable[Any]) -> Block:
+    def _make(cls, iterable: Iterable[Any]) -> Block:  # type: ignore[override]  # checked, unlike the tuple's
         # The named tuple's own _make (and _replace, which calls it) builds
         # the tuple directly, past the checks above.
         return cls(*iterable)

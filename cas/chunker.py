@@ -65,7 +65,7 @@ def _fastcdc() -> pyfastcdc.FastCDC:
         AVG_CHUNK_PARAMETER,
         min_size=MIN_CHUNK_SIZE,
         max_size=MAX_CHUNK_SIZE,
-        normalized_chunking=NORMALIZED_CHUNKING,
+        normalized_chunking=NORMALIZED_CHUNKING,  # type: ignore[arg-type]  # 2, one of the Literal's values
         seed=GEAR_SEED,
     )
 
@@ -77,7 +77,7 @@ def chunk_stream(stream: Readable) -> Iterator[bytes]:
     plus the chunk being yielded, whatever the stream's length. The stream is
     read to its end; an empty stream yields nothing.
     """
-    for chunk in _fastcdc().cut_stream(stream):
+    for chunk in _fastcdc().cut_stream(stream):  # type: ignore[arg-type]  # Readable has readinto, which it uses
         # cut_stream hands out views into its reusable buffer that are only
         # valid until the next chunk is cut, so each one is copied out.
         yield bytes(chunk.data)

@@ -110,7 +110,7 @@ class CID(_CIDFields):
         return tuple.__new__(cls, (codec, digest))
 
     @classmethod
-    def _make(cls, iterable: Iterable[Any]) -> CID:
+    def _make(cls, iterable: Iterable[Any]) -> CID:  # type: ignore[override]  # checked, unlike the tuple's
         # The named tuple's own _make (and _replace, which calls it) builds
         # the tuple directly, past the checks above.
         return cls(*iterable)

@@ -52,7 +52,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import dagcbor
 from .blocks import MAX_BLOCK_SIZE, Block
@@ -419,7 +419,8 @@ async def _handle(request: Any, ops: OpTable, client: ClientState, send: Callabl
             # Closed here, not whenever it is collected: a client gone
             # mid-stream must not leave the handler's resources (add_file's
             # descriptor) open until then.
-            async with contextlib.aclosing(op.handler(args, client)) as items_stream:  # type: ignore[type-var]
+            stream = cast(AsyncIterator[list[Any]], op.handler(args, client))  # a streaming op's handler
+            async with contextlib.aclosing(stream) as items_stream:  # type: ignore[type-var]
                 async for items in items_stream:
                     count += len(items)
                     await send({"more": items})
@@ -524,7 +525,7 @@ class ControlClient:
             self._ahead -= 1
             try:
                 self._result(answer)
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after the rest are read
+            except Exception as exc:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error

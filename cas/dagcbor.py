@@ -44,7 +44,7 @@ def _default(encoder: Any, value: Any) -> None:
     raise TypeError(f"DAG-CBOR cannot encode {type(value).__name__}")
 
 
-_ENCODE = {"encoders": {CID: _encode_cid}, "default": _default}
+_ENCODE: dict[str, Any] = {"encoders": {CID: _encode_cid}, "default": _default}
 """Keyword arguments of every ``cbor2.dumps`` here. A CID is found in
 ``encoders`` at once; left to ``default``, it first sends cbor2 through its
 table of deferred types, which imports email.mime, decimal, fractions and
@@ -179,7 +179,7 @@ def decode_unchecked(data: bytes | memoryview) -> Any:
         raise InvalidBlockError(f"malformed DAG-CBOR: {exc}") from None
 
 
-def decode_noncanonical(data: bytes) -> Any:
+def decode_noncanonical(data: bytes | memoryview) -> Any:
     """Parse ``data`` and check it is within the data model, without proving
     it canonical (no re-encoding): for the control socket, whose client is
     the same user's own program and whose values are never hashed or

@@ -57,7 +57,7 @@ from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from .blocks import MAX_BLOCK_SIZE, AsyncBlockStore, Block, BlockStore
 from .chunker import Readable, chunk_bytes, chunk_stream
-from .cid import DAG_CBOR, DAG_PB, RAW, CID
+from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .dagpb import (
     TYPE_FILE,
     TYPE_NAMES,
@@ -286,7 +286,7 @@ def add_stream(
             if result is not None:
                 cast(BinaryIO, stream).seek(offset + result.size)
                 return result
-    return _add_chunks(store, chunk_stream(stream), progress, fanout)
+    return _add_chunks(store, chunk_stream(stream), progress, fanout)  # type: ignore[arg-type]  # a BinaryIO has readinto too
 
 
 def _regular_file_position(stream: object) -> tuple[int, int] | None:
@@ -508,7 +508,7 @@ def _walk(
     first = max(bisect_right(node.starts, start) - 1, 0)
     last = bisect_right(node.starts, end - 1)
     if last - first > 1:
-        yield ReadAhead(node.children[first:last])
+        yield ReadAhead(node.children[first:last])  # type: ignore[misc]  # issue 15, one reader: one generator serves reads, spans and read-ahead
     for index in range(first, len(node.children)):
         child_start = node.starts[index]
         if child_start >= end:
@@ -529,7 +529,7 @@ def _read(
     size = yield from _root_size(cache, cid)
     end = size if length is None else min(size, offset + length)
     if offset < end:
-        yield from _walk(cache, cid, offset, end, 0, None, None)
+        yield from _walk(cache, cid, offset, end, 0, None, None)  # type: ignore[misc]  # issue 15, one reader: one generator serves reads, spans and read-ahead
 
 
 def _spans(
@@ -543,7 +543,7 @@ def _spans(
     if cid.codec == RAW:  # a one-block file: the root is the leaf
         yield LeafSpan(cid, 0, size)
         return
-    yield from _walk(cache, cid, offset, end, 0, None, None, 0, True)
+    yield from _walk(cache, cid, offset, end, 0, None, None, 0, True)  # type: ignore[misc]  # issue 15, one reader: one generator serves reads, spans and read-ahead
 
 
 def _check_range(offset: int, length: int | None) -> None:
@@ -638,7 +638,7 @@ def _run(store: BlockStore, steps: Generator) -> Generator[memoryview, None, obj
     reply: bytes | None = None
     while True:
         try:
-            item = steps.send(reply)
+            item = steps.send(reply)  # type: ignore[arg-type]  # issue 15, one reader: one generator serves reads, spans and read-ahead
         except StopIteration as stop:
             return stop.value
         if isinstance(item, CID):
@@ -667,7 +667,7 @@ def _run_to_end(store: BlockStore, steps: Generator) -> object:
 
 def file_size(store: BlockStore, cid: CID) -> int:
     """The size in bytes of file ``cid`` (reads its root block only)."""
-    return int(_run_to_end(store, _root_size(_PathCache(), cid)))  # type: ignore[arg-type]
+    return int(_run_to_end(store, _root_size(_PathCache(), cid)))  # type: ignore[arg-type, call-overload]  # the size step returns an int
 
 
 def iter_file(
@@ -767,7 +767,7 @@ class FileReader(io.BufferedIOBase):
         self._store = store
         self._cache = _PathCache(nodes)
         self.cid = cid
-        self.size: int = int(_run_to_end(store, _root_size(self._cache, cid)))  # type: ignore[arg-type]
+        self.size: int = int(_run_to_end(store, _root_size(self._cache, cid)))  # type: ignore[arg-type, call-overload]  # the size step returns an int
         self._pos = 0
 
     def _check_open(self) -> None:
@@ -842,7 +842,7 @@ async def _arun(store: AsyncBlockStore, steps: Generator) -> AsyncIterator[memor
     reply: bytes | None = None
     while True:
         try:
-            item = steps.send(reply)
+            item = steps.send(reply)  # type: ignore[arg-type]  # issue 15, one reader: one generator serves reads, spans and read-ahead
         except StopIteration:
             return
         if isinstance(item, CID):
@@ -858,7 +858,7 @@ async def _arun_to_end(store: AsyncBlockStore, steps: Generator) -> object:
     reply: bytes | None = None
     while True:
         try:
-            item = steps.send(reply)
+            item = steps.send(reply)  # type: ignore[arg-type]  # issue 15, one reader: one generator serves reads, spans and read-ahead
         except StopIteration as stop:
             return stop.value
         reply = await store.get(item) if isinstance(item, CID) else None
@@ -866,7 +866,7 @@ async def _arun_to_end(store: AsyncBlockStore, steps: Generator) -> object:
 
 async def afile_size(store: AsyncBlockStore, cid: CID) -> int:
     """Async twin of :func:`file_size`."""
-    return int(await _arun_to_end(store, _root_size(_PathCache(), cid)))  # type: ignore[arg-type]
+    return int(await _arun_to_end(store, _root_size(_PathCache(), cid)))  # type: ignore[arg-type, call-overload]  # the size step returns an int
 
 
 async def aiter_file(

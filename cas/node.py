@@ -334,7 +334,7 @@ class Node:
         self._cancel.cancel()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        repo = Path(self.config.repo).expanduser().absolute()
+        repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
         store = await trio.to_thread.run_sync(
             lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
         store.held.quota = self.config.quota
@@ -743,7 +743,7 @@ class Node:
                     self.mark_verified(cid)
                 for damage in damaged:
                     await self.quarantine(damage)
-                    self.heal_soon(damage.cid)  # type: ignore[arg-type]
+                    self.heal_soon(damage.cid)
                 self.integrity.scrubbed_bytes += sum(size for _, size in due)
             self.integrity.scrub_passes += 1
             rest, overran = pace.end_pass(trio.current_time())
@@ -762,7 +762,7 @@ class Node:
             for change in changes:
                 try:
                     outcomes.append(self.namespace.apply(change))
-                except Exception as exc:  # noqa: BLE001 - one change's failure is its own; the op reports it
+                except Exception as exc:
                     outcomes.append(exc)
         return outcomes
 
@@ -844,7 +844,7 @@ class _StoreThreadBlocks:
             node.mark_verified(cid)
         for damage in bad:
             await node.quarantine(damage)
-            node.heal_soon(damage.cid)  # type: ignore[arg-type]
+            node.heal_soon(damage.cid)
         return present
 
     async def leases(self) -> dict[CID, float]:
@@ -1132,9 +1132,9 @@ def _store_ops(node: Node) -> OpTable:
                     next_report = written + WRITE_REPORT_BYTES
 
             try:
-                report("done", write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set,
+                report("done", write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set,  # type: ignore[arg-type]  # it reads get and fetchers only (issue 15: one reader)
                                              progress=progress))
-            except BaseException as exc:  # noqa: BLE001 - the op raises or reports it
+            except BaseException as exc:
                 report("failed", exc)
             finally:
                 os.close(fd)

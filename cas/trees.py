@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import files
 from .blocks import BlockStore
-from .cid import DAG_CBOR, DAG_PB, RAW, CID
+from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .errors import CasError, InvalidInputError, NotAFileError, RepositoryError
 from .names import dirtree
 from .names.directory import DirEntry, check_name

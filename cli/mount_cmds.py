@@ -53,6 +53,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
         run_mount,
         start_background,
     )
+
     from cas.names.record import parse_public_key
 
     if args.name is not None and not args.ro:

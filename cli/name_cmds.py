@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cas.errors import CasError
 

@@ -8,9 +8,7 @@ import json
 import stat as statmod
 import sys
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cas.cid import parse_cid
 

@@ -195,8 +195,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                     await pyfuse3.main()
                 await ops.commit_all()
             finally:
-                with trio.CancelScope(shield=True):
-                    pyfuse3.close(unmount=True)
+                pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
         finally:
             if node is not None:
                 node.stop()

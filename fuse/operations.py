@@ -19,11 +19,11 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -520,7 +520,7 @@ class CasOperations(pyfuse3.Operations):
                     length = min(READ_AHEAD_STEP, rs.reader.size - start)
                     spans = await read_through(
                         view, self.fetcher,
-                        lambda: list(file_leaves(view, rs.cid, start, length, nodes=self.nodes)))
+                        lambda: list(file_leaves(view, rs.cid, start, length, nodes=self.nodes)))  # noqa: B023 (called within this iteration)
                     for span in spans:
                         if handle.read is not rs:
                             break

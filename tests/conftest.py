@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-from contextlib import contextmanager
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import blake3
 import pytest
@@ -171,7 +171,7 @@ def not_private(root: Path) -> list[str]:
 def make_world_readable(root: Path) -> None:
     """What a repository made under a 022 umask looked like before issue 14,
     and worse: every directory 0755, every file 0644 (no link followed)."""
-    for where, dirs, files in os.walk(root):
+    for where, _dirs, files in os.walk(root):
         os.chmod(where, 0o755)
         for name in files:
             if not os.path.islink(os.path.join(where, name)):

@@ -94,7 +94,7 @@ class Flood:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # noqa: BLE001 -- anything, shown by stop()
+        except BaseException as exc:
             self._failure = exc
         finally:
             self._ready.set()

@@ -140,24 +140,6 @@ class Daemons:
         self.close()
 
 
-def start_network(daemons: Daemons, base: Path, count: int, extra: Sequence[str] = (),
-                  ready_timeout: float = 60) -> list[Daemon]:
-    """``count`` daemons in ``base/n0`` … that all bootstrap through the
-    first, started together, and that all know each other (a ``dht
-    refresh`` on each once all are up)."""
-    from .conftest import run_cas
-
-    first = daemons.start(base / "n0", extra=extra)
-    rest = [daemons.start(base / f"n{i}", bootstrap=[first.address], wait=False, extra=extra)
-            for i in range(1, count)]
-    for daemon in rest:
-        daemons.wait_ready(daemon, timeout=ready_timeout)
-    nodes = [first, *rest]
-    for daemon in nodes:
-        run_cas("dht", "refresh", repo=daemon.repo)
-    return nodes
-
-
 def has(daemon: Daemon, cid: CID) -> bool:
     """Whether ``daemon``'s repository holds ``cid`` (never fetching it)."""
     with ControlClient(socket_path(daemon.repo), timeout=30) as client:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cas.blocks import MAX_BLOCK_SIZE, Block, verified
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.errors import InvalidBlockError
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas.cid import DAG_CBOR, DAG_PB, RAW, CID, decode_varint, encode_varint, parse_cid
+from cas.cid import CID, DAG_CBOR, DAG_PB, RAW, decode_varint, encode_varint, parse_cid
 from cas.errors import InvalidCIDError
 from tests.formatsdoc import vectors
 

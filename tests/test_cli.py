@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cas import files
-from cas.cid import RAW, parse_cid
+from cas.cid import parse_cid
 from cas.store import LocalStore
 from tests.conftest import pseudo_random, run_cas
 

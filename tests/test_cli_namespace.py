@@ -9,8 +9,7 @@ import pytest
 
 import cas as cas_lib
 from cas.chunker import chunk_bytes
-from cas.cid import RAW, CID
-
+from cas.cid import CID, RAW
 from tests.conftest import pseudo_random, run_cas
 
 MiB = 1 << 20

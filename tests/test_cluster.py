@@ -21,10 +21,10 @@ import pytest
 import trio
 
 from cas.blocks import Block, MemoryBlockStore
-from cas.cid import RAW, CID, parse_cid
+from cas.cid import CID, RAW, parse_cid
 from cas.control import ClientState, ControlClient, socket_path
-from cas.dht.ids import key_for_digest
 from cas.dht.driver import DhtDriver
+from cas.dht.ids import key_for_digest
 from cas.dht.routing import Contact
 from cas.net import messages as msg
 from cas.node import Node, NodeConfig, control_ops
@@ -298,7 +298,7 @@ def test_churn_a_third_of_twenty_nodes_replaced_one_at_a_time_loses_nothing(
         joiner = daemons.start(tmp_path / f"new{n}", bootstrap=[live[0].address], extra=CHURN_REPAIR)
         live.append(joiner)
         before = {d.repo: rounds(d) for d in live}
-        wait_until(lambda: all(rounds(d) >= before[d.repo] + 2 for d in live), timeout=60,
+        wait_until(lambda: all(rounds(d) >= before[d.repo] + 2 for d in live), timeout=60,  # noqa: B023 (called within this iteration)
                    what=f"a repair period after kill {n + 1}", interval=0.5)
 
     def all_at_r() -> bool:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 import trio
 
 from cas.net.connection import ConnectionClosedError, connect_tcp

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import dagcbor
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.errors import InvalidBlockError
 from tests.formatsdoc import vectors
 

@@ -7,10 +7,9 @@ import csv
 
 import pytest
 
-from tests.conftest import skip_unless_ci
-
 from cas.dht.ids import ID_BITS
 from cas.dht.sim import Network, SimConfig, build_network, main, percentile
+from tests.conftest import skip_unless_ci
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_a_single_copy_under_heavy_churn_is_lost_and_more_replicas_keep_it() -> 
     assert five.lost == 0
 
 
-def test_the_command_prints_one_row_per_churn_and_r(capsys) -> None:  # noqa: ANN001
+def test_the_command_prints_one_row_per_churn_and_r(capsys) -> None:
     assert main(["--nodes", "20", "--blocks", "50", "--days", "1", "--replicas", "2", "3",
                  "--churn", "0.1"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from cas.blocks import Block
@@ -13,6 +14,7 @@ from cas.cid import CID, RAW
 from cas.dht.routing import Contact
 from cas.dht.store_batches import StoreBatcher, StoreOutcome
 from cas.net.messages import MAX_LEASE, MAX_STORE_BLOCKS
+
 
 def trio_test(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     @functools.wraps(fn)
@@ -30,10 +32,13 @@ PEER_A = Contact(1, "127.0.0.1", 4001)
 PEER_B = Contact(2, "127.0.0.1", 4002)
 
 
+STORED = StoreOutcome("stored")
+
+
 class FakePeers:
     """A SendBatch whose answers the test releases one message at a time."""
 
-    def __init__(self, outcome: StoreOutcome = StoreOutcome("stored")) -> None:
+    def __init__(self, outcome: StoreOutcome = STORED) -> None:
         self.sent: list[tuple[int, list[CID]]] = []
         self.leases: list[list[int]] = []
         self.release = trio.Semaphore(0)
@@ -206,7 +211,7 @@ class PerPeerOutcomes(FakePeers):
                    leases: Sequence[int]) -> list[StoreOutcome]:
         self.sent.append((contact.node_id, [cid for cid, _ in blocks]))
         self.leases.append(list(leases))
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return [self.by_peer[contact.node_id]] * len(blocks)
 
 

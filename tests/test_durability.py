@@ -63,7 +63,7 @@ def test_kill_9_during_add_never_corrupts_and_printed_cids_stay_readable(tmp_pat
             [CAS, "--repo", str(repo), "add", str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         wait_for(
-            lambda: proc.poll() is not None or pack_bytes(repo) - bytes_before >= kill_after,
+            lambda: proc.poll() is not None or pack_bytes(repo) - bytes_before >= kill_after,  # noqa: B023 (called within this iteration)
             time.monotonic() + 120,
             "cas add to store blocks",
         )

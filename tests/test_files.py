@@ -15,7 +15,7 @@ import trio
 from cas import files
 from cas.blocks import AsyncStoreAdapter, Block, verified
 from cas.chunker import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_bytes
-from cas.cid import DAG_CBOR, DAG_PB, RAW, CID
+from cas.cid import CID, DAG_CBOR, DAG_PB, RAW
 from cas.dagpb import (
     TYPE_DIRECTORY,
     TYPE_FILE,

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cas.cid import RAW
-from cas.blocks import Block
 import trio
+from cas.fuse.handles import BlockCache, BlockFetcher, CacheMiss, CacheOnly, Staging, read_through
+from cas.fuse.inodes import ROOT_INODE, InodeTable
 
 from cas import files
-from cas.fuse.handles import BlockCache, BlockFetcher, CacheMiss, CacheOnly, Staging, read_through
+from cas.blocks import Block
+from cas.cid import RAW
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
 from tests.conftest import pseudo_random
-from cas.fuse.inodes import ROOT_INODE, InodeTable
 
 
 def test_same_name_gives_the_same_inode_and_counts_lookups() -> None:

@@ -163,7 +163,7 @@ KEY = Ed25519Key.from_seed(bytes(range(32)))
 
 
 def _record(seq: int, key: Ed25519Key = KEY) -> bytes:
-    from cas.cid import DAG_CBOR, CID
+    from cas.cid import CID, DAG_CBOR
 
     root = CID.for_data(DAG_CBOR, b"\xa0")
     return RootRecord.sign(key, seq, root, 1_700_000_000_000_000_000 + seq).encode()

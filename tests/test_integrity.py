@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from cas.cid import RAW, CID, parse_cid
+from cas.cid import CID, RAW, parse_cid
 from cas.control import ControlClient, socket_path
-from tests.conftest import pseudo_random, run_cas
 from tests import nodeproc
+from tests.conftest import pseudo_random, run_cas
 from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

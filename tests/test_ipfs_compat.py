@@ -20,7 +20,7 @@ import pytest
 
 from cas import files
 from cas.blocks import MemoryBlockStore
-from cas.cid import DAG_PB, CID
+from cas.cid import CID, DAG_PB
 from cas.dagpb import decode_node, decode_unixfs
 from cas.files import FileBuilder
 from tests.conftest import skip_unless_ci
@@ -64,7 +64,7 @@ def our_view(store: MemoryBlockStore, cid: CID) -> dict:
     unixfs = decode_unixfs(node.data)
     return {
         "type": "file",
-        "links": [{"hash": str(l.hash), "name": l.name, "tsize": l.tsize} for l in node.links],
+        "links": [{"hash": str(link.hash), "name": link.name, "tsize": link.tsize} for link in node.links],
         "blockSizes": list(unixfs.blocksizes),
         "fileSize": unixfs.filesize,
         "reencodes": True,

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from cas import dagcbor
 from cas.blocks import Block
-from cas.cid import DAG_CBOR, RAW, CID
+from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import InvalidBlockError, InvalidInputError
-from cas.names.directory import DirEntry, LeafNode, check_name, decode_dir_node, encode_index, encode_leaf, ChildRef
+from cas.names.directory import ChildRef, DirEntry, LeafNode, check_name, decode_dir_node, encode_index, encode_leaf
 from tests.formatsdoc import vectors
 
 FILE = CID.for_data(RAW, b"content")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas.blocks import MemoryBlockStore
-from cas.cid import RAW, CID
+from cas.cid import CID, RAW
 from cas.names import dirtree
 from cas.names.directory import DirEntry, IndexNode, decode_dir_node
 from tests.formatsdoc import vectors

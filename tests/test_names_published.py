@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cas.cid import DAG_CBOR, CID
+from cas.cid import CID, DAG_CBOR
 from cas.dht.driver import DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.publisher import StoreRecords
@@ -144,7 +144,7 @@ def test_a_peer_putting_the_same_record_again_renews_its_lifetime(tmp_path: Path
     with LocalStore.open(tmp_path / "r") as store:
         store.records.now_ns = lambda: clock[0]
 
-        async def in_thread(fn, *args):  # noqa: ANN001, ANN202 - the node's store-thread call, inline
+        async def in_thread(fn, *args):
             return fn(*args)
 
         keeper = StoreRecords(lambda: store, in_thread)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cas import dagcbor
-from cas.cid import DAG_CBOR, RAW, CID
+from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import InvalidRecordError
 from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, check_successor

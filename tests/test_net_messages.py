@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
 import cbor2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

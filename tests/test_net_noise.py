@@ -9,6 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# noiseprotocol is a test dependency (the independent implementation we are
+# checked against): without it these tests must fail, not skip.
+from noise.connection import Keypair, NoiseConnection
+
 from cas import dagcbor
 from cas.net.identity import Identity
 from cas.net.messages import LocalProtocolError, RemoteProtocolError
@@ -28,10 +32,6 @@ from cas.net.noise import (
     generate_keypair,
     sealed_size,
 )
-
-# noiseprotocol is a test dependency (the independent implementation we are
-# checked against): without it these tests must fail, not skip.
-from noise.connection import Keypair, NoiseConnection  # noqa: E402
 
 # -- the published vector ----------------------------------------------------------
 # From the cacophony test vectors (haskell-cryptography/cacophony,
@@ -119,7 +119,7 @@ def test_interop_with_noiseprotocol_handshake_and_transport(we_initiate: bool) -
     ours = NoiseXX(we_initiate, our_static, prologue)
     theirs = _theirs(not we_initiate, their_static, prologue)
     payloads = [b"", b"responder payload", b"initiator payload"]
-    for i, payload in enumerate(payloads):
+    for payload in payloads:
         if ours.our_turn:
             assert theirs.read_message(ours.write_message(payload)) == payload
         else:

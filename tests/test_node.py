@@ -17,10 +17,10 @@ import trio
 
 from cas import dagcbor
 from cas.dht.ids import id_to_bytes
+from cas.errors import InvalidInputError
 from cas.net.connection import connect_tcp
 from cas.net.identity import Identity
 from cas.node import TABLE_PATH, load_table, parse_address, parse_target
-from cas.errors import InvalidInputError
 from tests.conftest import run_cas
 from tests.nodeproc import Daemons, wait_until
 

@@ -21,8 +21,8 @@ from cas.dht.routing import Contact, RoutingTable
 from cas.keys import Ed25519Key
 from cas.names.record import RootRecord, record_key
 from cas.net.identity import DEFAULT_ID_DIFFICULTY, Identity
-from tests.conftest import run_cas
 from tests import nodeproc
+from tests.conftest import run_cas
 from tests.nodeproc import Daemon, Daemons, wait_until
 
 NODES = 5

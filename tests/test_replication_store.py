@@ -10,19 +10,18 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
+from cas import dagcbor
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import DAG_CBOR, RAW
-from cas import dagcbor
 from cas.dht import driver as driver_module
+from cas.dht.driver import DhtDriver
 from cas.net import messages as msg
 from cas.store import LocalStore, StorageQuotaError
 from cas.store._database import SCHEMA_VERSION
-from cas.dht.driver import DhtDriver
 from tests.test_dht_driver import Net, network
-
-import pytest
 
 
 def test_a_held_block_counts_against_the_quota_and_a_full_store_refuses(tmp_path: Path) -> None:
@@ -99,7 +98,7 @@ def test_a_repository_from_before_the_held_table_opens_and_gains_it(tmp_path: Pa
     db.close()
 
 
-def store_block(store: LocalStore, data: bytes):  # noqa: ANN201
+def store_block(store: LocalStore, data: bytes):
     block = Block.of(RAW, data)
     store.blocks.put(block)
     store.blocks.barrier()

@@ -16,12 +16,11 @@ import pytest
 
 import cas
 from cas.blocks import Block
-from cas.cid import DAG_CBOR, RAW, CID
+from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import InvalidBlockError, RepositoryError
-from cas.store import SMALL_BLOCK_LIMIT, LocalStore
-from cas.store import _packs
-from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
+from cas.store import SMALL_BLOCK_LIMIT, LocalStore, _packs
 from cas.store._database import SCHEMA_VERSION
+from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
 from tests.conftest import pseudo_random
 from tests.formatsdoc import vectors
 

@@ -24,7 +24,7 @@ from .ids import (
     random_id_in_bucket,
 )
 from .lookup import ALPHA, Lookup, LookupResult, LookupStatistics, SendQuery
-from .routing import K, MAX_FAILURES, REFRESH_INTERVAL, Contact, RoutingTable
+from .routing import MAX_FAILURES, REFRESH_INTERVAL, Contact, K, RoutingTable
 
 __all__ = [
     "ALPHA",

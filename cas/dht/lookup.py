@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from .ids import NodeID, is_valid_id
-from .routing import K, Contact, is_valid_contact
+from .routing import Contact, K, is_valid_contact
 
 ALPHA = 3
 """Queries in flight per lookup (DESIGN.md; the paper's alpha = 3)."""
@@ -206,10 +206,10 @@ class Lookup:
             return []
         node_id = getattr(peer, "node_id", None)
         if node_id in self._in_flight:
-            self._in_flight.discard(node_id)  # type: ignore[arg-type]
-            cand = self._cands[node_id]  # type: ignore[index]
+            self._in_flight.discard(node_id)
+            cand = self._cands[node_id]
         elif node_id in self._late:
-            cand = self._late.pop(node_id)  # type: ignore[arg-type]
+            cand = self._late.pop(node_id)
             self._timeouts -= 1
             self._insert(cand)
         else:
@@ -238,10 +238,10 @@ class Lookup:
             return []
         node_id = getattr(peer, "node_id", None)
         if node_id in self._in_flight:
-            self._in_flight.discard(node_id)  # type: ignore[arg-type]
-            self._remove(node_id)  # type: ignore[arg-type]
+            self._in_flight.discard(node_id)
+            self._remove(node_id)
         elif node_id in self._late:
-            del self._late[node_id]  # type: ignore[arg-type]
+            del self._late[node_id]
             self._timeouts -= 1
         else:
             return []
@@ -257,10 +257,10 @@ class Lookup:
         node_id = getattr(peer, "node_id", None)
         if node_id not in self._in_flight:
             return []
-        self._in_flight.discard(node_id)  # type: ignore[arg-type]
-        cand = self._remove(node_id)  # type: ignore[arg-type]
+        self._in_flight.discard(node_id)
+        cand = self._remove(node_id)
         cand.state = LATE
-        self._late[node_id] = cand  # type: ignore[index]
+        self._late[node_id] = cand
         self._timeouts += 1
         return self._advance()
 

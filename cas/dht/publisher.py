@@ -31,6 +31,7 @@ from ..store import LocalStore
 from .driver import DhtDriver
 from .ids import id_from_bytes, id_to_bytes
 from .replication import DEFAULT_REPLICAS
+from .store_batches import StoreOutcome
 
 REPUBLISH_INTERVAL = 1800.0
 """Default seconds between republications of a published namespace: the
@@ -174,7 +175,7 @@ class Publisher:
             pass  # held a newer one from elsewhere: the network decides below
         found = await self.dht.find_node(id_from_bytes(key))
         targets = list(found.lookup.closest)[: self.replicas]
-        outcomes = [None] * len(targets)
+        outcomes: list[StoreOutcome | None] = [None] * len(targets)
 
         async def put(i: int) -> None:
             outcomes[i] = await self.dht.put_record(targets[i], key, data)

@@ -362,7 +362,7 @@ class Replicator:
         sent = 0
         actions = plan.next_actions()
         while actions:
-            peers = [action.peer for action in actions]  # type: ignore[attr-defined]
+            peers = [action.peer for action in actions]
             sent += len(peers)
             outcomes = await self.dht.store_block_on(peers, cid, data, lease)
             if any(outcome.status != "stored" for outcome in outcomes):
@@ -628,7 +628,7 @@ class Replicator:
         those asked about this node's ``own`` blocks are asked to keep them
         another whole lease (the renewal)."""
         windows = {cid: contacts[: self.replicas] for cid, contacts in closest.items()}
-        contacts = {c.node_id: c for cs in windows.values() for c in cs}
+        contacts: dict[int, Contact] = {c.node_id: c for cs in windows.values() for c in cs}
         answers: dict[CID, dict[int, bool]] = {}
         limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
 

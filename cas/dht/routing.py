@@ -460,7 +460,7 @@ class RoutingTable:
         if index is None:
             return None
         bucket = self._buckets.get(index)
-        return bucket.get(node_id) if bucket else None  # type: ignore[arg-type]
+        return bucket.get(node_id) if bucket else None  # type: ignore[call-overload]  # an unchecked ID: a miss, as any non-int
 
     def _drop(self, index: int, node_id: int) -> None:
         bucket = self._buckets[index]

@@ -67,9 +67,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .ids import ID_BITS, random_id_in_bucket
+from .ids import ID_BITS, NodeID, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult
-from .routing import K, Contact, RoutingTable
+from .routing import Contact, K, RoutingTable
 
 JOIN_LIMIT = 20_000
 """Largest network ``--build auto`` builds by real joins."""
@@ -150,7 +150,7 @@ class Network:
         self.alpha = alpha
         self.index_of = {node_id: i for i, node_id in enumerate(self.ids)}
         self.contacts = [
-            Contact(node_id, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4001)
+            Contact(NodeID(node_id), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4001)
             for i, node_id in enumerate(self.ids)
         ]
         self.tables: list[RoutingTable] = []
@@ -314,7 +314,7 @@ class Network:
         while events and not lookup.done:
             now, _, kind, peer, reply, value = heapq.heappop(events)
             if kind == _RESPONSE:
-                send(lookup.on_response(peer, reply, value), now)
+                send(lookup.on_response(peer, reply or (), value), now)
             else:
                 send(lookup.on_timeout(peer), now)
         if not lookup.done:  # cannot happen: no events left means nothing in flight

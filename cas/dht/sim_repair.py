@@ -35,12 +35,14 @@ The model (its limits are those of :mod:`cas.dht.sim` plus these):
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .ids import NodeID
 from .replication import Placement
 from .routing import Contact
 
@@ -74,6 +76,10 @@ class RepairStats:
         return self.traffic_bytes / (1 << 20) / self.nodes / self.days
 
 
+
+def _distance(key: int, node_id: int) -> int:
+    return node_id ^ key
+
 def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_per_day: float = 0.05,
              days: float = 90.0, interval: float = 600.0, block_size: int = 256 * 1024,
              seed: int = 1) -> RepairStats:
@@ -81,7 +87,8 @@ def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_p
     rng = random.Random(seed)
     live: set[int] = {rng.getrandbits(256) for _ in range(nodes)}
     keys = [rng.getrandbits(256) for _ in range(blocks)]
-    holders: list[set[int]] = [set(heapq.nsmallest(replicas, live, key=lambda n, k=k: n ^ k)) for k in keys]
+    holders: list[set[int]] = [set(heapq.nsmallest(replicas, live, key=functools.partial(_distance, k)))
+                               for k in keys]
     # The farthest holder's distance: a newcomer nearer than it takes part.
     reach = [max(n ^ k for n in h) for k, h in zip(keys, holders)]
     held_by: dict[int, set[int]] = {n: set() for n in live}
@@ -165,7 +172,7 @@ def mass_failure(*, nodes: int = 40, replicas: int = 3, fraction: float = 0.5, f
 def _repair(b: int, key: int, holders: list[set[int]], held_by: dict[int, set[int]], live: set[int],
             replicas: int, stats: RepairStats) -> None:
     window = heapq.nsmallest(replicas, live, key=lambda n: n ^ key)
-    contacts = {n: Contact(n, "127.0.0.1", 1) for n in window}
+    contacts = {n: Contact(NodeID(n), "127.0.0.1", 1) for n in window}
     plan = Placement(key, list(contacts.values()), replicas=replicas,
                      known={n: n in holders[b] for n in window})
     actions = plan.next_actions()

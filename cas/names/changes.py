@@ -22,7 +22,7 @@ never resolves a path or touches a store: applying a change is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ..errors import InvalidBlockError, InvalidInputError
 from .directory import DirEntry
@@ -78,7 +78,7 @@ class SetAttributes:
     mtime: int | None = None
 
 
-Change = Union[Mkdir, Link, Move, Remove, SetAttributes]
+Change = Mkdir | Link | Move | Remove | SetAttributes
 
 _KINDS: dict[str, type] = {
     "mkdir": Mkdir, "link": Link, "move": Move, "remove": Remove, "set_attributes": SetAttributes,

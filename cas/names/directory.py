@@ -40,7 +40,7 @@ from typing import Any
 
 from .. import dagcbor
 from ..blocks import MAX_BLOCK_SIZE, Block
-from ..cid import DAG_CBOR, CID
+from ..cid import CID, DAG_CBOR
 from ..errors import InvalidBlockError, InvalidInputError
 
 NODE_TYPE = "cas/dir"

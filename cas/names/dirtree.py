@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
-from functools import lru_cache
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from functools import lru_cache
+from typing import TypeVar
 
 import blake3
 

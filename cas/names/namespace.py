@@ -32,14 +32,15 @@ disk or the network by itself.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..blocks import BlockStore
-from ..cid import DAG_CBOR, CID
+from ..cid import CID, DAG_CBOR
 from ..errors import (
     BlockNotFoundError,
     ConcurrentUpdateError,
@@ -72,7 +73,8 @@ class RootRowLike(Protocol):
 class Repo(Protocol):
     """What a namespace needs from a repository."""
 
-    blocks: BlockStore
+    @property
+    def blocks(self) -> BlockStore: ...
 
     def roots(self, newest_first: bool = True, limit: int | None = None) -> list: ...
 
@@ -176,7 +178,7 @@ class Namespace:
         self.repo = repo
         self.blocks = repo.blocks
         self._clock = clock
-        self.warnings: list[str] = []
+        self.warnings: builtins.list[str] = []
         # The newest row as last verified: (seq, record bytes, state). A
         # signature check per read would cost more than the read.
         self._verified: tuple[int, bytes, RootState] | None = None
@@ -251,7 +253,7 @@ class Namespace:
         summary = dirtree.summary(self.blocks, state.root)
         return Node("/", "", "dir", summary.size, ROOT_MODE, state.time_ns, state.root)
 
-    def _resolve_in(self, state: RootState, parts: list[str]) -> Node:
+    def _resolve_in(self, state: RootState, parts: builtins.list[str]) -> Node:
         node = self._root_node(state)
         for depth, name in enumerate(parts):
             if node.kind != "dir":
@@ -354,13 +356,13 @@ class Namespace:
         return self._set_attributes(state.root, change)
 
     def _update_dir(
-        self, root: CID, dir_parts: list[str], changes: dict[str, DirEntry | None], now: int | None
+        self, root: CID, dir_parts: builtins.list[str], changes: dict[str, DirEntry | None], now: int | None
     ) -> CID:
         """The new root after applying ``changes`` to directory ``dir_parts``
         (which must exist); rewrites only the path from it to the root. The
         changed directory's mtime becomes ``now`` (unchanged if None)."""
         chain = [root]
-        entries: list[DirEntry] = []
+        entries: builtins.list[DirEntry] = []
         for depth, name in enumerate(dir_parts):
             entry = dirtree.lookup(self.blocks, chain[-1], name)
             if entry is None:
@@ -381,7 +383,7 @@ class Namespace:
             )
         return new.cid
 
-    def _lookup_in(self, root: CID, parts: list[str]) -> DirEntry | None:
+    def _lookup_in(self, root: CID, parts: builtins.list[str]) -> DirEntry | None:
         cid = root
         entry: DirEntry | None = None
         for depth, name in enumerate(parts):
@@ -471,7 +473,7 @@ class Namespace:
         # The parent's own mtime stays: attributes are not contents.
         return self._update_dir(root, parts[:-1], {parts[-1]: changed}, now=None)
 
-    def _mkdirs(self, root: CID, parts: list[str], now: int) -> CID:
+    def _mkdirs(self, root: CID, parts: builtins.list[str], now: int) -> CID:
         """``root`` with every missing directory along ``parts`` created."""
         for depth in range(1, len(parts) + 1):
             sub = parts[:depth]

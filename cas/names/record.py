@@ -30,7 +30,7 @@ from typing import Any
 import blake3
 
 from .. import dagcbor
-from ..cid import DAG_CBOR, CID
+from ..cid import CID, DAG_CBOR
 from ..errors import InvalidBlockError, InvalidRecordError
 from ..keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Ed25519Key, verify_signature
 

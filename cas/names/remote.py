@@ -74,7 +74,7 @@ class RemoteNamespace(Namespace):
         self.public_key = public_key
         super().__init__(_ResolvedRepo(blocks, public_key, record))  # type: ignore[arg-type]
 
-    def _commit(self, change):  # type: ignore[no-untyped-def,override]
+    def _commit(self, change):
         raise ReadOnlyNamespaceError(
             f"namespace {self.public_key.hex()[:16]}… is another node's published namespace: read-only")
 

@@ -90,7 +90,7 @@ from .noise import (
     Transport,
 )
 
-__all__ = [  # noqa: RUF022 -- grouped by layer, bottom up, as the docstring lists them
+__all__ = [
     # identity
     "Identity", "IdentityError", "node_id_for",
     # private networks

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .. import dagcbor
-from ..dagcbor import encode_head
 from ..cid import CID
+from ..dagcbor import encode_head
 from ..errors import CasError, InvalidBlockError
 
 # -- errors -----------------------------------------------------------------------
@@ -215,7 +215,7 @@ def _peer_decode(value: Any) -> PeerInfo:
     if type(port) is not int or not 1 <= port <= 65535:
         raise ValueError("a peer's port must be an integer from 1 to 65535")
     # The named tuple without its Python-level __new__ (the fields are checked).
-    return _new_tuple(PeerInfo, (node_id, host, port))  # type: ignore[return-value]
+    return _new_tuple(PeerInfo, (node_id, host, port))
 
 
 _PEER_WIRE_CACHE = 4096
@@ -762,7 +762,7 @@ def encode_parts(message: Message) -> list[bytes]:
     fast = _encode_fast(message)
     if fast is not None:
         return [fast]
-    parts = _encode_store_blocks(message) if type(message) is StoreBlocks else None  # type: ignore[arg-type]
+    parts = _encode_store_blocks(message) if type(message) is StoreBlocks else None
     if parts is None:
         parts = dagcbor.encode_unchecked_parts(_wire(message))
     size = sum(len(part) for part in parts)
@@ -774,7 +774,7 @@ def encode_parts(message: Message) -> list[bytes]:
 def _wire(message: Message) -> dict[str, Any]:
     """The wire map of ``message``, keys in canonical order, fields checked."""
     cls = type(message)
-    plan = _WIRE_PLAN.get(cls)  # type: ignore[arg-type]
+    plan = _WIRE_PLAN.get(cls)
     if plan is None:
         raise LocalProtocolError(f"{cls.__name__} is not a cas message")
     wire: dict[str, Any] = {}

@@ -10,10 +10,11 @@ across crashes.
 from typing import TYPE_CHECKING, Any
 
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
-from ._packs import BlockLocation, PackStore
 from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, Placed, StorageQuotaError
 from ._local import LocalStore, RepoStat, RootRow
-from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER, locked_error
+from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER
+from ._lock import locked_error
+from ._packs import BlockLocation, PackStore
 
 if TYPE_CHECKING:
     from ..keys import NamespaceKey

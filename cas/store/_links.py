@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import dagcbor
-from ..cid import DAG_CBOR, DAG_PB, RAW, CID
+from ..cid import CID, DAG_CBOR, DAG_PB, RAW
 
 
 def _cbor_links(value: Any, out: list[CID]) -> None:

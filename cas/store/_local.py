@@ -51,7 +51,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..cid import RAW, CID
+from ..cid import CID, RAW
+from ..durable import write_atomically
 from ..errors import (
     BlockNotFoundError,
     ConcurrentUpdateError,
@@ -62,12 +63,11 @@ from ..errors import (
 from . import _lock, _modes
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
-from ..durable import write_atomically
 from ._disk import disk_error
-from ._packs import PackStore, migrate_block_files
-from ._records import HeldRecords
 from ._held import HeldBlocks, disk_space
+from ._packs import PackStore, migrate_block_files
 from ._quarantine import Quarantine
+from ._records import HeldRecords
 
 if TYPE_CHECKING:
     from ..keys import NamespaceKey
