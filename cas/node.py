@@ -259,7 +259,8 @@ def network_settings(config: NodeConfig, key: NetworkKey | None, store: LocalSto
         replicas=int(pick("replicas", config.replicas, DEFAULT_REPLICAS, "--replicas")),
         repair_interval=pick("repair_interval", config.repair_interval, REPAIR_INTERVAL, "--repair-interval"),
         lease=pick("lease", config.lease, DEFAULT_LEASE, "--lease"),
-        id_difficulty=int(pick("id_difficulty", config.id_difficulty, id_difficulty(store), "--id-difficulty")))
+        id_difficulty=int(pick("id_difficulty", config.id_difficulty, id_difficulty(store, config.id_difficulty),
+                               "--id-difficulty")))
 
 
 def id_difficulty(store: LocalStore, configured: int | None = None) -> int:
