@@ -35,7 +35,7 @@ the connection's :class:`ClientState`, where a handler keeps per-connection
 state (the node keeps each connection's write session there, so gc spares
 what a client has put until it disconnects). The server is given the table
 as a plain dict (:data:`OpTable`). The node builds its table in one
-place, :func:`cas.node.control_ops`; a layer adding ops (the namespace, say)
+place, :func:`cas.node.ops.control_ops`; a layer adding ops (the namespace, say)
 writes a function returning ``{name: Op(...)}`` and merges it there with one
 line. Handlers raise :class:`CasError` subclasses for the caller's errors;
 anything else is reported as :class:`NodeError` and logged by the node.

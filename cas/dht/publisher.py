@@ -4,8 +4,9 @@ Owns: putting this repository's current root record on the R nodes closest
 to its record key (a FIND_NODE lookup, then PUT_RECORD to each), the
 republish timer and the "new root, publish now" wake-up, resolving another
 namespace (a GET_RECORD lookup over the k closest nodes, plus what this
-node holds itself, keeping the newest valid record), and the control ops
-``name_publish``, ``name_resolve`` and ``name_status``.
+node holds itself, keeping the newest valid record). The control ops
+that drive it (``name_publish``, ``name_resolve``, ``name_status``) are
+the node's (:mod:`cas.node.ops`): nothing here knows the control socket.
 
 Must never: accept a record without :func:`cas.names.record.accept_record`
 (the keeper below applies it to every PUT_RECORD), trust a record a peer
@@ -24,9 +25,8 @@ from typing import Any
 
 import trio
 
-from ..control import ClientState, Op, OpTable
-from ..errors import CasError, InvalidInputError, InvalidRecordError
-from ..names.record import RootRecord, accept_record, newest_record, parse_public_key, record_key
+from ..errors import CasError, InvalidRecordError
+from ..names.record import RootRecord, accept_record, newest_record, record_key
 from ..store import LocalStore
 from .driver import DhtDriver
 from .ids import id_from_bytes, id_to_bytes
@@ -217,52 +217,3 @@ class Publisher:
             except CasError:
                 pass  # no room: answered, not kept
         return ResolveReport(best, answers, asked)
-
-
-def _record_doc(record: RootRecord | None) -> dict[str, Any] | None:
-    if record is None:
-        return None
-    return {"key": record.public_key.hex(), "seq": record.seq, "root": record.root, "time_ns": record.time_ns,
-            "record": record.encode()}
-
-
-def name_ops(publisher: Callable[[], Publisher], store: Callable[[], LocalStore],
-             in_store_thread: StoreThread) -> OpTable:
-    """``name_publish`` (turn publishing on, publish now), ``name_resolve``
-    (the newest record of a namespace) and ``name_status``."""
-
-    async def name_publish(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        every_ms = args.get("interval_ms", int(REPUBLISH_INTERVAL * 1000))  # DAG-CBOR has no floats here
-        stop = bool(args.get("stop", False))
-        if stop:
-            await in_store_thread(store().records.set_publish_interval, None)
-            return {"publishing": False}
-        if type(every_ms) is not int or not MIN_REPUBLISH_INTERVAL <= every_ms / 1000 <= MAX_REPUBLISH_INTERVAL:
-            raise InvalidInputError(f"the republish interval must be {MIN_REPUBLISH_INTERVAL:g} s to "
-                                    f"{MAX_REPUBLISH_INTERVAL:g} s")
-        await in_store_thread(store().records.set_publish_interval, every_ms / 1000)
-        report = await publisher().publish()
-        publisher().root_changed()  # re-arm the timer with the new interval
-        return {"publishing": True, "interval_ms": every_ms, "stored": report.stored, "asked": report.asked,
-                **(_record_doc(report.record) or {})}
-
-    async def name_resolve(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        key = args.get("key")
-        if isinstance(key, str):
-            key = parse_public_key(key)
-        if not isinstance(key, bytes) or len(key) != 32:
-            raise InvalidInputError("argument 'key' must be a namespace key (32 bytes or 64 hex digits)")
-        report = await publisher().resolve(key)
-        return {"found": _record_doc(report.record), "answers": report.answers, "asked": report.asked}
-
-    async def name_status(args: dict[str, Any], client: ClientState) -> dict[str, Any]:
-        interval = await in_store_thread(store().records.publish_interval)
-        last = publisher().last
-        return {"publishing": interval is not None,
-                "interval_ms": None if interval is None else int(interval * 1000),
-                "last": None if last is None else {"stored": last.stored, "asked": last.asked,
-                                                    **(_record_doc(last.record) or {})},
-                "last_error": publisher().last_error,
-                "held_records": await in_store_thread(lambda: len(store().records))}
-
-    return {"name_publish": Op(name_publish), "name_resolve": Op(name_resolve), "name_status": Op(name_status)}

@@ -100,7 +100,7 @@ run between them)."""
 HAVE_BATCH = 32
 """CIDs asked about in one HAVE (the wire allows 1024). A node answers yes
 only for copies it verified within its scrub period, and re-reads at most
-16 MiB per HAVE to verify the others (``cas.node.HAVE_VERIFY_BYTES``);
+16 MiB per HAVE to verify the others (``cas.node.config.HAVE_VERIFY_BYTES``);
 past that it answers no, and the asker sends a copy it already has. Copies
 placed minutes ago have not been re-read yet, so a repair round's batches
 of 1024 were answered no past their first ~60 blocks and sent again:

@@ -6,7 +6,7 @@ every file in it is 0600, whatever the umask: see _modes.py)::
     config.json     format name and version; written once, at init
     lock            flock()ed by the owning process; holds its pid and
                     command (see _lock.py)
-    keys/           the namespace key; the node key (cas/node.py)
+    keys/           the namespace key; the node key (cas/node/daemon.py)
     packs/NNNNNNNN.pack
                     large blocks, appended to pack files (see _packs.py)
     tmp/            staging for atomic writes and the mount's open files;
@@ -15,7 +15,7 @@ every file in it is 0600, whatever the umask: see _modes.py)::
                     index, pins, namespace roots (see _database.py)
     dht/, control.sock, mount.log
                     the node's routing table, its control socket, the
-                    mount process's output (cas/node.py, cas.fuse)
+                    mount process's output (cas/node/, cas.fuse)
 
 A repository from before packs (``blocks/xx/CID``, one file per large
 block) is moved into packs when it is opened (``_packs.migrate_block_files``).

@@ -1,0 +1,756 @@
+"""The node: one trio process that owns a repository and joins the network.
+
+Owns, for as long as it runs: the repository (its lock, the
+:class:`~cas.store.LocalStore`), the node identity (``<repo>/keys/node.key``,
+mode 0600), the DHT (:class:`~cas.dht.driver.DhtDriver` over a
+:class:`~cas.dht.routing.RoutingTable` that is saved as DAG-CBOR to
+``<repo>/dht/routing.cbor`` periodically and on shutdown, and reloaded on
+start), the TCP listener, the bucket-refresh timer, and the control socket
+``<repo>/control.sock`` with the op table (:func:`control_ops`) through which
+the CLI, the library and the mount reach the node.
+
+Every task lives in the nursery of :meth:`Node.run`; cancelling it (what
+SIGTERM and SIGINT do in :func:`run_daemon`) shuts down in order: stop
+accepting, save the routing table, remove the socket file, release the
+repository. kill -9 skips all of that and loses nothing but the last few
+minutes of routing-table freshness: the lock dies with the process, and a
+socket file nobody answers on is ignored by clients and replaced on start.
+
+Must never: interpret wire messages (the DHT driver and cas.net do), hold
+protocol logic (the sans-IO objects in cas.dht do), block the event loop on
+disk writes that fsync (they run in a worker thread under the store lock),
+or pickle anything.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..blocks import Block
+from ..cid import CID, RAW, parse_cid
+from ..control import (
+    SOCKET_NAME,
+    bind_socket,
+    serve_control,
+)
+from ..dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver
+from ..dht.ids import id_from_bytes
+from ..dht.publisher import Publisher, StoreRecords
+from ..dht.replicator import Replicator
+from ..errors import (
+    BlockNotFoundError,
+    CasError,
+    CorruptBlockError,
+)
+from ..group_commit import GroupCommitter
+from ..names.changes import Change
+from ..names.namespace import Namespace
+from ..net.admission import (
+    Admission,
+)
+from ..net.identity import Identity
+from ..net.network_key import (
+    describe_network,
+    network_key_for,
+)
+from ..scrub import ScrubPace
+from ..store import LocalStore, Placed, StorageQuotaError, VerifyReport
+from ..store._links import links_of
+from .config import (
+    BOOTSTRAP_RETRY_FIRST,
+    BOOTSTRAP_RETRY_MAX,
+    HAVE_VERIFY_BYTES,
+    KEY_PATH,
+    MAX_CHANGES_PER_GROUP,
+    MAX_READ_AHEAD_INDEX,
+    MAX_VERIFIED_MEMORY,
+    READ_AHEAD,
+    REJOIN_CHECK,
+    SCRUB_FIRST_DELAY,
+    SCRUB_PAGE,
+    NodeAddress,
+    NodeConfig,
+    Settings,
+    network_settings,
+)
+from .ops import control_ops
+from .table import TABLE_PATH, load_table, save_table
+
+
+@dataclass
+class IntegrityStats:
+    """What the node did about damaged blocks since it started."""
+
+    quarantined: int = 0  # stored blocks that failed verification
+    restored: int = 0  # of those, replaced by a good copy from the network
+    unrecoverable: int = 0  # heals that found no good copy
+    scrubbed_bytes: int = 0
+    scrub_passes: int = 0
+
+
+class Node:
+    """A running node; see the module docstring. Use :meth:`run` in a
+    nursery (``await nursery.start(node.run)`` returns its address)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store: LocalStore | None = None
+        self.identity: Identity | None = None
+        self.dht: DhtDriver | None = None
+        self.replicator: Replicator | None = None
+        self.publisher: Publisher | None = None
+        self.group_commit: GroupCommitter[Placed] | None = None
+        self.namespace: Namespace | None = None
+        self.namespace_commits: GroupCommitter[Change] | None = None
+        self.integrity = IntegrityStats()
+        self.settings: Settings | None = None
+        self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
+        self._healing: dict[CID, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._fetching: dict[CID, trio.Event] = {}
+        self._siblings: dict[CID, tuple[list[CID], int]] = {}
+        self._fetched: set[CID] = set()
+        self._read_ahead_limit = trio.CapacityLimiter(READ_AHEAD)
+        self.read_ahead_count = 0
+        self.address: NodeAddress | None = None
+        self._store_lock = trio.Lock()
+        self._cancel = trio.CancelScope()
+        self.internal_errors: list[str] = []
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (safe to call from any task)."""
+        self._cancel.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
+        store = await trio.to_thread.run_sync(
+            lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
+        store.held.quota = self.config.quota
+        store.held.peer_quota = self.config.peer_quota
+        store.held.reserve = self.config.disk_reserve
+        self.store = store
+        self.namespace = Namespace(store)
+        try:
+            await self._run_with_store(store, repo, task_status)
+        finally:
+            store.close()
+
+    async def _run_with_store(self, store: LocalStore, repo: Path, task_status: Any) -> None:
+        (repo / "keys").mkdir(mode=0o700, exist_ok=True)
+        network_key = network_key_for(repo, self.config.network_key)
+        settings = self.settings = network_settings(self.config, network_key, store)
+        store.held.set_lease(settings.lease)  # committed with the first barrier
+        difficulty = settings.id_difficulty
+        identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
+        self.identity = identity
+        if replaced:
+            self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
+                      f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
+        own_id = id_from_bytes(identity.node_id)
+        table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
+        try:
+            listeners = await trio.open_tcp_listeners(self.config.listen_port, host=self.config.listen_host)
+        except OSError as exc:
+            raise CasError(f"cannot listen on {self.config.listen_host}:{self.config.listen_port}: "
+                           f"{exc.strerror or exc}") from None
+        bound = listeners[0].socket.getsockname()
+        self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
+        dht = self.dht = DhtDriver(
+            identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
+            records=StoreRecords(lambda: store, self.in_store_thread),
+            listen_port=bound[1], listen_host=self.config.listen_host,
+            handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
+            refresh_interval=self.config.refresh_interval,
+            network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
+            admission=Admission(max_connections=self.config.max_connections,
+                                max_connections_per_address=self.config.max_connections_per_address,
+                                handshake_rate_per_address=self.config.handshake_rate_per_address),
+            frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
+        replicator = self.replicator = Replicator(
+            dht, _StoreThreadBlocks(self), replicas=settings.replicas,
+            repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
+            lease=settings.lease)
+        self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
+        group_commit = self.group_commit = GroupCommitter(
+            lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
+            weight=lambda item: len(item.block.data))
+        namespace_commits = self.namespace_commits = GroupCommitter(
+            lambda changes: self.in_store_thread(self.apply_changes, changes),
+            weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
+        control = None
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(group_commit.run)
+                    await nursery.start(namespace_commits.run)
+                    await nursery.start(dht.run)
+                    await nursery.start(replicator.run)
+                    await nursery.start(self.publisher.run)
+                    nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
+                    if self.config.bootstrap:
+                        try:
+                            await dht.bootstrap(self.config.bootstrap)
+                        except BootstrapRefusedError:
+                            raise  # on another network: a configuration to fix, not a peer to wait for
+                        except BootstrapError as exc:
+                            # Not fatal: nodes may start in any order. The
+                            # node serves its own repository meanwhile.
+                            self._log(f"{exc}; running alone and retrying")
+                        nursery.start_soon(self._keep_joined)
+                    elif len(table):
+                        nursery.start_soon(self._rejoin)
+                    control = bind_socket(repo / SOCKET_NAME)
+                    nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
+                    nursery.start_soon(dht.refresh_loop)
+                    nursery.start_soon(self._save_loop)
+                    nursery.start_soon(self._scrub_loop)
+                    # Once, as it starts serving (a start that fails says only why).
+                    self._log(describe_network(network_key))
+                    task_status.started(self.address)
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            if control is not None:
+                control.close()
+                try:
+                    (repo / SOCKET_NAME).unlink()
+                except FileNotFoundError:
+                    pass
+            self.save()
+
+    async def _rejoin(self) -> None:
+        assert self.dht is not None
+        await self.dht.refresh(force=True)
+
+    async def _keep_joined(self) -> None:
+        """Whenever the routing table is empty (the bootstrap peers were
+        down at start, or every peer has gone since), join again through
+        the bootstrap peers, waiting 1 s before the first try and twice as
+        long after each failure, up to a minute."""
+        assert self.dht is not None
+        dht = self.dht
+        delay = BOOTSTRAP_RETRY_FIRST
+        while True:
+            if len(dht.table):
+                delay = BOOTSTRAP_RETRY_FIRST
+                await trio.sleep(REJOIN_CHECK)
+                continue
+            await trio.sleep(delay)
+            try:
+                reached = await dht.bootstrap(self.config.bootstrap)
+            except BootstrapError as exc:
+                delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+                self._log(f"{exc}; retrying in {delay:g} s")
+                continue
+            self._log("joined the network through " + ", ".join(f"{c.host}:{c.port}" for c in reached))
+
+    async def _save_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.save_interval)
+            self.save()
+
+    def save(self) -> None:
+        """Save the routing table now."""
+        if self.dht is not None:
+            try:
+                save_table(Path(self.config.repo).expanduser().absolute() / TABLE_PATH,
+                           self.dht.table, trio.current_time())
+            except OSError as exc:
+                self._log(f"cannot save the routing table: {exc}")
+
+    def _log(self, text: str) -> None:
+        print(f"cas daemon: {text}", file=sys.stderr, flush=True)
+
+    def _log_internal(self, op: str, exc: BaseException) -> None:
+        self.internal_errors.append(f"{op}: {type(exc).__name__}: {exc}")
+        self._log(f"internal error in {op}: {type(exc).__name__}: {exc}")
+
+    # -- reading from the network ----------------------------------------------
+
+    async def fetch(self, cid: CID) -> bytes:
+        """A block this node lacks, from the network (FIND_BLOCK; the driver
+        verifies it and passes over peers that lie), kept as held for the
+        network if the quota has room. Raises BlockNotFoundError if no node
+        has it. Starts read-ahead of the blocks a sequential reader wants next."""
+        pending = self._fetching.get(cid)
+        if pending is not None:  # being read ahead: wait for it, then look again
+            await pending.wait()
+            assert self.store is not None
+            try:
+                data = bytes(await self.in_store_thread(self.store.blocks.get, cid))
+            except BlockNotFoundError:
+                pass  # not kept (quota): fetch it ourselves
+            else:
+                self.after_read(cid, data)
+                return data
+        data = await self._fetch_and_keep(cid)
+        self.after_read(cid, data)
+        return data
+
+    def after_read(self, cid: CID, data: bytes) -> None:
+        """Read-ahead bookkeeping for a block served to a client: remember
+        where a tree node's children sit, and if this block came from the
+        network (now or by read-ahead), fetch the next ones in the
+        background."""
+        if cid.codec != RAW:
+            try:
+                children = links_of(cid, data)
+            except CasError:
+                children = []
+            if len(self._siblings) > MAX_READ_AHEAD_INDEX:
+                self._siblings.clear()
+            for i, child in enumerate(children):
+                self._siblings[child] = (children, i)
+            if cid in self._fetched:
+                self._read_ahead(children[:READ_AHEAD])
+        if cid in self._fetched:
+            self._fetched.discard(cid)
+            entry = self._siblings.get(cid)
+            if entry is not None:
+                siblings, i = entry
+                self._read_ahead(siblings[i + 1:i + 1 + READ_AHEAD])
+
+    def _read_ahead(self, cids: list[CID]) -> None:
+        if self._nursery is None:
+            return
+        for cid in cids:
+            if cid not in self._fetching and cid not in self._fetched:
+                self._fetching[cid] = trio.Event()
+                self._nursery.start_soon(self._read_ahead_one, cid)
+
+    async def _read_ahead_one(self, cid: CID) -> None:
+        assert self.store is not None
+        try:
+            async with self._read_ahead_limit:
+                if not await self.in_store_thread(self.store.blocks.has, cid):
+                    await self._fetch_and_keep(cid)
+                    self.read_ahead_count += 1
+        except CasError:
+            pass  # the reader will ask again and get the error itself
+        finally:
+            self._fetching.pop(cid).set()
+
+    async def _fetch_and_keep(self, cid: CID) -> bytes:
+        data = await self.replicator.fetch(cid) if self.replicator is not None else None
+        if data is None:
+            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
+        block = Block(cid, data)  # verified again: nothing unverified is kept
+        assert self.group_commit is not None
+        try:
+            # Kept with the other blocks arriving meanwhile (read-ahead
+            # fetches several at once): one barrier for them all.
+            await self.group_commit.keep(Placed(block))
+        except StorageQuotaError:
+            pass  # served, not kept
+        if len(self._fetched) > MAX_READ_AHEAD_INDEX:
+            self._fetched.clear()
+        self._fetched.add(cid)  # came from the network: reading it reads ahead
+        return data
+
+    def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
+        """The blocks of the DAG under ``root`` that this repository has (in
+        the store thread): what replication reports on for one added item."""
+        assert self.store is not None
+        seen: set[CID] = set()
+        order: list[CID] = []
+        stack = [root]
+        while stack and len(order) < limit:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if cid.codec == RAW:  # a leaf links nowhere: whether it is here is all there is to know
+                if self.store.blocks.has(cid):
+                    order.append(cid)
+                continue
+            try:
+                data = self.store.blocks.get(cid)
+            except CasError:
+                continue
+            order.append(cid)
+            try:
+                stack.extend(links_of(cid, data))
+            except CasError:
+                pass
+        return order
+
+    # -- integrity: quarantine, healing, scrub ----------------------------------
+
+    def mark_verified(self, cid: CID) -> None:
+        """``cid``'s stored copy was read and verified just now."""
+        self._verified[cid] = trio.current_time()
+        self._verified.move_to_end(cid)
+        while len(self._verified) > MAX_VERIFIED_MEMORY:
+            self._verified.popitem(last=False)
+
+    def recently_verified(self, cid: CID) -> bool:
+        """Whether ``cid`` was verified within the scrub period."""
+        when = self._verified.get(cid)
+        return when is not None and trio.current_time() - when < self.config.scrub_period
+
+    async def quarantine(self, damage: CorruptBlockError) -> None:
+        """Take a stored block that failed verification out of service
+        (durably) and log it, once, with where it lay."""
+        assert self.store is not None
+        store = self.store
+
+        def take_out() -> bool:
+            new = store.quarantine.add(damage)
+            store.blocks.barrier()
+            return new
+
+        self._verified.pop(damage.cid, None)  # type: ignore[call-overload]
+        if await self.in_store_thread(take_out):
+            self.integrity.quarantined += 1
+            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
+                      "a good copy is fetched from the network")
+
+    async def heal(self, cid: CID) -> bytes:
+        """A good copy of quarantined ``cid``, fetched from the network and
+        kept as the bad one was (own or held). Raises BlockNotFoundError if
+        no node has one (the block stays quarantined)."""
+        assert self.store is not None
+        pending = self._healing.get(cid)
+        if pending is not None:  # another reader is healing it: its copy will do
+            await pending.wait()
+            return bytes(await self.in_store_thread(self.store.blocks.get, cid))
+        self._healing[cid] = trio.Event()
+        try:
+            try:
+                block = await self._from_network(cid)
+            except BlockNotFoundError:
+                self.integrity.unrecoverable += 1
+                raise BlockNotFoundError(
+                    cid, "the repository (its copy failed verification and is quarantined) nor on any node") from None
+            data = block.data
+            if await self.in_store_thread(self.store.quarantine.restore, block):
+                self.integrity.restored += 1
+                self._log(f"block {cid} restored from the network")
+            self.mark_verified(cid)
+            return data
+        finally:
+            self._healing.pop(cid).set()
+
+    async def _from_network(self, cid: CID) -> Block:
+        """A copy of ``cid`` from another node (FIND_BLOCK), verified here
+        again; BlockNotFoundError if no node answers with one."""
+        online = self.replicator is not None and self.dht is not None and len(self.dht.table)
+        data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
+        if data is None:
+            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
+        return Block(cid, data)  # verified again: nothing unverified is kept
+
+    def heal_soon(self, cid: CID) -> None:
+        """Heal ``cid`` in the background (a damage found while serving a peer)."""
+        if self._nursery is not None and cid not in self._healing:
+            self._nursery.start_soon(self._heal_quietly, cid)
+
+    async def _heal_quietly(self, cid: CID) -> None:
+        try:
+            await self.heal(cid)
+        except CasError as exc:
+            self._log(f"block {cid} stays quarantined: {exc}")
+
+    async def verify(self, *, repair: bool = False) -> VerifyReport:
+        """``cas repo verify``; with ``repair``, damaged blocks are
+        quarantined and every quarantined or missing block that the
+        network has is fetched back (own, or held as it was), round after
+        round while that finds more (a missing node's children are seen
+        once it is back), then everything is verified again."""
+        assert self.store is not None
+        store = self.store
+        report = await self.in_store_thread(lambda: store.verify(repair=repair))
+        if not repair:
+            return report
+        for damage in report.corrupt:
+            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined")
+        self.integrity.quarantined += len(report.corrupt)
+        repaired = 0
+        tried: set[CID] = set()
+        while True:
+            wanted = [q.cid for q in await self.in_store_thread(store.quarantine.list)]
+            wanted += [parse_cid(p.cid) for p in report.problems if p.what.startswith("missing")]
+            wanted = [cid for cid in dict.fromkeys(wanted) if cid not in tried]
+            if not wanted:
+                break
+            tried.update(wanted)
+            for cid in wanted:
+                try:
+                    await self._fetch_back(cid)
+                    repaired += 1
+                except CasError as exc:
+                    self._log(f"verify --repair: {exc}")
+            report = await self.in_store_thread(store.verify)
+        report.repaired = repaired
+        return report
+
+    async def _fetch_back(self, cid: CID) -> None:
+        """A quarantined or missing block, from the network, kept as own (or
+        held, for a quarantined held block)."""
+        assert self.store is not None
+        store = self.store
+        if await self.in_store_thread(store.quarantine.is_quarantined, cid):
+            await self.heal(cid)
+            return
+        block = await self._from_network(cid)
+
+        def keep() -> None:
+            store.blocks.put(block)
+            store.blocks.barrier()
+
+        await self.in_store_thread(keep)
+        self._log(f"block {cid} was missing; fetched from the network")
+
+    async def _scrub_loop(self) -> None:
+        """Re-verify every stored block, at the configured rate, once per
+        period (cas/scrub.py); what fails is quarantined and healed."""
+        assert self.store is not None
+        store = self.store
+        pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
+        # Not in the first minute: a node starting (a mount, a daemon after a
+        # reboot) has its own reading to do first.
+        await trio.sleep(min(SCRUB_FIRST_DELAY, self.config.scrub_period))
+        while True:
+            pace.start_pass(trio.current_time())
+            after: CID | None = None
+            while page := await self.in_store_thread(store.blocks.page, after, SCRUB_PAGE):
+                after = page[-1][0]
+                # Blocks a reader or HAVE verified within the period are not
+                # read again; the rest are paced, then read and verified
+                # together, in one trip to the store thread per page.
+                due = [(cid, size) for cid, size in page if not self.recently_verified(cid)]
+                for _cid, size in due:
+                    while (wait := pace.wait_before(size, trio.current_time())) > 0:
+                        await trio.sleep(wait)
+                if not due:
+                    continue
+                good, damaged = await self.in_store_thread(_verify_stored, store, [cid for cid, _ in due])
+                for cid in good:
+                    self.mark_verified(cid)
+                for damage in damaged:
+                    await self.quarantine(damage)
+                    self.heal_soon(damage.cid)
+                self.integrity.scrubbed_bytes += sum(size for _, size in due)
+            self.integrity.scrub_passes += 1
+            rest, overran = pace.end_pass(trio.current_time())
+            if overran:
+                self._log(f"scrub: a pass took longer than the period ({self.config.scrub_period:g} s); "
+                          "raise --scrub-rate or --scrub-period")
+            await trio.sleep(rest)
+
+    def apply_changes(self, changes: list[Change]) -> list[object]:
+        """Apply namespace changes in turn, each committed as its own
+        version, all made durable by one barrier at the end (store thread).
+        For each, the root it committed or the exception that refused it."""
+        assert self.store is not None and self.namespace is not None
+        outcomes: list[object] = []
+        with self.store.grouped_roots():
+            for change in changes:
+                try:
+                    outcomes.append(self.namespace.apply(change))
+                except Exception as exc:
+                    outcomes.append(exc)
+        return outcomes
+
+    # -- helpers for the op handlers ------------------------------------------
+
+    async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in a worker thread, one at a time: writes fsync,
+        and the metadata database is not for concurrent use."""
+        async with self._store_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+
+class _StoreThreadBlocks:
+    """The node's store as the DHT driver reads it (``has``/``get``), every
+    call in the store thread like the control ops."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def has(self, cid: CID) -> bool:
+        assert self._node.store is not None
+        return bool(await self._node.in_store_thread(self._node.store.blocks.has, cid))
+
+    async def get(self, cid: CID) -> bytes:
+        """A verified copy, for a peer (FIND_BLOCK) or the repair round; a
+        stored copy that fails verification is quarantined, healed in the
+        background, and reported as not here."""
+        node = self._node
+        assert node.store is not None
+        try:
+            data = bytes(await node.in_store_thread(node.store.blocks.get, cid))
+        except CorruptBlockError as damage:
+            await node.quarantine(damage)
+            node.heal_soon(cid)
+            raise BlockNotFoundError(cid) from None
+        node.mark_verified(cid)
+        return data
+
+    async def have(self, cids: Sequence[CID]) -> list[bool]:
+        """HAVE: for each CID, whether a copy here verified within the scrub
+        period; one not checked that recently is read and hashed now, and a
+        bad one quarantined (and healed in the background). A block held
+        for the network whose lease ran out is not claimed: nobody wants
+        it kept, and gc will take it."""
+        node = self._node
+        assert node.store is not None
+        store = node.store
+        recheck = {cid for cid in cids if not node.recently_verified(cid)}
+
+        def check() -> tuple[list[bool], list[CID], list[CorruptBlockError]]:
+            present: list[bool] = []
+            read: list[CID] = []
+            bad: list[CorruptBlockError] = []
+            budget = HAVE_VERIFY_BYTES
+            expired = store.held.expired_among(cids)
+            for cid in cids:
+                ok = store.blocks.has(cid) and cid not in expired
+                if ok and cid in recheck:
+                    if budget <= 0:
+                        # Not verified in time for this answer, so not
+                        # claimed: the asker sends a copy (kept as it is)
+                        # or asks again, by when the scrub or a later HAVE
+                        # has verified more.
+                        present.append(False)
+                        continue
+                    try:
+                        budget -= len(store.blocks.get(cid))
+                        read.append(cid)
+                    except CorruptBlockError as damage:
+                        bad.append(damage)
+                        ok = False
+                    except CasError:
+                        ok = False
+                present.append(ok)
+            return present, read, bad
+
+        present, read, bad = await node.in_store_thread(check)
+        for cid in read:
+            node.mark_verified(cid)
+        for damage in bad:
+            await node.quarantine(damage)
+            node.heal_soon(damage.cid)
+        return present
+
+    async def leases(self) -> dict[CID, float]:
+        assert self._node.store is not None
+        return dict(await self._node.in_store_thread(self._node.store.held.leases))
+
+    async def renew(self, cids: Sequence[CID], seconds: int) -> None:
+        """A HAVE with a lease: keep those held here that much longer."""
+        store = self._node.store
+        assert store is not None
+
+        def renew() -> None:
+            store.held.renew(cids, seconds)
+            store.blocks.barrier()
+
+        await self._node.in_store_thread(renew)
+
+    async def all_blocks(self) -> list[CID]:
+        store = self._node.store
+        assert store is not None
+        return list(await self._node.in_store_thread(lambda: list(store.blocks.iterate())))
+
+    async def drop(self, cids: list[CID]) -> list[CID]:
+        assert self._node.store is not None
+        return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
+
+    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
+        assert self._node.store is not None
+        return dict(await self._node.in_store_thread(self._node.store.blocks.sizes, cids))
+
+    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
+                        leases: Sequence[int] = ()) -> list[object]:
+        """Blocks a peer (``sender``) placed here (verified), each for its
+        lease in seconds (none: the network's): held for the network, within
+        the quota, the sender's share and the disk reserve, durable on
+        return (group-committed with the others arriving at the same time);
+        per block, True/False or the quota error that refused it."""
+        assert self._node.group_commit is not None
+        return await self._node.group_commit.keep_many(
+            [Placed(block, sender, leases[i] if leases else None) for i, block in enumerate(blocks)])
+
+
+def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[CorruptBlockError]]:
+    """Read and verify each of ``cids`` (store thread): those that verified,
+    and the damage of those that did not. Blocks gone meanwhile (gc) or
+    unreadable for another reason are in neither: the next pass sees them."""
+    good: list[CID] = []
+    damaged: list[CorruptBlockError] = []
+    for cid in cids:
+        try:
+            store.blocks.get(cid)
+        except CorruptBlockError as damage:
+            damaged.append(damage)
+        except CasError:
+            continue
+        else:
+            good.append(cid)
+    return good, damaged
+
+
+def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None]) -> None:
+    """Run a node in this process until SIGTERM or SIGINT, then shut down
+    cleanly. ``on_ready`` is called once it listens and has bootstrapped.
+    A :class:`CasError` from the node (bootstrap failed, repository in use)
+    is raised as itself, not inside an exception group."""
+
+    async def main() -> None:
+        node = Node(config)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for _ in signals:
+                        node.stop()
+                        return
+
+                async def run_node() -> None:
+                    try:
+                        # Not nursery.start(): a stop before ready (SIGTERM
+                        # during bootstrap) is a clean exit, not an error.
+                        await node.run(task_status=_Ready(on_ready))
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                nursery.start_soon(run_node)
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        raise first_cas_error(group) or group from None
+
+
+@dataclass
+class _Ready:
+    """A ``task_status`` that reports readiness to a callback."""
+
+    callback: Callable[[NodeAddress], None]
+
+    def started(self, value: NodeAddress) -> None:
+        self.callback(value)
+
+
+def first_cas_error(error: BaseException) -> CasError | None:
+    """The first CasError inside (possibly nested) exception groups."""
+    if isinstance(error, CasError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = first_cas_error(inner)
+            if found is not None:
+                return found
+    return None
