@@ -233,28 +233,16 @@ def quiesce(pids: list[int], timeout: float = 60.0) -> float:
 def handshake_costs(rounds: int = 300) -> tuple[float, float]:
     """Seconds for one complete handshake (both ends, in this process),
     without and with a network key, timed alternately."""
+    from psk import handshake_in_process
+
     from cas.net.identity import Identity
     from cas.net.network_key import NetworkKey
-    from cas.net.noise import Handshake, Role
 
     alice, bob, key = Identity.generate(), Identity.generate(), NetworkKey.generate()
-
-    def one(network_key: NetworkKey | None) -> None:
-        ends = [Handshake(alice, Role.INITIATOR, network_key=network_key),
-                Handshake(bob, Role.RESPONDER, network_key=network_key)]
-        turn = 0
-        while not ends[1].complete:
-            ends[1 - turn].receive_message(ends[turn].next_message())
-            turn = 1 - turn
-        ends[0].transport()
-        ends[1].transport()
-
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(rounds):
         for private in (False, True):
-            start = time.perf_counter()
-            one(key if private else None)
-            times[private].append(time.perf_counter() - start)
+            times[private].append(handshake_in_process(key if private else None, alice, bob))
     return statistics.median(times[False]), statistics.median(times[True])
 
 
