@@ -22,12 +22,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from .cid import CID
+from .cid import CID, MAX_BLOCK_SIZE
 from .errors import BlockNotFoundError, InvalidBlockError
-
-MAX_BLOCK_SIZE = 1 << 20
-"""Largest block cas creates or accepts (1 MiB, DESIGN.md: max chunk and max
-tree node). Anything larger from outside is refused before it is hashed."""
 
 
 class _BlockFields(NamedTuple):

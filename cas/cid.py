@@ -33,6 +33,12 @@ DAG_CBOR = 0x71
 CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
 
 BLAKE3 = 0x1E
+MAX_BLOCK_SIZE = 1 << 20
+"""Largest block cas creates or accepts (1 MiB, DESIGN.md: max chunk and max
+tree node). Anything larger from outside is refused before it is hashed.
+Here, with the other format limits, so that the codecs, the blocks and the
+wire all take it from the bottom layer."""
+
 DIGEST_SIZE = 32
 
 # Varints in a CID are at most 9 bytes (multiformats unsigned-varint spec);

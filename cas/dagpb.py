@@ -28,7 +28,7 @@ must be exactly what the encoder would write for the decoded value. Unknown
 fields, wrong wire types, fields out of order, a singular field twice, a
 link without a Hash, a Hash that is not a cas CID, invalid UTF-8 in a Name,
 non-minimal or truncated varints, lengths past the end and input over
-``cas.blocks.MAX_BLOCK_SIZE`` all raise :class:`InvalidBlockError` saying
+``cas.cid.MAX_BLOCK_SIZE`` all raise :class:`InvalidBlockError` saying
 what is wrong. UnixFS ``mtime`` (field 8) is not part of cas files and is
 refused like any other unknown field.
 
@@ -41,8 +41,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .blocks import MAX_BLOCK_SIZE
-from .cid import CID, encode_varint
+from .cid import CID, MAX_BLOCK_SIZE, encode_varint
 from .errors import InvalidBlockError, InvalidCIDError
 
 # protobuf wire types

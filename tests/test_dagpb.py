@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas.blocks import MAX_BLOCK_SIZE
-from cas.cid import CID, DAG_CBOR, DAG_PB, RAW
+from cas.cid import CID, DAG_CBOR, DAG_PB, MAX_BLOCK_SIZE, RAW
 from cas.dagpb import (
     TYPE_DIRECTORY,
     TYPE_FILE,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .. import dagcbor
-from ..cid import CID
+from ..cid import CID, MAX_BLOCK_SIZE
 from ..dagcbor import encode_head
 from ..errors import CasError, InvalidBlockError
 
@@ -55,9 +55,8 @@ PROTOCOL_VERSION = 2
 ``lease``)."""
 # DESIGN.md, "Wire protocol": every CBOR message is at most 2 MiB.
 MAX_MESSAGE_SIZE = 2 * 1024 * 1024
-# DESIGN.md: chunks are at most 1 MiB and so are tree nodes; a block that
-# big plus its envelope fits well inside one message.
-MAX_BLOCK_SIZE = 1024 * 1024
+# DESIGN.md: chunks are at most 1 MiB and so are tree nodes (cas.cid's
+# MAX_BLOCK_SIZE); a block that big plus its envelope fits in one message.
 # Kademlia's k (DESIGN.md: k = 20); no answer needs more peers than a bucket.
 MAX_PEERS = 20
 # HAVE batches presence checks for repair; 1024 CIDs is ~40 KiB on the wire.
