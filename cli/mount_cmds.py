@@ -34,6 +34,11 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount (the kernel still checks each file's permissions); "
+                   "a user other than root needs 'user_allow_other' in /etc/fuse.conf")
+    p.add_argument("-o", dest="options", metavar="OPTION[,OPTION...]", action="append", default=[],
+                   help="more FUSE mount options, e.g. -o allow_other (more than once, or comma-separated)")
     p.set_defaults(run=cmd_mount)
 
     p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)")
@@ -50,6 +55,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
         MIN_REFRESH,
         MountConfig,
         check_mountpoint,
+        fuse_options,
         run_mount,
         start_background,
     )
@@ -69,8 +75,10 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     name = parse_public_key(args.name) if args.name is not None else None
     mountpoint = check_mountpoint(Path(args.mountpoint))
     repo = repo_path(args).expanduser().absolute()
+    options = tuple(option.strip() for given in args.options for option in given.split(","))
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
-                         name, refresh, args.wait)
+                         name, refresh, args.wait, args.allow_other, options)
+    fuse_options(config, args.ro)  # a refused option or allow_other is said here, before anything starts
 
     def ready() -> None:
         doc = {"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro}

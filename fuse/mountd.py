@@ -79,6 +79,51 @@ class MountConfig:
     """Seconds between re-resolutions of ``name``."""
     wait: float = 0.0
     """Seconds to wait for the repository while another process uses it."""
+    allow_other: bool = False
+    """Let other users use the mount (FUSE's ``allow_other``; permissions are
+    still checked by the kernel, ``default_permissions``)."""
+    options: tuple[str, ...] = ()
+    """More FUSE mount options (``cas mount -o``)."""
+
+
+FUSE_CONF = Path("/etc/fuse.conf")
+
+REFUSED_OPTIONS = frozenset({"allow_root"})
+"""Options ``-o`` may not set: ``allow_root`` conflicts with ``allow_other``
+and would let root alone in, which ``--allow-other`` does better."""
+
+
+def fuse_options(config: MountConfig, read_only: bool, *, uid: int | None = None,
+                 fuse_conf: Path = FUSE_CONF) -> set[str]:
+    """The options the mount is made with: the kernel checks permissions
+    (``default_permissions``, always), the file system's name, ``ro``,
+    ``allow_other`` if asked, and ``-o``'s. Raises :class:`MountError` for an
+    option the user may not set, and for ``allow_other`` by a user other
+    than root when ``/etc/fuse.conf`` does not say ``user_allow_other``
+    (fusermount3 would refuse it with a less helpful message)."""
+    options = {"default_permissions", f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    if read_only:
+        options.add("ro")
+    for option in config.options:
+        if not option or "," in option or option.split("=", 1)[0] in REFUSED_OPTIONS:
+            raise MountError(f"-o {option!r}: not an option cas mount passes on (one option each, "
+                             f"not {', '.join(sorted(REFUSED_OPTIONS))})")
+        options.add(option)
+    if config.allow_other or "allow_other" in options:
+        options.add("allow_other")
+        uid = os.getuid() if uid is None else uid
+        if uid != 0 and not _user_allow_other(fuse_conf):
+            raise MountError(f"--allow-other needs 'user_allow_other' in {fuse_conf} for a user other than "
+                             "root (add that line as root), or mount as root")
+    return options
+
+
+def _user_allow_other(fuse_conf: Path) -> bool:
+    try:
+        text = fuse_conf.read_text()
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in text.splitlines())
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -170,9 +215,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                 )
             else:
                 node, link, ops = await _published(config, nursery)
-            options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
-            if ops.read_only:
-                options.add("ro")
+            options = fuse_options(config, ops.read_only)
             try:
                 pyfuse3.init(ops, str(config.mountpoint), options)
             except RuntimeError as exc:
@@ -281,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="64 hex digits: a published namespace")
     p.add_argument("--refresh", type=float, default=DEFAULT_REFRESH)
     p.add_argument("--wait", type=float, default=0.0)
+    p.add_argument("--allow-other", action="store_true")
+    p.add_argument("-o", dest="options", action="append", default=[])
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
     ready_fd: int | None = args.ready_fd
@@ -297,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = bytes.fromhex(args.name) if args.name else None
     config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes, name, args.refresh,
-                         args.wait)
+                         args.wait, args.allow_other, tuple(args.options))
     try:
         run_mount(config, lambda: report("ok"))
     except CasError as exc:
@@ -333,6 +378,10 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
         argv += ["--name", config.name.hex(), "--refresh", repr(config.refresh)]
     if config.wait:
         argv += ["--wait", repr(config.wait)]
+    if config.allow_other:
+        argv.append("--allow-other")
+    for option in config.options:
+        argv += ["-o", option]
     from ..control import connect
     from ..store import LocalStore
 
