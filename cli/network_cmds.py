@@ -11,6 +11,8 @@ key does on the wire.
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="where to write the key (default: <repo>/keys/network.key)")
     i.add_argument("--replicas", type=_replicas, default=None, metavar="R",
                    help="copies of every block the network keeps (default 3)")
-    i.add_argument("--repair-interval", type=_whole_seconds, default=None, metavar="DURATION",
+    i.add_argument("--repair-interval", type=_setting_seconds("repair_interval"), default=None, metavar="DURATION",
                    help="how often every node checks and repairs its blocks' copies, e.g. 10m (default 600 s)")
-    i.add_argument("--lease", type=_whole_seconds, default=None, metavar="DURATION",
+    i.add_argument("--lease", type=_setting_seconds("lease"), default=None, metavar="DURATION",
                    help="how long blocks held for others are kept unless renewed, e.g. 7d (default 30d)")
     i.add_argument("--id-difficulty", type=_bits, default=None, metavar="BITS",
                    help="work a node ID must show to be let in (default 12)")
@@ -65,11 +67,19 @@ def cmd_network_init(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _whole_seconds(text: str) -> int:
-    """A duration (``90``, ``15m``, ``7d``) as whole seconds, as key files keep them."""
-    import math
+def _setting_seconds(name: str) -> Callable[[str], int]:
+    """A parser of the network setting ``name``, a duration (``90``, ``15m``,
+    ``7d``) as the whole seconds key files keep, within its limits."""
+    def parse(text: str) -> int:
+        from cas.net.network_key import NetworkSettings
 
-    return math.ceil(_seconds(text))
+        value = math.ceil(_seconds(text))
+        _, low, high = NetworkSettings.LIMITS[name]
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} s to {high // 86400}d")
+        return value
+
+    return parse
 
 
 def _repository(args: argparse.Namespace) -> Path:

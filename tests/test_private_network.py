@@ -88,6 +88,20 @@ def test_network_init_out_writes_a_file_to_copy_and_refuses_an_existing_one(tmp_
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("flag, value, complaint", [
+    ("--lease", "4000d", "argument --lease: must be from 1 s to 3650d"),
+    ("--repair-interval", "0", "argument --repair-interval: must be more than 0"),
+    ("--replicas", "21", "argument --replicas: must be from 1 to 20 (k)"),
+])
+def test_a_network_setting_out_of_its_range_is_one_usage_error_and_no_key(
+        tmp_path: Path, flag: str, value: str, complaint: str) -> None:
+    out = tmp_path / "network.key"
+    result = run_cas("network", "init", "--out", str(out), flag, value, check=False)
+    assert result.returncode == 2
+    assert stderr_lines(result)[-1] == f"cas network init: error: {complaint}"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("problem", ["missing", "damaged", "readable-by-others"])
 def test_a_daemon_with_an_unusable_key_file_says_why_in_one_line_and_exits_1(
         tmp_path: Path, problem: str) -> None:
