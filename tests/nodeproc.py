@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cas.cid import CID
 from cas.control import ControlClient, socket_path
@@ -138,6 +139,13 @@ class Daemons:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def replication_stats(daemon: Daemon, timeout: float = 30) -> dict[str, Any]:
+    """The daemon's ``replication_stats``, with a patient client (a daemon
+    busy repairing may take longer than the CLI's 2 s connect check)."""
+    with ControlClient(socket_path(daemon.repo), timeout=timeout) as client:
+        return dict(client.call("replication_stats"))
 
 
 def has(daemon: Daemon, cid: CID) -> bool:

@@ -37,7 +37,7 @@ from cas.cid import CID, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, dag_of, start_network
+from tests.nodeproc import Daemon, Daemons, dag_of, replication_stats, start_network
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -138,10 +138,7 @@ def test_half_of_forty_nodes_killed_at_once_every_file_reads_back_after_repair(
     for n, (root, data) in enumerate(files.items()):
         assert run_cas("cat", str(root), repo=readers[n % len(readers)].repo, timeout=60).stdout == data, root
 
-    stats = []
-    for daemon in live:
-        with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-            stats.append(dict(client.call("replication_stats")))
+    stats = [replication_stats(daemon) for daemon in live]
     assert any(s["repair_rounds_after_loss"] >= 1 for s in stats)  # started by the deaths, not a timer
     print(f"\n{len(blocks)} blocks, {lost_copies} copies killed; started and added in {killed - started:.1f} s, "
           f"repaired in {repaired - killed:.1f} s ({sum(s['repair_stores'] for s in stats)} copies, "

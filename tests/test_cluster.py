@@ -29,7 +29,7 @@ from cas.dht.routing import Contact
 from cas.net import messages as msg
 from cas.node import Node, NodeConfig, control_ops
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
+from tests.nodeproc import Daemon, Daemons, dag_of, has, replication_stats, wait_until
 from tests.test_dht_driver import network
 
 pytestmark = pytest.mark.timeout(240)
@@ -41,13 +41,6 @@ REPAIR = ["--repair-interval", "3"]
 def daemons() -> Iterator[Daemons]:
     with Daemons() as d:
         yield d
-
-
-def replication_stats(daemon: Daemon) -> dict:
-    """``replication_stats`` with a patient client (a daemon busy repairing
-    may take longer than the CLI's 2 s connect check)."""
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-        return dict(client.call("replication_stats"))
 
 
 def cas_json(daemon: Daemon, *args: str, timeout: float = 60) -> object:

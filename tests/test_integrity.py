@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from cas.cid import CID, RAW, parse_cid
-from cas.control import ControlClient, socket_path
 from tests import nodeproc
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
+from tests.nodeproc import Daemon, Daemons, dag_of, has, replication_stats, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -83,11 +82,6 @@ def busiest(nodes: list[Daemon], blocks: list[CID]) -> Daemon:
     return max(nodes, key=lambda d: sum(has(d, c) for c in blocks))
 
 
-def stats(daemon: Daemon) -> dict:
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-        return dict(client.call("replication_stats"))
-
-
 def quarantine_lines(daemon: Daemon) -> list[str]:
     return re.findall(r"block (\S+) failed verification in ([^;]+); quarantined", daemon.stderr())
 
@@ -113,7 +107,7 @@ def test_a_holders_own_read_heals_its_damaged_copies_from_the_network(tmp_path: 
         "closest"] if entry["id"] == holder.node_id] == [True]  # a good copy again
     assert all(".pack at offset" in place or "database" in place for _, place in logged)
     run_cas("repo", "verify", repo=holder.repo)  # every copy it keeps is good again
-    assert stats(holder)["restored"] == len(bad) and stats(holder)["in_quarantine"] == 0
+    assert replication_stats(holder)["restored"] == len(bad) and replication_stats(holder)["in_quarantine"] == 0
 
 
 def test_damaged_copies_are_replaced_before_two_holders_die_and_nothing_is_lost(
@@ -129,7 +123,7 @@ def test_damaged_copies_are_replaced_before_two_holders_die_and_nothing_is_lost(
     # HAVE, FIND_BLOCK and the scrub find the damage; the holder quarantines
     # each bad copy (it no longer claims it) and fetches a good one.
     def healed() -> bool:
-        s = stats(holder)
+        s = replication_stats(holder)
         return s["quarantined"] >= len(bad) and s["in_quarantine"] == 0
     wait_until(healed, timeout=120, what="the holder to quarantine and restore every damaged copy", interval=0.5)
     run_cas("repo", "verify", repo=holder.repo)

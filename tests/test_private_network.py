@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from cas.control import ControlClient, socket_path
 from cas.dht.driver import PeerRefusedError
 from cas.net.network_key import NetworkKey
 from cas.net.noise import KEY_DIFFERS, PEER_HAS_NO_KEY, WE_HAVE_NO_KEY
 from cas.node import TABLE_PATH, load_table
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, has, wait_until
+from tests.nodeproc import Daemon, Daemons, has, replication_stats, wait_until
 from tests.test_dht_driver import network
 
 pytestmark = pytest.mark.timeout(240)
@@ -251,11 +250,6 @@ def test_a_networks_settings_come_with_its_key_and_a_node_with_other_settings_is
     assert stderr_lines(result) == [
         f"cas daemon: error: --replicas 3 differs from the network's 2, set in its key {shared}; "
         "every node of a network uses its key's settings (leave --replicas out)"]
-
-
-def replication_stats(daemon: Daemon) -> dict:
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-        return dict(client.call("replication_stats"))
 
 
 def test_refusals_are_counted_per_address_and_told_the_1st_10th_100th_time() -> None:

@@ -27,7 +27,7 @@ from cas.cid import CID, RAW, parse_cid
 from cas.control import ControlClient, socket_path
 from cas.dht.ids import key_for_digest
 from tests.conftest import pseudo_random, run_cas
-from tests.nodeproc import Daemon, Daemons, dag_of, has, wait_until
+from tests.nodeproc import Daemon, Daemons, dag_of, has, replication_stats, wait_until
 
 R = 3
 NODES = 7
@@ -98,7 +98,7 @@ def test_an_added_file_is_on_the_r_closest_nodes_survives_its_adder_and_is_repai
     out = run_cas("cat", str(root), repo=reader.repo, timeout=60).stdout
     assert out == data
     if len(missing) >= 2 or (missing and root_missing):
-        assert _stats(reader)["read_ahead"] >= 1  # leaves were fetched ahead of the reader
+        assert replication_stats(reader, timeout=10)["read_ahead"] >= 1  # leaves were fetched ahead of the reader
 
     # Repair: every block is back on the R closest live nodes, and the
     # reader's cached copies go once they are safe (unless it is responsible).
@@ -134,7 +134,7 @@ def test_a_full_node_refuses_and_the_next_closest_takes_the_copy_then_repair_rep
     # The full node refused: the next closest took its place.
     window = closest(cid, [d for d in nodes if d is not full])
     assert holders(cid, nodes) == {d.node_id for d in window} | {adder.node_id}
-    assert _stats(full)["held_bytes"] == 0
+    assert replication_stats(full, timeout=10)["held_bytes"] == 0
 
     victim = next(d for d in window if d is not adder)
     daemons.stop(victim, signal.SIGKILL)
@@ -157,11 +157,6 @@ def test_with_fewer_than_r_nodes_the_add_says_so_and_placement_completes_when_no
                interval=0.5)
 
 
-def _stats(daemon: Daemon) -> dict:
-    with ControlClient(socket_path(daemon.repo), timeout=10) as client:
-        return dict(client.call("replication_stats"))
-
-
 def test_repair_starts_when_a_holder_dies_not_on_the_timer(tmp_path: Path, daemons: Daemons) -> None:
     nodes = start_network(tmp_path, daemons, extra={i: ["--repair-interval", "3600"] for i in range(NODES)})
     adder = nodes[0]
@@ -178,7 +173,7 @@ def test_repair_starts_when_a_holder_dies_not_on_the_timer(tmp_path: Path, daemo
         return all({d.node_id for d in closest(cid, live)} <= holders(cid, live) for cid in blocks)
 
     wait_until(repaired, timeout=60, what="R copies again after a holder was found dead", interval=0.5)
-    assert any(_stats(d)["repair_rounds_after_loss"] >= 1 for d in live)
+    assert any(replication_stats(d, timeout=10)["repair_rounds_after_loss"] >= 1 for d in live)
 
 
 def _cas_json(daemon: Daemon, *args: str) -> Any:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cas.control import ControlClient, socket_path
 from tests.conftest import pseudo_random, run_cas, tmpfs
-from tests.nodeproc import Daemon, Daemons, wait_until
+from tests.nodeproc import Daemon, Daemons, replication_stats, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -70,11 +69,6 @@ def test_blocks_for_others_never_take_the_disk_reserve_and_the_owner_can_still_a
 LEASE = ["--lease", "3s"]
 
 
-def stats(daemon: Daemon) -> dict:
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
-        return dict(client.call("replication_stats"))
-
-
 def gc(daemon: Daemon) -> dict:
     return dict(json.loads(run_cas("gc", "--json", repo=daemon.repo).stdout))
 
@@ -84,7 +78,7 @@ def reclaimed(daemon: Daemon, freed: list[dict] | None = None) -> bool:
     report = gc(daemon)
     if freed is not None:
         freed.append(report)
-    return stats(daemon)["held_bytes"] == 0
+    return replication_stats(daemon)["held_bytes"] == 0
 
 
 def test_a_rogues_blocks_are_reclaimed_once_their_lease_runs_out(tmp_path: Path, daemons: Daemons) -> None:
@@ -107,13 +101,13 @@ def test_an_owner_renews_its_blocks_leases_and_once_it_stops_they_expire_everywh
     holders = [daemons.start(tmp_path / f"holder{i}", bootstrap=[owner.address], extra=fast) for i in range(3)]
     data = pseudo_random(2 * MiB, "a file its owner keeps")
     cid = run_cas("add", "-q", "-", repo=owner.repo, input=data, timeout=120).stdout.decode().strip()
-    wait_until(lambda: sum(stats(h)["held_bytes"] for h in holders) >= 2 * 2 * MiB, 30, "two more copies")
+    wait_until(lambda: sum(replication_stats(h)["held_bytes"] for h in holders) >= 2 * 2 * MiB, 30, "two more copies")
     # Three leases later, renewed every repair round, the copies are still leased: gc keeps them.
-    rounds = stats(owner)["repair_rounds"]
-    wait_until(lambda: stats(owner)["repair_rounds"] >= rounds + 9, 60, "nine of the owner's repair rounds")
+    rounds = replication_stats(owner)["repair_rounds"]
+    wait_until(lambda: replication_stats(owner)["repair_rounds"] >= rounds + 9, 60, "nine of the owner's repair rounds")
     for h in holders:
         assert gc(h)["expired_freed"] == 0
-    assert sum(stats(h)["held_bytes"] for h in holders) >= 2 * 2 * MiB
+    assert sum(replication_stats(h)["held_bytes"] for h in holders) >= 2 * 2 * MiB
     assert run_cas("cat", cid, repo=holders[0].repo).stdout == data
     daemons.stop(owner)
     # Nobody renews them now. The holders repair the copies the owner took
