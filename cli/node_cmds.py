@@ -135,13 +135,15 @@ def _rate(text: str) -> float:
     return value
 
 
-_MAX_LEASE_DAYS = 3650
-
-
 def _lease(text: str) -> float:
+    """A lease for ``cas daemon --lease``, within the bound a network key's
+    lease has (one bound, declared in ``NetworkSettings.LIMITS``)."""
+    from cas.net.network_key import NetworkSettings
+
     value = _seconds(text)
-    if value > _MAX_LEASE_DAYS * 86400:
-        raise argparse.ArgumentTypeError(f"must be at most {_MAX_LEASE_DAYS}d")
+    most = NetworkSettings.LIMITS["lease"][2]
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most // 86400}d")
     return value
 
 

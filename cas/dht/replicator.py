@@ -30,7 +30,7 @@ import trio
 from ..cid import CID
 from ..errors import CasError
 from ..net.messages import MAX_LEASE
-from ..store._held import DEFAULT_LEASE
+from ..store import DEFAULT_LEASE
 from .driver import DhtDriver
 from .holders import HolderIndex
 from .ids import key_for_digest
