@@ -189,50 +189,32 @@ def _client(args: argparse.Namespace) -> control.ControlClient:
     return client
 
 
+_DAEMON_FLAGS = (
+    "handshake_timeout", "idle_timeout", "frame_timeout", "frame_memory", "max_connections",
+    "max_connections_per_address", "handshake_rate_per_address", "replicas", "quota", "peer_quota",
+    "disk_reserve", "repair_interval", "lease", "id_difficulty", "scrub_rate", "scrub_period",
+)
+"""``cas daemon``'s flags that set the :class:`~cas.node.NodeConfig` field of
+the same name."""
+
+
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, run_daemon
 
     host, port = args.listen or ("0.0.0.0", DEFAULT_PORT)
     config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
                         bootstrap=list(args.bootstrap))
-    if args.handshake_timeout is not None:
-        config.handshake_timeout = args.handshake_timeout
-    if args.idle_timeout is not None:
-        config.idle_timeout = args.idle_timeout
-    if args.frame_timeout is not None:
-        config.frame_timeout = args.frame_timeout
     if args.frame_memory is not None:
         from cas.net.framing import MAX_FRAME_SIZE
 
         if args.frame_memory < MAX_FRAME_SIZE:
             raise InvalidInputError("--frame-memory must hold at least one 2 MiB message and its framing: 3M or more")
-        config.frame_memory = args.frame_memory
-    if args.max_connections is not None:
-        config.max_connections = args.max_connections
-    if args.max_connections_per_address is not None:
-        config.max_connections_per_address = args.max_connections_per_address
-    if args.handshake_rate_per_address is not None:
-        config.handshake_rate_per_address = args.handshake_rate_per_address
-    if args.replicas is not None:
-        config.replicas = args.replicas
-    if args.quota is not None:
-        config.quota = args.quota
-    if args.peer_quota is not None:
-        config.peer_quota = args.peer_quota
-    if args.disk_reserve is not None:
-        config.disk_reserve = args.disk_reserve
-    if args.repair_interval is not None:
-        config.repair_interval = args.repair_interval
-    if args.lease is not None:
-        config.lease = args.lease
-    if args.id_difficulty is not None:
-        config.id_difficulty = args.id_difficulty
-    if args.scrub_rate is not None:
-        if args.scrub_rate <= 0:
-            raise InvalidInputError("--scrub-rate must be more than 0")
-        config.scrub_rate = args.scrub_rate
-    if args.scrub_period is not None:
-        config.scrub_period = args.scrub_period
+    if args.scrub_rate is not None and args.scrub_rate <= 0:
+        raise InvalidInputError("--scrub-rate must be more than 0")
+    for name in _DAEMON_FLAGS:  # a flag given replaces NodeConfig's default
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
     if args.network_key is not None:
         config.network_key = args.network_key.expanduser()
 
