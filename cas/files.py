@@ -55,9 +55,9 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import BinaryIO, NamedTuple, Protocol, cast
 
-from .blocks import MAX_BLOCK_SIZE, AsyncBlockStore, Block, BlockStore
+from .blocks import AsyncBlockStore, Block, BlockStore
 from .chunker import Readable, chunk_bytes, chunk_stream
-from .cid import CID, DAG_CBOR, DAG_PB, RAW
+from .cid import CID, DAG_CBOR, DAG_PB, MAX_BLOCK_SIZE, RAW
 from .dagpb import (
     TYPE_FILE,
     TYPE_NAMES,

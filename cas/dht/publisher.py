@@ -83,7 +83,8 @@ class StoreRecords:
         self._thread = in_store_thread
 
     async def get_record(self, key: bytes) -> bytes | None:
-        return await self._thread(self._store().records.get, key)
+        record: bytes | None = await self._thread(self._store().records.get, key)
+        return record
 
     async def put_record(self, key: bytes, record: bytes, sender: bytes) -> None:
         def put() -> None:

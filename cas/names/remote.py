@@ -13,6 +13,7 @@ block store (the node's, which fetches missing blocks from the network).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..blocks import BlockStore
@@ -74,7 +75,7 @@ class RemoteNamespace(Namespace):
         self.public_key = public_key
         super().__init__(_ResolvedRepo(blocks, public_key, record))  # type: ignore[arg-type]
 
-    def _commit(self, change):
+    def _commit(self, change: Callable[[RootState], CID]) -> RootState:
         raise ReadOnlyNamespaceError(
             f"namespace {self.public_key.hex()[:16]}… is another node's published namespace: read-only")
 

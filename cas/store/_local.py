@@ -49,7 +49,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..cid import CID, RAW
 from ..durable import write_atomically
@@ -198,7 +198,7 @@ class LocalStore:
             raise disk_error(exc, "creating the repository", path) from None
 
     @staticmethod
-    def check_config(path: Path) -> dict:
+    def check_config(path: Path) -> dict[str, Any]:
         """The repository's config.json, checked; RepositoryError if ``path``
         is not a cas repository this version understands."""
         try:
@@ -311,7 +311,7 @@ class LocalStore:
         namespace checks the records)."""
         order = "DESC" if newest_first else "ASC"
         sql = f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}"
-        params: tuple = ()
+        params: tuple[object, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
             params = (limit,)
