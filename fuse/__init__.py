@@ -29,19 +29,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..errors import CasError
+from ..errors import FuseUnavailableError
 
 INSTALL_HINT = (
     "install the FUSE extra: apt-get install fuse3 libfuse3-dev pkg-config && pip install 'casnet[fuse]'"
 )
-
-
-class FuseUnavailableError(CasError):
-    """pyfuse3 (or the FUSE kernel device) is missing on this machine."""
-
-
-class MountError(CasError):
-    """A mount could not be started, found or stopped."""
 
 
 def require_pyfuse3() -> ModuleType:

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CasError
-from . import FuseUnavailableError, MountError, require_pyfuse3
+from ..errors import CasError, FuseUnavailableError, MountError
+from . import require_pyfuse3
 
 if TYPE_CHECKING:  # trio and the node load only in the mount process
     import trio

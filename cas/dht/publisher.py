@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ..errors import CasError, InvalidRecordError
+from ..errors import CasError, InvalidRecordError, NotPublishedError
 from ..names.record import RootRecord, accept_record, newest_record, record_key
 from ..store import LocalStore
 from .driver import DhtDriver
@@ -48,11 +48,6 @@ EXPIRY_SWEEP_INTERVAL = 3600.0
 """Seconds between sweeps of held records past their lifetime."""
 
 StoreThread = Callable[..., Awaitable[Any]]
-
-
-class NotPublishedError(CasError):
-    """There is nothing to publish (no namespace root yet), or nobody to
-    publish it to."""
 
 
 @dataclass(frozen=True)

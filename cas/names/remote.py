@@ -18,15 +18,11 @@ from dataclasses import dataclass
 
 from ..blocks import BlockStore
 from ..cid import CID
-from ..errors import NamespaceError, PathNotFoundError
+from ..errors import PathNotFoundError, ReadOnlyNamespaceError
 from .namespace import Namespace, RootState
 from .record import RootRecord, newest_record, parse_public_key
 
 NS_PREFIX = "/ns/"
-
-
-class ReadOnlyNamespaceError(NamespaceError):
-    """A published namespace of another key cannot be changed from here."""
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,7 @@ from ..dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver
 from ..dht.ids import id_from_bytes
 from ..dht.publisher import Publisher, StoreRecords
 from ..dht.replicator import Replicator
-from ..errors import (
-    BlockNotFoundError,
-    CasError,
-    CorruptBlockError,
-)
+from ..errors import BlockNotFoundError, CasError, CorruptBlockError, StorageQuotaError
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
 from ..names.namespace import Namespace
@@ -62,7 +58,7 @@ from ..net.network_key import (
     network_key_for,
 )
 from ..scrub import ScrubPace
-from ..store import LocalStore, Placed, StorageQuotaError, VerifyReport
+from ..store import LocalStore, Placed, VerifyReport
 from ..store._links import links_of
 from .config import (
     BOOTSTRAP_RETRY_FIRST,
