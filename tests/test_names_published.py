@@ -15,7 +15,7 @@ from cas.dht.driver import DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.publisher import StoreRecords
 from cas.dht.routing import RoutingTable
-from cas.errors import InvalidRecordError, PathNotFoundError, ReadOnlyNamespaceError
+from cas.errors import InvalidRecordError, PathNotFoundError, ReadOnlyNamespaceError, StorageQuotaError
 from cas.keys import Ed25519Key
 from cas.names.namespace import Namespace
 from cas.names.record import RootRecord, accept_record, newest_record, parse_public_key, record_key
@@ -23,7 +23,7 @@ from cas.names.remote import RemoteNamespace, split_ns_path
 from cas.net import messages as msg
 from cas.net.identity import Identity
 from cas.store import LocalStore
-from cas.store._records import MAX_RECORDS_PER_SENDER, RECORD_LIFETIME, StorageQuotaError
+from cas.store._records import MAX_RECORDS_PER_SENDER, RECORD_LIFETIME
 from tests.formatsdoc import vectors
 
 KEY = Ed25519Key.from_seed(bytes(range(32)))
