@@ -19,7 +19,7 @@ from pathlib import Path
 from . import files
 from .blocks import BlockStore
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
-from .errors import CasError, InvalidInputError, NotAFileError, RepositoryError
+from .errors import InvalidInputError, NotAFileError, RepositoryError
 from .names import dirtree
 from .names.directory import DirEntry, check_name
 
@@ -52,8 +52,6 @@ def import_file(store: BlockStore, path: Path, progress: Progress | None = None)
     with f:
         try:
             return files.add_stream(store, f, progress=progress)
-        except CasError:
-            raise
         except OSError as exc:
             raise _user_error(exc, path) from None
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cas.errors import CasError, InvalidInputError
+from cas.errors import InvalidCIDError, InvalidInputError
 
 if TYPE_CHECKING:
     from cas import control
@@ -102,7 +102,7 @@ def _address(text: str) -> tuple[str, int]:
 
     try:
         return parse_address(text)
-    except CasError as exc:
+    except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -316,7 +316,7 @@ def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
     for text in args.targets:  # bad input fails before any lookup
         try:
             parse_target(text)
-        except CasError:
+        except InvalidCIDError:
             raise InvalidInputError(f"{text!r} is neither a CID nor a 64-hex-digit node ID") from None
     results = []
     with _client(args) as client:
