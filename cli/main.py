@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import Any
 
+import cas
 from cas.allocator import keep_freed_buffers
 from cas.errors import CasError
 
@@ -105,6 +106,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Content-addressed storage: add files, read them back by CID.",
         parents=[_common_options(suppress=False)],
     )
+    parser.add_argument("--version", action="version", version=f"cas {cas.__version__}",
+                        help="print the version of cas and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common_options(suppress=True)]
     for name in (COMMANDS[command],) if command in COMMANDS else MODULES:

@@ -460,3 +460,13 @@ def test_a_progress_bar_is_drawn_on_a_terminal_for_long_work(repo, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.decode().startswith("bafyb4i")
     assert b"adding:" in drawn and b"/400M" in drawn, drawn[-500:]  # "adding:  69%|###  | 276M/400M"
+
+
+def test_version_is_the_package_version():
+    import cas
+
+    result = run_cas("--version")
+    assert result.stdout.decode().strip() == f"cas {cas.__version__}"
+    from importlib.metadata import version
+
+    assert version("casnet") == cas.__version__
