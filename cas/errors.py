@@ -96,6 +96,11 @@ class InvalidInputError(CasError, ValueError):
     name that is not allowed."""
 
 
+class UsageError(InvalidInputError):
+    """The command line asks for something its options do not allow
+    together; the command exits 2, as for any other usage error."""
+
+
 class InvalidRecordError(CasError):
     """A namespace root record is malformed, badly signed, signed by another
     key, or older than the one already held."""

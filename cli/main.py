@@ -14,11 +14,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import import_module
-from typing import Any
+from typing import Any, NoReturn
 
 import cas
 from cas.allocator import keep_freed_buffers
-from cas.errors import CasError
+from cas.errors import CasError, UsageError
 
 from .output import Output
 
@@ -179,6 +179,15 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> NoReturn:
+        """Bad usage: argparse's usage and message on stderr, exit 2; with
+        ``--json`` anywhere on the line, also the error as JSON on stdout
+        (the options are not parsed yet, so the flag is looked for)."""
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("cas").strip() or None
+        Output(json_mode="--json" in sys.argv[1:]).error(command, "usage", message)
+        sys.exit(2)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
@@ -192,11 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(json_mode=args.json, quiet=args.quiet)
     try:
         status = args.run(args, out)
+    except UsageError as exc:
+        out.error(args.command, "usage", str(exc))
+        return 2
     except CasError as exc:
-        print(f"cas {args.command}: error: {exc}", file=sys.stderr)
+        out.error(args.command, type(exc).__name__, str(exc))
         return 1
     except KeyboardInterrupt:
-        print(f"cas {args.command}: interrupted", file=sys.stderr)
+        out.error(args.command, "interrupted", "interrupted")
         return 130
     return int(status or 0)
 

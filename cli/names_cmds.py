@@ -4,7 +4,6 @@ storage commands that follow from it: pin, unpin, gc."""
 from __future__ import annotations
 
 import argparse
-import json
 import stat as statmod
 import sys
 import time
@@ -108,11 +107,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
         entries = repo.ls(args.path, at=args.at)
         _warn(repo, out)
         if out.json_mode:
-            # Streamed, so a listing of 10^5 entries never sits in memory.
-            sys.stdout.write("[")
-            for index, entry in enumerate(entries):
-                sys.stdout.write(("," if index else "") + "\n  " + json.dumps(_entry_json(entry), sort_keys=True))
-            sys.stdout.write("\n]\n")
+            out.documents(_entry_json(entry) for entry in entries)
             return 0
         for entry in entries:
             name = entry.name + ("/" if entry.kind == "dir" else "")

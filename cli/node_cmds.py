@@ -10,8 +10,6 @@ node key).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,8 +321,7 @@ def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
         for text in args.targets:
             results.append(client.call("dht_find", target=text))
     if out.json_mode:
-        json.dump(results[0] if len(results) == 1 else results, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        out.document(results[0] if len(results) == 1 else results)
         return 0
     for r in results:
         out.result(f"{r['cid'] or r['target']}: {len(r['closest'])} closest "

@@ -14,7 +14,7 @@ Modules, each with one concern:
   caches, the copy-on-write operations, committing a staged file; synchronous,
   always run in the node's store thread.
 * :mod:`.published`  another node's published namespace as the tree
-  (``cas mount DIR --name KEY --ro``): read through the node's control
+  (``cas mount DIR --name KEY``): read through the node's control
   socket, following newer records.
 * :mod:`.operations` the pyfuse3 ``Operations`` subclass: thin glue that maps
   kernel requests onto the above and errors onto errno values.

@@ -470,3 +470,38 @@ def test_version_is_the_package_version():
     from importlib.metadata import version
 
     assert version("casnet") == cas.__version__
+
+
+def test_with_json_an_error_is_a_json_document_on_stdout_too(repo, tmp_path):
+    missing = tmp_path / "missing.txt"
+    result = run_cas("add", "--json", str(missing), repo=repo, check=False)
+    assert result.returncode == 1
+    line = result.stderr.decode().strip()
+    assert line.startswith("cas add: error: ") and str(missing) in line
+    doc = json.loads(result.stdout)
+    assert doc == {"error": {"command": "add", "type": "InvalidInputError",
+                             "message": line.removeprefix("cas add: error: ")}}
+    # Without --json, stdout stays empty.
+    assert run_cas("add", str(missing), repo=repo, check=False).stdout == b""
+
+
+@pytest.mark.parametrize("argv", [["--json", "cat"], ["cat", "--json"], ["--json", "no-such-command"]])
+def test_with_json_bad_usage_is_a_json_document_and_exit_2(repo, argv):
+    result = run_cas(*argv, repo=repo, check=False)
+    assert result.returncode == 2
+    assert b"usage: cas" in result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "usage" and error["message"] and error["message"] in result.stderr.decode()
+
+
+def test_every_json_document_is_laid_out_the_same_way(repo, tmp_path):
+    for name in ("b.txt", "a.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+        run_cas("add", str(tmp_path / name), "--to", f"/{name}", repo=repo)
+    for argv in (["ls", "--json", "/"], ["ls", "--json", "/", "--long"], ["repo", "stat", "--json"],
+                 ["log", "--json"]):
+        out = run_cas(*argv, repo=repo).stdout.decode()
+        assert out == json.dumps(json.loads(out), indent=2, sort_keys=True) + "\n", argv
+    empty = run_cas("mkdir", "/empty", repo=repo)
+    assert empty.returncode == 0
+    assert run_cas("ls", "--json", "/empty", repo=repo).stdout == b"[]\n"
