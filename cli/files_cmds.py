@@ -6,10 +6,10 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cas.errors import InvalidInputError
+from cas.errors import InvalidInputError, NotAFileError
 
 from .output import Output, human_size
 from .repo_cmds import NAMESPACE_CODE, TREE_CODE, open_repo
@@ -44,7 +44,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk")
     p.add_argument("cid", metavar="CID|PATH")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="path to create")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="path to create; an existing directory gets it inside, under its own name (as cp does)")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT if it is a file")
     p.set_defaults(run=cmd_get)
 
@@ -133,6 +134,10 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
         try:
             # With a daemon, the daemon writes to our standard output itself.
             repo.write_to(cid, fd, args.offset, args.length)
+        except NotAFileError:  # said in the user's terms: what they named, and what to do
+            if repo.info(cid).kind == "dir":
+                raise NotAFileError(f"{args.cid} is a directory, not a file; list it with 'cas ls {args.cid}'") from None
+            raise
         except BrokenPipeError:
             # The reader went away (`cas cat X | head`): end as cat does.
             signal.raise_signal(signal.SIGPIPE)
@@ -144,8 +149,14 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     dest = Path(args.output)
+    if not dest.is_dir() and args.output.endswith("/"):
+        raise InvalidInputError(f"{args.output} is not a directory; create it first, or drop the '/'")
     with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
+        if dest.is_dir():
+            # As cp does: into an existing directory, under the name it has
+            # (the last part of a path; a CID, or the root, by its CID).
+            dest = dest / (PurePosixPath(args.cid).name or str(cid))
         info = repo.info(cid)
         if info.kind == "dir" and os.path.lexists(dest):
             raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")

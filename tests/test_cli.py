@@ -505,3 +505,31 @@ def test_every_json_document_is_laid_out_the_same_way(repo, tmp_path):
     empty = run_cas("mkdir", "/empty", repo=repo)
     assert empty.returncode == 0
     assert run_cas("ls", "--json", "/empty", repo=repo).stdout == b"[]\n"
+
+
+def test_get_into_an_existing_directory_places_it_inside_as_cp_does(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    cid = add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    into = tmp_path / "into"
+    into.mkdir()
+    run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo)
+    run_cas("get", "/docs", "-o", f"{into}/", repo=repo)
+    run_cas("get", cid, "-o", str(into), repo=repo)
+    assert sorted(str(p.relative_to(into)) for p in into.rglob("*")) == [cid, "docs", "docs/f.txt", "f.txt"]
+    assert (into / "f.txt").read_bytes() == (into / "docs" / "f.txt").read_bytes() == (into / cid).read_bytes()
+    # Again: the file inside exists now, and is not replaced without --force.
+    again = run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo, check=False)
+    assert again.returncode == 1 and f"{into / 'f.txt'} already exists" in again.stderr.decode()
+    # A trailing '/' names a directory, which must exist (cp says the same).
+    missing = run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'nope'}/", repo=repo, check=False)
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr.decode()
+    assert not (tmp_path / "nope").exists()
+
+
+def test_cat_of_a_directory_says_so_in_the_users_terms(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    for path in ("/", "/docs"):
+        result = run_cas("cat", path, repo=repo, check=False)
+        assert result.returncode == 1 and result.stdout == b""
+        assert result.stderr.decode().strip() == f"cas cat: error: {path} is a directory, not a file; list it with 'cas ls {path}'"
