@@ -149,15 +149,15 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     dest = Path(args.output)
-    if not dest.is_dir() and args.output.endswith("/"):
-        raise InvalidInputError(f"{args.output} is not a directory; create it first, or drop the '/'")
     with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
+        info = repo.info(cid)
         if dest.is_dir():
             # As cp does: into an existing directory, under the name it has
             # (the last part of a path; a CID, or the root, by its CID).
             dest = dest / (PurePosixPath(args.cid).name or str(cid))
-        info = repo.info(cid)
+        elif args.output.endswith("/") and info.kind == "file":
+            raise InvalidInputError(f"{args.output} is not a directory; create it first, or drop the '/'")
         if info.kind == "dir" and os.path.lexists(dest):
             raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
         if dest.is_dir() and info.kind == "file":

@@ -520,10 +520,13 @@ def test_get_into_an_existing_directory_places_it_inside_as_cp_does(repo, tmp_pa
     # Again: the file inside exists now, and is not replaced without --force.
     again = run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo, check=False)
     assert again.returncode == 1 and f"{into / 'f.txt'} already exists" in again.stderr.decode()
-    # A trailing '/' names a directory, which must exist (cp says the same).
+    # A trailing '/' names a directory: a file needs it to exist (cp says the
+    # same), a tree is written as that new directory (as cp -r does).
     missing = run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'nope'}/", repo=repo, check=False)
     assert missing.returncode == 1 and "is not a directory" in missing.stderr.decode()
     assert not (tmp_path / "nope").exists()
+    run_cas("get", "/docs", "-o", f"{tmp_path / 'restored'}/", repo=repo)
+    assert (tmp_path / "restored" / "f.txt").read_bytes() == b"file"
 
 
 def test_cat_of_a_directory_says_so_in_the_users_terms(repo, tmp_path):
