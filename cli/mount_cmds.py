@@ -31,6 +31,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--refresh", type=float, default=None, metavar="SECONDS",
                    help="with --name: look for a newer version this often (default 30)")
     p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that has files in it (hidden until unmounted)")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
     p.add_argument("--allow-other", action="store_true",
@@ -72,7 +74,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     if args.cache is not None and args.cache <= 0:
         raise InvalidInputError("--cache must be a positive number of MiB")
     name = parse_public_key(args.name) if args.name is not None else None
-    mountpoint = check_mountpoint(Path(args.mountpoint))
+    mountpoint = check_mountpoint(Path(args.mountpoint), nonempty=args.nonempty)
     repo = repo_path(args).expanduser().absolute()
     options = tuple(option.strip() for given in args.options for option in given.split(","))
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
