@@ -34,15 +34,19 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=cmd_add)
 
-    p = sub.add_parser("cat", parents=common, help="write a file's content to standard output")
-    p.add_argument("cid", metavar="CID|PATH")
+    p = sub.add_parser("cat", parents=common, help="write a file's content to standard output",
+                       description="Write the content of a file, named by its CID or by its namespace "
+                       "path, to standard output; with a daemon, blocks this node lacks come from the network.")
+    p.add_argument("cid", metavar="CID|PATH", help="the file's CID, or its path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("--offset", type=_non_negative, default=0, help="first byte to write")
     p.add_argument("--length", type=_non_negative, default=None, help="number of bytes to write")
     p.set_defaults(run=cmd_cat)
 
-    p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk")
-    p.add_argument("cid", metavar="CID|PATH")
+    p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk",
+                       description="Write a file or a whole directory tree, named by CID or namespace "
+                       "path, to the local disk, with its modes, times and symbolic links.")
+    p.add_argument("cid", metavar="CID|PATH", help="a CID, or a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="path to create; an existing directory gets it inside, under its own name (as cp does)")

@@ -24,7 +24,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         "repository; the other cas commands keep working through it. With --name KEY, mount "
         "another node's published namespace instead, read-only, following its new versions (through this "
         "repository's daemon if one runs). 'cas umount DIR' ends it.")
-    p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("mountpoint", metavar="DIR", help="an empty directory to mount at")
     p.add_argument("--ro", action="store_true", help="read-only: every change fails with EROFS")
     p.add_argument("--name", metavar="KEY", default=None,
                    help="mount the namespace published under this key (64 hex digits), read-only")
@@ -42,8 +42,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="more FUSE mount options, e.g. -o allow_other (more than once, or comma-separated)")
     p.set_defaults(run=cmd_mount)
 
-    p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)")
-    p.add_argument("mountpoint", metavar="DIR")
+    p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)",
+                       description="Unmount a cas mount and end its process. A mount whose process "
+                       "died is cleaned up too.")
+    p.add_argument("mountpoint", metavar="DIR", help="where it is mounted")
     p.set_defaults(run=cmd_umount)
 
 

@@ -78,20 +78,29 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "default: the repository's keys/network.key if it has one, else the open network")
     p.set_defaults(run=cmd_daemon)
 
-    p = sub.add_parser("id", parents=common, help="this node's ID and address")
+    p = sub.add_parser("id", parents=common, help="this node's ID and address",
+                       description="This node's ID (the hash of its public key), and whether its "
+                       "daemon runs (with the address it listens on).")
     p.set_defaults(run=cmd_id)
 
     p = sub.add_parser("peers", parents=common,
-                       help="the peers in the running node's routing table, what we store with each and it with us")
+                       help="the peers in the running node's routing table, what we store with each and it with us",
+                       description="The peers in the running node's routing table: address, last "
+                       "contact, and the bytes each holds of ours and we of its.")
     p.set_defaults(run=cmd_peers)
 
-    p = sub.add_parser("dht", parents=common, help="query the DHT through the running node")
+    p = sub.add_parser("dht", parents=common, help="query the DHT through the running node",
+                       description="Query the DHT through the running node (needs 'cas daemon').")
     dht_sub = p.add_subparsers(dest="dht_command", metavar="find|refresh", required=True)
     f = dht_sub.add_parser("find", parents=common,
-                           help="the k closest nodes to a CID or node ID, and which have the block")
-    f.add_argument("targets", nargs="+", metavar="CID|NODE-ID")
+                           help="the k closest nodes to a CID or node ID, and which have the block",
+                           description="Look up the k nodes closest to each target on the network; for "
+                           "a CID, also which of them have the block.")
+    f.add_argument("targets", nargs="+", metavar="CID|NODE-ID", help="CIDs or 64-hex-digit node IDs")
     f.set_defaults(run=cmd_dht_find)
-    r = dht_sub.add_parser("refresh", parents=common, help="refresh every bucket of the routing table now")
+    r = dht_sub.add_parser("refresh", parents=common, help="refresh every bucket of the routing table now",
+                           description="Look up a random ID in every bucket of the routing table now, "
+                           "instead of waiting for the hourly refresh.")
     r.set_defaults(run=cmd_dht_refresh)
 
 

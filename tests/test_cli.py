@@ -536,3 +536,28 @@ def test_cat_of_a_directory_says_so_in_the_users_terms(repo, tmp_path):
         result = run_cas("cat", path, repo=repo, check=False)
         assert result.returncode == 1 and result.stdout == b""
         assert result.stderr.decode().strip() == f"cas cat: error: {path} is a directory, not a file; list it with 'cas ls {path}'"
+
+
+def test_every_command_and_argument_is_described_in_help():
+    import argparse
+
+    from cas.cli.main import build_parser
+
+    def undescribed(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                lines = {choice.dest: choice.help for choice in action._choices_actions}
+                for command, subparser in action.choices.items():
+                    if not lines.get(command):
+                        missing.append(f"{name} {command}: no line in the list of commands")
+                    if not subparser.description:
+                        missing.append(f"{name} {command}: no description")
+                    missing += undescribed(subparser, f"{name} {command}")
+            elif not action.help:
+                missing.append(f"{name}: {'/'.join(action.option_strings) or action.dest} has no help")
+        return missing
+
+    assert undescribed(build_parser(), "cas") == []
+    # And argparse prints them: a description is in the command's own --help.
+    assert "Rename or move a namespace entry" in " ".join(run_cas("mv", "--help").stdout.decode().split())
