@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path, PurePosixPath
@@ -49,9 +50,20 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("cid", metavar="CID|PATH", help="a CID, or a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="path to create; an existing directory gets it inside, under its own name (as cp does)")
+                   help="path to create; a directory (an existing one, or any ending in '/') gets it "
+                   "inside, under its own name, as cp and rsync do")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT if it is a file")
     p.set_defaults(run=cmd_get)
+
+
+def _make_directory(path: Path) -> Path:
+    try:
+        path.mkdir()
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path.parent} does not exist; create it first") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _non_negative(text: str) -> int:
@@ -156,18 +168,25 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
-        if dest.is_dir():
-            # As cp does: into an existing directory, under the name it has
-            # (the last part of a path; a CID, or the root, by its CID).
+        made = None
+        if dest.is_dir() or args.output.endswith("/"):
+            # As cp and rsync do: into a directory (made if it is new and
+            # named with a trailing '/'), under the name the thing has: the
+            # last part of its path, or its CID.
+            if not dest.is_dir():
+                made = _make_directory(dest)
             dest = dest / (PurePosixPath(args.cid).name or str(cid))
-        elif args.output.endswith("/") and info.kind == "file":
-            raise InvalidInputError(f"{args.output} is not a directory; create it first, or drop the '/'")
-        if info.kind == "dir" and os.path.lexists(dest):
-            raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
-        if dest.is_dir() and info.kind == "file":
-            raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
-        with out.progress(info.size, "writing") as progress:
-            kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+        try:
+            if info.kind == "dir" and os.path.lexists(dest):
+                raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
+            if dest.is_dir() and info.kind == "file":
+                raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
+            with out.progress(info.size, "writing") as progress:
+                kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+        except BaseException:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)  # a failed get leaves nothing behind
+            raise
     out.document({"cid": str(cid), "kind": kind, "size": info.size, "output": str(dest)})
     out.note(f"wrote {kind} {dest} ({human_size(info.size)})")
     return 0

@@ -520,13 +520,17 @@ def test_get_into_an_existing_directory_places_it_inside_as_cp_does(repo, tmp_pa
     # Again: the file inside exists now, and is not replaced without --force.
     again = run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo, check=False)
     assert again.returncode == 1 and f"{into / 'f.txt'} already exists" in again.stderr.decode()
-    # A trailing '/' names a directory: a file needs it to exist (cp says the
-    # same), a tree is written as that new directory (as cp -r does).
-    missing = run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'nope'}/", repo=repo, check=False)
-    assert missing.returncode == 1 and "is not a directory" in missing.stderr.decode()
-    assert not (tmp_path / "nope").exists()
+    # A trailing '/' names a directory: made if new (its parent must exist),
+    # and what is written goes inside, as rsync does.
+    run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'new'}/", repo=repo)
     run_cas("get", "/docs", "-o", f"{tmp_path / 'restored'}/", repo=repo)
-    assert (tmp_path / "restored" / "f.txt").read_bytes() == b"file"
+    assert (tmp_path / "new" / "f.txt").read_bytes() == b"file"
+    assert (tmp_path / "restored" / "docs" / "f.txt").read_bytes() == b"file"
+    orphan = run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'no' / 'such'}/", repo=repo, check=False)
+    assert orphan.returncode == 1 and f"{tmp_path / 'no'} does not exist" in orphan.stderr.decode()
+    # A get that fails leaves no directory behind.
+    failed = run_cas("get", "/docs/none.txt", "-o", f"{tmp_path / 'empty'}/", repo=repo, check=False)
+    assert failed.returncode == 1 and not (tmp_path / "empty").exists()
 
 
 def test_cat_of_a_directory_says_so_in_the_users_terms(repo, tmp_path):
