@@ -32,6 +32,7 @@ COMMANDS = {
     "mount": "mount_cmds", "umount": "mount_cmds",
     "name": "name_cmds",
     "network": "network_cmds",
+    "completion": "completion",
 }
 """Each command and the module of this package that registers and runs it.
 A command line naming one of them builds (and imports) only that module's
@@ -41,7 +42,7 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 parser."""
 
 MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
-           "name_cmds")
+           "name_cmds", "completion")
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 
@@ -192,6 +193,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (cli/completion.py)
+        from .completion import complete
+
+        complete(build_parser())
     args = build_parser(command_named(argv)).parse_args(argv)
     if args.command in BUFFER_HEAVY:
         keep_freed_buffers()

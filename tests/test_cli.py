@@ -565,3 +565,38 @@ def test_every_command_and_argument_is_described_in_help():
     assert undescribed(build_parser(), "cas") == []
     # And argparse prints them: a description is in the command's own --help.
     assert "Rename or move a namespace entry" in " ".join(run_cas("mv", "--help").stdout.decode().split())
+
+
+def complete(line: str, repo: Path) -> list[str]:
+    """What the shell offers after ``line`` (argcomplete's protocol, as
+    the code from 'cas completion bash' drives it)."""
+    import subprocess
+
+    from tests.conftest import CAS
+
+    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE": "1",
+           "_ARGCOMPLETE_IFS": "\n", "CAS_HOME": str(repo)}
+    result = subprocess.run(["bash", "-c", f"{CAS} 8>&1 9>/dev/null"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return sorted(word.strip() for word in result.stdout.split("\n") if word.strip())
+
+
+def test_the_shell_completes_commands_options_paths_and_pinned_cids(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    run_cas("mkdir", "/data", repo=repo)
+    pinned = add(repo, str(tmp_path / "f.txt"))
+    assert complete("cas mo", repo) == ["mount"]
+    assert complete("cas ls --l", repo) == ["--long"]
+    assert complete("cas ls /", repo) == ["/data/", "/docs/"]
+    assert complete("cas cat /docs/", repo) == ["/docs/f.txt"]
+    assert complete("cas cat /do", repo) == ["/docs/"]
+    assert complete(f"cas unpin {pinned[:6]}", repo) == [pinned]
+    assert complete("cas cat ", repo) == sorted(["/", pinned])
+    # No repository there: nothing offered, nothing created, no error in the prompt.
+    assert complete(f"cas --repo {tmp_path / 'none'} ls /", repo) == []
+    assert not (tmp_path / "none").exists()
+    for shell in ("bash", "zsh"):
+        code = run_cas("completion", shell).stdout.decode()
+        assert "_ARGCOMPLETE" in code and "cas" in code
