@@ -33,6 +33,7 @@ COMMANDS = {
     "name": "name_cmds",
     "network": "network_cmds",
     "completion": "completion",
+    "config": "config_cmds",
 }
 """Each command and the module of this package that registers and runs it.
 A command line naming one of them builds (and imports) only that module's
@@ -42,7 +43,7 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 parser."""
 
 MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
-           "name_cmds", "completion")
+           "name_cmds", "config_cmds", "completion")
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 

@@ -208,6 +208,7 @@ the same name."""
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, run_daemon
 
+    apply_settings(args)
     host, port = args.listen or ("0.0.0.0", DEFAULT_PORT)
     config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
                         bootstrap=list(args.bootstrap))
@@ -240,6 +241,20 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     run_daemon(config, ready)
     out.note("cas daemon: stopped")
     return 0
+
+
+def apply_settings(args: argparse.Namespace) -> None:
+    """The repository's settings (``cas config``) for the flags not given."""
+    from cas.store import LocalStore
+
+    from .config_cmds import settings_for_daemon
+
+    repo = repo_path(args)
+    if not (repo / "config.json").exists():
+        return  # a new repository: nothing set yet
+    for name, value in settings_for_daemon(LocalStore.check_config(repo)).items():
+        if getattr(args, name) in (None, []):
+            setattr(args, name, value)
 
 
 REPLICATION_WAIT = 120

@@ -3,7 +3,10 @@
 Layout of a repository directory (mode 0700, like every directory in it;
 every file in it is 0600, whatever the umask: see _modes.py)::
 
-    config.json     format name and version; written once, at init
+    config.json     format name and version, written at init; and the
+                    settings (`cas config`: history, the daemon's), each
+                    written whole, atomically (``update_config``)
+    config.lock     flock()ed by each writer of the settings in turn
     lock            flock()ed by the owning process; holds its pid and
                     command (see _lock.py)
     keys/           the namespace key; the node key (cas/node/daemon.py)
@@ -44,6 +47,7 @@ Invariants this module keeps, and which ``verify`` checks:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -58,6 +62,7 @@ from ..errors import (
     ConcurrentUpdateError,
     CorruptBlockError,
     InvalidBlockError,
+    InvalidInputError,
     RepositoryError,
 )
 from . import _lock, _modes
@@ -79,6 +84,9 @@ DEFAULT_HISTORY = 100
 """Past namespace roots kept readable (and safe from gc) unless configured
 otherwise with "history" in config.json."""
 NAMESPACE_KEY_FILE = "namespace.key"
+
+CONFIG_LOCK_FILE = "config.lock"
+"""Taken by each writer of config.json's settings in turn (``update_config``)."""
 
 
 class RepoStat(NamedTuple):
@@ -213,6 +221,35 @@ class LocalStore:
                 f"this cas understands version {FORMAT_VERSION}"
             )
         return config
+
+    @classmethod
+    def update_config(cls, path: str | os.PathLike[str], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Apply ``change`` to the settings in ``path``'s config.json and
+        write it back atomically; return the new settings. Writers of the
+        settings (``cas config``) take ``config.lock`` in turn, so none is
+        lost; they need not own the repository (a running daemon does), as
+        nothing else writes config.json after init and readers see the old
+        file or the new. ``change`` may not touch the format or version."""
+        path = Path(path).expanduser().absolute()
+        cls.check_config(path)
+        try:
+            fd = _modes.open_private(path / CONFIG_LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise disk_error(exc, "locking the settings", path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            config = cls.check_config(path)
+            kept = {key: config[key] for key in ("format", "version")}
+            change(config)
+            if {key: config.get(key) for key in kept} != kept:
+                raise InvalidInputError("the repository's format and version are not settings")
+            try:
+                write_atomically(path / "config.json", json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+            except OSError as exc:
+                raise disk_error(exc, "writing config.json", path) from None
+            return config
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._lock_fd < 0:
