@@ -5,8 +5,9 @@ The settings are ``history`` (the namespace versions gc keeps) and every
 else the repository's setting, else the default (``cas daemon --help`` says
 each). A value is checked when it is set, by the very function that checks
 the flag, and kept as it was typed ("20G", "7d"); ``cas daemon`` reads it
-through that function again. A running daemon uses new settings from its
-next start.
+through that function again. A running daemon takes some of them on SIGHUP
+(``systemctl reload cas``, or ``kill -HUP PID``: ``cas.node.RELOADABLE``, the
+room it gives others and its bootstrap peers); the rest at its next start.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         "config", parents=common, help="show or change the repository's settings",
         description="Show or change the settings kept in the repository's config.json: 'history' "
         "and every 'cas daemon' flag, by its name without the dashes (e.g. quota, bootstrap). "
-        "A flag given to 'cas daemon' wins over its setting. A running daemon uses new "
-        "settings from its next start.")
+        "A flag given to 'cas daemon' wins over its setting. A running daemon takes quota, "
+        "peer_quota, disk_reserve and bootstrap on SIGHUP, the rest at its next start.")
     config_sub = p.add_subparsers(dest="config_command", metavar="list|get|set|unset", required=True)
     s = config_sub.add_parser("list", parents=common, help="every setting, with its value if set",
                               description="Every setting, with its value where the repository sets one.")
@@ -160,8 +161,12 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
 
     LocalStore.update_config(_repository(args), change)
     out.document({name: value})
-    out.note(f"{name} = {_shown(value)}" + ("" if name in REPOSITORY_SETTINGS else
-             "; a running daemon uses it from its next start"))
+    from cas.node.config import RELOADABLE
+
+    out.note(f"{name} = {_shown(value)}" + (
+        "" if name in REPOSITORY_SETTINGS else
+        "; a running daemon takes it on SIGHUP (systemctl reload cas, or kill -HUP)" if name in RELOADABLE else
+        "; a running daemon takes it at its next start"))
     return 0
 
 

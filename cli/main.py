@@ -34,6 +34,7 @@ COMMANDS = {
     "network": "network_cmds",
     "completion": "completion",
     "config": "config_cmds",
+    "service": "service_cmds",
 }
 """Each command and the module of this package that registers and runs it.
 A command line naming one of them builds (and imports) only that module's
@@ -43,7 +44,7 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 parser."""
 
 MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
-           "name_cmds", "config_cmds", "completion")
+           "name_cmds", "config_cmds", "service_cmds", "completion")
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 

@@ -10,6 +10,7 @@ node key).
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from cas.errors import InvalidCIDError, InvalidInputError
 
 if TYPE_CHECKING:
     from cas import control
+    from cas.node import NodeConfig
 
 from .output import Output, human_size
 from .repo_cmds import repo_path, waiting_note
@@ -206,8 +208,38 @@ the same name."""
 
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
-    from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, run_daemon
+    from cas.node import NodeAddress, run_daemon
 
+    config = node_config(args)
+
+    # Wait for a command using the repository here, on the main thread, which
+    # says so after a second; the node waits again (silently) in case another
+    # command slips in before it takes the repository.
+    from cas.store import LocalStore
+
+    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
+    config.lock_wait = args.wait
+
+    def reload() -> NodeConfig:  # SIGHUP: the same command line, the settings as they are now
+        again = node_config(args)
+        again.lock_wait = args.wait
+        return again
+
+    def ready(address: NodeAddress) -> None:
+        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
+        out.result(address.describe())
+
+    run_daemon(config, ready, reload)
+    out.note("cas daemon: stopped")
+    return 0
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's configuration: each flag given, else the repository's
+    setting (``cas config``), else the default. ``args`` is left as parsed."""
+    from cas.node import DEFAULT_PORT, NodeConfig
+
+    args = copy.copy(args)
     apply_settings(args)
     host, port = args.listen or ("0.0.0.0", DEFAULT_PORT)
     config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
@@ -225,22 +257,7 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
             setattr(config, name, value)
     if args.network_key is not None:
         config.network_key = args.network_key.expanduser()
-
-    # Wait for a command using the repository here, on the main thread, which
-    # says so after a second; the node waits again (silently) in case another
-    # command slips in before it takes the repository.
-    from cas.store import LocalStore
-
-    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
-    config.lock_wait = args.wait
-
-    def ready(address: NodeAddress) -> None:
-        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
-        out.result(address.describe())
-
-    run_daemon(config, ready)
-    out.note("cas daemon: stopped")
-    return 0
+    return config
 
 
 def apply_settings(args: argparse.Namespace) -> None:

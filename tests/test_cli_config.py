@@ -85,3 +85,32 @@ def test_the_daemon_runs_with_the_repositorys_settings_and_a_flag_wins(tmp_path:
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().startswith(
         "cas daemon: error: the repository's setting bootstrap = ['not-an-address'] is not valid")
+
+
+def test_sighup_makes_a_running_daemon_take_its_new_limits(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.nodeproc import replication_stats
+
+    repo = tmp_path / "a"
+    run_cas("init", repo=repo)
+    config(repo, "set", "quota", "3G")
+    with Daemons() as daemons:
+        a = daemons.start(repo)
+        assert replication_stats(a)["quota"] == 3 << 30
+        config(repo, "set", "quota", "5G")
+        config(repo, "set", "idle-timeout", "77")
+        os.kill(a.pid, signal.SIGHUP)
+        wait_until(lambda: replication_stats(a)["quota"] == 5 << 30, 30, "the new quota to apply")
+        wait_until(lambda: "settings read again" in a.stderr(), 30, "the daemon to say what it did")
+        said = [line for line in a.stderr().splitlines() if "settings read again" in line][-1]
+        assert said == "cas daemon: settings read again: applied quota; idle_timeout change at the next start"
+        # A setting gone bad is reported, and the daemon goes on as it was.
+        settings = json.loads((repo / "config.json").read_text())
+        (repo / "config.json").write_text(json.dumps({**settings, "quota": "lots"}))
+        os.kill(a.pid, signal.SIGHUP)
+        wait_until(lambda: "settings not read again" in a.stderr(), 30, "the daemon to refuse the bad setting")
+        assert replication_stats(a)["quota"] == 5 << 30
+        assert a.proc.poll() is None
+        assert daemons.stop(a) == 0
