@@ -170,3 +170,12 @@ def test_the_python_library(shell: Shell) -> None:
     printed = result.stdout.splitlines()
     assert CID_PATTERN.fullmatch(printed[0])  # bafyb4i...
     assert printed[1:] == ["cat.jpg file 5"]
+
+
+def test_running_a_node_as_a_service(shell: Shell) -> None:
+    results = run_all(shell, block("Running a node as a service"))
+    listed = results["cas config list"].text.splitlines()
+    assert "quota                        50G" in listed and "lease                        -" in listed
+    unit = shell.home / ".config" / "systemd" / "user" / "cas.service"
+    assert f"--repo {shell.home}/.local/share/cas daemon" in unit.read_text()
+    assert "systemctl --user" in results["cas service install --user"].stderr
