@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path, PurePosixPath
@@ -185,6 +184,8 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
                 kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
         except BaseException:
             if made is not None:
+                import shutil  # here: with bz2 and lzma, it would slow every command's start
+
                 shutil.rmtree(made, ignore_errors=True)  # a failed get leaves nothing behind
             raise
     out.document({"cid": str(cid), "kind": kind, "size": info.size, "output": str(dest)})

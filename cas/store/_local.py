@@ -85,6 +85,9 @@ DEFAULT_HISTORY = 100
 otherwise with "history" in config.json."""
 NAMESPACE_KEY_FILE = "namespace.key"
 
+INIT_ENTRIES = frozenset({_lock.LOCK_FILE, "packs", "tmp", "keys"})
+"""What a repository holds before its config.json is written (last)."""
+
 CONFIG_LOCK_FILE = "config.lock"
 """Taken by each writer of config.json's settings in turn (``update_config``)."""
 
@@ -165,15 +168,15 @@ class LocalStore:
         ``path`` is something other than a repository.
         """
         path = Path(path).expanduser().absolute()
-        if not (path / "config.json").exists():
-            if not create:
-                raise RepositoryError(
-                    f"no cas repository at {path}; create one with 'cas init --repo {path}'"
-                )
-            cls._initialise(path)
-        cls.check_config(path)
-        lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        if (path / "config.json").exists():
+            cls.check_config(path)
+            lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        elif not create:
+            raise RepositoryError(f"no cas repository at {path}; create one with 'cas init --repo {path}'")
+        else:
+            lock_fd = cls._create(path, wait=wait, on_wait=on_wait)
         try:
+            cls.check_config(path)
             _modes.report(path, _modes.tighten(path))  # an older repository made private: _modes.py
             _empty_dir(path / "tmp")
             return cls(path, lock_fd)
@@ -181,19 +184,44 @@ class LocalStore:
             os.close(lock_fd)
             raise
 
-    @staticmethod
-    def _initialise(path: Path) -> None:
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RepositoryError(
-                f"{path} exists and is not a cas repository; "
-                "give --repo a new or empty directory"
-            )
+    @classmethod
+    def _create(cls, path: Path, *, wait: float, on_wait: Callable[[str], None] | None) -> int:
+        """Make the repository at ``path`` and return its lock, held.
+
+        Several processes may make it at once (commands started together on
+        a new machine): each takes the lock first, and the one that finds
+        config.json still missing writes the repository while the others
+        wait their turn, then open what it made. A directory holding only
+        what a repository begins with (its lock, keys, packs, tmp: an init
+        cut short by a crash) is made into one; anything else there is not
+        ours, and is left untouched."""
+        try:
+            found = {entry.name for entry in os.scandir(path)} if path.is_dir() else None
+        except OSError as exc:
+            raise disk_error(exc, "reading", path) from None
+        if path.exists() and (found is None or found - INIT_ENTRIES):
+            raise RepositoryError(f"{path} exists and is not a cas repository; give --repo a new or empty directory")
         try:
             _modes.private_dir(path, parents=True)
             try:
                 os.chmod(path, _modes.DIR_MODE)  # an empty directory given for it becomes the repository
             except PermissionError:
                 pass  # another user's directory: open names it (_modes.py, rule 4)
+        except OSError as exc:
+            raise disk_error(exc, "creating the repository", path) from None
+        lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        try:
+            if not (path / "config.json").exists():
+                cls._initialise(path)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return lock_fd
+
+    @staticmethod
+    def _initialise(path: Path) -> None:
+        """Write a new repository's layout into ``path``, whose lock is held."""
+        try:
             for name in ("packs", "tmp", "keys"):
                 _modes.private_dir(path / name)
             from ..keys import NamespaceKey
