@@ -307,7 +307,7 @@ class Request(Generic[R]):
                 continue
             try:
                 values[name] = kind.parse(args[name])
-            except InvalidInputError as exc:  # a parser's own reason (a change, a key)
+            except CasError as exc:  # a parser's own reason (a change, a key, a CID)
                 raise ControlArgumentError(f"{cls.OP}: argument {name!r}: {exc}") from None
             except (_Bad, TypeError, ValueError):
                 raise ControlArgumentError(f"{cls.OP}: argument {name!r} must be {kind.what}") from None
