@@ -48,15 +48,16 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 from ..cid import CID, parse_cid
-from ..errors import CasError, InvalidInputError
-from ..names.changes import Change, change_from_value, change_to_value
-from ..names.namespace import Node, RootState
-from ..names.record import parse_public_key
+from ..errors import CasError
 from ..store import GcReport, Problem, RepoStat, RootRow, VerifyReport
 from ._framing import MAX_PROBLEMS, ControlArgumentError, ControlProtocolError, UnknownOpError
+
+if TYPE_CHECKING:  # imported when first used: a client that reads blocks never loads the namespace
+    from ..names.changes import Change
+    from ..names.namespace import Node, RootState
 
 R = TypeVar("R")
 
@@ -170,6 +171,8 @@ def _status_cids(value: Any) -> list[CID]:
 
 def _public_key(value: Any) -> bytes:
     if isinstance(value, str):
+        from ..names.record import parse_public_key
+
         value = parse_public_key(value)
     if not isinstance(value, bytes) or len(value) != 32:
         raise _Bad
@@ -177,10 +180,14 @@ def _public_key(value: Any) -> bytes:
 
 
 def _change(value: Any) -> Change:
+    from ..names.changes import change_from_value
+
     return change_from_value(value)  # its own InvalidInputError says what is wrong
 
 
 def _change_value(change: Change) -> Any:
+    from ..names.changes import change_to_value
+
     return change_to_value(change)
 
 
@@ -236,6 +243,8 @@ def _root_rows_value(rows: Sequence[RootRow]) -> list[dict[str, Any]]:
 
 
 def _root_state(v: Any) -> RootState:
+    from ..names.namespace import RootState
+
     if not (isinstance(v, dict) and type(v.get("seq")) is int and isinstance(v.get("root"), CID)
             and type(v.get("time_ns")) is int and isinstance(v.get("public_key"), bytes)):
         raise _Bad
@@ -247,6 +256,8 @@ def _root_state_value(state: RootState) -> dict[str, Any]:
 
 
 def _path_node(value: Any) -> Node:
+    from ..names.namespace import Node
+
     return Node.from_value(value)
 
 
@@ -331,12 +342,20 @@ class Request(Generic[R]):
 _ARGUMENTS: dict[str, list[tuple[str, Arg, Any, bool]]] = {}
 
 
+def _annotation_names() -> dict[str, Any]:
+    """The names the annotations use that are imported only when needed."""
+    from ..names.changes import Change
+    from ..names.namespace import Node, RootState
+
+    return {"Change": Change, "Node": Node, "RootState": RootState}
+
+
 def _arguments(cls: type[Request[Any]]) -> list[tuple[str, Arg, Any, bool]]:
     """(name, kind, default or MISSING, omitted at its default) per argument
     of an op, read once from its annotations."""
     found = _ARGUMENTS.get(cls.OP)
     if found is None:
-        hints = typing.get_type_hints(cls, include_extras=True)
+        hints = typing.get_type_hints(cls, localns=_annotation_names(), include_extras=True)
         found = []
         for f in fields(cls):  # type: ignore[arg-type]  # every Request subclass is a dataclass
             marks = typing.get_args(hints[f.name])[1:]
@@ -523,7 +542,7 @@ class CommitRoot(Request[None]):
 
 
 @dataclass(frozen=True)
-class NamespaceChange(Request[RootState]):
+class NamespaceChange(Request["RootState"]):
     """Apply a namespace change on the daemon; the root it made."""
 
     OP = "namespace_change"
@@ -532,7 +551,7 @@ class NamespaceChange(Request[RootState]):
 
 
 @dataclass(frozen=True)
-class NamespaceResolve(Request[Node]):
+class NamespaceResolve(Request["Node"]):
     """What ``path`` names in the namespace (at root ``at``, or the newest)."""
 
     OP = "namespace_resolve"
