@@ -262,10 +262,10 @@ def _path_node(value: Any) -> Node:
 
 
 def doc(*keys: str) -> Arg:
-    """A map answer with (at least) these keys: what a report op sends. The
-    client checks only that it is a map (an older daemon may send fewer);
-    the keys are its documentation, and the schema test holds each sample
-    to them."""
+    """A map answer with these keys: what a report op sends. The client
+    checks only that it is a map (an older daemon may send fewer keys, and
+    the commands read the newer ones with a default); the keys are its
+    declaration here, their meaning is in docs/node.md's op table."""
     return Arg("a map with " + ", ".join(keys), _check(lambda v: isinstance(v, dict)))
 
 
