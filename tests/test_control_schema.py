@@ -192,3 +192,11 @@ def test_a_typed_request_carries_its_own_arguments() -> None:
     with pytest.raises(TypeError):
         _name_and_args(ops.Get(CID_A), {"cid": CID_B})
     assert Block(CID_A, b"a").data == b"a"  # the example CID is the block's
+
+
+def test_the_control_package_exports_what_it_lists() -> None:
+    import cas.control
+
+    assert all(hasattr(cas.control, name) for name in cas.control.__all__)
+    assert all(hasattr(ops, name) for name in ops.__all__)
+    assert {cls.__name__ for cls in ops.OPS.values()} <= set(ops.__all__)
