@@ -212,13 +212,14 @@ class Repository:
 
     def remote_namespace(self, public_key: bytes) -> RemoteNamespace:
         """The published namespace of ``public_key``, resolved now."""
+        from .control.schema import NameResolve
         from .names.record import record_key
         from .names.remote import RemoteNamespace
 
         records: list[bytes] = []
         client = getattr(self._store, "client", None)
         if client is not None:
-            found = client.call("name_resolve", key=public_key)["found"]
+            found = client.call(NameResolve(public_key))["found"]
             if found is not None:
                 records.append(found["record"])
         else:

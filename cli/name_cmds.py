@@ -62,11 +62,10 @@ def _time(ns: int) -> str:
 
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import NamePublish
     with open_repo(args) as repo:
-        call: dict[str, Any] = {"stop": True} if args.stop else {}
-        if args.every is not None:
-            call["interval_ms"] = int(args.every * 1000)
-        result = _client(repo).call("name_publish", **call)
+        every_ms = None if args.every is None else int(args.every * 1000)
+        result = _client(repo).call(NamePublish(stop=args.stop, interval_ms=every_ms))
     if not result["publishing"]:
         out.document({"publishing": False})
         out.note("stopped publishing")
@@ -81,11 +80,12 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import NameResolve
     from cas.names.record import parse_public_key
 
     key = parse_public_key(args.key)
     with open_repo(args) as repo:
-        result = _client(repo).call("name_resolve", key=key)
+        result = _client(repo).call(NameResolve(key))
     found = result["found"]
     if found is None:
         raise CasError(f"no record found for namespace {key.hex()} (asked {result['asked']} nodes)")
@@ -99,8 +99,9 @@ def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import NameStatus
     with open_repo(args) as repo:
-        result = _client(repo).call("name_status")
+        result = _client(repo).call(NameStatus())
     last = result["last"]
     doc = {**result, "last": None if last is None else
            {k: (str(v) if k == "root" else v) for k, v in last.items() if k != "record"}}

@@ -283,13 +283,14 @@ def replication_report(args: argparse.Namespace, cids: list[Any]) -> list[dict[s
     """Copies reached by each added item, if a daemon with peers did the add
     (None when offline or alone: there is nothing to report)."""
     from cas import control
+    from cas.control.schema import ReplicationStatus
 
     client = control.connect(repo_path(args))
     if client is None:
         return None
     with client:
         try:
-            reports = client.call("replication_status", cids=cids, wait=REPLICATION_WAIT)
+            reports = client.call(ReplicationStatus(cids, REPLICATION_WAIT))
         except control.ControlProtocolError:
             return None  # an older daemon without the op
     if not reports or all(r["reachable"] == 0 for r in reports):
@@ -312,11 +313,12 @@ def replication_line(name: str, report: dict[str, Any]) -> str:
 
 def cmd_id(args: argparse.Namespace, out: Output) -> int:
     from cas import control
+    from cas.control.schema import Id
 
     client = control.connect(repo_path(args))
     if client is not None:
         with client:
-            info = client.call("id")
+            info = client.call(Id())
         doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True}
     else:
         from cas.net.identity import Identity
@@ -334,8 +336,9 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_peers(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import Peers
     with _client(args) as client:
-        peers = client.call("peers")
+        peers = client.call(Peers())
     out.document(peers)
     for p in peers:
         state = "connected" if p["connected"] else "-"
@@ -350,6 +353,7 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import DhtFind
     from cas.node import parse_target
 
     for text in args.targets:  # bad input fails before any lookup
@@ -360,7 +364,7 @@ def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
     results = []
     with _client(args) as client:
         for text in args.targets:
-            results.append(client.call("dht_find", target=text))
+            results.append(client.call(DhtFind(text)))
     if out.json_mode:
         out.document(results[0] if len(results) == 1 else results)
         return 0
@@ -374,8 +378,9 @@ def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_dht_refresh(args: argparse.Namespace, out: Output) -> int:
+    from cas.control.schema import DhtRefresh
     with _client(args) as client:
-        lookups = client.call("dht_refresh")
+        lookups = client.call(DhtRefresh())
     out.document({"lookups": lookups})
     out.result(f"refreshed: {lookups} lookups")
     return 0

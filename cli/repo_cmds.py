@@ -133,13 +133,15 @@ def replication_health(args: argparse.Namespace) -> dict[str, Any] | None:
     """The running daemon's replication counters (``replication_stats``), or
     None when no daemon runs for the repository."""
     from cas import control
+    from cas.control.schema import ReplicationStats
 
     client = control.connect(repo_path(args))
     if client is None:
         return None
     with client:
         try:
-            return dict(client.call("replication_stats"))
+            stats: dict[str, Any] = client.call(ReplicationStats())
+            return stats
         except control.ControlProtocolError:
             return None  # an older daemon without the op
 

@@ -46,6 +46,7 @@ import trio
 
 from ..cid import CID
 from ..control import ControlClient, ControlProtocolError, RemoteBlockStore, connect
+from ..control.schema import NameResolve
 from ..errors import CasError
 from ..names.namespace import RootState
 from ..names.remote import RemoteNamespace
@@ -141,7 +142,7 @@ class NodeLink:
     def resolve(self, public_key: bytes) -> bytes | None:
         """The newest record the node finds for ``public_key`` (its bytes,
         unverified here: :class:`RemoteNamespace` verifies them), or None."""
-        found = self._records.call(lambda client: client.call("name_resolve", key=public_key))["found"]
+        found = self._records.call(lambda client: client.call(NameResolve(public_key)))["found"]
         record = found.get("record") if isinstance(found, dict) else None
         return record if isinstance(record, bytes) else None
 

@@ -23,6 +23,7 @@ import trio
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import CID, RAW, parse_cid
 from cas.control import ClientState, ControlClient, socket_path
+from cas.control.schema import Get, Peers
 from cas.dht.driver import DhtDriver
 from cas.dht.ids import key_for_digest
 from cas.dht.routing import Contact
@@ -98,9 +99,9 @@ def test_a_reader_given_wrong_bytes_fetches_from_another_holder_and_counts_it_ag
                 await nursery.start(node.run)
                 ops = control_ops(node)
                 client = ClientState()
-                data = await ops["get"].handler({"cid": block.cid}, client)  # type: ignore[misc]
+                data = await ops["get"].handler(Get(block.cid), client)  # type: ignore[misc]
                 assert data == block.data
-                peers = {p["id"]: p for p in await ops["peers"].handler({}, client)}  # type: ignore[misc]
+                peers = {p["id"]: p for p in await ops["peers"].handler(Peers(), client)}  # type: ignore[misc]
                 liar_row = peers[liar.identity.node_id.hex()]
                 assert liar_row["bad_blocks"] == 1
                 assert peers[holder.identity.node_id.hex()]["bad_blocks"] == 0
@@ -132,10 +133,10 @@ def test_a_reader_asks_the_nodes_placement_chose_directly_one_message_per_block(
                 await nursery.start(node.run)
                 assert node.dht is not None
                 ops, client = control_ops(node), ClientState()
-                assert await ops["get"].handler({"cid": blocks[0].cid}, client) == blocks[0].data  # type: ignore[misc]
+                assert await ops["get"].handler(Get(blocks[0].cid), client) == blocks[0].data  # type: ignore[misc]
                 for block in blocks[1:]:  # the first read's lookup answers for these keys too
                     before = node.dht.messages_sent
-                    assert await ops["get"].handler({"cid": block.cid}, client) == block.data  # type: ignore[misc]
+                    assert await ops["get"].handler(Get(block.cid), client) == block.data  # type: ignore[misc]
                     assert node.dht.messages_sent - before == 1  # a FIND_BLOCK lookup sends alpha = 3 at once
                 node.stop()
 

@@ -6,10 +6,14 @@
 * :mod:`.daemon` — :class:`Node` (the repository, the identity, the DHT,
   replication, integrity, the control socket, in one nursery) and
   :func:`run_daemon` (``cas daemon``: signals, the ready line).
-* :mod:`.ops` — the control ops the CLI, the library and the mount call.
+* :mod:`.ops` — the control ops the CLI, the library and the mount call:
+  one handler per op (requests declared in :mod:`cas.control.schema`),
+  the store's here, the node's in :mod:`.ops_node`, the namespace's and
+  published names' in :mod:`.ops_names`, all in one table; what a handler
+  is given is :class:`.ops_context.OpContext`.
 
 Nothing below the node (the store, the DHT, the network, the names)
-imports this package.
+imports this package or :mod:`cas.control` (tests/test_layers.py).
 """
 
 from .config import (
