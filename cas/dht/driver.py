@@ -148,7 +148,8 @@ class BlockKeeper(Protocol):
     blocks are verified before they are handed over; ``keep_many`` returns
     once they are durable, with one outcome per block: anything but an
     exception means kept; a :class:`CasError` is why that block was refused
-    (:class:`cas.store.StorageQuotaError` when the quota is full)."""
+    (:class:`cas.store.StorageQuotaError` when the quota is full; how each
+    is answered: :func:`cas.dht.responder.error_code`)."""
 
     async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
                         leases: Sequence[int] = ()) -> list[object]:
@@ -170,9 +171,11 @@ class RecordKeeper(Protocol):
     """Where the driver keeps namespace records peers put here (PUT_RECORD)
     and finds the ones they ask for (GET_RECORD). ``put`` decides (by
     :func:`cas.names.record.accept_record`) and raises
-    :class:`InvalidRecordError` for a record it refuses, or another
-    :class:`CasError` (full) when it has no room; it returns once the record
-    is durable."""
+    :class:`InvalidRecordError` for a record it refuses
+    (:class:`~cas.errors.StaleRecordError` for one not newer than the held
+    one), :class:`cas.store._records.RecordQuotaError` when it has no room;
+    it returns once the record is durable. How each is answered:
+    :func:`cas.dht.responder.error_code`."""
 
     async def get_record(self, key: bytes) -> bytes | None: ...
 
@@ -533,6 +536,8 @@ class DhtDriver:
                 return responder.read_record_done(requester, work, held)
             if isinstance(work, KeepRecord):
                 return await self._keep_record(requester, work)
+        except RemoteProtocolError:
+            raise  # the peer's fault: the connection strikes it
         except CasError as exc:  # none of the failures the responder expects: ours
             return responder.error_done(exc)
         return work
