@@ -293,3 +293,14 @@ def test_the_responder_decides_without_io() -> None:
     block = Block.of(RAW, b"y")
     refused = responder.start(1, msg.StoreBlocks.of([(block.cid, block.data)]), 0.0)
     assert isinstance(refused, msg.Error) and refused.code == "refused"
+
+
+def test_the_driver_module_still_exports_what_its_importers_use() -> None:
+    from cas.dht import driver
+
+    for name in driver.__all__:
+        assert hasattr(driver, name), name
+    # The exceptions moved to the pool are the same classes, not copies.
+    from cas.dht import pool
+    assert driver.PeerRefusedError is pool.PeerRefusedError
+    assert issubclass(driver.PeerRefusedError, driver.PeerUnreachableError)
