@@ -9,8 +9,9 @@ it), and what the caller gets back (:class:`FindResult`: the closest nodes,
 a block verified against the CID asked for, records, provider hints).
 
 Must never: decide who to ask next or when a lookup is done (the
-:class:`Lookup` does), touch the routing table (what each peer's answer
-proves is told to the :class:`PeerNews` listener, the driver), or trust a
+:class:`Lookup` does); feed the routing table itself (it only reads the
+starting contacts and marks the bucket looked up; what each peer's answer
+proves is told to the :class:`PeerNews` listener, the driver); or trust a
 block or an address from a peer.
 """
 
