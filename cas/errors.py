@@ -106,6 +106,11 @@ class InvalidRecordError(CasError):
     key, or older than the one already held."""
 
 
+class StaleRecordError(InvalidRecordError):
+    """A namespace root record is valid but not newer than the one already
+    held (its sequence number is not above the current one)."""
+
+
 class ConcurrentUpdateError(CasError):
     """Another writer committed a new namespace root first; retry."""
 

@@ -19,7 +19,7 @@ import trio.testing
 
 from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
 from cas.cid import RAW
-from cas.dht import driver as driver_module
+from cas.dht import pool as pool_module
 from cas.dht.driver import BootstrapError, DhtDriver, source_address
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
@@ -280,8 +280,8 @@ def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None
             assert scope.cancelled_caught
             await trio.sleep(0.6)  # the answers arrive now, for a lookup that is over
             for node in slow[:3]:
-                connection = seeker._connections[node.own_id]
-                assert not connection.channel.closed
+                connection = seeker.pool.open_to(node.own_id)
+                assert connection is not None  # not closed
                 assert connection.statistics().strikes == 0
             found = await seeker.find_node(slow[0].own_id)  # and the node carries on
             assert {c.node_id for c in found.lookup.closest} == {n.own_id for n in slow}
@@ -382,7 +382,7 @@ def test_a_probe_taken_by_a_dying_nodes_listener_and_reset_finds_the_node_dead(
     # A process being killed closes its sockets one at a time: the
     # connection whose end starts the probe can close before the listener,
     # which takes the probe into its queue and resets it as it closes.
-    monkeypatch.setattr(driver_module, "PROBE_SETTLE", 0.5)
+    monkeypatch.setattr(pool_module, "PROBE_SETTLE", 0.5)
 
     async def main() -> None:
         async with network() as net:
@@ -396,13 +396,13 @@ def test_a_probe_taken_by_a_dying_nodes_listener_and_reset_finds_the_node_dead(
                 peer = Contact(id_from_bytes(Identity.generate().node_id), "127.0.0.1",
                                listener.getsockname()[1])
                 a.seen(peer)
-                a._probe_soon(peer)
+                a.pool.probe_soon(peer)
                 with trio.fail_after(5):
                     await trio.lowlevel.wait_readable(listener)  # the probe is in its queue
                     await trio.testing.wait_all_tasks_blocked()  # and the prober is done connecting
                     if dying:
                         listener.close()
-                    while peer.node_id in a._probing:
+                    while peer.node_id in a.pool.probing:
                         await trio.sleep(0.01)
                 if dying:
                     assert lost == [peer.node_id] and peer.node_id not in a.table

@@ -263,7 +263,7 @@ def test_refusals_are_counted_per_address_and_told_the_1st_10th_100th_time() -> 
             outsider = await net.add(network_key=NetworkKey.generate())
             for _ in range(12):
                 with pytest.raises(PeerRefusedError, match="network key differs"):
-                    await outsider._dial("127.0.0.1", member.listen_port or 0, None)
+                    await outsider.pool.dial("127.0.0.1", member.listen_port or 0, None)
             with trio.fail_after(10):
                 while member.refused["127.0.0.1"] < 12:  # the refuser counts after answering
                     await trio.sleep(0.01)

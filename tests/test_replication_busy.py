@@ -8,7 +8,7 @@ import trio
 
 from cas.blocks import Block
 from cas.cid import CID, RAW
-from cas.dht import driver as driver_module
+from cas.dht import responder as responder_module
 from cas.dht.replicator import Replicator
 from tests.test_dht_driver import network
 from tests.test_replication_store import keeper_and_sender
@@ -37,8 +37,8 @@ class Source:
 
 
 def test_a_busy_peer_is_waited_for_and_its_copy_is_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_module, "STORE_RATE", 8.0)
-    monkeypatch.setattr(driver_module, "STORE_BURST", 1.0)
+    monkeypatch.setattr(responder_module, "STORE_RATE", 8.0)
+    monkeypatch.setattr(responder_module, "STORE_BURST", 1.0)
     blocks = [Block.of(RAW, b"block %d" % i) for i in range(4)]
 
     async def main() -> None:

@@ -16,7 +16,7 @@ import trio
 from cas import dagcbor
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import DAG_CBOR, RAW
-from cas.dht import driver as driver_module
+from cas.dht import responder as responder_module
 from cas.dht.driver import DhtDriver
 from cas.errors import StorageQuotaError
 from cas.net import messages as msg
@@ -164,8 +164,8 @@ def test_store_block_is_verified_kept_and_refused_with_a_reason_when_full() -> N
 
 
 def test_store_block_is_rate_limited_per_peer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_module, "STORE_BURST", 3.0)
-    monkeypatch.setattr(driver_module, "STORE_RATE", 0.001)
+    monkeypatch.setattr(responder_module, "STORE_BURST", 3.0)
+    monkeypatch.setattr(responder_module, "STORE_RATE", 0.001)
 
     async def main() -> None:
         async with network() as net:

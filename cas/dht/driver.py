@@ -1,86 +1,96 @@
-"""The trio driver of the DHT: the sans-IO routing table and lookup on real
-connections.
+"""The trio driver of the DHT: one node's DHT, wired together.
 
-Owns: the pool of :class:`cas.net.Connection` objects to other nodes (one
-per peer, reused, dialled on demand, dropped when they close), turning
-:class:`~cas.dht.lookup.SendQuery` actions into FIND_NODE / FIND_BLOCK
-requests and their outcomes back into lookup events, the per-request timers
-(a soft timeout that lets the lookup search around a slow peer, a hard one
-that gives up on it), feeding the routing table what the wire proves
-(``update`` on every request received and every response, ``record_failure``
-on every failure, ``remove`` on a peer that proves another identity than the
-one it was known by), pinging a full bucket's oldest contact, answering
-peers' DHT requests, bootstrap and bucket refresh; namespace records
-(PUT_RECORD kept through a :class:`RecordKeeper`, GET_RECORD answered from
-it, and :meth:`DhtDriver.find_records` gathering them with a lookup); the
-network key every handshake is made with, and a count per host of the
-peers refused for being on another network; inbound connections as the
-admission policy (:mod:`cas.net.admission`) rules, whose evictions it
-carries out, fed with which peers answered our requests; the frame budget
-its connections share; and giving memory back to the kernel once a flood
-of inbound connections is over.
+Owns: the wiring of the three parts of a node's DHT, and what only the
+whole knows: feeding the routing table what the wire proves (``update`` on
+every request received and every response, ``record_failure`` on every
+failure, ``remove`` on a peer that proves another identity than the one it
+was known by, telling ``peer_lost`` of a contact dropped), pinging a full
+bucket's oldest contact, single requests to one peer (PING, HAVE,
+STORE_BLOCKS batched by :mod:`.store_batches`, PUT_RECORD, one FIND_BLOCK),
+doing the store I/O that answering a request needs, bootstrap and bucket
+refresh.
+
+The parts, each in its own module (go-libp2p-kad-dht's layout: the
+handlers apart from the query code, the connection layer injected):
+
+* :mod:`.pool` — the connections: dialling (through an injected dialer),
+  the handshake, one pooled connection per peer, serving accepted streams
+  as the admission policy rules, probing a peer that hung up.
+* :mod:`.responder` — sans-IO: what each inbound request is answered, as
+  one table of handlers; what needs the store is returned as work, which
+  :meth:`DhtDriver.answer` does here and hands back.
+* :mod:`.lookups` — the sans-IO :class:`~cas.dht.lookup.Lookup` run over
+  the pool (FIND_NODE, FIND_BLOCK, GET_RECORD lookups).
 
 Must never: decide anything the sans-IO objects decide (who to ask next,
-when a lookup is done, who to evict from the table or from the connection
-pool); trust an address or a block from a
-peer (node IDs come from the handshake, blocks are verified against the CID
-asked for, records by the keeper and by whoever reads them); or let one
-peer's failure escape into the node.
+when a lookup is done, what to answer, who to evict from the table or from
+the connection pool); trust an address or a block from a peer (node IDs
+come from the handshake, blocks are verified against the CID asked for,
+records by the keeper and by whoever reads them); or let one peer's
+failure escape into the node.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from ..allocator import release_free_memory
 from ..blocks import Block, verified
 from ..cid import CID
 from ..errors import (
+    BlockNotFoundError,
     CasError,
-    ConnectionClosedError,
     InvalidBlockError,
-    InvalidRecordError,
-    MalformedMessageError,
-    NetworkMismatchError,
     PeerIdMismatchError,
     RemoteProtocolError,
+    RepositoryError,
     RequestFailedError,
     RequestTimeoutError,
-    StorageQuotaError,
 )
 from ..net import messages as msg
-from ..net.admission import Admission, Admitted, Slot
-from ..net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, PEER_CLOSED, Connection, open_channel
+from ..net.admission import Admission
+from ..net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 from ..net.framing import FRAME_MEMORY, FrameBudget
-from ..net.identity import Identity, meets_difficulty
+from ..net.identity import Identity
 from ..net.network_key import NetworkKey
-from ..net.noise import PeerIdentity
-from ..ratelimit import KeyedBuckets
-from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
-from .lookup import ALPHA, Lookup, LookupResult, SendQuery
+from .ids import NodeID, random_id_in_bucket
+from .lookup import ALPHA
+from .lookups import SOFT_TIMEOUT, FindResult, Lookups, peer_to_contact
+from .pool import (
+    AGENT,
+    REQUEST_TIMEOUT,
+    ConnectionPool,
+    Dialer,
+    PeerRefusedError,
+    PeerUnreachableError,
+    source_address,
+    tcp_dialer,
+)
 from .providers import ProviderRecords
+from .responder import (
+    CheckPresence,
+    KeepBlocks,
+    KeepRecord,
+    ReadBlock,
+    ReadRecord,
+    Responder,
+    contact_to_peer,
+)
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
 from .store_batches import StoreBatcher, StoreOutcome
 
-AGENT = "cas/0.1"
-
-REQUEST_TIMEOUT = 5.0
-"""Hard limit for one DHT request, dial and handshake included. A peer that
-has not answered in 5 s is failed (libp2p's DHT uses 10 s per query; a lookup
-never waits for it thanks to the soft timeout below)."""
-
-SOFT_TIMEOUT = 1.0
-"""After this long a query stops holding one of the lookup's alpha slots
-(``Lookup.on_timeout``); a late answer is still used. The simulator's
-default, and several times any healthy round trip."""
+__all__ = [  # what importers find here, wherever it lives now
+    "AGENT", "HAVE_TIMEOUT", "NOT_FAILURES", "REFRESH_CHECK", "REQUEST_TIMEOUT", "SOFT_TIMEOUT",
+    "STORE_TIMEOUT", "BlockKeeper", "BlockSource", "BootstrapError", "BootstrapRefusedError",
+    "DhtDriver", "FindResult", "PeerRefusedError", "PeerStatus", "PeerUnreachableError",
+    "RecordKeeper", "RenewsLeases", "VerifiesPresence", "contact_to_peer", "peer_to_contact",
+    "source_address",
+]
 
 REFRESH_CHECK = 60.0
 """How often the refresh loop asks the table which buckets are due."""
@@ -97,46 +107,13 @@ verifies and fsyncs before it answers."""
 
 _STORED = StoreOutcome("stored")
 
-STORE_RATE = 1000.0
-STORE_BURST = 2048.0
-"""Blocks accepted per peer in STORE_BLOCKS: 1000 a second on average (≈ 250 MiB/s
-of average-size blocks: one adder at full speed on a LAN; 400/s, ≈ 100 MiB/s, was
-below what a replicated add sends each peer once stores were batched), bursts of 2048
-(twice the placement queue's length). Beyond that the answer is ``busy``, which
-the sender retries after a pause. What a peer may keep here is bounded by
-the quota, not by this rate."""
-
-RECORD_RATE = 10.0
-RECORD_BURST = 50.0
-"""PUT_RECORD requests accepted per peer (a publisher sends one per
-namespace per republish; this is generous)."""
-
-RELEASE_AFTER_CLOSES = 64
-"""Inbound connections closed since the busiest moment after which the
-driver has malloc give its free memory back (:mod:`cas.allocator`): a
-flood leaves its connections' objects in the middle of the heap, which
-glibc, tuned to keep freed memory, would otherwise hold for good."""
-
-RELEASE_INTERVAL = 5.0
-"""Seconds between two such releases at least (each costs milliseconds
-and makes the next buffers fault their pages in again)."""
-
-RELEASE_SETTLE = 1.0
-"""Seconds a release waits once due, for the rest of a burst of closes (the
-flood's end) to happen first."""
-
-PROBE_SETTLE = 1.0
-"""Seconds a probe's accepted connection is watched for a reset before the
-peer counts as alive. A process being killed closes its sockets one at a
-time (and may be preempted in between): the connection whose end started
-the probe may close before its listener, which then accepts the probe and
-resets it as it closes. Seen in about one kill in ten with 4 daemons on 2
-busy cores; the node was then never found dead. A live node says nothing
-on a connection until the dialler's first handshake message."""
-
 NOT_FAILURES = frozenset({"busy", "full", "stale"})
 """Error codes that say "not now" or "not me", not "I am broken": the
 routing table does not count them against the peer."""
+
+UNREADABLE = (InvalidBlockError, BlockNotFoundError, RepositoryError)
+"""Why a block held here may fail to be read for a peer (damaged, gone
+meanwhile, the disk): it is not served, and the peer is pointed elsewhere."""
 
 
 class BootstrapError(CasError):
@@ -146,14 +123,6 @@ class BootstrapError(CasError):
 class BootstrapRefusedError(BootstrapError):
     """Every bootstrap peer refused the handshake: they are on another
     network (a network key that differs, or none where one is needed)."""
-
-
-class PeerUnreachableError(CasError):
-    """A peer could not be dialled or did not complete the handshake."""
-
-
-class PeerRefusedError(PeerUnreachableError):
-    """The handshake was refused: the peer is on another network."""
 
 
 class BlockSource(Protocol):
@@ -180,7 +149,8 @@ class BlockKeeper(Protocol):
     blocks are verified before they are handed over; ``keep_many`` returns
     once they are durable, with one outcome per block: anything but an
     exception means kept; a :class:`CasError` is why that block was refused
-    (:class:`cas.store.StorageQuotaError` when the quota is full)."""
+    (:class:`cas.store.StorageQuotaError` when the quota is full; how each
+    is answered: :func:`cas.dht.responder.error_code`)."""
 
     async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
                         leases: Sequence[int] = ()) -> list[object]:
@@ -202,9 +172,11 @@ class RecordKeeper(Protocol):
     """Where the driver keeps namespace records peers put here (PUT_RECORD)
     and finds the ones they ask for (GET_RECORD). ``put`` decides (by
     :func:`cas.names.record.accept_record`) and raises
-    :class:`InvalidRecordError` for a record it refuses, or another
-    :class:`CasError` (full) when it has no room; it returns once the record
-    is durable."""
+    :class:`InvalidRecordError` for a record it refuses
+    (:class:`~cas.errors.StaleRecordError` for one not newer than the held
+    one), :class:`~cas.errors.StorageQuotaError` when it has no room;
+    it returns once the record is durable. How each is answered:
+    :func:`cas.dht.responder.error_code`."""
 
     async def get_record(self, key: bytes) -> bytes | None: ...
 
@@ -221,110 +193,12 @@ class PeerStatus:
     failures: int
 
 
-@dataclass(frozen=True)
-class FindResult:
-    """A lookup's outcome plus the wall time it took."""
-
-    lookup: LookupResult
-    seconds: float
-    block: bytes | None = None
-    holder: Contact | None = None
-    providers: tuple[Contact, ...] = ()
-    """For FIND_BLOCK without the block: nodes others know hold it
-    (provider records, :mod:`.providers`), to ask directly."""
-
-
-def contact_to_peer(contact: Contact) -> msg.PeerInfo:
-    return msg.PeerInfo(id_to_bytes(contact.node_id), contact.host, contact.port)
-
-
-def peer_to_contact(peer: msg.PeerInfo) -> Contact | None:
-    try:
-        return Contact(id_from_bytes(peer.node_id), peer.host, peer.port)
-    except ValueError:
-        return None
-
-
-def source_address(listen_host: str | None, target_host: str) -> str | None:
-    """The local address to dial ``target_host`` from, so that the peer
-    sees the address this node listens on (it files an inbound contact
-    under the connection's source address and the hello's port); None lets
-    the kernel choose, as for a node listening on every address.
-
-    A node bound to one address of a host with several (127.0.0.12 beside
-    127.0.0.1, a server's second interface) would otherwise dial from the
-    kernel's default source, and its peers would note an address where
-    nothing listens: their lookups hand it on, dials to it are refused, and
-    the probe after a hang-up finds it "dead". Only an IP literal of the
-    same family and the same scope (loopback or not) as the target is used:
-    a node on 127.0.0.1 can still dial a remote bootstrap peer as a
-    client, and a host name is left to the resolver."""
-    if not listen_host:
-        return None
-    try:
-        local = ipaddress.ip_address(listen_host)
-        remote = ipaddress.ip_address(target_host)
-    except ValueError:
-        return None
-    if local.is_unspecified or local.version != remote.version or local.is_loopback != remote.is_loopback:
-        return None
-    return listen_host
-
-
-_CONVERSION_CACHE = 4096
-"""Wire peers <-> contacts remembered per driver. Every FIND_NODE answer
-carries 20 peers, mostly the same few hundred over and over; converting (and
-validating) each anew was a tenth of a lookup's CPU."""
-
-
-class _Conversions:
-    def __init__(self) -> None:
-        # Keyed by node ID and checked by identity: the table hands out the
-        # same Contact object until the contact changes, and hashing a
-        # Contact (a dataclass) costs a Python call where an int's does not.
-        self._to_peer: dict[int, tuple[Contact, msg.PeerInfo]] = {}
-        self._to_contact: dict[msg.PeerInfo, Contact | None] = {}
-
-    def peer(self, contact: Contact) -> msg.PeerInfo:
-        found = self._to_peer.get(contact.node_id)
-        if found is not None and found[0] is contact:
-            return found[1]
-        if len(self._to_peer) >= _CONVERSION_CACHE:
-            self._to_peer.clear()
-        peer = contact_to_peer(contact)
-        self._to_peer[contact.node_id] = (contact, peer)
-        return peer
-
-    def contact(self, peer: msg.PeerInfo) -> Contact | None:
-        try:
-            return self._to_contact[peer]
-        except KeyError:
-            if len(self._to_contact) >= _CONVERSION_CACHE:
-                self._to_contact.clear()
-            found = self._to_contact[peer] = peer_to_contact(peer)
-            return found
-
-
-@dataclass(frozen=True)
-class _HeldRecord:
-    """A record a peer answered GET_RECORD with (not a lookup's value: a
-    record lookup always runs to the k closest)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _Holders:
-    """Providers a peer named for a block it lacks (not a lookup's value:
-    the lookup goes on to the closest nodes, which should have the block;
-    the providers are asked only if none has)."""
-
-    contacts: tuple[Contact, ...]
-
-
 class DhtDriver:
     """One node's DHT on trio. ``await nursery.start(driver.run)`` first; it
-    owns every connection task until cancelled."""
+    owns every connection task until cancelled.
+
+    ``dialer`` opens streams to peers (:func:`~cas.dht.pool.tcp_dialer` from
+    ``listen_host`` by default; tests pass memory streams)."""
 
     def __init__(
         self,
@@ -351,6 +225,7 @@ class DhtDriver:
         admission: Admission | None = None,
         frame_timeout: float = FRAME_TIMEOUT,
         frame_memory: int = FRAME_MEMORY,
+        dialer: Dialer | None = None,
     ) -> None:
         self.identity = identity
         self.network_key = network_key
@@ -358,23 +233,19 @@ class DhtDriver:
         """Work a peer's node ID must show (cas.net.identity.id_work): one
         that falls short is never put in the routing table and is refused
         every request."""
-        self.short_of_work = 0  # requests refused for it
         self._on_refused = on_refused
         self.peer_lost: list[Callable[[int], None]] = []
         """Called with a contact's ID when the table drops it as failed, or
         as gone (its address refuses connections after it hung up)."""
-        self._probing: set[int] = set()
         self.own_id = NodeID(int.from_bytes(identity.node_id, "big"))
         if table.own_id != self.own_id:
             raise ValueError("the routing table belongs to another node")
         self.table = table
         self.blocks = blocks
         self.keeper = keeper
-        self._store_limiter: KeyedBuckets[int] = KeyedBuckets(STORE_RATE, STORE_BURST)
         self.providers = ProviderRecords()
         """Who offered blocks this node refused (:mod:`.providers`)."""
         self.records = records
-        self._record_limiter: KeyedBuckets[int] = KeyedBuckets(RECORD_RATE, RECORD_BURST)
         self.listen_port = listen_port
         self.listen_host = listen_host
         """The address the node listens on; outbound connections are dialled
@@ -388,293 +259,126 @@ class DhtDriver:
         self.refresh_interval = refresh_interval
         self._rng = rng or random.Random()
         self._clock = clock
-        # Who may hold an inbound connection, and whose to close for a
-        # newcomer (sans-IO, cas/net/admission.py); the driver closes what it
-        # names (the cancel scope of each inbound connection's task).
-        self.admission = admission if admission is not None else Admission()
+        self.pool = ConnectionPool(
+            identity, self, dialer=dialer if dialer is not None else tcp_dialer(listen_host),
+            listen_port=listen_port, network_key=network_key, admission=admission,
+            request_timeout=request_timeout, handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
+            frame_timeout=frame_timeout, frame_memory=frame_memory, clock=clock, on_refused=on_refused,
+            on_gone=self._gone)
+        self.admission = self.pool.admission
         self.admission.protected = self._good_contact
-        self._inbound: dict[Slot, trio.CancelScope] = {}
-        self._inbound_peak = 0  # most inbound connections at once since memory was last released
-        self._release_pending = False
-        self._last_release = -math.inf
-        # Large frames being received, on all this node's connections at once.
         self.frame_timeout = frame_timeout
-        self.frame_budget = FrameBudget(frame_memory)
-        self._connections: dict[int, Connection] = {}
-        self._dialing: dict[int, trio.Event] = {}
+        self.frame_budget: FrameBudget = self.pool.frame_budget
+        self.responder = Responder(table, self.providers, k=k, id_difficulty=id_difficulty,
+                                   keeps_blocks=keeper is not None, keeps_records=records is not None)
+        self.lookups = Lookups(self.own_id, table, self.pool, self, k=k, alpha=alpha,
+                               soft_timeout=soft_timeout, request_timeout=request_timeout, clock=clock)
         self._pinging: set[int] = set()
-        self._conversions = _Conversions()
         self._nursery: trio.Nursery | None = None
         self._batcher: StoreBatcher | None = None
-        self.messages_sent = 0
-        self.handshakes_in = 0
-        """Handshakes completed with peers that dialled us, since start."""
-        self.handshakes_out = 0
-        """Handshakes completed with peers we dialled, since start."""
+        self._requests_sent = 0
         self.bad_blocks: Counter[int] = Counter()
         """Node ID → blocks it sent that did not match their CID (``cas peers``)."""
-        self.refused: Counter[str] = Counter()
-        """Remote host → handshakes refused because it is on another network."""
-        self._refusal_reasons: Counter[tuple[str, str]] = Counter()
-        """(host, reason) → refusals: ``on_refused`` hears the 1st, 10th, 100th…"""
 
     # -- lifetime -------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection tasks until cancelled."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.pool.run)
             self._nursery = nursery
             self._batcher = StoreBatcher(self.store_blocks, nursery)
             task_status.started()
             await trio.sleep_forever()
 
-    def _hello(self) -> msg.Hello:
-        return msg.Hello(agent=AGENT, listen_port=self.listen_port)
-
     def _now(self) -> float:
         return self._clock()
+
+    # -- statistics -------------------------------------------------------------
+
+    @property
+    def messages_sent(self) -> int:
+        """Requests sent: single ones and lookups' queries."""
+        return self._requests_sent + self.lookups.messages_sent
+
+    @property
+    def handshakes_in(self) -> int:
+        """Handshakes completed with peers that dialled us, since start."""
+        return self.pool.handshakes_in
+
+    @property
+    def handshakes_out(self) -> int:
+        """Handshakes completed with peers we dialled, since start."""
+        return self.pool.handshakes_out
+
+    @property
+    def refused(self) -> Counter[str]:
+        """Remote host → handshakes refused because it is on another network."""
+        return self.pool.refused
+
+    @property
+    def short_of_work(self) -> int:
+        """Requests refused because the requester's ID falls short of the work."""
+        return self.responder.short_of_work
 
     # -- connections ----------------------------------------------------------
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted TCP stream (give this to ``trio.serve_listeners``).
-
-        The admission policy decides at two points: when the stream is
-        accepted (a handshake slot) and when the peer has proven its node
-        ID (a connection slot); either decision may name connections to
-        evict, whose tasks are cancelled here."""
+        """Serve one accepted TCP stream (give this to ``trio.serve_listeners``);
+        see :meth:`ConnectionPool.serve`."""
         try:
             host, port = stream.socket.getpeername()[:2]
         except OSError:
             await stream.aclose()
             return
-        decision = self.admission.open(host, self._now())
-        if not isinstance(decision, Admitted):
-            await stream.aclose()
-            return
-        slot = decision.slot
-        self._evict(decision.evict)
-        scope = self._inbound[slot] = trio.CancelScope()
-        self._inbound_peak = max(self._inbound_peak, len(self._inbound))
-        try:
-            with scope:
-                await self._serve_inbound(stream, slot, host, port)
-        finally:
-            self.admission.close(slot)
-            del self._inbound[slot]
-            if self._inbound_peak - len(self._inbound) >= RELEASE_AFTER_CLOSES and not self._release_pending \
-                    and self._nursery is not None:
-                try:
-                    self._nursery.start_soon(self._release_memory)
-                    self._release_pending = True
-                except RuntimeError:  # the driver is shutting down: nothing to give back for
-                    pass
-            if scope.cancelled_caught:  # evicted: the stream may still be open
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+        await self.pool.serve(stream, host, port)
 
-    async def _serve_inbound(self, stream: trio.SocketStream, slot: Slot, host: str, port: int) -> None:
-        try:
-            channel = await open_channel(stream, self.identity, initiator=False, hello=self._hello(),
-                                         handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout, network_key=self.network_key,
-                                         frame_timeout=self.frame_timeout, budget=self.frame_budget)
-        except NetworkMismatchError as exc:
-            self._count_refused(host, port, exc)
-            return  # it learnt nothing; open_channel told it why and closed the stream
-        except (RemoteProtocolError, ConnectionClosedError, OSError):
-            return  # refused; open_channel closed the stream
-        self.handshakes_in += 1
-        peer_id = self._peer_id(channel.peer)
-        decision = self.admission.authenticated(slot, peer_id, self._now())
-        if not isinstance(decision, Admitted):
-            await channel.aclose()
-            return
-        self._evict(decision.evict)
-        hello = channel.peer_hello
-        listen = hello.listen_port if hello is not None else None
-        contact = None
-        if listen is not None:
-            try:
-                contact = Contact(peer_id, host, listen)
-            except ValueError:
-                contact = None
-        connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact))
-        await self._run_connection(connection, contact)
-
-    async def _release_memory(self) -> None:
-        """Many inbound connections have closed (a flood, over or ending):
-        give malloc's free memory back, no sooner than RELEASE_INTERVAL
-        after the last time."""
-        try:
-            await trio.sleep_until(max(trio.current_time() + RELEASE_SETTLE,
-                                       self._last_release + RELEASE_INTERVAL))
-            release_free_memory()
-        finally:
-            self._last_release = trio.current_time()
-            self._inbound_peak = len(self._inbound)
-            self._release_pending = False
-
-    def _evict(self, slots: Sequence[Slot]) -> None:
-        """Close the inbound connections the admission policy evicted."""
-        for slot in slots:
-            scope = self._inbound.get(slot)
-            if scope is not None:
-                scope.cancel()
+    def connected(self, node_id: int) -> bool:
+        return self.pool.connected(node_id)
 
     def _good_contact(self, peer: object) -> bool:
         """For the admission policy: a peer our routing table holds."""
         return peer in self.table
 
-    def _served(self, node_id: int) -> None:
-        """``node_id`` answered one of our requests (not a ping): useful."""
+    def _gone(self, contact: Contact) -> None:
+        """The pool's probe found nothing listening at ``contact``'s address."""
+        if self.table.remove(contact.node_id):
+            for hook in self.peer_lost:
+                hook(contact.node_id)
+
+    # -- what the wire proves, told to the table -----------------------------
+
+    def seen(self, contact: Contact) -> None:
+        """``contact`` proved itself just now: tell the table, and ping the
+        bucket's oldest contact if the bucket is full. A node whose ID does
+        not show the network's work never enters the table."""
+        if not self.responder.shows_work(contact.node_id):
+            return
+        oldest = self.table.update(contact, self._now())
+        if oldest is not None and oldest.node_id not in self._pinging \
+                and len(self._pinging) < MAX_PINGS and self._nursery is not None:
+            self._pinging.add(oldest.node_id)
+            self._nursery.start_soon(self._ping_oldest, oldest)
+
+    def served(self, node_id: int) -> None:
+        """``node_id`` answered one of our requests (not a ping): useful,
+        which the admission policy weighs."""
         self.admission.served(node_id)
 
-    async def _run_connection(self, connection: Connection, contact: Contact | None) -> None:
-        peer_id = self._peer_id(connection.peer)
-        if contact is not None:
-            self._connections.setdefault(peer_id, connection)
-        try:
-            await connection.run()
-        finally:
-            if self._connections.get(peer_id) is connection:
-                del self._connections[peer_id]
-        if connection.channel.stats.closed_because == PEER_CLOSED and contact is not None:
-            self._probe_soon(contact)
+    def failed(self, peer: Contact, error: BaseException) -> None:
+        """A request to ``peer`` failed for good: a false contact is
+        removed, an error code in NOT_FAILURES is not held against it,
+        anything else is a failure."""
+        if isinstance(error, PeerIdMismatchError):
+            self.table.remove(peer.node_id)  # someone else answers at that address
+        elif not (isinstance(error, RequestFailedError) and error.code in NOT_FAILURES):
+            self._record_failure(peer.node_id)
 
-    def _probe_soon(self, contact: Contact) -> None:
-        """A peer closed our connection: it idled it out, or its process
-        died (the kernel closes a dead process's sockets). Tell the two
-        apart at once, cheaply, so that a death is acted on (repair) in
-        seconds rather than at the next failed request: see :meth:`_probe`."""
-        if self._nursery is not None and contact.node_id not in self._probing:
-            self._probing.add(contact.node_id)
-            self._nursery.start_soon(self._probe, contact)
-
-    async def _probe(self, contact: Contact) -> None:
-        """A TCP connect to the peer's address, no handshake: refused means
-        nothing listens there any more, and the contact is dropped as lost
-        (``peer_lost``); accepted means it is alive, unless the connection
-        is reset within PROBE_SETTLE (a dying process's listener took it)."""
-
-        def lost() -> None:
-            if self.table.remove(contact.node_id):
-                for hook in self.peer_lost:
-                    hook(contact.node_id)
-
-        try:
-            with trio.move_on_after(self.handshake_timeout):
-                try:
-                    stream = await trio.open_tcp_stream(contact.host, contact.port)
-                except OSError:
-                    lost()
-                    return
-                try:
-                    with trio.move_on_after(PROBE_SETTLE):
-                        await stream.receive_some(1)  # the end (an admission refusal) is alive too
-                except trio.BrokenResourceError:
-                    lost()  # reset: its listener closed with the probe in its queue
-                finally:
-                    await stream.aclose()
-        finally:
-            self._probing.discard(contact.node_id)
-
-    def _count_refused(self, host: str, port: int, error: NetworkMismatchError, *,
-                       tell: bool = True) -> None:
-        self.refused[host] += 1
-        count = self._refusal_reasons[host, str(error)] = self._refusal_reasons[host, str(error)] + 1
-        if tell and self._on_refused is not None and str(count).strip("0") == "1":  # 1, 10, 100…
-            again = f" ({count} times from {host})" if count > 1 else ""
-            self._on_refused(f"refused peer {host}:{port}: {error}{again}")
-
-    @staticmethod
-    def _peer_id(peer: PeerIdentity) -> NodeID:
-        return id_from_bytes(peer.node_id)
-
-    async def _dial(self, host: str, port: int, expected: int | None) -> tuple[Connection, Contact]:
-        assert self._nursery is not None, "DhtDriver.run() is not running"
-        expected_bytes = id_to_bytes(expected) if expected is not None else None
-        try:
-            with trio.fail_after(self.handshake_timeout):
-                stream = await trio.open_tcp_stream(
-                    host, port, local_address=source_address(self.listen_host, host))
-        except (OSError, trio.TooSlowError) as exc:
-            reason = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
-            raise PeerUnreachableError(f"cannot reach {host}:{port}: {reason}") from None
-        try:
-            channel = await open_channel(stream, self.identity, initiator=True,
-                                         expected_peer_id=expected_bytes, hello=self._hello(),
-                                         handshake_timeout=self.handshake_timeout,
-                                         idle_timeout=self.idle_timeout, network_key=self.network_key,
-                                         frame_timeout=self.frame_timeout, budget=self.frame_budget)
-        except PeerIdMismatchError:
-            raise
-        except NetworkMismatchError as exc:
-            self._count_refused(host, port, exc, tell=False)  # the caller says it, or not
-            raise PeerRefusedError(f"refused peer {host}:{port}: {exc}") from None
-        except (RemoteProtocolError, ConnectionClosedError) as exc:
-            raise PeerUnreachableError(f"handshake with {host}:{port} failed: {exc}") from None
-        self.handshakes_out += 1
-        peer_id = self._peer_id(channel.peer)
-        contact = Contact(peer_id, host, port)
-        connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact),
-                                request_timeout=self.request_timeout)
-        self._nursery.start_soon(self._run_connection, connection, contact)
-        return connection, contact
-
-    async def _connection_to(self, contact: Contact) -> Connection:
-        node_id = contact.node_id
-        while True:
-            existing = self._connections.get(node_id)
-            if existing is not None and not existing.channel.closed:
-                return existing
-            pending = self._dialing.get(node_id)
-            if pending is None:
-                break
-            await pending.wait()
-        event = self._dialing[node_id] = trio.Event()
-        try:
-            connection, _ = await self._dial(contact.host, contact.port, node_id)
-            self._connections[node_id] = connection
-            return connection
-        finally:
-            del self._dialing[node_id]
-            event.set()
-
-    def connected(self, node_id: int) -> bool:
-        conn = self._connections.get(node_id)
-        return conn is not None and not conn.channel.closed
-
-    # -- requests out ---------------------------------------------------------
-
-    async def request(self, contact: Contact, request: msg.Request,
-                      timeout: float | None = None) -> msg.Response:
-        """Send ``request`` to ``contact`` (dialling if needed) and return its
-        response, feeding the routing table either way. Raises
-        :class:`CasError` subclasses on any failure."""
-        timeout = self.request_timeout if timeout is None else timeout
-        try:
-            connection = self._connections.get(contact.node_id)
-            if connection is None or connection.channel.closed:
-                with trio.fail_after(timeout):
-                    connection = await self._connection_to(contact)
-            self.messages_sent += 1
-            response = await connection.request(request, timeout=timeout)
-        except PeerIdMismatchError:
-            # Someone else answers at that address: the contact is false.
-            self.table.remove(contact.node_id)
-            raise
-        except trio.TooSlowError:
-            self._record_failure(contact.node_id)
-            raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
-        except (CasError, RemoteProtocolError) as exc:
-            if not (isinstance(exc, RequestFailedError) and exc.code in NOT_FAILURES):
-                self._record_failure(contact.node_id)
-            raise
-        self.seen(contact)
-        if not isinstance(request, msg.Ping):  # a pong proves it alive, not useful
-            self._served(contact.node_id)
-        return response
+    def answered_badly(self, peer: Contact, response: msg.Response) -> None:
+        """``peer`` answered nonsense or a forged block: a failure."""
+        self._record_failure(peer.node_id)
+        if isinstance(response, msg.Block):
+            self.bad_blocks[peer.node_id] += 1
 
     def _record_failure(self, node_id: int) -> bool:
         """The routing table's ``record_failure``; when that drops the
@@ -687,23 +391,37 @@ class DhtDriver:
                 hook(node_id)
         return dropped
 
-    def seen(self, contact: Contact) -> None:
-        """``contact`` proved itself just now: tell the table, and ping the
-        bucket's oldest contact if the bucket is full. A node whose ID does
-        not show the network's work never enters the table."""
-        if not self._shows_work(contact.node_id):
-            return
-        oldest = self.table.update(contact, self._now())
-        if oldest is not None and oldest.node_id not in self._pinging \
-                and len(self._pinging) < MAX_PINGS and self._nursery is not None:
-            self._pinging.add(oldest.node_id)
-            self._nursery.start_soon(self._ping_oldest, oldest)
-
     async def _ping_oldest(self, contact: Contact) -> None:
         try:
             await self.ping(contact)
         finally:
             self._pinging.discard(contact.node_id)
+
+    # -- requests out ---------------------------------------------------------
+
+    async def request(self, contact: Contact, request: msg.Request,
+                      timeout: float | None = None) -> msg.Response:
+        """Send ``request`` to ``contact`` (dialling if needed) and return its
+        response, feeding the routing table either way. Raises
+        :class:`CasError` subclasses on any failure."""
+        timeout = self.request_timeout if timeout is None else timeout
+        try:
+            connection = self.pool.open_to(contact.node_id)
+            if connection is None:
+                with trio.fail_after(timeout):
+                    connection = await self.pool.connect(contact)
+            self._requests_sent += 1
+            response = await connection.request(request, timeout=timeout)
+        except trio.TooSlowError:
+            self._record_failure(contact.node_id)
+            raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
+        except (CasError, RemoteProtocolError) as exc:
+            self.failed(contact, exc)
+            raise
+        self.seen(contact)
+        if not isinstance(request, msg.Ping):  # a pong proves it alive, not useful
+            self.served(contact.node_id)
+        return response
 
     async def ping(self, contact: Contact) -> bool:
         try:
@@ -788,150 +506,94 @@ class DhtDriver:
             return StoreOutcome("failed", f"unexpected answer {response.TYPE}")
         return _STORED
 
-    # -- requests in ----------------------------------------------------------
-
-    def _make_handler(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], Awaitable[msg.Response]]:
-        async def handler(peer: PeerIdentity, request: msg.Request) -> msg.Response:
-            requester = self._peer_id(peer)
-            if contact is not None:
-                self.seen(contact)
-            return await self.answer(requester, request, contact)
-
-        return handler
-
-    def _make_quick(self, contact: Contact | None) -> Callable[[PeerIdentity, msg.Request], msg.Response | None]:
-        known = None if contact is None else contact.node_id  # the proven ID of this connection's peer
-
-        def quick(peer: PeerIdentity, request: msg.Request) -> msg.Response | None:
-            response = self.answer_now(self._peer_id(peer) if known is None else known, request)
-            if response is not None and contact is not None:
-                self.seen(contact)
-            return response
-
-        return quick
-
-    def _shows_work(self, node_id: int) -> bool:
-        return self.id_difficulty <= 0 or meets_difficulty(id_to_bytes(node_id), self.id_difficulty)
+    # -- requests in: the responder decides, the store I/O is done here -------
 
     def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
         """The response to a request answered from memory (PING, FIND_NODE),
         or None for one that needs :meth:`answer`. The connection calls it
         from its read loop, so it must never wait."""
-        if not self._shows_work(requester):
-            self.short_of_work += 1
-            return msg.Error("refused", f"your node ID does not show the work this network asks for "
-                                        f"({self.id_difficulty} bits; docs/network.md, 'Identities')")
-        if isinstance(request, msg.FindNode):
-            return msg.Nodes(self._closest_peers(id_from_bytes(request.target), requester))
-        if isinstance(request, msg.Ping):
-            return msg.Pong()
-        return None
+        return self.responder.answer_now(requester, request, self._now())
 
     async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
         """The response to a peer's DHT request (``contact``: where the
-        requester listens, if known)."""
+        requester listens, if known): :class:`Responder` decides, and this
+        does the store work it asks for in between."""
         quick = self.answer_now(requester, request)
         if quick is not None:
             return quick
-        if isinstance(request, msg.FindBlock):
-            if self.blocks is not None:
-                try:
-                    if await self.blocks.has(request.cid):
-                        return msg.Block(await self.blocks.get(request.cid))
-                except CasError:
-                    pass  # a damaged block is not served; point elsewhere
-            closer = self._closest_peers(key_for_digest(request.cid.digest), requester)
-            providers = self.providers.providers(bytes(request.cid), self._now())
-            if providers:
-                return msg.Providers(tuple(contact_to_peer(p) for p in providers[: msg.MAX_PEERS]), closer)
-            return msg.Nodes(closer)
-        if isinstance(request, msg.Have):
-            if request.lease and isinstance(self.keeper, RenewsLeases):
-                await self.keeper.renew(request.cids, request.lease)
-            if isinstance(self.blocks, VerifiesPresence):
-                return msg.HaveResult(tuple(await self.blocks.have(request.cids)))
-            present = []
-            for cid in request.cids:
-                present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
-            return msg.HaveResult(tuple(present))
-        if isinstance(request, msg.StoreBlocks):
-            return await self._answer_store(requester, request, contact)
-        if isinstance(request, msg.GetRecord):
-            try:
-                target = id_from_bytes(request.key)
-            except ValueError:
-                return msg.Error("invalid", "a record key is 32 bytes")
-            held = await self.records.get_record(request.key) if self.records is not None else None
-            return msg.Record(held, self._closest_peers(target, requester))
-        if isinstance(request, msg.PutRecord):
-            return await self._answer_put_record(requester, request)
-        return msg.Error("refused", f"{request.TYPE} is not served by this node yet")
-
-    async def _answer_store(self, requester: int, request: msg.StoreBlocks,
-                            contact: Contact | None = None) -> msg.Response:
-        """Rate limit, verify, keep: each block ``ok`` only once it is
-        durable. A block refused (full) leaves a provider record: the
-        sender has it, and readers who ask here are told so."""
-        if self.keeper is None:
-            return msg.Error("refused", "this node keeps no blocks for others")
-        if not self._store_limiter.take(requester, self._now(), cost=len(request.cids)):
-            return msg.Error("busy", "too many blocks from you; retry later")
+        responder = self.responder
+        work = responder.start(requester, request, self._now())
         try:
-            blocks = [Block(cid, data) for cid, data in request.blocks()]  # each verified against its CID
-        except CasError:
-            raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
-        codes = []
-        message = ""
-        outcomes = await self.keeper.keep_many(blocks, id_to_bytes(requester), request.leases)
-        for block, outcome in zip(blocks, outcomes):
-            if not isinstance(outcome, BaseException):
-                codes.append("ok")
-                continue
-            if contact is not None:
-                self.providers.add(bytes(block.cid), contact, self._now())
-            codes.append("full" if isinstance(outcome, StorageQuotaError) else "refused")
-            message = message or str(outcome)[: msg.MAX_ERROR_TEXT_LENGTH]
-        return msg.Stored(tuple(codes), message)
+            if isinstance(work, ReadBlock):
+                return responder.read_block_done(requester, work, await self._read_block(work.cid), self._now())
+            if isinstance(work, CheckPresence):
+                return responder.check_presence_done(await self._presence(work))
+            if isinstance(work, KeepBlocks):
+                assert self.keeper is not None  # the responder refuses STORE_BLOCKS without
+                outcomes = await self.keeper.keep_many(work.blocks, work.sender, work.leases)
+                return responder.keep_blocks_done(work, outcomes, contact, self._now())
+            if isinstance(work, ReadRecord):
+                held = await self.records.get_record(work.key) if self.records is not None else None
+                return responder.read_record_done(requester, work, held)
+            if isinstance(work, KeepRecord):
+                return await self._keep_record(requester, work)
+        except RemoteProtocolError:
+            raise  # the peer's fault: the connection strikes it
+        except CasError as exc:  # none of the failures the responder expects: ours
+            return responder.error_done(exc)
+        return work
 
-    async def _answer_put_record(self, requester: int, request: msg.PutRecord) -> msg.Response:
-        """Rate limit, then let the keeper judge: ``ok`` once durable,
-        ``stale`` for a record not newer than the held one, ``invalid`` for a
-        malformed, forged or misfiled one (counted against the sender)."""
-        if self.records is None:
-            return msg.Error("refused", "this node keeps no records for others")
-        if not self._record_limiter.take(requester, self._now()):
-            return msg.Error("busy", "too many records from you; retry later")
+    async def _read_block(self, cid: CID) -> bytes | None:
+        """The block's bytes for a peer, or None if it is not held here or
+        cannot be read (:data:`UNREADABLE`)."""
+        if self.blocks is None:
+            return None
         try:
-            await self.records.put_record(request.key, request.record, id_to_bytes(requester))
-        except InvalidRecordError as exc:
-            stale = "sequence number" in str(exc)
-            if not stale:
-                self._record_failure(requester)
-            return msg.Error("stale" if stale else "invalid", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
-        except CasError as exc:
-            return msg.Error("full", str(exc)[: msg.MAX_ERROR_TEXT_LENGTH])
-        return msg.Ok()
+            if await self.blocks.has(cid):
+                return await self.blocks.get(cid)
+        except UNREADABLE:
+            pass  # a damaged block is not served; point elsewhere
+        return None
 
-    def _closest_peers(self, target: int, requester: int) -> tuple[msg.PeerInfo, ...]:
-        # _Conversions.peer inlined for the remembered contacts (nearly all).
-        remembered = self._conversions._to_peer.get
-        peers = []
-        for contact in self.table.closest(target, self.k, exclude=requester):
-            found = remembered(contact.node_id)
-            peers.append(found[1] if found is not None and found[0] is contact
-                         else self._conversions.peer(contact))
-        return tuple(peers)
+    async def _presence(self, work: CheckPresence) -> list[bool]:
+        if work.lease and isinstance(self.keeper, RenewsLeases):
+            await self.keeper.renew(work.cids, work.lease)
+        if isinstance(self.blocks, VerifiesPresence):
+            return await self.blocks.have(work.cids)
+        present = []
+        for cid in work.cids:
+            present.append(bool(self.blocks is not None and await self.blocks.has(cid)))
+        return present
+
+    async def _keep_record(self, requester: int, work: KeepRecord) -> msg.Response:
+        """Let the keeper judge; a requester that sent an invalid record
+        (malformed, forged or misfiled) is counted against."""
+        assert self.records is not None  # the responder refuses PUT_RECORD without
+        try:
+            await self.records.put_record(work.key, work.record, work.sender)
+        except CasError as exc:  # the responder classifies it by type
+            response, at_fault = self.responder.keep_record_done(exc)
+        else:
+            response, at_fault = self.responder.keep_record_done(None)
+        if at_fault:
+            self._record_failure(requester)
+        return response
 
     # -- lookups --------------------------------------------------------------
 
     async def find_node(self, target: int) -> FindResult:
         """The k nodes closest to ``target`` that answered (this node left out)."""
-        request = msg.FindNode(id_to_bytes(target))
-        return await self._lookup(target, request, find_value=False, cid=None)
+        return await self.lookups.find_node(target)
 
     async def find_block(self, cid: CID) -> FindResult:
         """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
-        return await self._lookup(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
+        return await self.lookups.find_block(cid)
+
+    async def find_records(self, key: bytes) -> tuple[FindResult, list[tuple[Contact, bytes]]]:
+        """A lookup of the k nodes closest to record key ``key`` (GET_RECORD
+        to each), and every record they answered with, unverified: the
+        caller keeps the newest valid one."""
+        return await self.lookups.find_records(key)
 
     async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> bytes | None:
         """Ask one peer for ``cid`` with a single FIND_BLOCK (no lookup): the
@@ -946,71 +608,8 @@ class DhtDriver:
         try:
             return verified(cid, response.data)
         except InvalidBlockError:
-            self._record_failure(contact.node_id)
-            self.bad_blocks[contact.node_id] += 1
+            self.answered_badly(contact, response)
             return None
-
-    async def find_records(self, key: bytes) -> tuple[FindResult, list[tuple[Contact, bytes]]]:
-        """A lookup of the k nodes closest to record key ``key`` (GET_RECORD
-        to each), and every record they answered with, unverified: the
-        caller keeps the newest valid one."""
-        found: list[tuple[Contact, bytes]] = []
-        result = await self._lookup(id_from_bytes(key), msg.GetRecord(key), find_value=False, cid=None,
-                                    records=found)
-        return result, found
-
-    async def _lookup(self, target: int, request: msg.Request, *, find_value: bool,
-                      cid: CID | None, records: list[tuple[Contact, bytes]] | None = None) -> FindResult:
-        started = self._now()
-        self.table.mark_lookup(target, started)
-        lookup = Lookup(target, self.table.closest(target, self.k), k=self.k, alpha=self.alpha,
-                        find_value=find_value, exclude=self.own_id)
-        async with trio.open_nursery() as nursery:  # holds only dials to peers not yet connected
-            run = _LookupRun(self, lookup, request, cid, records, nursery)
-            await run.run()
-            if run.dialling:
-                nursery.cancel_scope.cancel()
-        result = lookup.result
-        block = result.value if isinstance(result.value, bytes) else None
-        return FindResult(result, self._now() - started, block, result.value_from if block else None,
-                          tuple(dict.fromkeys(run.providers)))
-
-    def _outcome(self, peer: Contact, response: msg.Response,
-                 cid: CID | None) -> tuple[list[Contact], Any] | None:
-        """``peer``'s answer to a lookup query as contacts and a value, or
-        None (counted against it) if it is nonsense or a forged block."""
-        outcome = self._interpret(response, cid)
-        if outcome is None:
-            self._record_failure(peer.node_id)
-            if isinstance(response, msg.Block):
-                self.bad_blocks[peer.node_id] += 1
-        return outcome
-
-    def _count_failure(self, peer: Contact, error: BaseException) -> None:
-        """Feed the table a request's failure, as :meth:`request` does."""
-        if isinstance(error, PeerIdMismatchError):
-            self.table.remove(peer.node_id)  # someone else answers at that address
-        elif not (isinstance(error, RequestFailedError) and error.code in NOT_FAILURES):
-            self._record_failure(peer.node_id)
-
-    def _contacts(self, peers: Sequence[msg.PeerInfo]) -> list[Contact]:
-        # _Conversions.contact inlined for the remembered peers (nearly all).
-        remembered, convert = self._conversions._to_contact.get, self._conversions.contact
-        return [c for p in peers if (c := remembered(p)) is not None or (c := convert(p)) is not None]
-
-    def _interpret(self, response: msg.Response, cid: CID | None) -> tuple[list[Contact], Any] | None:
-        if isinstance(response, msg.Nodes):
-            return self._contacts(response.peers), None
-        if isinstance(response, msg.Record):
-            return self._contacts(response.peers), None if response.record is None else _HeldRecord(response.record)
-        if isinstance(response, msg.Providers) and cid is not None:
-            return self._contacts(response.peers), _Holders(tuple(self._contacts(response.providers)))
-        if isinstance(response, msg.Block) and cid is not None:
-            try:
-                return [], verified(cid, response.data)
-            except InvalidBlockError:
-                return None  # a peer that lies about a block is a failed peer
-        return None
 
     # -- joining and refreshing -----------------------------------------------
 
@@ -1024,10 +623,10 @@ class DhtDriver:
         for host, port in addresses:
             try:
                 with trio.fail_after(self.request_timeout):
-                    connection, contact = await self._dial(host, port, None)
+                    connection, contact = await self.pool.dial(host, port, None)
                     if contact.node_id == self.own_id:
                         raise PeerUnreachableError(f"{host}:{port} is this node itself")
-                    self._connections[contact.node_id] = connection
+                    self.pool.keep(contact.node_id, connection)
                     await connection.request(msg.Ping(), timeout=self.request_timeout)
             except trio.TooSlowError:
                 problems.append(f"{host}:{port}: no answer within {self.request_timeout:g} s")
@@ -1084,206 +683,3 @@ class DhtDriver:
                                   None if seen is None else max(0.0, now - seen),
                                   self.table.failures(contact.node_id)))
         return out
-
-
-class _Query:
-    """One query of a lookup on the wire, and the connection's
-    :class:`~cas.net.connection.AnswerWaiter` for its answer."""
-
-    __slots__ = ("connection", "hard", "peer", "request_id", "run", "soft")
-
-    def __init__(self, run: _LookupRun, peer: Contact, soft: float, hard: float) -> None:
-        self.run = run
-        self.peer = peer
-        self.soft = soft  # when it stops holding a slot (Lookup.on_timeout)
-        self.hard = hard  # when it is given up (Lookup.on_failure)
-        self.connection: Connection | None = None
-        self.request_id: int | None = None
-
-    async def answered(self, response: msg.Response) -> None:
-        await self.run.answered(self, response)
-
-    def failed(self, error: Exception) -> None:
-        self.run.failed(self, error)
-
-
-class _LookupRun:
-    """Drives one :class:`Lookup` on the wire (the trio half of
-    :meth:`DhtDriver._lookup`).
-
-    Answers are fed to the lookup by the read loop of the connection they
-    arrive on (:meth:`Connection.send_request`), which then sends the queries
-    the answer opened itself: one trip through trio's scheduler per answer,
-    no task and no cancel scope per query. The lookup's own task (``run``)
-    only waits: for the end, for failures (told synchronously, so handled
-    here), and for the next deadline. Every query gets the same soft and
-    hard timeouts, so the dicts of queries are in deadline order and one
-    timer serves them all. A peer without an open connection is dialled by
-    a task of its own. When the lookup ends, queries still unanswered are
-    forgotten: a late answer is dropped without counting against the peer.
-    """
-
-    def __init__(self, driver: DhtDriver, lookup: Lookup, request: msg.Request, cid: CID | None,
-                 records: list[tuple[Contact, bytes]] | None, nursery: trio.Nursery) -> None:
-        self.driver = driver
-        self.lookup = lookup
-        self.request = request
-        self.cid = cid
-        self.records = records
-        self.providers: list[Contact] = []
-        self.nursery = nursery
-        self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
-        self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
-        self.failures: list[tuple[_Query, BaseException]] = []  # told by connections, for run()
-        self.dialling = 0  # dial_and_send tasks running
-        self.over = False  # run() has returned: late news is ignored
-        self.wakeup: trio.Event | None = None  # set to wake run() from its wait
-        self.timer: trio.CancelScope | None = None  # run()'s wait, its deadline the next one due
-
-    async def run(self) -> None:
-        try:
-            await self._run()
-        finally:  # also when cancelled: nothing more is sent, nobody is told
-            self.over = True
-            for query in self.waiting.values():
-                if query.connection is not None and query.request_id is not None:
-                    query.connection.forget(query.request_id)
-            self.waiting.clear()
-            self.holding.clear()
-
-    async def _run(self) -> None:
-        lookup = self.lookup
-        await self.send(lookup.start())
-        while not lookup.done:
-            if self.failures:
-                query, error = self.failures.pop(0)
-                await self.send(self.fail(query, error))
-                continue
-            self.wakeup = trio.Event()
-            with trio.CancelScope(deadline=self.next_deadline()) as self.timer:
-                await self.wakeup.wait()
-            self.timer = self.wakeup = None
-            now = trio.current_time()
-            for query in list(self.holding.values()):
-                if query.soft > now or lookup.done:
-                    break
-                if self.holding.get(query.peer.node_id) is query:  # not answered meanwhile
-                    del self.holding[query.peer.node_id]
-                    await self.send(lookup.on_timeout(query.peer))
-            for query in list(self.waiting.values()):
-                if query.hard > now or lookup.done:
-                    break
-                await self.send(self.fail(query, RequestTimeoutError(
-                    f"no answer from {query.peer.host}:{query.peer.port} in time")))
-
-    def next_deadline(self) -> float:
-        soft = next(iter(self.holding.values())).soft if self.holding else math.inf
-        hard = next(iter(self.waiting.values())).hard if self.waiting else math.inf
-        return min(soft, hard)
-
-    def wake(self) -> None:
-        if self.wakeup is not None:
-            self.wakeup.set()
-
-    async def send(self, actions: list[SendQuery]) -> None:
-        """Ask each peer of ``actions`` (and of whatever a failure to send opens)."""
-        driver = self.driver
-        todo = list(actions)
-        now = trio.current_time()
-        while todo and not self.over:
-            peer = todo.pop(0).peer
-            query = _Query(self, peer, now + driver.soft_timeout, now + driver.request_timeout)
-            self.waiting[peer.node_id] = self.holding[peer.node_id] = query
-            timer = self.timer
-            if timer is not None and query.soft < timer.deadline:
-                timer.deadline = query.soft
-            connection = driver._connections.get(peer.node_id)
-            if connection is None or connection.channel.closed or connection.send_would_wait():
-                self.dialling += 1
-                self.nursery.start_soon(self.dial_and_send, query)
-                continue
-            driver.messages_sent += 1
-            try:
-                await self.send_on(connection, query)
-            except (CasError, RemoteProtocolError) as exc:
-                todo += self.fail(query, exc)
-        if self.lookup.done:
-            self.wake()
-
-    async def send_on(self, connection: Connection, query: _Query) -> None:
-        request_id = await connection.send_request(self.request, query)
-        if self.waiting.get(query.peer.node_id) is query and not self.over:
-            query.connection, query.request_id = connection, request_id
-        else:  # given up (or over) while the send waited
-            connection.forget(request_id)
-
-    async def dial_and_send(self, query: _Query) -> None:
-        try:
-            await self._dial_and_send(query)
-        finally:
-            self.dialling -= 1
-
-    async def _dial_and_send(self, query: _Query) -> None:
-        driver = self.driver
-        try:
-            with trio.fail_after(max(0.0, query.hard - trio.current_time())):
-                connection = await driver._connection_to(query.peer)
-            if self.waiting.get(query.peer.node_id) is not query:
-                return
-            driver.messages_sent += 1
-            await self.send_on(connection, query)
-        except trio.TooSlowError:
-            error: BaseException = RequestTimeoutError(
-                f"no answer from {query.peer.host}:{query.peer.port} in time")
-        except (CasError, RemoteProtocolError) as exc:
-            error = exc
-        else:
-            return
-        await self.send(self.fail(query, error))
-
-    def fail(self, query: _Query, error: BaseException) -> list[SendQuery]:
-        """``query`` failed for good: tell the table and the lookup."""
-        node_id = query.peer.node_id
-        if self.waiting.get(node_id) is not query:
-            return []
-        del self.waiting[node_id]
-        self.holding.pop(node_id, None)
-        if query.connection is not None and query.request_id is not None:
-            query.connection.forget(query.request_id)  # a timeout: a late answer is no fault
-        self.driver._count_failure(query.peer, error)
-        return self.lookup.on_failure(query.peer)
-
-    def failed(self, query: _Query, error: BaseException) -> None:
-        """A connection's word that ``query`` failed; handled by run()."""
-        if self.waiting.get(query.peer.node_id) is query:
-            self.failures.append((query, error))
-            self.wake()
-
-    async def answered(self, query: _Query, response: msg.Response) -> None:
-        """``query``'s answer, from the read loop of its connection."""
-        peer = query.peer
-        if self.waiting.get(peer.node_id) is not query:
-            return
-        del self.waiting[peer.node_id]
-        self.holding.pop(peer.node_id, None)
-        driver = self.driver
-        driver.seen(peer)
-        outcome = driver._outcome(peer, response, self.cid)
-        lookup = self.lookup
-        if outcome is None:
-            actions = lookup.on_failure(peer)
-        else:
-            driver._served(peer.node_id)
-            contacts, value = outcome
-            if isinstance(value, _HeldRecord):
-                if self.records is not None:
-                    self.records.append((peer, value.data))
-                value = None
-            elif isinstance(value, _Holders):  # asked after the lookup, if it finds no copy
-                self.providers += [c for c in value.contacts if c.node_id != driver.own_id]
-                value = None
-            actions = lookup.on_response(peer, contacts, value)
-        if lookup.done:
-            self.wake()
-        elif actions:
-            await self.send(actions)

@@ -31,7 +31,7 @@ import blake3
 
 from .. import dagcbor
 from ..cid import CID, DAG_CBOR
-from ..errors import InvalidBlockError, InvalidRecordError
+from ..errors import InvalidBlockError, InvalidRecordError, StaleRecordError
 from ..keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Ed25519Key, verify_signature
 
 RECORD_TYPE = "cas/root"
@@ -105,14 +105,15 @@ class RootRecord:
 
 def check_successor(current: RootRecord | None, new: RootRecord, key: bytes) -> None:
     """Raise InvalidRecordError unless ``new`` may replace ``current`` as the
-    root of the namespace held by ``key``."""
+    root of the namespace held by ``key`` (:class:`StaleRecordError` when it
+    is not newer)."""
     if new.public_key != key:
         raise InvalidRecordError(
             f"root record is signed by key {new.public_key.hex()[:16]}…, "
             f"not by this namespace's key {key.hex()[:16]}…"
         )
     if current is not None and new.seq <= current.seq:
-        raise InvalidRecordError(
+        raise StaleRecordError(
             f"root record has sequence number {new.seq}, not above the current {current.seq}"
         )
 
