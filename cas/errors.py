@@ -165,6 +165,30 @@ class NotPublishedError(CasError):
     publish it to."""
 
 
+class DaemonNotRunningError(CasError):
+    """No daemon answers on the repository's control socket, and the
+    command needs one (start it with 'cas daemon')."""
+
+
+class ControlProtocolError(CasError):
+    """The other end of the control socket broke the protocol or went away."""
+
+
+class UnknownOpError(ControlProtocolError):
+    """The daemon has no such operation (an older daemon than the client)."""
+
+
+class ControlArgumentError(ControlProtocolError, InvalidInputError):
+    """A request's argument is missing or has the wrong shape (or value); the
+    message names the op and the argument. It is an :class:`InvalidInputError`
+    too, as the op's own check raised before the schema did."""
+
+
+class NodeError(CasError):
+    """The daemon failed while serving a request (a bug or a resource problem
+    on its side); the message says what it reported."""
+
+
 class MountError(CasError):
     """A mount could not be started, found or stopped."""
 
@@ -198,6 +222,23 @@ class RequestFailedError(PeerError):
         super().__init__(f"peer refused the request ({code}): {message}" if message
                          else f"peer refused the request ({code})")
         self.code = code
+
+
+class PeerUnreachableError(PeerError):
+    """A peer could not be dialled or did not complete the handshake."""
+
+
+class PeerRefusedError(PeerUnreachableError):
+    """The handshake was refused: the peer is on another network."""
+
+
+class BootstrapError(PeerError):
+    """No bootstrap peer could be reached."""
+
+
+class BootstrapRefusedError(BootstrapError):
+    """Every bootstrap peer refused the handshake: they are on another
+    network (a network key that differs, or none where one is needed)."""
 
 
 class RemoteProtocolError(PeerError):

@@ -12,17 +12,13 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from cas.errors import CasError
+from cas.errors import CasError, DaemonNotRunningError
 
 if TYPE_CHECKING:
     from cas.control import ControlClient
 
 from .output import Output
 from .repo_cmds import open_repo
-
-
-class NeedsDaemonError(CasError):
-    """The command works through a running node."""
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -53,7 +49,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 def _client(repo: Any) -> ControlClient:
     client = getattr(repo._store, "client", None)
     if client is None:
-        raise NeedsDaemonError("this command needs the running node; start it with 'cas daemon'")
+        raise DaemonNotRunningError("this command needs the running node; start it with 'cas daemon'")
     return client
 
 

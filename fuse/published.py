@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ..cid import CID
-from ..control import ControlClient, ControlProtocolError, RemoteBlockStore, connect
+from ..control import ControlClient, RemoteBlockStore, connect
 from ..control.schema import NameResolve
-from ..errors import CasError
+from ..errors import CasError, ControlProtocolError
 from ..names.namespace import RootState
 from ..names.remote import RemoteNamespace
 from .tree import FsStat, TreeReader

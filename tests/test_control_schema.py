@@ -12,10 +12,10 @@ import pytest
 from cas import dagcbor
 from cas.blocks import Block
 from cas.cid import CID, DAG_CBOR, RAW
-from cas.control import ControlArgumentError, ControlProtocolError, Op, UnknownOpError
+from cas.control import Op
 from cas.control import schema as ops
 from cas.control._server import _parse_request
-from cas.errors import InvalidInputError
+from cas.errors import ControlArgumentError, ControlProtocolError, InvalidInputError, UnknownOpError
 from cas.names.changes import Mkdir
 from cas.names.namespace import Node, RootState
 from cas.store import GcReport, Problem, RepoStat, RootRow, VerifyReport

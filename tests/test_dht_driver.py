@@ -20,10 +20,10 @@ import trio.testing
 from cas.blocks import AsyncStoreAdapter, Block, MemoryBlockStore
 from cas.cid import RAW
 from cas.dht import pool as pool_module
-from cas.dht.driver import BootstrapError, DhtDriver, source_address
+from cas.dht.driver import DhtDriver, source_address
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
-from cas.errors import RemoteProtocolError
+from cas.errors import BootstrapError, RemoteProtocolError
 from cas.net import connection, noise
 from cas.net import messages as msg
 from cas.net.admission import Admission

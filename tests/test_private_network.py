@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cas.dht.driver import PeerRefusedError
+from cas.errors import PeerRefusedError
 from cas.net.network_key import NetworkKey
 from cas.net.noise import KEY_DIFFERS, PEER_HAS_NO_KEY, WE_HAVE_NO_KEY
 from cas.node import TABLE_PATH, load_table

@@ -58,6 +58,7 @@ is reported as :class:`NodeError` and logged by the node.
 
 from __future__ import annotations
 
+from ..errors import ControlArgumentError, ControlProtocolError, DaemonNotRunningError, NodeError, UnknownOpError
 from ._client import (
     BATCHES_AHEAD,
     PUT_BATCH_BYTES,
@@ -75,11 +76,6 @@ from ._framing import (
     MAX_ITERATE_BATCH,
     MAX_PROBLEMS,
     SOCKET_NAME,
-    ControlArgumentError,
-    ControlProtocolError,
-    DaemonNotRunningError,
-    NodeError,
-    UnknownOpError,
     check_length,
     decode_body,
     encode_frame,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError
+from ..errors import CasError, ControlArgumentError, ControlProtocolError, DaemonNotRunningError, UnknownOpError
 from ..store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
 from ..store._local import NAMESPACE_KEY_FILE
 from . import schema as ops
@@ -31,10 +31,6 @@ from ._framing import (
     CONNECT_TIMEOUT,
     MAX_FRAME,
     SOCKET_NAME,
-    ControlArgumentError,
-    ControlProtocolError,
-    DaemonNotRunningError,
-    UnknownOpError,
     _short_path,
     check_length,
     decode_body,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dagcbor
-from ..errors import CasError, InvalidBlockError, InvalidInputError
+from ..errors import CasError, ControlProtocolError, InvalidBlockError
 
 SOCKET_NAME = "control.sock"
 
@@ -39,29 +39,6 @@ CONNECT_TIMEOUT = 2.0
 """Seconds to wait for a daemon to accept and answer the probe."""
 
 _HEADER = struct.Struct(">I")
-
-
-class NodeError(CasError):
-    """The daemon failed while serving a request (a bug or a resource problem
-    on its side); the message says what it reported."""
-
-
-class ControlProtocolError(CasError):
-    """The other end of the control socket broke the protocol or went away."""
-
-
-class UnknownOpError(ControlProtocolError):
-    """The daemon has no such operation (an older daemon than the client)."""
-
-
-class ControlArgumentError(ControlProtocolError, InvalidInputError):
-    """A request's argument is missing or has the wrong shape (or value); the
-    message names the op and the argument. It is an :class:`InvalidInputError`
-    too, as the op's own check raised before the schema did."""
-
-
-class DaemonNotRunningError(CasError):
-    """No daemon answers on the repository's control socket."""
 
 
 # -- framing (shared by both ends) ----------------------------------------------------

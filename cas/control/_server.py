@@ -24,17 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import CasError, InvalidInputError, RepositoryError
-from ._framing import (
-    MAX_FDS,
-    ControlProtocolError,
-    UnknownOpError,
-    _short_path,
-    check_length,
-    decode_body,
-    encode_frame,
-    error_value,
-)
+from ..errors import CasError, ControlProtocolError, InvalidInputError, RepositoryError, UnknownOpError
+from ._framing import MAX_FDS, _short_path, check_length, decode_body, encode_frame, error_value
 from .schema import Request
 
 # -- the server (trio; imported lazily so the sync client never loads trio) ---------------

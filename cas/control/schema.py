@@ -51,9 +51,9 @@ from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 from ..cid import CID, parse_cid
-from ..errors import CasError
+from ..errors import CasError, ControlArgumentError, ControlProtocolError, UnknownOpError
 from ..store import GcReport, Problem, RepoStat, RootRow, VerifyReport
-from ._framing import MAX_PROBLEMS, ControlArgumentError, ControlProtocolError, UnknownOpError
+from ._framing import MAX_PROBLEMS
 
 if TYPE_CHECKING:  # imported when first used: a client that reads blocks never loads the namespace
     from ..names.changes import Change

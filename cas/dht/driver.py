@@ -44,9 +44,13 @@ from ..blocks import Block, verified
 from ..cid import CID
 from ..errors import (
     BlockNotFoundError,
+    BootstrapError,
+    BootstrapRefusedError,
     CasError,
     InvalidBlockError,
     PeerIdMismatchError,
+    PeerRefusedError,
+    PeerUnreachableError,
     RemoteProtocolError,
     RepositoryError,
     RequestFailedError,
@@ -61,16 +65,7 @@ from ..net.network_key import NetworkKey
 from .ids import NodeID, random_id_in_bucket
 from .lookup import ALPHA
 from .lookups import SOFT_TIMEOUT, FindResult, Lookups, peer_to_contact
-from .pool import (
-    AGENT,
-    REQUEST_TIMEOUT,
-    ConnectionPool,
-    Dialer,
-    PeerRefusedError,
-    PeerUnreachableError,
-    source_address,
-    tcp_dialer,
-)
+from .pool import AGENT, REQUEST_TIMEOUT, ConnectionPool, Dialer, source_address, tcp_dialer
 from .providers import ProviderRecords
 from .responder import (
     CheckPresence,
@@ -114,15 +109,6 @@ routing table does not count them against the peer."""
 UNREADABLE = (InvalidBlockError, BlockNotFoundError, RepositoryError)
 """Why a block held here may fail to be read for a peer (damaged, gone
 meanwhile, the disk): it is not served, and the peer is pointed elsewhere."""
-
-
-class BootstrapError(CasError):
-    """No bootstrap peer could be reached."""
-
-
-class BootstrapRefusedError(BootstrapError):
-    """Every bootstrap peer refused the handshake: they are on another
-    network (a network key that differs, or none where one is needed)."""
 
 
 class BlockSource(Protocol):

@@ -42,7 +42,14 @@ from typing import Any, Protocol
 import trio
 
 from ..allocator import release_free_memory
-from ..errors import CasError, ConnectionClosedError, NetworkMismatchError, PeerIdMismatchError, RemoteProtocolError
+from ..errors import (
+    ConnectionClosedError,
+    NetworkMismatchError,
+    PeerIdMismatchError,
+    PeerRefusedError,
+    PeerUnreachableError,
+    RemoteProtocolError,
+)
 from ..net import messages as msg
 from ..net.admission import Admission, Admitted, Slot
 from ..net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, PEER_CLOSED, Connection, open_channel
@@ -82,14 +89,6 @@ the probe may close before its listener, which then accepts the probe and
 resets it as it closes. Seen in about one kill in ten with 4 daemons on 2
 busy cores; the node was then never found dead. A live node says nothing
 on a connection until the dialler's first handshake message."""
-
-
-class PeerUnreachableError(CasError):
-    """A peer could not be dialled or did not complete the handshake."""
-
-
-class PeerRefusedError(PeerUnreachableError):
-    """The handshake was refused: the peer is on another network."""
 
 
 Dialer = Callable[[str, int], Awaitable[trio.abc.Stream]]

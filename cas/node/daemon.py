@@ -41,11 +41,18 @@ from ..control import (
     bind_socket,
     serve_control,
 )
-from ..dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver
+from ..dht.driver import DhtDriver
 from ..dht.ids import id_from_bytes
 from ..dht.publisher import Publisher, StoreRecords
 from ..dht.replicator import Replicator
-from ..errors import BlockNotFoundError, CasError, CorruptBlockError, StorageQuotaError
+from ..errors import (
+    BlockNotFoundError,
+    BootstrapError,
+    BootstrapRefusedError,
+    CasError,
+    CorruptBlockError,
+    StorageQuotaError,
+)
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
 from ..names.namespace import Namespace
