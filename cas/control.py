@@ -688,7 +688,7 @@ class RemoteBlockStore:
 
     def add_file(self, fd: int, offset: int, progress: Callable[[int], object] | None) -> AddResult | None:
         """Have the daemon add the regular file open at ``fd``, from
-        ``offset`` to its end (see :class:`cas.files.AddsFiles`): it reads
+        ``offset`` to its end (see :class:`cas.blocks.AddsFiles`): it reads
         the file itself, so the bytes never cross the socket. None from a
         daemon without the op (the caller then streams the blocks)."""
         from .files import AddResult
