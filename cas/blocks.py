@@ -80,6 +80,13 @@ def verified(cid: CID, data: bytes) -> bytes:
     return data
 
 
+class BlockSource(Protocol):
+    """All a reader needs of a store: ``get``, verified bytes or an error
+    (:class:`BlockNotFoundError` / :class:`InvalidBlockError`)."""
+
+    def get(self, cid: CID, /) -> bytes: ...
+
+
 @runtime_checkable
 class BlockStore(Protocol):
     """Synchronous block storage. ``get`` returns verified bytes or raises

@@ -56,6 +56,7 @@ from .blocks import (
     MAX_BLOCK_SIZE,
     AsyncBlockStore,
     Block,
+    BlockSource,
     BlockStore,
     LooksUpInBatches,
     Prefetches,
@@ -363,7 +364,7 @@ class _LeafLookups:
         return None
 
 
-def _run(store: BlockStore, walk: FileWalk) -> Iterator[memoryview | LeafSpan]:
+def _run(store: BlockSource, walk: FileWalk) -> Iterator[memoryview | LeafSpan]:
     """Drive ``walk`` over ``store``: answer its block requests, execute its
     read-ahead hints as the store can, pass the content on."""
     lookups = _LeafLookups(store) if isinstance(store, LooksUpInBatches) else None
@@ -386,12 +387,12 @@ def _run(store: BlockStore, walk: FileWalk) -> Iterator[memoryview | LeafSpan]:
             yield event  # a memoryview, or a LeafSpan for a walk of leaves
 
 
-def _content(store: BlockStore, walk: FileWalk) -> Iterator[memoryview]:
+def _content(store: BlockSource, walk: FileWalk) -> Iterator[memoryview]:
     """The content pieces of a walk of bytes (not of leaves)."""
     return cast(Iterator[memoryview], _run(store, walk))
 
 
-def file_size(store: BlockStore, cid: CID) -> int:
+def file_size(store: BlockSource, cid: CID) -> int:
     """The size in bytes of file ``cid`` (reads its root block only)."""
     walk = FileWalk(cid, 0, 0)
     for _ in _run(store, walk):
@@ -401,7 +402,7 @@ def file_size(store: BlockStore, cid: CID) -> int:
 
 
 def iter_file(
-    store: BlockStore, cid: CID, offset: int = 0, length: int | None = None
+    store: BlockSource, cid: CID, offset: int = 0, length: int | None = None
 ) -> Iterator[bytes]:
     """Stream bytes [offset, offset + length) of file ``cid`` (to its end if
     ``length`` is None), one leaf's worth at a time; memory stays bounded."""
@@ -410,7 +411,7 @@ def iter_file(
 
 
 def file_leaves(
-    store: BlockStore, cid: CID, offset: int = 0, length: int | None = None,
+    store: BlockSource, cid: CID, offset: int = 0, length: int | None = None,
     *, nodes: NodeCache | None = None,
 ) -> Iterator[LeafSpan]:
     """The leaves holding bytes [offset, offset + length) of file ``cid``, in
@@ -429,7 +430,7 @@ def _as_bytes(piece: memoryview) -> bytes:
 
 
 def write_file(
-    store: BlockStore, cid: CID, fd: int, offset: int = 0, length: int | None = None,
+    store: BlockSource, cid: CID, fd: int, offset: int = 0, length: int | None = None,
     *, stopped: Callable[[], bool] | None = None, progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write bytes [offset, offset + length) of file ``cid`` (to its end if
@@ -461,7 +462,7 @@ def write_file(
     return written
 
 
-def read_range(store: BlockStore, cid: CID, offset: int, length: int) -> bytes:
+def read_range(store: BlockSource, cid: CID, offset: int, length: int) -> bytes:
     """Bytes [offset, offset + length) of file ``cid``; shorter past its end."""
     _check_range(offset, length)
     return b"".join(_content(store, FileWalk(cid, offset, length)))
@@ -477,7 +478,7 @@ class FileReader(io.BufferedIOBase):
     any file object).
     """
 
-    def __init__(self, store: BlockStore, cid: CID, *, nodes: NodeCache | None = None) -> None:
+    def __init__(self, store: BlockSource, cid: CID, *, nodes: NodeCache | None = None) -> None:
         super().__init__()
         self._store = store
         self._cache = PathCache(nodes)
@@ -549,7 +550,7 @@ class FileReader(io.BufferedIOBase):
         super().close()
 
 
-def open_file(store: BlockStore, cid: CID) -> FileReader:
+def open_file(store: BlockSource, cid: CID) -> FileReader:
     """Open file ``cid`` for reading; raises NotAFileError for a directory."""
     return FileReader(store, cid)
 

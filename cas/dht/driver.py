@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 from ..allocator import release_free_memory
-from ..blocks import Block, verified
+from ..blocks import Block
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError, InvalidRecordError
 from ..net import messages as msg
@@ -227,7 +227,7 @@ class FindResult:
 
     lookup: LookupResult
     seconds: float
-    block: bytes | None = None
+    block: Block | None = None  # verified: hashed once, on its way in
     holder: Contact | None = None
     providers: tuple[Contact, ...] = ()
     """For FIND_BLOCK without the block: nodes others know hold it
@@ -933,9 +933,9 @@ class DhtDriver:
         """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
         return await self._lookup(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
 
-    async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> bytes | None:
+    async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> Block | None:
         """Ask one peer for ``cid`` with a single FIND_BLOCK (no lookup): the
-        verified bytes, or None if it has not got them, did not answer, or
+        verified block, or None if it has not got it, did not answer, or
         lied (counted against it, as in a lookup)."""
         try:
             response = await self.request(contact, msg.FindBlock(cid), timeout=timeout)
@@ -944,7 +944,7 @@ class DhtDriver:
         if not isinstance(response, msg.Block):
             return None
         try:
-            return verified(cid, response.data)
+            return Block(cid, response.data)  # verified: the one hash of a block from a peer
         except InvalidBlockError:
             self._record_failure(contact.node_id)
             self.bad_blocks[contact.node_id] += 1
@@ -971,7 +971,7 @@ class DhtDriver:
             if run.dialling:
                 nursery.cancel_scope.cancel()
         result = lookup.result
-        block = result.value if isinstance(result.value, bytes) else None
+        block = result.value if isinstance(result.value, Block) else None
         return FindResult(result, self._now() - started, block, result.value_from if block else None,
                           tuple(dict.fromkeys(run.providers)))
 
@@ -1007,7 +1007,7 @@ class DhtDriver:
             return self._contacts(response.peers), _Holders(tuple(self._contacts(response.providers)))
         if isinstance(response, msg.Block) and cid is not None:
             try:
-                return [], verified(cid, response.data)
+                return [], Block(cid, response.data)  # verified once, here
             except InvalidBlockError:
                 return None  # a peer that lies about a block is a failed peer
         return None
