@@ -33,12 +33,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from . import files
-from .blocks import AddsFiles, AsyncStoreAdapter, Block, BlockStore, OpensSessions, ProtectsBlocks, WritesFiles
+from .blocks import (
+    AddsFiles,
+    AsyncStoreAdapter,
+    Block,
+    BlockStore,
+    OpensSessions,
+    ProtectsBlocks,
+    ServedByDaemon,
+    WritesFiles,
+)
 from .cid import CID, DAG_CBOR, RAW, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
 if TYPE_CHECKING:
+    from .control import ControlClient
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
@@ -153,6 +163,12 @@ class Repository:
         through the daemon's control socket."""
         return not isinstance(self._store, LocalStore)
 
+    @property
+    def daemon(self) -> ControlClient | None:
+        """The control-socket client of the daemon that owns the repository,
+        if this object reaches it through one."""
+        return self._store.client if isinstance(self._store, ServedByDaemon) else None
+
     def close(self) -> None:
         """Release the repository (and its lock)."""
         self._store.close()
@@ -261,7 +277,7 @@ class Repository:
         from .names.remote import RemoteNamespace
 
         records: list[bytes] = []
-        client = getattr(self._store, "client", None)
+        client = self.daemon
         if client is not None:
             found = client.call("name_resolve", key=public_key)["found"]
             if found is not None:

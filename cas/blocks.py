@@ -18,7 +18,8 @@ it. Code that must run against both (the file reader) is written sans-IO in
 
 A store may offer more than the protocol; each extra ability is a named
 protocol below (``Prefetches``, ``LooksUpInBatches``, ``ReadsFromAnyThread``,
-``OpensSessions``, ``ProtectsBlocks``, ``AddsFiles``, ``WritesFiles``), and
+``OpensSessions``, ``ProtectsBlocks``, ``AddsFiles``, ``WritesFiles``,
+``ServedByDaemon``), and
 code that uses one asks ``isinstance(store, TheAbility)``, never ``hasattr``.
 """
 
@@ -32,6 +33,7 @@ from .cid import CID, MAX_BLOCK_SIZE
 from .errors import BlockNotFoundError, InvalidBlockError
 
 if TYPE_CHECKING:
+    from .control import ControlClient
     from .files import AddResult
 
 
@@ -208,6 +210,15 @@ class WritesFiles(Protocol):
     ) -> int | None:
         """Write the bytes to ``fd`` and return how many; None if this store
         cannot after all."""
+
+
+@runtime_checkable
+class ServedByDaemon(Protocol):
+    """A repository store that is a daemon's, reached through its control
+    socket (:class:`cas.control.RemoteStore`): ``client`` makes the calls."""
+
+    @property
+    def client(self) -> ControlClient: ...
 
 
 class MemoryBlockStore:

@@ -45,7 +45,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
 
 def _client(repo: Any) -> ControlClient:
-    client = getattr(repo._store, "client", None)
+    client = repo.daemon
     if client is None:
         raise NeedsDaemonError("this command needs the running node; start it with 'cas daemon'")
     return client
