@@ -24,24 +24,20 @@ ordering rule of DESIGN.md from there (their bytes durable before the
 node's). Whoever then references the root from outside the store, a pin or
 a namespace root, calls ``barrier()`` first.
 
-Reading is sans-IO too: :func:`_walk` is a generator that *yields the CID
-of each block it needs* and is sent the block's bytes back, and yields the
-pieces of file content it produces (memoryviews). It descends by
-``blocksizes``, so a byte range costs one node per level plus only the
-leaves that overlap it. Two thin drivers run it, one over ``BlockStore``
-(sync) and one over ``AsyncBlockStore`` (trio). :func:`file_leaves` runs
-the same walk without fetching leaves, listing the ones a range will need
-(for a caller's own read-ahead), and a :class:`NodeCache` lets readers share
-decoded interior nodes. Every node is treated as
-untrusted: the stores already verify hashes, and the walker checks the
-structure (links match blocksizes, sizes add up, leaf lengths match what
-the parent claims, children are raw or dag-pb, depth at most ``MAX_DEPTH``)
-and raises :class:`InvalidBlockError` naming the offending CID.
+Reading is the walk of :mod:`cas.reader` (:class:`~cas.reader.FileWalk`,
+sans-IO: it says which block it needs next and what it will need after,
+and is fed verified bytes); this module holds its two drivers for the
+library, one over a :class:`~cas.blocks.BlockSource` (sync: ``iter_file``,
+``read_range``, ``write_file``, :class:`FileReader`, ``file_leaves``) and
+one over an ``AsyncBlockStore`` (trio). The sync driver executes the walk's
+read-ahead hint as the store can: index look-ups in a batch for a store
+that :class:`~cas.blocks.LooksUpInBatches`, ``prefetch`` for one that
+:class:`~cas.blocks.Prefetches`.
 
 This module never chunks by itself (that is :mod:`cas.chunker`), never
-encodes protobuf by hand (:mod:`cas.dagpb`) and never knows about names or
-directories: a dag-cbor CID handed to the reader is refused with
-:class:`NotAFileError`.
+encodes protobuf by hand (:mod:`cas.dagpb`), never knows about names or
+directories, and never decides to hand a file to a daemon (that is the
+library's choice, :mod:`cas.api`).
 """
 
 from __future__ import annotations
