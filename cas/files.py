@@ -360,41 +360,59 @@ class _LeafLookups:
         return None
 
 
-def _run(store: BlockSource, walk: FileWalk) -> Iterator[memoryview | LeafSpan]:
-    """Drive ``walk`` over ``store``: answer its block requests, execute its
-    read-ahead hints as the store can, pass the content on."""
-    lookups = _LeafLookups(store) if isinstance(store, LooksUpInBatches) else None
-    # A store that looks leaves up in batches hints the kernel itself.
-    window = _ReadAheadWindow(store if lookups is None and isinstance(store, Prefetches) else None)
-    while True:
-        event = walk.next_event()
-        if isinstance(event, NeedBlock):
-            cid = event.cid
-            window.fetching(cid)
-            data = lookups.get(cid) if lookups is not None else None
-            walk.feed(data if data is not None else store.get(cid))  # the store verifies the hash
-        elif isinstance(event, ReadAhead):
-            window.plan(event)
-            if lookups is not None:
-                lookups.plan(event.cids)
-        elif isinstance(event, WalkDone):
-            return
-        else:
-            yield event  # a memoryview, or a LeafSpan for a walk of leaves
+class _Driver:
+    """Runs walks over one store: answers their block requests, executes
+    their read-ahead hints as the store can, passes the content on. What the
+    store can do is asked once, here (an ``isinstance`` on a protocol costs
+    more than a 4 KiB read from the cache)."""
 
+    def __init__(self, store: BlockSource) -> None:
+        self.store = store
+        self._batched = store if isinstance(store, LooksUpInBatches) else None
+        # A store that looks leaves up in batches hints the kernel itself.
+        self._prefetches = store if self._batched is None and isinstance(store, Prefetches) else None
 
-def _content(store: BlockSource, walk: FileWalk) -> Iterator[memoryview]:
-    """The content pieces of a walk of bytes (not of leaves)."""
-    return cast(Iterator[memoryview], _run(store, walk))
+    def run(self, walk: FileWalk) -> Iterator[memoryview | LeafSpan]:
+        store = self.store
+        lookups: _LeafLookups | None = None
+        window: _ReadAheadWindow | None = None
+        while True:
+            event = walk.next_event()
+            if isinstance(event, NeedBlock):
+                cid = event.cid
+                data = None
+                if window is not None:
+                    window.fetching(cid)
+                if lookups is not None:
+                    data = lookups.get(cid)
+                walk.feed(data if data is not None else store.get(cid))  # the store verifies the hash
+            elif isinstance(event, ReadAhead):
+                if self._batched is not None:
+                    lookups = lookups or _LeafLookups(self._batched)
+                    lookups.plan(event.cids)
+                elif self._prefetches is not None:
+                    window = window or _ReadAheadWindow(self._prefetches)
+                    window.plan(event)
+            elif isinstance(event, WalkDone):
+                return
+            else:
+                yield event  # a memoryview, or a LeafSpan for a walk of leaves
+
+    def content(self, walk: FileWalk) -> Iterator[memoryview]:
+        """The content pieces of a walk of bytes (not of leaves)."""
+        return cast(Iterator[memoryview], self.run(walk))
+
+    def size(self, walk: FileWalk) -> int:
+        """Run a walk that reads the root only; the file's size."""
+        for _ in self.run(walk):
+            pass
+        assert walk.size is not None
+        return walk.size
 
 
 def file_size(store: BlockSource, cid: CID) -> int:
     """The size in bytes of file ``cid`` (reads its root block only)."""
-    walk = FileWalk(cid, 0, 0)
-    for _ in _run(store, walk):
-        pass
-    assert walk.size is not None
-    return walk.size
+    return _Driver(store).size(FileWalk(cid, 0, 0))
 
 
 def iter_file(
@@ -403,7 +421,7 @@ def iter_file(
     """Stream bytes [offset, offset + length) of file ``cid`` (to its end if
     ``length`` is None), one leaf's worth at a time; memory stays bounded."""
     _check_range(offset, length)  # here, not at the first next()
-    return (_as_bytes(piece) for piece in _content(store, FileWalk(cid, offset, length)))
+    return (_as_bytes(piece) for piece in _Driver(store).content(FileWalk(cid, offset, length)))
 
 
 def file_leaves(
@@ -414,7 +432,7 @@ def file_leaves(
     order, fetching interior nodes only (never a leaf, except the root of a
     one-block file): what a reader will need next, for read-ahead."""
     _check_range(offset, length)
-    return cast(Iterator[LeafSpan], _run(store, FileWalk(cid, offset, length, path=PathCache(nodes), leaves=True)))
+    return cast(Iterator[LeafSpan], _Driver(store).run(FileWalk(cid, offset, length, path=PathCache(nodes), leaves=True)))
 
 
 def _as_bytes(piece: memoryview) -> bytes:
@@ -441,7 +459,7 @@ def write_file(
     :meth:`cas.api.Repository.write_to`.)"""
     _check_range(offset, length)
     written = 0
-    for piece in _content(store, FileWalk(cid, offset, length)):
+    for piece in _Driver(store).content(FileWalk(cid, offset, length)):
         if stopped is not None and stopped():
             break
         view = piece
@@ -461,7 +479,7 @@ def write_file(
 def read_range(store: BlockSource, cid: CID, offset: int, length: int) -> bytes:
     """Bytes [offset, offset + length) of file ``cid``; shorter past its end."""
     _check_range(offset, length)
-    return b"".join(_content(store, FileWalk(cid, offset, length)))
+    return b"".join(_Driver(store).content(FileWalk(cid, offset, length)))
 
 
 class FileReader(io.BufferedIOBase):
@@ -476,14 +494,10 @@ class FileReader(io.BufferedIOBase):
 
     def __init__(self, store: BlockSource, cid: CID, *, nodes: NodeCache | None = None) -> None:
         super().__init__()
-        self._store = store
+        self._driver = _Driver(store)
         self._cache = PathCache(nodes)
         self.cid = cid
-        walk = FileWalk(cid, 0, 0, path=self._cache)
-        for _ in _run(store, walk):
-            pass
-        assert walk.size is not None
-        self.size: int = walk.size
+        self.size: int = self._driver.size(FileWalk(cid, 0, 0, path=self._cache))
         self._pos = 0
 
     def _check_open(self) -> None:
@@ -520,7 +534,7 @@ class FileReader(io.BufferedIOBase):
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
         length = None if size is None or size < 0 else size
-        data = b"".join(_content(self._store, FileWalk(self.cid, self._pos, length, path=self._cache)))
+        data = b"".join(self._driver.content(FileWalk(self.cid, self._pos, length, path=self._cache)))
         self._pos += len(data)
         return data
 
@@ -532,7 +546,7 @@ class FileReader(io.BufferedIOBase):
         target = memoryview(buffer).cast("B")
         filled = 0
         walk = FileWalk(self.cid, self._pos, len(target), path=self._cache)
-        for piece in _content(self._store, walk):
+        for piece in self._driver.content(walk):
             target[filled : filled + len(piece)] = piece
             filled += len(piece)
         self._pos += filled
