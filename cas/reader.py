@@ -62,7 +62,6 @@ READ_AHEAD_BLOCKS = 64
 average chunk size: enough to keep this disk busy, bench/add_cat.py)."""
 
 
-
 class _FileNode(NamedTuple):
     """A validated interior node: its content is ``inline`` then each child."""
 
@@ -210,8 +209,8 @@ def _root_size(cache: PathCache, cid: CID) -> Generator[CID, bytes, int]:
 
 
 class LeafSpan(NamedTuple):
-    """A leaf of a file and where its bytes sit in the file (what
-    :func:`file_leaves` lists: the blocks a byte range will need)."""
+    """A leaf of a file and where its bytes sit in the file (what a walk
+    with ``leaves=True`` lists: the blocks a byte range will need)."""
 
     cid: CID
     offset: int
