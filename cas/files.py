@@ -294,15 +294,13 @@ class _ReadAheadWindow:
 
     WINDOW = READ_AHEAD_BLOCKS
 
-    def __init__(self, store: Prefetches | None) -> None:
+    def __init__(self, store: Prefetches) -> None:
         self._store = store
         self._plan: tuple[CID, ...] = ()
         self._index: dict[CID, int] = {}
         self._advised = 0
 
     def plan(self, hint: ReadAhead) -> None:
-        if self._store is None:
-            return
         self._plan = hint.cids
         self._index = {cid: i for i, cid in enumerate(hint.cids)}
         self._advised = 0
@@ -316,7 +314,6 @@ class _ReadAheadWindow:
     def _advance(self, start: int) -> None:
         upto = min(len(self._plan), start + self.WINDOW)
         if upto > self._advised:
-            assert self._store is not None
             self._store.prefetch(self._plan[max(start, self._advised) : upto])
             self._advised = upto
 

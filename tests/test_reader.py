@@ -7,7 +7,7 @@ import pytest
 
 from cas import files
 from cas.blocks import MemoryBlockStore
-from cas.cid import CID
+from cas.cid import CID, RAW
 from cas.reader import FileWalk, LeafSpan, NeedBlock, PathCache, ReadAhead, WalkDone
 from tests.conftest import pseudo_random
 
@@ -96,3 +96,29 @@ def test_misuse_is_refused() -> None:
         walk.next_event()  # the block first
     with pytest.raises(ValueError):
         FileWalk(root, -1)
+
+
+def test_the_library_tells_a_store_that_prefetches_each_block_before_asking_for_it() -> None:
+    class Prefetching(MemoryBlockStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told: set[CID] = set()
+            self.batches: list[int] = []
+            self.asked_untold: list[CID] = []
+
+        def prefetch(self, cids) -> None:
+            cids = list(cids)
+            self.batches.append(len(cids))
+            self.told.update(cids)
+
+        def get(self, cid: CID) -> bytes:
+            if cid.codec == RAW and cid not in self.told:
+                self.asked_untold.append(cid)
+            return super().get(cid)
+
+    store = Prefetching()
+    data = pseudo_random(3_000_000, "prefetched")
+    root = files.add_bytes(store, data, fanout=200).cid
+    assert files.read_range(store, root, 0, len(data)) == data
+    assert store.asked_untold == []  # every leaf was hinted before it was read
+    assert store.batches and max(store.batches) <= files._ReadAheadWindow.WINDOW
