@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from . import files
 from .blocks import (
@@ -223,7 +223,9 @@ class Repository:
             )
         return Added(imported.cid, imported.kind, imported.size, os.fspath(path), target)
 
-    def _session(self):
+    def _session(self) -> contextlib.AbstractContextManager[Any]:
+        """A write session of the store's (gc keeps what it puts until it
+        ends), or the store itself for one without sessions."""
         if isinstance(self._store.blocks, OpensSessions):
             return self._store.blocks.open_session()
         return contextlib.nullcontext(self.blocks)

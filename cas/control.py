@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import dagcbor
-from .blocks import MAX_BLOCK_SIZE, Block
-from .cid import CID
+from .blocks import Block
+from .cid import CID, MAX_BLOCK_SIZE
 from .errors import CasError, InvalidBlockError, InvalidInputError, RepositoryError
 from .store import GcReport, NamespaceKey, Problem, RepoStat, RootRow, VerifyReport
 from .store._local import NAMESPACE_KEY_FILE

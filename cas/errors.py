@@ -1,12 +1,38 @@
-"""The exceptions cas raises, as one small hierarchy.
+"""The exceptions cas raises: one small hierarchy, in this one module.
 
 Every error a user can cause or meet derives from :class:`CasError` and carries
 a message written for that user: what went wrong and, where there is one, what
 to do about it. The command line prints ``str(error)`` as one line and exits
-with status 1; nothing else in cas catches ``CasError`` broadly.
+with status 1.
 
-Errors that are *our* bug (a broken invariant) are plain ``AssertionError`` /
-``RuntimeError`` and are never dressed up as one of these.
+The tree is split as h11 splits its errors, by whose fault it is:
+
+- :class:`PeerError`: something about *another node*. It could not be
+  reached, did not answer in time, answered with an error
+  (:class:`RequestFailedError`), or broke the protocol
+  (:class:`RemoteProtocolError`: a malformed message or frame, a handshake
+  that does not verify, a ciphertext that fails). Code that talks to peers
+  catches ``PeerError`` and tries another peer; a peer's fault never stops
+  the node.
+- Everything else is *local*: the caller's input (:class:`InvalidInputError`),
+  bytes that fail verification (:class:`InvalidBlockError`), the repository
+  and its disk (:class:`RepositoryError`), a path operation
+  (:class:`NamespaceError`, carrying the errno a file system returns), this
+  node's room for others' data (:class:`StorageQuotaError`), the daemon and
+  its control socket, the mount.
+- :class:`LocalProtocolError` is *our* bug: our own code asked a protocol
+  state machine for something the protocol forbids. It is a ``RuntimeError``,
+  not a ``CasError``, so nothing that handles users' errors swallows it.
+
+Rules for this file:
+
+1. Every exception class cas raises is declared here (a module may keep a
+   private one for its own control flow, never raised past it).
+2. A new class earns its place only if some code catches it apart from its
+   parent, or a user must act on it differently; otherwise raise the parent
+   with a message that says what happened.
+3. The daemon sends an error to its clients by class name
+   (``cas.control.error_value``), so a class is never renamed lightly.
 """
 
 from __future__ import annotations
@@ -70,6 +96,11 @@ class InvalidInputError(CasError, ValueError):
     name that is not allowed."""
 
 
+class UsageError(InvalidInputError):
+    """The command line asks for something its options do not allow
+    together; the command exits 2, as for any other usage error."""
+
+
 class InvalidRecordError(CasError):
     """A namespace root record is malformed, badly signed, signed by another
     key, or older than the one already held."""
@@ -108,3 +139,119 @@ class DirectoryNotEmptyError(NamespaceError):
 
 class InvalidMoveError(NamespaceError):
     errno = 22  # EINVAL
+
+
+class ReadOnlyNamespaceError(NamespaceError):
+    """A published namespace of another key cannot be changed from here."""
+
+
+class StorageQuotaError(CasError):
+    """This node has no room for what another node asked it to keep: a block
+    (its quota for others' blocks, the sender's share of it, or the disk
+    reserve) or a record (in all, or for that peer)."""
+
+
+class KeyFileError(CasError):
+    """A key file is missing, malformed, or readable by others."""
+
+
+class NotPublishedError(CasError):
+    """There is nothing to publish (no namespace root yet), or nobody to
+    publish it to."""
+
+
+class MountError(CasError):
+    """A mount could not be started, found or stopped."""
+
+
+class FuseUnavailableError(MountError):
+    """pyfuse3 (or the FUSE kernel device) is missing on this machine."""
+
+
+# -- another node's fault or failure ----------------------------------------------
+
+
+class PeerError(CasError):
+    """Another node could not be reached, did not answer, answered with an
+    error or broke the protocol. Whoever talks to peers catches this and
+    tries another; it is never this node's own failure."""
+
+
+class ConnectionClosedError(PeerError):
+    """The connection closed (or was closed) before the operation finished."""
+
+
+class RequestTimeoutError(PeerError):
+    """The peer did not answer a request in time."""
+
+
+class RequestFailedError(PeerError):
+    """The peer answered a request with an error; ``code`` is the wire
+    protocol's error code (``cas.net.messages``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer refused the request ({code}): {message}" if message
+                         else f"peer refused the request ({code})")
+        self.code = code
+
+
+class RemoteProtocolError(PeerError):
+    """The peer broke the protocol. The connection or message is dropped and
+    the peer is counted against; the node carries on."""
+
+
+class MalformedMessageError(RemoteProtocolError):
+    """Bytes from a peer are not a well-formed message of a known type."""
+
+
+class FrameError(RemoteProtocolError):
+    """The peer sent a frame that breaks the framing rules."""
+
+
+class FrameTooLargeError(FrameError):
+    """A frame header announced more bytes than the limit allows."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """The peer's handshake failed: a malformed message, one that does not
+    verify, or one that did not come in time."""
+
+
+class HandshakeTimeoutError(HandshakeError):
+    """The peer did not complete the handshake in time."""
+
+
+class IncompatibleVersionError(HandshakeError):
+    """The peer speaks a protocol version we do not."""
+
+
+class IdentityProofError(HandshakeError):
+    """The peer's identity proof is missing, malformed or has a bad signature."""
+
+
+class PeerIdMismatchError(HandshakeError):
+    """The peer proved an identity, but not the node ID we expected."""
+
+    def __init__(self, expected: bytes, actual: bytes) -> None:
+        super().__init__(
+            f"peer proved node ID {actual.hex()[:16]}… but {expected.hex()[:16]}… was expected"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class NetworkMismatchError(HandshakeError):
+    """The peer is on another network: its network key differs from ours,
+    or one side has a key and the other none. Nothing about it was learnt
+    (the handshake stopped at message 1 or at the refusal answering it)."""
+
+
+class DecryptError(RemoteProtocolError):
+    """A ciphertext failed authentication (tampered, truncated or out of order)."""
+
+
+# -- our own bug ------------------------------------------------------------------
+
+
+class LocalProtocolError(RuntimeError):
+    """Our own code tried to do something the protocol forbids (a bug)."""

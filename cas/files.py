@@ -49,7 +49,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from .blocks import (
-    MAX_BLOCK_SIZE,
     AsyncBlockStore,
     Block,
     BlockSource,
@@ -58,7 +57,7 @@ from .blocks import (
     Prefetches,
 )
 from .chunker import Readable, chunk_bytes, chunk_stream
-from .cid import CID, DAG_PB, RAW
+from .cid import CID, DAG_PB, MAX_BLOCK_SIZE, RAW
 from .dagpb import TYPE_FILE, PBLink, PBNode, UnixFSData, encode_node, encode_unixfs
 from .errors import InvalidInputError
 from .reader import (

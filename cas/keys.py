@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from .durable import write_atomically
-from .errors import CasError
+from .errors import KeyFileError
 
 if TYPE_CHECKING:
     import nacl.signing
@@ -42,10 +42,6 @@ _KEY_FILE_TAG = "cas-ed25519-seed-v1"
 _MAX_KEY_FILE_SIZE = 256
 
 K = TypeVar("K", bound="Ed25519Key")
-
-
-class KeyFileError(CasError):
-    """A key file is missing, malformed, or readable by others."""
 
 
 def write_private_file(path: str | os.PathLike[str], data: bytes, what: str, *,

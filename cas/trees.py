@@ -20,7 +20,7 @@ from typing import BinaryIO
 from . import files
 from .blocks import BlockStore
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
-from .errors import CasError, InvalidInputError, NotAFileError, RepositoryError
+from .errors import InvalidInputError, NotAFileError, RepositoryError
 from .names import dirtree
 from .names.directory import DirEntry, check_name
 
@@ -71,8 +71,6 @@ def import_file(
     with f:
         try:
             return add(store, f, progress)
-        except CasError:
-            raise
         except OSError as exc:
             raise _user_error(exc, path) from None
 

@@ -6,10 +6,10 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cas.errors import InvalidInputError
+from cas.errors import InvalidInputError, NotAFileError
 
 from .output import Output, human_size
 from .repo_cmds import NAMESPACE_CODE, TREE_CODE, open_repo
@@ -34,19 +34,35 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=cmd_add)
 
-    p = sub.add_parser("cat", parents=common, help="write a file's content to standard output")
-    p.add_argument("cid", metavar="CID|PATH")
+    p = sub.add_parser("cat", parents=common, help="write a file's content to standard output",
+                       description="Write the content of a file, named by its CID or by its namespace "
+                       "path, to standard output; with a daemon, blocks this node lacks come from the network.")
+    p.add_argument("cid", metavar="CID|PATH", help="the file's CID, or its path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("--offset", type=_non_negative, default=0, help="first byte to write")
     p.add_argument("--length", type=_non_negative, default=None, help="number of bytes to write")
     p.set_defaults(run=cmd_cat)
 
-    p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk")
-    p.add_argument("cid", metavar="CID|PATH")
+    p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk",
+                       description="Write a file or a whole directory tree, named by CID or namespace "
+                       "path, to the local disk, with its modes, times and symbolic links.")
+    p.add_argument("cid", metavar="CID|PATH", help="a CID, or a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="path to create")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="path to create; a directory (an existing one, or any ending in '/') gets it "
+                   "inside, under its own name, as cp and rsync do")
     p.add_argument("-f", "--force", action="store_true", help="replace OUT if it is a file")
     p.set_defaults(run=cmd_get)
+
+
+def _make_directory(path: Path) -> Path:
+    try:
+        path.mkdir()
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path.parent} does not exist; create it first") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _non_negative(text: str) -> int:
@@ -133,6 +149,10 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
         try:
             # With a daemon, the daemon writes to our standard output itself.
             repo.write_to(cid, fd, args.offset, args.length)
+        except NotAFileError:  # said in the user's terms: what they named, and what to do
+            if repo.info(cid).kind == "dir":
+                raise NotAFileError(f"{args.cid} is a directory, not a file; list it with 'cas ls {args.cid}'") from None
+            raise
         except BrokenPipeError:
             # The reader went away (`cas cat X | head`): end as cat does.
             signal.raise_signal(signal.SIGPIPE)
@@ -147,12 +167,27 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
-        if info.kind == "dir" and os.path.lexists(dest):
-            raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
-        if dest.is_dir() and info.kind == "file":
-            raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
-        with out.progress(info.size, "writing") as progress:
-            kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+        made = None
+        if dest.is_dir() or args.output.endswith("/"):
+            # As cp and rsync do: into a directory (made if it is new and
+            # named with a trailing '/'), under the name the thing has: the
+            # last part of its path, or its CID.
+            if not dest.is_dir():
+                made = _make_directory(dest)
+            dest = dest / (PurePosixPath(args.cid).name or str(cid))
+        try:
+            if info.kind == "dir" and os.path.lexists(dest):
+                raise InvalidInputError(f"{dest} already exists; cas get writes a new directory")
+            if dest.is_dir() and info.kind == "file":
+                raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
+            with out.progress(info.size, "writing") as progress:
+                kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+        except BaseException:
+            if made is not None:
+                import shutil  # here: with bz2 and lzma, it would slow every command's start
+
+                shutil.rmtree(made, ignore_errors=True)  # a failed get leaves nothing behind
+            raise
     out.document({"cid": str(cid), "kind": kind, "size": info.size, "output": str(dest)})
     out.note(f"wrote {kind} {dest} ({human_size(info.size)})")
     return 0

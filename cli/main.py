@@ -14,10 +14,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import import_module
-from typing import Any
+from typing import Any, NoReturn
 
+import cas
 from cas.allocator import keep_freed_buffers
-from cas.errors import CasError
+from cas.errors import CasError, UsageError
 
 from .output import Output
 
@@ -31,6 +32,9 @@ COMMANDS = {
     "mount": "mount_cmds", "umount": "mount_cmds",
     "name": "name_cmds",
     "network": "network_cmds",
+    "completion": "completion",
+    "config": "config_cmds",
+    "service": "service_cmds",
 }
 """Each command and the module of this package that registers and runs it.
 A command line naming one of them builds (and imports) only that module's
@@ -40,7 +44,7 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 parser."""
 
 MODULES = ("repo_cmds", "files_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
-           "name_cmds")
+           "name_cmds", "config_cmds", "service_cmds", "completion")
 """The command modules, in the order ``cas --help`` lists their commands."""
 
 
@@ -105,6 +109,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Content-addressed storage: add files, read them back by CID.",
         parents=[_common_options(suppress=False)],
     )
+    parser.add_argument("--version", action="version", version=f"cas {cas.__version__}",
+                        help="print the version of cas and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common_options(suppress=True)]
     for name in (COMMANDS[command],) if command in COMMANDS else MODULES:
@@ -176,10 +182,23 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> NoReturn:
+        """Bad usage: argparse's usage and message on stderr, exit 2; with
+        ``--json`` anywhere on the line, also the error as JSON on stdout
+        (the options are not parsed yet, so the flag is looked for)."""
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("cas").strip() or None
+        Output(json_mode="--json" in sys.argv[1:]).error(command, "usage", message)
+        sys.exit(2)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (cli/completion.py)
+        from .completion import complete
+
+        complete(build_parser())
     args = build_parser(command_named(argv)).parse_args(argv)
     if args.command in BUFFER_HEAVY:
         keep_freed_buffers()
@@ -189,11 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(json_mode=args.json, quiet=args.quiet)
     try:
         status = args.run(args, out)
+    except UsageError as exc:
+        out.error(args.command, "usage", str(exc))
+        return 2
     except CasError as exc:
-        print(f"cas {args.command}: error: {exc}", file=sys.stderr)
+        out.error(args.command, type(exc).__name__, str(exc))
         return 1
     except KeyboardInterrupt:
-        print(f"cas {args.command}: interrupted", file=sys.stderr)
+        out.error(args.command, "interrupted", "interrupted")
         return 130
     return int(status or 0)
 

@@ -8,11 +8,10 @@ sshfs does); its log goes to ``<repo>/mount.log``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from cas.errors import InvalidInputError
+from cas.errors import InvalidInputError, UsageError
 
 from .output import Output
 from .repo_cmds import repo_path, waiting_note
@@ -22,16 +21,18 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "mount", parents=common, help="mount the namespace as a directory (FUSE)",
         description="Mount the repository's namespace at DIR, read-write. The mount process owns the "
-        "repository; the other cas commands keep working through it. With --name KEY --ro, mount "
-        "another node's published namespace instead, following its new versions (through this "
+        "repository; the other cas commands keep working through it. With --name KEY, mount "
+        "another node's published namespace instead, read-only, following its new versions (through this "
         "repository's daemon if one runs). 'cas umount DIR' ends it.")
-    p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("mountpoint", metavar="DIR", help="an empty directory to mount at")
     p.add_argument("--ro", action="store_true", help="read-only: every change fails with EROFS")
     p.add_argument("--name", metavar="KEY", default=None,
-                   help="mount the namespace published under this key (64 hex digits; needs --ro)")
+                   help="mount the namespace published under this key (64 hex digits), read-only")
     p.add_argument("--refresh", type=float, default=None, metavar="SECONDS",
                    help="with --name: look for a newer version this often (default 30)")
     p.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that has files in it (hidden until unmounted)")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
     p.add_argument("--allow-other", action="store_true",
@@ -41,8 +42,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="more FUSE mount options, e.g. -o allow_other (more than once, or comma-separated)")
     p.set_defaults(run=cmd_mount)
 
-    p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)")
-    p.add_argument("mountpoint", metavar="DIR")
+    p = sub.add_parser("umount", parents=common, help="unmount a cas mount (also a dead one)",
+                       description="Unmount a cas mount and end its process. A mount whose process "
+                       "died is cleaned up too.")
+    p.add_argument("mountpoint", metavar="DIR", help="where it is mounted")
     p.set_defaults(run=cmd_umount)
 
 
@@ -62,18 +65,18 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
 
     from cas.names.record import parse_public_key
 
-    if args.name is not None and not args.ro:
-        return usage_error("--name mounts another node's namespace, which is read-only here: add --ro")
+    if args.name is not None:
+        args.ro = True  # another node's namespace is read-only here
     if args.refresh is not None and args.name is None:
-        return usage_error("--refresh applies to --name (a published namespace) only")
+        raise UsageError("--refresh applies to --name (a published namespace) only")
     refresh = DEFAULT_REFRESH if args.refresh is None else args.refresh
     if not refresh >= MIN_REFRESH:
-        return usage_error(f"--refresh must be at least {MIN_REFRESH:g} seconds")
+        raise UsageError(f"--refresh must be at least {MIN_REFRESH:g} seconds")
     require_pyfuse3()
     if args.cache is not None and args.cache <= 0:
         raise InvalidInputError("--cache must be a positive number of MiB")
     name = parse_public_key(args.name) if args.name is not None else None
-    mountpoint = check_mountpoint(Path(args.mountpoint))
+    mountpoint = check_mountpoint(Path(args.mountpoint), nonempty=args.nonempty)
     repo = repo_path(args).expanduser().absolute()
     options = tuple(option.strip() for given in args.options for option in given.split(","))
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
@@ -100,10 +103,6 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def usage_error(message: str) -> int:
-    """Bad usage: one line on stderr and exit status 2 (DESIGN.md)."""
-    print(f"cas mount: error: {message}", file=sys.stderr)
-    return 2
 
 
 def cmd_umount(args: argparse.Namespace, out: Output) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cas.errors import CasError
 
 if TYPE_CHECKING:
+    from cas.api import Repository
     from cas.control import ControlClient
 
 from .output import Output
@@ -26,7 +27,9 @@ class NeedsDaemonError(CasError):
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("name", parents=common, help="publish this namespace, resolve others")
+    p = sub.add_parser("name", parents=common, help="publish this namespace, resolve others",
+                       description="Publish this node's namespace on the network under its key, and "
+                       "resolve the namespaces other nodes publish (needs 'cas daemon').")
     name_sub = p.add_subparsers(dest="name_command", metavar="publish|resolve|status", required=True)
     s = name_sub.add_parser(
         "publish", parents=common, help="publish the namespace root on the network, and keep doing so",
@@ -37,14 +40,18 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     s.add_argument("--stop", action="store_true", help="stop publishing (records already out expire with "
                    "their holders)")
     s.set_defaults(run=cmd_publish)
-    r = name_sub.add_parser("resolve", parents=common, help="the newest root record of a published namespace")
+    r = name_sub.add_parser("resolve", parents=common, help="the newest root record of a published namespace",
+                            description="Find the newest valid root record of a published namespace "
+                            "on the network; mount it with 'cas mount DIR --name PUBKEY'.")
     r.add_argument("key", metavar="PUBKEY", help="the namespace's public key, 64 hex digits")
     r.set_defaults(run=cmd_resolve)
-    t = name_sub.add_parser("status", parents=common, help="publishing on or off, last publication, records held")
+    t = name_sub.add_parser("status", parents=common, help="publishing on or off, last publication, records held",
+                            description="Whether this node publishes its namespace, how the last "
+                            "publication went, and how many other namespaces' records it holds.")
     t.set_defaults(run=cmd_status)
 
 
-def _client(repo: Any) -> ControlClient:
+def _client(repo: Repository) -> ControlClient:
     client = repo.daemon
     if client is None:
         raise NeedsDaemonError("this command needs the running node; start it with 'cas daemon'")

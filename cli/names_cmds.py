@@ -4,7 +4,6 @@ storage commands that follow from it: pin, unpin, gc."""
 from __future__ import annotations
 
 import argparse
-import json
 import stat as statmod
 import sys
 import time
@@ -21,52 +20,72 @@ from .repo_cmds import NAMESPACE_CODE, open_repo
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ls", parents=common, help="list a namespace directory")
-    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p = sub.add_parser("ls", parents=common, help="list a namespace directory",
+                       description="List a directory of the namespace (or, with --at, of an earlier version).")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH", help="the directory (default /)")
     p.add_argument("-l", "--long", action="store_true", help="mode, size, time and CID too")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ (see cas log)")
     p.set_defaults(run=cmd_ls)
 
-    p = sub.add_parser("stat", parents=common, help="what a namespace path names")
-    p.add_argument("path", metavar="PATH")
+    p = sub.add_parser("stat", parents=common, help="what a namespace path names",
+                       description="What a namespace path names: its kind, CID, size, mode and time.")
+    p.add_argument("path", metavar="PATH", help="a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ")
     p.set_defaults(run=cmd_stat)
 
-    p = sub.add_parser("mkdir", parents=common, help="create a namespace directory")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("mkdir", parents=common, help="create a namespace directory",
+                       description="Create directories in the namespace, each a new version of it.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the directories to create")
     p.add_argument("-p", "--parents", action="store_true", help="create parents; no error if it exists")
     p.set_defaults(run=cmd_mkdir)
 
-    p = sub.add_parser("mv", parents=common, help="rename or move (no data is copied)")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p = sub.add_parser("mv", parents=common, help="rename or move (no data is copied)",
+                       description="Rename or move a namespace entry, as mv does: into DST if it is a "
+                       "directory, else to DST (replacing a file there). Only names change; no data moves.")
+    p.add_argument("src", metavar="SRC", help="the path to move")
+    p.add_argument("dst", metavar="DST", help="the new path, or a directory to move it into")
     p.set_defaults(run=cmd_mv)
 
-    p = sub.add_parser("cp", parents=common, help="link a CID or a path at another path (no data is copied)")
-    p.add_argument("src", metavar="CID|PATH")
-    p.add_argument("dst", metavar="PATH")
+    p = sub.add_parser("cp", parents=common, help="link a CID or a path at another path (no data is copied)",
+                       description="Put what a CID or a path names at another path too, as cp does "
+                       "(into PATH if it is a directory). Content is shared, never copied.")
+    p.add_argument("src", metavar="CID|PATH", help="what to link: a CID, or a path in the namespace")
+    p.add_argument("dst", metavar="PATH", help="where: a new path, or a directory to put it into")
     p.set_defaults(run=cmd_cp)
 
-    p = sub.add_parser("rm", parents=common, help="remove a namespace entry")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("rm", parents=common, help="remove a namespace entry",
+                       description="Remove entries from the namespace. Their blocks stay until 'cas gc' "
+                       "finds that no kept version, pin or other name needs them.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the entries to remove")
     p.add_argument("-r", "--recursive", action="store_true", help="remove non-empty directories")
     p.set_defaults(run=cmd_rm)
 
-    p = sub.add_parser("root", parents=common, help="the namespace root: CID, sequence number, key")
+    p = sub.add_parser("root", parents=common, help="the namespace root: CID, sequence number, key",
+                       description="The namespace's current root: its CID, its sequence number (one "
+                       "more with every change) and the key that signs it.")
     p.set_defaults(run=cmd_root)
 
-    p = sub.add_parser("log", parents=common, help="the kept namespace roots, newest first")
+    p = sub.add_parser("log", parents=common, help="the kept namespace roots, newest first",
+                       description="The namespace's kept versions, newest first: sequence number, time "
+                       "and root CID. Any of them can be read with --at SEQ.")
     p.set_defaults(run=cmd_log)
 
-    p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)")
-    p.add_argument("refs", nargs="+", metavar="CID|PATH|ls")
+    p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)",
+                       description="Keep content that no namespace path names, so that gc leaves it; "
+                       "'cas pin ls' lists the pins.")
+    p.add_argument("refs", nargs="+", metavar="CID|PATH|ls", help="what to pin, or 'ls' to list the pins")
     p.set_defaults(run=cmd_pin)
 
-    p = sub.add_parser("unpin", parents=common, help="stop keeping pinned content")
-    p.add_argument("refs", nargs="+", metavar="CID")
+    p = sub.add_parser("unpin", parents=common, help="stop keeping pinned content",
+                       description="Remove pins. The content stays until 'cas gc', and for good if "
+                       "the namespace still names it.")
+    p.add_argument("refs", nargs="+", metavar="CID", help="the pinned CIDs")
     p.set_defaults(run=cmd_unpin)
 
-    p = sub.add_parser("gc", parents=common, help="delete what no pin and no kept root needs")
+    p = sub.add_parser("gc", parents=common, help="delete what no pin and no kept root needs",
+                       description="Delete the blocks that no pin and no kept namespace version needs, "
+                       "dropping versions beyond --history first, and the blocks held for other nodes "
+                       "whose lease ran out; packs are compacted.")
     p.add_argument("--history", type=int, metavar="N", help="past roots to keep (default: the configured 100)")
     p.set_defaults(run=cmd_gc)
 
@@ -108,11 +127,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
         entries = repo.ls(args.path, at=args.at)
         _warn(repo, out)
         if out.json_mode:
-            # Streamed, so a listing of 10^5 entries never sits in memory.
-            sys.stdout.write("[")
-            for index, entry in enumerate(entries):
-                sys.stdout.write(("," if index else "") + "\n  " + json.dumps(_entry_json(entry), sort_keys=True))
-            sys.stdout.write("\n]\n")
+            out.documents(_entry_json(entry) for entry in entries)
             return 0
         for entry in entries:
             name = entry.name + ("/" if entry.kind == "dir" else "")

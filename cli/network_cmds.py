@@ -22,7 +22,9 @@ from .repo_cmds import repo_path, waiting_note
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("network", parents=common, help="private networks: their shared key")
+    p = sub.add_parser("network", parents=common, help="private networks: their shared key",
+                       description="Private networks: a key every member holds, without which no "
+                       "handshake completes.")
     network_sub = p.add_subparsers(dest="network_command", metavar="init", required=True)
     i = network_sub.add_parser(
         "init", parents=common, help="write a new network key (a private network's secret)",

@@ -10,16 +10,16 @@ node key).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cas.errors import CasError, InvalidInputError
+from cas.errors import InvalidCIDError, InvalidInputError
 
 if TYPE_CHECKING:
     from cas import control
+    from cas.node import NodeConfig
 
 from .output import Output, human_size
 from .repo_cmds import repo_path, waiting_note
@@ -80,20 +80,29 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "default: the repository's keys/network.key if it has one, else the open network")
     p.set_defaults(run=cmd_daemon)
 
-    p = sub.add_parser("id", parents=common, help="this node's ID and address")
+    p = sub.add_parser("id", parents=common, help="this node's ID and address",
+                       description="This node's ID (the hash of its public key), and whether its "
+                       "daemon runs (with the address it listens on).")
     p.set_defaults(run=cmd_id)
 
     p = sub.add_parser("peers", parents=common,
-                       help="the peers in the running node's routing table, what we store with each and it with us")
+                       help="the peers in the running node's routing table, what we store with each and it with us",
+                       description="The peers in the running node's routing table: address, last "
+                       "contact, and the bytes each holds of ours and we of its.")
     p.set_defaults(run=cmd_peers)
 
-    p = sub.add_parser("dht", parents=common, help="query the DHT through the running node")
+    p = sub.add_parser("dht", parents=common, help="query the DHT through the running node",
+                       description="Query the DHT through the running node (needs 'cas daemon').")
     dht_sub = p.add_subparsers(dest="dht_command", metavar="find|refresh", required=True)
     f = dht_sub.add_parser("find", parents=common,
-                           help="the k closest nodes to a CID or node ID, and which have the block")
-    f.add_argument("targets", nargs="+", metavar="CID|NODE-ID")
+                           help="the k closest nodes to a CID or node ID, and which have the block",
+                           description="Look up the k nodes closest to each target on the network; for "
+                           "a CID, also which of them have the block.")
+    f.add_argument("targets", nargs="+", metavar="CID|NODE-ID", help="CIDs or 64-hex-digit node IDs")
     f.set_defaults(run=cmd_dht_find)
-    r = dht_sub.add_parser("refresh", parents=common, help="refresh every bucket of the routing table now")
+    r = dht_sub.add_parser("refresh", parents=common, help="refresh every bucket of the routing table now",
+                           description="Look up a random ID in every bucket of the routing table now, "
+                           "instead of waiting for the hourly refresh.")
     r.set_defaults(run=cmd_dht_refresh)
 
 
@@ -102,7 +111,7 @@ def _address(text: str) -> tuple[str, int]:
 
     try:
         return parse_address(text)
-    except CasError as exc:
+    except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -199,8 +208,39 @@ the same name."""
 
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
-    from cas.node import DEFAULT_PORT, NodeAddress, NodeConfig, run_daemon
+    from cas.node import NodeAddress, run_daemon
 
+    config = node_config(args)
+
+    # Wait for a command using the repository here, on the main thread, which
+    # says so after a second; the node waits again (silently) in case another
+    # command slips in before it takes the repository.
+    from cas.store import LocalStore
+
+    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
+    config.lock_wait = args.wait
+
+    def reload() -> NodeConfig:  # SIGHUP: the same command line, the settings as they are now
+        again = node_config(args)
+        again.lock_wait = args.wait
+        return again
+
+    def ready(address: NodeAddress) -> None:
+        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
+        out.result(address.describe())
+
+    run_daemon(config, ready, reload)
+    out.note("cas daemon: stopped")
+    return 0
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's configuration: each flag given, else the repository's
+    setting (``cas config``), else the default. ``args`` is left as parsed."""
+    from cas.node import DEFAULT_PORT, NodeConfig
+
+    args = copy.copy(args)
+    apply_settings(args)
     host, port = args.listen or ("0.0.0.0", DEFAULT_PORT)
     config = NodeConfig(repo=repo_path(args), listen_host=host, listen_port=port,
                         bootstrap=list(args.bootstrap))
@@ -217,22 +257,21 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
             setattr(config, name, value)
     if args.network_key is not None:
         config.network_key = args.network_key.expanduser()
+    return config
 
-    # Wait for a command using the repository here, on the main thread, which
-    # says so after a second; the node waits again (silently) in case another
-    # command slips in before it takes the repository.
+
+def apply_settings(args: argparse.Namespace) -> None:
+    """The repository's settings (``cas config``) for the flags not given."""
     from cas.store import LocalStore
 
-    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
-    config.lock_wait = args.wait
+    from .config_cmds import settings_for_daemon
 
-    def ready(address: NodeAddress) -> None:
-        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
-        out.result(address.describe())
-
-    run_daemon(config, ready)
-    out.note("cas daemon: stopped")
-    return 0
+    repo = repo_path(args)
+    if not (repo / "config.json").exists():
+        return  # a new repository: nothing set yet
+    for name, value in settings_for_daemon(LocalStore.check_config(repo)).items():
+        if getattr(args, name) in (None, []):
+            setattr(args, name, value)
 
 
 REPLICATION_WAIT = 120
@@ -316,15 +355,14 @@ def cmd_dht_find(args: argparse.Namespace, out: Output) -> int:
     for text in args.targets:  # bad input fails before any lookup
         try:
             parse_target(text)
-        except CasError:
+        except InvalidCIDError:
             raise InvalidInputError(f"{text!r} is neither a CID nor a 64-hex-digit node ID") from None
     results = []
     with _client(args) as client:
         for text in args.targets:
             results.append(client.call("dht_find", target=text))
     if out.json_mode:
-        json.dump(results[0] if len(results) == 1 else results, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        out.document(results[0] if len(results) == 1 else results)
         return 0
     for r in results:
         out.result(f"{r['cid'] or r['target']}: {len(r['closest'])} closest "

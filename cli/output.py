@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,30 @@ class Output:
             json.dump(value, sys.stdout, indent=2, sort_keys=True)
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+    def documents(self, values: Iterable[Any]) -> None:
+        """A JSON array of ``values``, written as they come (a listing of
+        10^5 entries never sits in memory), laid out exactly as
+        :meth:`document` lays out a list. Printed only in JSON mode."""
+        if not self.json_mode:
+            return
+        out = sys.stdout
+        out.write("[")
+        count = 0
+        for value in values:
+            text = json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n  ")
+            out.write(("," if count else "") + "\n  " + text)
+            count += 1
+        out.write("\n]\n" if count else "]\n")
+        out.flush()
+
+    def error(self, command: str | None, kind: str, message: str) -> None:
+        """A failed command: one line on stderr for a person and, in JSON
+        mode, ``{"error": {...}}`` on stdout for a program."""
+        print(f"cas {command}: error: {message}" if command else f"cas: error: {message}",
+              file=sys.stderr, flush=True)
+        if self.json_mode:
+            self.document({"error": {"command": command, "type": kind, "message": message}})
 
     def note(self, text: str) -> None:
         """A remark for a person, on stderr; silenced by --quiet."""

@@ -55,12 +55,20 @@ def waiting_note(args: argparse.Namespace) -> Callable[[str], None] | None:
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("init", parents=common, help="create a repository")
+    p = sub.add_parser(
+        "init", parents=common, help="create a repository",
+        description="Create the repository (--repo DIR, else $CAS_HOME, else the user data directory) "
+        "with its namespace key, owner-only. Any other command creates it on first use too; an existing "
+        "repository is left as it is.")
     p.set_defaults(run=cmd_init)
 
-    p = sub.add_parser("repo", parents=common, help="inspect the local repository")
+    p = sub.add_parser("repo", parents=common, help="inspect the local repository",
+                       description="Inspect the local repository: what it stores (stat), and whether "
+                       "every block is intact (verify).")
     repo_sub = p.add_subparsers(dest="repo_command", metavar="stat|verify", required=True)
-    s = repo_sub.add_parser("stat", parents=common, help="blocks, bytes and pins stored")
+    s = repo_sub.add_parser("stat", parents=common, help="blocks, bytes and pins stored",
+                            description="Blocks, bytes and pins stored in the repository, and the "
+                            "space its packs take on disk.")
     s.set_defaults(run=cmd_repo_stat)
     v = repo_sub.add_parser(
         "verify", parents=common, help="re-hash every block and check every reference",

@@ -14,7 +14,7 @@ Modules, each with one concern:
   caches, the copy-on-write operations, committing a staged file; synchronous,
   always run in the node's store thread.
 * :mod:`.published`  another node's published namespace as the tree
-  (``cas mount DIR --name KEY --ro``): read through the node's control
+  (``cas mount DIR --name KEY``): read through the node's control
   socket, following newer records.
 * :mod:`.operations` the pyfuse3 ``Operations`` subclass: thin glue that maps
   kernel requests onto the above and errors onto errno values.
@@ -29,19 +29,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..errors import CasError
+from ..errors import FuseUnavailableError
 
 INSTALL_HINT = (
     "install the FUSE extra: apt-get install fuse3 libfuse3-dev pkg-config && pip install 'casnet[fuse]'"
 )
-
-
-class FuseUnavailableError(CasError):
-    """pyfuse3 (or the FUSE kernel device) is missing on this machine."""
-
-
-class MountError(CasError):
-    """A mount could not be started, found or stopped."""
 
 
 def require_pyfuse3() -> ModuleType:

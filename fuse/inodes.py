@@ -171,10 +171,10 @@ class InodeTable:
             and inode.children == 0
         ):
             del self._inodes[inode.ino]
+            if inode.parent is None:  # only the root has none, and it is never dropped
+                return
             if not inode.detached and self._names.get((inode.parent, inode.name)) == inode.ino:
                 del self._names[(inode.parent, inode.name)]
-            if inode.parent is None:
-                return
             parent = self._inodes[inode.parent]
             parent.children -= 1
             inode = parent

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CasError
-from . import FuseUnavailableError, MountError, require_pyfuse3
+from ..errors import CasError, FuseUnavailableError, MountError
+from . import require_pyfuse3
 
 if TYPE_CHECKING:  # trio and the node load only in the mount process
     import trio
@@ -126,12 +126,24 @@ def _user_allow_other(fuse_conf: Path) -> bool:
     return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in text.splitlines())
 
 
-def check_mountpoint(mountpoint: Path) -> Path:
+def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> Path:
+    """The mount point as an absolute path, or MountError saying why it
+    cannot be one. A directory with something in it is refused unless
+    ``nonempty``: the mount would hide its files, silently, until unmounted."""
     path = mountpoint.expanduser().absolute()
     if is_mounted(path):
         raise MountError(f"{path} is already a mount point; 'cas umount {path}' first")
     if not path.is_dir():
         raise MountError(f"{path} is not a directory; create it first")
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as exc:
+            raise MountError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if occupied:
+            raise MountError(f"{path} is not empty, and the mount would hide what is in it; "
+                             "use an empty directory, or --nonempty to mount over it anyway")
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailableError("/dev/fuse is missing: this machine (or container) has no FUSE device")
     return path

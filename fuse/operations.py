@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +220,7 @@ class CasOperations(pyfuse3.Operations):
             node = await self._store(self.tree.resolve, path)
             return self._entry(parent_inode, node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
 
@@ -456,8 +456,7 @@ class CasOperations(pyfuse3.Operations):
             return
         # Not being written: stage, truncate and commit now (truncate(2),
         # or the kernel's O_TRUNC before an open).
-        temporary = state is None
-        if temporary:
+        if state is None:
             node = await self._node_of(found)
             found.state = state = FileState(node.cid, node.size, node.mode, node.mtime)
         if size == 0:

@@ -1,6 +1,6 @@
 """Another node's published namespace as a read-only mount.
 
-``cas mount DIR --name KEY --ro`` shows the namespace that public key
+``cas mount DIR --name KEY`` shows the namespace that public key
 publishes (docs/replication.md, "Published namespaces") and follows it as
 new sequence numbers arrive.
 

@@ -37,18 +37,11 @@ from typing import Self
 
 import trio
 
+from cas.errors import ConnectionClosedError, RemoteProtocolError, RequestFailedError, RequestTimeoutError
 from cas.net import messages as msg
-from cas.net.connection import (
-    Connection,
-    ConnectionClosedError,
-    RequestFailedError,
-    RequestTimeoutError,
-    SecureChannel,
-    open_channel,
-)
+from cas.net.connection import Connection, SecureChannel, open_channel
 from cas.net.framing import MAX_FRAME_SIZE, frame_header
 from cas.net.identity import Identity
-from cas.net.messages import RemoteProtocolError
 
 FAKE_LISTEN_PORT = 9
 """The port a flooding identity claims to listen on (discard: nothing

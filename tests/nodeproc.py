@@ -69,12 +69,12 @@ class Daemons:
     started: list[Daemon] = field(default_factory=list)
     argv_prefix: Sequence[str] = ()
 
-    def start(self, repo: Path, *, listen: str = "127.0.0.1:0", bootstrap: Sequence[str] = (),
+    def start(self, repo: Path, *, listen: str | None = "127.0.0.1:0", bootstrap: Sequence[str] = (),
               extra: Sequence[str] = (), wait: bool = True, timeout: float = 30,
               prefix: Sequence[str] = ()) -> Daemon:
         repo.mkdir(parents=True, exist_ok=True)
         stderr_path = repo.parent / f"{repo.name}.daemon.err"
-        argv = [*prefix, CAS, "--repo", str(repo), "daemon", "--listen", listen]
+        argv = [*prefix, CAS, "--repo", str(repo), "daemon", *(["--listen", listen] if listen else [])]
         for b in bootstrap:
             argv += ["--bootstrap", b]
         argv += list(extra)

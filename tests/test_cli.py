@@ -460,3 +460,143 @@ def test_a_progress_bar_is_drawn_on_a_terminal_for_long_work(repo, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.decode().startswith("bafyb4i")
     assert b"adding:" in drawn and b"/400M" in drawn, drawn[-500:]  # "adding:  69%|###  | 276M/400M"
+
+
+def test_version_is_the_package_version():
+    import cas
+
+    result = run_cas("--version")
+    assert result.stdout.decode().strip() == f"cas {cas.__version__}"
+    from importlib.metadata import version
+
+    assert version("casnet") == cas.__version__
+
+
+def test_with_json_an_error_is_a_json_document_on_stdout_too(repo, tmp_path):
+    missing = tmp_path / "missing.txt"
+    result = run_cas("add", "--json", str(missing), repo=repo, check=False)
+    assert result.returncode == 1
+    line = result.stderr.decode().strip()
+    assert line.startswith("cas add: error: ") and str(missing) in line
+    doc = json.loads(result.stdout)
+    assert doc == {"error": {"command": "add", "type": "InvalidInputError",
+                             "message": line.removeprefix("cas add: error: ")}}
+    # Without --json, stdout stays empty.
+    assert run_cas("add", str(missing), repo=repo, check=False).stdout == b""
+
+
+@pytest.mark.parametrize("argv", [["--json", "cat"], ["cat", "--json"], ["--json", "no-such-command"]])
+def test_with_json_bad_usage_is_a_json_document_and_exit_2(repo, argv):
+    result = run_cas(*argv, repo=repo, check=False)
+    assert result.returncode == 2
+    assert b"usage: cas" in result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "usage" and error["message"] and error["message"] in result.stderr.decode()
+
+
+def test_every_json_document_is_laid_out_the_same_way(repo, tmp_path):
+    for name in ("b.txt", "a.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+        run_cas("add", str(tmp_path / name), "--to", f"/{name}", repo=repo)
+    for argv in (["ls", "--json", "/"], ["ls", "--json", "/", "--long"], ["repo", "stat", "--json"],
+                 ["log", "--json"]):
+        out = run_cas(*argv, repo=repo).stdout.decode()
+        assert out == json.dumps(json.loads(out), indent=2, sort_keys=True) + "\n", argv
+    empty = run_cas("mkdir", "/empty", repo=repo)
+    assert empty.returncode == 0
+    assert run_cas("ls", "--json", "/empty", repo=repo).stdout == b"[]\n"
+
+
+def test_get_into_an_existing_directory_places_it_inside_as_cp_does(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    cid = add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    into = tmp_path / "into"
+    into.mkdir()
+    run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo)
+    run_cas("get", "/docs", "-o", f"{into}/", repo=repo)
+    run_cas("get", cid, "-o", str(into), repo=repo)
+    assert sorted(str(p.relative_to(into)) for p in into.rglob("*")) == [cid, "docs", "docs/f.txt", "f.txt"]
+    assert (into / "f.txt").read_bytes() == (into / "docs" / "f.txt").read_bytes() == (into / cid).read_bytes()
+    # Again: the file inside exists now, and is not replaced without --force.
+    again = run_cas("get", "/docs/f.txt", "-o", str(into), repo=repo, check=False)
+    assert again.returncode == 1 and f"{into / 'f.txt'} already exists" in again.stderr.decode()
+    # A trailing '/' names a directory: made if new (its parent must exist),
+    # and what is written goes inside, as rsync does.
+    run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'new'}/", repo=repo)
+    run_cas("get", "/docs", "-o", f"{tmp_path / 'restored'}/", repo=repo)
+    assert (tmp_path / "new" / "f.txt").read_bytes() == b"file"
+    assert (tmp_path / "restored" / "docs" / "f.txt").read_bytes() == b"file"
+    orphan = run_cas("get", "/docs/f.txt", "-o", f"{tmp_path / 'no' / 'such'}/", repo=repo, check=False)
+    assert orphan.returncode == 1 and f"{tmp_path / 'no'} does not exist" in orphan.stderr.decode()
+    # A get that fails leaves no directory behind.
+    failed = run_cas("get", "/docs/none.txt", "-o", f"{tmp_path / 'empty'}/", repo=repo, check=False)
+    assert failed.returncode == 1 and not (tmp_path / "empty").exists()
+
+
+def test_cat_of_a_directory_says_so_in_the_users_terms(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    for path in ("/", "/docs"):
+        result = run_cas("cat", path, repo=repo, check=False)
+        assert result.returncode == 1 and result.stdout == b""
+        assert result.stderr.decode().strip() == f"cas cat: error: {path} is a directory, not a file; list it with 'cas ls {path}'"
+
+
+def test_every_command_and_argument_is_described_in_help():
+    import argparse
+
+    from cas.cli.main import build_parser
+
+    def undescribed(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                lines = {choice.dest: choice.help for choice in action._choices_actions}
+                for command, subparser in action.choices.items():
+                    if not lines.get(command):
+                        missing.append(f"{name} {command}: no line in the list of commands")
+                    if not subparser.description:
+                        missing.append(f"{name} {command}: no description")
+                    missing += undescribed(subparser, f"{name} {command}")
+            elif not action.help:
+                missing.append(f"{name}: {'/'.join(action.option_strings) or action.dest} has no help")
+        return missing
+
+    assert undescribed(build_parser(), "cas") == []
+    # And argparse prints them: a description is in the command's own --help.
+    assert "Rename or move a namespace entry" in " ".join(run_cas("mv", "--help").stdout.decode().split())
+
+
+def complete(line: str, repo: Path) -> list[str]:
+    """What the shell offers after ``line`` (argcomplete's protocol, as
+    the code from 'cas completion bash' drives it)."""
+    import subprocess
+
+    from tests.conftest import CAS
+
+    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE": "1",
+           "_ARGCOMPLETE_IFS": "\n", "CAS_HOME": str(repo)}
+    result = subprocess.run(["bash", "-c", f"{CAS} 8>&1 9>/dev/null"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return sorted(word.strip() for word in result.stdout.split("\n") if word.strip())
+
+
+def test_the_shell_completes_commands_options_paths_and_pinned_cids(repo, tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"file")
+    add(repo, str(tmp_path / "f.txt"), "--to", "/docs/f.txt")
+    run_cas("mkdir", "/data", repo=repo)
+    pinned = add(repo, str(tmp_path / "f.txt"))
+    assert complete("cas mo", repo) == ["mount"]
+    assert complete("cas ls --l", repo) == ["--long"]
+    assert complete("cas ls /", repo) == ["/data/", "/docs/"]
+    assert complete("cas cat /docs/", repo) == ["/docs/f.txt"]
+    assert complete("cas cat /do", repo) == ["/docs/"]
+    assert complete(f"cas unpin {pinned[:6]}", repo) == [pinned]
+    assert complete("cas cat ", repo) == sorted(["/", pinned])
+    # No repository there: nothing offered, nothing created, no error in the prompt.
+    assert complete(f"cas --repo {tmp_path / 'none'} ls /", repo) == []
+    assert not (tmp_path / "none").exists()
+    for shell in ("bash", "zsh"):
+        code = run_cas("completion", shell).stdout.decode()
+        assert "_ARGCOMPLETE" in code and "cas" in code

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from cas.net.connection import ConnectionClosedError, connect_tcp
+from cas.errors import ConnectionClosedError
+from cas.net.connection import connect_tcp
 from cas.net.identity import Identity
 from cas.net.messages import Ping
 from tests.conftest import run_cas

@@ -23,11 +23,11 @@ from cas.dht import driver as driver_module
 from cas.dht.driver import BootstrapError, DhtDriver, source_address
 from cas.dht.ids import id_from_bytes
 from cas.dht.routing import Contact, RoutingTable
+from cas.errors import RemoteProtocolError
 from cas.net import connection, noise
 from cas.net import messages as msg
 from cas.net.admission import Admission
 from cas.net.identity import Identity
-from cas.net.messages import RemoteProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cas.fuse import MountError
 from cas.fuse.mountd import MountConfig, fuse_options
 
+from cas.errors import MountError
 from tests.conftest import run_cas
 from tests.fusemount import mounted
 from tests.test_cli_modes import as_nobody, shared_tmp  # noqa: F401 (a fixture, used by name)

@@ -280,3 +280,21 @@ def test_kill_9_loses_only_unclosed_writes(tmp_path: Path, repo: Path) -> None:
         assert (m / "synced").read_bytes() == b"new"
         assert not (m / "open").exists() or (m / "open").read_bytes() == b""
     run_cas("repo", "verify", repo=repo)
+
+
+def test_a_directory_with_files_in_it_is_refused_unless_nonempty(tmp_path: Path, repo: Path) -> None:
+    require_fuse()
+    (tmp_path / "f.txt").write_bytes(b"in the repository")
+    run_cas("add", str(tmp_path / "f.txt"), "--to", "/f.txt", repo=repo)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "mine.txt").write_bytes(b"already here")
+    refused = run_cas("mount", str(mnt), repo=repo, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (
+        f"cas mount: error: {mnt} is not empty, and the mount would hide what is in it; "
+        "use an empty directory, or --nonempty to mount over it anyway")
+    assert not os.path.ismount(mnt) and not pids_of(mnt)
+    with mounted(repo, mnt, "--nonempty"):
+        assert sorted(os.listdir(mnt)) == ["f.txt"]
+    assert (mnt / "mine.txt").read_bytes() == b"already here"  # hidden, never touched

@@ -71,7 +71,8 @@ def test_another_nodes_namespace_is_mounted_read_only_and_follows_new_versions(
         add_to(a, path, "/site/" + path.relative_to(site).as_posix())
     key = cas_json(a, "name", "publish", "--every", "60")["key"]
 
-    with mounted(b.repo, tmp_path / "mnt", "--name", key, "--ro", "--refresh", REFRESH) as mnt:
+    # --name implies --ro: another node's namespace is read-only here.
+    with mounted(b.repo, tmp_path / "mnt", "--name", key, "--refresh", REFRESH) as mnt:
         # Read as a user would: the tree is byte-identical, blocks B lacked came from A.
         assert subprocess.run(["ls", str(mnt)], capture_output=True, text=True).stdout.split() == ["site"]
         assert same_tree(site, mnt / "site")
@@ -141,13 +142,14 @@ def test_a_name_that_cannot_be_resolved_mounts_nothing(tmp_path: Path, daemons: 
     assert not os.path.ismount(mnt) and not pids_of(mnt)
 
 
-def test_name_without_ro_is_refused_as_bad_usage(tmp_path: Path) -> None:
+def test_refresh_without_name_is_bad_usage_also_as_json(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
-    key = Ed25519Key.generate().public_key.hex()
-    result = run_cas("mount", str(tmp_path / "mnt"), "--name", key, repo=tmp_path / "r", check=False)
+    result = run_cas("mount", str(tmp_path / "mnt"), "--refresh", "5", "--json", repo=tmp_path / "r", check=False)
     assert result.returncode == 2
-    assert result.stderr.decode().strip().splitlines() == [
-        "cas mount: error: --name mounts another node's namespace, which is read-only here: add --ro"]
+    message = "--refresh applies to --name (a published namespace) only"
+    assert result.stderr.decode().strip().splitlines() == [f"cas mount: error: {message}"]
+    assert json.loads(result.stdout) == {"error": {"command": "mount", "type": "usage", "message": message}}
+    assert not os.path.ismount(tmp_path / "mnt")
 
 
 def test_mount_help_states_the_refresh_default_the_mount_uses() -> None:

@@ -9,8 +9,8 @@ import trio.testing
 
 from cas.blocks import Block
 from cas.cid import RAW
+from cas.errors import StorageQuotaError
 from cas.group_commit import GroupCommitter
-from cas.store import StorageQuotaError
 
 
 def test_blocks_arriving_together_share_one_commit_and_each_gets_its_outcome() -> None:

@@ -15,15 +15,15 @@ from cas.dht.driver import DhtDriver
 from cas.dht.ids import id_from_bytes
 from cas.dht.publisher import StoreRecords
 from cas.dht.routing import RoutingTable
-from cas.errors import InvalidRecordError, PathNotFoundError
+from cas.errors import InvalidRecordError, PathNotFoundError, ReadOnlyNamespaceError, StorageQuotaError
 from cas.keys import Ed25519Key
 from cas.names.namespace import Namespace
 from cas.names.record import RootRecord, accept_record, newest_record, parse_public_key, record_key
-from cas.names.remote import ReadOnlyNamespaceError, RemoteNamespace, split_ns_path
+from cas.names.remote import RemoteNamespace, split_ns_path
 from cas.net import messages as msg
 from cas.net.identity import Identity
 from cas.store import LocalStore
-from cas.store._records import MAX_RECORDS_PER_SENDER, RECORD_LIFETIME, RecordQuotaError
+from cas.store._records import MAX_RECORDS_PER_SENDER, RECORD_LIFETIME
 from tests.formatsdoc import vectors
 
 KEY = Ed25519Key.from_seed(bytes(range(32)))
@@ -116,7 +116,7 @@ def test_held_records_are_bounded_per_sender(tmp_path: Path) -> None:
     with LocalStore.open(tmp_path / "r") as store:
         for i in range(MAX_RECORDS_PER_SENDER):
             store.records.put(i.to_bytes(32, "big"), b"r", 1, b"s" * 32)
-        with pytest.raises(RecordQuotaError):
+        with pytest.raises(StorageQuotaError):
             store.records.put(b"\xff" * 32, b"r", 1, b"s" * 32)
         store.records.put((0).to_bytes(32, "big"), b"r2", 2, b"s" * 32)  # a replacement still fits
         store.records.put(b"\xff" * 32, b"r", 1, b"t" * 32)  # another sender too

@@ -17,23 +17,21 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cas.net import messages as m
-from cas.net.connection import (
-    Connection,
+from cas.errors import (
     ConnectionClosedError,
     HandshakeTimeoutError,
     IncompatibleVersionError,
+    MalformedMessageError,
+    PeerIdMismatchError,
+    RemoteProtocolError,
     RequestFailedError,
     RequestTimeoutError,
-    SecureChannel,
-    connect_tcp,
-    open_channel,
-    serve,
 )
+from cas.net import messages as m
+from cas.net.connection import Connection, SecureChannel, connect_tcp, open_channel, serve
 from cas.net.framing import MAX_FRAME_SIZE, FrameBudget, encode_frame, frame_header
 from cas.net.identity import Identity
-from cas.net.messages import MalformedMessageError, RemoteProtocolError
-from cas.net.noise import PeerIdentity, PeerIdMismatchError
+from cas.net.noise import PeerIdentity
 
 
 def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:

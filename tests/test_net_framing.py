@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cas.errors import FrameError, FrameTooLargeError, LocalProtocolError, RemoteProtocolError
 from cas.net.framing import (
     HEADER_SIZE,
     IN_PLACE_BODY,
@@ -17,11 +18,9 @@ from cas.net.framing import (
     FrameBudget,
     FrameBuffers,
     FrameDecoder,
-    FrameError,
-    FrameTooLargeError,
     encode_frame,
 )
-from cas.net.messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
+from cas.net.messages import MAX_MESSAGE_SIZE
 
 
 def test_frame_is_big_endian_length_then_body() -> None:

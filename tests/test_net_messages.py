@@ -12,18 +12,9 @@ from hypothesis import strategies as st
 
 from cas import dagcbor
 from cas.cid import CID, DAG_CBOR, RAW
+from cas.errors import LocalProtocolError, MalformedMessageError, RemoteProtocolError
 from cas.net import messages as m
-from cas.net.messages import (
-    MAX_BLOCK_SIZE,
-    MAX_HAVE_CIDS,
-    MAX_MESSAGE_SIZE,
-    MAX_PEERS,
-    LocalProtocolError,
-    MalformedMessageError,
-    RemoteProtocolError,
-    decode,
-    encode,
-)
+from cas.net.messages import MAX_BLOCK_SIZE, MAX_HAVE_CIDS, MAX_MESSAGE_SIZE, MAX_PEERS, decode, encode
 
 CID_A = CID.for_data(RAW, b"a")
 CID_B = CID.for_data(DAG_CBOR, b"b")

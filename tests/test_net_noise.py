@@ -14,19 +14,22 @@ from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
 from cas import dagcbor
+from cas.errors import (
+    DecryptError,
+    HandshakeError,
+    IdentityProofError,
+    LocalProtocolError,
+    PeerIdMismatchError,
+    RemoteProtocolError,
+)
 from cas.net.identity import Identity
-from cas.net.messages import LocalProtocolError, RemoteProtocolError
 from cas.net.noise import (
     IDENTITY_SIGNATURE_PREFIX,
     MAX_NOISE_PLAINTEXT,
     PROTOCOL_NAME,
     CipherState,
-    DecryptError,
     Handshake,
-    HandshakeError,
-    IdentityProofError,
     NoiseXX,
-    PeerIdMismatchError,
     Role,
     Transport,
     generate_keypair,

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
 from cas import dagcbor
+from cas.errors import HandshakeError, LocalProtocolError, NetworkMismatchError, RemoteProtocolError
 from cas.net.connection import open_channel
 from cas.net.identity import Identity
-from cas.net.messages import LocalProtocolError, RemoteProtocolError
 from cas.net.network_key import (
     NetworkKey,
     NetworkKeyError,
@@ -46,8 +46,6 @@ from cas.net.noise import (
     REFUSED_PRIVATE,
     WE_HAVE_NO_KEY,
     Handshake,
-    HandshakeError,
-    NetworkMismatchError,
     NoiseXX,
     Role,
     Transport,

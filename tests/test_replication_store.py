@@ -18,8 +18,9 @@ from cas.blocks import Block, MemoryBlockStore
 from cas.cid import DAG_CBOR, RAW
 from cas.dht import driver as driver_module
 from cas.dht.driver import DhtDriver
+from cas.errors import StorageQuotaError
 from cas.net import messages as msg
-from cas.store import LocalStore, StorageQuotaError
+from cas.store import LocalStore
 from cas.store._database import SCHEMA_VERSION
 from tests.test_dht_driver import Net, network
 

@@ -489,6 +489,35 @@ def test_a_non_empty_directory_is_not_made_into_a_repository(tmp_path):
     assert sorted(os.listdir(tmp_path / "stuff")) == ["file"]
 
 
+def test_commands_started_together_on_a_new_repository_all_open_it(tmp_path):
+    repo = tmp_path / "new"
+    code = textwrap.dedent(f"""
+        import sys
+        from cas.store import LocalStore
+        with LocalStore.open({str(repo)!r}, wait=30) as store:
+            print(store.namespace_key().public_key.hex())
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(8)]
+    keys = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        keys.append(out.strip())
+    assert len(set(keys)) == 1  # one repository, made once: one namespace key
+    assert json.loads((repo / "config.json").read_text())["format"] == "cas-repository"
+
+
+def test_an_init_cut_short_by_a_crash_is_completed(tmp_path):
+    repo = tmp_path / "cut"
+    with LocalStore.open(repo) as store:
+        key = store.namespace_key().public_key
+    for name in ("config.json", "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"):
+        (repo / name).unlink(missing_ok=True)  # as if killed before config.json, written last
+    with LocalStore.open(repo) as store:
+        assert store.namespace_key().public_key == key  # the key it had made is kept
+
+
 def test_open_without_create_asks_for_init(tmp_path):
     with pytest.raises(RepositoryError, match="cas init"):
         LocalStore.open(tmp_path / "none", create=False)

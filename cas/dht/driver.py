@@ -43,27 +43,27 @@ import trio
 from ..allocator import release_free_memory
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError, InvalidBlockError, InvalidRecordError
-from ..net import messages as msg
-from ..net.admission import Admission, Admitted, Slot
-from ..net.connection import (
-    FRAME_TIMEOUT,
-    HANDSHAKE_TIMEOUT,
-    IDLE_TIMEOUT,
-    PEER_CLOSED,
-    Connection,
+from ..errors import (
+    CasError,
     ConnectionClosedError,
+    InvalidBlockError,
+    InvalidRecordError,
+    MalformedMessageError,
+    NetworkMismatchError,
+    PeerIdMismatchError,
+    RemoteProtocolError,
     RequestFailedError,
     RequestTimeoutError,
-    open_channel,
+    StorageQuotaError,
 )
+from ..net import messages as msg
+from ..net.admission import Admission, Admitted, Slot
+from ..net.connection import FRAME_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, PEER_CLOSED, Connection, open_channel
 from ..net.framing import FRAME_MEMORY, FrameBudget
 from ..net.identity import Identity, meets_difficulty
-from ..net.messages import MalformedMessageError, RemoteProtocolError
 from ..net.network_key import NetworkKey
-from ..net.noise import NetworkMismatchError, PeerIdentity, PeerIdMismatchError
+from ..net.noise import PeerIdentity
 from ..ratelimit import KeyedBuckets
-from ..store import StorageQuotaError
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult, SendQuery
 from .providers import ProviderRecords

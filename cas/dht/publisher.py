@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ..errors import CasError, InvalidRecordError
+from ..errors import CasError, InvalidRecordError, NotPublishedError, StorageQuotaError
 from ..names.record import RootRecord, accept_record, newest_record, record_key
 from ..store import LocalStore
 from .driver import DhtDriver
@@ -48,11 +48,6 @@ EXPIRY_SWEEP_INTERVAL = 3600.0
 """Seconds between sweeps of held records past their lifetime."""
 
 StoreThread = Callable[..., Awaitable[Any]]
-
-
-class NotPublishedError(CasError):
-    """There is nothing to publish (no namespace root yet), or nobody to
-    publish it to."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,8 @@ class StoreRecords:
         self._thread = in_store_thread
 
     async def get_record(self, key: bytes) -> bytes | None:
-        return await self._thread(self._store().records.get, key)
+        record: bytes | None = await self._thread(self._store().records.get, key)
+        return record
 
     async def put_record(self, key: bytes, record: bytes, sender: bytes) -> None:
         def put() -> None:
@@ -136,7 +132,7 @@ class Publisher:
                 continue
             try:
                 await self.publish()
-            except CasError as exc:
+            except CasError as exc:  # the loop's edge: kept for 'cas name status', tried again next round
                 self.last_error = str(exc)
 
     def root_changed(self) -> None:
@@ -171,8 +167,8 @@ class Publisher:
         data = record.encode()
         try:
             await StoreRecords(self._store, self._thread).put_record(key, data, id_to_bytes(self.dht.own_id))
-        except CasError:
-            pass  # held a newer one from elsewhere: the network decides below
+        except (InvalidRecordError, StorageQuotaError):
+            pass  # held a newer one from elsewhere, or no room: the network decides below
         found = await self.dht.find_node(id_from_bytes(key))
         targets = list(found.lookup.closest)[: self.replicas]
         outcomes: list[StoreOutcome | None] = [None] * len(targets)
@@ -207,13 +203,13 @@ class Publisher:
             own = await self._current_record()
             if own.public_key == public_key:
                 candidates.append(own.encode())
-        except CasError:
+        except NotPublishedError:
             pass
         best = newest_record(candidates, public_key)
         if best is not None and best.encode() != held:
             try:
                 await StoreRecords(self._store, self._thread).put_record(
                     key, best.encode(), id_to_bytes(self.dht.own_id))
-            except CasError:
-                pass  # no room: answered, not kept
+            except (InvalidRecordError, StorageQuotaError):
+                pass  # no room, or a newer one arrived meanwhile: answered, not kept
         return ResolveReport(best, answers, asked)

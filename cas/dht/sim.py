@@ -66,6 +66,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
 
 from .ids import ID_BITS, NodeID, random_id_in_bucket
 from .lookup import ALPHA, Lookup, LookupResult
@@ -288,7 +289,7 @@ class Network:
         seq = 0
         now = 0.0
 
-        def send(actions: list, now: float) -> None:
+        def send(actions: list[Any], now: float) -> None:
             nonlocal seq
             for action in actions:
                 peer = action.peer
@@ -511,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_table(sizes: Sequence[int], deads: Sequence[float], alphas: Sequence[int],
-              args: argparse.Namespace, out=None) -> list[SimStats]:
+              args: argparse.Namespace, out: TextIO | None = None) -> list[SimStats]:
     """Build each size once and measure every (dead, alpha) on it, printing
     rows as they come."""
     out = out or sys.stdout

@@ -127,7 +127,7 @@ def change_from_value(value: Any) -> Change:
             args["entry"] = DirEntry.from_value(args["entry"])
         except InvalidBlockError as exc:
             raise InvalidInputError(f"the entry of a link change is malformed: {exc}") from None
-    change = cls(**args)
+    change: Change = cls(**args)
     check_change(change)
     return change
 

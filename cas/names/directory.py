@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import dagcbor
-from ..blocks import MAX_BLOCK_SIZE, Block
-from ..cid import CID, DAG_CBOR
+from ..blocks import Block
+from ..cid import CID, DAG_CBOR, MAX_BLOCK_SIZE
 from ..errors import InvalidBlockError, InvalidInputError
 
 NODE_TYPE = "cas/dir"

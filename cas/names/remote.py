@@ -13,19 +13,16 @@ block store (the node's, which fetches missing blocks from the network).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..blocks import BlockStore
 from ..cid import CID
-from ..errors import NamespaceError, PathNotFoundError
+from ..errors import PathNotFoundError, ReadOnlyNamespaceError
 from .namespace import Namespace, RootState
 from .record import RootRecord, newest_record, parse_public_key
 
 NS_PREFIX = "/ns/"
-
-
-class ReadOnlyNamespaceError(NamespaceError):
-    """A published namespace of another key cannot be changed from here."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class RemoteNamespace(Namespace):
         self.public_key = public_key
         super().__init__(_ResolvedRepo(blocks, public_key, record))  # type: ignore[arg-type]
 
-    def _commit(self, change):
+    def _commit(self, change: Callable[[RootState], CID]) -> RootState:
         raise ReadOnlyNamespaceError(
             f"namespace {self.public_key.hex()[:16]}… is another node's published namespace: read-only")
 

@@ -32,23 +32,27 @@ the layer that asked for them.
 
 from __future__ import annotations
 
-from .admission import Admission, Admitted, Refused
-from .connection import (
-    AnswerWaiter,
-    ChannelStatistics,
-    Connection,
+from ..errors import (
     ConnectionClosedError,
+    DecryptError,
+    FrameError,
+    FrameTooLargeError,
+    HandshakeError,
     HandshakeTimeoutError,
+    IdentityProofError,
     IncompatibleVersionError,
+    LocalProtocolError,
+    MalformedMessageError,
+    NetworkMismatchError,
+    PeerIdMismatchError,
+    RemoteProtocolError,
     RequestFailedError,
     RequestTimeoutError,
-    SecureChannel,
-    connect_tcp,
-    open_channel,
-    serve,
 )
+from .admission import Admission, Admitted, Refused
+from .connection import AnswerWaiter, ChannelStatistics, Connection, SecureChannel, connect_tcp, open_channel, serve
 from .frame_budget import FrameBudget, FrameClaim
-from .framing import FrameDecoder, FrameError, FrameTooLargeError, encode_frame
+from .framing import FrameDecoder, encode_frame
 from .identity import Identity, IdentityError, node_id_for
 from .messages import (
     MAX_MESSAGE_SIZE,
@@ -61,8 +65,6 @@ from .messages import (
     Have,
     HaveResult,
     Hello,
-    LocalProtocolError,
-    MalformedMessageError,
     Message,
     Nodes,
     Ok,
@@ -71,24 +73,13 @@ from .messages import (
     Pong,
     PutRecord,
     Record,
-    RemoteProtocolError,
     Request,
     Response,
     StoreBlocks,
     Stored,
 )
 from .network_key import NetworkKey, NetworkKeyError, network_key_for
-from .noise import (
-    DecryptError,
-    Handshake,
-    HandshakeError,
-    IdentityProofError,
-    NetworkMismatchError,
-    PeerIdentity,
-    PeerIdMismatchError,
-    Role,
-    Transport,
-)
+from .noise import Handshake, PeerIdentity, Role, Transport
 
 __all__ = [
     # identity

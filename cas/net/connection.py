@@ -50,7 +50,17 @@ from typing import Protocol
 
 import trio
 
-from ..errors import CasError
+from ..errors import (
+    ConnectionClosedError,
+    HandshakeTimeoutError,
+    IncompatibleVersionError,
+    LocalProtocolError,
+    MalformedMessageError,
+    NetworkMismatchError,
+    RemoteProtocolError,
+    RequestFailedError,
+    RequestTimeoutError,
+)
 from ..ratelimit import TokenBucket
 from . import messages as msg
 from .framing import (
@@ -65,23 +75,9 @@ from .framing import (
     frame_header,
 )
 from .identity import Identity
-from .messages import (
-    LocalProtocolError,
-    MalformedMessageError,
-    Message,
-    RemoteProtocolError,
-    Request,
-    Response,
-)
+from .messages import Message, Request, Response
 from .network_key import NetworkKey
-from .noise import (
-    Handshake,
-    NetworkMismatchError,
-    PeerIdentity,
-    Role,
-    Transport,
-    sealed_size,
-)
+from .noise import Handshake, PeerIdentity, Role, Transport, sealed_size
 
 # -- limits and timeouts ------------------------------------------------------------
 
@@ -147,34 +143,6 @@ QuickHandler = Callable[[PeerIdentity, Request], "Response | None"]
 PEER_CLOSED = "the peer closed the connection"
 """``ChannelStats.closed_because`` when the peer ended the stream (EOF):
 an idle close on its side, or its process died."""
-
-
-# -- errors ---------------------------------------------------------------------------
-
-
-class HandshakeTimeoutError(RemoteProtocolError):
-    """The peer did not complete the handshake in time."""
-
-
-class IncompatibleVersionError(RemoteProtocolError):
-    """The peer speaks a protocol version we do not."""
-
-
-class ConnectionClosedError(CasError):
-    """The connection closed (or was closed) before the operation finished."""
-
-
-class RequestTimeoutError(CasError):
-    """The peer did not answer a request in time."""
-
-
-class RequestFailedError(CasError):
-    """The peer answered a request with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"peer refused the request ({code}): {message}" if message
-                         else f"peer refused the request ({code})")
-        self.code = code
 
 
 # -- the secure channel -------------------------------------------------------------------

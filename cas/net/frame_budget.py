@@ -76,8 +76,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import LocalProtocolError
 from .admission import address_group
-from .messages import MAX_MESSAGE_SIZE, LocalProtocolError
+from .messages import MAX_MESSAGE_SIZE
 from .noise import sealed_size
 
 LARGEST_FRAME = sealed_size(MAX_MESSAGE_SIZE)

@@ -34,8 +34,9 @@ from __future__ import annotations
 import mmap
 import sys
 
+from ..errors import FrameError, FrameTooLargeError, LocalProtocolError
 from .frame_budget import FRAME_MEMORY, LARGEST_FRAME, FrameBudget, FrameClaim
-from .messages import MAX_MESSAGE_SIZE, LocalProtocolError, RemoteProtocolError
+from .messages import MAX_MESSAGE_SIZE
 from .noise import MAX_NOISE_MESSAGE, TAGLEN, sealed_size
 
 __all__ = [
@@ -128,14 +129,6 @@ FRAME_BUFFERS = FrameBuffers()
 
 FRAME_BUDGET = FrameBudget()
 """The default budget, for channels not given one of their own."""
-
-
-class FrameError(RemoteProtocolError):
-    """The peer sent a frame that breaks the framing rules."""
-
-
-class FrameTooLargeError(FrameError):
-    """A frame header announced more bytes than the limit allows."""
 
 
 def encode_frame(body: bytes, limit: int = MAX_FRAME_SIZE) -> bytes:

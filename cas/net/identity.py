@@ -26,7 +26,8 @@ from typing import ClassVar
 
 import blake3
 
-from ..keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Ed25519Key, KeyFileError, verify_signature
+from ..errors import KeyFileError
+from ..keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Ed25519Key, verify_signature
 
 NODE_ID_SIZE = 32
 

@@ -30,23 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 from .. import dagcbor
 from ..cid import CID, MAX_BLOCK_SIZE
 from ..dagcbor import encode_head
-from ..errors import CasError, InvalidBlockError
-
-# -- errors -----------------------------------------------------------------------
-
-
-class RemoteProtocolError(CasError):
-    """The peer broke the protocol. The connection or message is dropped and
-    the peer is counted against; the node carries on."""
-
-
-class MalformedMessageError(RemoteProtocolError):
-    """Bytes from a peer are not a well-formed message of a known type."""
-
-
-class LocalProtocolError(RuntimeError):
-    """Our own code tried to do something the protocol forbids (a bug)."""
-
+from ..errors import InvalidBlockError, LocalProtocolError, MalformedMessageError
 
 # -- limits -------------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from ..keys import KeyFileError, read_private_file, write_private_file
+from ..errors import KeyFileError
+from ..keys import read_private_file, write_private_file
 
 KEY_SIZE = 32
 """Bytes in a network key: the Noise PSK size (spec section 9)."""

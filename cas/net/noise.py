@@ -99,9 +99,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import dagcbor
-from ..errors import InvalidBlockError
+from ..errors import (
+    DecryptError,
+    HandshakeError,
+    IdentityProofError,
+    InvalidBlockError,
+    LocalProtocolError,
+    NetworkMismatchError,
+    PeerIdMismatchError,
+    RemoteProtocolError,
+)
 from .identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_for, verify_signature
-from .messages import LocalProtocolError, RemoteProtocolError
 from .network_key import NetworkKey
 
 PROTOCOL_NAME = b"Noise_XX_25519_AESGCM_BLAKE2b"
@@ -160,35 +168,6 @@ _MAX_NONCE = (1 << 64) - 1
 # A handshake payload carries a public key and a signature (~110 bytes of
 # CBOR); 1 KiB is ample and stops a peer making us decode large junk.
 MAX_HANDSHAKE_PAYLOAD = 1024
-
-
-class HandshakeError(RemoteProtocolError):
-    """The peer's handshake message was malformed or did not verify."""
-
-
-class IdentityProofError(HandshakeError):
-    """The peer's identity proof is missing, malformed or has a bad signature."""
-
-
-class PeerIdMismatchError(HandshakeError):
-    """The peer proved an identity, but not the node ID we expected."""
-
-    def __init__(self, expected: bytes, actual: bytes) -> None:
-        super().__init__(
-            f"peer proved node ID {actual.hex()[:16]}… but {expected.hex()[:16]}… was expected"
-        )
-        self.expected = expected
-        self.actual = actual
-
-
-class NetworkMismatchError(HandshakeError):
-    """The peer is on another network: its network key differs from ours,
-    or one side has a key and the other none. Nothing about it was learnt
-    (the handshake stopped at message 1 or at the refusal answering it)."""
-
-
-class DecryptError(RemoteProtocolError):
-    """A ciphertext failed authentication (tampered, truncated or out of order)."""
 
 
 # -- the primitives, as the spec names them (section 4) -------------------------

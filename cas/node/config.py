@@ -85,6 +85,13 @@ WRITE_REPORT_BYTES = 4 * 1024 * 1024
 copy runs on after the client has gone (a report is how the op sees it)."""
 
 
+RELOADABLE = frozenset({"quota", "peer_quota", "disk_reserve", "bootstrap"})
+"""The settings a running node takes on SIGHUP (``Node.reload`` in daemon.py): the
+room it gives others' blocks, and the peers it joins through when it has
+none. The others (addresses, timeouts, shared network settings) are bound
+into parts built at start, and change at the next start."""
+
+
 @dataclass
 class NodeConfig:
     """How to run a node. ``listen_port`` 0 picks a free port."""

@@ -28,7 +28,7 @@ import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,7 @@ from ..dht.driver import BootstrapError, BootstrapRefusedError, DhtDriver
 from ..dht.ids import id_from_bytes
 from ..dht.publisher import Publisher, StoreRecords
 from ..dht.replicator import Replicator
-from ..errors import (
-    BlockNotFoundError,
-    CasError,
-    CorruptBlockError,
-)
+from ..errors import BlockNotFoundError, CasError, CorruptBlockError, StorageQuotaError
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
 from ..names.namespace import Namespace
@@ -62,7 +58,7 @@ from ..net.network_key import (
     network_key_for,
 )
 from ..scrub import ScrubPace
-from ..store import LocalStore, Placed, StorageQuotaError, VerifyReport
+from ..store import LocalStore, Placed, VerifyReport
 from ..store._links import links_of
 from .config import (
     BOOTSTRAP_RETRY_FIRST,
@@ -74,6 +70,7 @@ from .config import (
     MAX_VERIFIED_MEMORY,
     READ_AHEAD,
     REJOIN_CHECK,
+    RELOADABLE,
     SCRUB_FIRST_DELAY,
     SCRUB_PAGE,
     NodeAddress,
@@ -128,6 +125,26 @@ class Node:
     def stop(self) -> None:
         """Begin a clean shutdown (safe to call from any task)."""
         self._cancel.cancel()
+
+    async def reload(self, new: NodeConfig) -> None:
+        """Take the settings of ``new`` that can change while the node runs
+        (SIGHUP: ``RELOADABLE``); say which others differ, which wait for
+        the next start."""
+        changed = [f.name for f in fields(NodeConfig) if getattr(new, f.name) != getattr(self.config, f.name)]
+        now = [name for name in changed if name in RELOADABLE]
+        later = [name for name in changed if name not in RELOADABLE]
+        for name in now:
+            setattr(self.config, name, getattr(new, name))
+        store = self.store
+        if store is not None:
+            def limits() -> None:
+                store.held.quota = self.config.quota
+                store.held.peer_quota = self.config.peer_quota
+                store.held.reserve = self.config.disk_reserve
+
+            await self.in_store_thread(limits)
+        self._log("settings read again: " + (f"applied {', '.join(now)}" if now else "nothing changed that applies now")
+                  + (f"; {', '.join(later)} change at the next start" if later else ""))
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
@@ -706,21 +723,34 @@ def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[
     return good, damaged
 
 
-def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None]) -> None:
+def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None],
+               reload: Callable[[], NodeConfig] | None = None) -> None:
     """Run a node in this process until SIGTERM or SIGINT, then shut down
     cleanly. ``on_ready`` is called once it listens and has bootstrapped.
-    A :class:`CasError` from the node (bootstrap failed, repository in use)
-    is raised as itself, not inside an exception group."""
+    On SIGHUP, ``reload`` gives the settings as they are now, and the node
+    takes what it can of them (:meth:`Node.reload`); a reload that fails
+    is reported and changes nothing. A :class:`CasError` from the node
+    (bootstrap failed, repository in use) is raised as itself, not inside
+    an exception group."""
 
     async def main() -> None:
         node = Node(config)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:
-                    async for _ in signals:
-                        node.stop()
-                        return
+                    async for signum in signals:
+                        if signum != signal.SIGHUP:
+                            node.stop()
+                            return
+                        if reload is None:
+                            continue
+                        try:
+                            new = await trio.to_thread.run_sync(reload)
+                        except CasError as exc:  # a setting gone bad: keep running as before
+                            node._log(f"settings not read again: {exc}")
+                            continue
+                        await node.reload(new)
 
                 async def run_node() -> None:
                     try:

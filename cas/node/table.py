@@ -15,10 +15,7 @@ from .. import dagcbor
 from ..dht.ids import id_to_bytes
 from ..dht.routing import RoutingTable
 from ..durable import write_atomically
-from ..errors import (
-    CasError,
-    RepositoryError,
-)
+from ..errors import InvalidBlockError, RepositoryError
 from ..store._modes import private_dir
 
 TABLE_PATH = Path("dht") / "routing.cbor"
@@ -40,7 +37,7 @@ def load_table(path: Path, own_id: int, now: float) -> RoutingTable:
         raise RepositoryError(f"{path} is too large to be a routing table; delete it")
     try:
         record = dagcbor.decode(raw)
-    except CasError:
+    except InvalidBlockError:
         raise RepositoryError(f"{path} is damaged; delete it to start from the bootstrap peers") from None
     if isinstance(record, dict) and record.get("node_id") != id_to_bytes(own_id):
         return RoutingTable(own_id, now=now)  # the key was replaced: the table is someone else's

@@ -9,8 +9,9 @@ across crashes.
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import StorageQuotaError
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
-from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, Placed, StorageQuotaError
+from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, Placed
 from ._local import LocalStore, RepoStat, RootRow
 from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER
 from ._lock import locked_error

@@ -185,7 +185,7 @@ class Database:
 
     # -- transactions ---------------------------------------------------------
 
-    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """Run a write inside the current group transaction (opened here)."""
         try:
             if not self._in_transaction:
@@ -195,7 +195,7 @@ class Database:
         except sqlite3.Error as exc:
             raise _db_error(exc, self.path) from None
 
-    def query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """A read; sees this connection's uncommitted writes."""
         try:
             return self._conn.execute(sql, params)

@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError
+from ..errors import StorageQuotaError
 from ._blockstore import RepositoryBlockStore
 from ._database import Database
 
@@ -101,11 +101,6 @@ class Placed(NamedTuple):
     block: Block
     sender: NodeId | None = None
     lease: float | None = None
-
-
-class StorageQuotaError(CasError):
-    """This node's storage for other nodes' blocks is full: its quota, the
-    sender's share of it, or the disk reserve."""
 
 
 def disk_space(path: Path) -> DiskSpace:

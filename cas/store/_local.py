@@ -3,7 +3,10 @@
 Layout of a repository directory (mode 0700, like every directory in it;
 every file in it is 0600, whatever the umask: see _modes.py)::
 
-    config.json     format name and version; written once, at init
+    config.json     format name and version, written at init; and the
+                    settings (`cas config`: history, the daemon's), each
+                    written whole, atomically (``update_config``)
+    config.lock     flock()ed by each writer of the settings in turn
     lock            flock()ed by the owning process; holds its pid and
                     command (see _lock.py)
     keys/           the namespace key; the node key (cas/node/daemon.py)
@@ -44,12 +47,13 @@ Invariants this module keeps, and which ``verify`` checks:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..cid import CID, RAW
 from ..durable import write_atomically
@@ -58,6 +62,7 @@ from ..errors import (
     ConcurrentUpdateError,
     CorruptBlockError,
     InvalidBlockError,
+    InvalidInputError,
     RepositoryError,
 )
 from . import _lock, _modes
@@ -79,6 +84,12 @@ DEFAULT_HISTORY = 100
 """Past namespace roots kept readable (and safe from gc) unless configured
 otherwise with "history" in config.json."""
 NAMESPACE_KEY_FILE = "namespace.key"
+
+INIT_ENTRIES = frozenset({_lock.LOCK_FILE, "packs", "tmp", "keys"})
+"""What a repository holds before its config.json is written (last)."""
+
+CONFIG_LOCK_FILE = "config.lock"
+"""Taken by each writer of config.json's settings in turn (``update_config``)."""
 
 
 class RepoStat(NamedTuple):
@@ -157,15 +168,15 @@ class LocalStore:
         ``path`` is something other than a repository.
         """
         path = Path(path).expanduser().absolute()
-        if not (path / "config.json").exists():
-            if not create:
-                raise RepositoryError(
-                    f"no cas repository at {path}; create one with 'cas init --repo {path}'"
-                )
-            cls._initialise(path)
-        cls.check_config(path)
-        lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        if (path / "config.json").exists():
+            cls.check_config(path)
+            lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        elif not create:
+            raise RepositoryError(f"no cas repository at {path}; create one with 'cas init --repo {path}'")
+        else:
+            lock_fd = cls._create(path, wait=wait, on_wait=on_wait)
         try:
+            cls.check_config(path)
             _modes.report(path, _modes.tighten(path))  # an older repository made private: _modes.py
             _empty_dir(path / "tmp")
             return cls(path, lock_fd)
@@ -173,19 +184,44 @@ class LocalStore:
             os.close(lock_fd)
             raise
 
-    @staticmethod
-    def _initialise(path: Path) -> None:
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RepositoryError(
-                f"{path} exists and is not a cas repository; "
-                "give --repo a new or empty directory"
-            )
+    @classmethod
+    def _create(cls, path: Path, *, wait: float, on_wait: Callable[[str], None] | None) -> int:
+        """Make the repository at ``path`` and return its lock, held.
+
+        Several processes may make it at once (commands started together on
+        a new machine): each takes the lock first, and the one that finds
+        config.json still missing writes the repository while the others
+        wait their turn, then open what it made. A directory holding only
+        what a repository begins with (its lock, keys, packs, tmp: an init
+        cut short by a crash) is made into one; anything else there is not
+        ours, and is left untouched."""
+        try:
+            found = {entry.name for entry in os.scandir(path)} if path.is_dir() else None
+        except OSError as exc:
+            raise disk_error(exc, "reading", path) from None
+        if path.exists() and (found is None or found - INIT_ENTRIES):
+            raise RepositoryError(f"{path} exists and is not a cas repository; give --repo a new or empty directory")
         try:
             _modes.private_dir(path, parents=True)
             try:
                 os.chmod(path, _modes.DIR_MODE)  # an empty directory given for it becomes the repository
             except PermissionError:
                 pass  # another user's directory: open names it (_modes.py, rule 4)
+        except OSError as exc:
+            raise disk_error(exc, "creating the repository", path) from None
+        lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
+        try:
+            if not (path / "config.json").exists():
+                cls._initialise(path)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return lock_fd
+
+    @staticmethod
+    def _initialise(path: Path) -> None:
+        """Write a new repository's layout into ``path``, whose lock is held."""
+        try:
             for name in ("packs", "tmp", "keys"):
                 _modes.private_dir(path / name)
             from ..keys import NamespaceKey
@@ -198,7 +234,7 @@ class LocalStore:
             raise disk_error(exc, "creating the repository", path) from None
 
     @staticmethod
-    def check_config(path: Path) -> dict:
+    def check_config(path: Path) -> dict[str, Any]:
         """The repository's config.json, checked; RepositoryError if ``path``
         is not a cas repository this version understands."""
         try:
@@ -213,6 +249,35 @@ class LocalStore:
                 f"this cas understands version {FORMAT_VERSION}"
             )
         return config
+
+    @classmethod
+    def update_config(cls, path: str | os.PathLike[str], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Apply ``change`` to the settings in ``path``'s config.json and
+        write it back atomically; return the new settings. Writers of the
+        settings (``cas config``) take ``config.lock`` in turn, so none is
+        lost; they need not own the repository (a running daemon does), as
+        nothing else writes config.json after init and readers see the old
+        file or the new. ``change`` may not touch the format or version."""
+        path = Path(path).expanduser().absolute()
+        cls.check_config(path)
+        try:
+            fd = _modes.open_private(path / CONFIG_LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise disk_error(exc, "locking the settings", path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            config = cls.check_config(path)
+            kept = {key: config[key] for key in ("format", "version")}
+            change(config)
+            if {key: config.get(key) for key in kept} != kept:
+                raise InvalidInputError("the repository's format and version are not settings")
+            try:
+                write_atomically(path / "config.json", json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+            except OSError as exc:
+                raise disk_error(exc, "writing config.json", path) from None
+            return config
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._lock_fd < 0:
@@ -311,7 +376,7 @@ class LocalStore:
         namespace checks the records)."""
         order = "DESC" if newest_first else "ASC"
         sql = f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}"
-        params: tuple = ()
+        params: tuple[object, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
             params = (limit,)

@@ -76,10 +76,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..blocks import MAX_BLOCK_SIZE, Block, verified
-from ..cid import CID
+from ..blocks import Block, verified
+from ..cid import CID, MAX_BLOCK_SIZE
 from ..errors import BlockNotFoundError, CorruptBlockError, InvalidBlockError, InvalidCIDError, RepositoryError
 from ._database import Database
 from ._disk import disk_error, fsync_dir
@@ -471,11 +471,11 @@ class PackStore:
             return None
         return self._read(cid, *row[0])
 
-    def _rows(self, sql: str, params: Sequence[object]) -> list[tuple]:
+    def _rows(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """A query's rows, read through the owner's connection."""
         return self.db.query(sql, tuple(params)).fetchall()
 
-    def _committed_rows(self, sql: str, params: Sequence[object]) -> list[tuple]:
+    def _committed_rows(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """A query's rows, read through the calling thread's read-only
         connection (its errors, to the last row, as RepositoryError)."""
         try:

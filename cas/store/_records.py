@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..errors import CasError
+from ..errors import StorageQuotaError
 from ._database import Database
 
 MAX_RECORDS = 65536
@@ -45,10 +45,6 @@ RECORD_LIFETIME = 2 * 86400.0
 twice the longest republish interval a publisher may choose."""
 
 PUBLISH_SETTING = "publish_interval"
-
-
-class RecordQuotaError(CasError):
-    """No room for another held record (in all, or for that peer)."""
 
 
 class HeldRecords:
@@ -69,14 +65,14 @@ class HeldRecords:
     def put(self, key: bytes, record: bytes, seq: int, sender: bytes) -> None:
         """Hold ``record`` under ``key`` (replacing what is there, or
         renewing it if it is the same). Durable on return. Raises
-        :class:`RecordQuotaError` if a new key does not fit."""
+        :class:`StorageQuotaError` if a new key does not fit."""
         exists = self._db.query("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone() is not None
         if not exists:
             if len(self) >= MAX_RECORDS:
-                raise RecordQuotaError(f"this node holds {MAX_RECORDS} records already")
+                raise StorageQuotaError(f"this node holds {MAX_RECORDS} records already")
             mine = self._db.query("SELECT count(*) FROM records WHERE sender = ?", (sender,)).fetchone()[0]
             if mine >= MAX_RECORDS_PER_SENDER:
-                raise RecordQuotaError(f"this node holds {MAX_RECORDS_PER_SENDER} records from you already")
+                raise StorageQuotaError(f"this node holds {MAX_RECORDS_PER_SENDER} records from you already")
             self._db.execute(
                 "INSERT INTO records (key, record, seq, sender, since_ns) VALUES (?, ?, ?, ?, ?)",
                 (key, record, seq, sender, self.now_ns()))

@@ -1,0 +1,181 @@
+"""Every example in README.md, run as written (tests/readme.py says how),
+with what its comments promise checked. A README that drifts from the code
+fails here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pseudo_random
+from tests.fusemount import require_fuse, wait_for
+from tests.readme import CID_PATTERN, Result, Shell, block, lines_of
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[Shell]:
+    s = Shell(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def run_all(shell: Shell, text: str) -> dict[str, Result]:
+    """Run every line; each must succeed. Results by the README's command."""
+    results = {}
+    for line in lines_of(text):
+        result = shell.run(line)
+        assert result.returncode == 0, f"README line {line.command!r} failed: {result.stderr}"
+        results[line.command] = result
+    return results
+
+
+def test_using_it(shell: Shell) -> None:
+    photo = pseudo_random(300_000, "readme photo")
+    (shell.work / "photo.jpg").write_bytes(photo)
+    thesis = shell.home / "projects" / "thesis"
+    thesis.mkdir(parents=True)
+    (thesis / "thesis.tex").write_text("\\documentclass{article}\n")
+    results = run_all(shell, block("Using it"))
+
+    cid = shell.values["CID"]
+    assert results["cas add photo.jpg"].text.strip() == cid  # prints the file's CID
+    assert CID_PATTERN.fullmatch(results["cas add -r ~/projects/thesis"].text.strip())
+    assert (shell.work / "copy.jpg").read_bytes() == photo
+    assert results["cas cat CID --offset 1000 --length 100"].stdout == photo[1000:1100]
+    assert (shell.work / "restored" / cid).read_bytes() == photo  # into restored/, under its CID
+    stat = results["cas repo stat"].text
+    assert all(word in stat for word in ("blocks", "size", "pinned", "packs"))
+
+
+def test_the_namespace(shell: Shell) -> None:
+    photos = shell.home / "photos"
+    photos.mkdir()
+    cat = pseudo_random(50_000, "readme cat")
+    (photos / "cat.jpg").write_bytes(cat)
+    results = run_all(shell, block("The namespace: paths, renames, history"))
+
+    assert "cat.jpg" in results["cas ls -l /backup/2026/photos"].text
+    assert results["cas cat /archive/cat.jpg"].stdout == cat
+    deleted = [command for command in results if "--at" in command][0]
+    assert results[deleted].stdout == cat  # read a deleted file from history
+    versions = results["cas log"].text.strip().splitlines()
+    assert len(versions) >= 5
+    newest = versions[0].split()
+    assert CID_PATTERN.fullmatch(newest[-1])
+    assert newest[-1] in results["cas root"].text  # root CID, sequence number, public key
+
+
+@pytest.mark.slow
+def test_the_mount(shell: Shell) -> None:
+    require_fuse()
+    site = shell.home / "projects" / "site"
+    site.mkdir(parents=True)
+    (site / "index.html").write_text("<h1>hello</h1>\n")
+    for argv in (["init", "-q"], ["add", "index.html"], ["commit", "-qm", "first"]):
+        subprocess.run(["git", *argv], cwd=site, env=shell.env, check=True, capture_output=True)
+    try:
+        results = run_all(shell, block("The mount"))
+    finally:
+        if os.path.ismount(shell.home / "cas"):
+            subprocess.run(["fusermount3", "-u", "-z", str(shell.home / "cas")], capture_output=True)
+    assert "first" in results["git -C ~/cas/site log"].text
+    assert "index.html" in results["cas ls /site"].text
+    assert not os.path.ismount(shell.home / "cas")
+
+
+@pytest.mark.slow
+def test_two_daemons_that_find_each_other(shell: Shell) -> None:
+    results = run_all(shell, block("The network: two daemons that find each other"))
+    a_id, where = results["cas --repo /tmp/a id"].text.split()
+    assert re.fullmatch(r"[0-9a-f]{64}", a_id) and where == f"127.0.0.1:{shell.ports['4711']}"
+    assert a_id[:16] in results["cas --repo /tmp/b peers"].text  # b knows a
+    find = [command for command in results if command.startswith("cas --repo /tmp/a dht find")][0]
+    assert "1 closest" in results[find].text or "closest" in results[find].text
+    assert all(job.returncode == 0 for job in shell.jobs)  # SIGTERM: a clean shutdown
+
+
+@pytest.mark.slow
+def test_three_nodes_sharing_files_and_a_published_namespace(shell: Shell) -> None:
+    require_fuse()
+    photo = pseudo_random(2_000_000, "readme shared photo")
+    (shell.work / "photo.jpg").write_bytes(photo)
+    (shell.work / "site").mkdir()
+    (shell.work / "site" / "index.html").write_text("<h1>site</h1>\n")
+    (shell.work / "news.txt").write_text("news\n")
+    mount = shell.root / "tmp" / "a-site"
+    try:
+        results = {}
+        for line in lines_of(block("Three nodes sharing files") + "\n" + block("Three nodes sharing files", 1)):
+            if "news.txt" in line.command:
+                results[line.command] = shell.run(line)
+                # shows in c's mount within --refresh (30 s)
+                wait_for(lambda: (mount / "site" / "news.txt").exists(), timeout=60,
+                         what="the new file in the published mount")
+                continue
+            result = shell.run(line)
+            if line.comment.startswith("Read-only file system"):
+                assert result.returncode != 0 and "Read-only file system" in result.stderr
+                continue
+            assert result.returncode == 0, f"README line {line.command!r} failed: {result.stderr}"
+            results[line.command] = result
+            if line.command.startswith("cas --repo /tmp/a name publish"):
+                key = re.search(r"key\s+([0-9a-f]{64})", result.text)
+                assert key is not None, result.text  # prints key <64 hex digits>, seq, root
+                shell.values["KEY"] = key.group(1)
+    finally:
+        if os.path.ismount(mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True)
+    added = results["cas --repo /tmp/a add photo.jpg"]
+    assert "photo.jpg: stored on 3 of 3 nodes" in added.stderr
+    assert (shell.work / "copy.jpg").read_bytes() == photo
+    assert "index.html" in results["cas --repo /tmp/c ls /ns/KEY/site"].text
+    assert all(job.returncode == 0 for job in shell.jobs)
+
+
+@pytest.mark.slow
+def test_private_networks(shell: Shell) -> None:
+    lines = list(lines_of(block("Private networks")))
+    for line in lines[:-1]:
+        result = shell.run(line)
+        assert result.returncode == 0, f"README line {line.command!r} failed: {result.stderr}"
+    stranger = lines[-1]
+    result = shell.run(stranger, timeout=60)
+    assert result.returncode == 1  # refused at once, saying so as the README shows
+    assert result.stderr.strip().splitlines()[-1] == shell.text(stranger.comment)
+    fingerprint = [line for line in lines if "stderr: private network" in line.comment][0]
+    assert "private network, key fingerprint" in shell.stderr_of(1), fingerprint.comment
+    for job in shell.jobs:
+        shell.stop(job)
+        assert job.returncode == 0
+
+
+def test_the_python_library(shell: Shell) -> None:
+    (shell.work / "video.mkv").write_bytes(pseudo_random(3_000_000, "readme video"))
+    photos = shell.work / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"a cat")
+    code = block("The Python library", language="python")
+    result = subprocess.run([sys.executable, "-c", code], cwd=shell.work,
+                            env={**shell.env, "CAS_HOME": str(shell.home / "repo")},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.splitlines()
+    assert CID_PATTERN.fullmatch(printed[0])  # bafyb4i...
+    assert printed[1:] == ["cat.jpg file 5"]
+
+
+def test_running_a_node_as_a_service(shell: Shell) -> None:
+    results = run_all(shell, block("Running a node as a service"))
+    listed = results["cas config list"].text.splitlines()
+    assert "quota                        50G" in listed and "lease                        -" in listed
+    unit = shell.home / ".config" / "systemd" / "user" / "cas.service"
+    assert f"--repo {shell.home}/.local/share/cas daemon" in unit.read_text()
+    assert "systemctl --user" in results["cas service install --user"].stderr
