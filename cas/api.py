@@ -25,19 +25,30 @@ import contextlib
 import io
 import math
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from . import files
-from .blocks import AsyncStoreAdapter, Block
+from .blocks import (
+    AddsFiles,
+    AsyncStoreAdapter,
+    Block,
+    BlockStore,
+    OpensSessions,
+    ProtectsBlocks,
+    ServedByDaemon,
+    WritesFiles,
+)
 from .cid import CID, DAG_CBOR, RAW, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
 if TYPE_CHECKING:
+    from .control import ControlClient
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
@@ -48,6 +59,49 @@ if TYPE_CHECKING:
 # they are a third of its imports (bench/README.md, start-up).
 
 Progress = Callable[[int], None]
+
+
+def add_file_to(store: BlockStore, stream: BinaryIO, progress: Progress | None = None) -> files.AddResult:
+    """Add ``stream`` to its end as a file. A regular file added to a store
+    that :class:`~cas.blocks.AddsFiles` (a daemon's) is handed over whole
+    (the same CID either way), and ``stream`` is left at its end; anything
+    else is chunked here (:func:`cas.files.add_stream`)."""
+    if isinstance(store, AddsFiles):
+        place = _regular_file_position(stream)
+        if place is not None:
+            fd, offset = place
+            result = store.add_file(fd, offset, progress)
+            if result is not None:
+                stream.seek(offset + result.size)
+                return result
+    return files.add_stream(store, stream, progress=progress)
+
+
+def _regular_file_position(stream: BinaryIO) -> tuple[int, int] | None:
+    """(descriptor, logical position) of a stream reading a regular file;
+    None for anything else (a pipe, a socket, bytes in memory)."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fd, stream.tell()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return None
+
+
+def write_file_from(
+    store: BlockStore, cid: CID, fd: int, progress: Progress | None = None,
+    offset: int = 0, length: int | None = None,
+) -> int:
+    """Write bytes [offset, offset + length) of file ``cid`` to ``fd``; return
+    how many. A store that :class:`~cas.blocks.WritesFiles` (a daemon's)
+    writes them itself, so they never cross its socket; otherwise they are
+    read here (:func:`cas.files.write_file`)."""
+    if isinstance(store, WritesFiles):
+        written = store.write_file(cid, fd, offset, length, progress)
+        if written is not None:
+            return written
+    return files.write_file(store, cid, fd, offset, length, progress=progress)
 
 
 def default_repository_path() -> Path:
@@ -109,6 +163,12 @@ class Repository:
         through the daemon's control socket."""
         return not isinstance(self._store, LocalStore)
 
+    @property
+    def daemon(self) -> ControlClient | None:
+        """The control-socket client of the daemon that owns the repository,
+        if this object reaches it through one."""
+        return self._store.client if isinstance(self._store, ServedByDaemon) else None
+
     def close(self) -> None:
         """Release the repository (and its lock)."""
         self._store.close()
@@ -138,7 +198,7 @@ class Repository:
         if to is not None and (to.endswith("/") or self._is_dir(to)):
             raise InvalidInputError(f"{to} is a directory; give the new file's full path")
         with self._session() as session:
-            result = files.add_stream(session, stream, progress=progress)
+            result = add_file_to(session, stream, progress)
             target = self._finish_add(result.cid, "file", result.size, pin, to, "", 0o644, time.time_ns())
         return Added(result.cid, "file", result.size, "-", target)
 
@@ -157,15 +217,18 @@ class Repository:
         from . import trees
 
         with self._session() as session:
-            imported = trees.import_path(session, path, recursive=recursive, progress=progress)
+            imported = trees.import_path(session, path, recursive=recursive, progress=progress, add=add_file_to)
             target = self._finish_add(
                 imported.cid, imported.kind, imported.size, pin, to, Path(path).name, imported.mode, imported.mtime
             )
         return Added(imported.cid, imported.kind, imported.size, os.fspath(path), target)
 
-    def _session(self):
-        opener = getattr(self._store.blocks, "open_session", None)
-        return opener() if opener is not None else contextlib.nullcontext(self.blocks)
+    def _session(self) -> contextlib.AbstractContextManager[Any]:
+        """A write session of the store's (gc keeps what it puts until it
+        ends), or the store itself for one without sessions."""
+        if isinstance(self._store.blocks, OpensSessions):
+            return self._store.blocks.open_session()
+        return contextlib.nullcontext(self.blocks)
 
     def _is_dir(self, path: str) -> bool:
         try:
@@ -217,7 +280,7 @@ class Repository:
         from .names.remote import RemoteNamespace
 
         records: list[bytes] = []
-        client = getattr(self._store, "client", None)
+        client = self.daemon
         if client is not None:
             found = client.call(NameResolve(public_key))["found"]
             if found is not None:
@@ -269,7 +332,7 @@ class Repository:
         writes them itself and they never cross its socket. A failed write
         raises its OSError (BrokenPipeError when a pipe's reader has gone)."""
         _check_range(offset, length)
-        return files.write_file(self.blocks, self.resolve(ref, at), fd, offset, length)
+        return write_file_from(self.blocks, self.resolve(ref, at), fd, None, offset, length)
 
     def info(self, ref: CID | str, *, at: int | None = None) -> NodeInfo:
         """Kind and size of what ``ref`` names."""
@@ -299,7 +362,7 @@ class Repository:
         from . import trees
 
         cid = self.resolve(ref, at)
-        return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress)
+        return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress, write=write_file_from)
 
     # -- the namespace ----------------------------------------------------------
 
@@ -340,7 +403,7 @@ class Repository:
             name = node.name or (str(node.cid) if node.cid else "")
             target = dst.rstrip("/") + "/" + name
         with self._session() as session:
-            if node.cid is not None and hasattr(session, "protect"):
+            if node.cid is not None and isinstance(session, ProtectsBlocks):
                 session.protect(node.cid)
             return self.namespace.link(target, node)
 

@@ -14,16 +14,27 @@ file in 4 KiB steps without paying for an event loop per call.
 ``AsyncBlockStore`` is the trio-facing form that the node, the network and the
 FUSE driver use; :class:`AsyncStoreAdapter` lifts any synchronous store into
 it. Code that must run against both (the file reader) is written sans-IO in
-:mod:`cas.files` and driven by either.
+:mod:`cas.reader` and driven by either.
+
+A store may offer more than the protocol; each extra ability is a named
+protocol below (``Prefetches``, ``LooksUpInBatches``, ``ReadsFromAnyThread``,
+``OpensSessions``, ``ProtectsBlocks``, ``AddsFiles``, ``WritesFiles``,
+``ServedByDaemon``), and
+code that uses one asks ``isinstance(store, TheAbility)``, never ``hasattr``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from .cid import CID, MAX_BLOCK_SIZE
 from .errors import BlockNotFoundError, InvalidBlockError
+
+if TYPE_CHECKING:
+    from .control import ControlClient
+    from .files import AddResult
 
 
 class _BlockFields(NamedTuple):
@@ -69,6 +80,13 @@ def verified(cid: CID, data: bytes) -> bytes:
             f"block {cid} is corrupt: its content does not match its hash"
         )
     return data
+
+
+class BlockSource(Protocol):
+    """All a reader needs of a store: ``get``, verified bytes or an error
+    (:class:`BlockNotFoundError` / :class:`InvalidBlockError`)."""
+
+    def get(self, cid: CID, /) -> bytes: ...
 
 
 @runtime_checkable
@@ -122,6 +140,85 @@ class AsyncBlockStore(Protocol):
     def iterate(self) -> AsyncIterator[CID]: ...
 
     async def barrier(self) -> None: ...
+
+
+# -- optional abilities of a store ---------------------------------------------
+
+
+@runtime_checkable
+class Prefetches(Protocol):
+    """A store that can start reading blocks before they are asked for (the
+    local repository: disk read-ahead); a hint, never needed for
+    correctness."""
+
+    def prefetch(self, cids: Iterable[CID]) -> None: ...
+
+
+@runtime_checkable
+class LooksUpInBatches(Protocol):
+    """A store that looks many blocks up at once (the local repository: one
+    index query): for each CID, a function that reads and verifies its
+    bytes later (None if it is not found that way: then ask ``get``)."""
+
+    def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]: ...
+
+
+@runtime_checkable
+class ReadsFromAnyThread(Protocol):
+    """A store whose committed large blocks any thread may read at once, past
+    its owner's lock (the repository's packs): the verified bytes, or None
+    for a block only the owning thread can read."""
+
+    def get_file_block(self, cid: CID) -> bytes | None: ...
+
+
+@runtime_checkable
+class ProtectsBlocks(Protocol):
+    """A write session that keeps a block it did not put from gc until it
+    ends (a block it will reference)."""
+
+    def protect(self, cid: CID) -> None: ...
+
+
+@runtime_checkable
+class OpensSessions(Protocol):
+    """A store whose writers open a write session: gc keeps what the session
+    puts (and protects) until the session ends."""
+
+    def open_session(self) -> AbstractContextManager[Any]: ...
+
+
+@runtime_checkable
+class AddsFiles(Protocol):
+    """A store that adds a whole regular file itself, given its descriptor:
+    a daemon's client (:class:`cas.control.RemoteBlockStore`) passes the
+    descriptor over the control socket, so the file's bytes never cross it."""
+
+    def add_file(self, fd: int, offset: int, progress: Callable[[int], object] | None) -> AddResult | None:
+        """Add the file from ``offset`` to its end without moving the
+        descriptor's position; None if this store cannot after all."""
+
+
+@runtime_checkable
+class WritesFiles(Protocol):
+    """A store that writes a whole file to a descriptor itself: a daemon's
+    client (:class:`cas.control.RemoteBlockStore`) passes the descriptor
+    over the control socket, so the file's bytes never cross it."""
+
+    def write_file(
+        self, cid: CID, fd: int, offset: int, length: int | None, progress: Callable[[int], object] | None
+    ) -> int | None:
+        """Write the bytes to ``fd`` and return how many; None if this store
+        cannot after all."""
+
+
+@runtime_checkable
+class ServedByDaemon(Protocol):
+    """A repository store that is a daemon's, reached through its control
+    socket (:class:`cas.control.RemoteStore`): ``client`` makes the calls."""
+
+    @property
+    def client(self) -> ControlClient: ...
 
 
 class MemoryBlockStore:

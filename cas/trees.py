@@ -15,6 +15,7 @@ import stat as statmod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from . import files
 from .blocks import BlockStore
@@ -24,6 +25,22 @@ from .names import dirtree
 from .names.directory import DirEntry, check_name
 
 Progress = Callable[[int], None]
+
+AddFile = Callable[[BlockStore, BinaryIO, Progress | None], files.AddResult]
+"""How a file's bytes go into the store: :func:`cas.api.add_file_to` (which
+hands a regular file to a daemon whole), or chunked here."""
+
+WriteFile = Callable[[BlockStore, CID, int, Progress | None], int]
+"""How a stored file's bytes go to a descriptor: :func:`cas.api.write_file_from`
+(which lets a daemon write them itself), or read here."""
+
+
+def _add_here(store: BlockStore, stream: BinaryIO, progress: Progress | None) -> files.AddResult:
+    return files.add_stream(store, stream, progress=progress)
+
+
+def _write_here(store: BlockStore, cid: CID, fd: int, progress: Progress | None) -> int:
+    return files.write_file(store, cid, fd, progress=progress)
 
 
 @dataclass
@@ -44,14 +61,16 @@ def _user_error(exc: OSError, path: Path | str) -> InvalidInputError:
     return InvalidInputError(f"cannot read {path}: {reason}")
 
 
-def import_file(store: BlockStore, path: Path, progress: Progress | None = None) -> files.AddResult:
+def import_file(
+    store: BlockStore, path: Path, progress: Progress | None = None, add: AddFile = _add_here
+) -> files.AddResult:
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise _user_error(exc, path) from None
     with f:
         try:
-            return files.add_stream(store, f, progress=progress)
+            return add(store, f, progress)
         except OSError as exc:
             raise _user_error(exc, path) from None
 
@@ -62,6 +81,7 @@ def import_path(
     *,
     recursive: bool = False,
     progress: Progress | None = None,
+    add: AddFile = _add_here,
 ) -> Imported:
     """Store the file or (with ``recursive``) the directory tree at ``path``."""
     path = Path(path)
@@ -75,20 +95,21 @@ def import_path(
         result = Imported(
             cid=CID.for_data(RAW, b""), kind="dir", size=0, mode=statmod.S_IMODE(st.st_mode), mtime=st.st_mtime_ns
         )
-        entry = _import_dir(store, path, st, result, progress)
+        entry = _import_dir(store, path, st, result, progress, add)
         assert entry.cid is not None
         result.cid, result.size = entry.cid, entry.size
         return result
     if not statmod.S_ISREG(st.st_mode):
         raise InvalidInputError(f"{path} is not a regular file or directory")
-    added = import_file(store, path, progress)
+    added = import_file(store, path, progress, add)
     return Imported(
         cid=added.cid, kind="file", size=added.size, mode=statmod.S_IMODE(st.st_mode), mtime=st.st_mtime_ns, files=1
     )
 
 
 def _import_dir(
-    store: BlockStore, path: Path, st: os.stat_result, result: Imported, progress: Progress | None
+    store: BlockStore, path: Path, st: os.stat_result, result: Imported, progress: Progress | None,
+    add: AddFile,
 ) -> DirEntry:
     try:
         children = sorted(os.scandir(path), key=lambda e: e.name)
@@ -106,10 +127,10 @@ def _import_dir(
             raise _user_error(exc, child_path) from None
         mode, mtime = statmod.S_IMODE(child_st.st_mode), child_st.st_mtime_ns
         if statmod.S_ISDIR(child_st.st_mode):
-            sub = _import_dir(store, child_path, child_st, result, progress)
+            sub = _import_dir(store, child_path, child_st, result, progress, add)
             entries.append(sub)
         elif statmod.S_ISREG(child_st.st_mode):
-            added = import_file(store, child_path, progress)
+            added = import_file(store, child_path, progress, add)
             result.files += 1
             entries.append(DirEntry(name, "file", added.size, mode, mtime, cid=added.cid))
         elif statmod.S_ISLNK(child_st.st_mode):
@@ -140,6 +161,7 @@ def export(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    write: WriteFile = _write_here,
 ) -> str:
     """Write the file or tree ``cid`` to ``out``; return its kind."""
     out = Path(out)
@@ -149,17 +171,17 @@ def export(
         dirtree.summary(store, cid)  # a directory, or a clear error, before creating anything
         if os.path.lexists(out):
             raise InvalidInputError(f"{out} already exists; cas get writes a new directory")
-        _export_dir(store, dirtree.iterate(store, cid), out, progress)
+        _export_dir(store, dirtree.iterate(store, cid), out, progress, write)
         return "dir"
-    _export_file(store, cid, out, progress)
+    _export_file(store, cid, out, progress, write)
     return "file"
 
 
-def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None) -> None:
+def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None, write: WriteFile) -> None:
     part = dest.with_name(f".{dest.name}.cas-part")
     try:
         with open(part, "wb") as f:  # a daemon's store writes into it itself
-            files.write_file(store, cid, f.fileno(), progress=progress)
+            write(store, cid, f.fileno(), progress)
         os.replace(part, dest)
     except OSError as exc:
         part.unlink(missing_ok=True)
@@ -169,13 +191,15 @@ def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | No
         raise
 
 
-def _export_file(store: BlockStore, cid: CID, out: Path, progress: Progress | None) -> None:
+def _export_file(store: BlockStore, cid: CID, out: Path, progress: Progress | None, write: WriteFile) -> None:
     if cid.codec not in (RAW, DAG_PB):
         raise NotAFileError(f"{cid} is not a file")
-    _write_file(store, cid, out, progress)
+    _write_file(store, cid, out, progress, write)
 
 
-def _export_dir(store: BlockStore, entries: Iterable[DirEntry], out: Path, progress: Progress | None) -> None:
+def _export_dir(
+    store: BlockStore, entries: Iterable[DirEntry], out: Path, progress: Progress | None, write: WriteFile
+) -> None:
     try:
         out.mkdir()
     except OSError as exc:
@@ -185,14 +209,14 @@ def _export_dir(store: BlockStore, entries: Iterable[DirEntry], out: Path, progr
         try:
             if entry.kind == "dir":
                 assert entry.cid is not None
-                _export_dir(store, dirtree.iterate(store, entry.cid), dest, progress)
+                _export_dir(store, dirtree.iterate(store, entry.cid), dest, progress, write)
                 # Metadata after the children: writing them changes the mtime,
                 # and a read-only mode would stop them being written.
                 os.chmod(dest, entry.mode)
                 os.utime(dest, ns=(entry.mtime, entry.mtime))
             elif entry.kind == "file":
                 assert entry.cid is not None
-                _write_file(store, entry.cid, dest, progress)
+                _write_file(store, entry.cid, dest, progress, write)
                 os.chmod(dest, entry.mode)
                 os.utime(dest, ns=(entry.mtime, entry.mtime))
             else:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cas.errors import CasError, DaemonNotRunningError
 
 if TYPE_CHECKING:
+    from cas.api import Repository
     from cas.control import ControlClient
 
 from .output import Output
@@ -46,8 +47,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     t.set_defaults(run=cmd_status)
 
 
-def _client(repo: Any) -> ControlClient:
-    client = getattr(repo._store, "client", None)
+def _client(repo: Repository) -> ControlClient:
+    client = repo.daemon
     if client is None:
         raise DaemonNotRunningError("this command needs the running node; start it with 'cas daemon'")
     return client

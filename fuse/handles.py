@@ -3,25 +3,26 @@
 Reading
 =======
 
-Every open file that reads has one :class:`cas.files.FileReader` for as long
-as it is open (kubo's mount rebuilt its reader on every read() and ran 60x
-slower than its CLI). The reader runs on the trio thread over
-:class:`CacheOnly`, a view of the shared :class:`BlockCache` that raises
-:class:`CacheMiss` instead of touching the disk; the caller fetches the
-missing block with :class:`BlockFetcher` and retries (the reader's state
-only moves when a read completes, so a retry is exact). Readers share one
-:class:`cas.files.NodeCache`, so interior nodes are decoded once per mount,
-not once per jump between subtrees.
+Every open file that reads keeps one :class:`cas.reader.PathCache` for as
+long as it is open (kubo's mount rebuilt its reader on every read() and ran
+60x slower than its CLI), so sequential reads fetch each block once. A read
+is a :class:`cas.reader.FileWalk` driven by :func:`read_walk` on the trio
+thread: each block the walk needs comes from the shared :class:`BlockCache`,
+or, missing there, from :class:`BlockFetcher`, and is fed back; nothing is
+retried. Readers share one :class:`cas.reader.NodeCache`, so interior nodes
+are decoded once per mount, not once per jump between subtrees.
 
 :class:`BlockFetcher` reads and hashes block files in a few worker threads
 at once, outside the node's store thread: block files are immutable, so
-this needs no lock (``RepositoryBlockStore.get_file_block``); only small
-blocks, which live in SQLite, go through the store thread. A block wanted
-by several readers at once is fetched once.
+this needs no lock (a store that :class:`cas.blocks.ReadsFromAnyThread`);
+only small blocks, which live in SQLite, go through the store thread. A
+block wanted by several readers at once is fetched once.
 
-Sequential reading starts read-ahead (cas.fuse.operations): the leaves of
-the next ``READ_AHEAD_BYTES`` are listed (``cas.files.file_leaves``) and
-fetched ``READ_AHEAD_PARALLEL`` at a time, so the reader finds them cached.
+Read-ahead is the walk's hint (:class:`cas.reader.ReadAhead`): the blocks it
+will need next, in order, as far ahead as ``READ_AHEAD_BYTES`` past a
+sequential reader's read. The mount executes it (cas.fuse.operations) by
+fetching the hinted blocks ``READ_AHEAD_PARALLEL`` at a time into the cache,
+so the walk finds them there, or waits for the fetch already under way.
 The cache is bounded in bytes (least recently used blocks go first).
 
 Writing
@@ -44,28 +45,26 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
+from ..blocks import ReadsFromAnyThread
 from ..cid import CID
-from ..files import FileReader
+from ..reader import FileWalk, NeedBlock, PathCache, ReadAhead, WalkDone
 from ..store._modes import private_dir
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 """Block cache of a mount; DESIGN.md caps the default at 256 MiB."""
 
 READ_AHEAD_BYTES = 32 * 1024 * 1024
-"""How far ahead of a sequential reader blocks are fetched: ~100 average
-blocks, enough to keep the threads busy between FUSE requests
+"""How far past a sequential reader's read the walk hints its blocks: ~100
+average blocks, enough to keep the threads busy between FUSE requests
 (bench/mount.py)."""
-
-READ_AHEAD_STEP = 4 * 1024 * 1024
-"""Bytes of leaves listed at a time by read-ahead."""
 
 READ_AHEAD_PARALLEL = 3
 """Blocks one read-ahead has in flight at once: enough to keep the fetch
@@ -77,17 +76,6 @@ FETCH_THREADS = 4
 os.read release the GIL, so they run in parallel with the FUSE loop)."""
 
 COPY_PIECE = 1024 * 1024
-
-T = TypeVar("T")
-
-
-class CacheMiss(Exception):
-    """Raised by :class:`CacheOnly` for a block that is not cached (internal:
-    never leaves this package)."""
-
-    def __init__(self, cid: CID) -> None:
-        super().__init__(str(cid))
-        self.cid = cid
 
 
 class BlockCache:
@@ -139,7 +127,8 @@ class BlockFetcher:
 
     ``blocks`` is the repository's block store; ``run_in_store`` runs a
     function in the node's store thread (``Node.in_store_thread``).
-    ``parallel_get`` (default: the store's ``get_file_block``) reads a block
+    ``parallel_get`` (default: the store's ``get_file_block``, if it
+    :class:`~cas.blocks.ReadsFromAnyThread`) reads a block
     in a worker thread, several at once, outside the store thread; it
     returns None for a block only the store thread can read.
     """
@@ -151,7 +140,9 @@ class BlockFetcher:
         self.cache = cache
         self._blocks = blocks
         self._run_in_store = run_in_store
-        self._get_file_block = parallel_get or getattr(blocks, "get_file_block", None)
+        if parallel_get is None and isinstance(blocks, ReadsFromAnyThread):
+            parallel_get = blocks.get_file_block
+        self._get_file_block = parallel_get
         self._limiter = trio.CapacityLimiter(threads)
         self._pending: dict[CID, trio.Event] = {}
 
@@ -182,46 +173,22 @@ class BlockFetcher:
             done.set()
 
 
-class CacheOnly:
-    """The cache as a read-only block store that never does I/O: a block that
-    is not cached raises :class:`CacheMiss`. Safe on the trio thread.
-
-    ``extra`` holds blocks fetched for the read in progress, so that a retry
-    finds them even if the cache dropped them meanwhile.
-    """
-
-    def __init__(self, cache: BlockCache) -> None:
-        self._cache = cache
-        self.extra: dict[CID, bytes] = {}
-
-    def has(self, cid: CID) -> bool:
-        return cid in self.extra or cid in self._cache
-
-    def get(self, cid: CID) -> bytes:
-        data = self.extra.get(cid)
-        if data is None:
-            data = self._cache.get(cid)
-        if data is None:
-            raise CacheMiss(cid)
-        return data
-
-
-async def read_through(view: CacheOnly, fetcher: BlockFetcher, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (a synchronous read over ``view``) until no block is
-    missing, fetching each missing block and retrying. ``fn`` runs with no
-    checkpoint inside, so concurrent callers sharing ``view`` each see
-    their own ``extra``."""
-    mine: dict[CID, bytes] = {}
+async def read_walk(walk: FileWalk, fetcher: BlockFetcher, hint: Callable[[ReadAhead], None] | None = None) -> bytes:
+    """Drive ``walk`` to its end over the cache: each block it needs comes
+    from the cache or is fetched into it, and is fed back; each read-ahead
+    hint goes to ``hint``. Returns the bytes of the walk's range."""
+    pieces: list[memoryview] = []
     while True:
-        view.extra = mine
-        try:
-            return fn()
-        except CacheMiss as miss:
-            if miss.cid in mine:  # cannot happen: a fetched block is never missing
-                raise
-            mine[miss.cid] = await fetcher.get(miss.cid)
-        finally:
-            view.extra = {}
+        event = walk.next_event()
+        if isinstance(event, NeedBlock):
+            walk.feed(await fetcher.get(event.cid))  # no checkpoint when cached
+        elif isinstance(event, ReadAhead):
+            if hint is not None:
+                hint(event)
+        elif isinstance(event, WalkDone):
+            return b"".join(pieces)
+        elif isinstance(event, memoryview):
+            pieces.append(event)
 
 
 @dataclass
@@ -229,28 +196,23 @@ class ReadState:
     """One open file's reader of committed content, and its read-ahead."""
 
     cid: CID
-    reader: FileReader
-    view: CacheOnly
+    path: PathCache  # the nodes and leaf its last read walked through
     next_offset: int = 0  # where a sequential reader reads next
     sequential: int = 0  # consecutive sequential reads
-    ahead_to: int = 0  # read-ahead has fetched (or is fetching) up to here
+    ahead: deque[CID] = field(default_factory=deque)  # the walk's latest hint, not yet fetched
     ahead_running: bool = False
 
-    def note_read(self, offset: int, length: int) -> bool:
-        """Record a read; True if read-ahead should be extended."""
+    def note_read(self, offset: int, size: int) -> int:
+        """Record a read of ``size`` bytes at ``offset``; return how far past
+        it the walk should hint (0 unless the reads are sequential)."""
         self.sequential = self.sequential + 1 if offset == self.next_offset else 0
-        self.next_offset = offset + length
-        if self.sequential < 2 or self.ahead_running:
-            return False
-        self.ahead_to = max(self.ahead_to, self.next_offset)
-        return self.ahead_to - self.next_offset < READ_AHEAD_BYTES // 2 and self.ahead_to < self.reader.size
+        self.next_offset = offset + size
+        return READ_AHEAD_BYTES if self.sequential >= 2 else 0
 
-
-def read_cached(reader: FileReader, offset: int, length: int) -> bytes:
-    """``length`` bytes at ``offset`` from a reader over :class:`CacheOnly`;
-    raises CacheMiss (with nothing changed) when a block must be fetched."""
-    reader.seek(offset)
-    return reader.read(length)
+    def plan(self, hint: ReadAhead) -> bool:
+        """Take the walk's latest hint; True if read-ahead must be started."""
+        self.ahead = deque(hint.cids)
+        return not self.ahead_running
 
 
 class Staging:

@@ -29,22 +29,18 @@ import pyfuse3
 import trio
 
 from ..errors import CasError, InvalidInputError, NamespaceError
-from ..files import FileReader, NodeCache, file_leaves
 from ..names.directory import MAX_NAME_BYTES, DirEntry
 from ..names.namespace import Node
+from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from .handles import (
-    READ_AHEAD_BYTES,
     READ_AHEAD_PARALLEL,
-    READ_AHEAD_STEP,
     BlockCache,
     BlockFetcher,
-    CacheOnly,
     FileState,
     Handle,
     ReadState,
     Staging,
-    read_cached,
-    read_through,
+    read_walk,
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
@@ -487,21 +483,22 @@ class CasOperations(pyfuse3.Operations):
                 return b""
             rs = handle.read
             if rs is None or rs.cid != state.cid:
-                cid = state.cid
-                view = CacheOnly(self.cache)
-                reader = await read_through(view, self.fetcher, lambda: FileReader(view, cid, nodes=self.nodes))
-                handle.read = rs = ReadState(cid, reader, view)
+                handle.read = rs = ReadState(state.cid, PathCache(self.nodes))
             reading = rs
-            data = await read_through(rs.view, self.fetcher, lambda: read_cached(reading.reader, off, size))
-            if rs.note_read(off, len(data)):
-                rs.ahead_running = True
-                self._nursery.start_soon(self._read_ahead, handle, rs)
-            return data
+            ahead = rs.note_read(off, size)
+
+            def hint(event: ReadAhead) -> None:
+                if reading.plan(event):
+                    reading.ahead_running = True
+                    self._nursery.start_soon(self._read_ahead, handle, reading)
+
+            walk = FileWalk(rs.cid, off, size, path=rs.path, ahead=ahead)
+            return await read_walk(walk, self.fetcher, hint)
 
     async def _read_ahead(self, handle: Handle, rs: ReadState) -> None:
-        """Fetch the leaves of the next READ_AHEAD_BYTES into the cache,
-        READ_AHEAD_PARALLEL at a time (each one in a fetcher thread)."""
-        view = CacheOnly(self.cache)
+        """Fetch the blocks of the walk's latest hint into the cache, in
+        order, READ_AHEAD_PARALLEL at a time (each one in a fetcher thread),
+        while the file stays open; a later read's hint replaces the plan."""
         slots = trio.Semaphore(READ_AHEAD_PARALLEL)
 
         async def fetch(cid: Any) -> None:
@@ -514,21 +511,11 @@ class CasOperations(pyfuse3.Operations):
 
         try:
             async with trio.open_nursery() as nursery:
-                while handle.read is rs and rs.ahead_to < min(rs.reader.size, rs.next_offset + READ_AHEAD_BYTES):
-                    start = max(rs.ahead_to, rs.next_offset)
-                    length = min(READ_AHEAD_STEP, rs.reader.size - start)
-                    spans = await read_through(
-                        view, self.fetcher,
-                        lambda: list(file_leaves(view, rs.cid, start, length, nodes=self.nodes)))  # noqa: B023 (called within this iteration)
-                    for span in spans:
-                        if handle.read is not rs:
-                            break
-                        if self.fetcher.wanted(span.cid):
-                            await slots.acquire()
-                            nursery.start_soon(fetch, span.cid)
-                    rs.ahead_to = start + length
-        except (CasError, OSError) as exc:
-            log.warning("read-ahead of %s stopped: %s", rs.cid, exc)
+                while handle.read is rs and rs.ahead:
+                    cid = rs.ahead.popleft()
+                    if self.fetcher.wanted(cid):
+                        await slots.acquire()
+                        nursery.start_soon(fetch, cid)
         finally:
             rs.ahead_running = False
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas import control, files
+from cas import api, control, files
 from cas.blocks import Block, MemoryBlockStore
 from cas.cid import RAW
 from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, InvalidInputError, RepositoryError
@@ -277,7 +277,7 @@ def test_a_file_added_through_the_daemon_is_read_by_the_daemon_from_its_descript
         f.seek(12345)
         store = control.RemoteBlockStore(client)
         deltas: list[int] = []
-        result = files.add_stream(store, f, progress=deltas.append)
+        result = api.add_file_to(store, f, deltas.append)
         assert f.tell() == len(data)  # the stream is consumed, as if read here
         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == len(data)
         assert result == files.add_bytes(MemoryBlockStore(), data[12345:])

@@ -124,7 +124,7 @@ def test_a_block_is_found_and_verified_and_a_lying_peer_is_passed_over() -> None
             await liar.bootstrap([("127.0.0.1", holder.listen_port or 0)])
             await seeker.bootstrap([("127.0.0.1", liar.listen_port or 0)])
             found = await seeker.find_block(block.cid)
-            assert found.block == b"the real block"
+            assert found.block is not None and found.block.data == b"the real block"
             assert found.holder is not None and found.holder.node_id == holder.own_id
             assert found.lookup.failures >= 1 or seeker.table.failures(liar.own_id) >= 0
 

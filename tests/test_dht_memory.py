@@ -185,7 +185,7 @@ def test_a_stored_block_is_kept_and_found_by_lookup() -> None:
             assert outcome.status == "stored" and keeper.kept[block.cid] == block.data
             served.put(block)  # the holder serves from its blocks (the node's keeper puts them there)
             found = await nodes[1].find_block(block.cid)
-            assert found.block == block.data and found.holder is not None
+            assert found.block == block and found.holder is not None  # a verified Block
             assert found.holder.node_id == holder.own_id
 
     trio.run(main, clock=autojump())

@@ -72,6 +72,6 @@ def test_a_block_refused_by_its_neighbourhood_is_still_found_at_the_node_that_of
             found = await reader.find_block(block.cid)
             assert found.block is None  # no copy where copies belong...
             assert [c.node_id for c in found.providers] == [adder.own_id]  # ...but who has one
-            assert await reader.block_from(found.providers[0], block.cid) == block.data
+            assert await reader.block_from(found.providers[0], block.cid) == block  # a verified Block
 
     trio.run(main)

@@ -12,7 +12,7 @@ import blake3
 import pytest
 import trio
 
-from cas import files
+from cas import api, files
 from cas.blocks import AsyncStoreAdapter, Block, verified
 from cas.chunker import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_bytes
 from cas.cid import CID, DAG_CBOR, DAG_PB, RAW
@@ -330,7 +330,7 @@ def test_a_regular_file_is_handed_whole_to_a_store_that_adds_files(tmp_path) -> 
     with open(path, "rb") as f:
         f.read(1000)  # a buffered stream already part-read: its logical position counts
         deltas: list[int] = []
-        result = files.add_stream(store, f, progress=deltas.append)
+        result = api.add_file_to(store, f, deltas.append)
         assert store.handed == [(f.fileno(), 1000)]
         assert f.tell() == len(data) and f.read() == b""
     assert result == files.add_bytes(RecordingStore(), data[1000:])
@@ -339,12 +339,12 @@ def test_a_regular_file_is_handed_whole_to_a_store_that_adds_files(tmp_path) -> 
 
 def test_streams_that_are_not_regular_files_are_chunked_here() -> None:
     store = FileAddingStore()
-    files.add_stream(store, io.BytesIO(b"in memory"))
+    api.add_file_to(store, io.BytesIO(b"in memory"))
     read_end, write_end = os.pipe()
     with open(read_end, "rb") as pipe:
         os.write(write_end, b"through a pipe")
         os.close(write_end)
-        result = files.add_stream(store, pipe)
+        result = api.add_file_to(store, pipe)
     assert store.handed == []
     assert result.size == len(b"through a pipe")
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from cas.fuse.handles import BlockCache, BlockFetcher, CacheMiss, CacheOnly, Staging, read_through
+from cas.fuse.handles import BlockCache, BlockFetcher, Staging, read_walk
 from cas.fuse.inodes import ROOT_INODE, InodeTable
 
 from cas import files
 from cas.blocks import Block
 from cas.cid import RAW
+from cas.reader import FileWalk, NeedBlock, PathCache
 from cas.store import SMALL_BLOCK_LIMIT, LocalStore
 from tests.conftest import pseudo_random
 
@@ -76,21 +77,17 @@ def test_a_kind_change_from_outside_makes_a_new_inode() -> None:
     assert d is not f and table.path_of(f.ino) is None
 
 
-def test_block_cache_is_bounded_and_cache_only_never_reads() -> None:
+def test_block_cache_is_bounded_and_a_walk_over_it_asks_for_what_is_missing() -> None:
     cache = BlockCache(max_bytes=100)
     blocks = [Block.of(RAW, bytes([i]) * 40) for i in range(3)]
     for block in blocks:
         cache.put(block.cid, block.data)
     assert cache.statistics()["bytes"] == 80
     assert cache.get(blocks[0].cid) is None  # least recently used went first
-    only = CacheOnly(cache)
-    assert only.get(blocks[2].cid) == blocks[2].data
-    try:
-        only.get(blocks[0].cid)
-    except CacheMiss as miss:
-        assert miss.cid == blocks[0].cid
-    else:
-        raise AssertionError("a missing block must raise CacheMiss")
+    assert cache.get(blocks[2].cid) == blocks[2].data
+    walk = FileWalk(blocks[0].cid)  # a one-block file the cache dropped: the walk says so
+    event = walk.next_event()
+    assert event == NeedBlock(blocks[0].cid)
 
 
 def test_staging_writes_anywhere_and_reads_back(tmp_path: Path) -> None:
@@ -133,9 +130,12 @@ def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(t
             async with trio.open_nursery() as nursery:  # several wanting one block at once
                 for _ in range(3):
                     nursery.start_soon(fetcher.get, leaves[0].cid)
-            view = CacheOnly(fetcher.cache)
-            reader = await read_through(view, fetcher, lambda: files.FileReader(view, added.cid))
-            return await read_through(view, fetcher, lambda: (reader.seek(0), reader.read())[1])
+            path = PathCache()
+            first = await read_walk(FileWalk(added.cid, path=path), fetcher)
+            fetched = len(from_files) + len(in_store)
+            again = await read_walk(FileWalk(added.cid, path=path), fetcher)
+            assert len(from_files) + len(in_store) == fetched  # all cached: nothing read again
+            return first if again == first else b""
 
         assert trio.run(main) == data
         assert from_files.count(leaves[0].cid) == 1  # fetched once

@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from ..blocks import Block, verified
+from ..blocks import Block
 from ..cid import CID
 from ..errors import (
     BlockNotFoundError,
@@ -581,9 +581,9 @@ class DhtDriver:
         caller keeps the newest valid one."""
         return await self.lookups.find_records(key)
 
-    async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> bytes | None:
+    async def block_from(self, contact: Contact, cid: CID, timeout: float | None = None) -> Block | None:
         """Ask one peer for ``cid`` with a single FIND_BLOCK (no lookup): the
-        verified bytes, or None if it has not got them, did not answer, or
+        verified block, or None if it has not got it, did not answer, or
         lied (counted against it, as in a lookup)."""
         try:
             response = await self.request(contact, msg.FindBlock(cid), timeout=timeout)
@@ -592,7 +592,7 @@ class DhtDriver:
         if not isinstance(response, msg.Block):
             return None
         try:
-            return verified(cid, response.data)
+            return Block(cid, response.data)  # verified: the one hash of a block from a peer
         except InvalidBlockError:
             self.answered_badly(contact, response)
             return None

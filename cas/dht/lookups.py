@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..blocks import verified
+from ..blocks import Block
 from ..cid import CID
 from ..errors import CasError, InvalidBlockError, RemoteProtocolError, RequestTimeoutError
 from ..net import messages as msg
@@ -46,7 +46,7 @@ class FindResult:
 
     lookup: LookupResult
     seconds: float
-    block: bytes | None = None
+    block: Block | None = None  # verified: hashed once, on its way in
     holder: Contact | None = None
     providers: tuple[Contact, ...] = ()
     """For FIND_BLOCK without the block: nodes others know hold it
@@ -132,7 +132,7 @@ def interpret(response: msg.Response, cid: CID | None,
         return contacts(response.peers), Holders(tuple(contacts(response.providers)))
     if isinstance(response, msg.Block) and cid is not None:
         try:
-            return [], verified(cid, response.data)
+            return [], Block(cid, response.data)  # verified once, here
         except InvalidBlockError:
             return None  # a peer that lies about a block is a failed peer
     return None
@@ -186,7 +186,7 @@ class Lookups:
             if run.dialling:
                 nursery.cancel_scope.cancel()
         result = lookup.result
-        block = result.value if isinstance(result.value, bytes) else None
+        block = result.value if isinstance(result.value, Block) else None
         return FindResult(result, self._clock() - started, block, result.value_from if block else None,
                           tuple(dict.fromkeys(run.providers)))
 

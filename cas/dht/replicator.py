@@ -27,6 +27,7 @@ from typing import Protocol
 
 import trio
 
+from ..blocks import Block
 from ..cid import CID
 from ..errors import CasError
 from ..net.messages import MAX_LEASE
@@ -458,8 +459,9 @@ class Replicator:
 
     # -- fetching -----------------------------------------------------------------
 
-    async def fetch(self, cid: CID) -> bytes | None:
-        """The block from the network (verified), or None if no node has it.
+    async def fetch(self, cid: CID) -> Block | None:
+        """The block from the network (verified, by the driver: once), or None
+        if no node has it.
 
         Its holders are the nodes placement chose, the R closest to its key:
         when a remembered lookup answer names them (see
@@ -477,18 +479,18 @@ class Replicator:
             with trio.move_on_after(DIRECT_FETCH_TIMEOUT * self.replicas):
                 likely = await self._find_candidates(key)
         for peer in (likely or [])[: self.replicas]:
-            data = await self.dht.block_from(peer, cid, timeout=DIRECT_FETCH_TIMEOUT)
-            if data is not None:
-                return data
+            block = await self.dht.block_from(peer, cid, timeout=DIRECT_FETCH_TIMEOUT)
+            if block is not None:
+                return block
         found = await self.dht.find_block(cid)
         if found.block is not None:
             return found.block
         # No copy where copies belong: ask those others know hold it (the
         # node that added it, while its copies are not placed).
         for provider in found.providers[: self.replicas]:
-            data = await self.dht.block_from(provider, cid, timeout=DIRECT_FETCH_TIMEOUT)
-            if data is not None:
-                return data
+            block = await self.dht.block_from(provider, cid, timeout=DIRECT_FETCH_TIMEOUT)
+            if block is not None:
+                return block
         return None
 
     # -- repair -------------------------------------------------------------------

@@ -344,7 +344,13 @@ class Node:
                 siblings, i = entry
                 self._read_ahead(siblings[i + 1:i + 1 + READ_AHEAD])
 
-    def _read_ahead(self, cids: list[CID]) -> None:
+    def read_ahead(self, cids: Sequence[CID]) -> None:
+        """Fetch from the network, in the background, those of ``cids`` this
+        node lacks (a walk's read-ahead hint: blocks a reader wants next)."""
+        if self.dht is not None and len(self.dht.table):
+            self._read_ahead(cids)
+
+    def _read_ahead(self, cids: Sequence[CID]) -> None:
         if self._nursery is None:
             return
         for cid in cids:
@@ -365,10 +371,9 @@ class Node:
             self._fetching.pop(cid).set()
 
     async def _fetch_and_keep(self, cid: CID) -> bytes:
-        data = await self.replicator.fetch(cid) if self.replicator is not None else None
-        if data is None:
+        block = await self.replicator.fetch(cid) if self.replicator is not None else None
+        if block is None:
             raise BlockNotFoundError(cid, "the repository nor on any node of the network")
-        block = Block(cid, data)  # verified again: nothing unverified is kept
         assert self.group_commit is not None
         try:
             # Kept with the other blocks arriving meanwhile (read-ahead
@@ -379,7 +384,7 @@ class Node:
         if len(self._fetched) > MAX_READ_AHEAD_INDEX:
             self._fetched.clear()
         self._fetched.add(cid)  # came from the network: reading it reads ahead
-        return data
+        return block.data
 
     def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
         """The blocks of the DAG under ``root`` that this repository has (in
@@ -466,13 +471,13 @@ class Node:
             self._healing.pop(cid).set()
 
     async def _from_network(self, cid: CID) -> Block:
-        """A copy of ``cid`` from another node (FIND_BLOCK), verified here
-        again; BlockNotFoundError if no node answers with one."""
+        """A copy of ``cid`` from another node (FIND_BLOCK), verified as it
+        came in; BlockNotFoundError if no node answers with one."""
         online = self.replicator is not None and self.dht is not None and len(self.dht.table)
-        data = await self.replicator.fetch(cid) if online and self.replicator is not None else None
-        if data is None:
+        block = await self.replicator.fetch(cid) if online and self.replicator is not None else None
+        if block is None:
             raise BlockNotFoundError(cid, "the repository nor on any node of the network")
-        return Block(cid, data)  # verified again: nothing unverified is kept
+        return block  # a Block: verified by the driver as it came in
 
     def heal_soon(self, cid: CID) -> None:
         """Heal ``cid`` in the background (a damage found while serving a peer)."""

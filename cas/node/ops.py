@@ -84,23 +84,31 @@ class _FileFrom:
 
 
 class _PackFirst:
-    """What a worker thread reads a file through for the ``write_file`` op:
+    """What a worker thread reads a file through for the ``write_file`` op
+    (a :class:`cas.blocks.BlockSource` that :class:`cas.blocks.LooksUpInBatches`):
     large blocks straight from their packs, in that thread (the one read
     safe from any thread, ``get_file_block``); anything else (small nodes,
     blocks put since the last barrier, blocks on peers) as the ``get`` op
-    finds it, on the node's thread."""
+    finds it, on the node's thread. The walk's read-ahead hint reaches it
+    as a batch look-up; what is not in a pack is handed to
+    ``read_ahead`` (the node fetches from the network what it lacks)."""
 
-    def __init__(self, blocks: Any, get: Callable[[CID], Awaitable[bytes]], token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, blocks: Any, get: Callable[[CID], Awaitable[bytes]], token: trio.lowlevel.TrioToken,
+                 read_ahead: Callable[[Sequence[CID]], None]) -> None:
         self._blocks = blocks
         self._get = get
         self._token = token
+        self._read_ahead = read_ahead
 
     def fetchers(self, cids: Sequence[CID]) -> list[Callable[[], bytes | None] | None]:
         # The reader's batched look-ups (files._LeafLookups), through this
         # thread's connection; a copy that fails verification is left to
         # the node's get, which quarantines it and heals it.
-        return [None if fetch is None else partial(self._or_none, fetch)
-                for fetch in self._blocks.fetchers(cids, committed=True)]
+        found = self._blocks.fetchers(cids, committed=True)
+        elsewhere = [cid for cid, fetch in zip(cids, found, strict=True) if fetch is None]
+        if elsewhere:
+            trio.from_thread.run_sync(self._read_ahead, elsewhere, trio_token=self._token)
+        return [None if fetch is None else partial(self._or_none, fetch) for fetch in found]
 
     @staticmethod
     def _or_none(fetch: Callable[[], bytes | None]) -> bytes | None:
@@ -264,7 +272,7 @@ async def write_file(request: ops.WriteFile, ctx: OpContext) -> AsyncIterator[li
     fd = ctx.client.take_fd()
     cid, offset, length = request.cid, request.offset, request.length  # checked by the schema
     token = trio.lowlevel.current_trio_token()
-    reader = _PackFirst(ctx.store.blocks, partial(read_block, ctx.node), token)
+    reader = _PackFirst(ctx.store.blocks, partial(read_block, ctx.node), token, ctx.node.read_ahead)
     gone = threading.Event()
     # Who closes fd: the thread once it has begun (a write may outlast
     # the request: a stalled pipe), else the op, if it gives up first.
@@ -291,7 +299,7 @@ async def write_file(request: ops.WriteFile, ctx: OpContext) -> AsyncIterator[li
                 next_report = written + WRITE_REPORT_BYTES
 
         try:
-            report("done", write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set,  # type: ignore[arg-type]  # it reads get and fetchers only (issue 15: one reader)
+            report("done", write_file_to(reader, cid, fd, offset, length, stopped=gone.is_set,
                                          progress=progress))
         except BaseException as exc:
             report("failed", exc)
