@@ -51,12 +51,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from .ids import NodeID
 from .routing import Contact
 
 DEFAULT_REPLICAS = 3
 """R: copies kept of every block on the nodes closest to it (DESIGN.md)."""
+
+_T = TypeVar("_T")
 
 MAX_STORES_IN_FLIGHT = DEFAULT_REPLICAS
 """STORE_BLOCK requests one placement has outstanding: one per window slot."""
@@ -186,7 +189,7 @@ class Placement:
         the block: every holder repairs the same block in the same round
         (they see the same death), and that one makes the copies; this
         node asks again a little later and fills only what is still
-        missing (see ``REPAIR_DEFER`` in the replicator)."""
+        missing (see ``REPAIR_DEFER`` in :mod:`cas.dht.repair_round`)."""
         for node_id in self._order:
             if self._state[node_id] is Slot.HAS:
                 return node_id != self.own_id
@@ -279,19 +282,19 @@ def may_drop(plan: Placement, *, own: bool) -> bool:
     return (not own) and plan.done and not plan.responsible() and plan.complete
 
 
-def have_batches(windows: Mapping[object, Sequence[Contact]], limit: int) -> dict[NodeID, list[object]]:
+def have_batches(windows: Mapping[_T, Sequence[Contact]], limit: int) -> dict[NodeID, list[_T]]:
     """Group presence questions by peer: for each block (any hashable id,
     e.g. a CID) and the contacts to ask about it, the blocks to put in one
     HAVE per peer, at most ``limit`` per batch (further batches follow in
     order in the returned lists; the caller slices by ``limit``)."""
-    out: dict[NodeID, list[object]] = {}
+    out: dict[NodeID, list[_T]] = {}
     for block, contacts in windows.items():
         for contact in contacts:
             out.setdefault(contact.node_id, []).append(block)
     return out
 
 
-def chunks(items: Sequence[object], size: int) -> Iterable[Sequence[object]]:
+def chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     """``items`` in consecutive slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
