@@ -509,72 +509,91 @@ class Replicator:
             leases = await self.store.leases()
             repair = RepairRound(await self.store.all_blocks(), leases, own_id=self.dht.own_id,
                                  replicas=self.replicas, lease=self.lease)
-            await self._drive(repair)
+            await _RoundDriver(self, repair).run()
             await self._check_index()
             self.stats.rounds += 1
             self.stats.last_round = repair.report
             return repair.report
 
-    async def _drive(self, repair: RepairRound) -> None:
-        """Perform ``repair``'s actions, and those its answers bring, until it is done."""
-        have_limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
+
+class _RoundDriver:
+    """Performs one :class:`~cas.dht.repair_round.RepairRound`'s actions for
+    a :class:`Replicator`, each in a task of its own as it comes, and feeds
+    the answers back, until the round is done."""
+
+    def __init__(self, replicator: Replicator, repair: RepairRound) -> None:
+        self.replicator = replicator
+        self.dht = replicator.dht
+        self.repair = repair
+        self.have_limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
         # Copies are made for many blocks at once, as an add's are, so that
         # the stores bound for one peer share messages; at most `workers`
         # blocks' bytes are in memory at a time.
-        copy_limit = trio.CapacityLimiter(self.workers)
+        self.copy_limit = trio.CapacityLimiter(replicator.workers)
+        self._nursery: trio.Nursery | None = None
 
-        def perform(actions: Iterable[Action]) -> None:
-            for action in actions:
-                if isinstance(action, Record):
-                    self._record(action.cid, action.holders, own=action.own)
-                    if action.lease_end is not None:  # retried for what is left of its lease
-                        self._lease_ends[action.cid] = action.lease_end
-                else:
-                    nursery.start_soon(act, action)
+    async def run(self) -> None:
+        async with trio.open_nursery() as self._nursery:
+            self.perform(self.repair.start(trio.current_time()))
+        assert self.repair.done, self.repair.phase  # every action answered: nothing left to wait for
 
-        async def act(action: Action) -> None:
-            if isinstance(action, LookUp):
-                try:
-                    found = await self.dht.find_node(action.key)
-                except CasError:
-                    perform(repair.on_lookup_failed(action.cid, now=trio.current_time()))
-                    return
-                perform(repair.on_lookup(action.cid, found.lookup.closest,
-                                         exhaustive=self._exhaustive(found.lookup.closest, found.lookup.failures),
-                                         now=trio.current_time()))
+    def perform(self, actions: Iterable[Action]) -> None:
+        assert self._nursery is not None
+        for action in actions:
+            if isinstance(action, Record):
+                self.replicator._record(action.cid, action.holders, own=action.own)
+                if action.lease_end is not None:  # retried for what is left of its lease
+                    self.replicator._lease_ends[action.cid] = action.lease_end
+            elif isinstance(action, LookUp):
+                self._nursery.start_soon(self.look_up, action)
             elif isinstance(action, AskHave):
-                async with have_limit:
-                    present = await self.dht.have(action.peer, action.cids, action.lease)
-                perform(repair.on_have(action.peer, action.cids, present, now=trio.current_time()))
+                self._nursery.start_soon(self.ask, action)
             elif isinstance(action, Copy):
-                async with copy_limit:
-                    await copy(action)
+                self._nursery.start_soon(self.copy, action)
             elif isinstance(action, Wait):
-                await trio.sleep_until(action.until)
-                perform(repair.on_time(trio.current_time()))
-            elif isinstance(action, Drop):
-                for cid in action.expired:
-                    self._forget(cid)
-                dropped = len(await self.store.drop(list(action.cids)))
-                self.stats.repair_dropped += dropped
-                perform(repair.on_dropped(dropped, now=trio.current_time()))
+                self._nursery.start_soon(self.wait, action)
+            else:
+                self._nursery.start_soon(self.drop, action)
 
-        async def copy(action: Copy) -> None:
-            """One block's copies, round after round, its bytes read once."""
+    async def look_up(self, action: LookUp) -> None:
+        try:
+            found = await self.dht.find_node(action.key)
+        except CasError:
+            self.perform(self.repair.on_lookup_failed(action.cid, now=trio.current_time()))
+            return
+        closest, failures = found.lookup.closest, found.lookup.failures
+        self.perform(self.repair.on_lookup(action.cid, closest, now=trio.current_time(),
+                                           exhaustive=self.replicator._exhaustive(closest, failures)))
+
+    async def ask(self, action: AskHave) -> None:
+        async with self.have_limit:
+            present = await self.dht.have(action.peer, action.cids, action.lease)
+        self.perform(self.repair.on_have(action.peer, action.cids, present, now=trio.current_time()))
+
+    async def copy(self, action: Copy) -> None:
+        """One block's copies, round after round, its bytes read once."""
+        async with self.copy_limit:
             try:
-                data = await self.store.get(action.cid)
+                data = await self.replicator.store.get(action.cid)
             except CasError:  # gone meanwhile (gc, a drop)
-                perform(repair.on_unreadable(action.cid, now=trio.current_time()))
+                self.perform(self.repair.on_unreadable(action.cid, now=trio.current_time()))
                 return
-            next_copy: Copy | None = action
-            while next_copy is not None:
-                peers = list(next_copy.peers)
-                outcomes = await self._store_round(peers, next_copy.cid, data, next_copy.lease, repair=True)
-                others = repair.on_copied(next_copy.cid, [(peer, outcome.status) for peer, outcome
-                                                           in zip(peers, outcomes)], now=trio.current_time())
-                next_copy = next((a for a in others if isinstance(a, Copy) and a.cid == action.cid), None)
-                perform(a for a in others if a is not next_copy)
+            step: Copy | None = action
+            while step is not None:
+                peers = list(step.peers)
+                outcomes = await self.replicator._store_round(peers, step.cid, data, step.lease, repair=True)
+                answers = [(peer, outcome.status) for peer, outcome in zip(peers, outcomes)]
+                actions = self.repair.on_copied(step.cid, answers, now=trio.current_time())
+                step = next((a for a in actions if isinstance(a, Copy) and a.cid == action.cid), None)
+                self.perform(a for a in actions if a is not step)
 
-        async with trio.open_nursery() as nursery:
-            perform(repair.start(trio.current_time()))
-        assert repair.done, repair.phase  # every action answered: nothing left to wait for
+    async def wait(self, action: Wait) -> None:
+        await trio.sleep_until(action.until)
+        self.perform(self.repair.on_time(trio.current_time()))
+
+    async def drop(self, action: Drop) -> None:
+        for cid in action.expired:
+            self.replicator._forget(cid)
+        dropped = len(await self.replicator.store.drop(list(action.cids)))
+        self.replicator.stats.repair_dropped += dropped
+        self.perform(self.repair.on_dropped(dropped, now=trio.current_time()))
