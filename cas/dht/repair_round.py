@@ -197,6 +197,8 @@ Action = LookUp | AskHave | Copy | Wait | Record | Drop
 
 
 class Phase(Enum):
+    """Where a round is (each phase's events are ignored in the others)."""
+
     NEW = "new"
     LOOKING = "looking"
     ASKING = "asking"
@@ -226,7 +228,7 @@ class RepairRound:
         self.replicas = replicas
         self._leases = dict(leases)
         self._expired = [cid for cid, left in self._leases.items() if left < 1]
-        self._blocks = [cid for cid in blocks if self._leases.get(cid, 1) >= 1]
+        self._blocks = [cid for cid in dict.fromkeys(blocks) if self._leases.get(cid, 1) >= 1]  # each once
         self._renewal = min(math.ceil(lease), MAX_LEASE)
         self.report = RepairReport(blocks=len(self._blocks), expired=len(self._expired))
         self.phase = Phase.NEW
@@ -348,7 +350,7 @@ class RepairRound:
             known = self._this_round.ranked_for(key, 2 * self.replicas, now)
             if known is not None:
                 self._closest[cid] = known
-            elif cid not in self._looking:
+            else:
                 self._looking.add(cid)
                 actions.append(LookUp(cid, key))
         if self._looking or self._queue:
