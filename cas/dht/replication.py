@@ -48,6 +48,7 @@ Rules for this file (as h11's state module has):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -228,16 +229,20 @@ class Neighbourhood:
         """The members provably nearest to ``key``, nearest first, if there
         are at least ``wanted`` of them (or all of them, when the answer is
         exhaustive); else None: a lookup is needed."""
-        ranked = sorted(self.closest, key=lambda c: c.node_id ^ key)
         if self.exhaustive:
-            return ranked  # there is no one else to rank
+            return sorted(self.closest, key=lambda c: c.node_id ^ key)  # there is no one else to rank
         if not self.closest:
             return None
-        farthest = max(c.node_id ^ self.target for c in self.closest)
         shift = (key ^ self.target).bit_length()
-        bound = ((farthest + 1) >> shift) << shift
-        provable = [c for c in ranked if c.node_id ^ key < bound]
-        return provable if len(provable) >= wanted else None
+        bound = ((self._farthest + 1) >> shift) << shift
+        if not bound:
+            return None  # a key that far from the target: nothing is provable (checked first: it is the common case)
+        provable = [c for c in self.closest if c.node_id ^ key < bound]
+        return sorted(provable, key=lambda c: c.node_id ^ key) if len(provable) >= wanted else None
+
+    @functools.cached_property
+    def _farthest(self) -> int:
+        return max(c.node_id ^ self.target for c in self.closest)
 
 
 class NeighbourhoodCache:
