@@ -48,15 +48,19 @@ Rules for this file (as h11's state module has):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from .ids import NodeID
 from .routing import Contact
 
 DEFAULT_REPLICAS = 3
 """R: copies kept of every block on the nodes closest to it (DESIGN.md)."""
+
+_T = TypeVar("_T")
 
 MAX_STORES_IN_FLIGHT = DEFAULT_REPLICAS
 """STORE_BLOCK requests one placement has outstanding: one per window slot."""
@@ -186,7 +190,7 @@ class Placement:
         the block: every holder repairs the same block in the same round
         (they see the same death), and that one makes the copies; this
         node asks again a little later and fills only what is still
-        missing (see ``REPAIR_DEFER`` in the replicator)."""
+        missing (see ``REPAIR_DEFER`` in :mod:`cas.dht.repair_round`)."""
         for node_id in self._order:
             if self._state[node_id] is Slot.HAS:
                 return node_id != self.own_id
@@ -225,16 +229,20 @@ class Neighbourhood:
         """The members provably nearest to ``key``, nearest first, if there
         are at least ``wanted`` of them (or all of them, when the answer is
         exhaustive); else None: a lookup is needed."""
-        ranked = sorted(self.closest, key=lambda c: c.node_id ^ key)
         if self.exhaustive:
-            return ranked  # there is no one else to rank
+            return sorted(self.closest, key=lambda c: c.node_id ^ key)  # there is no one else to rank
         if not self.closest:
             return None
-        farthest = max(c.node_id ^ self.target for c in self.closest)
         shift = (key ^ self.target).bit_length()
-        bound = ((farthest + 1) >> shift) << shift
-        provable = [c for c in ranked if c.node_id ^ key < bound]
-        return provable if len(provable) >= wanted else None
+        bound = ((self._farthest + 1) >> shift) << shift
+        if not bound:
+            return None  # a key that far from the target: nothing is provable (checked first: it is the common case)
+        provable = [c for c in self.closest if c.node_id ^ key < bound]
+        return sorted(provable, key=lambda c: c.node_id ^ key) if len(provable) >= wanted else None
+
+    @functools.cached_property
+    def _farthest(self) -> int:
+        return max(c.node_id ^ self.target for c in self.closest)
 
 
 class NeighbourhoodCache:
@@ -279,19 +287,19 @@ def may_drop(plan: Placement, *, own: bool) -> bool:
     return (not own) and plan.done and not plan.responsible() and plan.complete
 
 
-def have_batches(windows: Mapping[object, Sequence[Contact]], limit: int) -> dict[NodeID, list[object]]:
+def have_batches(windows: Mapping[_T, Sequence[Contact]], limit: int) -> dict[NodeID, list[_T]]:
     """Group presence questions by peer: for each block (any hashable id,
     e.g. a CID) and the contacts to ask about it, the blocks to put in one
     HAVE per peer, at most ``limit`` per batch (further batches follow in
     order in the returned lists; the caller slices by ``limit``)."""
-    out: dict[NodeID, list[object]] = {}
+    out: dict[NodeID, list[_T]] = {}
     for block, contacts in windows.items():
         for contact in contacts:
             out.setdefault(contact.node_id, []).append(block)
     return out
 
 
-def chunks(items: Sequence[object], size: int) -> Iterable[Sequence[object]]:
+def chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     """``items`` in consecutive slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start:start + size]

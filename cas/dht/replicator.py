@@ -7,14 +7,16 @@ confirmed holders of every block placed or repaired (a
 :class:`~cas.dht.holders.HolderIndex`, told at once when a holder is found
 dead), the background retry of blocks short of R copies, fetching a block
 the node lacks (FIND_BLOCK, verified by the driver), and the periodic
-repair round (lookups, one batched HAVE per peer, the stores the plans ask
-for, and dropping held copies the plans release).
+repair round's I/O: it performs what
+:class:`~cas.dht.repair_round.RepairRound` asks (lookups, batched HAVEs,
+stores, the wait before deferred blocks, drops) with the DHT driver and
+the store, and feeds the answers back.
 
-Must never: decide where copies go or whether one may be dropped (the
-sans-IO planner in :mod:`cas.dht.replication` does), touch the repository
-other than through the :class:`ReplicaStore` it is given (the node runs
-those calls in its store thread), or let one block's failure stop the
-others.
+Must never: decide where copies go, whether one may be dropped or what a
+repair round does next (the sans-IO planners in :mod:`cas.dht.replication`
+and :mod:`cas.dht.repair_round` do), touch the repository other than
+through the :class:`ReplicaStore` it is given (the node runs those calls
+in its store thread), or let one block's failure stop the others.
 """
 
 from __future__ import annotations
@@ -35,15 +37,19 @@ from ..store import DEFAULT_LEASE
 from .driver import DhtDriver
 from .holders import HolderIndex
 from .ids import key_for_digest
-from .replication import (
-    DEFAULT_REPLICAS,
-    Neighbourhood,
-    NeighbourhoodCache,
-    Placement,
-    chunks,
-    have_batches,
-    may_drop,
+from .repair_round import (
+    LOOKUP_CONCURRENCY,
+    Action,
+    AskHave,
+    Copy,
+    Drop,
+    LookUp,
+    Record,
+    RepairReport,
+    RepairRound,
+    Wait,
 )
+from .replication import DEFAULT_REPLICAS, Neighbourhood, NeighbourhoodCache, Placement
 from .routing import Contact
 from .store_batches import StoreOutcome
 
@@ -84,30 +90,10 @@ DIRECT_FETCH_TIMEOUT = 1.0
 """Seconds a likely holder asked directly for a block has to answer before
 the next is asked (a frozen or overloaded peer costs a reader this much)."""
 
-REPAIR_DEFER = 5.0
-"""Seconds a holder that knows of a nearer holder of a block waits, in a
-repair round, before it asks again and makes the copies still missing: the
-nearer one makes them first (measured before: every surviving holder sent
-the same copy, 1.55-2.3x the bytes to restore at R = 3)."""
-
-LOOKUP_CONCURRENCY = 4
-"""Lookups in flight during a repair round."""
-
 INDEX_CHECK_BATCH = 4096
 """Blocks of the holder index checked against the store in one store-thread
 call after a repair round (a few milliseconds: the node's other store calls
 run between them)."""
-
-HAVE_BATCH = 32
-"""CIDs asked about in one HAVE (the wire allows 1024). A node answers yes
-only for copies it verified within its scrub period, and re-reads at most
-16 MiB per HAVE to verify the others (``cas.node.config.HAVE_VERIFY_BYTES``);
-past that it answers no, and the asker sends a copy it already has. Copies
-placed minutes ago have not been re-read yet, so a repair round's batches
-of 1024 were answered no past their first ~60 blocks and sent again:
-bench/churn.py measured 3.2-6.4 times the bytes to restore. 32 blocks of
-the 256 KiB average chunk are 8 MiB, within the answerer's budget even for
-blocks twice that size; it costs one more small message per 32 blocks."""
 
 BUSY_PAUSES = (0.25, 0.5, 1.0, 2.0)
 """Seconds waited before asking a peer that answered ``busy`` (its rate
@@ -136,18 +122,6 @@ class ReplicaStore(Protocol):
     async def sizes(self, cids: list[CID]) -> dict[CID, int]:
         """The size of each of ``cids`` stored here; those not stored are left out."""
         ...
-
-
-@dataclass
-class RepairReport:
-    """What one repair round did."""
-
-    blocks: int = 0
-    stores: int = 0
-    dropped: int = 0
-    short: int = 0
-    expired: int = 0
-    """Held blocks whose lease had run out: not repaired, dropped."""
 
 
 @dataclass
@@ -342,46 +316,58 @@ class Replicator:
     async def _find_candidates(self, key: int) -> list[Contact]:
         """A lookup's closest nodes for ``key`` (remembered for nearby keys)."""
         found = await self.dht.find_node(key)
-        self._remember(found.lookup.closest, key, found.lookup.failures, self.neighbourhoods)
+        self._remember(found.lookup.closest, key, found.lookup.failures)
         return with_table(found.lookup.closest, self.dht, key, self.replicas)
 
-    def _remember(self, closest: Sequence[Contact], key: int, failures: int,
-                 cache: NeighbourhoodCache) -> None:
-        # A lookup that found fewer than k with no query failing ran out of
-        # nodes to ask: every reachable node is in its answer.
-        exhaustive = len(closest) < self.dht.k and failures == 0
-        cache.add(Neighbourhood(key, tuple(closest), exhaustive), trio.current_time())
+    def _remember(self, closest: Sequence[Contact], key: int, failures: int) -> None:
+        answer = Neighbourhood(key, tuple(closest), self._exhaustive(closest, failures))
+        self.neighbourhoods.add(answer, trio.current_time())
 
-    async def _execute(self, plan: Placement, cid: CID, data: bytes, lease: int | None = None, *,
-                       repair: bool = False) -> int:
+    def _exhaustive(self, closest: Sequence[Contact], failures: int) -> bool:
+        """A lookup that found fewer than k with no query failing ran out of
+        nodes to ask: every reachable node is in its answer."""
+        return len(closest) < self.dht.k and failures == 0
+
+    async def _execute(self, plan: Placement, cid: CID, data: bytes, lease: int | None = None) -> None:
         """Send the stores ``plan`` asks for, each for ``lease`` seconds (None:
-        the whole lease), until it is done; returns how many were sent.
+        the whole lease), until it is done.
 
         In rounds: every store the plan asks for at once goes out together
         (one wait for all their answers), then the plan is told each outcome
         and may ask for more (a refusal or failure moves its window)."""
-        sent = 0
         actions = plan.next_actions()
         while actions:
             peers = [action.peer for action in actions]
-            sent += len(peers)
-            outcomes = await self.dht.store_block_on(peers, cid, data, lease)
-            if any(outcome.status != "stored" for outcome in outcomes):
-                outcomes = await self._settle_stores(peers, outcomes, cid, data, lease)
+            outcomes = await self._store_round(peers, cid, data, lease)
             actions = []
             for peer, outcome in zip(peers, outcomes):
                 if outcome.status == "stored":
-                    self._count_store(peer, len(data), repair)
                     actions += plan.on_stored(peer)
                 elif outcome.status == "refused":
-                    self.stats.refusals += 1
                     actions += plan.on_refused(peer)
                 else:
-                    self.stats.peer_store_failures[peer.node_id] += 1
-                    self.neighbourhoods.forget(peer.node_id)
                     actions += plan.on_failed(peer)
-        self.stats.stores_sent += sent
-        return sent
+
+    async def _store_round(self, peers: list[Contact], cid: CID, data: bytes, lease: int | None, *,
+                           repair: bool = False) -> list[StoreOutcome]:
+        """STORE_BLOCK ``cid`` on every one of ``peers`` at once, for ``lease``
+        seconds (None: the whole lease), and each one's final outcome (busy
+        and dropped-connection stores retried, :meth:`_settle_stores`),
+        counted in the stats; a peer that failed leaves the remembered
+        lookup answers."""
+        self.stats.stores_sent += len(peers)
+        outcomes = await self.dht.store_block_on(peers, cid, data, lease)
+        if any(outcome.status != "stored" for outcome in outcomes):
+            outcomes = await self._settle_stores(peers, outcomes, cid, data, lease)
+        for peer, outcome in zip(peers, outcomes):
+            if outcome.status == "stored":
+                self._count_store(peer, len(data), repair)
+            elif outcome.status == "refused":
+                self.stats.refusals += 1
+            else:
+                self.stats.peer_store_failures[peer.node_id] += 1
+                self.neighbourhoods.forget(peer.node_id)
+        return outcomes
 
     async def _settle_stores(self, peers: list[Contact], outcomes: list[StoreOutcome],
                              cid: CID, data: bytes, lease: int | None) -> list[StoreOutcome]:
@@ -513,141 +499,103 @@ class Replicator:
             await self.repair()
 
     async def repair(self) -> RepairReport:
-        """One round over every block this node holds: find each one's
-        closest nodes, ask them HAVE in one batch per peer (renewing the
-        leases of this node's own blocks as it asks), store where copies
-        are missing (and on closer newcomers) for what is left of each
-        block's lease, and drop held copies this node is no longer
-        responsible for once R others are confirmed. A held block whose
-        lease ran out is not repaired but dropped: nobody wants it kept."""
+        """One round over every block this node holds (the steps and their
+        rules are :class:`~cas.dht.repair_round.RepairRound`'s): this driver
+        performs the round's actions as they come, concurrently (the round
+        keeps ``LOOKUP_CONCURRENCY`` lookups out; here at most twice that
+        many HAVEs and ``workers`` blocks' copies run at a time), records
+        each block's holders and drops what the round releases."""
         async with self._repair_lock:
-            report = RepairReport()
             if not len(self.dht.table):
-                return report
+                return RepairReport()
             leases = await self.store.leases()
-            # Under a second left counts as run out: leases travel in whole
-            # seconds, always rounded down, so copying one never adds time.
-            expired = [cid for cid, left in leases.items() if left < 1]
-            report.expired = len(expired)
-            blocks = [cid for cid in await self.store.all_blocks() if leases.get(cid, 1) >= 1]
-            report.blocks = len(blocks)
-            closest = await self._lookups(blocks)
-            own = {cid for cid in blocks if cid not in leases}
-            presence = await self._have(closest, own=own)
-            droppable: list[CID] = list(expired)
-            now = trio.current_time()
-
-            def conclude(cid: CID, plan: Placement) -> None:
-                self._record(cid, plan.holders(), own=cid not in leases)
-                if cid in leases and not plan.complete:  # retried for what is left of its lease
-                    self._lease_ends[cid] = now + leases[cid]
-                if not plan.complete:
-                    report.short += 1
-                if may_drop(plan, own=cid not in leases):
-                    droppable.append(cid)
-
-            # Copies are made for many blocks at once, as an add's are, so
-            # that the stores bound for one peer share messages; at most
-            # `workers` blocks' bytes are in memory at a time.
-            limit = trio.CapacityLimiter(self.workers)
-
-            async def make_copies(cid: CID, plan: Placement) -> None:
-                async with limit:
-                    try:
-                        data = await self.store.get(cid)
-                    except CasError:
-                        return  # gone meanwhile (gc, a drop)
-                    lease = min(math.floor(leases[cid]), MAX_LEASE) if cid in leases else None  # held: what is left
-                    sent = await self._execute(plan, cid, data, lease, repair=True)
-                report.stores += sent  # (not `+= await`: that would add to a stale count)
-                conclude(cid, plan)
-
-            def plan_for(cid: CID, known: dict[int, bool]) -> Placement:
-                return Placement(key_for_digest(cid.digest), closest[cid], own_id=self.dht.own_id, local=True,
-                                 replicas=self.replicas, known=known)
-
-            deferred: list[CID] = []
-            async with trio.open_nursery() as nursery:
-                for cid in blocks:
-                    if cid not in closest:
-                        continue
-                    plan = plan_for(cid, presence.get(cid, {}))
-                    if plan.done:
-                        conclude(cid, plan)
-                    elif plan.defers():
-                        deferred.append(cid)
-                    else:
-                        nursery.start_soon(make_copies, cid, plan)
-            if deferred:  # a nearer holder makes these copies; fill what it has not
-                await trio.sleep(REPAIR_DEFER)
-                again = await self._have({cid: closest[cid] for cid in deferred}, own=own)
-                async with trio.open_nursery() as nursery:
-                    for cid in deferred:
-                        plan = plan_for(cid, again.get(cid, {}))
-                        if plan.done:
-                            conclude(cid, plan)
-                        else:
-                            nursery.start_soon(make_copies, cid, plan)
-            for cid in expired:
-                self._forget(cid)
-            if droppable:
-                report.dropped = len(await self.store.drop(droppable))
-                self.stats.repair_dropped += report.dropped
+            repair = RepairRound(await self.store.all_blocks(), leases, own_id=self.dht.own_id,
+                                 replicas=self.replicas, lease=self.lease)
+            await _RoundDriver(self, repair).run()
             await self._check_index()
             self.stats.rounds += 1
-            self.stats.last_round = report
-            return report
+            self.stats.last_round = repair.report
+            return repair.report
 
-    async def _lookups(self, blocks: list[CID]) -> dict[CID, list[Contact]]:
-        """Each block's closest nodes, from lookups made in this round: one
-        lookup answers for every block its answer provably covers."""
-        out: dict[CID, list[Contact]] = {}
-        limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
-        this_round = NeighbourhoodCache(ttl=math.inf, size=256)
 
-        async def one(cid: CID) -> None:
-            key = key_for_digest(cid.digest)
-            async with limit:
-                # 2R, not R: the plan moves past refusals to the next closest.
-                known = this_round.ranked_for(key, 2 * self.replicas, trio.current_time())
-                if known is not None:
-                    out[cid] = known
-                    return
-                try:
-                    found = await self.dht.find_node(key)
-                except CasError:
-                    return
-                self._remember(found.lookup.closest, key, found.lookup.failures, this_round)
-                out[cid] = list(found.lookup.closest)
+class _RoundDriver:
+    """Performs one :class:`~cas.dht.repair_round.RepairRound`'s actions for
+    a :class:`Replicator`, each in a task of its own as it comes, and feeds
+    the answers back, until the round is done."""
 
-        async with trio.open_nursery() as nursery:
-            for cid in blocks:
-                nursery.start_soon(one, cid)
-        return out
+    def __init__(self, replicator: Replicator, repair: RepairRound) -> None:
+        self.replicator = replicator
+        self.dht = replicator.dht
+        self.repair = repair
+        self.have_limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
+        # Copies are made for many blocks at once, as an add's are, so that
+        # the stores bound for one peer share messages; at most `workers`
+        # blocks' bytes are in memory at a time.
+        self.copy_limit = trio.CapacityLimiter(replicator.workers)
+        self._nursery: trio.Nursery | None = None
 
-    async def _have(self, closest: dict[CID, list[Contact]], own: set[CID]) -> dict[CID, dict[int, bool]]:
-        """HAVE, batched per peer, for each block's R nearest other nodes;
-        those asked about this node's ``own`` blocks are asked to keep them
-        another whole lease (the renewal)."""
-        windows = {cid: contacts[: self.replicas] for cid, contacts in closest.items()}
-        contacts: dict[int, Contact] = {c.node_id: c for cs in windows.values() for c in cs}
-        answers: dict[CID, dict[int, bool]] = {}
-        limit = trio.CapacityLimiter(LOOKUP_CONCURRENCY * 2)
+    async def run(self) -> None:
+        async with trio.open_nursery() as self._nursery:
+            self.perform(self.repair.start(trio.current_time()))
+        assert self.repair.done, self.repair.phase  # every action answered: nothing left to wait for
 
-        async def ask(node_id: int, cids: Sequence[CID], lease: int) -> None:
-            async with limit:
-                present = await self.dht.have(contacts[node_id], cids, lease)
-            if present is None or len(present) != len(cids):
-                return  # unanswered: the plan stores there (a holder just acknowledges)
-            for cid, has in zip(cids, present):
-                answers.setdefault(cid, {})[node_id] = has
+    def perform(self, actions: Iterable[Action]) -> None:
+        assert self._nursery is not None
+        for action in actions:
+            if isinstance(action, Record):
+                self.replicator._record(action.cid, action.holders, own=action.own)
+                if action.lease_end is not None:  # retried for what is left of its lease
+                    self.replicator._lease_ends[action.cid] = action.lease_end
+            elif isinstance(action, LookUp):
+                self._nursery.start_soon(self.look_up, action)
+            elif isinstance(action, AskHave):
+                self._nursery.start_soon(self.ask, action)
+            elif isinstance(action, Copy):
+                self._nursery.start_soon(self.copy, action)
+            elif isinstance(action, Wait):
+                self._nursery.start_soon(self.wait, action)
+            else:
+                self._nursery.start_soon(self.drop, action)
 
-        renewal = min(math.ceil(self.lease), MAX_LEASE)
-        async with trio.open_nursery() as nursery:
-            for lease, which in ((renewal, True), (0, False)):
-                by_peer = have_batches({cid: w for cid, w in windows.items() if (cid in own) is which},
-                                       HAVE_BATCH)
-                for node_id, cids in by_peer.items():
-                    for batch in chunks(cids, HAVE_BATCH):
-                        nursery.start_soon(ask, node_id, batch, lease)  # type: ignore[arg-type]
-        return answers
+    async def look_up(self, action: LookUp) -> None:
+        try:
+            found = await self.dht.find_node(action.key)
+        except CasError:
+            self.perform(self.repair.on_lookup_failed(action.cid, now=trio.current_time()))
+            return
+        closest, failures = found.lookup.closest, found.lookup.failures
+        self.perform(self.repair.on_lookup(action.cid, closest, now=trio.current_time(),
+                                           exhaustive=self.replicator._exhaustive(closest, failures)))
+
+    async def ask(self, action: AskHave) -> None:
+        async with self.have_limit:
+            present = await self.dht.have(action.peer, action.cids, action.lease)
+        self.perform(self.repair.on_have(action.peer, action.cids, present, now=trio.current_time()))
+
+    async def copy(self, action: Copy) -> None:
+        """One block's copies, round after round, its bytes read once."""
+        async with self.copy_limit:
+            try:
+                data = await self.replicator.store.get(action.cid)
+            except CasError:  # gone meanwhile (gc, a drop)
+                self.perform(self.repair.on_unreadable(action.cid, now=trio.current_time()))
+                return
+            step: Copy | None = action
+            while step is not None:
+                peers = list(step.peers)
+                outcomes = await self.replicator._store_round(peers, step.cid, data, step.lease, repair=True)
+                answers = [(peer, outcome.status) for peer, outcome in zip(peers, outcomes)]
+                actions = self.repair.on_copied(step.cid, answers, now=trio.current_time())
+                step = next((a for a in actions if isinstance(a, Copy) and a.cid == action.cid), None)
+                self.perform(a for a in actions if a is not step)
+
+    async def wait(self, action: Wait) -> None:
+        await trio.sleep_until(action.until)
+        self.perform(self.repair.on_time(trio.current_time()))
+
+    async def drop(self, action: Drop) -> None:
+        for cid in action.expired:
+            self.replicator._forget(cid)
+        dropped = len(await self.replicator.store.drop(list(action.cids)))
+        self.replicator.stats.repair_dropped += dropped
+        self.perform(self.repair.on_dropped(dropped, now=trio.current_time()))

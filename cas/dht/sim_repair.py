@@ -6,9 +6,11 @@ kept on the R nodes nearest their keys, the repair rounds every node runs,
 and the ``python -m cas.dht.sim_repair`` command that prints durability and
 repair traffic over simulated months as a table.
 
-Must never: reimplement the placement rules. Every repair of a block is a
-:class:`~cas.dht.replication.Placement` seeded with what its holders know
-(HAVE answers), and its stores are the ones the planner asks for.
+Must never: reimplement the repair round or the placement rules. Every
+node's round is a :class:`~cas.dht.repair_round.RepairRound`, the planner
+the node runs, and this module is only its second driver: it answers the
+round's lookups, HAVEs and stores from the model, and does the copies and
+drops the round asks for.
 
 The model (its limits are those of :mod:`cas.dht.sim` plus these):
 
@@ -16,17 +18,20 @@ The model (its limits are those of :mod:`cas.dht.sim` plus these):
   is replaced with probability ``churn_per_day * interval / 86400``: it dies
   at once with everything it held, and a node with a new uniformly random ID
   joins. The network keeps ``nodes`` nodes.
-* **Repair.** At the end of each step, every block touched by the step (a
-  holder died, or a newcomer is nearer its key than one of its holders) is
-  repaired as the real round does it: the placement set is the R live nodes
-  nearest the key (the global view stands in for the lookup, which finds
-  them in a healthy network, see ``docs/dht.md``), the surviving holders'
-  presence seeds the plan, and every store it asks for succeeds. A holder
-  outside the set drops its copy once the set holds R (``may_drop``). All
-  rounds of a step happen together: a block is stored once per missing
-  copy, not once per surviving holder (real rounds are not aligned, so the
-  first round usually finds the copy made; bench/cluster.py shows the
-  aligned worst case).
+* **Repair.** At the end of each step, every live holder of a block the
+  step touched (a holder died, or a newcomer is nearer its key than one of
+  its holders) runs a repair round over those blocks (over the others its
+  HAVEs would find every copy in place and do nothing). The rounds start
+  together, as they do after a death every holder sees, and their actions
+  are performed in turn, first come first served: a lookup is answered
+  with the ``K`` live nodes nearest the key (the global view stands in for
+  the lookup, which finds them in a healthy network, see ``docs/dht.md``),
+  a HAVE with what the peer holds at that moment, and every store
+  succeeds. So a holder that knows of a nearer one defers, as in a node,
+  and asks again ``REPAIR_DEFER`` later: one copy travels per missing
+  copy. A holder outside the placement set drops its copy once the set
+  holds R (``may_drop``). Leases are not modelled: every copy is held for
+  the network, renewed by an owner off stage.
 * **Loss.** A block whose every holder dies within one step is lost: no
   node is left to repair it from.
 * **Traffic.** Each store moves one block of ``block_size`` bytes.
@@ -35,16 +40,20 @@ The model (its limits are those of :mod:`cas.dht.sim` plus these):
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import heapq
 import random
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .ids import NodeID
-from .replication import Placement
-from .routing import Contact
+from ..cid import CID, RAW
+from ..net.messages import MAX_LEASE
+from .ids import NodeID, id_to_bytes
+from .repair_round import Action, AskHave, Copy, Drop, LookUp, RepairRound, Wait
+from .routing import Contact, K
 
 DAY = 86400.0
 
@@ -96,10 +105,11 @@ def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_p
         for n in h:
             held_by[n].add(b)
     stats = RepairStats(nodes, replicas, churn_per_day, days, blocks, block_size=block_size)
+    world = _World(live, keys, holders, held_by, replicas, stats)
     alive = [True] * blocks
     p = churn_per_day * interval / DAY
     steps = int(days * DAY / interval)
-    for _ in range(steps):
+    for step in range(steps):
         dirty: set[int] = set()
         dying = [n for n in live if rng.random() < p]
         for n in dying:
@@ -115,6 +125,7 @@ def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_p
                 if alive[b] and k ^ x < reach[b]:
                     dirty.add(b)
         stats.replaced += len(dying)
+        touched = []
         for b in dirty:
             if not alive[b]:
                 continue
@@ -122,9 +133,102 @@ def simulate(*, nodes: int = 200, blocks: int = 2000, replicas: int = 3, churn_p
                 alive[b] = False
                 stats.lost += 1
                 continue
-            _repair(b, keys[b], holders, held_by, live, replicas, stats)
+            touched.append(b)
+        world.repair(touched, step * interval)
+        for b in touched:
             reach[b] = max(n ^ keys[b] for n in holders[b])
     return stats
+
+
+class _World:
+    """The model seen by the nodes' repair rounds: who is alive, who holds
+    what. It answers each round's actions and applies its stores and drops."""
+
+    def __init__(self, live: set[int], keys: list[int], holders: list[set[int]],
+                 held_by: dict[int, set[int]], replicas: int, stats: RepairStats) -> None:
+        self.live, self.keys, self.holders, self.held_by = live, keys, holders, held_by
+        self.replicas, self.stats = replicas, stats
+        self.cids = [CID(RAW, id_to_bytes(key)) for key in keys]  # a block's key is its digest
+        self.block = {cid: b for b, cid in enumerate(self.cids)}
+        self._contacts: dict[int, Contact] = {}
+        self._ordered: list[int] = []  # the live IDs, sorted, during a step's rounds
+
+    def repair(self, touched: Sequence[int], now: float) -> None:
+        """Every live holder of a ``touched`` block runs a round over those it
+        holds, all starting at ``now``; returns when every round is done."""
+        mine: dict[int, list[CID]] = {}
+        for b in touched:
+            for n in self.holders[b]:
+                mine.setdefault(n, []).append(self.cids[b])
+        rounds = {n: RepairRound(cids, dict.fromkeys(cids, float(MAX_LEASE)), own_id=n, lease=MAX_LEASE,
+                                 replicas=self.replicas) for n, cids in sorted(mine.items())}
+        self._ordered = sorted(self.live)
+        queue: deque[tuple[int, Action]] = deque()
+        waiting: list[tuple[float, int]] = []  # (until, node), a heap
+        for n, repair in rounds.items():
+            queue.extend((n, action) for action in repair.start(now))
+        while queue or waiting:
+            if not queue:  # every round waits: on to the earliest, and those due with it
+                now = waiting[0][0]
+                while waiting and waiting[0][0] <= now:
+                    n = heapq.heappop(waiting)[1]
+                    queue.extend((n, action) for action in rounds[n].on_time(now))
+                continue
+            n, action = queue.popleft()
+            if isinstance(action, Wait):
+                heapq.heappush(waiting, (action.until, n))
+            else:
+                queue.extend((n, more) for more in self._perform(n, rounds[n], action, now))
+        assert all(repair.done for repair in rounds.values())
+
+    def _perform(self, n: int, repair: RepairRound, action: Action, now: float) -> list[Action]:
+        if isinstance(action, LookUp):
+            # The k nearest other nodes, as a lookup finds them (fewer: it ran
+            # out of nodes to ask, and every node is in its answer).
+            found = [self._contact(m) for m in self._nearest(action.key, K + 1) if m != n][:K]
+            return repair.on_lookup(action.cid, found, exhaustive=len(found) < K, now=now)
+        if isinstance(action, AskHave):
+            held = self.held_by[action.peer.node_id]
+            return repair.on_have(action.peer, action.cids, [self.block[c] in held for c in action.cids], now=now)
+        if isinstance(action, Copy):
+            b = self.block[action.cid]
+            for peer in action.peers:
+                self.stats.stores += 1
+                self.holders[b].add(peer.node_id)
+                self.held_by[peer.node_id].add(b)
+            return repair.on_copied(action.cid, [(peer, "stored") for peer in action.peers], now=now)
+        if isinstance(action, Drop):
+            for cid in action.cids:
+                self.holders[self.block[cid]].discard(n)
+                self.held_by[n].discard(self.block[cid])
+            return repair.on_dropped(len(action.cids), now=now)
+        return []  # Record: the model's holder sets are its count
+
+    def _nearest(self, key: int, count: int) -> list[int]:
+        """The ``count`` live nodes nearest ``key``, nearest first. They lie in
+        the smallest aligned range of IDs around the key that holds that
+        many (every node outside it is farther than every node in it), a
+        slice of the sorted IDs: found by bisection, then ranked."""
+        ordered = self._ordered
+        low, high = 0, 256  # the range's size is 2**shift, low <= shift <= high; 2**high holds enough
+        if len(ordered) <= count:
+            low = high
+        while low < high:
+            shift = (low + high) // 2
+            start = (key >> shift) << shift
+            if bisect.bisect_left(ordered, start + (1 << shift)) - bisect.bisect_left(ordered, start) >= count:
+                high = shift
+            else:
+                low = shift + 1
+        start = (key >> high) << high
+        span = ordered[bisect.bisect_left(ordered, start):bisect.bisect_left(ordered, start + (1 << high))]
+        return heapq.nsmallest(count, span, key=functools.partial(_distance, key))
+
+    def _contact(self, node_id: int) -> Contact:
+        contact = self._contacts.get(node_id)
+        if contact is None:
+            contact = self._contacts[node_id] = Contact(NodeID(node_id), "127.0.0.1", 1)
+        return contact
 
 
 @dataclass
@@ -167,28 +271,6 @@ def mass_failure(*, nodes: int = 40, replicas: int = 3, fraction: float = 0.5, f
             result.unreadable_files += lost > 0
         result.networks_losing += result.unreadable_files > before
     return result
-
-
-def _repair(b: int, key: int, holders: list[set[int]], held_by: dict[int, set[int]], live: set[int],
-            replicas: int, stats: RepairStats) -> None:
-    window = heapq.nsmallest(replicas, live, key=lambda n: n ^ key)
-    contacts = {n: Contact(NodeID(n), "127.0.0.1", 1) for n in window}
-    plan = Placement(key, list(contacts.values()), replicas=replicas,
-                     known={n: n in holders[b] for n in window})
-    actions = plan.next_actions()
-    while actions:
-        more = []
-        for action in actions:
-            stats.stores += 1
-            holders[b].add(action.peer.node_id)
-            held_by[action.peer.node_id].add(b)
-            more += plan.on_stored(action.peer)
-        actions = more
-    if plan.complete:  # holders outside the placement set drop their copies
-        for n in list(holders[b]):
-            if n not in contacts:
-                holders[b].discard(n)
-                held_by[n].discard(b)
 
 
 def format_header() -> str:
