@@ -502,7 +502,7 @@ def open_repository(
 
             remote = RemoteStore.connect(path)
             if remote is not None:
-                return Repository(remote)  # type: ignore[arg-type]
+                return Repository(remote)  # type: ignore[arg-type]  # the daemon's store speaks the same protocol over its socket
         slice_ = min(DAEMON_RECHECK, deadline - time.monotonic())
         try:
             return Repository(LocalStore.open(path, create=create, wait=max(slice_, 0.0)))

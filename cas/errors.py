@@ -37,6 +37,11 @@ Rules for this file:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cid import CID
+
 
 class CasError(Exception):
     """Base class of every error cas reports to a user."""
@@ -57,7 +62,7 @@ class CorruptBlockError(InvalidBlockError):
     (``LocalStore.quarantine``) so that it is never served or claimed
     again, and a node fetches a good copy from the network."""
 
-    def __init__(self, cid: object, place: str, message: str) -> None:
+    def __init__(self, cid: CID, place: str, message: str) -> None:
         super().__init__(message)
         self.cid = cid
         self.place = place

@@ -537,7 +537,7 @@ class FileReader(io.BufferedIOBase):
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # writable buffers only, as io's readers take
         self._check_open()
         target = memoryview(buffer).cast("B")
         filled = 0
@@ -548,7 +548,7 @@ class FileReader(io.BufferedIOBase):
         self._pos += filled
         return filled
 
-    def readinto1(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto1(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # as readinto
         return self.readinto(buffer)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ others in its group.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -29,7 +29,7 @@ holds the store thread (the rest wait for the next group)."""
 
 Item = TypeVar("Item")
 
-Commit = Callable[[list[Item]], Awaitable[list[object]]]
+Commit = Callable[[list[Item]], Awaitable[Sequence[object]]]
 """Makes items durable together; returns, for each, its result or the
 exception that refused it (see :meth:`cas.store.HeldBlocks.accept_many`)."""
 
@@ -86,12 +86,13 @@ class GroupCommitter(Generic[Item]):
                 group.append(waiter)
                 size += sum(map(self._weight, waiter.items))
             items = [item for waiter in group for item in waiter.items]
+            outcomes: Sequence[object]
             try:
                 outcomes = await self._commit(items)
             except Exception as exc:  # the whole group failed (a disk error): each is told
                 outcomes = [exc] * len(items)
             at = 0
             for waiter in group:
-                waiter.outcomes = outcomes[at:at + len(waiter.items)]
+                waiter.outcomes = list(outcomes[at:at + len(waiter.items)])
                 at += len(waiter.items)
                 waiter.done.set()

@@ -33,7 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..names.namespace import Node
 
 ROOT_INODE = 1
 
@@ -50,7 +53,7 @@ class Inode:
     opens: int = 0
     children: int = 0  # live inodes whose parent this is
     state: Any = None  # the open file's state (cas.fuse.handles.FileState), if any
-    last: Any = None  # the last namespace node seen for it (its attributes when detached)
+    last: Node | None = None  # the last namespace node seen for it (its attributes when detached)
     detached: bool = False
 
 

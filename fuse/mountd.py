@@ -243,8 +243,9 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                     nursery.start_soon(watch)
                     nursery.start_soon(_tune_read_ahead, config.mountpoint)
                     if link is not None:
-                        from .published import follow
+                        from .published import PublishedTree, follow
 
+                        assert isinstance(ops.tree, PublishedTree)
                         nursery.start_soon(follow, ops.tree, link, ops, config.refresh)
                     on_ready()
                     await pyfuse3.main()

@@ -19,11 +19,11 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
@@ -44,7 +44,7 @@ from .handles import (
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
-from .tree import MountTree
+from .tree import MountTree, TreeReader
 
 log = logging.getLogger("cas.fuse")
 
@@ -53,6 +53,12 @@ ATTR_TIMEOUT = 1.0
 through the control socket (``cas mv``…) may show in the mount."""
 
 T = TypeVar("T")
+
+
+class RunsInThread(Protocol):
+    """How the mount runs a call on its store (the node's ``in_store_thread``)."""
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 _KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
 
@@ -96,7 +102,7 @@ class CasOperations(pyfuse3.Operations):
     def __init__(
         self,
         *,
-        run: Callable[..., Awaitable[Any]],
+        run: RunsInThread,
         tree: MountTree | PublishedTree,
         staging_dir: Path,
         nursery: trio.Nursery,
@@ -106,7 +112,7 @@ class CasOperations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self._run = run  # node.in_store_thread
-        self.tree: Any = tree  # a PublishedTree has no changing methods: read_only is set then
+        self.tree: TreeReader = tree
         self.inodes = InodeTable()
         self.cache = BlockCache(cache_bytes) if cache_bytes else BlockCache()
         self.fetcher = BlockFetcher(self.cache, tree.blocks, run, parallel_get=parallel_get)
@@ -124,6 +130,13 @@ class CasOperations(pyfuse3.Operations):
 
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(fn, *args)
+
+    @property
+    def _changing(self) -> MountTree:
+        """The tree, for an operation that changes it: a read-only mount
+        (another node's published tree among them) refuses those before."""
+        assert isinstance(self.tree, MountTree), "a read-only mount never changes its tree"
+        return self.tree
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -240,14 +253,14 @@ class CasOperations(pyfuse3.Operations):
         with fuse_errors("mkdir"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(self.tree.mkdir, path, mode & 0o7777)
+            node = await self._store(self._changing.mkdir, path, mode & 0o7777)
             return self._entry(parent_inode, node)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         with fuse_errors("symlink"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(self.tree.symlink, path, os.fsdecode(target))
+            node = await self._store(self._changing.symlink, path, os.fsdecode(target))
             return self._entry(parent_inode, node)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -259,21 +272,21 @@ class CasOperations(pyfuse3.Operations):
             if not stat.S_ISREG(mode):
                 raise pyfuse3.FUSEError(errno.EPERM)
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(lambda: self.tree.create(path, mode & 0o7777, exclusive=True))
+            node = await self._store(lambda: self._changing.create(path, mode & 0o7777, exclusive=True))
             return self._entry(parent_inode, node)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("unlink"):
             self._writable()
             text = self._name(name)
-            await self._store(self.tree.unlink, self._child(parent_inode, text))
+            await self._store(self._changing.unlink, self._child(parent_inode, text))
             self.inodes.detach(parent_inode, text)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("rmdir"):
             self._writable()
             text = self._name(name)
-            await self._store(self.tree.rmdir, self._child(parent_inode, text))
+            await self._store(self._changing.rmdir, self._child(parent_inode, text))
             self.inodes.detach(parent_inode, text)
 
     async def rename(
@@ -287,7 +300,7 @@ class CasOperations(pyfuse3.Operations):
             old, new = self._name(name_old), self._name(name_new)
             src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
             no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-            await self._store(lambda: self.tree.rename(src, dst, no_replace=no_replace))
+            await self._store(lambda: self._changing.rename(src, dst, no_replace=no_replace))
             self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
 
     async def setattr(
@@ -315,7 +328,7 @@ class CasOperations(pyfuse3.Operations):
                     path = self.inodes.path_of(inode)
                     if path is not None:
                         found.last = await self._store(
-                            lambda: self.tree.set_meta(path, mode=mode, mtime=mtime))
+                            lambda: self._changing.set_meta(path, mode=mode, mtime=mtime))
                     if state is not None:
                         state.mode = state.mode if mode is None else mode
                         state.mtime = state.mtime if mtime is None else mtime
@@ -410,7 +423,7 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             path = self._child(parent_inode, self._name(name))
             exclusive = bool(flags & os.O_EXCL)
-            node = await self._store(lambda: self.tree.create(path, mode & 0o7777, exclusive=exclusive))
+            node = await self._store(lambda: self._changing.create(path, mode & 0o7777, exclusive=exclusive))
             attr = self._entry(parent_inode, node)
             found = self.inodes.get(attr.st_ino)
             writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
@@ -532,7 +545,7 @@ class CasOperations(pyfuse3.Operations):
                     path = self.inodes.path_of(ino)  # the path it has now
                     if path is None:
                         return None  # unlinked while open: written nowhere
-                    return self.tree.commit_file(path, stream, mode, mtime)
+                    return self._changing.commit_file(path, stream, mode, mtime)
 
                 try:
                     done = await self._store(commit)
@@ -548,7 +561,7 @@ class CasOperations(pyfuse3.Operations):
                 path = self.inodes.path_of(found.ino)
                 if path is not None:
                     mode, mtime = state.mode, state.mtime
-                    found.last = await self._store(lambda: self.tree.set_meta(path, mode=mode, mtime=mtime))
+                    found.last = await self._store(lambda: self._changing.set_meta(path, mode=mode, mtime=mtime))
 
     async def flush(self, fh: int) -> None:
         with fuse_errors("flush"):

@@ -172,7 +172,7 @@ class PublishedTree(TreeReader):
     def __init__(self, link: NodeLink, public_key: bytes, record: bytes, repo: Path) -> None:
         super().__init__(link)
         self.public_key = public_key
-        self.namespace = RemoteNamespace(link, public_key, [record])  # type: ignore[arg-type]
+        self.namespace = RemoteNamespace(link, public_key, [record])  # type: ignore[arg-type]  # the link reads blocks (get, has), all a namespace reads
         self._repo = repo
 
     @property

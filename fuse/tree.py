@@ -106,6 +106,10 @@ class TreeReader:
         assert node.cid is not None
         return node, list(dirtree.iterate(self.blocks, node.cid))
 
+    def statfs(self) -> FsStat:
+        """The file system's figures for statfs(2)."""
+        raise NotImplementedError
+
     def read_all(self, cid: CID) -> Any:
         """The content of file ``cid`` in pieces (to copy into a staged file)."""
         return files.iter_file(self.blocks, cid)

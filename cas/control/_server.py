@@ -118,7 +118,7 @@ async def serve_control(listener: socket.socket, ops: OpTable,
         while True:
             client, _ = await sock.accept()
             try:
-                uid = _peer_uid(client._sock)  # type: ignore[attr-defined]
+                uid = _peer_uid(client._sock)  # type: ignore[attr-defined]  # trio's socket wraps the stdlib one, which SO_PEERCRED needs
             except OSError:
                 uid = -1
             if uid != os.getuid():
@@ -277,13 +277,13 @@ async def _handle(request: Any, ops: OpTable, client: ClientState, send: Callabl
             # mid-stream must not leave the handler's resources (add_file's
             # descriptor) open until then.
             stream = cast(AsyncIterator[list[Any]], op.handler(parsed, client))  # a streaming op's handler
-            async with contextlib.aclosing(stream) as items_stream:  # type: ignore[type-var]
+            async with contextlib.aclosing(stream) as items_stream:  # type: ignore[type-var]  # an async generator has aclose
                 async for items in items_stream:
                     count += len(items)
                     await send({"more": [encode(item) for item in items]})
             await send({"ok": count})
         else:
-            await send({"ok": encode(await op.handler(parsed, client))})  # type: ignore[misc]
+            await send({"ok": encode(await op.handler(parsed, client))})  # type: ignore[misc]  # a plain op's handler is a coroutine function
     except CasError as exc:
         await send({"error": error_value(exc)})
     except (trio.BrokenResourceError, trio.ClosedResourceError):

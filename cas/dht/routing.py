@@ -453,7 +453,7 @@ class RoutingTable:
     def _index_or_none(self, node_id: object) -> int | None:
         if not is_valid_id(node_id) or node_id == self._own:
             return None
-        return (self._own ^ node_id).bit_length() - 1  # type: ignore[operator]
+        return (self._own ^ node_id).bit_length() - 1  # type: ignore[operator]  # is_valid_id: an int
 
     def _find(self, node_id: object) -> _Entry | None:
         index = self._index_or_none(node_id)

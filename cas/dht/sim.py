@@ -209,7 +209,7 @@ class Network:
         order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
         sorted_ids = [self.ids[i] for i in order]
         contacts = [self.contacts[i] for i in order]
-        self.tables = [None] * len(self.ids)  # type: ignore[list-item]
+        self.tables = [None] * len(self.ids)  # type: ignore[list-item]  # each filled below before use
         for pos, node_id in enumerate(sorted_ids):
             table = RoutingTable(node_id, k=k)
             for index in range(ID_BITS - 1, -1, -1):

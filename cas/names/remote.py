@@ -69,7 +69,7 @@ class RemoteNamespace(Namespace):
                 "is it published ('cas name publish' on its node) and is this node online?")
         self.record = record
         self.public_key = public_key
-        super().__init__(_ResolvedRepo(blocks, public_key, record))  # type: ignore[arg-type]
+        super().__init__(_ResolvedRepo(blocks, public_key, record))  # type: ignore[arg-type]  # read-only: no commit methods, never called here
 
     def _commit(self, change: Callable[[RootState], CID]) -> RootState:
         raise ReadOnlyNamespaceError(

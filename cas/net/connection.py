@@ -723,7 +723,7 @@ class Connection:
                 await self._pending_slots.acquire()
             try:
                 request_id = self._next_id()
-                request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
+                request = msg.with_request_id(request, request_id)
                 pending = self._pending[request_id] = _Pending(request)
                 assert pending.event is not None
                 try:
@@ -760,7 +760,7 @@ class Connection:
         except trio.WouldBlock:
             await self._pending_slots.acquire()
         request_id = self._next_id()
-        request = msg.with_request_id(request, request_id)  # type: ignore[assignment]
+        request = msg.with_request_id(request, request_id)
         self._pending[request_id] = _Pending(request, waiter)
         try:
             await self.channel.send_message(request)
@@ -931,7 +931,7 @@ async def serve(channel: SecureChannel, handler: Handler | None = None,
                 **options: float | Clock | None) -> AsyncIterator[Connection]:
     """Run a :class:`Connection` over ``channel`` for the body of the block;
     the connection is closed when the block exits."""
-    connection = Connection(channel, handler, **options)  # type: ignore[arg-type]
+    connection = Connection(channel, handler, **options)  # type: ignore[arg-type]  # each option has the type its name takes
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)
         try:

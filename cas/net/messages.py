@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from .. import dagcbor
 from ..cid import CID, MAX_BLOCK_SIZE
@@ -239,6 +239,10 @@ class Message:
     HAS_ID: ClassVar[bool] = True
 
     request_id: int
+
+
+AnyMessage = TypeVar("AnyMessage", bound="Message")
+"""Any message type, kept through :func:`with_request_id`."""
 
 
 class Request(Message):
@@ -702,18 +706,17 @@ def _decode_store_blocks(data: memoryview) -> StoreBlocks | None:
             leases.append(lease)
         if at != len(data) or request_id > MAX_REQUEST_ID:
             return None
-        return StoreBlocks(tuple(cids), tuple(blocks), tuple(leases),  # type: ignore[arg-type]
+        return StoreBlocks(tuple(cids), tuple(blocks), tuple(leases),  # type: ignore[arg-type]  # slices of a bytes message are bytes
                            request_id=request_id)
     except (IndexError, ValueError):  # ValueError: a bad CID, __post_init__'s checks
         return None
 
 
 def _encode_fast(message: Message) -> bytes | None:
-    cls = type(message)
-    if cls is Nodes:
-        return _encode_nodes(message)  # type: ignore[arg-type]
-    if cls is FindNode:
-        return _encode_find_node(message)  # type: ignore[arg-type]
+    if isinstance(message, Nodes):
+        return _encode_nodes(message)
+    if isinstance(message, FindNode):
+        return _encode_find_node(message)
     return None
 
 
@@ -766,7 +769,7 @@ def _wire(message: Message) -> dict[str, Any]:
             wire[key] = cls.TYPE
             continue
         try:
-            wire[key] = codec.encode(getattr(message, name))  # type: ignore[arg-type]
+            wire[key] = codec.encode(getattr(message, name))  # type: ignore[arg-type]  # the plan pairs each field with its own codec
         except ValueError as exc:
             what = "request id" if key == "id" else name
             raise LocalProtocolError(f"{cls.TYPE}.{what} {exc}") from None
@@ -829,7 +832,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     try:
         for key, name, codec in _WIRE_PLAN[cls]:
             if codec is not None:
-                values[name] = codec.decode(wire[key])  # type: ignore[index]
+                values[name] = codec.decode(wire[key])  # type: ignore[index]  # wire was checked to be a map above
     except ValueError as exc:
         raise MalformedMessageError(f"{kind}: a field {exc}") from None
     try:
@@ -839,7 +842,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if cls is Nodes:
         # The same proof, from the peers' remembered encodings: with every
         # field checked, _encode_nodes gives exactly cbor2's encoding of ``wire``.
-        if _encode_nodes(message) != data:  # type: ignore[arg-type]
+        if isinstance(message, Nodes) and _encode_nodes(message) != data:
             raise MalformedMessageError(f"{kind}: DAG-CBOR is not in canonical form")
         return message
     try:
@@ -849,7 +852,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     return message
 
 
-def with_request_id(message: Message, request_id: int) -> Message:
+def with_request_id(message: AnyMessage, request_id: int) -> AnyMessage:
     """A copy of ``message`` carrying ``request_id``.
 
     Copies the instance dictionary rather than calling

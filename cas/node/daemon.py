@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -87,6 +87,8 @@ from .config import (
 )
 from .ops import control_ops
 from .table import TABLE_PATH, load_table, save_table
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -438,7 +440,7 @@ class Node:
             store.blocks.barrier()
             return new
 
-        self._verified.pop(damage.cid, None)  # type: ignore[call-overload]
+        self._verified.pop(damage.cid, None)
         if await self.in_store_thread(take_out):
             self.integrity.quarantined += 1
             self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
@@ -593,7 +595,7 @@ class Node:
 
     # -- helpers for the op handlers ------------------------------------------
 
-    async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker thread, one at a time: writes fsync,
         and the metadata database is not for concurrent use."""
         async with self._store_lock:

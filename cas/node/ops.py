@@ -118,6 +118,7 @@ class _PackFirst:
             return None  # ask get
 
     def get(self, cid: CID) -> bytes:
+        data: bytes | None
         try:
             data = self._blocks.get_file_block(cid)
         except CorruptBlockError:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..control import ClientState
 from ..dht.driver import DhtDriver
 from ..dht.publisher import Publisher
 from ..dht.replicator import Replicator
 from ..store import LocalStore
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -53,7 +55,7 @@ class OpContext:
         assert self.node.publisher is not None
         return self.node.publisher
 
-    async def in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the node's store thread (the one that may touch
         the repository)."""
         return await self.node.in_store_thread(fn, *args)
