@@ -30,6 +30,7 @@ EXAMPLES: dict[str, tuple[ops.Request[Any], Any]] = {
     "ping": (ops.Ping(), "pong"),
     "has": (ops.Has(CID_A), True),
     "get": (ops.Get(CID_A), b"a"),
+    "prefetch": (ops.Prefetch([CID_A, CID_A]), None),
     "put": (ops.Put(CID_A, b"a"), False),
     "put_many": (ops.PutMany([(CID_A, b"a"), (CID_B, b"b")]), [True, False]),
     "add_file": (ops.AddFile(offset=12), {"cid": CID_A, "size": 1, "blocks": 1, "new_blocks": 1, "new_bytes": 1}),
@@ -200,3 +201,24 @@ def test_the_control_package_exports_what_it_lists() -> None:
     assert all(hasattr(cas.control, name) for name in cas.control.__all__)
     assert all(hasattr(ops, name) for name in ops.__all__)
     assert {cls.__name__ for cls in ops.OPS.values()} <= set(ops.__all__)
+
+
+def test_a_library_reader_through_a_daemon_hands_it_the_walks_read_ahead_hint(tmp_path) -> None:
+    import cas
+    from cas.blocks import Prefetches
+    from cas.control import RemoteBlockStore
+    from tests.conftest import pseudo_random
+    from tests.nodeproc import Daemons, replication_stats
+
+    data = pseudo_random(3_000_000, "read through a daemon")
+    with Daemons() as daemons:
+        daemon = daemons.start(tmp_path / "repo")
+        with cas.open_repository(daemon.repo) as repo:
+            assert isinstance(repo.blocks, RemoteBlockStore) and isinstance(repo.blocks, Prefetches)
+            cid = repo.add_bytes(data)
+            asked = []
+            real = repo.blocks.prefetch
+            repo.blocks.prefetch = lambda cids: (asked.extend(cids), real(cids))  # type: ignore[method-assign]  # watch the calls
+            assert repo.read(cid) == data
+        assert len(asked) >= 3 and len(set(asked)) == len(asked)  # each leaf named once, ahead of its read
+        assert replication_stats(daemon)["read_ahead"] == 0  # alone: all of it on its disk, nothing to fetch

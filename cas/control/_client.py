@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -278,6 +278,7 @@ class RemoteBlockStore:
 
     def __init__(self, client: ControlClient) -> None:
         self._client = client
+        self._prefetches = True  # until a daemon from before the op says otherwise
         self._batch: list[tuple[CID, bytes]] = []  # (cid, data) pairs not sent yet
         self._batch_bytes = 0
         # Guards the batch: a reader in another thread (AsyncRepository reads
@@ -291,6 +292,19 @@ class RemoteBlockStore:
 
     def get(self, cid: CID) -> bytes:
         return Block(cid, self._client.call(ops.Get(cid))).data  # verifies
+
+    def prefetch(self, cids: Iterable[CID]) -> None:
+        """A reader's next blocks (:class:`cas.blocks.Prefetches`): the daemon
+        reads them ahead from its disk or the network. A daemon from before
+        the op is asked nothing more."""
+        if self._prefetches:
+            wanted = list(cids)
+            for start in range(0, len(wanted), ops.MAX_PREFETCH):
+                try:
+                    self._client.call(ops.Prefetch(wanted[start:start + ops.MAX_PREFETCH]))
+                except UnknownOpError:
+                    self._prefetches = False
+                    return
 
     def put(self, block: Block) -> bool:
         """Store ``block`` through the daemon, batched and pipelined: blocks

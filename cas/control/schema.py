@@ -67,6 +67,9 @@ MAX_PUT_BATCH = 1024
 MAX_STATUS_CIDS = 1024
 """CIDs one ``replication_status`` may ask about."""
 
+MAX_PREFETCH = 1024
+"""CIDs one ``prefetch`` may name (a walk's hint is 64 leaves at a time)."""
+
 MAX_STATUS_WAIT = 3600
 """Seconds ``replication_status`` may wait for placements (whole seconds:
 DAG-CBOR carries no floats here)."""
@@ -169,6 +172,12 @@ def _status_cids(value: Any) -> list[CID]:
     return value
 
 
+def _prefetch_cids(value: Any) -> list[CID]:
+    if not isinstance(value, list) or len(value) > MAX_PREFETCH or not all(isinstance(c, CID) for c in value):
+        raise _Bad
+    return value
+
+
 def _public_key(value: Any) -> bytes:
     if isinstance(value, str):
         from ..names.record import parse_public_key
@@ -199,6 +208,7 @@ A_TARGET = Arg("a node ID or a CID", A_TEXT.parse)
 A_STATUS_CIDS = Arg(f"a list of at most {MAX_STATUS_CIDS} CIDs", _status_cids, list)
 A_STATUS_WAIT = Arg(f"a number of seconds from 0 to {MAX_STATUS_WAIT}",
                     _check(lambda v: _whole(v) and 0 <= v <= MAX_STATUS_WAIT))
+A_PREFETCH_CIDS = Arg(f"a list of at most {MAX_PREFETCH} CIDs", _prefetch_cids, list)
 A_PUBLIC_KEY = Arg("a namespace key (32 bytes or 64 hex digits)", _public_key)
 
 
@@ -399,6 +409,17 @@ class Get(Request[bytes]):
     OP = "get"
     RESULT = A_BYTES
     cid: Annotated[CID, A_CID]
+
+
+@dataclass(frozen=True)
+class Prefetch(Request[None]):
+    """The blocks a reader will ask for next (its walk's read-ahead hint,
+    :class:`cas.blocks.Prefetches`): the node asks its disk for those it
+    stores and fetches those it lacks from the network, in the background,
+    and answers at once."""
+
+    OP = "prefetch"
+    cids: Annotated[Sequence[CID], A_PREFETCH_CIDS]
 
 
 @dataclass(frozen=True)
@@ -657,9 +678,9 @@ class NameStatus(Request[dict[str, Any]]):
 
 
 __all__ = [
-    "MAX_PUT_BATCH", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
+    "MAX_PREFETCH", "MAX_PUT_BATCH", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
     "Gc", "Get", "Has", "Id", "Iterate", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
-    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Protect", "Put", "PutMany",
+    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Put", "PutMany",
     "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unpin",
     "Verify", "WriteFile", "request_class",
 ]

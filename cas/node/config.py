@@ -47,12 +47,9 @@ SAVE_INTERVAL = 300.0
 """Seconds between saves of the routing table while running (and once more
 at shutdown): a kill -9 loses at most this much table history."""
 READ_AHEAD = 8
-"""Blocks fetched ahead of a reader that is reading from the network: the
-next siblings (in file order) of a block fetched, each its own FIND_BLOCK
-lookup, all in flight at once, so a sequential read does not pay one
-lookup per block in turn."""
-MAX_READ_AHEAD_INDEX = 65536
-"""Child → (siblings, position) entries remembered for read-ahead."""
+"""Blocks fetched from the network at once ahead of a reader (its walk's
+hint, ``Node.read_ahead``), each its own FIND_BLOCK lookup, so a sequential
+read does not pay one lookup per block in turn."""
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""

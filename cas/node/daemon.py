@@ -73,7 +73,6 @@ from .config import (
     HAVE_VERIFY_BYTES,
     KEY_PATH,
     MAX_CHANGES_PER_GROUP,
-    MAX_READ_AHEAD_INDEX,
     MAX_VERIFIED_MEMORY,
     READ_AHEAD,
     REJOIN_CHECK,
@@ -122,8 +121,6 @@ class Node:
         self._healing: dict[CID, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[CID, trio.Event] = {}
-        self._siblings: dict[CID, tuple[list[CID], int]] = {}
-        self._fetched: set[CID] = set()
         self._read_ahead_limit = trio.CapacityLimiter(READ_AHEAD)
         self.read_ahead_count = 0
         self.address: NodeAddress | None = None
@@ -307,44 +304,17 @@ class Node:
         """A block this node lacks, from the network (FIND_BLOCK; the driver
         verifies it and passes over peers that lie), kept as held for the
         network if the quota has room. Raises BlockNotFoundError if no node
-        has it. Starts read-ahead of the blocks a sequential reader wants next."""
+        has it. A block being read ahead (:meth:`read_ahead`) is waited for,
+        not fetched twice."""
         pending = self._fetching.get(cid)
         if pending is not None:  # being read ahead: wait for it, then look again
             await pending.wait()
             assert self.store is not None
             try:
-                data = bytes(await self.in_store_thread(self.store.blocks.get, cid))
+                return bytes(await self.in_store_thread(self.store.blocks.get, cid))
             except BlockNotFoundError:
                 pass  # not kept (quota): fetch it ourselves
-            else:
-                self.after_read(cid, data)
-                return data
-        data = await self._fetch_and_keep(cid)
-        self.after_read(cid, data)
-        return data
-
-    def after_read(self, cid: CID, data: bytes) -> None:
-        """Read-ahead bookkeeping for a block served to a client: remember
-        where a tree node's children sit, and if this block came from the
-        network (now or by read-ahead), fetch the next ones in the
-        background."""
-        if cid.codec != RAW:
-            try:
-                children = links_of(cid, data)
-            except CasError:
-                children = []
-            if len(self._siblings) > MAX_READ_AHEAD_INDEX:
-                self._siblings.clear()
-            for i, child in enumerate(children):
-                self._siblings[child] = (children, i)
-            if cid in self._fetched:
-                self._read_ahead(children[:READ_AHEAD])
-        if cid in self._fetched:
-            self._fetched.discard(cid)
-            entry = self._siblings.get(cid)
-            if entry is not None:
-                siblings, i = entry
-                self._read_ahead(siblings[i + 1:i + 1 + READ_AHEAD])
+        return await self._fetch_and_keep(cid)
 
     def read_ahead(self, cids: Sequence[CID]) -> None:
         """Fetch from the network, in the background, those of ``cids`` this
@@ -356,7 +326,7 @@ class Node:
         if self._nursery is None:
             return
         for cid in cids:
-            if cid not in self._fetching and cid not in self._fetched:
+            if cid not in self._fetching:
                 self._fetching[cid] = trio.Event()
                 self._nursery.start_soon(self._read_ahead_one, cid)
 
@@ -383,9 +353,6 @@ class Node:
             await self.group_commit.keep(Placed(block))
         except StorageQuotaError:
             pass  # served, not kept
-        if len(self._fetched) > MAX_READ_AHEAD_INDEX:
-            self._fetched.clear()
-        self._fetched.add(cid)  # came from the network: reading it reads ahead
         return block.data
 
     def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:

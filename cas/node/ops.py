@@ -32,7 +32,7 @@ import trio
 
 from ..blocks import Block
 from ..chunker import chunk_stream
-from ..cid import CID, RAW
+from ..cid import CID
 from ..control import MAX_ITERATE_BATCH, ClientState, Op, OpTable
 from ..control import schema as ops
 from ..errors import (
@@ -159,13 +159,20 @@ async def read_block(node: Node, cid: CID) -> bytes:
         if node.dht is None or not len(node.dht.table):
             raise  # alone: the repository is all there is
         return await node.fetch(cid)
-    if (cid.codec != RAW or cid in node._fetched) and node.dht is not None and len(node.dht.table):
-        node.after_read(cid, data)  # tree nodes: where their children sit, for read-ahead
     return data
 
 
 async def get(request: ops.Get, ctx: OpContext) -> bytes:
     return await read_block(ctx.node, request.cid)
+
+
+async def prefetch(request: ops.Prefetch, ctx: OpContext) -> None:
+    """A reader's read-ahead hint: its next blocks, read ahead from the
+    disk (``prefetch``: the kernel starts reading them) or, those this node
+    lacks, fetched from the network in the background."""
+    cids = list(request.cids)
+    await ctx.in_store_thread(ctx.store.blocks.prefetch, cids)
+    ctx.node.read_ahead(cids)
 
 
 async def session(ctx: OpContext) -> Any:
@@ -375,7 +382,7 @@ async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
 
 
 HANDLERS: dict[type[ops.Request[Any]], Callable[[Any, OpContext], Any]] = {
-    ops.Ping: ping, ops.Has: has, ops.Get: get, ops.Put: put, ops.PutMany: put_many,
+    ops.Ping: ping, ops.Has: has, ops.Get: get, ops.Prefetch: prefetch, ops.Put: put, ops.PutMany: put_many,
     ops.AddFile: add_file, ops.WriteFile: write_file, ops.Protect: protect, ops.Barrier: barrier,
     ops.Delete: delete, ops.Iterate: iterate, ops.Pin: pin, ops.Unpin: unpin, ops.Pins: pins,
     ops.Stat: stat, ops.Verify: verify, ops.Gc: gc, ops.Roots: roots, ops.CommitRoot: commit_root,
