@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.wait, args.allow_other, tuple(args.options))
     try:
         run_mount(config, lambda: report("ok"))
-    except CasError as exc:
+    except CasError as exc:  # the mount process's edge, as the CLI's: one line for the user
         report(f"error: {exc}")
         return 1
     except BaseException as exc:

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError, ControlArgumentError, ControlProtocolError, DaemonNotRunningError, UnknownOpError
+from ..errors import (
+    ControlArgumentError,
+    ControlProtocolError,
+    DaemonNotRunningError,
+    NodeError,
+    UnknownOpError,
+)
 from ..store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
 from ..store._local import NAMESPACE_KEY_FILE
 from . import schema as ops
@@ -249,7 +255,7 @@ def connect(repo: str | os.PathLike[str]) -> ControlClient | None:
         return None
     try:
         client.call(ops.Ping())
-    except CasError:
+    except (ControlProtocolError, NodeError):
         client.close()
         return None
     client._sock.settimeout(None)

@@ -51,7 +51,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 from ..cid import CID, parse_cid
-from ..errors import CasError, ControlArgumentError, ControlProtocolError, UnknownOpError
+from ..errors import CasError, ControlArgumentError, ControlProtocolError, InvalidCIDError, UnknownOpError
 from ..store import GcReport, Problem, RepoStat, RootRow, VerifyReport
 from ._framing import MAX_PROBLEMS
 
@@ -116,7 +116,7 @@ def _cid(value: Any) -> CID:
     if isinstance(value, str):
         try:
             return parse_cid(value)
-        except CasError:
+        except InvalidCIDError:
             raise _Bad from None
     raise _Bad
 

@@ -48,6 +48,7 @@ from ..errors import (
     BootstrapRefusedError,
     CasError,
     InvalidBlockError,
+    PeerError,
     PeerIdMismatchError,
     PeerRefusedError,
     PeerUnreachableError,
@@ -401,7 +402,7 @@ class DhtDriver:
         except trio.TooSlowError:
             self._record_failure(contact.node_id)
             raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
-        except (CasError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             self.failed(contact, exc)
             raise
         self.seen(contact)
@@ -413,7 +414,7 @@ class DhtDriver:
         try:
             await self.request(contact, msg.Ping())
             return True
-        except (CasError, RemoteProtocolError):
+        except PeerError:
             return False
 
     async def have(self, contact: Contact, cids: Sequence[CID], lease: int = 0) -> list[bool] | None:
@@ -421,7 +422,7 @@ class DhtDriver:
         with a ``lease``, it keeps those at least that many seconds more."""
         try:
             response = await self.request(contact, msg.Have(tuple(cids), lease), timeout=HAVE_TIMEOUT)
-        except (CasError, RemoteProtocolError):
+        except PeerError:
             return None
         if not isinstance(response, msg.HaveResult):
             return None
@@ -481,7 +482,7 @@ class DhtDriver:
             if exc.code in refusals:
                 return StoreOutcome("refused", f"{exc.code}: {exc}")
             return StoreOutcome("failed", str(exc))
-        except (CasError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             return StoreOutcome("failed", str(exc))
         if isinstance(response, msg.Stored):  # the connection checked its length
             return [_STORED if code == "ok" else
@@ -587,7 +588,7 @@ class DhtDriver:
         lied (counted against it, as in a lookup)."""
         try:
             response = await self.request(contact, msg.FindBlock(cid), timeout=timeout)
-        except (CasError, RemoteProtocolError):
+        except PeerError:
             return None
         if not isinstance(response, msg.Block):
             return None
@@ -617,7 +618,7 @@ class DhtDriver:
             except trio.TooSlowError:
                 problems.append(f"{host}:{port}: no answer within {self.request_timeout:g} s")
                 continue
-            except (CasError, RemoteProtocolError) as exc:
+            except PeerError as exc:
                 problems.append(str(exc))
                 if isinstance(exc, PeerRefusedError):
                     refused.append(str(exc))

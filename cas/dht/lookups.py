@@ -26,7 +26,7 @@ import trio
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError, InvalidBlockError, RemoteProtocolError, RequestTimeoutError
+from ..errors import InvalidBlockError, PeerError, RequestTimeoutError
 from ..net import messages as msg
 from ..net.connection import Connection
 from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest
@@ -310,7 +310,7 @@ class _LookupRun:
             lookups.messages_sent += 1
             try:
                 await self.send_on(connection, query)
-            except (CasError, RemoteProtocolError) as exc:
+            except PeerError as exc:
                 todo += self.fail(query, exc)
         if self.lookup.done:
             self.wake()
@@ -340,7 +340,7 @@ class _LookupRun:
         except trio.TooSlowError:
             error: BaseException = RequestTimeoutError(
                 f"no answer from {query.peer.host}:{query.peer.port} in time")
-        except (CasError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             error = exc
         else:
             return

@@ -31,7 +31,7 @@ import trio
 
 from ..blocks import Block
 from ..cid import CID
-from ..errors import CasError
+from ..errors import BlockNotFoundError, CasError, InvalidBlockError, PeerError
 from ..net.messages import MAX_LEASE
 from ..store import DEFAULT_LEASE
 from .driver import DhtDriver
@@ -261,7 +261,7 @@ class Replicator:
                 self._queued_bytes -= len(data)
             try:
                 holders, size = await self._place_one(cid, data, lease)
-            except CasError as exc:
+            except CasError as exc:  # the placement worker's edge: counted, and the retry loop tries again
                 self.stats.last_failure = f"placing {cid}: {exc}"
                 holders, size = [self.dht.own_id], None  # the local copy; the retry loop tries again
             except Exception:
@@ -560,7 +560,7 @@ class _RoundDriver:
     async def look_up(self, action: LookUp) -> None:
         try:
             found = await self.dht.find_node(action.key)
-        except CasError:
+        except PeerError:
             self.perform(self.repair.on_lookup_failed(action.cid, now=trio.current_time()))
             return
         closest, failures = found.lookup.closest, found.lookup.failures
@@ -577,7 +577,7 @@ class _RoundDriver:
         async with self.copy_limit:
             try:
                 data = await self.replicator.store.get(action.cid)
-            except CasError:  # gone meanwhile (gc, a drop)
+            except (BlockNotFoundError, InvalidBlockError):  # gone meanwhile (gc, a drop), or damaged
                 self.perform(self.repair.on_unreadable(action.cid, now=trio.current_time()))
                 return
             step: Copy | None = action

@@ -35,6 +35,7 @@ from ..blocks import Block
 from ..cid import CID
 from ..errors import (
     CasError,
+    InvalidBlockError,
     InvalidRecordError,
     MalformedMessageError,
     RepositoryError,
@@ -222,7 +223,7 @@ class Responder:
             return msg.Error("busy", "too many blocks from you; retry later")
         try:
             blocks = [Block(cid, data) for cid, data in request.blocks()]  # each verified against its CID
-        except CasError:
+        except InvalidBlockError:
             raise MalformedMessageError("store_blocks: a block's data does not match its CID") from None
         return KeepBlocks(blocks, id_to_bytes(requester), request.leases)
 

@@ -51,6 +51,8 @@ from ..errors import (
     BootstrapRefusedError,
     CasError,
     CorruptBlockError,
+    InvalidBlockError,
+    RepositoryError,
     StorageQuotaError,
 )
 from ..group_commit import GroupCommitter
@@ -337,8 +339,8 @@ class Node:
                 if not await self.in_store_thread(self.store.blocks.has, cid):
                     await self._fetch_and_keep(cid)
                     self.read_ahead_count += 1
-        except CasError:
-            pass  # the reader will ask again and get the error itself
+        except CasError:  # a background job's edge: the reader asks again and meets the error itself
+            pass
         finally:
             self._fetching.pop(cid).set()
 
@@ -373,12 +375,12 @@ class Node:
                 continue
             try:
                 data = self.store.blocks.get(cid)
-            except CasError:
+            except (BlockNotFoundError, InvalidBlockError):  # not here, or damaged: not ours to list
                 continue
             order.append(cid)
             try:
                 stack.extend(links_of(cid, data))
-            except CasError:
+            except InvalidBlockError:
                 pass
         return order
 
@@ -456,7 +458,7 @@ class Node:
     async def _heal_quietly(self, cid: CID) -> None:
         try:
             await self.heal(cid)
-        except CasError as exc:
+        except CasError as exc:  # a background job's edge: said, and tried again at the next scrub
             self._log(f"block {cid} stays quarantined: {exc}")
 
     async def verify(self, *, repair: bool = False) -> VerifyReport:
@@ -486,7 +488,7 @@ class Node:
                 try:
                     await self._fetch_back(cid)
                     repaired += 1
-                except CasError as exc:
+                except CasError as exc:  # one block's failure; the report lists what is still wrong
                     self._log(f"verify --repair: {exc}")
             report = await self.in_store_thread(store.verify)
         report.repaired = repaired
@@ -556,7 +558,7 @@ class Node:
             for change in changes:
                 try:
                     outcomes.append(self.namespace.apply(change))
-                except Exception as exc:
+                except Exception as exc:  # this change's outcome, told to its client; the group goes on
                     outcomes.append(exc)
         return outcomes
 
@@ -628,7 +630,7 @@ class _StoreThreadBlocks:
                     except CorruptBlockError as damage:
                         bad.append(damage)
                         ok = False
-                    except CasError:
+                    except (BlockNotFoundError, InvalidBlockError, RepositoryError):  # gone, or unreadable: not vouched for
                         ok = False
                 present.append(ok)
             return present, read, bad
@@ -692,7 +694,7 @@ def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[
             store.blocks.get(cid)
         except CorruptBlockError as damage:
             damaged.append(damage)
-        except CasError:
+        except (BlockNotFoundError, InvalidBlockError, RepositoryError):  # gone meanwhile, or unreadable now
             continue
         else:
             good.append(cid)
