@@ -45,6 +45,7 @@ from ..dht.driver import DhtDriver
 from ..dht.ids import id_from_bytes
 from ..dht.publisher import Publisher, StoreRecords
 from ..dht.replicator import Replicator
+from ..dht.routing import RoutingTable
 from ..errors import (
     BlockNotFoundError,
     BootstrapError,
@@ -63,6 +64,7 @@ from ..net.admission import (
 )
 from ..net.identity import Identity
 from ..net.network_key import (
+    NetworkKey,
     describe_network,
     network_key_for,
 )
@@ -173,25 +175,38 @@ class Node:
         network_key = network_key_for(repo, self.config.network_key)
         settings = self.settings = network_settings(self.config, network_key, store)
         store.held.set_lease(settings.lease)  # committed with the first barrier
-        difficulty = settings.id_difficulty
+        identity = self.identity = self._identity(repo, settings.id_difficulty)
+        table = load_table(repo / TABLE_PATH, id_from_bytes(identity.node_id), trio.current_time())
+        listeners = await self._listen()
+        port = listeners[0].socket.getsockname()[1]
+        self.address = NodeAddress(identity.node_id, self.config.listen_host, port)
+        self._build_parts(store, identity, table, network_key, settings, port)
+        await self._serve(repo, listeners, network_key, task_status)
+
+    def _identity(self, repo: Path, difficulty: int) -> Identity:
+        """The node's key, made anew if it shows less work than the network asks."""
         identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
-        self.identity = identity
         if replaced:
             self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
                       f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
-        own_id = id_from_bytes(identity.node_id)
-        table = load_table(repo / TABLE_PATH, own_id, trio.current_time())
+        return identity
+
+    async def _listen(self) -> list[trio.SocketListener]:
         try:
-            listeners = await trio.open_tcp_listeners(self.config.listen_port, host=self.config.listen_host)
+            return await trio.open_tcp_listeners(self.config.listen_port, host=self.config.listen_host)
         except OSError as exc:
             raise CasError(f"cannot listen on {self.config.listen_host}:{self.config.listen_port}: "
                            f"{exc.strerror or exc}") from None
-        bound = listeners[0].socket.getsockname()
-        self.address = NodeAddress(identity.node_id, self.config.listen_host, bound[1])
+
+    def _build_parts(self, store: LocalStore, identity: Identity, table: RoutingTable,
+                     network_key: NetworkKey | None, settings: Settings, port: int) -> None:
+        """The DHT driver, the replicator, the publisher and the group
+        committers, wired to this node's store thread (not yet running)."""
+        difficulty = settings.id_difficulty
         dht = self.dht = DhtDriver(
             identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
-            listen_port=bound[1], listen_host=self.config.listen_host,
+            listen_port=port, listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
@@ -199,27 +214,35 @@ class Node:
                                 max_connections_per_address=self.config.max_connections_per_address,
                                 handshake_rate_per_address=self.config.handshake_rate_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
-        replicator = self.replicator = Replicator(
+        self.replicator = Replicator(
             dht, _StoreThreadBlocks(self), replicas=settings.replicas,
             repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
             lease=settings.lease)
         self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
-        group_commit = self.group_commit = GroupCommitter(
+        self.group_commit = GroupCommitter(
             lambda blocks: self.in_store_thread(store.held.accept_many, blocks),
             weight=lambda item: len(item.block.data))
-        namespace_commits = self.namespace_commits = GroupCommitter(
+        self.namespace_commits = GroupCommitter(
             lambda changes: self.in_store_thread(self.apply_changes, changes),
             weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
+
+    async def _serve(self, repo: Path, listeners: list[trio.SocketListener], network_key: NetworkKey | None,
+                     task_status: Any) -> None:
+        """Run every part until the node stops; then close the listeners and
+        the control socket and save the routing table."""
+        dht, replicator, publisher = self.dht, self.replicator, self.publisher
+        assert dht is not None and replicator is not None and publisher is not None
+        assert self.group_commit is not None and self.namespace_commits is not None
         control = None
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    await nursery.start(group_commit.run)
-                    await nursery.start(namespace_commits.run)
+                    await nursery.start(self.group_commit.run)
+                    await nursery.start(self.namespace_commits.run)
                     await nursery.start(dht.run)
                     await nursery.start(replicator.run)
-                    await nursery.start(self.publisher.run)
+                    await nursery.start(publisher.run)
                     nursery.start_soon(trio.serve_listeners, dht.handle_inbound, listeners)
                     if self.config.bootstrap:
                         try:
@@ -231,7 +254,7 @@ class Node:
                             # node serves its own repository meanwhile.
                             self._log(f"{exc}; running alone and retrying")
                         nursery.start_soon(self._keep_joined)
-                    elif len(table):
+                    elif len(dht.table):
                         nursery.start_soon(self._rejoin)
                     control = bind_socket(repo / SOCKET_NAME)
                     nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
