@@ -4,7 +4,6 @@ malformed request is refused with an error naming the op and the argument."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -146,13 +145,13 @@ def test_no_wrong_value_gets_past_the_schema_but_as_its_error(name: str) -> None
     parses (a lenient argument) or is refused naming op and argument."""
     cls = ops.OPS[name]
     request = EXAMPLES[name][0]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in cls._FIELDS:
         for junk in (None, "x", -1, 1.5, True, b"", [], {}, [[1, 2]], {"kind": None}):
-            args = {**request.to_args(), f.name: junk}
+            args = {**request.to_args(), field: junk}
             try:
                 cls.from_args(args)
             except ControlArgumentError as exc:
-                assert str(exc).startswith(f"{name}: argument {f.name!r}"), exc
+                assert str(exc).startswith(f"{name}: argument {field!r}"), exc
 
 
 def test_an_unknown_op_is_an_unknown_op_error() -> None:
@@ -222,3 +221,33 @@ def test_a_library_reader_through_a_daemon_hands_it_the_walks_read_ahead_hint(tm
             assert repo.read(cid) == data
         assert len(asked) >= 3 and len(set(asked)) == len(asked)  # each leaf named once, ahead of its read
         assert replication_stats(daemon)["read_ahead"] == 0  # alone: all of it on its disk, nothing to fetch
+
+
+def test_a_client_reading_blocks_loads_neither_the_namespace_nor_dataclasses() -> None:
+    """What keeps a command through a daemon starting as fast as one
+    without (bench/startup.py): the schema's 33 ops cost it nothing."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; import cas.control; from cas.control import schema as ops; from cas.cid import parse_cid; "
+        f"cid = parse_cid({str(CID_A)!r}); ops.Get(cid).to_args(); ops.WriteFile(cid).to_args(); "
+        "ops.Prefetch([cid]).to_args(); print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = set(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert not loaded & {"dataclasses", "cas.names.namespace", "cas.names.changes", "cas.store._reports", "trio",
+                         "cas.control._server"}
+
+
+def test_a_request_is_an_immutable_record_of_its_arguments() -> None:
+    request = ops.WriteFile(CID_A, length=10)
+    assert (request.cid, request.offset, request.length) == (CID_A, 0, 10)
+    assert request == ops.WriteFile(CID_A, 0, 10) != ops.WriteFile(CID_A, 1, 10)
+    assert repr(request) == f"WriteFile(cid={CID_A!r}, offset=0, length=10)"
+    with pytest.raises(AttributeError, match="cannot be changed"):
+        request.offset = 5  # type: ignore[misc]  # what is checked: it is refused at run time too
+    with pytest.raises(TypeError, match="missing its argument 'cid'"):
+        ops.WriteFile()  # type: ignore[call-arg]  # what is checked: a missing argument
+    with pytest.raises(TypeError, match="unexpected or repeated argument 'size'"):
+        ops.WriteFile(CID_A, size=3)  # type: ignore[call-arg]  # what is checked: an unknown one

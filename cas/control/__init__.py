@@ -58,6 +58,8 @@ is reported as :class:`NodeError` and logged by the node.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..errors import ControlArgumentError, ControlProtocolError, DaemonNotRunningError, NodeError, UnknownOpError
 from ._client import (
     BATCHES_AHEAD,
@@ -82,7 +84,21 @@ from ._framing import (
     error_from_value,
     error_value,
 )
-from ._server import ClientState, Handler, Op, OpTable, StreamingHandler, bind_socket, serve_control
+
+if TYPE_CHECKING:
+    from ._server import ClientState, Handler, Op, OpTable, StreamingHandler, bind_socket, serve_control
+
+_SERVER = frozenset({"ClientState", "Handler", "Op", "OpTable", "StreamingHandler", "bind_socket", "serve_control"})
+"""The server's names, loaded on first use: a client (every command through
+a daemon) never pays for the server's module and what it imports."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER:
+        from . import _server
+
+        return getattr(_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BATCHES_AHEAD", "CONNECT_TIMEOUT", "MAX_FDS", "MAX_FRAME", "MAX_ITERATE_BATCH", "MAX_PROBLEMS",

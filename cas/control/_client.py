@@ -30,7 +30,7 @@ from ..errors import (
     NodeError,
     UnknownOpError,
 )
-from ..store import GcReport, NamespaceKey, RepoStat, RootRow, VerifyReport
+from ..store import RepoStat, RootRow
 from ..store._local import NAMESPACE_KEY_FILE
 from . import schema as ops
 from ._framing import (
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ..files import AddResult
     from ..names.changes import Change
     from ..names.namespace import Node, RootState
+    from ..store import GcReport, NamespaceKey, VerifyReport  # loaded when used (they bring dataclasses)
 
 R = TypeVar("R")
 
@@ -486,6 +487,8 @@ class RemoteStore:
     def namespace_key(self) -> NamespaceKey:
         """Read from the repository directly, as the daemon would: the key file
         is the same user's (mode 0600), and a secret has no business on a socket."""
+        from ..store import NamespaceKey
+
         return NamespaceKey.load_or_create(self.path / "keys" / NAMESPACE_KEY_FILE)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """The control ops, each declared once: its request, its result, its shape.
 
-Owns: one frozen dataclass per op (:class:`Request` subclasses), naming
+Owns: one frozen record per op (:class:`Request` subclasses, made by
+:func:`op`), naming
 the op on the wire (``OP``), its arguments with their types and defaults,
 whether it streams (``STREAMING``), whether it takes a descriptor
 (``TAKES_FD``) and what it answers (``RESULT``, or ``ITEM`` for each item
@@ -47,17 +48,17 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from ..cid import CID, parse_cid
 from ..errors import CasError, ControlArgumentError, ControlProtocolError, InvalidCIDError, UnknownOpError
-from ..store import GcReport, Problem, RepoStat, RootRow, VerifyReport
+from ..store import RepoStat, RootRow
 from ._framing import MAX_PROBLEMS
 
 if TYPE_CHECKING:  # imported when first used: a client that reads blocks never loads the namespace
     from ..names.changes import Change
     from ..names.namespace import Node, RootState
+    from ..store import GcReport, VerifyReport  # nor the maintenance reports (and dataclasses with them)
 
 R = TypeVar("R")
 
@@ -87,8 +88,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class Arg:
+class Arg(NamedTuple):
     """A kind of value on the wire: ``what`` it must be (for the error
     message), ``parse`` (wire value → Python value; raises on a bad one)
     and ``dump`` (the way back)."""
@@ -223,6 +223,8 @@ def _repo_stat_value(st: RepoStat) -> dict[str, Any]:
 
 
 def _verify_report(v: Any) -> VerifyReport:
+    from ..store import Problem, VerifyReport
+
     return VerifyReport(blocks_checked=v["blocks_checked"], bytes_checked=v["bytes_checked"],
                         problems=[Problem(p["cid"], p["what"]) for p in v["problems"]],
                         repaired=v.get("repaired", 0))
@@ -235,6 +237,8 @@ def _verify_report_value(report: VerifyReport) -> dict[str, Any]:
 
 
 def _gc_report(v: Any) -> GcReport:
+    from ..store import GcReport
+
     return GcReport(blocks_freed=v["blocks_freed"], bytes_freed=v["bytes_freed"],
                     roots_dropped=v["roots_dropped"], expired_freed=v.get("expired_freed", 0))
 
@@ -291,20 +295,70 @@ OPS: dict[str, type[Request[Any]]] = {}
 # -- the request base ---------------------------------------------------------------------
 
 
+MISSING: Any = object()
+"""An argument without a default."""
+
+Q = TypeVar("Q", bound="Request[Any]")
+
+
+@typing.dataclass_transform(frozen_default=True)
+def op(cls: type[Q]) -> type[Q]:
+    """Make ``cls`` an op's request: a frozen record of the arguments its
+    annotations declare, in order, with the defaults its body gives.
+    Type checkers see a frozen dataclass; at run time the methods are
+    :class:`Request`'s own, shared, so declaring 33 ops costs a client's
+    start nothing (dataclasses generate and compile each class's methods:
+    ~10 ms, and ~7 ms more to import, for every command through a daemon)."""
+    names = tuple(cls.__dict__.get("__annotations__", {}))
+    cls._FIELDS = names
+    cls._DEFAULTS = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+    return cls
+
+
 class Request(Generic[R]):
     """One op's request. ``R`` is what :meth:`result_from_value` gives (for
-    a streaming op: each item). Subclasses are frozen dataclasses."""
+    a streaming op: each item). Subclasses are made by :func:`op`."""
 
     OP: ClassVar[str]
     STREAMING: ClassVar[bool] = False
     TAKES_FD: ClassVar[bool] = False
     RESULT: ClassVar[Arg] = A_NONE
     ITEM: ClassVar[Arg] = A_ANY  # a streaming op's items; its final ``ok`` is their count
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+    _DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         assert cls.OP not in OPS, f"two ops called {cls.OP!r}"
         OPS[cls.OP] = cls
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names, kind = self._FIELDS, type(self).__name__
+        if len(args) > len(names):
+            raise TypeError(f"{kind}() takes {len(names)} arguments, not {len(args)}")
+        values = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{kind}() got an unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in names:
+            if name not in values:
+                if name not in self._DEFAULTS:
+                    raise TypeError(f"{kind}() is missing its argument {name!r}")
+                values[name] = self._DEFAULTS[name]
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a {type(self).__name__} request cannot be changed")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self._FIELDS)
+
+    def __hash__(self) -> int:
+        return hash((type(self), *(getattr(self, n) for n in self._FIELDS)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._FIELDS)})"
 
     def to_args(self) -> dict[str, Any]:
         """The ``args`` map on the wire."""
@@ -352,12 +406,21 @@ class Request(Generic[R]):
 _ARGUMENTS: dict[str, list[tuple[str, Arg, Any, bool]]] = {}
 
 
-def _annotation_names() -> dict[str, Any]:
-    """The names the annotations use that are imported only when needed."""
-    from ..names.changes import Change
-    from ..names.namespace import Node, RootState
+def _annotation_names(cls: type[Request[Any]]) -> dict[str, Any]:
+    """The names ``cls``'s annotations use that are imported only when
+    needed: an op that names none of them (``get``, ``write_file``: every
+    read through a daemon) never loads the namespace (~10 ms of a start)."""
+    text = " ".join(str(a) for a in cls.__dict__.get("__annotations__", {}).values())
+    names: dict[str, Any] = {}
+    if "Change" in text:
+        from ..names.changes import Change
 
-    return {"Change": Change, "Node": Node, "RootState": RootState}
+        names["Change"] = Change
+    if "Node" in text or "RootState" in text:
+        from ..names.namespace import Node, RootState
+
+        names.update(Node=Node, RootState=RootState)
+    return names
 
 
 def _arguments(cls: type[Request[Any]]) -> list[tuple[str, Arg, Any, bool]]:
@@ -365,12 +428,12 @@ def _arguments(cls: type[Request[Any]]) -> list[tuple[str, Arg, Any, bool]]:
     of an op, read once from its annotations."""
     found = _ARGUMENTS.get(cls.OP)
     if found is None:
-        hints = typing.get_type_hints(cls, localns=_annotation_names(), include_extras=True)
+        hints = typing.get_type_hints(cls, localns=_annotation_names(cls), include_extras=True)
         found = []
-        for f in fields(cls):  # type: ignore[arg-type]  # every Request subclass is a dataclass
-            marks = typing.get_args(hints[f.name])[1:]
+        for name in cls._FIELDS:
+            marks = typing.get_args(hints[name])[1:]
             kind = next(m for m in marks if isinstance(m, Arg))
-            found.append((f.name, kind, f.default, OMIT in marks))
+            found.append((name, kind, cls._DEFAULTS.get(name, MISSING), OMIT in marks))
         _ARGUMENTS[cls.OP] = found
     return found
 
@@ -386,7 +449,7 @@ def request_class(name: str) -> type[Request[Any]]:
 # -- the store ops --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@op
 class Ping(Request[str]):
     """Is a daemon there? It answers ``"pong"``."""
 
@@ -394,14 +457,14 @@ class Ping(Request[str]):
     RESULT = A_TEXT
 
 
-@dataclass(frozen=True)
+@op
 class Has(Request[bool]):
     OP = "has"
     RESULT = Arg("true or false", bool)
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Get(Request[bytes]):
     """The block's bytes (the client verifies them); a block the node lacks
     is fetched from the network, a damaged one healed."""
@@ -411,7 +474,7 @@ class Get(Request[bytes]):
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Prefetch(Request[None]):
     """The blocks a reader will ask for next (its walk's read-ahead hint,
     :class:`cas.blocks.Prefetches`): the node asks its disk for those it
@@ -422,7 +485,7 @@ class Prefetch(Request[None]):
     cids: Annotated[Sequence[CID], A_PREFETCH_CIDS]
 
 
-@dataclass(frozen=True)
+@op
 class Put(Request[bool]):
     """Store one block (≤ 1 MiB, verified); whether it was new."""
 
@@ -432,7 +495,7 @@ class Put(Request[bool]):
     data: Annotated[bytes, A_BYTES]
 
 
-@dataclass(frozen=True)
+@op
 class PutMany(Request[list[bool]]):
     """Several blocks in one request (a frame holds up to 2 MiB), stored in
     order; for each, whether it was new."""
@@ -442,7 +505,7 @@ class PutMany(Request[list[bool]]):
     blocks: Annotated[Sequence[tuple[CID, bytes]], A_BLOCKS]
 
 
-@dataclass(frozen=True)
+@op
 class AddFile(Request[dict[str, Any]]):
     """Add the regular file passed with the request, from ``offset`` to its
     end. Items: ``{"read": n}`` after each step, then ``{"cid", "size",
@@ -454,7 +517,7 @@ class AddFile(Request[dict[str, Any]]):
     offset: Annotated[int, A_BYTE_COUNT] = 0
 
 
-@dataclass(frozen=True)
+@op
 class WriteFile(Request[dict[str, Any]]):
     """Write bytes [offset, offset + length) of file ``cid`` to the
     descriptor passed with the request. Items: ``{"written": n}`` (the
@@ -468,7 +531,7 @@ class WriteFile(Request[dict[str, Any]]):
     length: Annotated[int | None, A_BYTE_COUNT_OR_NULL] = None
 
 
-@dataclass(frozen=True)
+@op
 class Protect(Request[None]):
     """Keep ``cid`` from gc while this connection lasts."""
 
@@ -476,21 +539,21 @@ class Protect(Request[None]):
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Barrier(Request[None]):
     """Everything put so far is durable."""
 
     OP = "barrier"
 
 
-@dataclass(frozen=True)
+@op
 class Delete(Request[bool]):
     OP = "delete"
     RESULT = Arg("true or false", bool)
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Iterate(Request[CID]):
     """Every CID stored, in batches of MAX_ITERATE_BATCH."""
 
@@ -499,34 +562,34 @@ class Iterate(Request[CID]):
     ITEM = Arg("a CID", _check(lambda v: isinstance(v, CID)))
 
 
-@dataclass(frozen=True)
+@op
 class Pin(Request[bool]):
     OP = "pin"
     RESULT = Arg("true or false", bool)
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Unpin(Request[bool]):
     OP = "unpin"
     RESULT = Arg("true or false", bool)
     cid: Annotated[CID, A_CID]
 
 
-@dataclass(frozen=True)
+@op
 class Pins(Request[list[CID]]):
     OP = "pins"
     RESULT = Arg("a list of CIDs", list)
 
 
-@dataclass(frozen=True)
+@op
 class Stat(Request[RepoStat]):
     OP = "stat"
     RESULT = Arg("a repository's counts", _repo_stat, _repo_stat_value)
 
 
-@dataclass(frozen=True)
-class Verify(Request[VerifyReport]):
+@op
+class Verify(Request["VerifyReport"]):
     """Verify every block (at most MAX_PROBLEMS problems are listed); with
     ``repair``, quarantine what is corrupt and fetch good copies."""
 
@@ -535,14 +598,14 @@ class Verify(Request[VerifyReport]):
     repair: Annotated[bool, A_BOOL, OMIT] = False
 
 
-@dataclass(frozen=True)
-class Gc(Request[GcReport]):
+@op
+class Gc(Request["GcReport"]):
     OP = "gc"
     RESULT = Arg("a gc report", _gc_report, _gc_report_value)
     history: Annotated[int | None, A_COUNT_OR_NULL] = None
 
 
-@dataclass(frozen=True)
+@op
 class Roots(Request[list[RootRow]]):
     OP = "roots"
     RESULT = Arg("a list of root rows", _root_rows, _root_rows_value)
@@ -550,7 +613,7 @@ class Roots(Request[list[RootRow]]):
     limit: Annotated[int | None, A_COUNT_OR_NULL] = None
 
 
-@dataclass(frozen=True)
+@op
 class CommitRoot(Request[None]):
     OP = "commit_root"
     seq: Annotated[int, A_WHOLE]
@@ -562,7 +625,7 @@ class CommitRoot(Request[None]):
 # -- the namespace ops -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@op
 class NamespaceChange(Request["RootState"]):
     """Apply a namespace change on the daemon; the root it made."""
 
@@ -571,7 +634,7 @@ class NamespaceChange(Request["RootState"]):
     change: Annotated[Change, A_CHANGE]
 
 
-@dataclass(frozen=True)
+@op
 class NamespaceResolve(Request["Node"]):
     """What ``path`` names in the namespace (at root ``at``, or the newest)."""
 
@@ -584,20 +647,20 @@ class NamespaceResolve(Request["Node"]):
 # -- the node ops -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@op
 class Id(Request[dict[str, Any]]):
     OP = "id"
     RESULT = doc("id", "host", "port", "peers")
 
 
-@dataclass(frozen=True)
+@op
 class Peers(Request[list[dict[str, Any]]]):
     OP = "peers"
     RESULT = docs("id", "host", "port", "connected", "failures", "last_seen_ms", "stores", "store_failures",
                   "bad_blocks", "ours_blocks", "ours_bytes", "held_blocks", "held_bytes")
 
 
-@dataclass(frozen=True)
+@op
 class DhtFind(Request[dict[str, Any]]):
     """A lookup of ``target``: a node ID (64 hex digits) or a CID."""
 
@@ -606,7 +669,7 @@ class DhtFind(Request[dict[str, Any]]):
     target: Annotated[str, A_TARGET]
 
 
-@dataclass(frozen=True)
+@op
 class DhtRefresh(Request[int]):
     """Refresh the routing table now; how many lookups it ran."""
 
@@ -614,7 +677,7 @@ class DhtRefresh(Request[int]):
     RESULT = Arg("a whole number", _check(_whole))
 
 
-@dataclass(frozen=True)
+@op
 class ReplicationStatus(Request[list[dict[str, Any]]]):
     """Per CID: how many of the R closest nodes hold all its blocks."""
 
@@ -624,13 +687,13 @@ class ReplicationStatus(Request[list[dict[str, Any]]]):
     wait: Annotated[int, A_STATUS_WAIT] = 0
 
 
-@dataclass(frozen=True)
+@op
 class ReplicationRepair(Request[dict[str, Any]]):
     OP = "replication_repair"
     RESULT = doc("blocks", "stores", "dropped", "short", "expired")
 
 
-@dataclass(frozen=True)
+@op
 class ReplicationStats(Request[dict[str, Any]]):
     OP = "replication_stats"
     RESULT = doc("replicas", "lease_s", "queued", "placed", "stores_sent", "store_messages", "repair_rounds",
@@ -640,7 +703,7 @@ class ReplicationStats(Request[dict[str, Any]]):
                  "restored", "unrecoverable", "in_quarantine", "scrubbed_bytes", "scrub_passes")
 
 
-@dataclass(frozen=True)
+@op
 class NetStats(Request[dict[str, Any]]):
     OP = "net_stats"
     RESULT = doc("handshakes_in", "handshakes_out", "handshakes", "connections", "addresses", "admitted",
@@ -650,7 +713,7 @@ class NetStats(Request[dict[str, Any]]):
 # -- the published-name ops ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@op
 class NamePublish(Request[dict[str, Any]]):
     """Turn publishing on (every ``interval_ms``, the node's default if
     null) and publish now, or off with ``stop``."""
@@ -661,7 +724,7 @@ class NamePublish(Request[dict[str, Any]]):
     interval_ms: Annotated[int | None, A_WHOLE_OR_NULL, OMIT] = None
 
 
-@dataclass(frozen=True)
+@op
 class NameResolve(Request[dict[str, Any]]):
     """The newest record of the namespace ``key``: ``found`` (null, or its
     key, seq, root, time_ns and record), ``answers``, ``asked``."""
@@ -671,7 +734,7 @@ class NameResolve(Request[dict[str, Any]]):
     key: Annotated[bytes, A_PUBLIC_KEY]
 
 
-@dataclass(frozen=True)
+@op
 class NameStatus(Request[dict[str, Any]]):
     OP = "name_status"
     RESULT = doc("publishing", "interval_ms", "last", "last_error", "held_records")
