@@ -29,11 +29,12 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
-    from .api import Added, AsyncRepository, NodeInfo, Repository, default_repository_path, open_repository
+    from .aio import AsyncRepository
+    from .api import Added, NodeInfo, Repository, default_repository_path, open_repository
     from .blocks import Block, BlockStore
 
 _LAZY = {
-    "Added": "api", "AsyncRepository": "api", "NodeInfo": "api", "Repository": "api",
+    "Added": "api", "AsyncRepository": "aio", "NodeInfo": "api", "Repository": "api",
     "default_repository_path": "api", "open_repository": "api", "Block": "blocks", "BlockStore": "blocks",
 }
 """Names imported on first use: ``import cas.store`` (every ``cas`` command

@@ -2,10 +2,8 @@
 
 ``open_repository()`` gives a :class:`Repository` over the local repository
 (the embedded default); every method is synchronous and safe to call from
-ordinary code. :class:`AsyncRepository` is the trio-native form of the same
-object, used by the node and the FUSE driver: reads run on the trio thread
-through the sans-IO file reader, long writes run in a worker thread so the
-event loop keeps serving.
+ordinary code. :class:`cas.aio.AsyncRepository` is the trio-native form of the same
+object, with the same methods as coroutines.
 
 Example::
 
@@ -27,7 +25,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
@@ -35,7 +33,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from . import files
 from .blocks import (
     AddsFiles,
-    AsyncStoreAdapter,
     Block,
     BlockStore,
     OpensSessions,
@@ -532,56 +529,3 @@ every 0.25 s made the slowest commands slower than looking every second
 CONTROL_SOCKET = "control.sock"
 """``cas.control.SOCKET_NAME``, known here without importing the control
 client (~4 ms of a short command's start-up) when no daemon has a socket."""
-
-
-class AsyncRepository:
-    """The trio-native face of a :class:`Repository`.
-
-    Reads go through the async file reader on the trio thread; adds run in a
-    worker thread, one at a time, so the event loop stays responsive.
-    """
-
-    def __init__(self, repo: Repository) -> None:
-        self.sync = repo
-        self.blocks = AsyncStoreAdapter(repo.blocks)
-        import trio  # here, not at the top: the sync API never pays for it
-
-        self._write_lock = trio.Lock()
-
-    @classmethod
-    async def open(cls, path: str | os.PathLike[str] | None = None) -> AsyncRepository:
-        import trio
-
-        return cls(await trio.to_thread.run_sync(open_repository, path))
-
-    async def aclose(self) -> None:
-        self.sync.close()
-
-    async def add_path(self, path: str | os.PathLike[str], *, recursive: bool = False) -> Added:
-        import trio
-
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(
-                lambda: self.sync.add_path(path, recursive=recursive)
-            )
-
-    async def add_bytes(self, data: bytes) -> CID:
-        import trio
-
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(self.sync.add_bytes, data)
-
-    async def read(self, cid: CID | str, offset: int = 0, length: int | None = None) -> bytes:
-        cid = parse_cid(cid)
-        _check_range(offset, length)
-        return b"".join([piece async for piece in files.aiter_file(self.blocks, cid, offset, length)])
-
-    async def iter_read(
-        self, cid: CID | str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
-        _check_range(offset, length)
-        async for piece in files.aiter_file(self.blocks, parse_cid(cid), offset, length):
-            yield piece
-
-    async def get_block(self, cid: CID | str) -> bytes:
-        return await self.blocks.get(parse_cid(cid))

@@ -165,3 +165,50 @@ def test_the_trio_api_reads_and_adds(tmp_path):
             await arepo.aclose()
 
     trio.run(main)
+
+
+def test_the_trio_api_has_the_same_methods_as_the_sync_one():
+    import inspect
+
+    from cas.aio import AsyncRepository
+
+    def public(cls):
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    sync, asynchronous = public(cas.Repository), public(AsyncRepository)
+    # The same names, but: open is the async constructor, so the file object
+    # is open_file; close is aclose.
+    assert asynchronous == (sync - {"close"}) | {"open_file", "aclose"}
+    for name in sync - {"open", "close", "path", "through_daemon", "daemon", "namespace", "blocks"}:
+        ours, theirs = getattr(AsyncRepository, name), getattr(cas.Repository, name)
+        assert inspect.iscoroutinefunction(ours) or inspect.isasyncgenfunction(ours), name
+        assert list(inspect.signature(ours).parameters) == list(inspect.signature(theirs).parameters), name
+    assert list(inspect.signature(AsyncRepository.open_file).parameters) == \
+        list(inspect.signature(cas.Repository.open).parameters)
+
+
+def test_the_trio_api_does_the_namespace_and_file_objects(tmp_path):
+    data = pseudo_random(300_000, seed="async namespace")
+
+    async def main() -> None:
+        async with await cas.AsyncRepository.open(tmp_path / "repo") as repo:
+            await repo.mkdir("/docs")
+            added = await repo.add_bytes(data, to="/docs/a.bin")
+            await repo.mv("/docs/a.bin", "/docs/b.bin")
+            assert [e.name for e in await repo.ls("/docs")] == ["b.bin"]
+            assert (await repo.stat("/docs/b.bin")).cid == added
+            assert await repo.read("/docs/b.bin", offset=10, length=5) == data[10:15]
+            first = (await repo.log())[-1].seq
+            assert await repo.read("/docs/b.bin") == data
+            async with await repo.open_file("/docs/b.bin") as f:
+                assert await f.seek(-100, 2) == len(data) - 100
+                assert await f.read() == data[-100:]
+            await repo.rm("/docs/b.bin")
+            assert await repo.ls("/docs") == []
+            assert (await repo.root()).seq > first
+            assert (await repo.repo_stat()).blocks >= 2
+        # The repository was released: another opener gets it at once.
+        with cas.open_repository(tmp_path / "repo") as again:
+            assert again.read(added) == data
+
+    trio.run(main)

@@ -179,3 +179,25 @@ def test_running_a_node_as_a_service(shell: Shell) -> None:
     unit = shell.home / ".config" / "systemd" / "user" / "cas.service"
     assert f"--repo {shell.home}/.local/share/cas daemon" in unit.read_text()
     assert "systemctl --user" in results["cas service install --user"].stderr
+
+
+def test_the_trio_library_paragraph(shell: Shell) -> None:
+    """The README's trio paragraph, as a program would use it."""
+    code = """
+import trio, cas
+
+async def main():
+    async with await cas.AsyncRepository.open() as repo:
+        await repo.add_bytes(b"hello", to="/backup/hello.txt")
+        print([entry.name for entry in await repo.ls("/backup")])
+        await repo.mv("/backup/hello.txt", "/backup/hi.txt")
+        async with await repo.open_file("/backup/hi.txt") as f:
+            print((await f.read()).decode())
+
+trio.run(main)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=shell.work,
+                            env={**shell.env, "CAS_HOME": str(shell.home / "repo")},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['hello.txt']", "hello"]
