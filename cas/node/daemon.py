@@ -7,7 +7,11 @@ mode 0600), the DHT (:class:`~cas.dht.driver.DhtDriver` over a
 ``<repo>/dht/routing.cbor`` periodically and on shutdown, and reloaded on
 start), the TCP listener, the bucket-refresh timer, and the control socket
 ``<repo>/control.sock`` with the op table (:func:`control_ops`) through which
-the CLI, the library and the mount reach the node.
+the CLI, the library and the mount reach the node; the integrity of what it
+stores (quarantine, healing, the scrub, ``verify --repair``); and, on
+SIGHUP, the settings it can change while running. What readers read
+through the node is :mod:`.network_store`; what peers and the replicator
+reach, :mod:`.peer_store`.
 
 Every task lives in the nursery of :meth:`Node.run`; cancelling it (what
 SIGTERM and SIGINT do in :func:`run_daemon`) shuts down in order: stop
@@ -27,7 +31,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +58,6 @@ from ..errors import (
     CorruptBlockError,
     InvalidBlockError,
     RepositoryError,
-    StorageQuotaError,
 )
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
@@ -74,11 +77,9 @@ from ..store._links import links_of
 from .config import (
     BOOTSTRAP_RETRY_FIRST,
     BOOTSTRAP_RETRY_MAX,
-    HAVE_VERIFY_BYTES,
     KEY_PATH,
     MAX_CHANGES_PER_GROUP,
     MAX_VERIFIED_MEMORY,
-    READ_AHEAD,
     REJOIN_CHECK,
     RELOADABLE,
     SCRUB_FIRST_DELAY,
@@ -88,7 +89,9 @@ from .config import (
     Settings,
     network_settings,
 )
+from .network_store import NetworkBlockStore
 from .ops import control_ops
+from .peer_store import PeerStore
 from .table import TABLE_PATH, load_table, save_table
 
 T = TypeVar("T")
@@ -123,10 +126,8 @@ class Node:
         self.settings: Settings | None = None
         self._verified: OrderedDict[CID, float] = OrderedDict()  # CID -> trio time of its last verification
         self._healing: dict[CID, trio.Event] = {}
-        self._nursery: trio.Nursery | None = None
-        self._fetching: dict[CID, trio.Event] = {}
-        self._read_ahead_limit = trio.CapacityLimiter(READ_AHEAD)
-        self.read_ahead_count = 0
+        self.nursery: trio.Nursery | None = None  # the running node's, for background work
+        self.blocks = NetworkBlockStore(self)  # what reads through the node read
         self.address: NodeAddress | None = None
         self._store_lock = trio.Lock()
         self._cancel = trio.CancelScope()
@@ -204,7 +205,7 @@ class Node:
         committers, wired to this node's store thread (not yet running)."""
         difficulty = settings.id_difficulty
         dht = self.dht = DhtDriver(
-            identity, table, blocks=_StoreThreadBlocks(self), keeper=_StoreThreadBlocks(self),
+            identity, table, blocks=PeerStore(self), keeper=PeerStore(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
             listen_port=port, listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
@@ -215,7 +216,7 @@ class Node:
                                 handshake_rate_per_address=self.config.handshake_rate_per_address),
             frame_timeout=self.config.frame_timeout, frame_memory=self.config.frame_memory)
         self.replicator = Replicator(
-            dht, _StoreThreadBlocks(self), replicas=settings.replicas,
+            dht, PeerStore(self), replicas=settings.replicas,
             repair_interval=settings.repair_interval, retry_interval=self.config.retry_interval,
             lease=settings.lease)
         self.publisher = Publisher(dht, lambda: store, self.in_store_thread, replicas=settings.replicas)
@@ -237,7 +238,7 @@ class Node:
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    self.nursery = nursery
                     await nursery.start(self.group_commit.run)
                     await nursery.start(self.namespace_commits.run)
                     await nursery.start(dht.run)
@@ -322,63 +323,6 @@ class Node:
     def _log_internal(self, op: str, exc: BaseException) -> None:
         self.internal_errors.append(f"{op}: {type(exc).__name__}: {exc}")
         self._log(f"internal error in {op}: {type(exc).__name__}: {exc}")
-
-    # -- reading from the network ----------------------------------------------
-
-    async def fetch(self, cid: CID) -> bytes:
-        """A block this node lacks, from the network (FIND_BLOCK; the driver
-        verifies it and passes over peers that lie), kept as held for the
-        network if the quota has room. Raises BlockNotFoundError if no node
-        has it. A block being read ahead (:meth:`read_ahead`) is waited for,
-        not fetched twice."""
-        pending = self._fetching.get(cid)
-        if pending is not None:  # being read ahead: wait for it, then look again
-            await pending.wait()
-            assert self.store is not None
-            try:
-                return bytes(await self.in_store_thread(self.store.blocks.get, cid))
-            except BlockNotFoundError:
-                pass  # not kept (quota): fetch it ourselves
-        return await self._fetch_and_keep(cid)
-
-    def read_ahead(self, cids: Sequence[CID]) -> None:
-        """Fetch from the network, in the background, those of ``cids`` this
-        node lacks (a walk's read-ahead hint: blocks a reader wants next)."""
-        if self.dht is not None and len(self.dht.table):
-            self._read_ahead(cids)
-
-    def _read_ahead(self, cids: Sequence[CID]) -> None:
-        if self._nursery is None:
-            return
-        for cid in cids:
-            if cid not in self._fetching:
-                self._fetching[cid] = trio.Event()
-                self._nursery.start_soon(self._read_ahead_one, cid)
-
-    async def _read_ahead_one(self, cid: CID) -> None:
-        assert self.store is not None
-        try:
-            async with self._read_ahead_limit:
-                if not await self.in_store_thread(self.store.blocks.has, cid):
-                    await self._fetch_and_keep(cid)
-                    self.read_ahead_count += 1
-        except CasError:  # a background job's edge: the reader asks again and meets the error itself
-            pass
-        finally:
-            self._fetching.pop(cid).set()
-
-    async def _fetch_and_keep(self, cid: CID) -> bytes:
-        block = await self.replicator.fetch(cid) if self.replicator is not None else None
-        if block is None:
-            raise BlockNotFoundError(cid, "the repository nor on any node of the network")
-        assert self.group_commit is not None
-        try:
-            # Kept with the other blocks arriving meanwhile (read-ahead
-            # fetches several at once): one barrier for them all.
-            await self.group_commit.keep(Placed(block))
-        except StorageQuotaError:
-            pass  # served, not kept
-        return block.data
 
     def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
         """The blocks of the DAG under ``root`` that this repository has (in
@@ -475,8 +419,8 @@ class Node:
 
     def heal_soon(self, cid: CID) -> None:
         """Heal ``cid`` in the background (a damage found while serving a peer)."""
-        if self._nursery is not None and cid not in self._healing:
-            self._nursery.start_soon(self._heal_quietly, cid)
+        if self.nursery is not None and cid not in self._healing:
+            self.nursery.start_soon(self._heal_quietly, cid)
 
     async def _heal_quietly(self, cid: CID) -> None:
         try:
@@ -592,118 +536,6 @@ class Node:
         and the metadata database is not for concurrent use."""
         async with self._store_lock:
             return await trio.to_thread.run_sync(fn, *args)
-
-
-class _StoreThreadBlocks:
-    """The node's store as the DHT driver reads it (``has``/``get``), every
-    call in the store thread like the control ops."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    async def has(self, cid: CID) -> bool:
-        assert self._node.store is not None
-        return bool(await self._node.in_store_thread(self._node.store.blocks.has, cid))
-
-    async def get(self, cid: CID) -> bytes:
-        """A verified copy, for a peer (FIND_BLOCK) or the repair round; a
-        stored copy that fails verification is quarantined, healed in the
-        background, and reported as not here."""
-        node = self._node
-        assert node.store is not None
-        try:
-            data = bytes(await node.in_store_thread(node.store.blocks.get, cid))
-        except CorruptBlockError as damage:
-            await node.quarantine(damage)
-            node.heal_soon(cid)
-            raise BlockNotFoundError(cid) from None
-        node.mark_verified(cid)
-        return data
-
-    async def have(self, cids: Sequence[CID]) -> list[bool]:
-        """HAVE: for each CID, whether a copy here verified within the scrub
-        period; one not checked that recently is read and hashed now, and a
-        bad one quarantined (and healed in the background). A block held
-        for the network whose lease ran out is not claimed: nobody wants
-        it kept, and gc will take it."""
-        node = self._node
-        assert node.store is not None
-        store = node.store
-        recheck = {cid for cid in cids if not node.recently_verified(cid)}
-
-        def check() -> tuple[list[bool], list[CID], list[CorruptBlockError]]:
-            present: list[bool] = []
-            read: list[CID] = []
-            bad: list[CorruptBlockError] = []
-            budget = HAVE_VERIFY_BYTES
-            expired = store.held.expired_among(cids)
-            for cid in cids:
-                ok = store.blocks.has(cid) and cid not in expired
-                if ok and cid in recheck:
-                    if budget <= 0:
-                        # Not verified in time for this answer, so not
-                        # claimed: the asker sends a copy (kept as it is)
-                        # or asks again, by when the scrub or a later HAVE
-                        # has verified more.
-                        present.append(False)
-                        continue
-                    try:
-                        budget -= len(store.blocks.get(cid))
-                        read.append(cid)
-                    except CorruptBlockError as damage:
-                        bad.append(damage)
-                        ok = False
-                    except (BlockNotFoundError, InvalidBlockError, RepositoryError):  # gone, or unreadable: not vouched for
-                        ok = False
-                present.append(ok)
-            return present, read, bad
-
-        present, read, bad = await node.in_store_thread(check)
-        for cid in read:
-            node.mark_verified(cid)
-        for damage in bad:
-            await node.quarantine(damage)
-            node.heal_soon(damage.cid)
-        return present
-
-    async def leases(self) -> dict[CID, float]:
-        assert self._node.store is not None
-        return dict(await self._node.in_store_thread(self._node.store.held.leases))
-
-    async def renew(self, cids: Sequence[CID], seconds: int) -> None:
-        """A HAVE with a lease: keep those held here that much longer."""
-        store = self._node.store
-        assert store is not None
-
-        def renew() -> None:
-            store.held.renew(cids, seconds)
-            store.blocks.barrier()
-
-        await self._node.in_store_thread(renew)
-
-    async def all_blocks(self) -> list[CID]:
-        store = self._node.store
-        assert store is not None
-        return list(await self._node.in_store_thread(lambda: list(store.blocks.iterate())))
-
-    async def drop(self, cids: list[CID]) -> list[CID]:
-        assert self._node.store is not None
-        return list(await self._node.in_store_thread(self._node.store.drop_held, cids))
-
-    async def sizes(self, cids: list[CID]) -> dict[CID, int]:
-        assert self._node.store is not None
-        return dict(await self._node.in_store_thread(self._node.store.blocks.sizes, cids))
-
-    async def keep_many(self, blocks: list[Block], sender: bytes | None = None,
-                        leases: Sequence[int] = ()) -> list[object]:
-        """Blocks a peer (``sender``) placed here (verified), each for its
-        lease in seconds (none: the network's): held for the network, within
-        the quota, the sender's share and the disk reserve, durable on
-        return (group-committed with the others arriving at the same time);
-        per block, True/False or the quota error that refused it."""
-        assert self._node.group_commit is not None
-        return await self._node.group_commit.keep_many(
-            [Placed(block, sender, leases[i] if leases else None) for i, block in enumerate(blocks)])
 
 
 def _verify_stored(store: LocalStore, cids: list[CID]) -> tuple[list[CID], list[CorruptBlockError]]:

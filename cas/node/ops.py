@@ -36,7 +36,6 @@ from ..cid import CID
 from ..control import MAX_ITERATE_BATCH, ClientState, Op, OpTable
 from ..control import schema as ops
 from ..errors import (
-    BlockNotFoundError,
     CorruptBlockError,
     InvalidInputError,
 )
@@ -142,37 +141,15 @@ async def has(request: ops.Has, ctx: OpContext) -> bool:
     return bool(await ctx.in_store_thread(ctx.store.blocks.has, request.cid))
 
 
-async def read_block(node: Node, cid: CID) -> bytes:
-    """A block as a local read finds it: from the store, healed if damaged,
-    fetched from the network if missing."""
-    store = node.store
-    assert store is not None
-    try:
-        data = bytes(await node.in_store_thread(store.blocks.get, cid))
-    except CorruptBlockError as damage:
-        # A local read heals itself from the network instead of failing.
-        await node.quarantine(damage)
-        return await node.heal(cid)
-    except BlockNotFoundError:
-        if await node.in_store_thread(store.quarantine.is_quarantined, cid):
-            return await node.heal(cid)  # kept as it was (own or held) when it comes back
-        if node.dht is None or not len(node.dht.table):
-            raise  # alone: the repository is all there is
-        return await node.fetch(cid)
-    return data
-
-
 async def get(request: ops.Get, ctx: OpContext) -> bytes:
-    return await read_block(ctx.node, request.cid)
+    return await ctx.node.blocks.get(request.cid)
 
 
 async def prefetch(request: ops.Prefetch, ctx: OpContext) -> None:
     """A reader's read-ahead hint: its next blocks, read ahead from the
     disk (``prefetch``: the kernel starts reading them) or, those this node
     lacks, fetched from the network in the background."""
-    cids = list(request.cids)
-    await ctx.in_store_thread(ctx.store.blocks.prefetch, cids)
-    ctx.node.read_ahead(cids)
+    await ctx.node.blocks.prefetch(request.cids)
 
 
 async def session(ctx: OpContext) -> Any:
@@ -280,7 +257,7 @@ async def write_file(request: ops.WriteFile, ctx: OpContext) -> AsyncIterator[li
     fd = ctx.client.take_fd()
     cid, offset, length = request.cid, request.offset, request.length  # checked by the schema
     token = trio.lowlevel.current_trio_token()
-    reader = _PackFirst(ctx.store.blocks, partial(read_block, ctx.node), token, ctx.node.read_ahead)
+    reader = _PackFirst(ctx.store.blocks, ctx.node.blocks.get, token, ctx.node.blocks.read_ahead)
     gone = threading.Event()
     # Who closes fd: the thread once it has begun (a write may outlast
     # the request: a stalled pipe), else the op, if it gives up first.
@@ -407,4 +384,4 @@ def control_ops(node: Node) -> OpTable:
     return {request.OP: Op(request, bind(handler)) for request, handler in HANDLERS.items()}
 
 
-__all__ = ["HANDLERS", "OpContext", "control_ops", "parse_target", "read_block"]
+__all__ = ["HANDLERS", "OpContext", "control_ops", "parse_target"]

@@ -133,7 +133,7 @@ async def replication_stats(request: ops.ReplicationStats, ctx: OpContext) -> di
             "stores_sent": r.stats.stores_sent, "store_messages": ctx.dht.store_messages_sent,
             "repair_rounds": r.stats.rounds,
             "held_blocks": len(store.held), "held_bytes": store.held.bytes,
-            "quota": store.held.quota, "read_ahead": ctx.node.read_ahead_count,
+            "quota": store.held.quota, "read_ahead": ctx.node.blocks.read_ahead_count,
             # live: as last placed or repaired, less copies on peers found dead since
             "short": r.short_blocks(), "tracked": len(r.holders), "copies_lost": r.stats.copies_lost,
             "placed_bytes": r.stats.placed_bytes,
