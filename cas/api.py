@@ -442,9 +442,11 @@ class Repository:
     def pins(self) -> list[CID]:
         return self._store.pins()
 
-    def gc(self, *, history: int | None = None) -> GcReport:
-        """Delete what no pin and no kept root reaches; report what was freed."""
-        return self._store.gc(history=history)
+    def gc(self, *, history: int | None = None, on_wait: Callable[[str], None] | None = None) -> GcReport:
+        """Delete what no pin and no kept root reaches; report what was freed.
+        Offline, commands reading beside the owner are waited for first
+        (``on_wait`` is told if that takes more than a second)."""
+        return self._store.gc(history=history, on_wait=on_wait)
 
     def repo_stat(self) -> RepoStat:
         """Blocks, bytes and pins in the repository."""
@@ -470,9 +472,14 @@ def open_repository(
     create: bool = True,
     wait: float = 0.0,
     on_wait: Callable[[str], None] | None = None,
+    read_only: bool = False,
 ) -> Repository:
     """Open the repository at ``path`` (default: :func:`default_repository_path`),
     creating it if needed (unless ``create`` is false).
+
+    With ``read_only``, a program that only reads opens it beside another
+    process that owns it offline, without waiting for it (see
+    :meth:`cas.store.LocalStore.open`); a change through it fails.
 
     If a daemon owns the repository (it answers on ``<repo>/control.sock``),
     the repository is reached through it; a socket file nobody answers on is
@@ -502,7 +509,7 @@ def open_repository(
                 return Repository(remote)  # type: ignore[arg-type]  # the daemon's store speaks the same protocol over its socket
         slice_ = min(DAEMON_RECHECK, deadline - time.monotonic())
         try:
-            return Repository(LocalStore.open(path, create=create, wait=max(slice_, 0.0)))
+            return Repository(LocalStore.open(path, create=create, wait=max(slice_, 0.0), read_only=read_only))
         except RepositoryLockedError as exc:
             now = time.monotonic()
             holder = exc.holder or "another process"

@@ -135,7 +135,7 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_cat(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
+    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else (), read_only=True) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         sink = sys.stdout.buffer
         sink.flush()
@@ -164,7 +164,7 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     dest = Path(args.output)
-    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else ()) as repo:
+    with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else (), read_only=True) as repo:
         cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
         made = None

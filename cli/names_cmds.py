@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: the namespace loads when a command uses i
     from cas.names.namespace import Node, RootState
 
 from .output import Output, human_size
-from .repo_cmds import NAMESPACE_CODE, open_repo
+from .repo_cmds import NAMESPACE_CODE, open_repo, waiting_note
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -123,7 +123,7 @@ def _warn(repo: Any, out: Output) -> None:
 
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, load=NAMESPACE_CODE) as repo:
+    with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
         entries = repo.ls(args.path, at=args.at)
         _warn(repo, out)
         if out.json_mode:
@@ -143,7 +143,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_stat(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, load=NAMESPACE_CODE) as repo:
+    with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
         node = repo.stat(args.path, at=args.at)
         _warn(repo, out)
         entries = None
@@ -205,7 +205,7 @@ def cmd_rm(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_root(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, load=NAMESPACE_CODE) as repo:
+    with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
         state = repo.root()
         _warn(repo, out)
     out.document(_root_json(state))
@@ -218,7 +218,7 @@ def cmd_root(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, load=NAMESPACE_CODE) as repo:
+    with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
         states = repo.log()
         _warn(repo, out)
     out.document([_root_json(s) for s in states])
@@ -256,7 +256,7 @@ def cmd_unpin(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args) as repo:
-        report = repo.gc(history=args.history)
+        report = repo.gc(history=args.history, on_wait=waiting_note(args))
     out.document(
         {"blocks_freed": report.blocks_freed, "bytes_freed": report.bytes_freed, "roots_dropped": report.roots_dropped,
          "expired_freed": report.expired_freed}

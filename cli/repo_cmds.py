@@ -19,14 +19,17 @@ def repo_path(args: argparse.Namespace) -> Path:
     return Path(args.repo).expanduser() if args.repo else cas.default_repository_path()
 
 
-def open_repo(args: argparse.Namespace, *, create: bool = True, load: Iterable[str] = ()) -> cas.Repository:
+def open_repo(args: argparse.Namespace, *, create: bool = True, load: Iterable[str] = (),
+              read_only: bool = False) -> cas.Repository:
     """The repository of ``--repo``, waiting ``--wait`` seconds for another
-    process using it (and saying so on stderr after a second). ``load``
+    process using it (and saying so on stderr after a second); a command
+    that only reads (``read_only``) does not wait for a writer. ``load``
     names the modules the command will use (``NAMESPACE_CODE``,
     ``TREE_CODE``): they are imported before the repository is locked."""
     for name in load:
         import_module(name)
-    return cas.open_repository(repo_path(args), create=create, wait=args.wait, on_wait=waiting_note(args))
+    return cas.open_repository(repo_path(args), create=create, wait=args.wait, on_wait=waiting_note(args),
+                               read_only=read_only)
 
 
 NAMESPACE_CODE = ("cas.names.namespace", "cas.names.remote", "nacl.signing")
@@ -99,7 +102,7 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_repo_stat(args: argparse.Namespace, out: Output) -> int:
-    with open_repo(args, create=False) as repo:
+    with open_repo(args, create=False, read_only=True) as repo:
         st = repo.repo_stat()
     health = replication_health(args)
     out.document({"repo": st.path, "blocks": st.blocks, "bytes": st.bytes, "pinned": st.pinned,

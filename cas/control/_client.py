@@ -457,7 +457,9 @@ class RemoteStore:
             progress(report.bytes_checked)
         return report
 
-    def gc(self, *, history: int | None = None) -> GcReport:
+    def gc(self, *, history: int | None = None, on_wait: Callable[[str], None] | None = None) -> GcReport:
+        """The daemon's gc (it keeps readers out for its whole life, so
+        there is nobody to wait for: ``on_wait`` is never called)."""
         return self._client.call(ops.Gc(history))
 
     def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:

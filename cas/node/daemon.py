@@ -161,12 +161,15 @@ class Node:
         repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
         store = await trio.to_thread.run_sync(
             lambda: LocalStore.open(repo, create=True, wait=self.config.lock_wait))
-        store.held.quota = self.config.quota
-        store.held.peer_quota = self.config.peer_quota
-        store.held.reserve = self.config.disk_reserve
-        self.store = store
-        self.namespace = Namespace(store)
         try:
+            # It deletes at any time (repair drops, quarantine): readers go
+            # through it, none beside it (those open are waited for).
+            await trio.to_thread.run_sync(store.keep_out_readers)
+            store.held.quota = self.config.quota
+            store.held.peer_quota = self.config.peer_quota
+            store.held.reserve = self.config.disk_reserve
+            self.store = store
+            self.namespace = Namespace(store)
             await self._run_with_store(store, repo, task_status)
         finally:
             store.close()

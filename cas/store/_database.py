@@ -128,8 +128,17 @@ def _db_error(exc: sqlite3.Error, path: Path) -> RepositoryError:
 class Database:
     """The open metadata database of one repository."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open the database; with ``read_only``, as a reader beside the
+        owner: it writes nothing (``query_only``) and upgrades nothing
+        (``current`` says whether the schema is this version's)."""
         self.path = path
+        self.read_only = read_only
+        self.current = True
+        self._in_transaction = False
+        self.before_commit: Callable[[], None] | None = None
+        """Run before each commit of a transaction: the pack store's fsync
+        of the bytes the transaction's rows point at (the ordering rule)."""
         try:
             os.close(open_private(path, os.O_RDONLY))  # 0600 before SQLite creates its companions
         except OSError as exc:
@@ -138,6 +147,10 @@ class Database:
             # The owner may call in from a worker thread (AsyncRepository);
             # calls are never concurrent, which the owner guarantees.
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if read_only:
+                self._conn.execute("PRAGMA query_only = ON")
+                self.current = self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+                return
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -161,10 +174,6 @@ class Database:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise _db_error(exc, path) from None
-        self._in_transaction = False
-        self.before_commit: Callable[[], None] | None = None
-        """Run before each commit of a transaction: the pack store's fsync
-        of the bytes the transaction's rows point at (the ordering rule)."""
 
     def close(self) -> None:
         if self._in_transaction:
@@ -187,6 +196,8 @@ class Database:
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """Run a write inside the current group transaction (opened here)."""
+        if self.read_only:
+            raise RepositoryError(f"{self.path.parent} is open for reading only here (a bug: a write was tried)")
         try:
             if not self._in_transaction:
                 self._conn.execute("BEGIN IMMEDIATE")

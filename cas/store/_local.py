@@ -126,14 +126,18 @@ class LocalStore:
     the object as a context manager. ``blocks`` is the block store.
     """
 
-    def __init__(self, path: Path, lock_fd: int) -> None:
+    def __init__(self, path: Path, lock_fd: int, *, read_only: bool = False) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self.db = Database(path / "meta.sqlite")
+        self.read_only = read_only
+        """Opened by a reader beside the owner (``open(read_only=True)``)."""
+        self._readers_excluded = -1  # the owner's exclusive hold on readers.lock, if it keeps one
+        self.db = Database(path / "meta.sqlite", read_only=read_only)
         packs: PackStore | None = None
         try:
-            packs = PackStore(path / "packs", self.db)
-            migrate_block_files(path, packs)  # a repository from before packs
+            packs = PackStore(path / "packs", self.db, read_only=read_only)
+            if not read_only:
+                migrate_block_files(path, packs)  # a repository from before packs
         except BaseException:
             if packs is not None:
                 packs.close()
@@ -157,8 +161,16 @@ class LocalStore:
         create: bool = True,
         wait: float = 0.0,
         on_wait: Callable[[str], None] | None = None,
+        read_only: bool = False,
     ) -> LocalStore:
         """Open (and with ``create``, initialise) the repository at ``path``.
+
+        With ``read_only``, a command that only reads opens it beside its
+        owner, without waiting for it (a long ``cas add`` does not hold up
+        ``cas ls``): committed blocks and roots, through SQLite's WAL, and
+        nothing it reads is deleted until it closes (``readers.lock``:
+        gc waits for it). It writes nothing; a repository that needs
+        creating or upgrading first is opened as by its owner instead.
 
         If another process owns it, wait up to ``wait`` seconds for it to
         let go, then raise RepositoryLockedError naming that process (at
@@ -168,6 +180,10 @@ class LocalStore:
         ``path`` is something other than a repository.
         """
         path = Path(path).expanduser().absolute()
+        if read_only and (path / "config.json").exists():
+            store = cls._open_reader(path, wait)
+            if store is not None:
+                return store
         if (path / "config.json").exists():
             cls.check_config(path)
             lock_fd = _lock.acquire(path, wait=wait, on_wait=on_wait)
@@ -183,6 +199,26 @@ class LocalStore:
         except BaseException:
             os.close(lock_fd)
             raise
+
+    @classmethod
+    def _open_reader(cls, path: Path, wait: float) -> LocalStore | None:
+        """The repository opened beside its owner, or None if it must be
+        opened as by its owner: its schema is older (an upgrade writes), or
+        its namespace has no root yet (the first read stores the empty
+        directory)."""
+        cls.check_config(path)
+        readers_fd = _lock.acquire_shared(path, wait=wait)
+        try:
+            # Modes only, no data: made private by any command (_modes.py).
+            _modes.report(path, _modes.tighten(path))
+            store = cls(path, readers_fd, read_only=True)
+        except BaseException:
+            os.close(readers_fd)
+            raise
+        if store.db.current and store.roots(limit=1):
+            return store
+        store.close()
+        return None
 
     @classmethod
     def _create(cls, path: Path, *, wait: float, on_wait: Callable[[str], None] | None) -> int:
@@ -284,6 +320,9 @@ class LocalStore:
             return
         self.blocks.packs.close()
         self.db.close()
+        if self._readers_excluded >= 0:
+            os.close(self._readers_excluded)
+            self._readers_excluded = -1
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
 
@@ -454,12 +493,38 @@ class LocalStore:
 
     # -- garbage collection ------------------------------------------------------
 
-    def gc(self, *, history: int | None = None) -> GcReport:
+    def gc(self, *, history: int | None = None, on_wait: Callable[[str], None] | None = None) -> GcReport:
         """Delete every block not reachable from a pin, the current root or
         one of the ``history`` roots before it (default: the configured
         limit), and the root rows older than that. Blocks put through an
         open write session are kept, and so are blocks held for the network
-        (``_held.py``) until their lease runs out."""
+        (``_held.py``) until their lease runs out. Readers beside the owner
+        are waited for first, and kept out until it is done (``on_wait`` is
+        told if that takes more than a second)."""
+        with self._readers_kept_out(on_wait):
+            return self._gc(history)
+
+    @contextlib.contextmanager
+    def _readers_kept_out(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """While the owner deletes what a reader could be reading: no reader
+        beside it (those open are waited for)."""
+        if self._readers_excluded >= 0:  # kept out already, for the owner's life
+            yield
+            return
+        fd = _lock.exclusive_readers(self.path, on_wait)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def keep_out_readers(self, on_wait: Callable[[str], None] | None = None) -> None:
+        """For an owner that deletes at any time (the daemon: repair drops,
+        quarantine): no reader opens beside it while it runs (commands go
+        through it instead); those open are waited for."""
+        if self._readers_excluded < 0:
+            self._readers_excluded = _lock.exclusive_readers(self.path, on_wait)
+
+    def _gc(self, history: int | None) -> GcReport:
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)
         from ._reports import GcReport
 

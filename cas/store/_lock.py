@@ -274,3 +274,75 @@ def _wait_polling(fd: int, path: Path, until: float) -> None:
         if _try_lock(fd, path):
             return
         pause = min(pause * 2, POLL_MAX)
+
+
+# -- readers beside the owner -----------------------------------------------------
+
+READERS_FILE = "readers.lock"
+"""Shared-``flock``ed by each process reading the repository beside its
+owner (``LocalStore.open(read_only=True)``), exclusively by the owner
+while it deletes what a reader could be reading (gc and compaction)."""
+
+READERS_WAIT_NOTICE = 1.0
+"""Seconds gc waits for readers before it says so."""
+
+
+def acquire_shared(path: Path, *, wait: float = 0.0) -> int:
+    """A shared lock on ``path/readers.lock``: the repository may be read
+    beside its owner, and nothing a reader can reach is deleted until it
+    lets go. Held off only while gc or compaction deletes (seconds at most);
+    after ``wait`` seconds of that, RepositoryLockedError."""
+    fd = _open_readers(path)
+    try:
+        deadline = time.monotonic() + max(wait, 0.0)
+        pause = POLL_FIRST
+        while not _try(fd, path, fcntl.LOCK_SH):
+            if time.monotonic() >= deadline:
+                raise RepositoryLockedError(
+                    f"{path} is held by a process that deletes blocks from it ('cas gc', or a node "
+                    "daemon, which reading commands go through); try again when it is done, or give "
+                    "--wait more seconds")
+            time.sleep(pause)  # gc's deletions are short; polling, as from any thread
+            pause = min(pause * 2, POLL_MAX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def exclusive_readers(path: Path, on_wait: Callable[[str], None] | None = None) -> int:
+    """The owner's exclusive lock on ``path/readers.lock``, taken before it
+    deletes blocks or packs: it waits for every reader to finish (saying so
+    after ``READERS_WAIT_NOTICE`` seconds), and keeps new ones off until
+    the descriptor returned is closed."""
+    fd = _open_readers(path)
+    try:
+        start, pause, noticed = time.monotonic(), POLL_FIRST, on_wait is None
+        while not _try(fd, path, fcntl.LOCK_EX):
+            if not noticed and time.monotonic() - start >= READERS_WAIT_NOTICE:
+                noticed = True
+                assert on_wait is not None
+                on_wait("other commands are reading it")
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_readers(path: Path) -> int:
+    try:
+        return open_private(path / READERS_FILE, os.O_RDWR)  # 0600, whatever the umask
+    except OSError as exc:
+        raise RepositoryError(f"cannot open {path}/{READERS_FILE}: {exc.strerror}") from None
+
+
+def _try(fd: int, path: Path, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise RepositoryError(f"cannot lock {path}/{READERS_FILE}: {exc.strerror}") from None
+    return True

@@ -191,7 +191,7 @@ class PackStore:
     (the owner's store thread), like the database connection it shares.
     """
 
-    def __init__(self, packs_dir: Path, db: Database, *, pack_limit: int = PACK_LIMIT) -> None:
+    def __init__(self, packs_dir: Path, db: Database, *, pack_limit: int = PACK_LIMIT, read_only: bool = False) -> None:
         self.dir = packs_dir
         self._dir_str = str(packs_dir)
         self.db = db
@@ -203,6 +203,9 @@ class PackStore:
         self._dirty = False  # the active pack appended to since the last sync
         self._rolled: list[int] = []  # packs closed since then, still to sync
         self._fd = -1
+        self._active = self._end = self._written_out = 0
+        if read_only:  # a reader beside the owner: it reads committed blocks, never appends or recovers
+            return
         try:
             if not packs_dir.exists():
                 private_dir(packs_dir)
@@ -301,6 +304,8 @@ class PackStore:
     def put_bytes(self, key: bytes, data: bytes) -> None:
         """Append ``data`` under the binary CID ``key`` and index it, unchecked
         (for the migration, which keeps damage where verify will see it)."""
+        if self.db.read_only:
+            raise RepositoryError(f"{self.dir.parent} is open for reading only here (a bug: a write was tried)")
         number, start = self._append(key, data)
         self.db.execute(
             "INSERT OR REPLACE INTO pack_blocks (cid, pack, start, length) VALUES (?, ?, ?, ?)",
