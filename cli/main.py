@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(args.command, type(exc).__name__, str(exc))
         return 1
     except KeyboardInterrupt:
-        out.error(args.command, "interrupted", "interrupted")
+        print(f"cas {args.command}: interrupted", file=sys.stderr)
+        out.document({"error": {"command": args.command, "type": "interrupted", "message": "interrupted"}})
         return 130
     return int(status or 0)
 
