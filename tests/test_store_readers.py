@@ -100,3 +100,24 @@ def test_a_repository_that_needs_upgrading_is_opened_by_a_reader_as_by_its_owner
     assert subprocess.run([sys.executable, "-c", "import sqlite3; print(sqlite3.connect("
                            f"{str(repo / 'meta.sqlite')!r}).execute('PRAGMA user_version').fetchone()[0])"],
                           capture_output=True, text=True, check=True).stdout.strip() == "7"
+
+
+def test_a_daemon_starts_once_the_readers_beside_the_last_owner_are_done(repo: Path, tmp_path: Path) -> None:
+    from tests.nodeproc import Daemons, wait_until
+
+    filled(repo, tmp_path)
+    reader = LocalStore.open(repo, read_only=True)
+    try:
+        with Daemons() as daemons:
+            daemon = daemons.start(repo, wait=False)
+            wait_until(lambda: "waiting for the commands reading the repository to finish" in daemon.stderr(),
+                       30, "the daemon to say it waits for the reader")
+            assert daemon.proc.poll() is None and not daemon.node_id  # not serving yet
+            reader.close()
+            daemons.wait_ready(daemon)
+            # Serving now: reading commands go through it, none beside it.
+            assert run_cas("cat", "/d/f.bin", repo=repo).stdout == (tmp_path / "f.bin").read_bytes()
+            with pytest.raises(RepositoryLockedError, match="deletes blocks from it"):
+                LocalStore.open(repo, read_only=True, wait=0)
+    finally:
+        reader.close()

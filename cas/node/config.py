@@ -46,6 +46,12 @@ KEY_PATH = Path("keys") / "node.key"
 SAVE_INTERVAL = 300.0
 """Seconds between saves of the routing table while running (and once more
 at shutdown): a kill -9 loses at most this much table history."""
+READERS_POLL = 0.05
+READERS_NOTICE = 1.0
+"""How often a starting daemon looks whether the commands reading its
+repository beside the last owner are done, and after how long it says it
+waits for them."""
+
 READ_AHEAD = 8
 """Blocks fetched from the network at once ahead of a reader (its walk's
 hint, ``Node.read_ahead``), each its own FIND_BLOCK lookup, so a sequential

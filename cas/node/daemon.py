@@ -28,6 +28,7 @@ or pickle anything.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from collections import OrderedDict
@@ -80,6 +81,8 @@ from .config import (
     KEY_PATH,
     MAX_CHANGES_PER_GROUP,
     MAX_VERIFIED_MEMORY,
+    READERS_NOTICE,
+    READERS_POLL,
     REJOIN_CHECK,
     RELOADABLE,
     SCRUB_FIRST_DELAY,
@@ -164,7 +167,7 @@ class Node:
         try:
             # It deletes at any time (repair drops, quarantine): readers go
             # through it, none beside it (those open are waited for).
-            await trio.to_thread.run_sync(store.keep_out_readers)
+            await self._keep_out_readers(store)
             store.held.quota = self.config.quota
             store.held.peer_quota = self.config.peer_quota
             store.held.reserve = self.config.disk_reserve
@@ -186,6 +189,16 @@ class Node:
         self.address = NodeAddress(identity.node_id, self.config.listen_host, port)
         self._build_parts(store, identity, table, network_key, settings, port)
         await self._serve(repo, listeners, network_key, task_status)
+
+    async def _keep_out_readers(self, store: LocalStore) -> None:
+        """Wait (cancellably: SIGTERM still stops it) for the commands
+        reading the repository beside its last owner to finish."""
+        notice = trio.current_time() + READERS_NOTICE
+        while not await self.in_store_thread(store.keep_out_readers):
+            if trio.current_time() >= notice:
+                notice = math.inf
+                self._log("waiting for the commands reading the repository to finish")
+            await trio.sleep(READERS_POLL)
 
     def _identity(self, repo: Path, difficulty: int) -> Identity:
         """The node's key, made anew if it shows less work than the network asks."""

@@ -517,12 +517,17 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def keep_out_readers(self, on_wait: Callable[[str], None] | None = None) -> None:
+    def keep_out_readers(self) -> bool:
         """For an owner that deletes at any time (the daemon: repair drops,
-        quarantine): no reader opens beside it while it runs (commands go
-        through it instead); those open are waited for."""
+        quarantine): no reader opens beside it from now until it closes
+        (commands go through it instead). False if readers are open now:
+        the caller waits for them, and asks again."""
         if self._readers_excluded < 0:
-            self._readers_excluded = _lock.exclusive_readers(self.path, on_wait)
+            fd = _lock.try_exclusive_readers(self.path)
+            if fd is None:
+                return False
+            self._readers_excluded = fd
+        return True
 
     def _gc(self, history: int | None) -> GcReport:
         from . import _links  # not at the top: reading a file needs no CBOR (cbor2)

@@ -331,6 +331,20 @@ def exclusive_readers(path: Path, on_wait: Callable[[str], None] | None = None) 
     return fd
 
 
+def try_exclusive_readers(path: Path) -> int | None:
+    """:func:`exclusive_readers` if no reader is open now, else None (for
+    an owner that waits its own way: the daemon, cancellably)."""
+    fd = _open_readers(path)
+    try:
+        if _try(fd, path, fcntl.LOCK_EX):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
 def _open_readers(path: Path) -> int:
     try:
         return open_private(path / READERS_FILE, os.O_RDWR)  # 0600, whatever the umask
