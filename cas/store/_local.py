@@ -235,7 +235,10 @@ class LocalStore:
             found = {entry.name for entry in os.scandir(path)} if path.is_dir() else None
         except OSError as exc:
             raise disk_error(exc, "reading", path) from None
-        if path.exists() and (found is None or found - INIT_ENTRIES):
+        made_meanwhile = found is not None and "config.json" in found  # by a command started with this one
+        if found is not None:  # config.json on its way in (write_atomically's temporary name)
+            found = {name for name in found if not name.startswith(".config.json.tmp-")}
+        if path.exists() and not made_meanwhile and (found is None or found - INIT_ENTRIES):
             raise RepositoryError(f"{path} exists and is not a cas repository; give --repo a new or empty directory")
         try:
             _modes.private_dir(path, parents=True)
