@@ -192,7 +192,6 @@ class LocalStore:
         else:
             lock_fd = cls._create(path, wait=wait, on_wait=on_wait)
         try:
-            cls.check_config(path)
             _modes.report(path, _modes.tighten(path))  # an older repository made private: _modes.py
             _empty_dir(path / "tmp")
             return cls(path, lock_fd)

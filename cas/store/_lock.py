@@ -144,11 +144,12 @@ def _take(fd: int, path: Path, wait: float, on_wait: Callable[[str], None] | Non
             return
 
 
-def _try_lock(fd: int, path: Path) -> bool:
-    """Take the lock if it is free (True), or find it held (False). Asking
-    again on a descriptor that holds it already answers True."""
+def _try_lock(fd: int, path: Path, mode: int = fcntl.LOCK_EX) -> bool:
+    """Take the lock (``mode``: exclusive, or shared) if it is free (True),
+    or find it held (False). Asking again on a descriptor that holds it
+    already answers True. ``path`` names the lock in an error."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return False
@@ -292,21 +293,12 @@ def acquire_shared(path: Path, *, wait: float = 0.0) -> int:
     beside its owner, and nothing a reader can reach is deleted until it
     lets go. Held off only while gc or compaction deletes (seconds at most);
     after ``wait`` seconds of that, RepositoryLockedError."""
-    fd = _open_readers(path)
-    try:
-        deadline = time.monotonic() + max(wait, 0.0)
-        pause = POLL_FIRST
-        while not _try(fd, path, fcntl.LOCK_SH):
-            if time.monotonic() >= deadline:
-                raise RepositoryLockedError(
-                    f"{path} is held by a process that deletes blocks from it ('cas gc', or a node "
-                    "daemon, which reading commands go through); try again when it is done, or give "
-                    "--wait more seconds")
-            time.sleep(pause)  # gc's deletions are short; polling, as from any thread
-            pause = min(pause * 2, POLL_MAX)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = _readers_lock(path, fcntl.LOCK_SH, time.monotonic() + max(wait, 0.0))
+    if fd is None:
+        raise RepositoryLockedError(
+            f"{path} is held by a process that deletes blocks from it ('cas gc', or a node "
+            "daemon, which reading commands go through); try again when it is done, or give "
+            "--wait more seconds")
     return fd
 
 
@@ -315,12 +307,34 @@ def exclusive_readers(path: Path, on_wait: Callable[[str], None] | None = None) 
     deletes blocks or packs: it waits for every reader to finish (saying so
     after ``READERS_WAIT_NOTICE`` seconds), and keeps new ones off until
     the descriptor returned is closed."""
+    fd = _readers_lock(path, fcntl.LOCK_EX, math.inf, on_wait)
+    assert fd is not None  # no deadline
+    return fd
+
+
+def try_exclusive_readers(path: Path) -> int | None:
+    """:func:`exclusive_readers` if no reader is open now, else None (for
+    an owner that waits its own way: the daemon, cancellably)."""
+    return _readers_lock(path, fcntl.LOCK_EX, deadline=0.0)
+
+
+def _readers_lock(path: Path, mode: int, deadline: float,
+                  on_wait: Callable[[str], None] | None = None) -> int | None:
+    """``readers.lock`` locked in ``mode``, polling until ``deadline`` (a
+    ``time.monotonic()``; None if it passed): gc's deletions and readers
+    are short, and polling works from any thread. ``on_wait`` is told after
+    ``READERS_WAIT_NOTICE`` seconds."""
     fd = _open_readers(path)
     try:
-        start, pause, noticed = time.monotonic(), POLL_FIRST, on_wait is None
-        while not _try(fd, path, fcntl.LOCK_EX):
-            if not noticed and time.monotonic() - start >= READERS_WAIT_NOTICE:
-                noticed = True
+        notice = time.monotonic() + READERS_WAIT_NOTICE if on_wait is not None else math.inf
+        pause = POLL_FIRST
+        while not _try_lock(fd, path / READERS_FILE, mode):
+            now = time.monotonic()
+            if now >= deadline:
+                os.close(fd)
+                return None
+            if now >= notice:
+                notice = math.inf
                 assert on_wait is not None
                 on_wait("other commands are reading it")
             time.sleep(pause)
@@ -331,32 +345,8 @@ def exclusive_readers(path: Path, on_wait: Callable[[str], None] | None = None) 
     return fd
 
 
-def try_exclusive_readers(path: Path) -> int | None:
-    """:func:`exclusive_readers` if no reader is open now, else None (for
-    an owner that waits its own way: the daemon, cancellably)."""
-    fd = _open_readers(path)
-    try:
-        if _try(fd, path, fcntl.LOCK_EX):
-            return fd
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return None
-
-
 def _open_readers(path: Path) -> int:
     try:
         return open_private(path / READERS_FILE, os.O_RDWR)  # 0600, whatever the umask
     except OSError as exc:
         raise RepositoryError(f"cannot open {path}/{READERS_FILE}: {exc.strerror}") from None
-
-
-def _try(fd: int, path: Path, mode: int) -> bool:
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise RepositoryError(f"cannot lock {path}/{READERS_FILE}: {exc.strerror}") from None
-    return True
