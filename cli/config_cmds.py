@@ -13,6 +13,7 @@ room it gives others and its bootstrap peers); the rest at its next start.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     s.set_defaults(run=cmd_unset)
 
 
+@functools.cache
 def daemon_actions() -> dict[str, argparse.Action]:
     """``cas daemon``'s flags by setting name (the flag without dashes)."""
     from .main import build_parser

@@ -138,7 +138,7 @@ async def ping(request: ops.Ping, ctx: OpContext) -> str:
 
 
 async def has(request: ops.Has, ctx: OpContext) -> bool:
-    return bool(await ctx.in_store_thread(ctx.store.blocks.has, request.cid))
+    return await ctx.node.blocks.has(request.cid)
 
 
 async def get(request: ops.Get, ctx: OpContext) -> bytes:

@@ -35,8 +35,7 @@ class PeerStore:
         self._node = node
 
     async def has(self, cid: CID) -> bool:
-        assert self._node.store is not None
-        return bool(await self._node.in_store_thread(self._node.store.blocks.has, cid))
+        return await self._node.blocks.has(cid)
 
     async def get(self, cid: CID) -> bytes:
         """A verified copy, for a peer (FIND_BLOCK) or the repair round; a
