@@ -28,10 +28,12 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .. import files
+from ..blocks import Block
 from ..cid import CID
 from ..errors import (
     DirectoryNotEmptyError,
@@ -42,6 +44,7 @@ from ..errors import (
 from ..names import dirtree
 from ..names.directory import DirEntry
 from ..names.namespace import ROOT_MODE, Namespace, Node, RootState, split_path
+from ..store import OwnBlocks
 
 ROOT_TTL = 0.1
 """Seconds a read of the current root is reused: bounds how late a change
@@ -117,12 +120,19 @@ class TreeReader:
 
 
 class MountTree(TreeReader):
-    """See the module docstring. ``store`` is the node's LocalStore."""
+    """See the module docstring. ``store`` is the node's LocalStore.
 
-    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
+    ``on_change``, if given, is called after every change committed through
+    the tree (in the store thread, like the change) with the blocks of the
+    file that change stored, if it stored one: the node places them on the
+    network and republishes (:mod:`cas.fuse.served`)."""
+
+    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL,
+                 on_change: Callable[[list[CID]], None] | None = None) -> None:
         super().__init__(store.blocks)
         self.store = store
         self.namespace = Namespace(store)  # LocalStore keeps its key loaded
+        self._on_change = on_change
         self._root_ttl = root_ttl
         self._root: RootState | None = None
         self._root_read = 0.0
@@ -134,9 +144,13 @@ class MountTree(TreeReader):
             self._root_read = now
         return self._root
 
-    def _note(self, state: RootState) -> None:
+    def _note(self, state: RootState, stored: Sequence[CID] = ()) -> None:
+        """``state`` is the root a change of ours committed; ``stored`` the
+        blocks it stored."""
         self._root = state
         self._root_read = time.monotonic()
+        if self._on_change is not None:
+            self._on_change(list(stored))
 
     # -- changing -------------------------------------------------------------
 
@@ -205,14 +219,34 @@ class MountTree(TreeReader):
 
     def commit_file(self, path: str | None, stream: BinaryIO, mode: int, mtime: int) -> tuple[CID, int]:
         """Store ``stream`` as a file and link it at ``path`` (None: an
-        unlinked file, stored nowhere). Returns (CID, size)."""
+        unlinked file, stored nowhere). Returns (CID, size). The blocks
+        are the user's own, as those of an add (claimed if a peer had
+        placed the same content here)."""
         with self.store.blocks.open_session() as session:
-            added = files.add_stream(session, stream)
+            sink = _NewBlocks(OwnBlocks(session, self.store.held))
+            added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
             if path is not None:
                 name = split_path(path)[-1]
-                self.link(path, Node(path, name, "file", added.size, mode, mtime, added.cid))
+                node = Node(path, name, "file", added.size, mode, mtime, added.cid)
+                self._note(self.namespace.link(path, node, replace_file=True), sink.cids)
         return added.cid, added.size
 
     def statfs(self) -> FsStat:
         st = os.statvfs(self.store.path)
         return FsStat(st.f_frsize, st.f_blocks, st.f_bavail, st.f_files)
+
+
+class _NewBlocks:
+    """A block sink that remembers which of the blocks put through it were
+    new to the store: those a commit asks the node to place (the others
+    were placed when they first came)."""
+
+    def __init__(self, sink: OwnBlocks) -> None:
+        self._sink = sink
+        self.cids: list[CID] = []
+
+    def put(self, block: Block) -> bool:
+        new = self._sink.put(block)
+        if new:
+            self.cids.append(block.cid)
+        return new
