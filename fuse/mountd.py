@@ -52,6 +52,8 @@ if TYPE_CHECKING:  # trio and the node load only in the mount process
     from .published import NodeLink
 
 FSNAME = "cas"
+MOUNT_PROCESS = "cas mount"
+"""What a mount process calls itself where the repository lock names its holder."""
 KERNEL_READ_AHEAD_KIB = 1024
 """How far the kernel reads ahead in the mount's files. FUSE's default of
 128 KiB also caps each read request at 128 KiB; at 1 MiB a sequential read
@@ -363,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", dest="options", action="append", default=[])
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
+    # How the repository lock names this process to a command that meets it
+    # ("in use by process N (cas mount DIR)"), rather than python's argv.
+    sys.argv = [MOUNT_PROCESS, os.path.abspath(args.mountpoint)]
     ready_fd: int | None = args.ready_fd
 
     def report(line: str) -> None:

@@ -104,11 +104,14 @@ def test_stopping_the_daemon_commits_open_files_and_unmounts(tmp_path: Path, rep
     assert run_cas("cat", "/staged.txt", repo=repo).stdout == b"written, never closed"
 
 
-def test_a_mount_process_refuses_a_second_mount_saying_where_it_is(tmp_path: Path, repo: Path) -> None:
+def test_a_mount_process_refuses_a_second_mount_and_a_daemon_saying_what_to_do(tmp_path: Path, repo: Path) -> None:
     with mounted(repo, tmp_path / "mnt") as mnt:
         (tmp_path / "other").mkdir()
         refused = run_cas("mount", str(tmp_path / "other"), repo=repo, check=False)
         assert refused.returncode != 0 and f"already serves a mount at {mnt}" in error_of(refused)
+        refused = run_cas("--wait", "0", "daemon", "--listen", "127.0.0.1:0", repo=repo, check=False, timeout=30)
+        assert refused.returncode != 0
+        assert f"'cas umount {mnt}', start the daemon, then 'cas mount {mnt}' again" in error_of(refused)
 
 
 def test_files_written_through_the_mount_reach_the_other_nodes(tmp_path: Path, daemons: Daemons) -> None:

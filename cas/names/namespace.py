@@ -215,7 +215,8 @@ class Namespace:
             state = RootState(record.seq, record.root, record.time_ns, record.public_key)
             self._verified = (row.seq, row.record, state)
             return state
-        return RootState(0, dirtree.empty_directory(self.blocks), 0, self.repo.namespace_key().public_key)
+        # Nothing stored: a namespace with no root reads the same in a repository only read.
+        return RootState(0, dirtree.EMPTY_DIRECTORY, 0, self.repo.namespace_key().public_key)
 
     def at(self, seq: int | None) -> RootState:
         """Root ``seq``, or the current one for None."""

@@ -139,6 +139,7 @@ class Node:
         self._cancel = trio.CancelScope()
         self.internal_errors: list[str] = []
         self.mount: ServedMount | None = None  # the mount it serves (cas.node.ops_mount)
+        self._scrub_pace: ScrubPace | None = None
 
     def stop(self) -> None:
         """Begin a clean shutdown (safe to call from any task)."""
@@ -153,6 +154,7 @@ class Node:
         later = [name for name in changed if name not in RELOADABLE]
         for name in now:
             setattr(self.config, name, getattr(new, name))
+        self._apply_reloaded()
         store = self.store
         if store is not None:
             def limits() -> None:
@@ -163,6 +165,19 @@ class Node:
             await self.in_store_thread(limits)
         self.log("settings read again: " + (f"applied {', '.join(now)}" if now else "nothing changed that applies now")
                   + (f"; {', '.join(later)} change at the next start" if later else ""))
+
+    def _apply_reloaded(self) -> None:
+        """Hand the reloadable settings now in ``config`` to the parts that
+        keep their own copy (those read at each use need nothing)."""
+        config = self.config
+        if self.dht is not None:
+            self.dht.refresh_interval = config.refresh_interval
+            self.dht.admission.max_connections = config.max_connections
+            self.dht.admission.max_connections_per_address = config.max_connections_per_address
+        if self.replicator is not None:
+            self.replicator.retry_interval = config.retry_interval
+        if self._scrub_pace is not None:
+            self._scrub_pace.rate, self._scrub_pace.period = config.scrub_rate, config.scrub_period
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
@@ -504,7 +519,7 @@ class Node:
         period (cas/scrub.py); what fails is quarantined and healed."""
         assert self.store is not None
         store = self.store
-        pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
+        pace = self._scrub_pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
         # Not in the first minute: a node starting (a mount, a daemon after a
         # reboot) has its own reading to do first.
         await trio.sleep(min(SCRUB_FIRST_DELAY, self.config.scrub_period))
