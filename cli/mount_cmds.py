@@ -39,6 +39,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="mount over a directory that has files in it (hidden until unmounted)")
     p.add_argument("--cache", type=int, default=None, metavar="MIB",
                    help="block cache size in MiB (default 256)")
+    p.add_argument("--commit-interval", type=float, default=None, metavar="SECONDS",
+                   help="commit what was changed in the mount as one version this often (default 1); "
+                   "a crash loses at most this much of what was not fsynced")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (the kernel still checks each file's permissions); "
                    "a user other than root needs 'user_allow_other' in /etc/fuse.conf")
@@ -58,7 +61,10 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     # and the mount's machinery costs a short command much of its start-up.
     from cas.fuse import require_pyfuse3
     from cas.fuse.mountd import (
+        DEFAULT_COMMIT_INTERVAL,
         DEFAULT_REFRESH,
+        MAX_COMMIT_INTERVAL,
+        MIN_COMMIT_INTERVAL,
         MIN_REFRESH,
         MountConfig,
         check_mountpoint,
@@ -77,6 +83,11 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     if not refresh >= MIN_REFRESH:
         raise UsageError(f"--refresh must be at least {MIN_REFRESH:g} seconds")
     require_pyfuse3()
+    if args.commit_interval is not None and not MIN_COMMIT_INTERVAL <= args.commit_interval <= MAX_COMMIT_INTERVAL:
+        raise UsageError(f"--commit-interval must be {MIN_COMMIT_INTERVAL:g} to {MAX_COMMIT_INTERVAL:g} seconds")
+    if args.commit_interval is not None and args.ro:
+        raise UsageError("--commit-interval applies to a read-write mount only")
+    commit_interval = DEFAULT_COMMIT_INTERVAL if args.commit_interval is None else args.commit_interval
     if args.cache is not None and args.cache <= 0:
         raise InvalidInputError("--cache must be a positive number of MiB")
     name = parse_public_key(args.name) if args.name is not None else None
@@ -86,7 +97,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     if name is None and _mount_by_daemon(args, out, repo, mountpoint, options):
         return 0
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,
-                         name, refresh, args.wait, args.allow_other, options)
+                         name, refresh, args.wait, args.allow_other, options, commit_interval)
     fuse_options(config, args.ro)  # a refused option or allow_other is said here, before anything starts
 
     def ready() -> None:
@@ -126,7 +137,9 @@ def _mount_by_daemon(args: argparse.Namespace, out: Output, repo: Path, mountpoi
                              "without --foreground (the daemon's log, not this terminal, has its messages)")
         daemon.call(ops.Mount(str(mountpoint), read_only=args.ro, nonempty=args.nonempty,
                               cache_bytes=args.cache * 1024 * 1024 if args.cache else None,
-                              allow_other=args.allow_other, options=options))
+                              allow_other=args.allow_other, options=options,
+                              commit_interval_ms=None if args.commit_interval is None
+                              else round(args.commit_interval * 1000)))
     out.document({"repo": str(repo), "mountpoint": str(mountpoint), "read_only": args.ro, "daemon": True})
     out.note(f"mounted {repo} at {mountpoint}{' (read-only)' if args.ro else ''}, served by its daemon")
     return True

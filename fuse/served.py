@@ -31,6 +31,8 @@ from .mountd import MountConfig, fuse_options, tune_read_ahead
 
 if TYPE_CHECKING:
     from ..node import Node
+    from .operations import CasOperations
+    from .tree import MountTree
 
 log = logging.getLogger("cas.fuse")
 
@@ -45,6 +47,7 @@ class ServedMount:
         self.config = config
         self.ended = trio.Event()
         self._mounted = False
+        self._tree: MountTree | None = None
         self._changes_in, self._changes = trio.open_memory_channel[list[CID]](math.inf)
 
     @property
@@ -75,8 +78,9 @@ class ServedMount:
         store = self.node.store
         assert store is not None, "the node runs"
         async with trio.open_nursery() as nursery:
+            tree = self._tree = MountTree(store, on_commit=self._committed)
             ops = CasOperations(
-                run=self.node.in_store_thread, tree=MountTree(store, on_change=self._changed),
+                run=self.node.in_store_thread, tree=tree,
                 staging_dir=store.path / "tmp", nursery=nursery, read_only=self.config.read_only,
                 cache_bytes=self.config.cache_bytes,
             )
@@ -89,6 +93,7 @@ class ServedMount:
             try:
                 nursery.start_soon(tune_read_ahead, self.mountpoint)
                 nursery.start_soon(self._follow_changes)
+                nursery.start_soon(self._commit_every_interval, ops)
                 task_status.started()
                 try:
                     await pyfuse3.main()
@@ -101,6 +106,7 @@ class ServedMount:
                     await ops.commit_all()
                 pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
                 self._mounted = False
+                self._tree = None
                 nursery.cancel_scope.cancel()
 
     def terminate(self) -> None:
@@ -123,14 +129,27 @@ class ServedMount:
                 raise MountError(f"cannot unmount {self.mountpoint}: {lines[-1] if lines else 'unmount failed'}")
         await self.ended.wait()
 
-    # -- after each change --------------------------------------------------------
+    # -- committing ---------------------------------------------------------------
 
-    def _changed(self, stored: list[CID]) -> None:
-        """A change was committed through the mount (store thread)."""
+    async def _commit_every_interval(self, ops: CasOperations) -> None:
+        """Commit what the mount changed, one version per interval at most."""
+        while True:
+            await trio.sleep(self.config.commit_interval)
+            await ops.flush_changes()
+
+    def flush_pending(self) -> None:
+        """Commit the mount's pending changes now (store thread): before
+        another writer's change, so of two changes to one path the later
+        wins, as everywhere (docs/architecture.md, "Concurrent changes")."""
+        if self._tree is not None:
+            self._tree.flush()
+
+    def _committed(self, stored: list[CID]) -> None:
+        """The mount's changes were committed (store thread)."""
         trio.from_thread.run_sync(self._changes_in.send_nowait, stored)
 
     async def _follow_changes(self) -> None:
-        """Tell the publisher of each change, and queue the blocks each
+        """Tell the publisher of each commit, and queue the blocks each
         stored for placement (an add's blocks are placed the same way).
         Blocks still queued here when the mount ends are placed by the
         repair round, which looks at every block the node holds."""

@@ -728,6 +728,7 @@ class Mount(Request[dict[str, Any]]):
     cache_bytes: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
     allow_other: Annotated[bool, A_BOOL, OMIT] = False
     options: Annotated[Sequence[str], A_TEXTS, OMIT] = ()
+    commit_interval_ms: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
 
 
 @op

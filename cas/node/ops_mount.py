@@ -24,7 +24,14 @@ from .ops_context import OpContext
 
 
 async def mount(request: ops.Mount, ctx: OpContext) -> dict[str, Any]:
-    from ..fuse.mountd import MountConfig, check_mountpoint, fuse_options
+    from ..fuse.mountd import (
+        DEFAULT_COMMIT_INTERVAL,
+        MAX_COMMIT_INTERVAL,
+        MIN_COMMIT_INTERVAL,
+        MountConfig,
+        check_mountpoint,
+        fuse_options,
+    )
     from ..fuse.served import ServedMount
 
     node = ctx.node
@@ -35,8 +42,12 @@ async def mount(request: ops.Mount, ctx: OpContext) -> dict[str, Any]:
                          f"'cas umount {node.mount.mountpoint}' first, or use that one")
     mountpoint = await trio.to_thread.run_sync(
         lambda: check_mountpoint(Path(request.mountpoint), nonempty=request.nonempty))
+    every = request.commit_interval_ms
+    if every is not None and not MIN_COMMIT_INTERVAL <= every / 1000 <= MAX_COMMIT_INTERVAL:
+        raise InvalidInputError(f"the commit interval must be {MIN_COMMIT_INTERVAL:g} s to {MAX_COMMIT_INTERVAL:g} s")
     config = MountConfig(ctx.store.path, mountpoint, request.read_only, request.cache_bytes,
-                         allow_other=request.allow_other, options=tuple(request.options))
+                         allow_other=request.allow_other, options=tuple(request.options),
+                         commit_interval=DEFAULT_COMMIT_INTERVAL if every is None else every / 1000)
     fuse_options(config, config.read_only)  # a refused option is said before anything starts
     served = node.mount = ServedMount(node, config)
     assert node.nursery is not None
