@@ -329,25 +329,18 @@ async def gc(request: ops.Gc, ctx: OpContext) -> GcReport:
 
 
 async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
-    store, mount = ctx.store, ctx.node.mount
-
-    def read() -> list[RootRow]:
-        if mount is not None:
-            mount.flush_pending()  # a command run after a change in the mount sees it
-        return store.roots(newest_first=request.newest_first, limit=request.limit)
-
-    return await ctx.in_store_thread(read)
+    store = ctx.store
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # a command run after a change in the mount sees it
+    rows: list[RootRow] = await ctx.in_store_thread(
+        lambda: store.roots(newest_first=request.newest_first, limit=request.limit))
+    return rows
 
 
 async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
-    mount, store = ctx.node.mount, ctx.store
-
-    def commit() -> None:
-        if mount is not None:
-            mount.flush_pending()  # what the mount changed first: it came first
-        store.commit_root(request.seq, request.root, request.time_ns, request.record)
-
-    await ctx.in_store_thread(commit)
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # what the mount changed first: it came first
+    await ctx.in_store_thread(ctx.store.commit_root, request.seq, request.root, request.time_ns, request.record)
     if ctx.node.publisher is not None:
         ctx.node.publisher.root_changed()  # published namespaces go out now, not at the next interval
 
