@@ -42,6 +42,7 @@ anything by itself, and never calls FUSE.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import threading
@@ -216,50 +217,110 @@ class ReadState:
 
 
 class Staging:
-    """A file's whole content, staged in a temporary file while it is written.
+    """A file's whole content, staged while it is written: in memory while
+    it is small (up to ``MEMORY_FILE`` bytes, and while all files staged in
+    memory hold under ``MEMORY_TOTAL``), else in a temporary file.
 
-    Plain positional I/O on one file descriptor; the file is unlinked from
-    the start where the OS allows, so a crash leaves nothing behind (the next
-    owner of the repository empties ``tmp/`` anyway).
+    A small file, the common case, costs no temporary file and no disk I/O
+    until it is stored. A temporary file is unlinked from the start where
+    the OS allows, so a crash leaves nothing behind (the next owner of the
+    repository empties ``tmp/`` anyway).
     """
 
+    MEMORY_FILE = 1 << 20
+    MEMORY_TOTAL = 64 << 20
+    _in_memory = 0  # bytes held by every Staging in memory, in this process
+    _lock = threading.Lock()
+
     def __init__(self, directory: Path) -> None:
-        private_dir(directory, parents=True)  # the repository's tmp/: 0700 (cas/store/_modes.py)
-        fd, name = tempfile.mkstemp(prefix="fuse-", dir=directory)  # 0600, and unlinked at once
-        os.unlink(name)
-        self.fd = fd
+        self._directory = directory
+        self._buffer: bytearray | None = bytearray()
+        self._held = 0  # of _in_memory, this one's
+        self.fd = -1
         self.size = 0
 
+    def _hold(self, size: int) -> bool:
+        """Whether the content may stay in memory at ``size`` bytes."""
+        if size > self.MEMORY_FILE:
+            return False
+        with Staging._lock:
+            if Staging._in_memory - self._held + size > self.MEMORY_TOTAL:
+                return False
+            Staging._in_memory += size - self._held
+            self._held = size
+        return True
+
+    def _release(self) -> None:
+        with Staging._lock:
+            Staging._in_memory -= self._held
+        self._held = 0
+
+    def _spill(self) -> None:
+        """Move the content to a temporary file, from now on."""
+        private_dir(self._directory, parents=True)  # the repository's tmp/: 0700 (cas/store/_modes.py)
+        fd, name = tempfile.mkstemp(prefix="fuse-", dir=self._directory)  # 0600, and unlinked at once
+        os.unlink(name)
+        assert self._buffer is not None
+        try:
+            os.pwrite(fd, self._buffer, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self._buffer = fd, None
+        self._release()
+
     def write(self, offset: int, data: bytes) -> int:
+        end = offset + len(data)
+        if self._buffer is not None and not self._hold(max(self.size, end)):
+            self._spill()
+        if self._buffer is not None:
+            if offset > len(self._buffer):
+                self._buffer.extend(bytes(offset - len(self._buffer)))  # a hole reads as zeros
+            self._buffer[offset:end] = data
+            self.size = len(self._buffer)
+            return len(data)
         written = os.pwrite(self.fd, data, offset)
         self.size = max(self.size, offset + written)
         return written
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, max(0, min(length, self.size - offset)), offset)
+        length = max(0, min(length, self.size - offset))
+        if self._buffer is not None:
+            return bytes(self._buffer[offset:offset + length])
+        return os.pread(self.fd, length, offset)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        if self._buffer is not None and not self._hold(size):
+            self._spill()
+        if self._buffer is not None:
+            if size < len(self._buffer):
+                del self._buffer[size:]
+            else:
+                self._buffer.extend(bytes(size - len(self._buffer)))
+        else:
+            os.ftruncate(self.fd, size)
         self.size = size
 
     def fill(self, pieces: Iterable[bytes]) -> None:
         """Copy in the committed content (store thread: it reads blocks)."""
         offset = 0
         for piece in pieces:
-            os.pwrite(self.fd, piece, offset)
+            self.write(offset, piece)
             offset += len(piece)
         self.size = offset
 
     def stream(self) -> Any:
         """A readable binary stream of the staged content from its start."""
+        if self._buffer is not None:
+            return io.BytesIO(self._buffer)
         fd = os.dup(self.fd)  # shares the offset, which nothing else here uses
         os.lseek(fd, 0, os.SEEK_SET)
         return os.fdopen(fd, "rb", buffering=COPY_PIECE, closefd=True)
 
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
     def close(self) -> None:
+        if self._buffer is not None:
+            self._buffer = None
+            self._release()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

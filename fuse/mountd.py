@@ -241,7 +241,7 @@ async def _serve_own(config: MountConfig, on_ready: Callable[[], None]) -> None:
 
                 async def watch() -> None:
                     async for _ in signals:
-                        served.terminate()
+                        await served.end()
                         return
 
                 nursery.start_soon(watch)

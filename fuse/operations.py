@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +97,6 @@ class CasOperations(pyfuse3.Operations):
     """The mount's request handlers; see the module docstring."""
 
     supports_dot_lookup = True
-    enable_writeback_cache = False
     enable_acl = False
 
     def __init__(
@@ -123,6 +122,10 @@ class CasOperations(pyfuse3.Operations):
         self._staging_dir = staging_dir
         self._nursery = nursery
         self.read_only = read_only
+        # The kernel keeps what is written in its page cache and sends it in
+        # large pieces (and at close, fsync and memory pressure), so a
+        # program writing 10 KiB at a time costs one request per 128 KiB.
+        self.enable_writeback_cache = not read_only
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -461,7 +464,7 @@ class CasOperations(pyfuse3.Operations):
             handle = self._handles[fh]
             found = self.inodes.get(handle.ino)
             staging = await self._stage(found)
-            if handle.append:
+            if handle.append and not self.enable_writeback_cache:  # with it, the kernel places appends
                 off = staging.size
             written = staging.write(off, buf)
             state: FileState = found.state
@@ -623,6 +626,35 @@ class CasOperations(pyfuse3.Operations):
         # In a worker thread: invalidating an entry waits for the kernel's
         # requests about it in flight, which this (trio) thread answers.
         await trio.to_thread.run_sync(_invalidate, names, attached, abandon_on_cancel=True)
+
+    async def changed_elsewhere(self, paths: Iterable[str] | None) -> None:
+        """Another writer changed ``paths`` (None: perhaps anything), through
+        the node: the kernel forgets the names, attributes and pages it
+        cached of them, so the mount shows the change now (with the
+        writeback cache it would keep its own copy of a file otherwise)."""
+        if isinstance(self.tree, MountTree):
+            self.tree.forget_root()
+        if paths is None:
+            names = [(found.parent, found.name.encode()) for found in self.inodes
+                     if found.parent is not None and not found.detached]
+            inodes = [found.ino for found in self.inodes if not found.detached]
+        else:
+            names, inodes = [], []
+            for path in paths:
+                parent, ino = ROOT_INODE, ROOT_INODE
+                for name in (part for part in path.split("/") if part):
+                    found = self.inodes.find(ino, name)
+                    if found is None:
+                        break
+                    parent, ino = ino, found.ino
+                else:
+                    if ino != ROOT_INODE:
+                        names.append((parent, self.inodes.get(ino).name.encode()))
+                        inodes.append(ino)
+        if names or inodes:
+            # In a worker thread: invalidating waits for the kernel's
+            # requests about the inode in flight, which this thread answers.
+            await trio.to_thread.run_sync(_invalidate, names, inodes, abandon_on_cancel=True)
 
     async def commit_all(self) -> None:
         """Commit every staged file and then every pending change, durably

@@ -35,6 +35,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cas.fuse")
 
+WRITE_BACK_TIMEOUT = 60.0
+"""Seconds a stopping mount waits for the kernel to write back what
+programs wrote into its page cache (the writeback cache)."""
+
+
+def write_back(mountpoint: Path) -> None:
+    """Have the kernel write back its dirty pages of the mount at
+    ``mountpoint`` (syncfs(2)); from a worker thread of the process that
+    serves it, which answers the writes meanwhile."""
+    import ctypes
+    import os
+
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    finally:
+        os.close(fd)
+
 
 class ServedMount:
     """The mount of ``node``'s namespace that ``config`` describes. Run
@@ -108,11 +126,18 @@ class ServedMount:
                 self._ops = None
                 nursery.cancel_scope.cancel()
 
-    def terminate(self) -> None:
-        """End the mount now (SIGTERM): staged files are committed, then it
-        is unmounted even if files in it are open (lazily, as umount -l)."""
+    async def end(self) -> None:
+        """End the mount now (SIGTERM, the node stopping): what programs
+        wrote that the kernel still holds is written back to the mount
+        first, then staged files are committed and it is unmounted even if
+        files in it are open (lazily, as umount -l). Returns once it has."""
+        if not self._mounted:
+            return
+        with trio.move_on_after(WRITE_BACK_TIMEOUT):  # a kernel that does not answer never keeps a stop waiting
+            await trio.to_thread.run_sync(write_back, self.mountpoint, abandon_on_cancel=True)
         if self._mounted:
             require_pyfuse3().terminate()
+        await self.ended.wait()
 
     async def unmount(self) -> None:
         """End the mount as ``umount`` does: refused (MountError, nothing
@@ -143,6 +168,12 @@ class ServedMount:
         reads the namespace through the node, so it sees them."""
         if self._ops is not None:
             await self._ops.flush_changes()
+
+    async def changed_elsewhere(self, paths: list[str] | None) -> None:
+        """Another writer's change to ``paths`` (None: perhaps anything) was
+        committed through the node: the mount shows it now."""
+        if self._ops is not None:
+            await self._ops.changed_elsewhere(paths)
 
     def _committed(self, stored: list[CID]) -> None:
         """The mount's changes were committed (store thread)."""

@@ -151,6 +151,11 @@ class MountTree(TreeReader):
             self._root_read = now
         return self._root
 
+    def forget_root(self) -> None:
+        """Read the committed root afresh next time (another writer
+        committed; any thread: one assignment)."""
+        self._root = None
+
     # -- the committed tree, for the overlay -------------------------------------
 
     def supply(self, start: CID | None, parts: tuple[str, ...], depth: int) -> Supply:

@@ -132,6 +132,13 @@ def change_from_value(value: Any) -> Change:
     return change
 
 
+def paths_of(change: Change) -> list[str]:
+    """The paths ``change`` may change (what a cache of them must forget)."""
+    if isinstance(change, Move):
+        return [change.src, change.dst]
+    return [change.path]
+
+
 def check_change(change: Change) -> None:
     """What can be checked without a root: modes in range, and a link's
     entry named after its path. Raises InvalidInputError."""

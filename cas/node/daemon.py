@@ -610,6 +610,8 @@ def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None],
                 async def watch() -> None:
                     async for signum in signals:
                         if signum != signal.SIGHUP:
+                            if node.mount is not None:
+                                await node.mount.end()  # what programs wrote there is committed first
                             node.stop()
                             return
                         if reload is None:

@@ -341,6 +341,8 @@ async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
     if ctx.node.mount is not None:
         await ctx.node.mount.flush()  # what the mount changed first: it came first
     await ctx.in_store_thread(ctx.store.commit_root, request.seq, request.root, request.time_ns, request.record)
+    if ctx.node.mount is not None:
+        await ctx.node.mount.changed_elsewhere(None)  # a whole root: anything may have changed
     if ctx.node.publisher is not None:
         ctx.node.publisher.root_changed()  # published namespaces go out now, not at the next interval
 

@@ -16,6 +16,7 @@ from typing import Any
 from ..control import schema as ops
 from ..dht.publisher import MAX_REPUBLISH_INTERVAL, MIN_REPUBLISH_INTERVAL, REPUBLISH_INTERVAL
 from ..errors import InvalidInputError
+from ..names.changes import paths_of
 from ..names.namespace import Node, RootState
 from ..names.record import RootRecord
 from .ops_context import OpContext
@@ -34,6 +35,8 @@ async def namespace_change(request: ops.NamespaceChange, ctx: OpContext) -> Root
         await node.mount.flush()  # what the mount changed first: it came first
     state = await node.namespace_commits.keep(request.change)
     assert isinstance(state, RootState)
+    if node.mount is not None:
+        await node.mount.changed_elsewhere(paths_of(request.change))
     if node.publisher is not None:
         node.publisher.root_changed()  # published namespaces go out now, not at the next interval
     return state
