@@ -40,7 +40,7 @@ from .blocks import (
     ServedByDaemon,
     WritesFiles,
 )
-from .cid import CID, DAG_CBOR, RAW, parse_cid
+from .cid import BLAKE3, CID, DAG_CBOR, RAW, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
@@ -417,9 +417,11 @@ class Repository:
 
     # -- blocks ---------------------------------------------------------------
 
-    def put_block(self, data: bytes, codec: int = RAW) -> CID:
-        """Store one block (≤ 1 MiB) as it is; return its CID. Not pinned."""
-        block = Block.of(codec, data)
+    def put_block(self, data: bytes, codec: int = RAW, *, hash_code: int = BLAKE3) -> CID:
+        """Store one block (≤ 1 MiB) as it is; return its CID, hashed with
+        BLAKE3 or, given ``hash_code=cas.cid.SHA2_256``, as IPFS tools hash.
+        Not pinned."""
+        block = Block.of(codec, data, hash_code)
         self.blocks.put(block)
         self.blocks.barrier()
         return block.cid

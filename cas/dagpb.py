@@ -115,7 +115,7 @@ def _uint_field(field: int, value: int, limit: int = _UINT64_MAX) -> bytes:
 
 
 def encode_link(link: PBLink) -> bytes:
-    out = bytearray(_len_field(1, bytes(link.hash)))
+    out = bytearray(_len_field(1, link.hash.binary))
     if link.name is not None:
         out += _len_field(2, link.name.encode("utf-8"))
     if link.tsize is not None:

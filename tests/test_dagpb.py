@@ -123,11 +123,22 @@ def test_malformed_nodes_are_refused_with_a_reason(hex_bytes: str, reason: str) 
         decode_node(bytes.fromhex(hex_bytes))
 
 
+def _one_link_node(link_hash: bytes) -> bytes:
+    return bytes.fromhex("12" + f"{len(link_hash) + 2:02x}" + "0a" + f"{len(link_hash):02x}" + link_hash.hex())
+
+
 def test_a_link_to_an_unsupported_cid_is_refused() -> None:
-    sha256_cidv1 = bytes.fromhex("01551220") + bytes(32)
-    node = "12" + f"{len(sha256_cidv1) + 2:02x}" + "0a" + f"{len(sha256_cidv1):02x}" + sha256_cidv1.hex()
-    with pytest.raises(InvalidBlockError, match="BLAKE3"):
-        decode_node(bytes.fromhex(node))
+    sha512_cidv1 = bytes.fromhex("01551340") + bytes(64)
+    with pytest.raises(InvalidBlockError, match="unsupported hash function 0x13"):
+        decode_node(_one_link_node(sha512_cidv1))
+
+
+def test_ipfs_links_sha256_v1_and_v0_decode_and_encode_back_byte_for_byte() -> None:
+    for link_hash in (bytes.fromhex("01551220") + bytes(range(32)), bytes.fromhex("1220") + bytes(range(32))):
+        node_bytes = _one_link_node(link_hash)
+        node = decode_node(node_bytes)
+        assert node.links[0].hash.binary == link_hash
+        assert encode_node(node) == node_bytes
 
 
 def test_nodes_over_the_block_limit_are_refused_before_parsing() -> None:
