@@ -40,7 +40,7 @@ from .blocks import (
     ServedByDaemon,
     WritesFiles,
 )
-from .cid import BLAKE3, CID, DAG_CBOR, RAW, parse_cid
+from .cid import BLAKE3, CID, DAG_CBOR, DAG_PB, RAW, parse_cid
 from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
@@ -301,7 +301,27 @@ class Repository:
             return node.cid
         if at is not None:
             raise InvalidInputError("--at applies to namespace paths, not to CIDs")
-        return parse_cid(ref)
+        if isinstance(ref, str) and "/" in ref.strip("/"):
+            return self._resolve_below(ref)
+        return parse_cid(ref.rstrip("/") if isinstance(ref, str) else ref)
+
+    def _resolve_below(self, ref: str) -> CID:
+        """``CID/name/...``: a path inside a directory named by CID (a cas
+        directory or an IPFS UnixFS one), as IPFS tools take them."""
+        from . import trees
+
+        first, *names = [part for part in ref.split("/") if part]
+        cid = parse_cid(first)
+        walked = first
+        for name in names:
+            entry = trees.lookup(self.blocks, cid, name)
+            if entry is None:
+                raise PathNotFoundError(f"{walked} has no entry {name!r}")
+            walked += "/" + name
+            if entry.cid is None:
+                raise NotAFileError(f"{walked} is a symlink to {entry.target!r}")
+            cid = entry.cid
+        return cid
 
     def open(self, ref: CID | str, *, at: int | None = None) -> files.FileReader:
         """A seekable, read-only binary file object over a file."""
@@ -338,13 +358,19 @@ class Repository:
             from .names import dirtree
 
             return NodeInfo(cid, "dir", dirtree.summary(self.blocks, cid).size)
+        if cid.codec == DAG_PB:
+            from . import unixfs
+
+            if unixfs.is_directory(self.blocks, cid):  # made by IPFS
+                return NodeInfo(cid, "dir", unixfs.size(self.blocks, cid))
         return NodeInfo(cid, "file", files.file_size(self.blocks, cid))
 
     def list_dir(self, ref: CID | str, *, at: int | None = None) -> Iterator[DirEntry]:
-        """The entries of a directory, sorted by name, streamed."""
-        from .names import dirtree
+        """The entries of a directory (a cas one, or a UnixFS one made by
+        IPFS), sorted by name, streamed."""
+        from . import trees
 
-        return dirtree.iterate(self.blocks, self.resolve(ref, at))
+        return trees.entries(self.blocks, self.resolve(ref, at))
 
     def get(
         self,

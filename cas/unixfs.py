@@ -1,0 +1,178 @@
+"""UnixFS directories as IPFS makes them: plain and HAMT-sharded, read only.
+
+cas's own directories are DAG-CBOR trees (:mod:`cas.names.dirtree`); kubo,
+helia and ipfs-car write a directory as a dag-pb node whose UnixFS ``Data``
+says ``Directory`` (one link per entry, named, in name order) or, past a
+size, ``HAMTShard``: a hash array mapped trie whose links are named by a
+two-hex-digit bucket prefix, either the prefix alone (a sub-shard) or the
+prefix followed by the entry's name (ipfs/specs "UnixFS", "HAMT").
+
+This module reads both, so that ``cas ls``, ``cas get`` and ``cas cat
+CID/path`` work on what an IPFS tool made. Each entry is presented as a
+:class:`~cas.names.directory.DirEntry`: its kind and size are read from the
+child's own root block (a file's ``filesize``, a raw leaf's length, a
+symlink's target), its mode from UnixFS ``mode`` if set (else 0644 for
+files, 0755 for directories), its mtime 0 (UnixFS directories as made by
+default carry none). A sub-directory's size is the link's ``Tsize`` (the
+encoded size of its DAG, as IPFS counts it).
+
+Listing a plain directory is streamed in its link order. A HAMT's entries
+are in hash order, so they are gathered (names and CIDs only) and sorted.
+A name is looked up in a plain directory by scanning its links and in a
+HAMT by walking the shards (no murmur3 hashing of the name: every bucket is
+visited, which costs reading the shard nodes once).
+
+This module never writes: the UnixFS view of a cas directory is made
+elsewhere. It knows nothing of namespaces or stores beyond
+:class:`~cas.blocks.BlockSource`; every block it reads is verified by that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from .blocks import BlockSource
+from .cid import CID, DAG_CBOR, DAG_PB, RAW
+from .dagpb import (
+    TYPE_DIRECTORY,
+    TYPE_FILE,
+    TYPE_HAMT_SHARD,
+    TYPE_NAMES,
+    TYPE_RAW,
+    TYPE_SYMLINK,
+    PBLink,
+    decode_node,
+    decode_unixfs,
+)
+from .errors import InvalidBlockError, InvalidInputError
+from .names.directory import DirEntry
+
+HAMT_HASH_MURMUR3 = 0x22
+"""The one HAMT hash function IPFS uses (murmur3-x64-64, multicodec 0x22)."""
+
+MAX_SHARD_DEPTH = 64
+"""Deeper than any HAMT a 64-bit hash can address at fan-out 2; a deeper
+one is a cycle or a forgery."""
+
+_DEFAULT_FILE_MODE = 0o644
+_DEFAULT_DIR_MODE = 0o755
+
+
+class _Dir(NamedTuple):
+    """A decoded UnixFS directory node: its links, and for a HAMT the
+    length of the bucket prefix in link names (0 for a plain directory)."""
+
+    links: tuple[PBLink, ...]
+    prefix: int
+    mode: int | None
+
+
+def _decode_dir(cid: CID, data: bytes) -> _Dir | None:
+    """The directory node ``cid``, or None if it is a UnixFS file/symlink."""
+    try:
+        node = decode_node(data)
+        if node.data is None:
+            raise InvalidBlockError("it has no UnixFS Data")
+        unixfs = decode_unixfs(node.data)
+    except InvalidBlockError as exc:
+        raise InvalidBlockError(f"dag-pb node {cid} is invalid: {exc}") from None
+    if unixfs.type == TYPE_DIRECTORY:
+        return _Dir(node.links, 0, unixfs.mode)
+    if unixfs.type != TYPE_HAMT_SHARD:
+        return None
+    fanout = unixfs.fanout or 0
+    if unixfs.hash_type != HAMT_HASH_MURMUR3:
+        raise InvalidBlockError(
+            f"HAMT shard {cid} uses hash function {unixfs.hash_type}; IPFS's (and cas's) is murmur3 (0x22)"
+        )
+    if fanout < 2 or fanout & (fanout - 1) or fanout > 1024:
+        raise InvalidBlockError(f"HAMT shard {cid} has fan-out {fanout}: not a power of two up to 1024")
+    return _Dir(node.links, len(f"{fanout - 1:X}"), unixfs.mode)
+
+
+def is_directory(store: BlockSource, cid: CID) -> bool:
+    """True if ``cid`` is a UnixFS directory or HAMT shard (dag-pb)."""
+    return cid.codec == DAG_PB and _decode_dir(cid, store.get(cid)) is not None
+
+
+def _named_links(store: BlockSource, cid: CID, depth: int = 0) -> Iterator[tuple[str, PBLink]]:
+    """Every (entry name, link) of directory ``cid``, in link order (for a
+    HAMT: shard by shard, depth first)."""
+    if depth > MAX_SHARD_DEPTH:
+        raise InvalidBlockError(f"HAMT shard {cid} is nested deeper than {MAX_SHARD_DEPTH} levels")
+    node = _decode_dir(cid, store.get(cid))
+    if node is None:
+        raise InvalidInputError(f"{cid} is not a directory")
+    for link in node.links:
+        name = link.name or ""
+        if not node.prefix:
+            yield name, link
+        elif len(name) == node.prefix:
+            if link.hash.codec != DAG_PB:
+                raise InvalidBlockError(f"HAMT shard {cid} links a sub-shard that is not dag-pb: {link.hash}")
+            yield from _named_links(store, link.hash, depth + 1)
+        elif len(name) > node.prefix:
+            yield name[node.prefix :], link
+        else:
+            raise InvalidBlockError(f"HAMT shard {cid} has a link named {name!r}, shorter than its bucket prefix")
+
+
+def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEntry:
+    """The directory entry ``name`` of ``parent`` that ``link`` points at,
+    its kind and size read from the child's root block."""
+    cid = link.hash
+    kind, size, mode, target = "file", 0, None, None
+    if cid.codec == RAW:
+        size = len(store.get(cid))
+    elif cid.codec == DAG_CBOR:
+        kind = "dir"  # a cas directory linked from a UnixFS one
+        size = link.tsize or 0
+    else:
+        data = store.get(cid)
+        try:
+            node = decode_node(data)
+            if node.data is None:
+                raise InvalidBlockError("it has no UnixFS Data")
+            unixfs = decode_unixfs(node.data)
+        except InvalidBlockError as exc:
+            raise InvalidBlockError(f"dag-pb node {cid} (entry {name!r} of {parent}) is invalid: {exc}") from None
+        mode = unixfs.mode
+        if unixfs.type in (TYPE_DIRECTORY, TYPE_HAMT_SHARD):
+            kind, size = "dir", link.tsize or 0
+        elif unixfs.type in (TYPE_FILE, TYPE_RAW):
+            size = unixfs.filesize if unixfs.filesize is not None else len(unixfs.data or b"")
+        elif unixfs.type == TYPE_SYMLINK:
+            kind, target = "symlink", (unixfs.data or b"").decode("utf-8", "replace")
+        else:
+            raise InvalidBlockError(
+                f"entry {name!r} of {parent} is a UnixFS {TYPE_NAMES[unixfs.type]}, which cas cannot show"
+            )
+    if mode is None:
+        mode = _DEFAULT_DIR_MODE if kind == "dir" else _DEFAULT_FILE_MODE
+    try:
+        return DirEntry(name, kind, size, mode & 0o7777, 0, None if kind == "symlink" else cid, target)
+    except InvalidInputError as exc:
+        raise InvalidBlockError(f"directory {parent} has an entry cas cannot use: {exc}") from None
+
+
+def iterate(store: BlockSource, cid: CID) -> Iterator[DirEntry]:
+    """The entries of UnixFS directory ``cid``, sorted by name."""
+    if _decode_dir(cid, store.get(cid)) is None:
+        raise InvalidInputError(f"{cid} is not a directory")
+    links = sorted(_named_links(store, cid), key=lambda pair: pair[0].encode("utf-8"))
+    for name, link in links:
+        yield entry_for(store, name, link, cid)
+
+
+def lookup(store: BlockSource, cid: CID, name: str) -> DirEntry | None:
+    """The entry called ``name`` in UnixFS directory ``cid``, or None."""
+    for entry_name, link in _named_links(store, cid):
+        if entry_name == name:
+            return entry_for(store, name, link, cid)
+    return None
+
+
+def size(store: BlockSource, cid: CID) -> int:
+    """The size IPFS gives a directory: the sum of its entries' ``Tsize``."""
+    return sum(link.tsize or 0 for _, link in _named_links(store, cid))
