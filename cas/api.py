@@ -41,10 +41,18 @@ from .blocks import (
     WritesFiles,
 )
 from .cid import BLAKE3, CID, DAG_CBOR, DAG_PB, RAW, parse_cid
-from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
+from .errors import (
+    BlockNotFoundError,
+    InvalidInputError,
+    NotAFileError,
+    PathNotFoundError,
+    RepositoryError,
+    RepositoryLockedError,
+)
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
 if TYPE_CHECKING:
+    from .carfile import CarExported, CarImported
     from .control import ControlClient
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
@@ -458,6 +466,66 @@ class Repository:
 
     def has_block(self, cid: CID | str) -> bool:
         return self.blocks.has(parse_cid(cid))
+
+    # -- CAR files (IPFS's archives) --------------------------------------------
+
+    def export_car(
+        self, ref: CID | str, out: str | os.PathLike[str] | BinaryIO, *, at: int | None = None
+    ) -> CarExported:
+        """Write a CARv1 of the whole DAG under ``ref`` (a CID, ``CID/path``
+        or a namespace path) to ``out``: a path (written whole or not at
+        all) or a binary file object. Streamed, in bounded memory."""
+        from . import carfile
+
+        cid = self.resolve(ref, at)
+        if not isinstance(out, (str, os.PathLike)):
+            return carfile.export_car(self.blocks, [cid], out.write)
+        dest = Path(out)
+        part = dest.with_name(f".{dest.name}.cas-part")
+        try:
+            with open(part, "wb") as f:
+                done = carfile.export_car(self.blocks, [cid], f.write)
+            os.replace(part, dest)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise RepositoryError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return done
+
+    def import_car(self, source: str | os.PathLike[str] | BinaryIO, *, pin: bool = True) -> CarImported:
+        """Store the blocks of a CARv1 or CARv2 (a path or a binary file
+        object) and, with ``pin``, pin its roots. Every block is verified
+        with its own hash and the roots' DAGs must be whole (in the CAR or
+        already here) before anything is stored: a bad, truncated or
+        incomplete CAR raises and stores nothing."""
+        import shutil
+        import tempfile
+
+        from . import carfile
+
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, (str, os.PathLike)):
+                try:
+                    stream: BinaryIO = stack.enter_context(open(source, "rb"))
+                except OSError as exc:
+                    raise InvalidInputError(f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
+            elif source.seekable():
+                stream = source
+            else:  # a pipe: kept in a temporary file for the second pass
+                stream = stack.enter_context(tempfile.TemporaryFile())
+                shutil.copyfileobj(source, stream, carfile.READ_SIZE)
+                stream.seek(0)
+            start = stream.tell()
+            carfile.check_car(self.blocks.has, stream)
+            stream.seek(start)
+            with self._session() as session:
+                done = carfile.store_car(session, stream)
+                if pin:
+                    for root in done.roots:
+                        self._store.pin(root)
+        return done
 
     # -- storage management ---------------------------------------------------
 

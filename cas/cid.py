@@ -121,7 +121,7 @@ def b58decode(text: str) -> bytes:
     return b"\0" * zeros + body
 
 
-def decode_varint(buf: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
+def decode_varint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
     """Decode a minimal unsigned varint at ``pos``; return (value, next_pos).
 
     Raises ``ValueError`` on truncation, overlong or non-minimal encodings.
@@ -215,6 +215,12 @@ class CID(_CIDFields):
         if end != len(raw):
             raise InvalidCIDError(f"{len(raw) - end} unexpected bytes after the CID")
         return cid
+
+    @classmethod
+    def read_prefix(cls, raw: bytes) -> tuple[CID, int]:
+        """Parse the CID at the start of ``raw`` (more bytes may follow, as
+        in a CAR section); return it and where it ends."""
+        return cls._parse_prefix(bytes(raw[: 4 + 9 * 3 + DIGEST_SIZE]))
 
     @classmethod
     def _parse_prefix(cls, raw: bytes) -> tuple[CID, int]:

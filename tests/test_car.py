@@ -1,0 +1,164 @@
+"""CAR files: the codec (sans-IO), and export / import through the library
+and the command line, all or nothing.
+
+The IPFS tools' side of it (ipfs-car, @ipld/car, the UnixFS exporter) is
+tests/test_ipfs_tools.py.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import pytest
+
+import cas
+from cas.car import END, NEED_DATA, CarBlock, CarHeader, CarReader, encode_header, encode_section
+from cas.cid import CID, DAG_PB, RAW, SHA2_256
+from cas.errors import InvalidBlockError, InvalidInputError
+from tests.conftest import pseudo_random, run_cas
+
+
+def _events(data: bytes, step: int) -> list[object]:
+    reader = CarReader()
+    out: list[object] = []
+    pos = 0
+    while True:
+        event = reader.next_event()
+        if event is NEED_DATA:
+            reader.receive_data(data[pos : pos + step])
+            pos += step
+        elif event is END:
+            return out
+        else:
+            out.append(event)
+
+
+def _car(roots: list[CID], blocks: list[tuple[CID, bytes]]) -> bytes:
+    return encode_header(roots) + b"".join(encode_section(cid, data) for cid, data in blocks)
+
+
+def _carv2(v1: bytes, pad: int = 5) -> bytes:
+    pragma = bytes.fromhex("0aa16776657273696f6e02")
+    offset = len(pragma) + 40 + pad
+    header = struct.pack("<16sQQQ", bytes(16), offset, len(v1), 0)
+    return pragma + header + b"\0" * pad + v1 + b"index bytes, skipped"
+
+
+BLOCKS = [(CID.for_data(RAW, data, hash_code), data)
+          for data, hash_code in ((b"one", SHA2_256), (b"two" * 1000, 0x1E), (b"", SHA2_256))]
+V0 = CID.v0(CID.for_data(DAG_PB, b"\x0a\x02\x08\x01", SHA2_256).digest)
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+def test_the_reader_gives_the_header_then_every_section_however_the_bytes_come(step: int) -> None:
+    data = _car([BLOCKS[0][0], V0], [*BLOCKS, (V0, b"\x0a\x02\x08\x01")])
+    events = _events(data, step)
+    assert events[0] == CarHeader((BLOCKS[0][0], V0), 1)
+    assert str(events[0].roots[1]) == "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"  # type: ignore[union-attr]
+    assert [(b.cid, b.data) for b in events[1:]] == [*BLOCKS, (V0, b"\x0a\x02\x08\x01")]  # type: ignore[union-attr]
+    assert all(isinstance(b, CarBlock) for b in events[1:])
+
+
+def test_a_carv2_is_read_through_to_its_inner_carv1() -> None:
+    events = _events(_carv2(_car([BLOCKS[1][0]], BLOCKS)), 3)
+    assert events[0] == CarHeader((BLOCKS[1][0],), 2)
+    assert [(b.cid, b.data) for b in events[1:]] == BLOCKS  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "truncated"),
+        (_car([], BLOCKS)[:-3], "truncated"),
+        (_car([], BLOCKS)[:30], "truncated"),
+        (_carv2(_car([], BLOCKS))[:80], "truncated"),
+        (bytes.fromhex("04a16162f5"), "version None"),  # {"b": true}: not a CAR header
+        (encode_header([])[:-1] + b"\x03", "unsupported CAR version 3"),
+        (b"\x12\xa2\x65roots\x81\x01\x67version\x01", "roots are not a list of CIDs"),
+        (encode_header([]) + b"\x05\x01\x55\x1e\x20\x00", "usable CID"),
+        (encode_header([]) + b"\xff\xff\xff\x7f", "over the"),
+    ],
+)
+def test_a_malformed_car_is_refused_saying_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        _events(data, 4)
+
+
+@pytest.fixture
+def repo(tmp_path: Path):
+    with cas.open_repository(tmp_path / "repo") as r:
+        yield r
+
+
+def _stat(path: Path) -> tuple[int, list[CID]]:
+    with cas.open_repository(path) as r:
+        return r.repo_stat().blocks, r.pins()
+
+
+def test_export_then_import_moves_a_tree_whole_and_pins_its_root(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    data = pseudo_random(2_500_000, seed="car")
+    (tree / "big").write_bytes(data)
+    (tree / "sub" / "small").write_bytes(b"small\n")
+    with cas.open_repository(tmp_path / "a") as a:
+        root = a.add_path(tree, recursive=True).cid
+        done = a.export_car(root, tmp_path / "t.car")
+        stream = io.BytesIO()
+        assert a.export_car(f"{root}/sub", stream).roots == (a.resolve(f"{root}/sub"),)
+    assert done.roots == (root,) and done.bytes == (tmp_path / "t.car").stat().st_size
+    with cas.open_repository(tmp_path / "b") as b:
+        got = b.import_car(tmp_path / "t.car")
+        assert (got.roots, got.blocks, got.new_blocks, got.version) == ((root,), done.blocks, done.blocks, 1)
+        assert b.read(f"{root}/big") == data and b.pins() == [root]
+        assert b.import_car(tmp_path / "t.car").new_blocks == 0  # again: nothing new
+
+
+def test_a_car_of_ipfs_blocks_imports_under_its_own_cids(tmp_path: Path, repo: cas.Repository) -> None:
+    leaf = CID.for_data(RAW, b"leaf", SHA2_256)
+    (tmp_path / "x.car").write_bytes(_carv2(_car([leaf], [(leaf, b"leaf")])))
+    got = repo.import_car(tmp_path / "x.car")
+    assert got.roots == (leaf,) and got.version == 2 and repo.read(str(leaf)) == b"leaf"
+
+
+def _refused(tmp_path: Path, car: bytes, error: type[Exception], message: str) -> None:
+    path = tmp_path / "bad.car"
+    path.write_bytes(car)
+    with cas.open_repository(tmp_path / "victim") as victim:
+        with pytest.raises(error, match=message):
+            victim.import_car(path)
+    assert _stat(tmp_path / "victim") == (0, [])
+
+
+def test_a_block_that_does_not_match_its_cid_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    good = [(CID.for_data(RAW, bytes([i]) * 100), bytes([i]) * 100) for i in range(5)]
+    bad = [*good[:3], (good[3][0], b"forged" * 10), good[4]]
+    _refused(tmp_path, _car([good[0][0]], bad), InvalidBlockError, f"{good[3][0]}.*does not match its blake3 hash")
+
+
+def test_a_car_lacking_a_block_its_root_reaches_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    with cas.open_repository(tmp_path / "a") as a:
+        root = a.add_bytes(pseudo_random(1_500_000, seed="gap"))
+        a.export_car(root, tmp_path / "whole.car")
+        blocks = [(e.cid, e.data) for e in _events((tmp_path / "whole.car").read_bytes(), 1 << 20)[1:]]  # type: ignore[union-attr]
+    _refused(tmp_path, _car([root], blocks[:-1]), InvalidInputError, "lacks 1 block")
+
+
+def test_a_truncated_car_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    blocks = [(CID.for_data(RAW, bytes([i]) * 1000), bytes([i]) * 1000) for i in range(5)]
+    _refused(tmp_path, _car([blocks[0][0]], blocks)[:-10], InvalidInputError, "truncated")
+
+
+def test_the_command_line_exports_to_stdout_and_imports_from_a_pipe(tmp_path: Path) -> None:
+    data = pseudo_random(600_000, seed="pipe")
+    (tmp_path / "f").write_bytes(data)
+    cid = run_cas("add", "-q", str(tmp_path / "f"), repo=tmp_path / "a").stdout.decode().strip()
+    car = run_cas("car", "export", cid, repo=tmp_path / "a").stdout
+    imported = run_cas("car", "import", "-", repo=tmp_path / "b", input=car)
+    assert imported.stdout.decode().split() == [cid]
+    assert "pinned" in imported.stderr.decode()
+    assert run_cas("cat", cid, repo=tmp_path / "b").stdout == data
+    refused = run_cas("car", "import", "-", repo=tmp_path / "c", input=car[:-1], check=False)
+    assert refused.returncode == 1 and "truncated" in refused.stderr.decode()
