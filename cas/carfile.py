@@ -119,7 +119,15 @@ def check_car(has: Callable[[CID], bool], stream: BinaryIO) -> CarHeader:
     """The first pass (module docstring): raise if the CAR is not whole and
     valid (``has`` says which blocks the store holds already); return its
     header."""
-    events = read_car(stream)
+    try:
+        return _check(has, read_car(stream))
+    except InvalidInputError as exc:
+        if "nothing was imported" in str(exc):
+            raise
+        raise InvalidInputError(f"{exc}; nothing was imported") from None
+
+
+def _check(has: Callable[[CID], bool], events: Iterator[CarHeader | CarBlock]) -> CarHeader:
     header = _header(events)
     present: set[CID] = set()
     linked: set[CID] = set(header.roots)
