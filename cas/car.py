@@ -147,7 +147,8 @@ class CarReader:
             self._buf += data
 
     def _consume(self, n: int) -> bytes:
-        out = bytes(self._buf[:n])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:n])  # one copy (a bytearray slice would be a second)
         del self._buf[:n]
         self._pos += n
         return out

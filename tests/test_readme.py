@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pseudo_random
+from tests.conftest import JS_DIR, pseudo_random
 from tests.fusemount import require_fuse, wait_for
 from tests.readme import CID_PATTERN, Result, Shell, block, lines_of
 
@@ -155,6 +155,25 @@ def test_private_networks(shell: Shell) -> None:
     for job in shell.jobs:
         shell.stop(job)
         assert job.returncode == 0
+
+
+def test_ipfs_car_files_both_ways(shell: Shell, node_js: str) -> None:
+    site = shell.home / "site"
+    (site / "img").mkdir(parents=True)
+    (site / "index.html").write_bytes(b"<h1>hello from IPFS</h1>\n")
+    (site / "img" / "big.bin").write_bytes(pseudo_random(1_500_000, "readme site"))
+    (shell.work / "report.pdf").write_bytes(pseudo_random(700_000, "readme report"))
+    shell.env["PATH"] = f"{JS_DIR / 'node_modules' / '.bin'}{os.pathsep}{shell.env['PATH']}"  # ipfs-car
+    results = run_all(shell, block("IPFS: CAR files, IPFS hashes, UnixFS directories"))
+
+    root = shell.values["ROOT"]
+    assert root.startswith("bafybei")  # CIDv1, dag-pb, sha2-256: ipfs-car's own root
+    assert results["cas car import site.car"].text.split() == [root]  # prints the root
+    assert results["cas ls ROOT"].text.split() == ["img/", "index.html"]
+    assert results["cas cat ROOT/index.html"].stdout == b"<h1>hello from IPFS</h1>\n"
+    assert (shell.work / "site-copy" / "img" / "big.bin").read_bytes() == (site / "img" / "big.bin").read_bytes()
+    assert (shell.work / "report.car").stat().st_size > 700_000
+    assert (shell.work / "site-again.car").read_bytes()[:1] == b"\x3a"  # a CARv1 header: varint 58
 
 
 def test_the_python_library(shell: Shell) -> None:
