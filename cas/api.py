@@ -34,6 +34,7 @@ from . import files
 from .blocks import (
     AddsFiles,
     Block,
+    BlockSource,
     BlockStore,
     OpensSessions,
     ProtectsBlocks,
@@ -470,21 +471,30 @@ class Repository:
     # -- CAR files (IPFS's archives) --------------------------------------------
 
     def export_car(
-        self, ref: CID | str, out: str | os.PathLike[str] | BinaryIO, *, at: int | None = None
+        self, ref: CID | str, out: str | os.PathLike[str] | BinaryIO, *, at: int | None = None,
+        native: bool = False,
     ) -> CarExported:
         """Write a CARv1 of the whole DAG under ``ref`` (a CID, ``CID/path``
         or a namespace path) to ``out``: a path (written whole or not at
-        all) or a binary file object. Streamed, in bounded memory."""
+        all) or a binary file object. Streamed, in bounded memory. A cas
+        directory is exported as its UnixFS view (:mod:`cas.unixfs_view`:
+        what IPFS tools list; the CAR's root is the view's CID), or with
+        ``native`` as its own DAG-CBOR tree (for another cas)."""
         from . import carfile
 
         cid = self.resolve(ref, at)
+        source: BlockSource = self.blocks
+        if not native:
+            from .unixfs_view import view_of
+
+            cid, source = view_of(self.blocks, cid)
         if not isinstance(out, (str, os.PathLike)):
-            return carfile.export_car(self.blocks, [cid], out.write)
+            return carfile.export_car(source, [cid], out.write)
         dest = Path(out)
         part = dest.with_name(f".{dest.name}.cas-part")
         try:
             with open(part, "wb") as f:
-                done = carfile.export_car(self.blocks, [cid], f.write)
+                done = carfile.export_car(source, [cid], f.write)
             os.replace(part, dest)
         except OSError as exc:
             part.unlink(missing_ok=True)

@@ -19,12 +19,13 @@ encoded size of its DAG, as IPFS counts it).
 Listing a plain directory is streamed in its link order. A HAMT's entries
 are in hash order, so they are gathered (names and CIDs only) and sorted.
 A name is looked up in a plain directory by scanning its links and in a
-HAMT by walking the shards (no murmur3 hashing of the name: every bucket is
-visited, which costs reading the shard nodes once).
+HAMT by its hash (:func:`hamt_hash`, murmur3-x64-64 as kubo and the JS
+importer compute it): one shard per level, as IPFS does.
 
-This module never writes: the UnixFS view of a cas directory is made
-elsewhere. It knows nothing of namespaces or stores beyond
-:class:`~cas.blocks.BlockSource`; every block it reads is verified by that.
+This module reads only; :mod:`cas.unixfs_view` writes the UnixFS view of a
+cas directory, with :func:`hamt_hash` from here. It knows nothing of
+namespaces or stores beyond :class:`~cas.blocks.BlockSource`; every block it
+reads is verified by that.
 """
 
 from __future__ import annotations
@@ -59,6 +60,62 @@ _DEFAULT_FILE_MODE = 0o644
 _DEFAULT_DIR_MODE = 0o755
 
 
+_M64 = (1 << 64) - 1
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _fmix(k: int) -> int:
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
+
+
+def hamt_hash(name: str) -> bytes:
+    """The 8 bytes a HAMT places ``name`` by: the first 64-bit half (h1) of
+    MurmurHash3_x64_128 (seed 0) of its UTF-8, big-endian (multicodec 0x22,
+    murmur3-x64-64). Bucket bits are taken from the first byte on, most
+    significant bit first (:func:`hamt_bucket`): the bits go-unixfs and
+    ipfs-unixfs-importer use (the JS importer keeps the bytes reversed and
+    reads them from the end)."""
+    data = name.encode("utf-8")
+    c1, c2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
+    h1 = h2 = 0
+    whole = len(data) // 16
+    for i in range(whole):
+        k1 = int.from_bytes(data[16 * i : 16 * i + 8], "little")
+        k2 = int.from_bytes(data[16 * i + 8 : 16 * i + 16], "little")
+        h1 ^= (_rotl((k1 * c1) & _M64, 31) * c2) & _M64
+        h1 = (((_rotl(h1, 27) + h2) & _M64) * 5 + 0x52DCE729) & _M64
+        h2 ^= (_rotl((k2 * c2) & _M64, 33) * c1) & _M64
+        h2 = (((_rotl(h2, 31) + h1) & _M64) * 5 + 0x38495AB5) & _M64
+    tail = data[16 * whole :]
+    if len(tail) > 8:
+        h2 ^= (_rotl((int.from_bytes(tail[8:], "little") * c2) & _M64, 33) * c1) & _M64
+    if tail:
+        h1 ^= (_rotl((int.from_bytes(tail[:8], "little") * c1) & _M64, 31) * c2) & _M64
+    h1 ^= len(data)
+    h2 ^= len(data)
+    h1 = (h1 + h2) & _M64
+    h2 = (h2 + h1) & _M64
+    h1, h2 = _fmix(h1), _fmix(h2)
+    h1 = (h1 + h2) & _M64
+    return h1.to_bytes(8, "big")
+
+
+def hamt_bucket(digest: bytes, depth: int, bits: int) -> int | None:
+    """The bucket at ``depth`` (``bits`` per level) of a name whose
+    :func:`hamt_hash` is ``digest``; None past its 64 bits."""
+    start = depth * bits
+    if start + bits > 64:
+        return None
+    return (int.from_bytes(digest, "big") >> (64 - start - bits)) & ((1 << bits) - 1)
+
+
 class _Dir(NamedTuple):
     """A decoded UnixFS directory node: its links, and for a HAMT the
     length of the bucket prefix in link names (0 for a plain directory)."""
@@ -66,6 +123,7 @@ class _Dir(NamedTuple):
     links: tuple[PBLink, ...]
     prefix: int
     mode: int | None
+    fanout: int = 0
 
 
 def _decode_dir(cid: CID, data: bytes) -> _Dir | None:
@@ -88,7 +146,7 @@ def _decode_dir(cid: CID, data: bytes) -> _Dir | None:
         )
     if fanout < 2 or fanout & (fanout - 1) or fanout > 1024:
         raise InvalidBlockError(f"HAMT shard {cid} has fan-out {fanout}: not a power of two up to 1024")
-    return _Dir(node.links, len(f"{fanout - 1:X}"), unixfs.mode)
+    return _Dir(node.links, len(f"{fanout - 1:X}"), unixfs.mode, fanout)
 
 
 def is_directory(store: BlockSource, cid: CID) -> bool:
@@ -166,11 +224,35 @@ def iterate(store: BlockSource, cid: CID) -> Iterator[DirEntry]:
 
 
 def lookup(store: BlockSource, cid: CID, name: str) -> DirEntry | None:
-    """The entry called ``name`` in UnixFS directory ``cid``, or None."""
-    for entry_name, link in _named_links(store, cid):
-        if entry_name == name:
-            return entry_for(store, name, link, cid)
-    return None
+    """The entry called ``name`` in UnixFS directory ``cid``, or None: a
+    scan of a plain directory's links, one shard per level of a HAMT."""
+    node = _decode_dir(cid, store.get(cid))
+    if node is None:
+        raise InvalidInputError(f"{cid} is not a directory")
+    if not node.prefix:
+        for link in node.links:
+            if link.name == name:
+                return entry_for(store, name, link, cid)
+        return None
+    digest = hamt_hash(name)
+    shard, depth = cid, 0
+    while True:
+        bits = (node.fanout - 1).bit_length()
+        bucket = hamt_bucket(digest, depth, bits)
+        if bucket is None or depth > MAX_SHARD_DEPTH:
+            raise InvalidBlockError(f"HAMT {cid} is deeper than the hash of {name!r} reaches")
+        prefix = f"{bucket:0{node.prefix}X}"
+        found = next((link for link in node.links if (link.name or "").startswith(prefix)), None)
+        if found is None:
+            return None
+        if found.name == prefix:  # a sub-shard
+            shard, depth = found.hash, depth + 1
+            sub = _decode_dir(shard, store.get(shard))
+            if sub is None or not sub.prefix:
+                raise InvalidBlockError(f"HAMT shard {shard} (below {cid}) is not a HAMT shard")
+            node = sub
+            continue
+        return entry_for(store, name, found, shard) if found.name == prefix + name else None
 
 
 def size(store: BlockSource, cid: CID) -> int:

@@ -25,10 +25,15 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         "export", parents=common, help="write a CARv1 of a whole DAG",
         description="Write a CARv1 holding every block of the file or directory REF names (a CID, "
         "CID/path, or a namespace path), root first, to FILE or standard output. Streamed, in "
-        "bounded memory.")
+        "bounded memory. A cas directory is written as its UnixFS view (dag-pb directories, HAMT-sharded "
+        "past 256 KiB, over the same file DAGs), which kubo, helia and ipfs-car list; the CAR's root is "
+        "the view's CID.")
     e.add_argument("ref", metavar="CID|PATH", help="what to export: a CID, CID/path or a namespace path (/...)")
     e.add_argument("-o", "--output", metavar="FILE", help="the CAR file to write (default: standard output)")
     e.add_argument("--at", type=int, metavar="SEQ", help="a namespace path as it was in root SEQ (see cas log)")
+    e.add_argument("--native", action="store_true",
+                   help="a cas directory as its own DAG-CBOR tree (for another cas), not the UnixFS view "
+                        "IPFS tools read")
     e.set_defaults(run=cmd_export)
     i = car_sub.add_parser(
         "import", parents=common, help="store the blocks of a CAR (v1 or v2) and pin its roots",
@@ -47,10 +52,10 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         if to_stdout:
             sink = sys.stdout.buffer
             sink.flush()
-            done = repo.export_car(args.ref, sink, at=args.at)
+            done = repo.export_car(args.ref, sink, at=args.at, native=args.native)
             sink.flush()
         else:
-            done = repo.export_car(args.ref, args.output, at=args.at)
+            done = repo.export_car(args.ref, args.output, at=args.at, native=args.native)
     if not to_stdout:  # standard output holds the CAR: no JSON after it
         out.document({"roots": [str(root) for root in done.roots], "blocks": done.blocks, "bytes": done.bytes})
     out.note(f"exported {done.blocks} blocks ({human_size(done.bytes)}) under {done.roots[0]}")

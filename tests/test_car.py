@@ -105,15 +105,34 @@ def test_export_then_import_moves_a_tree_whole_and_pins_its_root(tmp_path: Path)
     (tree / "sub" / "small").write_bytes(b"small\n")
     with cas.open_repository(tmp_path / "a") as a:
         root = a.add_path(tree, recursive=True).cid
-        done = a.export_car(root, tmp_path / "t.car")
+        done = a.export_car(root, tmp_path / "t.car", native=True)  # the DAG-CBOR tree, for another cas
         stream = io.BytesIO()
-        assert a.export_car(f"{root}/sub", stream).roots == (a.resolve(f"{root}/sub"),)
+        assert a.export_car(f"{root}/big", stream).roots == (a.resolve(f"{root}/big"),)
     assert done.roots == (root,) and done.bytes == (tmp_path / "t.car").stat().st_size
     with cas.open_repository(tmp_path / "b") as b:
         got = b.import_car(tmp_path / "t.car")
         assert (got.roots, got.blocks, got.new_blocks, got.version) == ((root,), done.blocks, done.blocks, 1)
         assert b.read(f"{root}/big") == data and b.pins() == [root]
         assert b.import_car(tmp_path / "t.car").new_blocks == 0  # again: nothing new
+
+
+def test_a_directory_exports_as_its_unixfs_view_by_default_the_same_view_every_time(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_bytes(b"content\n")
+    (tree / "g").write_bytes(pseudo_random(300_000, seed="view"))
+    with cas.open_repository(tmp_path / "a") as a:
+        root = a.add_path(tree, recursive=True).cid
+        view = a.export_car(root, tmp_path / "v.car").roots[0]
+        assert view.codec == DAG_PB and view != root
+        assert a.export_car(root, tmp_path / "again.car").roots == (view,)
+        assert (tmp_path / "v.car").read_bytes() == (tmp_path / "again.car").read_bytes()
+        file_cid = a.resolve(f"{root}/g")
+    with cas.open_repository(tmp_path / "b") as b:
+        b.import_car(tmp_path / "v.car")
+        assert [(e.name, e.kind) for e in b.list_dir(view)] == [("g", "file"), ("sub", "dir")]
+        assert b.resolve(f"{view}/g") == file_cid  # the file DAG is the namespace's own
+        assert b.read(f"{view}/sub/f") == b"content\n"
 
 
 def test_a_car_of_ipfs_blocks_imports_under_its_own_cids(tmp_path: Path, repo: cas.Repository) -> None:

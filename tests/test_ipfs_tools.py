@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import cas
+from cas.dagpb import TYPE_HAMT_SHARD, decode_node, decode_unixfs
 from tests.conftest import JS_DIR, pseudo_random, run_cas
 
 TOOLS = JS_DIR / "car_tools.mjs"
@@ -30,10 +31,10 @@ def _node(node_js: str, *args: str) -> str:
     return run.stdout
 
 
-def js_read(node_js: str, car: Path) -> dict:
+def js_read(node_js: str, car: Path, *paths: str) -> dict:
     """What @ipld/car and the UnixFS exporter find in ``car``, every block
-    re-hashed."""
-    return json.loads(_node(node_js, str(TOOLS), "read", str(car)))
+    re-hashed (and the content of ``paths`` below its root, looked up)."""
+    return json.loads(_node(node_js, str(TOOLS), "read", str(car), *paths))
 
 
 def ipfs_car_pack(node_js: str, source: Path, car: Path, *, wrap: bool = True) -> str:
@@ -133,3 +134,49 @@ def test_a_corrupt_or_truncated_ipfs_car_is_refused_and_nothing_is_stored(
         refused = run_cas("car", "import", str(tmp_path / f"{name}.car"), repo=repo, check=False)
         assert refused.returncode == 1 and reason in refused.stderr.decode() and "nothing" in refused.stderr.decode()
         _victim_is_empty(repo)
+
+
+def test_a_cas_directory_exports_as_a_unixfs_view_that_ipfs_tools_list_and_read(
+    node_js: str, tree: Path, tmp_path: Path
+) -> None:
+    (tree / "docs" / "link").symlink_to("readme.txt")
+    repo = tmp_path / "repo"
+    run_cas("add", "-r", str(tree), "--to", "/site", repo=repo)
+    listed = {line.split()[-1]: line.split()[-2] for line in
+              run_cas("ls", "-l", "/site", repo=repo).stdout.decode().splitlines()}
+    run_cas("car", "export", "/site", "-o", str(tmp_path / "view.car"), repo=repo)
+    seen = js_read(node_js, tmp_path / "view.car", "docs/readme.txt", "big.bin")
+    root = seen["roots"][0]
+    assert root.startswith("bafyb4i")  # a dag-pb (UnixFS) root, BLAKE3
+    by_path = {entry["path"]: entry for entry in seen["entries"]}
+    assert by_path[root]["type"] == "directory" and by_path[f"{root}/docs"]["type"] == "directory"
+    for name in ("big.bin", "docs/readme.txt", "empty"):
+        assert by_path[f"{root}/{name}"]["sha256"] == _sha256((tree / name).read_bytes())
+    assert by_path[f"{root}/big.bin"]["cid"] == listed["big.bin"]  # the file DAG is shared, not copied
+    assert seen["paths"] == {"docs/readme.txt": _sha256(b"hello from the other side\n"),
+                             "big.bin": _sha256((tree / "big.bin").read_bytes())}
+
+
+def test_a_big_cas_directory_exports_as_a_hamt_that_ipfs_tools_look_names_up_in(
+    node_js: str, tmp_path: Path
+) -> None:
+    from cas.names import dirtree
+    from cas.names.directory import DirEntry
+
+    names = [f"{i:05}-" + "long-name-" * 9 for i in range(2500)]  # ~100 bytes: past kubo's 256 KiB
+    with cas.open_repository(tmp_path / "repo") as r:
+        files = [r.add_bytes(f"entry {i}\n".encode(), pin=False) for i in range(3)]
+        entries = [DirEntry(name, "file", len(f"entry {i % 3}\n"), 0o644, 0, files[i % 3]) for i, name in enumerate(names)]
+        directory = dirtree.build(r.blocks, entries).cid
+        r.pin(directory)
+        r.export_car(directory, tmp_path / "big.car")
+    picks = [names[7], names[1234], names[2499]]
+    seen = js_read(node_js, tmp_path / "big.car", *picks)
+    root = seen["roots"][0]
+    assert sorted(entry["path"] for entry in seen["entries"] if entry["path"] != root) == [f"{root}/{n}" for n in names]
+    assert seen["paths"] == {name: _sha256(f"entry {names.index(name) % 3}\n".encode()) for name in picks}
+    with cas.open_repository(tmp_path / "other") as other:  # and back: cas reads its own view as IPFS's
+        other.import_car(tmp_path / "big.car")
+        assert decode_unixfs(decode_node(other.get_block(root)).data).type == TYPE_HAMT_SHARD
+        assert [e.name for e in other.list_dir(root)] == names
+        assert other.read(f"{root}/{names[1234]}") == b"entry 1\n"

@@ -175,6 +175,14 @@ def test_ipfs_car_files_both_ways(shell: Shell, node_js: str) -> None:
     assert (shell.work / "report.car").stat().st_size > 700_000
     assert (shell.work / "site-again.car").read_bytes()[:1] == b"\x3a"  # a CARv1 header: varint 58
 
+    views = run_all(shell, block("IPFS: CAR files, IPFS hashes, UnixFS directories", 1))
+    view = CID_PATTERN.search(views["cas car export /www -o www.car"].stderr)  # prints the view's root
+    assert view is not None and view.group(0).startswith("bafyb4i")  # dag-pb (UnixFS), BLAKE3
+    seen = subprocess.run([node_js, str(JS_DIR / "car_tools.mjs"), "read", str(shell.work / "www.car"),
+                           "index.html"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert view.group(0) in seen and "index.html" in seen  # read by the IPFS tools
+    assert (shell.work / "www-cas.car").stat().st_size > 0
+
 
 def test_the_python_library(shell: Shell) -> None:
     (shell.work / "video.mkv").write_bytes(pseudo_random(3_000_000, "readme video"))

@@ -1,11 +1,13 @@
 // CAR files with the IPFS JavaScript stack, independently of cas.
 //
-//   node car_tools.mjs read FILE.car
+//   node car_tools.mjs read FILE.car [PATH...]
 //     Read the CAR with @ipld/car, re-hash every block with the hash its CID
 //     names (sha2-256 from multiformats, BLAKE3 from @noble/hashes), then walk
 //     each root with ipfs-unixfs-exporter over those blocks alone.
 //     stdout: {"roots": [...], "blocks": N, "entries": [{path, type, size,
-//              sha256}]} (sha256 of a file's content, hex); exit 1 with the
+//              sha256}], "paths": {PATH: sha256}} (sha256 of a file's content,
+//     hex; each PATH looked up below the first root as the exporter resolves
+//     paths: through HAMT shards by the name's hash); exit 1 with the
 //     reason on stderr if a block does not match its CID or is missing.
 //
 //   node car_tools.mjs make DIR FILE.car PROFILE SHARD_THRESHOLD
@@ -31,7 +33,17 @@ function equalBytes (a, b) {
   return a.length === b.length && a.every((byte, i) => byte === b[i])
 }
 
-async function read (path) {
+async function sha256Of (entry) {
+  const hash = createHash('sha256')
+  let size = 0
+  for await (const piece of entry.content()) {
+    hash.update(piece)
+    size += piece.length
+  }
+  return { size, sha256: hash.digest('hex') }
+}
+
+async function read (path, ...lookups) {
   const blocks = new Map()
   const iterator = await CarBlockIterator.fromIterable(createReadStream(path))
   const roots = await iterator.getRoots()
@@ -56,20 +68,15 @@ async function read (path) {
     for await (const listed of recursive(root, store)) {
       const entry = await exporter(listed.cid, store)
       const item = { path: listed.path, type: entry.type, cid: entry.cid.toString() }
-      if (entry.type === 'file' || entry.type === 'raw') {
-        const hash = createHash('sha256')
-        let size = 0
-        for await (const piece of entry.content()) {
-          hash.update(piece)
-          size += piece.length
-        }
-        item.size = size
-        item.sha256 = hash.digest('hex')
-      }
+      if (entry.type === 'file' || entry.type === 'raw') Object.assign(item, await sha256Of(entry))
       entries.push(item)
     }
   }
-  return { roots: roots.map(String), blocks: blocks.size, entries }
+  const paths = {}
+  for (const lookup of lookups) {
+    paths[lookup] = (await sha256Of(await exporter(`${roots[0]}/${lookup}`, store))).sha256
+  }
+  return { roots: roots.map(String), blocks: blocks.size, entries, paths }
 }
 
 function * walk (dir, base) {
@@ -100,7 +107,7 @@ async function make (dir, out, profile, threshold) {
 
 const [command, ...args] = process.argv.slice(2)
 try {
-  if (command === 'read') process.stdout.write(JSON.stringify(await read(args[0])))
+  if (command === 'read') process.stdout.write(JSON.stringify(await read(...args)))
   else if (command === 'make') process.stdout.write(await make(...args))
   else throw new Error(`unknown command ${command}`)
 } catch (err) {
