@@ -181,3 +181,29 @@ def test_the_command_line_exports_to_stdout_and_imports_from_a_pipe(tmp_path: Pa
     assert run_cas("cat", cid, repo=tmp_path / "b").stdout == data
     refused = run_cas("car", "import", "-", repo=tmp_path / "c", input=car[:-1], check=False)
     assert refused.returncode == 1 and "truncated" in refused.stderr.decode()
+
+
+def test_an_ipfs_dag_imported_through_one_daemon_is_fetched_and_verified_by_another(tmp_path: Path) -> None:
+    from cas.dagpb import TYPE_FILE, PBLink, PBNode, UnixFSData, encode_node, encode_unixfs
+    from tests.nodeproc import Daemons, has, start_network
+
+    leaves = [pseudo_random(200_000, seed=f"sha leaf {i}") for i in range(3)]
+    leaf_cids = [CID.for_data(RAW, leaf, SHA2_256) for leaf in leaves]
+    node = encode_node(PBNode(tuple(PBLink(cid, "", len(leaf)) for cid, leaf in zip(leaf_cids, leaves, strict=True)),
+                              encode_unixfs(UnixFSData(TYPE_FILE, filesize=600_000, blocksizes=(200_000,) * 3))))
+    root = CID.v0(CID.for_data(DAG_PB, node, SHA2_256).digest)  # kubo's classic form: Qm…
+    (tmp_path / "ipfs.car").write_bytes(_car([root], [(root, node), *zip(leaf_cids, leaves, strict=True)]))
+    # Imported offline, so only a's repository holds it.
+    imported = run_cas("car", "import", str(tmp_path / "ipfs.car"), repo=tmp_path / "n0")
+    assert imported.stdout.decode().split() == [str(root)]
+    with Daemons() as daemons:
+        a, b = start_network(daemons, tmp_path, 2)
+        assert not any(has(b, cid) for cid in [root, *leaf_cids])
+        # Every block comes from a, found by its sha2-256 CID's DHT key and
+        # checked against its own hash on arrival.
+        assert run_cas("cat", str(root), repo=b.repo).stdout == b"".join(leaves)
+        # And a daemon imports too (the import goes through it, the root is pinned there).
+        run_cas("car", "import", str(tmp_path / "ipfs.car"), repo=b.repo)
+        # (pins are kept by the CIDv1 binary form, one key for both forms, so
+        # they list as the v1 of the Qm… root)
+        assert run_cas("pin", "ls", repo=b.repo).stdout.decode().split() == [str(root.to_v1())]
