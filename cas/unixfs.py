@@ -12,8 +12,8 @@ CID/path`` work on what an IPFS tool made. Each entry is presented as a
 :class:`~cas.names.directory.DirEntry`: its kind and size are read from the
 child's own root block (a file's ``filesize``, a raw leaf's length, a
 symlink's target), its mode from UnixFS ``mode`` if set (else 0644 for
-files, 0755 for directories), its mtime 0 (UnixFS directories as made by
-default carry none). A sub-directory's size is the link's ``Tsize`` (the
+files, 0755 for directories), its mtime from UnixFS ``mtime`` if set (as
+``--preserve-mtime`` writes it), else 0. A sub-directory's size is the link's ``Tsize`` (the
 encoded size of its DAG, as IPFS counts it).
 
 Listing a plain directory is streamed in its link order. A HAMT's entries
@@ -180,7 +180,7 @@ def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEn
     """The directory entry ``name`` of ``parent`` that ``link`` points at,
     its kind and size read from the child's root block."""
     cid = link.hash
-    kind, size, mode, target = "file", 0, None, None
+    kind, size, mode, target, mtime = "file", 0, None, None, 0
     if cid.codec == RAW:
         size = len(store.get(cid))
     elif cid.codec == DAG_CBOR:
@@ -196,6 +196,8 @@ def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEn
         except InvalidBlockError as exc:
             raise InvalidBlockError(f"dag-pb node {cid} (entry {name!r} of {parent}) is invalid: {exc}") from None
         mode = unixfs.mode
+        if unixfs.mtime is not None:
+            mtime = unixfs.mtime[0] * 1_000_000_000 + (unixfs.mtime[1] or 0)
         if unixfs.type in (TYPE_DIRECTORY, TYPE_HAMT_SHARD):
             kind, size = "dir", link.tsize or 0
         elif unixfs.type in (TYPE_FILE, TYPE_RAW):
@@ -209,7 +211,7 @@ def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEn
     if mode is None:
         mode = _DEFAULT_DIR_MODE if kind == "dir" else _DEFAULT_FILE_MODE
     try:
-        return DirEntry(name, kind, size, mode & 0o7777, 0, None if kind == "symlink" else cid, target)
+        return DirEntry(name, kind, size, mode & 0o7777, mtime, None if kind == "symlink" else cid, target)
     except InvalidInputError as exc:
         raise InvalidBlockError(f"directory {parent} has an entry cas cannot use: {exc}") from None
 

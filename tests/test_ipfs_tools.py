@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -180,3 +181,20 @@ def test_a_big_cas_directory_exports_as_a_hamt_that_ipfs_tools_look_names_up_in(
         assert decode_unixfs(decode_node(other.get_block(root)).data).type == TYPE_HAMT_SHARD
         assert [e.name for e in other.list_dir(root)] == names
         assert other.read(f"{root}/{names[1234]}") == b"entry 1\n"
+
+
+def test_modes_and_mtimes_ipfs_tools_preserve_are_shown_and_restored(node_js: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"kept\n")
+    (src / "d" / "f").chmod(0o600)
+    when = 1_614_834_367_123_456_789  # 2021-03-04 05:06:07.123456789 UTC
+    os.utime(src / "d" / "f", ns=(when, when))
+    root = _node(node_js, str(TOOLS), "make", str(src), str(tmp_path / "meta.car"), "unixfs-v1-2025", "262144", "meta")
+    repo = tmp_path / "repo"
+    run_cas("car", "import", str(tmp_path / "meta.car"), repo=repo)
+    [entry] = json.loads(run_cas("--json", "ls", f"{root}/d", repo=repo).stdout)
+    assert (entry["name"], entry["mode"], entry["mtime_ns"]) == ("f", 0o600, when)
+    run_cas("get", root, "-o", str(tmp_path / "out"), repo=repo)
+    got = (tmp_path / "out" / "d" / "f").stat()
+    assert (got.st_mode & 0o777, got.st_mtime_ns) == (0o600, when)

@@ -10,11 +10,12 @@
 //     paths: through HAMT shards by the name's hash); exit 1 with the
 //     reason on stderr if a block does not match its CID or is missing.
 //
-//   node car_tools.mjs make DIR FILE.car PROFILE SHARD_THRESHOLD
+//   node car_tools.mjs make DIR FILE.car PROFILE SHARD_THRESHOLD [meta]
 //     Import DIR with ipfs-unixfs-importer (PROFILE: 'unixfs-v0-2015', kubo's
 //     classic CIDv0 + dag-pb leaves, or 'unixfs-v1-2025'; directories bigger
-//     than SHARD_THRESHOLD bytes become HAMT shards) and write the blocks as
-//     a CARv1 with @ipld/car's writer. stdout: the root CID.
+//     than SHARD_THRESHOLD bytes become HAMT shards; with 'meta', each entry's
+//     mode and mtime too, as --preserve-mode/--preserve-mtime) and write the
+//     blocks as a CARv1 with @ipld/car's writer. stdout: the root CID.
 import { createHash } from 'node:crypto'
 import { createReadStream, createWriteStream, readdirSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
@@ -79,24 +80,30 @@ async function read (path, ...lookups) {
   return { roots: roots.map(String), blocks: blocks.size, entries, paths }
 }
 
-function * walk (dir, base) {
+function metadata (path) {
+  const stat = statSync(path, { bigint: true })
+  return { mode: Number(stat.mode) & 0o7777, mtime: { secs: stat.mtimeNs / 1000000000n, nsecs: Number(stat.mtimeNs % 1000000000n) } }
+}
+
+function * walk (dir, base, meta) {
   for (const name of readdirSync(dir).sort()) {
     const path = join(dir, name)
+    const extra = meta ? metadata(path) : {}
     if (statSync(path).isDirectory()) {
-      yield { path: relative(base, path) }
-      yield * walk(path, base)
+      yield { path: relative(base, path), ...extra }
+      yield * walk(path, base, meta)
     } else {
-      yield { path: relative(base, path), content: createReadStream(path) }
+      yield { path: relative(base, path), content: createReadStream(path), ...extra }
     }
   }
 }
 
-async function make (dir, out, profile, threshold) {
+async function make (dir, out, profile, threshold, meta) {
   const blocks = []
   const store = { async put (cid, bytes) { blocks.push({ cid, bytes }); return cid } }
   let root
   const options = { profile, shardSplitThresholdBytes: Number(threshold), wrapWithDirectory: true }
-  for await (const entry of importer(walk(dir, dir), store, options)) root = entry.cid
+  for await (const entry of importer(walk(dir, dir, meta === 'meta'), store, options)) root = entry.cid
   const { writer, out: car } = CarWriter.create([root])
   const written = pipeline(Readable.from(car), createWriteStream(out))
   for (const block of blocks) await writer.put(block)
