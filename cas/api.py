@@ -528,10 +528,10 @@ class Repository:
                 shutil.copyfileobj(source, stream, carfile.READ_SIZE)
                 stream.seek(0)
             start = stream.tell()
-            carfile.check_car(self.blocks.has, stream)
+            check = carfile.check_car(self.blocks.has, stream)
             stream.seek(start)
             with self._session() as session:
-                done = carfile.store_car(session, stream)
+                done = carfile.store_car(session, stream, check)
                 if pin:
                     for root in done.roots:
                         self._store.pin(root)

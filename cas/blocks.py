@@ -64,6 +64,17 @@ class Block(_BlockFields):
         return f"Block(cid={self.cid!r}, {len(self.data)} bytes)"
 
     @classmethod
+    def verified_elsewhere(cls, cid: CID, data: bytes) -> Block:
+        """A block whose bytes the caller has already matched to ``cid``
+        (the CAR import's second pass: to bytes its first pass verified),
+        without hashing them again here. Nothing else may use it."""
+        if len(data) > MAX_BLOCK_SIZE:
+            raise InvalidBlockError(
+                f"block {cid} is {len(data)} bytes, over the {MAX_BLOCK_SIZE}-byte limit"
+            )
+        return tuple.__new__(cls, (cid, data))
+
+    @classmethod
     def of(cls, codec: int, data: bytes, hash_code: int = BLAKE3) -> Block:
         """Make a block by hashing ``data`` (no second check needed), with
         BLAKE3 unless ``hash_code`` says otherwise."""

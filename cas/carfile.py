@@ -17,9 +17,11 @@ already in the store; any fault raises before a single block is stored
 (:class:`~cas.errors.InvalidBlockError` for a block that fails its hash or
 does not decode, :class:`~cas.errors.InvalidInputError` for a truncated or
 malformed file or a missing block). The second pass reads the file again
-and stores each block, verified once more as it is put (``Block``), so a
-file changed between the passes still cannot put an unverified byte in the
-store. Memory holds the CIDs present and linked (one set each), not blocks.
+and stores each block once its CID and BLAKE3 digest match what the first
+pass verified at that place, so a file changed between the passes still
+cannot put an unverified byte in the store (and a sha2-256 block is hashed
+with sha2-256 once, not twice). Memory holds the CIDs present and linked
+and one 32-byte digest per section, not blocks.
 
 Pinning the roots, the write session and the choice of store are the
 library's (:mod:`cas.api`). This module never parses the CAR framing itself
@@ -32,9 +34,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
+import blake3
+
 from .blocks import Block, BlockSource, BlockStore
 from .car import END, NEED_DATA, CarBlock, CarHeader, CarReader, encode_header, encode_section
-from .cid import CID
+from .cid import BLAKE3, CID
 from .errors import InvalidBlockError, InvalidInputError
 from .store import links_of
 
@@ -115,10 +119,18 @@ def _header(events: Iterator[CarHeader | CarBlock]) -> CarHeader:
     return header
 
 
-def check_car(has: Callable[[CID], bool], stream: BinaryIO) -> CarHeader:
+class CarCheck(NamedTuple):
+    """What the first pass saw: the header, and for each section in order
+    its CID and the BLAKE3 digest of its bytes (for a BLAKE3 block, its
+    CID's digest), so that the second pass knows it meets the same bytes."""
+
+    header: CarHeader
+    sections: list[tuple[CID, bytes]]
+
+
+def check_car(has: Callable[[CID], bool], stream: BinaryIO) -> CarCheck:
     """The first pass (module docstring): raise if the CAR is not whole and
-    valid (``has`` says which blocks the store holds already); return its
-    header."""
+    valid (``has`` says which blocks the store holds already)."""
     try:
         return _check(has, read_car(stream))
     except InvalidInputError as exc:
@@ -127,8 +139,9 @@ def check_car(has: Callable[[CID], bool], stream: BinaryIO) -> CarHeader:
         raise InvalidInputError(f"{exc}; nothing was imported") from None
 
 
-def _check(has: Callable[[CID], bool], events: Iterator[CarHeader | CarBlock]) -> CarHeader:
+def _check(has: Callable[[CID], bool], events: Iterator[CarHeader | CarBlock]) -> CarCheck:
     header = _header(events)
+    sections: list[tuple[CID, bytes]] = []
     present: set[CID] = set()
     linked: set[CID] = set(header.roots)
     for block in events:
@@ -146,6 +159,8 @@ def _check(has: Callable[[CID], bool], events: Iterator[CarHeader | CarBlock]) -
                 "nothing was imported"
             ) from None
         present.add(block.cid)
+        fingerprint = block.cid.digest if block.cid.hash_code == BLAKE3 else blake3.blake3(block.data).digest()
+        sections.append((block.cid, fingerprint))
     missing = [cid for cid in linked - present if not has(cid)]
     if missing:
         example = min(missing, key=str)
@@ -153,19 +168,32 @@ def _check(has: Callable[[CID], bool], events: Iterator[CarHeader | CarBlock]) -
             f"the CAR lacks {len(missing)} block(s) its roots reach, e.g. {example}, and this repository "
             "does not have them; nothing was imported (export the whole DAG, or import its other parts first)"
         )
-    return header
+    return CarCheck(header, sections)
 
 
-def store_car(store: BlockStore, stream: BinaryIO) -> CarImported:
-    """The second pass: put every block (each verified again as it is)."""
+def store_car(store: BlockStore, stream: BinaryIO, check: CarCheck) -> CarImported:
+    """The second pass: put every block, each matched with BLAKE3 to the
+    bytes the first pass verified (for a BLAKE3 block, its own hash again;
+    for a sha2-256 one, a BLAKE3 instead of a second, slower sha2-256).
+    A CAR that changed between the passes is refused at its first changed
+    section, before that section is stored (the sections before it, each
+    verified, stay stored unpinned, for gc)."""
     events = read_car(stream)
     header = _header(events)
     count = new = size = 0
     for block in events:
         assert isinstance(block, CarBlock)
+        if count >= len(check.sections) or check.sections[count] != (
+            block.cid, blake3.blake3(block.data).digest()
+        ):
+            raise InvalidInputError(
+                f"the CAR changed while it was imported (section at byte {block.offset}); import it again"
+            )
         count += 1
         size += len(block.data)
-        if store.put(Block(block.cid, block.data)):
+        if store.put(Block.verified_elsewhere(block.cid, block.data)):
             new += 1
+    if count != len(check.sections):
+        raise InvalidInputError("the CAR changed while it was imported (it is shorter); import it again")
     store.barrier()
     return CarImported(header.roots, header.version, count, new, size)

@@ -170,6 +170,27 @@ def test_a_truncated_car_is_refused_and_nothing_is_stored(tmp_path: Path) -> Non
     _refused(tmp_path, _car([blocks[0][0]], blocks)[:-10], InvalidInputError, "truncated")
 
 
+class _ChangesOnRewind(io.BytesIO):
+    """A CAR that another writer replaces between the import's two passes."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        super().__init__(first)
+        self.second = second
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if pos == 0 and self.tell() > 0 and self.second:
+            self.__init__(self.second, b"")  # type: ignore[misc]  # the file's new content
+        return super().seek(pos, whence)
+
+
+def test_a_car_changed_between_the_two_passes_stores_no_changed_block(tmp_path: Path, repo: cas.Repository) -> None:
+    blocks = [(CID.for_data(RAW, bytes([i]) * 1000, SHA2_256), bytes([i]) * 1000) for i in range(3)]
+    forged = [blocks[0], (blocks[1][0], b"forged" * 100), blocks[2]]
+    with pytest.raises(InvalidInputError, match="changed while it was imported"):
+        repo.import_car(_ChangesOnRewind(_car([blocks[0][0]], blocks), _car([blocks[0][0]], forged)))
+    assert not repo.has_block(blocks[1][0]) and repo.pins() == []
+
+
 def test_the_command_line_exports_to_stdout_and_imports_from_a_pipe(tmp_path: Path) -> None:
     data = pseudo_random(600_000, seed="pipe")
     (tmp_path / "f").write_bytes(data)
