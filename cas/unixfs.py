@@ -10,14 +10,16 @@ prefix followed by the entry's name (ipfs/specs "UnixFS", "HAMT").
 This module reads both, so that ``cas ls``, ``cas get`` and ``cas cat
 CID/path`` work on what an IPFS tool made. Each entry is presented as a
 :class:`~cas.names.directory.DirEntry`: its kind and size are read from the
-child's own root block (a file's ``filesize``, a raw leaf's length, a
-symlink's target), its mode from UnixFS ``mode`` if set (else 0644 for
+child's own root block (a file's ``filesize``, a symlink's target; a raw
+leaf's length from its link), its mode from UnixFS ``mode`` if set (else 0644 for
 files, 0755 for directories), its mtime from UnixFS ``mtime`` if set (as
 ``--preserve-mtime`` writes it), else 0. A sub-directory's size is the link's ``Tsize`` (the
 encoded size of its DAG, as IPFS counts it).
 
-Listing a plain directory is streamed in its link order. A HAMT's entries
-are in hash order, so they are gathered (names and CIDs only) and sorted.
+A listing gathers the links (names and CIDs only: a HAMT's are in hash
+order) and gives them sorted by name, each entry's root block read as it
+is given (a raw leaf's size is its link's ``Tsize``, which for a raw block
+is its length, so a listing never reads file data).
 A name is looked up in a plain directory by scanning its links and in a
 HAMT by its hash (:func:`hamt_hash`, murmur3-x64-64 as kubo and the JS
 importer compute it): one shard per level, as IPFS does.
@@ -182,7 +184,7 @@ def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEn
     cid = link.hash
     kind, size, mode, target, mtime = "file", 0, None, None, 0
     if cid.codec == RAW:
-        size = len(store.get(cid))
+        size = link.tsize if link.tsize is not None else len(store.get(cid))
     elif cid.codec == DAG_CBOR:
         kind = "dir"  # a cas directory linked from a UnixFS one
         size = link.tsize or 0
