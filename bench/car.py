@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import blake3
 from benchutil import compile_cas, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,14 +56,12 @@ def run(argv: list[str]) -> tuple[float, int, str]:
 
 
 def write_random(path: Path, size: int) -> None:
-    block = os.urandom(1 << 20)
+    """``size`` bytes that repeat nowhere (BLAKE3's output stream, 1 MiB at a
+    time): a repeated chunk would be stored and exported once by cas but
+    packed again by ipfs-car, which would flatter cas."""
     with open(path, "wb") as f:
-        left, n = size, 0
-        while left > 0:
-            piece = bytes(b ^ (n & 0xFF) for b in block[:64]) + block[64:]  # no two MiB alike
-            f.write(piece[:left])
-            left -= len(piece)
-            n += 1
+        for n, start in enumerate(range(0, size, 1 << 20)):
+            f.write(blake3.blake3(n.to_bytes(8, "little")).digest(min(1 << 20, size - start)))
 
 
 def bench(work: Path, source: Path, size: int, node: str, label: str) -> list[tuple[str, float, float]]:
