@@ -421,20 +421,30 @@ class Repository:
         return self.namespace.move(src, dst)
 
     def cp(self, src: CID | str, dst: str) -> RootState:
-        """Make ``dst`` name the same content as ``src`` (a CID or a path):
-        a link, no data copied."""
-        if isinstance(src, str) and src.startswith("/"):
-            node = self.namespace.resolve(src)
-        else:
-            cid = parse_cid(src)
-            if not self.blocks.has(cid):
-                raise BlockNotFoundError(cid)
-            node = self.namespace.node_for_cid(cid, self.info(cid).size)
-        target = dst
-        if dst.endswith("/") or self._is_dir(dst):
-            name = node.name or (str(node.cid) if node.cid else "")
-            target = dst.rstrip("/") + "/" + name
+        """Make ``dst`` name the same content as ``src`` (a CID, CID/path or
+        a path): a link, no data copied. A UnixFS directory made by IPFS is
+        linked as the cas directory of the same entries (its subdirectories
+        likewise), over the very same file DAGs."""
         with self._session() as session:
+            if isinstance(src, str) and src.startswith("/"):
+                node = self.namespace.resolve(src)
+            else:
+                cid = self.resolve(src)
+                if not self.blocks.has(cid):
+                    raise BlockNotFoundError(cid)
+                if cid.codec == DAG_PB:
+                    from . import trees, unixfs
+
+                    if unixfs.is_directory(self.blocks, cid):
+                        # A directory made by IPFS: the namespace holds cas
+                        # directories, so it is adopted as one, over the
+                        # same file DAGs.
+                        cid = trees.adopt_unixfs(session, cid).cid
+                node = self.namespace.node_for_cid(cid, self.info(cid).size)
+            target = dst
+            if dst.endswith("/") or self._is_dir(dst):
+                name = node.name or (str(node.cid) if node.cid else "")
+                target = dst.rstrip("/") + "/" + name
             if node.cid is not None and isinstance(session, ProtectsBlocks):
                 session.protect(node.cid)
             return self.namespace.link(target, node)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -171,6 +171,19 @@ def lookup(store: BlockStore, cid: CID, name: str) -> DirEntry | None:
     if cid.codec != DAG_CBOR:
         raise InvalidInputError(f"{cid} is a file, not a directory")
     return dirtree.lookup(store, cid, name)
+
+
+def adopt_unixfs(store: BlockStore, cid: CID) -> dirtree.DirSummary:
+    """Store the cas directory with the entries of UnixFS directory ``cid``
+    (made by IPFS): its files and symlinks as they are (the file DAGs
+    shared, not copied), its subdirectories adopted the same way."""
+    adopted = []
+    for entry in unixfs.iterate(store, cid):
+        if entry.kind == "dir" and entry.cid is not None and entry.cid.codec == DAG_PB:
+            sub = adopt_unixfs(store, entry.cid)
+            entry = replace(entry, cid=sub.cid, size=sub.size)
+        adopted.append(entry)
+    return dirtree.build(store, adopted)
 
 
 # -- export ------------------------------------------------------------------

@@ -86,6 +86,12 @@ def test_a_car_ipfs_car_packs_imports_and_cas_cat_gives_the_same_bytes_under_the
     assert (tmp_path / "out" / "docs" / "readme.txt").read_bytes() == b"hello from the other side\n"
     with cas.open_repository(repo) as r:
         assert [str(pin) for pin in r.pins()] == [root]
+    # Into the namespace: adopted as a cas directory over the same file DAGs.
+    run_cas("cp", root, "/site", repo=repo)
+    assert run_cas("ls", "/site/docs", repo=repo).stdout.decode().split() == ["readme.txt"]
+    assert run_cas("cat", "/site/big.bin", repo=repo).stdout == (tree / "big.bin").read_bytes()
+    with cas.open_repository(repo) as r:
+        assert r.stat("/site/big.bin").cid == r.resolve(f"{root}/big.bin")
     # A single file, not wrapped: its own root.
     file_root = ipfs_car_pack(node_js, tree / "big.bin", tmp_path / "file.car", wrap=False)
     assert run_cas("car", "import", str(tmp_path / "file.car"), repo=repo).stdout.decode().split() == [file_root]

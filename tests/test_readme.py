@@ -172,6 +172,7 @@ def test_ipfs_car_files_both_ways(shell: Shell, node_js: str) -> None:
     assert results["cas ls ROOT"].text.split() == ["img/", "index.html"]
     assert results["cas cat ROOT/index.html"].stdout == b"<h1>hello from IPFS</h1>\n"
     assert (shell.work / "site-copy" / "img" / "big.bin").read_bytes() == (site / "img" / "big.bin").read_bytes()
+    assert run_all(shell, "cas ls /site")["cas ls /site"].text.split() == ["img/", "index.html"]
     assert (shell.work / "report.car").stat().st_size > 700_000
     assert (shell.work / "site-again.car").read_bytes()[:1] == b"\x3a"  # a CARv1 header: varint 58
 
