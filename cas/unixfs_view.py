@@ -36,6 +36,7 @@ from typing import NamedTuple
 from .blocks import Block, BlockSource, BlockStore
 from .cid import CID, DAG_CBOR, DAG_PB
 from .dagpb import TYPE_DIRECTORY, TYPE_HAMT_SHARD, TYPE_SYMLINK, PBLink, PBNode, UnixFSData, encode_node, encode_unixfs
+from .errors import InvalidInputError
 from .names import dirtree
 from .unixfs import HAMT_HASH_MURMUR3, hamt_bucket, hamt_hash
 
@@ -48,7 +49,9 @@ SHARD_FANOUT = 256
 _SHARD_BITS = 8
 
 
-class _Child(NamedTuple):
+class ViewLink(NamedTuple):
+    """An entry of a view directory: its name, what it links, its Tsize."""
+
     name: str
     cid: CID
     tsize: int
@@ -61,7 +64,7 @@ def _put(blocks: dict[CID, bytes], links: list[PBLink], unixfs: UnixFSData) -> t
     return block.cid, len(data) + sum(link.tsize or 0 for link in links)
 
 
-def directory_node(blocks: dict[CID, bytes], children: list[_Child], mode: int | None = None) -> tuple[CID, int]:
+def directory_node(blocks: dict[CID, bytes], children: list[ViewLink], mode: int | None = None) -> tuple[CID, int]:
     """The view node of a directory of ``children`` (plain, or a HAMT past
     the threshold), its nodes added to ``blocks``; its CID and Tsize."""
     children = sorted(children, key=lambda child: child.name.encode("utf-8"))
@@ -73,18 +76,20 @@ def directory_node(blocks: dict[CID, bytes], children: list[_Child], mode: int |
 
 
 def hamt_node(
-    blocks: dict[CID, bytes], items: list[tuple[bytes, _Child]], depth: int, mode: int | None = None
+    blocks: dict[CID, bytes], items: list[tuple[bytes, ViewLink]], depth: int, mode: int | None = None
 ) -> tuple[CID, int]:
     """A HAMT shard at ``depth`` over ``items`` (hash, child), as the IPFS
     importers build one: per occupied bucket, in bucket order, a link named
     by the bucket's two hex digits and the entry's name, or by the digits
     alone for a sub-shard holding the bucket's several entries; ``Data`` the
     bitmap of occupied buckets, big-endian, in as few bytes as it needs."""
-    buckets: dict[int, list[tuple[bytes, _Child]]] = defaultdict(list)
+    buckets: dict[int, list[tuple[bytes, ViewLink]]] = defaultdict(list)
     for digest, child in items:
         bucket = hamt_bucket(digest, depth, _SHARD_BITS)
         if bucket is None:  # 64 bits of murmur3 alike: two names, one hash
-            raise ValueError(f"names {[c.name for _, c in items]} share a 64-bit HAMT hash")
+            raise InvalidInputError(
+                f"names {[c.name for _, c in items]} share a 64-bit HAMT hash; cas cannot shard them"
+            )
         buckets[bucket].append((digest, child))
     links = []
     bitmap = 0
@@ -128,7 +133,7 @@ def _view(
         else:
             assert entry.target is not None
             child, tsize = _put(blocks, [], UnixFSData(TYPE_SYMLINK, data=entry.target.encode("utf-8")))
-        children.append(_Child(entry.name, child, tsize))
+        children.append(ViewLink(entry.name, child, tsize))
     done = directory_node(blocks, children, mode)
     memo[cid, mode] = done
     return done
