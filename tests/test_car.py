@@ -12,9 +12,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cas
-from cas.car import END, NEED_DATA, CarBlock, CarHeader, CarReader, encode_header, encode_section
+from cas.car import CARV2_PRAGMA, END, NEED_DATA, CarBlock, CarHeader, CarReader, encode_header, encode_section
 from cas.cid import CID, DAG_PB, RAW, SHA2_256
 from cas.errors import InvalidBlockError, InvalidInputError
 from tests.conftest import pseudo_random, run_cas
@@ -84,6 +86,24 @@ def test_a_carv2_is_read_through_to_its_inner_carv1() -> None:
 def test_a_malformed_car_is_refused_saying_what_is_wrong(data: bytes, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         _events(data, 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(1, 64))
+def test_arbitrary_bytes_never_crash_the_reader(data: bytes, step: int) -> None:
+    for candidate in (data, encode_header([BLOCKS[0][0]]) + data, CARV2_PRAGMA + data):
+        try:
+            _events(candidate, step)
+        except InvalidInputError:
+            pass
+
+
+@given(st.integers(0, 60), st.integers(1, 16))
+def test_a_valid_car_cut_anywhere_is_refused_as_truncated(cut: int, step: int) -> None:
+    data = _car([BLOCKS[0][0]], BLOCKS[:1])
+    if cut < len(data):
+        with pytest.raises(InvalidInputError, match="truncated|not a CAR|version"):
+            _events(data[:cut], step)
 
 
 @pytest.fixture
