@@ -126,3 +126,18 @@ def test_cas_ls_cat_and_get_take_an_ipfs_directory(tree: tuple[Path, CID, CID], 
     assert (out / "to-raw").readlink() == Path("raw.txt")
     message = run_cas("cat", str(root), repo=path, check=False).stderr.decode()
     assert "is a directory" in message
+
+
+def test_the_view_of_an_empty_cas_directory_is_the_empty_unixfs_directory(tmp_path: Path) -> None:
+    from cas.names import dirtree
+    from cas.unixfs_view import build_view
+
+    with cas.open_repository(tmp_path / "repo") as repo:
+        empty = dirtree.empty_directory(repo.blocks)
+        view, blocks = build_view(repo.blocks, empty)
+    # The node every IPFS implementation makes for an empty directory
+    # (QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn under sha2-256),
+    # here under BLAKE3: the dag-pb vector of docs/formats.md.
+    assert blocks == {view: bytes.fromhex("0a020801")}
+    assert str(view) == "bafyb4igcwu4aknzxeunla7d6swhtgjcpcdpi7hk5twl4ubnlczrqh3gmme"
+    assert str(CID.v0(CID.for_data(DAG_PB, blocks[view], SHA2_256).digest)) == "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
