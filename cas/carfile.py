@@ -21,7 +21,7 @@ and stores each block once its CID and BLAKE3 digest match what the first
 pass verified at that place, so a file changed between the passes still
 cannot put an unverified byte in the store (and a sha2-256 block is hashed
 with sha2-256 once, not twice). Memory holds the CIDs present and linked
-and one 32-byte digest per section, not blocks.
+and, per section, its CID and a 32-byte digest: never blocks.
 
 Pinning the roots, the write session and the choice of store are the
 library's (:mod:`cas.api`). This module never parses the CAR framing itself
