@@ -168,6 +168,8 @@ class AsyncRepository:
     gc = _in_thread(Repository.gc)
     repo_stat = _in_thread(Repository.repo_stat)
     verify = _in_thread(Repository.verify)
+    export_car = _in_thread(Repository.export_car)
+    import_car = _in_thread(Repository.import_car)
 
 
 class AsyncFile:

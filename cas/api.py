@@ -34,17 +34,26 @@ from . import files
 from .blocks import (
     AddsFiles,
     Block,
+    BlockSource,
     BlockStore,
     OpensSessions,
     ProtectsBlocks,
     ServedByDaemon,
     WritesFiles,
 )
-from .cid import CID, DAG_CBOR, RAW, parse_cid
-from .errors import BlockNotFoundError, InvalidInputError, NotAFileError, PathNotFoundError, RepositoryLockedError
+from .cid import BLAKE3, CID, DAG_CBOR, DAG_PB, RAW, parse_cid
+from .errors import (
+    BlockNotFoundError,
+    InvalidInputError,
+    NotAFileError,
+    PathNotFoundError,
+    RepositoryError,
+    RepositoryLockedError,
+)
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 
 if TYPE_CHECKING:
+    from .carfile import CarExported, CarImported
     from .control import ControlClient
     from .names.directory import DirEntry
     from .names.namespace import Namespace, Node, RootState
@@ -301,7 +310,27 @@ class Repository:
             return node.cid
         if at is not None:
             raise InvalidInputError("--at applies to namespace paths, not to CIDs")
-        return parse_cid(ref)
+        if isinstance(ref, str) and "/" in ref.strip("/"):
+            return self._resolve_below(ref)
+        return parse_cid(ref.rstrip("/") if isinstance(ref, str) else ref)
+
+    def _resolve_below(self, ref: str) -> CID:
+        """``CID/name/...``: a path inside a directory named by CID (a cas
+        directory or an IPFS UnixFS one), as IPFS tools take them."""
+        from . import trees
+
+        first, *names = [part for part in ref.split("/") if part]
+        cid = parse_cid(first)
+        walked = first
+        for name in names:
+            entry = trees.lookup(self.blocks, cid, name)
+            if entry is None:
+                raise PathNotFoundError(f"{walked} has no entry {name!r}")
+            walked += "/" + name
+            if entry.cid is None:
+                raise NotAFileError(f"{walked} is a symlink to {entry.target!r}")
+            cid = entry.cid
+        return cid
 
     def open(self, ref: CID | str, *, at: int | None = None) -> files.FileReader:
         """A seekable, read-only binary file object over a file."""
@@ -338,13 +367,19 @@ class Repository:
             from .names import dirtree
 
             return NodeInfo(cid, "dir", dirtree.summary(self.blocks, cid).size)
+        if cid.codec == DAG_PB:
+            from . import unixfs
+
+            if unixfs.is_directory(self.blocks, cid):  # made by IPFS
+                return NodeInfo(cid, "dir", unixfs.size(self.blocks, cid))
         return NodeInfo(cid, "file", files.file_size(self.blocks, cid))
 
     def list_dir(self, ref: CID | str, *, at: int | None = None) -> Iterator[DirEntry]:
-        """The entries of a directory, sorted by name, streamed."""
-        from .names import dirtree
+        """The entries of a directory (a cas one, or a UnixFS one made by
+        IPFS), sorted by name, streamed."""
+        from . import trees
 
-        return dirtree.iterate(self.blocks, self.resolve(ref, at))
+        return trees.entries(self.blocks, self.resolve(ref, at))
 
     def get(
         self,
@@ -386,20 +421,30 @@ class Repository:
         return self.namespace.move(src, dst)
 
     def cp(self, src: CID | str, dst: str) -> RootState:
-        """Make ``dst`` name the same content as ``src`` (a CID or a path):
-        a link, no data copied."""
-        if isinstance(src, str) and src.startswith("/"):
-            node = self.namespace.resolve(src)
-        else:
-            cid = parse_cid(src)
-            if not self.blocks.has(cid):
-                raise BlockNotFoundError(cid)
-            node = self.namespace.node_for_cid(cid, self.info(cid).size)
-        target = dst
-        if dst.endswith("/") or self._is_dir(dst):
-            name = node.name or (str(node.cid) if node.cid else "")
-            target = dst.rstrip("/") + "/" + name
+        """Make ``dst`` name the same content as ``src`` (a CID, CID/path or
+        a path): a link, no data copied. A UnixFS directory made by IPFS is
+        linked as the cas directory of the same entries (its subdirectories
+        likewise), over the very same file DAGs."""
         with self._session() as session:
+            if isinstance(src, str) and src.startswith("/"):
+                node = self.namespace.resolve(src)
+            else:
+                cid = self.resolve(src)
+                if not self.blocks.has(cid):
+                    raise BlockNotFoundError(cid)
+                if cid.codec == DAG_PB:
+                    from . import trees, unixfs
+
+                    if unixfs.is_directory(self.blocks, cid):
+                        # A directory made by IPFS: the namespace holds cas
+                        # directories, so it is adopted as one, over the
+                        # same file DAGs.
+                        cid = trees.adopt_unixfs(session, cid).cid
+                node = self.namespace.node_for_cid(cid, self.info(cid).size)
+            target = dst
+            if dst.endswith("/") or self._is_dir(dst):
+                name = node.name or (str(node.cid) if node.cid else "")
+                target = dst.rstrip("/") + "/" + name
             if node.cid is not None and isinstance(session, ProtectsBlocks):
                 session.protect(node.cid)
             return self.namespace.link(target, node)
@@ -417,9 +462,11 @@ class Repository:
 
     # -- blocks ---------------------------------------------------------------
 
-    def put_block(self, data: bytes, codec: int = RAW) -> CID:
-        """Store one block (≤ 1 MiB) as it is; return its CID. Not pinned."""
-        block = Block.of(codec, data)
+    def put_block(self, data: bytes, codec: int = RAW, *, hash_code: int = BLAKE3) -> CID:
+        """Store one block (≤ 1 MiB) as it is; return its CID, hashed with
+        BLAKE3 or, given ``hash_code=cas.cid.SHA2_256``, as IPFS tools hash.
+        Not pinned."""
+        block = Block.of(codec, data, hash_code)
         self.blocks.put(block)
         self.blocks.barrier()
         return block.cid
@@ -430,6 +477,75 @@ class Repository:
 
     def has_block(self, cid: CID | str) -> bool:
         return self.blocks.has(parse_cid(cid))
+
+    # -- CAR files (IPFS's archives) --------------------------------------------
+
+    def export_car(
+        self, ref: CID | str, out: str | os.PathLike[str] | BinaryIO, *, at: int | None = None,
+        native: bool = False,
+    ) -> CarExported:
+        """Write a CARv1 of the whole DAG under ``ref`` (a CID, ``CID/path``
+        or a namespace path) to ``out``: a path (written whole or not at
+        all) or a binary file object. Streamed, in bounded memory. A cas
+        directory is exported as its UnixFS view (:mod:`cas.unixfs_view`:
+        what IPFS tools list; the CAR's root is the view's CID), or with
+        ``native`` as its own DAG-CBOR tree (for another cas)."""
+        from . import carfile
+
+        cid = self.resolve(ref, at)
+        source: BlockSource = self.blocks
+        if not native:
+            from .unixfs_view import view_of
+
+            cid, source = view_of(self.blocks, cid)
+        if not isinstance(out, (str, os.PathLike)):
+            return carfile.export_car(source, [cid], out.write)
+        dest = Path(out)
+        part = dest.with_name(f".{dest.name}.cas-part")
+        try:
+            with open(part, "wb") as f:
+                done = carfile.export_car(source, [cid], f.write)
+            os.replace(part, dest)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise RepositoryError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return done
+
+    def import_car(self, source: str | os.PathLike[str] | BinaryIO, *, pin: bool = True) -> CarImported:
+        """Store the blocks of a CARv1 or CARv2 (a path or a binary file
+        object) and, with ``pin``, pin its roots. Every block is verified
+        with its own hash and the roots' DAGs must be whole (in the CAR or
+        already here) before anything is stored: a bad, truncated or
+        incomplete CAR raises and stores nothing."""
+        import shutil
+        import tempfile
+
+        from . import carfile
+
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, (str, os.PathLike)):
+                try:
+                    stream: BinaryIO = stack.enter_context(open(source, "rb"))
+                except OSError as exc:
+                    raise InvalidInputError(f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
+            elif source.seekable():
+                stream = source
+            else:  # a pipe: kept in a temporary file for the second pass
+                stream = stack.enter_context(tempfile.TemporaryFile())
+                shutil.copyfileobj(source, stream, carfile.READ_SIZE)
+                stream.seek(0)
+            start = stream.tell()
+            check = carfile.check_car(self.blocks.has, stream)
+            stream.seek(start)
+            with self._session() as session:
+                done = carfile.store_car(session, stream, check)
+                if pin:
+                    for root in done.roots:
+                        self._store.pin(root)
+        return done
 
     # -- storage management ---------------------------------------------------
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from .cid import CID, MAX_BLOCK_SIZE
+from .cid import BLAKE3, CID, MAX_BLOCK_SIZE
 from .errors import BlockNotFoundError, InvalidBlockError
 
 if TYPE_CHECKING:
@@ -64,13 +64,25 @@ class Block(_BlockFields):
         return f"Block(cid={self.cid!r}, {len(self.data)} bytes)"
 
     @classmethod
-    def of(cls, codec: int, data: bytes) -> Block:
-        """Make a block by hashing ``data`` (no second check needed)."""
+    def verified_elsewhere(cls, cid: CID, data: bytes) -> Block:
+        """A block whose bytes the caller has already matched to ``cid``
+        (the CAR import's second pass: to bytes its first pass verified),
+        without hashing them again here. Nothing else may use it."""
+        if len(data) > MAX_BLOCK_SIZE:
+            raise InvalidBlockError(
+                f"block {cid} is {len(data)} bytes, over the {MAX_BLOCK_SIZE}-byte limit"
+            )
+        return tuple.__new__(cls, (cid, data))
+
+    @classmethod
+    def of(cls, codec: int, data: bytes, hash_code: int = BLAKE3) -> Block:
+        """Make a block by hashing ``data`` (no second check needed), with
+        BLAKE3 unless ``hash_code`` says otherwise."""
         if len(data) > MAX_BLOCK_SIZE:
             raise InvalidBlockError(
                 f"block of {len(data)} bytes is over the {MAX_BLOCK_SIZE}-byte limit"
             )
-        return tuple.__new__(cls, (CID.for_data(codec, data), bytes(data)))
+        return tuple.__new__(cls, (CID.for_data(codec, data, hash_code), bytes(data)))
 
 
 def verified(cid: CID, data: bytes) -> bytes:

@@ -15,7 +15,10 @@ schemas are involved, both public (ipld/specs "DAG-PB", ipfs/specs "UnixFS"):
       optional uint64 hashType = 5;
       optional uint64 fanout = 6;
       optional uint32 mode = 7;
+      optional UnixTime mtime = 8;
     }
+    message UnixTime { required int64 Seconds = 1;
+                       optional fixed32 FractionalNanoseconds = 2; }
 
 **Encoding is canonical**: the dag-pb spec fixes the order (a node's Links,
 each one ``Hash, Name, Tsize``, *before* its Data, although Data has the
@@ -29,8 +32,9 @@ fields, wrong wire types, fields out of order, a singular field twice, a
 link without a Hash, a Hash that is not a cas CID, invalid UTF-8 in a Name,
 non-minimal or truncated varints, lengths past the end and input over
 ``cas.cid.MAX_BLOCK_SIZE`` all raise :class:`InvalidBlockError` saying
-what is wrong. UnixFS ``mtime`` (field 8) is not part of cas files and is
-refused like any other unknown field.
+what is wrong. UnixFS ``mtime`` (field 8) is not part of cas files, but
+IPFS tools write it (``--preserve-mtime``), so it is read (and written back
+canonically) as the pair (seconds, nanoseconds or None).
 
 This module knows nothing of stores, trees or file semantics (which links a
 file node may have, what the sizes must add up to): that is
@@ -47,6 +51,7 @@ from .errors import InvalidBlockError, InvalidCIDError
 # protobuf wire types
 _VARINT = 0
 _LEN = 2
+_I32 = 5
 
 # UnixFS Data.Type values
 TYPE_RAW = 0
@@ -95,6 +100,7 @@ class UnixFSData(NamedTuple):
     hash_type: int | None = None
     fanout: int | None = None
     mode: int | None = None
+    mtime: tuple[int, int | None] | None = None  # (Seconds, FractionalNanoseconds)
 
 
 # -- encoding ---------------------------------------------------------------
@@ -115,7 +121,7 @@ def _uint_field(field: int, value: int, limit: int = _UINT64_MAX) -> bytes:
 
 
 def encode_link(link: PBLink) -> bytes:
-    out = bytearray(_len_field(1, bytes(link.hash)))
+    out = bytearray(_len_field(1, link.hash.binary))
     if link.name is not None:
         out += _len_field(2, link.name.encode("utf-8"))
     if link.tsize is not None:
@@ -151,6 +157,16 @@ def encode_unixfs(value: UnixFSData) -> bytes:
         out += _uint_field(6, value.fanout)
     if value.mode is not None:
         out += _uint_field(7, value.mode, _UINT32_MAX)
+    if value.mtime is not None:
+        seconds, nanos = value.mtime
+        if not -(1 << 63) <= seconds < 1 << 63:
+            raise ValueError(f"mtime seconds {seconds} is out of range")
+        inner = _tag(1, _VARINT) + encode_varint(seconds & _UINT64_MAX)  # int64: two's complement
+        if nanos is not None:
+            if not 0 <= nanos <= _UINT32_MAX:
+                raise ValueError(f"mtime nanoseconds {nanos} is out of range")
+            inner += _tag(2, _I32) + nanos.to_bytes(4, "little")
+        out += _len_field(8, inner)
     return bytes(out)
 
 
@@ -327,9 +343,31 @@ def decode_unixfs(data: bytes | memoryview) -> UnixFSData:
         if r.next_is(field):
             r.expect(field, _VARINT, name)
             optional[field] = r.varint(limit)
+    mtime: tuple[int, int | None] | None = None
+    if r.next_is(8):
+        r.expect(8, _LEN, "mtime")
+        mtime = _decode_unixtime(r.length_delimited())
     r.finish(
         "UnixFS Data holds Type (1), Data (2), filesize (3), blocksizes (4), "
-        "hashType (5), fanout (6), mode (7)"
+        "hashType (5), fanout (6), mode (7), mtime (8)"
     )
     return UnixFSData(kind, inline, optional[3], tuple(sizes), optional[5], optional[6],
-                      optional[7])
+                      optional[7], mtime)
+
+
+def _decode_unixtime(buf: memoryview) -> tuple[int, int | None]:
+    r = _Reader(buf, "UnixFS mtime")
+    if not r.next_is(1):
+        raise r.fail("an mtime must start with its Seconds (field 1)")
+    r.expect(1, _VARINT, "Seconds")
+    raw = r.varint()
+    seconds = raw - (1 << 64) if raw >= 1 << 63 else raw
+    nanos: int | None = None
+    if r.next_is(2):
+        r.expect(2, _I32, "FractionalNanoseconds")
+        if len(r.buf) - r.pos < 4:
+            raise r.fail("FractionalNanoseconds is cut short")
+        nanos = int.from_bytes(r.buf[r.pos : r.pos + 4], "little")
+        r.pos += 4
+    r.finish("an mtime holds Seconds (1) then FractionalNanoseconds (2)")
+    return seconds, nanos

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files
+from . import files, unixfs
 from .blocks import BlockStore
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .errors import InvalidInputError, NotAFileError, RepositoryError
@@ -151,6 +151,41 @@ def _import_dir(
     )
 
 
+# -- reading either kind of directory ------------------------------------------
+
+
+def entries(store: BlockStore, cid: CID) -> Iterator[DirEntry]:
+    """The entries of directory ``cid``, sorted by name: a cas directory
+    (dag-cbor) or a UnixFS one made by IPFS (dag-pb, plain or HAMT)."""
+    if cid.codec == DAG_PB:
+        return unixfs.iterate(store, cid)
+    if cid.codec != DAG_CBOR:
+        raise InvalidInputError(f"{cid} is a file, not a directory")
+    return dirtree.iterate(store, cid)
+
+
+def lookup(store: BlockStore, cid: CID, name: str) -> DirEntry | None:
+    """The entry ``name`` of directory ``cid`` (either kind), or None."""
+    if cid.codec == DAG_PB:
+        return unixfs.lookup(store, cid, name)
+    if cid.codec != DAG_CBOR:
+        raise InvalidInputError(f"{cid} is a file, not a directory")
+    return dirtree.lookup(store, cid, name)
+
+
+def adopt_unixfs(store: BlockStore, cid: CID) -> dirtree.DirSummary:
+    """Store the cas directory with the entries of UnixFS directory ``cid``
+    (made by IPFS): its files and symlinks as they are (the file DAGs
+    shared, not copied), its subdirectories adopted the same way."""
+    adopted = []
+    for entry in unixfs.iterate(store, cid):
+        if entry.kind == "dir" and entry.cid is not None and entry.cid.codec == DAG_PB:
+            sub = adopt_unixfs(store, entry.cid)
+            entry = replace(entry, cid=sub.cid, size=sub.size)
+        adopted.append(entry)
+    return dirtree.build(store, adopted)
+
+
 # -- export ------------------------------------------------------------------
 
 
@@ -167,11 +202,12 @@ def export(
     out = Path(out)
     if os.path.lexists(out) and not overwrite:
         raise InvalidInputError(f"{out} already exists; choose another output or use --force")
-    if cid.codec == DAG_CBOR:
-        dirtree.summary(store, cid)  # a directory, or a clear error, before creating anything
+    if cid.codec == DAG_CBOR or (cid.codec == DAG_PB and unixfs.is_directory(store, cid)):
+        if cid.codec == DAG_CBOR:
+            dirtree.summary(store, cid)  # a directory, or a clear error, before creating anything
         if os.path.lexists(out):
             raise InvalidInputError(f"{out} already exists; cas get writes a new directory")
-        _export_dir(store, dirtree.iterate(store, cid), out, progress, write)
+        _export_dir(store, entries(store, cid), out, progress, write)
         return "dir"
     _export_file(store, cid, out, progress, write)
     return "file"
@@ -198,18 +234,18 @@ def _export_file(store: BlockStore, cid: CID, out: Path, progress: Progress | No
 
 
 def _export_dir(
-    store: BlockStore, entries: Iterable[DirEntry], out: Path, progress: Progress | None, write: WriteFile
+    store: BlockStore, listing: Iterable[DirEntry], out: Path, progress: Progress | None, write: WriteFile
 ) -> None:
     try:
         out.mkdir()
     except OSError as exc:
         raise RepositoryError(f"cannot create {out}: {exc.strerror}") from None
-    for entry in entries:
+    for entry in listing:
         dest = out / entry.name
         try:
             if entry.kind == "dir":
                 assert entry.cid is not None
-                _export_dir(store, dirtree.iterate(store, entry.cid), dest, progress, write)
+                _export_dir(store, entries(store, entry.cid), dest, progress, write)
                 # Metadata after the children: writing them changes the mtime,
                 # and a read-only mode would stop them being written.
                 os.chmod(dest, entry.mode)

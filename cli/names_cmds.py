@@ -21,8 +21,10 @@ from .repo_cmds import NAMESPACE_CODE, open_repo, waiting_note
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ls", parents=common, help="list a namespace directory",
-                       description="List a directory of the namespace (or, with --at, of an earlier version).")
-    p.add_argument("path", nargs="?", default="/", metavar="PATH", help="the directory (default /)")
+                       description="List a directory of the namespace (or, with --at, of an earlier version), "
+                                   "or a directory by CID (cas's own or an IPFS UnixFS one, CID/path inside it).")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH",
+                   help="the directory: a namespace path (default /) or CID[/path]")
     p.add_argument("-l", "--long", action="store_true", help="mode, size, time and CID too")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ (see cas log)")
     p.set_defaults(run=cmd_ls)
@@ -124,7 +126,10 @@ def _warn(repo: Any, out: Output) -> None:
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
-        entries = repo.ls(args.path, at=args.at)
+        if args.path.startswith("/"):
+            entries = repo.ls(args.path, at=args.at)
+        else:  # a CID, or CID/path: a directory by content (cas's or IPFS's)
+            entries = repo.list_dir(args.path, at=args.at)
         _warn(repo, out)
         if out.json_mode:
             out.documents(_entry_json(entry) for entry in entries)

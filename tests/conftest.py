@@ -24,6 +24,33 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+# -- the IPFS JavaScript stack (tests/js) ----------------------------------------
+
+JS_DIR = Path(__file__).resolve().parent / "js"
+JS_PACKAGES = ("ipfs-unixfs", "@ipld/car", "ipfs-car", "ipfs-unixfs-exporter", "ipfs-unixfs-importer",
+               "@noble/hashes")
+"""What tests/js/package.json installs; a checkout whose node_modules lacks
+one (installed before it was added) is installed again from the lock file."""
+
+
+@pytest.fixture(scope="session")
+def node_js() -> str:
+    """The node binary, with tests/js/node_modules installed from the lock file."""
+    import shutil
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        skip_unless_ci("node and npm are needed for the IPFS compatibility tests")
+    if not all((JS_DIR / "node_modules" / package).is_dir() for package in JS_PACKAGES):
+        install = subprocess.run(
+            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
+            capture_output=True, text=True, timeout=300,
+        )
+        if install.returncode != 0:
+            skip_unless_ci(f"npm ci in tests/js failed: {install.stderr.strip()[-500:]}")
+    return node  # type: ignore[return-value]
+
+
 # -- running the cas command as a user would --------------------------------
 
 

@@ -5,9 +5,9 @@ at a time by bash in a fresh home directory, with these changes only:
 
 - ``/tmp/X`` becomes a directory under the test's ``tmp_path``, and the
   README's ports (4711-4713) free ports, so tests never meet each other;
-- the placeholders ``CID`` and ``KEY`` become what an earlier line printed
-  (the first CID an ``add`` printed, the key ``name publish`` printed), as a
-  user copies them;
+- the placeholders ``CID``, ``ROOT`` and ``KEY`` become what an earlier
+  line printed (the first CID an ``add`` printed, the root a ``car import``
+  printed, the key ``name publish`` printed), as a user copies them;
 - a line ending in ``&`` starts a process the session owns (stopped by PID
   at the end, whatever happens), and ``kill %1 %2`` stops those jobs;
 - between starting daemons and the next command, the session waits until
@@ -158,6 +158,10 @@ class Shell:
             found = CID_PATTERN.search(result.text)
             if found:
                 self.values["CID"] = found.group(0)
+        if "ROOT" not in self.values and " car import " in f" {command} ":
+            found = CID_PATTERN.search(result.text)
+            if found:
+                self.values["ROOT"] = found.group(0)
         return result
 
     def start(self, command: str) -> None:

@@ -84,6 +84,28 @@ def test_blocks_put_get_has(repo):
         repo.put_block(b"x" * (MiB + 1))
 
 
+def test_a_sha2_256_block_is_kept_under_its_own_cid_and_verified_with_its_own_hash(tmp_path):
+    from cas.cid import SHA2_256
+    from cas.store import LocalStore
+
+    with cas.open_repository(tmp_path / "repo") as r:
+        data = b"hello" * 20000  # big enough for a pack, not the small-block table
+        cid = r.put_block(data, hash_code=SHA2_256)
+        assert str(cid) == str(cas.CID.for_data(cas.RAW, data, SHA2_256)) and str(cid).startswith("bafkrei")
+        blake = r.put_block(data)  # the same bytes under BLAKE3: another CID, another block
+        assert blake != cid and r.get_block(cid) == data == r.get_block(blake)
+        assert r.get_block(str(cid)) == data
+    with LocalStore.open(tmp_path / "repo") as store:
+        where = store.blocks.locate(cid)
+    with open(where.path, "r+b") as f:  # bit rot in the sha2-256 block
+        f.seek(where.start + 10)
+        f.write(b"X")
+    with cas.open_repository(tmp_path / "repo") as r:
+        with pytest.raises(cas.InvalidBlockError, match="corrupt"):
+            r.get_block(cid)
+        assert r.get_block(blake) == data
+
+
 def test_errors_are_cas_errors_with_useful_messages(repo):
     with pytest.raises(cas.InvalidCIDError, match="not a CID"):
         repo.read("nonsense")

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas.cid import CID, DAG_CBOR, DAG_PB, RAW, decode_varint, encode_varint, parse_cid
+from cas.cid import (
+    BLAKE3,
+    CID,
+    DAG_CBOR,
+    DAG_PB,
+    RAW,
+    SHA2_256,
+    decode_varint,
+    encode_varint,
+    parse_cid,
+)
 from cas.errors import InvalidCIDError
 from tests.formatsdoc import vectors
 
@@ -28,6 +38,39 @@ def test_raw_cid_has_the_ipfs_blake3_prefix():
     assert str(CID.for_data(DAG_CBOR, b"hello")).startswith("bafyr4i")
 
 
+def test_ipfs_cid_vectors_parse_verify_and_print_as_read():
+    codecs = {"raw": RAW, "dag-pb": DAG_PB, "dag-cbor": DAG_CBOR}
+    for v in vectors("cid-ipfs"):
+        data = bytes.fromhex(v["data_hex"])
+        cid = CID.parse(v["cid"])
+        assert cid.hash_code == SHA2_256 and cid.codec == codecs[v["codec"]]
+        assert cid.verify(data) and not cid.verify(data + b"x")
+        assert str(cid) == v["cid"]  # a CIDv0 stays a CIDv0
+        assert cid.binary.hex() == v["binary_hex"]
+        assert CID.from_bytes(cid.binary) == cid and str(CID.from_bytes(cid.binary)) == v["cid"]
+        if v.get("version") == 0:
+            assert cid.is_v0
+            assert bytes(cid).hex() == v["binary_v1_hex"]  # the key: one block, one key
+            v1 = CID.parse(v["cid_v1"])
+            assert v1 == cid and hash(v1) == hash(cid) and not v1.is_v0
+            assert str(cid.to_v1()) == v["cid_v1"]
+        else:
+            assert CID.for_data(codecs[v["codec"]], data, SHA2_256) == cid
+
+
+def test_a_sha2_cid_never_equals_or_shares_a_key_with_the_blake3_cid_of_the_same_digest():
+    digest = bytes(range(32))
+    b3, sha = CID(RAW, digest, BLAKE3), CID(RAW, digest, SHA2_256)
+    assert b3 != sha and bytes(b3) != bytes(sha)
+    assert b3.routing_digest == digest
+    assert sha.routing_digest != digest and len(sha.routing_digest) == 32
+
+
+def test_base58btc_cidv1_text_is_read():
+    cid = CID.for_data(RAW, b"hello", SHA2_256)
+    assert CID.parse("zb2rhZfjRh2FHHB2RkHVEvL2vJnCTcu7kwRqgVsf9gpkLgteo") == cid
+
+
 def _text(raw: bytes) -> str:
     return "b" + base64.b32encode(raw).decode().rstrip("=").lower()
 
@@ -45,11 +88,12 @@ def test_text_and_binary_forms_round_trip(codec, data):
     [
         ("", "empty"),
         ("hello", "expected base32"),
-        ("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "CIDv0"),
+        ("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdl", "not a CIDv0"),
         ("b!!!", "invalid base32"),
-        ("zb2rhe5P4gXftAwvA4eXQ5HJwsER2owDyS9sKaQRRVQPn93bA", "expected base32"),
-        # sha2-256 CIDv1 of the empty file (IPFS's default hash)
-        ("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "unsupported hash"),
+        ("mAVUSIA", "expected base32"),  # multibase base64
+        ("z0OIl", "invalid base58btc"),
+        # sha2-512 (0x13) CIDv1
+        (_text(b"\x01\x55\x13\x40" + bytes(64)), "unsupported hash"),
         # dag-json codec (0x0129) over a blake3 digest
         (_text(b"\x01\xa9\x02\x1e\x20" + bytes(32)), "unsupported codec"),
         # blake3 with a 16-byte digest

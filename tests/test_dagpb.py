@@ -123,11 +123,22 @@ def test_malformed_nodes_are_refused_with_a_reason(hex_bytes: str, reason: str) 
         decode_node(bytes.fromhex(hex_bytes))
 
 
+def _one_link_node(link_hash: bytes) -> bytes:
+    return bytes.fromhex("12" + f"{len(link_hash) + 2:02x}" + "0a" + f"{len(link_hash):02x}" + link_hash.hex())
+
+
 def test_a_link_to_an_unsupported_cid_is_refused() -> None:
-    sha256_cidv1 = bytes.fromhex("01551220") + bytes(32)
-    node = "12" + f"{len(sha256_cidv1) + 2:02x}" + "0a" + f"{len(sha256_cidv1):02x}" + sha256_cidv1.hex()
-    with pytest.raises(InvalidBlockError, match="BLAKE3"):
-        decode_node(bytes.fromhex(node))
+    sha512_cidv1 = bytes.fromhex("01551340") + bytes(64)
+    with pytest.raises(InvalidBlockError, match="unsupported hash function 0x13"):
+        decode_node(_one_link_node(sha512_cidv1))
+
+
+def test_ipfs_links_sha256_v1_and_v0_decode_and_encode_back_byte_for_byte() -> None:
+    for link_hash in (bytes.fromhex("01551220") + bytes(range(32)), bytes.fromhex("1220") + bytes(range(32))):
+        node_bytes = _one_link_node(link_hash)
+        node = decode_node(node_bytes)
+        assert node.links[0].hash.binary == link_hash
+        assert encode_node(node) == node_bytes
 
 
 def test_nodes_over_the_block_limit_are_refused_before_parsing() -> None:
@@ -147,7 +158,8 @@ def test_nodes_over_the_block_limit_are_refused_before_parsing() -> None:
         ("0802" "2001" "1801", "unexpected field 3"),  # filesize after blocksizes
         ("0802" "2202" "0102", "wire type 2, not 0"),  # packed blocksizes
         ("0802" "2001" "2801" "2001", "unexpected field 4"),  # blocksizes split
-        ("0802" "42020801", "unexpected field 8"),  # mtime is not part of cas files
+        ("0802" "4202" "1001", "must start with its Seconds"),  # an mtime without Seconds
+        ("0802" "4a020801", "unexpected field 9"),  # past mtime: unknown
         ("0802" "3880808080 10".replace(" ", ""), "out of range"),  # mode > uint32
         ("0802" "18", "truncated varint"),
     ],
@@ -176,6 +188,7 @@ unixfs_values = st.builds(
     st.none() | st.integers(0, 2**64 - 1),
     st.none() | st.integers(0, 2**64 - 1),
     st.none() | st.integers(0, 2**32 - 1),
+    st.none() | st.tuples(st.integers(-(2**63), 2**63 - 1), st.none() | st.integers(0, 2**32 - 1)),
 )
 
 
@@ -221,3 +234,12 @@ def test_mutated_nodes_either_decode_canonically_or_raise_invalid_block(node, da
     except InvalidBlockError:
         return
     assert encode_node(value) == bytes(encoded)
+
+
+@pytest.mark.parametrize("mtime", [(1_614_834_367, 123_456_789), (0, None), (-86_400, 5), ((1 << 63) - 1, None)])
+def test_unixfs_mtime_as_ipfs_tools_write_it_round_trips(mtime: tuple[int, int | None]) -> None:
+    value = UnixFSData(TYPE_FILE, data=b"x", filesize=1, mode=0o600, mtime=mtime)
+    encoded = encode_unixfs(value)
+    assert decode_unixfs(encoded) == value
+    if mtime == (0, None):  # field 8 (length-delimited), holding Seconds = 0
+        assert encoded.endswith(b"\x42\x02\x08\x00")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,26 +22,10 @@ from cas.blocks import MemoryBlockStore
 from cas.cid import CID, DAG_PB
 from cas.dagpb import decode_node, decode_unixfs
 from cas.files import FileBuilder
-from tests.conftest import skip_unless_ci
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 SCRIPT = JS_DIR / "read_dag.mjs"
 
-
-@pytest.fixture(scope="session")
-def node_js() -> str:
-    """The node binary, with tests/js/node_modules installed from the lock file."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        skip_unless_ci("node and npm are needed for the IPFS compatibility tests")
-    if not (JS_DIR / "node_modules" / "ipfs-unixfs").is_dir():
-        install = subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
-            capture_output=True, text=True, timeout=300,
-        )
-        if install.returncode != 0:
-            skip_unless_ci(f"npm ci in tests/js failed: {install.stderr.strip()[-500:]}")
-    return node  # type: ignore[return-value]
 
 
 def read_with_js(node_js: str, store: MemoryBlockStore, root: CID) -> dict:

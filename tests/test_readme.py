@@ -16,7 +16,7 @@ import pytest
 
 from cas.cid import parse_cid
 from tests import nodeproc
-from tests.conftest import pseudo_random
+from tests.conftest import JS_DIR, pseudo_random
 from tests.fusemount import require_fuse, wait_for
 from tests.readme import CID_PATTERN, Line, Result, Shell, block, lines_of
 
@@ -170,6 +170,34 @@ def test_private_networks(shell: Shell) -> None:
     for job in shell.jobs:
         shell.stop(job)
         assert job.returncode == 0
+
+
+def test_ipfs_car_files_both_ways(shell: Shell, node_js: str) -> None:
+    site = shell.home / "site"
+    (site / "img").mkdir(parents=True)
+    (site / "index.html").write_bytes(b"<h1>hello from IPFS</h1>\n")
+    (site / "img" / "big.bin").write_bytes(pseudo_random(1_500_000, "readme site"))
+    (shell.work / "report.pdf").write_bytes(pseudo_random(700_000, "readme report"))
+    shell.env["PATH"] = f"{JS_DIR / 'node_modules' / '.bin'}{os.pathsep}{shell.env['PATH']}"  # ipfs-car
+    results = run_all(shell, block("IPFS: CAR files, IPFS hashes, UnixFS directories"))
+
+    root = shell.values["ROOT"]
+    assert root.startswith("bafybei")  # CIDv1, dag-pb, sha2-256: ipfs-car's own root
+    assert results["cas car import site.car"].text.split() == [root]  # prints the root
+    assert results["cas ls ROOT"].text.split() == ["img/", "index.html"]
+    assert results["cas cat ROOT/index.html"].stdout == b"<h1>hello from IPFS</h1>\n"
+    assert (shell.work / "site-copy" / "img" / "big.bin").read_bytes() == (site / "img" / "big.bin").read_bytes()
+    assert run_all(shell, "cas ls /site")["cas ls /site"].text.split() == ["img/", "index.html"]
+    assert (shell.work / "report.car").stat().st_size > 700_000
+    assert (shell.work / "site-again.car").read_bytes()[:1] == b"\x3a"  # a CARv1 header: varint 58
+
+    views = run_all(shell, block("IPFS: CAR files, IPFS hashes, UnixFS directories", 1))
+    view = CID_PATTERN.search(views["cas car export /www -o www.car"].stderr)  # prints the view's root
+    assert view is not None and view.group(0).startswith("bafyb4i")  # dag-pb (UnixFS), BLAKE3
+    seen = subprocess.run([node_js, str(JS_DIR / "car_tools.mjs"), "read", str(shell.work / "www.car"),
+                           "index.html"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert view.group(0) in seen and "index.html" in seen  # read by the IPFS tools
+    assert (shell.work / "www-cas.car").stat().st_size > 0
 
 
 def test_the_python_library(shell: Shell) -> None:

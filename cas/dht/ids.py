@@ -48,8 +48,9 @@ def node_id_for_public_key(public_key: bytes) -> NodeID:
 
 
 def key_for_digest(digest: bytes) -> NodeID:
-    """The DHT key of a block: its 32-byte BLAKE3 digest (``CID.digest``), so a
-    block is placed the same way whatever its codec."""
+    """The DHT key of a block from ``CID.routing_digest``: its 32-byte BLAKE3
+    digest (for another hash, a BLAKE3 derive-key hash of its multihash), so
+    a block is placed the same way whatever its codec."""
     return id_from_bytes(digest)
 
 

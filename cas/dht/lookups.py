@@ -163,7 +163,7 @@ class Lookups:
 
     async def find_block(self, cid: CID) -> FindResult:
         """Look for ``cid``'s block; ``block`` is set (verified) if a peer had it."""
-        return await self.run(key_for_digest(cid.digest), msg.FindBlock(cid), find_value=True, cid=cid)
+        return await self.run(key_for_digest(cid.routing_digest), msg.FindBlock(cid), find_value=True, cid=cid)
 
     async def find_records(self, key: bytes) -> tuple[FindResult, list[tuple[Contact, bytes]]]:
         """A lookup of the k nodes closest to record key ``key`` (GET_RECORD

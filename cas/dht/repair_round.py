@@ -267,7 +267,7 @@ class RepairRound:
         if cid not in self._looking:
             return []
         self._looking.discard(cid)
-        self._this_round.add(Neighbourhood(key_for_digest(cid.digest), tuple(closest), exhaustive), now)
+        self._this_round.add(Neighbourhood(key_for_digest(cid.routing_digest), tuple(closest), exhaustive), now)
         self._closest[cid] = list(closest)
         return self._look_up(now)
 
@@ -345,7 +345,7 @@ class RepairRound:
         actions: list[Action] = []
         while len(self._looking) < LOOKUP_CONCURRENCY and self._queue:
             cid = self._queue.popleft()
-            key = key_for_digest(cid.digest)
+            key = key_for_digest(cid.routing_digest)
             # 2R, not R: the plan moves past refusals to the next closest.
             known = self._this_round.ranked_for(key, 2 * self.replicas, now)
             if known is not None:
@@ -384,7 +384,7 @@ class RepairRound:
             cids = [cid for cid in self._blocks if cid in self._closest]
         actions: list[Action] = []
         for cid in cids:
-            plan = Placement(key_for_digest(cid.digest), self._closest[cid], own_id=self.own_id, local=True,
+            plan = Placement(key_for_digest(cid.routing_digest), self._closest[cid], own_id=self.own_id, local=True,
                              replicas=self.replicas, known=self._answers.get(cid, {}))
             if plan.done:
                 actions.append(self._conclude(cid, plan))

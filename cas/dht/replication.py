@@ -3,7 +3,8 @@
 Theory of operation
 ===================
 
-A block's *key* is its BLAKE3 digest (:func:`cas.dht.ids.key_for_digest`),
+A block's *key* is its BLAKE3 digest (:func:`cas.dht.ids.key_for_digest`;
+another hash's is derived from its multihash, ``CID.routing_digest``),
 in the same space as node IDs. Its **placement set** is the ``R`` nodes
 closest to the key that are willing and able to keep it: walk the nodes
 nearest first (this node included, at its own distance), skip those that

@@ -294,7 +294,7 @@ class Replicator:
         if not len(self.dht.table):
             # Alone: the local copy is all there is.
             return [self.dht.own_id], None if data is None else len(data)
-        key = key_for_digest(cid.digest)
+        key = key_for_digest(cid.routing_digest)
         if data is None:
             data = await self.store.get(cid)
         known = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
@@ -457,7 +457,7 @@ class Replicator:
         a FIND_BLOCK lookup looks for it."""
         if not len(self.dht.table):
             return None
-        key = key_for_digest(cid.digest)
+        key = key_for_digest(cid.routing_digest)
         likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
         if likely is None and len(self.dht.table) < self.dht.k:
             # A node that knows fewer than k peers: a FIND_NODE lookup costs

@@ -249,7 +249,7 @@ class Responder:
         if data is not None:
             return msg.Block(data)
         cid = work.cid
-        closer = self.closest_peers(key_for_digest(cid.digest), requester)
+        closer = self.closest_peers(key_for_digest(cid.routing_digest), requester)
         providers = self.providers.providers(bytes(cid), now)
         if providers:
             return msg.Providers(tuple(self._peer(p) for p in providers[: msg.MAX_PEERS]), closer)

@@ -33,7 +33,7 @@ def parse_target(text: str) -> tuple[int, CID | None]:
     if re.fullmatch(r"[0-9a-fA-F]{64}", text):
         return id_from_bytes(bytes.fromhex(text)), None
     cid = parse_cid(text)
-    return key_for_digest(cid.digest), cid
+    return key_for_digest(cid.routing_digest), cid
 
 
 async def id_(request: ops.Id, ctx: OpContext) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ._packs import BlockLocation, PackStore
 
 if TYPE_CHECKING:
     from ..keys import NamespaceKey
+    from ._links import links_of
     from ._reports import CompactReport, GcReport, Problem, VerifyReport
 
 # Loaded when first named: the maintenance reports and the namespace key
@@ -29,6 +30,7 @@ _LAZY = {
     "Problem": "._reports",
     "VerifyReport": "._reports",
     "NamespaceKey": "..keys",
+    "links_of": "._links",  # loads the DAG-CBOR codec: only verify, gc and CAR files read links
 }
 
 
@@ -63,5 +65,6 @@ __all__ = [
     "RootRow",
     "VerifyReport",
     "WriteSession",
+    "links_of",
     "locked_error",
 ]
