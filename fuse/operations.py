@@ -634,6 +634,8 @@ class CasOperations(pyfuse3.Operations):
         writeback cache it would keep its own copy of a file otherwise)."""
         if isinstance(self.tree, MountTree):
             self.tree.forget_root()
+        if isinstance(self.view, MountView):
+            self.view.forget_known()
         if paths is None:
             names = [(found.parent, found.name.encode()) for found in self.inodes
                      if found.parent is not None and not found.detached]

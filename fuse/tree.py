@@ -51,9 +51,10 @@ made through the control socket shows (plus the kernel's attribute timeout)."""
 
 MAX_LOOKUP_CACHE = 200_000
 
-REBUILD_AFTER = 32
-"""Changes to one directory past which a commit builds it anew from its
-merged entries rather than editing its leaves one change at a time."""
+MAX_KNOWN_LISTING = 4096
+"""Entries of a directory past which a commit does not hand its listing
+back to the mount (``Built``)."""
+
 
 
 @dataclass(frozen=True)
@@ -215,29 +216,37 @@ class MountTree(TreeReader):
             added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
         return StoredFile(added.cid, added.size, tuple(sink.cids))
 
-    def commit_pending(self, pending: PendingDir, stored: list[CID]) -> RootState:
+    def commit_pending(self, pending: PendingDir, stored: list[CID]) -> CommitResult:
         """Build what ``pending`` (the overlay's root) makes of the
         committed root it was made over, and commit it as one version: one
         signed record, one fsync (after the blocks it refers to). Then
-        ``on_commit(stored)``."""
+        ``on_commit(stored)``. Returns the root committed and what the
+        build learnt of the directories it wrote."""
         self.empty_file()  # an entry made by create may name it
+        built = Built({}, {})
 
         def make(state: RootState) -> CID:
             # Over the newest root: if another writer committed since the
             # overlay began, its changes stay, but where both changed one
             # name, the mount's entry is the one kept.
-            return self._build(pending, state.root)[0]
+            built.dirs.clear()
+            built.listings.clear()
+            return self._build(pending, state.root, (), built)[0]
 
         state = self.namespace.commit_made(make)
         self._root, self._root_read = state, time.monotonic()
         if self._on_commit is not None:
             self._on_commit(stored)
-        return state
+        return CommitResult(state, built)
 
-    def _build(self, pending: PendingDir, there: CID | None) -> tuple[CID, int]:
-        """The directory ``pending`` makes: (CID, size), its nodes stored.
-        ``there``: the committed directory at its path now, which one
-        that is ``at_path`` is built over (its own base if none is)."""
+    def _build(self, pending: PendingDir, there: CID | None, path: tuple[str, ...], built: Built) -> tuple[CID, int]:
+        """The directory ``pending`` makes at ``path``: (CID, size), its
+        nodes stored, and what it holds noted in ``built``. ``there``: the
+        committed directory at its path now, which one that is ``at_path``
+        is built over (its own base if none is). Its leaves are edited one
+        change at a time (each edit writes a leaf of ~64 entries) unless
+        the changes would rewrite about as many entries as the directory
+        holds: then it is built anew from its merged entries, in one pass."""
         base = there if pending.at_path and there is not None else pending.base
         changes: dict[str, DirEntry | None] = {}
         for name, item in pending.children.items():
@@ -247,28 +256,46 @@ class MountTree(TreeReader):
                     committed = self._lookup(base, name)
                     if committed is not None and committed.kind == "dir":
                         now_there = committed.cid
-                cid, size = self._build(item, now_there)
+                cid, size = self._build(item, now_there, (*path, name), built)
                 assert item.mode is not None and item.mtime is not None, "a pending directory has its attributes"
-                changes[name] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid)
+                changes[name] = built.dirs[(*path, name)] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid)
             else:
                 changes[name] = item
         if base is None:
-            summary = dirtree.build(self.blocks, [entry for entry in changes.values() if entry is not None])
-        elif len(changes) > REBUILD_AFTER:
-            merged = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
+            entries = [entry for entry in changes.values() if entry is not None]
+            summary = dirtree.build(self.blocks, entries)
+            listing: dict[str, DirEntry] | None = {entry.name: entry for entry in entries}
+        elif len(changes) * dirtree.AVG_FANOUT >= dirtree.summary(self.blocks, base).count:
+            listing = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
             for name, change in changes.items():
                 if change is None:
-                    merged.pop(name, None)
+                    listing.pop(name, None)
                 else:
-                    merged[name] = change
-            summary = dirtree.build(self.blocks, merged.values())
+                    listing[name] = change
+            summary = dirtree.build(self.blocks, listing.values())
         else:
-            summary = dirtree.update(self.blocks, base, changes)
+            summary, listing = dirtree.update(self.blocks, base, changes), None
+        if listing is not None and len(listing) <= MAX_KNOWN_LISTING:
+            built.listings[path] = listing
         return summary.cid, summary.size
 
     def statfs(self) -> FsStat:
         st = os.statvfs(self.store.path)
         return FsStat(st.f_frsize, st.f_blocks, st.f_bavail, st.f_files)
+
+
+class Built(NamedTuple):
+    """What a commit learnt of the directories it wrote, by path: the
+    entry of each (but the root's), and the whole listing of those it
+    built from all their entries (at most ``MAX_KNOWN_LISTING``)."""
+
+    dirs: dict[tuple[str, ...], DirEntry]
+    listings: dict[tuple[str, ...], dict[str, DirEntry]]
+
+
+class CommitResult(NamedTuple):
+    state: RootState
+    built: Built
 
 
 class StoredFile(NamedTuple):

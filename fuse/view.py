@@ -41,7 +41,11 @@ from ..names.directory import DirEntry, name_key
 from ..names.dirtree import EMPTY_DIRECTORY
 from ..names.namespace import ROOT_MODE, Node, RootState, split_path
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
-from .tree import MountTree, StoredFile, TreeReader
+from .tree import Built, CommitResult, MountTree, StoredFile, TreeReader
+
+MAX_KNOWN = 10_000
+"""Directories whose listing the view keeps from its commits (then it
+starts afresh)."""
 
 
 class ReadView:
@@ -78,6 +82,10 @@ class MountView(ReadView):
         self._stored: list[CID] = []  # new blocks of the files linked since the last commit
         self._lock = trio.Lock()
         self._empty_file: CID | None = None
+        # What the last commit wrote, while no other writer has changed the
+        # namespace since: spares the store the questions it would answer.
+        self._known_root: CID | None = None
+        self._known = Built({}, {})
 
     @property
     def pending(self) -> int:
@@ -93,8 +101,19 @@ class MountView(ReadView):
             raise PathNotFoundError(f"{path}: no such file or directory")
         if isinstance(found, Found):
             return _node(path, parts, found.item)
+        listing = self._known.listings.get(parts[:-1]) if parts else None
+        if listing is not None:  # a directory the last commit wrote whole
+            entry = listing.get(parts[-1])
+            if entry is None:
+                raise PathNotFoundError(f"{path}: no such file or directory")
+            return Node.of(path, entry)
         node: Node = await self._run(self.tree.resolve_from, found.start, found.rest, path)
         return node
+
+    def forget_known(self) -> None:
+        """Another writer changed the namespace: what the last commit wrote
+        is no longer known to be current."""
+        self._known_root, self._known = None, Built({}, {})
 
     async def _existing(self, path: str) -> Node | None:
         try:
@@ -133,6 +152,12 @@ class MountView(ReadView):
         if need is None:
             return NOTHING
         start, depth = need
+        known = [self._known.dirs.get(parts[: at + 1]) for at in range(depth, len(parts))]
+        if (start is not None or self._known_root is not None) and all(entry is not None for entry in known):
+            # The committed entries the last commit wrote: no trip to the store.
+            # (A start CID means the overlay knows the root: none is needed then.)
+            return Supply(self._known_root if start is None else None,
+                          {parts[: depth + i + 1]: entry for i, entry in enumerate(known) if entry is not None})
         supply: Supply = await self._run(self.tree.supply, start, parts, depth)
         return supply
 
@@ -259,10 +284,15 @@ class MountView(ReadView):
         async with self._lock:
             if not self.overlay or self.overlay.root is None:
                 return None
-            state: RootState = await self._run(self.tree.commit_pending, self.overlay.root, self._stored)
+            done: CommitResult = await self._run(self.tree.commit_pending, self.overlay.root, self._stored)
             self.overlay.clear()
             self._stored = []
-            return state
+            if len(self._known.listings) + len(done.built.listings) > MAX_KNOWN:
+                self._known = Built({}, {})
+            self._known_root = done.state.root
+            self._known.dirs.update(done.built.dirs)
+            self._known.listings.update(done.built.listings)
+            return done.state
 
 
 def _node(path: str, parts: tuple[str, ...], item: PendingDir | DirEntry) -> Node:
