@@ -14,6 +14,7 @@ FUSEError reach pyfuse3.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +50,13 @@ from .tree import MountTree, TreeReader
 from .view import MountView, ReadView
 
 log = logging.getLogger("cas.fuse")
+
+STORE_BATCH = 64
+"""Closed files stored in one trip to the store thread."""
+
+MAX_QUEUED = 1024
+"""Closed files waiting to be stored past which a close waits for them
+(their staged bytes are bounded anyway: cas.fuse.handles.Staging)."""
 
 ATTR_TIMEOUT = 1.0
 """Seconds the kernel may cache names and attributes: how late a change made
@@ -130,6 +139,11 @@ class CasOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._locks: dict[int, trio.Lock] = {}
+        self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
+        self._store_wake = trio.Event()
+        self._storing = trio.Lock()
+        if not read_only:
+            nursery.start_soon(self._store_in_background)
         self._uid, self._gid = os.getuid(), os.getgid()
 
     # -- helpers ------------------------------------------------------------------
@@ -396,8 +410,11 @@ class CasOperations(pyfuse3.Operations):
             await self.flush_changes()
 
     async def flush_changes(self) -> None:
-        """Commit the tree's pending changes now, as one durable version
-        (fsync, fsyncdir, the commit interval, unmount)."""
+        """Store the closed files still staged, then commit the tree's
+        pending changes, as one durable version (fsync, fsyncdir, the
+        commit interval, unmount)."""
+        if self._to_store:
+            await self.store_queued()
         if self.view.pending:
             await self.view.flush()
 
@@ -555,9 +572,8 @@ class CasOperations(pyfuse3.Operations):
 
                 try:
                     stored = await self._store(self._changing.tree.store_file, stream)
-                    path = self.inodes.path_of(ino)  # the path it has now
-                    if path is not None:  # else unlinked while open: written nowhere
-                        await self._changing.link_file(path, stored, mode, mtime)
+                    # At the path it has then (unlinked while open: written nowhere).
+                    await self._changing.link_file(partial(self.inodes.path_of, ino), stored, mode, mtime)
                 except BaseException:
                     state.dirty = True
                     raise
@@ -570,11 +586,86 @@ class CasOperations(pyfuse3.Operations):
                 if path is not None:
                     found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime)
 
+    # -- storing closed files in the background ----------------------------------------
+
+    def _queue_store(self, found: Inode) -> None:
+        """Have ``found``'s staged content stored soon, off the caller's
+        path; its state (and the inode, pinned as if open) lives until then."""
+        if found.ino not in self._to_store:
+            self._to_store[found.ino] = found
+            self.inodes.opened(found.ino)
+        self._store_wake.set()
+
+    async def _store_in_background(self) -> None:
+        while True:
+            await self._store_wake.wait()
+            self._store_wake = trio.Event()
+            try:
+                with fuse_errors("storing closed files"):
+                    await self.store_queued()
+            except pyfuse3.FUSEError:
+                pass  # said in the log; the files stay dirty and are tried again at the next commit
+
+    async def store_queued(self) -> None:
+        """Store every closed file still staged, a batch (one trip to the
+        store thread) at a time, and link each at its path."""
+        async with self._storing:
+            while self._to_store:
+                batch = list(self._to_store.values())[:STORE_BATCH]
+                try:
+                    await self._commit_batch(batch)
+                finally:
+                    for found in batch:
+                        if found.state is not None and found.state.dirty:
+                            continue  # written again meanwhile, or not stored: it stays queued
+                        del self._to_store[found.ino]
+                        if found.state is not None and not found.state.handles:
+                            self._drop_state(found)
+                        self.inodes.released(found.ino)
+
+    async def _commit_batch(self, batch: list[Inode]) -> None:
+        async with contextlib.AsyncExitStack() as locks:
+            for found in sorted(batch, key=lambda inode: inode.ino):
+                await locks.enter_async_context(self._lock(found.ino))
+            taken = []
+            for found in batch:
+                state: FileState | None = found.state
+                if state is not None and state.staging is not None and state.dirty:
+                    state.dirty = state.meta_dirty = False
+                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime))
+            try:
+                stored = await self._store(self._changing.tree.store_files, [stream for _, _, stream, _, _ in taken])
+            except BaseException:
+                for _, state, _, _, _ in taken:
+                    state.dirty = True
+                raise
+            finally:
+                for _, _, stream, _, _ in taken:
+                    stream.close()
+            for (found, state, _, mode, mtime), done in zip(taken, stored, strict=True):
+                state.cid, state.size = done.cid, done.size
+                try:
+                    with fuse_errors("storing a closed file"):
+                        # At the path it has then (unlinked while open: written nowhere).
+                        node = await self._changing.link_file(partial(self.inodes.path_of, found.ino),
+                                                              done, mode, mtime)
+                        found.last = node or found.last
+                except pyfuse3.FUSEError:
+                    pass  # said in the log (a directory took its name meanwhile)
+
     async def flush(self, fh: int) -> None:
         with fuse_errors("flush"):
             handle = self._handles[fh]
-            if handle.writable:
-                await self._commit(self.inodes.get(handle.ino))
+            if not handle.writable:
+                return
+            found = self.inodes.get(handle.ino)
+            state: FileState = found.state
+            if state.staging is not None and state.dirty:
+                self._queue_store(found)  # close returns now; stored within the commit interval
+                if len(self._to_store) >= MAX_QUEUED:
+                    await self.store_queued()  # the caller waits while the queue is full
+            else:
+                await self._commit(found)  # a change of mode or time alone: no store trip
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         with fuse_errors("fsync"):
@@ -589,10 +680,13 @@ class CasOperations(pyfuse3.Operations):
         try:
             with fuse_errors("release"):
                 if handle.writable:
-                    await self._commit(found)
+                    if state.staging is not None and state.dirty:
+                        self._queue_store(found)
+                    else:
+                        await self._commit(found)
         finally:
             state.handles.discard(fh)
-            if not state.handles:
+            if not state.handles and found.ino not in self._to_store:
                 self._drop_state(found)
             self.inodes.released(handle.ino)
 

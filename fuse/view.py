@@ -23,6 +23,7 @@ ENOTDIR, EINVAL); let two changes or a change and a commit interleave
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -266,10 +267,16 @@ class MountView(ReadView):
             self.overlay.set_attributes(parts, entry, await self._supply(parts[:-1]), mode, mtime)
             return await self.resolve(path)
 
-    async def link_file(self, path: str, stored: StoredFile, mode: int, mtime: int) -> Node:
-        """Make ``path`` name the file ``stored`` (a file there is replaced;
-        a directory is not: IsADirectoryPathError)."""
+    async def link_file(self, where: Callable[[], str | None], stored: StoredFile, mode: int,
+                        mtime: int) -> Node | None:
+        """Make the path ``where()`` gives name the file ``stored`` (a file
+        there is replaced; a directory is not: IsADirectoryPathError).
+        ``where`` is asked once no other change runs, so a rename of the
+        file finished meanwhile is seen; None (unlinked): nothing is linked."""
         async with self._lock:
+            path = where()
+            if path is None:
+                return None
             parts = tuple(split_path(path))
             there = await self._existing(path)
             if there is not None and there.kind == "dir":
