@@ -158,3 +158,23 @@ def test_kill_9_during_an_untar_leaves_a_consistent_earlier_tree(tmp_path: Path,
         for name, path in found.items():
             # Every file there has its whole content, or is empty (created, its content not yet in).
             assert path.read_bytes() in (contents[name], b""), name
+
+
+@pytest.mark.slow
+def test_the_cli_keeps_working_while_mounted_after_20000_files(tmp_path: Path, repo: Path) -> None:
+    require_fuse()
+    with mounted(repo, tmp_path / "mnt") as mnt:
+        for d in range(20):
+            (mnt / f"d{d:02}").mkdir()
+            for i in range(1000):
+                fd = os.open(mnt / f"d{d:02}" / f"f{i:04}", os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, b"%d/%d" % (d, i))
+                os.close(fd)
+        assert run_cas("cat", "/d19/f0999", repo=repo).stdout == b"19/999"
+        listing = run_cas("ls", "/d07", repo=repo).stdout.split()
+        assert len(listing) == 1000 and listing[0] == b"f0000"
+        assert versions(repo) < 200  # coalesced: a version a second at most, not one per file
+        stat = json.loads(run_cas("--json", "stat", "/d00", repo=repo).stdout)
+        assert stat["kind"] == "dir"
+        assert len(os.listdir(mnt / "d13")) == 1000
+    run_cas("repo", "verify", repo=repo)
