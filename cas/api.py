@@ -411,9 +411,10 @@ class Repository:
         """The current namespace root: sequence number, CID, key."""
         return self.namespace.current()
 
-    def log(self) -> list[RootState]:
-        """The kept namespace roots, newest first."""
-        return self.namespace.log()
+    def log(self, limit: int | None = None, *, before: int | None = None) -> Iterator[RootState]:
+        """The kept namespace roots, newest first, streamed: at most
+        ``limit`` (only those are read), those numbered below ``before``."""
+        return self.namespace.log(limit, before=before)
 
     # -- blocks ---------------------------------------------------------------
 

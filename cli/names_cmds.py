@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cas.cid import parse_cid
+from cas.errors import UsageError
 
 if TYPE_CHECKING:  # annotations only: the namespace loads when a command uses it
     from cas.names.directory import DirEntry
@@ -67,7 +68,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("log", parents=common, help="the kept namespace roots, newest first",
                        description="The namespace's kept versions, newest first: sequence number, time "
-                       "and root CID. Any of them can be read with --at SEQ.")
+                       "and root CID. Any of them can be read with --at SEQ. Streamed: a history of "
+                       "10^6 versions prints as it is read, and -n N reads only N.")
+    p.add_argument("-n", "--max-count", type=int, metavar="N", help="only the newest N versions")
+    p.add_argument("--before", type=int, metavar="SEQ", help="only versions numbered below SEQ (the next page)")
     p.set_defaults(run=cmd_log)
 
     p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)",
@@ -218,12 +222,18 @@ def cmd_root(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    if args.max_count is not None and args.max_count < 0:
+        raise UsageError("-n takes a number of versions, 0 or more")
     with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
-        states = repo.log()
+        states = repo.log(args.max_count, before=args.before)
+        if out.json_mode:
+            out.documents(_root_json(s) for s in states)
+        else:
+            write = sys.stdout.write
+            for state in states:
+                write(f"{state.seq:>6}  {_time_string(state.time_ns)}  {state.root}\n")
+            sys.stdout.flush()
         _warn(repo, out)
-    out.document([_root_json(s) for s in states])
-    for state in states:
-        out.result(f"{state.seq:>6}  {_time_string(state.time_ns)}  {state.root}")
     return 0
 
 

@@ -462,8 +462,24 @@ class RemoteStore:
         there is nobody to wait for: ``on_wait`` is never called)."""
         return self._client.call(ops.Gc(history))
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
-        return self._client.call(ops.Roots(newest_first, limit))
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
+        """Root rows as :meth:`cas.store.LocalStore.roots` gives them, asked a
+        page (``MAX_ROOTS_PAGE`` rows) at a time: a long history is read in
+        as many requests, never one message. Callers that read a long
+        history read it in pages themselves (:func:`cas.names.namespace.root_rows`)."""
+        rows: list[RootRow] = []
+        while limit is None or len(rows) < limit:
+            want = ops.MAX_ROOTS_PAGE if limit is None else min(limit - len(rows), ops.MAX_ROOTS_PAGE)
+            page = self._client.call(ops.Roots(newest_first, want, after))
+            if after is not None and any((row.seq >= after) if newest_first else (row.seq <= after) for row in page):
+                # A daemon from before paging ignores ``after`` and sends the first page again.
+                raise ControlProtocolError("the daemon does not page its namespace roots; "
+                                           "restart it with this version of cas")
+            rows += page
+            if len(page) < want:
+                break
+            after = page[-1].seq
+        return rows
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         self._client.call(ops.CommitRoot(seq, root, time_ns, record))

@@ -71,6 +71,9 @@ MAX_STATUS_CIDS = 1024
 MAX_PREFETCH = 1024
 """CIDs one ``prefetch`` may name (a walk's hint is 64 leaves at a time)."""
 
+MAX_ROOTS_PAGE = 1024
+"""Root rows one ``roots`` answer carries (a row is ~250 bytes: ~256 KiB)."""
+
 MAX_STATUS_WAIT = 3600
 """Seconds ``replication_status`` may wait for placements (whole seconds:
 DAG-CBOR carries no floats here)."""
@@ -607,10 +610,16 @@ class Gc(Request["GcReport"]):
 
 @op
 class Roots(Request[list[RootRow]]):
+    """One page of the stored namespace roots: at most ``limit`` rows and
+    never more than MAX_ROOTS_PAGE (a history of 10^6 versions is read a
+    page at a time, never in one message), newest first or oldest first,
+    those past sequence number ``after`` in that order."""
+
     OP = "roots"
     RESULT = Arg("a list of root rows", _root_rows, _root_rows_value)
     newest_first: Annotated[bool, A_TRUTHY] = True
     limit: Annotated[int | None, A_COUNT_OR_NULL] = None
+    after: Annotated[int | None, A_WHOLE_OR_NULL, OMIT] = None
 
 
 @op
@@ -741,7 +750,7 @@ class NameStatus(Request[dict[str, Any]]):
 
 
 __all__ = [
-    "MAX_PREFETCH", "MAX_PUT_BATCH", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
+    "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
     "Gc", "Get", "Has", "Id", "Iterate", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
     "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Put", "PutMany",
     "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unpin",

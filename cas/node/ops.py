@@ -343,9 +343,12 @@ async def gc(request: ops.Gc, ctx: OpContext) -> GcReport:
 
 
 async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
+    """One page of the roots (the client asks for the next past the last
+    it got): no answer grows with the history."""
     store = ctx.store
+    limit = ops.MAX_ROOTS_PAGE if request.limit is None else min(request.limit, ops.MAX_ROOTS_PAGE)
     rows: list[RootRow] = await ctx.in_store_thread(
-        lambda: store.roots(newest_first=request.newest_first, limit=request.limit))
+        lambda: store.roots(newest_first=request.newest_first, limit=limit, after=request.after))
     return rows
 
 

@@ -412,15 +412,21 @@ class LocalStore:
             self._grouping_roots = False
             self.blocks.barrier()
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
         """Stored root rows, all or the first ``limit`` (not verified: the
-        namespace checks the records)."""
+        namespace checks the records); with ``after``, only those past
+        sequence number ``after`` in that order (below it newest first,
+        above it oldest first): how a long history is read a page at a time."""
         order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}"
+        sql = "SELECT seq, root, time_ns, record FROM roots"
         params: tuple[object, ...] = ()
+        if after is not None:
+            sql += " WHERE seq < ?" if newest_first else " WHERE seq > ?"
+            params = (after,)
+        sql += f" ORDER BY seq {order}"
         if limit is not None:
             sql += " LIMIT ?"
-            params = (limit,)
+            params = (*params, limit)
         rows = self.db.query(sql, params).fetchall()
         return [RootRow(seq, CID.from_bytes(root), time_ns, bytes(record)) for seq, root, time_ns, record in rows]
 
