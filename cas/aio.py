@@ -167,6 +167,7 @@ class AsyncRepository:
     unpin = _in_thread(Repository.unpin)
     pins = _in_thread(Repository.pins)
     gc = _in_thread(Repository.gc)
+    prune = _in_thread(Repository.prune)
     repo_stat = _in_thread(Repository.repo_stat)
     verify = _in_thread(Repository.verify)
 

@@ -1,5 +1,5 @@
 """The namespace commands: ls, stat, mkdir, mv, cp, rm, root, log; and the
-storage commands that follow from it: pin, unpin, gc."""
+storage commands that follow from it: pin, unpin, prune, gc."""
 
 from __future__ import annotations
 
@@ -86,11 +86,23 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("refs", nargs="+", metavar="CID", help="the pinned CIDs")
     p.set_defaults(run=cmd_unpin)
 
+    p = sub.add_parser("prune", parents=common, help="drop the versions the history policy no longer keeps",
+                       description="Drop the namespace versions that the history policy no longer keeps "
+                       "(history.keep, by age: every version of the last hour, one per hour for a day, one "
+                       "per day for 30 days, then one per 30 days; 'cas config set history.keep' changes it). "
+                       "Never the newest, one whose root is pinned ('cas pin /' keeps the current version) "
+                       "or the one published. A daemon does this every 10 minutes, and 'cas gc' first; "
+                       "'cas gc' then frees the blocks only dropped versions needed.")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be dropped")
+    p.set_defaults(run=cmd_prune)
+
     p = sub.add_parser("gc", parents=common, help="delete what no pin and no kept root needs",
                        description="Delete the blocks that no pin and no kept namespace version needs, "
-                       "dropping versions beyond --history first, and the blocks held for other nodes "
+                       "dropping first the versions the history policy no longer keeps (see 'cas prune') "
+                       "and any beyond --history, and the blocks held for other nodes "
                        "whose lease ran out; packs are compacted.")
-    p.add_argument("--history", type=int, metavar="N", help="past roots to keep (default: the configured 100)")
+    p.add_argument("--history", type=int, metavar="N",
+                   help="keep at most N past versions too (default: the 'history' setting, else no limit by count)")
     p.set_defaults(run=cmd_gc)
 
 
@@ -264,6 +276,17 @@ def cmd_unpin(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
+        report = repo.prune(dry_run=args.dry_run)
+    out.document({**report._asdict(), "dry_run": args.dry_run})
+    verb = "would drop" if args.dry_run else "dropped"
+    span = "" if not report.dropped else f" (numbered {report.oldest_dropped} to {report.newest_dropped})"
+    out.result(f"{verb} {report.dropped} of {report.versions} versions{span}; {report.kept} kept")
+    out.note(f"history.keep = {report.policy}")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args) as repo:
         report = repo.gc(history=args.history, on_wait=waiting_note(args))
@@ -275,5 +298,5 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     if report.expired_freed:
         out.note(f"{report.expired_freed} of them were held for other nodes, whose lease nobody renewed")
     if report.roots_dropped:
-        out.note(f"dropped {report.roots_dropped} namespace root(s) older than the history limit")
+        out.note(f"dropped {report.roots_dropped} namespace version(s) the history no longer keeps")
     return 0

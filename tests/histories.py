@@ -56,3 +56,15 @@ def big_directory(repo: Path, path: str, count: int) -> CID:
         node = namespace.node_for_cid(built.cid, built.size)
         namespace.link(path, node, parents=True)
         return built.cid
+
+
+def age_history(repo: Path, by_ns: int) -> None:
+    """Make every version so far ``by_ns`` older, as if made that long ago
+    (each record signed again with its new time: the test holds the key)."""
+    with LocalStore.open(repo) as store:
+        key = store.namespace_key()
+        for row in store.roots():
+            when = row.time_ns - by_ns
+            record = RootRecord.sign(key, row.seq, row.root, when).encode()
+            store.db.execute("UPDATE roots SET time_ns = ?, record = ? WHERE seq = ?", (when, record, row.seq))
+        store.blocks.barrier()

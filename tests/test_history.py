@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cas
-from .histories import add_versions, big_directory
-from .nodeproc import Daemons
+from .conftest import pseudo_random, run_cas
+from .histories import add_versions, age_history, big_directory
+from .nodeproc import Daemons, wait_until
 
 VERSIONS = 20_000
 ENTRIES = 100_000
@@ -27,7 +27,7 @@ def test_the_cli_works_through_a_daemon_with_a_long_history_and_a_huge_directory
     add_versions(repo, [now - (VERSIONS - i) * 1_000_000 for i in range(VERSIONS)])
     newest = 2 + VERSIONS
     with Daemons() as daemons:
-        daemons.start(repo, listen=None)
+        daemons.start(repo, listen="127.0.0.1:0")
         log = run_cas("log", repo=repo).stdout.decode().splitlines()
         assert len(log) == newest and log[0].split()[0] == str(newest) and log[-1].split()[0] == "1"
         five = json.loads(run_cas("--json", "log", "-n", "5", repo=repo).stdout)
@@ -42,3 +42,80 @@ def test_the_cli_works_through_a_daemon_with_a_long_history_and_a_huge_directory
         assert stat["kind"] == "dir" and stat["entries"] == ENTRIES
         assert run_cas("ls", "--at", "1", "/", repo=repo).stdout.decode().split() == ["docs/"]
         assert run_cas("mkdir", "/more", repo=repo).returncode == 0  # and it still takes changes
+
+
+HOUR = 3600 * 10**9
+DAY = 24 * HOUR
+
+
+def _log(repo: Path) -> list[dict]:
+    return json.loads(run_cas("--json", "log", repo=repo).stdout)
+
+
+@pytest.mark.parametrize("through", ["offline", "daemon"])
+def test_prune_drops_by_age_and_gc_then_frees_what_only_dropped_versions_needed(tmp_path: Path, through: str) -> None:
+    repo = tmp_path / "repo"
+    old = tmp_path / "old.bin"
+    old.write_bytes(pseudo_random(3 << 20, seed="only in old versions"))
+    run_cas("add", str(old), "--to", "/old.bin", repo=repo)  # 1
+    run_cas("rm", "/old.bin", repo=repo)  # 2
+    run_cas("mkdir", "/kept", repo=repo)  # 3
+    age_history(repo, 5 * DAY)  # versions 1-3 were made 5 days ago
+    now = time.time_ns()
+    # 4..363: one every 30 s over the last three hours
+    add_versions(repo, [now - 3 * HOUR + i * 30 * 10**9 for i in range(360)])
+    with Daemons() as daemons:
+        if through == "daemon":
+            daemons.start(repo)
+        _prune_and_gc(repo, old, now)
+
+
+def _prune_and_gc(repo: Path, old: Path, now: int) -> None:
+    before = _log(repo)
+    assert len(before) == 363
+
+    dry = json.loads(run_cas("--json", "prune", "--dry-run", repo=repo).stdout)
+    assert dry["dry_run"] and dry["versions"] == 363 and dry["dropped"] > 0
+    assert _log(repo) == before  # a dry run drops nothing
+
+    done = json.loads(run_cas("--json", "prune", repo=repo).stdout)
+    assert {k: done[k] for k in ("versions", "kept", "dropped")} == {k: dry[k] for k in ("versions", "kept", "dropped")}
+    after = _log(repo)
+    seqs = [v["seq"] for v in after]
+    ages = {v["seq"]: now - v["time_ns"] for v in after}
+    assert len(after) == done["kept"] and seqs[0] == 363  # the newest stays
+    assert all(seq in seqs for seq, age in ((v["seq"], now - v["time_ns"]) for v in before) if age < HOUR - 60 * 10**9)
+    older = [s for s in seqs if HOUR <= ages[s] < DAY]
+    assert len(older) == len({(now - ages[s]) // HOUR for s in older})  # one per hour
+    assert 3 in seqs and 1 not in seqs and 2 not in seqs  # the newest of its day stays, the others go
+    failed = run_cas("cat", "/old.bin", "--at", "1", repo=repo, check=False)
+    assert failed.returncode == 1 and b"no kept namespace root 1" in failed.stderr
+
+    report = json.loads(run_cas("--json", "gc", repo=repo).stdout)
+    assert report["bytes_freed"] >= old.stat().st_size  # only the dropped versions named it
+    assert run_cas("ls", "/", repo=repo).stdout == b"kept/\n"
+    assert run_cas("repo", "verify", repo=repo).returncode == 0
+
+
+def test_a_daemon_thins_on_its_own_and_keeps_pinned_versions_and_the_policy_is_a_setting(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    run_cas("mkdir", "/a", repo=repo)  # 1
+    run_cas("mkdir", "/b", repo=repo)  # 2
+    run_cas("mkdir", "/c", repo=repo)  # 3
+    age_history(repo, 2 * DAY)
+    add_versions(repo, [time.time_ns() - 10 * 10**9])  # 4: just now
+    pinned = next(v for v in _log(repo) if v["seq"] == 2)["root"]
+    run_cas("pin", pinned, repo=repo)
+    bad = run_cas("config", "set", "history.keep", "1d:1h", "12h:all", repo=repo, check=False)
+    assert bad.returncode == 1 and b"ages must grow" in bad.stderr
+    run_cas("config", "set", "history.keep", "1h:all", repo=repo)  # nothing older than an hour
+    assert run_cas("config", "get", "history.keep", repo=repo).stdout == b"1h:all\n"
+    with Daemons() as daemons:
+        daemons.start(repo, extra=["--thin-interval", "0.2"])
+        wait_until(lambda: [v["seq"] for v in _log(repo)] == [4, 2], 30, "the daemon's thinning")
+        run_cas("unpin", pinned, repo=repo)
+        wait_until(lambda: [v["seq"] for v in _log(repo)] == [4], 30, "the unpinned version's thinning")
+        run_cas("config", "unset", "history.keep", repo=repo)
+        report = json.loads(run_cas("--json", "prune", "--dry-run", repo=repo).stdout)
+        assert report == {"versions": 1, "kept": 1, "dropped": 0, "newest_dropped": None, "oldest_dropped": None,
+                          "policy": "1h:all 1d:1h 30d:1d forever:30d", "dry_run": True}

@@ -48,6 +48,7 @@ from .schema import Request
 if TYPE_CHECKING:
     from ..files import AddResult
     from ..names.changes import Change
+    from ..names.history import ThinReport
     from ..names.namespace import Node, RootState
     from ..store import GcReport, NamespaceKey, VerifyReport  # loaded when used (they bring dataclasses)
 
@@ -461,6 +462,16 @@ class RemoteStore:
         """The daemon's gc (it keeps readers out for its whole life, so
         there is nobody to wait for: ``on_wait`` is never called)."""
         return self._client.call(ops.Gc(history))
+
+    def prune(self, *, dry_run: bool = False) -> ThinReport:
+        """The daemon's thinning of the history (it owns the repository)."""
+        from ..names.history import ThinReport
+
+        value = self._client.call(ops.Prune(dry_run))
+        try:
+            return ThinReport(**{key: value[key] for key in ThinReport._fields})
+        except KeyError:
+            raise ControlProtocolError("the daemon sent a malformed prune answer") from None
 
     def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
         """Root rows as :meth:`cas.store.LocalStore.roots` gives them, asked a

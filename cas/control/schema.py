@@ -609,6 +609,17 @@ class Gc(Request["GcReport"]):
 
 
 @op
+class Prune(Request[dict[str, Any]]):
+    """Drop the namespace versions the history policy (``history.keep``) no
+    longer keeps (none with ``dry_run``): counts, never a list, so the
+    answer stays small whatever the history's length."""
+
+    OP = "prune"
+    RESULT = doc("versions", "kept", "dropped", "newest_dropped", "oldest_dropped", "policy")
+    dry_run: Annotated[bool, A_BOOL, OMIT] = False
+
+
+@op
 class Roots(Request[list[RootRow]]):
     """One page of the stored namespace roots: at most ``limit`` rows and
     never more than MAX_ROOTS_PAGE (a history of 10^6 versions is read a
@@ -752,7 +763,7 @@ class NameStatus(Request[dict[str, Any]]):
 __all__ = [
     "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
     "Gc", "Get", "Has", "Id", "Iterate", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
-    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Put", "PutMany",
+    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Prune", "Put", "PutMany",
     "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unpin",
     "Verify", "WriteFile", "request_class",
 ]

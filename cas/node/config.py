@@ -25,6 +25,7 @@ from ..errors import (
     InvalidInputError,
     RepositoryError,
 )
+from ..names.history import THIN_INTERVAL
 from ..net.admission import (
     HANDSHAKE_RATE_PER_ADDRESS,
     MAX_CONNECTIONS,
@@ -141,6 +142,9 @@ class NodeConfig:
     """Seconds within which every stored block is verified again (the scrub
     runs a pass at most this often); also how long a verification stands
     for HAVE before the block is read again."""
+    thin_interval: float = THIN_INTERVAL
+    """Seconds between thinnings of the namespace history by its policy
+    (cas.names.history)."""
     id_difficulty: int | None = None
     """Bits of work a node ID must show (cas.net.identity); None: the
     repository's ``"id_difficulty"`` in config.json, else the default."""

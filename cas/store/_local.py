@@ -80,9 +80,10 @@ if TYPE_CHECKING:
 
 FORMAT_NAME = "cas-repository"
 FORMAT_VERSION = 1
-DEFAULT_HISTORY = 100
-"""Past namespace roots kept readable (and safe from gc) unless configured
-otherwise with "history" in config.json."""
+DEFAULT_HISTORY: int | None = None
+"""Past namespace roots gc keeps at most, besides the current one, unless
+configured with "history" in config.json: no limit by count (which
+versions stay is decided by age: cas.names.history, "history.keep")."""
 NAMESPACE_KEY_FILE = "namespace.key"
 
 INIT_ENTRIES = frozenset({_lock.LOCK_FILE, "packs", "tmp", "keys"})
@@ -362,8 +363,9 @@ class LocalStore:
     # -- namespace roots ---------------------------------------------------------
 
     @property
-    def history_limit(self) -> int:
-        """How many past roots (besides the current one) gc keeps readable."""
+    def history_limit(self) -> int | None:
+        """How many past roots (besides the current one) gc keeps at most;
+        None for no limit by count."""
         value = self.config.get("history", DEFAULT_HISTORY)
         return value if isinstance(value, int) and value >= 0 else DEFAULT_HISTORY
 
@@ -411,6 +413,22 @@ class LocalStore:
         finally:
             self._grouping_roots = False
             self.blocks.barrier()
+
+    def kept_roots(self) -> set[CID]:
+        """The root CIDs of every kept version (what gc keeps reachable)."""
+        return {CID.from_bytes(row[0]) for row in self.db.query("SELECT DISTINCT root FROM roots")}
+
+    def drop_roots(self, seqs: list[int]) -> int:
+        """Delete the root rows numbered ``seqs`` (a thinning of the history,
+        cas.names.history), never the newest; durable on return. How many
+        went. Their blocks stay until gc finds nothing else needs them."""
+        (latest,) = self.db.query("SELECT coalesce(max(seq), 0) FROM roots").fetchone()
+        dropped = 0
+        for seq in seqs:
+            if seq != latest:
+                dropped += self.db.execute("DELETE FROM roots WHERE seq = ?", (seq,)).rowcount
+        self.blocks.barrier()
+        return dropped
 
     def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
         """Stored root rows, all or the first ``limit`` (not verified: the
@@ -543,12 +561,12 @@ class LocalStore:
 
         keep = self.history_limit if history is None else history
         report = GcReport()
-        rows = self.roots()
-        for row in rows[keep + 1 :]:
-            self.db.execute("DELETE FROM roots WHERE seq = ?", (row.seq,))
-            report.roots_dropped += 1
+        if keep is not None:
+            (cut,) = self.db.query("SELECT coalesce(min(seq), 0) FROM (SELECT seq FROM roots ORDER BY seq DESC "
+                                   "LIMIT ?)", (keep + 1,)).fetchone()
+            report.roots_dropped += self.db.execute("DELETE FROM roots WHERE seq < ?", (cut,)).rowcount
         self.blocks.barrier()
-        live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
+        live = self._reachable([*self.pins(), *self.kept_roots()])
         expired = self.held.expired()
         sizes = {cid: self._block_size(cid) for cid in expired}
         for cid in self.held.drop(expired, live | self.blocks.protected()):  # nobody renewed them
@@ -592,8 +610,7 @@ class LocalStore:
         """Delete those of ``cids`` that are held for the network and that no
         pin, kept root or open write session needs (the replication decided
         they are safe elsewhere). Own blocks are never deleted here."""
-        rows = self.roots(limit=self.history_limit + 1)
-        keep = self._reachable([*self.pins(), *(row.root for row in rows)]) | self.blocks.protected()
+        keep = self._reachable([*self.pins(), *self.kept_roots()]) | self.blocks.protected()
         return self.held.drop(cids, keep)
 
     def _block_size(self, cid: CID) -> int:
