@@ -71,7 +71,7 @@ def test_thinning_again_later_keeps_what_it_kept():
 
 def test_a_policy_reads_back_as_written_and_bad_ones_are_refused():
     assert str(DEFAULT_POLICY) == "1h:all 1d:1h 30d:1d forever:30d"
-    assert str(parse_policy(["2h:all", "7d:1d"])) == "2h:all 1w:1d"
+    assert str(parse_policy(["2h:all", "1w:1d"])) == "2h:all 7d:1d"
     for bad, says in [("", "at least one"), ("1h", "AGE:EVERY"), ("1d:1h 1h:all", "ages must grow"),
                       ("forever:1d 1y:1d", "last tier"), ("1d:1h 30d:90m", "multiple"),
                       ("1h:1m 1d:all", "'all' only"), ("1x:all", "duration"), ("0h:all", "duration")]:

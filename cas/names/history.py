@@ -86,7 +86,7 @@ class Policy(NamedTuple):
 def _duration_text(ns: int | None) -> str:
     if ns is None:
         return "forever"
-    for unit in ("y", "w", "d", "h", "m", "s"):
+    for unit in ("y", "d", "h", "m", "s"):  # a week reads back as 7d
         if ns % _UNITS[unit] == 0:
             return f"{ns // _UNITS[unit]}{unit}"
     raise AssertionError("durations are whole seconds")
