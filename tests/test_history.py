@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cas.control import ControlClient, socket_path
+from cas.control import schema as ops
+
 from .conftest import pseudo_random, run_cas
 from .histories import add_versions, age_history, big_directory
 from .nodeproc import Daemons, wait_until
@@ -34,6 +37,8 @@ def test_the_cli_works_through_a_daemon_with_a_long_history_and_a_huge_directory
         assert [v["seq"] for v in five] == list(range(newest, newest - 5, -1))
         page = json.loads(run_cas("--json", "log", "-n", "3", "--before", "100", repo=repo).stdout)
         assert [v["seq"] for v in page] == [99, 98, 97]
+        with ControlClient(socket_path(repo)) as client:  # an old client asking for every row gets one page
+            assert len(client.call(ops.Roots())) == ops.MAX_ROOTS_PAGE
         root = json.loads(run_cas("--json", "root", repo=repo).stdout)
         assert root["seq"] == newest
         listing = run_cas("ls", "/big", repo=repo).stdout.decode().splitlines()

@@ -77,3 +77,26 @@ def test_a_policy_reads_back_as_written_and_bad_ones_are_refused():
                       ("1h:1m 1d:all", "'all' only"), ("1x:all", "duration"), ("0h:all", "duration")]:
         with pytest.raises(InvalidInputError, match=says):
             parse_policy(bad)
+
+
+def test_thinning_a_repository_pages_through_it_and_keeps_the_newest_and_pinned_roots(tmp_path):
+    from cas.names.history import Thin, thin
+    from cas.store import LocalStore
+
+    from .histories import add_versions
+
+    repo = tmp_path / "repo"
+    now = 2_000_000_000 * SECOND
+    start = now - 50 * DAY - 30 * DAY + HOUR  # all within one 30-day bucket
+    add_versions(repo, [start + i * 10 * SECOND for i in range(3000)])  # three pages of rows
+    with LocalStore.open(repo) as store:
+        dry = thin(store, DEFAULT_POLICY, now, protected=[1234], dry_run=True)
+        assert (dry.versions, dry.kept, dry.dropped) == (3000, 2, 2998)  # 3000 and the protected 1234 stay
+        job = Thin(store, DEFAULT_POLICY, now, protected=[1234])
+        steps = 1
+        while job.step() is None:
+            steps += 1
+        assert steps == 3
+        assert [row.seq for row in store.roots()] == [3000, 1234]
+        assert store.drop_roots([3000, 1234]) == 1  # the newest never goes
+        assert [row.seq for row in store.roots()] == [3000]

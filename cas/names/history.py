@@ -4,8 +4,8 @@ keep their snapshots.
 Owns the retention policy (:class:`Policy`, written as ``history.keep`` in
 the repository's settings), the planner that says which versions it keeps
 (:class:`Thinning`, sans-IO: versions and the time are passed in, decisions
-come out) and the thinning step that drops the others from a repository
-(:func:`thin`).
+come out) and the thinning step that drops the others from a repository,
+a page of versions at a time (:class:`Thin`, :func:`thin`).
 
 Must never: read a clock (``now_ns`` is passed in), drop the newest version
 or a protected one, or delete a block (dropping a version only deletes its
@@ -208,35 +208,59 @@ class ThinReport(NamedTuple):
     policy: str
 
 
-def thin(repo: ThinRepo, policy: Policy, now_ns: int, *, protected: Iterable[int] = (),
-         dry_run: bool = False) -> ThinReport:
-    """Drop the versions ``policy`` no longer keeps at ``now_ns`` (none with
-    ``dry_run``), reading the history a page at a time. Versions whose root
-    CID is pinned, and those in ``protected`` (the published one), stay.
-    Run it where commits cannot race it: the repository's owner (the
-    daemon's store thread, or the command holding the lock)."""
-    from .namespace import ROOTS_PAGE
+class Thin:
+    """One thinning of ``repo``'s history by ``policy`` at ``now_ns``, a page
+    of versions per :meth:`step`, so that its owner can let commits in
+    between pages (the daemon runs each step as its own trip to the store
+    thread). Versions whose root CID is pinned, and those in ``protected``
+    (the published one), stay; with ``dry_run`` nothing is dropped. Run it
+    where commits cannot race a step: the repository's owner (the daemon's
+    store thread, or the command holding the lock). A commit between two
+    steps only adds versions newer than any the thinning still reads."""
 
-    thinning = Thinning(policy, now_ns, frozenset(protected))
-    pinned = set(repo.pins())
-    versions = kept = dropped = 0
-    newest_dropped = oldest_dropped = None
-    after: int | None = None
-    while True:
-        rows = repo.roots(newest_first=True, limit=ROOTS_PAGE, after=after)
+    def __init__(self, repo: ThinRepo, policy: Policy, now_ns: int, *, protected: Iterable[int] = (),
+                 dry_run: bool = False) -> None:
+        self._repo = repo
+        self._policy = policy
+        self._thinning = Thinning(policy, now_ns, frozenset(protected))
+        self._pinned = set(repo.pins())
+        self._dry_run = dry_run
+        self._after: int | None = None
+        self._versions = self._kept = self._dropped = 0
+        self._newest_dropped: int | None = None
+        self._oldest_dropped: int | None = None
+
+    def step(self) -> ThinReport | None:
+        """Thin the next page; the report once the last page is done, else None."""
+        from .namespace import ROOTS_PAGE
+
+        rows = self._repo.roots(newest_first=True, limit=ROOTS_PAGE, after=self._after)
         going = []
         for row in rows:
-            versions += 1
-            if thinning.keeps(row.seq, row.time_ns) or row.root in pinned:
-                kept += 1
+            self._versions += 1
+            if self._thinning.keeps(row.seq, row.time_ns) or row.root in self._pinned:
+                self._kept += 1
             else:
                 going.append(row.seq)
         if going:
-            dropped += len(going)
-            newest_dropped = going[0] if newest_dropped is None else newest_dropped
-            oldest_dropped = going[-1]
-            if not dry_run:
-                repo.drop_roots(going)
-        if len(rows) < ROOTS_PAGE:
-            return ThinReport(versions, kept, dropped, newest_dropped, oldest_dropped, str(policy))
-        after = rows[-1].seq
+            self._dropped += len(going)
+            if self._newest_dropped is None:
+                self._newest_dropped = going[0]
+            self._oldest_dropped = going[-1]
+            if not self._dry_run:
+                self._repo.drop_roots(going)
+        if len(rows) == ROOTS_PAGE:
+            self._after = rows[-1].seq
+            return None
+        return ThinReport(self._versions, self._kept, self._dropped, self._newest_dropped, self._oldest_dropped,
+                          str(self._policy))
+
+
+def thin(repo: ThinRepo, policy: Policy, now_ns: int, *, protected: Iterable[int] = (),
+         dry_run: bool = False) -> ThinReport:
+    """A whole :class:`Thin` at once: drop the versions ``policy`` no longer
+    keeps at ``now_ns`` (none with ``dry_run``)."""
+    job = Thin(repo, policy, now_ns, protected=protected, dry_run=dry_run)
+    while (report := job.step()) is None:
+        pass
+    return report

@@ -63,7 +63,7 @@ from ..errors import (
 )
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
-from ..names.history import ThinReport, policy_from_config, thin
+from ..names.history import Thin, ThinReport, policy_from_config
 from ..names.namespace import Namespace
 from ..net.admission import (
     Admission,
@@ -540,17 +540,23 @@ class Node:
         racing a commit (a client's change, the mount's). The policy is read
         from config.json each time: ``cas config set history.keep`` applies
         at the next round. The version last published on the network is
-        kept, like the newest and those whose root is pinned."""
+        kept, like the newest and those whose root is pinned. A page of the
+        history per trip to the store thread."""
         assert self.store is not None
         store = self.store
         last = self.publisher.last if self.publisher is not None else None
         protected = () if last is None else (last.record.seq,)
 
-        def run() -> ThinReport:
+        def start() -> Thin:
             policy = policy_from_config(LocalStore.check_config(store.path))
-            return thin(store, policy, time.time_ns(), protected=protected, dry_run=dry_run)
+            return Thin(store, policy, time.time_ns(), protected=protected, dry_run=dry_run)
 
-        return await self.in_store_thread(run)
+        job = await self.in_store_thread(start)
+        # A page per trip to the store thread: changes waiting to commit
+        # (clients', the mount's) go in between pages.
+        while (report := await self.in_store_thread(job.step)) is None:
+            pass
+        return report
 
     async def _thin_loop(self) -> None:
         """Thin the history every ``thin_interval`` (the mount makes many versions)."""
