@@ -63,6 +63,8 @@ def history(path: Path, count: int) -> Path:
 
 
 def measure(label: str, big: Path, small: Path, count: int) -> None:
+    run(big, "root")  # warm: the first command after the history was written reads a cold database
+    run(small, "root")
     n20, rss20 = run(big, "log", "-n", "20")
     b20, _ = run(small, "log", "-n", "20")
     root, root_rss = run(big, "root")
