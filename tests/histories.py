@@ -68,3 +68,13 @@ def age_history(repo: Path, by_ns: int) -> None:
             record = RootRecord.sign(key, row.seq, row.root, when).encode()
             store.db.execute("UPDATE roots SET time_ns = ?, record = ? WHERE seq = ?", (when, record, row.seq))
         store.blocks.barrier()
+
+
+def many_pins(repo: Path, count: int) -> None:
+    """Pin ``count`` small blocks (stored and pinned in one transaction)."""
+    with LocalStore.open(repo) as store:
+        for i in range(count):
+            block = Block.of(RAW, b"pinned %d" % i)
+            store.blocks.put(block)
+            store.db.execute("INSERT OR IGNORE INTO pins (cid, created_ns) VALUES (?, ?)", (bytes(block.cid), i))
+        store.blocks.barrier()

@@ -40,7 +40,7 @@ EXAMPLES: dict[str, tuple[ops.Request[Any], Any]] = {
     "iterate": (ops.Iterate(), CID_B),
     "pin": (ops.Pin(CID_A), True),
     "unpin": (ops.Unpin(CID_A), False),
-    "pins": (ops.Pins(), [CID_A, CID_B]),
+    "pins": (ops.Pins(limit=2, after=CID_A), [CID_A, CID_B]),
     "stat": (ops.Stat(), RepoStat(path="/r", blocks=2, bytes=3, pinned=1, pack_bytes=4, dead_bytes=5)),
     "verify": (ops.Verify(repair=True), VerifyReport(blocks_checked=2, bytes_checked=9,
                                                      problems=[Problem(str(CID_A), "corrupt")], repaired=1)),

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from cas.cid import parse_cid
 from cas.control import ControlClient, socket_path
 from cas.control import schema as ops
 
 from .conftest import pseudo_random, run_cas
-from .histories import add_versions, age_history, big_directory
+from .histories import add_versions, age_history, big_directory, many_pins
 from .nodeproc import Daemons, wait_until
 
 VERSIONS = 20_000
 ENTRIES = 100_000
+PINS = 60_000  # ~3.5 MB of CIDs: more than one control message holds
 
 
 @pytest.mark.slow
@@ -28,6 +30,7 @@ def test_the_cli_works_through_a_daemon_with_a_long_history_and_a_huge_directory
     big_directory(repo, "/big", ENTRIES)
     now = time.time_ns()
     add_versions(repo, [now - (VERSIONS - i) * 1_000_000 for i in range(VERSIONS)])
+    many_pins(repo, PINS)
     newest = 2 + VERSIONS
     with Daemons() as daemons:
         daemons.start(repo, listen="127.0.0.1:0")
@@ -46,6 +49,8 @@ def test_the_cli_works_through_a_daemon_with_a_long_history_and_a_huge_directory
         stat = json.loads(run_cas("--json", "stat", "/big", repo=repo).stdout)
         assert stat["kind"] == "dir" and stat["entries"] == ENTRIES
         assert run_cas("ls", "--at", "1", "/", repo=repo).stdout.decode().split() == ["docs/"]
+        pins = run_cas("pin", "ls", repo=repo).stdout.decode().split()
+        assert len(pins) == PINS and pins == sorted(pins, key=lambda text: parse_cid(text))
         assert run_cas("mkdir", "/more", repo=repo).returncode == 0  # and it still takes changes
 
 

@@ -445,7 +445,18 @@ class RemoteStore:
         return self._client.call(ops.Unpin(cid))
 
     def pins(self) -> list[CID]:
-        return self._client.call(ops.Pins())
+        """Every pinned CID, sorted, asked a page (MAX_PINS_PAGE) at a time."""
+        found: list[CID] = []
+        after: CID | None = None
+        while True:
+            page = self._client.call(ops.Pins(ops.MAX_PINS_PAGE, after))
+            if len(page) > ops.MAX_PINS_PAGE or (after is not None and page and bytes(page[0]) <= bytes(after)):
+                # A daemon from before paging ignores the arguments: its answer is all of them.
+                return sorted(page)
+            found += page
+            if len(page) < ops.MAX_PINS_PAGE:
+                return sorted(found)
+            after = page[-1]
 
     def stat(self) -> RepoStat:
         return self._client.call(ops.Stat())

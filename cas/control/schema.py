@@ -71,6 +71,9 @@ MAX_STATUS_CIDS = 1024
 MAX_PREFETCH = 1024
 """CIDs one ``prefetch`` may name (a walk's hint is 64 leaves at a time)."""
 
+MAX_PINS_PAGE = 8192
+"""CIDs one ``pins`` answer carries (~40 bytes each: ~320 KiB)."""
+
 MAX_ROOTS_PAGE = 1024
 """Root rows one ``roots`` answer carries (a row is ~250 bytes: ~256 KiB)."""
 
@@ -204,6 +207,7 @@ def _change_value(change: Change) -> Any:
 
 
 A_BYTE_COUNT_OR_NULL = optional(A_BYTE_COUNT)
+A_CID_OR_NULL = optional(A_CID)
 A_COUNT_OR_NULL = optional(A_COUNT)
 A_WHOLE_OR_NULL = optional(A_WHOLE)
 A_CHANGE = Arg("a namespace change", _change, _change_value)
@@ -581,8 +585,13 @@ class Unpin(Request[bool]):
 
 @op
 class Pins(Request[list[CID]]):
+    """One page of the pinned CIDs, in the order of their binary form: at
+    most ``limit`` and never more than MAX_PINS_PAGE, those after ``after``."""
+
     OP = "pins"
     RESULT = Arg("a list of CIDs", list)
+    limit: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
+    after: Annotated[CID | None, A_CID_OR_NULL, OMIT] = None
 
 
 @op
@@ -761,7 +770,7 @@ class NameStatus(Request[dict[str, Any]]):
 
 
 __all__ = [
-    "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
+    "MAX_PINS_PAGE", "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
     "Gc", "Get", "Has", "Id", "Iterate", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
     "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Prune", "Put", "PutMany",
     "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unpin",

@@ -324,7 +324,9 @@ async def unpin(request: ops.Unpin, ctx: OpContext) -> bool:
 
 
 async def pins(request: ops.Pins, ctx: OpContext) -> list[CID]:
-    return list(await ctx.in_store_thread(ctx.store.pins))
+    """One page of the pins: no answer grows with their number."""
+    limit = ops.MAX_PINS_PAGE if request.limit is None else min(request.limit, ops.MAX_PINS_PAGE)
+    return list(await ctx.in_store_thread(ctx.store.pins, limit, request.after))
 
 
 async def stat(request: ops.Stat, ctx: OpContext) -> RepoStat:

@@ -353,9 +353,16 @@ class LocalStore:
         self.blocks.barrier()
         return cur.rowcount == 1
 
-    def pins(self) -> list[CID]:
-        rows = self.db.query("SELECT cid FROM pins").fetchall()
-        return sorted(CID.from_bytes(row[0]) for row in rows)
+    def pins(self, limit: int | None = None, after: CID | None = None) -> list[CID]:
+        """The pinned CIDs, sorted; with ``limit`` or ``after``, one page of
+        them in the order of their binary form, those after ``after``
+        (how a daemon hands out 10^5 pins: a page per message)."""
+        if limit is None and after is None:
+            rows = self.db.query("SELECT cid FROM pins").fetchall()
+            return sorted(CID.from_bytes(row[0]) for row in rows)
+        rows = self.db.query("SELECT cid FROM pins WHERE cid > ? ORDER BY cid LIMIT ?",
+                             (b"" if after is None else bytes(after), -1 if limit is None else limit)).fetchall()
+        return [CID.from_bytes(row[0]) for row in rows]
 
     def is_pinned(self, cid: CID) -> bool:
         return self.db.query("SELECT 1 FROM pins WHERE cid = ?", (bytes(cid),)).fetchone() is not None
