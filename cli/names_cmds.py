@@ -76,8 +76,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)",
                        description="Keep content that no namespace path names, so that gc leaves it; "
-                       "'cas pin ls' lists the pins.")
+                       "'cas pin ls' lists the pins. 'cas pin / --at SEQ' keeps version SEQ of the "
+                       "namespace whatever its age (the history's thinning keeps versions whose root is pinned).")
     p.add_argument("refs", nargs="+", metavar="CID|PATH|ls", help="what to pin, or 'ls' to list the pins")
+    p.add_argument("--at", type=int, metavar="SEQ", help="paths as they were in version SEQ (see cas log)")
     p.set_defaults(run=cmd_pin)
 
     p = sub.add_parser("unpin", parents=common, help="stop keeping pinned content",
@@ -90,7 +92,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                        description="Drop the namespace versions that the history policy no longer keeps "
                        "(history.keep, by age: every version of the last hour, one per hour for a day, one "
                        "per day for 30 days, then one per 30 days; 'cas config set history.keep' changes it). "
-                       "Never the newest, one whose root is pinned ('cas pin /' keeps the current version) "
+                       "Never the newest, one whose root is pinned ('cas pin / --at SEQ' keeps version SEQ) "
                        "or the one published. A daemon does this every 10 minutes, and 'cas gc' first; "
                        "'cas gc' then frees the blocks only dropped versions needed.")
     p.add_argument("--dry-run", action="store_true", help="only say what would be dropped")
@@ -257,7 +259,7 @@ def cmd_pin(args: argparse.Namespace, out: Output) -> int:
             for cid in pins:
                 out.result(str(cid))
             return 0
-        pinned = [repo.resolve(ref) for ref in args.refs]
+        pinned = [repo.resolve(ref, args.at) for ref in args.refs]
         for cid in pinned:
             repo.pin(cid)
     out.document({"pinned": [str(c) for c in pinned]})

@@ -114,8 +114,8 @@ def test_a_daemon_thins_on_its_own_and_keeps_pinned_versions_and_the_policy_is_a
     run_cas("mkdir", "/c", repo=repo)  # 3
     age_history(repo, 2 * DAY)
     add_versions(repo, [time.time_ns() - 10 * 10**9])  # 4: just now
-    pinned = next(v for v in _log(repo) if v["seq"] == 2)["root"]
-    run_cas("pin", pinned, repo=repo)
+    pinned = json.loads(run_cas("--json", "pin", "/", "--at", "2", repo=repo).stdout)["pinned"][0]
+    assert pinned == next(v for v in _log(repo) if v["seq"] == 2)["root"]
     bad = run_cas("config", "set", "history.keep", "1d:1h", "12h:all", repo=repo, check=False)
     assert bad.returncode == 1 and b"ages must grow" in bad.stderr
     run_cas("config", "set", "history.keep", "1h:all", repo=repo)  # nothing older than an hour
