@@ -77,6 +77,9 @@ it). Blocks past it are answered no."""
 SCRUB_FIRST_DELAY = 60.0
 """Seconds after start before the first scrub pass (or the scrub period, if
 shorter)."""
+THIN_FIRST_DELAY = 60.0
+"""Seconds after start before the history is first thinned (or the thin
+interval, if shorter)."""
 SCRUB_PAGE = 16
 """Blocks the scrub looks up, then reads and verifies, per trip to the store
 thread: at most 16 MiB, so the store thread is never held long (measured:

@@ -89,6 +89,7 @@ from .config import (
     RELOADABLE,
     SCRUB_FIRST_DELAY,
     SCRUB_PAGE,
+    THIN_FIRST_DELAY,
     NodeAddress,
     NodeConfig,
     Settings,
@@ -559,9 +560,13 @@ class Node:
         return report
 
     async def _thin_loop(self) -> None:
-        """Thin the history every ``thin_interval`` (the mount makes many versions)."""
+        """Thin the history a minute after the start (a mount or a daemon
+        that runs for minutes at a time still thins), then every
+        ``thin_interval`` (the mount makes many versions)."""
+        wait = min(THIN_FIRST_DELAY, self.config.thin_interval)
         while True:
-            await trio.sleep(self.config.thin_interval)
+            await trio.sleep(wait)
+            wait = self.config.thin_interval
             try:
                 report = await self.thin()
             except CasError as exc:  # a background job's edge: said, and tried again next round
