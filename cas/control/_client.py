@@ -444,10 +444,13 @@ class RemoteStore:
     def unpin(self, cid: CID) -> bool:
         return self._client.call(ops.Unpin(cid))
 
-    def pins(self) -> list[CID]:
-        """Every pinned CID, sorted, asked a page (MAX_PINS_PAGE) at a time."""
+    def pins(self, limit: int | None = None, after: CID | None = None) -> list[CID]:
+        """As :meth:`cas.store.LocalStore.pins`: every pinned CID, sorted,
+        asked a page (MAX_PINS_PAGE) at a time; or, with ``limit`` or
+        ``after``, the one page the daemon answers."""
+        if limit is not None or after is not None:
+            return self._client.call(ops.Pins(None if limit is None else min(limit, ops.MAX_PINS_PAGE), after))
         found: list[CID] = []
-        after: CID | None = None
         while True:
             page = self._client.call(ops.Pins(ops.MAX_PINS_PAGE, after))
             if len(page) > ops.MAX_PINS_PAGE or (after is not None and page and bytes(page[0]) <= bytes(after)):
