@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cas.errors import InvalidCIDError, InvalidInputError
+from cas.errors import InvalidCIDError, InvalidInputError, RepositoryLockedError
 
 if TYPE_CHECKING:
     from cas import control
@@ -221,7 +221,10 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     # command slips in before it takes the repository.
     from cas.store import LocalStore
 
-    LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
+    try:
+        LocalStore.open(config.repo, create=True, wait=args.wait, on_wait=waiting_note(args)).close()
+    except RepositoryLockedError as exc:
+        raise _mounted_advice(exc) from None
     config.lock_wait = args.wait
 
     def reload() -> NodeConfig:  # SIGHUP: the same command line, the settings as they are now
@@ -236,6 +239,23 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     run_daemon(config, ready, reload)
     out.note("cas daemon: stopped")
     return 0
+
+
+def _mounted_advice(exc: RepositoryLockedError) -> RepositoryLockedError:
+    """``exc``, or, when a mount process holds the repository, the same
+    error saying how to have the daemon serve the mount instead."""
+    from cas.fuse.mountd import MOUNT_PROCESS
+
+    holder = exc.holder or ""
+    opening = f"({MOUNT_PROCESS} "
+    if opening not in holder or not holder.endswith(")"):
+        return exc
+    mountpoint = holder[holder.index(opening) + len(opening):-1]
+    better = RepositoryLockedError(
+        f"{exc}; it is mounted at {mountpoint} by a mount process: 'cas umount {mountpoint}', start the "
+        f"daemon, then 'cas mount {mountpoint}' again, and the daemon serves the mount")
+    better.holder = exc.holder
+    return better
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:

@@ -52,6 +52,8 @@ if TYPE_CHECKING:  # trio and the node load only in the mount process
     from .published import NodeLink
 
 FSNAME = "cas"
+MOUNT_PROCESS = "cas mount"
+"""What a mount process calls itself where the repository lock names its holder."""
 KERNEL_READ_AHEAD_KIB = 1024
 """How far the kernel reads ahead in the mount's files. FUSE's default of
 128 KiB also caps each read request at 128 KiB; at 1 MiB a sequential read
@@ -62,6 +64,11 @@ DEFAULT_REFRESH = 30.0
 (``--refresh``). Its publisher republishes right after each new root, so a
 change shows within about this long; each one is a small DHT lookup."""
 MIN_REFRESH = 0.1
+DEFAULT_COMMIT_INTERVAL = 1.0
+"""Seconds between commits of the mount's changes (``--commit-interval``):
+what a crash may lose of changes not fsynced (ext4 loses up to 5 s)."""
+MIN_COMMIT_INTERVAL = 0.01
+MAX_COMMIT_INTERVAL = 3600.0
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
 
@@ -84,6 +91,9 @@ class MountConfig:
     still checked by the kernel, ``default_permissions``)."""
     options: tuple[str, ...] = ()
     """More FUSE mount options (``cas mount -o``)."""
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    """Seconds between commits of what was changed through the mount (one
+    namespace version each, at most); fsync commits at once."""
 
 
 FUSE_CONF = Path("/etc/fuse.conf")
@@ -206,27 +216,51 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount ``config.repo``'s namespace (or, with ``config.name``, another
     node's published namespace) at ``config.mountpoint`` and serve it until
     unmounted or signalled. Raises CasError if it cannot start."""
-    pyfuse3 = require_pyfuse3()
+    require_pyfuse3()
+    if config.name is None:
+        await _serve_own(config, on_ready)
+    else:
+        await _serve_published(config, on_ready)
+
+
+async def _serve_own(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """The repository's own namespace, served by a node run here that owns
+    the repository, as a daemon serves it (:mod:`cas.fuse.served`)."""
     import trio
 
     from ..node import Node, NodeConfig
-    from .operations import CasOperations
-    from .tree import MountTree
+    from .served import ServedMount
+
+    node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0, lock_wait=config.wait))
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(node.run)
+            served = node.mount = ServedMount(node, config)
+            await nursery.start(served.run)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+
+                async def watch() -> None:
+                    async for _ in signals:
+                        served.terminate()
+                        return
+
+                nursery.start_soon(watch)
+                on_ready()
+                await served.ended.wait()
+        finally:
+            node.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    pyfuse3 = require_pyfuse3()
+    import trio
 
     node: Node | None = None
     link = None
     async with trio.open_nursery() as nursery:
         try:
-            if config.name is None:
-                node = Node(NodeConfig(repo=config.repo, listen_host="127.0.0.1", listen_port=0, lock_wait=config.wait))
-                await nursery.start(node.run)
-                assert node.store is not None
-                ops = CasOperations(
-                    run=node.in_store_thread, tree=MountTree(node.store), staging_dir=node.store.path / "tmp",
-                    nursery=nursery, read_only=config.read_only, cache_bytes=config.cache_bytes,
-                )
-            else:
-                node, link, ops = await _published(config, nursery)
+            node, link, ops = await _published(config, nursery)
             options = fuse_options(config, ops.read_only)
             try:
                 pyfuse3.init(ops, str(config.mountpoint), options)
@@ -241,15 +275,13 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
                             return
 
                     nursery.start_soon(watch)
-                    nursery.start_soon(_tune_read_ahead, config.mountpoint)
-                    if link is not None:
-                        from .published import PublishedTree, follow
+                    nursery.start_soon(tune_read_ahead, config.mountpoint)
+                    from .published import PublishedTree, follow
 
-                        assert isinstance(ops.tree, PublishedTree)
-                        nursery.start_soon(follow, ops.tree, link, ops, config.refresh)
+                    assert isinstance(ops.tree, PublishedTree)
+                    nursery.start_soon(follow, ops.tree, link, ops, config.refresh)
                     on_ready()
                     await pyfuse3.main()
-                await ops.commit_all()
             finally:
                 pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
         finally:
@@ -297,7 +329,7 @@ async def _published(config: MountConfig, nursery: trio.Nursery) -> tuple[Node |
     return node, link, ops
 
 
-async def _tune_read_ahead(mountpoint: Path) -> None:
+async def tune_read_ahead(mountpoint: Path) -> None:
     """Raise the kernel's read-ahead once the kernel has initialised the
     mount (it sets read_ahead_kb itself while processing FUSE's INIT). A
     stat() of the mount point from a worker thread returns only after INIT,
@@ -339,8 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("-o", dest="options", action="append", default=[])
+    p.add_argument("--commit-interval", type=float, default=DEFAULT_COMMIT_INTERVAL)
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
+    # How the repository lock names this process to a command that meets it
+    # ("in use by process N (cas mount DIR)"), rather than python's argv.
+    sys.argv = [MOUNT_PROCESS, os.path.abspath(args.mountpoint)]
     ready_fd: int | None = args.ready_fd
 
     def report(line: str) -> None:
@@ -355,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = bytes.fromhex(args.name) if args.name else None
     config = MountConfig(Path(args.repo), Path(args.mountpoint), args.ro, args.cache_bytes, name, args.refresh,
-                         args.wait, args.allow_other, tuple(args.options))
+                         args.wait, args.allow_other, tuple(args.options), args.commit_interval)
     try:
         run_mount(config, lambda: report("ok"))
     except CasError as exc:  # the mount process's edge, as the CLI's: one line for the user
@@ -395,6 +431,8 @@ def start_background(config: MountConfig, timeout: float = READY_TIMEOUT, *,
         argv.append("--allow-other")
     for option in config.options:
         argv += ["-o", option]
+    if config.commit_interval != DEFAULT_COMMIT_INTERVAL:
+        argv += ["--commit-interval", repr(config.commit_interval)]
     from ..control import connect
     from ..store import LocalStore
 
@@ -479,9 +517,7 @@ def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
     if not is_mounted(path):
         raise MountError(f"{path} is not mounted")
     pids = mount_processes(path)
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    argv = [tool, "-u", str(path)] if tool else ["umount", str(path)]
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = subprocess.run(unmount_command(path), capture_output=True, text=True)
     if result.returncode != 0 and is_mounted(path):
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unmount failed"
         raise MountError(f"cannot unmount {path}: {message}")
@@ -491,6 +527,13 @@ def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
             if time.monotonic() > deadline:
                 raise MountError(f"{path} is unmounted but its mount process {pid} is still running")
             time.sleep(0.05)
+
+
+def unmount_command(mountpoint: Path) -> list[str]:
+    """The command that unmounts ``mountpoint`` as ``umount`` does (refused
+    while it is busy): fusermount3 -u, which a user may run."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    return [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
 
 
 def _alive(pid: int) -> bool:

@@ -387,7 +387,14 @@ class CasOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # every namespace change is durable when it returns
+        with fuse_errors("fsyncdir"):
+            await self.flush_changes()
+
+    async def flush_changes(self) -> None:
+        """Commit the tree's pending changes now, as one durable version
+        (fsync, fsyncdir, the commit interval, unmount)."""
+        if isinstance(self.tree, MountTree) and self.tree.pending:
+            await self._store(self.tree.flush)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -572,6 +579,7 @@ class CasOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         with fuse_errors("fsync"):
             await self._commit(self.inodes.get(self._handles[fh].ino))
+            await self.flush_changes()  # durable when it returns: the file and every change before it
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
@@ -620,7 +628,8 @@ class CasOperations(pyfuse3.Operations):
         await trio.to_thread.run_sync(_invalidate, names, attached, abandon_on_cancel=True)
 
     async def commit_all(self) -> None:
-        """Commit every staged file (at a clean unmount)."""
+        """Commit every staged file and then every pending change, durably
+        (at a clean unmount)."""
         for found in self.inodes:
             if found.state is not None and (found.state.dirty or found.state.meta_dirty):
                 try:
@@ -628,6 +637,11 @@ class CasOperations(pyfuse3.Operations):
                         await self._commit(found)
                 except pyfuse3.FUSEError:
                     pass
+        try:
+            with fuse_errors("commit at unmount"):
+                await self.flush_changes()
+        except pyfuse3.FUSEError:
+            pass
 
 
 def _invalidate(names: list[tuple[int, bytes]], inodes: list[int]) -> None:

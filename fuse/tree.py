@@ -25,23 +25,33 @@ Caches, both safe because they are keyed by content:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .. import files
+from ..blocks import Block
 from ..cid import CID
 from ..errors import (
+    BlockNotFoundError,
     DirectoryNotEmptyError,
+    InvalidInputError,
     IsADirectoryPathError,
+    NamespaceError,
     NotADirectoryPathError,
     PathNotFoundError,
 )
 from ..names import dirtree
+from ..names.changes import Change, Link, Mkdir, Move, Remove, SetAttributes
 from ..names.directory import DirEntry
 from ..names.namespace import ROOT_MODE, Namespace, Node, RootState, split_path
+from ..store import OwnBlocks
+
+log = logging.getLogger("cas.fuse")
 
 ROOT_TTL = 0.1
 """Seconds a read of the current root is reused: bounds how late a change
@@ -117,42 +127,116 @@ class TreeReader:
 
 
 class MountTree(TreeReader):
-    """See the module docstring. ``store`` is the node's LocalStore."""
+    """See the module docstring. ``store`` is the node's LocalStore.
 
-    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL) -> None:
+    **Write-back.** A change is applied at once to a draft of the root (its
+    new directory nodes stored, nothing committed: :meth:`Namespace.draft`)
+    and remembered; every read sees the draft. :meth:`flush` commits what
+    is pending as one namespace version (one signature, one fsync), and is
+    called every commit interval, on fsync, before another writer's change
+    and at unmount. A crash loses what was not flushed, never more, and
+    never leaves part of it (a version is one root). If another writer
+    committed meanwhile, the pending changes are applied again to its root
+    (and each that no longer fits is dropped, logged): the rule every
+    writer keeps (docs/architecture.md, "Concurrent changes").
+
+    ``on_commit``, if given, is called after each flush (in the store
+    thread, like the flush) with the blocks the files committed since the
+    last one stored: the node places them on the network and republishes
+    (:mod:`cas.fuse.served`)."""
+
+    def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL,
+                 on_commit: Callable[[list[CID]], None] | None = None) -> None:
         super().__init__(store.blocks)
         self.store = store
         self.namespace = Namespace(store)  # LocalStore keeps its key loaded
+        self._on_commit = on_commit
         self._root_ttl = root_ttl
-        self._root: RootState | None = None
+        self._view: RootState | None = None  # what reads see: the newest root, or the draft over it
         self._root_read = 0.0
+        self._base: RootState | None = None  # the committed root the draft was made from
+        self._pending: list[Change] = []
+        self._stored: list[CID] = []  # blocks of files committed since the last flush
+        self.dropped: list[str] = []  # pending changes another writer's change made impossible
+
+    @property
+    def pending(self) -> int:
+        """Changes applied but not yet committed."""
+        return len(self._pending)
 
     def root(self) -> RootState:
         now = time.monotonic()
-        if self._root is None or now - self._root_read > self._root_ttl:
-            self._root = self.namespace.current()
+        if self._view is None or now - self._root_read > self._root_ttl:
+            current = self.namespace.current()
+            if not self._pending:
+                self._view = current
+            elif self._base is not None and current.seq != self._base.seq:
+                self._rebase(current)
             self._root_read = now
-        return self._root
+        assert self._view is not None
+        return self._view
 
-    def _note(self, state: RootState) -> None:
-        self._root = state
-        self._root_read = time.monotonic()
+    def _rebase(self, current: RootState) -> None:
+        """Another writer committed ``current``: the draft is made again
+        over it, each pending change applied in turn (one that no longer
+        fits is dropped, and said)."""
+        view, kept = current, []
+        for change in self._pending:
+            try:
+                view = self.namespace.draft(view, change)
+                kept.append(change)
+            except (NamespaceError, InvalidInputError, BlockNotFoundError) as exc:
+                self._drop(change, exc)
+        self._base, self._view, self._pending = current, view, kept
+
+    def _drop(self, change: Change, exc: Exception) -> None:
+        message = f"a change made in the mount was dropped: {exc} (another writer changed the namespace first)"
+        log.warning("%s", message)
+        self.dropped.append(message)
+
+    def _change(self, change: Change) -> RootState:
+        """Apply ``change`` to the draft; raises the NamespaceError it meets."""
+        state = self.root()
+        draft = self.namespace.draft(state, change)
+        if draft.root != state.root:
+            if not self._pending:
+                self._base = state
+            self._pending.append(change)
+            self._view = draft
+        return draft
+
+    def flush(self) -> RootState | None:
+        """Commit every pending change as one version (store thread); the
+        root committed, or None if nothing was pending."""
+        if not self._pending:
+            return None
+        assert self._base is not None and self._view is not None
+        state, failed = self.namespace.commit_changes(self._pending, self._base, self._view)
+        for change, exc in failed:
+            self._drop(change, exc)
+        self._pending, self._base, self._view, self._root_read = [], None, state, time.monotonic()
+        stored, self._stored = self._stored, []
+        if self._on_commit is not None:
+            self._on_commit(stored)
+        return state
 
     # -- changing -------------------------------------------------------------
 
     def mkdir(self, path: str, mode: int) -> Node:
-        self._note(self.namespace.mkdir(path, mode=mode))
+        self._change(Mkdir(path, mode=mode))
         return self.resolve(path)
 
     def symlink(self, path: str, target: str) -> Node:
         name = split_path(path)[-1]
         node = Node(path, name, "symlink", len(target.encode()), 0o777, time.time_ns(), None, target)
-        self._note(self.namespace.link(path, node, replace_file=False))
-        return self.resolve(path)
+        return self.link(path, node, exclusive=True)
 
     def link(self, path: str, node: Node, *, exclusive: bool = False) -> Node:
         """Make ``path`` name ``node``'s content (a file: replaced if there)."""
-        self._note(self.namespace.link(path, node, replace_file=not exclusive))
+        parts = split_path(path)
+        if not parts:
+            raise InvalidInputError("cannot replace the root directory /")
+        self._change(Link(path, node.to_entry(parts[-1]), replace_file=not exclusive))
         return self.resolve(path)
 
     def create(self, path: str, mode: int, *, exclusive: bool) -> Node:
@@ -173,7 +257,7 @@ class MountTree(TreeReader):
     def unlink(self, path: str) -> None:
         if self.resolve(path).kind == "dir":
             raise IsADirectoryPathError(f"{path} is a directory")
-        self._note(self.namespace.remove(path))
+        self._change(Remove(path))
 
     def rmdir(self, path: str) -> None:
         node = self.resolve(path)
@@ -182,10 +266,10 @@ class MountTree(TreeReader):
         assert node.cid is not None
         if dirtree.summary(self.blocks, node.cid).count:
             raise DirectoryNotEmptyError(f"{path} is not empty")
-        self._note(self.namespace.remove(path))
+        self._change(Remove(path))
 
     def rename(self, src: str, dst: str, *, no_replace: bool) -> None:
-        self._note(self.namespace.move(src, dst, into_directory=False, no_replace=no_replace))
+        self._change(Move(src, dst, into_directory=False, no_replace=no_replace))
 
     def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> Node:
         """Change a file's or directory's mode or mtime (a link of the same CID)."""
@@ -200,19 +284,40 @@ class MountTree(TreeReader):
         )
         if changed == node:
             return node
-        self._note(self.namespace.set_attributes(path, mode=changed.mode, mtime=changed.mtime))
+        self._change(SetAttributes(path, mode=changed.mode, mtime=changed.mtime))
         return self.resolve(path)
 
     def commit_file(self, path: str | None, stream: BinaryIO, mode: int, mtime: int) -> tuple[CID, int]:
         """Store ``stream`` as a file and link it at ``path`` (None: an
-        unlinked file, stored nowhere). Returns (CID, size)."""
+        unlinked file, stored nowhere). Returns (CID, size). The blocks
+        are the user's own, as those of an add (claimed if a peer had
+        placed the same content here); the link is pending until the next
+        :meth:`flush`, which makes them durable with it."""
         with self.store.blocks.open_session() as session:
-            added = files.add_stream(session, stream)
+            sink = _NewBlocks(OwnBlocks(session, self.store.held))
+            added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
             if path is not None:
                 name = split_path(path)[-1]
-                self.link(path, Node(path, name, "file", added.size, mode, mtime, added.cid))
+                self._change(Link(path, Node(path, name, "file", added.size, mode, mtime, added.cid).to_entry(name)))
+                self._stored.extend(sink.cids)
         return added.cid, added.size
 
     def statfs(self) -> FsStat:
         st = os.statvfs(self.store.path)
         return FsStat(st.f_frsize, st.f_blocks, st.f_bavail, st.f_files)
+
+
+class _NewBlocks:
+    """A block sink that remembers which of the blocks put through it were
+    new to the store: those a commit asks the node to place (the others
+    were placed when they first came)."""
+
+    def __init__(self, sink: OwnBlocks) -> None:
+        self._sink = sink
+        self.cids: list[CID] = []
+
+    def put(self, block: Block) -> bool:
+        new = self._sink.put(block)
+        if new:
+            self.cids.append(block.cid)
+        return new

@@ -72,7 +72,7 @@ def mounted(repo: Path, mnt: Path, *options: str) -> Iterator[Path]:
     finally:
         if is_mounted(mnt):
             try:
-                run_cas("umount", str(mnt), check=False, timeout=60)
+                run_cas("umount", str(mnt), repo=repo, check=False, timeout=60)
             except subprocess.TimeoutExpired:
                 pass  # a mount stuck under load: forced off below, never left behind
         if is_mounted(mnt):

@@ -148,16 +148,20 @@ def replication_stats(daemon: Daemon, timeout: float = 30) -> dict[str, Any]:
         return dict(client.call("replication_stats"))
 
 
-def has(daemon: Daemon, cid: CID) -> bool:
-    """Whether ``daemon``'s repository holds ``cid`` (never fetching it)."""
-    with ControlClient(socket_path(daemon.repo), timeout=30) as client:
+def has(daemon: Daemon | Path, cid: CID) -> bool:
+    """Whether ``daemon``'s repository (or the daemon owning the repository
+    at a path) holds ``cid`` (never fetching it)."""
+    repo = daemon if isinstance(daemon, Path) else daemon.repo
+    with ControlClient(socket_path(repo), timeout=30) as client:
         return bool(client.call("has", cid=cid))
 
 
-def dag_of(daemon: Daemon, root: CID) -> list[CID]:
-    """Every block under ``root``, read through ``daemon``."""
+def dag_of(daemon: Daemon | Path, root: CID) -> list[CID]:
+    """Every block under ``root``, read through ``daemon`` (or the daemon
+    owning the repository at a path)."""
+    repo = daemon if isinstance(daemon, Path) else daemon.repo
     out, stack = [], [root]
-    with ControlClient(socket_path(daemon.repo), timeout=60) as client:
+    with ControlClient(socket_path(repo), timeout=60) as client:
         while stack:
             cid = stack.pop()
             out.append(cid)

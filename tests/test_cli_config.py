@@ -101,11 +101,14 @@ def test_sighup_makes_a_running_daemon_take_its_new_limits(tmp_path: Path) -> No
         assert replication_stats(a)["quota"] == 3 << 30
         config(repo, "set", "quota", "5G")
         config(repo, "set", "idle-timeout", "77")
+        config(repo, "set", "scrub-rate", "1M")
+        config(repo, "set", "max-connections", "40")
         os.kill(a.pid, signal.SIGHUP)
         wait_until(lambda: replication_stats(a)["quota"] == 5 << 30, 30, "the new quota to apply")
         wait_until(lambda: "settings read again" in a.stderr(), 30, "the daemon to say what it did")
         said = [line for line in a.stderr().splitlines() if "settings read again" in line][-1]
-        assert said == "cas daemon: settings read again: applied quota; idle_timeout change at the next start"
+        assert said == ("cas daemon: settings read again: applied max_connections, quota, scrub_rate; "
+                        "idle_timeout change at the next start")
         # A setting gone bad is reported, and the daemon goes on as it was.
         settings = json.loads((repo / "config.json").read_text())
         (repo / "config.json").write_text(json.dumps({**settings, "quota": "lots"}))

@@ -67,6 +67,9 @@ EXAMPLES: dict[str, tuple[ops.Request[Any], Any]] = {
     "name_resolve": (ops.NameResolve(KEY), {"found": RECORD_DOC, "answers": 2, "asked": 3}),
     "name_status": (ops.NameStatus(), {"publishing": False, "interval_ms": None, "last": None,
                                        "last_error": None, "held_records": 0}),
+    "mount": (ops.Mount("/home/u/cas", read_only=True, cache_bytes=1 << 20, options=["noatime"]),
+              {"mountpoint": "/home/u/cas", "read_only": True}),
+    "unmount": (ops.Unmount("/home/u/cas"), True),
 }
 
 

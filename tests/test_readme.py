@@ -4,6 +4,7 @@ fails here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from cas.cid import parse_cid
+from tests import nodeproc
 from tests.conftest import pseudo_random
 from tests.fusemount import require_fuse, wait_for
-from tests.readme import CID_PATTERN, Result, Shell, block, lines_of
+from tests.readme import CID_PATTERN, Line, Result, Shell, block, lines_of
 
 
 @pytest.fixture
@@ -120,7 +123,10 @@ def test_three_nodes_sharing_files_and_a_published_namespace(shell: Shell) -> No
     (shell.work / "site").mkdir()
     (shell.work / "site" / "index.html").write_text("<h1>site</h1>\n")
     (shell.work / "news.txt").write_text("news\n")
+    notes = pseudo_random(1_500_000, "readme notes")
+    (shell.work / "notes.txt").write_bytes(notes)
     mount = shell.root / "tmp" / "a-site"
+    files = shell.root / "tmp" / "a-files"
     try:
         results = {}
         for line in lines_of(block("Three nodes sharing files") + "\n" + block("Three nodes sharing files", 1)):
@@ -140,9 +146,18 @@ def test_three_nodes_sharing_files_and_a_published_namespace(shell: Shell) -> No
                 key = re.search(r"key\s+([0-9a-f]{64})", result.text)
                 assert key is not None, result.text  # prints key <64 hex digits>, seq, root
                 shell.values["KEY"] = key.group(1)
+            if line.command.startswith("cas --repo /tmp/a umount"):
+                # its blocks go to the 3 nodes too, as an add's do
+                assert not os.path.ismount(files)
+                stat = json.loads(shell.run(Line("cas --repo /tmp/a --json stat /notes.txt", "")).text)
+                blocks = nodeproc.dag_of(shell.root / "tmp" / "a", parse_cid(stat["cid"]))
+                for node in "bc":
+                    wait_for(lambda node=node, blocks=blocks: all(nodeproc.has(shell.root / "tmp" / node, b) for b in blocks),
+                             timeout=60, what=f"the mount's blocks on node {node}")
     finally:
-        if os.path.ismount(mount):
-            subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True)
+        for path in (mount, files):
+            if os.path.ismount(path):
+                subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
     added = results["cas --repo /tmp/a add photo.jpg"]
     assert "photo.jpg: stored on 3 of 3 nodes" in added.stderr
     assert (shell.work / "copy.jpg").read_bytes() == photo

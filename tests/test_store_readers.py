@@ -37,6 +37,19 @@ def test_reading_commands_do_not_wait_for_a_writer_and_changes_still_do(repo: Pa
         assert changed.returncode == 1 and f"in use by process {holder.pid}" in changed.stderr.decode()
 
 
+def test_a_new_repository_reads_as_empty_beside_its_first_writer(repo: Path, tmp_path: Path) -> None:
+    run_cas("init", repo=repo)  # the first add (a pin, no namespace yet) still running:
+    with Holder(repo):
+        assert run_cas("--wait", "0", "ls", "/", repo=repo).stdout == b""
+        for argv in (["stat", "/"], ["log"], ["root"], ["repo", "stat"]):
+            assert run_cas("--wait", "0", *argv, repo=repo).returncode == 0, argv
+        missing = run_cas("--wait", "0", "cat", "/nothing", repo=repo, check=False)
+        assert missing.returncode == 1 and "/nothing" in missing.stderr.decode()
+    assert run_cas("ls", "/", repo=repo).stdout == b""  # and its owner after it
+    run_cas("mkdir", "/d", repo=repo)
+    assert run_cas("ls", "/", repo=repo).stdout == b"d/\n"
+
+
 def test_a_reader_sees_what_the_owner_commits_after_it_opened(repo: Path, tmp_path: Path) -> None:
     filled(repo, tmp_path)
     with LocalStore.open(repo, read_only=True) as reader:

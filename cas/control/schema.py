@@ -217,6 +217,7 @@ A_STATUS_WAIT = Arg(f"a number of seconds from 0 to {MAX_STATUS_WAIT}",
                     _check(lambda v: _whole(v) and 0 <= v <= MAX_STATUS_WAIT))
 A_PREFETCH_CIDS = Arg(f"a list of at most {MAX_PREFETCH} CIDs", _prefetch_cids, list)
 A_PUBLIC_KEY = Arg("a namespace key (32 bytes or 64 hex digits)", _public_key)
+A_TEXTS = Arg("a list of texts", _check(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)), list)
 
 
 def _repo_stat(v: Any) -> RepoStat:
@@ -313,7 +314,7 @@ def op(cls: type[Q]) -> type[Q]:
     """Make ``cls`` an op's request: a frozen record of the arguments its
     annotations declare, in order, with the defaults its body gives.
     Type checkers see a frozen dataclass; at run time the methods are
-    :class:`Request`'s own, shared, so declaring 33 ops costs a client's
+    :class:`Request`'s own, shared, so declaring 35 ops costs a client's
     start nothing (dataclasses generate and compile each class's methods:
     ~10 ms, and ~7 ms more to import, for every command through a daemon)."""
     names = tuple(cls.__dict__.get("__annotations__", {}))
@@ -739,6 +740,37 @@ class NetStats(Request[dict[str, Any]]):
                  "refused", "rate_limited", "evicted_handshakes", "evicted_connections", "frame_memory")
 
 
+# -- the mount ops ----------------------------------------------------------------------------
+
+
+@op
+class Mount(Request[dict[str, Any]]):
+    """Serve a mount of the node's namespace at ``mountpoint`` (an absolute
+    path), read-write unless ``read_only``, as ``cas mount`` makes one;
+    answers once it is mounted. One at a time per node."""
+
+    OP = "mount"
+    RESULT = doc("mountpoint", "read_only")
+    mountpoint: Annotated[str, A_TEXT]
+    read_only: Annotated[bool, A_BOOL, OMIT] = False
+    nonempty: Annotated[bool, A_BOOL, OMIT] = False
+    cache_bytes: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
+    allow_other: Annotated[bool, A_BOOL, OMIT] = False
+    options: Annotated[Sequence[str], A_TEXTS, OMIT] = ()
+    commit_interval_ms: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
+
+
+@op
+class Unmount(Request[bool]):
+    """End the mount at ``mountpoint`` that the node serves, as ``umount``
+    does (refused while it is busy); answers once what was written through
+    it is committed and it is gone. False if the node serves none there."""
+
+    OP = "unmount"
+    RESULT = Arg("true or false", _check(lambda v: type(v) is bool))
+    mountpoint: Annotated[str, A_TEXT]
+
+
 # -- the published-name ops ----------------------------------------------------------------
 
 
@@ -770,9 +802,10 @@ class NameStatus(Request[dict[str, Any]]):
 
 
 __all__ = [
-    "MAX_PINS_PAGE", "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
-    "Gc", "Get", "Has", "Id", "Iterate", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
-    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Prune", "Put", "PutMany",
-    "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unpin",
+    "MAX_PINS_PAGE", "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot",
+    "Delete", "DhtFind", "DhtRefresh", "Gc", "Get", "Has", "Id", "Iterate", "Mount", "NamePublish", "NameResolve",
+    "NameStatus", "NamespaceChange", "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch",
+    "Protect", "Prune", "Put", "PutMany", "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request",
+    "Roots", "Stat", "Unmount", "Unpin",
     "Verify", "WriteFile", "request_class",
 ]

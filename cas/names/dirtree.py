@@ -140,7 +140,17 @@ class _NodeCache:
 _cache = _NodeCache(budget=200_000)  # ~40 MB of decoded entries at most
 
 
+EMPTY_DIRECTORY: CID = encode_leaf([]).cid
+"""The empty directory's CID. Read without a store (:func:`_node`), so a
+namespace with no root yet reads as an empty directory in a repository
+that is only read, where nothing may be stored."""
+
+_EMPTY_LEAF = LeafNode(())
+
+
 def _node(store: BlockStore, cid: CID) -> LeafNode | IndexNode:
+    if cid == EMPTY_DIRECTORY:
+        return _EMPTY_LEAF
     return _cache.get(store, cid)
 
 

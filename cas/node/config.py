@@ -92,11 +92,15 @@ WRITE_REPORT_BYTES = 4 * 1024 * 1024
 copy runs on after the client has gone (a report is how the op sees it)."""
 
 
-RELOADABLE = frozenset({"quota", "peer_quota", "disk_reserve", "bootstrap"})
+RELOADABLE = frozenset({
+    "quota", "peer_quota", "disk_reserve", "bootstrap", "max_connections", "max_connections_per_address",
+    "refresh_interval", "retry_interval", "save_interval", "scrub_rate", "scrub_period",
+})
 """The settings a running node takes on SIGHUP (``Node.reload`` in daemon.py): the
-room it gives others' blocks, and the peers it joins through when it has
-none. The others (addresses, timeouts, shared network settings) are bound
-into parts built at start, and change at the next start."""
+room it gives others' blocks, the peers it joins through when it has none,
+how many connections it admits (new ones; those open stay), and the pace of
+its background work. The others (its address and key, the network's shared
+settings, the timeouts bound into connections) change at the next start."""
 
 
 @dataclass

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -100,6 +100,9 @@ from .ops import control_ops
 from .peer_store import PeerStore
 from .table import TABLE_PATH, load_table, save_table
 
+if TYPE_CHECKING:  # the mount's machinery loads only when a mount is asked for
+    from ..fuse.served import ServedMount
+
 T = TypeVar("T")
 
 
@@ -138,6 +141,8 @@ class Node:
         self._store_lock = trio.Lock()
         self._cancel = trio.CancelScope()
         self.internal_errors: list[str] = []
+        self.mount: ServedMount | None = None  # the mount it serves (cas.node.ops_mount)
+        self._scrub_pace: ScrubPace | None = None
 
     def stop(self) -> None:
         """Begin a clean shutdown (safe to call from any task)."""
@@ -152,6 +157,7 @@ class Node:
         later = [name for name in changed if name not in RELOADABLE]
         for name in now:
             setattr(self.config, name, getattr(new, name))
+        self._apply_reloaded()
         store = self.store
         if store is not None:
             def limits() -> None:
@@ -160,8 +166,21 @@ class Node:
                 store.held.reserve = self.config.disk_reserve
 
             await self.in_store_thread(limits)
-        self._log("settings read again: " + (f"applied {', '.join(now)}" if now else "nothing changed that applies now")
+        self.log("settings read again: " + (f"applied {', '.join(now)}" if now else "nothing changed that applies now")
                   + (f"; {', '.join(later)} change at the next start" if later else ""))
+
+    def _apply_reloaded(self) -> None:
+        """Hand the reloadable settings now in ``config`` to the parts that
+        keep their own copy (those read at each use need nothing)."""
+        config = self.config
+        if self.dht is not None:
+            self.dht.refresh_interval = config.refresh_interval
+            self.dht.admission.max_connections = config.max_connections
+            self.dht.admission.max_connections_per_address = config.max_connections_per_address
+        if self.replicator is not None:
+            self.replicator.retry_interval = config.retry_interval
+        if self._scrub_pace is not None:
+            self._scrub_pace.rate, self._scrub_pace.period = config.scrub_rate, config.scrub_period
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         repo = Path(self.config.repo).expanduser().absolute()  # noqa: ASYNC240 (no disk access: a getcwd at most)
@@ -200,14 +219,14 @@ class Node:
         while not await self.in_store_thread(store.keep_out_readers):
             if trio.current_time() >= notice:
                 notice = math.inf
-                self._log("waiting for the commands reading the repository to finish")
+                self.log("waiting for the commands reading the repository to finish")
             await trio.sleep(READERS_POLL)
 
     def _identity(self, repo: Path, difficulty: int) -> Identity:
         """The node's key, made anew if it shows less work than the network asks."""
         identity, replaced = Identity.for_node(repo / KEY_PATH, difficulty)
         if replaced:
-            self._log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
+            self.log(f"this node's key did not show the work its network asks for ({difficulty} bits); "
                       f"made a new one (the old is {KEY_PATH}.old): its node ID changes")
         return identity
 
@@ -229,7 +248,7 @@ class Node:
             listen_port=port, listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
-            network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
+            network_key=network_key, on_refused=self.log, id_difficulty=difficulty,
             admission=Admission(max_connections=self.config.max_connections,
                                 max_connections_per_address=self.config.max_connections_per_address,
                                 handshake_rate_per_address=self.config.handshake_rate_per_address),
@@ -272,7 +291,7 @@ class Node:
                         except BootstrapError as exc:
                             # Not fatal: nodes may start in any order. The
                             # node serves its own repository meanwhile.
-                            self._log(f"{exc}; running alone and retrying")
+                            self.log(f"{exc}; running alone and retrying")
                         nursery.start_soon(self._keep_joined)
                     elif len(dht.table):
                         nursery.start_soon(self._rejoin)
@@ -283,7 +302,7 @@ class Node:
                     nursery.start_soon(self._scrub_loop)
                     nursery.start_soon(self._thin_loop)
                     # Once, as it starts serving (a start that fails says only why).
-                    self._log(describe_network(network_key))
+                    self.log(describe_network(network_key))
                     task_status.started(self.address)
         finally:
             for listener in listeners:
@@ -319,9 +338,9 @@ class Node:
                 reached = await dht.bootstrap(self.config.bootstrap)
             except BootstrapError as exc:
                 delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
-                self._log(f"{exc}; retrying in {delay:g} s")
+                self.log(f"{exc}; retrying in {delay:g} s")
                 continue
-            self._log("joined the network through " + ", ".join(f"{c.host}:{c.port}" for c in reached))
+            self.log("joined the network through " + ", ".join(f"{c.host}:{c.port}" for c in reached))
 
     async def _save_loop(self) -> None:
         while True:
@@ -335,14 +354,15 @@ class Node:
                 save_table(Path(self.config.repo).expanduser().absolute() / TABLE_PATH,
                            self.dht.table, trio.current_time())
             except OSError as exc:
-                self._log(f"cannot save the routing table: {exc}")
+                self.log(f"cannot save the routing table: {exc}")
 
-    def _log(self, text: str) -> None:
+    def log(self, text: str) -> None:
+        """One line in the node's log (its standard error: the journal under systemd)."""
         print(f"cas daemon: {text}", file=sys.stderr, flush=True)
 
     def _log_internal(self, op: str, exc: BaseException) -> None:
         self.internal_errors.append(f"{op}: {type(exc).__name__}: {exc}")
-        self._log(f"internal error in {op}: {type(exc).__name__}: {exc}")
+        self.log(f"internal error in {op}: {type(exc).__name__}: {exc}")
 
     def dag_blocks(self, root: CID, limit: int = 1 << 20) -> list[CID]:
         """The blocks of the DAG under ``root`` that this repository has (in
@@ -399,7 +419,7 @@ class Node:
         self._verified.pop(damage.cid, None)
         if await self.in_store_thread(take_out):
             self.integrity.quarantined += 1
-            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
+            self.log(f"block {damage.cid} failed verification in {damage.place}; quarantined, "
                       "a good copy is fetched from the network")
 
     async def heal(self, cid: CID) -> bytes:
@@ -422,7 +442,7 @@ class Node:
             data = block.data
             if await self.in_store_thread(self.store.quarantine.restore, block):
                 self.integrity.restored += 1
-                self._log(f"block {cid} restored from the network")
+                self.log(f"block {cid} restored from the network")
             self.mark_verified(cid)
             return data
         finally:
@@ -446,7 +466,7 @@ class Node:
         try:
             await self.heal(cid)
         except CasError as exc:  # a background job's edge: said, and tried again at the next scrub
-            self._log(f"block {cid} stays quarantined: {exc}")
+            self.log(f"block {cid} stays quarantined: {exc}")
 
     async def verify(self, *, repair: bool = False) -> VerifyReport:
         """``cas repo verify``; with ``repair``, damaged blocks are
@@ -460,7 +480,7 @@ class Node:
         if not repair:
             return report
         for damage in report.corrupt:
-            self._log(f"block {damage.cid} failed verification in {damage.place}; quarantined")
+            self.log(f"block {damage.cid} failed verification in {damage.place}; quarantined")
         self.integrity.quarantined += len(report.corrupt)
         repaired = 0
         tried: set[CID] = set()
@@ -476,7 +496,7 @@ class Node:
                     await self._fetch_back(cid)
                     repaired += 1
                 except CasError as exc:  # one block's failure; the report lists what is still wrong
-                    self._log(f"verify --repair: {exc}")
+                    self.log(f"verify --repair: {exc}")
             report = await self.in_store_thread(store.verify)
         report.repaired = repaired
         return report
@@ -496,14 +516,14 @@ class Node:
             store.blocks.barrier()
 
         await self.in_store_thread(keep)
-        self._log(f"block {cid} was missing; fetched from the network")
+        self.log(f"block {cid} was missing; fetched from the network")
 
     async def _scrub_loop(self) -> None:
         """Re-verify every stored block, at the configured rate, once per
         period (cas/scrub.py); what fails is quarantined and healed."""
         assert self.store is not None
         store = self.store
-        pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
+        pace = self._scrub_pace = ScrubPace(self.config.scrub_rate, self.config.scrub_period)
         # Not in the first minute: a node starting (a mount, a daemon after a
         # reboot) has its own reading to do first.
         await trio.sleep(min(SCRUB_FIRST_DELAY, self.config.scrub_period))
@@ -531,7 +551,7 @@ class Node:
             self.integrity.scrub_passes += 1
             rest, overran = pace.end_pass(trio.current_time())
             if overran:
-                self._log(f"scrub: a pass took longer than the period ({self.config.scrub_period:g} s); "
+                self.log(f"scrub: a pass took longer than the period ({self.config.scrub_period:g} s); "
                           "raise --scrub-rate or --scrub-period")
             await trio.sleep(rest)
 
@@ -570,10 +590,10 @@ class Node:
             try:
                 report = await self.thin()
             except CasError as exc:  # a background job's edge: said, and tried again next round
-                self._log(f"history not thinned: {exc}")
+                self.log(f"history not thinned: {exc}")
                 continue
             if report.dropped:
-                self._log(f"history: dropped {report.dropped} of {report.versions} versions "
+                self.log(f"history: dropped {report.dropped} of {report.versions} versions "
                           f"(history.keep = {report.policy})")
 
     def apply_changes(self, changes: list[Change]) -> list[object]:
@@ -581,6 +601,8 @@ class Node:
         version, all made durable by one barrier at the end (store thread).
         For each, the root it committed or the exception that refused it."""
         assert self.store is not None and self.namespace is not None
+        if self.mount is not None:
+            self.mount.flush_pending()  # what the mount changed first: it came first
         outcomes: list[object] = []
         with self.store.grouped_roots():
             for change in changes:
@@ -642,7 +664,7 @@ def run_daemon(config: NodeConfig, on_ready: Callable[[NodeAddress], None],
                         try:
                             new = await trio.to_thread.run_sync(reload)
                         except CasError as exc:  # a setting gone bad: keep running as before
-                            node._log(f"settings not read again: {exc}")
+                            node.log(f"settings not read again: {exc}")
                             continue
                         await node.reload(new)
 

@@ -41,28 +41,14 @@ from ..errors import (
 )
 from ..files import FileAdd
 from ..files import write_file as write_file_to  # the op below has the name
-from ..store import GcReport, RepoStat, RootRow, VerifyReport
-from . import ops_names, ops_node
+from ..store import GcReport, OwnBlocks, RepoStat, RootRow, VerifyReport
+from . import ops_mount, ops_names, ops_node
 from .config import ADD_STEP_BYTES, WRITE_REPORT_BYTES
 from .ops_context import OpContext
 from .ops_node import parse_target
 
 if TYPE_CHECKING:
     from .daemon import Node
-
-
-class _OwnBlocks:
-    """A write session whose blocks are the node's own (a local client's),
-    even those a peer sent first: what ``add_file`` stores through."""
-
-    def __init__(self, writer: Any, held: Any) -> None:
-        self._writer = writer
-        self._held = held
-
-    def put(self, block: Block) -> bool:
-        new = bool(self._writer.put(block))
-        self._held.claim(block.cid)
-        return new
 
 
 class _FileFrom:
@@ -173,7 +159,7 @@ async def put_blocks(blocks: list[Block], ctx: OpContext) -> list[bool]:
     held = ctx.store.held
 
     def put_own() -> list[bool]:
-        own = _OwnBlocks(writer, held)
+        own = OwnBlocks(writer, held)
         return [own.put(block) for block in blocks]
 
     new = await ctx.in_store_thread(put_own)  # one trip to the store thread for the batch
@@ -229,7 +215,7 @@ async def add_file(request: ops.AddFile, ctx: OpContext) -> AsyncIterator[list[A
         offset = request.offset  # checked by the schema
         if not stat_module.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidInputError("add_file reads regular files only")
-        own = _OwnBlocks(await session(ctx), ctx.store.held)
+        own = OwnBlocks(await session(ctx), ctx.store.held)
         add = FileAdd(own, chunk_stream(_FileFrom(fd, offset)))
         while add.result is None:
             blocks, read = await ctx.in_store_thread(add.step, ADD_STEP_BYTES)
@@ -355,15 +341,26 @@ async def prune(request: ops.Prune, ctx: OpContext) -> dict[str, Any]:
 async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
     """One page of the roots (the client asks for the next past the last
     it got): no answer grows with the history."""
-    store = ctx.store
+    store, mount = ctx.store, ctx.node.mount
     limit = ops.MAX_ROOTS_PAGE if request.limit is None else min(request.limit, ops.MAX_ROOTS_PAGE)
-    rows: list[RootRow] = await ctx.in_store_thread(
-        lambda: store.roots(newest_first=request.newest_first, limit=limit, after=request.after))
-    return rows
+
+    def read() -> list[RootRow]:
+        if mount is not None:
+            mount.flush_pending()  # a command run after a change in the mount sees it
+        return store.roots(newest_first=request.newest_first, limit=limit, after=request.after)
+
+    return await ctx.in_store_thread(read)
 
 
 async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
-    await ctx.in_store_thread(ctx.store.commit_root, request.seq, request.root, request.time_ns, request.record)
+    mount, store = ctx.node.mount, ctx.store
+
+    def commit() -> None:
+        if mount is not None:
+            mount.flush_pending()  # what the mount changed first: it came first
+        store.commit_root(request.seq, request.root, request.time_ns, request.record)
+
+    await ctx.in_store_thread(commit)
     if ctx.node.publisher is not None:
         ctx.node.publisher.root_changed()  # published namespaces go out now, not at the next interval
 
@@ -383,6 +380,7 @@ HANDLERS: dict[type[ops.Request[Any]], Callable[[Any, OpContext], Any]] = {
     ops.DhtRefresh: ops_node.dht_refresh, ops.ReplicationStatus: ops_node.replication_status,
     ops.ReplicationRepair: ops_node.replication_repair, ops.ReplicationStats: ops_node.replication_stats,
     ops.NetStats: ops_node.net_stats,
+    ops.Mount: ops_mount.mount, ops.Unmount: ops_mount.unmount,
 }
 """Every op's handler, by its request class: the one place an op is added
 (declare it in cas.control.schema, write its handler, list it here)."""

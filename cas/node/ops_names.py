@@ -40,10 +40,15 @@ async def namespace_change(request: ops.NamespaceChange, ctx: OpContext) -> Root
 async def namespace_resolve(request: ops.NamespaceResolve, ctx: OpContext) -> Node:
     """What a path names, in one round trip (the client would read one
     directory node per level over the socket)."""
-    namespace = ctx.node.namespace
+    namespace, mount = ctx.node.namespace, ctx.node.mount
     assert namespace is not None
-    found: Node = await ctx.in_store_thread(namespace.resolve, request.path, request.at)
-    return found
+
+    def resolve() -> Node:
+        if mount is not None:
+            mount.flush_pending()  # a command run after a change in the mount sees it
+        return namespace.resolve(request.path, request.at)
+
+    return await ctx.in_store_thread(resolve)
 
 
 # -- published names ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageQuotaError
 from ._blockstore import SMALL_BLOCK_LIMIT, RepositoryBlockStore, WriteSession
-from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, Placed
+from ._held import DEFAULT_LEASE, DEFAULT_QUOTA, HeldBlocks, OwnBlocks, Placed
 from ._local import LocalStore, RepoStat, RootRow
 from ._lock import NOTICE_AFTER as LOCK_NOTICE_AFTER
 from ._lock import locked_error
@@ -51,6 +51,7 @@ __all__ = [
     "PackStore",
     "SMALL_BLOCK_LIMIT",
     "HeldBlocks",
+    "OwnBlocks",
     "StorageQuotaError",
     "GcReport",
     "LocalStore",

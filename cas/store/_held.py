@@ -50,7 +50,7 @@ from typing import NamedTuple
 from ..blocks import Block
 from ..cid import CID
 from ..errors import StorageQuotaError
-from ._blockstore import RepositoryBlockStore
+from ._blockstore import RepositoryBlockStore, WriteSession
 from ._database import Database
 
 DEFAULT_QUOTA = 10 * 1024**3
@@ -325,6 +325,22 @@ class HeldBlocks:
 _SQL_BATCH = 500
 """Values in one ``IN (...)`` list (SQLite allows 32766 since 3.32; fewer
 keep each statement's parse small)."""
+
+
+class OwnBlocks:
+    """A block sink whose blocks are the user's own (a local client's):
+    each goes through ``writer`` (a write session) and is claimed, so one
+    a peer sent first becomes own. What ``add_file`` and the mount store
+    files through (store thread)."""
+
+    def __init__(self, writer: WriteSession, held: HeldBlocks) -> None:
+        self._writer = writer
+        self._held = held
+
+    def put(self, block: Block) -> bool:
+        new = bool(self._writer.put(block))
+        self._held.claim(block.cid)
+        return new
 
 
 def _batches(values: list[bytes]) -> Iterable[list[bytes]]:

@@ -203,9 +203,7 @@ class LocalStore:
     @classmethod
     def _open_reader(cls, path: Path, wait: float) -> LocalStore | None:
         """The repository opened beside its owner, or None if it must be
-        opened as by its owner: its schema is older (an upgrade writes), or
-        its namespace has no root yet (the first read stores the empty
-        directory)."""
+        opened as by its owner: its schema is older (an upgrade writes)."""
         cls.check_config(path)
         readers_fd = _lock.acquire_shared(path, wait=wait)
         try:
@@ -215,7 +213,7 @@ class LocalStore:
         except BaseException:
             os.close(readers_fd)
             raise
-        if store.db.current and store.roots(limit=1):
+        if store.db.current:
             return store
         store.close()
         return None

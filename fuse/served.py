@@ -1,0 +1,161 @@
+"""A read-write mount of a node's own namespace, served inside the node's
+process: the daemon's (``cas mount`` asks a running daemon, over its
+control socket, to serve it) or the mount process's own node (no daemon).
+
+Owns the pyfuse3 session of this process and its life: mount, serve, and at
+the end, whichever way it comes (``cas umount``, fusermount3 -u, SIGTERM, the
+node stopping), commit what is staged and unmount. pyfuse3 keeps one session
+per process, so a node serves one such mount at a time. Owns also what the
+node does after each change made through the mount: the blocks a write
+stored are queued for placement on the network, as an add's are, and the
+publisher is told the root changed (a published namespace goes out again
+now).
+
+Must never: let the mount's failure take the node down (once mounted, an
+error is logged and ends the mount), or end without unmounting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..cid import CID
+from ..errors import MountError
+from . import require_pyfuse3
+from .mountd import MountConfig, fuse_options, tune_read_ahead
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from .operations import CasOperations
+    from .tree import MountTree
+
+log = logging.getLogger("cas.fuse")
+
+
+class ServedMount:
+    """The mount of ``node``'s namespace that ``config`` describes. Run
+    :meth:`run` in a nursery (``await nursery.start(mount.run)`` returns
+    once it is mounted); :meth:`unmount` or :meth:`terminate` end it."""
+
+    def __init__(self, node: Node, config: MountConfig) -> None:
+        self.node = node
+        self.config = config
+        self.ended = trio.Event()
+        self._mounted = False
+        self._tree: MountTree | None = None
+        self._changes_in, self._changes = trio.open_memory_channel[list[CID]](math.inf)
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.config.mountpoint
+
+    @property
+    def read_only(self) -> bool:
+        return self.config.read_only
+
+    def describe(self) -> dict[str, Any]:
+        return {"mountpoint": str(self.mountpoint), "read_only": self.read_only}
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Mount, report started, serve until unmounted or cancelled, then
+        commit every staged file and unmount. Raises :class:`MountError`
+        (nothing mounted) if the mount cannot be made."""
+        try:
+            await self._run(task_status)
+        finally:
+            self.ended.set()
+
+    async def _run(self, task_status: Any) -> None:
+        pyfuse3 = require_pyfuse3()
+        from .operations import CasOperations
+        from .tree import MountTree
+
+        store = self.node.store
+        assert store is not None, "the node runs"
+        async with trio.open_nursery() as nursery:
+            tree = self._tree = MountTree(store, on_commit=self._committed)
+            ops = CasOperations(
+                run=self.node.in_store_thread, tree=tree,
+                staging_dir=store.path / "tmp", nursery=nursery, read_only=self.config.read_only,
+                cache_bytes=self.config.cache_bytes,
+            )
+            options = fuse_options(self.config, ops.read_only)
+            try:
+                pyfuse3.init(ops, str(self.mountpoint), options)
+            except RuntimeError as exc:
+                raise MountError(f"cannot mount at {self.mountpoint}: {exc}") from None
+            self._mounted = True
+            try:
+                nursery.start_soon(tune_read_ahead, self.mountpoint)
+                nursery.start_soon(self._follow_changes)
+                nursery.start_soon(self._commit_every_interval, ops)
+                task_status.started()
+                try:
+                    await pyfuse3.main()
+                except Exception:  # the mount's edge: it ends, the node goes on
+                    log.exception("the mount at %s failed", self.mountpoint)
+            finally:
+                # Shielded: a node stopping (SIGTERM) still commits what was
+                # written through the mount before it unmounts.
+                with trio.CancelScope(shield=True):
+                    await ops.commit_all()
+                pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
+                self._mounted = False
+                self._tree = None
+                nursery.cancel_scope.cancel()
+
+    def terminate(self) -> None:
+        """End the mount now (SIGTERM): staged files are committed, then it
+        is unmounted even if files in it are open (lazily, as umount -l)."""
+        if self._mounted:
+            require_pyfuse3().terminate()
+
+    async def unmount(self) -> None:
+        """End the mount as ``umount`` does: refused (MountError, nothing
+        changed) while a file in it is open or a process works in it;
+        returns once staged files are committed and the mount is gone."""
+        from .mountd import unmount_command
+
+        if self._mounted:
+            result = await trio.run_process(unmount_command(self.mountpoint), capture_stdout=True,
+                                            capture_stderr=True, check=False)
+            if result.returncode != 0 and not self.ended.is_set():
+                lines = result.stderr.decode(errors="replace").strip().splitlines()
+                raise MountError(f"cannot unmount {self.mountpoint}: {lines[-1] if lines else 'unmount failed'}")
+        await self.ended.wait()
+
+    # -- committing ---------------------------------------------------------------
+
+    async def _commit_every_interval(self, ops: CasOperations) -> None:
+        """Commit what the mount changed, one version per interval at most."""
+        while True:
+            await trio.sleep(self.config.commit_interval)
+            await ops.flush_changes()
+
+    def flush_pending(self) -> None:
+        """Commit the mount's pending changes now (store thread): before
+        another writer's change, so of two changes to one path the later
+        wins, as everywhere (docs/architecture.md, "Concurrent changes")."""
+        if self._tree is not None:
+            self._tree.flush()
+
+    def _committed(self, stored: list[CID]) -> None:
+        """The mount's changes were committed (store thread)."""
+        trio.from_thread.run_sync(self._changes_in.send_nowait, stored)
+
+    async def _follow_changes(self) -> None:
+        """Tell the publisher of each commit, and queue the blocks each
+        stored for placement (an add's blocks are placed the same way).
+        Blocks still queued here when the mount ends are placed by the
+        repair round, which looks at every block the node holds."""
+        async for stored in self._changes:
+            if self.node.publisher is not None:
+                self.node.publisher.root_changed()
+            if self.node.replicator is not None:
+                for cid in stored:
+                    await self.node.replicator.place(cid)

@@ -1,0 +1,160 @@
+"""The mount's write-back: changes applied at once, committed as one
+namespace version per interval and on fsync; what a crash may lose.
+
+Real mounts (tests/fusemount.py) driven with plain system calls; crashes
+are kill -9 of the process serving the mount, at moments the test does not
+choose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pseudo_random, run_cas
+from tests.fusemount import mounted, pids_of, require_fuse, wait_for
+
+pytestmark = pytest.mark.fuse
+
+
+def versions(repo: Path) -> int:
+    return len(json.loads(run_cas("--json", "log", repo=repo).stdout))
+
+
+def test_many_changes_make_few_versions_and_reads_see_them_at_once(tmp_path: Path, repo: Path) -> None:
+    with mounted(repo, tmp_path / "mnt", "--commit-interval", "30") as mnt:
+        for d in range(5):
+            (mnt / f"d{d}").mkdir()
+            for i in range(40):
+                (mnt / f"d{d}" / f"f{i}").write_bytes(f"{d}/{i}".encode())
+                os.utime(mnt / f"d{d}" / f"f{i}", ns=(0, 1_000_000_000 * i))
+        os.rename(mnt / "d0" / "f0", mnt / "d1" / "moved")
+        os.unlink(mnt / "d0" / "f1")
+        assert (mnt / "d1" / "moved").read_bytes() == b"0/0"
+        assert sorted(os.listdir(mnt / "d0")) == sorted(f"f{i}" for i in range(2, 40))
+        assert os.stat(mnt / "d4" / "f7").st_mtime_ns == 7_000_000_000
+        # A command run after the changes sees them (its read commits them first)...
+        assert run_cas("cat", "/d1/moved", repo=repo).stdout == b"0/0"
+        # ... as one version, not one per create, write, close and utime (~600 here).
+        assert versions(repo) == 1
+    assert run_cas("ls", "/d0", repo=repo).stdout.split()[:2] == [b"f10", b"f11"]
+
+
+def test_the_commit_interval_commits_without_a_reader(tmp_path: Path, repo: Path) -> None:
+    with mounted(repo, tmp_path / "mnt", "--commit-interval", "0.2") as mnt:
+        (mnt / "a").write_bytes(b"a")
+        store = repo / "meta.sqlite"
+
+        def committed() -> bool:  # read the repository's roots without asking the mount (which would commit)
+            import sqlite3
+
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+                return bool(db.execute("SELECT count(*) FROM roots").fetchone()[0])
+
+        wait_for(committed, timeout=10, what="the interval's commit")
+
+
+def test_fsync_makes_a_file_and_every_change_before_it_durable(tmp_path: Path, repo: Path) -> None:
+    require_fuse()
+    m = tmp_path / "mnt"
+    with mounted(repo, m, "--commit-interval", "3600"):
+        (m / "before").mkdir()
+        (m / "before" / "x").write_bytes(b"closed before the fsync")
+        fd = os.open(m / "synced", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, b"fsynced")
+        os.fsync(fd)
+        (m / "after").write_bytes(b"closed after the fsync, never synced")
+        for pid in pids_of(m):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the mount died under it
+        run_cas("umount", str(m), repo=repo)
+    assert run_cas("cat", "/synced", repo=repo).stdout == b"fsynced"
+    assert run_cas("cat", "/before/x", repo=repo).stdout == b"closed before the fsync"
+    assert run_cas("ls", "/", repo=repo).stdout.split() == [b"before/", b"synced"]  # the rest was lost whole
+    run_cas("repo", "verify", repo=repo)
+
+
+def test_fsync_of_a_directory_commits_its_changes(tmp_path: Path, repo: Path) -> None:
+    require_fuse()
+    m = tmp_path / "mnt"
+    with mounted(repo, m, "--commit-interval", "3600"):
+        (m / "d").mkdir()
+        (m / "d" / "f").write_bytes(b"f")
+        fd = os.open(m / "d", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for pid in pids_of(m):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        run_cas("umount", str(m), repo=repo)
+    assert run_cas("cat", "/d/f", repo=repo).stdout == b"f"
+
+
+def test_the_cli_and_the_mount_change_one_namespace_and_the_later_change_wins(tmp_path: Path, repo: Path) -> None:
+    with mounted(repo, tmp_path / "mnt", "--commit-interval", "3600") as mnt:
+        (mnt / "shared").write_bytes(b"from the mount, first")
+        (mnt / "mine").write_bytes(b"the mount's")
+        run_cas("add", "-", "--to", "/shared", repo=repo, input=b"from the cli, later")
+        run_cas("add", "-", "--to", "/theirs", repo=repo, input=b"the cli's")
+        wait_for(lambda: (mnt / "shared").read_bytes() == b"from the cli, later", timeout=10,
+                 what="the CLI's change in the mount")
+        assert (mnt / "theirs").read_bytes() == b"the cli's"
+        assert (mnt / "mine").read_bytes() == b"the mount's"
+    assert run_cas("cat", "/shared", repo=repo).stdout == b"from the cli, later"
+    assert run_cas("cat", "/mine", repo=repo).stdout == b"the mount's"
+
+
+def _tarball(tmp_path: Path, files: int) -> tuple[Path, dict[str, bytes]]:
+    """A tar of ``files`` small files in a few directories, and their contents."""
+    rng = random.Random(7)
+    contents = {f"t/d{i % 7}/f{i}": pseudo_random(rng.randrange(0, 20_000), f"tar {i}") for i in range(files)}
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+    return path, contents
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_kill_9_during_an_untar_leaves_a_consistent_earlier_tree(tmp_path: Path, repo: Path, seed: int) -> None:
+    require_fuse()
+    tar, contents = _tarball(tmp_path, 600)
+    m = tmp_path / "mnt"
+    with mounted(repo, m, "--commit-interval", "0.05"):
+        (m / "synced").write_bytes(b"before the untar")
+        with open(m / "synced", "rb+") as f:
+            os.fsync(f.fileno())
+        killer = threading.Timer(random.Random(seed).uniform(0.2, 1.5),
+                                 lambda: [os.kill(pid, signal.SIGKILL) for pid in pids_of(m)])
+        killer.start()
+        import subprocess
+
+        subprocess.run(["tar", "xf", str(tar), "-C", str(m)], capture_output=True, timeout=120)
+        killer.join()
+        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        run_cas("umount", str(m), repo=repo)
+    run_cas("repo", "verify", repo=repo)
+    assert run_cas("cat", "/synced", repo=repo).stdout == b"before the untar"
+    with mounted(repo, m):
+        found = {str(p.relative_to(m)): p for p in m.rglob("*") if p.is_file() and p.name != "synced"}
+        for name, path in found.items():
+            # Every file there has its whole content, or is empty (created, its content not yet in).
+            assert path.read_bytes() in (contents[name], b""), name
