@@ -28,6 +28,8 @@ def add_versions(repo: Path, times_ns: Sequence[int], roots: Iterable[CID] | Non
     with LocalStore.open(repo) as store:
         key = store.namespace_key()
         current = Namespace(store).current()
+        if current.seq == 0:  # a new namespace: its empty root directory is not stored yet
+            dirtree.empty_directory(store.blocks)
         root_list = iter(roots) if roots is not None else None
         seq = current.seq
         made: list[int] = []
