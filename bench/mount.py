@@ -1,8 +1,14 @@
 """Benchmark the FUSE mount against its baselines, in one run.
 
-    python bench/mount.py [--size-mib 1024] [--files 10000] [--dir DIR]
+    python bench/mount.py [--only stream|work] [--size-mib 1024] [--files 10000] [--dir DIR]
 
-Prints, each with its ratio:
+**work** (bench/mount_workloads.py): untar, git, rsync, sqlite3, fsx, 4 KiB
+random writes and ``ls -lR`` on plain disk, through bindfs (a C passthrough
+FUSE file system; installed with apt if missing, or said so) and through
+the cas mount, each with its ratio to bindfs; and the mount process's peak
+RSS.
+
+**stream** prints, each with its ratio:
 
 * sequential read of one file through the mount vs ``cas cat`` of the same
   file vs the same read through a minimal in-memory pyfuse3 file system (the
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,12 +148,89 @@ def ceiling_read(work: Path, size: int) -> float:
 # -- the run ------------------------------------------------------------------------------
 
 
+def find_tool(name: str) -> str | None:
+    """The path of Debian's ``name``, installed if missing and we may (root)."""
+    found = shutil.which(name)
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    print(f"{name} is not installed: installing it (apt-get install {name})", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", name], capture_output=True)
+    return shutil.which(name)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def workloads(work: Path) -> None:
+    import mount_workloads
+
+    scratch = work / "scratch"
+    scratch.mkdir()
+    figures: dict[str, dict[str, float]] = {}
+    plain = work / "plain"
+    plain.mkdir()
+    print("plain disk:", flush=True)
+    figures["plain"] = mount_workloads.run_all(plain, scratch, lambda s: print("  " + s, flush=True))
+    find_tool("fio")  # the random-write workload's, if it can be had (else its own loop)
+    bindfs = find_tool("bindfs")
+    if bindfs is None:
+        print("bindfs is not installed and cannot be installed here: no bindfs column", flush=True)
+    else:
+        back, mnt = work / "bindfs-back", work / "bindfs-mnt"
+        back.mkdir()
+        mnt.mkdir()
+        subprocess.run([bindfs, str(back), str(mnt)], check=True)
+        try:
+            print("bindfs:", flush=True)
+            figures["bindfs"] = mount_workloads.run_all(mnt, scratch, lambda s: print("  " + s, flush=True))
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    repo, mnt = work / "cas-repo", work / "cas-mnt"
+    mnt.mkdir()
+    subprocess.run([CAS, "--repo", str(repo), "mount", str(mnt)], check=True, capture_output=True)
+    try:
+        from cas.fuse.mountd import mount_processes
+
+        pid = mount_processes(mnt)[0]
+        print("cas mount:", flush=True)
+        figures["cas"] = mount_workloads.run_all(mnt, scratch, lambda s: print("  " + s, flush=True))
+        rss = peak_rss_mib(pid)
+        versions = len(subprocess.run([CAS, "--repo", str(repo), "log"], capture_output=True,
+                                      text=True).stdout.splitlines())
+    finally:
+        unmount(mnt)
+    base = "bindfs" if "bindfs" in figures else "plain"
+    rows = [("untar 2,272 files", "untar_s", "s", "≥ 0.5x speed"), ("git: init, add 714, 4 commits", "git_s", "s",
+            "≤ 2x time"), ("rsync -a of the tree", "rsync_s", "s", "≤ 2x time"),
+            ("sqlite3 5,455 rows (DELETE)", "sqlite_s", "s", ""), ("fsx 10,000 operations", "fsx_ops", "ops/s",
+            "≥ 0.3x"), ("4 KiB random writes, verified", "random_iops", "IOPS", "≥ 0.25x"),
+            ("ls -lR warm", "ls_lr_s", "s", "≤ 2x time")]
+    print(f"\n{'work':32} {'plain':>10} {'bindfs':>10} {'cas':>10}   cas vs {base} (target)")
+    for label, key, unit, target in rows:
+        cells = [f"{figures[t][key]:10.3f}" if t in figures else f"{'-':>10}" for t in ("plain", "bindfs", "cas")]
+        ratio = (figures[base][key] / figures["cas"][key]) if unit != "ops/s" and unit != "IOPS" \
+            else figures["cas"][key] / figures[base][key]
+        print(f"{label:32} {' '.join(cells)} {unit:5}  {ratio:.2f}x speed {target}")
+    print(f"cas mount process peak RSS {rss:.0f} MiB (block cache 256 MiB + 100 MiB allowed); "
+          f"{versions} namespace versions made")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=("stream", "work"), default=None, help="run one half (default: both)")
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--files", type=int, default=10_000)
     p.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     args = p.parse_args()
+    if args.only != "stream":
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="cas-bench-work-") as tmp:
+            workloads(Path(tmp))
+    if args.only == "work":
+        return 0
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="cas-bench-mount-") as tmp:
         work = Path(tmp)

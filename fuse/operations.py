@@ -45,6 +45,7 @@ from .handles import (
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
 from .tree import MountTree, TreeReader
+from .view import MountView, ReadView
 
 log = logging.getLogger("cas.fuse")
 
@@ -113,6 +114,8 @@ class CasOperations(pyfuse3.Operations):
         super().__init__()
         self._run = run  # node.in_store_thread
         self.tree: TreeReader = tree
+        self.view: ReadView = (MountView(tree, run) if isinstance(tree, MountTree) and not read_only
+                               else ReadView(tree, run))
         self.inodes = InodeTable()
         self.cache = BlockCache(cache_bytes) if cache_bytes else BlockCache()
         self.fetcher = BlockFetcher(self.cache, tree.blocks, run, parallel_get=parallel_get)
@@ -132,11 +135,11 @@ class CasOperations(pyfuse3.Operations):
         return await self._run(fn, *args)
 
     @property
-    def _changing(self) -> MountTree:
-        """The tree, for an operation that changes it: a read-only mount
+    def _changing(self) -> MountView:
+        """The view, for an operation that changes it: a read-only mount
         (another node's published tree among them) refuses those before."""
-        assert isinstance(self.tree, MountTree), "a read-only mount never changes its tree"
-        return self.tree
+        assert isinstance(self.view, MountView), "a read-only mount never changes its tree"
+        return self.view
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -208,7 +211,7 @@ class CasOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return inode.last
         try:
-            node = await self._store(self.tree.resolve, path)
+            node = await self.view.resolve(path)
         except NamespaceError:
             if inode.last is not None and (inode.opens or inode.state is not None):
                 return inode.last
@@ -230,7 +233,7 @@ class CasOperations(pyfuse3.Operations):
                 target.lookups += 1
                 return self._attr(target, node)
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(self.tree.resolve, path)
+            node = await self.view.resolve(path)
             return self._entry(parent_inode, node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -253,14 +256,14 @@ class CasOperations(pyfuse3.Operations):
         with fuse_errors("mkdir"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(self._changing.mkdir, path, mode & 0o7777)
+            node = await self._changing.mkdir(path, mode & 0o7777)
             return self._entry(parent_inode, node)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         with fuse_errors("symlink"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(self._changing.symlink, path, os.fsdecode(target))
+            node = await self._changing.symlink(path, os.fsdecode(target))
             return self._entry(parent_inode, node)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -272,21 +275,21 @@ class CasOperations(pyfuse3.Operations):
             if not stat.S_ISREG(mode):
                 raise pyfuse3.FUSEError(errno.EPERM)
             path = self._child(parent_inode, self._name(name))
-            node = await self._store(lambda: self._changing.create(path, mode & 0o7777, exclusive=True))
+            node = await self._changing.create(path, mode & 0o7777, exclusive=True)
             return self._entry(parent_inode, node)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("unlink"):
             self._writable()
             text = self._name(name)
-            await self._store(self._changing.unlink, self._child(parent_inode, text))
+            await self._changing.unlink(self._child(parent_inode, text))
             self.inodes.detach(parent_inode, text)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("rmdir"):
             self._writable()
             text = self._name(name)
-            await self._store(self._changing.rmdir, self._child(parent_inode, text))
+            await self._changing.rmdir(self._child(parent_inode, text))
             self.inodes.detach(parent_inode, text)
 
     async def rename(
@@ -300,7 +303,7 @@ class CasOperations(pyfuse3.Operations):
             old, new = self._name(name_old), self._name(name_new)
             src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
             no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-            await self._store(lambda: self._changing.rename(src, dst, no_replace=no_replace))
+            await self._changing.rename(src, dst, no_replace=no_replace)
             self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
 
     async def setattr(
@@ -327,8 +330,7 @@ class CasOperations(pyfuse3.Operations):
                 else:
                     path = self.inodes.path_of(inode)
                     if path is not None:
-                        found.last = await self._store(
-                            lambda: self._changing.set_meta(path, mode=mode, mtime=mtime))
+                        found.last = await self._changing.set_meta(path, mode=mode, mtime=mtime)
                     if state is not None:
                         state.mode = state.mode if mode is None else mode
                         state.mtime = state.mtime if mtime is None else mtime
@@ -351,7 +353,7 @@ class CasOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         with fuse_errors("opendir"):
             path = self._path(inode)
-            _node, entries = await self._store(self.tree.list, path)
+            entries = await self.view.list(path)
             fh = self._fh()
             self._dirs[fh] = DirHandle(inode, entries)
             return fh
@@ -362,7 +364,7 @@ class CasOperations(pyfuse3.Operations):
         with fuse_errors("readdir"):
             handle = self._dirs[fh]
             if start_id == 0 and not handle.fresh:
-                _node, handle.entries = await self._store(self.tree.list, self._path(handle.ino))
+                handle.entries = await self.view.list(self._path(handle.ino))
             handle.fresh = False
             here = self.inodes.get(handle.ino)
             if start_id < 1:
@@ -393,8 +395,8 @@ class CasOperations(pyfuse3.Operations):
     async def flush_changes(self) -> None:
         """Commit the tree's pending changes now, as one durable version
         (fsync, fsyncdir, the commit interval, unmount)."""
-        if isinstance(self.tree, MountTree) and self.tree.pending:
-            await self._store(self.tree.flush)
+        if self.view.pending:
+            await self.view.flush()
 
     # -- files ---------------------------------------------------------------------------
 
@@ -430,7 +432,7 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             path = self._child(parent_inode, self._name(name))
             exclusive = bool(flags & os.O_EXCL)
-            node = await self._store(lambda: self._changing.create(path, mode & 0o7777, exclusive=exclusive))
+            node = await self._changing.create(path, mode & 0o7777, exclusive=exclusive)
             attr = self._entry(parent_inode, node)
             found = self.inodes.get(attr.st_ino)
             writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
@@ -548,27 +550,22 @@ class CasOperations(pyfuse3.Operations):
                 stream = state.staging.stream()
                 mode, mtime, ino = state.mode, state.mtime, found.ino
 
-                def commit() -> tuple[Any, int] | None:
-                    path = self.inodes.path_of(ino)  # the path it has now
-                    if path is None:
-                        return None  # unlinked while open: written nowhere
-                    return self._changing.commit_file(path, stream, mode, mtime)
-
                 try:
-                    done = await self._store(commit)
+                    stored = await self._store(self._changing.tree.store_file, stream)
+                    path = self.inodes.path_of(ino)  # the path it has now
+                    if path is not None:  # else unlinked while open: written nowhere
+                        await self._changing.link_file(path, stored, mode, mtime)
                 except BaseException:
                     state.dirty = True
                     raise
                 finally:
                     stream.close()
-                if done is not None:
-                    state.cid, state.size = done
+                state.cid, state.size = stored.cid, stored.size
             elif state.meta_dirty:
                 state.meta_dirty = False
                 path = self.inodes.path_of(found.ino)
                 if path is not None:
-                    mode, mtime = state.mode, state.mtime
-                    found.last = await self._store(lambda: self._changing.set_meta(path, mode=mode, mtime=mtime))
+                    found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime)
 
     async def flush(self, fh: int) -> None:
         with fuse_errors("flush"):

@@ -32,7 +32,6 @@ from .mountd import MountConfig, fuse_options, tune_read_ahead
 if TYPE_CHECKING:
     from ..node import Node
     from .operations import CasOperations
-    from .tree import MountTree
 
 log = logging.getLogger("cas.fuse")
 
@@ -47,7 +46,7 @@ class ServedMount:
         self.config = config
         self.ended = trio.Event()
         self._mounted = False
-        self._tree: MountTree | None = None
+        self._ops: CasOperations | None = None
         self._changes_in, self._changes = trio.open_memory_channel[list[CID]](math.inf)
 
     @property
@@ -78,8 +77,8 @@ class ServedMount:
         store = self.node.store
         assert store is not None, "the node runs"
         async with trio.open_nursery() as nursery:
-            tree = self._tree = MountTree(store, on_commit=self._committed)
-            ops = CasOperations(
+            tree = MountTree(store, on_commit=self._committed)
+            ops = self._ops = CasOperations(
                 run=self.node.in_store_thread, tree=tree,
                 staging_dir=store.path / "tmp", nursery=nursery, read_only=self.config.read_only,
                 cache_bytes=self.config.cache_bytes,
@@ -106,7 +105,7 @@ class ServedMount:
                     await ops.commit_all()
                 pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
                 self._mounted = False
-                self._tree = None
+                self._ops = None
                 nursery.cancel_scope.cancel()
 
     def terminate(self) -> None:
@@ -137,12 +136,13 @@ class ServedMount:
             await trio.sleep(self.config.commit_interval)
             await ops.flush_changes()
 
-    def flush_pending(self) -> None:
-        """Commit the mount's pending changes now (store thread): before
-        another writer's change, so of two changes to one path the later
-        wins, as everywhere (docs/architecture.md, "Concurrent changes")."""
-        if self._tree is not None:
-            self._tree.flush()
+    async def flush(self) -> None:
+        """Commit the mount's pending changes now: before another writer's
+        change, so of two changes to one path the later wins, as everywhere
+        (docs/architecture.md, "Concurrent changes"), and before a command
+        reads the namespace through the node, so it sees them."""
+        if self._ops is not None:
+            await self._ops.flush_changes()
 
     def _committed(self, stored: list[CID]) -> None:
         """The mount's changes were committed (store thread)."""

@@ -31,25 +31,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from .. import files
 from ..blocks import Block
 from ..cid import CID
-from ..errors import (
-    BlockNotFoundError,
-    DirectoryNotEmptyError,
-    InvalidInputError,
-    IsADirectoryPathError,
-    NamespaceError,
-    NotADirectoryPathError,
-    PathNotFoundError,
-)
+from ..errors import NotADirectoryPathError, PathNotFoundError
 from ..names import dirtree
-from ..names.changes import Change, Link, Mkdir, Move, Remove, SetAttributes
 from ..names.directory import DirEntry
 from ..names.namespace import ROOT_MODE, Namespace, Node, RootState, split_path
 from ..store import OwnBlocks
+from .pending import PendingDir, Supply
 
 log = logging.getLogger("cas.fuse")
 
@@ -58,6 +50,10 @@ ROOT_TTL = 0.1
 made through the control socket shows (plus the kernel's attribute timeout)."""
 
 MAX_LOOKUP_CACHE = 200_000
+
+REBUILD_AFTER = 32
+"""Changes to one directory past which a commit builds it anew from its
+merged entries rather than editing its leaves one change at a time."""
 
 
 @dataclass(frozen=True)
@@ -129,21 +125,14 @@ class TreeReader:
 class MountTree(TreeReader):
     """See the module docstring. ``store`` is the node's LocalStore.
 
-    **Write-back.** A change is applied at once to a draft of the root (its
-    new directory nodes stored, nothing committed: :meth:`Namespace.draft`)
-    and remembered; every read sees the draft. :meth:`flush` commits what
-    is pending as one namespace version (one signature, one fsync), and is
-    called every commit interval, on fsync, before another writer's change
-    and at unmount. A crash loses what was not flushed, never more, and
-    never leaves part of it (a version is one root). If another writer
-    committed meanwhile, the pending changes are applied again to its root
-    (and each that no longer fits is dropped, logged): the rule every
-    writer keeps (docs/architecture.md, "Concurrent changes").
-
-    ``on_commit``, if given, is called after each flush (in the store
-    thread, like the flush) with the blocks the files committed since the
-    last one stored: the node places them on the network and republishes
-    (:mod:`cas.fuse.served`)."""
+    The committed side of the mount's write-back (cas.fuse.view): the
+    committed tree read for the overlay's misses (:meth:`chain`,
+    :meth:`resolve_from`, :meth:`listing`), files stored as blocks
+    (:meth:`store_file`), and the overlay built into one new version
+    (:meth:`commit_pending`). ``on_commit``, if given, is called after each
+    such commit (in the store thread, like the commit) with the blocks the
+    files linked by it stored: the node places them on the network and
+    republishes (:mod:`cas.fuse.served`)."""
 
     def __init__(self, store: Any, *, root_ttl: float = ROOT_TTL,
                  on_commit: Callable[[list[CID]], None] | None = None) -> None:
@@ -152,159 +141,136 @@ class MountTree(TreeReader):
         self.namespace = Namespace(store)  # LocalStore keeps its key loaded
         self._on_commit = on_commit
         self._root_ttl = root_ttl
-        self._view: RootState | None = None  # what reads see: the newest root, or the draft over it
+        self._root: RootState | None = None
         self._root_read = 0.0
-        self._base: RootState | None = None  # the committed root the draft was made from
-        self._pending: list[Change] = []
-        self._stored: list[CID] = []  # blocks of files committed since the last flush
-        self.dropped: list[str] = []  # pending changes another writer's change made impossible
-
-    @property
-    def pending(self) -> int:
-        """Changes applied but not yet committed."""
-        return len(self._pending)
 
     def root(self) -> RootState:
         now = time.monotonic()
-        if self._view is None or now - self._root_read > self._root_ttl:
-            current = self.namespace.current()
-            if not self._pending:
-                self._view = current
-            elif self._base is not None and current.seq != self._base.seq:
-                self._rebase(current)
+        if self._root is None or now - self._root_read > self._root_ttl:
+            self._root = self.namespace.current()
             self._root_read = now
-        assert self._view is not None
-        return self._view
+        return self._root
 
-    def _rebase(self, current: RootState) -> None:
-        """Another writer committed ``current``: the draft is made again
-        over it, each pending change applied in turn (one that no longer
-        fits is dropped, and said)."""
-        view, kept = current, []
-        for change in self._pending:
-            try:
-                view = self.namespace.draft(view, change)
-                kept.append(change)
-            except (NamespaceError, InvalidInputError, BlockNotFoundError) as exc:
-                self._drop(change, exc)
-        self._base, self._view, self._pending = current, view, kept
+    # -- the committed tree, for the overlay -------------------------------------
 
-    def _drop(self, change: Change, exc: Exception) -> None:
-        message = f"a change made in the mount was dropped: {exc} (another writer changed the namespace first)"
-        log.warning("%s", message)
-        self.dropped.append(message)
+    def supply(self, start: CID | None, parts: tuple[str, ...], depth: int) -> Supply:
+        """The committed entries the overlay asked for (``PendingChanges.needs``):
+        those of the directories ``parts[depth:]``, followed under directory
+        ``start`` (None: the committed root, whose CID comes too), keyed by
+        their paths. PathNotFoundError or NotADirectoryPathError if one is
+        missing or not a directory."""
+        root = None
+        if start is None:
+            root = start = self.root().root
+        dirs: dict[tuple[str, ...], DirEntry] = {}
+        cid = start
+        for at in range(depth, len(parts)):
+            entry = self._lookup(cid, parts[at])
+            if entry is None:
+                raise PathNotFoundError(f"/{'/'.join(parts[: at + 1])}: no such directory")
+            if entry.kind != "dir" or entry.cid is None:
+                raise NotADirectoryPathError(f"/{'/'.join(parts[: at + 1])} is not a directory")
+            dirs[parts[: at + 1]] = entry
+            cid = entry.cid
+        return Supply(root, dirs)
 
-    def _change(self, change: Change) -> RootState:
-        """Apply ``change`` to the draft; raises the NamespaceError it meets."""
-        state = self.root()
-        draft = self.namespace.draft(state, change)
-        if draft.root != state.root:
-            if not self._pending:
-                self._base = state
-            self._pending.append(change)
-            self._view = draft
-        return draft
+    def resolve_from(self, start: CID | None, rest: tuple[str, ...], path: str) -> Node:
+        """What ``rest`` names under committed directory ``start`` (None:
+        ``path`` from the committed root)."""
+        if start is None:
+            return self.resolve(path)
+        cid, entry = start, None
+        for depth, name in enumerate(rest):
+            entry = self._lookup(cid, name)
+            if entry is None:
+                raise PathNotFoundError(f"{path}: no such file or directory")
+            if depth < len(rest) - 1:
+                if entry.kind != "dir" or entry.cid is None:
+                    raise NotADirectoryPathError(f"{path}: a part of it is not a directory")
+                cid = entry.cid
+        assert entry is not None, "rest names something below start"
+        return Node.of(path, entry)
 
-    def flush(self) -> RootState | None:
-        """Commit every pending change as one version (store thread); the
-        root committed, or None if nothing was pending."""
-        if not self._pending:
-            return None
-        assert self._base is not None and self._view is not None
-        state, failed = self.namespace.commit_changes(self._pending, self._base, self._view)
-        for change, exc in failed:
-            self._drop(change, exc)
-        self._pending, self._base, self._view, self._root_read = [], None, state, time.monotonic()
-        stored, self._stored = self._stored, []
+    def listing(self, cid: CID | None) -> list[DirEntry]:
+        """Committed directory ``cid``'s entries in name order (None: none)."""
+        return [] if cid is None else list(dirtree.iterate(self.blocks, cid))
+
+    # -- storing and committing -------------------------------------------------------
+
+    def empty_file(self) -> CID:
+        """The empty file's CID, stored."""
+        return files.add_bytes(self.blocks, b"").cid
+
+    def store_file(self, stream: BinaryIO) -> StoredFile:
+        """Store ``stream`` as a file, as the user's own blocks (claimed if a
+        peer had placed the same content here); durable with the next
+        commit, which links it."""
+        with self.store.blocks.open_session() as session:
+            sink = _NewBlocks(OwnBlocks(session, self.store.held))
+            added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
+        return StoredFile(added.cid, added.size, tuple(sink.cids))
+
+    def commit_pending(self, pending: PendingDir, stored: list[CID]) -> RootState:
+        """Build what ``pending`` (the overlay's root) makes of the
+        committed root it was made over, and commit it as one version: one
+        signed record, one fsync (after the blocks it refers to). Then
+        ``on_commit(stored)``."""
+        self.empty_file()  # an entry made by create may name it
+
+        def make(state: RootState) -> CID:
+            # Over the newest root: if another writer committed since the
+            # overlay began, its changes stay, but where both changed one
+            # name, the mount's entry is the one kept.
+            return self._build(pending, state.root)[0]
+
+        state = self.namespace.commit_made(make)
+        self._root, self._root_read = state, time.monotonic()
         if self._on_commit is not None:
             self._on_commit(stored)
         return state
 
-    # -- changing -------------------------------------------------------------
-
-    def mkdir(self, path: str, mode: int) -> Node:
-        self._change(Mkdir(path, mode=mode))
-        return self.resolve(path)
-
-    def symlink(self, path: str, target: str) -> Node:
-        name = split_path(path)[-1]
-        node = Node(path, name, "symlink", len(target.encode()), 0o777, time.time_ns(), None, target)
-        return self.link(path, node, exclusive=True)
-
-    def link(self, path: str, node: Node, *, exclusive: bool = False) -> Node:
-        """Make ``path`` name ``node``'s content (a file: replaced if there)."""
-        parts = split_path(path)
-        if not parts:
-            raise InvalidInputError("cannot replace the root directory /")
-        self._change(Link(path, node.to_entry(parts[-1]), replace_file=not exclusive))
-        return self.resolve(path)
-
-    def create(self, path: str, mode: int, *, exclusive: bool) -> Node:
-        """An empty file at ``path`` (an existing file is kept unless
-        ``exclusive``, which refuses it)."""
-        try:
-            existing = self.resolve(path)
-        except PathNotFoundError:
-            existing = None
-        if existing is not None and not exclusive:
-            if existing.kind == "dir":
-                raise IsADirectoryPathError(f"{path} is a directory")
-            return existing
-        empty = files.add_bytes(self.blocks, b"")
-        name = split_path(path)[-1]
-        return self.link(path, Node(path, name, "file", 0, mode, time.time_ns(), empty.cid), exclusive=True)
-
-    def unlink(self, path: str) -> None:
-        if self.resolve(path).kind == "dir":
-            raise IsADirectoryPathError(f"{path} is a directory")
-        self._change(Remove(path))
-
-    def rmdir(self, path: str) -> None:
-        node = self.resolve(path)
-        if node.kind != "dir":
-            raise NotADirectoryPathError(f"{path} is not a directory")
-        assert node.cid is not None
-        if dirtree.summary(self.blocks, node.cid).count:
-            raise DirectoryNotEmptyError(f"{path} is not empty")
-        self._change(Remove(path))
-
-    def rename(self, src: str, dst: str, *, no_replace: bool) -> None:
-        self._change(Move(src, dst, into_directory=False, no_replace=no_replace))
-
-    def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> Node:
-        """Change a file's or directory's mode or mtime (a link of the same CID)."""
-        node = self.resolve(path)
-        if path == "/" or node.kind == "symlink":
-            return node  # the root and symlinks have fixed metadata
-        changed = Node(
-            node.path, node.name, node.kind, node.size,
-            node.mode if mode is None else mode & 0o7777,
-            node.mtime if mtime is None else mtime,
-            node.cid, node.target,
-        )
-        if changed == node:
-            return node
-        self._change(SetAttributes(path, mode=changed.mode, mtime=changed.mtime))
-        return self.resolve(path)
-
-    def commit_file(self, path: str | None, stream: BinaryIO, mode: int, mtime: int) -> tuple[CID, int]:
-        """Store ``stream`` as a file and link it at ``path`` (None: an
-        unlinked file, stored nowhere). Returns (CID, size). The blocks
-        are the user's own, as those of an add (claimed if a peer had
-        placed the same content here); the link is pending until the next
-        :meth:`flush`, which makes them durable with it."""
-        with self.store.blocks.open_session() as session:
-            sink = _NewBlocks(OwnBlocks(session, self.store.held))
-            added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
-            if path is not None:
-                name = split_path(path)[-1]
-                self._change(Link(path, Node(path, name, "file", added.size, mode, mtime, added.cid).to_entry(name)))
-                self._stored.extend(sink.cids)
-        return added.cid, added.size
+    def _build(self, pending: PendingDir, there: CID | None) -> tuple[CID, int]:
+        """The directory ``pending`` makes: (CID, size), its nodes stored.
+        ``there``: the committed directory at its path now, which one
+        that is ``at_path`` is built over (its own base if none is)."""
+        base = there if pending.at_path and there is not None else pending.base
+        changes: dict[str, DirEntry | None] = {}
+        for name, item in pending.children.items():
+            if isinstance(item, PendingDir):
+                now_there = None
+                if item.at_path and base is not None:
+                    committed = self._lookup(base, name)
+                    if committed is not None and committed.kind == "dir":
+                        now_there = committed.cid
+                cid, size = self._build(item, now_there)
+                assert item.mode is not None and item.mtime is not None, "a pending directory has its attributes"
+                changes[name] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid)
+            else:
+                changes[name] = item
+        if base is None:
+            summary = dirtree.build(self.blocks, [entry for entry in changes.values() if entry is not None])
+        elif len(changes) > REBUILD_AFTER:
+            merged = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
+            for name, change in changes.items():
+                if change is None:
+                    merged.pop(name, None)
+                else:
+                    merged[name] = change
+            summary = dirtree.build(self.blocks, merged.values())
+        else:
+            summary = dirtree.update(self.blocks, base, changes)
+        return summary.cid, summary.size
 
     def statfs(self) -> FsStat:
         st = os.statvfs(self.store.path)
         return FsStat(st.f_frsize, st.f_blocks, st.f_bavail, st.f_files)
+
+
+class StoredFile(NamedTuple):
+    cid: CID
+    size: int
+    new_blocks: tuple[CID, ...]
+    """Those of its blocks that were new to the store (to be placed)."""
 
 
 class _NewBlocks:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,7 +49,6 @@ from ..errors import (
     InvalidMoveError,
     InvalidRecordError,
     IsADirectoryPathError,
-    NamespaceError,
     NotADirectoryPathError,
     PathExistsError,
     PathNotFoundError,
@@ -370,39 +369,12 @@ class Namespace:
             return state
         raise ConcurrentUpdateError("the namespace kept changing under this operation; try again")
 
-    # -- drafts: changes applied now, committed later (the mount's write-back) --
-
-    def draft(self, state: RootState, change: Change) -> RootState:
-        """``state`` with ``change`` applied: its new nodes stored, nothing
-        committed (the sequence number stays ``state``'s; a draft is never a
-        version until :meth:`commit_changes`). Raises the NamespaceError the
-        change meets on this root."""
-        check_change(change)
-        return replace(state, root=self._changed_root(state, change))
-
-    def commit_changes(self, changes: Sequence[Change], base: RootState,
-                       draft: RootState) -> tuple[RootState, builtins.list[tuple[Change, Exception]]]:
-        """Commit ``changes`` as one version: ``draft``, what they made of
-        ``base``, if ``base`` is still the newest root; else each applied
-        again, in order, to the newest (the rule of :meth:`apply`: a
-        change lands on the root that is newest when it commits). Returns
-        the root committed and the changes that failed on it, with their
-        errors (left out of it)."""
-        failed: builtins.list[tuple[Change, Exception]] = []
-
-        def changed(state: RootState) -> CID:
-            failed.clear()
-            if state.seq == base.seq and state.root == base.root:
-                return draft.root
-            root = state
-            for change in changes:
-                try:
-                    root = self.draft(root, change)
-                except (NamespaceError, InvalidInputError, BlockNotFoundError) as exc:
-                    failed.append((change, exc))
-            return root.root
-
-        return self._commit(changed), failed
+    def commit_made(self, make: Callable[[RootState], CID]) -> RootState:
+        """Commit ``make(newest root)`` as the next version, compare-and-swap
+        (``make`` runs again on the newer root if another writer was
+        first): for a writer that builds a root itself, as the mount's
+        write-back does (its new nodes stored by ``make``)."""
+        return self._commit(make)
 
     def _changed_root(self, state: RootState, change: Change) -> CID:
         """The root ``state`` becomes with ``change`` applied (its new nodes

@@ -601,8 +601,6 @@ class Node:
         version, all made durable by one barrier at the end (store thread).
         For each, the root it committed or the exception that refused it."""
         assert self.store is not None and self.namespace is not None
-        if self.mount is not None:
-            self.mount.flush_pending()  # what the mount changed first: it came first
         outcomes: list[object] = []
         with self.store.grouped_roots():
             for change in changes:

@@ -341,26 +341,19 @@ async def prune(request: ops.Prune, ctx: OpContext) -> dict[str, Any]:
 async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
     """One page of the roots (the client asks for the next past the last
     it got): no answer grows with the history."""
-    store, mount = ctx.store, ctx.node.mount
+    store = ctx.store
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # a command run after a change in the mount sees it
     limit = ops.MAX_ROOTS_PAGE if request.limit is None else min(request.limit, ops.MAX_ROOTS_PAGE)
-
-    def read() -> list[RootRow]:
-        if mount is not None:
-            mount.flush_pending()  # a command run after a change in the mount sees it
-        return store.roots(newest_first=request.newest_first, limit=limit, after=request.after)
-
-    return await ctx.in_store_thread(read)
+    rows: list[RootRow] = await ctx.in_store_thread(
+        lambda: store.roots(newest_first=request.newest_first, limit=limit, after=request.after))
+    return rows
 
 
 async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
-    mount, store = ctx.node.mount, ctx.store
-
-    def commit() -> None:
-        if mount is not None:
-            mount.flush_pending()  # what the mount changed first: it came first
-        store.commit_root(request.seq, request.root, request.time_ns, request.record)
-
-    await ctx.in_store_thread(commit)
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # what the mount changed first: it came first
+    await ctx.in_store_thread(ctx.store.commit_root, request.seq, request.root, request.time_ns, request.record)
     if ctx.node.publisher is not None:
         ctx.node.publisher.root_changed()  # published namespaces go out now, not at the next interval
 

@@ -30,6 +30,8 @@ async def namespace_change(request: ops.NamespaceChange, ctx: OpContext) -> Root
     together are committed together (:meth:`Node.apply_changes`)."""
     node = ctx.node
     assert node.namespace_commits is not None
+    if node.mount is not None:
+        await node.mount.flush()  # what the mount changed first: it came first
     state = await node.namespace_commits.keep(request.change)
     assert isinstance(state, RootState)
     if node.publisher is not None:
@@ -40,15 +42,12 @@ async def namespace_change(request: ops.NamespaceChange, ctx: OpContext) -> Root
 async def namespace_resolve(request: ops.NamespaceResolve, ctx: OpContext) -> Node:
     """What a path names, in one round trip (the client would read one
     directory node per level over the socket)."""
-    namespace, mount = ctx.node.namespace, ctx.node.mount
+    namespace = ctx.node.namespace
     assert namespace is not None
-
-    def resolve() -> Node:
-        if mount is not None:
-            mount.flush_pending()  # a command run after a change in the mount sees it
-        return namespace.resolve(request.path, request.at)
-
-    return await ctx.in_store_thread(resolve)
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # a command run after a change in the mount sees it
+    found: Node = await ctx.in_store_thread(namespace.resolve, request.path, request.at)
+    return found
 
 
 # -- published names ------------------------------------------------------------------
