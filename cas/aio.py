@@ -2,7 +2,8 @@
 
 :class:`AsyncRepository` has the same methods as ``Repository``, with the
 same arguments, as coroutines: ``await repo.mkdir("/docs")``, ``await
-repo.ls("/")`` (a list: the listing is made in the worker thread), ``async
+repo.ls("/")`` (a list: the listing is made in the worker thread; ``log``
+likewise, so give it a ``limit`` on a long history), ``async
 with await AsyncRepository.open() as repo``. Reading file content runs on
 the trio thread through the sans-IO file walk (``read``, ``iter_read``,
 ``get_block``); everything else, which touches the repository's database or
@@ -159,13 +160,14 @@ class AsyncRepository:
     cp = _in_thread(Repository.cp)
     rm = _in_thread(Repository.rm)
     root = _in_thread(Repository.root)
-    log = _in_thread(Repository.log)
+    log = _listed(Repository.log)
     put_block = _in_thread(Repository.put_block)
     has_block = _in_thread(Repository.has_block)
     pin = _in_thread(Repository.pin)
     unpin = _in_thread(Repository.unpin)
     pins = _in_thread(Repository.pins)
     gc = _in_thread(Repository.gc)
+    prune = _in_thread(Repository.prune)
     repo_stat = _in_thread(Repository.repo_stat)
     verify = _in_thread(Repository.verify)
     export_car = _in_thread(Repository.export_car)

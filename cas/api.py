@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .carfile import CarExported, CarImported
     from .control import ControlClient
     from .names.directory import DirEntry
+    from .names.history import ThinReport
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
     from .store import GcReport, VerifyReport
@@ -456,9 +457,10 @@ class Repository:
         """The current namespace root: sequence number, CID, key."""
         return self.namespace.current()
 
-    def log(self) -> list[RootState]:
-        """The kept namespace roots, newest first."""
-        return self.namespace.log()
+    def log(self, limit: int | None = None, *, before: int | None = None) -> Iterator[RootState]:
+        """The kept namespace roots, newest first, streamed: at most
+        ``limit`` (only those are read), those numbered below ``before``."""
+        return self.namespace.log(limit, before=before)
 
     # -- blocks ---------------------------------------------------------------
 
@@ -562,7 +564,24 @@ class Repository:
         """Delete what no pin and no kept root reaches; report what was freed.
         Offline, commands reading beside the owner are waited for first
         (``on_wait`` is told if that takes more than a second)."""
-        return self._store.gc(history=history, on_wait=on_wait)
+        if self.through_daemon:
+            return self._store.gc(history=history, on_wait=on_wait)  # the daemon thins first itself
+        thinned = self.prune()
+        report = self._store.gc(history=history, on_wait=on_wait)
+        report.roots_dropped += thinned.dropped
+        return report
+
+    def prune(self, *, dry_run: bool = False) -> ThinReport:
+        """Drop the namespace versions the history policy no longer keeps
+        (``history.keep`` in the repository's settings; cas.names.history):
+        never the newest, nor one whose root is pinned. With ``dry_run``,
+        only say what would go. ``gc`` does this first."""
+        if isinstance(self._store, LocalStore):
+            from .names.history import policy_from_config, thin
+
+            policy = policy_from_config(LocalStore.check_config(self._store.path))
+            return thin(self._store, policy, time.time_ns(), dry_run=dry_run)
+        return self._store.prune(dry_run=dry_run)
 
     def repo_stat(self) -> RepoStat:
         """Blocks, bytes and pins in the repository."""

@@ -1,6 +1,7 @@
 """``cas config``: the repository's settings, kept in its config.json.
 
-The settings are ``history`` (the namespace versions gc keeps) and every
+The settings are ``history.keep`` (which namespace versions are kept, by
+age: cas.names.history), ``history`` (at most how many) and every
 ``cas daemon`` flag but ``--help``: a flag given on the command line wins,
 else the repository's setting, else the default (``cas daemon --help`` says
 each). A value is checked when it is set, by the very function that checks
@@ -22,7 +23,10 @@ from cas.errors import InvalidInputError, UsageError
 from .output import Output
 from .repo_cmds import repo_path
 
-REPOSITORY_SETTINGS = {"history": "namespace versions gc keeps besides the current one (default 100)"}
+REPOSITORY_SETTINGS = {
+    "history": "at most this many past namespace versions are kept (default: no limit by count)",
+    "history.keep": "which namespace versions are kept, by age (default: 1h:all 1d:1h 30d:1d forever:30d)",
+}
 
 
 def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
@@ -67,7 +71,9 @@ def daemon_actions() -> dict[str, argparse.Action]:
 
 
 def _name(text: str) -> str:
-    name = text.strip().lstrip("-").replace("-", "_")
+    name = text.strip().lstrip("-")
+    if name not in REPOSITORY_SETTINGS:
+        name = name.replace("-", "_")
     if name not in REPOSITORY_SETTINGS and name not in daemon_actions():
         known = ", ".join(sorted({*REPOSITORY_SETTINGS, *daemon_actions()}))
         raise UsageError(f"no setting {text!r}; the settings are: {known}")
@@ -80,6 +86,10 @@ def checked(name: str, values: list[str]) -> Any:
         if len(values) != 1 or not values[0].isdigit():
             raise InvalidInputError("history is a whole number of versions, 0 or more")
         return int(values[0])
+    if name == "history.keep":
+        from cas.names.history import parse_policy
+
+        return str(parse_policy(values))  # as the policy reads back
     action = daemon_actions()[name]
     convert = action.type if callable(action.type) else str
     if not isinstance(action, argparse._AppendAction) and len(values) != 1:

@@ -27,7 +27,7 @@ COMMANDS = {
     "add": "files_cmds", "cat": "files_cmds", "get": "files_cmds", "car": "car_cmds",
     "ls": "names_cmds", "stat": "names_cmds", "mkdir": "names_cmds", "mv": "names_cmds",
     "cp": "names_cmds", "rm": "names_cmds", "root": "names_cmds", "log": "names_cmds",
-    "pin": "names_cmds", "unpin": "names_cmds", "gc": "names_cmds",
+    "pin": "names_cmds", "unpin": "names_cmds", "gc": "names_cmds", "prune": "names_cmds",
     "daemon": "node_cmds", "id": "node_cmds", "peers": "node_cmds", "dht": "node_cmds",
     "mount": "mount_cmds", "umount": "mount_cmds",
     "name": "name_cmds",

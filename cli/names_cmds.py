@@ -1,5 +1,5 @@
 """The namespace commands: ls, stat, mkdir, mv, cp, rm, root, log; and the
-storage commands that follow from it: pin, unpin, gc."""
+storage commands that follow from it: pin, unpin, prune, gc."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cas.cid import parse_cid
+from cas.errors import UsageError
 
 if TYPE_CHECKING:  # annotations only: the namespace loads when a command uses it
     from cas.names.directory import DirEntry
@@ -69,13 +70,18 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("log", parents=common, help="the kept namespace roots, newest first",
                        description="The namespace's kept versions, newest first: sequence number, time "
-                       "and root CID. Any of them can be read with --at SEQ.")
+                       "and root CID. Any of them can be read with --at SEQ. Streamed: a history of "
+                       "10^6 versions prints as it is read, and -n N reads only N.")
+    p.add_argument("-n", "--max-count", type=int, metavar="N", help="only the newest N versions")
+    p.add_argument("--before", type=int, metavar="SEQ", help="only versions numbered below SEQ (the next page)")
     p.set_defaults(run=cmd_log)
 
     p = sub.add_parser("pin", parents=common, help="keep content outside the namespace (or list pins)",
                        description="Keep content that no namespace path names, so that gc leaves it; "
-                       "'cas pin ls' lists the pins.")
+                       "'cas pin ls' lists the pins. 'cas pin / --at SEQ' keeps version SEQ of the "
+                       "namespace whatever its age (the history's thinning keeps versions whose root is pinned).")
     p.add_argument("refs", nargs="+", metavar="CID|PATH|ls", help="what to pin, or 'ls' to list the pins")
+    p.add_argument("--at", type=int, metavar="SEQ", help="paths as they were in version SEQ (see cas log)")
     p.set_defaults(run=cmd_pin)
 
     p = sub.add_parser("unpin", parents=common, help="stop keeping pinned content",
@@ -84,11 +90,23 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("refs", nargs="+", metavar="CID", help="the pinned CIDs")
     p.set_defaults(run=cmd_unpin)
 
+    p = sub.add_parser("prune", parents=common, help="drop the versions the history policy no longer keeps",
+                       description="Drop the namespace versions that the history policy no longer keeps "
+                       "(history.keep, by age: every version of the last hour, one per hour for a day, one "
+                       "per day for 30 days, then one per 30 days; 'cas config set history.keep' changes it). "
+                       "Never the newest, one whose root is pinned ('cas pin / --at SEQ' keeps version SEQ) "
+                       "or the one published. A daemon does this every 10 minutes, and 'cas gc' first; "
+                       "'cas gc' then frees the blocks only dropped versions needed.")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be dropped")
+    p.set_defaults(run=cmd_prune)
+
     p = sub.add_parser("gc", parents=common, help="delete what no pin and no kept root needs",
                        description="Delete the blocks that no pin and no kept namespace version needs, "
-                       "dropping versions beyond --history first, and the blocks held for other nodes "
+                       "dropping first the versions the history policy no longer keeps (see 'cas prune') "
+                       "and any beyond --history, and the blocks held for other nodes "
                        "whose lease ran out; packs are compacted.")
-    p.add_argument("--history", type=int, metavar="N", help="past roots to keep (default: the configured 100)")
+    p.add_argument("--history", type=int, metavar="N",
+                   help="keep at most N past versions too (default: the 'history' setting, else no limit by count)")
     p.set_defaults(run=cmd_gc)
 
 
@@ -223,12 +241,18 @@ def cmd_root(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    if args.max_count is not None and args.max_count < 0:
+        raise UsageError("-n takes a number of versions, 0 or more")
     with open_repo(args, load=NAMESPACE_CODE, read_only=True) as repo:
-        states = repo.log()
+        states = repo.log(args.max_count, before=args.before)
+        if out.json_mode:
+            out.documents(_root_json(s) for s in states)
+        else:
+            write = sys.stdout.write
+            for state in states:
+                write(f"{state.seq:>6}  {_time_string(state.time_ns)}  {state.root}\n")
+            sys.stdout.flush()
         _warn(repo, out)
-    out.document([_root_json(s) for s in states])
-    for state in states:
-        out.result(f"{state.seq:>6}  {_time_string(state.time_ns)}  {state.root}")
     return 0
 
 
@@ -240,7 +264,7 @@ def cmd_pin(args: argparse.Namespace, out: Output) -> int:
             for cid in pins:
                 out.result(str(cid))
             return 0
-        pinned = [repo.resolve(ref) for ref in args.refs]
+        pinned = [repo.resolve(ref, args.at) for ref in args.refs]
         for cid in pinned:
             repo.pin(cid)
     out.document({"pinned": [str(c) for c in pinned]})
@@ -259,6 +283,17 @@ def cmd_unpin(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace, out: Output) -> int:
+    with open_repo(args, load=NAMESPACE_CODE) as repo:
+        report = repo.prune(dry_run=args.dry_run)
+    out.document({**report._asdict(), "dry_run": args.dry_run})
+    verb = "would drop" if args.dry_run else "dropped"
+    span = "" if not report.dropped else f" (numbered {report.oldest_dropped} to {report.newest_dropped})"
+    out.result(f"{verb} {report.dropped} of {report.versions} versions{span}; {report.kept} kept")
+    out.note(f"history.keep = {report.policy}")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     with open_repo(args) as repo:
         report = repo.gc(history=args.history, on_wait=waiting_note(args))
@@ -270,5 +305,5 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     if report.expired_freed:
         out.note(f"{report.expired_freed} of them were held for other nodes, whose lease nobody renewed")
     if report.roots_dropped:
-        out.note(f"dropped {report.roots_dropped} namespace root(s) older than the history limit")
+        out.note(f"dropped {report.roots_dropped} namespace version(s) the history no longer keeps")
     return 0

@@ -75,6 +75,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="bytes per second the scrub re-reads stored blocks at most, e.g. 16M (the default)")
     p.add_argument("--scrub-period", type=_seconds, default=None, metavar="SECONDS",
                    help="every stored block is verified again within this time (default 86400, a day)")
+    p.add_argument("--thin-interval", type=_seconds, default=None, metavar="SECONDS",
+                   help="how often the namespace history is thinned by its policy, history.keep "
+                   "(see 'cas prune'; default 600)")
     p.add_argument("--network-key", type=Path, default=None, metavar="FILE",
                    help="join the private network of this key (made by 'cas network init'); "
                    "default: the repository's keys/network.key if it has one, else the open network")
@@ -202,6 +205,7 @@ _DAEMON_FLAGS = (
     "handshake_timeout", "idle_timeout", "frame_timeout", "frame_memory", "max_connections",
     "max_connections_per_address", "handshake_rate_per_address", "replicas", "quota", "peer_quota",
     "disk_reserve", "repair_interval", "lease", "id_difficulty", "scrub_rate", "scrub_period",
+    "thin_interval",
 )
 """``cas daemon``'s flags that set the :class:`~cas.node.NodeConfig` field of
 the same name."""

@@ -48,8 +48,10 @@ class MemoryRepo:
         self.rows: list[RootRow] = []
         self._key = key
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
         rows = sorted(self.rows, key=lambda r: r.seq, reverse=newest_first)
+        if after is not None:
+            rows = [r for r in rows if (r.seq < after if newest_first else r.seq > after)]
         return rows[:limit] if limit is not None else rows
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
@@ -89,9 +91,9 @@ class Writer:
         for fn in due:
             fn()
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[Any]:
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[Any]:
         self._cut_in()
-        return self.repo.roots(newest_first=newest_first, limit=limit)
+        return self.repo.roots(newest_first=newest_first, limit=limit, after=after)
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         self._cut_in()

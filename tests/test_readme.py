@@ -76,6 +76,16 @@ def test_the_namespace(shell: Shell) -> None:
     assert newest[-1] in results["cas root"].text  # root CID, sequence number, public key
 
 
+def test_history(shell: Shell) -> None:
+    results = run_all(shell, block("History"))
+
+    newest = results["cas log -n 2"].text.strip().splitlines()
+    assert [line.split()[0] for line in newest] == ["3", "2"]
+    assert [line.split()[0] for line in results["cas log -n 2 --before 2"].text.strip().splitlines()] == ["1"]
+    assert "would drop 0 of 3 versions" in results["cas prune --dry-run"].text
+    assert "history.keep = 2h:all 7d:1d forever:30d" in results["cas prune --dry-run"].stderr
+
+
 @pytest.mark.slow
 def test_the_mount(shell: Shell) -> None:
     require_fuse()

@@ -48,6 +48,7 @@ from .schema import Request
 if TYPE_CHECKING:
     from ..files import AddResult
     from ..names.changes import Change
+    from ..names.history import ThinReport
     from ..names.namespace import Node, RootState
     from ..store import GcReport, NamespaceKey, VerifyReport  # loaded when used (they bring dataclasses)
 
@@ -443,8 +444,22 @@ class RemoteStore:
     def unpin(self, cid: CID) -> bool:
         return self._client.call(ops.Unpin(cid))
 
-    def pins(self) -> list[CID]:
-        return self._client.call(ops.Pins())
+    def pins(self, limit: int | None = None, after: CID | None = None) -> list[CID]:
+        """As :meth:`cas.store.LocalStore.pins`: every pinned CID, sorted,
+        asked a page (MAX_PINS_PAGE) at a time; or, with ``limit`` or
+        ``after``, the one page the daemon answers."""
+        if limit is not None or after is not None:
+            return self._client.call(ops.Pins(None if limit is None else min(limit, ops.MAX_PINS_PAGE), after))
+        found: list[CID] = []
+        while True:
+            page = self._client.call(ops.Pins(ops.MAX_PINS_PAGE, after))
+            if len(page) > ops.MAX_PINS_PAGE or (after is not None and page and bytes(page[0]) <= bytes(after)):
+                # A daemon from before paging ignores the arguments: its answer is all of them.
+                return sorted(page)
+            found += page
+            if len(page) < ops.MAX_PINS_PAGE:
+                return sorted(found)
+            after = page[-1]
 
     def stat(self) -> RepoStat:
         return self._client.call(ops.Stat())
@@ -462,8 +477,34 @@ class RemoteStore:
         there is nobody to wait for: ``on_wait`` is never called)."""
         return self._client.call(ops.Gc(history))
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
-        return self._client.call(ops.Roots(newest_first, limit))
+    def prune(self, *, dry_run: bool = False) -> ThinReport:
+        """The daemon's thinning of the history (it owns the repository)."""
+        from ..names.history import ThinReport
+
+        value = self._client.call(ops.Prune(dry_run))
+        try:
+            return ThinReport(**{key: value[key] for key in ThinReport._fields})
+        except KeyError:
+            raise ControlProtocolError("the daemon sent a malformed prune answer") from None
+
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
+        """Root rows as :meth:`cas.store.LocalStore.roots` gives them, asked a
+        page (``MAX_ROOTS_PAGE`` rows) at a time: a long history is read in
+        as many requests, never one message. Callers that read a long
+        history read it in pages themselves (:func:`cas.names.namespace.root_rows`)."""
+        rows: list[RootRow] = []
+        while limit is None or len(rows) < limit:
+            want = ops.MAX_ROOTS_PAGE if limit is None else min(limit - len(rows), ops.MAX_ROOTS_PAGE)
+            page = self._client.call(ops.Roots(newest_first, want, after))
+            if after is not None and any((row.seq >= after) if newest_first else (row.seq <= after) for row in page):
+                # A daemon from before paging ignores ``after`` and sends the first page again.
+                raise ControlProtocolError("the daemon does not page its namespace roots; "
+                                           "restart it with this version of cas")
+            rows += page
+            if len(page) < want:
+                break
+            after = page[-1].seq
+        return rows
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         self._client.call(ops.CommitRoot(seq, root, time_ns, record))

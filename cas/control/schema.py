@@ -71,6 +71,12 @@ MAX_STATUS_CIDS = 1024
 MAX_PREFETCH = 1024
 """CIDs one ``prefetch`` may name (a walk's hint is 64 leaves at a time)."""
 
+MAX_PINS_PAGE = 8192
+"""CIDs one ``pins`` answer carries (~40 bytes each: ~320 KiB)."""
+
+MAX_ROOTS_PAGE = 1024
+"""Root rows one ``roots`` answer carries (a row is ~250 bytes: ~256 KiB)."""
+
 MAX_STATUS_WAIT = 3600
 """Seconds ``replication_status`` may wait for placements (whole seconds:
 DAG-CBOR carries no floats here)."""
@@ -201,6 +207,7 @@ def _change_value(change: Change) -> Any:
 
 
 A_BYTE_COUNT_OR_NULL = optional(A_BYTE_COUNT)
+A_CID_OR_NULL = optional(A_CID)
 A_COUNT_OR_NULL = optional(A_COUNT)
 A_WHOLE_OR_NULL = optional(A_WHOLE)
 A_CHANGE = Arg("a namespace change", _change, _change_value)
@@ -579,8 +586,13 @@ class Unpin(Request[bool]):
 
 @op
 class Pins(Request[list[CID]]):
+    """One page of the pinned CIDs, in the order of their binary form: at
+    most ``limit`` and never more than MAX_PINS_PAGE, those after ``after``."""
+
     OP = "pins"
     RESULT = Arg("a list of CIDs", list)
+    limit: Annotated[int | None, A_COUNT_OR_NULL, OMIT] = None
+    after: Annotated[CID | None, A_CID_OR_NULL, OMIT] = None
 
 
 @op
@@ -607,11 +619,28 @@ class Gc(Request["GcReport"]):
 
 
 @op
+class Prune(Request[dict[str, Any]]):
+    """Drop the namespace versions the history policy (``history.keep``) no
+    longer keeps (none with ``dry_run``): counts, never a list, so the
+    answer stays small whatever the history's length."""
+
+    OP = "prune"
+    RESULT = doc("versions", "kept", "dropped", "newest_dropped", "oldest_dropped", "policy")
+    dry_run: Annotated[bool, A_BOOL, OMIT] = False
+
+
+@op
 class Roots(Request[list[RootRow]]):
+    """One page of the stored namespace roots: at most ``limit`` rows and
+    never more than MAX_ROOTS_PAGE (a history of 10^6 versions is read a
+    page at a time, never in one message), newest first or oldest first,
+    those past sequence number ``after`` in that order."""
+
     OP = "roots"
     RESULT = Arg("a list of root rows", _root_rows, _root_rows_value)
     newest_first: Annotated[bool, A_TRUTHY] = True
     limit: Annotated[int | None, A_COUNT_OR_NULL] = None
+    after: Annotated[int | None, A_WHOLE_OR_NULL, OMIT] = None
 
 
 @op
@@ -773,9 +802,10 @@ class NameStatus(Request[dict[str, Any]]):
 
 
 __all__ = [
-    "MAX_PREFETCH", "MAX_PUT_BATCH", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot", "Delete", "DhtFind", "DhtRefresh",
-    "Gc", "Get", "Has", "Id", "Iterate", "Mount", "NamePublish", "NameResolve", "NameStatus", "NamespaceChange",
-    "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch", "Protect", "Put", "PutMany",
-    "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request", "Roots", "Stat", "Unmount", "Unpin",
+    "MAX_PINS_PAGE", "MAX_PREFETCH", "MAX_PUT_BATCH", "MAX_ROOTS_PAGE", "OPS", "AddFile", "Arg", "Barrier", "CommitRoot",
+    "Delete", "DhtFind", "DhtRefresh", "Gc", "Get", "Has", "Id", "Iterate", "Mount", "NamePublish", "NameResolve",
+    "NameStatus", "NamespaceChange", "NamespaceResolve", "NetStats", "Peers", "Pin", "Pins", "Ping", "Prefetch",
+    "Protect", "Prune", "Put", "PutMany", "ReplicationRepair", "ReplicationStats", "ReplicationStatus", "Request",
+    "Roots", "Stat", "Unmount", "Unpin",
     "Verify", "WriteFile", "request_class",
 ]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,7 +76,9 @@ class Repo(Protocol):
     @property
     def blocks(self) -> BlockStore: ...
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[Any]: ...
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[Any]:
+        """Stored root rows (see :meth:`cas.store.LocalStore.roots`): the
+        first ``limit``, those past ``after`` in the order asked."""
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None: ...
 
@@ -152,6 +154,24 @@ class Node:
         return DirEntry(name, self.kind, self.size, self.mode, self.mtime, cid=self.cid, target=self.target)
 
 
+ROOTS_PAGE = 1024
+"""Root rows read from the repository at a time (a daemon answers at most
+this many: cas.control.schema.MAX_ROOTS_PAGE)."""
+
+
+def root_rows(repo: Repo, *, newest_first: bool = True, after: int | None = None,
+              page: int = ROOTS_PAGE) -> Iterator[RootRowLike]:
+    """Every stored root row past ``after`` (all, for None), newest first
+    (or oldest first), read ``page`` rows at a time as the caller goes:
+    memory and messages stay bounded however long the history."""
+    while True:
+        rows = repo.roots(newest_first=newest_first, limit=page, after=after)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1].seq
+
+
 def split_path(path: str) -> list[str]:
     """``"/a/b"`` -> ``["a", "b"]``; every component validated."""
     if not isinstance(path, str):
@@ -185,11 +205,12 @@ class Namespace:
 
     # -- roots ----------------------------------------------------------------
 
-    def _verified_rows(self, rows: list[RootRowLike] | None = None) -> Iterator[tuple[RootRowLike, RootRecord]]:
+    def _verified_rows(self, rows: Iterable[RootRowLike] | None = None) -> Iterator[tuple[RootRowLike, RootRecord]]:
         """The stored rows (or ``rows``), newest first, each with its record,
-        those that fail verification left out (with a warning)."""
+        those that fail verification left out (with a warning); read a page
+        at a time as the caller goes."""
         key = self.repo.namespace_key().public_key
-        for row in self.repo.roots(newest_first=True) if rows is None else rows:
+        for row in root_rows(self.repo) if rows is None else rows:
             try:
                 record = RootRecord.decode(row.record)
                 check_successor(None, record, key)
@@ -222,17 +243,23 @@ class Namespace:
         """Root ``seq``, or the current one for None."""
         if seq is None:
             return self.current()
-        for _row, record in self._verified_rows():
+        # The one row numbered seq (the first below seq + 1), read alone.
+        for _row, record in self._verified_rows(self.repo.roots(newest_first=True, limit=1, after=seq + 1)):
             if record.seq == seq:
                 return RootState(record.seq, record.root, record.time_ns, record.public_key)
         raise PathNotFoundError(f"there is no kept namespace root {seq}; 'cas log' lists them")
 
-    def log(self) -> list[RootState]:
-        """Every kept root that verifies, newest first."""
-        return [
-            RootState(record.seq, record.root, record.time_ns, record.public_key)
-            for _row, record in self._verified_rows()
-        ]
+    def log(self, limit: int | None = None, *, before: int | None = None) -> Iterator[RootState]:
+        """The kept roots that verify, newest first (those numbered below
+        ``before``, if given), streamed: at most ``limit`` of them, and only
+        as many rows are read as are shown (``cas log -n 20`` reads 20)."""
+        if limit is not None and limit <= 0:
+            return
+        rows = root_rows(self.repo, after=before, page=ROOTS_PAGE if limit is None else min(limit, ROOTS_PAGE))
+        for count, (_row, record) in enumerate(self._verified_rows(rows), 1):
+            yield RootState(record.seq, record.root, record.time_ns, record.public_key)
+            if count == limit:
+                return
 
     def import_record(self, data: bytes) -> RootState:
         """Adopt a root record from outside (e.g. from the network) if it is

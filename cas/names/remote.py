@@ -46,8 +46,9 @@ class _ResolvedRepo:
         self._key = _PublicKeyOnly(public_key)
         self._rows = [_Row(record.seq, record.root, record.time_ns, record.encode())]
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[_Row]:
-        return list(self._rows[:limit] if limit is not None else self._rows)
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[_Row]:
+        rows = [row for row in self._rows if after is None or (row.seq < after if newest_first else row.seq > after)]
+        return rows[:limit] if limit is not None else rows
 
     def commit_root(self, seq: int, root: CID, time_ns: int, record: bytes) -> None:
         raise ReadOnlyNamespaceError("a published namespace is read-only here; change it on its own node")

@@ -25,6 +25,7 @@ from ..errors import (
     InvalidInputError,
     RepositoryError,
 )
+from ..names.history import THIN_INTERVAL
 from ..net.admission import (
     HANDSHAKE_RATE_PER_ADDRESS,
     MAX_CONNECTIONS,
@@ -76,6 +77,9 @@ it). Blocks past it are answered no."""
 SCRUB_FIRST_DELAY = 60.0
 """Seconds after start before the first scrub pass (or the scrub period, if
 shorter)."""
+THIN_FIRST_DELAY = 60.0
+"""Seconds after start before the history is first thinned (or the thin
+interval, if shorter)."""
 SCRUB_PAGE = 16
 """Blocks the scrub looks up, then reads and verifies, per trip to the store
 thread: at most 16 MiB, so the store thread is never held long (measured:
@@ -145,6 +149,9 @@ class NodeConfig:
     """Seconds within which every stored block is verified again (the scrub
     runs a pass at most this often); also how long a verification stands
     for HAVE before the block is read again."""
+    thin_interval: float = THIN_INTERVAL
+    """Seconds between thinnings of the namespace history by its policy
+    (cas.names.history)."""
     id_difficulty: int | None = None
     """Bits of work a node ID must show (cas.net.identity); None: the
     repository's ``"id_difficulty"`` in config.json, else the default."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -62,6 +63,7 @@ from ..errors import (
 )
 from ..group_commit import GroupCommitter
 from ..names.changes import Change
+from ..names.history import Thin, ThinReport, policy_from_config
 from ..names.namespace import Namespace
 from ..net.admission import (
     Admission,
@@ -87,6 +89,7 @@ from .config import (
     RELOADABLE,
     SCRUB_FIRST_DELAY,
     SCRUB_PAGE,
+    THIN_FIRST_DELAY,
     NodeAddress,
     NodeConfig,
     Settings,
@@ -297,6 +300,7 @@ class Node:
                     nursery.start_soon(dht.refresh_loop)
                     nursery.start_soon(self._save_loop)
                     nursery.start_soon(self._scrub_loop)
+                    nursery.start_soon(self._thin_loop)
                     # Once, as it starts serving (a start that fails says only why).
                     self.log(describe_network(network_key))
                     task_status.started(self.address)
@@ -550,6 +554,47 @@ class Node:
                 self.log(f"scrub: a pass took longer than the period ({self.config.scrub_period:g} s); "
                           "raise --scrub-rate or --scrub-period")
             await trio.sleep(rest)
+
+    async def thin(self, *, dry_run: bool = False) -> ThinReport:
+        """Drop the namespace versions the repository's history policy no
+        longer keeps (cas.names.history), in the store thread, so never
+        racing a commit (a client's change, the mount's). The policy is read
+        from config.json each time: ``cas config set history.keep`` applies
+        at the next round. The version last published on the network is
+        kept, like the newest and those whose root is pinned. A page of the
+        history per trip to the store thread."""
+        assert self.store is not None
+        store = self.store
+        last = self.publisher.last if self.publisher is not None else None
+        protected = () if last is None else (last.record.seq,)
+
+        def start() -> Thin:
+            policy = policy_from_config(LocalStore.check_config(store.path))
+            return Thin(store, policy, time.time_ns(), protected=protected, dry_run=dry_run)
+
+        job = await self.in_store_thread(start)
+        # A page per trip to the store thread: changes waiting to commit
+        # (clients', the mount's) go in between pages.
+        while (report := await self.in_store_thread(job.step)) is None:
+            pass
+        return report
+
+    async def _thin_loop(self) -> None:
+        """Thin the history a minute after the start (a mount or a daemon
+        that runs for minutes at a time still thins), then every
+        ``thin_interval`` (the mount makes many versions)."""
+        wait = min(THIN_FIRST_DELAY, self.config.thin_interval)
+        while True:
+            await trio.sleep(wait)
+            wait = self.config.thin_interval
+            try:
+                report = await self.thin()
+            except CasError as exc:  # a background job's edge: said, and tried again next round
+                self.log(f"history not thinned: {exc}")
+                continue
+            if report.dropped:
+                self.log(f"history: dropped {report.dropped} of {report.versions} versions "
+                          f"(history.keep = {report.policy})")
 
     def apply_changes(self, changes: list[Change]) -> list[object]:
         """Apply namespace changes in turn, each committed as its own

@@ -310,7 +310,9 @@ async def unpin(request: ops.Unpin, ctx: OpContext) -> bool:
 
 
 async def pins(request: ops.Pins, ctx: OpContext) -> list[CID]:
-    return list(await ctx.in_store_thread(ctx.store.pins))
+    """One page of the pins: no answer grows with their number."""
+    limit = ops.MAX_PINS_PAGE if request.limit is None else min(request.limit, ops.MAX_PINS_PAGE)
+    return list(await ctx.in_store_thread(ctx.store.pins, limit, request.after))
 
 
 async def stat(request: ops.Stat, ctx: OpContext) -> RepoStat:
@@ -323,17 +325,28 @@ async def verify(request: ops.Verify, ctx: OpContext) -> VerifyReport:
 
 
 async def gc(request: ops.Gc, ctx: OpContext) -> GcReport:
+    """Thin the history by its policy first (cas.names.history), then
+    collect what no kept version, pin or name needs."""
     store, history = ctx.store, request.history
+    thinned = await ctx.node.thin()
     report: GcReport = await ctx.in_store_thread(lambda: store.gc(history=history))
+    report.roots_dropped += thinned.dropped
     return report
 
 
+async def prune(request: ops.Prune, ctx: OpContext) -> dict[str, Any]:
+    return (await ctx.node.thin(dry_run=request.dry_run))._asdict()
+
+
 async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
+    """One page of the roots (the client asks for the next past the last
+    it got): no answer grows with the history."""
     store = ctx.store
     if ctx.node.mount is not None:
         await ctx.node.mount.flush()  # a command run after a change in the mount sees it
+    limit = ops.MAX_ROOTS_PAGE if request.limit is None else min(request.limit, ops.MAX_ROOTS_PAGE)
     rows: list[RootRow] = await ctx.in_store_thread(
-        lambda: store.roots(newest_first=request.newest_first, limit=request.limit))
+        lambda: store.roots(newest_first=request.newest_first, limit=limit, after=request.after))
     return rows
 
 
@@ -354,7 +367,7 @@ HANDLERS: dict[type[ops.Request[Any]], Callable[[Any, OpContext], Any]] = {
     ops.Ping: ping, ops.Has: has, ops.Get: get, ops.Prefetch: prefetch, ops.Put: put, ops.PutMany: put_many,
     ops.AddFile: add_file, ops.WriteFile: write_file, ops.Protect: protect, ops.Barrier: barrier,
     ops.Delete: delete, ops.Iterate: iterate, ops.Pin: pin, ops.Unpin: unpin, ops.Pins: pins,
-    ops.Stat: stat, ops.Verify: verify, ops.Gc: gc, ops.Roots: roots, ops.CommitRoot: commit_root,
+    ops.Stat: stat, ops.Verify: verify, ops.Gc: gc, ops.Prune: prune, ops.Roots: roots, ops.CommitRoot: commit_root,
     ops.NamespaceChange: ops_names.namespace_change, ops.NamespaceResolve: ops_names.namespace_resolve,
     ops.NamePublish: ops_names.name_publish, ops.NameResolve: ops_names.name_resolve,
     ops.NameStatus: ops_names.name_status,

@@ -80,9 +80,10 @@ if TYPE_CHECKING:
 
 FORMAT_NAME = "cas-repository"
 FORMAT_VERSION = 1
-DEFAULT_HISTORY = 100
-"""Past namespace roots kept readable (and safe from gc) unless configured
-otherwise with "history" in config.json."""
+DEFAULT_HISTORY: int | None = None
+"""Past namespace roots gc keeps at most, besides the current one, unless
+configured with "history" in config.json: no limit by count (which
+versions stay is decided by age: cas.names.history, "history.keep")."""
 NAMESPACE_KEY_FILE = "namespace.key"
 
 INIT_ENTRIES = frozenset({_lock.LOCK_FILE, "packs", "tmp", "keys"})
@@ -350,9 +351,16 @@ class LocalStore:
         self.blocks.barrier()
         return cur.rowcount == 1
 
-    def pins(self) -> list[CID]:
-        rows = self.db.query("SELECT cid FROM pins").fetchall()
-        return sorted(CID.from_bytes(row[0]) for row in rows)
+    def pins(self, limit: int | None = None, after: CID | None = None) -> list[CID]:
+        """The pinned CIDs, sorted; with ``limit`` or ``after``, one page of
+        them in the order of their binary form, those after ``after``
+        (how a daemon hands out 10^5 pins: a page per message)."""
+        if limit is None and after is None:
+            rows = self.db.query("SELECT cid FROM pins").fetchall()
+            return sorted(CID.from_bytes(row[0]) for row in rows)
+        rows = self.db.query("SELECT cid FROM pins WHERE cid > ? ORDER BY cid LIMIT ?",
+                             (b"" if after is None else bytes(after), -1 if limit is None else limit)).fetchall()
+        return [CID.from_bytes(row[0]) for row in rows]
 
     def is_pinned(self, cid: CID) -> bool:
         return self.db.query("SELECT 1 FROM pins WHERE cid = ?", (bytes(cid),)).fetchone() is not None
@@ -360,8 +368,9 @@ class LocalStore:
     # -- namespace roots ---------------------------------------------------------
 
     @property
-    def history_limit(self) -> int:
-        """How many past roots (besides the current one) gc keeps readable."""
+    def history_limit(self) -> int | None:
+        """How many past roots (besides the current one) gc keeps at most;
+        None for no limit by count."""
         value = self.config.get("history", DEFAULT_HISTORY)
         return value if isinstance(value, int) and value >= 0 else DEFAULT_HISTORY
 
@@ -410,15 +419,37 @@ class LocalStore:
             self._grouping_roots = False
             self.blocks.barrier()
 
-    def roots(self, newest_first: bool = True, limit: int | None = None) -> list[RootRow]:
+    def kept_roots(self) -> set[CID]:
+        """The root CIDs of every kept version (what gc keeps reachable)."""
+        return {CID.from_bytes(row[0]) for row in self.db.query("SELECT DISTINCT root FROM roots")}
+
+    def drop_roots(self, seqs: list[int]) -> int:
+        """Delete the root rows numbered ``seqs`` (a thinning of the history,
+        cas.names.history), never the newest; durable on return. How many
+        went. Their blocks stay until gc finds nothing else needs them."""
+        (latest,) = self.db.query("SELECT coalesce(max(seq), 0) FROM roots").fetchone()
+        dropped = 0
+        for seq in seqs:
+            if seq != latest:
+                dropped += self.db.execute("DELETE FROM roots WHERE seq = ?", (seq,)).rowcount
+        self.blocks.barrier()
+        return dropped
+
+    def roots(self, newest_first: bool = True, limit: int | None = None, after: int | None = None) -> list[RootRow]:
         """Stored root rows, all or the first ``limit`` (not verified: the
-        namespace checks the records)."""
+        namespace checks the records); with ``after``, only those past
+        sequence number ``after`` in that order (below it newest first,
+        above it oldest first): how a long history is read a page at a time."""
         order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT seq, root, time_ns, record FROM roots ORDER BY seq {order}"
+        sql = "SELECT seq, root, time_ns, record FROM roots"
         params: tuple[object, ...] = ()
+        if after is not None:
+            sql += " WHERE seq < ?" if newest_first else " WHERE seq > ?"
+            params = (after,)
+        sql += f" ORDER BY seq {order}"
         if limit is not None:
             sql += " LIMIT ?"
-            params = (limit,)
+            params = (*params, limit)
         rows = self.db.query(sql, params).fetchall()
         return [RootRow(seq, CID.from_bytes(root), time_ns, bytes(record)) for seq, root, time_ns, record in rows]
 
@@ -535,12 +566,12 @@ class LocalStore:
 
         keep = self.history_limit if history is None else history
         report = GcReport()
-        rows = self.roots()
-        for row in rows[keep + 1 :]:
-            self.db.execute("DELETE FROM roots WHERE seq = ?", (row.seq,))
-            report.roots_dropped += 1
+        if keep is not None:
+            (cut,) = self.db.query("SELECT coalesce(min(seq), 0) FROM (SELECT seq FROM roots ORDER BY seq DESC "
+                                   "LIMIT ?)", (keep + 1,)).fetchone()
+            report.roots_dropped += self.db.execute("DELETE FROM roots WHERE seq < ?", (cut,)).rowcount
         self.blocks.barrier()
-        live = self._reachable([*self.pins(), *(row.root for row in rows[: keep + 1])])
+        live = self._reachable([*self.pins(), *self.kept_roots()])
         expired = self.held.expired()
         sizes = {cid: self._block_size(cid) for cid in expired}
         for cid in self.held.drop(expired, live | self.blocks.protected()):  # nobody renewed them
@@ -584,8 +615,7 @@ class LocalStore:
         """Delete those of ``cids`` that are held for the network and that no
         pin, kept root or open write session needs (the replication decided
         they are safe elsewhere). Own blocks are never deleted here."""
-        rows = self.roots(limit=self.history_limit + 1)
-        keep = self._reachable([*self.pins(), *(row.root for row in rows)]) | self.blocks.protected()
+        keep = self._reachable([*self.pins(), *self.kept_roots()]) | self.blocks.protected()
         return self.held.drop(cids, keep)
 
     def _block_size(self, cid: CID) -> int:
