@@ -121,6 +121,7 @@ class ServedMount:
                 # written through the mount before it unmounts.
                 with trio.CancelScope(shield=True):
                     await ops.commit_all()
+                    await self.node.in_store_thread(tree.close)
                 pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
                 self._mounted = False
                 self._ops = None

@@ -144,6 +144,10 @@ class MountTree(TreeReader):
         self._root_ttl = root_ttl
         self._root: RootState | None = None
         self._root_read = 0.0
+        # Write sessions (gc keeps what they put) for the files stored and
+        # not yet linked by a commit: a commit closes all but the newest,
+        # whose files it or the next one links, and opens another.
+        self._sessions = [store.blocks.open_session()]
 
     def root(self) -> RootState:
         now = time.monotonic()
@@ -151,6 +155,12 @@ class MountTree(TreeReader):
             self._root = self.namespace.current()
             self._root_read = now
         return self._root
+
+    def close(self) -> None:
+        """The mount has ended (store thread): gc may take what no commit linked."""
+        for session in self._sessions:
+            session.close()
+        self._sessions = []
 
     def forget_root(self) -> None:
         """Read the committed root afresh next time (another writer
@@ -211,9 +221,8 @@ class MountTree(TreeReader):
         """Store ``stream`` as a file, as the user's own blocks (claimed if a
         peer had placed the same content here); durable with the next
         commit, which links it."""
-        with self.store.blocks.open_session() as session:
-            sink = _NewBlocks(OwnBlocks(session, self.store.held))
-            added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
+        sink = _NewBlocks(OwnBlocks(self._sessions[-1], self.store.held))
+        added = files.add_stream(sink, stream)  # type: ignore[arg-type]  # it only puts
         return StoredFile(added.cid, added.size, tuple(sink.cids))
 
     def store_files(self, streams: list[BinaryIO]) -> list[StoredFile]:
@@ -239,6 +248,9 @@ class MountTree(TreeReader):
 
         state = self.namespace.commit_made(make)
         self._root, self._root_read = state, time.monotonic()
+        while len(self._sessions) > 1:
+            self._sessions.pop(0).close()  # their files are linked by now
+        self._sessions.append(self.store.blocks.open_session())
         if self._on_commit is not None:
             self._on_commit(stored)
         return CommitResult(state, built)

@@ -328,6 +328,8 @@ async def gc(request: ops.Gc, ctx: OpContext) -> GcReport:
     """Thin the history by its policy first (cas.names.history), then
     collect what no kept version, pin or name needs."""
     store, history = ctx.store, request.history
+    if ctx.node.mount is not None:
+        await ctx.node.mount.flush()  # what the mount changed is kept as what it is now
     thinned = await ctx.node.thin()
     report: GcReport = await ctx.in_store_thread(lambda: store.gc(history=history))
     report.roots_dropped += thinned.dropped
