@@ -178,3 +178,41 @@ def test_the_cli_keeps_working_while_mounted_after_20000_files(tmp_path: Path, r
         assert stat["kind"] == "dir"
         assert len(os.listdir(mnt / "d13")) == 1000
     run_cas("repo", "verify", repo=repo)
+
+
+def _written_round(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2))
+def test_kill_9_during_git_commits_leaves_a_readable_tree_and_a_clean_repository(
+        tmp_path: Path, repo: Path, seed: int) -> None:
+    require_fuse()
+    import subprocess
+
+    m = tmp_path / "mnt"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    with mounted(repo, m, "--commit-interval", "0.05"):
+        work = m / "work"
+        subprocess.run(["git", "init", "-q", str(work)], check=True, env=env)
+        script = ("set -e; cd \"$1\"; for n in $(seq 1 200); do for i in $(seq 1 10); do "
+                  "echo \"$n $i\" > f$i.txt; done; git add -A; git commit -qm \"c$n\"; done")
+        git = subprocess.Popen(["bash", "-c", script, "git", str(work)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = random.Random(seed).randrange(2, 30)  # a moment the test does not choose
+        wait_for(lambda: _written_round(work / "f7.txt") >= target, timeout=60, what=f"commit {target}")
+        for pid in pids_of(m):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        git.wait(timeout=60)  # it fails, the mount gone under it
+        run_cas("umount", str(m), repo=repo)
+    run_cas("repo", "verify", repo=repo)
+    with mounted(repo, m):
+        for path in m.rglob("*"):
+            if path.is_file():
+                path.read_bytes()  # every file there reads back whole
