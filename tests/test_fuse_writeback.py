@@ -177,6 +177,11 @@ def test_the_cli_keeps_working_while_mounted_after_20000_files(tmp_path: Path, r
         stat = json.loads(run_cas("--json", "stat", "/d00", repo=repo).stdout)
         assert stat["kind"] == "dir"
         assert len(os.listdir(mnt / "d13")) == 1000
+        # Memory stays bounded: the block cache (256 MiB by default) and 100 MiB more at most.
+        for pid in pids_of(mnt):
+            status = Path(f"/proc/{pid}/status").read_text()
+            peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+            assert peak_kib < (256 + 100) * 1024, f"the mount process peaked at {peak_kib // 1024} MiB"
     run_cas("repo", "verify", repo=repo)
 
 
