@@ -1,10 +1,12 @@
-"""The namespace as the mount sees it: resolve, list, change, commit files.
+"""The committed namespace as the mount reads and writes it (store thread).
 
-Owns the mount's view of one repository's namespace: path resolution against
-the *current* root (so what ``cas mv`` or ``cas add --to`` did through the
-control socket shows in the mount), the copy-on-write path operations the
-kernel asks for, and committing a staged file as blocks plus one namespace
-link.
+Owns the store side of the mount: path resolution against the *current*
+committed root (so what ``cas mv`` or ``cas add --to`` did through the
+control socket shows in the mount), listings, a staged file stored as
+blocks, and the write-back's commit: the overlay of pending changes
+(cas.fuse.pending, kept by cas.fuse.view) built into one new version over
+the newest root. What is not yet committed is the view's, never this
+module's.
 
 The reading half (:class:`TreeReader`) is shared with the read-only tree
 of another node's published namespace (cas.fuse.published), which differs
@@ -22,7 +24,6 @@ Caches, both safe because they are keyed by content:
 * directory lookups are cached by (directory CID, name): a CID's listing
   never changes, so a cached answer is never stale.
 """
-
 from __future__ import annotations
 
 import logging
