@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 import pyfuse3
 import trio
 
-from ..errors import CasError, InvalidInputError, NamespaceError
+from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundError
 from ..names.directory import MAX_NAME_BYTES, DirEntry
 from ..names.namespace import Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
@@ -58,9 +58,12 @@ MAX_QUEUED = 1024
 """Closed files waiting to be stored past which a close waits for them
 (their staged bytes are bounded anyway: cas.fuse.handles.Staging)."""
 
-ATTR_TIMEOUT = 1.0
-"""Seconds the kernel may cache names and attributes: how late a change made
-through the control socket (``cas mv``…) may show in the mount."""
+ATTR_TIMEOUT = 30.0
+"""Seconds the kernel may keep names (also a name's absence), attributes and
+pages: changes made elsewhere (``cas add --to``, ``cas mv``, a published
+namespace's new version) reach the mount by invalidation the moment they
+are made (``changed_elsewhere``, ``root_replaced``), so this only bounds
+how long a cache entry lives."""
 
 T = TypeVar("T")
 
@@ -250,7 +253,12 @@ class CasOperations(pyfuse3.Operations):
                 target.lookups += 1
                 return self._attr(target, node)
             path = self._child(parent_inode, self._name(name))
-            node = await self.view.resolve(path)
+            try:
+                node = await self.view.resolve(path)
+            except PathNotFoundError:
+                if isinstance(self.view, MountView):  # this node hears of every change to its namespace
+                    return _absent()  # the kernel remembers the name is not there
+                raise
             return self._entry(parent_inode, node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -737,16 +745,17 @@ class CasOperations(pyfuse3.Operations):
         else:
             names, inodes = [], []
             for path in paths:
-                parent, ino = ROOT_INODE, ROOT_INODE
-                for name in (part for part in path.split("/") if part):
+                parts = [part for part in path.split("/") if part]
+                ino = ROOT_INODE
+                for depth, name in enumerate(parts):
                     found = self.inodes.find(ino, name)
+                    if depth == len(parts) - 1:
+                        names.append((ino, name.encode()))  # also a name the kernel knows is absent
+                        if found is not None:
+                            inodes.append(found.ino)
                     if found is None:
                         break
-                    parent, ino = ino, found.ino
-                else:
-                    if ino != ROOT_INODE:
-                        names.append((parent, self.inodes.get(ino).name.encode()))
-                        inodes.append(ino)
+                    ino = found.ino
         if names or inodes:
             # In a worker thread: invalidating waits for the kernel's
             # requests about the inode in flight, which this thread answers.
@@ -767,6 +776,14 @@ class CasOperations(pyfuse3.Operations):
                 await self.flush_changes()
         except pyfuse3.FUSEError:
             pass
+
+
+def _absent() -> pyfuse3.EntryAttributes:
+    """A lookup's answer that the name is not there, cached as such."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = 0
+    a.entry_timeout = ATTR_TIMEOUT
+    return a
 
 
 def _invalidate(names: list[tuple[int, bytes]], inodes: list[int]) -> None:

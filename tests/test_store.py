@@ -383,6 +383,7 @@ WAITER = textwrap.dedent(
     from cas.store import LocalStore, _lock
     from cas.errors import RepositoryLockedError
     repo, wait = sys.argv[1], float(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started from a background job, which ignores it
     assert _lock._can_block()  # the main thread, SIGALRM unused: flock() under a timer
     try:
         with LocalStore.open(repo, wait=wait, on_wait=lambda text: print("waiting", text, flush=True)):
