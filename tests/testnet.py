@@ -177,6 +177,8 @@ class Testnet:
     indices), every link as ``link`` unless ``links`` gives one per host.
     A context manager: built on entry, removed on exit."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     hosts_count: int
     link: Link = Link()
     links: Sequence[Link] | None = None

@@ -1,0 +1,146 @@
+"""The test network of hosts (``tests/testnet.py``) does what it says, and
+cas nodes on it find each other and share files across real delay and loss.
+
+Needs root, /dev/net/tun, ``ip`` and ``nft`` (CI has them: it runs as root
+after ``scripts/setup-env --test``); elsewhere the tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import pseudo_random_stream, run_cas, skip_unless_ci
+from .nodeproc import Daemons
+from .testnet import Link, Testnet, available, leftovers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _needs_namespaces() -> None:
+    problem = available()
+    if problem:
+        skip_unless_ci(f"test network: {problem}")
+
+
+def namespaces_of(net: Testnet) -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split(" ")[0] for line in listed.splitlines() if line.startswith(net.tag)}
+
+
+def test_measured_round_trip_is_twice_both_links_delays_and_the_network_is_gone_after() -> None:
+    with Testnet(2, links=[Link(delay=0.010), Link(delay=0.020)], seed=1) as net:
+        assert len(namespaces_of(net)) == 2
+        found = net.measure(0, 1, count=20)
+        print(found.line())
+        assert found.received == 20
+        # Asked: 2 × (10 + 20) ms = 60 ms. The switch is one Python process on
+        # a shared machine: a little late, never early.
+        assert 0.058 <= found.rtt_p50 <= 0.085, found.line()
+    assert namespaces_of(net) == set()
+
+
+def test_measured_loss_is_what_the_links_were_asked_for() -> None:
+    # 5 % per link crossing; an echo and its answer cross four links.
+    with Testnet(2, Link(loss=0.05), seed=7) as net:
+        found = net.measure(0, 1, count=300, interval=0.002, timeout=0.5)
+        print(found.line())
+        expected = 1 - 0.95 ** 4  # 18.5 %
+        assert abs(found.loss - expected) < 0.07, found.line()
+
+
+def test_a_partition_blocks_between_its_sides_only_and_heals() -> None:
+    with Testnet(3, Link(delay=0.002)) as net:
+        net.partition([0], [1, 2])
+        assert net.measure(0, 1, count=5, timeout=0.3).received == 0
+        assert net.measure(1, 2, count=5).received == 5
+        net.heal()
+        assert net.measure(0, 1, count=5).received == 5
+        net.cut(2)
+        assert net.measure(0, 2, count=5, timeout=0.3).received == 0
+        assert net.measure(0, 1, count=5).received == 5
+        net.heal()
+        assert net.measure(1, 2, count=5).received == 5
+
+
+def test_a_host_behind_nat_dials_out_but_cannot_be_dialled() -> None:
+    with Testnet(1, Link(delay=0.002), nat_hosts=1) as net:
+        public, hidden = net.hosts
+        assert hidden.behind_nat and not hidden.address.startswith("10.77.")
+        assert net.tcp_transfer(hidden.index, public.index, 1 << 20) > 0
+        assert net.measure(hidden.index, public.index, count=5).received == 5
+        # Its own address is routed nowhere; its router's public address
+        # forwards nothing in (nothing listens there either).
+        with pytest.raises(RuntimeError, match="unreachable"):
+            net.tcp_transfer(public.index, hidden.index, 1 << 20, timeout=10)
+        router = f"{net.tag}-nat0"
+        probe = subprocess.run(
+            [*public.prefix, sys.executable, "-c",
+             "import socket,sys; s=socket.socket(); s.settimeout(3)\n"
+             "try: s.connect((sys.argv[1], 4001)); print('open')\n"
+             "except OSError as e: print(type(e).__name__)", "10.77.0.200"],
+            capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() in {"ConnectionRefusedError", "TimeoutError"}, probe
+        assert router in namespaces_of(net)
+
+
+def test_cleanup_removes_what_a_killed_owner_left() -> None:
+    owner = subprocess.Popen([sys.executable, "-m", "tests.testnet", "up", "--hosts", "2"],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert owner.stdout is not None
+        deadline = time.monotonic() + 60
+        while not owner.stdout.readline().startswith("up:"):
+            assert time.monotonic() < deadline and owner.poll() is None, "scripts/testnet up did not come up"
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        if owner.stdout:
+            owner.stdout.close()
+    mine = [name for name in leftovers() if name.startswith(f"casnet-{owner.pid}-")]
+    assert len(mine) == 2
+    subprocess.run([sys.executable, "-m", "tests.testnet", "cleanup"], check=True, cwd=ROOT, timeout=60)
+    assert not [name for name in leftovers(all_owners=True) if name.startswith(f"casnet-{owner.pid}-")]
+
+
+# -- cas nodes on the test network ------------------------------------------
+
+
+@pytest.fixture
+def six_hosts() -> Iterator[Testnet]:
+    # One-way delays 5..35 ms per host: round trips of 30 to 120 ms between
+    # them; 0.5 % loss per link crossing, 1 % per path.
+    delays = [0.005, 0.010, 0.015, 0.020, 0.025, 0.035]
+    with Testnet(6, links=[Link(delay=d, jitter=0.001, loss=0.005) for d in delays], seed=3) as net:
+        net.report(count=20)
+        yield net
+
+
+@pytest.mark.slow
+def test_six_nodes_across_delay_and_loss_join_and_a_file_added_on_one_reads_back_on_every_other(
+        tmp_path: Path, six_hosts: Testnet) -> None:
+    net = six_hosts
+    data = b"".join(pseudo_random_stream(3 << 20, seed="issue 20"))
+    with Daemons() as daemons:
+        first = daemons.start(tmp_path / "h0", listen=f"{net.hosts[0].address}:0", prefix=net.hosts[0].prefix)
+        rest = [daemons.start(tmp_path / f"h{h.index}", listen=f"{h.address}:0", bootstrap=[first.address],
+                              prefix=h.prefix, wait=False) for h in net.hosts[1:]]
+        for daemon in rest:
+            daemons.wait_ready(daemon, timeout=60)
+        nodes = [first, *rest]
+        for daemon in nodes:
+            run_cas("dht", "refresh", repo=daemon.repo, timeout=120)
+        source = tmp_path / "file.bin"
+        source.write_bytes(data)
+        cid = run_cas("add", "-q", str(source), repo=nodes[3].repo, timeout=300).stdout.decode().strip()
+        for daemon in nodes:
+            if daemon is not nodes[3]:
+                assert run_cas("cat", cid, repo=daemon.repo, timeout=300).stdout == data
