@@ -78,6 +78,7 @@ from .responder import (
     contact_to_peer,
 )
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
+from .rtt import RttTable
 from .store_batches import StoreBatcher, StoreOutcome
 
 __all__ = [  # what importers find here, wherever it lives now
@@ -258,8 +259,11 @@ class DhtDriver:
         self.frame_budget: FrameBudget = self.pool.frame_budget
         self.responder = Responder(table, self.providers, k=k, id_difficulty=id_difficulty,
                                    keeps_blocks=keeper is not None, keeps_records=records is not None)
+        self.rtts = RttTable(initial_rto=soft_timeout)
+        """Every peer's round-trip estimate (:mod:`.rtt`): the lookups' soft timeouts."""
         self.lookups = Lookups(self.own_id, table, self.pool, self, k=k, alpha=alpha,
-                               soft_timeout=soft_timeout, request_timeout=request_timeout, clock=clock)
+                               soft_timeout=soft_timeout, request_timeout=request_timeout, clock=clock,
+                               rtts=self.rtts)
         self._pinging: set[int] = set()
         self._nursery: trio.Nursery | None = None
         self._batcher: StoreBatcher | None = None

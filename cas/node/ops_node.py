@@ -153,7 +153,12 @@ async def net_stats(request: ops.NetStats, ctx: OpContext) -> dict[str, Any]:
     driver = ctx.dht
     admission = driver.admission.statistics()
     budget = driver.frame_budget.statistics()
-    return {"handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
+    rtt = driver.rtts.statistics()
+    return {"rtt": {"peers": rtt.peers, "samples": rtt.samples,
+                    "srtt_ms": None if rtt.srtt is None else round(rtt.srtt * 1000, 3),
+                    "rttvar_ms": None if rtt.rttvar is None else round(rtt.rttvar * 1000, 3),
+                    "rto_ms": round(rtt.rto * 1000, 3)},
+            "handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
             "handshakes": admission.handshakes, "connections": admission.connections,
             "addresses": admission.addresses, "admitted": admission.admitted,
             "refused": admission.refused, "rate_limited": admission.rate_limited,
