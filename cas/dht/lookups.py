@@ -280,7 +280,6 @@ class _LookupRun:
                     break
                 if query.soft <= now and self.holding.get(query.peer.node_id) is query:  # not answered meanwhile
                     del self.holding[query.peer.node_id]
-                    self.lookups.rtts.timed_out(query.peer.node_id)
                     await self.send(lookup.on_timeout(query.peer))
             for query in list(self.waiting.values()):
                 if query.hard > now or lookup.done:

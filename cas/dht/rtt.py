@@ -15,9 +15,12 @@ deviation ``RTTVAR``; on each sample ``R``::
                    SRTT   = 7/8 SRTT   + 1/8 R
     RTO = SRTT + max(G, 4 RTTVAR), clamped to [MIN_RTO, MAX_RTO]
 
-and, when a timeout fires, double the RTO until the next sample (the
-exponential back-off of §5.5), so a peer that went silent is asked
-ever more patiently instead of being hammered.
+TCP also doubles the RTO on each timeout (§5.5), because it resends the
+same segment and must not flood a congested path. A lookup never resends:
+its soft timeout only frees one of the alpha slots, and a late answer is
+still used. So there is no back-off here: a silent peer should cost each
+lookup one RTO, not ever more (the routing table, told of hard failures,
+is what stops asking it).
 
 A :class:`RttTable` keeps one :class:`RttEstimator` per peer (bounded: the
 least recently sampled are forgotten first) and one more fed by every
@@ -61,7 +64,7 @@ MIN_RTO = 0.2
 TCP uses 200 ms, which also covers a busy peer's scheduling on loopback.
 Only the *soft* timeout uses it: a query past it still gets its answer."""
 MAX_RTO = 4.0
-"""The ceiling, back-off included: below the hard request timeout
+"""The ceiling: below the hard request timeout
 (``pool.REQUEST_TIMEOUT``, 5 s), after which a query is given up."""
 INITIAL_RTO = 1.0
 """Before any sample (RFC 6298 §2.1), and the old fixed soft timeout."""
@@ -77,13 +80,12 @@ fall back on the network's estimate)."""
 class RttEstimator:
     """One path's SRTT / RTTVAR and back-off (RFC 6298)."""
 
-    __slots__ = ("backoff", "rttvar", "samples", "srtt")
+    __slots__ = ("rttvar", "samples", "srtt")
 
     def __init__(self) -> None:
         self.srtt = 0.0
         self.rttvar = 0.0
         self.samples = 0
-        self.backoff = 0  # timeouts since the last sample: the RTO doubles for each
 
     def sample(self, rtt: float) -> None:
         """A measured round trip, in seconds."""
@@ -94,11 +96,6 @@ class RttEstimator:
             self.rttvar = (1 - BETA_GAIN) * self.rttvar + BETA_GAIN * abs(self.srtt - rtt)
             self.srtt = (1 - ALPHA_GAIN) * self.srtt + ALPHA_GAIN * rtt
         self.samples += 1
-        self.backoff = 0
-
-    def timed_out(self) -> None:
-        """A timeout fired: back off (RFC 6298 §5.5) until the next sample."""
-        self.backoff = min(self.backoff + 1, 16)
 
     def base_rto(self) -> float | None:
         """The RTO the samples give, without back-off (``None``: no sample)."""
@@ -107,11 +104,10 @@ class RttEstimator:
         return self.srtt + max(GRANULARITY, K_VARIANCE * self.rttvar)
 
     def rto(self, fallback: float = INITIAL_RTO, ceiling: float = MAX_RTO) -> float:
-        """The timeout now: the samples' RTO (or ``fallback``), backed off,
-        within [MIN_RTO, ``ceiling``]."""
+        """The timeout now: the samples' RTO (or ``fallback``) within
+        [MIN_RTO, ``ceiling``]."""
         base = self.base_rto()
-        value = max(MIN_RTO, fallback if base is None else base) * float(1 << self.backoff)
-        return min(ceiling, value)
+        return min(ceiling, max(MIN_RTO, fallback if base is None else base))
 
 
 @dataclass(frozen=True)
@@ -150,10 +146,6 @@ class RttTable:
         self._entry(peer).sample(rtt)
         self.network.sample(rtt)
 
-    def timed_out(self, peer: int) -> None:
-        """A request to ``peer`` passed its RTO unanswered."""
-        self._entry(peer).timed_out()
-
     def network_rto(self) -> float:
         """The RTO for a peer never sampled and never timed out."""
         if self.network.samples == 0:
@@ -163,10 +155,9 @@ class RttTable:
     def rto(self, peer: int) -> float:
         """How long to wait for ``peer``'s answer before searching around it."""
         found = self._peers.get(peer)
-        fallback = self.network_rto()
         if found is None:
-            return fallback
-        return found.rto(fallback, self.ceiling)
+            return self.network_rto()
+        return found.rto(ceiling=self.ceiling)
 
     def estimate(self, peer: int) -> RttEstimator | None:
         return self._peers.get(peer)

@@ -154,10 +154,10 @@ async def net_stats(request: ops.NetStats, ctx: OpContext) -> dict[str, Any]:
     admission = driver.admission.statistics()
     budget = driver.frame_budget.statistics()
     rtt = driver.rtts.statistics()
-    return {"rtt": {"peers": rtt.peers, "samples": rtt.samples,
-                    "srtt_ms": None if rtt.srtt is None else round(rtt.srtt * 1000, 3),
-                    "rttvar_ms": None if rtt.rttvar is None else round(rtt.rttvar * 1000, 3),
-                    "rto_ms": round(rtt.rto * 1000, 3)},
+    return {"rtt": {"peers": rtt.peers, "samples": rtt.samples,  # microseconds: the wire has no floats
+                    "srtt_us": None if rtt.srtt is None else round(rtt.srtt * 1e6),
+                    "rttvar_us": None if rtt.rttvar is None else round(rtt.rttvar * 1e6),
+                    "rto_us": round(rtt.rto * 1e6)},
             "handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
             "handshakes": admission.handshakes, "connections": admission.connections,
             "addresses": admission.addresses, "admitted": admission.admitted,
