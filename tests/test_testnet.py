@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from cas.cid import parse_cid
 from cas.control import ControlClient, socket_path
 
 from .conftest import pseudo_random_stream, run_cas, skip_unless_ci
@@ -193,3 +194,25 @@ def test_a_host_whose_link_is_cut_costs_each_lookup_about_one_rto(six_nodes: Six
     # About one RTO more (a few hundred ms here), never the old fixed
     # second; a loose bound, this is not a benchmark.
     assert extra < 1.0, (healthy, cut, rto)
+
+
+@pytest.mark.slow
+def test_a_node_behind_nat_as_a_dht_client_adds_and_reads_and_is_in_no_routing_table(tmp_path: Path) -> None:
+    with Testnet(3, Link(delay=0.005), nat_hosts=1) as net, Daemons() as daemons:
+        public, hidden = net.hosts[:3], net.hosts[3]
+        first = daemons.start(tmp_path / "h0", listen=f"{public[0].address}:0", prefix=public[0].prefix)
+        nodes = [first, *(daemons.start(tmp_path / f"h{h.index}", listen=f"{h.address}:0",
+                                        bootstrap=[first.address], prefix=h.prefix) for h in public[1:])]
+        client = daemons.start(tmp_path / "nat", listen=f"{hidden.address}:0", bootstrap=[first.address],
+                               prefix=hidden.prefix, extra=["--reachable", "no"])
+        for daemon in [*nodes, client]:
+            run_cas("dht", "refresh", repo=daemon.repo, timeout=120)
+        mine = run_cas("add", "-q", "-", repo=client.repo, input=b"from behind the NAT").stdout.decode().strip()
+        theirs = run_cas("add", "-q", "-", repo=nodes[1].repo, input=b"from the open").stdout.decode().strip()
+        assert run_cas("cat", theirs, repo=client.repo).stdout == b"from the open"
+        for daemon in nodes:
+            assert run_cas("cat", mine, repo=daemon.repo).stdout == b"from behind the NAT"
+            peers = {p["id"] for p in json.loads(run_cas("peers", "--json", repo=daemon.repo).stdout)}
+            assert client.node_id not in peers and peers == {d.node_id for d in nodes if d is not daemon}
+        # Its blocks went to the open nodes (R = 3 of the 3 there are).
+        assert all(call(daemon, "has", cid=parse_cid(mine)) for daemon in nodes)

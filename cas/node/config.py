@@ -103,6 +103,9 @@ class NodeConfig:
     listen_host: str = "0.0.0.0"
     listen_port: int = DEFAULT_PORT
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    reachable: bool = True
+    """Whether other nodes can dial this one; if not it is a DHT client: its
+    handshakes name no listening port, so no peer files it as a contact."""
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT

@@ -223,7 +223,7 @@ class Node:
         dht = self.dht = DhtDriver(
             identity, table, blocks=PeerStore(self), keeper=PeerStore(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
-            listen_port=port, listen_host=self.config.listen_host,
+            listen_port=port if self.config.reachable else None, listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self._log, id_difficulty=difficulty,
