@@ -35,10 +35,11 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=_address, action="append", default=[],
                    help="a peer to join the network through (more than once for several)")
-    p.add_argument("--reachable", type=_reachable, default=None, metavar="yes|no",
+    p.add_argument("--reachable", type=_reachable, default=None, metavar="yes|no|auto",
                    help="whether other nodes can dial this one at its address and --listen port "
                    "(default yes); 'no' (behind NAT without a forwarded port) makes it a DHT client: "
-                   "it stores and reads through the nodes it dials but is never offered as a contact")
+                   "it stores and reads through the nodes it dials but is never offered as a contact; "
+                   "'auto' asks peers to dial it back and becomes a client if none can")
     p.add_argument("--handshake-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="close connections that do not complete the handshake in time (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
@@ -119,10 +120,10 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _reachable(text: str) -> bool:
-    answer = {"yes": True, "true": True, "no": False, "false": False}.get(text.strip().lower())
-    if answer is None:
-        raise argparse.ArgumentTypeError(f"say yes or no, not {text!r}")
+def _reachable(text: str) -> str:
+    answer = text.strip().lower()
+    if answer not in ("yes", "no", "auto"):
+        raise argparse.ArgumentTypeError(f"say yes, no or auto, not {text!r}")
     return answer
 
 

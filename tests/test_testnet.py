@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,15 +196,37 @@ def test_a_host_whose_link_is_cut_costs_each_lookup_about_one_rto(six_nodes: Six
     assert extra < 1.0, (healthy, cut, rto)
 
 
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
-def test_a_node_behind_nat_as_a_dht_client_adds_and_reads_and_is_in_no_routing_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reachable", ["no", "auto"])
+def test_a_node_behind_nat_as_a_dht_client_adds_and_reads_and_is_in_no_routing_table(
+        tmp_path: Path, reachable: str) -> None:
+    """``no``: told it is a client. ``auto``: it asks its peers to dial it
+    back, none can, and it becomes one (an open node asking the same
+    learns it is reachable)."""
     with Testnet(3, Link(delay=0.005), nat_hosts=1) as net, Daemons() as daemons:
         public, hidden = net.hosts[:3], net.hosts[3]
         first = daemons.start(tmp_path / "h0", listen=f"{public[0].address}:0", prefix=public[0].prefix)
         nodes = [first, *(daemons.start(tmp_path / f"h{h.index}", listen=f"{h.address}:0",
-                                        bootstrap=[first.address], prefix=h.prefix) for h in public[1:])]
+                                        bootstrap=[first.address], prefix=h.prefix,
+                                        extra=["--reachable", reachable if reachable == "auto" else "yes"])
+                       for h in public[1:])]
         client = daemons.start(tmp_path / "nat", listen=f"{hidden.address}:0", bootstrap=[first.address],
-                               prefix=hidden.prefix, extra=["--reachable", "no"])
+                               prefix=hidden.prefix, extra=["--reachable", reachable])
+        wait_for(lambda: call(client, "net_stats")["reachable"] == "no", 60, "the NAT'd node to find out")
+        wait_for(lambda: call(nodes[1], "net_stats")["reachable"] == "yes", 60, "an open node to find out")
+
+        def listed_anywhere() -> bool:
+            return any(client.node_id in {p["id"] for p in json.loads(
+                run_cas("peers", "--json", repo=d.repo).stdout)} for d in nodes)
+
+        wait_for(lambda: not listed_anywhere(), 30, "the open nodes to forget the NAT'd node's address")
         for daemon in [*nodes, client]:
             run_cas("dht", "refresh", repo=daemon.repo, timeout=120)
         mine = run_cas("add", "-q", "-", repo=client.repo, input=b"from behind the NAT").stdout.decode().strip()

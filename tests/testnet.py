@@ -591,14 +591,14 @@ def _source(address: str, port: int, size: int) -> float:
 # -- the command line -----------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
+def parse_seconds(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)\s*(ms|s)?", text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 25ms or 0.025)")
     return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
 
 
-def _rate(text: str) -> float:
+def parse_rate(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)\s*([kKmMgG]?)(bit|B)?", text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a rate: {text!r} (say 100mbit or 10MB)")
@@ -614,10 +614,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--hosts", type=int, default=3)
         p.add_argument("--nat", type=int, default=0, help="hosts behind NAT (after the others)")
-        p.add_argument("--delay", type=_seconds, default=0.0, help="one-way delay of every host's link")
-        p.add_argument("--jitter", type=_seconds, default=0.0)
+        p.add_argument("--delay", type=parse_seconds, default=0.0, help="one-way delay of every host's link")
+        p.add_argument("--jitter", type=parse_seconds, default=0.0)
         p.add_argument("--loss", type=float, default=0.0, help="loss probability per link crossing")
-        p.add_argument("--rate", type=_rate, default=None, help="each link's bandwidth, e.g. 100mbit")
+        p.add_argument("--rate", type=parse_rate, default=None, help="each link's bandwidth, e.g. 100mbit")
     cleanup = sub.add_parser("cleanup", help="remove the namespaces of runs whose owner is gone")
     cleanup.add_argument("--all", action="store_true", help="also those of running owners")
     return parser

@@ -68,8 +68,10 @@ from .lookup import ALPHA
 from .lookups import SOFT_TIMEOUT, FindResult, Lookups, peer_to_contact
 from .pool import AGENT, REQUEST_TIMEOUT, ConnectionPool, Dialer, source_address, tcp_dialer
 from .providers import ProviderRecords
+from .reachability import ASK, Reachability, verdict
 from .responder import (
     CheckPresence,
+    DialRequester,
     KeepBlocks,
     KeepRecord,
     ReadBlock,
@@ -414,6 +416,54 @@ class DhtDriver:
             self.served(contact.node_id)
         return response
 
+    # -- reachability (AutoNAT's check, reachability.py) -------------------------
+
+    async def dial_back(self, requester: int, host: str, port: int) -> bool:
+        """Whether a new connection to ``host:port`` reaches ``requester``
+        (a handshake proving its ID); the connection is closed at once."""
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                connection, _ = await self.pool.dial(host, port, requester)
+        except (PeerError, trio.TooSlowError):
+            return False
+        await connection.aclose()
+        return True
+
+    async def check_reachable(self, count: int = ASK) -> Reachability:
+        """Ask up to ``count`` peers, at once, to dial this node back at its
+        listening port; the verdict of their answers. A DHT client (no
+        listening port) has nothing to check."""
+        port = self.pool.listen_port
+        if port is None:
+            return Reachability(False, 0, 0, 0)
+        contacts = list(self.table.contacts())
+        self._rng.shuffle(contacts)
+        asked = contacts[:count]
+        answers: list[bool] = []
+
+        async def ask(contact: Contact) -> None:
+            try:
+                response = await self.request(contact, msg.DialBack(port),
+                                              timeout=self.handshake_timeout + self.request_timeout)
+            except PeerError:
+                return  # no answer is no evidence either way
+            if isinstance(response, msg.DialBackResult):
+                answers.append(response.reachable)
+
+        async with trio.open_nursery() as nursery:
+            for contact in asked:
+                nursery.start_soon(ask, contact)
+        return Reachability(verdict(answers), len(asked), answers.count(True), answers.count(False))
+
+    async def become_client(self) -> None:
+        """From now on, name no listening port in hellos, and close the
+        connections opened with one: each peer probes the address it filed
+        this node under, finds nothing listening there, and drops the
+        contact; they meet the node again as a client."""
+        self.pool.listen_port = None
+        self.listen_port = None
+        await self.pool.close_all()
+
     async def ping(self, contact: Contact) -> bool:
         try:
             await self.request(contact, msg.Ping())
@@ -528,6 +578,10 @@ class DhtDriver:
                 return responder.read_record_done(requester, work, held)
             if isinstance(work, KeepRecord):
                 return await self._keep_record(requester, work)
+            if isinstance(work, DialRequester):
+                if contact is None:
+                    return msg.Error("refused", "dial_back needs the port you listen on in your hello")
+                return responder.dial_back_done(await self.dial_back(requester, contact.host, work.port))
         except RemoteProtocolError:
             raise  # the peer's fault: the connection strikes it
         except CasError as exc:  # none of the failures the responder expects: ours

@@ -129,6 +129,7 @@ EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
     msg.FindBlock: (msg.Block, msg.Nodes, msg.Providers),
     msg.StoreBlocks: (msg.Stored,),
     msg.Have: (msg.HaveResult,),
+    msg.DialBack: (msg.DialBackResult,),
     msg.PutRecord: (msg.Ok,),
     msg.GetRecord: (msg.Record,),
 }

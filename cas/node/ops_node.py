@@ -154,7 +154,8 @@ async def net_stats(request: ops.NetStats, ctx: OpContext) -> dict[str, Any]:
     admission = driver.admission.statistics()
     budget = driver.frame_budget.statistics()
     rtt = driver.rtts.statistics()
-    return {"rtt": {"peers": rtt.peers, "samples": rtt.samples,  # microseconds: the wire has no floats
+    return {"reachable": ctx.node.reachable,
+            "rtt": {"peers": rtt.peers, "samples": rtt.samples,  # microseconds: the wire has no floats
                     "srtt_us": None if rtt.srtt is None else round(rtt.srtt * 1e6),
                     "rttvar_us": None if rtt.rttvar is None else round(rtt.rttvar * 1e6),
                     "rto_us": round(rtt.rto * 1e6)},
