@@ -24,8 +24,8 @@ import pytest
 from cas.cid import parse_cid
 from cas.control import ControlClient, socket_path
 
-from .conftest import pseudo_random_stream, run_cas, skip_unless_ci
-from .nodeproc import Daemon, Daemons
+from .conftest import CAS, pseudo_random_stream, run_cas, skip_unless_ci
+from .nodeproc import Daemon, Daemons, dag_of
 from .testnet import Link, Testnet, available, leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,3 +238,57 @@ def test_a_node_behind_nat_as_a_dht_client_adds_and_reads_and_is_in_no_routing_t
             assert client.node_id not in peers and peers == {d.node_id for d in nodes if d is not daemon}
         # Its blocks went to the open nodes (R = 3 of the 3 there are).
         assert all(call(daemon, "has", cid=parse_cid(mine)) for daemon in nodes)
+
+
+@pytest.mark.slow
+def test_after_a_partition_heals_both_halves_find_each_other_and_every_block_is_back_at_r(tmp_path: Path) -> None:
+    repair = 5  # seconds between repair rounds
+    with Testnet(6, Link(delay=0.005)) as net, Daemons() as daemons:
+        extra = ["--repair-interval", str(repair)]
+        first = daemons.start(tmp_path / "h0", listen=f"{net.hosts[0].address}:0", prefix=net.hosts[0].prefix,
+                              extra=extra)
+        nodes = [first, *(daemons.start(tmp_path / f"h{h.index}", listen=f"{h.address}:0",
+                                        bootstrap=[first.address], prefix=h.prefix, extra=extra)
+                          for h in net.hosts[1:])]
+        for daemon in nodes:
+            run_cas("dht", "refresh", repo=daemon.repo, timeout=120)
+        left, right = nodes[:3], nodes[3:]
+
+        def peers(daemon: Daemon) -> set[str]:
+            return {p["id"] for p in json.loads(run_cas("peers", "--json", repo=daemon.repo).stdout)}
+
+        net.partition([0, 1, 2], [3, 4, 5])
+        t0 = time.monotonic()
+        files = {}
+        adds = []
+        for writer in (left[0], right[0]):  # one on each side, at once
+            data = b"".join(pseudo_random_stream(1 << 20, seed=f"side {writer.node_id}"))
+            proc = subprocess.Popen([CAS, "--repo", str(writer.repo), "add", "-q", "-"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            adds.append((proc, data))
+        for proc, data in adds:
+            out, err = proc.communicate(data, timeout=300)
+            assert proc.returncode == 0, err
+            files[out.decode().strip()] = data
+        print("known across the cut:", [len(peers(d) - {n.node_id for n in (left if d in left else right)})
+                                        for d in nodes])
+        net.heal()
+        print(f"partitioned for {time.monotonic() - t0:.1f} s")
+        t0 = time.monotonic()
+        everyone = {d.node_id for d in nodes}
+        wait_for(lambda: all(peers(d) == everyone - {d.node_id} for d in nodes), 90,
+                 "both halves back in every routing table")
+        print(f"tables whole again after {time.monotonic() - t0:.1f} s")
+        for cid, data in files.items():
+            for daemon in nodes:
+                assert run_cas("cat", cid, repo=daemon.repo, timeout=120).stdout == data
+
+        def all_at_r() -> bool:
+            for cid in files:
+                for block in dag_of(nodes[0], parse_cid(cid)):
+                    if sum(call(d, "has", cid=block) for d in nodes) < 3:
+                        return False
+            return True
+
+        wait_for(all_at_r, 2 * repair + 30, "every block back at R = 3 copies")
+        print(f"every block at R after {time.monotonic() - t0:.1f} s")

@@ -98,6 +98,12 @@ MAX_PINGS = 8
 """Pings of full buckets' oldest contacts in flight at once; more
 suggestions are dropped (the next update suggests again)."""
 
+REVISIT_INTERVAL = 10.0
+REVISIT_BATCH = 4
+"""Contacts dropped for silence pinged again, REVISIT_BATCH every
+REVISIT_INTERVAL seconds (routing.MAX_DEPARTED are remembered): a healed
+partition is noticed within seconds to a few minutes."""
+
 HAVE_TIMEOUT = 3.0
 
 STORE_TIMEOUT = 10.0
@@ -716,6 +722,31 @@ class DhtDriver:
         while True:
             await trio.sleep(check_every)
             await self.refresh()
+
+    async def revisit_loop(self, every: float = REVISIT_INTERVAL) -> None:
+        """Every ``every`` seconds, ping a few contacts dropped for silence
+        (:meth:`RoutingTable.revisit`); if one answers, it is back in the
+        table, and a lookup of this node's own ID learns its side of the
+        network again: how both halves of a partition find each other once
+        it heals, without a restart."""
+        while True:
+            await trio.sleep(every)
+            contacts = self.table.revisit(REVISIT_BATCH)
+            if contacts and await self._any_answers(contacts):
+                await self.find_node(self.own_id)
+
+    async def _any_answers(self, contacts: Sequence[Contact]) -> bool:
+        """Ping ``contacts`` at once; whether any answered."""
+        back: list[Contact] = []
+
+        async def ping(contact: Contact) -> None:
+            if await self.ping(contact):
+                back.append(contact)
+
+        async with trio.open_nursery() as nursery:
+            for contact in contacts:
+                nursery.start_soon(ping, contact)
+        return bool(back)
 
     # -- reporting ------------------------------------------------------------
 

@@ -281,6 +281,7 @@ class Node:
                     control = bind_socket(repo / SOCKET_NAME)
                     nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
                     nursery.start_soon(dht.refresh_loop)
+                    nursery.start_soon(dht.revisit_loop)
                     if self.config.reachable == "auto":
                         nursery.start_soon(self._check_reachable)
                     nursery.start_soon(self._save_loop)
