@@ -50,8 +50,8 @@ def test_measured_round_trip_is_twice_both_links_delays_and_the_network_is_gone_
         print(found.line())
         assert found.received == 20
         # Asked: 2 × (10 + 20) ms = 60 ms. The switch is one Python process on
-        # a shared machine: a little late, never early.
-        assert 0.058 <= found.rtt_p50 <= 0.085, found.line()
+        # a shared machine: a little late (more under load), never early.
+        assert 0.058 <= found.rtt_p50 <= 0.100, found.line()
     assert namespaces_of(net) == set()
 
 
