@@ -46,6 +46,10 @@ def namespaces_of(net: Testnet) -> set[str]:
 def test_measured_round_trip_is_twice_both_links_delays_and_the_network_is_gone_after() -> None:
     with Testnet(2, links=[Link(delay=0.010), Link(delay=0.020)], seed=1) as net:
         assert len(namespaces_of(net)) == 2
+        for host in net.hosts:  # nothing leads off the machine: one route, the test network's
+            routes = subprocess.run(["ip", "-n", host.namespace, "route"], capture_output=True, text=True,
+                                    check=True).stdout.splitlines()
+            assert [r.split()[0] for r in routes] == ["10.77.0.0/24"], routes
         found = net.measure(0, 1, count=20)
         print(found.line())
         assert found.received == 20
