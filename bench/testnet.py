@@ -15,7 +15,9 @@ For each round trip asked (``--rtts``, default 0, 20 and 100 ms) and loss
    ``--rate`` if any and TCP's window growth allow, in the same run);
 3. the daemons start, one per host, join through host 0 and refresh;
 4. **lookup**: ``--lookups`` lookups of random IDs from host 0
-   (``dht_find``); p50 and p90 of the node's own timing, and hops;
+   (``dht_find``); p50 and p90 of the node's own timing, and hops; then
+   the same with one node's link cut (silent: every lookup asks it), with
+   the ratio to the healthy p50 and the node's RTO (``net_stats``);
 5. **replicated add**: ``cas add FILE`` (``--size`` random bytes) through
    host 0's daemon, wall time, which includes every block acknowledged by R
    nodes; MiB/s, and its ratio to the ceiling;
@@ -70,6 +72,8 @@ class Row:
     ceiling: float  # MiB/s
     lookup_p50_ms: float
     lookup_p90_ms: float
+    silent_p50_ms: float
+    silent_p90_ms: float
     hops: float
     add: float  # MiB/s
     read: float  # MiB/s
@@ -122,6 +126,15 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
         p50, p90 = statistics.median(elapsed), percentile(elapsed, 0.9)
         print(f"   lookup: p50 {p50:.0f} ms, p90 {p90:.0f} ms, {hops:.1f} hops "
               f"(target p50 <= (hops + 1) x RTT = {(hops + 1) * rtt * 1000:.0f} ms)", flush=True)
+        # One node silent (its link cut): every lookup here asks it (k > nodes).
+        net.cut(nodes - 1)
+        silent = [call(first, "dht_find", target=f"{rng.getrandbits(256):064x}")["elapsed_us"] / 1000  # type: ignore[index]
+                  for _ in range(args.lookups)]
+        rto = call(first, "net_stats")["rtt"]["rto_us"] / 1000  # type: ignore[index]
+        net.heal()
+        s50, s90 = statistics.median(silent), percentile(silent, 0.9)
+        print(f"   lookup, one node silent: p50 {s50:.0f} ms, p90 {s90:.0f} ms ({s50 / p50:.2f} x healthy p50; "
+              f"the network's RTO {rto:.0f} ms)", flush=True)
 
         source = base / "file.bin"
         with open(source, "wb") as f:
@@ -141,7 +154,8 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
         assert len(out) == args.size
         print(f"   read from peers: {read:.1f} MiB/s, {read / ceiling:.2f} x ceiling", flush=True)
         source.unlink()
-        return Row(rtt * 1000, loss, measured.rtt_p50 * 1000, measured.loss, ceiling, p50, p90, hops, add, read)
+        return Row(rtt * 1000, loss, measured.rtt_p50 * 1000, measured.loss, ceiling, p50, p90, s50, s90, hops, add,
+                   read)
 
 
 def main() -> int:
@@ -166,11 +180,12 @@ def main() -> int:
             with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
                 rows.append(one(rtt, loss, args, Path(tmp)))
     print("\n| RTT asked | loss asked | RTT measured | loss measured | TCP ceiling | lookup p50 | lookup p90 "
-          "| hops | replicated add | add / ceiling | read from peers | read / ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| one silent: p50 / p90 | hops | replicated add | add / ceiling | read from peers | read / ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.rtt_ms:g} ms | {r.loss:.0%} | {r.measured_rtt_ms:.1f} ms | {r.measured_loss:.1%} "
-              f"| {r.ceiling:.1f} MiB/s | {r.lookup_p50_ms:.0f} ms | {r.lookup_p90_ms:.0f} ms | {r.hops:.1f} "
+              f"| {r.ceiling:.1f} MiB/s | {r.lookup_p50_ms:.0f} ms | {r.lookup_p90_ms:.0f} ms "
+              f"| {r.silent_p50_ms:.0f} / {r.silent_p90_ms:.0f} ms | {r.hops:.1f} "
               f"| {r.add:.1f} MiB/s | **{r.add / r.ceiling:.2f}** | {r.read:.1f} MiB/s | **{r.read / r.ceiling:.2f}** |")
     return 0
 
