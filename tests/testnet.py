@@ -658,7 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = net.tcp_transfer(0, 1, size)
             print(f"testnet: h0 -> h1: TCP {size / seconds / (1 << 20):.1f} MiB/s ({size >> 20} MiB in {seconds:.2f} s)")
         if ns.command == "up":
-            print("up: run commands with 'ip netns exec NAMESPACE ...'; Ctrl-C removes it", flush=True)
+            def stop(signum: int, frame: object) -> None:
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, stop)  # also when started in the background, where it was ignored
+            signal.signal(signal.SIGTERM, stop)
+            print("up: run commands with 'ip netns exec NAMESPACE ...'; Ctrl-C (or SIGTERM) removes it",
+                  flush=True)
             with suppress(KeyboardInterrupt):
                 signal.pause()
     return 0
