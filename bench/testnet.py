@@ -21,8 +21,10 @@ For each round trip asked (``--rtts``, default 0, 20 and 100 ms) and loss
 5. **replicated add**: ``cas add FILE`` (``--size`` random bytes) through
    host 0's daemon, wall time, which includes every block acknowledged by R
    nodes; MiB/s, and its ratio to the ceiling;
-6. **read from peers**: a last daemon, started after the add (so it holds
-   none of it), ``cas cat``s the file; MiB/s and the ratio to the ceiling.
+6. **read from peers**: a daemon started after the add (so it holds none
+   of it) ``cas cat``s the file; MiB/s and the ratio to the ceiling; then
+   another new daemon reads it with one node's link cut (a silent holder
+   of about R / nodes of the blocks), and its ratio to the healthy read.
 
 Issue 20's targets at 100 ms and 0 % loss: lookup p50 <= (hops + 1) x RTT;
 read >= 0.8 x ceiling; add >= 0.8 x ceiling / copies leaving the host.
@@ -77,6 +79,7 @@ class Row:
     hops: float
     add: float  # MiB/s
     read: float  # MiB/s
+    read_silent: float  # MiB/s, one node silent
 
 
 def call(daemon: Daemon, op: str, **args: object) -> object:
@@ -86,8 +89,10 @@ def call(daemon: Daemon, op: str, **args: object) -> object:
 
 def cas(*args: str, repo: Path) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "CAS_HOME"}
-    return subprocess.run([CAS, "--repo", str(repo), *args], capture_output=True, env=env, check=True,
-                          timeout=3600)
+    done = subprocess.run([CAS, "--repo", str(repo), *args], capture_output=True, env=env, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"cas {' '.join(args)} failed: {done.stderr.decode(errors='replace').strip()}")
+    return done
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -99,7 +104,7 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
     per_link_loss = 1 - math.sqrt(1 - loss)
     link = Link(delay=rtt / 4, loss=per_link_loss, rate=args.rate)
     nodes = args.nodes
-    with Testnet(nodes + 1, link, seed=20) as net, Daemons() as daemons:
+    with Testnet(nodes + 2, link, seed=20) as net, Daemons() as daemons:
         print(f"\n== RTT {rtt * 1000:g} ms, loss {loss:.0%} per path: {nodes} nodes + a reader", flush=True)
         measured = net.measure(0, 1, count=100, interval=0.005)
         print(f"   measured: {measured.line()}", flush=True)
@@ -153,9 +158,23 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
         read = args.size / (time.monotonic() - start) / MiB
         assert len(out) == args.size
         print(f"   read from peers: {read:.1f} MiB/s, {read / ceiling:.2f} x ceiling", flush=True)
+
+        # A second new reader, with one of the other nodes silent (its link cut).
+        second_host = net.hosts[nodes + 1]
+        second = daemons.start(base / "reader2", listen=f"{second_host.address}:0", bootstrap=[first.address],
+                               prefix=second_host.prefix, extra=["--repair-interval", "3600"])
+        cas("dht", "refresh", repo=second.repo)
+        net.cut(1)
+        start = time.monotonic()
+        out = cas("cat", cid, repo=second.repo).stdout
+        read_silent = args.size / (time.monotonic() - start) / MiB
+        net.heal()
+        assert len(out) == args.size
+        print(f"   read from peers, one node silent: {read_silent:.1f} MiB/s, {read_silent / read:.2f} x healthy",
+              flush=True)
         source.unlink()
         return Row(rtt * 1000, loss, measured.rtt_p50 * 1000, measured.loss, ceiling, p50, p90, s50, s90, hops, add,
-                   read)
+                   read, read_silent)
 
 
 def main() -> int:
@@ -180,13 +199,15 @@ def main() -> int:
             with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
                 rows.append(one(rtt, loss, args, Path(tmp)))
     print("\n| RTT asked | loss asked | RTT measured | loss measured | TCP ceiling | lookup p50 | lookup p90 "
-          "| one silent: p50 / p90 | hops | replicated add | add / ceiling | read from peers | read / ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| one silent: p50 / p90 | hops | replicated add | add / ceiling | read from peers | read / ceiling "
+          "| read, one node silent |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.rtt_ms:g} ms | {r.loss:.0%} | {r.measured_rtt_ms:.1f} ms | {r.measured_loss:.1%} "
               f"| {r.ceiling:.1f} MiB/s | {r.lookup_p50_ms:.0f} ms | {r.lookup_p90_ms:.0f} ms "
               f"| {r.silent_p50_ms:.0f} / {r.silent_p90_ms:.0f} ms | {r.hops:.1f} "
-              f"| {r.add:.1f} MiB/s | **{r.add / r.ceiling:.2f}** | {r.read:.1f} MiB/s | **{r.read / r.ceiling:.2f}** |")
+              f"| {r.add:.1f} MiB/s | **{r.add / r.ceiling:.2f}** | {r.read:.1f} MiB/s | **{r.read / r.ceiling:.2f}** "
+              f"| {r.read_silent:.1f} MiB/s ({r.read_silent / r.read:.2f} x) |")
     return 0
 
 
