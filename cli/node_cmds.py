@@ -35,6 +35,11 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=_address, action="append", default=[],
                    help="a peer to join the network through (more than once for several)")
+    p.add_argument("--reachable", type=_reachable, default=None, metavar="yes|no|auto",
+                   help="whether other nodes can dial this one at its address and --listen port "
+                   "(default yes); 'no' (behind NAT without a forwarded port) makes it a DHT client: "
+                   "it stores and reads through the nodes it dials but is never offered as a contact; "
+                   "'auto' asks peers to dial it back and becomes a client if none can")
     p.add_argument("--handshake-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="close connections that do not complete the handshake in time (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
@@ -116,6 +121,13 @@ def _address(text: str) -> tuple[str, int]:
         return parse_address(text)
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _reachable(text: str) -> str:
+    answer = text.strip().lower()
+    if answer not in ("yes", "no", "auto"):
+        raise argparse.ArgumentTypeError(f"say yes, no or auto, not {text!r}")
+    return answer
 
 
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -205,7 +217,7 @@ _DAEMON_FLAGS = (
     "handshake_timeout", "idle_timeout", "frame_timeout", "frame_memory", "max_connections",
     "max_connections_per_address", "handshake_rate_per_address", "replicas", "quota", "peer_quota",
     "disk_reserve", "repair_interval", "lease", "id_difficulty", "scrub_rate", "scrub_period",
-    "thin_interval",
+    "thin_interval", "reachable",
 )
 """``cas daemon``'s flags that set the :class:`~cas.node.NodeConfig` field of
 the same name."""

@@ -321,3 +321,23 @@ def test_a_malformed_saved_table_is_refused_with_a_repository_error(damage) -> N
     table.update(in_bucket(255, 1)[0], 0.0)
     with pytest.raises(RepositoryError, match="routing table is malformed"):
         RoutingTable.from_record(damage(table.to_record(0.0)), 0.0)
+
+
+def test_a_contact_dropped_for_silence_is_offered_again_until_it_answers_or_its_tries_run_out() -> None:
+    from cas.dht.routing import DEPARTED_TRIES, MAX_FAILURES
+
+    table = RoutingTable(0, k=4)
+    gone, other = contact(1 << 200), contact(1 << 201)
+    table.update(gone, 0.0)
+    table.update(other, 0.0)
+    assert table.revisit(4) == []  # nothing dropped yet
+    for _ in range(MAX_FAILURES):
+        table.record_failure(gone.node_id)
+    assert gone.node_id not in table
+    assert table.revisit(4) == [gone]
+    table.update(gone, 5.0)  # it answered: back in the table, no longer departed
+    assert gone.node_id in table and table.revisit(4) == []
+    for _ in range(MAX_FAILURES):
+        table.record_failure(gone.node_id)
+    offered = sum(len(table.revisit(4)) for _ in range(DEPARTED_TRIES + 5))
+    assert offered == DEPARTED_TRIES

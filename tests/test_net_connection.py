@@ -446,6 +446,18 @@ async def test_send_request_returns_at_once_and_the_read_loop_tells_the_waiter()
 
 
 @trio_test
+async def test_a_request_its_caller_gave_up_on_leaves_a_late_answer_no_fault() -> None:
+    a, b = await channel_pair()
+    async with serve(a) as client:
+        with trio.move_on_after(0.5):  # the caller moves on (another holder answered first)
+            await client.request(m.Ping())
+        request = await b.receive_message()
+        await b.send_message(m.Pong(request_id=request.request_id))  # late
+        await trio.testing.wait_all_tasks_blocked()
+    assert a.stats.unexpected == 0 and a.stats.strikes == 0
+
+
+@trio_test
 async def test_a_forgotten_request_is_never_told_and_its_late_answer_is_no_fault() -> None:
     a, b = await channel_pair()
     async with serve(a) as client:

@@ -43,6 +43,8 @@ EXAMPLES = [
     m.Have((CID_A, CID_B) * (MAX_HAVE_CIDS // 2), request_id=5),
     m.Have((CID_A,), lease=30 * 86400, request_id=5),  # and renew
     m.HaveResult((True, False, True), request_id=5),
+    m.DialBack(4710, request_id=12),
+    m.DialBackResult(False, request_id=12),
     m.PutRecord(b"k" * 32, b"signed record", request_id=6),
     m.GetRecord(b"k" * 32, request_id=9),
     m.Record(b"signed record", (PEER,), request_id=9),

@@ -737,7 +737,8 @@ class ReplicationStats(Request[dict[str, Any]]):
 class NetStats(Request[dict[str, Any]]):
     OP = "net_stats"
     RESULT = doc("handshakes_in", "handshakes_out", "handshakes", "connections", "addresses", "admitted",
-                 "refused", "rate_limited", "evicted_handshakes", "evicted_connections", "frame_memory")
+                 "refused", "rate_limited", "evicted_handshakes", "evicted_connections", "frame_memory", "rtt",
+                 "reachable")
 
 
 # -- the mount ops ----------------------------------------------------------------------------

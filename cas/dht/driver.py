@@ -68,8 +68,10 @@ from .lookup import ALPHA
 from .lookups import SOFT_TIMEOUT, FindResult, Lookups, peer_to_contact
 from .pool import AGENT, REQUEST_TIMEOUT, ConnectionPool, Dialer, source_address, tcp_dialer
 from .providers import ProviderRecords
+from .reachability import ASK, Reachability, verdict
 from .responder import (
     CheckPresence,
+    DialRequester,
     KeepBlocks,
     KeepRecord,
     ReadBlock,
@@ -78,6 +80,7 @@ from .responder import (
     contact_to_peer,
 )
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
+from .rtt import RttTable
 from .store_batches import StoreBatcher, StoreOutcome
 
 __all__ = [  # what importers find here, wherever it lives now
@@ -94,6 +97,12 @@ REFRESH_CHECK = 60.0
 MAX_PINGS = 8
 """Pings of full buckets' oldest contacts in flight at once; more
 suggestions are dropped (the next update suggests again)."""
+
+REVISIT_INTERVAL = 10.0
+REVISIT_BATCH = 4
+"""Contacts dropped for silence pinged again, REVISIT_BATCH every
+REVISIT_INTERVAL seconds (routing.MAX_DEPARTED are remembered): a healed
+partition is noticed within seconds to a few minutes."""
 
 HAVE_TIMEOUT = 3.0
 
@@ -258,8 +267,11 @@ class DhtDriver:
         self.frame_budget: FrameBudget = self.pool.frame_budget
         self.responder = Responder(table, self.providers, k=k, id_difficulty=id_difficulty,
                                    keeps_blocks=keeper is not None, keeps_records=records is not None)
+        self.rtts = RttTable(initial_rto=soft_timeout)
+        """Every peer's round-trip estimate (:mod:`.rtt`): the lookups' soft timeouts."""
         self.lookups = Lookups(self.own_id, table, self.pool, self, k=k, alpha=alpha,
-                               soft_timeout=soft_timeout, request_timeout=request_timeout, clock=clock)
+                               soft_timeout=soft_timeout, request_timeout=request_timeout, clock=clock,
+                               rtts=self.rtts)
         self._pinging: set[int] = set()
         self._nursery: trio.Nursery | None = None
         self._batcher: StoreBatcher | None = None
@@ -410,6 +422,54 @@ class DhtDriver:
             self.served(contact.node_id)
         return response
 
+    # -- reachability (AutoNAT's check, reachability.py) -------------------------
+
+    async def dial_back(self, requester: int, host: str, port: int) -> bool:
+        """Whether a new connection to ``host:port`` reaches ``requester``
+        (a handshake proving its ID); the connection is closed at once."""
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                connection, _ = await self.pool.dial(host, port, requester)
+        except (PeerError, trio.TooSlowError):
+            return False
+        await connection.aclose()
+        return True
+
+    async def check_reachable(self, count: int = ASK) -> Reachability:
+        """Ask up to ``count`` peers, at once, to dial this node back at its
+        listening port; the verdict of their answers. A DHT client (no
+        listening port) has nothing to check."""
+        port = self.pool.listen_port
+        if port is None:
+            return Reachability(False, 0, 0, 0)
+        contacts = list(self.table.contacts())
+        self._rng.shuffle(contacts)
+        asked = contacts[:count]
+        answers: list[bool] = []
+
+        async def ask(contact: Contact) -> None:
+            try:
+                response = await self.request(contact, msg.DialBack(port),
+                                              timeout=self.handshake_timeout + self.request_timeout)
+            except PeerError:
+                return  # no answer is no evidence either way
+            if isinstance(response, msg.DialBackResult):
+                answers.append(response.reachable)
+
+        async with trio.open_nursery() as nursery:
+            for contact in asked:
+                nursery.start_soon(ask, contact)
+        return Reachability(verdict(answers), len(asked), answers.count(True), answers.count(False))
+
+    async def become_client(self) -> None:
+        """From now on, name no listening port in hellos, and close the
+        connections opened with one: each peer probes the address it filed
+        this node under, finds nothing listening there, and drops the
+        contact; they meet the node again as a client."""
+        self.pool.listen_port = None
+        self.listen_port = None
+        await self.pool.close_all()
+
     async def ping(self, contact: Contact) -> bool:
         try:
             await self.request(contact, msg.Ping())
@@ -524,6 +584,10 @@ class DhtDriver:
                 return responder.read_record_done(requester, work, held)
             if isinstance(work, KeepRecord):
                 return await self._keep_record(requester, work)
+            if isinstance(work, DialRequester):
+                if contact is None:
+                    return msg.Error("refused", "dial_back needs the port you listen on in your hello")
+                return responder.dial_back_done(await self.dial_back(requester, contact.host, work.port))
         except RemoteProtocolError:
             raise  # the peer's fault: the connection strikes it
         except CasError as exc:  # none of the failures the responder expects: ours
@@ -658,6 +722,31 @@ class DhtDriver:
         while True:
             await trio.sleep(check_every)
             await self.refresh()
+
+    async def revisit_loop(self, every: float = REVISIT_INTERVAL) -> None:
+        """Every ``every`` seconds, ping a few contacts dropped for silence
+        (:meth:`RoutingTable.revisit`); if one answers, it is back in the
+        table, and a lookup of this node's own ID learns its side of the
+        network again: how both halves of a partition find each other once
+        it heals, without a restart."""
+        while True:
+            await trio.sleep(every)
+            contacts = self.table.revisit(REVISIT_BATCH)
+            if contacts and await self._any_answers(contacts):
+                await self.find_node(self.own_id)
+
+    async def _any_answers(self, contacts: Sequence[Contact]) -> bool:
+        """Ping ``contacts`` at once; whether any answered."""
+        back: list[Contact] = []
+
+        async def ping(contact: Contact) -> None:
+            if await self.ping(contact):
+                back.append(contact)
+
+        async with trio.open_nursery() as nursery:
+            for contact in contacts:
+                nursery.start_soon(ping, contact)
+        return bool(back)
 
     # -- reporting ------------------------------------------------------------
 

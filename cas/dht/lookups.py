@@ -4,8 +4,9 @@ over the connection pool.
 Owns: turning a lookup's :class:`~cas.dht.lookup.SendQuery` actions into
 FIND_NODE / FIND_BLOCK / GET_RECORD requests and their answers back into
 lookup events (:func:`interpret`), the per-query timers (a soft timeout
-that lets the lookup search around a slow peer, a hard one that gives up on
-it), and what the caller gets back (:class:`FindResult`: the closest nodes,
+that lets the lookup search around a slow peer, one RTO of that peer's
+round-trip estimate, :mod:`.rtt`; a hard one that gives up on it), timing
+the answers that feed those estimates, and what the caller gets back (:class:`FindResult`: the closest nodes,
 a block verified against the CID asked for, records, provider hints).
 
 Must never: decide who to ask next or when a lookup is done (the
@@ -33,11 +34,13 @@ from .ids import NodeID, id_from_bytes, id_to_bytes, key_for_digest
 from .lookup import Lookup, LookupResult, SendQuery
 from .pool import ConnectionPool
 from .routing import Contact, RoutingTable
+from .rtt import DIAL_ROUND_TRIPS, INITIAL_RTO, RttTable
 
-SOFT_TIMEOUT = 1.0
-"""After this long a query stops holding one of the lookup's alpha slots
-(``Lookup.on_timeout``); a late answer is still used. The simulator's
-default, and several times any healthy round trip."""
+SOFT_TIMEOUT = INITIAL_RTO
+"""Before any round trip was measured, after this long a query stops
+holding one of the lookup's alpha slots (``Lookup.on_timeout``); a late
+answer is still used. Once answers have been timed, each peer's RTO
+(:mod:`.rtt`) takes its place."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class Lookups:
 
     def __init__(self, own_id: NodeID, table: RoutingTable, pool: ConnectionPool, news: PeerNews, *,
                  k: int, alpha: int, soft_timeout: float, request_timeout: float,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time, rtts: RttTable | None = None) -> None:
         self.own_id = own_id
         self.table = table
         self.pool = pool
@@ -153,6 +156,7 @@ class Lookups:
         self.alpha = alpha
         self.soft_timeout = soft_timeout
         self.request_timeout = request_timeout
+        self.rtts = RttTable(initial_rto=soft_timeout) if rtts is None else rtts
         self._clock = clock
         self.contacts = _Contacts()
         self.messages_sent = 0
@@ -195,15 +199,16 @@ class _Query:
     """One query of a lookup on the wire, and the connection's
     :class:`~cas.net.connection.AnswerWaiter` for its answer."""
 
-    __slots__ = ("connection", "hard", "peer", "request_id", "run", "soft")
+    __slots__ = ("connection", "hard", "peer", "request_id", "run", "sent", "soft")
 
     def __init__(self, run: _LookupRun, peer: Contact, soft: float, hard: float) -> None:
         self.run = run
         self.peer = peer
-        self.soft = soft  # when it stops holding a slot (Lookup.on_timeout)
+        self.soft = soft  # when it stops holding a slot (Lookup.on_timeout): one RTO
         self.hard = hard  # when it is given up (Lookup.on_failure)
         self.connection: Connection | None = None
         self.request_id: int | None = None
+        self.sent: float | None = None  # when the request went out on an open connection
 
     async def answered(self, response: msg.Response) -> None:
         await self.run.answered(self, response)
@@ -221,9 +226,10 @@ class _LookupRun:
     the answer opened itself: one trip through trio's scheduler per answer,
     no task and no cancel scope per query. The lookup's own task (``run``)
     only waits: for the end, for failures (told synchronously, so handled
-    here), and for the next deadline. Every query gets the same soft and
-    hard timeouts, so the dicts of queries are in deadline order and one
-    timer serves them all. A peer without an open connection is dialled by
+    here), and for the next deadline. Every query gets the same hard
+    timeout, so ``waiting`` is in deadline order; the soft ones are each
+    peer's RTO, and the few queries ``holding`` a slot (at most alpha) are
+    scanned for the nearest. One timer serves them all. A peer without an open connection is dialled by
     a task of its own. When the lookup ends, queries still unanswered are
     forgotten: a late answer is dropped without counting against the peer.
     """
@@ -238,7 +244,7 @@ class _LookupRun:
         self.providers: list[Contact] = []
         self.nursery = nursery
         self.waiting: dict[int, _Query] = {}  # node ID -> query not answered yet (hard deadline order)
-        self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot (soft deadline order)
+        self.holding: dict[int, _Query] = {}  # node ID -> query still holding a slot
         self.failures: list[tuple[_Query, BaseException]] = []  # told by connections, for run()
         self.dialling = 0  # dial_and_send tasks running
         self.over = False  # run() has returned: late news is ignored
@@ -270,9 +276,9 @@ class _LookupRun:
             self.timer = self.wakeup = None
             now = trio.current_time()
             for query in list(self.holding.values()):
-                if query.soft > now or lookup.done:
+                if lookup.done:
                     break
-                if self.holding.get(query.peer.node_id) is query:  # not answered meanwhile
+                if query.soft <= now and self.holding.get(query.peer.node_id) is query:  # not answered meanwhile
                     del self.holding[query.peer.node_id]
                     await self.send(lookup.on_timeout(query.peer))
             for query in list(self.waiting.values()):
@@ -282,7 +288,7 @@ class _LookupRun:
                     f"no answer from {query.peer.host}:{query.peer.port} in time")))
 
     def next_deadline(self) -> float:
-        soft = next(iter(self.holding.values())).soft if self.holding else math.inf
+        soft = min((query.soft for query in self.holding.values()), default=math.inf)
         hard = next(iter(self.waiting.values())).hard if self.waiting else math.inf
         return min(soft, hard)
 
@@ -297,13 +303,15 @@ class _LookupRun:
         now = trio.current_time()
         while todo and not self.over:
             peer = todo.pop(0).peer
-            query = _Query(self, peer, now + lookups.soft_timeout, now + lookups.request_timeout)
+            connection = lookups.pool.open_to(peer.node_id)
+            dial = connection is None or connection.send_would_wait()
+            rto = lookups.rtts.rto(peer.node_id) * (DIAL_ROUND_TRIPS if dial else 1)
+            query = _Query(self, peer, now + rto, now + lookups.request_timeout)
             self.waiting[peer.node_id] = self.holding[peer.node_id] = query
             timer = self.timer
             if timer is not None and query.soft < timer.deadline:
                 timer.deadline = query.soft
-            connection = lookups.pool.open_to(peer.node_id)
-            if connection is None or connection.send_would_wait():
+            if connection is None or dial:
                 self.dialling += 1
                 self.nursery.start_soon(self.dial_and_send, query)
                 continue
@@ -316,6 +324,7 @@ class _LookupRun:
             self.wake()
 
     async def send_on(self, connection: Connection, query: _Query) -> None:
+        query.sent = trio.current_time()
         request_id = await connection.send_request(self.request, query)
         if self.waiting.get(query.peer.node_id) is query and not self.over:
             query.connection, query.request_id = connection, request_id
@@ -372,6 +381,8 @@ class _LookupRun:
         del self.waiting[peer.node_id]
         self.holding.pop(peer.node_id, None)
         lookups = self.lookups
+        if query.sent is not None and not isinstance(response, msg.Block):  # a block's time is its transfer's
+            lookups.rtts.sample(peer.node_id, trio.current_time() - query.sent)
         news = lookups.news
         news.seen(peer)
         outcome = interpret(response, self.cid, lookups.contacts.of)

@@ -233,6 +233,13 @@ class ConnectionPool:
         """Use ``connection`` for requests to ``node_id`` from now on."""
         self._connections[node_id] = connection
 
+    async def close_all(self) -> None:
+        """Close every pooled connection: what this node says of itself in
+        its hello changed, and peers hear the new one only at the next
+        handshake (each probes the old address at once, :meth:`probe_soon`)."""
+        for connection in list(self._connections.values()):
+            await connection.aclose()
+
     async def connect(self, contact: Contact) -> Connection:
         """The open connection to ``contact``, dialled if there is none
         (once, however many tasks ask meanwhile). Raises

@@ -58,6 +58,12 @@ below what a replicated add sends each peer once stores were batched), bursts of
 the sender retries after a pause. What a peer may keep here is bounded by
 the quota, not by this rate."""
 
+DIAL_BACK_RATE = 1 / 60
+DIAL_BACK_BURST = 4.0
+"""DIAL_BACK requests served per peer: a node checks its reachability at
+start and now and then after; each one costs a TCP connect and a handshake
+here, so a peer gets a few at once and one a minute after."""
+
 RECORD_RATE = 10.0
 RECORD_BURST = 50.0
 """PUT_RECORD requests accepted per peer (a publisher sends one per
@@ -131,7 +137,15 @@ class KeepRecord:
     sender: bytes
 
 
-Work = ReadBlock | CheckPresence | KeepBlocks | ReadRecord | KeepRecord
+@dataclass(frozen=True)
+class DialRequester:
+    """DIAL_BACK: dial the requester's address at ``port`` and see whether
+    it answers as itself."""
+
+    port: int
+
+
+Work = ReadBlock | CheckPresence | KeepBlocks | ReadRecord | KeepRecord | DialRequester
 
 
 _PEER_CACHE = 4096
@@ -158,6 +172,7 @@ class Responder:
         """Requests refused because the requester's ID falls short of the work."""
         self._store_limiter: KeyedBuckets[int] = KeyedBuckets(STORE_RATE, STORE_BURST)
         self._record_limiter: KeyedBuckets[int] = KeyedBuckets(RECORD_RATE, RECORD_BURST)
+        self._dial_limiter: KeyedBuckets[int] = KeyedBuckets(DIAL_BACK_RATE, DIAL_BACK_BURST)
         # Keyed by node ID and checked by identity: the table hands out the
         # same Contact object until the contact changes, and hashing a
         # Contact (a dataclass) costs a Python call where an int's does not.
@@ -172,6 +187,7 @@ class Responder:
             msg.StoreBlocks: self._store_blocks,
             msg.GetRecord: self._get_record,
             msg.PutRecord: self._put_record,
+            msg.DialBack: self._dial_back,
         }
 
     def shows_work(self, node_id: int) -> bool:
@@ -241,7 +257,15 @@ class Responder:
             return msg.Error("busy", "too many records from you; retry later")
         return KeepRecord(request.key, request.record, id_to_bytes(requester))
 
+    def _dial_back(self, requester: int, request: msg.DialBack, now: float) -> msg.Response | Work:
+        if not self._dial_limiter.take(requester, now):
+            return msg.Error("busy", "too many dial-back checks from you; retry in a minute")
+        return DialRequester(request.port)
+
     # -- step two: what the store said ----------------------------------------
+
+    def dial_back_done(self, reachable: bool) -> msg.Response:
+        return msg.DialBackResult(reachable)
 
     def read_block_done(self, requester: int, work: ReadBlock, data: bytes | None, now: float) -> msg.Response:
         """The block if it was read; else the closer nodes, and whoever

@@ -31,6 +31,7 @@ contact of the replacement cache takes its place.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,16 @@ fresher). Pinging on every newcomer instead, as the paper does, cost a
 quarter more exchanges than the lookups themselves in a 50-node network,
 where the far bucket is always full and every lookup hears from contacts
 that did not fit."""
+
+MAX_DEPARTED = 64
+"""Contacts dropped for not answering, remembered to be tried again: after
+a partition each side has dropped the other, and with nobody left to tell
+them, only these tries bring the halves back together (no refresh can: it
+asks only contacts still in the table)."""
+
+DEPARTED_TRIES = 30
+"""Tries before a departed contact is forgotten (at the driver's pace, an
+hour or more)."""
 
 REFRESH_INTERVAL = 3600.0
 """Seconds without a lookup in a bucket's range after which the bucket is due
@@ -146,6 +157,8 @@ class RoutingTable:
         self._created = now
         self._size = 0
         self._order: list[int] | None = None  # sorted bucket indices, cached
+        # node_id -> [contact, tries left]: dropped for silence, longest untried first.
+        self._departed: OrderedDict[int, list[Any]] = OrderedDict()
 
     # -- reading ----------------------------------------------------------
 
@@ -261,6 +274,7 @@ class RoutingTable:
         if bucket is None:
             bucket = self._buckets[index] = {}
             self._order = None
+        self._departed.pop(node_id, None)
         entry = bucket.pop(node_id, None)
         if entry is not None:
             entry.contact = contact
@@ -306,6 +320,9 @@ class RoutingTable:
         if entry.failures < self._max_failures:
             return False
         self._drop(index, node_id)
+        self._departed[node_id] = [entry.contact, DEPARTED_TRIES]
+        while len(self._departed) > MAX_DEPARTED:
+            self._departed.popitem(last=False)
         return True
 
     def remove(self, node_id: int) -> bool:
@@ -322,6 +339,20 @@ class RoutingTable:
             return False
         self._drop(index, node_id)
         return True
+
+    def revisit(self, n: int) -> list[Contact]:
+        """Up to ``n`` contacts dropped for silence, the longest untried
+        first, to be tried again (each tried one goes to the back; after
+        DEPARTED_TRIES it is forgotten). One that answers comes back through
+        :meth:`update`."""
+        out = []
+        for node_id in list(self._departed)[:n]:
+            item = self._departed.pop(node_id)
+            out.append(item[0])
+            item[1] -= 1
+            if item[1] > 0:
+                self._departed[node_id] = item
+        return out
 
     # -- refresh ----------------------------------------------------------
 

@@ -129,6 +129,7 @@ EXPECTED_RESPONSES: dict[type[Request], tuple[type[Response], ...]] = {
     msg.FindBlock: (msg.Block, msg.Nodes, msg.Providers),
     msg.StoreBlocks: (msg.Stored,),
     msg.Have: (msg.HaveResult,),
+    msg.DialBack: (msg.DialBackResult,),
     msg.PutRecord: (msg.Ok,),
     msg.GetRecord: (msg.Record,),
 }
@@ -731,13 +732,14 @@ class Connection:
                     await pending.event.wait()
                 finally:
                     del self._pending[request_id]
+                    if not pending.event.is_set():  # timed out, or the caller gave up (cancelled)
+                        self._remember_timeout(request_id)  # so its late answer is no strike
             finally:
                 self._pending_slots.release()
         if pending is None:
             raise RequestTimeoutError(f"too many requests outstanding to send {request.TYPE}")
         assert pending.event is not None
         if not pending.event.is_set():
-            self._remember_timeout(pending.request.request_id)
             raise RequestTimeoutError(f"no answer to {request.TYPE} in time")
         if pending.error is not None:
             raise pending.error

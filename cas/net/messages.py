@@ -435,6 +435,28 @@ class HaveResult(Response):
 
 
 @dataclass(frozen=True)
+class DialBack(Request):
+    """Can you reach me? Dial the address this connection comes from at
+    ``port``, complete a handshake with me there, and say (AutoNAT's check;
+    docs/network.md, "Reachability")."""
+
+    TYPE = "dial_back"
+    FIELDS = (("port", "port", _PORT),)
+    port: int
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class DialBackResult(Response):
+    """Whether the dial back reached the requester and it proved its ID."""
+
+    TYPE = "dial_back_result"
+    FIELDS = (("reachable", "reachable", _boolean()),)
+    reachable: bool
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
 class PutRecord(Request):
     """Store a signed record (a namespace root) under ``key``."""
 
@@ -490,7 +512,7 @@ class Error(Response):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Ping, Pong, FindNode, Nodes, FindBlock, Block, Providers, StoreBlocks, Stored, Ok,
-                Have, HaveResult, PutRecord, GetRecord, Record, Error)
+                Have, HaveResult, DialBack, DialBackResult, PutRecord, GetRecord, Record, Error)
 }
 _REQUEST_ID = _uint(MAX_REQUEST_ID)
 

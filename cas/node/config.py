@@ -64,6 +64,10 @@ BOOTSTRAP_RETRY_FIRST = 1.0
 BOOTSTRAP_RETRY_MAX = 60.0
 """Seconds between tries to join through the bootstrap peers while none
 answers: from the first, doubling after each failure, up to the most."""
+REACHABILITY_RETRY = 30.0
+"""Seconds before asking again when a reachability check could not tell
+(too few peers answered), up to REACHABILITY_TRIES checks."""
+REACHABILITY_TRIES = 5
 REJOIN_CHECK = 5.0
 """Seconds between checks that the routing table still has someone in it."""
 MAX_VERIFIED_MEMORY = 1 << 16
@@ -111,6 +115,11 @@ class NodeConfig:
     listen_host: str = "0.0.0.0"
     listen_port: int = DEFAULT_PORT
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    reachable: str = "yes"
+    """Whether other nodes can dial this one: ``yes``; ``no``, a DHT client
+    (its hellos name no listening port, so no peer files it as a contact);
+    ``auto``, ask peers to dial it back and become a client if none can
+    (:mod:`cas.dht.reachability`)."""
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT

@@ -83,6 +83,8 @@ from .config import (
     KEY_PATH,
     MAX_CHANGES_PER_GROUP,
     MAX_VERIFIED_MEMORY,
+    REACHABILITY_RETRY,
+    REACHABILITY_TRIES,
     READERS_NOTICE,
     READERS_POLL,
     REJOIN_CHECK,
@@ -143,6 +145,9 @@ class Node:
         self.internal_errors: list[str] = []
         self.mount: ServedMount | None = None  # the mount it serves (cas.node.ops_mount)
         self._scrub_pace: ScrubPace | None = None
+        self.reachable = {"yes": "yes", "no": "no"}.get(config.reachable, "checking")
+        """What this node knows of its reachability: yes, no (a DHT client),
+        checking, or unknown (the checks could not tell; it stays a server)."""
 
     def stop(self) -> None:
         """Begin a clean shutdown (safe to call from any task)."""
@@ -245,7 +250,7 @@ class Node:
         dht = self.dht = DhtDriver(
             identity, table, blocks=PeerStore(self), keeper=PeerStore(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
-            listen_port=port, listen_host=self.config.listen_host,
+            listen_port=None if self.config.reachable == "no" else port, listen_host=self.config.listen_host,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self.log, id_difficulty=difficulty,
@@ -298,6 +303,9 @@ class Node:
                     control = bind_socket(repo / SOCKET_NAME)
                     nursery.start_soon(serve_control, control, control_ops(self), self._log_internal)
                     nursery.start_soon(dht.refresh_loop)
+                    nursery.start_soon(dht.revisit_loop)
+                    if self.config.reachable == "auto":
+                        nursery.start_soon(self._check_reachable)
                     nursery.start_soon(self._save_loop)
                     nursery.start_soon(self._scrub_loop)
                     nursery.start_soon(self._thin_loop)
@@ -341,6 +349,29 @@ class Node:
                 self.log(f"{exc}; retrying in {delay:g} s")
                 continue
             self.log("joined the network through " + ", ".join(f"{c.host}:{c.port}" for c in reached))
+
+    async def _check_reachable(self) -> None:
+        """``--reachable auto``: once the node knows peers, ask some to dial
+        it back; if none can, become a DHT client (and say so)."""
+        assert self.dht is not None and self.address is not None
+        dht = self.dht
+        for _ in range(REACHABILITY_TRIES):
+            while not len(dht.table):
+                await trio.sleep(BOOTSTRAP_RETRY_FIRST)
+            found = await dht.check_reachable()
+            if found.reachable is True:
+                self.reachable = "yes"
+                return
+            if found.reachable is False:
+                self.reachable = "no"
+                await dht.become_client()
+                self.log(f"none of the {found.failed} peers that answered could dial this node back at "
+                          f"port {self.address.port}: running as a DHT client (stores and reads "
+                          f"through the network, never offered as a contact); to serve, forward the port "
+                          f"to this machine and run with --reachable yes")
+                return
+            await trio.sleep(REACHABILITY_RETRY)
+        self.reachable = "unknown"
 
     async def _save_loop(self) -> None:
         while True:

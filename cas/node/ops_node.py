@@ -153,7 +153,13 @@ async def net_stats(request: ops.NetStats, ctx: OpContext) -> dict[str, Any]:
     driver = ctx.dht
     admission = driver.admission.statistics()
     budget = driver.frame_budget.statistics()
-    return {"handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
+    rtt = driver.rtts.statistics()
+    return {"reachable": ctx.node.reachable,
+            "rtt": {"peers": rtt.peers, "samples": rtt.samples,  # microseconds: the wire has no floats
+                    "srtt_us": None if rtt.srtt is None else round(rtt.srtt * 1e6),
+                    "rttvar_us": None if rtt.rttvar is None else round(rtt.rttvar * 1e6),
+                    "rto_us": round(rtt.rto * 1e6)},
+            "handshakes_in": driver.handshakes_in, "handshakes_out": driver.handshakes_out,
             "handshakes": admission.handshakes, "connections": admission.connections,
             "addresses": admission.addresses, "admitted": admission.admitted,
             "refused": admission.refused, "rate_limited": admission.rate_limited,
