@@ -47,7 +47,6 @@ from .errors import (
     InvalidInputError,
     NotAFileError,
     PathNotFoundError,
-    RepositoryError,
     RepositoryLockedError,
 )
 from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
@@ -492,7 +491,7 @@ class Repository:
         directory is exported as its UnixFS view (:mod:`cas.unixfs_view`:
         what IPFS tools list; the CAR's root is the view's CID), or with
         ``native`` as its own DAG-CBOR tree (for another cas)."""
-        from . import carfile
+        from . import carfile, trees
 
         cid = self.resolve(ref, at)
         source: BlockSource = self.blocks
@@ -502,19 +501,8 @@ class Repository:
             cid, source = view_of(self.blocks, cid)
         if not isinstance(out, (str, os.PathLike)):
             return carfile.export_car(source, [cid], out.write)
-        dest = Path(out)
-        part = dest.with_name(f".{dest.name}.cas-part")
-        try:
-            with open(part, "wb") as f:
-                done = carfile.export_car(source, [cid], f.write)
-            os.replace(part, dest)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            raise RepositoryError(f"cannot write {dest}: {exc.strerror or exc}") from None
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        return done
+        with trees.written_whole(Path(out)) as f:
+            return carfile.export_car(source, [cid], f.write)
 
     def import_car(self, source: str | os.PathLike[str] | BinaryIO, *, pin: bool = True) -> CarImported:
         """Store the blocks of a CARv1 or CARv2 (a path or a binary file

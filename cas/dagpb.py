@@ -315,6 +315,15 @@ def decode_node(data: bytes | memoryview) -> PBNode:
     return PBNode(tuple(links), node_data)
 
 
+def decode_unixfs_node(data: bytes | memoryview) -> tuple[PBNode, UnixFSData]:
+    """A UnixFS node: the dag-pb node and its decoded ``Data``; strict.
+    InvalidBlockError if either is malformed or the ``Data`` is missing."""
+    node = decode_node(data)
+    if node.data is None:
+        raise InvalidBlockError("it has no UnixFS Data")
+    return node, decode_unixfs(node.data)
+
+
 def decode_unixfs(data: bytes | memoryview) -> UnixFSData:
     """Decode a UnixFS ``Data`` message from an untrusted source; strict."""
     _check_size(data)

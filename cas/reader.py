@@ -49,7 +49,7 @@ from collections.abc import Generator
 from typing import NamedTuple
 
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
-from .dagpb import TYPE_FILE, TYPE_NAMES, TYPE_RAW, decode_node, decode_unixfs
+from .dagpb import TYPE_FILE, TYPE_NAMES, TYPE_RAW, decode_unixfs_node
 from .errors import InvalidBlockError, NotAFileError
 
 MAX_DEPTH = 10
@@ -75,10 +75,7 @@ class _FileNode(NamedTuple):
 
 def _decode_file_node(cid: CID, data: bytes, *, is_root: bool) -> _FileNode:
     try:
-        node = decode_node(data)
-        if node.data is None:
-            raise InvalidBlockError("it has no UnixFS Data")
-        unixfs = decode_unixfs(node.data)
+        node, unixfs = decode_unixfs_node(data)
     except InvalidBlockError as exc:
         raise InvalidBlockError(f"file node {cid} is invalid: {exc}") from None
     if unixfs.type not in (TYPE_FILE, TYPE_RAW):

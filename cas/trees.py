@@ -10,6 +10,7 @@ name ``..`` or reach through a ``/``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as statmod
 from collections.abc import Callable, Iterable, Iterator
@@ -213,11 +214,15 @@ def export(
     return "file"
 
 
-def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None, write: WriteFile) -> None:
+@contextlib.contextmanager
+def written_whole(dest: Path) -> Iterator[BinaryIO]:
+    """A file to write ``dest`` through: a part file beside it, renamed
+    into place once the block ends, removed if it fails (a disk error is a
+    RepositoryError naming ``dest``). A reader never sees half a file."""
     part = dest.with_name(f".{dest.name}.cas-part")
     try:
-        with open(part, "wb") as f:  # a daemon's store writes into it itself
-            write(store, cid, f.fileno(), progress)
+        with open(part, "wb") as f:
+            yield f
         os.replace(part, dest)
     except OSError as exc:
         part.unlink(missing_ok=True)
@@ -225,6 +230,11 @@ def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | No
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None, write: WriteFile) -> None:
+    with written_whole(dest) as f:
+        write(store, cid, f.fileno(), progress)  # a daemon's store writes into it itself
 
 
 def _export_file(store: BlockStore, cid: CID, out: Path, progress: Progress | None, write: WriteFile) -> None:

@@ -45,8 +45,7 @@ from .dagpb import (
     TYPE_RAW,
     TYPE_SYMLINK,
     PBLink,
-    decode_node,
-    decode_unixfs,
+    decode_unixfs_node,
 )
 from .errors import InvalidBlockError, InvalidInputError
 from .names.directory import DirEntry
@@ -131,10 +130,7 @@ class _Dir(NamedTuple):
 def _decode_dir(cid: CID, data: bytes) -> _Dir | None:
     """The directory node ``cid``, or None if it is a UnixFS file/symlink."""
     try:
-        node = decode_node(data)
-        if node.data is None:
-            raise InvalidBlockError("it has no UnixFS Data")
-        unixfs = decode_unixfs(node.data)
+        node, unixfs = decode_unixfs_node(data)
     except InvalidBlockError as exc:
         raise InvalidBlockError(f"dag-pb node {cid} is invalid: {exc}") from None
     if unixfs.type == TYPE_DIRECTORY:
@@ -191,10 +187,7 @@ def entry_for(store: BlockSource, name: str, link: PBLink, parent: CID) -> DirEn
     else:
         data = store.get(cid)
         try:
-            node = decode_node(data)
-            if node.data is None:
-                raise InvalidBlockError("it has no UnixFS Data")
-            unixfs = decode_unixfs(node.data)
+            node, unixfs = decode_unixfs_node(data)
         except InvalidBlockError as exc:
             raise InvalidBlockError(f"dag-pb node {cid} (entry {name!r} of {parent}) is invalid: {exc}") from None
         mode = unixfs.mode
