@@ -75,7 +75,9 @@ def read_all(path: Path, block: int = MIB) -> int:
 
 
 def dd(src: Path, dst: Path) -> None:
-    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "status=none"], check=True)
+    # conv=fsync: the figure includes storing the file and committing it (the mount stores closed
+    # files in the background, so a plain close would return before the work is done).
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync", "status=none"], check=True)
 
 
 def unmount(mnt: Path) -> None:

@@ -128,12 +128,22 @@ class MountView(ReadView):
         if isinstance(found, Missing):
             raise PathNotFoundError(f"{path}: no such file or directory")
         if isinstance(found, Committed):
-            return await super().list(path)
+            known = self._known.listings.get(parts)
+            if known is not None:  # a directory the last commit wrote whole
+                return sorted(known.values(), key=lambda entry: name_key(entry.name))
+            if found.start is None:
+                return await super().list(path)
+            # Under a committed directory moved here: not at this path in the committed tree.
+            node: Node = await self._run(self.tree.resolve_from, found.start, found.rest, path)
+            if node.kind != "dir":
+                raise NotADirectoryPathError(f"{path} is not a directory")
+            listed: list[DirEntry] = await self._run(self.tree.listing, node.cid)
+            return listed
         item = found.item
         if isinstance(item, DirEntry):
             if item.kind != "dir":
                 raise NotADirectoryPathError(f"{path} is not a directory")
-            listed: list[DirEntry] = await self._run(self.tree.listing, item.cid)
+            listed = await self._run(self.tree.listing, item.cid)
             return listed
         entries = {entry.name: entry for entry in await self._run(self.tree.listing, item.base)}
         for name, child in item.children.items():

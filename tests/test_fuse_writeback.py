@@ -103,6 +103,19 @@ def test_fsync_of_a_directory_commits_its_changes(tmp_path: Path, repo: Path) ->
     assert run_cas("cat", "/d/f", repo=repo).stdout == b"f"
 
 
+def test_a_directory_moved_before_the_commit_reads_whole_at_its_new_path(tmp_path: Path, repo: Path) -> None:
+    run_cas("add", "-", "--to", "/a/sub/f", repo=repo, input=b"committed")
+    with mounted(repo, tmp_path / "mnt", "--commit-interval", "3600") as mnt:
+        os.rename(mnt / "a", mnt / "b")
+        assert os.listdir(mnt / "b" / "sub") == ["f"]  # under the moved directory, before any commit
+        assert (mnt / "b" / "sub" / "f").read_bytes() == b"committed"
+        (mnt / "b" / "sub" / "g").write_bytes(b"new")
+        assert sorted(os.listdir(mnt / "b" / "sub")) == ["f", "g"]
+        assert not (mnt / "a").exists()
+    assert run_cas("ls", "/b/sub", repo=repo).stdout.split() == [b"f", b"g"]
+    assert run_cas("ls", "/", repo=repo).stdout.split() == [b"b/"]
+
+
 def test_the_cli_and_the_mount_change_one_namespace_and_the_later_change_wins(tmp_path: Path, repo: Path) -> None:
     with mounted(repo, tmp_path / "mnt", "--commit-interval", "3600") as mnt:
         (mnt / "shared").write_bytes(b"from the mount, first")
