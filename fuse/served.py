@@ -57,7 +57,7 @@ def write_back(mountpoint: Path) -> None:
 class ServedMount:
     """The mount of ``node``'s namespace that ``config`` describes. Run
     :meth:`run` in a nursery (``await nursery.start(mount.run)`` returns
-    once it is mounted); :meth:`unmount` or :meth:`terminate` end it."""
+    once it is mounted); :meth:`unmount` or :meth:`end` end it."""
 
     def __init__(self, node: Node, config: MountConfig) -> None:
         self.node = node
