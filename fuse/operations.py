@@ -570,29 +570,60 @@ class CasOperations(pyfuse3.Operations):
             rs.ahead_running = False
 
     async def _commit(self, found: Inode) -> None:
+        """Store and link ``found``'s staged content now (fsync, unmount), or
+        commit a change of its mode or time alone; an error is the
+        caller's, and the file stays dirty for the next try."""
         state: FileState = found.state
+        if state.staging is not None and state.dirty:
+            for failed, exc in await self._store_and_link([found]):
+                failed.dirty = True
+                raise exc
+            return
         async with self._lock(found.ino):
-            if state.staging is not None and state.dirty:
-                state.dirty = False
-                state.meta_dirty = False
-                stream = state.staging.stream()
-                mode, mtime, ino = state.mode, state.mtime, found.ino
-
-                try:
-                    stored = await self._store(self._changing.tree.store_file, stream)
-                    # At the path it has then (unlinked while open: written nowhere).
-                    await self._changing.link_file(partial(self.inodes.path_of, ino), stored, mode, mtime)
-                except BaseException:
-                    state.dirty = True
-                    raise
-                finally:
-                    stream.close()
-                state.cid, state.size = stored.cid, stored.size
-            elif state.meta_dirty:
+            if state.meta_dirty:
                 state.meta_dirty = False
                 path = self.inodes.path_of(found.ino)
                 if path is not None:
                     found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime)
+
+    async def _store_and_link(self, batch: list[Inode]) -> list[tuple[FileState, Exception]]:
+        """Store the staged content of the dirty files of ``batch`` in one
+        trip to the store thread, then link each at the path it has then
+        (unlinked while open: written nowhere). A failure to store leaves
+        them all dirty and is raised; the files whose link failed (a
+        directory took the name meanwhile) are returned with the error."""
+        async with contextlib.AsyncExitStack() as locks:
+            for found in sorted(batch, key=lambda inode: inode.ino):
+                await locks.enter_async_context(self._lock(found.ino))
+            taken = []
+            for found in batch:
+                state: FileState | None = found.state
+                if state is not None and state.staging is not None and state.dirty:
+                    state.dirty = state.meta_dirty = False
+                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime))
+            try:
+                stored = await self._store(self._changing.tree.store_files, [stream for _, _, stream, _, _ in taken])
+            except BaseException:
+                for _, state, _, _, _ in taken:
+                    state.dirty = True
+                raise
+            finally:
+                for _, _, stream, _, _ in taken:
+                    stream.close()
+            failures: list[tuple[FileState, Exception]] = []
+            for at, ((found, state, _, mode, mtime), done) in enumerate(zip(taken, stored, strict=True)):
+                state.cid, state.size = done.cid, done.size
+                try:
+                    node = await self._changing.link_file(partial(self.inodes.path_of, found.ino), done, mode, mtime)
+                except Exception as exc:  # this file's; the others are linked
+                    failures.append((state, exc))
+                    continue
+                except BaseException:  # cancelled: what is not linked yet stays dirty
+                    for _, left, _, _, _ in taken[at:]:
+                        left.dirty = True
+                    raise
+                found.last = node or found.last
+            return failures
 
     # -- storing closed files in the background ----------------------------------------
 
@@ -621,7 +652,8 @@ class CasOperations(pyfuse3.Operations):
             while self._to_store:
                 batch = list(self._to_store.values())[:STORE_BATCH]
                 try:
-                    await self._commit_batch(batch)
+                    for _, exc in await self._store_and_link(batch):
+                        log.error("storing a closed file: %s", exc)  # stored, linked nowhere
                 finally:
                     for found in batch:
                         if found.state is not None and found.state.dirty:
@@ -630,36 +662,6 @@ class CasOperations(pyfuse3.Operations):
                         if found.state is not None and not found.state.handles:
                             self._drop_state(found)
                         self.inodes.released(found.ino)
-
-    async def _commit_batch(self, batch: list[Inode]) -> None:
-        async with contextlib.AsyncExitStack() as locks:
-            for found in sorted(batch, key=lambda inode: inode.ino):
-                await locks.enter_async_context(self._lock(found.ino))
-            taken = []
-            for found in batch:
-                state: FileState | None = found.state
-                if state is not None and state.staging is not None and state.dirty:
-                    state.dirty = state.meta_dirty = False
-                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime))
-            try:
-                stored = await self._store(self._changing.tree.store_files, [stream for _, _, stream, _, _ in taken])
-            except BaseException:
-                for _, state, _, _, _ in taken:
-                    state.dirty = True
-                raise
-            finally:
-                for _, _, stream, _, _ in taken:
-                    stream.close()
-            for (found, state, _, mode, mtime), done in zip(taken, stored, strict=True):
-                state.cid, state.size = done.cid, done.size
-                try:
-                    with fuse_errors("storing a closed file"):
-                        # At the path it has then (unlinked while open: written nowhere).
-                        node = await self._changing.link_file(partial(self.inodes.path_of, found.ino),
-                                                              done, mode, mtime)
-                        found.last = node or found.last
-                except pyfuse3.FUSEError:
-                    pass  # said in the log (a directory took its name meanwhile)
 
     async def flush(self, fh: int) -> None:
         with fuse_errors("flush"):
