@@ -53,6 +53,14 @@ def pids_of(mnt: Path) -> list[int]:
     return mount_processes(mnt)
 
 
+def kill_9(mnt: Path) -> None:
+    """kill -9 the process serving ``mnt`` and wait until it is gone (the
+    dead mount stays: ``cas umount`` clears it)."""
+    for pid in pids_of(mnt):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pids_of(mnt), what="the mount process to die")
+
+
 def _alive(pid: int) -> bool:
     from cas.fuse.mountd import _alive as alive
 

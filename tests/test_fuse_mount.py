@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pseudo_random, run_cas
-from tests.fusemount import errno_of, mounted, pids_of, require_fuse, wait_for
+from tests.fusemount import errno_of, kill_9, mounted, pids_of, require_fuse, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -266,9 +265,7 @@ def test_kill_9_loses_only_unclosed_writes(tmp_path: Path, repo: Path) -> None:
         g = open(m / "open", "wb")
         g.write(b"never closed")
         g.flush()
-        for pid in pids_of(m):
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        kill_9(m)
         for handle in (f, g):
             try:
                 handle.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pseudo_random, run_cas
-from tests.fusemount import mounted, pids_of, require_fuse, wait_for
+from tests.fusemount import kill_9, mounted, pids_of, require_fuse, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -71,9 +71,7 @@ def test_fsync_makes_a_file_and_every_change_before_it_durable(tmp_path: Path, r
         os.write(fd, b"fsynced")
         os.fsync(fd)
         (m / "after").write_bytes(b"closed after the fsync, never synced")
-        for pid in pids_of(m):
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        kill_9(m)
         try:
             os.close(fd)
         except OSError:
@@ -96,9 +94,7 @@ def test_fsync_of_a_directory_commits_its_changes(tmp_path: Path, repo: Path) ->
             os.fsync(fd)
         finally:
             os.close(fd)
-        for pid in pids_of(m):
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        kill_9(m)
         run_cas("umount", str(m), repo=repo)
     assert run_cas("cat", "/d/f", repo=repo).stdout == b"f"
 
@@ -225,9 +221,7 @@ def test_kill_9_during_git_commits_leaves_a_readable_tree_and_a_clean_repository
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = random.Random(seed).randrange(2, 30)  # a moment the test does not choose
         wait_for(lambda: _written_round(work / "f7.txt") >= target, timeout=60, what=f"commit {target}")
-        for pid in pids_of(m):
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pids_of(m), what="the mount process to die")
+        kill_9(m)
         git.wait(timeout=60)  # it fails, the mount gone under it
         run_cas("umount", str(m), repo=repo)
     run_cas("repo", "verify", repo=repo)
