@@ -643,6 +643,14 @@ class Node:
 
     # -- helpers for the op handlers ------------------------------------------
 
+    async def commit_mount(self) -> None:
+        """Commit what was changed in the mount this node serves, if any:
+        before another writer's change (of two, the later wins) and before
+        a read of the namespace (a command sees what the mount did);
+        docs/architecture.md, "Concurrent changes"."""
+        if self.mount is not None:
+            await self.mount.flush()
+
     async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker thread, one at a time: writes fsync,
         and the metadata database is not for concurrent use."""

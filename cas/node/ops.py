@@ -328,8 +328,7 @@ async def gc(request: ops.Gc, ctx: OpContext) -> GcReport:
     """Thin the history by its policy first (cas.names.history), then
     collect what no kept version, pin or name needs."""
     store, history = ctx.store, request.history
-    if ctx.node.mount is not None:
-        await ctx.node.mount.flush()  # what the mount changed is kept as what it is now
+    await ctx.node.commit_mount()  # what the mount changed is kept as what it is now
     thinned = await ctx.node.thin()
     report: GcReport = await ctx.in_store_thread(lambda: store.gc(history=history))
     report.roots_dropped += thinned.dropped
@@ -344,8 +343,7 @@ async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
     """One page of the roots (the client asks for the next past the last
     it got): no answer grows with the history."""
     store = ctx.store
-    if ctx.node.mount is not None:
-        await ctx.node.mount.flush()  # a command run after a change in the mount sees it
+    await ctx.node.commit_mount()  # a command run after a change in the mount sees it
     limit = ops.MAX_ROOTS_PAGE if request.limit is None else min(request.limit, ops.MAX_ROOTS_PAGE)
     rows: list[RootRow] = await ctx.in_store_thread(
         lambda: store.roots(newest_first=request.newest_first, limit=limit, after=request.after))
@@ -353,8 +351,7 @@ async def roots(request: ops.Roots, ctx: OpContext) -> list[RootRow]:
 
 
 async def commit_root(request: ops.CommitRoot, ctx: OpContext) -> None:
-    if ctx.node.mount is not None:
-        await ctx.node.mount.flush()  # what the mount changed first: it came first
+    await ctx.node.commit_mount()  # what the mount changed first: it came first
     await ctx.in_store_thread(ctx.store.commit_root, request.seq, request.root, request.time_ns, request.record)
     if ctx.node.mount is not None:
         await ctx.node.mount.changed_elsewhere(None)  # a whole root: anything may have changed

@@ -31,8 +31,7 @@ async def namespace_change(request: ops.NamespaceChange, ctx: OpContext) -> Root
     together are committed together (:meth:`Node.apply_changes`)."""
     node = ctx.node
     assert node.namespace_commits is not None
-    if node.mount is not None:
-        await node.mount.flush()  # what the mount changed first: it came first
+    await node.commit_mount()  # what the mount changed first: it came first
     state = await node.namespace_commits.keep(request.change)
     assert isinstance(state, RootState)
     if node.mount is not None:
@@ -47,8 +46,7 @@ async def namespace_resolve(request: ops.NamespaceResolve, ctx: OpContext) -> No
     directory node per level over the socket)."""
     namespace = ctx.node.namespace
     assert namespace is not None
-    if ctx.node.mount is not None:
-        await ctx.node.mount.flush()  # a command run after a change in the mount sees it
+    await ctx.node.commit_mount()  # a command run after a change in the mount sees it
     found: Node = await ctx.in_store_thread(namespace.resolve, request.path, request.at)
     return found
 
