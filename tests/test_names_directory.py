@@ -10,7 +10,18 @@ from cas import dagcbor
 from cas.blocks import Block
 from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import InvalidBlockError, InvalidInputError
-from cas.names.directory import ChildRef, DirEntry, LeafNode, check_name, decode_dir_node, encode_index, encode_leaf
+from cas.names.directory import (
+    MAX_XATTR_BYTES,
+    NO_META,
+    ChildRef,
+    DirEntry,
+    LeafNode,
+    Meta,
+    check_name,
+    decode_dir_node,
+    encode_index,
+    encode_leaf,
+)
 from tests.formatsdoc import vectors
 
 FILE = CID.for_data(RAW, b"content")
@@ -65,14 +76,19 @@ def test_symlinks_carry_a_target_and_no_cid():
 
 def test_published_directory_vector_matches():
     for v in vectors("directories"):
-        entries = [
-            DirEntry(
+        entries = []
+        for e in v["entries"]:
+            meta = {k: e[k] for k in ("uid", "gid", "atime", "ctime", "rdev", "ino", "nlink") if k in e}
+            if "xattrs" in e:
+                meta["xattrs"] = {k: bytes.fromhex(x) for k, x in e["xattrs"].items()}
+            entries.append(DirEntry(
                 e["name"], e["kind"], e["size"], e["mode"], e["mtime"],
                 cid=CID.parse(e["cid"]) if "cid" in e else None, target=e.get("target"),
-            )
-            for e in v["entries"]
-        ]
+                meta=Meta.from_value(meta) if meta else NO_META,
+            ))
         block = encode_leaf(entries)
+        decoded = decode_dir_node(block.cid, block.data)
+        assert decoded == LeafNode(tuple(sorted(entries, key=lambda e: e.name)))
         assert block.data.hex() == v["bytes_hex"]
         assert str(block.cid) == v["cid"]
 
@@ -94,12 +110,44 @@ def _raw_dir(entries) -> Block:
             {"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE},
         ],
         ["not a map"],
+        [{"name": "a", "kind": "fifo", "size": 0, "mode": 1, "mtime": 1, "rdev": 3}],  # rdev on a fifo
+        [{"name": "a", "kind": "chardev", "size": 2, "mode": 1, "mtime": 1}],  # content on a device
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "nlink": 2}],  # no ino
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "ino": 2}],  # nlink 1
+        [{"name": "a", "kind": "dir", "size": 0, "mode": 1, "mtime": 1, "cid": FILE, "ino": 2, "nlink": 2}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "uid": -1}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "gid": "0"}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "xattrs": {}}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "xattrs": {"u": "text"}}],
+        [{"name": "a", "kind": "file", "size": 1, "mode": 1, "mtime": 1, "cid": FILE, "xattrs": {"u": b"x" * 4064}}],
     ],
 )
 def test_malformed_directories_are_rejected(entries):
     block = _raw_dir(entries)
     with pytest.raises(InvalidBlockError):
         decode_dir_node(block.cid, block.data)
+
+
+def test_metadata_round_trips_and_old_entries_keep_their_bytes():
+    meta = Meta(uid=5, gid=6, atime=7, ctime=8, xattrs=(("security.x", b""), ("user.a", b"\x00\xff")))
+    full = DirEntry("f", "file", 1, 0o6755, 9, cid=FILE, meta=meta)
+    block = encode_leaf([full])
+    assert decode_dir_node(block.cid, block.data) == LeafNode((full,))
+    plain = DirEntry("f", "file", 1, 0o644, 9, cid=FILE)
+    assert encode_leaf([plain]).data == _raw_dir([{"name": "f", "kind": "file", "size": 1, "mode": 0o644,
+                                                    "mtime": 9, "cid": FILE}]).data
+    assert meta.with_xattr("user.a", None).xattrs == (("security.x", b""),)
+    assert meta.with_xattr("trusted.b", b"1").xattr("trusted.b") == b"1"
+
+
+def test_extended_attributes_are_bounded_as_ext4_bounds_them():
+    Meta(xattrs=(("user.big", b"x" * (MAX_XATTR_BYTES - len("user.big"))),))
+    with pytest.raises(InvalidInputError, match="at most"):
+        Meta(xattrs=(("user.big", b"x" * (MAX_XATTR_BYTES - len("user.big") + 1)),))
+    with pytest.raises(InvalidInputError):
+        Meta(xattrs=(("", b"x"),))
+    with pytest.raises(InvalidInputError):
+        Meta(xattrs=(("user.b", b""), ("user.a", b"")))  # not sorted
 
 
 def _raw_index(value) -> Block:

@@ -18,13 +18,20 @@ Children are sorted by ``first`` and the first names strictly increase.
 An entry is a map with
 
     name   text, validated by :func:`check_name`
-    kind   "file" | "dir" | "symlink"
-    cid    link to the content (files and directories; absent for symlinks)
+    kind   "file" | "dir" | "symlink" | "fifo" | "socket" | "chardev" | "blockdev"
+    cid    link to the content (files and directories only)
     target text (symlinks only)
     size   bytes of content: the file's size, the sum over a directory's
-           subtree, the target's length for a symlink
-    mode   permission bits (0..0o7777)
+           subtree, the target's length for a symlink, 0 for the others
+    mode   permission bits (0..0o7777: setuid, setgid and sticky included)
     mtime  modification time, integer nanoseconds since the Unix epoch
+
+and, each only when recorded (absent in entries written before they
+existed, which therefore keep their bytes and CIDs), the rest of an inode's
+metadata, :class:`Meta`: ``uid``, ``gid``, ``atime``, ``ctime`` (ns),
+``rdev`` (devices only), ``xattrs`` (a map of name to bytes), and for a
+name of a hard-linked inode ``ino`` (the link group, the same in every
+name of it) with ``nlink`` (its number of names).
 
 This module owns the format and its strict decoding (a node of the wrong
 shape from disk or a peer is an InvalidBlockError, never a crash). Building
@@ -35,7 +42,7 @@ namespace root are ``cas.names.namespace`` and ``cas.names.record``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import dagcbor
@@ -45,8 +52,17 @@ from ..errors import InvalidBlockError, InvalidInputError
 
 NODE_TYPE = "cas/dir"
 MAX_LEVEL = 16  # 64^16 entries: far beyond any directory; bounds recursion on input
-KINDS = ("file", "dir", "symlink")
+KINDS = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
+SPECIAL_KINDS = ("fifo", "socket", "chardev", "blockdev")
+"""Kinds with no content: only their metadata is kept."""
 MAX_NAME_BYTES = 255
+MAX_XATTR_NAME = 255
+MAX_XATTR_BYTES = 4096 - 32
+"""The extended attributes of one entry, names and values together, fit
+what ext4 keeps in one 4 KiB block (its default, without ``ea_inode``):
+more is ENOSPC there too. It also keeps a directory leaf of 1024 entries
+inside one block."""
+MAX_UINT64 = (1 << 64) - 1
 
 
 def check_name(name: str) -> str:
@@ -71,6 +87,97 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> None:
+    """Raise InvalidInputError unless ``xattrs`` is sorted by name, names
+    unique and well formed, and the whole within MAX_XATTR_BYTES."""
+    total = 0
+    for at, (name, value) in enumerate(xattrs):
+        try:
+            encoded = name.encode("utf-8") if isinstance(name, str) else b""
+        except UnicodeEncodeError:
+            encoded = b""
+        if not encoded or len(encoded) > MAX_XATTR_NAME or "\x00" in name or not isinstance(value, bytes):
+            raise InvalidInputError(f"bad extended attribute name {name[:40]!r}")
+        if at and xattrs[at - 1][0] >= name:
+            raise InvalidInputError("extended attributes must be sorted by name, each once")
+        total += len(encoded) + len(value)
+    if total > MAX_XATTR_BYTES:
+        raise InvalidInputError(f"extended attributes of {total} bytes; at most {MAX_XATTR_BYTES} fit an entry")
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The inode metadata of an entry beyond its mode and mtime, each part
+    only when recorded (None, or empty: not recorded; the reader decides
+    what to show, as the mount shows its own user for an unrecorded owner).
+
+    ``ino`` names a hard-link group: every name of one inode carries the same
+    ``ino``, content and metadata, and ``nlink`` is the number of them."""
+
+    uid: int | None = None
+    gid: int | None = None
+    atime: int | None = None
+    ctime: int | None = None
+    rdev: int | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    ino: int | None = None
+    nlink: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("uid", "gid", "atime", "ctime", "rdev", "ino"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= MAX_UINT64:
+                raise InvalidInputError(f"{key} {value} is out of range")
+        if not 1 <= self.nlink <= MAX_UINT64 or (self.nlink > 1) != (self.ino is not None):
+            raise InvalidInputError("a hard-linked entry has an ino and a link count of 2 or more; others have neither")
+        check_xattrs(self.xattrs)
+
+    def xattr(self, name: str) -> bytes | None:
+        for key, value in self.xattrs:
+            if key == name:
+                return value
+        return None
+
+    def with_xattr(self, name: str, value: bytes | None) -> Meta:
+        """This metadata with ``name`` set to ``value`` (None: removed)."""
+        kept = {key: item for key, item in self.xattrs if key != name}
+        if value is not None:
+            kept[name] = value
+        return replace(self, xattrs=tuple(sorted(kept.items())))
+
+    def to_value(self) -> dict[str, Any]:
+        """The recorded parts, as an entry's optional keys."""
+        value: dict[str, Any] = {key: getattr(self, key) for key in _META_INTS if getattr(self, key) is not None}
+        if self.xattrs:
+            value["xattrs"] = dict(self.xattrs)
+        if self.ino is not None:
+            value["nlink"] = self.nlink
+        return value
+
+    @classmethod
+    def from_value(cls, value: Any) -> Meta:
+        """The Meta a map of an entry's optional keys gives; InvalidInputError
+        if a key is unknown, of the wrong type, or breaks a rule above."""
+        if not isinstance(value, dict) or not _META_TYPES.keys() >= value.keys():
+            raise InvalidInputError(f"unknown metadata fields: {sorted(value) if isinstance(value, dict) else value}")
+        for key, item in value.items():
+            if not isinstance(item, _META_TYPES[key]) or isinstance(item, bool):
+                raise InvalidInputError(f"metadata field {key!r} has the wrong type")
+        xattrs = value.get("xattrs", {})
+        if "xattrs" in value and not xattrs:
+            raise InvalidInputError("xattrs must not be an empty map")
+        if any(not isinstance(k, str) or not isinstance(v, bytes) for k, v in xattrs.items()):
+            raise InvalidInputError("xattrs map names to bytes")
+        if "nlink" in value and "ino" not in value:
+            raise InvalidInputError("nlink without ino")
+        return cls(**{key: value.get(key) for key in _META_INTS}, xattrs=tuple(sorted(xattrs.items())),
+                   nlink=value.get("nlink", 1))
+
+
+NO_META = Meta()
+_META_INTS = ("uid", "gid", "atime", "ctime", "rdev", "ino")
+
+
 @dataclass(frozen=True)
 class DirEntry:
     """One named entry of a directory."""
@@ -82,6 +189,7 @@ class DirEntry:
     mtime: int
     cid: CID | None = None
     target: str | None = None
+    meta: Meta = NO_META
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -89,10 +197,16 @@ class DirEntry:
             raise InvalidInputError(f"unknown entry kind {self.kind!r}")
         if (self.kind == "symlink") != (self.target is not None):
             raise InvalidInputError("a symlink entry needs a target, and only a symlink has one")
-        if (self.kind == "symlink") == (self.cid is not None):
-            raise InvalidInputError(f"entry {self.name!r}: files and directories need a CID")
+        if (self.kind in ("file", "dir")) != (self.cid is not None):
+            raise InvalidInputError(f"entry {self.name!r}: files and directories need a CID, and only they have one")
         if self.size < 0 or not 0 <= self.mode <= 0o7777:
             raise InvalidInputError(f"entry {self.name!r}: bad size or mode")
+        if self.kind in SPECIAL_KINDS and self.size:
+            raise InvalidInputError(f"entry {self.name!r}: a {self.kind} has no content")
+        if self.meta.rdev is not None and self.kind not in ("chardev", "blockdev"):
+            raise InvalidInputError(f"entry {self.name!r}: only a device has an rdev")
+        if self.meta.ino is not None and self.kind == "dir":
+            raise InvalidInputError(f"entry {self.name!r}: a directory cannot be hard-linked")
 
     def to_value(self) -> dict[str, Any]:
         value: dict[str, Any] = {
@@ -106,20 +220,23 @@ class DirEntry:
             value["cid"] = self.cid
         if self.target is not None:
             value["target"] = self.target
+        if self.meta is not NO_META:
+            value.update(self.meta.to_value())
         return value
 
     @classmethod
     def from_value(cls, value: Any) -> DirEntry:
         if not isinstance(value, dict):
             raise InvalidBlockError("a directory entry must be a map")
-        allowed = {"name", "kind", "size", "mode", "mtime", "cid", "target"}
-        if not allowed.issuperset(value) or not {"name", "kind", "size", "mode", "mtime"} <= set(value):
+        if not (_BASE_TYPES.keys() | _META_TYPES.keys()) >= value.keys() or not {
+                "name", "kind", "size", "mode", "mtime"} <= value.keys():
             raise InvalidBlockError(f"directory entry has wrong fields: {sorted(value)}")
-        types = {"name": str, "kind": str, "size": int, "mode": int, "mtime": int, "cid": CID, "target": str}
         for key, item in value.items():
-            if not isinstance(item, types[key]) or isinstance(item, bool):
+            if key in _BASE_TYPES and (not isinstance(item, _BASE_TYPES[key]) or isinstance(item, bool)):
                 raise InvalidBlockError(f"directory entry field {key!r} has the wrong type")
         try:
+            extra = {key: item for key, item in value.items() if key not in _BASE_TYPES}
+            meta = Meta.from_value(extra) if extra else NO_META
             return cls(
                 name=value["name"],
                 kind=value["kind"],
@@ -128,9 +245,18 @@ class DirEntry:
                 mtime=value["mtime"],
                 cid=value.get("cid"),
                 target=value.get("target"),
+                meta=meta,
             )
         except InvalidInputError as exc:
             raise InvalidBlockError(f"bad directory entry: {exc}") from None
+
+
+_BASE_TYPES: dict[str, type] = {
+    "name": str, "kind": str, "size": int, "mode": int, "mtime": int, "cid": CID, "target": str,
+}
+_META_TYPES: dict[str, type] = {
+    "uid": int, "gid": int, "atime": int, "ctime": int, "rdev": int, "ino": int, "nlink": int, "xattrs": dict,
+}
 
 
 @dataclass(frozen=True)

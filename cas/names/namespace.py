@@ -56,7 +56,7 @@ from ..errors import (
 from ..keys import Ed25519Key
 from . import dirtree
 from .changes import Change, Link, Mkdir, Move, Remove, SetAttributes, check_change
-from .directory import DirEntry, check_name
+from .directory import NO_META, DirEntry, Meta, check_name
 from .record import RootRecord, check_successor
 
 ROOT_MODE = 0o755
@@ -129,15 +129,21 @@ class Node:
     mtime: int
     cid: CID | None
     target: str | None = None
+    meta: Meta = NO_META
 
     @classmethod
     def of(cls, path: str, entry: DirEntry) -> Node:
-        return cls(path, entry.name, entry.kind, entry.size, entry.mode, entry.mtime, entry.cid, entry.target)
+        return cls(path, entry.name, entry.kind, entry.size, entry.mode, entry.mtime, entry.cid, entry.target,
+                   entry.meta)
 
     def to_value(self) -> dict[str, Any]:
-        """The node as a DAG-CBOR-ready map (the control socket's form)."""
-        return {"path": self.path, "name": self.name, "kind": self.kind, "size": self.size, "mode": self.mode,
-                "mtime": self.mtime, "cid": self.cid, "target": self.target}
+        """The node as a DAG-CBOR-ready map (the control socket's form);
+        ``meta`` only when something of it is recorded."""
+        value = {"path": self.path, "name": self.name, "kind": self.kind, "size": self.size, "mode": self.mode,
+                 "mtime": self.mtime, "cid": self.cid, "target": self.target}
+        if self.meta != NO_META:
+            value["meta"] = self.meta.to_value()
+        return value
 
     @classmethod
     def from_value(cls, value: Any) -> Node:
@@ -145,13 +151,19 @@ class Node:
         types: dict[str, tuple[type, ...]] = {
             "path": (str,), "name": (str,), "kind": (str,), "size": (int,), "mode": (int,), "mtime": (int,),
             "cid": (CID, type(None)), "target": (str, type(None))}
-        if not isinstance(value, dict) or set(value) != set(types) or any(
+        if not isinstance(value, dict) or set(value) - {"meta"} != set(types) or any(
                 not isinstance(value[k], t) or isinstance(value[k], bool) for k, t in types.items()):
             raise InvalidInputError("a namespace node is a map of path, name, kind, size, mode, mtime, cid, target")
-        return cls(**value)
+        fields = dict(value)
+        meta = fields.pop("meta", None)
+        if meta is None:
+            return cls(**fields)
+        return cls(**fields, meta=Meta.from_value(meta))
 
     def to_entry(self, name: str) -> DirEntry:
-        return DirEntry(name, self.kind, self.size, self.mode, self.mtime, cid=self.cid, target=self.target)
+        return DirEntry(name, self.kind, self.size, self.mode, self.mtime, cid=self.cid, target=self.target,
+                        meta=self.meta)
+
 
 
 ROOTS_PAGE = 1024
