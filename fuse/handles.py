@@ -48,7 +48,7 @@ import tempfile
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ import trio
 
 from ..blocks import ReadsFromAnyThread
 from ..cid import CID
+from ..names.directory import NO_META, Meta
+from ..names.namespace import Node
 from ..reader import FileWalk, NeedBlock, PathCache, ReadAhead, WalkDone
 from ..store._modes import private_dir
 
@@ -309,6 +311,12 @@ class Staging:
             offset += len(piece)
         self.size = offset
 
+    def blocks(self) -> int:
+        """512-byte blocks the staged content takes (a hole takes none)."""
+        if self._buffer is not None:
+            return (self.size + 511) // 512
+        return os.fstat(self.fd).st_blocks
+
     def stream(self) -> Any:
         """A readable binary stream of the staged content from its start."""
         if self._buffer is not None:
@@ -335,10 +343,21 @@ class FileState:
     size: int
     mode: int
     mtime: int
+    meta: Meta = NO_META
     staging: Staging | None = None
     dirty: bool = False  # staged bytes not yet committed
-    meta_dirty: bool = False  # mode or mtime changed and not yet committed
+    meta_dirty: bool = False  # mode, mtime or meta changed and not yet committed
     handles: set[int] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, node: Node) -> FileState:
+        return cls(node.cid, node.size, node.mode, node.mtime, node.meta)
+
+    def written(self, now: int) -> None:
+        """Its content changed at ``now``: mtime and ctime move."""
+        self.dirty, self.mtime = True, now
+        if self.meta.ctime is not None:
+            self.meta = replace(self.meta, ctime=None)  # unrecorded: the same as mtime
 
     def current_size(self) -> int:
         return self.staging.size if self.staging is not None else self.size

@@ -18,11 +18,12 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -31,7 +32,7 @@ import pyfuse3
 import trio
 
 from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundError
-from ..names.directory import MAX_NAME_BYTES, DirEntry
+from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, DirEntry, Meta
 from ..names.namespace import Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from .handles import (
@@ -73,7 +74,13 @@ class RunsInThread(Protocol):
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T: ...
 
-_KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+_KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
+              "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+_KINDS = {bits: kind for kind, bits in _KIND_BITS.items()}
+
+MAX_SUBDIR_COUNTS = 100_000
+"""Directories (by CID) whose number of subdirectories the mount remembers
+for their link count."""
 
 
 @dataclass
@@ -148,6 +155,7 @@ class CasOperations(pyfuse3.Operations):
         if not read_only:
             nursery.start_soon(self._store_in_background)
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._subdirs: dict[Any, int] = {}  # a committed directory's CID -> its subdirectories
 
     # -- helpers ------------------------------------------------------------------
 
@@ -196,31 +204,79 @@ class CasOperations(pyfuse3.Operations):
             lock = self._locks[ino] = trio.Lock()
         return lock
 
-    def _attr(self, inode: Inode, node: Node) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Inode, node: Node, links: int | None = None) -> pyfuse3.EntryAttributes:
+        """The attributes of ``inode``; ``links``: a directory's link count
+        (None: not counted, so the kernel is told to ask again)."""
         a = pyfuse3.EntryAttributes()
-        size, mode, mtime = node.size, node.mode, node.mtime
+        size, mode, mtime, meta = node.size, node.mode, node.mtime, node.meta
         state: FileState | None = inode.state
+        blocks = (size + 511) // 512
         if state is not None:
-            size, mode, mtime = state.current_size(), state.mode, state.mtime
+            size, mode, mtime, meta = state.current_size(), state.mode, state.mtime, state.meta
+            blocks = state.staging.blocks() if state.staging is not None else (size + 511) // 512
         a.st_ino = inode.ino
         a.generation = 0
         a.entry_timeout = ATTR_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
         a.st_mode = _KIND_BITS[node.kind] | (0o777 if node.kind == "symlink" else mode)
-        a.st_nlink = 1
-        a.st_uid = self._uid
-        a.st_gid = self._gid
-        a.st_rdev = 0
+        if node.kind == "dir":
+            a.st_nlink = links if links is not None else 2
+            if links is None:
+                a.attr_timeout = 0  # counted when asked for (getattr)
+        else:
+            a.st_nlink = 0 if inode.detached else meta.nlink
+        a.st_uid = self._uid if meta.uid is None else meta.uid
+        a.st_gid = self._gid if meta.gid is None else meta.gid
+        a.st_rdev = meta.rdev or 0
         a.st_size = size
         a.st_blksize = 128 * 1024
-        a.st_blocks = (size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+        a.st_blocks = blocks
+        a.st_mtime_ns = mtime
+        a.st_atime_ns = mtime if meta.atime is None else meta.atime
+        a.st_ctime_ns = mtime if meta.ctime is None else meta.ctime
         return a
 
+    async def _attributes(self, inode: Inode, node: Node) -> pyfuse3.EntryAttributes:
+        """``_attr`` with a directory's link count: 2 and one per subdirectory."""
+        if node.kind != "dir":
+            return self._attr(inode, node)
+        count = self._subdirs.get(node.cid) if node.cid is not None else None
+        if count is None:
+            path = self.inodes.path_of(inode.ino)
+            if path is None:
+                return self._attr(inode, node, 2)
+            count = sum(1 for entry in await self.view.list(path) if entry.kind == "dir")
+            if node.cid is not None:
+                if len(self._subdirs) >= MAX_SUBDIR_COUNTS:
+                    self._subdirs.clear()
+                self._subdirs[node.cid] = count
+        return self._attr(inode, node, 2 + count)
+
     def _entry(self, parent: int, node: Node) -> pyfuse3.EntryAttributes:
-        inode = self.inodes.lookup(parent, node.name, node.kind)
+        inode = self.inodes.lookup(parent, node.name, node.kind, node.meta.ino)
         inode.last = node
         return self._attr(inode, node)
+
+    def _relinked(self, found: Inode, meta: Meta | None) -> None:
+        """``found``'s names changed: its link count and group are ``meta``'s."""
+        if meta is None:
+            return
+        self.inodes.join(found, meta.ino)
+        state: FileState | None = found.state
+        if state is not None:
+            state.meta = replace(state.meta, ino=meta.ino, nlink=meta.nlink, ctime=meta.ctime)
+        if found.last is not None:
+            found.last = replace(found.last, meta=replace(found.last.meta, ino=meta.ino, nlink=meta.nlink,
+                                                          ctime=meta.ctime))
+
+    async def _new_meta(self, parent_inode: int, ctx: Any, rdev: int | None = None) -> tuple[Meta, bool]:
+        """The metadata of an inode the caller makes in ``parent_inode``: the
+        caller's owner, the group of a setgid directory (and whether it is
+        one: a new directory in it is setgid too)."""
+        parent = await self._node_of(self.inodes.get(parent_inode))
+        setgid = bool(parent.mode & stat.S_ISGID) and parent_inode != ROOT_INODE
+        gid = (self._gid if parent.meta.gid is None else parent.meta.gid) if setgid else ctx.gid
+        return Meta(uid=ctx.uid, gid=gid, rdev=rdev), setgid
 
     async def _node_of(self, inode: Inode) -> Node:
         """The current namespace node of ``inode`` (its last one if it has
@@ -251,7 +307,7 @@ class CasOperations(pyfuse3.Operations):
                     target = self.inodes.get(target.parent)
                 node = await self._node_of(target)
                 target.lookups += 1
-                return self._attr(target, node)
+                return await self._attributes(target, node)
             path = self._child(parent_inode, self._name(name))
             try:
                 node = await self.view.resolve(path)
@@ -259,7 +315,10 @@ class CasOperations(pyfuse3.Operations):
                 if isinstance(self.view, MountView):  # this node hears of every change to its namespace
                     return _absent()  # the kernel remembers the name is not there
                 raise
-            return self._entry(parent_inode, node)
+            attr = self._entry(parent_inode, node)
+            if node.kind == "dir":
+                return await self._attributes(self.inodes.get(attr.st_ino), node)
+            return attr
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -268,7 +327,7 @@ class CasOperations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         with fuse_errors("getattr"):
             found = self.inodes.get(inode)
-            return self._attr(found, await self._node_of(found))
+            return await self._attributes(found, await self._node_of(found))
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         with fuse_errors("readlink"):
@@ -281,34 +340,52 @@ class CasOperations(pyfuse3.Operations):
         with fuse_errors("mkdir"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._changing.mkdir(path, mode & 0o7777)
-            return self._entry(parent_inode, node)
+            meta, setgid = await self._new_meta(parent_inode, ctx)
+            node = await self._changing.mkdir(path, mode & 0o7777 | (stat.S_ISGID if setgid else 0), meta)
+            return self._attr(self.inodes.lookup(parent_inode, node.name, node.kind), node, 2)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         with fuse_errors("symlink"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
-            node = await self._changing.symlink(path, os.fsdecode(target))
+            meta, _ = await self._new_meta(parent_inode, ctx)
+            node = await self._changing.symlink(path, os.fsdecode(target), meta)
             return self._entry(parent_inode, node)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # no hard links: a name is a (path -> CID) entry
+        with fuse_errors("link"):
+            self._writable()
+            found = self.inodes.get(inode)
+            if found.kind == "dir":
+                raise pyfuse3.FUSEError(errno.EPERM)
+            dst = self._child(new_parent_inode, self._name(new_name))
+            node = await self._changing.link(self._path(inode), dst, found.group or secrets.randbits(63) or 1)
+            self._relinked(found, node.meta)
+            return self._entry(new_parent_inode, node)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
         with fuse_errors("mknod"):
             self._writable()
-            if not stat.S_ISREG(mode):
-                raise pyfuse3.FUSEError(errno.EPERM)
+            kind = _KINDS.get(stat.S_IFMT(mode))
+            if kind is None or kind in ("dir", "symlink"):
+                raise pyfuse3.FUSEError(errno.EINVAL)
             path = self._child(parent_inode, self._name(name))
-            node = await self._changing.create(path, mode & 0o7777, exclusive=True)
+            if kind == "file":
+                meta, _ = await self._new_meta(parent_inode, ctx)
+                node = await self._changing.create(path, mode & 0o7777, exclusive=True, meta=meta)
+            else:  # the kernel let only a caller who may make it get here (CAP_MKNOD for devices)
+                meta, _ = await self._new_meta(parent_inode, ctx, rdev if kind in ("chardev", "blockdev") else None)
+                node = await self._changing.make(path, kind, mode & 0o7777, meta)
             return self._entry(parent_inode, node)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("unlink"):
             self._writable()
             text = self._name(name)
-            await self._changing.unlink(self._child(parent_inode, text))
-            self.inodes.detach(parent_inode, text)
+            left = await self._changing.unlink(self._child(parent_inode, text))
+            found = self.inodes.detach(parent_inode, text)
+            if found is not None and not found.detached:
+                self._relinked(found, left)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("rmdir"):
@@ -323,43 +400,122 @@ class CasOperations(pyfuse3.Operations):
     ) -> None:
         with fuse_errors("rename"):
             self._writable()
-            if flags & pyfuse3.RENAME_EXCHANGE:
-                raise pyfuse3.FUSEError(errno.EINVAL)
             old, new = self._name(name_old), self._name(name_new)
             src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                await self._changing.exchange(src, dst)
+                self.inodes.exchange(parent_inode_old, old, parent_inode_new, new)
+                return
+            replaced = self.inodes.find(parent_inode_new, new)
             no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-            await self._changing.rename(src, dst, no_replace=no_replace)
+            if not await self._changing.rename(src, dst, no_replace=no_replace):
+                return
             self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
+            if replaced is not None and replaced.group is not None and not replaced.detached:
+                self._relinked(replaced, (await self._node_of(replaced)).meta)
 
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
         fh: int | None, ctx: Any,
     ) -> pyfuse3.EntryAttributes:
+        # The kernel checked who may change what (default_permissions), and
+        # sends the mode with setuid/setgid cleared when chown or a write
+        # by another user must clear them.
         with fuse_errors("setattr"):
             found = self.inodes.get(inode)
-            changes = fields.update_size or fields.update_mode or fields.update_mtime
-            if changes:
+            if (fields.update_size or fields.update_mode or fields.update_mtime or fields.update_atime
+                    or fields.update_uid or fields.update_gid or fields.update_ctime):
                 self._writable()
             if fields.update_size:
                 if found.kind != "file":
                     raise pyfuse3.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
                 await self._truncate(found, attr.st_size)
+            node = await self._node_of(found)
+            state: FileState | None = found.state
+            meta = state.meta if state is not None else node.meta
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
-            if mode is not None or mtime is not None:
-                state: FileState | None = found.state
-                if state is not None and state.staging is not None:
-                    state.mode = state.mode if mode is None else mode
-                    state.mtime = state.mtime if mtime is None else mtime
-                    state.meta_dirty = True
-                else:
-                    path = self.inodes.path_of(inode)
-                    if path is not None:
-                        found.last = await self._changing.set_meta(path, mode=mode, mtime=mtime)
-                    if state is not None:
-                        state.mode = state.mode if mode is None else mode
-                        state.mtime = state.mtime if mtime is None else mtime
-            return self._attr(found, await self._node_of(found))
+            changed = mode is not None or mtime is not None
+            if fields.update_uid:
+                meta, changed = replace(meta, uid=attr.st_uid), True
+            if fields.update_gid:
+                meta, changed = replace(meta, gid=attr.st_gid), True
+            if fields.update_atime:
+                meta, changed = replace(meta, atime=attr.st_atime_ns), True
+            if changed or fields.update_ctime:  # a change of status: ctime moves
+                meta = replace(meta, ctime=attr.st_ctime_ns if fields.update_ctime else time.time_ns())
+                await self._set_meta(found, mode, mtime, meta)
+            return await self._attributes(found, await self._node_of(found))
+
+    async def _set_meta(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
+        """Give ``found`` this mode, mtime (None: as they are) and metadata:
+        with its staged content if it is being written, else in the tree."""
+        state: FileState | None = found.state
+        if state is not None and state.staging is not None:
+            state.mode = state.mode if mode is None else mode
+            state.mtime = state.mtime if mtime is None else mtime
+            state.meta, state.meta_dirty = meta, True
+            return
+        path = self.inodes.path_of(found.ino)
+        if path is not None:
+            found.last = await self._changing.set_meta(path, mode=mode, mtime=mtime, meta=meta)
+        if state is not None:
+            state.mode = state.mode if mode is None else mode
+            state.mtime = state.mtime if mtime is None else mtime
+            state.meta = meta
+
+    # -- extended attributes ---------------------------------------------------------
+    #
+    # The kernel checks who may read and change which namespace (trusted.*
+    # needs CAP_SYS_ADMIN, user.* the file's permissions); POSIX ACLs are
+    # not kept (enable_acl is off, so the kernel answers for them).
+
+    async def _meta_of(self, inode: int) -> tuple[Inode, Meta]:
+        found = self.inodes.get(inode)
+        node = await self._node_of(found)
+        state: FileState | None = found.state
+        return found, state.meta if state is not None else node.meta
+
+    def _xattr_name(self, raw: bytes) -> str:
+        if not raw or len(raw) > MAX_XATTR_NAME:
+            raise pyfuse3.FUSEError(errno.ERANGE)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        with fuse_errors("getxattr"):
+            _, meta = await self._meta_of(inode)
+            value = meta.xattr(self._xattr_name(name))
+            if value is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        with fuse_errors("listxattr"):
+            _, meta = await self._meta_of(inode)
+            return [key.encode() for key, _ in meta.xattrs]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        with fuse_errors("setxattr"):
+            self._writable()
+            key = self._xattr_name(name)
+            found, meta = await self._meta_of(inode)
+            try:
+                changed = meta.with_xattr(key, bytes(value))
+            except InvalidInputError:
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None  # as ext4, past one block of them
+            await self._set_meta(found, None, None, replace(changed, ctime=time.time_ns()))
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        with fuse_errors("removexattr"):
+            self._writable()
+            key = self._xattr_name(name)
+            found, meta = await self._meta_of(inode)
+            if meta.xattr(key) is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            await self._set_meta(found, None, None, replace(meta.with_xattr(key, None), ctime=time.time_ns()))
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         with fuse_errors("statfs"):
@@ -444,7 +600,7 @@ class CasOperations(pyfuse3.Operations):
     async def _open(self, found: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
         node = await self._node_of(found)
         if found.state is None:
-            found.state = FileState(node.cid, node.size, node.mode, node.mtime)
+            found.state = FileState.of(node)
         elif found.state.staging is None and node.cid is not None:
             found.state.cid, found.state.size = node.cid, node.size  # changed from outside
         fh = self._fh()
@@ -460,7 +616,8 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             path = self._child(parent_inode, self._name(name))
             exclusive = bool(flags & os.O_EXCL)
-            node = await self._changing.create(path, mode & 0o7777, exclusive=exclusive)
+            meta, _ = await self._new_meta(parent_inode, ctx)
+            node = await self._changing.create(path, mode & 0o7777, exclusive=exclusive, meta=meta)
             attr = self._entry(parent_inode, node)
             found = self.inodes.get(attr.st_ino)
             writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
@@ -493,8 +650,7 @@ class CasOperations(pyfuse3.Operations):
                 off = staging.size
             written = staging.write(off, buf)
             state: FileState = found.state
-            state.dirty = True
-            state.mtime = time.time_ns()
+            state.written(time.time_ns())
             handle.wrote = True
             return written
 
@@ -502,18 +658,18 @@ class CasOperations(pyfuse3.Operations):
         state: FileState | None = found.state
         if state is not None and state.staging is not None:
             state.staging.truncate(size)
-            state.dirty, state.mtime = True, time.time_ns()
+            state.written(time.time_ns())
             return
         # Not being written: stage, truncate and commit now (truncate(2),
         # or the kernel's O_TRUNC before an open).
         if state is None:
             node = await self._node_of(found)
-            found.state = state = FileState(node.cid, node.size, node.mode, node.mtime)
+            found.state = state = FileState.of(node)
         if size == 0:
             state.staging = Staging(self._staging_dir)
         staging = await self._stage(found)
         staging.truncate(size)
-        state.dirty, state.mtime = True, time.time_ns()
+        state.written(time.time_ns())
         if any(self._handles[fh].writable for fh in state.handles):
             return  # committed with the writes, on flush or release
         try:
@@ -584,7 +740,8 @@ class CasOperations(pyfuse3.Operations):
                 state.meta_dirty = False
                 path = self.inodes.path_of(found.ino)
                 if path is not None:
-                    found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime)
+                    found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime,
+                                                               meta=state.meta)
 
     async def _store_and_link(self, batch: list[Inode]) -> list[tuple[FileState, Exception]]:
         """Store the staged content of the dirty files of ``batch`` in one
@@ -600,26 +757,27 @@ class CasOperations(pyfuse3.Operations):
                 state: FileState | None = found.state
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
-                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime))
+                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime, state.meta))
             try:
-                stored = await self._store(self._changing.tree.store_files, [stream for _, _, stream, _, _ in taken])
+                stored = await self._store(self._changing.tree.store_files, [item[2] for item in taken])
             except BaseException:
-                for _, state, _, _, _ in taken:
+                for _, state, *_ in taken:
                     state.dirty = True
                 raise
             finally:
-                for _, _, stream, _, _ in taken:
+                for _, _, stream, *_ in taken:
                     stream.close()
             failures: list[tuple[FileState, Exception]] = []
-            for at, ((found, state, _, mode, mtime), done) in enumerate(zip(taken, stored, strict=True)):
+            for at, ((found, state, _, mode, mtime, meta), done) in enumerate(zip(taken, stored, strict=True)):
                 state.cid, state.size = done.cid, done.size
                 try:
-                    node = await self._changing.link_file(partial(self.inodes.path_of, found.ino), done, mode, mtime)
+                    node = await self._changing.link_file(partial(self.inodes.path_of, found.ino), done, mode, mtime,
+                                                          meta)
                 except Exception as exc:  # this file's; the others are linked
                     failures.append((state, exc))
                     continue
                 except BaseException:  # cancelled: what is not linked yet stays dirty
-                    for _, left, _, _, _ in taken[at:]:
+                    for _, left, *_ in taken[at:]:
                         left.dirty = True
                     raise
                 found.last = node or found.last

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from ..cid import CID
 from ..errors import NotADirectoryPathError, PathNotFoundError
-from ..names.directory import DirEntry
+from ..names.directory import NO_META, DirEntry, Meta
 
 
 @dataclass
@@ -35,15 +35,22 @@ class PendingDir:
     directory it starts from (None: made since the last commit, empty
     then). ``at_path``: it is the committed directory at its own path
     (not one moved there), so a commit applies its changes to whatever
-    that directory is by then. ``mode``/``mtime``: its own (the root's are
-    fixed: None). ``children``: name -> new entry, changed directory, or
-    None (removed)."""
+    that directory is by then. ``mode``/``mtime``/``meta``: its own (the
+    root's are fixed: None). ``children``: name -> new entry, changed
+    directory, or None (removed)."""
 
     base: CID | None
     mode: int | None = None
     mtime: int | None = None
     at_path: bool = False
     children: dict[str, PendingDir | DirEntry | None] = field(default_factory=dict)
+    meta: Meta = NO_META
+
+    def touch(self, now: int) -> None:
+        """Its contents changed at ``now``: its mtime and ctime move."""
+        self.mtime = now
+        if self.meta.ctime is not None:
+            self.meta = replace(self.meta, ctime=None)  # unrecorded: the same as mtime
 
     def walk(self, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], PendingDir]]:
         """This directory and every pending one below it, parents first."""
@@ -170,11 +177,11 @@ class PendingChanges:
                 node, at_path = item, item.at_path
                 continue
             if isinstance(item, DirEntry) and item.kind == "dir":  # a committed directory moved here
-                child = PendingDir(item.cid, item.mode, item.mtime)
+                child = PendingDir(item.cid, item.mode, item.mtime, meta=item.meta)
                 at_path = False
             elif item is _ABSENT and node.base is not None:
                 entry = supply.dirs[parts[: depth + 1]]
-                child = PendingDir(entry.cid, entry.mode, entry.mtime, at_path=at_path)
+                child = PendingDir(entry.cid, entry.mode, entry.mtime, at_path=at_path, meta=entry.meta)
             else:
                 raise PathNotFoundError(f"/{'/'.join(parts[: depth + 1])}: no such directory")
             node.children[name] = child
@@ -189,32 +196,35 @@ class PendingChanges:
         parent = self._pending_dir(parts[:-1], supply)
         parent.children[parts[-1]] = item
         if now is not None:
-            parent.mtime = now
+            parent.touch(now)
         self.changes += 1
 
     def remove(self, parts: tuple[str, ...], supply: Supply, now: int) -> None:
         """``parts`` names nothing from now on; the parent's mtime becomes ``now``."""
         parent = self._pending_dir(parts[:-1], supply)
         parent.children[parts[-1]] = None
-        parent.mtime = now
+        parent.touch(now)
         self.changes += 1
 
     def set_attributes(self, parts: tuple[str, ...], entry: DirEntry | None, supply: Supply,
-                       mode: int | None, mtime: int | None) -> None:
-        """Set the mode and/or mtime of what ``parts`` names (``entry``: what
-        it is now, for one the overlay does not hold)."""
+                       mode: int | None, mtime: int | None, meta: Meta | None = None) -> None:
+        """Set the mode, mtime and/or the rest of the metadata (``meta``, whole)
+        of what ``parts`` names (``entry``: what it is now, for one the
+        overlay does not hold); None leaves a part as it is."""
         found = self.find(parts)
         if isinstance(found, Found) and isinstance(found.item, PendingDir):
             item: PendingDir = found.item
             item.mode = item.mode if mode is None else mode
             item.mtime = item.mtime if mtime is None else mtime
+            item.meta = item.meta if meta is None else meta
             self.changes += 1
             return
         current = found.item if isinstance(found, Found) and isinstance(found.item, DirEntry) else entry
         if current is None:
             raise PathNotFoundError(f"/{'/'.join(parts)}: no such file or directory")
         self.put(parts, replace(current, mode=current.mode if mode is None else mode,
-                                mtime=current.mtime if mtime is None else mtime), supply)
+                                mtime=current.mtime if mtime is None else mtime,
+                                meta=current.meta if meta is None else meta), supply)
 
 
 class _Absent:

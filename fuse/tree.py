@@ -275,7 +275,8 @@ class MountTree(TreeReader):
                         now_there = committed.cid
                 cid, size = self._build(item, now_there, (*path, name), built)
                 assert item.mode is not None and item.mtime is not None, "a pending directory has its attributes"
-                changes[name] = built.dirs[(*path, name)] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid)
+                changes[name] = built.dirs[(*path, name)] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid,
+                                                                     meta=item.meta)
             else:
                 changes[name] = item
         if base is None:

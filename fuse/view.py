@@ -22,6 +22,7 @@ ENOTDIR, EINVAL); let two changes or a change and a commit interleave
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -38,7 +39,7 @@ from ..errors import (
     PathExistsError,
     PathNotFoundError,
 )
-from ..names.directory import DirEntry, name_key
+from ..names.directory import NO_META, DirEntry, Meta, name_key
 from ..names.dirtree import EMPTY_DIRECTORY
 from ..names.namespace import ROOT_MODE, Node, RootState, split_path
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
@@ -150,7 +151,8 @@ class MountView(ReadView):
             if child is None:
                 entries.pop(name, None)
             elif isinstance(child, PendingDir):
-                entries[name] = DirEntry(name, "dir", 0, child.mode or 0, child.mtime or 0, cid=EMPTY_DIRECTORY)
+                entries[name] = DirEntry(name, "dir", 0, child.mode or 0, child.mtime or 0, cid=EMPTY_DIRECTORY,
+                                         meta=child.meta)
             else:
                 entries[name] = child
         return sorted(entries.values(), key=lambda entry: name_key(entry.name))
@@ -172,26 +174,32 @@ class MountView(ReadView):
         supply: Supply = await self._run(self.tree.supply, start, parts, depth)
         return supply
 
-    async def mkdir(self, path: str, mode: int) -> Node:
+    async def mkdir(self, path: str, mode: int, meta: Meta = NO_META) -> Node:
+        """A new directory (``meta``: its owner, for one)."""
         async with self._lock:
             parts = tuple(split_path(path))
             if await self._existing(path) is not None:
                 raise PathExistsError(f"{path} exists already")
             now = time.time_ns()
-            self.overlay.put(parts, PendingDir(None, mode, now), await self._supply(parts[:-1]), now)
-            return Node(path, parts[-1], "dir", 0, mode, now, None)
+            self.overlay.put(parts, PendingDir(None, mode, now, meta=meta), await self._supply(parts[:-1]), now)
+            return Node(path, parts[-1], "dir", 0, mode, now, None, meta=meta)
 
-    async def symlink(self, path: str, target: str) -> Node:
+    async def symlink(self, path: str, target: str, meta: Meta = NO_META) -> Node:
+        return await self.make(path, "symlink", 0o777, meta, target=target)
+
+    async def make(self, path: str, kind: str, mode: int, meta: Meta, *, target: str | None = None) -> Node:
+        """A new symlink, fifo, socket or device node at ``path``."""
         async with self._lock:
             parts = tuple(split_path(path))
             if await self._existing(path) is not None:
                 raise PathExistsError(f"{path} exists already")
             now = time.time_ns()
-            entry = DirEntry(parts[-1], "symlink", len(target.encode()), 0o777, now, target=target)
+            size = len(target.encode()) if target is not None else 0
+            entry = DirEntry(parts[-1], kind, size, mode, now, target=target, meta=meta)
             self.overlay.put(parts, entry, await self._supply(parts[:-1]), now)
             return Node.of(path, entry)
 
-    async def create(self, path: str, mode: int, *, exclusive: bool) -> Node:
+    async def create(self, path: str, mode: int, *, exclusive: bool, meta: Meta = NO_META) -> Node:
         """An empty file at ``path`` (an existing file is kept unless
         ``exclusive``, which refuses it)."""
         async with self._lock:
@@ -206,16 +214,82 @@ class MountView(ReadView):
             if self._empty_file is None:
                 self._empty_file = await self._run(self.tree.empty_file)
             now = time.time_ns()
-            entry = DirEntry(parts[-1], "file", 0, mode, now, cid=self._empty_file)
+            entry = DirEntry(parts[-1], "file", 0, mode, now, cid=self._empty_file, meta=meta)
             self.overlay.put(parts, entry, await self._supply(parts[:-1]), now)
             return Node.of(path, entry)
 
-    async def unlink(self, path: str) -> None:
+    async def unlink(self, path: str) -> Meta | None:
+        """Remove the name ``path``; for a hard-linked inode, the metadata
+        its other names have now (one link less), else None."""
         async with self._lock:
             parts = tuple(split_path(path))
-            if (await self.resolve(path)).kind == "dir":
+            node = await self.resolve(path)
+            if node.kind == "dir":
                 raise IsADirectoryPathError(f"{path} is a directory")
-            self.overlay.remove(parts, await self._supply(parts[:-1]), time.time_ns())
+            now = time.time_ns()
+            self.overlay.remove(parts, await self._supply(parts[:-1]), now)
+            return await self._unlinked(node, now)
+
+    # -- hard links -----------------------------------------------------------------
+    #
+    # Every name of a hard-linked inode carries its content and metadata
+    # (docs/formats.md, "Directories"), so a change to one is made to all:
+    # they are found by walking the namespace (what is pending included),
+    # which only changes of hard-linked inodes pay for.
+
+    async def _group(self, ino: int) -> builtins.list[tuple[str, DirEntry]]:
+        """Every name of hard-link group ``ino`` now, with its entry."""
+        found: builtins.list[tuple[str, DirEntry]] = []
+        directories = ["/"]
+        while directories:
+            path = directories.pop()
+            for entry in await self.list(path):
+                child = path.rstrip("/") + "/" + entry.name
+                if entry.kind == "dir":
+                    directories.append(child)
+                elif entry.meta.ino == ino:
+                    found.append((child, entry))
+        return found
+
+    async def _set_group(self, ino: int, change: Callable[[DirEntry], DirEntry], skip: str | None = None) -> None:
+        """Apply ``change`` to the entry of every name of group ``ino`` but ``skip``."""
+        for path, entry in await self._group(ino):
+            if path != skip:
+                parts = tuple(split_path(path))
+                self.overlay.put(parts, change(entry), await self._supply(parts[:-1]))
+
+    async def _unlinked(self, node: Node, now: int) -> Meta | None:
+        """``node``'s name went: a hard-linked inode has one name less."""
+        if node.meta.ino is None:
+            return None
+        rest = await self._group(node.meta.ino)
+        if len(rest) > 1:
+            meta = replace(node.meta, nlink=len(rest), ctime=now)
+        else:
+            meta = replace(node.meta, ino=None, nlink=1, ctime=now)  # one name left: a plain file again
+        await self._set_group(node.meta.ino, lambda entry: replace(entry, meta=meta))
+        return meta
+
+    async def link(self, src: str, dst: str, group: int) -> Node:
+        """``dst`` is a new name of the inode ``src`` names (hard-linked as
+        ``group`` if it was not yet): ``link(2)``."""
+        async with self._lock:
+            node = await self.resolve(src)
+            if node.kind == "dir":
+                raise IsADirectoryPathError(f"{src} is a directory")
+            if await self._existing(dst) is not None:
+                raise PathExistsError(f"{dst} exists already")
+            now = time.time_ns()
+            parts, d_parts = tuple(split_path(src)), tuple(split_path(dst))
+            if node.meta.ino is None:
+                meta = replace(node.meta, ino=group, nlink=2, ctime=now)
+                self.overlay.put(parts, replace(node.to_entry(parts[-1]), meta=meta), await self._supply(parts[:-1]))
+            else:
+                meta = replace(node.meta, nlink=node.meta.nlink + 1, ctime=now)
+                await self._set_group(node.meta.ino, lambda entry: replace(entry, meta=meta))
+            entry = replace(node.to_entry(d_parts[-1]), meta=meta)
+            self.overlay.put(d_parts, entry, await self._supply(d_parts[:-1]), now)
+            return Node.of(dst, entry)
 
     async def rmdir(self, path: str) -> None:
         async with self._lock:
@@ -226,59 +300,96 @@ class MountView(ReadView):
                 raise DirectoryNotEmptyError(f"{path} is not empty")
             self.overlay.remove(parts, await self._supply(parts[:-1]), time.time_ns())
 
-    async def rename(self, src: str, dst: str, *, no_replace: bool) -> None:
+    async def rename(self, src: str, dst: str, *, no_replace: bool) -> bool:
         """``rename(2)``: ``dst`` becomes ``src``'s, replacing a file by a
-        file or an empty directory by a directory (unless ``no_replace``)."""
+        file or an empty directory by a directory (unless ``no_replace``).
+        False if nothing changed (the same name, or two of one inode)."""
         async with self._lock:
             s_parts, d_parts = tuple(split_path(src)), tuple(split_path(dst))
             if not s_parts or not d_parts:
                 raise InvalidMoveError("cannot move the root directory /")
             moving = await self.resolve(src)
             if s_parts == d_parts:
-                return
+                return False
             if moving.kind == "dir" and d_parts[: len(s_parts)] == s_parts:
                 raise InvalidMoveError(f"cannot move {src} into itself")
             there = await self._existing(dst)
             if there is not None:
                 if no_replace:
                     raise PathExistsError(f"{dst} exists already")
+                if there.meta.ino is not None and there.meta.ino == moving.meta.ino:
+                    return False  # two names of one inode: rename(2) does nothing
                 if moving.kind == "dir" and there.kind != "dir":
                     raise NotADirectoryPathError(f"{dst} is not a directory")
                 if moving.kind != "dir" and there.kind == "dir":
                     raise IsADirectoryPathError(f"{dst} is a directory")
                 if there.kind == "dir" and await self.list(dst):
                     raise DirectoryNotEmptyError(f"{dst} is not empty")
-            found = self.overlay.find(s_parts)
-            item: PendingDir | DirEntry
-            if isinstance(found, Found) and isinstance(found.item, PendingDir):
-                item = found.item  # its pending changes go with it
-                if item.at_path:  # it is at a new path now: its base is what it was
-                    _pin(item)
-            else:
-                entry = found.item if isinstance(found, Found) else moving.to_entry(s_parts[-1])
-                assert isinstance(entry, DirEntry)
-                item = replace(entry, name=d_parts[-1])
             now = time.time_ns()
+            item = await self._taken(s_parts, moving, d_parts[-1], now)
             self.overlay.remove(s_parts, await self._supply(s_parts[:-1]), now)
             self.overlay.put(d_parts, item, await self._supply(d_parts[:-1]), now)
+            if there is not None:
+                await self._unlinked(there, now)
+            return True
 
-    async def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> Node:
-        """Change a file's or directory's mode or mtime."""
+    async def exchange(self, a: str, b: str) -> None:
+        """``renameat2(RENAME_EXCHANGE)``: ``a`` and ``b`` swap what they name."""
+        async with self._lock:
+            a_parts, b_parts = tuple(split_path(a)), tuple(split_path(b))
+            if not a_parts or not b_parts:
+                raise InvalidMoveError("cannot exchange the root directory /")
+            first, second = await self.resolve(a), await self.resolve(b)
+            if a_parts == b_parts:
+                return
+            if a_parts == b_parts[: len(a_parts)] or b_parts == a_parts[: len(b_parts)]:
+                raise InvalidMoveError(f"cannot exchange {a} with {b}: one holds the other")
+            now = time.time_ns()
+            items = [await self._taken(a_parts, first, b_parts[-1], now),
+                     await self._taken(b_parts, second, a_parts[-1], now)]
+            self.overlay.put(b_parts, items[0], await self._supply(b_parts[:-1]), now)
+            self.overlay.put(a_parts, items[1], await self._supply(a_parts[:-1]), now)
+
+    async def _taken(self, parts: tuple[str, ...], node: Node, new_name: str, now: int) -> PendingDir | DirEntry:
+        """What moves when ``parts`` (naming ``node``) moves to a name
+        ``new_name``: its pending changes with it, its ctime now."""
+        found = self.overlay.find(parts)
+        if isinstance(found, Found) and isinstance(found.item, PendingDir):
+            item = found.item
+            if item.at_path:  # it is at a new path now: its base is what it was
+                _pin(item)
+            item.meta = _changed(item.meta, item.mtime, now)
+            return item
+        entry = found.item if isinstance(found, Found) else node.to_entry(parts[-1])
+        assert isinstance(entry, DirEntry)
+        return replace(entry, name=new_name, meta=_changed(entry.meta, entry.mtime, now))
+
+    async def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None,
+                       meta: Meta | None = None) -> Node:
+        """Change the mode, mtime and/or the rest of the metadata (``meta``,
+        whole; its ctime as given) of what ``path`` names."""
         async with self._lock:
             node = await self.resolve(path)
             parts = tuple(split_path(path))
-            if not parts or node.kind == "symlink":
-                return node  # the root and symlinks have fixed metadata
-            mode = None if mode is None else mode & 0o7777
-            if (mode is None or mode == node.mode) and (mtime is None or mtime == node.mtime):
+            if not parts:
+                return node  # the root's metadata is the mount's
+            mode = None if mode is None or node.kind == "symlink" else mode & 0o7777
+            if (mode is None or mode == node.mode) and (mtime is None or mtime == node.mtime) and (
+                    meta is None or meta == node.meta):
                 return node
             pending_dir = self.overlay.directory(parts) is not None  # its entry is made at the commit
             entry = None if pending_dir else node.to_entry(parts[-1])
-            self.overlay.set_attributes(parts, entry, await self._supply(parts[:-1]), mode, mtime)
-            return await self.resolve(path)
+            if meta is not None and node.meta.ino is not None:  # the group's names and count are the tree's
+                meta = replace(meta, ino=node.meta.ino, nlink=node.meta.nlink)
+            self.overlay.set_attributes(parts, entry, await self._supply(parts[:-1]), mode, mtime, meta)
+            changed = await self.resolve(path)
+            if changed.meta.ino is not None:
+                await self._set_group(changed.meta.ino, lambda other: replace(
+                    other, mode=changed.mode, mtime=changed.mtime, meta=changed.meta), skip=path)
+            return changed
 
     async def link_file(self, where: Callable[[], str | None], stored: StoredFile, mode: int,
-                        mtime: int) -> Node | None:
+                        mtime: int, meta: Meta = NO_META) -> Node | None:
         """Make the path ``where()`` gives name the file ``stored`` (a file
         there is replaced; a directory is not: IsADirectoryPathError).
         ``where`` is asked once no other change runs, so a rename of the
@@ -291,8 +402,14 @@ class MountView(ReadView):
             there = await self._existing(path)
             if there is not None and there.kind == "dir":
                 raise IsADirectoryPathError(f"{path} is a directory")
-            entry = DirEntry(parts[-1], "file", stored.size, mode, mtime, cid=stored.cid)
+            if there is not None and there.meta.ino is not None:  # the group's names and count are the tree's
+                meta = replace(meta, ino=there.meta.ino, nlink=there.meta.nlink)
+            elif meta.ino is not None:  # the others went meanwhile: a plain file now
+                meta = replace(meta, ino=None, nlink=1)
+            entry = DirEntry(parts[-1], "file", stored.size, mode, mtime, cid=stored.cid, meta=meta)
             self.overlay.put(parts, entry, await self._supply(parts[:-1]))
+            if meta.ino is not None:
+                await self._set_group(meta.ino, lambda other: replace(entry, name=other.name), skip=path)
             self._stored.extend(stored.new_blocks)
             return Node.of(path, entry)
 
@@ -317,7 +434,12 @@ def _node(path: str, parts: tuple[str, ...], item: PendingDir | DirEntry) -> Nod
         return Node.of(path, item)
     if not parts:
         return Node("/", "", "dir", 0, ROOT_MODE, item.mtime or 0, None)
-    return Node(path, parts[-1], "dir", 0, item.mode or 0, item.mtime or 0, None)
+    return Node(path, parts[-1], "dir", 0, item.mode or 0, item.mtime or 0, None, meta=item.meta)
+
+
+def _changed(meta: Meta, mtime: int | None, now: int) -> Meta:
+    """``meta`` of an inode whose status changed at ``now`` (ctime)."""
+    return meta if mtime == now and meta.ctime is None else replace(meta, ctime=now)
 
 
 def _pin(directory: PendingDir) -> None:

@@ -230,7 +230,8 @@ def test_errors_are_the_errno_programs_expect(mnt: Path) -> None:
     assert errno_of(os.rename, mnt / "e", mnt / "f") == errno.ENOTDIR
     assert errno_of(open, mnt / ("n" * 256), "wb") == errno.ENAMETOOLONG
     assert errno_of(os.mkdir, mnt / ("n" * 256)) == errno.ENAMETOOLONG
-    assert errno_of(os.link, mnt / "f", mnt / "hard") == errno.EPERM
+    assert errno_of(os.link, mnt / "d", mnt / "hard") == errno.EPERM  # a directory
+    assert errno_of(os.link, mnt / "f", mnt / "e") == errno.EEXIST
     (mnt / "g").write_bytes(b"g")
     assert errno_of(renameat2, mnt / "f", mnt / "g", RENAME_NOREPLACE) == errno.EEXIST
     renameat2(mnt / "f", mnt / "h", RENAME_NOREPLACE)
