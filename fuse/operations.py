@@ -32,8 +32,8 @@ import pyfuse3
 import trio
 
 from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundError
-from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, DirEntry, Meta
-from ..names.namespace import Node
+from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry, Meta
+from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from .handles import (
     READ_AHEAD_PARALLEL,
@@ -80,7 +80,11 @@ _KINDS = {bits: kind for kind, bits in _KIND_BITS.items()}
 
 MAX_SUBDIR_COUNTS = 100_000
 """Directories (by CID) whose number of subdirectories the mount remembers
-for their link count."""
+for their link count, and files (by CID) the bytes they keep in blocks."""
+
+DENSE_BELOW = 1 << 20
+"""Files smaller than this are taken to keep all their bytes (one or two
+blocks): their ``st_blocks`` needs no look at the file's nodes."""
 
 
 @dataclass
@@ -156,6 +160,8 @@ class CasOperations(pyfuse3.Operations):
             nursery.start_soon(self._store_in_background)
         self._uid, self._gid = os.getuid(), os.getgid()
         self._subdirs: dict[Any, int] = {}  # a committed directory's CID -> its subdirectories
+        self._stored_bytes: dict[Any, int] = {}  # a large file's CID -> the bytes it keeps in blocks
+        self._root_mode, self._root_meta = ROOT_MODE, NO_META  # the mount point's (docs/mount.md)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -210,14 +216,15 @@ class CasOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         size, mode, mtime, meta = node.size, node.mode, node.mtime, node.meta
         state: FileState | None = inode.state
-        blocks = (size + 511) // 512
+        stored = self._stored_bytes.get(node.cid) if node.cid is not None and size >= DENSE_BELOW else size
+        blocks = ((size if stored is None else stored) + 511) // 512
         if state is not None:
             size, mode, mtime, meta = state.current_size(), state.mode, state.mtime, state.meta
             blocks = state.staging.blocks() if state.staging is not None else (size + 511) // 512
         a.st_ino = inode.ino
         a.generation = 0
         a.entry_timeout = ATTR_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT if stored is not None or state is not None else 0  # 0: counted when asked
         a.st_mode = _KIND_BITS[node.kind] | (0o777 if node.kind == "symlink" else mode)
         if node.kind == "dir":
             a.st_nlink = links if links is not None else 2
@@ -237,7 +244,15 @@ class CasOperations(pyfuse3.Operations):
         return a
 
     async def _attributes(self, inode: Inode, node: Node) -> pyfuse3.EntryAttributes:
-        """``_attr`` with a directory's link count: 2 and one per subdirectory."""
+        """``_attr`` with a directory's link count (2 and one per
+        subdirectory) and a large file's blocks (:meth:`TreeReader.stored_bytes`)."""
+        if node.kind == "file" and node.cid is not None and node.size >= DENSE_BELOW and inode.state is None:
+            if node.cid not in self._stored_bytes:
+                stored = await self._store(self.tree.stored_bytes, node.cid)
+                if len(self._stored_bytes) >= MAX_SUBDIR_COUNTS:
+                    self._stored_bytes.clear()
+                self._stored_bytes[node.cid] = stored
+            return self._attr(inode, node)
         if node.kind != "dir":
             return self._attr(inode, node)
         count = self._subdirs.get(node.cid) if node.cid is not None else None
@@ -294,6 +309,8 @@ class CasOperations(pyfuse3.Operations):
             raise
         if node.kind != inode.kind and inode.ino != ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOENT)  # replaced from outside: a new inode on lookup
+        if inode.ino == ROOT_INODE:
+            node = replace(node, mode=self._root_mode, meta=self._root_meta)
         inode.last = node
         return node
 
@@ -455,6 +472,10 @@ class CasOperations(pyfuse3.Operations):
             state.mode = state.mode if mode is None else mode
             state.mtime = state.mtime if mtime is None else mtime
             state.meta, state.meta_dirty = meta, True
+            return
+        if found.ino == ROOT_INODE:  # the mount point's own: kept while mounted
+            self._root_mode = self._root_mode if mode is None else mode
+            self._root_meta = replace(meta, atime=None)
             return
         path = self.inodes.path_of(found.ino)
         if path is not None:

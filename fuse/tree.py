@@ -118,6 +118,15 @@ class TreeReader:
         """The file system's figures for statfs(2)."""
         raise NotImplementedError
 
+    def stored_bytes(self, cid: CID) -> int:
+        """The bytes file ``cid`` keeps in blocks: each distinct leaf once, so
+        a hole (the same block of zeros again and again) costs one block.
+        Reads the file's interior nodes only."""
+        seen: dict[CID, int] = {}
+        for leaf in files.file_leaves(self.blocks, cid):
+            seen[leaf.cid] = leaf.size
+        return sum(seen.values())
+
     def read_all(self, cid: CID) -> Any:
         """The content of file ``cid`` in pieces (to copy into a staged file)."""
         return files.iter_file(self.blocks, cid)
