@@ -35,6 +35,7 @@ from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundEr
 from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry, Meta
 from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
+from . import acl
 from .handles import (
     READ_AHEAD_PARALLEL,
     BlockCache,
@@ -82,6 +83,9 @@ MAX_SUBDIR_COUNTS = 100_000
 """Directories (by CID) whose number of subdirectories the mount remembers
 for their link count, and files (by CID) the bytes they keep in blocks."""
 
+DIRECTORY_SIZE = 4096
+"""What ``stat`` says of a directory's size."""
+
 DENSE_BELOW = 1 << 20
 """Files smaller than this are taken to keep all their bytes (one or two
 blocks): their ``st_blocks`` needs no look at the file's nodes."""
@@ -120,7 +124,7 @@ class CasOperations(pyfuse3.Operations):
     """The mount's request handlers; see the module docstring."""
 
     supports_dot_lookup = True
-    enable_acl = False
+    enable_acl = True  # the kernel checks POSIX ACLs, kept as system.posix_acl_* xattrs
 
     def __init__(
         self,
@@ -227,6 +231,9 @@ class CasOperations(pyfuse3.Operations):
         a.attr_timeout = ATTR_TIMEOUT if stored is not None or state is not None else 0  # 0: counted when asked
         a.st_mode = _KIND_BITS[node.kind] | (0o777 if node.kind == "symlink" else mode)
         if node.kind == "dir":
+            # A directory's size is its own (as on ext4, a block), never the
+            # bytes below it, which change when nothing in it did.
+            size, blocks = DIRECTORY_SIZE, DIRECTORY_SIZE // 512
             a.st_nlink = links if links is not None else 2
             if links is None:
                 a.attr_timeout = 0  # counted when asked for (getattr)
@@ -488,8 +495,8 @@ class CasOperations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------
     #
     # The kernel checks who may read and change which namespace (trusted.*
-    # needs CAP_SYS_ADMIN, user.* the file's permissions); POSIX ACLs are
-    # not kept (enable_acl is off, so the kernel answers for them).
+    # needs CAP_SYS_ADMIN, user.* the file's permissions). An access ACL
+    # sets the mode (fuse/acl.py); the kernel checks permissions with it.
 
     async def _meta_of(self, inode: int) -> tuple[Inode, Meta]:
         found = self.inodes.get(inode)
@@ -523,11 +530,23 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             key = self._xattr_name(name)
             found, meta = await self._meta_of(inode)
+            mode = None
+            if key == acl.ACCESS:
+                try:
+                    access = acl.parse_access(bytes(value))
+                except InvalidInputError:
+                    raise pyfuse3.FUSEError(errno.EINVAL) from None
+                node = await self._node_of(found)
+                current = found.state.mode if found.state is not None else node.mode
+                mode = current & ~0o777 | access.bits
+                if not access.extended:  # the mode says it all: no ACL kept, as ext4
+                    await self._set_meta(found, mode, None, replace(meta.with_xattr(key, None), ctime=time.time_ns()))
+                    return
             try:
                 changed = meta.with_xattr(key, bytes(value))
             except InvalidInputError:
                 raise pyfuse3.FUSEError(errno.ENOSPC) from None  # as ext4, past one block of them
-            await self._set_meta(found, None, None, replace(changed, ctime=time.time_ns()))
+            await self._set_meta(found, mode, None, replace(changed, ctime=time.time_ns()))
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("removexattr"):
@@ -802,6 +821,12 @@ class CasOperations(pyfuse3.Operations):
                         left.dirty = True
                     raise
                 found.last = node or found.last
+                while state.meta_dirty and not state.dirty:  # chmod, chown, utime... while it was stored
+                    state.meta_dirty = False
+                    path = self.inodes.path_of(found.ino)
+                    if path is not None:
+                        found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime,
+                                                                   meta=state.meta)
             return failures
 
     # -- storing closed files in the background ----------------------------------------

@@ -42,6 +42,7 @@ from ..errors import (
 from ..names.directory import NO_META, DirEntry, Meta, name_key
 from ..names.dirtree import EMPTY_DIRECTORY
 from ..names.namespace import ROOT_MODE, Node, RootState, split_path
+from .links import LinkIndex
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
 from .tree import Built, CommitResult, MountTree, StoredFile, TreeReader
 
@@ -88,6 +89,8 @@ class MountView(ReadView):
         # namespace since: spares the store the questions it would answer.
         self._known_root: CID | None = None
         self._known = Built({}, {})
+        self._root_mtime: int | None = None  # the root's own, from the last commit that changed it
+        self._links = LinkIndex()
 
     @property
     def pending(self) -> int:
@@ -98,6 +101,8 @@ class MountView(ReadView):
 
     async def resolve(self, path: str) -> Node:
         parts = tuple(split_path(path))
+        if not parts and self.overlay.root is not None and self.overlay.root.mtime is None:
+            return replace(await self._committed_root(path), size=0, cid=None)  # changed below only
         found = self.overlay.find(parts)
         if isinstance(found, Missing):
             raise PathNotFoundError(f"{path}: no such file or directory")
@@ -109,13 +114,22 @@ class MountView(ReadView):
             if entry is None:
                 raise PathNotFoundError(f"{path}: no such file or directory")
             return Node.of(path, entry)
+        if not parts:
+            return await self._committed_root(path)
         node: Node = await self._run(self.tree.resolve_from, found.start, found.rest, path)
+        return node
+
+    async def _committed_root(self, path: str) -> Node:
+        node: Node = await self._run(self.tree.resolve_from, None, (), path)
+        if self._root_mtime is not None:  # not the commit's time: the root's last change
+            node = replace(node, mtime=self._root_mtime)
         return node
 
     def forget_known(self) -> None:
         """Another writer changed the namespace: what the last commit wrote
         is no longer known to be current."""
-        self._known_root, self._known = None, Built({}, {})
+        self._known_root, self._known, self._root_mtime = None, Built({}, {}), None
+        self._links.forget()
 
     async def _existing(self, path: str) -> Node | None:
         try:
@@ -228,18 +242,28 @@ class MountView(ReadView):
                 raise IsADirectoryPathError(f"{path} is a directory")
             now = time.time_ns()
             self.overlay.remove(parts, await self._supply(parts[:-1]), now)
+            self._links.removed(path)
             return await self._unlinked(node, now)
 
     # -- hard links -----------------------------------------------------------------
     #
     # Every name of a hard-linked inode carries its content and metadata
     # (docs/formats.md, "Directories"), so a change to one is made to all:
-    # they are found by walking the namespace (what is pending included),
-    # which only changes of hard-linked inodes pay for.
+    # the index (fuse/links.py) says where they are, or one walk of the
+    # namespace (what is pending included) finds them.
 
     async def _group(self, ino: int) -> builtins.list[tuple[str, DirEntry]]:
         """Every name of hard-link group ``ino`` now, with its entry."""
-        found: builtins.list[tuple[str, DirEntry]] = []
+        known = self._links.paths(ino)
+        if known is not None:
+            found = []
+            for path in sorted(known):
+                node = await self._existing(path)
+                if node is not None and node.meta.ino == ino:
+                    found.append((path, node.to_entry(node.name)))
+            if len(found) == len(known):
+                return found
+        found = []
         directories = ["/"]
         while directories:
             path = directories.pop()
@@ -249,6 +273,7 @@ class MountView(ReadView):
                     directories.append(child)
                 elif entry.meta.ino == ino:
                     found.append((child, entry))
+        self._links.know(ino, (path for path, _ in found))
         return found
 
     async def _set_group(self, ino: int, change: Callable[[DirEntry], DirEntry], skip: str | None = None) -> None:
@@ -268,6 +293,8 @@ class MountView(ReadView):
         else:
             meta = replace(node.meta, ino=None, nlink=1, ctime=now)  # one name left: a plain file again
         await self._set_group(node.meta.ino, lambda entry: replace(entry, meta=meta))
+        if meta.ino is None:
+            self._links.drop(node.meta.ino)
         return meta
 
     async def link(self, src: str, dst: str, group: int) -> Node:
@@ -284,9 +311,13 @@ class MountView(ReadView):
             if node.meta.ino is None:
                 meta = replace(node.meta, ino=group, nlink=2, ctime=now)
                 self.overlay.put(parts, replace(node.to_entry(parts[-1]), meta=meta), await self._supply(parts[:-1]))
+                names = {src}
             else:
                 meta = replace(node.meta, nlink=node.meta.nlink + 1, ctime=now)
                 await self._set_group(node.meta.ino, lambda entry: replace(entry, meta=meta))
+                names = self._links.paths(node.meta.ino) or {src}
+            assert meta.ino is not None
+            self._links.know(meta.ino, names | {dst})
             entry = replace(node.to_entry(d_parts[-1]), meta=meta)
             self.overlay.put(d_parts, entry, await self._supply(d_parts[:-1]), now)
             return Node.of(dst, entry)
@@ -329,6 +360,7 @@ class MountView(ReadView):
             item = await self._taken(s_parts, moving, d_parts[-1], now)
             self.overlay.remove(s_parts, await self._supply(s_parts[:-1]), now)
             self.overlay.put(d_parts, item, await self._supply(d_parts[:-1]), now)
+            self._links.moved(src, dst)
             if there is not None:
                 await self._unlinked(there, now)
             return True
@@ -349,6 +381,7 @@ class MountView(ReadView):
                      await self._taken(b_parts, second, a_parts[-1], now)]
             self.overlay.put(b_parts, items[0], await self._supply(b_parts[:-1]), now)
             self.overlay.put(a_parts, items[1], await self._supply(a_parts[:-1]), now)
+            self._links.exchanged(a, b)
 
     async def _taken(self, parts: tuple[str, ...], node: Node, new_name: str, now: int) -> PendingDir | DirEntry:
         """What moves when ``parts`` (naming ``node``) moves to a name
@@ -419,6 +452,7 @@ class MountView(ReadView):
             if not self.overlay or self.overlay.root is None:
                 return None
             done: CommitResult = await self._run(self.tree.commit_pending, self.overlay.root, self._stored)
+            self._root_mtime = self.overlay.root.mtime or self._root_mtime
             self.overlay.clear()
             self._stored = []
             if len(self._known.listings) + len(done.built.listings) > MAX_KNOWN:

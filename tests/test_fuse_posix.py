@@ -441,3 +441,133 @@ def test_statfs_reports_the_disk_under_the_repository(mnt: Path, repo: Path) -> 
     mine, disk = os.statvfs(mnt), os.statvfs(repo)
     assert mine.f_frsize * mine.f_blocks == disk.f_frsize * disk.f_blocks
     assert mine.f_namemax == 255
+
+
+# -- POSIX ACLs ------------------------------------------------------------------------------------
+
+
+def test_an_access_acl_grants_a_named_user_and_sets_the_mode(mnt: Path) -> None:
+    from cas.fuse import acl as acls
+
+    from tests.test_fuse_acl import acl
+
+    f = mnt / "shared"
+    f.write_bytes(b"root's")
+    os.chmod(f, 0o600)
+    assert as_other(lambda: f.read_bytes()) == errno.EACCES
+    os.setxattr(f, "system.posix_acl_access",
+                acl((acls.USER_OBJ, 6, 0), (acls.USER, 6, OTHER), (acls.GROUP_OBJ, 0, 0), (acls.MASK, 6, 0),
+                    (acls.OTHER, 0, 0)))
+    assert stat.S_IMODE(ns(f).st_mode) == 0o660  # the group bits are the mask
+    assert as_other(lambda: f.read_bytes()) == 0
+    minimal = acl((acls.USER_OBJ, 7, 0), (acls.GROUP_OBJ, 5, 0), (acls.OTHER, 0, 0))
+    os.setxattr(f, "system.posix_acl_access", minimal)
+    assert stat.S_IMODE(ns(f).st_mode) == 0o750
+    assert "system.posix_acl_access" not in os.listxattr(f)  # the mode says it all
+    assert as_other(lambda: f.read_bytes()) == errno.EACCES
+    assert errno_of(os.setxattr, f, "system.posix_acl_access", b"junk") == errno.EOPNOTSUPP  # as ext4 and tmpfs
+
+
+# -- round trips with the tools users copy trees with -------------------------------------------------
+
+
+def _tree(top: Path) -> None:
+    """A tree holding every kind of thing a copy must keep."""
+    top.mkdir()
+    (top / "sub").mkdir()
+    (top / "a").write_bytes(b"linked\n")
+    os.link(top / "a", top / "sub" / "b")
+    os.link(top / "a", top / "c")
+    os.setxattr(top / "a", "user.note", b"kept")
+    os.setxattr(top / "a", "trusted.t", b"\x00\x01")
+    os.chown(top / "a", 1000, 1001)
+    os.chmod(top / "a", 0o4755)
+    os.chmod(top / "sub", 0o2750)
+    os.mkfifo(top / "fifo")
+    os.mknod(top / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(top / "sock"))
+    with open(top / "sparse", "wb") as out:
+        out.truncate(40 << 20)
+        out.seek(20 << 20)
+        out.write(b"middle")
+    os.symlink("a", top / "link")
+    os.lchown(top / "link", 5, 6)
+    (top / ("é" * 127)).write_bytes(b"a 254-byte UTF-8 name")
+    (top / "many").mkdir()
+    for i in range(1000):
+        (top / "many" / f"{i:04}").write_bytes(b"")
+    # Times in the past, as a real tree has (rsync compares the times of
+    # special files and symlinks to the second, and leaves one made in the
+    # same second as its source as it is).
+    for path in [top / "fifo", top / "null", top / "sock", top / "link", top / "many", top / "sub", top]:
+        os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_001), follow_symlinks=False)
+
+
+def differences(want: Path, got: Path) -> list[str]:
+    """How ``got`` differs from ``want``, attribute by attribute (no atime
+    or ctime; inode numbers compared as which names share one)."""
+    out: list[str] = []
+    names: dict[str, list[str]] = {"want": [], "got": []}
+    for top, key in ((want, "want"), (got, "got")):
+        names[key] = sorted(str(p.relative_to(top)) for p in top.rglob("*"))
+    if names["want"] != names["got"]:
+        return [f"names differ: {sorted(set(names['want']) ^ set(names['got']))[:5]}"]
+    groups: dict[str, dict[int, list[str]]] = {"want": {}, "got": {}}
+    for rel in names["want"]:
+        a, b = os.lstat(want / rel), os.lstat(got / rel)
+        for field in ("st_mode", "st_uid", "st_gid", "st_nlink", "st_rdev", "st_mtime_ns"):
+            if getattr(a, field) != getattr(b, field):
+                out.append(f"{rel}: {field} {getattr(a, field)} != {getattr(b, field)}")
+        if stat.S_ISREG(a.st_mode):
+            if (want / rel).read_bytes() != (got / rel).read_bytes():
+                out.append(f"{rel}: content")
+            if b.st_blocks * 512 > a.st_blocks * 512 + (4 << 20):  # a hole costs a block or two at most
+                out.append(f"{rel}: {b.st_blocks} blocks, {a.st_blocks} at the source")
+        if stat.S_ISLNK(a.st_mode) and os.readlink(want / rel) != os.readlink(got / rel):
+            out.append(f"{rel}: link target")
+        xa = {k: os.getxattr(want / rel, k, follow_symlinks=False)
+              for k in os.listxattr(want / rel, follow_symlinks=False)}
+        xb = {k: os.getxattr(got / rel, k, follow_symlinks=False)
+              for k in os.listxattr(got / rel, follow_symlinks=False)}
+        if xa != xb:
+            out.append(f"{rel}: xattrs {xa} != {xb}")
+        groups["want"].setdefault(a.st_ino, []).append(rel)
+        groups["got"].setdefault(b.st_ino, []).append(rel)
+    linked = {key: sorted(v for v in g.values() if len(v) > 1) for key, g in groups.items()}
+    if linked["want"] != linked["got"]:
+        out.append(f"hard links {linked['want']} != {linked['got']}")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["cp -a", "tar", "rsync -aHAX"])
+def test_a_tree_copied_in_and_out_keeps_every_attribute(mnt: Path, tmp_path: Path, tool: str) -> None:
+    import shutil
+    import subprocess
+
+    if tool.startswith("rsync") and shutil.which("rsync") is None:
+        skip_unless_ci("rsync is not installed (scripts/setup-env --test installs it)")
+    source = tmp_path / "source"
+    _tree(source)
+
+    def copy(src: Path, dst: Path) -> None:
+        if tool == "cp -a":
+            subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+        elif tool == "tar":
+            dst.mkdir()
+            packed = subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-cf", "-", "-C", str(src), "."],
+                                    check=True, capture_output=True).stdout
+            subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", "-", "-C", str(dst)],
+                           input=packed, check=True, capture_output=True)
+        else:
+            subprocess.run(["rsync", "-aHAXS", f"{src}/", f"{dst}/"], check=True)
+
+    local, mounted_copy, back = tmp_path / "local", mnt / "copy", tmp_path / "back"
+    copy(source, local)  # the same work on a local directory: what the mount must match
+    copy(source, mounted_copy)
+    diffs = differences(local, mounted_copy)
+    assert not diffs, "\n".join(diffs)
+    copy(mounted_copy, back)
+    diffs = differences(local, back)
+    assert not diffs, "\n".join(diffs)
