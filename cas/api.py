@@ -611,7 +611,7 @@ def _no_content(ref: str, kind: str, target: str | None) -> NotAFileError:
     """The error for reading the content of what has none."""
     if kind == "symlink":
         return NotAFileError(f"{ref} is a symlink to {target!r}")
-    return NotAFileError(f"{ref} is a {kind} and has no content to read")
+    return NotAFileError(f"{ref} is a {kind}: it has no content (cas get of its directory makes it)")
 
 
 def _check_range(offset: int, length: int | None) -> None:
