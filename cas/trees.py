@@ -56,7 +56,7 @@ from .blocks import BlockStore
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .errors import InvalidInputError, NotAFileError, RepositoryError
 from .names import dirtree
-from .names.directory import MAX_XATTR_BYTES, NO_META, SPECIAL_KINDS, DirEntry, Meta, check_name
+from .names.directory import MAX_NAME_BYTES, MAX_XATTR_BYTES, NO_META, SPECIAL_KINDS, DirEntry, Meta, check_name
 
 Progress = Callable[[int], None]
 Warn = Callable[[str], None]
@@ -393,7 +393,7 @@ def written_whole(dest: Path) -> Iterator[BinaryIO]:
     """A file to write ``dest`` through: a part file beside it, renamed
     into place once the block ends, removed if it fails (a disk error is a
     RepositoryError naming ``dest``). A reader never sees half a file."""
-    part = dest.with_name(f".{dest.name}.cas-part")
+    part = dest.with_name(_part_name(dest.name))
     try:
         with open(part, "wb") as f:
             yield f
@@ -404,6 +404,14 @@ def written_whole(dest: Path) -> Iterator[BinaryIO]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _part_name(name: str) -> str:
+    """``.NAME.cas-part``, NAME cut (at a character) to keep within the
+    255 bytes a name may have."""
+    room = MAX_NAME_BYTES - len(".") - len(".cas-part")
+    cut = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f".{cut}.cas-part"
 
 
 def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None, write: WriteFile) -> None:
