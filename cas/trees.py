@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import stat as statmod
@@ -53,6 +54,7 @@ from typing import BinaryIO
 
 from . import files, unixfs
 from .blocks import BlockStore
+from .chunker import MAX_CHUNK_SIZE
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .errors import InvalidInputError, NotAFileError, RepositoryError
 from .names import dirtree
@@ -65,9 +67,10 @@ AddFile = Callable[[BlockStore, BinaryIO, Progress | None], files.AddResult]
 """How a file's bytes go into the store: :func:`cas.api.add_file_to` (which
 hands a regular file to a daemon whole), or chunked here."""
 
-WriteFile = Callable[[BlockStore, CID, int, Progress | None], int]
-"""How a stored file's bytes go to a descriptor: :func:`cas.api.write_file_from`
-(which lets a daemon write them itself), or read here."""
+WriteFile = Callable[[BlockStore, CID, int, Progress | None, int, int | None], int]
+"""How bytes [offset, offset + length) of a stored file go to a descriptor:
+:func:`cas.api.write_file_from` (which lets a daemon write them itself), or
+read here."""
 
 XATTR_NAMESPACES = ("user.", "trusted.", "security.")
 """The extended attributes kept: ``system.`` holds what the kernel derives
@@ -84,8 +87,10 @@ def _add_here(store: BlockStore, stream: BinaryIO, progress: Progress | None) ->
     return files.add_stream(store, stream, progress=progress)
 
 
-def _write_here(store: BlockStore, cid: CID, fd: int, progress: Progress | None) -> int:
-    return files.write_file(store, cid, fd, progress=progress)
+def _write_here(
+    store: BlockStore, cid: CID, fd: int, progress: Progress | None, offset: int = 0, length: int | None = None
+) -> int:
+    return files.write_file(store, cid, fd, offset, length, progress=progress)
 
 
 @dataclass
@@ -416,7 +421,49 @@ def _part_name(name: str) -> str:
 
 def _write_file(store: BlockStore, cid: CID, dest: Path, progress: Progress | None, write: WriteFile) -> None:
     with written_whole(dest) as f:
-        write(store, cid, f.fileno(), progress)  # a daemon's store writes into it itself
+        fd = f.fileno()
+        holes = _zero_leaves(store, cid)
+        if not holes:
+            write(store, cid, fd, progress, 0, None)  # a daemon's store writes into it itself
+            return
+        # Runs of zeros stored as whole zero leaves are left as holes, as
+        # cp --sparse=auto and tar -S leave them; the rest written around them.
+        at = 0
+        for start, end in holes:
+            if start > at:
+                os.lseek(fd, at, os.SEEK_SET)
+                write(store, cid, fd, progress, at, start - at)
+            if progress is not None:
+                progress(end - start)
+            at = end
+        size = files.file_size(store, cid)
+        if at < size:
+            os.lseek(fd, at, os.SEEK_SET)
+            write(store, cid, fd, progress, at, None)
+        os.ftruncate(fd, size)
+
+
+@functools.cache
+def _zero_leaf() -> CID:
+    """The leaf a run of zeros is cut into (the chunker cuts zeros at its
+    largest size): what a hole of a sparse file is stored as."""
+    return CID.for_data(RAW, bytes(MAX_CHUNK_SIZE))
+
+
+def _zero_leaves(store: BlockStore, cid: CID) -> list[tuple[int, int]]:
+    """The byte ranges of file ``cid`` that are whole leaves of zeros,
+    merged; none for a file too small to hold one (its leaves unread)."""
+    if cid.codec != DAG_PB:  # one block: not worth a hole
+        return []
+    ranges: list[tuple[int, int]] = []
+    for leaf in files.file_leaves(store, cid):
+        if leaf.cid != _zero_leaf():
+            continue
+        if ranges and ranges[-1][1] == leaf.offset:
+            ranges[-1] = (ranges[-1][0], leaf.offset + leaf.size)
+        else:
+            ranges.append((leaf.offset, leaf.offset + leaf.size))
+    return ranges
 
 
 _REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSPC, errno.E2BIG,

@@ -51,7 +51,7 @@ def make_tree(root: Path) -> Path:
     os.mknod(root / "sock", stat.S_IFSOCK | 0o755)
     (root / LONG_NAME).write_text("long name")
     with open(root / "sparse", "wb") as f:
-        f.seek((4 << 20) - 5)
+        f.seek((4 << 20) - 5)  # three leaves of zeros, then one ending in a tail
         f.write(b"tail!")
     (root / "link").symlink_to("run.sh")
     if ROOT:
@@ -79,6 +79,7 @@ def test_a_tree_of_every_kind_round_trips_attribute_by_attribute(repo, tmp_path)
     out = tmp_path / "out"
     assert os.lstat(out / "pair-a").st_ino == os.lstat(out / "sticky" / "pair-b").st_ino
     assert os.lstat(out / "setgid" / "trio-3").st_nlink == 3
+    assert os.lstat(out / "sparse").st_blocks * 512 <= (1 << 20) + 8192  # its 3 MiB of zeros are a hole
     # By CID, the same tree (its own root's attributes are the parent's to keep).
     run_cas("get", cid, "-o", str(tmp_path / "by-cid"), repo=repo)
     assert compare_trees(src, tmp_path / "by-cid", top=False) == []
