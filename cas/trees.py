@@ -457,7 +457,7 @@ def _zero_leaves(store: BlockStore, cid: CID) -> list[tuple[int, int]]:
         return []
     ranges: list[tuple[int, int]] = []
     for leaf in files.file_leaves(store, cid):
-        if leaf.cid != _zero_leaf():
+        if not isinstance(leaf, files.LeafSpan) or leaf.cid != _zero_leaf():  # (bytes held in an interior node)
             continue
         if ranges and ranges[-1][1] == leaf.offset:
             ranges[-1] = (ranges[-1][0], leaf.offset + leaf.size)
