@@ -445,7 +445,10 @@ class Repository:
         """Make ``dst`` name the same content as ``src`` (a CID, CID/path or
         a path): a link, no data copied. A UnixFS directory made by IPFS is
         linked as the cas directory of the same entries (its subdirectories
-        likewise), over the very same file DAGs."""
+        likewise), over the very same file DAGs. As ``cp -a`` makes new
+        inodes, hard links in a copied tree become groups of the copy's own
+        (the directories holding them are stored anew), and a copied
+        hard-linked file is a file of one name."""
         with self._session() as session:
             if isinstance(src, str) and src.startswith("/"):
                 node = self.namespace.resolve(src)
@@ -466,10 +469,16 @@ class Repository:
             if dst.endswith("/") or self._is_dir(dst):
                 name = node.name or (str(node.cid) if node.cid else "")
                 target = dst.rstrip("/") + "/" + name
-            if node.meta.ino is not None:  # a copy is a new inode, with one name
-                from dataclasses import replace
+            from dataclasses import replace
 
+            if node.meta.ino is not None:  # a copy is a new inode, with one name
                 node = replace(node, meta=replace(node.meta, ino=None, nlink=1))
+            elif node.cid is not None and node.cid.codec == DAG_CBOR:
+                from . import trees
+
+                # As cp -a makes new inodes: the copy's hard links are groups
+                # of its own, never sharing one with the original's names.
+                node = replace(node, cid=trees.new_link_groups(session, node.cid))
             if node.cid is not None and isinstance(session, ProtectsBlocks):
                 session.protect(node.cid)
             return self.namespace.link(target, node)

@@ -348,6 +348,32 @@ def adopt_unixfs(store: BlockStore, cid: CID) -> dirtree.DirSummary:
     return dirtree.build(store, adopted)
 
 
+def new_link_groups(store: BlockStore, cid: CID) -> CID:
+    """Cas directory ``cid`` with every hard-link group in it given a new
+    random ``ino`` (the names of a group keep sharing one): what a copy of
+    a tree is, as ``cp -a`` makes new inodes, so that no group has names in
+    two trees. ``cid`` itself when the tree has no hard links (nothing is
+    written); otherwise the directories holding them are stored anew."""
+    renamed: dict[int, int] = {}
+    copied = _new_link_groups(store, cid, renamed)
+    return cid if copied is None else copied.cid
+
+
+def _new_link_groups(store: BlockStore, cid: CID, renamed: dict[int, int]) -> dirtree.DirSummary | None:
+    changed = False
+    kept = []
+    for entry in dirtree.iterate(store, cid):
+        if entry.kind == "dir" and entry.cid is not None:
+            sub = _new_link_groups(store, entry.cid, renamed)
+            if sub is not None:
+                entry, changed = replace(entry, cid=sub.cid), True
+        elif entry.meta.ino is not None:
+            ino = renamed.setdefault(entry.meta.ino, secrets.randbits(63))
+            entry, changed = replace(entry, meta=replace(entry.meta, ino=ino)), True
+        kept.append(entry)
+    return dirtree.build(store, kept) if changed else None
+
+
 # -- export ------------------------------------------------------------------
 
 

@@ -136,6 +136,12 @@ def test_hard_links_are_groups_of_the_added_tree_only_and_never_merge(repo, tmp_
     run_cas("cp", "/one/a", "/copy", repo=repo)  # a copy is a new inode with one name
     copy = _stat(repo, "/copy")
     assert (copy["nlink"], copy["ino"]) == (1, None)
+    run_cas("cp", "/one", "/three", repo=repo)  # a copied tree's links are its own groups
+    a3, b3 = _stat(repo, "/three/a"), _stat(repo, "/three/b")
+    assert a3["ino"] == b3["ino"] not in (None, a1["ino"]) and a3["nlink"] == 2
+    run_cas("mkdir", "/plain", repo=repo)
+    run_cas("cp", "/plain", "/plain-copy", repo=repo)  # no hard links: the very same directory
+    assert _stat(repo, "/plain-copy")["cid"] == _stat(repo, "/plain")["cid"]
     run_cas("get", "/one", "-o", str(tmp_path / "out"), repo=repo)
     out = tmp_path / "out"
     assert os.lstat(out / "a").st_ino == os.lstat(out / "b").st_ino and os.lstat(out / "half").st_nlink == 1
