@@ -10,12 +10,15 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from cas.names.directory import MAX_XATTR_BYTES
-from tests.conftest import run_cas
+import cas
+from cas.names.directory import MAX_XATTR_BYTES, Meta
+from tests.conftest import CAS, run_cas
 from tests.trees_compare import compare_trees
 
 ROOT = os.geteuid() == 0
@@ -92,8 +95,6 @@ def test_cas_get_without_the_powers_of_root_restores_the_rest_and_warns_once_per
     run_cas("add", "-r", str(src), "--to", "/t", repo=repo)
     out = tmp_path / "out"
     # uid 0 without capabilities: chown, mknod of devices and trusted.* are refused, as for any user.
-    from tests.conftest import CAS
-
     got = run_cas_unprivileged(CAS, "--repo", str(repo), "get", "/t", "-o", str(out))
     warnings = [line for line in got.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 3, got
@@ -106,8 +107,6 @@ def test_cas_get_without_the_powers_of_root_restores_the_rest_and_warns_once_per
 
 def run_cas_unprivileged(*argv: str) -> str:
     """Run argv as uid 0 stripped of every capability; its stderr."""
-    import subprocess
-
     drop = ["setpriv", "--securebits", "+noroot", "--bounding-set", "-all", "--inh-caps", "-all"]
     env = {k: v for k, v in os.environ.items() if k != "CAS_HOME"}
     result = subprocess.run([*drop, *argv], capture_output=True, timeout=120, env=env)
@@ -202,3 +201,20 @@ def test_ls_long_and_stat_show_every_kind_and_attribute(repo, tmp_path):
     assert cat.returncode != 0 and "is a fifo: it has no content" in cat.stderr.decode()
     car = run_cas("car", "export", "/t", "-o", str(tmp_path / "t.car"), repo=repo)
     assert "leaves out" in car.stderr.decode()  # UnixFS has no fifos, sockets or devices
+
+
+def test_a_recorded_atime_and_a_path_s_own_metadata_are_restored(repo, tmp_path):
+    with cas.open_repository(repo) as r:  # what a mount records: atime and ctime too
+        cid = r.add_bytes(b"kept", pin=False)
+        node = r.namespace.node_for_cid(cid, 4)
+        meta = Meta(uid=os.geteuid(), gid=os.getegid(), atime=1_500_000_000_000_000_001,
+                    ctime=1_600_000_000_000_000_002, xattrs=(("user.note", b"n"),))
+        r.namespace.link("/f", replace(node, mode=0o640, mtime=1_650_000_000_000_000_003, meta=meta))
+    text = run_cas("stat", "/f", repo=repo).stdout.decode()
+    assert "accessed 2017-07-14" in text or "accessed 2017-07-13" in text  # (the zone)
+    assert ".000000002 " in text.split("changed  ")[1].splitlines()[0]
+    run_cas("get", "/f", "-o", str(tmp_path / "f"), repo=repo)
+    st = os.lstat(tmp_path / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (
+        1_500_000_000_000_000_001, 1_650_000_000_000_000_003, 0o640)
+    assert os.getxattr(tmp_path / "f", "user.note") == b"n"
