@@ -530,7 +530,9 @@ class _Restore:
         try:
             group = entry.meta.ino
             if group is not None and group in self.linked:
-                os.link(self.linked[group], dest)  # the same inode: its metadata is set
+                # The same inode, whose metadata is set (a symlink's own
+                # inode, not its target's).
+                os.link(self.linked[group], dest, follow_symlinks=False)
                 return
             if entry.kind == "dir":
                 assert entry.cid is not None

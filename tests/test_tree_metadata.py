@@ -57,6 +57,7 @@ def make_tree(root: Path) -> Path:
         f.seek((4 << 20) - 5)  # three leaves of zeros, then one ending in a tail
         f.write(b"tail!")
     (root / "link").symlink_to("run.sh")
+    os.link(root / "link", root / "sticky" / "link-too", follow_symlinks=False)  # a hard-linked symlink
     if ROOT:
         os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         os.mknod(root / "loop", stat.S_IFBLK | 0o660, os.makedev(7, 0))
