@@ -161,10 +161,19 @@ def _meta_of(path: Path, st: os.stat_result, xattrs: bool) -> Meta:
     and extended attributes (atime and ctime are not restorable)."""
     kind = _KIND_OF_TYPE.get(statmod.S_IFMT(st.st_mode))
     rdev = st.st_rdev if kind in ("chardev", "blockdev") else None
+    found = read_xattrs(path) if xattrs else ()
+    if rdev is None and not found:
+        return _owner_only(st.st_uid, st.st_gid)
     try:
-        return Meta(uid=st.st_uid, gid=st.st_gid, rdev=rdev, xattrs=read_xattrs(path) if xattrs else ())
+        return Meta(uid=st.st_uid, gid=st.st_gid, rdev=rdev, xattrs=found)
     except InvalidInputError as exc:  # a name cas cannot keep (not UTF-8, too long)
         raise InvalidInputError(f"cannot add {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _owner_only(uid: int, gid: int) -> Meta:
+    """The metadata of most entries, made once per owner (a tree has few)."""
+    return Meta(uid=uid, gid=gid)
 
 
 def _link_counts(root: Path) -> dict[tuple[int, int], int]:
