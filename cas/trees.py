@@ -14,10 +14,11 @@ What is kept is what ``tar --xattrs`` and ``rsync -aHX`` keep:
 * the mode with setuid, setgid and sticky, the mtime in nanoseconds, the
   owner and group as numbers (always recorded, as tar does);
 * extended attributes in ``user.``, ``trusted.`` and ``security.`` (those
-  the adding user can read; ``system.*``, which holds POSIX ACLs, is not
-  kept). An entry keeps at most ``MAX_XATTR_BYTES`` of them (what ext4
-  keeps in a block); more is an error naming the file, never a silent loss
-  (``xattrs=False`` leaves all of them out, as ``tar --no-xattrs`` does);
+  the adding user can read) and POSIX ACLs (``system.posix_acl_access``
+  and ``_default``; the rest of ``system.`` is not kept). An entry keeps at
+  most ``MAX_XATTR_BYTES`` of them (what ext4 keeps in a block); more is
+  an error naming the file, never a silent loss (``xattrs=False`` leaves
+  all of them out, ACLs included, as ``tar --no-xattrs --no-acls`` does);
 * hard links: names in the added tree of one inode (same ``st_dev`` and
   ``st_ino``) become one link group, every name with the same random 63-bit
   ``ino`` (so groups of two adds never merge) and ``nlink`` the number of
@@ -73,8 +74,13 @@ WriteFile = Callable[[BlockStore, CID, int, Progress | None, int, int | None], i
 read here."""
 
 XATTR_NAMESPACES = ("user.", "trusted.", "security.")
-"""The extended attributes kept: ``system.`` holds what the kernel derives
-(POSIX ACLs, NFSv4 ACLs, capabilities of other kinds) and is left out."""
+"""The namespaces of extended attributes kept whole."""
+
+ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+"""The POSIX ACLs, which Linux shows as these two attributes (in its own
+binary form, the same on every filesystem), kept as ``rsync -A`` and ``tar
+--acls`` keep them; the rest of ``system.`` is what a filesystem derives
+(NFSv4 ACLs, and such) and is left out."""
 
 _KIND_OF_TYPE = {
     statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink", statmod.S_IFIFO: "fifo",
@@ -128,7 +134,8 @@ def import_file(
 
 def read_xattrs(path: Path | str) -> tuple[tuple[str, bytes], ...]:
     """The extended attributes of ``path`` (not followed if a symlink) in
-    :data:`XATTR_NAMESPACES` that this process can read, sorted by name;
+    :data:`XATTR_NAMESPACES` that this process can read, and its ACLs
+    (:data:`ACL_XATTRS`), sorted by name;
     none where the filesystem has none. InvalidInputError naming the file
     if they are more than an entry keeps."""
     try:
@@ -139,7 +146,7 @@ def read_xattrs(path: Path | str) -> tuple[tuple[str, bytes], ...]:
         raise _user_error(exc, path) from None
     found = []
     for name in sorted(names):
-        if not name.startswith(XATTR_NAMESPACES):
+        if not name.startswith(XATTR_NAMESPACES) and name not in ACL_XATTRS:
             continue
         try:
             found.append((name, os.getxattr(path, name, follow_symlinks=False)))

@@ -23,12 +23,12 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         description="Store each PATH (or standard input for '-') and print one CID per "
         "input, in order. What is added is pinned. A tree keeps what tar and rsync -aHX keep: "
         "modes (setuid, setgid, sticky), mtimes, owners, extended attributes (user.*, trusted.*, "
-        "security.*), hard links, symlinks, fifos, sockets and device nodes.",
+        "security.*), POSIX ACLs, hard links, symlinks, fifos, sockets and device nodes.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (with -r) or '-'")
     p.add_argument("-r", "--recursive", action="store_true", help="add directories with their contents")
     p.add_argument("--no-xattrs", dest="xattrs", action="store_false",
-                   help="leave extended attributes out (an entry keeps at most 4064 bytes of them)")
+                   help="leave extended attributes and ACLs out (an entry keeps at most 4064 bytes of them)")
     p.add_argument(
         "--to",
         metavar="PATH",
