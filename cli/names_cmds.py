@@ -32,7 +32,8 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("path", nargs="?", default="/", metavar="PATH",
                    help="the directory: a namespace path (default /) or CID[/path]")
     p.add_argument("-l", "--long", action="store_true",
-                   help="mode, links, owner, group, size (major, minor for a device), time and CID too")
+                   help="mode ('+' after it: an ACL), links, owner, group, size (major, minor for a device), "
+                   "time and CID too")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ (see cas log)")
     p.set_defaults(run=cmd_ls)
 
@@ -228,7 +229,8 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
             if args.long:
                 cid = str(entry.cid) if entry.cid else "-"
                 meta = entry.meta
-                line = (f"{_mode_string(entry.kind, entry.mode)} {_links(entry):>2} {_user_name(meta.uid):<8} "
+                acl = "+" if any(name.startswith("system.posix_acl_") for name, _ in meta.xattrs) else " "
+                line = (f"{_mode_string(entry.kind, entry.mode)}{acl}{_links(entry):>2} {_user_name(meta.uid):<8} "
                         f"{_group_name(meta.gid):<8} {_size_column(entry):>12} {_time_string(entry.mtime)} {cid} {name}")
             else:
                 line = name

@@ -191,6 +191,10 @@ def test_ls_long_and_stat_show_every_kind_and_attribute(repo, tmp_path):
         os.chown(src / "run", OTHER_UID, 0)
     (src / "run").chmod(0o4754)
     os.setxattr(src / "run", "user.k", b"v")
+    (src / "acl").write_bytes(b"")
+    os.setxattr(src / "acl", "system.posix_acl_access", posix_acl(
+        (ACL_USER_OBJ, 6, UNDEFINED_ID), (ACL_USER, 4, OTHER_UID), (ACL_GROUP_OBJ, 4, UNDEFINED_ID),
+        (ACL_MASK, 4, UNDEFINED_ID), (ACL_OTHER, 0, UNDEFINED_ID)))
     os.link(src / "run", src / "run2")
     os.mkfifo(src / "fifo")
     os.mknod(src / "sock", stat.S_IFSOCK | 0o600)
@@ -206,6 +210,7 @@ def test_ls_long_and_stat_show_every_kind_and_attribute(repo, tmp_path):
         assert lines["run"].split()[2:4] == [str(OTHER_UID), "root"]
     assert lines["fifo"].startswith("prw-r--r--  1 ") and lines["sock"].startswith("srw-------  1 ")
     assert lines["tmp/"].startswith("drwxrwxrwt  - ")
+    assert lines["acl"].startswith("-rw-r-----+ 1 ")  # as ls marks an ACL
     if ROOT:
         assert lines["null"].startswith("crw-rw-rw-  1 root     root ") and " 1, 3 " in lines["null"]
     text = run_cas("stat", "/t/run", repo=repo).stdout.decode()
