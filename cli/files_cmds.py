@@ -84,6 +84,7 @@ def _non_negative(text: str) -> int:
 def _input_bytes(paths: list[str], recursive: bool) -> int | None:
     """Total size of the inputs, for the progress bar (None if unknown)."""
     total = 0
+    inodes: set[tuple[int, int]] = set()  # a hard link's content is read once
     for path in paths:
         if path == "-":
             return None
@@ -91,9 +92,14 @@ def _input_bytes(paths: list[str], recursive: bool) -> int | None:
             for root, _dirs, names in os.walk(path):
                 for name in names:
                     try:
-                        total += os.lstat(os.path.join(root, name)).st_size
+                        st = os.lstat(os.path.join(root, name))
                     except OSError:
-                        pass
+                        continue
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in inodes:
+                            continue
+                        inodes.add((st.st_dev, st.st_ino))
+                    total += st.st_size
         else:
             try:
                 total += os.stat(path).st_size
