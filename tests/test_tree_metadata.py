@@ -243,3 +243,16 @@ def test_a_recorded_atime_and_a_path_s_own_metadata_are_restored(repo, tmp_path)
     assert (st.st_atime_ns, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (
         1_500_000_000_000_000_001, 1_650_000_000_000_000_003, 0o640)
     assert os.getxattr(tmp_path / "f", "user.note") == b"n"
+
+
+def test_cas_get_as_a_user_leaves_owners_to_the_user_without_a_word(repo, tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src")
+    with cas.open_repository(repo) as r:
+        r.add_path(src, recursive=True, to="/t")
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as tar without --same-owner: no chown tried
+        warned: list[str] = []
+        r.get("/t", tmp_path / "out", warn=warned.append)
+    assert warned == []
+    diffs = compare_trees(src, tmp_path / "out")
+    assert all(": uid " in d or ": gid " in d for d in diffs) and (diffs or not ROOT), diffs
+    assert compare_trees(src, tmp_path / "out", owners=False) == []
