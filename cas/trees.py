@@ -34,7 +34,9 @@ nothing can restore the second.
 when the process may give files away (root), devices only where ``mknod``
 is allowed, sockets as socket inodes (``mknod``, as rsync makes them; no
 process listens on them), hard links with ``link`` to the first name
-written, and each directory's times after its contents. What the target
+written, each directory's times after its contents, and a sparse file's
+holes as holes (a run of zeros is stored as whole zero leaves of the
+chunker's largest size; those are skipped, not written). What the target
 refuses (an xattr namespace, a device as non-root, a chown) is skipped and
 reported once per kind through ``warn``, as rsync reports it; anything else
 that fails is an error.
