@@ -409,7 +409,8 @@ def export(
     """Write the file or tree ``cid`` to ``out``; return its kind. ``top``,
     the entry that names ``cid`` (a namespace path's), gives ``out`` its
     metadata too. What the target refuses is skipped and said through
-    ``warn``, once per kind of refusal (the module docstring)."""
+    ``warn`` (default: logged), once per kind of refusal (the module
+    docstring)."""
     out = Path(out)
     if os.path.lexists(out) and not overwrite:
         raise InvalidInputError(f"{out} already exists; choose another output or use --force")
@@ -427,14 +428,21 @@ def export(
         _write_file(store, cid, out, progress, write)
         kind = "file"
     if top is not None and top.kind == kind:
-        restore.attributes(top, out)
+        try:
+            restore.attributes(top, out)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {out}: {exc.strerror or exc}") from None
     for line in restore.warnings():
-        (warn or _no_warn)(line)
+        (warn or _log_warning)(line)
     return kind
 
 
-def _no_warn(line: str) -> None:
-    pass
+def _log_warning(line: str) -> None:
+    """Where a warning goes when the caller gave no ``warn``: the log (on
+    stderr when logging is not set up)."""
+    import logging
+
+    logging.getLogger(__name__).warning("%s", line)
 
 
 @contextlib.contextmanager
