@@ -54,7 +54,7 @@ from .store import LOCK_NOTICE_AFTER, LocalStore, RepoStat, locked_error
 if TYPE_CHECKING:
     from .carfile import CarExported, CarImported
     from .control import ControlClient
-    from .names.directory import DirEntry
+    from .names.directory import DirEntry, Meta
     from .names.history import ThinReport
     from .names.namespace import Namespace, Node, RootState
     from .names.remote import RemoteNamespace
@@ -216,16 +216,21 @@ class Repository:
         pin: bool = True,
         to: str | None = None,
         progress: Progress | None = None,
+        xattrs: bool = True,
     ) -> Added:
         """Store a file, or with ``recursive`` a directory tree; with ``to``,
         link it into the namespace (into ``to`` if that is a directory or
-        ends with ``/``, else at ``to`` itself), creating missing parents."""
+        ends with ``/``, else at ``to`` itself), creating missing parents.
+        Modes, mtimes, owners, extended attributes (unless ``xattrs`` is
+        false), hard links and special files are kept (:mod:`cas.trees`)."""
         from . import trees
 
         with self._session() as session:
-            imported = trees.import_path(session, path, recursive=recursive, progress=progress, add=add_file_to)
+            imported = trees.import_path(
+                session, path, recursive=recursive, progress=progress, add=add_file_to, xattrs=xattrs)
             target = self._finish_add(
-                imported.cid, imported.kind, imported.size, pin, to, Path(path).name, imported.mode, imported.mtime
+                imported.cid, imported.kind, imported.size, pin, to, Path(path).name, imported.mode, imported.mtime,
+                imported.meta,
             )
         return Added(imported.cid, imported.kind, imported.size, os.fspath(path), target)
 
@@ -243,7 +248,8 @@ class Repository:
             return False
 
     def _finish_add(
-        self, cid: CID, kind: str, size: int, pin: bool, to: str | None, name: str, mode: int, mtime: int
+        self, cid: CID, kind: str, size: int, pin: bool, to: str | None, name: str, mode: int, mtime: int,
+        meta: Meta | None = None,
     ) -> str | None:
         """Pin what was added, or link it at ``to``; return the path linked."""
         if to is None:
@@ -257,9 +263,10 @@ class Repository:
             if not name:
                 raise InvalidInputError(f"{to} is a directory; give the new file's full path")
             target = to.rstrip("/") + "/" + name
+        from .names.directory import NO_META
         from .names.namespace import Node
 
-        node = Node(target, name, kind, size, mode, mtime, cid)
+        node = Node(target, name, kind, size, mode, mtime, cid, meta=meta or NO_META)
         self.namespace.link(target, node, parents=True)
         return target
 
@@ -306,7 +313,7 @@ class Repository:
             namespace, path = self.namespace_for(ref)
             node = namespace.resolve(path, at)
             if node.cid is None:
-                raise NotAFileError(f"{ref} is a symlink to {node.target!r}")
+                raise _no_content(ref, node.kind, node.target)
             return node.cid
         if at is not None:
             raise InvalidInputError("--at applies to namespace paths, not to CIDs")
@@ -328,7 +335,7 @@ class Repository:
                 raise PathNotFoundError(f"{walked} has no entry {name!r}")
             walked += "/" + name
             if entry.cid is None:
-                raise NotAFileError(f"{walked} is a symlink to {entry.target!r}")
+                raise _no_content(walked, entry.kind, entry.target)
             cid = entry.cid
         return cid
 
@@ -383,18 +390,32 @@ class Repository:
 
     def get(
         self,
-        ref: CID | str,
+        ref: CID | str | Node,
         out: str | os.PathLike[str],
         *,
         at: int | None = None,
         overwrite: bool = False,
         progress: Progress | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> str:
-        """Write a file or tree to the local path ``out``; return its kind."""
+        """Write a file or tree to the local path ``out``; return its kind.
+        Modes, times, hard links, special files and extended attributes are
+        restored, owners when running as root (:mod:`cas.trees`); what the
+        target refuses is skipped and said through ``warn``. Given a
+        namespace path, or the node :meth:`stat` gave, its own metadata goes
+        on ``out`` too."""
         from . import trees
 
-        cid = self.resolve(ref, at)
-        return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress, write=write_file_from)
+        if isinstance(ref, str) and ref.startswith("/"):
+            ref = self.stat(ref, at=at)
+        if isinstance(ref, (CID, str)):
+            cid, top = self.resolve(ref, at), None
+        else:
+            if ref.cid is None:
+                raise _no_content(ref.path, ref.kind, ref.target)
+            cid, top = ref.cid, ref.to_entry(ref.name or "top")
+        return trees.export(self.blocks, cid, out, overwrite=overwrite, progress=progress, write=write_file_from,
+                            top=top, warn=warn)
 
     # -- the namespace ----------------------------------------------------------
 
@@ -424,7 +445,10 @@ class Repository:
         """Make ``dst`` name the same content as ``src`` (a CID, CID/path or
         a path): a link, no data copied. A UnixFS directory made by IPFS is
         linked as the cas directory of the same entries (its subdirectories
-        likewise), over the very same file DAGs."""
+        likewise), over the very same file DAGs. As ``cp -a`` makes new
+        inodes, hard links in a copied tree become groups of the copy's own
+        (the directories holding them are stored anew), and a copied
+        hard-linked file is a file of one name."""
         with self._session() as session:
             if isinstance(src, str) and src.startswith("/"):
                 node = self.namespace.resolve(src)
@@ -445,6 +469,16 @@ class Repository:
             if dst.endswith("/") or self._is_dir(dst):
                 name = node.name or (str(node.cid) if node.cid else "")
                 target = dst.rstrip("/") + "/" + name
+            from dataclasses import replace
+
+            if node.meta.ino is not None:  # a copy is a new inode, with one name
+                node = replace(node, meta=replace(node.meta, ino=None, nlink=1))
+            elif node.cid is not None and node.cid.codec == DAG_CBOR:
+                from . import trees
+
+                # As cp -a makes new inodes: the copy's hard links are groups
+                # of its own, never sharing one with the original's names.
+                node = replace(node, cid=trees.new_link_groups(session, node.cid))
             if node.cid is not None and isinstance(session, ProtectsBlocks):
                 session.protect(node.cid)
             return self.namespace.link(target, node)
@@ -580,6 +614,13 @@ class Repository:
         blocks that fail are quarantined and, through a daemon, good copies
         of what is damaged or missing are fetched from the network."""
         return self._store.verify(progress, repair=repair)
+
+
+def _no_content(ref: str, kind: str, target: str | None) -> NotAFileError:
+    """The error for reading the content of what has none."""
+    if kind == "symlink":
+        return NotAFileError(f"{ref} is a symlink to {target!r}")
+    return NotAFileError(f"{ref} is a {kind}: it has no content (cas get of its directory makes it)")
 
 
 def _check_range(offset: int, length: int | None) -> None:

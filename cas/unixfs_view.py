@@ -13,7 +13,11 @@ CID, unchanged: the view adds directory nodes, never file blocks. A symlink
 becomes a UnixFS ``Symlink`` node. View nodes are hashed with BLAKE3, like
 everything cas makes. A directory's mode goes in its node (UnixFS
 ``mode``); a file's cannot without new file nodes, so files show the
-readers' default, and mtimes are not carried.
+readers' default, and mtimes are not carried. UnixFS has no fifos, sockets
+or device nodes (its types are files, directories, symlinks and shards), so
+the view leaves them out, and says how many with one logged warning; owners,
+extended attributes and hard links have no place in it either (a hard
+link's names become separate links to the same file DAG).
 
 The view is a function of the directory's CID: the same cas directory
 always gives the same view CID, and two directories that share a
@@ -30,6 +34,7 @@ IPFS tools use ``Tsize`` only as a size hint.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -44,6 +49,8 @@ SHARD_THRESHOLD = 256 * 1024
 """A directory whose links (name + binary CID each) add up to more becomes a
 HAMT: the threshold of kubo (``HAMTShardingSize``) and of the JS importer
 (``shardSplitThresholdBytes``)."""
+
+log = logging.getLogger(__name__)
 
 SHARD_FANOUT = 256
 _SHARD_BITS = 8
@@ -112,13 +119,17 @@ def build_view(store: BlockStore, cid: CID) -> tuple[CID, dict[CID, bytes]]:
     """The UnixFS view of cas directory ``cid``: its root CID and its nodes."""
     blocks: dict[CID, bytes] = {}
     memo: dict[tuple[CID, int | None], tuple[CID, int]] = {}
-    root, _ = _view(store, cid, blocks, memo, None)
+    left_out: list[str] = []
+    root, _ = _view(store, cid, blocks, memo, None, left_out)
+    if left_out:
+        log.warning("the UnixFS view of %s leaves out %d fifo(s), socket(s) or device node(s), which UnixFS "
+                    "cannot hold (the first: %r)", cid, len(left_out), left_out[0])
     return root, blocks
 
 
 def _view(
     store: BlockStore, cid: CID, blocks: dict[CID, bytes],
-    memo: dict[tuple[CID, int | None], tuple[CID, int]], mode: int | None,
+    memo: dict[tuple[CID, int | None], tuple[CID, int]], mode: int | None, left_out: list[str],
 ) -> tuple[CID, int]:
     if (cid, mode) in memo:  # a subdirectory met twice (the same CID): one view
         return memo[cid, mode]
@@ -126,13 +137,16 @@ def _view(
     for entry in dirtree.iterate(store, cid):
         if entry.kind == "dir":
             assert entry.cid is not None
-            child, tsize = _view(store, entry.cid, blocks, memo, entry.mode)
+            child, tsize = _view(store, entry.cid, blocks, memo, entry.mode, left_out)
         elif entry.kind == "file":
             assert entry.cid is not None
             child, tsize = entry.cid, entry.size
-        else:
+        elif entry.kind == "symlink":
             assert entry.target is not None
             child, tsize = _put(blocks, [], UnixFSData(TYPE_SYMLINK, data=entry.target.encode("utf-8")))
+        else:  # fifo, socket, device: no UnixFS type
+            left_out.append(entry.name)
+            continue
         children.append(ViewLink(entry.name, child, tsize))
     done = directory_node(blocks, children, mode)
     memo[cid, mode] = done

@@ -21,10 +21,14 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
         parents=common,
         help="store files or directories and print their CIDs",
         description="Store each PATH (or standard input for '-') and print one CID per "
-        "input, in order. What is added is pinned.",
+        "input, in order. What is added is pinned. A tree keeps what tar and rsync -aHX keep: "
+        "modes (setuid, setgid, sticky), mtimes, owners, extended attributes (user.*, trusted.*, "
+        "security.*), POSIX ACLs, hard links, symlinks, fifos, sockets and device nodes.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (with -r) or '-'")
     p.add_argument("-r", "--recursive", action="store_true", help="add directories with their contents")
+    p.add_argument("--no-xattrs", dest="xattrs", action="store_false",
+                   help="leave extended attributes and ACLs out (an entry keeps at most 4064 bytes of them)")
     p.add_argument(
         "--to",
         metavar="PATH",
@@ -45,7 +49,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("get", parents=common, help="write a file or directory tree to disk",
                        description="Write a file or a whole directory tree, named by CID or namespace "
-                       "path, to the local disk, with its modes, times and symbolic links.")
+                       "path, to the local disk, as tar -xp does: modes, times, symbolic and hard links, "
+                       "fifos, sockets, extended attributes, and as root owners and device nodes. What the "
+                       "target refuses (an attribute namespace, a device node) is skipped with a warning.")
     p.add_argument("cid", metavar="CID|PATH", help="a CID, or a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="a path as it was in root SEQ (see cas log)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -78,6 +84,7 @@ def _non_negative(text: str) -> int:
 def _input_bytes(paths: list[str], recursive: bool) -> int | None:
     """Total size of the inputs, for the progress bar (None if unknown)."""
     total = 0
+    inodes: set[tuple[int, int]] = set()  # a hard link's content is read once
     for path in paths:
         if path == "-":
             return None
@@ -85,9 +92,14 @@ def _input_bytes(paths: list[str], recursive: bool) -> int | None:
             for root, _dirs, names in os.walk(path):
                 for name in names:
                     try:
-                        total += os.lstat(os.path.join(root, name)).st_size
+                        st = os.lstat(os.path.join(root, name))
                     except OSError:
-                        pass
+                        continue
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in inodes:
+                            continue
+                        inodes.add((st.st_dev, st.st_ino))
+                    total += st.st_size
         else:
             try:
                 total += os.stat(path).st_size
@@ -113,7 +125,8 @@ def cmd_add(args: argparse.Namespace, out: Output) -> int:
                 if path == "-":
                     item = repo.add_stream(sys.stdin.buffer, to=args.to, progress=progress)
                 else:
-                    item = repo.add_path(path, recursive=args.recursive, to=args.to, progress=progress)
+                    item = repo.add_path(path, recursive=args.recursive, to=args.to, progress=progress,
+                                         xattrs=args.xattrs)
                 added.append(item)
                 out.result(str(item.cid))
     from .node_cmds import replication_line, replication_report
@@ -165,7 +178,12 @@ def cmd_cat(args: argparse.Namespace, out: Output) -> int:
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     dest = Path(args.output)
     with open_repo(args, load=NAMESPACE_CODE if args.cid.startswith("/") else (), read_only=True) as repo:
-        cid = repo.resolve(args.cid, at=args.at)
+        if args.cid.startswith("/"):  # resolved once: its own metadata goes on the output too
+            source: Any = repo.stat(args.cid, at=args.at)
+            # (without content, resolve says why: a symlink, a fifo...)
+            cid = source.cid if source.cid is not None else repo.resolve(args.cid, at=args.at)
+        else:
+            source = cid = repo.resolve(args.cid, at=args.at)
         info = repo.info(cid)
         made = None
         if dest.is_dir() or args.output.endswith("/"):
@@ -181,7 +199,8 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
             if dest.is_dir() and info.kind == "file":
                 raise InvalidInputError(f"{dest} is a directory; give the file's own path with -o")
             with out.progress(info.size, "writing") as progress:
-                kind = repo.get(cid, dest, overwrite=args.force, progress=progress)
+                kind = repo.get(source, dest, overwrite=args.force, progress=progress,
+                                warn=lambda line: out.note(f"warning: {line}"))
         except BaseException:
             if made is not None:
                 import shutil  # here: with bz2 and lzma, it would slow every command's start

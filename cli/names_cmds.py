@@ -4,9 +4,14 @@ storage commands that follow from it: pin, unpin, prune, gc."""
 from __future__ import annotations
 
 import argparse
+import functools
+import grp
+import os
+import pwd
 import stat as statmod
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cas.cid import parse_cid
@@ -26,12 +31,16 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                                    "or a directory by CID (cas's own or an IPFS UnixFS one, CID/path inside it).")
     p.add_argument("path", nargs="?", default="/", metavar="PATH",
                    help="the directory: a namespace path (default /) or CID[/path]")
-    p.add_argument("-l", "--long", action="store_true", help="mode, size, time and CID too")
+    p.add_argument("-l", "--long", action="store_true",
+                   help="mode ('+' after it: an ACL), links, owner, group, size (major, minor for a device), "
+                   "time and CID too")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ (see cas log)")
     p.set_defaults(run=cmd_ls)
 
     p = sub.add_parser("stat", parents=common, help="what a namespace path names",
-                       description="What a namespace path names: its kind, CID, size, mode and time.")
+                       description="What a namespace path names: its kind, CID, size, mode, link count, "
+                       "owner, group, times, device number and extended attribute names ('-' for what was "
+                       "not recorded).")
     p.add_argument("path", metavar="PATH", help="a path in the namespace (/...)")
     p.add_argument("--at", type=int, metavar="SEQ", help="as it was in root SEQ")
     p.set_defaults(run=cmd_stat)
@@ -110,16 +119,67 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=cmd_gc)
 
 
+_TYPE_BITS = {"dir": statmod.S_IFDIR, "file": statmod.S_IFREG, "symlink": statmod.S_IFLNK, "fifo": statmod.S_IFIFO,
+              "socket": statmod.S_IFSOCK, "chardev": statmod.S_IFCHR, "blockdev": statmod.S_IFBLK}
+
+
 def _mode_string(kind: str, mode: int) -> str:
-    type_bits = {"dir": statmod.S_IFDIR, "file": statmod.S_IFREG, "symlink": statmod.S_IFLNK}[kind]
-    return statmod.filemode(type_bits | mode)
+    """As ls shows it: the kind's letter (- d l p s c b), then rwx with
+    s/S, t/T for setuid, setgid and sticky."""
+    return statmod.filemode(_TYPE_BITS[kind] | mode)
 
 
 def _time_string(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
+def _precise_time(ns: int | None) -> str:
+    """As stat(1) shows a time: to the nanosecond, with the zone; '-' if
+    not recorded."""
+    if ns is None:
+        return "-"
+    seconds, fraction = divmod(ns, 10**9)
+    local = time.localtime(seconds)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', local)}.{fraction:09d} {time.strftime('%z', local)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int | None) -> str:
+    """An owner as ls shows it: the name if this system has one, else the
+    number; '-' if not recorded."""
+    if uid is None:
+        return "-"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return str(uid)
+
+
+@functools.lru_cache(maxsize=256)
+def _group_name(gid: int | None) -> str:
+    if gid is None:
+        return "-"
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return str(gid)
+
+
+def _size_column(entry: DirEntry | Node) -> str:
+    """The size, or for a device its major, minor as ls shows them."""
+    if entry.kind in ("chardev", "blockdev") and entry.meta.rdev is not None:
+        return f"{os.major(entry.meta.rdev)}, {os.minor(entry.meta.rdev)}"
+    return str(entry.size)
+
+
+def _links(entry: DirEntry | Node) -> str:
+    """The link count: a hard-link group's names; '-' for a directory (its
+    count is 2 + its subdirectories, not known without listing it)."""
+    return "-" if entry.kind == "dir" else str(entry.meta.nlink)
+
+
 def _entry_json(entry: DirEntry | Node) -> dict[str, Any]:
+    meta = entry.meta
     value = {
         "name": entry.name,
         "kind": entry.kind,
@@ -127,6 +187,16 @@ def _entry_json(entry: DirEntry | Node) -> dict[str, Any]:
         "mode": entry.mode,
         "mtime_ns": entry.mtime,
         "cid": str(entry.cid) if entry.cid else None,
+        # The rest of the inode, null (or empty) where not recorded; xattr
+        # values in hex, as docs/formats.md writes them.
+        "uid": meta.uid,
+        "gid": meta.gid,
+        "atime_ns": meta.atime,
+        "ctime_ns": meta.ctime,
+        "rdev": meta.rdev,
+        "nlink": meta.nlink,
+        "ino": meta.ino,
+        "xattrs": {name: data.hex() for name, data in meta.xattrs},
     }
     if entry.target is not None:
         value["target"] = entry.target
@@ -158,7 +228,10 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
                 name += f" -> {entry.target}"
             if args.long:
                 cid = str(entry.cid) if entry.cid else "-"
-                line = f"{_mode_string(entry.kind, entry.mode)} {entry.size:>12} {_time_string(entry.mtime)} {cid} {name}"
+                meta = entry.meta
+                acl = "+" if any(name.startswith("system.posix_acl_") for name, _ in meta.xattrs) else " "
+                line = (f"{_mode_string(entry.kind, entry.mode)}{acl}{_links(entry):>2} {_user_name(meta.uid):<8} "
+                        f"{_group_name(meta.gid):<8} {_size_column(entry):>12} {_time_string(entry.mtime)} {cid} {name}")
             else:
                 line = name
             sys.stdout.write(line + "\n")
@@ -184,12 +257,31 @@ def cmd_stat(args: argparse.Namespace, out: Output) -> int:
     out.result(f"size     {human_size(node.size)} ({node.size} bytes)")
     if entries is not None:
         out.result(f"entries  {entries}")
-    out.result(f"mode     {_mode_string(node.kind, node.mode)}")
-    out.result(f"modified {_time_string(node.mtime)}")
+    meta = node.meta
+    out.result(f"mode     {_mode_string(node.kind, node.mode)} ({node.mode:04o})")
+    out.result(f"links    {_links(node)}" + (f" (hard-link group {meta.ino})" if meta.ino is not None else ""))
+    out.result(f"owner    {_id_string(meta.uid, _user_name)}")
+    out.result(f"group    {_id_string(meta.gid, _group_name)}")
+    if meta.rdev is not None:
+        out.result(f"device   {os.major(meta.rdev)}, {os.minor(meta.rdev)}")
+    out.result(f"modified {_precise_time(node.mtime)}")
+    out.result(f"accessed {_precise_time(meta.atime)}")
+    out.result(f"changed  {_precise_time(meta.ctime)}")
+    if meta.xattrs:
+        out.result(f"xattrs   {', '.join(name for name, _ in meta.xattrs)}")
     out.result(f"cid      {node.cid if node.cid else '-'}")
     if node.target is not None:
         out.result(f"target   {node.target}")
     return 0
+
+
+def _id_string(number: int | None, name_of: Callable[[int | None], str]) -> str:
+    """'1000 (alice)', the number alone if it has no name here, '-' if not
+    recorded."""
+    if number is None:
+        return "- (not recorded)"
+    name = name_of(number)
+    return str(number) if name == str(number) else f"{number} ({name})"
 
 
 def _report_root(out: Output, state: RootState) -> None:

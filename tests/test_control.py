@@ -22,6 +22,7 @@ from cas.cid import RAW
 from cas.errors import BlockNotFoundError, CasError, InvalidBlockError, InvalidInputError, RepositoryError
 from tests.conftest import CAS, pseudo_random, run_cas
 from tests.nodeproc import Daemon, Daemons, wait_until
+from tests.trees_compare import compare_trees
 
 
 @pytest.fixture
@@ -470,13 +471,22 @@ def test_cas_get_through_a_daemon_has_the_daemon_write_the_files(daemon: Daemon,
     (tree / "sub").mkdir(parents=True)
     (tree / "big.bin").write_bytes(pseudo_random(9_000_000, "big"))
     (tree / "sub" / "small.txt").write_bytes(b"small")
+    with open(tree / "sparse", "wb") as f:  # a hole between two runs of data, written around by offsets
+        f.write(b"head")
+        f.seek(5 << 20)
+        f.write(b"tail")
     file_cid = run_cas("add", "-q", str(tree / "big.bin"), repo=daemon.repo).stdout.decode().strip()
-    tree_cid = run_cas("add", "-q", "-r", str(tree), repo=daemon.repo).stdout.decode().strip()
+    os.link(tree / "sub" / "small.txt", tree / "small-too")
+    os.setxattr(tree / "sub" / "small.txt", "user.kept", b"through the daemon")
+    run_cas("add", "-q", "-r", str(tree), "--to", "/t", repo=daemon.repo)  # the entries' metadata crosses the socket
     run_cas("get", file_cid, "-o", str(tmp_path / "big.out"), repo=daemon.repo)
     assert (tmp_path / "big.out").read_bytes() == (tree / "big.bin").read_bytes()
-    run_cas("get", tree_cid, "-o", str(tmp_path / "tree.out"), repo=daemon.repo)
+    run_cas("get", "/t", "-o", str(tmp_path / "tree.out"), repo=daemon.repo)
+    assert compare_trees(tree, tmp_path / "tree.out") == []
     assert (tmp_path / "tree.out" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
     assert (tmp_path / "tree.out" / "sub" / "small.txt").read_bytes() == b"small"
+    sparse = tmp_path / "tree.out" / "sparse"
+    assert sparse.read_bytes() == (tree / "sparse").read_bytes() and sparse.stat().st_blocks * 512 < 3 << 20
     with control.ControlClient(control.socket_path(daemon.repo)) as client:
         deltas: list[int] = []
         with open(tmp_path / "again", "wb") as f:
