@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import skip_unless_ci
 from tests.fusemount import errno_of, mounted
+from tests.trees_compare import compare_trees
 
 OTHER = 54_321  # the second user's uid and gid: no account has them
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -505,39 +506,16 @@ def _tree(top: Path) -> None:
 
 
 def differences(want: Path, got: Path) -> list[str]:
-    """How ``got`` differs from ``want``, attribute by attribute (no atime
-    or ctime; inode numbers compared as which names share one)."""
-    out: list[str] = []
-    names: dict[str, list[str]] = {"want": [], "got": []}
-    for top, key in ((want, "want"), (got, "got")):
-        names[key] = sorted(str(p.relative_to(top)) for p in top.rglob("*"))
-    if names["want"] != names["got"]:
-        return [f"names differ: {sorted(set(names['want']) ^ set(names['got']))[:5]}"]
-    groups: dict[str, dict[int, list[str]]] = {"want": {}, "got": {}}
-    for rel in names["want"]:
-        a, b = os.lstat(want / rel), os.lstat(got / rel)
-        for field in ("st_mode", "st_uid", "st_gid", "st_nlink", "st_rdev", "st_mtime_ns"):
-            if getattr(a, field) != getattr(b, field):
-                out.append(f"{rel}: {field} {getattr(a, field)} != {getattr(b, field)}")
-        if stat.S_ISREG(a.st_mode):
-            if (want / rel).read_bytes() != (got / rel).read_bytes():
-                out.append(f"{rel}: content")
-            if b.st_blocks * 512 > a.st_blocks * 512 + (4 << 20):  # a hole costs a block or two at most
-                out.append(f"{rel}: {b.st_blocks} blocks, {a.st_blocks} at the source")
-        if stat.S_ISLNK(a.st_mode) and os.readlink(want / rel) != os.readlink(got / rel):
-            out.append(f"{rel}: link target")
-        xa = {k: os.getxattr(want / rel, k, follow_symlinks=False)
-              for k in os.listxattr(want / rel, follow_symlinks=False)}
-        xb = {k: os.getxattr(got / rel, k, follow_symlinks=False)
-              for k in os.listxattr(got / rel, follow_symlinks=False)}
-        if xa != xb:
-            out.append(f"{rel}: xattrs {xa} != {xb}")
-        groups["want"].setdefault(a.st_ino, []).append(rel)
-        groups["got"].setdefault(b.st_ino, []).append(rel)
-    linked = {key: sorted(v for v in g.values() if len(v) > 1) for key, g in groups.items()}
-    if linked["want"] != linked["got"]:
-        out.append(f"hard links {linked['want']} != {linked['got']}")
-    return out
+    """How ``got`` differs from ``want``, attribute by attribute
+    (tests/trees_compare.py, ACLs included), and any sparse file of ``got``
+    that takes more than a block or two for its hole."""
+    found = compare_trees(want, got, top=False, skip_xattrs=())
+    for path in want.rglob("*"):
+        rel = path.relative_to(want)
+        if path.is_file() and not path.is_symlink():
+            if (got / rel).lstat().st_blocks * 512 > path.lstat().st_blocks * 512 + (4 << 20):
+                found.append(f"{rel}: {(got / rel).lstat().st_blocks} blocks, {path.lstat().st_blocks} in {want}")
+    return found
 
 
 @pytest.mark.slow
