@@ -294,7 +294,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         last = int(last_text) if last_text else size - 1
     except ValueError:
         return None
-    if first < 0 or last < first:
+    if first < 0 or last < first and first < size:
         return None
     if first >= size:
         raise _unsatisfiable(size)
