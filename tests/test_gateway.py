@@ -5,9 +5,11 @@ HTTP as a browser, curl or an IPFS client would: raw blocks and CARs
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +23,7 @@ from cas.car import END, NEED_DATA, CarBlock, CarHeader, CarReader
 from cas.cid import CID, RAW, parse_cid
 from cas.store._links import links_of
 
-from .conftest import run_cas
+from .conftest import JS_DIR, run_cas
 from .nodeproc import Daemon, Daemons
 
 FILE_SIZE = 3_000_000
@@ -161,6 +163,24 @@ def test_the_unixfs_view_named_in_a_listing_is_served_by_its_cid(site: Site) -> 
     assert get(site, f"/ipfs/{view}/sub/c.txt").body == b"deep\n"
     _, blocks = car_blocks(get(site, f"/ipfs/{view}?format=car").body)
     assert blocks[0].cid == view and any(b.data == b"deep\n" for b in blocks)
+
+
+def test_helias_trustless_gateway_broker_fetches_a_cas_file_and_directory(site: Site, node_js: str) -> None:
+    """@helia/block-brokers' trustless-gateway broker (routed to the gateway by
+    @helia/routers' httpGatewayRouting), under ipfs-unixfs-exporter: every
+    block asked with ?format=raw and checked against its CID by the script."""
+    page = get(site, f"/ipfs/{site.docs}/").body.decode()
+    view = page.split("as UnixFS for IPFS tools")[1].split("<code>")[1].split("</code>")[0]
+    done = subprocess.run([node_js, str(JS_DIR / "gateway_fetch.mjs"), site.daemon.gateway, str(site.file), view],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    [file] = found[str(site.file)]
+    assert file["sha256"] == hashlib.sha256(site.data).hexdigest() and file["size"] == FILE_SIZE
+    files = {e["path"].split("/", 1)[1]: e.get("sha256") for e in found[view] if "/" in e["path"]}
+    assert files["a.txt"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert files["sub/c.txt"] == hashlib.sha256(b"deep\n").hexdigest()
+    assert '<b>&"x".html' in files and files["sub"] is None
 
 
 def test_a_published_namespace_is_served_under_ns(site: Site) -> None:
