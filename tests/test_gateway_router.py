@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from cas.cid import CID, RAW
+from cas.errors import HttpError
 from cas.gateway.router import (
     CAR,
     Content,
     EntityBytes,
-    HttpError,
     Listed,
     Page,
     byte_range,

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import blake3
 
 from ..cid import CID, parse_cid
-from ..errors import CasError
+from ..errors import CasError, HttpError
 
 MAX_TARGET = 8 * 1024
 """Longest request target accepted (bytes): nginx's default for a request
@@ -74,15 +74,6 @@ HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 
 SCOPES = ("block", "entity", "all")
-
-
-class HttpError(CasError):
-    """A request the gateway answers with ``status`` and this message."""
-
-    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = list(headers)
 
 
 # -- what a request asks for ------------------------------------------------------

@@ -55,6 +55,7 @@ from ..dagpb import TYPE_DIRECTORY, TYPE_HAMT_SHARD, TYPE_SYMLINK, decode_unixfs
 from ..errors import (
     BlockNotFoundError,
     CasError,
+    HttpError,
     InvalidBlockError,
     InvalidCIDError,
     InvalidInputError,
@@ -63,7 +64,7 @@ from ..errors import (
     NotAFileError,
 )
 from ..gateway import router
-from ..gateway.router import Content, HttpError, Listed, Page
+from ..gateway.router import Content, Listed, Page
 from ..gateway.server import BodyWriter, HttpStats, Request, Response, Send
 from ..gateway.status import NodeFigures, PeerFigures, metrics_text, status_page
 from ..names.record import parse_public_key
