@@ -269,9 +269,7 @@ class Gateway:
 
     async def _content(self, request: Content) -> Response:
         if request.cid is not None and not request.segments and request.format == "raw":
-            tag = router.etag(request.cid, request)
-            if router.not_modified(request, tag):  # a CID's block never changes: no need to read it
-                return Response(304, router.common_headers(request.cid, request, tag))
+            return await self._raw(request, request.cid)
         if request.key is not None:
             found = await self._resolve_name(request)
         else:
@@ -283,15 +281,26 @@ class Gateway:
         if router.not_modified(request, tag):
             return Response(304, headers)
         if request.format == "raw":
-            data = await self._in_thread(lambda src: src.get(found.cid))
-            return Response(200, [*headers, ("Content-Type", router.RAW), router.attachment(found.cid, "bin"),
-                                  ("Content-Length", str(len(data)))], data)
+            return await self._raw(request, found.cid)
         if request.format == "car":
             roots = [request.cid if request.cid is not None else found.cid]
             return Response(200, [*headers, ("Content-Type", router.CAR_CONTENT_TYPE),
                                   router.attachment(found.cid, "car"), ("Accept-Ranges", "none")],
                             self._streamed(lambda src, emit: self._car(src, emit, roots, found, request)))
         return self._plain(request, found, headers)
+
+    async def _raw(self, request: Content, cid: CID) -> Response:
+        """The block ``cid`` (a trustless client's most frequent request:
+        one trip to a worker thread, no more)."""
+        tag = router.etag(cid, request)
+        headers = router.common_headers(cid, request, tag)
+        if router.not_modified(request, tag):  # a CID's block never changes: no need to read it
+            return Response(304, headers)
+        data = self._views.block(cid)
+        if data is None:  # the node's read, in its store thread (a worker would open the index anew)
+            data = await self._fetch(cid)
+        return Response(200, [*headers, ("Content-Type", router.RAW), router.attachment(cid, "bin"),
+                              ("Content-Length", str(len(data)))], data)
 
     async def _resolve_name(self, request: Content) -> _Found:
         assert request.key is not None
