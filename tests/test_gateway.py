@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ from cas.car import END, NEED_DATA, CarBlock, CarHeader, CarReader
 from cas.cid import CID, RAW, parse_cid
 from cas.store._links import links_of
 
-from .conftest import JS_DIR, run_cas
-from .nodeproc import Daemon, Daemons
+from .conftest import JS_DIR, run_cas, skip_unless_ci
+from .nodeproc import Daemon, Daemons, wait_until
 
 FILE_SIZE = 3_000_000
 
@@ -251,3 +252,24 @@ def test_the_gateway_is_a_setting_and_a_bare_port_is_loopback(tmp_path: Path) ->
         answer = get(Site(daemon, b"", CID.for_data(RAW, b""), CID.for_data(RAW, b""), ""), "/status")
         assert answer.status == 200
     assert run_cas("config", "set", "gateway", "nowhere:x", repo=repo, check=False).returncode != 0
+
+
+@pytest.mark.slow
+def test_the_status_page_in_headless_chromium_shows_the_nodes_peers(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        skip_unless_ci("Debian's chromium is needed to open the status page as a browser does")
+        return
+    with Daemons() as daemons:
+        a = daemons.start(tmp_path / "a", extra=["--gateway", "127.0.0.1:0"])
+        b = daemons.start(tmp_path / "b", bootstrap=[a.address])
+        wait_until(lambda: b.node_id in run_cas("peers", repo=a.repo).stdout.decode(), 30, "a to know b")
+        shown = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'browser'}", "--dump-dom", a.gateway],
+            capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        dom = shown.stdout
+        assert a.node_id in dom and "Peers (1)" in dom
+        peers = dom.split('id="peers"')[1].split("</table>")[0]
+        assert b.node_id in peers and f"127.0.0.1:{b.port}" in peers
