@@ -290,8 +290,8 @@ class Gateway:
         return self._plain(request, found, headers)
 
     async def _raw(self, request: Content, cid: CID) -> Response:
-        """The block ``cid`` (a trustless client's most frequent request:
-        one trip to a worker thread, no more)."""
+        """The block ``cid``: a trustless client's most frequent request,
+        answered with one read, no path walked."""
         tag = router.etag(cid, request)
         headers = router.common_headers(cid, request, tag)
         if router.not_modified(request, tag):  # a CID's block never changes: no need to read it
