@@ -75,7 +75,22 @@ def export_car(store: BlockSource, roots: list[CID], write: Callable[[bytes], ob
     header = encode_header(roots)
     write(header)
     total, count = len(header), 0
-    recent: OrderedDict[CID, None] = OrderedDict()
+    for cid, data in dag_walk(store, roots):
+        section = encode_section(cid, data)
+        write(section)
+        total += len(section)
+        count += 1
+    return CarExported(tuple(roots), count, total)
+
+
+def dag_walk(store: BlockSource, roots: list[CID], recent: OrderedDict[CID, None] | None = None,
+             ) -> Iterator[tuple[CID, bytes]]:
+    """Every block ``roots`` reach, depth first in link order, each verified
+    (``store.get``), a block met again among the RECENT_CIDS last left out
+    (also those in ``recent``, which a caller passes to share the memory
+    across walks: the gateway's CAR of a path)."""
+    if recent is None:
+        recent = OrderedDict()
     stack: list[CID] = list(reversed(roots))
     while stack:
         cid = stack.pop()
@@ -86,12 +101,8 @@ def export_car(store: BlockSource, roots: list[CID], write: Callable[[bytes], ob
         if len(recent) > RECENT_CIDS:
             recent.popitem(last=False)
         data = store.get(cid)  # verified
-        section = encode_section(cid, data)
-        write(section)
-        total += len(section)
-        count += 1
+        yield cid, data
         stack.extend(reversed(links_of(cid, data)))
-    return CarExported(tuple(roots), count, total)
 
 
 # -- import --------------------------------------------------------------------

@@ -198,6 +198,19 @@ class MountError(CasError):
     """A mount could not be started, found or stopped."""
 
 
+class HttpError(CasError):
+    """An HTTP request to the gateway that is answered with ``status`` (a
+    bad CID or path, a method or format it does not serve, a range past the
+    end...) and this message, plus ``headers`` (``Allow``, ``Content-Range``).
+    Caught by the gateway's handler, which turns it into the answer; never
+    raised past it."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = list(headers or [])
+
+
 class FuseUnavailableError(MountError):
     """pyfuse3 (or the FUSE kernel device) is missing on this machine."""
 

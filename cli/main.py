@@ -25,6 +25,7 @@ from .output import Output
 COMMANDS = {
     "init": "repo_cmds", "repo": "repo_cmds",
     "add": "files_cmds", "cat": "files_cmds", "get": "files_cmds", "car": "car_cmds",
+    "block": "block_cmds",
     "ls": "names_cmds", "stat": "names_cmds", "mkdir": "names_cmds", "mv": "names_cmds",
     "cp": "names_cmds", "rm": "names_cmds", "root": "names_cmds", "log": "names_cmds",
     "pin": "names_cmds", "unpin": "names_cmds", "gc": "names_cmds", "prune": "names_cmds",
@@ -43,7 +44,7 @@ they import, took ~20 ms of the ~90 ms start-up of a short command such as
 ``cas cat CID``. ``cas --help`` and anything unrecognised get the whole
 parser."""
 
-MODULES = ("repo_cmds", "files_cmds", "car_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
+MODULES = ("repo_cmds", "files_cmds", "car_cmds", "block_cmds", "names_cmds", "node_cmds", "network_cmds", "mount_cmds",
            "name_cmds", "config_cmds", "service_cmds", "completion")
 """The command modules, in the order ``cas --help`` lists their commands."""
 

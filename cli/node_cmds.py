@@ -83,6 +83,11 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--thin-interval", type=_seconds, default=None, metavar="SECONDS",
                    help="how often the namespace history is thinned by its policy, history.keep "
                    "(see 'cas prune'; default 600)")
+    p.add_argument("--gateway", type=_gateway, default=None, metavar="[HOST:]PORT|off",
+                   help="serve HTTP at this address: the IPFS trustless gateway (/ipfs/CID as raw blocks, "
+                   "CAR files, file bytes and listings), published names (/ns/KEY/path), the node's "
+                   "status page (/) and Prometheus metrics (/metrics); a bare port listens on "
+                   "127.0.0.1 only, e.g. --gateway 8080 (default off)")
     p.add_argument("--network-key", type=Path, default=None, metavar="FILE",
                    help="join the private network of this key (made by 'cas network init'); "
                    "default: the repository's keys/network.key if it has one, else the open network")
@@ -119,6 +124,17 @@ def _address(text: str) -> tuple[str, int]:
 
     try:
         return parse_address(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gateway(text: str) -> tuple[str, int] | str:
+    from cas.node import parse_gateway
+
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return parse_gateway(text)
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -245,7 +261,10 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         return again
 
     def ready(address: NodeAddress) -> None:
-        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
+        from cas.node.config import gateway_url
+
+        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port,
+                      "gateway": None if address.gateway is None else gateway_url(address.gateway)})
         out.result(address.describe())
 
     run_daemon(config, ready, reload)
@@ -293,6 +312,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
             setattr(config, name, value)
     if args.network_key is not None:
         config.network_key = args.network_key.expanduser()
+    if args.gateway is not None and args.gateway != "off":
+        config.gateway = args.gateway
     return config
 
 

@@ -28,7 +28,7 @@ def skip_unless_ci(reason: str) -> None:
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 JS_PACKAGES = ("ipfs-unixfs", "@ipld/car", "ipfs-car", "ipfs-unixfs-exporter", "ipfs-unixfs-importer",
-               "@noble/hashes")
+               "@noble/hashes", "@helia/block-brokers", "@helia/routers", "@libp2p/logger")
 """What tests/js/package.json installs; a checkout whose node_modules lacks
 one (installed before it was added) is installed again from the lock file."""
 

@@ -33,6 +33,7 @@ class Daemon:
     host: str = ""
     port: int = 0
     stderr_path: Path | None = None
+    gateway: str = ""  # its gateway's URL (http://HOST:PORT/), when started with --gateway
 
     @property
     def address(self) -> str:
@@ -107,6 +108,8 @@ class Daemons:
         daemon.node_id = words[1]
         daemon.host, port = words[4].rsplit(":", 1)
         daemon.port = int(port)
+        if words[5:6] == ["(gateway"]:
+            daemon.gateway = words[6].rstrip(")")
         return daemon
 
     def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 15) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 CAS = Path(__file__).resolve().parent.parent / "cas"
 
-BELOW_THE_NODE = ["store", "dht", "net", "names", "files.py"]
+BELOW_THE_NODE = ["store", "dht", "net", "names", "files.py", "gateway"]
 """Modules (files or packages under cas/) that a node is built from."""
 
 ABOVE = ("cas.control", "cas.node")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cas.blocks import verified
 from cas.cid import parse_cid
 from tests import nodeproc
 from tests.conftest import JS_DIR, pseudo_random
@@ -208,6 +209,27 @@ def test_ipfs_car_files_both_ways(shell: Shell, node_js: str) -> None:
                            "index.html"], capture_output=True, text=True, timeout=60, check=True).stdout
     assert view.group(0) in seen and "index.html" in seen  # read by the IPFS tools
     assert (shell.work / "www-cas.car").stat().st_size > 0
+
+
+def test_the_http_gateway(shell: Shell) -> None:
+    site = shell.home / "site"
+    (site / "img").mkdir(parents=True)
+    (site / "index.html").write_bytes(b"<h1>hello over HTTP</h1>\n")
+    big = pseudo_random(600_000, "readme gateway")
+    (site / "img" / "big.bin").write_bytes(big)
+    results = run_all(shell, block("The HTTP gateway, status page and metrics"))
+
+    cid = shell.values["CID"]
+    assert results["curl -s http://127.0.0.1:4712/ipfs/CID/index.html"].stdout == b"<h1>hello over HTTP</h1>\n"
+    assert results["curl -s -r 0-99 http://127.0.0.1:4712/ipfs/CID/img/big.bin"].stdout == big[:100]
+    car = (shell.work / "www.car").read_bytes()
+    assert car[:1] == b"\x3a" and len(car) > 600_000  # a CARv1 of the whole DAG
+    block_bytes = (shell.work / "root.block").read_bytes()
+    assert verified(parse_cid(cid), block_bytes) == block_bytes  # the block its CID names
+    listing = results["curl -s http://127.0.0.1:4712/ipfs/CID/img/"].text
+    assert "big.bin" in listing and "as UnixFS for IPFS tools" in listing
+    assert "cas_blocks_stored" in results["curl -s http://127.0.0.1:4712/metrics"].text
+    assert all(job.returncode == 0 for job in shell.jobs)  # SIGTERM: a clean shutdown
 
 
 def test_the_python_library(shell: Shell) -> None:

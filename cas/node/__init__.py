@@ -26,6 +26,7 @@ from .config import (
     id_difficulty,
     network_settings,
     parse_address,
+    parse_gateway,
 )
 from .daemon import IntegrityStats, Node, first_cas_error, run_daemon
 from .ops import control_ops, parse_target
@@ -47,6 +48,7 @@ __all__ = [
     "load_table",
     "network_settings",
     "parse_address",
+    "parse_gateway",
     "parse_target",
     "run_daemon",
     "save_table",

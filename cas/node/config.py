@@ -68,6 +68,8 @@ REACHABILITY_RETRY = 30.0
 """Seconds before asking again when a reachability check could not tell
 (too few peers answered), up to REACHABILITY_TRIES checks."""
 REACHABILITY_TRIES = 5
+RECENT_LOG = 50
+"""Log lines the node keeps for its status page."""
 REJOIN_CHECK = 5.0
 """Seconds between checks that the routing table still has someone in it."""
 MAX_VERIFIED_MEMORY = 1 << 16
@@ -164,6 +166,9 @@ class NodeConfig:
     id_difficulty: int | None = None
     """Bits of work a node ID must show (cas.net.identity); None: the
     repository's ``"id_difficulty"`` in config.json, else the default."""
+    gateway: tuple[str, int] | None = None
+    """Where the HTTP gateway, status page and metrics listen (``--gateway``;
+    docs/gateway.md); None: no gateway."""
     network_key: Path | None = None
     """The key file of the private network to join; None: the repository's
     ``keys/network.key`` if it has one, else the open network
@@ -175,9 +180,31 @@ class NodeAddress:
     node_id: bytes
     host: str
     port: int
+    gateway: tuple[str, int] | None = None
 
     def describe(self) -> str:
-        return f"node {self.node_id.hex()} listening on {self.host}:{self.port}"
+        said = f"node {self.node_id.hex()} listening on {self.host}:{self.port}"
+        if self.gateway is not None:
+            said += f" (gateway {gateway_url(self.gateway)})"
+        return said
+
+
+def gateway_url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def parse_gateway(text: str) -> tuple[str, int]:
+    """``--gateway``'s value: ``HOST:PORT``, or a bare ``PORT`` on loopback
+    (127.0.0.1): a gateway answers anyone who can reach it, so it is
+    offered beyond this machine only when an address says so."""
+    text = text.strip()
+    if text.isdigit():
+        port = int(text)
+        if port > 65535:
+            raise InvalidInputError(f"port {port} is out of range")
+        return "127.0.0.1", port
+    return parse_address(text)
 
 
 def parse_address(text: str) -> tuple[str, int]:

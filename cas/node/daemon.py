@@ -32,7 +32,7 @@ import math
 import signal
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -87,6 +87,7 @@ from .config import (
     REACHABILITY_TRIES,
     READERS_NOTICE,
     READERS_POLL,
+    RECENT_LOG,
     REJOIN_CHECK,
     RELOADABLE,
     SCRUB_FIRST_DELAY,
@@ -104,6 +105,7 @@ from .table import TABLE_PATH, load_table, save_table
 
 if TYPE_CHECKING:  # the mount's machinery loads only when a mount is asked for
     from ..fuse.served import ServedMount
+    from .gateway import Gateway
 
 T = TypeVar("T")
 
@@ -143,6 +145,10 @@ class Node:
         self._store_lock = trio.Lock()
         self._cancel = trio.CancelScope()
         self.internal_errors: list[str] = []
+        self.recent_log: deque[tuple[float, str]] = deque(maxlen=RECENT_LOG)
+        """The node's last log lines (unix time, line), for the status page."""
+        self.gateway: Gateway | None = None  # the HTTP gateway's handler, when one runs
+        self.gateway_address: tuple[str, int] | None = None
         self.mount: ServedMount | None = None  # the mount it serves (cas.node.ops_mount)
         self._scrub_pace: ScrubPace | None = None
         self.reachable = {"yes": "yes", "no": "no"}.get(config.reachable, "checking")
@@ -213,9 +219,10 @@ class Node:
         table = load_table(repo / TABLE_PATH, id_from_bytes(identity.node_id), trio.current_time())
         listeners = await self._listen()
         port = listeners[0].socket.getsockname()[1]
-        self.address = NodeAddress(identity.node_id, self.config.listen_host, port)
+        gateway_listeners = await self._listen_gateway()
+        self.address = NodeAddress(identity.node_id, self.config.listen_host, port, self.gateway_address)
         self._build_parts(store, identity, table, network_key, settings, port)
-        await self._serve(repo, listeners, network_key, task_status)
+        await self._serve(repo, listeners, network_key, task_status, gateway_listeners)
 
     async def _keep_out_readers(self, store: LocalStore) -> None:
         """Wait (cancellably: SIGTERM still stops it) for the commands
@@ -241,6 +248,17 @@ class Node:
         except OSError as exc:
             raise CasError(f"cannot listen on {self.config.listen_host}:{self.config.listen_port}: "
                            f"{exc.strerror or exc}") from None
+
+    async def _listen_gateway(self) -> list[trio.SocketListener]:
+        if self.config.gateway is None:
+            return []
+        host, port = self.config.gateway
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise CasError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.gateway_address = (host, listeners[0].socket.getsockname()[1])
+        return listeners
 
     def _build_parts(self, store: LocalStore, identity: Identity, table: RoutingTable,
                      network_key: NetworkKey | None, settings: Settings, port: int) -> None:
@@ -271,7 +289,7 @@ class Node:
             weight=lambda change: 1, max_weight=MAX_CHANGES_PER_GROUP)
 
     async def _serve(self, repo: Path, listeners: list[trio.SocketListener], network_key: NetworkKey | None,
-                     task_status: Any) -> None:
+                     task_status: Any, gateway_listeners: list[trio.SocketListener]) -> None:
         """Run every part until the node stops; then close the listeners and
         the control socket and save the routing table."""
         dht, replicator, publisher = self.dht, self.replicator, self.publisher
@@ -309,11 +327,15 @@ class Node:
                     nursery.start_soon(self._save_loop)
                     nursery.start_soon(self._scrub_loop)
                     nursery.start_soon(self._thin_loop)
+                    if gateway_listeners:
+                        from .gateway import serve_gateway  # loads h11 and prometheus-client only when asked for
+
+                        nursery.start_soon(serve_gateway, self, gateway_listeners, self.log)
                     # Once, as it starts serving (a start that fails says only why).
                     self.log(describe_network(network_key))
                     task_status.started(self.address)
         finally:
-            for listener in listeners:
+            for listener in [*listeners, *gateway_listeners]:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()
             if control is not None:
@@ -389,6 +411,7 @@ class Node:
 
     def log(self, text: str) -> None:
         """One line in the node's log (its standard error: the journal under systemd)."""
+        self.recent_log.append((time.time(), text))
         print(f"cas daemon: {text}", file=sys.stderr, flush=True)
 
     def _log_internal(self, op: str, exc: BaseException) -> None:

@@ -68,7 +68,7 @@ class _FileFrom:
         return n
 
 
-class _PackFirst:
+class PackFirst:
     """What a worker thread reads a file through for the ``write_file`` op
     (a :class:`cas.blocks.BlockSource` that :class:`cas.blocks.LooksUpInBatches`):
     large blocks straight from their packs, in that thread (the one read
@@ -243,7 +243,7 @@ async def write_file(request: ops.WriteFile, ctx: OpContext) -> AsyncIterator[li
     fd = ctx.client.take_fd()
     cid, offset, length = request.cid, request.offset, request.length  # checked by the schema
     token = trio.lowlevel.current_trio_token()
-    reader = _PackFirst(ctx.store.blocks, ctx.node.blocks.get, token, ctx.node.blocks.read_ahead)
+    reader = PackFirst(ctx.store.blocks, ctx.node.blocks.get, token, ctx.node.blocks.read_ahead)
     gone = threading.Event()
     # Who closes fd: the thread once it has begun (a write may outlast
     # the request: a stalled pipe), else the op, if it gives up first.
@@ -389,4 +389,4 @@ def control_ops(node: Node) -> OpTable:
     return {request.OP: Op(request, bind(handler)) for request, handler in HANDLERS.items()}
 
 
-__all__ = ["HANDLERS", "OpContext", "control_ops", "parse_target"]
+__all__ = ["HANDLERS", "OpContext", "PackFirst", "control_ops", "parse_target"]
