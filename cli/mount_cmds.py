@@ -45,6 +45,9 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (the kernel still checks each file's permissions); "
                    "a user other than root needs 'user_allow_other' in /etc/fuse.conf")
+    p.add_argument("--noatime", action="store_true",
+                   help="never record reads as access times (default: relatime, as Linux: the first read "
+                   "after a change, or a day after the last, sets the atime); the same as -o noatime")
     p.add_argument("-o", dest="options", metavar="OPTION[,OPTION...]", action="append", default=[],
                    help="more FUSE mount options, e.g. -o allow_other (more than once, or comma-separated)")
     p.set_defaults(run=cmd_mount)
@@ -94,6 +97,8 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     mountpoint = check_mountpoint(Path(args.mountpoint), nonempty=args.nonempty)
     repo = repo_path(args).expanduser().absolute()
     options = tuple(option.strip() for given in args.options for option in given.split(","))
+    if args.noatime and "noatime" not in options:
+        options += ("noatime",)
     if name is None and _mount_by_daemon(args, out, repo, mountpoint, options):
         return 0
     config = MountConfig(repo, mountpoint, args.ro, args.cache * 1024 * 1024 if args.cache else None,

@@ -83,6 +83,9 @@ MAX_SUBDIR_COUNTS = 100_000
 """Directories (by CID) whose number of subdirectories the mount remembers
 for their link count, and files (by CID) the bytes they keep in blocks."""
 
+RELATIME_AGE = 24 * 3600 * 10**9
+"""An atime older than this (ns) moves on the next read (relatime)."""
+
 DIRECTORY_SIZE = 4096
 """What ``stat`` says of a directory's size."""
 
@@ -135,6 +138,7 @@ class CasOperations(pyfuse3.Operations):
         nursery: trio.Nursery,
         read_only: bool = False,
         cache_bytes: int | None = None,
+        noatime: bool = False,
         parallel_get: Callable[[Any], bytes | None] | None = None,
     ) -> None:
         super().__init__()
@@ -166,6 +170,7 @@ class CasOperations(pyfuse3.Operations):
         self._subdirs: dict[Any, int] = {}  # a committed directory's CID -> its subdirectories
         self._stored_bytes: dict[Any, int] = {}  # a large file's CID -> the bytes it keeps in blocks
         self._root_mode, self._root_meta = ROOT_MODE, NO_META  # the mount point's (docs/mount.md)
+        self._noatime = noatime or read_only
 
     # -- helpers ------------------------------------------------------------------
 
@@ -635,6 +640,9 @@ class CasOperations(pyfuse3.Operations):
             info = await self._open(found, writable, bool(flags & os.O_APPEND))
             if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC
                 await self._truncate(found, 0)
+            if (flags & os.O_ACCMODE) != os.O_WRONLY and not flags & getattr(os, "O_NOATIME", 0) \
+                    and not self._noatime:
+                await self._read_now(found)  # at open: the kernel answers reads from its cache
             return info
 
     async def _open(self, found: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
@@ -740,6 +748,19 @@ class CasOperations(pyfuse3.Operations):
 
             walk = FileWalk(rs.cid, off, size, path=rs.path, ahead=ahead)
             return await read_walk(walk, self.fetcher, hint)
+
+    async def _read_now(self, found: Inode) -> None:
+        """relatime: opening a file to read moves its atime if that is not
+        after its mtime and ctime, or is a day old (Linux's default, on the
+        first read; the kernel answers reads from its page cache, so the
+        mount sees the open). ``--noatime`` turns it off; ctime stays."""
+        state: FileState = found.state
+        meta, mtime = state.meta, state.mtime
+        atime = mtime if meta.atime is None else meta.atime
+        ctime = mtime if meta.ctime is None else meta.ctime
+        now = time.time_ns()
+        if atime <= max(mtime, ctime) or now - atime >= RELATIME_AGE:
+            await self._set_meta(found, None, None, replace(meta, atime=now))
 
     async def _read_ahead(self, handle: Handle, rs: ReadState) -> None:
         """Fetch the blocks of the walk's latest hint into the cache, in

@@ -99,6 +99,7 @@ class ServedMount:
             ops = self._ops = CasOperations(
                 run=self.node.in_store_thread, tree=tree,
                 staging_dir=store.path / "tmp", nursery=nursery, read_only=self.config.read_only,
+                noatime="noatime" in self.config.options,
                 cache_bytes=self.config.cache_bytes,
             )
             options = fuse_options(self.config, ops.read_only)

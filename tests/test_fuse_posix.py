@@ -239,6 +239,35 @@ def test_times_are_kept_in_nanoseconds_across_a_remount(tmp_path: Path, repo: Pa
     assert (after.st_uid, after.st_gid) == (12, 34)
 
 
+def test_reads_set_the_access_time_as_relatime_does(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    written = ns(f)
+    later(written.st_mtime_ns)
+    f.read_bytes()  # the first read after a change moves it
+    first = ns(f)
+    assert first.st_atime_ns > written.st_mtime_ns
+    assert first.st_ctime_ns == written.st_ctime_ns  # an access is no change of status
+    f.read_bytes()  # a second read does not (relatime)
+    assert ns(f).st_atime_ns == first.st_atime_ns
+    ahead = time.time_ns() + 3600 * 10**9  # after the ctime utime gives it: no need to move
+    os.utime(f, ns=(ahead, written.st_mtime_ns))
+    f.read_bytes()
+    assert ns(f).st_atime_ns == ahead
+    os.utime(f, ns=(written.st_mtime_ns - 10, written.st_mtime_ns))  # before its last change: it moves
+    f.read_bytes()
+    assert written.st_mtime_ns < ns(f).st_atime_ns < ahead
+
+
+def test_noatime_leaves_the_access_time(tmp_path: Path, repo: Path) -> None:
+    with mounted(repo, tmp_path / "mnt", "--noatime") as m:
+        (m / "f").write_bytes(b"x")
+        before = ns(m / "f")
+        later(before.st_mtime_ns)
+        (m / "f").read_bytes()
+        assert ns(m / "f").st_atime_ns == before.st_atime_ns
+
+
 # -- link counts and hard links -------------------------------------------------------------
 
 
