@@ -160,3 +160,25 @@ def test_set_attributes_changes_mode_and_mtime_but_not_content(ns):
         ns.set_attributes("/missing", mode=0o644)
     with pytest.raises(InvalidInputError):
         ns.set_attributes("/f", mode=0o10000)
+
+
+def test_removing_a_hard_linked_name_lowers_the_count_the_others_record(ns):
+    from dataclasses import replace
+
+    from cas.names.directory import Meta
+
+    node = put_file(ns, "/a", b"linked")
+    linked = replace(node, meta=Meta(ino=77, nlink=4))
+    ns.mkdir("/d")
+    for path in ("/a", "/b", "/c", "/d/e"):
+        ns.link(path, linked)
+    ns.remove("/c")
+    assert [ns.resolve(p).meta.nlink for p in ("/a", "/b", "/d/e")] == [3, 3, 3]
+    put_file(ns, "/other", b"other")
+    ns.move("/other", "/b", into_directory=False)  # renamed over one name
+    assert [ns.resolve(p).meta.nlink for p in ("/a", "/d/e")] == [2, 2]
+    ns.move("/a", "/d/e", into_directory=False)  # two names of one inode: nothing happens
+    assert ns.resolve("/a").meta.ino == 77
+    ns.remove("/d", recursive=True)  # the last other name, below a directory
+    assert ns.resolve("/a").meta.ino is None and ns.resolve("/a").meta.nlink == 1
+    assert ns.resolve("/b").meta.ino is None  # the file that replaced a name was never linked

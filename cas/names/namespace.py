@@ -496,7 +496,8 @@ class Namespace:
                 raise IsADirectoryPathError(f"{join_path(parts)} is a directory; it is not replaced")
             if not change.replace_file:
                 raise PathExistsError(f"{join_path(parts)} exists already")
-        return self._update_dir(root, parts[:-1], {parts[-1]: change.entry}, now)
+        root = self._update_dir(root, parts[:-1], {parts[-1]: change.entry}, now)
+        return self._recount(root, self._groups_below(existing), now) if existing is not None else root
 
     def set_attributes(self, path: str, *, mode: int | None = None, mtime: int | None = None) -> RootState:
         """Change the mode and/or mtime of ``path`` (file, directory or
@@ -547,7 +548,54 @@ class Namespace:
             assert entry.cid is not None
             if dirtree.summary(self.blocks, entry.cid).count:
                 raise DirectoryNotEmptyError(f"{join_path(parts)} is a directory that is not empty; use -r")
-        return self._update_dir(root, parts[:-1], {parts[-1]: None}, self._clock())
+        now = self._clock()
+        root = self._update_dir(root, parts[:-1], {parts[-1]: None}, now)
+        return self._recount(root, self._groups_below(entry), now)
+
+    # -- hard links ---------------------------------------------------------------
+    #
+    # The names of a hard-linked inode record how many they are (``nlink``,
+    # docs/formats.md, "Directories"). A change that takes names away (a
+    # removal, a name replaced) has the names left record the new count;
+    # the mount keeps them true its own way (cas.fuse.view). Only a change
+    # that takes away a hard-linked name pays for the walk.
+
+    def _groups_below(self, entry: DirEntry) -> set[int]:
+        """The link groups of ``entry`` and of every entry below it."""
+        if entry.kind != "dir":
+            return set() if entry.meta.ino is None else {entry.meta.ino}
+        found: set[int] = set()
+        assert entry.cid is not None
+        stack = [entry.cid]
+        while stack:
+            for child in dirtree.iterate(self.blocks, stack.pop()):
+                if child.kind == "dir" and child.cid is not None:
+                    stack.append(child.cid)
+                elif child.meta.ino is not None:
+                    found.add(child.meta.ino)
+        return found
+
+    def _recount(self, root: CID, groups: set[int], now: int) -> CID:
+        """The root with the names left of ``groups`` recording how many they
+        are (one left: a plain file again)."""
+        if not groups:
+            return root
+        names: dict[int, builtins.list[tuple[builtins.list[str], DirEntry]]] = {group: [] for group in groups}
+        stack: builtins.list[tuple[builtins.list[str], CID]] = [([], root)]
+        while stack:
+            parts, cid = stack.pop()
+            for child in dirtree.iterate(self.blocks, cid):
+                if child.kind == "dir" and child.cid is not None:
+                    stack.append(([*parts, child.name], child.cid))
+                elif child.meta.ino in names:
+                    names[child.meta.ino].append(([*parts, child.name], child))
+        for left in names.values():
+            for parts, child in left:
+                meta = (replace(child.meta, nlink=len(left), ctime=now) if len(left) > 1
+                        else replace(child.meta, ino=None, nlink=1, ctime=now))
+                if (meta.ino, meta.nlink) != (child.meta.ino, child.meta.nlink):
+                    root = self._update_dir(root, parts[:-1], {parts[-1]: replace(child, meta=meta)}, None)
+        return root
 
     def move(self, src: str, dst: str, *, into_directory: bool = True, no_replace: bool = False) -> RootState:
         """Rename ``src`` to ``dst``.
@@ -592,13 +640,17 @@ class Namespace:
         parent = self._lookup_in(root, target_parts[:-1]) if len(target_parts) > 1 else None
         if len(target_parts) > 1 and (parent is None or parent.kind != "dir"):
             raise PathNotFoundError(f"{join_path(target_parts[:-1])}: no such directory")
+        if target is not None and target.meta.ino is not None and target.meta.ino == entry.meta.ino:
+            return root  # two names of one inode: rename(2) does nothing
         now = self._clock()
         moved = replace(entry, name=target_parts[-1])
         if src_parts[:-1] == target_parts[:-1]:
             changes = {src_parts[-1]: None, target_parts[-1]: moved}
-            return self._update_dir(root, src_parts[:-1], changes, now)
-        root = self._update_dir(root, src_parts[:-1], {src_parts[-1]: None}, now)
-        return self._update_dir(root, target_parts[:-1], {target_parts[-1]: moved}, now)
+            root = self._update_dir(root, src_parts[:-1], changes, now)
+        else:
+            root = self._update_dir(root, src_parts[:-1], {src_parts[-1]: None}, now)
+            root = self._update_dir(root, target_parts[:-1], {target_parts[-1]: moved}, now)
+        return self._recount(root, self._groups_below(target), now) if target is not None else root
 
     def node_for_cid(self, cid: CID, size: int) -> Node:
         """A node for content given by CID (``cas cp CID /path``)."""
