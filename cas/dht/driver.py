@@ -422,6 +422,21 @@ class DhtDriver:
             self.served(contact.node_id)
         return response
 
+    async def connect(self, contact: Contact, timeout: float | None = None) -> None:
+        """Open (or join the opening of) the connection to ``contact``
+        before requests go out on it, so a caller can tell the dial from
+        the answers; failures feed the routing table as :meth:`request`'s
+        do. Raises :class:`PeerError` subclasses."""
+        try:
+            with trio.fail_after(self.request_timeout if timeout is None else timeout):
+                await self.pool.connect(contact)
+        except trio.TooSlowError:
+            self._record_failure(contact.node_id)
+            raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
+        except PeerError as exc:
+            self.failed(contact, exc)
+            raise
+
     # -- reachability (AutoNAT's check, reachability.py) -------------------------
 
     async def dial_back(self, requester: int, host: str, port: int) -> bool:

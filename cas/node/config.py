@@ -53,10 +53,6 @@ READERS_NOTICE = 1.0
 repository beside the last owner are done, and after how long it says it
 waits for them."""
 
-READ_AHEAD = 8
-"""Blocks fetched from the network at once ahead of a reader (its walk's
-hint, ``Node.read_ahead``), each its own FIND_BLOCK lookup, so a sequential
-read does not pay one lookup per block in turn."""
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
