@@ -267,7 +267,8 @@ def test_after_a_partition_heals_both_halves_find_each_other_and_every_block_is_
         adds = []
         for writer in (left[0], right[0]):  # one on each side, at once
             # A block or two: each block placed across the cut waits out one
-            # store timeout (10 s) on an unreachable node before it goes elsewhere.
+            # store timeout on an unreachable node before it goes elsewhere
+            # (its RTO, the peer's work and the transfer: ~4 s here, not 10).
             data = b"".join(pseudo_random_stream(200_000, seed=f"side {writer.node_id}"))
             proc = subprocess.Popen([CAS, "--repo", str(writer.repo), "add", "-q", "-"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)

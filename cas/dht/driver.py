@@ -80,7 +80,7 @@ from .responder import (
     contact_to_peer,
 )
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
-from .rtt import RttTable
+from .rtt import MAX_STORE_TIMEOUT, RttTable
 from .store_batches import StoreBatcher, StoreOutcome
 
 __all__ = [  # what importers find here, wherever it lives now
@@ -106,9 +106,10 @@ partition is noticed within seconds to a few minutes."""
 
 HAVE_TIMEOUT = 3.0
 
-STORE_TIMEOUT = 10.0
+STORE_TIMEOUT = MAX_STORE_TIMEOUT
 """Hard limit for one STORE_BLOCKS: up to 2 MiB to send, and the receiver
-verifies and fsyncs before it answers."""
+verifies and fsyncs before it answers. Each store waits less, by its
+peer's round trip and store rate (:func:`.rtt.store_timeout`)."""
 
 _STORED = StoreOutcome("stored")
 
@@ -528,10 +529,14 @@ class DhtDriver:
                            leases: Sequence[int] = ()) -> list[StoreOutcome]:
         """One STORE_BLOCKS of ``(cid, data)`` pairs (and their leases, or
         none for the peer's full lease); one outcome per block."""
+        nbytes = sum(len(data) for _, data in blocks)
+        timeout = self.rtts.store_timeout(contact.node_id, nbytes, dial=not self.pool.connected(contact.node_id))
+        sent = self._now()
         outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks, leases), refusals=NOT_FAILURES,
-                                           timeout=STORE_TIMEOUT)
+                                           timeout=timeout)
         if isinstance(outcomes, StoreOutcome):
             return [outcomes] * len(blocks)
+        self.rtts.sample_store(contact.node_id, nbytes, self._now() - sent)
         return outcomes
 
     async def put_record(self, contact: Contact, key: bytes, record: bytes) -> StoreOutcome:
