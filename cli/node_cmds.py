@@ -35,6 +35,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=_address, action="append", default=[],
                    help="a peer to join the network through (more than once for several)")
+    p.add_argument("--announce", metavar="HOST:PORT", type=_address, default=None,
+                   help="the address other nodes are to dial this one at, when it is not the one they "
+                   "see it come from and its --listen port: a port forwarded to it behind NAT "
+                   "(the router's public address and the forwarded port)")
     p.add_argument("--reachable", type=_reachable, default=None, metavar="yes|no|auto",
                    help="whether other nodes can dial this one at its address and --listen port "
                    "(default yes); 'no' (behind NAT without a forwarded port) makes it a DHT client: "
@@ -217,7 +221,7 @@ _DAEMON_FLAGS = (
     "handshake_timeout", "idle_timeout", "frame_timeout", "frame_memory", "max_connections",
     "max_connections_per_address", "handshake_rate_per_address", "replicas", "quota", "peer_quota",
     "disk_reserve", "repair_interval", "lease", "id_difficulty", "scrub_rate", "scrub_period",
-    "thin_interval", "reachable",
+    "thin_interval", "reachable", "announce",
 )
 """``cas daemon``'s flags that set the :class:`~cas.node.NodeConfig` field of
 the same name."""
@@ -225,6 +229,7 @@ the same name."""
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     from cas.node import NodeAddress, run_daemon
+    from cas.node.config import format_address
 
     config = node_config(args)
 
@@ -245,7 +250,8 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         return again
 
     def ready(address: NodeAddress) -> None:
-        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port})
+        out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port,
+                      "announce": None if address.announce is None else format_address(*address.announce)})
         out.result(address.describe())
 
     run_daemon(config, ready, reload)

@@ -207,6 +207,7 @@ class DhtDriver:
         records: RecordKeeper | None = None,
         listen_port: int | None = None,
         listen_host: str | None = None,
+        announce_host: str | None = None,
         k: int = K,
         alpha: int = ALPHA,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -246,7 +247,11 @@ class DhtDriver:
         self.listen_port = listen_port
         self.listen_host = listen_host
         """The address the node listens on; outbound connections are dialled
-        from it when it is one address (:func:`source_address`)."""
+        from it when it is one address (:func:`source_address`).
+        ``listen_port`` is the port hellos name: the announced one, if the
+        node announces an address (``--announce``), whose host
+        ``announce_host`` hellos name too, for peers to file this node
+        under instead of the connection's source address."""
         self.k = k
         self.alpha = alpha
         self.request_timeout = request_timeout
@@ -258,7 +263,7 @@ class DhtDriver:
         self._clock = clock
         self.pool = ConnectionPool(
             identity, self, dialer=dialer if dialer is not None else tcp_dialer(listen_host),
-            listen_port=listen_port, network_key=network_key, admission=admission,
+            listen_port=listen_port, announce_host=announce_host, network_key=network_key, admission=admission,
             request_timeout=request_timeout, handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
             frame_timeout=frame_timeout, frame_memory=frame_memory, clock=clock, on_refused=on_refused,
             on_gone=self._gone)
@@ -453,8 +458,9 @@ class DhtDriver:
 
     async def check_reachable(self, count: int = ASK) -> Reachability:
         """Ask up to ``count`` peers, at once, to dial this node back at its
-        listening port; the verdict of their answers. A DHT client (no
-        listening port) has nothing to check."""
+        listening port (the announced address, if it announces one: each
+        dials the host its hello names); the verdict of their answers. A
+        DHT client (no listening port) has nothing to check."""
         port = self.pool.listen_port
         if port is None:
             return Reachability(False, 0, 0, 0)
@@ -483,6 +489,7 @@ class DhtDriver:
         this node under, finds nothing listening there, and drops the
         contact; they meet the node again as a client."""
         self.pool.listen_port = None
+        self.pool.announce_host = None
         self.listen_port = None
         await self.pool.close_all()
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..cid import CID
 
@@ -90,8 +91,7 @@ class GiveUp:
 Action = Ask | GiveUp
 
 
-@dataclass(frozen=True)
-class FetchStatistics:
+class FetchStatistics(NamedTuple):
     """What ``replication_stats`` shows of the fetches."""
 
     waiting: int  # wanted, not asked yet

@@ -116,6 +116,11 @@ class NodeConfig:
     (its hellos name no listening port, so no peer files it as a contact);
     ``auto``, ask peers to dial it back and become a client if none can
     (:mod:`cas.dht.reachability`)."""
+    announce: tuple[str, int] | None = None
+    """The address this node hands out for itself (``--announce HOST:PORT``:
+    a port forwarded to it behind NAT), instead of the one peers see its
+    connections come from and the port it listens on; the reachability
+    check dials it."""
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT
@@ -171,9 +176,11 @@ class NodeAddress:
     node_id: bytes
     host: str
     port: int
+    announce: tuple[str, int] | None = None  # the address it hands out, if not the above
 
     def describe(self) -> str:
-        return f"node {self.node_id.hex()} listening on {self.host}:{self.port}"
+        announced = "" if self.announce is None else f", announced as {format_address(*self.announce)}"
+        return f"node {self.node_id.hex()} listening on {self.host}:{self.port}{announced}"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -186,6 +193,11 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"port {port} in {text!r} is out of range")
     return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """(host, port) → ``HOST:PORT`` (IPv6 in brackets), as :func:`parse_address` reads it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
