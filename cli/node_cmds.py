@@ -361,7 +361,8 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
     if client is not None:
         with client:
             info = client.call(Id())
-        doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True}
+        doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True,
+               "announce": info.get("announce"), "reachable": info.get("reachable")}
     else:
         from cas.net.identity import Identity
         from cas.node import KEY_PATH, id_difficulty
@@ -370,9 +371,14 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
         with LocalStore.open(repo_path(args), create=True, wait=args.wait, on_wait=waiting_note(args)) as store:
             (store.path / "keys").mkdir(mode=0o700, exist_ok=True)
             identity, _ = Identity.for_node(store.path / KEY_PATH, id_difficulty(store))
-        doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False}
+        doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False,
+               "announce": None, "reachable": None}
     out.document(doc)
     where = f"{doc['host']}:{doc['port']}" if doc["running"] else "not running"
+    if doc["announce"]:
+        where += f", announced as {doc['announce']}"
+    if doc["reachable"]:
+        where += f" (reachable: {doc['reachable']})"
     out.result(f"{doc['id']}  {where}")
     return 0
 

@@ -680,7 +680,7 @@ class NamespaceResolve(Request["Node"]):
 @op
 class Id(Request[dict[str, Any]]):
     OP = "id"
-    RESULT = doc("id", "host", "port", "announce", "peers")
+    RESULT = doc("id", "host", "port", "announce", "reachable", "peers")
 
 
 @op

@@ -470,9 +470,17 @@ class Replicator:
             return None
         key = key_for_digest(cid.routing_digest)
         likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
-        if likely is None and len(self.dht.table) < self.dht.k:
-            # A node that knows fewer than k peers: a FIND_NODE lookup costs
-            # what a FIND_BLOCK one does, and its answer serves every key.
+        small = len(self.dht.table) < self.dht.k
+        if likely is None and small:
+            # A node that knows fewer than k peers knows (nearly) all of
+            # them: the R closest of its table are asked at once, a lookup's
+            # round trips saved (the first block of a read pays them).
+            likely = self.dht.table.closest(key, self.replicas)
+            block = await self.fetcher.fetch(cid, likely, urgent=urgent)
+            if block is not None:
+                return block
+            # Not there: a FIND_NODE lookup costs what a FIND_BLOCK one
+            # does, and its answer serves every key.
             with trio.move_on_after(DIRECT_FETCH_TIMEOUT * self.replicas):
                 async with self._fetch_lookups:
                     likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
@@ -497,8 +505,12 @@ class Replicator:
         remembered lookup answer names them (the :meth:`fetch` of each,
         which a reader's read-ahead starts next, then joins its want)."""
         now = trio.current_time()
+        small = len(self.dht.table) < self.dht.k
         for cid in cids:
-            likely = self.neighbourhoods.ranked_for(key_for_digest(cid.routing_digest), self.replicas, now)
+            key = key_for_digest(cid.routing_digest)
+            likely = self.neighbourhoods.ranked_for(key, self.replicas, now)
+            if likely is None and small:
+                likely = self.dht.table.closest(key, self.replicas)
             if likely:
                 self.fetcher.want(cid, likely[: self.replicas])
 

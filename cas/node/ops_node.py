@@ -41,7 +41,8 @@ async def id_(request: ops.Id, ctx: OpContext) -> dict[str, Any]:
     assert ctx.node.address is not None
     announce = ctx.node.address.announce
     return {"id": ctx.node.address.node_id.hex(), "host": ctx.node.address.host, "port": ctx.node.address.port,
-            "announce": None if announce is None else format_address(*announce), "peers": len(ctx.dht.table)}
+            "announce": None if announce is None else format_address(*announce), "reachable": ctx.node.reachable,
+            "peers": len(ctx.dht.table)}
 
 
 async def peers(request: ops.Peers, ctx: OpContext) -> list[dict[str, Any]]:
