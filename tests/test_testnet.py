@@ -177,9 +177,13 @@ def test_six_nodes_across_delay_and_loss_join_and_a_file_added_on_one_reads_back
 
 
 @pytest.mark.slow
-def test_a_host_whose_link_is_cut_costs_each_lookup_about_one_rto(six_nodes: SixNodes) -> None:
+def test_a_host_whose_link_is_cut_costs_each_lookup_about_one_rto_and_a_read_passes_it_over(
+        tmp_path: Path, six_nodes: SixNodes) -> None:
     net, nodes = six_nodes.net, six_nodes.nodes
-    seeker, silent = nodes[0], nodes[3]
+    seeker, silent, reader = nodes[0], nodes[3], nodes[5]
+    data = b"".join(pseudo_random_stream(2 << 20, seed="read past a silent holder"))
+    (tmp_path / "file.bin").write_bytes(data)
+    cid = run_cas("add", "-q", str(tmp_path / "file.bin"), repo=nodes[1].repo, timeout=300).stdout.decode().strip()
 
     def lookups(count: int) -> list[float]:
         # The silent node's own ID: it is the closest, asked first every time.
@@ -190,6 +194,11 @@ def test_a_host_whose_link_is_cut_costs_each_lookup_about_one_rto(six_nodes: Six
     try:
         cut = lookups(5)
         rto = call(seeker, "net_stats")["rtt"]["rto_us"] / 1e6
+        # Its blocks (about half of them, R = 3 of 6) come from their other holders.
+        t0 = time.monotonic()
+        assert run_cas("cat", cid, repo=reader.repo, timeout=300).stdout == data
+        print(f"read of 2 MiB with one holder silent: {time.monotonic() - t0:.2f} s; fetches "
+              f"{call(reader, 'replication_stats')['fetches']}")
     finally:
         net.heal()
     extra = statistics.median(cut) - statistics.median(healthy)

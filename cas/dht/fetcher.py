@@ -68,7 +68,9 @@ class BlockFetcher:
         for action in self.plan.poll(trio.current_time()):
             if isinstance(action, Ask):
                 pending = self._pending.get(action.cid)
-                if pending is not None:
+                if pending is None:  # settled meanwhile
+                    self.plan.drop(action.cid)
+                else:
                     nursery.start_soon(self._ask, action.cid, pending.contacts[action.peer])
             elif isinstance(action, GiveUp):
                 self._finish(action.cid, None)
