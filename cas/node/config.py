@@ -179,7 +179,7 @@ class NodeAddress:
     announce: tuple[str, int] | None = None  # the address it hands out, if not the above
 
     def describe(self) -> str:
-        announced = "" if self.announce is None else f", announced as {format_address(*self.announce)}"
+        announced = "" if self.announce is None else f" (announced as {format_address(*self.announce)})"
         return f"node {self.node_id.hex()} listening on {self.host}:{self.port}{announced}"
 
 
