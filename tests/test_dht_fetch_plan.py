@@ -1,7 +1,8 @@
 """The schedule of block fetches (``cas.dht.fetch_plan``): windows per
 holder and in total, blocks spread over their holders, a silent holder
 passed over after one patience; events and time passed in, no sockets.
-The last tests drive it against a model of a 100 ms, 100 Mbit/s path."""
+Then against a model of a 100 ms, 100 Mbit/s path, and the last test
+drives it with its trio driver (``cas.dht.fetcher``) over real connections."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import heapq
 from collections import Counter
 
 import pytest
+import trio
 
+from cas.blocks import Block, MemoryBlockStore
 from cas.cid import CID, RAW
 from cas.dht.fetch_plan import TRANSFER_ALLOWANCE, Ask, FetchPlan, GiveUp
+from cas.dht.fetcher import BlockFetcher
+from cas.dht.ids import id_from_bytes
+from cas.dht.routing import Contact
+from cas.net.identity import Identity
+
+from .test_dht_driver import Net, network
 
 CIDS = [CID.for_data(RAW, b"block %d" % n) for n in range(200)]
 INDEX = {c: n for n, c in enumerate(CIDS)}
@@ -189,3 +198,47 @@ def test_one_silent_holder_costs_a_read_well_under_half_its_healthy_time() -> No
     degraded, asked = simulate(silent={0})
     assert degraded <= 1.5 * healthy
     assert asked[0] <= 8  # one window's worth, then passed over
+
+
+# -- the trio driver, over real connections on 127.0.0.1 ------------------------------
+
+
+def test_a_fetcher_takes_every_block_from_the_live_holders_when_one_holder_never_answers() -> None:
+    """A holder whose port accepts connections and then says nothing (a
+    frozen process): the fetcher judges it silent once and the other
+    holders give every block."""
+    async def main() -> None:
+        stores = [MemoryBlockStore() for _ in range(3)]
+        blocks = [Block.of(RAW, b"block %d " % n * 1000) for n in range(24)]
+        for store in stores[1:]:
+            for block in blocks:
+                store.put(block)
+        async with network() as net:
+            nodes = [await net.add(store=store, soft_timeout=0.2) for store in stores]
+            for node in nodes[1:]:
+                await node.bootstrap([("127.0.0.1", nodes[0].listen_port or 0)])
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+            async def frozen(stream: trio.SocketStream) -> None:
+                await trio.sleep_forever()
+
+            net.nursery.start_soon(trio.serve_listeners, frozen, listeners)
+            silent = Contact(id_from_bytes(Identity.generate().node_id), "127.0.0.1",
+                             listeners[0].socket.getsockname()[1])
+            fetcher = BlockFetcher(nodes[0])
+            await net.nursery.start(fetcher.run)
+            holders = [silent, Net.contact(nodes[1]), Net.contact(nodes[2])]
+            got: dict[int, Block | None] = {}
+
+            async def fetch(n: int) -> None:
+                got[n] = await fetcher.fetch(blocks[n].cid, holders)
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for n in range(len(blocks)):
+                        nursery.start_soon(fetch, n)
+            assert all(got[n] == blocks[n] for n in range(len(blocks)))
+            stats = fetcher.statistics()
+            assert stats.silent == 1 and stats.arrived == len(blocks) and stats.given_up == 0
+
+    trio.run(main)
