@@ -6,7 +6,7 @@ namespaces in the same run.
 For each round trip asked (``--rtts``, default 0, 20 and 100 ms) and loss
 (``--losses``, default 0):
 
-1. a network of ``--nodes`` + 1 hosts (default 5 + 1) is built, every link
+1. a network of ``--nodes`` + 2 x ``--reads`` hosts (default 5 + 6) is built, every link
    with one-way delay RTT / 4 (so any two hosts are RTT apart) and loss
    1 - sqrt(1 - LOSS) per link crossing (so LOSS per path each way); its
    ICMP round trip and loss are measured and printed;
@@ -109,7 +109,8 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
     link = Link(delay=rtt / 4, loss=per_link_loss, rate=args.rate)
     nodes = args.nodes
     with Testnet(nodes + 2 * args.reads, link, seed=20) as net, Daemons() as daemons:
-        print(f"\n== RTT {rtt * 1000:g} ms, loss {loss:.0%} per path: {nodes} nodes + a reader", flush=True)
+        print(f"\n== RTT {rtt * 1000:g} ms, loss {loss:.0%} per path: {nodes} nodes + {2 * args.reads} readers",
+              flush=True)
         measured = net.measure(0, 1, count=100, interval=0.005)
         print(f"   measured: {measured.line()}", flush=True)
         ceiling_size = args.size * 4
