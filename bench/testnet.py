@@ -22,7 +22,8 @@ For each round trip asked (``--rtts``, default 0, 20 and 100 ms) and loss
    host 0's daemon, wall time, which includes every block acknowledged by R
    nodes; MiB/s, and its ratio to the ceiling;
 6. **read from peers**: ``--reads`` daemons started after the add (so they
-   hold none of it) each ``cas cat`` the file in turn; p50 / p90 of their
+   hold none of it; DHT clients, ``--reachable no``, so that none is left in
+   the others' tables once stopped) each ``cas cat`` the file in turn; p50 / p90 of their
    times, the p50's MiB/s and its ratio to the ceiling; then as many other
    new daemons read it with one node's link cut (a silent holder of about
    R / nodes of the blocks), and their p90 against the healthy p90.
@@ -157,8 +158,10 @@ def one(rtt: float, loss: float, args: argparse.Namespace, base: Path) -> Row:
         def read_on(host_index: int, name: str) -> float:
             """Seconds a new daemon on that host takes to ``cas cat`` the file."""
             host = net.hosts[host_index]
+            # A DHT client: once stopped, it is in nobody's table to be asked
+            # for blocks by the readers after it.
             reader = daemons.start(base / name, listen=f"{host.address}:0", bootstrap=[first.address],
-                                   prefix=host.prefix, extra=["--repair-interval", "3600"])
+                                   prefix=host.prefix, extra=["--repair-interval", "3600", "--reachable", "no"])
             cas("dht", "refresh", repo=reader.repo)
             start = time.monotonic()
             out = cas("cat", cid, repo=reader.repo).stdout
