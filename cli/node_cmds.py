@@ -377,7 +377,7 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
     where = f"{doc['host']}:{doc['port']}" if doc["running"] else "not running"
     if doc["announce"]:
         where += f", announced as {doc['announce']}"
-    if doc["reachable"]:
+    if doc["reachable"] not in (None, "yes"):  # what to act on: a client, or not known yet
         where += f" (reachable: {doc['reachable']})"
     out.result(f"{doc['id']}  {where}")
     return 0
