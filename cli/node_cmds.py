@@ -35,6 +35,10 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="address to listen on (default 0.0.0.0:4710; port 0 picks a free one)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", type=_address, action="append", default=[],
                    help="a peer to join the network through (more than once for several)")
+    p.add_argument("--announce", metavar="HOST:PORT", type=_address, default=None,
+                   help="the address other nodes are to dial this one at, when it is not the one they "
+                   "see it come from and its --listen port: a port forwarded to it behind NAT "
+                   "(the router's public address and the forwarded port)")
     p.add_argument("--reachable", type=_reachable, default=None, metavar="yes|no|auto",
                    help="whether other nodes can dial this one at its address and --listen port "
                    "(default yes); 'no' (behind NAT without a forwarded port) makes it a DHT client: "
@@ -233,7 +237,7 @@ _DAEMON_FLAGS = (
     "handshake_timeout", "idle_timeout", "frame_timeout", "frame_memory", "max_connections",
     "max_connections_per_address", "handshake_rate_per_address", "replicas", "quota", "peer_quota",
     "disk_reserve", "repair_interval", "lease", "id_difficulty", "scrub_rate", "scrub_period",
-    "thin_interval", "reachable",
+    "thin_interval", "reachable", "announce",
 )
 """``cas daemon``'s flags that set the :class:`~cas.node.NodeConfig` field of
 the same name."""
@@ -241,6 +245,7 @@ the same name."""
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     from cas.node import NodeAddress, run_daemon
+    from cas.node.config import format_address
 
     config = node_config(args)
 
@@ -264,6 +269,7 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         from cas.node.config import gateway_url
 
         out.document({"id": address.node_id.hex(), "host": address.host, "port": address.port,
+                      "announce": None if address.announce is None else format_address(*address.announce),
                       "gateway": None if address.gateway is None else gateway_url(address.gateway)})
         out.result(address.describe())
 
@@ -376,7 +382,8 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
     if client is not None:
         with client:
             info = client.call(Id())
-        doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True}
+        doc = {"id": info["id"], "host": info["host"], "port": info["port"], "running": True,
+               "announce": info.get("announce"), "reachable": info.get("reachable")}
     else:
         from cas.net.identity import Identity
         from cas.node import KEY_PATH, id_difficulty
@@ -385,9 +392,14 @@ def cmd_id(args: argparse.Namespace, out: Output) -> int:
         with LocalStore.open(repo_path(args), create=True, wait=args.wait, on_wait=waiting_note(args)) as store:
             (store.path / "keys").mkdir(mode=0o700, exist_ok=True)
             identity, _ = Identity.for_node(store.path / KEY_PATH, id_difficulty(store))
-        doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False}
+        doc = {"id": identity.node_id.hex(), "host": None, "port": None, "running": False,
+               "announce": None, "reachable": None}
     out.document(doc)
     where = f"{doc['host']}:{doc['port']}" if doc["running"] else "not running"
+    if doc["announce"]:
+        where += f", announced as {doc['announce']}"
+    if doc["reachable"] not in (None, "yes"):  # what to act on: a client, or not known yet
+        where += f" (reachable: {doc['reachable']})"
     out.result(f"{doc['id']}  {where}")
     return 0
 

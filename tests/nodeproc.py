@@ -108,8 +108,8 @@ class Daemons:
         daemon.node_id = words[1]
         daemon.host, port = words[4].rsplit(":", 1)
         daemon.port = int(port)
-        if words[5:6] == ["(gateway"]:
-            daemon.gateway = words[6].rstrip(")")
+        if "(gateway" in words:  # after "(announced as HOST:PORT)", if it announces one
+            daemon.gateway = words[words.index("(gateway") + 1].rstrip(")")
         return daemon
 
     def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 15) -> int:

@@ -68,3 +68,26 @@ def test_a_node_whose_port_leads_nowhere_is_unreachable_and_becomes_a_client_its
             assert all(hidden.own_id not in node.table for node in nodes)
 
     trio.run(main)
+
+
+def test_a_node_announcing_an_address_is_filed_under_it_and_dialled_back_there() -> None:
+    """``--announce``: its hellos name the host (and port) to dial it at,
+    which its peers use instead of where its connections come from."""
+    async def main() -> None:
+        async with network() as net:
+            nodes = await build(net, 3)
+            announcing = await net.add()
+            port = announcing.pool.listen_port
+            announcing.pool.announce_host = "127.0.0.2"  # where nothing of it listens
+            await announcing.bootstrap([("127.0.0.1", nodes[0].listen_port or 0)])
+            await announcing.refresh(force=True)
+            filed = nodes[0].table.get(announcing.own_id)
+            assert filed is not None and (filed.host, filed.port) == ("127.0.0.2", port)
+            found = await announcing.check_reachable()  # dialled at 127.0.0.2, not 127.0.0.1
+            assert found.reachable is False and found.reached == 0
+            announcing.pool.announce_host = "127.0.0.1"  # the address it can be dialled at
+            await announcing.pool.close_all()  # new hellos
+            found = await announcing.check_reachable()
+            assert found.reachable is True
+
+    trio.run(main)

@@ -10,7 +10,19 @@ import pytest
 
 from cas.dht.lookup import ALPHA, Lookup
 from cas.dht.routing import Contact, K
-from cas.dht.rtt import INITIAL_RTO, MAX_RTO, MIN_RTO, RttEstimator, RttTable
+from cas.dht.rtt import (
+    DIAL_ROUND_TRIPS,
+    FLOOR_STORE_RATE,
+    INITIAL_RTO,
+    MAX_RTO,
+    MAX_STORE_TIMEOUT,
+    MIN_RTO,
+    STORE_SLACK,
+    STORE_WORK,
+    RttEstimator,
+    RttTable,
+    store_timeout,
+)
 
 
 def test_the_first_sample_sets_srtt_and_half_of_it_as_variance() -> None:
@@ -136,3 +148,34 @@ def test_a_silent_peer_costs_a_lookup_about_one_rto_not_a_fixed_second(rtt: floa
     assert learned - healthy <= max(MIN_RTO, rtt) + rtt + 1e-9
     assert fixed >= 1.0  # the old way: the closest peer's slot held a whole second
     assert learned <= fixed
+
+
+# -- stores: the round trip, the peer's work and the bytes' transfer ---------------
+
+
+def test_a_store_waits_the_rto_the_peers_work_and_its_bytes_at_the_peers_measured_rate() -> None:
+    table = RttTable()
+    for _ in range(10):
+        table.sample(7, 0.1)
+    rto = table.rto(7)
+    # Nothing measured yet: the floor rate.
+    assert table.store_timeout(7, 1 << 20, dial=False) == pytest.approx(
+        rto + STORE_WORK + STORE_SLACK * (1 << 20) / FLOOR_STORE_RATE)
+    table.sample_store(7, 8 << 20, 1.0)  # 8 MiB/s
+    assert table.store_timeout(7, 2 << 20, dial=False) == pytest.approx(rto + STORE_WORK + STORE_SLACK * 0.25)
+    assert table.rto(7) == rto  # a store is no round-trip sample
+
+
+def test_a_store_that_must_dial_first_waits_the_dials_round_trips_too() -> None:
+    assert store_timeout(0.2, 0, 1e9, dial=True) == pytest.approx((DIAL_ROUND_TRIPS + 1) * 0.2 + STORE_WORK)
+
+
+def test_a_store_never_waits_longer_than_the_old_fixed_timeout() -> None:
+    assert store_timeout(MAX_RTO, 2 << 20, 1000.0, dial=True) == MAX_STORE_TIMEOUT
+
+
+def test_a_peer_met_only_through_stores_gets_the_networks_rto() -> None:
+    table = RttTable()
+    table.sample(1, 0.05)
+    table.sample_store(2, 1 << 20, 0.5)
+    assert table.rto(2) == table.network_rto()

@@ -23,6 +23,7 @@ PEER_WIRE = {"id": b"\x01" * 32, "host": "192.0.2.7", "port": 4001}
 
 EXAMPLES = [
     m.Hello(version=1, agent="cas/0.1", listen_port=4001),
+    m.Hello(agent="cas/0.2", listen_port=4710, listen_host="203.0.113.7"),
     m.Hello(),
     m.Ping(request_id=1),
     m.Pong(request_id=1),
@@ -72,7 +73,7 @@ def test_wire_form_is_a_flat_map_with_type_and_id() -> None:
         "t": "find_node", "id": 7, "target": b"\x02" * 32,
     }
     assert dagcbor.decode(encode(m.Hello(agent="x"))) == {
-        "t": "hello", "version": m.PROTOCOL_VERSION, "agent": "x", "port": None,
+        "t": "hello", "version": m.PROTOCOL_VERSION, "agent": "x", "port": None, "host": None,
     }
 
 

@@ -52,7 +52,8 @@ def test_id_works_without_a_daemon_and_matches_the_running_one(tmp_path: Path, d
     assert (repo / "keys" / "node.key").stat().st_mode & 0o777 == 0o600
     daemon = daemons.start(repo)
     online = json.loads(run_cas("id", "--json", repo=repo).stdout)
-    assert online == {"id": offline["id"], "host": "127.0.0.1", "port": daemon.port, "running": True}
+    assert online == {"id": offline["id"], "host": "127.0.0.1", "port": daemon.port, "running": True,
+                      "announce": None, "reachable": "yes"}
     assert daemon.node_id == offline["id"]
 
 

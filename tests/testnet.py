@@ -33,7 +33,9 @@ A host behind NAT lives in its own namespace with a veth pair to a *router*
 namespace (``…-natN``), which is attached to the switch like a host and
 masquerades (nftables) what leaves by ``tun0``. It can dial every host; no
 host can dial it (its address, ``192.168.(77 + N).2``, is routed nowhere
-outside the pair, and the router forwards nothing it did not see leave).
+outside the pair, and the router forwards nothing it did not see leave),
+unless a port is forwarded to it (:meth:`Testnet.forward`: the router's
+``SUBNET.(200 + N)`` at that port leads to it, a home router's port forward).
 
 Containment: the namespaces have no other interface and no default route
 (the NAT'd host's default route is its router), the switch forwards only
@@ -125,6 +127,7 @@ class Host:
     address: str
     behind_nat: bool = False
     attachment: int = 0  # its index in the switch: its own, or its router's
+    outside: str = ""  # behind NAT: its router's address on the switch (what others see it come from)
 
     @property
     def prefix(self) -> list[str]:
@@ -230,7 +233,8 @@ class Testnet:
             self._add_namespace(router)
             self._add_namespace(ns)
             routers.append((router, ns, j))
-            self.hosts.append(Host(i, ns, f"192.168.{77 + j}.2", behind_nat=True, attachment=len(attachments)))
+            self.hosts.append(Host(i, ns, f"192.168.{77 + j}.2", behind_nat=True, attachment=len(attachments),
+                                   outside=f"{SUBNET}.{200 + j}"))
             attachments.append((router, f"{SUBNET}.{200 + j}"))
         config = {"namespaces": [ns for ns, _ in attachments], "addresses": [a for _, a in attachments],
                   "links": [asdict(links[h.index]) for h in sorted(self.hosts, key=lambda h: h.attachment)],
@@ -288,6 +292,21 @@ class Testnet:
     def cut(self, host: int) -> None:
         """Drop everything to and from ``host``: it goes silent."""
         self._command({"op": "cut", "attachment": self.hosts[host].attachment})
+
+    def forward(self, host: int, port: int) -> None:
+        """Forward TCP ``port`` of the NAT router of ``host`` (behind NAT)
+        to the same port of ``host``, as a home router's port forward:
+        others reach it at ``outside:port``."""
+        inside = self.hosts[host]
+        if not inside.behind_nat:
+            raise ValueError(f"host {host} is not behind NAT")
+        router = f"{self.tag}-nat{host - self.hosts_count}"
+        _run("ip", "netns", "exec", router, "nft", "-f", "-", input=(
+            "table ip casfwd {\n"
+            f" chain prerouting {{ type nat hook prerouting priority -100;"
+            f" iifname \"tun0\" tcp dport {port} dnat to {inside.address}:{port}; }}\n"
+            "}\n"
+            "add rule ip casnat forward ct status dnat accept\n"))
 
     # -- measuring -----------------------------------------------------------
 

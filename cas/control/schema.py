@@ -680,7 +680,7 @@ class NamespaceResolve(Request["Node"]):
 @op
 class Id(Request[dict[str, Any]]):
     OP = "id"
-    RESULT = doc("id", "host", "port", "peers")
+    RESULT = doc("id", "host", "port", "announce", "reachable", "peers")
 
 
 @op
@@ -730,7 +730,7 @@ class ReplicationStats(Request[dict[str, Any]]):
                  "held_blocks", "held_bytes", "quota", "read_ahead", "short", "tracked", "copies_lost",
                  "placed_bytes", "repair_stores", "repair_bytes", "repair_dropped", "peers",
                  "repair_rounds_after_loss", "refusals", "store_failures", "last_failure", "quarantined",
-                 "restored", "unrecoverable", "in_quarantine", "scrubbed_bytes", "scrub_passes")
+                 "restored", "unrecoverable", "in_quarantine", "scrubbed_bytes", "scrub_passes", "fetches")
 
 
 @op

@@ -80,7 +80,7 @@ from .responder import (
     contact_to_peer,
 )
 from .routing import REFRESH_INTERVAL, Contact, K, RoutingTable
-from .rtt import RttTable
+from .rtt import MAX_STORE_TIMEOUT, RttTable
 from .store_batches import StoreBatcher, StoreOutcome
 
 __all__ = [  # what importers find here, wherever it lives now
@@ -106,9 +106,10 @@ partition is noticed within seconds to a few minutes."""
 
 HAVE_TIMEOUT = 3.0
 
-STORE_TIMEOUT = 10.0
+STORE_TIMEOUT = MAX_STORE_TIMEOUT
 """Hard limit for one STORE_BLOCKS: up to 2 MiB to send, and the receiver
-verifies and fsyncs before it answers."""
+verifies and fsyncs before it answers. Each store waits less, by its
+peer's round trip and store rate (:func:`.rtt.store_timeout`)."""
 
 _STORED = StoreOutcome("stored")
 
@@ -206,6 +207,7 @@ class DhtDriver:
         records: RecordKeeper | None = None,
         listen_port: int | None = None,
         listen_host: str | None = None,
+        announce_host: str | None = None,
         k: int = K,
         alpha: int = ALPHA,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -245,7 +247,11 @@ class DhtDriver:
         self.listen_port = listen_port
         self.listen_host = listen_host
         """The address the node listens on; outbound connections are dialled
-        from it when it is one address (:func:`source_address`)."""
+        from it when it is one address (:func:`source_address`).
+        ``listen_port`` is the port hellos name: the announced one, if the
+        node announces an address (``--announce``), whose host
+        ``announce_host`` hellos name too, for peers to file this node
+        under instead of the connection's source address."""
         self.k = k
         self.alpha = alpha
         self.request_timeout = request_timeout
@@ -257,7 +263,7 @@ class DhtDriver:
         self._clock = clock
         self.pool = ConnectionPool(
             identity, self, dialer=dialer if dialer is not None else tcp_dialer(listen_host),
-            listen_port=listen_port, network_key=network_key, admission=admission,
+            listen_port=listen_port, announce_host=announce_host, network_key=network_key, admission=admission,
             request_timeout=request_timeout, handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
             frame_timeout=frame_timeout, frame_memory=frame_memory, clock=clock, on_refused=on_refused,
             on_gone=self._gone)
@@ -422,6 +428,21 @@ class DhtDriver:
             self.served(contact.node_id)
         return response
 
+    async def connect(self, contact: Contact, timeout: float | None = None) -> None:
+        """Open (or join the opening of) the connection to ``contact``
+        before requests go out on it, so a caller can tell the dial from
+        the answers; failures feed the routing table as :meth:`request`'s
+        do. Raises :class:`PeerError` subclasses."""
+        try:
+            with trio.fail_after(self.request_timeout if timeout is None else timeout):
+                await self.pool.connect(contact)
+        except trio.TooSlowError:
+            self._record_failure(contact.node_id)
+            raise RequestTimeoutError(f"no answer from {contact.host}:{contact.port} in time") from None
+        except PeerError as exc:
+            self.failed(contact, exc)
+            raise
+
     # -- reachability (AutoNAT's check, reachability.py) -------------------------
 
     async def dial_back(self, requester: int, host: str, port: int) -> bool:
@@ -437,8 +458,9 @@ class DhtDriver:
 
     async def check_reachable(self, count: int = ASK) -> Reachability:
         """Ask up to ``count`` peers, at once, to dial this node back at its
-        listening port; the verdict of their answers. A DHT client (no
-        listening port) has nothing to check."""
+        listening port (the announced address, if it announces one: each
+        dials the host its hello names); the verdict of their answers. A
+        DHT client (no listening port) has nothing to check."""
         port = self.pool.listen_port
         if port is None:
             return Reachability(False, 0, 0, 0)
@@ -467,6 +489,7 @@ class DhtDriver:
         this node under, finds nothing listening there, and drops the
         contact; they meet the node again as a client."""
         self.pool.listen_port = None
+        self.pool.announce_host = None
         self.listen_port = None
         await self.pool.close_all()
 
@@ -513,10 +536,14 @@ class DhtDriver:
                            leases: Sequence[int] = ()) -> list[StoreOutcome]:
         """One STORE_BLOCKS of ``(cid, data)`` pairs (and their leases, or
         none for the peer's full lease); one outcome per block."""
+        nbytes = sum(len(data) for _, data in blocks)
+        timeout = self.rtts.store_timeout(contact.node_id, nbytes, dial=not self.pool.connected(contact.node_id))
+        sent = self._now()
         outcomes = await self._ask_to_keep(contact, msg.StoreBlocks.of(blocks, leases), refusals=NOT_FAILURES,
-                                           timeout=STORE_TIMEOUT)
+                                           timeout=timeout)
         if isinstance(outcomes, StoreOutcome):
             return [outcomes] * len(blocks)
+        self.rtts.sample_store(contact.node_id, nbytes, self._now() - sent)
         return outcomes
 
     async def put_record(self, contact: Contact, key: bytes, record: bytes) -> StoreOutcome:

@@ -162,6 +162,7 @@ class ConnectionPool:
         *,
         dialer: Dialer,
         listen_port: int | None = None,
+        announce_host: str | None = None,
         network_key: NetworkKey | None = None,
         admission: Admission | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -177,6 +178,9 @@ class ConnectionPool:
         self._answerer = answerer
         self._dialer = dialer
         self.listen_port = listen_port
+        self.announce_host = announce_host
+        """The host hellos name (``--announce``): peers file this node under
+        it, not the connection's source address."""
         self.network_key = network_key
         self.request_timeout = request_timeout
         self.handshake_timeout = handshake_timeout
@@ -217,7 +221,8 @@ class ConnectionPool:
             await trio.sleep_forever()
 
     def _hello(self) -> msg.Hello:
-        return msg.Hello(agent=AGENT, listen_port=self.listen_port)
+        return msg.Hello(agent=AGENT, listen_port=self.listen_port,
+                         listen_host=self.announce_host if self.listen_port is not None else None)
 
     # -- the pool ---------------------------------------------------------------
 
@@ -364,8 +369,13 @@ class ConnectionPool:
         listen = hello.listen_port if hello is not None else None
         contact = None
         if listen is not None:
+            # Filed where it says it can be dialled (an announced address:
+            # a forwarded port behind NAT), else where it came from. A
+            # false address only costs those who dial it a failed
+            # handshake (which must prove the node's ID) before they drop it.
+            announced = hello.listen_host if hello is not None else None
             try:
-                contact = Contact(node_id, host, listen)
+                contact = Contact(node_id, announced or host, listen)
             except ValueError:
                 contact = None
         connection = Connection(channel, self._make_handler(contact), quick=self._make_quick(contact))

@@ -35,6 +35,7 @@ from ..errors import BlockNotFoundError, CasError, InvalidBlockError, PeerError
 from ..net.messages import MAX_LEASE
 from ..store import DEFAULT_LEASE
 from .driver import DhtDriver
+from .fetcher import BlockFetcher
 from .holders import HolderIndex
 from .ids import key_for_digest
 from .repair_round import (
@@ -87,8 +88,13 @@ MIN_LOSS_ROUNDS_GAP = 10.0
 peer cannot keep the node in repair."""
 
 DIRECT_FETCH_TIMEOUT = 1.0
-"""Seconds a likely holder asked directly for a block has to answer before
-the next is asked (a frozen or overloaded peer costs a reader this much)."""
+"""Seconds per replica a fetch's FIND_NODE lookup for a block's likely
+holders may take (a node that knows fewer than k peers)."""
+
+FETCH_LOOKUPS = 8
+"""Lookups for blocks being fetched at once (holders unknown; those known
+are asked through the :class:`~cas.dht.fetcher.BlockFetcher`, whose
+windows bound them)."""
 
 INDEX_CHECK_BATCH = 4096
 """Blocks of the holder index checked against the store in one store-thread
@@ -193,6 +199,8 @@ class Replicator:
         self._changed = trio.Event()
         self._repair_lock = trio.Lock()
         self._peer_lost = trio.Event()
+        self.fetcher = BlockFetcher(dht)
+        self._fetch_lookups = trio.CapacityLimiter(FETCH_LOOKUPS)
         self.stats = ReplicationStats()
         dht.peer_lost.append(self.holder_lost)
         dht.peer_lost.append(self.repair_soon)
@@ -205,6 +213,7 @@ class Replicator:
                 nursery.start_soon(self._worker)
             nursery.start_soon(self._retry_loop)
             nursery.start_soon(self._repair_loop)
+            await nursery.start(self.fetcher.run)
             task_status.started()
 
     # -- placement --------------------------------------------------------------
@@ -445,39 +454,69 @@ class Replicator:
 
     # -- fetching -----------------------------------------------------------------
 
-    async def fetch(self, cid: CID) -> Block | None:
+    async def fetch(self, cid: CID, *, urgent: bool = False) -> Block | None:
         """The block from the network (verified, by the driver: once), or None
         if no node has it.
 
         Its holders are the nodes placement chose, the R closest to its key:
         when a remembered lookup answer names them (see
-        :class:`~cas.dht.replication.Neighbourhood`), they are asked
-        directly, one FIND_BLOCK each, nearest first, each given
-        ``DIRECT_FETCH_TIMEOUT``; otherwise (or if none of them gives it)
-        a FIND_BLOCK lookup looks for it."""
+        :class:`~cas.dht.replication.Neighbourhood`), the
+        :class:`~cas.dht.fetcher.BlockFetcher` asks them, several blocks in
+        flight per holder and spread over them, passing over a silent one
+        after one patience (:mod:`.fetch_plan`); otherwise (or if none of
+        them gives it) a FIND_BLOCK lookup looks for it. ``urgent``: a
+        reader waits for it (it goes before blocks fetched ahead)."""
         if not len(self.dht.table):
             return None
         key = key_for_digest(cid.routing_digest)
         likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
-        if likely is None and len(self.dht.table) < self.dht.k:
-            # A node that knows fewer than k peers: a FIND_NODE lookup costs
-            # what a FIND_BLOCK one does, and its answer serves every key.
-            with trio.move_on_after(DIRECT_FETCH_TIMEOUT * self.replicas):
-                likely = await self._find_candidates(key)
-        for peer in (likely or [])[: self.replicas]:
-            block = await self.dht.block_from(peer, cid, timeout=DIRECT_FETCH_TIMEOUT)
+        small = len(self.dht.table) < self.dht.k
+        if likely is None and small:
+            # A node that knows fewer than k peers knows (nearly) all of
+            # them: the R closest of its table are asked at once, a lookup's
+            # round trips saved (the first block of a read pays them).
+            likely = self.dht.table.closest(key, self.replicas)
+            block = await self.fetcher.fetch(cid, likely, urgent=urgent)
             if block is not None:
                 return block
-        found = await self.dht.find_block(cid)
+            # Not there: a FIND_NODE lookup costs what a FIND_BLOCK one
+            # does, and its answer serves every key.
+            with trio.move_on_after(DIRECT_FETCH_TIMEOUT * self.replicas):
+                async with self._fetch_lookups:
+                    likely = self.neighbourhoods.ranked_for(key, self.replicas, trio.current_time())
+                    if likely is None:
+                        likely = await self._find_candidates(key)
+        if likely:
+            block = await self.fetcher.fetch(cid, likely[: self.replicas], urgent=urgent)
+            if block is not None:
+                return block
+        async with self._fetch_lookups:
+            found = await self.dht.find_block(cid)
         if found.block is not None:
             return found.block
         # No copy where copies belong: ask those others know hold it (the
         # node that added it, while its copies are not placed).
-        for provider in found.providers[: self.replicas]:
-            block = await self.dht.block_from(provider, cid, timeout=DIRECT_FETCH_TIMEOUT)
-            if block is not None:
-                return block
+        if found.providers:
+            return await self.fetcher.fetch(cid, found.providers[: self.replicas], urgent=urgent)
         return None
+
+    def fetch_ahead(self, cids: Sequence[CID]) -> None:
+        """Want ``cids`` from their holders, in this order, where a
+        remembered lookup answer names them (the :meth:`fetch` of each,
+        which a reader's read-ahead starts next, then joins its want)."""
+        now = trio.current_time()
+        small = len(self.dht.table) < self.dht.k
+        for cid in cids:
+            key = key_for_digest(cid.routing_digest)
+            likely = self.neighbourhoods.ranked_for(key, self.replicas, now)
+            if likely is None and small:
+                likely = self.dht.table.closest(key, self.replicas)
+            if likely:
+                self.fetcher.want(cid, likely[: self.replicas])
+
+    def hurry(self, cid: CID) -> None:
+        """A reader now waits for ``cid``, which is being fetched ahead of it."""
+        self.fetcher.hurry(cid)
 
     # -- repair -------------------------------------------------------------------
 

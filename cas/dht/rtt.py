@@ -35,6 +35,15 @@ silent peer therefore costs a lookup about one RTO. A query that must dial
 first waits :data:`DIAL_ROUND_TRIPS` times as long (TCP's handshake and
 Noise XX's before the request's own round trip).
 
+Stores (STORE_BLOCKS) carry up to 2 MiB and are answered once the peer
+has made them durable, so their timeout is the RTO plus the work and the
+transfer: :func:`store_timeout`, from each peer's *store rate* (bytes per
+second of its answered stores, smoothed; the time includes the transfer,
+the queueing behind the message before it and the peer's fsync), or
+:data:`FLOOR_STORE_RATE` before it has answered one, capped at the old
+fixed timeout. A peer across a partition then costs an add a couple of
+seconds, not ten.
+
 What a sample is: the time from sending a small request on an open
 connection to its answer. Answers that carry a block, and requests that had
 to dial, are not samples (their time is the transfer's or the handshake's,
@@ -72,6 +81,18 @@ DIAL_ROUND_TRIPS = 3
 """Round trips a query costs when it must connect first: TCP's handshake,
 Noise XX's three messages (the last one travels with the request), and the
 request's own."""
+STORE_WORK = 3.0
+"""Seconds a store's answer may take beyond its round trip and its bytes'
+transfer: the peer verifies and fsyncs before it answers (a shared disk's
+fsync takes a second or two under load)."""
+STORE_SLACK = 2.0
+"""Transfers allowed per store: a message may queue behind the one before it."""
+FLOOR_STORE_RATE = 1 << 20
+"""Bytes per second assumed of a peer that has answered no store yet."""
+MAX_STORE_TIMEOUT = 10.0
+"""The most a store waits (the old fixed timeout: 2 MiB, verified and fsynced)."""
+RATE_GAIN = 1 / 4
+"""The weight of a new store's rate in the smoothed one."""
 MAX_PEERS = 4096
 """Per-peer estimates kept; beyond, the least recently sampled go (they
 fall back on the network's estimate)."""
@@ -80,12 +101,13 @@ fall back on the network's estimate)."""
 class RttEstimator:
     """One path's SRTT / RTTVAR and back-off (RFC 6298)."""
 
-    __slots__ = ("rttvar", "samples", "srtt")
+    __slots__ = ("rttvar", "samples", "srtt", "store_rate")
 
     def __init__(self) -> None:
         self.srtt = 0.0
         self.rttvar = 0.0
         self.samples = 0
+        self.store_rate: float | None = None  # bytes per second of answered stores, smoothed
 
     def sample(self, rtt: float) -> None:
         """A measured round trip, in seconds."""
@@ -108,6 +130,15 @@ class RttEstimator:
         [MIN_RTO, ``ceiling``]."""
         base = self.base_rto()
         return min(ceiling, max(MIN_RTO, fallback if base is None else base))
+
+
+def store_timeout(rto: float, nbytes: int, rate: float | None, *, dial: bool) -> float:
+    """How long a store of ``nbytes`` may take to be answered by a peer
+    with this ``rto`` and store ``rate`` (None: none measured yet); ``dial``:
+    it must be connected to first."""
+    transfer = nbytes / (FLOOR_STORE_RATE if rate is None else max(rate, 1.0))
+    rounds = DIAL_ROUND_TRIPS + 1 if dial else 1
+    return min(MAX_STORE_TIMEOUT, rounds * rto + STORE_WORK + STORE_SLACK * transfer)
 
 
 @dataclass(frozen=True)
@@ -146,6 +177,18 @@ class RttTable:
         self._entry(peer).sample(rtt)
         self.network.sample(rtt)
 
+    def sample_store(self, peer: int, nbytes: int, seconds: float) -> None:
+        """``peer`` answered a store of ``nbytes`` ``seconds`` after it was sent."""
+        entry = self._entry(peer)
+        rate = nbytes / max(seconds, 1e-6)
+        entry.store_rate = rate if entry.store_rate is None else \
+            (1 - RATE_GAIN) * entry.store_rate + RATE_GAIN * rate
+
+    def store_timeout(self, peer: int, nbytes: int, *, dial: bool) -> float:
+        """How long a store of ``nbytes`` to ``peer`` may take (:func:`store_timeout`)."""
+        found = self._peers.get(peer)
+        return store_timeout(self.rto(peer), nbytes, None if found is None else found.store_rate, dial=dial)
+
     def network_rto(self) -> float:
         """The RTO for a peer never sampled and never timed out."""
         if self.network.samples == 0:
@@ -155,7 +198,7 @@ class RttTable:
     def rto(self, peer: int) -> float:
         """How long to wait for ``peer``'s answer before searching around it."""
         found = self._peers.get(peer)
-        if found is None:
+        if found is None or found.samples == 0:
             return self.network_rto()
         return found.rto(ceiling=self.ceiling)
 

@@ -34,9 +34,9 @@ from ..errors import InvalidBlockError, LocalProtocolError, MalformedMessageErro
 
 # -- limits -------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """1: before leases (``store_blocks`` without ``leases``, ``have`` without
-``lease``)."""
+``lease``). 2: before announced addresses (``hello`` without ``host``)."""
 # DESIGN.md, "Wire protocol": every CBOR message is at most 2 MiB.
 MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 # DESIGN.md: chunks are at most 1 MiB and so are tree nodes (cas.cid's
@@ -255,7 +255,9 @@ class Response(Message):
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """First message on every channel, both ways: versions and listen port."""
+    """First message on every channel, both ways: versions, the port the
+    sender listens on and, if it announces one (``--announce``), the host
+    to dial it at instead of the connection's source address."""
 
     TYPE = "hello"
     HAS_ID = False
@@ -263,10 +265,12 @@ class Hello(Message):
         ("version", "version", _uint(MAX_REQUEST_ID)),
         ("agent", "agent", _text(MAX_AGENT_LENGTH)),
         ("listen_port", "port", _optional(_PORT)),
+        ("listen_host", "host", _optional(_HOST)),
     )
     version: int = PROTOCOL_VERSION
     agent: str = ""
     listen_port: int | None = None
+    listen_host: str | None = None
     request_id: int = 0
 
 

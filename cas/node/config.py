@@ -53,10 +53,6 @@ READERS_NOTICE = 1.0
 repository beside the last owner are done, and after how long it says it
 waits for them."""
 
-READ_AHEAD = 8
-"""Blocks fetched from the network at once ahead of a reader (its walk's
-hint, ``Node.read_ahead``), each its own FIND_BLOCK lookup, so a sequential
-read does not pay one lookup per block in turn."""
 ADD_STEP_BYTES = 2 * 1024 * 1024
 """File content ``add_file`` reads and stores per trip to the store thread;
 the step's blocks are queued for placement before the next one."""
@@ -122,6 +118,11 @@ class NodeConfig:
     (its hellos name no listening port, so no peer files it as a contact);
     ``auto``, ask peers to dial it back and become a client if none can
     (:mod:`cas.dht.reachability`)."""
+    announce: tuple[str, int] | None = None
+    """The address this node hands out for itself (``--announce HOST:PORT``:
+    a port forwarded to it behind NAT), instead of the one peers see its
+    connections come from and the port it listens on; the reachability
+    check dials it."""
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT
@@ -180,10 +181,13 @@ class NodeAddress:
     node_id: bytes
     host: str
     port: int
+    announce: tuple[str, int] | None = None  # the address it hands out, if not the above
     gateway: tuple[str, int] | None = None
 
     def describe(self) -> str:
         said = f"node {self.node_id.hex()} listening on {self.host}:{self.port}"
+        if self.announce is not None:
+            said += f" (announced as {format_address(*self.announce)})"
         if self.gateway is not None:
             said += f" (gateway {gateway_url(self.gateway)})"
         return said
@@ -217,6 +221,11 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"port {port} in {text!r} is out of range")
     return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """(host, port) → ``HOST:PORT`` (IPv6 in brackets), as :func:`parse_address` reads it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ from .config import (
     NodeAddress,
     NodeConfig,
     Settings,
+    format_address,
     network_settings,
 )
 from .network_store import NetworkBlockStore
@@ -220,7 +221,8 @@ class Node:
         listeners = await self._listen()
         port = listeners[0].socket.getsockname()[1]
         gateway_listeners = await self._listen_gateway()
-        self.address = NodeAddress(identity.node_id, self.config.listen_host, port, self.gateway_address)
+        self.address = NodeAddress(identity.node_id, self.config.listen_host, port, announce=self.config.announce,
+                                   gateway=self.gateway_address)
         self._build_parts(store, identity, table, network_key, settings, port)
         await self._serve(repo, listeners, network_key, task_status, gateway_listeners)
 
@@ -265,10 +267,12 @@ class Node:
         """The DHT driver, the replicator, the publisher and the group
         committers, wired to this node's store thread (not yet running)."""
         difficulty = settings.id_difficulty
+        announce = self.config.announce
         dht = self.dht = DhtDriver(
             identity, table, blocks=PeerStore(self), keeper=PeerStore(self),
             records=StoreRecords(lambda: store, self.in_store_thread),
-            listen_port=None if self.config.reachable == "no" else port, listen_host=self.config.listen_host,
+            listen_port=None if self.config.reachable == "no" else announce[1] if announce else port,
+            listen_host=self.config.listen_host, announce_host=announce[0] if announce else None,
             handshake_timeout=self.config.handshake_timeout, idle_timeout=self.config.idle_timeout,
             refresh_interval=self.config.refresh_interval,
             network_key=network_key, on_refused=self.log, id_difficulty=difficulty,
@@ -387,10 +391,12 @@ class Node:
             if found.reachable is False:
                 self.reachable = "no"
                 await dht.become_client()
+                announce = self.address.announce
+                where = f"port {self.address.port}" if announce is None else format_address(*announce)
                 self.log(f"none of the {found.failed} peers that answered could dial this node back at "
-                          f"port {self.address.port}: running as a DHT client (stores and reads "
-                          f"through the network, never offered as a contact); to serve, forward the port "
-                          f"to this machine and run with --reachable yes")
+                          f"{where}: running as a DHT client (stores and reads "
+                          f"through the network, never offered as a contact); to serve, forward a port "
+                          f"to this machine, run with --announce PUBLIC_HOST:PORT and --reachable yes")
                 return
             await trio.sleep(REACHABILITY_RETRY)
         self.reachable = "unknown"

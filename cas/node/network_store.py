@@ -9,8 +9,10 @@ node lacks is fetched from the nodes that hold it (``Replicator.fetch``:
 the DHT driver verifies it, once) and kept as held for the network if the
 quota has room. Read-ahead is the reader's walk's hint (``prefetch``): the
 disk is asked for what the repository has, and what it lacks is fetched in
-the background, ``READ_AHEAD`` at a time, a read of a block being fetched
-waiting for that fetch instead of starting another.
+the background, wanted in the walk's order from the replicator's fetcher
+(several blocks in flight per holder, spread over the holders,
+:mod:`cas.dht.fetch_plan`); a read of a block being fetched waits for that
+fetch (and moves it to the front) instead of starting another.
 
 Must never: serve bytes that were not verified, touch the repository but
 through the node's store thread, or look a block up on the network for
@@ -28,7 +30,6 @@ import trio
 from ..cid import CID
 from ..errors import BlockNotFoundError, CasError, CorruptBlockError, StorageQuotaError
 from ..store import LocalStore, Placed
-from .config import READ_AHEAD
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -40,7 +41,6 @@ class NetworkBlockStore:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._fetching: dict[CID, trio.Event] = {}
-        self._limit = trio.CapacityLimiter(READ_AHEAD)
         self.read_ahead_count = 0
         """Blocks fetched from the network ahead of a reader (``replication_stats``)."""
 
@@ -84,14 +84,16 @@ class NetworkBlockStore:
 
     def read_ahead(self, cids: Sequence[CID]) -> None:
         """Fetch from the network, in the background, those of ``cids`` this
-        node lacks (a walk's read-ahead hint: blocks a reader wants next)."""
+        node lacks (a walk's read-ahead hint: blocks a reader wants next,
+        in that order)."""
         nursery = self._node.nursery
         if nursery is None or not self._online():
             return
-        for cid in cids:
-            if cid not in self._fetching:
-                self._fetching[cid] = trio.Event()
-                nursery.start_soon(self._read_ahead_one, cid)
+        fresh = list(dict.fromkeys(cid for cid in cids if cid not in self._fetching))
+        for cid in fresh:
+            self._fetching[cid] = trio.Event()
+        if fresh:
+            nursery.start_soon(self._read_ahead, fresh)
 
     async def fetch(self, cid: CID) -> bytes:
         """A block this node lacks, from the network (FIND_BLOCK; the driver
@@ -100,27 +102,48 @@ class NetworkBlockStore:
         has it. A block being read ahead is waited for, not fetched twice."""
         pending = self._fetching.get(cid)
         if pending is not None:  # being read ahead: wait for it, then look again
+            if self._node.replicator is not None:
+                self._node.replicator.hurry(cid)
             await pending.wait()
             try:
                 return bytes(await self._node.in_store_thread(self._store.blocks.get, cid))
             except BlockNotFoundError:
                 pass  # not kept (quota): fetch it ourselves
-        return await self._fetch_and_keep(cid)
+        return await self._fetch_and_keep(cid, urgent=True)
+
+    async def _read_ahead(self, cids: list[CID]) -> None:
+        store = self._store
+
+        def lacking() -> list[CID]:
+            return [cid for cid in cids if not store.blocks.has(cid)]
+
+        try:
+            missing = await self._node.in_store_thread(lacking)
+        except CasError:  # a background job's edge: the reader asks again and meets the error itself
+            missing = []
+        wanted = set(missing)
+        for cid in cids:
+            if cid not in wanted:
+                self._fetching.pop(cid).set()
+        replicator = self._node.replicator
+        if replicator is not None:
+            replicator.fetch_ahead(missing)  # wanted in the walk's order, before the tasks run
+        async with trio.open_nursery() as nursery:
+            for cid in missing:
+                nursery.start_soon(self._read_ahead_one, cid)
 
     async def _read_ahead_one(self, cid: CID) -> None:
         try:
-            async with self._limit:
-                if not await self.has(cid):
-                    await self._fetch_and_keep(cid)
-                    self.read_ahead_count += 1
+            await self._fetch_and_keep(cid)
+            self.read_ahead_count += 1
         except CasError:  # a background job's edge: the reader asks again and meets the error itself
             pass
         finally:
             self._fetching.pop(cid).set()
 
-    async def _fetch_and_keep(self, cid: CID) -> bytes:
+    async def _fetch_and_keep(self, cid: CID, *, urgent: bool = False) -> bytes:
         replicator = self._node.replicator
-        block = await replicator.fetch(cid) if replicator is not None else None
+        block = await replicator.fetch(cid, urgent=urgent) if replicator is not None else None
         if block is None:
             raise BlockNotFoundError(cid, "the repository nor on any node of the network")
         committer = self._node.group_commit

@@ -23,6 +23,7 @@ from ..cid import CID, parse_cid
 from ..control import schema as ops
 from ..dht.driver import FindResult
 from ..dht.ids import id_from_bytes, id_to_bytes, key_for_digest
+from .config import format_address
 from .ops_context import OpContext
 
 
@@ -38,7 +39,9 @@ def parse_target(text: str) -> tuple[int, CID | None]:
 
 async def id_(request: ops.Id, ctx: OpContext) -> dict[str, Any]:
     assert ctx.node.address is not None
+    announce = ctx.node.address.announce
     return {"id": ctx.node.address.node_id.hex(), "host": ctx.node.address.host, "port": ctx.node.address.port,
+            "announce": None if announce is None else format_address(*announce), "reachable": ctx.node.reachable,
             "peers": len(ctx.dht.table)}
 
 
@@ -145,7 +148,9 @@ async def replication_stats(request: ops.ReplicationStats, ctx: OpContext) -> di
             "quarantined": ctx.node.integrity.quarantined, "restored": ctx.node.integrity.restored,
             "unrecoverable": ctx.node.integrity.unrecoverable,
             "in_quarantine": await ctx.node.in_store_thread(lambda: len(store.quarantine)),
-            "scrubbed_bytes": ctx.node.integrity.scrubbed_bytes, "scrub_passes": ctx.node.integrity.scrub_passes}
+            "scrubbed_bytes": ctx.node.integrity.scrubbed_bytes, "scrub_passes": ctx.node.integrity.scrub_passes,
+            # blocks asked of their holders (cas.dht.fetch_plan), since the start
+            "fetches": r.fetcher.statistics()._asdict()}
 
 
 async def net_stats(request: ops.NetStats, ctx: OpContext) -> dict[str, Any]:
