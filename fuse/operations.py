@@ -80,8 +80,9 @@ _KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
 _KINDS = {bits: kind for kind, bits in _KIND_BITS.items()}
 
 MAX_SUBDIR_COUNTS = 100_000
-"""Directories (by CID) whose number of subdirectories the mount remembers
-for their link count, and files (by CID) the bytes they keep in blocks."""
+"""Directories (by inode) whose link count the mount remembers (kept true by
+its own changes, forgotten at another writer's), and files (by CID) the
+bytes they keep in blocks."""
 
 RELATIME_AGE = 24 * 3600 * 10**9
 """An atime older than this (ns) moves on the next read (relatime)."""
@@ -167,7 +168,7 @@ class CasOperations(pyfuse3.Operations):
         if not read_only:
             nursery.start_soon(self._store_in_background)
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._subdirs: dict[Any, int] = {}  # a committed directory's CID -> its subdirectories
+        self._subdirs: dict[int, int] = {}  # a directory inode -> its link count, once counted
         self._stored_bytes: dict[Any, int] = {}  # a large file's CID -> the bytes it keeps in blocks
         self._root_mode, self._root_meta = ROOT_MODE, NO_META  # the mount point's (docs/mount.md)
         self._noatime = noatime or read_only
@@ -225,7 +226,8 @@ class CasOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         size, mode, mtime, meta = node.size, node.mode, node.mtime, node.meta
         state: FileState | None = inode.state
-        stored = self._stored_bytes.get(node.cid) if node.cid is not None and size >= DENSE_BELOW else size
+        stored = (self._stored_bytes.get(node.cid) if node.kind == "file" and node.cid is not None
+                  and size >= DENSE_BELOW else size)
         blocks = ((size if stored is None else stored) + 511) // 512
         if state is not None:
             size, mode, mtime, meta = state.current_size(), state.mode, state.mtime, state.meta
@@ -239,9 +241,10 @@ class CasOperations(pyfuse3.Operations):
             # A directory's size is its own (as on ext4, a block), never the
             # bytes below it, which change when nothing in it did.
             size, blocks = DIRECTORY_SIZE, DIRECTORY_SIZE // 512
-            a.st_nlink = links if links is not None else 2
             if links is None:
-                a.attr_timeout = 0  # counted when asked for (getattr)
+                links = self._subdirs.get(inode.ino)
+            a.st_nlink = 2 if links is None else links
+            a.attr_timeout = ATTR_TIMEOUT if links is not None else 0  # 0: counted when asked for (getattr)
         else:
             a.st_nlink = 0 if inode.detached else meta.nlink
         a.st_uid = self._uid if meta.uid is None else meta.uid
@@ -267,17 +270,22 @@ class CasOperations(pyfuse3.Operations):
             return self._attr(inode, node)
         if node.kind != "dir":
             return self._attr(inode, node)
-        count = self._subdirs.get(node.cid) if node.cid is not None else None
-        if count is None:
+        links = self._subdirs.get(inode.ino)
+        if links is None:
             path = self.inodes.path_of(inode.ino)
             if path is None:
                 return self._attr(inode, node, 2)
-            count = sum(1 for entry in await self.view.list(path) if entry.kind == "dir")
-            if node.cid is not None:
-                if len(self._subdirs) >= MAX_SUBDIR_COUNTS:
-                    self._subdirs.clear()
-                self._subdirs[node.cid] = count
-        return self._attr(inode, node, 2 + count)
+            links = 2 + sum(1 for entry in await self.view.list(path) if entry.kind == "dir")
+            if len(self._subdirs) >= MAX_SUBDIR_COUNTS:
+                self._subdirs.clear()
+            self._subdirs[inode.ino] = links
+        return self._attr(inode, node, links)
+
+    def _subdir_moved(self, parent: int, by: int) -> None:
+        """Directory inode ``parent`` gained (or lost) ``by`` subdirectories
+        through the mount: its link count, if counted, follows."""
+        if parent in self._subdirs:
+            self._subdirs[parent] += by
 
     def _entry(self, parent: int, node: Node) -> pyfuse3.EntryAttributes:
         inode = self.inodes.lookup(parent, node.name, node.kind, node.meta.ino)
@@ -371,7 +379,10 @@ class CasOperations(pyfuse3.Operations):
             path = self._child(parent_inode, self._name(name))
             meta, setgid = await self._new_meta(parent_inode, ctx)
             node = await self._changing.mkdir(path, mode & 0o7777 | (stat.S_ISGID if setgid else 0), meta)
-            return self._attr(self.inodes.lookup(parent_inode, node.name, node.kind), node, 2)
+            self._subdir_moved(parent_inode, 1)
+            made = self.inodes.lookup(parent_inode, node.name, node.kind)
+            self._subdirs[made.ino] = 2
+            return self._attr(made, node, 2)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         with fuse_errors("symlink"):
@@ -422,6 +433,7 @@ class CasOperations(pyfuse3.Operations):
             text = self._name(name)
             await self._changing.rmdir(self._child(parent_inode, text))
             self.inodes.detach(parent_inode, text)
+            self._subdir_moved(parent_inode, -1)
 
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -432,14 +444,27 @@ class CasOperations(pyfuse3.Operations):
             old, new = self._name(name_old), self._name(name_new)
             src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
             if flags & pyfuse3.RENAME_EXCHANGE:
+                first, second = await self.view.resolve(src), await self.view.resolve(dst)
                 await self._changing.exchange(src, dst)
                 self.inodes.exchange(parent_inode_old, old, parent_inode_new, new)
+                moved = (first.kind == "dir") - (second.kind == "dir")
+                self._subdir_moved(parent_inode_old, -moved)
+                self._subdir_moved(parent_inode_new, moved)
                 return
             replaced = self.inodes.find(parent_inode_new, new)
+            moving = await self.view.resolve(src)
+            try:
+                there: Node | None = await self.view.resolve(dst)
+            except PathNotFoundError:
+                there = None
             no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
             if not await self._changing.rename(src, dst, no_replace=no_replace):
                 return
             self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
+            if moving.kind == "dir":  # a directory it replaced was one too: its new parent's count is as it was
+                self._subdir_moved(parent_inode_old, -1)
+                if there is None or there.kind != "dir":
+                    self._subdir_moved(parent_inode_new, 1)
             if replaced is not None and replaced.group is not None and not replaced.detached:
                 self._relinked(replaced, (await self._node_of(replaced)).meta)
 
@@ -505,9 +530,10 @@ class CasOperations(pyfuse3.Operations):
 
     async def _meta_of(self, inode: int) -> tuple[Inode, Meta]:
         found = self.inodes.get(inode)
-        node = await self._node_of(found)
         state: FileState | None = found.state
-        return found, state.meta if state is not None else node.meta
+        if state is not None:
+            return found, state.meta
+        return found, (await self._node_of(found)).meta
 
     def _xattr_name(self, raw: bytes) -> str:
         if not raw or len(raw) > MAX_XATTR_NAME:
@@ -517,9 +543,23 @@ class CasOperations(pyfuse3.Operations):
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.EINVAL) from None
 
+    async def _xattrs_of(self, inode: int) -> Meta:
+        """The metadata to read ``inode``'s extended attributes from: the
+        kernel asks for one before every write to a file (security.capability,
+        to know whether the write drops it) and ``ls -l`` for two per file,
+        so this answers from what the mount last saw of the inode (changes
+        elsewhere forget it), without a trip to the tree."""
+        found = self.inodes.get(inode)
+        if found.state is not None:
+            state: FileState = found.state
+            return state.meta
+        if found.last is not None and found.ino != ROOT_INODE:
+            return found.last.meta
+        return (await self._node_of(found)).meta
+
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         with fuse_errors("getxattr"):
-            _, meta = await self._meta_of(inode)
+            meta = await self._xattrs_of(inode)
             value = meta.xattr(self._xattr_name(name))
             if value is None:
                 raise pyfuse3.FUSEError(errno.ENODATA)
@@ -527,7 +567,7 @@ class CasOperations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         with fuse_errors("listxattr"):
-            _, meta = await self._meta_of(inode)
+            meta = await self._xattrs_of(inode)
             return [key.encode() for key, _ in meta.xattrs]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -944,6 +984,7 @@ class CasOperations(pyfuse3.Operations):
         cache of the old version is never read for the new one). The kernel
         forgets every name and attribute it cached, so new lookups and
         listings see the new root now rather than after ATTR_TIMEOUT."""
+        self._subdirs.clear()
         names: list[tuple[int, bytes]] = []
         for found in self.inodes:
             if found.parent is None or found.detached:
@@ -952,6 +993,9 @@ class CasOperations(pyfuse3.Operations):
             if found.kind == "file" and (found.opens or found.state is not None):
                 self.inodes.detach(found.parent, found.name)
         attached = [found.ino for found in self.inodes if not found.detached]
+        for found in self.inodes:
+            if not found.detached and found.state is None:
+                found.last = None  # of the old root
         # In a worker thread: invalidating an entry waits for the kernel's
         # requests about it in flight, which this (trio) thread answers.
         await trio.to_thread.run_sync(_invalidate, names, attached, abandon_on_cancel=True)
@@ -961,6 +1005,7 @@ class CasOperations(pyfuse3.Operations):
         the node: the kernel forgets the names, attributes and pages it
         cached of them, so the mount shows the change now (with the
         writeback cache it would keep its own copy of a file otherwise)."""
+        self._subdirs.clear()
         if isinstance(self.tree, MountTree):
             self.tree.forget_root()
         if isinstance(self.view, MountView):
@@ -983,6 +1028,10 @@ class CasOperations(pyfuse3.Operations):
                     if found is None:
                         break
                     ino = found.ino
+        for ino in inodes:  # what the mount saw of them is not current any more
+            found = self.inodes.get(ino)
+            if not found.detached and found.state is None:
+                found.last = None
         if names or inodes:
             # In a worker thread: invalidating waits for the kernel's
             # requests about the inode in flight, which this thread answers.
