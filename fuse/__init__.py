@@ -8,6 +8,10 @@ Modules, each with one concern:
 
 * :mod:`.inodes`     the inode table: inode numbers <-> namespace names,
   kernel lookup counts, ``forget``; plain Python, no I/O.
+* :mod:`.pending`    the overlay of changes not yet committed (sans-IO);
+  :mod:`.view` applies changes to it and answers reads from it first.
+* :mod:`.links`      where each hard-linked inode's names are (sans-IO).
+* :mod:`.acl`        what a POSIX access ACL makes of a file's mode.
 * :mod:`.handles`    open files: the shared bounded block cache, one reader
   per open file with read-ahead, and writes staged in a temporary file.
 * :mod:`.tree`       the namespace as the mount sees it: path resolution with
