@@ -42,6 +42,7 @@ anything by itself, and never calls FUSE.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -231,6 +232,10 @@ class Staging:
 
     MEMORY_FILE = 1 << 20
     MEMORY_TOTAL = 64 << 20
+    RESERVE = 4 << 20
+    """Bytes of the disk left, beyond what is staged in memory, for what
+    storing and committing it writes besides (pack headers, the metadata
+    database, directory blocks)."""
     _in_memory = 0  # bytes held by every Staging in memory, in this process
     _lock = threading.Lock()
 
@@ -271,11 +276,24 @@ class Staging:
         self.fd, self._buffer = fd, None
         self._release()
 
+    def _check_room(self, before: int) -> None:
+        """Raise ENOSPC (as a local disk does at write), back at ``before``
+        bytes held, unless the disk can take everything staged in memory:
+        it goes there when stored, and a write accepted now must not fail
+        later, when no one is told."""
+        st = os.statvfs(self._directory if self._directory.exists() else self._directory.parent)
+        if Staging._in_memory + self.RESERVE > st.f_bavail * st.f_frsize:
+            self._hold(before)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def write(self, offset: int, data: bytes) -> int:
         end = offset + len(data)
+        held = self._held
         if self._buffer is not None and not self._hold(max(self.size, end)):
             self._spill()
         if self._buffer is not None:
+            if end > len(self._buffer):
+                self._check_room(held)
             if offset > len(self._buffer):
                 self._buffer.extend(bytes(offset - len(self._buffer)))  # a hole reads as zeros
             self._buffer[offset:end] = data

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..cid import CID
-from ..errors import MountError
+from ..errors import CasError, MountError
 from . import require_pyfuse3
 from .mountd import MountConfig, fuse_options, tune_read_ahead
 
@@ -158,10 +158,24 @@ class ServedMount:
     # -- committing ---------------------------------------------------------------
 
     async def _commit_every_interval(self, ops: CasOperations) -> None:
-        """Commit what the mount changed, one version per interval at most."""
+        """Commit what the mount changed, one version per interval at most.
+        A commit that fails (a full disk) is said once and tried again each
+        interval: the changes stay pending, the mount goes on, and an fsync
+        meanwhile reports the error to its caller."""
+        failing = False
         while True:
             await trio.sleep(self.config.commit_interval)
-            await ops.flush_changes()
+            try:
+                await ops.flush_changes()
+            except (CasError, OSError) as exc:
+                if not failing:
+                    log.error("cannot commit the mount's changes, trying again every %.3g s: %s",
+                              self.config.commit_interval, exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("the mount's changes are committed again")
+                failing = False
 
     async def flush(self) -> None:
         """Commit the mount's pending changes now: before another writer's

@@ -578,3 +578,37 @@ def test_a_tree_copied_in_and_out_keeps_every_attribute(mnt: Path, tmp_path: Pat
     copy(mounted_copy, back)
     diffs = differences(local, back)
     assert not diffs, "\n".join(diffs)
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_enospc_at_the_write_and_loses_nothing_written(tmp_path: Path) -> None:
+    import subprocess
+
+    if os.geteuid() != 0:
+        skip_unless_ci("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)
+    try:
+        repo, written, failed = disk / "repo", [], None
+        with mounted(repo, tmp_path / "mnt") as m:
+            for i in range(200):  # 100 MB into 24 MB
+                data = os.urandom(500_000)
+                try:
+                    (m / f"f{i:03}").write_bytes(data)
+                except OSError as exc:
+                    failed = exc
+                    break
+                written.append(data)
+            assert failed is not None and failed.errno == errno.ENOSPC
+            assert len(written) > 10
+            (m / "after").mkdir()  # the mount goes on
+        with mounted(repo, tmp_path / "mnt") as m:
+            for i, data in enumerate(written):
+                assert (m / f"f{i:03}").read_bytes() == data, i
+            assert (m / "after").is_dir()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
