@@ -459,6 +459,8 @@ class MountView(ReadView):
                 self._known = Built({}, {})
             self._known_root = done.state.root
             self._known.dirs.update(done.built.dirs)
+            for changed in [(), *done.built.dirs]:  # a listing this commit changed but did not learn whole is stale
+                self._known.listings.pop(changed, None)
             self._known.listings.update(done.built.listings)
             return done.state
 
