@@ -31,7 +31,7 @@ from tests.namespace_mix import (
 )
 from tests.nodeproc import Daemons
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 CLIENTS = 16
 SECONDS = 15.0
