@@ -42,22 +42,39 @@ def skip_unless_ci(reason: str) -> None:
 #   with one worker on a long test while the others are idle.
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    # Before every other plugin's hook (xdist's reads the marks):
     for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if item.get_closest_marker("heavy") is not None:
-            item.add_marker(pytest.mark.xdist_group("heavy"))
-            continue
-        if info is None:
-            continue
-        for name in item.fixturenames:
-            defs = info.name2fixturedefs.get(name)
-            if defs and defs[-1].scope in ("module", "class", "package"):
-                item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{name}"))
-                break
-    if hasattr(config, "workerinput"):  # a worker of pytest -n
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+        group = _group_of(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    # After them (pytest's own reorders by fixture):
+    if not hasattr(config, "workerinput"):  # not a worker of pytest -n
+        return
+    if config.getvalue("loadgroup"):
+        for item in items:
+            mark = item.get_closest_marker("xdist_group")
+            if mark is not None and "@" not in item.nodeid and hasattr(item, "_id"):
+                # What xdist (3.8) does by setting item._nodeid, which pytest
+                # 9.2 no longer reads: the group is the nodeid's suffix.
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(f"{item.nodeid}@{mark.args[0]}")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+
+
+def _group_of(item: pytest.Item) -> str | None:
+    """The group a test runs in (see above), or ``None`` for any worker."""
+    if item.get_closest_marker("heavy") is not None:
+        return "heavy"
+    info = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames if info is not None else ():
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return f"{item.path.stem}.{name}"
+    return None
 
 
 # -- the IPFS JavaScript stack (tests/js) ----------------------------------------
