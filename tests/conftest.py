@@ -61,7 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 # 9.2 no longer reads: the group is the nodeid's suffix.
                 from _pytest.nodeid import NodeId
 
-                item._id = NodeId.parse(f"{item.nodeid}@{mark.args[0]}")
+                name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+                item._id = NodeId.parse(f"{item.nodeid}@{name}")
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 
 
