@@ -24,6 +24,60 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+# -- running in parallel (pytest -n N, as scripts/test does) -----------------
+#
+# pytest-xdist runs the tests in N worker processes. Whatever a test makes is
+# its own (tmp_path, port 0, its own namespaces and mounts), so tests meet
+# only in the scheduling below:
+#
+# - the tests marked heavy (tens of daemons, sixteen clients racing for one
+#   repository: most of both cores for a minute) are one group, run one
+#   after another by one worker: two of them at once would each take three
+#   times as long and crowd out the timing of everything else;
+# - a test that uses a module-scoped fixture (a network of daemons, a big
+#   file built once) is grouped with the module's other users of it, so that
+#   one worker builds it once (with --dist loadgroup), not every worker that
+#   got one of them;
+# - the tests marked slow are handed out first, so that the run does not end
+#   with one worker on a long test while the others are idle.
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    # Before every other plugin's hook (xdist's reads the marks):
+    for item in items:
+        group = _group_of(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    # After them (pytest's own reorders by fixture):
+    if not hasattr(config, "workerinput"):  # not a worker of pytest -n
+        return
+    if config.getvalue("loadgroup"):
+        for item in items:
+            mark = item.get_closest_marker("xdist_group")
+            if mark is not None and "@" not in item.nodeid and hasattr(item, "_id"):
+                # What xdist (3.8) does by setting item._nodeid, which pytest
+                # 9.2 no longer reads: the group is the nodeid's suffix.
+                from _pytest.nodeid import NodeId
+
+                name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+                item._id = NodeId.parse(f"{item.nodeid}@{name}")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+
+
+def _group_of(item: pytest.Item) -> str | None:
+    """The group a test runs in (see above), or ``None`` for any worker."""
+    if item.get_closest_marker("heavy") is not None:
+        return "heavy"
+    info = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames if info is not None else ():
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return f"{item.path.stem}.{name}"
+    return None
+
+
 # -- the IPFS JavaScript stack (tests/js) ----------------------------------------
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -36,18 +90,27 @@ one (installed before it was added) is installed again from the lock file."""
 @pytest.fixture(scope="session")
 def node_js() -> str:
     """The node binary, with tests/js/node_modules installed from the lock file."""
+
+    import fcntl
     import shutil
 
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         skip_unless_ci("node and npm are needed for the IPFS compatibility tests")
-    if not all((JS_DIR / "node_modules" / package).is_dir() for package in JS_PACKAGES):
-        install = subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
-            capture_output=True, text=True, timeout=300,
-        )
-        if install.returncode != 0:
-            skip_unless_ci(f"npm ci in tests/js failed: {install.stderr.strip()[-500:]}")
+    # Parallel workers (pytest -n) each ask: one installs while the others
+    # wait on the lock, then find node_modules complete.
+    lock = os.open(JS_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((JS_DIR / "node_modules" / package).is_dir() for package in JS_PACKAGES):
+            install = subprocess.run(
+                [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
+                capture_output=True, text=True, timeout=300,
+            )
+            if install.returncode != 0:
+                skip_unless_ci(f"npm ci in tests/js failed: {install.stderr.strip()[-500:]}")
+    finally:
+        os.close(lock)  # and with it the lock
     return node  # type: ignore[return-value]
 
 

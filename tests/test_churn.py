@@ -39,7 +39,7 @@ from cas.dht.ids import key_for_digest
 from tests.conftest import pseudo_random, run_cas
 from tests.nodeproc import Daemon, Daemons, dag_of, replication_stats, start_network
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(300)]
 
 NODES = 40
 KILLED = 20

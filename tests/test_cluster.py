@@ -147,6 +147,7 @@ def test_a_reader_asks_the_nodes_placement_chose_directly_one_message_per_block(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_reader_gets_every_block_while_holders_are_frozen(tmp_path: Path, daemons: Daemons) -> None:
     """Holders frozen with SIGSTOP (connected, silent: the slowest a peer
     can be) never stall a read: each block comes from a holder that answers."""
@@ -186,6 +187,7 @@ def test_a_reader_gets_every_block_while_holders_are_frozen(tmp_path: Path, daem
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_64_mib_added_on_one_node_of_ten_reads_back_from_every_other_after_kill_9(
         tmp_path: Path, daemons: Daemons) -> None:
     first = daemons.start(tmp_path / "n0", extra=REPAIR)
@@ -257,6 +259,7 @@ def live_copies(blocks: list[CID], live: list[Daemon]) -> dict[CID, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(420)
 def test_churn_a_third_of_twenty_nodes_replaced_one_at_a_time_loses_nothing(
         tmp_path: Path, daemons: Daemons) -> None:

@@ -258,14 +258,21 @@ def test_a_peer_silent_past_the_hard_timeout_fails_the_query_and_is_counted() ->
 
 
 def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None:
+    asked, answered = [0], [0]
+    release = trio.Event()
+
     class Slow(DhtDriver):
+        """Answers only once the test releases it (after the lookup is over)."""
+
         def answer_now(self, requester: int, request: msg.Request) -> msg.Response | None:
             return None
 
         async def answer(self, requester: int, request: msg.Request, contact: Contact | None = None) -> msg.Response:
-            await trio.sleep(0.3)
+            asked[0] += 1
+            await release.wait()
             answer = DhtDriver.answer_now(self, requester, request)
             assert answer is not None
+            answered[0] += 1
             return answer
 
     async def main() -> None:
@@ -275,10 +282,24 @@ def test_a_lookup_cancelled_midway_ignores_the_answers_that_come_after() -> None
             for node in slow[:3]:
                 seeker.seen(net.contact(node))
                 node.seen(net.contact(slow[3]))  # answers that would open a new query
-            with trio.move_on_after(0.1) as scope:
-                await seeker.find_node(slow[0].own_id)
+            scope = trio.CancelScope()
+
+            async def lookup() -> None:
+                with scope:
+                    await seeker.find_node(slow[0].own_id)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lookup)
+                with trio.fail_after(30):  # the lookup's three queries, all waiting
+                    while asked[0] < 3:
+                        await trio.sleep(0.01)
+                scope.cancel()  # the lookup is over
             assert scope.cancelled_caught
-            await trio.sleep(0.6)  # the answers arrive now, for a lookup that is over
+            release.set()  # the answers arrive now, for a lookup that is over
+            with trio.fail_after(30):
+                while answered[0] < 3:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.3)  # and reach the seeker
             for node in slow[:3]:
                 connection = seeker.pool.open_to(node.own_id)
                 assert connection is not None  # not closed

@@ -59,6 +59,7 @@ def check_lookups(live: list[Daemon], ids: dict[int, int], rng: random.Random) -
             assert got == expected, f"node {ids[daemon.pid]:x} looking up {key:x}"
 
 
+@pytest.mark.heavy
 def test_thirty_daemons_find_the_k_closest_live_nodes_before_and_after_a_third_die(
         tmp_path: Path, daemons: Daemons) -> None:
     rng = random.Random(30)

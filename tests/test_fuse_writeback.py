@@ -217,10 +217,16 @@ def test_kill_9_during_git_commits_leaves_a_readable_tree_and_a_clean_repository
         subprocess.run(["git", "init", "-q", str(work)], check=True, env=env)
         script = ("set -e; cd \"$1\"; for n in $(seq 1 200); do for i in $(seq 1 10); do "
                   "echo \"$n $i\" > f$i.txt; done; git add -A; git commit -qm \"c$n\"; done")
-        git = subprocess.Popen(["bash", "-c", script, "git", str(work)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        git_err = tmp_path / "git.err"
+        with open(git_err, "wb") as err:
+            git = subprocess.Popen(["bash", "-c", script, "git", str(work)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=err)
         target = random.Random(seed).randrange(2, 30)  # a moment the test does not choose
-        wait_for(lambda: _written_round(work / "f7.txt") >= target, timeout=60, what=f"commit {target}")
+        # A deadline for progress only (~12 processes a round through the
+        # mount: slow on a busy machine); git ending first is the failure.
+        wait_for(lambda: _written_round(work / "f7.txt") >= target or git.poll() is not None, timeout=300,
+                 what=f"commit {target}")
+        assert git.poll() is None, f"git stopped before commit {target}: {git_err.read_text(errors='replace')}"
         kill_9(m)
         git.wait(timeout=60)  # it fails, the mount gone under it
         run_cas("umount", str(m), repo=repo)

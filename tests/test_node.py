@@ -187,9 +187,13 @@ def test_dht_find_of_a_cid_says_which_close_nodes_hold_the_block(tmp_path: Path,
 
 
 def test_a_node_whose_id_shows_too_little_work_is_refused_and_never_listed(tmp_path: Path, daemons: Daemons) -> None:
-    demanding = daemons.start(tmp_path / "demanding", extra=["--id-difficulty", "16"])
+    # A new identity of difficulty 16 is ~65,000 hashes on average, and a
+    # draw of several times that is not rare: on a busy machine it can take
+    # longer than the usual 30 s before the node is ready.
+    demanding = daemons.start(tmp_path / "demanding", extra=["--id-difficulty", "16"], timeout=180)
     cheap = daemons.start(tmp_path / "cheap", bootstrap=[demanding.address], extra=["--id-difficulty", "0"])
-    worked = daemons.start(tmp_path / "worked", bootstrap=[demanding.address], extra=["--id-difficulty", "16"])
+    worked = daemons.start(tmp_path / "worked", bootstrap=[demanding.address], extra=["--id-difficulty", "16"],
+                           timeout=180)
     assert "bootstrap failed" in cheap.stderr() and "work" in cheap.stderr()
     listed = {p["id"] for p in json.loads(run_cas("peers", "--json", repo=demanding.repo).stdout)}
     assert worked.node_id in listed and cheap.node_id not in listed
