@@ -509,6 +509,8 @@ class CasOperations(pyfuse3.Operations):
             state.mode = state.mode if mode is None else mode
             state.mtime = state.mtime if mtime is None else mtime
             state.meta, state.meta_dirty = meta, True
+            if not state.dirty and found.ino not in self._to_store:
+                await self._commit(found)  # its content is stored already: the change goes to the tree now
             return
         if found.ino == ROOT_INODE:  # the mount point's own: kept while mounted
             self._root_mode = self._root_mode if mode is None else mode
@@ -954,11 +956,13 @@ class CasOperations(pyfuse3.Operations):
         state: FileState = found.state
         try:
             with fuse_errors("release"):
-                if handle.writable:
-                    if state.staging is not None and state.dirty:
-                        self._queue_store(found)
-                    else:
-                        await self._commit(found)
+                if handle.writable and state.staging is not None and state.dirty:
+                    self._queue_store(found)
+                elif handle.writable or state.meta_dirty:
+                    # A chmod, chown or utime through any handle (a read-only
+                    # one too: rsync's fchmod) waits in the state while it is
+                    # staged; it is committed before the state can go.
+                    await self._commit(found)
         finally:
             state.handles.discard(fh)
             if not state.handles and found.ino not in self._to_store:

@@ -239,6 +239,26 @@ def test_times_are_kept_in_nanoseconds_across_a_remount(tmp_path: Path, repo: Pa
     assert (after.st_uid, after.st_gid) == (12, 34)
 
 
+def test_a_change_through_a_read_only_handle_of_a_file_just_written_is_kept(tmp_path: Path, repo: Path) -> None:
+    # rsync's order: write a file, close it, open it read-only, fchown and
+    # fchmod through that handle, close it. The file's content was stored
+    # (here by an fsync) while the read-only handle kept it open.
+    if os.geteuid() != 0:
+        skip_unless_ci("the POSIX suite runs as root")
+    with mounted(repo, tmp_path / "mnt") as m:
+        writer = os.open(m / "f", os.O_CREAT | os.O_WRONLY, 0o700)
+        reader = os.open(m / "f", os.O_RDONLY)
+        os.write(writer, b"x")
+        os.close(writer)
+        os.fsync(reader)
+        os.fchown(reader, 1000, 1001)
+        os.fchmod(reader, 0o4755)
+        os.close(reader)
+        assert (stat.S_IMODE(ns(m / "f").st_mode), ns(m / "f").st_uid) == (0o4755, 1000)
+    with mounted(repo, tmp_path / "mnt") as m:
+        assert (stat.S_IMODE(ns(m / "f").st_mode), ns(m / "f").st_uid, ns(m / "f").st_gid) == (0o4755, 1000, 1001)
+
+
 def test_reads_set_the_access_time_as_relatime_does(mnt: Path) -> None:
     f = mnt / "f"
     f.write_bytes(b"x")
@@ -523,7 +543,7 @@ def _tree(top: Path) -> None:
         out.write(b"middle")
     os.symlink("a", top / "link")
     os.lchown(top / "link", 5, 6)
-    (top / ("é" * 127)).write_bytes(b"a 254-byte UTF-8 name")
+    (top / ("é" * 127 + "x")).write_bytes(b"a 255-byte UTF-8 name, the longest there is")
     (top / "many").mkdir()
     for i in range(1000):
         (top / "many" / f"{i:04}").write_bytes(b"")
