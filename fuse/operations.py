@@ -516,9 +516,8 @@ class CasOperations(pyfuse3.Operations):
             self._root_mode = self._root_mode if mode is None else mode
             self._root_meta = replace(meta, atime=None)
             return
-        path = self.inodes.path_of(found.ino)
-        if path is not None:
-            found.last = await self._changing.set_meta(path, mode=mode, mtime=mtime, meta=meta)
+        found.last = await self._changing.set_meta(partial(self.inodes.path_of, found.ino), mode=mode, mtime=mtime,
+                                                   meta=meta) or found.last
         if state is not None:
             state.mode = state.mode if mode is None else mode
             state.mtime = state.mtime if mtime is None else mtime
@@ -841,10 +840,9 @@ class CasOperations(pyfuse3.Operations):
         async with self._lock(found.ino):
             if state.meta_dirty:
                 state.meta_dirty = False
-                path = self.inodes.path_of(found.ino)
-                if path is not None:
-                    found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime,
-                                                               meta=state.meta)
+                found.last = await self._changing.set_meta(
+                    partial(self.inodes.path_of, found.ino), mode=state.mode, mtime=state.mtime, meta=state.meta,
+                ) or found.last
 
     async def _store_and_link(self, batch: list[Inode]) -> list[tuple[FileState, Exception]]:
         """Store the staged content of the dirty files of ``batch`` in one
@@ -871,6 +869,7 @@ class CasOperations(pyfuse3.Operations):
                 for _, _, stream, *_ in taken:
                     stream.close()
             failures: list[tuple[FileState, Exception]] = []
+            linked: list[tuple[Inode, FileState]] = []
             for at, ((found, state, _, mode, mtime, meta), done) in enumerate(zip(taken, stored, strict=True)):
                 state.cid, state.size = done.cid, done.size
                 try:
@@ -884,12 +883,17 @@ class CasOperations(pyfuse3.Operations):
                         left.dirty = True
                     raise
                 found.last = node or found.last
-                while state.meta_dirty and not state.dirty:  # chmod, chown, utime... while it was stored
+                linked.append((found, state))
+            # A chmod, chown or utime of any of them while the batch was
+            # stored or linked waited in its state (set_meta, above): applied
+            # until none is left, with no checkpoint after the last look, so
+            # none can arrive between it and the caller dropping the states.
+            while changed := [(found, state) for found, state in linked if state.meta_dirty and not state.dirty]:
+                for found, state in changed:
                     state.meta_dirty = False
-                    path = self.inodes.path_of(found.ino)
-                    if path is not None:
-                        found.last = await self._changing.set_meta(path, mode=state.mode, mtime=state.mtime,
-                                                                   meta=state.meta)
+                    found.last = await self._changing.set_meta(
+                        partial(self.inodes.path_of, found.ino), mode=state.mode, mtime=state.mtime, meta=state.meta,
+                    ) or found.last
             return failures
 
     # -- storing closed files in the background ----------------------------------------

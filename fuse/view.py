@@ -397,11 +397,17 @@ class MountView(ReadView):
         assert isinstance(entry, DirEntry)
         return replace(entry, name=new_name, meta=_changed(entry.meta, entry.mtime, now))
 
-    async def set_meta(self, path: str, *, mode: int | None = None, mtime: int | None = None,
-                       meta: Meta | None = None) -> Node:
+    async def set_meta(self, where: Callable[[], str | None], *, mode: int | None = None, mtime: int | None = None,
+                       meta: Meta | None = None) -> Node | None:
         """Change the mode, mtime and/or the rest of the metadata (``meta``,
-        whole; its ctime as given) of what ``path`` names."""
+        whole; its ctime as given) of what the path ``where()`` gives names.
+        As for :meth:`link_file`, ``where`` is asked once no other change
+        runs (a rename finished meanwhile is seen); None (unlinked): nothing
+        is changed, and None is returned."""
         async with self._lock:
+            path = where()
+            if path is None:
+                return None
             node = await self.resolve(path)
             parts = tuple(split_path(path))
             if not parts:

@@ -263,6 +263,37 @@ def test_a_change_through_a_read_only_handle_of_a_file_just_written_is_kept(tmp_
                 (0o4755, 1000, 1001), name
 
 
+def test_owner_mode_and_times_set_after_close_survive_a_rename_made_while_the_file_is_stored(
+        tmp_path: Path, repo: Path) -> None:
+    # rsync's order for each file: write a temporary name, close it (the
+    # mount stores it in the background), chown, utime and chmod it by
+    # path, rename it to its name. Whichever moment the background store
+    # reaches each step, the file keeps what was set last.
+    if os.geteuid() != 0:
+        skip_unless_ci("the POSIX suite runs as root")
+    with mounted(repo, tmp_path / "mnt") as m:
+        for i in range(600):
+            d = m / f"d{i % 6}"
+            d.mkdir(exist_ok=True)
+            temporary = d / f".f{i}.tmp"
+            fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.write(fd, b"x" * (100 + i))
+            os.close(fd)
+            os.lchown(temporary, 1000 + i % 3, 1001)
+            os.utime(temporary, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000 + i))
+            os.chmod(temporary, 0o644)
+            os.rename(temporary, d / f"f{i}")
+
+    with mounted(repo, tmp_path / "mnt") as m:
+        wrong = []
+        for i in range(600):
+            st = ns(m / f"d{i % 6}" / f"f{i}")
+            if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) != (0o644, 1000 + i % 3,
+                                                                           1_600_000_000_000_000_000 + i):
+                wrong.append(f"f{i}: {stat.S_IMODE(st.st_mode):o} {st.st_uid} {st.st_mtime_ns}")
+        assert wrong == []
+
+
 def test_reads_set_the_access_time_as_relatime_does(mnt: Path) -> None:
     f = mnt / "f"
     f.write_bytes(b"x")
