@@ -246,7 +246,7 @@ class MountTree(TreeReader):
         ``on_commit(stored)``. Returns the root committed and what the
         build learnt of the directories it wrote."""
         self.empty_file()  # an entry made by create may name it
-        built = Built({}, {})
+        built = Built.empty()
 
         def make(state: RootState) -> CID:
             # Over the newest root: if another writer committed since the
@@ -254,6 +254,7 @@ class MountTree(TreeReader):
             # name, the mount's entry is the one kept.
             built.dirs.clear()
             built.listings.clear()
+            built.gone.clear()
             return self._build(pending, state.root, (), built)[0]
 
         state = self.namespace.commit_made(make)
@@ -288,6 +289,10 @@ class MountTree(TreeReader):
                                                                      meta=item.meta)
             else:
                 changes[name] = item
+                if item is not None and item.kind == "dir":  # moved here, or its attributes changed
+                    built.dirs[(*path, name)] = item
+                else:  # no directory here any more (what was known below it neither)
+                    built.gone.add((*path, name))
         if base is None:
             entries = [entry for entry in changes.values() if entry is not None]
             summary = dirtree.build(self.blocks, entries)
@@ -313,11 +318,17 @@ class MountTree(TreeReader):
 
 class Built(NamedTuple):
     """What a commit learnt of the directories it wrote, by path: the
-    entry of each (but the root's), and the whole listing of those it
-    built from all their entries (at most ``MAX_KNOWN_LISTING``)."""
+    entry of each (but the root's), the whole listing of those it built
+    from all their entries (at most ``MAX_KNOWN_LISTING``), and the paths
+    where no directory is any more (removed, or a file now)."""
 
     dirs: dict[tuple[str, ...], DirEntry]
     listings: dict[tuple[str, ...], dict[str, DirEntry]]
+    gone: set[tuple[str, ...]]
+
+    @classmethod
+    def empty(cls) -> Built:
+        return cls({}, {}, set())
 
 
 class CommitResult(NamedTuple):

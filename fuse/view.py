@@ -88,7 +88,7 @@ class MountView(ReadView):
         # What the last commit wrote, while no other writer has changed the
         # namespace since: spares the store the questions it would answer.
         self._known_root: CID | None = None
-        self._known = Built({}, {})
+        self._known = Built.empty()
         self._root_mtime: int | None = None  # the root's own, from the last commit that changed it
         self._links = LinkIndex()
 
@@ -128,7 +128,7 @@ class MountView(ReadView):
     def forget_known(self) -> None:
         """Another writer changed the namespace: what the last commit wrote
         is no longer known to be current."""
-        self._known_root, self._known, self._root_mtime = None, Built({}, {}), None
+        self._known_root, self._known, self._root_mtime = None, Built.empty(), None
         self._links.forget()
 
     async def _existing(self, path: str) -> Node | None:
@@ -462,8 +462,13 @@ class MountView(ReadView):
             self.overlay.clear()
             self._stored = []
             if len(self._known.listings) + len(done.built.listings) > MAX_KNOWN:
-                self._known = Built({}, {})
+                self._known = Built.empty()
             self._known_root = done.state.root
+            if done.built.gone:  # what was known at or below a path where no directory is now is stale
+                gone = done.built.gone
+                for known in (self._known.dirs, self._known.listings):
+                    for path in [path for path in known if any(path[:i] in gone for i in range(1, len(path) + 1))]:
+                        del known[path]
             self._known.dirs.update(done.built.dirs)
             for changed in [(), *done.built.dirs]:  # a listing this commit changed but did not learn whole is stale
                 self._known.listings.pop(changed, None)

@@ -38,3 +38,51 @@ def test_a_file_made_in_a_directory_the_last_commit_listed_is_found_after_the_ne
             tree.close()
 
     trio.run(main)
+
+
+def test_a_directorys_mode_set_in_one_commit_is_kept_when_a_later_one_writes_in_it(tmp_path: Path) -> None:
+    # rsync's order: a directory made 0700 and filled, committed; chmod to
+    # 0755 alone (an entry changed in its parent), committed; a file added
+    # in it, committed. What the view knew of the directory from the first
+    # commit is stale after the second and must not bring 0700 back.
+    async def main() -> None:
+        with LocalStore.open(tmp_path / "repo") as store:
+            tree = MountTree(store)
+            view = MountView(tree, _run)
+            await view.mkdir("/top", 0o755)
+            await view.mkdir("/top/d", 0o700)
+            await view.create("/top/d/a", 0o644, exclusive=True)
+            await view.flush()
+            await view.set_meta(lambda: "/top/d", mode=0o755)
+            await view.flush()
+            await view.create("/top/d/b", 0o644, exclusive=True)
+            await view.flush()
+            assert (await view.resolve("/top/d")).mode == 0o755
+            tree.close()
+        with LocalStore.open(tmp_path / "repo") as store:
+            tree = MountTree(store)
+            assert (await MountView(tree, _run).resolve("/top/d")).mode == 0o755
+            tree.close()
+
+    trio.run(main)
+
+
+def test_a_directory_removed_in_one_commit_is_not_brought_back_by_a_later_one(tmp_path: Path) -> None:
+    async def main() -> None:
+        with LocalStore.open(tmp_path / "repo") as store:
+            tree = MountTree(store)
+            view = MountView(tree, _run)
+            await view.mkdir("/top", 0o755)
+            await view.mkdir("/top/d", 0o700)
+            await view.flush()
+            await view.rename("/top/d", "/top/e", no_replace=False)
+            await view.flush()
+            await view.mkdir("/top/d", 0o750)
+            await view.create("/top/d/new", 0o644, exclusive=True)
+            await view.flush()
+            assert (await view.resolve("/top/d")).mode == 0o750
+            assert [entry.name for entry in await view.list("/top/d")] == ["new"]
+            assert (await view.resolve("/top/e")).mode == 0o700
+            tree.close()
+
+    trio.run(main)
