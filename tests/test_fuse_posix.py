@@ -639,6 +639,37 @@ def test_a_tree_copied_in_and_out_keeps_every_attribute(mnt: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_rsync_of_a_tree_of_thousands_of_files_arrives_with_every_attribute(
+        tmp_path: Path, repo: Path) -> None:
+    # Volume matters: the background store, the commit interval and rsync's
+    # renames and late chmods of directories meet only with many files.
+    import random
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        skip_unless_ci("the POSIX suite runs as root")
+    if shutil.which("rsync") is None:
+        skip_unless_ci("rsync is not installed (scripts/setup-env --test installs it)")
+    rng = random.Random(17)
+    source = tmp_path / "source"
+    for d in range(150):
+        directory = source / f"pkg{d % 15}" / f"sub{d}" / "__pycache__"
+        directory.mkdir(parents=True)
+        for f in range(20):
+            path = directory.parent / f"m{f}.py" if f % 2 else directory / f"m{f}.pyc"
+            path.write_bytes(rng.randbytes(rng.randrange(10, 3000)))
+            os.chmod(path, rng.choice([0o644, 0o600, 0o755, 0o444]))
+            os.utime(path, ns=(1_600_000_000_000_000_000 + f, 1_600_000_000_000_000_000 + d * 100 + f))
+        os.chmod(directory, rng.choice([0o755, 0o750, 0o700]))
+    with mounted(repo, tmp_path / "mnt") as m:
+        subprocess.run(["rsync", "-a", f"{source}/", f"{m / 'copy'}/"], check=True)
+        assert compare_trees(source, m / "copy", top=False) == []
+    with mounted(repo, tmp_path / "mnt") as m:
+        assert compare_trees(source, m / "copy", top=False) == []
+
+
+@pytest.mark.slow
 def test_a_full_disk_is_enospc_at_the_write_and_loses_nothing_written(tmp_path: Path) -> None:
     import subprocess
 
