@@ -464,8 +464,10 @@ class MountView(ReadView):
             if len(self._known.listings) + len(done.built.listings) > MAX_KNOWN:
                 self._known = Built.empty()
             self._known_root = done.state.root
-            if done.built.gone:  # what was known at or below a path where no directory is now is stale
-                gone = done.built.gone
+            # What was known at or below a path where no directory is now is
+            # stale (a directory is known whenever one below it is).
+            gone = {path for path in done.built.gone if path in self._known.dirs or path in self._known.listings}
+            if gone:
                 for known in (self._known.dirs, self._known.listings):
                     for path in [path for path in known if any(path[:i] in gone for i in range(1, len(path) + 1))]:
                         del known[path]
