@@ -418,7 +418,7 @@ class MountView(ReadView):
                 return node
             pending_dir = self.overlay.directory(parts) is not None  # its entry is made at the commit
             entry = None if pending_dir else node.to_entry(parts[-1])
-            if meta is not None and node.meta.ino is not None:  # the group's names and count are the tree's
+            if meta is not None:  # the group's names and count are the tree's, whatever the caller last saw
                 meta = replace(meta, ino=node.meta.ino, nlink=node.meta.nlink)
             self.overlay.set_attributes(parts, entry, await self._supply(parts[:-1]), mode, mtime, meta)
             changed = await self.resolve(path)
