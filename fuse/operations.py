@@ -962,11 +962,12 @@ class CasOperations(pyfuse3.Operations):
             with fuse_errors("release"):
                 if handle.writable and state.staging is not None and state.dirty:
                     self._queue_store(found)
-                elif handle.writable or (state.meta_dirty and found.ino not in self._to_store):
+                elif handle.writable or (state.meta_dirty and not state.dirty and found.ino not in self._to_store):
                     # A chmod, chown or utime through any handle (a read-only
                     # one too: rsync's fchmod) may wait in the state while it
                     # is staged; it is committed before the state can go (a
-                    # file queued to be stored takes it with its content).
+                    # file still written, or queued to be stored, takes it
+                    # with its content).
                     await self._commit(found)
         finally:
             state.handles.discard(fh)
