@@ -503,7 +503,8 @@ class CasOperations(pyfuse3.Operations):
 
     async def _set_meta(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
         """Give ``found`` this mode, mtime (None: as they are) and metadata:
-        with its staged content if it is being written, else in the tree."""
+        with its staged content while that waits to be stored (written, or
+        queued), else in the tree at once."""
         state: FileState | None = found.state
         if state is not None and state.staging is not None:
             state.mode = state.mode if mode is None else mode
