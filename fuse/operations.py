@@ -517,12 +517,17 @@ class CasOperations(pyfuse3.Operations):
             self._root_mode = self._root_mode if mode is None else mode
             self._root_meta = replace(meta, atime=None)
             return
-        found.last = await self._changing.set_meta(partial(self.inodes.path_of, found.ino), mode=mode, mtime=mtime,
-                                                   meta=meta) or found.last
+        await self._meta_to_tree(found, mode, mtime, meta)
         if state is not None:
             state.mode = state.mode if mode is None else mode
             state.mtime = state.mtime if mtime is None else mtime
             state.meta = meta
+
+    async def _meta_to_tree(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
+        """Set ``found``'s mode, mtime and metadata in the tree, at the path
+        it has once the tree is free (nowhere if it was unlinked meanwhile)."""
+        found.last = await self._changing.set_meta(partial(self.inodes.path_of, found.ino), mode=mode, mtime=mtime,
+                                                   meta=meta) or found.last
 
     # -- extended attributes ---------------------------------------------------------
     #
@@ -841,9 +846,7 @@ class CasOperations(pyfuse3.Operations):
         async with self._lock(found.ino):
             if state.meta_dirty:
                 state.meta_dirty = False
-                found.last = await self._changing.set_meta(
-                    partial(self.inodes.path_of, found.ino), mode=state.mode, mtime=state.mtime, meta=state.meta,
-                ) or found.last
+                await self._meta_to_tree(found, state.mode, state.mtime, state.meta)
 
     async def _store_and_link(self, batch: list[Inode]) -> list[tuple[FileState, Exception]]:
         """Store the staged content of the dirty files of ``batch`` in one
@@ -892,9 +895,7 @@ class CasOperations(pyfuse3.Operations):
             while changed := [(found, state) for found, state in linked if state.meta_dirty and not state.dirty]:
                 for found, state in changed:
                     state.meta_dirty = False
-                    found.last = await self._changing.set_meta(
-                        partial(self.inodes.path_of, found.ino), mode=state.mode, mtime=state.mtime, meta=state.meta,
-                    ) or found.last
+                    await self._meta_to_tree(found, state.mode, state.mtime, state.meta)
             return failures
 
     # -- storing closed files in the background ----------------------------------------
