@@ -172,8 +172,15 @@ def test_repair_starts_when_a_holder_dies_not_on_the_timer(tmp_path: Path, daemo
         # talks to the dead node.
         return all({d.node_id for d in closest(cid, live)} <= holders(cid, live) for cid in blocks)
 
+    def a_round_started_by_the_loss() -> bool:
+        return any(replication_stats(d, timeout=10)["repair_rounds_after_loss"] >= 1 for d in live)
+
+    # Where the next closest live node already held each block (the adder
+    # keeps its own), R copies stand before any round: wait on the round
+    # itself, then on the copies.
+    wait_until(a_round_started_by_the_loss, timeout=60, what="a repair round started by the holder's loss",
+               interval=0.5)
     wait_until(repaired, timeout=60, what="R copies again after a holder was found dead", interval=0.5)
-    assert any(replication_stats(d, timeout=10)["repair_rounds_after_loss"] >= 1 for d in live)
 
 
 def _cas_json(daemon: Daemon, *args: str) -> Any:
