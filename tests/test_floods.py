@@ -47,7 +47,10 @@ pytestmark = [
 ]
 
 MiB = 1 << 20
-JOIN_WITHIN = 5.0
+# A daemon's own start (interpreter and imports) takes about a second alone
+# and several under CI's parallel workers on two cores; a node that did not
+# withstand a flood keeps a newcomer out while the flood lasts.
+JOIN_WITHIN = 15.0
 
 
 @pytest.fixture
