@@ -167,7 +167,7 @@ def random_writes(target: Path, size: int = 64 * MIB, seconds: float = 10.0, see
             ["fio", "--name=randwrite", f"--filename={path}", "--rw=randwrite", "--bs=4k", f"--size={size}",
              "--ioengine=psync", f"--runtime={seconds:g}", "--time_based=0", "--verify=crc32c",
              "--do_verify=1", "--output-format=terse", "--terse-version=3", "--randrepeat=1",
-             f"--randseed={seed}"], check=True, capture_output=True, text=True).stdout
+             f"--randseed={seed}", "--verify_state_save=0"], check=True, capture_output=True, text=True).stdout
         fields = out.strip().splitlines()[-1].split(";")
         return float(fields[48]), "fio"  # terse v3: write IOPS
     rng = random.Random(seed)
