@@ -33,7 +33,8 @@ file under ``<repo>/tmp/`` (on disk, never in RAM), with the old content
 copied in on the first write unless it was truncated to nothing. Every open
 handle of that inode, readers too, then reads the staged bytes, as on a
 local disk. Committing (on flush, fsync and release) chunks the staged file
-into blocks and links it at the inode's path *at that moment*
+into blocks (a large one written in order is mostly chunked already:
+cas.fuse.streaming) and links it at the inode's path *at that moment*
 (cas.fuse.tree); the staged file is dropped when the last handle closes.
 
 This module owns those objects. It never resolves paths, never commits

@@ -48,7 +48,8 @@ from .handles import (
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
-from .tree import MountTree, TreeReader
+from .streaming import Follower, GaveUp
+from .tree import MountTree, StoredFile, TreeReader
 from .view import MountView, ReadView
 
 log = logging.getLogger("cas.fuse")
@@ -59,6 +60,15 @@ STORE_BATCH = 64
 MAX_QUEUED = 1024
 """Closed files waiting to be stored past which a close waits for them
 (their staged bytes are bounded anyway: cas.fuse.handles.Staging)."""
+
+MAX_FOLLOWING = 2
+"""Large files stored while they are written (cas.fuse.streaming) at once:
+one a core; any other is stored whole at its close."""
+
+FOLLOW_STEP = 4 * 1024 * 1024
+"""Content a follower's thread cuts and hashes between two puts into the
+store (its blocks are held in memory until put)."""
+
 
 ATTR_TIMEOUT = 30.0
 """Seconds the kernel may keep names (also a name's absence), attributes and
@@ -93,6 +103,18 @@ DIRECTORY_SIZE = 4096
 DENSE_BELOW = 1 << 20
 """Files smaller than this are taken to keep all their bytes (one or two
 blocks): their ``st_blocks`` needs no look at the file's nodes."""
+
+
+@dataclass
+class _Following:
+    """A large file stored while it is written: its follower, and what
+    the task driving it (``CasOperations._follow``) did."""
+
+    follower: Follower
+    started: bool = False
+    done: trio.Event | None = None
+    stored: StoredFile | None = None  # once the follower built the whole file
+    session: Any = None  # its own write session (MountTree.open_session)
 
 
 @dataclass
@@ -163,6 +185,8 @@ class CasOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._locks: dict[int, trio.Lock] = {}
         self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
+        self._following: dict[int, _Following] = {}  # by inode: files being stored as written
+        self._followers_running = 0
         self._store_wake = trio.Event()
         self._storing = trio.Lock()
         if not read_only:
@@ -743,13 +767,70 @@ class CasOperations(pyfuse3.Operations):
             staging = await self._stage(found)
             if handle.append and not self.enable_writeback_cache:  # with it, the kernel places appends
                 off = staging.size
+            fresh = staging.size == 0
             written = staging.write(off, buf)
+            self._follow_write(found, staging, fresh, off, written)
             state: FileState = found.state
             state.written(time.time_ns())
             handle.wrote = True
             return written
 
+    # -- storing a large file while it is written (cas.fuse.streaming) ------------------
+
+    def _follow_write(self, found: Inode, staging: Staging, fresh: bool, offset: int, written: int) -> None:
+        """Tell the file's follower of a write (made one if the staged
+        content was empty); start its task once the content is on disk."""
+        following = self._following.get(found.ino)
+        if following is None:
+            if not fresh or self.read_only:
+                return
+            following = self._following[found.ino] = _Following(Follower())
+        if not following.follower.wrote(offset, offset + written):
+            self._stop_following(found.ino)
+        elif not following.started and staging.fd >= 0:
+            if self._followers_running >= MAX_FOLLOWING:
+                self._stop_following(found.ino)
+                return
+            following.follower.attach(staging.fd)
+            following.started, following.done = True, trio.Event()
+            self._followers_running += 1
+            self._nursery.start_soon(self._follow, following)
+
+    def _stop_following(self, ino: int) -> None:
+        """The file is stored whole: its follower, if any, gives up."""
+        following = self._following.pop(ino, None)
+        if following is not None:
+            following.follower.close()
+
+    async def _follow(self, following: _Following) -> None:
+        """Drive a follower: each step's blocks (cut and hashed on a worker
+        thread) go into the store through the file's own session, until
+        it has built the whole file or gave up. A session given up is
+        dropped (gc may take its blocks)."""
+        follower = following.follower
+        assert following.done is not None
+        new: list[Any] = []
+        try:
+            following.session = await self._store(self._changing.tree.open_session)
+            while follower.result is None:
+                blocks = await trio.to_thread.run_sync(follower.step, FOLLOW_STEP, abandon_on_cancel=True)
+                new.extend(await self._store(self._changing.tree.put_own, following.session, blocks))
+            root, size = follower.result
+            following.stored = StoredFile(root, size, tuple(new))
+        except GaveUp:
+            pass
+        except (CasError, OSError) as exc:  # stored whole at its close instead
+            log.warning("storing a file while it is written: %s", exc)
+        finally:
+            follower.close()
+            self._followers_running -= 1
+            if following.stored is None and following.session is not None:
+                with trio.CancelScope(shield=True):
+                    await self._store(self._changing.tree.drop_session, following.session)
+            following.done.set()
+
     async def _truncate(self, found: Inode, size: int) -> None:
+        self._stop_following(found.ino)
         state: FileState | None = found.state
         if state is not None and state.staging is not None:
             state.staging.truncate(size)
@@ -857,21 +938,25 @@ class CasOperations(pyfuse3.Operations):
         async with contextlib.AsyncExitStack() as locks:
             for found in sorted(batch, key=lambda inode: inode.ino):
                 await locks.enter_async_context(self._lock(found.ino))
-            taken = []
+            taken: list[tuple[Inode, FileState, Staging, int, int, Meta]] = []
+            followed: dict[int, _Following] = {}  # by index in taken: stored while written
             for found in batch:
                 state: FileState | None = found.state
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
-                    taken.append((found, state, state.staging.stream(), state.mode, state.mtime, state.meta))
+                    following = self._following.pop(found.ino, None)
+                    if following is not None and following.started \
+                            and following.follower.finish(state.staging.size):
+                        followed[len(taken)] = following
+                    elif following is not None:
+                        following.follower.close()
+                    taken.append((found, state, state.staging, state.mode, state.mtime, state.meta))
             try:
-                stored = await self._store(self._changing.tree.store_files, [item[2] for item in taken])
+                stored = await self._store_taken([item[2] for item in taken], followed)
             except BaseException:
                 for _, state, *_ in taken:
                     state.dirty = True
                 raise
-            finally:
-                for _, _, stream, *_ in taken:
-                    stream.close()
             failures: list[tuple[FileState, Exception]] = []
             linked: list[tuple[Inode, FileState]] = []
             for at, ((found, state, _, mode, mtime, meta), done) in enumerate(zip(taken, stored, strict=True)):
@@ -888,6 +973,9 @@ class CasOperations(pyfuse3.Operations):
                     raise
                 found.last = node or found.last
                 linked.append((found, state))
+            for following in followed.values():
+                if following.stored is not None:  # linked: the next commit closes its session
+                    await self._store(self._changing.tree.hand_over, following.session)
             # A chmod, chown or utime of any of them while the batch was
             # stored or linked waited in its state (set_meta, above): applied
             # until none is left, with no checkpoint after the last look, so
@@ -897,6 +985,29 @@ class CasOperations(pyfuse3.Operations):
                     state.meta_dirty = False
                     await self._meta_to_tree(found, state.mode, state.mtime, state.meta)
             return failures
+
+    async def _store_taken(self, stagings: list[Staging], followed: dict[int, _Following]) -> list[StoredFile]:
+        """Store each staged file: those ``followed`` (by index) as their
+        followers finish them, the others whole in one trip to the store
+        thread meanwhile; a follower that failed at the end is replaced
+        by a whole store of its file."""
+        streams = [staging.stream() for staging in stagings]  # now: the staged files may go meanwhile
+        try:
+            whole = [at for at in range(len(stagings)) if at not in followed]
+            stored: dict[int, StoredFile] = dict(zip(
+                whole, await self._store(self._changing.tree.store_files, [streams[at] for at in whole]),
+                strict=True))
+            for at, following in followed.items():
+                assert following.done is not None
+                await following.done.wait()
+                if following.stored is not None:
+                    stored[at] = following.stored
+                else:
+                    stored[at] = (await self._store(self._changing.tree.store_files, [streams[at]]))[0]
+            return [stored[at] for at in range(len(stagings))]
+        finally:
+            for stream in streams:
+                stream.close()
 
     # -- storing closed files in the background ----------------------------------------
 
@@ -978,6 +1089,7 @@ class CasOperations(pyfuse3.Operations):
             self.inodes.released(handle.ino)
 
     def _drop_state(self, found: Inode) -> None:
+        self._stop_following(found.ino)
         state: FileState | None = found.state
         if state is None:
             return

@@ -41,7 +41,7 @@ from ..errors import NotADirectoryPathError, PathNotFoundError
 from ..names import dirtree
 from ..names.directory import DirEntry
 from ..names.namespace import ROOT_MODE, Namespace, Node, RootState, split_path
-from ..store import OwnBlocks
+from ..store import OwnBlocks, WriteSession
 from .pending import PendingDir, Supply
 
 log = logging.getLogger("cas.fuse")
@@ -238,6 +238,33 @@ class MountTree(TreeReader):
     def store_files(self, streams: list[BinaryIO]) -> list[StoredFile]:
         """:meth:`store_file` of each, in one trip to the store thread."""
         return [self.store_file(stream) for stream in streams]
+
+    # -- a file stored while it is written (cas.fuse.streaming) -------------------
+
+    def open_session(self) -> WriteSession:
+        """A write session of its own for a file stored while it is
+        written, over several commits: gc keeps what it put until
+        :meth:`hand_over` or :meth:`drop_session`."""
+        session: WriteSession = self.store.blocks.open_session()
+        return session
+
+    def put_own(self, session: WriteSession, blocks: list[Block]) -> list[CID]:
+        """Put ``blocks`` as the user's own, through ``session``; those new
+        to the store (to be placed once linked)."""
+        sink = _NewBlocks(OwnBlocks(session, self.store.held))
+        for block in blocks:
+            sink.put(block)
+        return sink.cids
+
+    def hand_over(self, session: WriteSession) -> None:
+        """The file ``session`` stored is linked now: the next commit,
+        which holds the link, closes the session."""
+        self._sessions.insert(0, session)
+
+    def drop_session(self, session: WriteSession) -> None:
+        """The file was given up, or stored again whole: gc may take what
+        ``session`` put and nothing links."""
+        session.close()
 
     def commit_pending(self, pending: PendingDir, stored: list[CID]) -> CommitResult:
         """Build what ``pending`` (the overlay's root) makes of the

@@ -1,0 +1,194 @@
+"""Storing a large file while it is written: the chunks of its staged
+content cut and hashed on a worker thread as the writer appends, so that
+the close (or fsync) of a file written from start to end stores only its
+last chunks instead of reading the whole file again.
+
+A :class:`Follower` belongs to a file whose staged content began empty. It
+tracks the *frontier*: how far the staged content is written contiguously
+from its start. Writes may arrive ahead of it (the kernel's write-back
+sends dirty pages in its own order) and are held as extents until the gap
+closes; a write behind it (an overwrite of what may be chunked already)
+or a truncate makes it *give up*. The chunker reads the prefix below the
+frontier through :meth:`Follower.readinto`, which blocks its thread until
+more is written or :meth:`Follower.finish` says where the content ends, so
+the cut points, and the root CID, are exactly those of
+:func:`cas.files.add_stream` of the whole file.
+
+Each :meth:`Follower.step` returns the blocks its chunks completed, for the
+caller to put into the store. A follower that gave up stops at its next
+read (raising :class:`GaveUp`); its file is stored from its staged content
+as any other.
+
+This module owns that state and the thread side of the reading. It never
+touches the store (its blocks are returned), never calls FUSE, and never
+closes the staged file's descriptor (it reads through a duplicate).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+from ..blocks import Block
+from ..chunker import chunk_stream
+from ..cid import CID
+from ..files import FileBuilder
+
+MAX_EXTENTS_AHEAD = 64
+"""Writes held past the frontier before the follower gives up (the
+write-back's reordering stays far below this)."""
+
+
+class GaveUp(Exception):
+    """The follower was given up: its file is stored from its staged content."""
+
+
+class Follower:
+    """One file's chunking as it is written (see the module docstring).
+
+    The writer's side (:meth:`wrote`, :meth:`attach`, :meth:`finish`,
+    :meth:`give_up`) runs on the FUSE thread; :meth:`step` and the
+    :meth:`readinto` it drives run on one worker thread at a time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frontier = 0
+        self._ahead: list[tuple[int, int]] = []
+        self._end: int | None = None
+        self._given_up = False
+        self._fd = -1
+        self._read = 0  # bytes handed to the chunker
+        self._stepping = False
+        self._builder = FileBuilder()
+        self._chunks: Iterator[bytes] = chunk_stream(self)
+        self.result: tuple[CID, int] | None = None
+        """(root CID, size) once the last step has built the file."""
+
+    # -- the writer's side -----------------------------------------------------------
+
+    @property
+    def given_up(self) -> bool:
+        return self._given_up
+
+    def wrote(self, offset: int, end: int) -> bool:
+        """Bytes ``offset`` to ``end`` were written; False if that (or an
+        earlier event) gave the follower up."""
+        with self._cond:
+            if self._given_up or self._end is not None:
+                self._give_up()
+                return False
+            if end <= offset:
+                return True
+            if offset < self._frontier:
+                self._give_up()
+                return False
+            self._ahead.append((offset, end))
+            self._advance()
+            if len(self._ahead) > MAX_EXTENTS_AHEAD:
+                self._give_up()
+                return False
+            self._cond.notify_all()
+            return True
+
+    def attach(self, fd: int) -> None:
+        """The staged content is in the file ``fd`` from now on (read
+        through a duplicate, closed by :meth:`close`)."""
+        with self._cond:
+            self._fd = os.dup(fd)
+            self._cond.notify_all()
+
+    def finish(self, size: int) -> bool:
+        """The staged content ends at ``size``: the chunker reads to there
+        and the next steps build the file. False (and given up) if the
+        content up to ``size`` was not all written in order."""
+        with self._cond:
+            if self._given_up or self._fd < 0 or self._frontier != size or self._ahead:
+                self._give_up()
+                return False
+            self._end = size
+            self._cond.notify_all()
+            return True
+
+    def give_up(self) -> None:
+        with self._cond:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self._given_up = True
+        self._cond.notify_all()
+
+    def _advance(self) -> None:
+        """Move the frontier over every held extent it has reached."""
+        moved = True
+        while moved:
+            moved = False
+            for extent in self._ahead:
+                if extent[0] <= self._frontier:
+                    self._frontier = max(self._frontier, extent[1])
+                    self._ahead.remove(extent)
+                    moved = True
+                    break
+
+    # -- the worker thread's side ----------------------------------------------------
+
+    def readinto(self, buffer: memoryview) -> int:
+        """The chunker's read: blocks until there is more below the frontier,
+        or the end is known (0 there); raises GaveUp once given up."""
+        with self._cond:
+            while True:
+                if self._given_up:
+                    raise GaveUp
+                if self._fd >= 0 and self._read < self._frontier:
+                    want = min(len(buffer), self._frontier - self._read)
+                    break
+                if self._end is not None and self._read >= self._end:
+                    return 0
+                self._cond.wait()
+            fd, at = self._fd, self._read
+        got = os.preadv(fd, [buffer[:want]], at)
+        if got <= 0:
+            raise GaveUp  # the staged file is shorter than its writes said (it failed)
+        self._read += got
+        return got
+
+    def step(self, max_bytes: int) -> list[Block]:
+        """Cut and hash at least ``max_bytes`` more (waiting for the writer
+        as needed), or to the end: the blocks to put, in order. After the
+        step that reaches the end, :attr:`result` is set. The step that
+        ends the follower (the last, or one given up) closes its
+        descriptor."""
+        with self._cond:
+            self._stepping = True
+        try:
+            blocks: list[Block] = []
+            read = 0
+            for chunk in self._chunks:
+                blocks.extend(self._builder.push(chunk))
+                read += len(chunk)
+                if read >= max_bytes:
+                    return blocks
+            more, root, size = self._builder.finish()
+            blocks.extend(more)
+            self.result = (root, size)
+            return blocks
+        finally:
+            with self._cond:
+                self._stepping = False
+                if self.result is not None or self._given_up:
+                    self._close()
+
+    def close(self) -> None:
+        """Give up unless finished, and close the descriptor now, or, if a
+        step still runs (a thread abandoned by a cancelled caller), when
+        that step ends, which giving up makes it do at once."""
+        with self._cond:
+            if self.result is None:
+                self._give_up()
+            if not self._stepping:
+                self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
