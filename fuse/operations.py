@@ -388,7 +388,15 @@ class CasOperations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         with fuse_errors("getattr"):
             found = self.inodes.get(inode)
-            return await self._attributes(found, await self._node_of(found))
+            return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
+
+    def _open_file_attr(self, found: Inode) -> pyfuse3.EntryAttributes | None:
+        """The attributes of a file that is open or staged: all of them come
+        from its state (``_attr``), so the tree is not asked (it is, on
+        every getattr and setattr of a file being written, otherwise)."""
+        if found.state is not None and found.last is not None and found.kind == "file":
+            return self._attr(found, found.last)
+        return None
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         with fuse_errors("readlink"):
@@ -476,14 +484,10 @@ class CasOperations(pyfuse3.Operations):
                 self._subdir_moved(parent_inode_new, moved)
                 return
             replaced = self.inodes.find(parent_inode_new, new)
-            moving = await self.view.resolve(src)
-            try:
-                there: Node | None = await self.view.resolve(dst)
-            except PathNotFoundError:
-                there = None
-            no_replace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-            if not await self._changing.rename(src, dst, no_replace=no_replace):
+            renamed = await self._changing.rename(src, dst, no_replace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+            if renamed is None:
                 return
+            moving, there = renamed
             self.inodes.rename(parent_inode_old, old, parent_inode_new, new)
             if moving.kind == "dir":  # a directory it replaced was one too: its new parent's count is as it was
                 self._subdir_moved(parent_inode_old, -1)
@@ -508,9 +512,8 @@ class CasOperations(pyfuse3.Operations):
                 if found.kind != "file":
                     raise pyfuse3.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
                 await self._truncate(found, attr.st_size)
-            node = await self._node_of(found)
             state: FileState | None = found.state
-            meta = state.meta if state is not None else node.meta
+            meta = state.meta if state is not None else (await self._node_of(found)).meta
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
             changed = mode is not None or mtime is not None
@@ -523,7 +526,7 @@ class CasOperations(pyfuse3.Operations):
             if changed or fields.update_ctime:  # a change of status: ctime moves
                 meta = replace(meta, ctime=attr.st_ctime_ns if fields.update_ctime else time.time_ns())
                 await self._set_meta(found, mode, mtime, meta)
-            return await self._attributes(found, await self._node_of(found))
+            return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
 
     async def _set_meta(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
         """Give ``found`` this mode, mtime (None: as they are) and metadata:

@@ -26,7 +26,7 @@ import builtins
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..names.directory import NO_META, DirEntry, Meta, name_key
 from ..names.dirtree import EMPTY_DIRECTORY
-from ..names.namespace import ROOT_MODE, Node, RootState, split_path
+from ..names.namespace import ROOT_MODE, Node, RootState
 from .links import LinkIndex
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
 from .tree import Built, CommitResult, MountTree, StoredFile, TreeReader
@@ -74,6 +74,13 @@ class ReadView:
         return None
 
 
+class Renamed(NamedTuple):
+    """What a rename moved, and what it replaced."""
+
+    moving: Node
+    there: Node | None
+
+
 class MountView(ReadView):
     """The read-write mount's namespace: see the module docstring."""
 
@@ -100,7 +107,7 @@ class MountView(ReadView):
     # -- reading ------------------------------------------------------------------
 
     async def resolve(self, path: str) -> Node:
-        parts = tuple(split_path(path))
+        parts = _parts(path)
         if not parts and self.overlay.root is not None and self.overlay.root.mtime is None:
             return replace(await self._committed_root(path), size=0, cid=None)  # changed below only
         found = self.overlay.find(parts)
@@ -138,7 +145,7 @@ class MountView(ReadView):
             return None
 
     async def list(self, path: str) -> list[DirEntry]:
-        parts = tuple(split_path(path))
+        parts = _parts(path)
         found = self.overlay.find(parts)
         if isinstance(found, Missing):
             raise PathNotFoundError(f"{path}: no such file or directory")
@@ -191,7 +198,7 @@ class MountView(ReadView):
     async def mkdir(self, path: str, mode: int, meta: Meta = NO_META) -> Node:
         """A new directory (``meta``: its owner, for one)."""
         async with self._lock:
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             if await self._existing(path) is not None:
                 raise PathExistsError(f"{path} exists already")
             now = time.time_ns()
@@ -204,7 +211,7 @@ class MountView(ReadView):
     async def make(self, path: str, kind: str, mode: int, meta: Meta, *, target: str | None = None) -> Node:
         """A new symlink, fifo, socket or device node at ``path``."""
         async with self._lock:
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             if await self._existing(path) is not None:
                 raise PathExistsError(f"{path} exists already")
             now = time.time_ns()
@@ -217,7 +224,7 @@ class MountView(ReadView):
         """An empty file at ``path`` (an existing file is kept unless
         ``exclusive``, which refuses it)."""
         async with self._lock:
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             existing = await self._existing(path)
             if existing is not None:
                 if exclusive:
@@ -236,7 +243,7 @@ class MountView(ReadView):
         """Remove the name ``path``; for a hard-linked inode, the metadata
         its other names have now (one link less), else None."""
         async with self._lock:
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             node = await self.resolve(path)
             if node.kind == "dir":
                 raise IsADirectoryPathError(f"{path} is a directory")
@@ -280,7 +287,7 @@ class MountView(ReadView):
         """Apply ``change`` to the entry of every name of group ``ino`` but ``skip``."""
         for path, entry in await self._group(ino):
             if path != skip:
-                parts = tuple(split_path(path))
+                parts = _parts(path)
                 self.overlay.put(parts, change(entry), await self._supply(parts[:-1]))
 
     async def _unlinked(self, node: Node, now: int) -> Meta | None:
@@ -307,7 +314,7 @@ class MountView(ReadView):
             if await self._existing(dst) is not None:
                 raise PathExistsError(f"{dst} exists already")
             now = time.time_ns()
-            parts, d_parts = tuple(split_path(src)), tuple(split_path(dst))
+            parts, d_parts = _parts(src), _parts(dst)
             if node.meta.ino is None:
                 meta = replace(node.meta, ino=group, nlink=2, ctime=now)
                 self.overlay.put(parts, replace(node.to_entry(parts[-1]), meta=meta), await self._supply(parts[:-1]))
@@ -324,24 +331,25 @@ class MountView(ReadView):
 
     async def rmdir(self, path: str) -> None:
         async with self._lock:
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             if (await self.resolve(path)).kind != "dir":
                 raise NotADirectoryPathError(f"{path} is not a directory")
             if await self.list(path):
                 raise DirectoryNotEmptyError(f"{path} is not empty")
             self.overlay.remove(parts, await self._supply(parts[:-1]), time.time_ns())
 
-    async def rename(self, src: str, dst: str, *, no_replace: bool) -> bool:
+    async def rename(self, src: str, dst: str, *, no_replace: bool) -> Renamed | None:
         """``rename(2)``: ``dst`` becomes ``src``'s, replacing a file by a
         file or an empty directory by a directory (unless ``no_replace``).
-        False if nothing changed (the same name, or two of one inode)."""
+        What moved and what it replaced; None if nothing changed (the same
+        name, or two of one inode)."""
         async with self._lock:
-            s_parts, d_parts = tuple(split_path(src)), tuple(split_path(dst))
+            s_parts, d_parts = _parts(src), _parts(dst)
             if not s_parts or not d_parts:
                 raise InvalidMoveError("cannot move the root directory /")
             moving = await self.resolve(src)
             if s_parts == d_parts:
-                return False
+                return None
             if moving.kind == "dir" and d_parts[: len(s_parts)] == s_parts:
                 raise InvalidMoveError(f"cannot move {src} into itself")
             there = await self._existing(dst)
@@ -349,7 +357,7 @@ class MountView(ReadView):
                 if no_replace:
                     raise PathExistsError(f"{dst} exists already")
                 if there.meta.ino is not None and there.meta.ino == moving.meta.ino:
-                    return False  # two names of one inode: rename(2) does nothing
+                    return None  # two names of one inode: rename(2) does nothing
                 if moving.kind == "dir" and there.kind != "dir":
                     raise NotADirectoryPathError(f"{dst} is not a directory")
                 if moving.kind != "dir" and there.kind == "dir":
@@ -363,12 +371,12 @@ class MountView(ReadView):
             self._links.moved(src, dst)
             if there is not None:
                 await self._unlinked(there, now)
-            return True
+            return Renamed(moving, there)
 
     async def exchange(self, a: str, b: str) -> None:
         """``renameat2(RENAME_EXCHANGE)``: ``a`` and ``b`` swap what they name."""
         async with self._lock:
-            a_parts, b_parts = tuple(split_path(a)), tuple(split_path(b))
+            a_parts, b_parts = _parts(a), _parts(b)
             if not a_parts or not b_parts:
                 raise InvalidMoveError("cannot exchange the root directory /")
             first, second = await self.resolve(a), await self.resolve(b)
@@ -409,7 +417,7 @@ class MountView(ReadView):
             if path is None:
                 return None
             node = await self.resolve(path)
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             if not parts:
                 return node  # the root's metadata is the mount's
             mode = None if mode is None or node.kind == "symlink" else mode & 0o7777
@@ -437,7 +445,7 @@ class MountView(ReadView):
             path = where()
             if path is None:
                 return None
-            parts = tuple(split_path(path))
+            parts = _parts(path)
             there = await self._existing(path)
             if there is not None and there.kind == "dir":
                 raise IsADirectoryPathError(f"{path} is a directory")
@@ -496,3 +504,11 @@ def _pin(directory: PendingDir) -> None:
     now on each starts from the committed directory it started from."""
     for _path, pending in directory.walk():
         pending.at_path = False
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    """The names of a path the handlers made: cas.fuse.inodes joins names
+    that were checked when they were made (``CasOperations._name``), so
+    they are split, not checked again (``split_path`` checks each one, a
+    cost paid on every request)."""
+    return tuple(part for part in path.split("/") if part)
