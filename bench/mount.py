@@ -13,10 +13,10 @@ RSS.
 * sequential read of one file through the mount vs ``cas cat`` of the same
   file vs the same read through a minimal in-memory pyfuse3 file system (the
   ceiling of pyfuse3 on this machine, with the same kernel read-ahead as the
-  cas mount sets for itself); targets: >= 0.7x cas cat, >= 0.5x the
-  ceiling;
+  cas mount sets for itself); target (issue 16): >= 0.8x cas cat; the
+  ceiling says how much of that pyfuse3 itself allows;
 * sequential write through the mount (dd, including the close that commits)
-  vs ``cas add`` of a file of the same size; target >= 0.5x;
+  vs ``cas add`` of a file of the same size; target (issue 16) >= 0.8x;
 * 4 KiB random reads per second through the mount;
 * ``ls -l`` and ``stat`` of 10,000 files in one directory vs a local directory.
 
@@ -289,10 +289,10 @@ def main() -> int:
 
     print(f"file size {args.size_mib} MiB, {args.files} files; cache warm for every read")
     print(f"read   mount {rate(t_read)}   cas cat {rate(t_cat)}   pyfuse3 ceiling {rate(t_ceiling)}")
-    print(f"       mount / cas cat = {t_cat / t_read:.2f} (target >= 0.7)   "
-          f"mount / ceiling = {t_ceiling / t_read:.2f} (target >= 0.5)")
+    print(f"       mount / cas cat = {t_cat / t_read:.2f} (target >= 0.8)   "
+          f"mount / ceiling = {t_ceiling / t_read:.2f}   ceiling / cas cat = {t_cat / t_ceiling:.2f}")
     print(f"write  mount {rate(t_write)}   cas add {rate(t_add)}   mount / cas add = {t_add / t_write:.2f} "
-          f"(target >= 0.5)")
+          f"(target >= 0.8)")
     print(f"random 4 KiB reads through the mount (kernel page cache dropped): {done / t_random:,.0f} per second")
     print(f"ls -l of {args.files} files: mount {t_ls:.2f} s, local {t_ls_local:.3f} s; "
           f"stat of each: mount {t_stat:.2f} s ({args.files / t_stat:,.0f}/s), local {t_stat_local:.3f} s")
