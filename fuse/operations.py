@@ -828,7 +828,7 @@ class CasOperations(pyfuse3.Operations):
             follower.close()
             self._followers_running -= 1
             if following.stored is None and following.session is not None:
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), trio.move_on_after(10):  # never holds up an unmount
                     await self._store(self._changing.tree.drop_session, following.session)
             following.done.set()
 
