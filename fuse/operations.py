@@ -963,31 +963,32 @@ class CasOperations(pyfuse3.Operations):
                     elif following is not None:
                         following.follower.close()
                     taken.append((found, state, state.staging, state.mode, state.mtime, state.meta))
-            try:
-                stored = await self._store_taken([item[2] for item in taken], followed)
-            except BaseException:
-                for _, state, *_ in taken:
-                    state.dirty = True
-                raise
             failures: list[tuple[FileState, Exception]] = []
             linked: list[tuple[Inode, FileState]] = []
-            for at, ((found, state, _, mode, mtime, meta), done) in enumerate(zip(taken, stored, strict=True)):
-                state.cid, state.size = done.cid, done.size
+            try:
                 try:
-                    node = await self._changing.link_file(partial(self.inodes.path_of, found.ino), done, mode, mtime,
-                                                          meta)
-                except Exception as exc:  # this file's; the others are linked
-                    failures.append((state, exc))
-                    continue
-                except BaseException:  # cancelled: what is not linked yet stays dirty
-                    for _, left, *_ in taken[at:]:
-                        left.dirty = True
+                    stored = await self._store_taken([item[2] for item in taken], followed)
+                except BaseException:
+                    for _, state, *_ in taken:
+                        state.dirty = True
                     raise
-                found.last = node or found.last
-                linked.append((found, state))
-            for following in followed.values():
-                if following.stored is not None:  # linked: the next commit closes its session
-                    await self._store(self._changing.tree.hand_over, following.session)
+                for at, ((found, state, _, mode, mtime, meta), done) in enumerate(zip(taken, stored, strict=True)):
+                    state.cid, state.size = done.cid, done.size
+                    try:
+                        node = await self._changing.link_file(partial(self.inodes.path_of, found.ino), done, mode,
+                                                              mtime, meta)
+                    except Exception as exc:  # this file's; the others are linked
+                        failures.append((state, exc))
+                        continue
+                    except BaseException:  # cancelled: what is not linked yet stays dirty
+                        for _, left, *_ in taken[at:]:
+                            left.dirty = True
+                        raise
+                    found.last = node or found.last
+                    linked.append((found, state))
+            finally:
+                for following in followed.values():
+                    await self._settle(following)
             # A chmod, chown or utime of any of them while the batch was
             # stored or linked waited in its state (set_meta, above): applied
             # until none is left, with no checkpoint after the last look, so
@@ -997,6 +998,18 @@ class CasOperations(pyfuse3.Operations):
                     state.meta_dirty = False
                     await self._meta_to_tree(found, state.mode, state.mtime, state.meta)
             return failures
+
+    async def _settle(self, following: _Following) -> None:
+        """After its file was linked (or its store failed): a follower's
+        session goes to the next commit, which holds the link and then
+        closes it, once its task has ended (given up now if unfinished,
+        which drops the session instead)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(10):  # never holds up an unmount
+            following.follower.close()
+            assert following.done is not None
+            await following.done.wait()
+            if following.stored is not None:
+                await self._store(self._changing.tree.hand_over, following.session)
 
     async def _store_taken(self, stagings: list[Staging], followed: dict[int, _Following]) -> list[StoredFile]:
         """Store each staged file: those ``followed`` (by index) as their
