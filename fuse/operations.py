@@ -48,7 +48,7 @@ from .handles import (
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
-from .streaming import Follower, GaveUp
+from .streaming import Follower
 from .tree import MountTree, StoredFile, TreeReader
 from .view import MountView, ReadView
 
@@ -728,8 +728,10 @@ class CasOperations(pyfuse3.Operations):
                 await self._read_now(found)  # at open: the kernel answers reads from its cache
             return info
 
-    async def _open(self, found: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
-        node = await self._node_of(found)
+    async def _open(self, found: Inode, writable: bool, append: bool, node: Node | None = None) -> pyfuse3.FileInfo:
+        """A handle on ``found`` (``node``: what it names now, if the caller
+        has just made it)."""
+        node = node or await self._node_of(found)
         if found.state is None:
             found.state = FileState.of(node)
         elif found.state.staging is None and node.cid is not None:
@@ -752,7 +754,7 @@ class CasOperations(pyfuse3.Operations):
             attr = self._entry(parent_inode, node)
             found = self.inodes.get(attr.st_ino)
             writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
-            info = await self._open(found, writable, bool(flags & os.O_APPEND))
+            info = await self._open(found, writable, bool(flags & os.O_APPEND), node)
             return info, self._attr(found, node)
 
     async def _stage(self, found: Inode) -> Staging:
@@ -826,11 +828,11 @@ class CasOperations(pyfuse3.Operations):
             following.session = await self._store(self._changing.tree.open_session)
             while follower.result is None:
                 blocks = await trio.to_thread.run_sync(follower.step, FOLLOW_STEP, abandon_on_cancel=True)
+                if blocks is None:  # given up
+                    return
                 new.extend(await self._store(self._changing.tree.put_own, following.session, blocks))
             root, size = follower.result
             following.stored = StoredFile(root, size, tuple(new))
-        except GaveUp:
-            pass
         except (CasError, OSError) as exc:  # stored whole at its close instead
             log.warning("storing a file while it is written: %s", exc)
         finally:

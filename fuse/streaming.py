@@ -16,7 +16,7 @@ the cut points, and the root CID, are exactly those of
 
 Each :meth:`Follower.step` returns the blocks its chunks completed, for the
 caller to put into the store. A follower that gave up stops at its next
-read (raising :class:`GaveUp`); its file is stored from its staged content
+read (its step returns None); its file is stored from its staged content
 as any other.
 
 This module owns that state and the thread side of the reading. It never
@@ -40,8 +40,9 @@ MAX_EXTENTS_AHEAD = 64
 write-back's reordering stays far below this)."""
 
 
-class GaveUp(Exception):
-    """The follower was given up: its file is stored from its staged content."""
+class _GaveUp(Exception):
+    """Raised through the chunker from :meth:`Follower.readinto` once the
+    follower was given up; :meth:`Follower.step` turns it into None."""
 
 
 class Follower:
@@ -134,11 +135,11 @@ class Follower:
 
     def readinto(self, buffer: memoryview) -> int:
         """The chunker's read: blocks until there is more below the frontier,
-        or the end is known (0 there); raises GaveUp once given up."""
+        or the end is known (0 there); raises _GaveUp once given up."""
         with self._cond:
             while True:
                 if self._given_up:
-                    raise GaveUp
+                    raise _GaveUp
                 if self._fd >= 0 and self._read < self._frontier:
                     want = min(len(buffer), self._frontier - self._read)
                     break
@@ -148,26 +149,29 @@ class Follower:
             fd, at = self._fd, self._read
         got = os.preadv(fd, [buffer[:want]], at)
         if got <= 0:
-            raise GaveUp  # the staged file is shorter than its writes said (it failed)
+            raise _GaveUp  # the staged file is shorter than its writes said (it failed)
         self._read += got
         return got
 
-    def step(self, max_bytes: int) -> list[Block]:
+    def step(self, max_bytes: int) -> list[Block] | None:
         """Cut and hash at least ``max_bytes`` more (waiting for the writer
-        as needed), or to the end: the blocks to put, in order. After the
-        step that reaches the end, :attr:`result` is set. The step that
-        ends the follower (the last, or one given up) closes its
-        descriptor."""
+        as needed), or to the end: the blocks to put, in order, or None
+        once given up. After the step that reaches the end, :attr:`result`
+        is set. The step that ends the follower (the last, or one given
+        up) closes its descriptor."""
         with self._cond:
             self._stepping = True
         try:
             blocks: list[Block] = []
             read = 0
-            for chunk in self._chunks:
-                blocks.extend(self._builder.push(chunk))
-                read += len(chunk)
-                if read >= max_bytes:
-                    return blocks
+            try:
+                for chunk in self._chunks:
+                    blocks.extend(self._builder.push(chunk))
+                    read += len(chunk)
+                    if read >= max_bytes:
+                        return blocks
+            except _GaveUp:
+                return None
             more, root, size = self._builder.finish()
             blocks.extend(more)
             self.result = (root, size)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cas.fuse.streaming import MAX_EXTENTS_AHEAD, Follower, GaveUp
+from cas.fuse.streaming import MAX_EXTENTS_AHEAD, Follower
 
 from cas.blocks import Block, MemoryBlockStore
 from cas.files import add_bytes
@@ -40,11 +40,12 @@ class Stepper:
         self._thread.start()
 
     def _run(self, step: int) -> None:
-        try:
-            while self.follower.result is None:
-                self.blocks.extend(self.follower.step(step))
-        except GaveUp:
-            self.gave_up = True
+        while self.follower.result is None:
+            blocks = self.follower.step(step)
+            if blocks is None:
+                self.gave_up = True
+                return
+            self.blocks.extend(blocks)
 
     def join(self) -> None:
         self._thread.join(timeout=30)
