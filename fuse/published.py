@@ -73,6 +73,7 @@ class _Pool:
         self._repo = repo
         self._clients = clients
         self._lock = threading.Lock()  # guards _clients, the list closed at the end
+        self._closed = False
         self._idle: queue.SimpleQueue[ControlClient] = queue.SimpleQueue()
         for client in clients:
             self._idle.put(client)
@@ -83,6 +84,8 @@ class _Pool:
             try:
                 return fn(client)
             except ControlProtocolError:
+                if self._closed:
+                    raise  # closed by the mount's end: no fresh connection
                 fresh = connect(self._repo)
                 if fresh is None:
                     raise
@@ -98,7 +101,9 @@ class _Pool:
             self._clients = [new if c is old else c for c in self._clients]
 
     def close(self) -> None:
+        """Close every connection; calls blocked on one fail now."""
         with self._lock:
+            self._closed = True
             for client in self._clients:
                 client.close()
 

@@ -625,3 +625,35 @@ def test_namespace_changes_are_applied_by_the_daemon_not_committed_by_the_client
         assert old is not None and (old.path, old.name, old.kind, old.cid) == ("/d/e/f", "f", "file", cid)
     finally:
         store.close()
+
+
+def test_closing_a_client_wakes_a_call_blocked_on_it_in_another_thread(tmp_path: Path) -> None:
+    # A node that never answers: the call waits, as a fetch the network is
+    # slow to serve does, until the mount ends and closes its connections.
+    import threading
+
+    path = tmp_path / "control.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        client = control.ControlClient(path)
+        accepted, _ = server.accept()
+        failed: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.call("stat")
+            except BaseException as exc:  # what the caller sees
+                failed.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        wait_until(lambda: accepted.recv(4, socket.MSG_PEEK) != b"", timeout=10, what="the request to arrive")
+        client.close()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "the blocked call did not wake when its client was closed"
+        assert failed and isinstance(failed[0], CasError), failed
+        accepted.close()
+    finally:
+        server.close()

@@ -88,6 +88,12 @@ class ControlClient:
         self._sock.settimeout(timeout)
 
     def close(self) -> None:
+        """Close the connection; a call blocked on it in another thread
+        wakes (shut down first: closing alone does not wake it) and fails."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected, or closed already
         self._sock.close()
 
     def __enter__(self) -> ControlClient:
