@@ -28,6 +28,7 @@ when it exits normally.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import select
@@ -71,6 +72,9 @@ MIN_COMMIT_INTERVAL = 0.01
 MAX_COMMIT_INTERVAL = 3600.0
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
+
+STACKS_SIGNAL = signal.SIGUSR1
+"""Asks a mount process for every thread's stack (on stderr)."""
 
 
 @dataclass(frozen=True)
@@ -352,6 +356,10 @@ def run_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
 
     require_pyfuse3()
     logging.basicConfig(level=logging.WARNING, format="cas mount: %(message)s", stream=sys.stderr)
+    # A mount process that does not end after its unmount is asked where it
+    # is (unmount(), below): every thread's stack to stderr, which is the
+    # repository's mount.log for a mount in the background.
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)
     try:
         trio.run(serve, config, on_ready)
     except BaseExceptionGroup as group:
@@ -525,7 +533,12 @@ def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
     for pid in pids:
         while _alive(pid):
             if time.monotonic() > deadline:
-                raise MountError(f"{path} is unmounted but its mount process {pid} is still running")
+                try:
+                    os.kill(pid, STACKS_SIGNAL)
+                except OSError:
+                    pass
+                raise MountError(f"{path} is unmounted but its mount process {pid} is still running "
+                                 "(where each of its threads is now: the end of mount.log in its repository)")
             time.sleep(0.05)
 
 

@@ -296,3 +296,21 @@ def test_a_directory_with_files_in_it_is_refused_unless_nonempty(tmp_path: Path,
     with mounted(repo, mnt, "--nonempty"):
         assert sorted(os.listdir(mnt)) == ["f.txt"]
     assert (mnt / "mine.txt").read_bytes() == b"already here"  # hidden, never touched
+
+
+def test_a_mount_process_that_outlives_the_unmount_wait_leaves_its_stacks_in_mount_log(
+        tmp_path: Path, repo: Path) -> None:
+    from cas.fuse.mountd import unmount
+
+    from cas.errors import MountError
+
+    require_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run_cas("mount", str(mnt), repo=repo, timeout=60)
+    assert pids_of(mnt)
+    with pytest.raises(MountError, match="still running .*mount.log"):
+        unmount(mnt, timeout=0)  # no time at all to end: as if it hung
+    wait_for(lambda: not pids_of(mnt), timeout=30, what="the mount process to end after all")
+    log = (repo / "mount.log").read_text()
+    assert "most recent call first" in log and "trio" in log, log[-2000:]

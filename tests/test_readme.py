@@ -117,6 +117,13 @@ def test_two_daemons_that_find_each_other(shell: Shell) -> None:
 
 
 @pytest.mark.slow
+def mount_logs(shell: Shell) -> str:
+    """The end of every mount process's log under the shell's root (where a
+    mount process that did not end after its unmount left its stacks)."""
+    return "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-6000:]}"
+                   for log in sorted(shell.root.glob("tmp/*/mount.log")))
+
+
 def test_three_nodes_sharing_files_and_a_published_namespace(shell: Shell) -> None:
     require_fuse()
     photo = pseudo_random(2_000_000, "readme shared photo")
@@ -141,7 +148,7 @@ def test_three_nodes_sharing_files_and_a_published_namespace(shell: Shell) -> No
             if line.comment.startswith("Read-only file system"):
                 assert result.returncode != 0 and "Read-only file system" in result.stderr
                 continue
-            assert result.returncode == 0, f"README line {line.command!r} failed: {result.stderr}"
+            assert result.returncode == 0, f"README line {line.command!r} failed: {result.stderr}{mount_logs(shell)}"
             results[line.command] = result
             if line.command.startswith("cas --repo /tmp/a name publish"):
                 key = re.search(r"key\s+([0-9a-f]{64})", result.text)
