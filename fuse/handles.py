@@ -378,6 +378,12 @@ class FileState:
         if self.meta.ctime is not None:
             self.meta = replace(self.meta, ctime=None)  # unrecorded: the same as mtime
 
+    def take_meta(self, mode: int | None, mtime: int | None, meta: Meta) -> None:
+        """Its mode and mtime (None: as they are) and metadata are these now."""
+        self.mode = self.mode if mode is None else mode
+        self.mtime = self.mtime if mtime is None else mtime
+        self.meta = meta
+
     def current_size(self) -> int:
         return self.staging.size if self.staging is not None else self.size
 

@@ -31,10 +31,12 @@ from typing import Any, Protocol, TypeVar
 import pyfuse3
 import trio
 
+from ..cid import CID
 from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundError
 from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry, Meta
 from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
+from ..store import WriteSession
 from . import acl
 from .handles import (
     READ_AHEAD_PARALLEL,
@@ -119,10 +121,9 @@ class _Following:
     the task driving it (``CasOperations._follow``) did."""
 
     follower: Follower
-    started: bool = False
-    done: trio.Event | None = None
+    done: trio.Event | None = None  # once its task started (its content went on disk): set when it ends
     stored: StoredFile | None = None  # once the follower built the whole file
-    session: Any = None  # its own write session (MountTree.open_session)
+    session: WriteSession | None = None  # its own (MountTree.open_session)
 
 
 @dataclass
@@ -543,9 +544,8 @@ class CasOperations(pyfuse3.Operations):
         queued), else in the tree at once."""
         state: FileState | None = found.state
         if state is not None and state.staging is not None:
-            state.mode = state.mode if mode is None else mode
-            state.mtime = state.mtime if mtime is None else mtime
-            state.meta, state.meta_dirty = meta, True
+            state.take_meta(mode, mtime, meta)
+            state.meta_dirty = True
             if not state.dirty and found.ino not in self._to_store:
                 await self._commit(found)  # its content is stored already: the change goes to the tree now
             return
@@ -555,9 +555,7 @@ class CasOperations(pyfuse3.Operations):
             return
         await self._meta_to_tree(found, mode, mtime, meta)
         if state is not None:
-            state.mode = state.mode if mode is None else mode
-            state.mtime = state.mtime if mtime is None else mtime
-            state.meta = meta
+            state.take_meta(mode, mtime, meta)
 
     async def _meta_to_tree(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
         """Set ``found``'s mode, mtime and metadata in the tree, at the path
@@ -801,12 +799,12 @@ class CasOperations(pyfuse3.Operations):
             following = self._following[found.ino] = _Following(Follower())
         if not following.follower.wrote(offset, offset + written):
             self._stop_following(found.ino)
-        elif not following.started and staging.fd >= 0:
+        elif following.done is None and staging.fd >= 0:
             if self._followers_running >= MAX_FOLLOWING:
                 self._stop_following(found.ino)
                 return
             following.follower.attach(staging.fd)
-            following.started, following.done = True, trio.Event()
+            following.done = trio.Event()
             self._followers_running += 1
             self._nursery.start_soon(self._follow, following)
 
@@ -823,14 +821,14 @@ class CasOperations(pyfuse3.Operations):
         dropped (gc may take its blocks)."""
         follower = following.follower
         assert following.done is not None
-        new: list[Any] = []
+        new: list[CID] = []
         try:
-            following.session = await self._store(self._changing.tree.open_session)
+            session = following.session = await self._store(self._changing.tree.open_session)
             while follower.result is None:
                 blocks = await trio.to_thread.run_sync(follower.step, FOLLOW_STEP, abandon_on_cancel=True)
                 if blocks is None:  # given up
                     return
-                new.extend(await self._store(self._changing.tree.put_own, following.session, blocks))
+                new.extend(await self._store(self._changing.tree.put_own, session, blocks))
             root, size = follower.result
             following.stored = StoredFile(root, size, tuple(new))
         except (CasError, OSError) as exc:  # stored whole at its close instead
@@ -959,7 +957,7 @@ class CasOperations(pyfuse3.Operations):
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
                     following = self._following.pop(found.ino, None)
-                    if following is not None and following.started \
+                    if following is not None and following.done is not None \
                             and following.follower.finish(state.staging.size):
                         followed[len(taken)] = following
                     elif following is not None:
@@ -1010,7 +1008,7 @@ class CasOperations(pyfuse3.Operations):
             following.follower.close()
             assert following.done is not None
             await following.done.wait()
-            if following.stored is not None:
+            if following.stored is not None and following.session is not None:
                 await self._store(self._changing.tree.hand_over, following.session)
 
     async def _store_taken(self, stagings: list[Staging], followed: dict[int, _Following]) -> list[StoredFile]:

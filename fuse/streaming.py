@@ -49,7 +49,7 @@ class Follower:
     """One file's chunking as it is written (see the module docstring).
 
     The writer's side (:meth:`wrote`, :meth:`attach`, :meth:`finish`,
-    :meth:`give_up`) runs on the FUSE thread; :meth:`step` and the
+    :meth:`close`) runs on the FUSE thread; :meth:`step` and the
     :meth:`readinto` it drives run on one worker thread at a time."""
 
     def __init__(self) -> None:
@@ -110,10 +110,6 @@ class Follower:
             self._end = size
             self._cond.notify_all()
             return True
-
-    def give_up(self) -> None:
-        with self._cond:
-            self._give_up()
 
     def _give_up(self) -> None:
         self._given_up = True
