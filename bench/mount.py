@@ -11,10 +11,11 @@ RSS.
 **stream** prints, each with its ratio:
 
 * sequential read of one file through the mount vs ``cas cat`` of the same
-  file vs the same read through a minimal in-memory pyfuse3 file system (the
-  ceiling of pyfuse3 on this machine, with the same kernel read-ahead as the
-  cas mount sets for itself); target (issue 16): >= 0.8x cas cat; the
-  ceiling says how much of that pyfuse3 itself allows;
+  file vs the same read through a minimal in-memory file system on the
+  mount's own FUSE session (cas.fuse.session: the ceiling of the request
+  loop on this machine, with the same kernel read-ahead as the cas mount
+  sets for itself); target (issue 16): >= 0.8x cas cat; the ceiling says
+  how much of that the loop itself allows;
 * sequential write through the mount (dd, including the close that commits)
   vs ``cas add`` of a file of the same size; target (issue 16) >= 0.8x;
 * 4 KiB random reads per second through the mount;
@@ -85,19 +86,21 @@ def unmount(mnt: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
-# -- the ceiling: a minimal in-memory pyfuse3 file system -----------------------------
+# -- the ceiling: a minimal in-memory file system on the mount's own FUSE session -----------------------------
 
 
 CEILING_SERVER = r'''
 import errno, os, stat, sys
-import pyfuse3, trio
+import trio
+from cas.fuse.session import Operations, Session
+from cas.fuse.wire import EntryAttributes, FileInfo, FUSEError
 
 SIZE = int(sys.argv[2])
-DATA = os.urandom(16 * 1024 * 1024)
+DATA = memoryview(os.urandom(16 * 1024 * 1024))
 
-class Mem(pyfuse3.Operations):
+class Mem(Operations):
     def _attr(self, ino):
-        a = pyfuse3.EntryAttributes()
+        a = EntryAttributes()
         a.st_ino = ino
         a.st_mode = (stat.S_IFDIR | 0o755) if ino == 1 else (stat.S_IFREG | 0o644)
         a.st_size = 0 if ino == 1 else SIZE
@@ -108,21 +111,21 @@ class Mem(pyfuse3.Operations):
         return self._attr(ino)
     async def lookup(self, parent, name, ctx=None):
         if name != b"f":
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FUSEError(errno.ENOENT)
         return self._attr(2)
     async def open(self, ino, flags, ctx):
-        return pyfuse3.FileInfo(fh=ino)
+        return FileInfo(fh=ino)
     async def read(self, fh, off, size):
         size = max(0, min(size, SIZE - off))
         start = off % (len(DATA) // 2)
         return DATA[start:start + size]
 
-pyfuse3.init(Mem(), sys.argv[1], {"fsname=memceiling"})
+session = Session(Mem(), sys.argv[1], {"fsname=memceiling"})
 print("ready", flush=True)
 try:
-    trio.run(pyfuse3.main)
+    trio.run(session.serve)
 finally:
-    pyfuse3.close(unmount=True)
+    session.close()
 '''
 
 
@@ -288,7 +291,7 @@ def main() -> int:
         return f"{mb / t:8.0f} MiB/s"
 
     print(f"file size {args.size_mib} MiB, {args.files} files; cache warm for every read")
-    print(f"read   mount {rate(t_read)}   cas cat {rate(t_cat)}   pyfuse3 ceiling {rate(t_ceiling)}")
+    print(f"read   mount {rate(t_read)}   cas cat {rate(t_cat)}   loop ceiling {rate(t_ceiling)}")
     print(f"       mount / cas cat = {t_cat / t_read:.2f} (target >= 0.8)   "
           f"mount / ceiling = {t_ceiling / t_read:.2f}   ceiling / cas cat = {t_cat / t_ceiling:.2f}")
     print(f"write  mount {rate(t_write)}   cas add {rate(t_add)}   mount / cas add = {t_add / t_write:.2f} "

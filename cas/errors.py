@@ -212,7 +212,7 @@ class HttpError(CasError):
 
 
 class FuseUnavailableError(MountError):
-    """pyfuse3 (or the FUSE kernel device) is missing on this machine."""
+    """fusermount3 (or the FUSE kernel device) is missing on this machine."""
 
 
 # -- another node's fault or failure ----------------------------------------------

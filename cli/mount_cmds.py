@@ -62,7 +62,7 @@ def register(sub: Any, common: list[argparse.ArgumentParser]) -> None:
 def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     # Imported here, not at the top: every cas command loads this module,
     # and the mount's machinery costs a short command much of its start-up.
-    from cas.fuse import require_pyfuse3
+    from cas.fuse import require_fuse
     from cas.fuse.mountd import (
         DEFAULT_COMMIT_INTERVAL,
         DEFAULT_REFRESH,
@@ -85,7 +85,7 @@ def cmd_mount(args: argparse.Namespace, out: Output) -> int:
     refresh = DEFAULT_REFRESH if args.refresh is None else args.refresh
     if not refresh >= MIN_REFRESH:
         raise UsageError(f"--refresh must be at least {MIN_REFRESH:g} seconds")
-    require_pyfuse3()
+    require_fuse()
     if args.commit_interval is not None and not MIN_COMMIT_INTERVAL <= args.commit_interval <= MAX_COMMIT_INTERVAL:
         raise UsageError(f"--commit-interval must be {MIN_COMMIT_INTERVAL:g} to {MAX_COMMIT_INTERVAL:g} seconds")
     if args.commit_interval is not None and args.ro:

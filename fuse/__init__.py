@@ -2,7 +2,7 @@
 
 ``cas mount DIR`` runs :mod:`cas.fuse.mountd`, the process that owns the
 repository (a :class:`cas.node.Node`, so ``cas add/cat/ls/...`` keep working
-through its control socket) and serves the mount with pyfuse3 on trio.
+through its control socket) and serves the mount on trio, speaking the kernel's FUSE protocol itself.
 
 Modules, each with one concern:
 
@@ -20,30 +20,32 @@ Modules, each with one concern:
 * :mod:`.published`  another node's published namespace as the tree
   (``cas mount DIR --name KEY``): read through the node's control
   socket, following newer records.
-* :mod:`.operations` the pyfuse3 ``Operations`` subclass: thin glue that maps
-  kernel requests onto the above and errors onto errno values.
+* :mod:`.operations` the request handlers: thin glue that maps kernel
+  requests onto the above and errors onto errno values.
+* :mod:`.wire`       the FUSE kernel protocol's bytes, sans-IO.
+* :mod:`.session`    the FUSE session: mount, the request loop on trio,
+  notifications, unmount.
 * :mod:`.mountd`     the process: node + FUSE session, readiness, clean
   unmount on SIGTERM.
 
-pyfuse3 is an optional dependency (the ``fuse`` extra); importing this
-package never needs it, :func:`require_pyfuse3` says what to install.
+The mount needs the kernel's FUSE device and ``fusermount3`` (Debian's
+``fuse3``), no Python package beyond trio; :func:`require_fuse` says what
+to install.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+import shutil
 
 from ..errors import FuseUnavailableError
 
-INSTALL_HINT = (
-    "install the FUSE extra: apt-get install fuse3 libfuse3-dev pkg-config && pip install 'casnet[fuse]'"
-)
+INSTALL_HINT = "install FUSE: apt-get install fuse3 (as root)"
 
 
-def require_pyfuse3() -> ModuleType:
-    """The pyfuse3 module, or FuseUnavailableError saying what to install."""
-    try:
-        import pyfuse3
-    except ImportError:
-        raise FuseUnavailableError(f"pyfuse3 is not installed; {INSTALL_HINT}") from None
-    return pyfuse3
+def require_fuse() -> None:
+    """Raise FuseUnavailableError, saying what to install, if this machine
+    lacks ``fusermount3`` (which makes every mount)."""
+    from .session import FUSERMOUNT
+
+    if shutil.which(FUSERMOUNT) is None:
+        raise FuseUnavailableError(f"{FUSERMOUNT} is not installed; {INSTALL_HINT}")

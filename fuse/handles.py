@@ -287,7 +287,7 @@ class Staging:
             self._hold(before)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def write(self, offset: int, data: bytes) -> int:
+    def write(self, offset: int, data: bytes | memoryview) -> int:
         end = offset + len(data)
         held = self._held
         if self._buffer is not None and not self._hold(max(self.size, end)):

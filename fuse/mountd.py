@@ -2,7 +2,7 @@
 
 One trio run holds, in one nursery, a :class:`cas.node.Node` (the repository
 lock, the store, the control socket through which ``cas add/cat/ls/...``
-keep working while the mount is up) and the pyfuse3 session. The FUSE
+keep working while the mount is up) and the FUSE session. The FUSE
 handlers reach the store only through ``node.in_store_thread``, so they are
 serialised with the control socket's operations.
 
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CasError, FuseUnavailableError, MountError
-from . import require_pyfuse3
+from . import require_fuse
 
 if TYPE_CHECKING:  # trio and the node load only in the mount process
     import trio
@@ -220,7 +220,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount ``config.repo``'s namespace (or, with ``config.name``, another
     node's published namespace) at ``config.mountpoint`` and serve it until
     unmounted or signalled. Raises CasError if it cannot start."""
-    require_pyfuse3()
+    require_fuse()
     if config.name is None:
         await _serve_own(config, on_ready)
     else:
@@ -257,8 +257,10 @@ async def _serve_own(config: MountConfig, on_ready: Callable[[], None]) -> None:
 
 
 async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) -> None:
-    pyfuse3 = require_pyfuse3()
+    require_fuse()
     import trio
+
+    from .session import MountFailed, Session
 
     node: Node | None = None
     link = None
@@ -267,15 +269,15 @@ async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) ->
             node, link, ops = await _published(config, nursery)
             options = fuse_options(config, ops.read_only)
             try:
-                pyfuse3.init(ops, str(config.mountpoint), options)
-            except RuntimeError as exc:
+                session = ops.session = Session(ops, config.mountpoint, options)
+            except MountFailed as exc:
                 raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
             try:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
 
                     async def watch() -> None:
                         async for _ in signals:
-                            pyfuse3.terminate()
+                            session.terminate()
                             return
 
                     nursery.start_soon(watch)
@@ -285,9 +287,9 @@ async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) ->
                     assert isinstance(ops.tree, PublishedTree)
                     nursery.start_soon(follow, ops.tree, link, ops, config.refresh)
                     on_ready()
-                    await pyfuse3.main()
+                    await session.serve()
             finally:
-                pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
+                session.close()  # synchronous: no checkpoint a cancel could interrupt
         finally:
             if node is not None:
                 node.stop()
@@ -354,7 +356,7 @@ def run_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
 
     from ..node import first_cas_error
 
-    require_pyfuse3()
+    require_fuse()
     logging.basicConfig(level=logging.WARNING, format="cas mount: %(message)s", stream=sys.stderr)
     # A mount process that does not end after its unmount is asked where it
     # is (unmount(), below): every thread's stack to stderr, which is the

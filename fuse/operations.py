@@ -1,4 +1,4 @@
-"""The pyfuse3 Operations: kernel requests mapped onto the mount's parts.
+"""The request handlers: kernel requests mapped onto the mount's parts.
 
 Thin by design: names and inodes come from :mod:`.inodes`, paths are
 resolved and changed by :mod:`.tree` (always in the node's store thread),
@@ -9,7 +9,7 @@ EINVAL (ENAMETOOLONG past 255 bytes), anything else is logged and EIO.
 
 Must never: block the trio thread on the store (every store or namespace
 call goes through ``node.in_store_thread``), or let an exception other than
-FUSEError reach pyfuse3.
+FUSEError reach the session.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import pyfuse3
 import trio
 
 from ..cid import CID
@@ -37,7 +36,7 @@ from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry,
 from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from ..store import WriteSession
-from . import acl
+from . import acl, wire
 from .handles import (
     READ_AHEAD_PARALLEL,
     BlockCache,
@@ -50,6 +49,7 @@ from .handles import (
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
+from .session import Operations, Session
 from .streaming import Follower
 from .tree import MountTree, StoredFile, TreeReader
 from .view import MountView, ReadView
@@ -138,24 +138,24 @@ def fuse_errors(what: str) -> Iterator[None]:
     """Turn cas errors into the errno a file system returns."""
     try:
         yield
-    except pyfuse3.FUSEError:
+    except wire.FUSEError:
         raise
     except NamespaceError as exc:
-        raise pyfuse3.FUSEError(exc.errno) from None
+        raise wire.FUSEError(exc.errno) from None
     except InvalidInputError:
-        raise pyfuse3.FUSEError(errno.EINVAL) from None
+        raise wire.FUSEError(errno.EINVAL) from None
     except CasError as exc:
         log.error("%s: %s", what, exc)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+        raise wire.FUSEError(errno.EIO) from None
     except OSError as exc:
         log.error("%s: %s", what, exc)
-        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        raise wire.FUSEError(exc.errno or errno.EIO) from None
     except Exception:  # a bug here must fail one request, not the mount
         log.exception("%s failed", what)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+        raise wire.FUSEError(errno.EIO) from None
 
 
-class CasOperations(pyfuse3.Operations):
+class CasOperations(Operations):
     """The mount's request handlers; see the module docstring."""
 
     supports_dot_lookup = True
@@ -206,6 +206,7 @@ class CasOperations(pyfuse3.Operations):
         self._stored_bytes: dict[Any, int] = {}  # a large file's CID -> the bytes it keeps in blocks
         self._root_mode, self._root_meta = ROOT_MODE, NO_META  # the mount point's (docs/mount.md)
         self._noatime = noatime or read_only
+        self.session: Session | None = None  # the FUSE session serving these handlers, once mounted
 
     # -- helpers ------------------------------------------------------------------
 
@@ -226,26 +227,26 @@ class CasOperations(pyfuse3.Operations):
 
     def _name(self, raw: bytes) -> str:
         if len(raw) > MAX_NAME_BYTES:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+            raise wire.FUSEError(errno.ENAMETOOLONG)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+            raise wire.FUSEError(errno.EINVAL) from None
 
     def _writable(self) -> None:
         if self.read_only:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            raise wire.FUSEError(errno.EROFS)
 
     def _path(self, ino: int) -> str:
         path = self.inodes.path_of(ino)
         if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise wire.FUSEError(errno.ENOENT)
         return path
 
     def _child(self, parent: int, name: str) -> str:
         path = self.inodes.child_path(parent, name)
         if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise wire.FUSEError(errno.ENOENT)
         return path
 
     def _lock(self, ino: int) -> trio.Lock:
@@ -254,10 +255,10 @@ class CasOperations(pyfuse3.Operations):
             lock = self._locks[ino] = trio.Lock()
         return lock
 
-    def _attr(self, inode: Inode, node: Node, links: int | None = None) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Inode, node: Node, links: int | None = None) -> wire.EntryAttributes:
         """The attributes of ``inode``; ``links``: a directory's link count
         (None: not counted, so the kernel is told to ask again)."""
-        a = pyfuse3.EntryAttributes()
+        a = wire.EntryAttributes()
         size, mode, mtime, meta = node.size, node.mode, node.mtime, node.meta
         state: FileState | None = inode.state
         stored = (self._stored_bytes.get(node.cid) if node.kind == "file" and node.cid is not None
@@ -292,7 +293,7 @@ class CasOperations(pyfuse3.Operations):
         a.st_ctime_ns = mtime if meta.ctime is None else meta.ctime
         return a
 
-    async def _attributes(self, inode: Inode, node: Node) -> pyfuse3.EntryAttributes:
+    async def _attributes(self, inode: Inode, node: Node) -> wire.EntryAttributes:
         """``_attr`` with a directory's link count (2 and one per
         subdirectory) and a large file's blocks (:meth:`TreeReader.stored_bytes`)."""
         if node.kind == "file" and node.cid is not None and node.size >= DENSE_BELOW and inode.state is None:
@@ -321,7 +322,7 @@ class CasOperations(pyfuse3.Operations):
         if parent in self._subdirs:
             self._subdirs[parent] += by
 
-    def _entry(self, parent: int, node: Node) -> pyfuse3.EntryAttributes:
+    def _entry(self, parent: int, node: Node) -> wire.EntryAttributes:
         inode = self.inodes.lookup(parent, node.name, node.kind, node.meta.ino)
         inode.last = node
         return self._attr(inode, node)
@@ -353,7 +354,7 @@ class CasOperations(pyfuse3.Operations):
         path = self.inodes.path_of(inode.ino)
         if path is None:
             if inode.last is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                raise wire.FUSEError(errno.ENOENT)
             return inode.last
         try:
             node = await self.view.resolve(path)
@@ -362,7 +363,7 @@ class CasOperations(pyfuse3.Operations):
                 return inode.last
             raise
         if node.kind != inode.kind and inode.ino != ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOENT)  # replaced from outside: a new inode on lookup
+            raise wire.FUSEError(errno.ENOENT)  # replaced from outside: a new inode on lookup
         if inode.ino == ROOT_INODE:
             node = replace(node, mode=self._root_mode, meta=self._root_meta)
         inode.last = node
@@ -370,7 +371,7 @@ class CasOperations(pyfuse3.Operations):
 
     # -- names ----------------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> wire.EntryAttributes:
         with fuse_errors("lookup"):
             if name in (b".", b".."):
                 target = self.inodes.get(parent_inode)
@@ -395,12 +396,12 @@ class CasOperations(pyfuse3.Operations):
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: Any = None) -> wire.EntryAttributes:
         with fuse_errors("getattr"):
             found = self.inodes.get(inode)
             return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
 
-    def _open_file_attr(self, found: Inode) -> pyfuse3.EntryAttributes | None:
+    def _open_file_attr(self, found: Inode) -> wire.EntryAttributes | None:
         """The attributes of a file that is open or staged: all of them come
         from its state (``_attr``), so the tree is not asked (it is, on
         every getattr and setattr of a file being written, otherwise)."""
@@ -412,10 +413,10 @@ class CasOperations(pyfuse3.Operations):
         with fuse_errors("readlink"):
             node = await self._node_of(self.inodes.get(inode))
             if node.kind != "symlink" or node.target is None:
-                raise pyfuse3.FUSEError(errno.EINVAL)
+                raise wire.FUSEError(errno.EINVAL)
             return node.target.encode()
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> wire.EntryAttributes:
         with fuse_errors("mkdir"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
@@ -426,7 +427,7 @@ class CasOperations(pyfuse3.Operations):
             self._subdirs[made.ino] = 2
             return self._attr(made, node, 2)
 
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> wire.EntryAttributes:
         with fuse_errors("symlink"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
@@ -434,23 +435,23 @@ class CasOperations(pyfuse3.Operations):
             node = await self._changing.symlink(path, os.fsdecode(target), meta)
             return self._entry(parent_inode, node)
 
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> wire.EntryAttributes:
         with fuse_errors("link"):
             self._writable()
             found = self.inodes.get(inode)
             if found.kind == "dir":
-                raise pyfuse3.FUSEError(errno.EPERM)
+                raise wire.FUSEError(errno.EPERM)
             dst = self._child(new_parent_inode, self._name(new_name))
             node = await self._changing.link(self._path(inode), dst, found.group or secrets.randbits(63) or 1)
             self._relinked(found, node.meta)
             return self._entry(new_parent_inode, node)
 
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> wire.EntryAttributes:
         with fuse_errors("mknod"):
             self._writable()
             kind = _KINDS.get(stat.S_IFMT(mode))
             if kind is None or kind in ("dir", "symlink"):
-                raise pyfuse3.FUSEError(errno.EINVAL)
+                raise wire.FUSEError(errno.EINVAL)
             path = self._child(parent_inode, self._name(name))
             if kind == "file":
                 meta, _ = await self._new_meta(parent_inode, ctx)
@@ -485,7 +486,7 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             old, new = self._name(name_old), self._name(name_new)
             src, dst = self._child(parent_inode_old, old), self._child(parent_inode_new, new)
-            if flags & pyfuse3.RENAME_EXCHANGE:
+            if flags & wire.RENAME_EXCHANGE:
                 first, second = await self.view.resolve(src), await self.view.resolve(dst)
                 await self._changing.exchange(src, dst)
                 self.inodes.exchange(parent_inode_old, old, parent_inode_new, new)
@@ -494,7 +495,7 @@ class CasOperations(pyfuse3.Operations):
                 self._subdir_moved(parent_inode_new, moved)
                 return
             replaced = self.inodes.find(parent_inode_new, new)
-            renamed = await self._changing.rename(src, dst, no_replace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+            renamed = await self._changing.rename(src, dst, no_replace=bool(flags & wire.RENAME_NOREPLACE))
             if renamed is None:
                 return
             moving, there = renamed
@@ -507,9 +508,9 @@ class CasOperations(pyfuse3.Operations):
                 self._relinked(replaced, (await self._node_of(replaced)).meta)
 
     async def setattr(
-        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        self, inode: int, attr: wire.EntryAttributes, fields: wire.SetattrFields,
         fh: int | None, ctx: Any,
-    ) -> pyfuse3.EntryAttributes:
+    ) -> wire.EntryAttributes:
         # The kernel checked who may change what (default_permissions), and
         # sends the mode with setuid/setgid cleared when chown or a write
         # by another user must clear them.
@@ -520,7 +521,7 @@ class CasOperations(pyfuse3.Operations):
                 self._writable()
             if fields.update_size:
                 if found.kind != "file":
-                    raise pyfuse3.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
+                    raise wire.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
                 await self._truncate(found, attr.st_size)
             state: FileState | None = found.state
             meta = state.meta if state is not None else (await self._node_of(found)).meta
@@ -578,11 +579,11 @@ class CasOperations(pyfuse3.Operations):
 
     def _xattr_name(self, raw: bytes) -> str:
         if not raw or len(raw) > MAX_XATTR_NAME:
-            raise pyfuse3.FUSEError(errno.ERANGE)
+            raise wire.FUSEError(errno.ERANGE)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+            raise wire.FUSEError(errno.EINVAL) from None
 
     async def _xattrs_of(self, inode: int) -> Meta:
         """The metadata to read ``inode``'s extended attributes from: the
@@ -603,7 +604,7 @@ class CasOperations(pyfuse3.Operations):
             meta = await self._xattrs_of(inode)
             value = meta.xattr(self._xattr_name(name))
             if value is None:
-                raise pyfuse3.FUSEError(errno.ENODATA)
+                raise wire.FUSEError(errno.ENODATA)
             return value
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
@@ -621,7 +622,7 @@ class CasOperations(pyfuse3.Operations):
                 try:
                     access = acl.parse_access(bytes(value))
                 except InvalidInputError:
-                    raise pyfuse3.FUSEError(errno.EINVAL) from None
+                    raise wire.FUSEError(errno.EINVAL) from None
                 node = await self._node_of(found)
                 current = found.state.mode if found.state is not None else node.mode
                 mode = current & ~0o777 | access.bits
@@ -631,7 +632,7 @@ class CasOperations(pyfuse3.Operations):
             try:
                 changed = meta.with_xattr(key, bytes(value))
             except InvalidInputError:
-                raise pyfuse3.FUSEError(errno.ENOSPC) from None  # as ext4, past one block of them
+                raise wire.FUSEError(errno.ENOSPC) from None  # as ext4, past one block of them
             await self._set_meta(found, mode, None, replace(changed, ctime=time.time_ns()))
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
@@ -640,13 +641,13 @@ class CasOperations(pyfuse3.Operations):
             key = self._xattr_name(name)
             found, meta = await self._meta_of(inode)
             if meta.xattr(key) is None:
-                raise pyfuse3.FUSEError(errno.ENODATA)
+                raise wire.FUSEError(errno.ENODATA)
             await self._set_meta(found, None, None, replace(meta.with_xattr(key, None), ctime=time.time_ns()))
 
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: Any) -> wire.StatvfsData:
         with fuse_errors("statfs"):
             fs = await self._store(self.tree.statfs)
-            s = pyfuse3.StatvfsData()
+            s = wire.StatvfsData()
             s.f_bsize = s.f_frsize = fs.block_size
             s.f_blocks = fs.blocks
             s.f_bfree = s.f_bavail = fs.blocks_free
@@ -665,7 +666,7 @@ class CasOperations(pyfuse3.Operations):
             self._dirs[fh] = DirHandle(inode, entries)
             return fh
 
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: int, start_id: int, token: wire.ReaddirToken) -> None:
         # Offsets: 1 is ".", 2 is "..", 3 + i is entry i of the snapshot taken
         # at opendir (or at a rewind), so they stay stable while it changes.
         with fuse_errors("readdir"):
@@ -676,19 +677,19 @@ class CasOperations(pyfuse3.Operations):
             here = self.inodes.get(handle.ino)
             if start_id < 1:
                 node = await self._node_of(here)
-                if not pyfuse3.readdir_reply(token, b".", self._attr(here, node), 1):
+                if not wire.readdir_reply(token, b".", self._attr(here, node), 1):
                     return
             if start_id < 2:
                 up = self.inodes.get(here.parent) if here.parent is not None else here
                 node = await self._node_of(up)
-                if not pyfuse3.readdir_reply(token, b"..", self._attr(up, node), 2):
+                if not wire.readdir_reply(token, b"..", self._attr(up, node), 2):
                     return
             base = self.inodes.path_of(handle.ino) or "/"
             for index in range(max(0, start_id - 2), len(handle.entries)):
                 entry = handle.entries[index]
                 node = Node.of(base.rstrip("/") + "/" + entry.name, entry)
                 attr = self._entry(handle.ino, node)
-                if not pyfuse3.readdir_reply(token, entry.name.encode(), attr, index + 3):
+                if not wire.readdir_reply(token, entry.name.encode(), attr, index + 3):
                     self.inodes.forget(attr.st_ino, 1)
                     return
 
@@ -710,11 +711,11 @@ class CasOperations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
 
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Any) -> wire.FileInfo:
         with fuse_errors("open"):
             found = self.inodes.get(inode)
             if found.kind == "dir":
-                raise pyfuse3.FUSEError(errno.EISDIR)
+                raise wire.FUSEError(errno.EISDIR)
             writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
             if writable:
                 self._writable()
@@ -726,7 +727,7 @@ class CasOperations(pyfuse3.Operations):
                 await self._read_now(found)  # at open: the kernel answers reads from its cache
             return info
 
-    async def _open(self, found: Inode, writable: bool, append: bool, node: Node | None = None) -> pyfuse3.FileInfo:
+    async def _open(self, found: Inode, writable: bool, append: bool, node: Node | None = None) -> wire.FileInfo:
         """A handle on ``found`` (``node``: what it names now, if the caller
         has just made it)."""
         node = node or await self._node_of(found)
@@ -738,11 +739,11 @@ class CasOperations(pyfuse3.Operations):
         self._handles[fh] = Handle(fh, found.ino, writable, append)
         found.state.handles.add(fh)
         self.inodes.opened(found.ino)
-        return pyfuse3.FileInfo(fh=fh)
+        return wire.FileInfo(fh=fh)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    ) -> tuple[wire.FileInfo, wire.EntryAttributes]:
         with fuse_errors("create"):
             self._writable()
             path = self._child(parent_inode, self._name(name))
@@ -772,7 +773,7 @@ class CasOperations(pyfuse3.Operations):
         assert state.staging is not None
         return state.staging
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
         with fuse_errors("write"):
             handle = self._handles[fh]
             found = self.inodes.get(handle.ino)
@@ -1056,7 +1057,7 @@ class CasOperations(pyfuse3.Operations):
             try:
                 with fuse_errors("storing closed files"):
                     await self.store_queued()
-            except pyfuse3.FUSEError:
+            except wire.FUSEError:
                 pass  # said in the log; the files stay dirty and are tried again at the next commit
 
     async def store_queued(self) -> None:
@@ -1150,9 +1151,7 @@ class CasOperations(pyfuse3.Operations):
         for found in self.inodes:
             if not found.detached and found.state is None:
                 found.last = None  # of the old root
-        # In a worker thread: invalidating an entry waits for the kernel's
-        # requests about it in flight, which this (trio) thread answers.
-        await trio.to_thread.run_sync(_invalidate, names, attached, abandon_on_cancel=True)
+        await self._invalidate(names, attached)
 
     async def changed_elsewhere(self, paths: Iterable[str] | None) -> None:
         """Another writer changed ``paths`` (None: perhaps anything), through
@@ -1187,9 +1186,25 @@ class CasOperations(pyfuse3.Operations):
             if not found.detached and found.state is None:
                 found.last = None
         if names or inodes:
-            # In a worker thread: invalidating waits for the kernel's
-            # requests about the inode in flight, which this thread answers.
-            await trio.to_thread.run_sync(_invalidate, names, inodes, abandon_on_cancel=True)
+            await self._invalidate(names, inodes)
+
+    async def _invalidate(self, names: list[tuple[int, bytes]], inodes: list[int]) -> None:
+        """The kernel forgets ``names`` and ``inodes``' attributes and pages.
+        In a worker thread: invalidating waits for the kernel's requests
+        about them in flight, which this (trio) thread answers."""
+        session = self.session
+        if session is None:
+            return
+
+        def invalidate() -> None:
+            for parent, name in names:
+                with contextlib.suppress(OSError):  # the kernel had forgotten it already
+                    session.invalidate_entry(parent, name)
+            for ino in inodes:
+                with contextlib.suppress(OSError):
+                    session.invalidate_inode(ino)
+
+        await trio.to_thread.run_sync(invalidate, abandon_on_cancel=True)
 
     async def commit_all(self) -> None:
         """Commit every staged file and then every pending change, durably
@@ -1199,31 +1214,18 @@ class CasOperations(pyfuse3.Operations):
                 try:
                     with fuse_errors("commit at unmount"):
                         await self._commit(found)
-                except pyfuse3.FUSEError:
+                except wire.FUSEError:
                     pass
         try:
             with fuse_errors("commit at unmount"):
                 await self.flush_changes()
-        except pyfuse3.FUSEError:
+        except wire.FUSEError:
             pass
 
 
-def _absent() -> pyfuse3.EntryAttributes:
+def _absent() -> wire.EntryAttributes:
     """A lookup's answer that the name is not there, cached as such."""
-    a = pyfuse3.EntryAttributes()
+    a = wire.EntryAttributes()
     a.st_ino = 0
     a.entry_timeout = ATTR_TIMEOUT
     return a
-
-
-def _invalidate(names: list[tuple[int, bytes]], inodes: list[int]) -> None:
-    for parent, name in names:
-        try:
-            pyfuse3.invalidate_entry(parent, name)
-        except OSError:
-            pass  # the kernel had forgotten it already
-    for ino in inodes:
-        try:
-            pyfuse3.invalidate_inode(ino)
-        except OSError:
-            pass

@@ -2,10 +2,10 @@
 process: the daemon's (``cas mount`` asks a running daemon, over its
 control socket, to serve it) or the mount process's own node (no daemon).
 
-Owns the pyfuse3 session of this process and its life: mount, serve, and at
-the end, whichever way it comes (``cas umount``, fusermount3 -u, SIGTERM, the
-node stopping), commit what is staged and unmount. pyfuse3 keeps one session
-per process, so a node serves one such mount at a time. Owns also what the
+Owns the FUSE session of this process's mount and its life: mount, serve,
+and at the end, whichever way it comes (``cas umount``, fusermount3 -u,
+SIGTERM, the node stopping), commit what is staged and unmount. A node
+serves one such mount at a time. Owns also what the
 node does after each change made through the mount: the blocks a write
 stored are queued for placement on the network, as an add's are, and the
 publisher is told the root changed (a published namespace goes out again
@@ -26,12 +26,12 @@ import trio
 
 from ..cid import CID
 from ..errors import CasError, MountError
-from . import require_pyfuse3
 from .mountd import MountConfig, fuse_options, tune_read_ahead
 
 if TYPE_CHECKING:
     from ..node import Node
     from .operations import CasOperations
+    from .session import Session
 
 log = logging.getLogger("cas.fuse")
 
@@ -65,6 +65,7 @@ class ServedMount:
         self.ended = trio.Event()
         self._mounted = False
         self._ops: CasOperations | None = None
+        self._session: Session | None = None
         self._changes_in, self._changes = trio.open_memory_channel[list[CID]](math.inf)
 
     @property
@@ -88,8 +89,8 @@ class ServedMount:
             self.ended.set()
 
     async def _run(self, task_status: Any) -> None:
-        pyfuse3 = require_pyfuse3()
         from .operations import CasOperations
+        from .session import MountFailed, Session
         from .tree import MountTree
 
         store = self.node.store
@@ -104,8 +105,8 @@ class ServedMount:
             )
             options = fuse_options(self.config, ops.read_only)
             try:
-                pyfuse3.init(ops, str(self.mountpoint), options)
-            except RuntimeError as exc:
+                session = ops.session = self._session = Session(ops, self.mountpoint, options)
+            except MountFailed as exc:
                 raise MountError(f"cannot mount at {self.mountpoint}: {exc}") from None
             self._mounted = True
             try:
@@ -114,7 +115,7 @@ class ServedMount:
                 nursery.start_soon(self._commit_every_interval, ops)
                 task_status.started()
                 try:
-                    await pyfuse3.main()
+                    await session.serve()
                 except Exception:  # the mount's edge: it ends, the node goes on
                     log.exception("the mount at %s failed", self.mountpoint)
             finally:
@@ -123,7 +124,8 @@ class ServedMount:
                 with trio.CancelScope(shield=True):
                     await ops.commit_all()
                     await self.node.in_store_thread(tree.close)
-                pyfuse3.close(unmount=True)  # synchronous: no checkpoint a cancel could interrupt
+                session.close()  # synchronous: no checkpoint a cancel could interrupt
+                self._session = None
                 self._mounted = False
                 self._ops = None
                 nursery.cancel_scope.cancel()
@@ -137,8 +139,8 @@ class ServedMount:
             return
         with trio.move_on_after(WRITE_BACK_TIMEOUT):  # a kernel that does not answer never keeps a stop waiting
             await trio.to_thread.run_sync(write_back, self.mountpoint, abandon_on_cancel=True)
-        if self._mounted:
-            require_pyfuse3().terminate()
+        if self._session is not None:
+            self._session.terminate()
         await self.ended.wait()
 
     async def unmount(self) -> None:

@@ -3,7 +3,7 @@
 ``mounted(repo, mnt)`` runs ``cas mount`` as a user would and, whatever the
 test did, unmounts in ``finally`` (``cas umount``, then fusermount3 -uz) and
 kills the mount process by PID if it is still there. A machine without
-/dev/fuse, fusermount3 or pyfuse3 skips (fails in CI).
+/dev/fuse or fusermount3 skips (fails in CI).
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from tests.conftest import run_cas, skip_unless_ci
 
 
 def require_fuse() -> None:
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        skip_unless_ci("pyfuse3 is not installed (scripts/setup-env --test)")
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
         skip_unless_ci("no /dev/fuse or fusermount3 on this machine")
 
