@@ -57,7 +57,7 @@ def test_the_daemon_serves_the_mount_and_the_cli_works_beside_it(tmp_path: Path,
         assert run_cas("cat", "/docs/a.txt", repo=repo).stdout == b"written through the mount\n"
         wait_for(lambda: (mnt / "docs" / "b.txt").exists(), what="the CLI's file in the mount")
         assert (mnt / "docs" / "b.txt").read_bytes() == b"added beside it\n"
-        # One mount per node (pyfuse3 keeps one session a process): a second is refused, saying where.
+        # One mount per node: a second is refused, saying where.
         other = tmp_path / "other"
         other.mkdir()
         refused = run_cas("mount", str(other), repo=repo, check=False)
