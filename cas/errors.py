@@ -211,6 +211,18 @@ class HttpError(CasError):
         self.headers = list(headers or [])
 
 
+class FUSEError(CasError):
+    """What a mount's request handler raises to answer the kernel with
+    ``errno`` (cas/fuse/wire.py); the program that made the call sees that
+    errno, never this."""
+
+    def __init__(self, errno: int) -> None:
+        import errno as errno_codes
+
+        super().__init__(errno_codes.errorcode.get(errno, str(errno)))
+        self.errno = errno
+
+
 class FuseUnavailableError(MountError):
     """fusermount3 (or the FUSE kernel device) is missing on this machine."""
 

@@ -260,7 +260,7 @@ async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) ->
     require_fuse()
     import trio
 
-    from .session import MountFailed, Session
+    from .session import Session
 
     node: Node | None = None
     link = None
@@ -270,7 +270,7 @@ async def _serve_published(config: MountConfig, on_ready: Callable[[], None]) ->
             options = fuse_options(config, ops.read_only)
             try:
                 session = ops.session = Session(ops, config.mountpoint, options)
-            except MountFailed as exc:
+            except MountError as exc:
                 raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
             try:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

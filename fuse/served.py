@@ -90,7 +90,7 @@ class ServedMount:
 
     async def _run(self, task_status: Any) -> None:
         from .operations import CasOperations
-        from .session import MountFailed, Session
+        from .session import Session
         from .tree import MountTree
 
         store = self.node.store
@@ -106,7 +106,7 @@ class ServedMount:
             options = fuse_options(self.config, ops.read_only)
             try:
                 session = ops.session = self._session = Session(ops, self.mountpoint, options)
-            except MountFailed as exc:
+            except MountError as exc:
                 raise MountError(f"cannot mount at {self.mountpoint}: {exc}") from None
             self._mounted = True
             try:

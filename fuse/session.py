@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from ..errors import MountError
 from . import wire
 from .wire import EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext, SetattrFields, StatvfsData
 
@@ -46,10 +47,6 @@ MAX_WORKERS = 48
 """Requests handled at once (the kernel queues the rest)."""
 
 FUSERMOUNT = "fusermount3"
-
-
-class MountFailed(Exception):
-    """The kernel or fusermount3 refused the mount (the message says why)."""
 
 
 class Operations:
@@ -156,7 +153,7 @@ def mount(mountpoint: Path | str, options: set[str] | frozenset[str]) -> int:
     ``-o`` takes them); returns the ``/dev/fuse`` descriptor it is served
     on. fusermount3 does the mount and passes the descriptor back over a
     socket (``_FUSE_COMMFD``): it checks what a user other than root may
-    do, and as root it is a plain mount(2). Raises :class:`MountFailed`."""
+    do, and as root it is a plain mount(2). Raises :class:`MountError`."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
@@ -165,7 +162,7 @@ def mount(mountpoint: Path | str, options: set[str] | frozenset[str]) -> int:
             proc = subprocess.Popen(command, env=env, pass_fds=(theirs.fileno(),),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except FileNotFoundError:
-            raise MountFailed(f"{FUSERMOUNT} is not installed (Debian: apt install fuse3)") from None
+            raise MountError(f"{FUSERMOUNT} is not installed (Debian: apt install fuse3)") from None
         theirs.close()
         fds: list[int] = []
         try:
@@ -177,7 +174,7 @@ def mount(mountpoint: Path | str, options: set[str] | frozenset[str]) -> int:
             for fd in fds:
                 os.close(fd)
             message = err.decode(errors="replace").strip() or f"{FUSERMOUNT} exited with {proc.returncode}"
-            raise MountFailed(message)
+            raise MountError(message)
         return fds[0]
     finally:
         ours.close()

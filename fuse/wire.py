@@ -22,6 +22,10 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..errors import FUSEError
+
+__all__ = ["FUSEError"]  # the handlers' errno, declared with cas's other errors
+
 MAJOR = 7
 MINOR = 38
 """The protocol version spoken (``linux/fuse.h``, ``FUSE_KERNEL_*_VERSION``)."""
@@ -125,17 +129,6 @@ SETATTR_SIZE, SETXATTR_SIZE, GETXATTR_SIZE = _SETATTR_IN.size, _SETXATTR_IN.size
 
 _DT = {0o010000: 1, 0o020000: 2, 0o040000: 4, 0o060000: 6, 0o100000: 8, 0o120000: 10, 0o140000: 12}
 """File type bits -> a dirent's d_type (DT_FIFO ... DT_SOCK)."""
-
-
-class FUSEError(Exception):
-    """What a handler raises to answer a request with ``errno``."""
-
-    def __init__(self, errno: int) -> None:
-        super().__init__(errno)
-        self.errno = errno
-
-    def __str__(self) -> str:
-        return errno_codes.errorcode.get(self.errno, str(self.errno))
 
 
 class RequestContext(NamedTuple):

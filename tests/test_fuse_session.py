@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 from cas.fuse import wire
-from cas.fuse.session import MountFailed, Operations, Session
+from cas.fuse.session import Operations, Session
 from cas.fuse.wire import EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext
 
+from cas.errors import MountError
 from tests.fusemount import require_fuse, wait_for
 
 pytestmark = pytest.mark.fuse
@@ -231,7 +232,7 @@ def test_an_unmount_from_outside_ends_the_loop(tmp_path: Path) -> None:
 
 def test_a_mount_the_kernel_refuses_says_why(tmp_path: Path) -> None:
     require_fuse()
-    with pytest.raises(MountFailed) as refused:
+    with pytest.raises(MountError) as refused:
         Session(MemFS(), tmp_path / "no-such-dir", {"fsname=sessiontest"})
     assert "no-such-dir" in str(refused.value) or "No such file" in str(refused.value)
 
