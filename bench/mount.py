@@ -249,6 +249,10 @@ def main() -> int:
         for i in range(args.files):
             (many / f"f{i:05d}").write_bytes(b"%d\n" % i)
 
+        # Each timed write starts with the disk's queue empty (os.sync, not
+        # timed): on these VMs a GiB still being written back halves the
+        # speed of the next, whichever of the two it is.
+        os.sync()
         t_add = timed(lambda: cas(repo, "add", str(a), "--to", "/a"))
         cas(repo, "add", "-r", str(many), "--to", "/many")
         with open(os.devnull, "wb") as null:
@@ -263,6 +267,7 @@ def main() -> int:
             names = os.listdir(mnt / "many")
             t_stat = timed(lambda: [os.stat(mnt / "many" / n) for n in names])
             t_read = timed(lambda: read_all(mnt / "a"))
+            os.sync()
             t_write = timed(lambda: dd(b, mnt / "b"))
             fd = os.open(mnt / "a", os.O_RDONLY)
             try:

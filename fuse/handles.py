@@ -178,10 +178,12 @@ class BlockFetcher:
             done.set()
 
 
-async def read_walk(walk: FileWalk, fetcher: BlockFetcher, hint: Callable[[ReadAhead], None] | None = None) -> bytes:
+async def read_walk(walk: FileWalk, fetcher: BlockFetcher,
+                    hint: Callable[[ReadAhead], None] | None = None) -> list[memoryview]:
     """Drive ``walk`` to its end over the cache: each block it needs comes
     from the cache or is fetched into it, and is fed back; each read-ahead
-    hint goes to ``hint``. Returns the bytes of the walk's range."""
+    hint goes to ``hint``. Returns the walk's range as views of the blocks'
+    bytes, in order (the reply is gathered from them: no copy here)."""
     pieces: list[memoryview] = []
     while True:
         event = walk.next_event()
@@ -191,7 +193,7 @@ async def read_walk(walk: FileWalk, fetcher: BlockFetcher, hint: Callable[[ReadA
             if hint is not None:
                 hint(event)
         elif isinstance(event, WalkDone):
-            return b"".join(pieces)
+            return pieces
         elif isinstance(event, memoryview):
             pieces.append(event)
 

@@ -867,7 +867,7 @@ class CasOperations(Operations):
             if not state.handles:
                 self._drop_state(found)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | list[memoryview]:
         with fuse_errors("read"):
             handle = self._handles[fh]
             found = self.inodes.get(handle.ino)

@@ -103,7 +103,9 @@ class Operations:
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         raise FUSEError(errno.ENOSYS)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview | list[memoryview]:
+        """The bytes at ``off`` (fewer than ``size`` only at the end), or
+        views of them in order, which the reply gathers without a copy."""
         raise FUSEError(errno.ENOSYS)
 
     async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
@@ -452,7 +454,8 @@ class Session:
 
     async def _read(self, h: wire.Header, body: memoryview) -> list[Any]:
         fh, offset, size = wire.rw_request(body)
-        return wire.reply(h.unique, await self.ops.read(fh, offset, size))
+        data = await self.ops.read(fh, offset, size)
+        return wire.reply(h.unique, *data) if isinstance(data, list) else wire.reply(h.unique, data)
 
     async def _write(self, h: wire.Header, body: memoryview) -> list[Any]:
         fh, offset, size = wire.rw_request(body)

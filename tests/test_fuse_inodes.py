@@ -131,9 +131,9 @@ def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(t
                 for _ in range(3):
                     nursery.start_soon(fetcher.get, leaves[0].cid)
             path = PathCache()
-            first = await read_walk(FileWalk(added.cid, path=path), fetcher)
+            first = b"".join(await read_walk(FileWalk(added.cid, path=path), fetcher))
             fetched = len(from_files) + len(in_store)
-            again = await read_walk(FileWalk(added.cid, path=path), fetcher)
+            again = b"".join(await read_walk(FileWalk(added.cid, path=path), fetcher))
             assert len(from_files) + len(in_store) == fetched  # all cached: nothing read again
             return first if again == first else b""
 
