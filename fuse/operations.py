@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from ..blocks import Block
 from ..cid import CID
 from ..errors import CasError, InvalidInputError, NamespaceError, PathNotFoundError
 from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry, Meta
@@ -825,15 +826,22 @@ class CasOperations(Operations):
         new: list[CID] = []
         try:
             session = following.session = await self._store(self._changing.tree.open_session)
-            while follower.result is None:
-                blocks = await trio.to_thread.run_sync(follower.step, FOLLOW_STEP, abandon_on_cancel=True)
-                if blocks is None:  # given up
-                    return
-                new.extend(await self._store(self._changing.tree.put_own, session, blocks))
-            root, size = follower.result
-            following.stored = StoredFile(root, size, tuple(new))
-        except (CasError, OSError) as exc:  # stored whole at its close instead
-            log.warning("storing a file while it is written: %s", exc)
+            # Each step's blocks are put while the next step is cut and
+            # hashed (one step waits at most: two in memory).
+            async with trio.open_nursery() as nursery:
+                send, receive = trio.open_memory_channel[list[Block]](0)
+                nursery.start_soon(self._put_steps, receive, session, new)
+                async with send:
+                    while follower.result is None:
+                        blocks = await trio.to_thread.run_sync(follower.step, FOLLOW_STEP, abandon_on_cancel=True)
+                        if blocks is None:  # given up
+                            break
+                        await send.send(blocks)
+            if follower.result is not None:
+                root, size = follower.result
+                following.stored = StoredFile(root, size, tuple(new))
+        except* (CasError, OSError) as group:  # stored whole at its close instead
+            log.warning("storing a file while it is written: %s", group.exceptions[0])
         finally:
             follower.close()
             self._followers_running -= 1
@@ -841,6 +849,14 @@ class CasOperations(Operations):
                 with trio.CancelScope(shield=True), trio.move_on_after(10):  # never holds up an unmount
                     await self._store(self._changing.tree.drop_session, following.session)
             following.done.set()
+
+    async def _put_steps(self, steps: trio.MemoryReceiveChannel[list[Block]], session: WriteSession,
+                         new: list[CID]) -> None:
+        """Put each step's blocks through the follower's session, in order;
+        ``new``: the CIDs new to the store."""
+        async with steps:
+            async for blocks in steps:
+                new.extend(await self._store(self._changing.tree.put_own, session, blocks))
 
     async def _truncate(self, found: Inode, size: int) -> None:
         self._stop_following(found.ino)
