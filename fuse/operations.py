@@ -50,7 +50,7 @@ from .handles import (
 )
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
-from .session import Operations, Session
+from .session import HandlerLock, Operations, Session
 from .streaming import Follower
 from .tree import MountTree, StoredFile, TreeReader
 from .view import MountView, ReadView
@@ -193,7 +193,7 @@ class CasOperations(Operations):
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        self._locks: dict[int, trio.Lock] = {}
+        self._locks: dict[int, HandlerLock] = {}
         self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
         self._following: dict[int, _Following] = {}  # by inode: files being stored as written
         self._followers_running = 0
@@ -250,10 +250,10 @@ class CasOperations(Operations):
             raise wire.FUSEError(errno.ENOENT)
         return path
 
-    def _lock(self, ino: int) -> trio.Lock:
+    def _lock(self, ino: int) -> HandlerLock:
         lock = self._locks.get(ino)
         if lock is None:
-            lock = self._locks[ino] = trio.Lock()
+            lock = self._locks[ino] = HandlerLock()
         return lock
 
     def _attr(self, inode: Inode, node: Node, links: int | None = None) -> wire.EntryAttributes:

@@ -46,6 +46,14 @@ log = logging.getLogger("cas.fuse")
 MAX_WORKERS = 48
 """Requests handled at once (the kernel queues the rest)."""
 
+SPIN = 100e-6
+"""Seconds a worker that finds no request keeps reading for the next one
+before it sleeps in trio's epoll. A program working through files sends
+its next request within tens of microseconds of the last reply; caught
+awake, the round trip takes a third of the time it does when the kernel
+must wake the server (a stat: 67 against 184 us on this project's 2-core
+VMs), and the epoll and the wake-up cost more CPU than the spin."""
+
 FUSERMOUNT = "fusermount3"
 
 
@@ -146,6 +154,30 @@ class Operations:
 
     async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
         raise FUSEError(errno.ENOSYS)
+
+
+class HandlerLock:
+    """A trio lock for handlers (``async with``): taken without a
+    checkpoint when it is free, so that a handler finding it free still
+    answers without a task switch (trio's own lock always yields once);
+    when it is held, the handler waits its turn as with trio's."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
 
 
 # -- making and removing the mount ---------------------------------------------------------
@@ -336,10 +368,16 @@ class Session:
     async def _receive(self, buf: mmap.mmap) -> int | None:
         """The size of the next request, read into ``buf``; None once the
         file system is unmounted."""
+        spun = False
         while True:
             try:
                 return os.readv(self.fd, [buf])
             except BlockingIOError:
+                if not spun:
+                    spun = True
+                    size = self._spin(buf)
+                    if size is not None:
+                        return size
                 await trio.lowlevel.wait_readable(self.fd)
             except InterruptedError:
                 pass
@@ -349,6 +387,22 @@ class Session:
                 if exc.errno == errno.ENODEV:
                     return None
                 raise
+
+    def _spin(self, buf: mmap.mmap) -> int | None:
+        """Keep reading for up to :data:`SPIN` seconds, when trio has
+        nothing else to run: the size of the request that came, or None."""
+        stats = trio.lowlevel.current_statistics()
+        if stats.tasks_runnable or stats.run_sync_soon_queue_size:
+            return None
+        deadline = time.perf_counter() + SPIN
+        while time.perf_counter() < deadline:
+            try:
+                return os.readv(self.fd, [buf])
+            except BlockingIOError:
+                continue
+            except OSError:
+                return None  # the loop's own read says what it is
+        return None
 
     def _send(self, parts: list[Any]) -> None:
         try:

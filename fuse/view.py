@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-import trio
-
 from ..cid import CID
 from ..errors import (
     DirectoryNotEmptyError,
@@ -44,6 +42,7 @@ from ..names.dirtree import EMPTY_DIRECTORY
 from ..names.namespace import ROOT_MODE, Node, RootState
 from .links import LinkIndex
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
+from .session import HandlerLock
 from .tree import Built, CommitResult, MountTree, StoredFile, TreeReader
 
 MAX_KNOWN = 10_000
@@ -90,7 +89,7 @@ class MountView(ReadView):
         super().__init__(tree, run)
         self.overlay = PendingChanges()
         self._stored: list[CID] = []  # new blocks of the files linked since the last commit
-        self._lock = trio.Lock()
+        self._lock = HandlerLock()
         self._empty_file: CID | None = None
         # What the last commit wrote, while no other writer has changed the
         # namespace since: spares the store the questions it would answer.
