@@ -324,6 +324,21 @@ class Staging:
             os.ftruncate(self.fd, size)
         self.size = size
 
+    def zero(self, offset: int, length: int) -> None:
+        """Bytes ``offset`` to ``offset + length`` (within the content) read
+        as zeros from now on; the size stays."""
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return
+        if self._buffer is not None:
+            self._buffer[offset:end] = bytes(end - offset)
+            return
+        if _punch_hole(self.fd, offset, end - offset):
+            return
+        zeros = bytes(min(COPY_PIECE, end - offset))
+        while offset < end:
+            offset += os.pwrite(self.fd, zeros[:end - offset], offset)
+
     def fill(self, pieces: Iterable[bytes]) -> None:
         """Copy in the committed content (store thread: it reads blocks)."""
         offset = 0
@@ -353,6 +368,20 @@ class Staging:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a file (it reads as zeros, its size stays);
+    False where the file system cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    done: int = libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset),
+                               ctypes.c_int64(length))
+    return done == 0
 
 
 @dataclass

@@ -111,6 +111,9 @@ RELATIME_AGE = 24 * 3600 * 10**9
 DIRECTORY_SIZE = 4096
 """What ``stat`` says of a directory's size."""
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+"""fallocate(2)'s modes the mount answers (linux/falloc.h)."""
+
 DENSE_BELOW = 1 << 20
 """Files smaller than this are taken to keep all their bytes (one or two
 blocks): their ``st_blocks`` needs no look at the file's nodes."""
@@ -788,6 +791,36 @@ class CasOperations(Operations):
             state.written(time.time_ns())
             handle.wrote = True
             return written
+
+    async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:
+        """fallocate(2): space is not reserved (blocks are shared by content),
+        so allocating only extends the file (unless FALLOC_FL_KEEP_SIZE) and
+        checks that the disk has room for the range; punching a hole or
+        zeroing a range makes it read as zeros. Other modes: EOPNOTSUPP."""
+        with fuse_errors("fallocate"):
+            self._writable()
+            if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                raise wire.FUSEError(errno.EOPNOTSUPP)
+            handle = self._handles[fh]
+            found = self.inodes.get(handle.ino)
+            staging = await self._stage(found)
+            end = offset + length
+            if not mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                st = os.statvfs(self._staging_dir)
+                if length > st.f_bavail * st.f_frsize:
+                    raise wire.FUSEError(errno.ENOSPC)
+            changes = bool(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) and offset < staging.size) \
+                or (not mode & FALLOC_FL_KEEP_SIZE and end > staging.size)
+            if not changes:
+                return
+            self._stop_following(found.ino)
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                staging.zero(offset, length)
+            if not mode & FALLOC_FL_KEEP_SIZE and end > staging.size:
+                staging.truncate(end)
+            state: FileState = found.state
+            state.written(time.time_ns())
+            handle.wrote = True
 
     # -- storing a large file while it is written (cas.fuse.streaming) ------------------
 

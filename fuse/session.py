@@ -119,6 +119,10 @@ class Operations:
     async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
         raise FUSEError(errno.ENOSYS)
 
+    async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:
+        """fallocate(2) of an open file (``mode``: FALLOC_FL_* bits)."""
+        raise FUSEError(errno.EOPNOTSUPP)
+
     async def flush(self, fh: int) -> None:
         pass
 
@@ -269,7 +273,8 @@ class Session:
             wire.GETXATTR: self._getxattr, wire.LISTXATTR: self._listxattr, wire.REMOVEXATTR: self._removexattr,
             wire.FLUSH: self._flush, wire.OPENDIR: self._opendir, wire.READDIR: self._readdir,
             wire.READDIRPLUS: self._readdir, wire.RELEASEDIR: self._releasedir, wire.FSYNCDIR: self._fsyncdir,
-            wire.CREATE: self._create, wire.ACCESS: self._access, wire.FORGET: self._forget,
+            wire.CREATE: self._create, wire.ACCESS: self._access, wire.FALLOCATE: self._fallocate,
+            wire.FORGET: self._forget,
             wire.BATCH_FORGET: self._forget,
         }
 
@@ -517,6 +522,10 @@ class Session:
         if len(data) != size:
             raise FUSEError(errno.EIO)
         return wire.reply(h.unique, wire.write_bytes(await self.ops.write(fh, offset, data)))
+
+    async def _fallocate(self, h: wire.Header, body: memoryview) -> list[Any]:
+        await self.ops.fallocate(*wire.fallocate_request(body))
+        return wire.reply(h.unique)
 
     async def _statfs(self, h: wire.Header, body: memoryview) -> list[Any]:
         return wire.reply(h.unique, wire.statfs_bytes(await self.ops.statfs(self._ctx(h))))

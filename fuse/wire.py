@@ -123,6 +123,7 @@ _FSYNC_IN = struct.Struct("<QI")
 _SETXATTR_IN = struct.Struct("<II")
 _GETXATTR_IN = struct.Struct("<I")
 _CREATE_IN = struct.Struct("<IIII")
+_FALLOCATE_IN = struct.Struct("<QQQI")  # fh, offset, length, mode
 
 MKNOD_SIZE, MKDIR_SIZE, RENAME2_SIZE, CREATE_SIZE = _MKNOD_IN.size, _MKDIR_IN.size, _RENAME2_IN.size, _CREATE_IN.size
 SETATTR_SIZE, SETXATTR_SIZE, GETXATTR_SIZE = _SETATTR_IN.size, _SETXATTR_IN.size, 8
@@ -427,6 +428,12 @@ def create_request(body: bytes | memoryview) -> tuple[int, int, int]:
     """(flags, mode, umask) of a CREATE (its name follows at CREATE_SIZE)."""
     flags, mode, umask, _ = _CREATE_IN.unpack_from(body)
     return flags, mode, umask
+
+
+def fallocate_request(body: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(fh, offset, length, mode) of a FALLOCATE."""
+    fh, offset, length, mode = _FALLOCATE_IN.unpack_from(body)
+    return fh, offset, length, mode
 
 
 # -- directory listings -----------------------------------------------------------------------

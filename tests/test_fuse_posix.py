@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_unless_ci
+from tests.conftest import run_cas, skip_unless_ci
 from tests.fusemount import errno_of, mounted
 from tests.trees_compare import compare_trees
 
@@ -520,6 +520,42 @@ def test_a_sparse_file_takes_no_blocks_for_its_hole(mnt: Path) -> None:
         assert os.fstat(out.fileno()).st_blocks * 512 < 1 << 24
     assert ns(f).st_size == 1 << 30
     assert ns(f).st_blocks * 512 < 1 << 24
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x08, 0x10
+
+
+def fallocate(path: Path, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) itself (glibc's posix_fallocate falls back to writing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+
+
+def test_fallocate_extends_punches_and_zeroes_as_a_local_disk_does(mnt: Path, repo: Path) -> None:
+    f = mnt / "prealloc"
+    f.write_bytes(b"x" * 10_000)
+    fallocate(f, 0, 0, 50_000)  # allocate: the file grows, its new bytes are zeros
+    assert f.read_bytes() == b"x" * 10_000 + bytes(40_000)
+    fallocate(f, FALLOC_FL_KEEP_SIZE, 0, 200_000)  # past the end, keeping the size
+    assert ns(f).st_size == 50_000
+    fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1_000, 2_000)
+    fallocate(f, FALLOC_FL_ZERO_RANGE, 9_000, 61_000)  # zeroes, and grows the file to 70,000
+    expected = b"x" * 1_000 + bytes(2_000) + b"x" * 6_000 + bytes(61_000)
+    assert f.read_bytes() == expected
+    os.sync()
+    assert run_cas("cat", "/prealloc", repo=repo).stdout == expected  # committed as any write
+    assert errno_of(fallocate, f, FALLOC_FL_COLLAPSE_RANGE, 0, 4096) == errno.EOPNOTSUPP
+    assert errno_of(fallocate, f, 0, 0, 1 << 55) in (errno.ENOSPC, errno.EFBIG)  # more than any disk
+    assert f.read_bytes() == expected  # what failed changed nothing
+    with open(f, "r+b") as out:  # the library call most programs use
+        os.posix_fallocate(out.fileno(), 0, 100_000)
+    assert ns(f).st_size == 100_000
 
 
 def test_statfs_reports_the_disk_under_the_repository(mnt: Path, repo: Path) -> None:
