@@ -110,6 +110,11 @@ def test_setattr_says_which_fields_change_and_now_is_the_clock() -> None:
                                                                                     2_000_000_020, 77)
 
 
+def test_fallocate_request() -> None:
+    body = struct.pack("<QQQII", 7, 4096, 1 << 20, 0x03, 0)
+    assert wire.fallocate_request(body) == (7, 4096, 1 << 20, 0x03)
+
+
 def test_forgets_single_and_batched() -> None:
     assert wire.forgets(wire.FORGET, 12, struct.pack("<Q", 3)) == [(12, 3)]
     batch = struct.pack("<II", 2, 0) + struct.pack("<QQ", 5, 1) + struct.pack("<QQ", 6, 2)
