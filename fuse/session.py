@@ -294,7 +294,8 @@ class Session:
             self._nursery.cancel_scope.cancel()
 
     def close(self, unmount_it: bool = True) -> None:
-        """Unmount (lazily) and close the kernel connection; synchronous."""
+        """Unmount (lazily) and close the kernel connection, once
+        :meth:`serve` has returned; synchronous."""
         if self._closed:
             return
         self._closed = True

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from cas.fuse import wire
-from cas.fuse.session import Operations, Session
+from cas.fuse.session import Operations, Session, unmount
 from cas.fuse.wire import EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext
 
 from cas.errors import MountError
@@ -138,8 +138,9 @@ def served(mnt: Path, ops: MemFS) -> Iterator[tuple[Session, trio.lowlevel.TrioT
         wait_for(lambda: bool(token) or not thread.is_alive(), what="the session's loop")
         yield session, token[0]
     finally:
-        session.close()  # unmount: the loop reads ENODEV and ends
+        unmount(mnt)  # the loop reads ENODEV and ends
         thread.join(30)
+        session.close(unmount_it=False)
         assert not thread.is_alive(), "the session's loop did not end at the unmount"
     assert not errors, errors
 
