@@ -213,16 +213,26 @@ def run_all(target: Path, scratch: Path, note: Callable[[str], None]) -> dict[st
         source.mkdir()
         subprocess.run(["tar", "xf", str(tar), "-C", str(source)], check=True)
     out: dict[str, float] = {}
+    # Each workload starts with the disk's write-back queue empty (os.sync,
+    # not timed): on these VMs what an earlier workload (or target) left to
+    # write back slows the next one's writes by up to 3x, bindfs's and the
+    # plain disk's most, since they write every file through at once.
+    os.sync()
     out["untar_s"] = untar(target, tar)
     note(f"untar {out['untar_s']:.2f} s")
+    os.sync()
     out["git_s"] = git(target)
     note(f"git {out['git_s']:.2f} s")
+    os.sync()
     out["rsync_s"] = rsync(target, source)
     note(f"rsync {out['rsync_s']:.2f} s")
+    os.sync()
     out["sqlite_s"] = sqlite(target)
     note(f"sqlite {out['sqlite_s']:.2f} s")
+    os.sync()
     out["fsx_ops"] = fsx(target)
     note(f"fsx {out['fsx_ops']:.0f} ops/s")
+    os.sync()
     out["random_iops"], how = random_writes(target)
     note(f"4 KiB random writes {out['random_iops']:.0f}/s ({how})")
     out["ls_lr_s"] = ls_lr_warm(target / "src")
