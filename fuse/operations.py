@@ -531,16 +531,17 @@ class CasOperations(Operations):
             meta = state.meta if state is not None else (await self._node_of(found)).meta
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
-            changed = mode is not None or mtime is not None
+            changes: dict[str, Any] = {}
             if fields.update_uid:
-                meta, changed = replace(meta, uid=attr.st_uid), True
+                changes["uid"] = attr.st_uid
             if fields.update_gid:
-                meta, changed = replace(meta, gid=attr.st_gid), True
+                changes["gid"] = attr.st_gid
             if fields.update_atime:
-                meta, changed = replace(meta, atime=attr.st_atime_ns), True
-            if changed or fields.update_ctime:  # a change of status: ctime moves
-                meta = replace(meta, ctime=attr.st_ctime_ns if fields.update_ctime else time.time_ns())
-                await self._set_meta(found, mode, mtime, meta)
+                changes["atime"] = attr.st_atime_ns
+            if changes or mode is not None or mtime is not None or fields.update_ctime:
+                # A change of status: ctime moves (one new Meta for all of it).
+                changes["ctime"] = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+                await self._set_meta(found, mode, mtime, replace(meta, **changes))
             return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
 
     async def _set_meta(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
