@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from cas.fuse import wire
-from cas.fuse.session import Operations, Session, unmount
+from cas.fuse.session import MAX_WORKERS, Operations, Session, unmount
 from cas.fuse.wire import EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext
 
 from cas.errors import MountError
@@ -39,6 +39,7 @@ class MemFS(Operations):
         self.release_slow = trio.Event()
         self.handles: dict[int, bytes] = {}
         self.forgotten: list[tuple[int, int]] = []
+        self.waiting = 0  # reads waiting for release_slow
 
     def _attr(self, ino: int) -> EntryAttributes:
         a = EntryAttributes()
@@ -85,7 +86,11 @@ class MemFS(Operations):
         if name == b"broken":
             raise RuntimeError("a bug in a handler")
         if name in self.slow:
-            await self.release_slow.wait()
+            self.waiting += 1
+            try:
+                await self.release_slow.wait()
+            finally:
+                self.waiting -= 1
         return bytes(self.files[name][off:off + size])
 
     async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
@@ -203,6 +208,35 @@ def test_a_waiting_handler_does_not_hold_up_other_requests(tmp_path: Path) -> No
             trio.from_thread.run_sync(ops.release_slow.set, trio_token=token)
             reader.join(30)
         assert result == [b"at last"]
+
+
+def test_more_waiting_requests_than_workers_are_all_answered(tmp_path: Path) -> None:
+    mnt = tmp_path / "m"
+    ops = MemFS()
+    readers = MAX_WORKERS + 12
+    for i in range(readers):
+        name = b"slow%d" % i
+        ops.files[name], ops.inos[name] = bytearray(b"file %d" % i), 10 + i
+        ops.slow.add(name)
+    with served(mnt, ops) as (_, token):
+        results: dict[int, bytes] = {}
+
+        def read(i: int) -> None:
+            results[i] = (mnt / f"slow{i}").read_bytes()
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+        for thread in threads:
+            thread.start()
+        try:
+            # Every worker waits in a read (the rest queue in the kernel).
+            wait_for(lambda: ops.waiting == MAX_WORKERS, timeout=30, what="every worker busy")
+            assert not results
+        finally:
+            trio.from_thread.run_sync(ops.release_slow.set, trio_token=token)
+            for thread in threads:
+                thread.join(30)
+        assert results == {i: b"file %d" % i for i in range(readers)}
+        assert (mnt / "hello").read_bytes() == b"hello world\n"  # and the loop goes on
 
 
 def test_an_invalidation_shows_a_change_the_kernel_had_cached(tmp_path: Path) -> None:
