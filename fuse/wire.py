@@ -22,9 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..errors import FUSEError
-
-__all__ = ["FUSEError"]  # the handlers' errno, declared with cas's other errors
+from ..errors import FUSEError as FUSEError  # re-exported: the handlers' errno, declared with cas's other errors
 
 MAJOR = 7
 MINOR = 38
