@@ -30,12 +30,7 @@ def test_every_exception_cas_raises_is_declared_in_cas_errors() -> None:
     for name in every_module():
         if name == "cas.errors":
             continue
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:  # an optional extra missing here (pyfuse3): nothing to check in it
-            if "pyfuse3" not in str(exc):
-                raise
-            continue
+        module = importlib.import_module(name)
         for attr, value in vars(module).items():
             if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == name:
                 if not attr.startswith("_"):  # a module's private one, never raised past it

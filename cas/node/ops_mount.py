@@ -5,10 +5,11 @@ runs one node that is on the network and mounted at once.
 Owns one handler per op, ``handler(request, ctx)`` (requests declared in
 :mod:`cas.control.schema`), listed in :data:`cas.node.ops.HANDLERS`. The
 mount itself is :class:`cas.fuse.served.ServedMount`, loaded only when a
-mount is asked for (a node without the FUSE extra serves everything else).
+mount is asked for (a node on a machine without fusermount3 serves
+everything else).
 
-Must never: serve two mounts at once (pyfuse3 keeps one session per
-process), or hold state (the node keeps its mount).
+Must never: serve two mounts at once (a node serves one: its
+``ServedMount``), or hold state (the node keeps its mount).
 """
 
 from __future__ import annotations
