@@ -12,12 +12,15 @@ task: a handler that answers without waiting (most do: names, attributes
 and data already in memory) costs no task switch at all; one that must wait
 (the store thread, a block from the network, a lock) first hands the
 reading to an idle worker, or starts one, so requests are answered in
-parallel while it waits. (pyfuse3, which this replaced, switched tasks for
-every request and copied every read and write once more.)
+parallel while it waits. A worker that finds no request keeps reading
+for a moment (:data:`SPIN`) before it sleeps. (pyfuse3, which this
+replaced, switched tasks for every request and copied every read and
+write once more.)
 
 Must never: let a handler's exception end the loop (it is the request's
-EIO, and logged), answer a request twice or not at all (FORGET and
-INTERRUPT are never answered), or leave the mount behind when it ends.
+EIO, and logged), answer a request twice or, while it serves, not at all
+(FORGET and INTERRUPT are never answered), or leave the mount behind once
+its owner closes it.
 """
 
 from __future__ import annotations
