@@ -40,10 +40,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .wire import ROOT_INODE as ROOT_INODE  # re-exported: the table's root is the protocol's
+
 if TYPE_CHECKING:
     from ..names.namespace import Node
-
-ROOT_INODE = 1
 
 
 @dataclass(eq=False)

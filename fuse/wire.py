@@ -37,6 +37,7 @@ BUFFER_SIZE = MAX_WRITE + 4096
 """What one request may fill: the largest write and its headers."""
 
 ROOT_INODE = 1
+"""The mount point's inode (FUSE_ROOT_ID)."""
 
 # -- opcodes ---------------------------------------------------------------------------
 
@@ -61,7 +62,6 @@ DO_READDIRPLUS = 1 << 13
 ASYNC_DIO = 1 << 15
 WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
-HANDLE_KILLPRIV = 1 << 19
 POSIX_ACL = 1 << 20
 MAX_PAGES_FLAG = 1 << 22
 
@@ -123,8 +123,8 @@ _GETXATTR_IN = struct.Struct("<I")
 _CREATE_IN = struct.Struct("<IIII")
 _FALLOCATE_IN = struct.Struct("<QQQI")  # fh, offset, length, mode
 
-MKNOD_SIZE, MKDIR_SIZE, RENAME2_SIZE, CREATE_SIZE = _MKNOD_IN.size, _MKDIR_IN.size, _RENAME2_IN.size, _CREATE_IN.size
-SETATTR_SIZE, SETXATTR_SIZE, GETXATTR_SIZE = _SETATTR_IN.size, _SETXATTR_IN.size, 8
+MKNOD_SIZE, MKDIR_SIZE, CREATE_SIZE = _MKNOD_IN.size, _MKDIR_IN.size, _CREATE_IN.size
+SETXATTR_SIZE, GETXATTR_SIZE = _SETXATTR_IN.size, 8
 
 _DT = {0o010000: 1, 0o020000: 2, 0o040000: 4, 0o060000: 6, 0o100000: 8, 0o120000: 10, 0o140000: 12}
 """File type bits -> a dirent's d_type (DT_FIFO ... DT_SOCK)."""
