@@ -432,7 +432,7 @@ class Session:
         except Exception:  # a bug in a handler fails its request, never the mount
             log.exception("FUSE: request %d failed", header.opcode)
             parts = wire.error_reply(header.unique, errno.EIO)
-        if parts is not None:
+        if parts is not None and header.opcode not in wire.NO_REPLY:  # a FORGET is never answered, failed or not
             self._send(parts)
 
     def _init(self, header: wire.Header, body: memoryview) -> None:
