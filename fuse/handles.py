@@ -284,10 +284,14 @@ class Staging:
         bytes held, unless the disk can take everything staged in memory:
         it goes there when stored, and a write accepted now must not fail
         later, when no one is told."""
-        st = os.statvfs(self._directory if self._directory.exists() else self._directory.parent)
-        if Staging._in_memory + self.RESERVE > st.f_bavail * st.f_frsize:
+        if Staging._in_memory + self.RESERVE > self.disk_free():
             self._hold(before)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def disk_free(self) -> int:
+        """Bytes free on the disk the staged content goes to."""
+        st = os.statvfs(self._directory if self._directory.exists() else self._directory.parent)
+        return st.f_bavail * st.f_frsize
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         end = offset + len(data)
@@ -370,7 +374,8 @@ class Staging:
             self.fd = -1
 
 
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+"""fallocate(2)'s modes (linux/falloc.h): the ones the mount answers."""
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -379,7 +384,7 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    done: int = libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset),
+    done: int = libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset),
                                ctypes.c_int64(length))
     return done == 0
 

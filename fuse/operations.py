@@ -39,6 +39,9 @@ from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from ..store import WriteSession
 from . import acl, wire
 from .handles import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
     READ_AHEAD_PARALLEL,
     BlockCache,
     BlockFetcher,
@@ -110,9 +113,6 @@ RELATIME_AGE = 24 * 3600 * 10**9
 
 DIRECTORY_SIZE = 4096
 """What ``stat`` says of a directory's size."""
-
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
-"""fallocate(2)'s modes the mount answers (linux/falloc.h)."""
 
 DENSE_BELOW = 1 << 20
 """Files smaller than this are taken to keep all their bytes (one or two
@@ -806,18 +806,17 @@ class CasOperations(Operations):
             found = self.inodes.get(handle.ino)
             staging = await self._stage(found)
             end = offset + length
-            if not mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                st = os.statvfs(self._staging_dir)
-                if length > st.f_bavail * st.f_frsize:
-                    raise wire.FUSEError(errno.ENOSPC)
-            changes = bool(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) and offset < staging.size) \
-                or (not mode & FALLOC_FL_KEEP_SIZE and end > staging.size)
-            if not changes:
+            zeroing = bool(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+            if not zeroing and length > staging.disk_free():
+                raise wire.FUSEError(errno.ENOSPC)
+            zeroes = zeroing and offset < staging.size
+            grows = not mode & FALLOC_FL_KEEP_SIZE and end > staging.size
+            if not (zeroes or grows):
                 return
             self._stop_following(found.ino)
-            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            if zeroes:
                 staging.zero(offset, length)
-            if not mode & FALLOC_FL_KEEP_SIZE and end > staging.size:
+            if grows:
                 staging.truncate(end)
             state: FileState = found.state
             state.written(time.time_ns())

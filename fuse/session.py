@@ -183,9 +183,6 @@ class HandlerLock:
     async def __aexit__(self, *exc: object) -> None:
         self._lock.release()
 
-    def locked(self) -> bool:
-        return self._lock.locked()
-
 
 # -- making and removing the mount ---------------------------------------------------------
 
