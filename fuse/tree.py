@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
@@ -266,14 +266,18 @@ class MountTree(TreeReader):
         ``session`` put and nothing links."""
         session.close()
 
-    def commit_pending(self, pending: PendingDir, stored: list[CID]) -> CommitResult:
+    def commit_pending(self, pending: PendingDir, stored: list[CID],
+                       known: Mapping[CID, Mapping[str, DirEntry]] | None = None) -> CommitResult:
         """Build what ``pending`` (the overlay's root) makes of the
         committed root it was made over, and commit it as one version: one
         signed record, one fsync (after the blocks it refers to). Then
         ``on_commit(stored)``. Returns the root committed and what the
-        build learnt of the directories it wrote."""
+        build learnt of the directories it wrote. ``known``: listings of
+        committed directories by CID (read, never changed), from which the
+        listing of a directory edited in place is learnt too."""
         self.empty_file()  # an entry made by create may name it
         built = Built.empty()
+        known = known or {}
 
         def make(state: RootState) -> CID:
             # Over the newest root: if another writer committed since the
@@ -282,7 +286,7 @@ class MountTree(TreeReader):
             built.dirs.clear()
             built.listings.clear()
             built.gone.clear()
-            return self._build(pending, state.root, (), built)[0]
+            return self._build(pending, state.root, (), built, known)[0]
 
         state = self.namespace.commit_made(make)
         self._root, self._root_read = state, time.monotonic()
@@ -293,7 +297,8 @@ class MountTree(TreeReader):
             self._on_commit(stored)
         return CommitResult(state, built)
 
-    def _build(self, pending: PendingDir, there: CID | None, path: tuple[str, ...], built: Built) -> tuple[CID, int]:
+    def _build(self, pending: PendingDir, there: CID | None, path: tuple[str, ...], built: Built,
+               known: Mapping[CID, Mapping[str, DirEntry]]) -> tuple[CID, int]:
         """The directory ``pending`` makes at ``path``: (CID, size), its
         nodes stored, and what it holds noted in ``built``. ``there``: the
         committed directory at its path now, which one that is ``at_path``
@@ -310,7 +315,7 @@ class MountTree(TreeReader):
                     committed = self._lookup(base, name)
                     if committed is not None and committed.kind == "dir":
                         now_there = committed.cid
-                cid, size = self._build(item, now_there, (*path, name), built)
+                cid, size = self._build(item, now_there, (*path, name), built, known)
                 assert item.mode is not None and item.mtime is not None, "a pending directory has its attributes"
                 changes[name] = built.dirs[(*path, name)] = DirEntry(name, "dir", size, item.mode, item.mtime, cid=cid,
                                                                      meta=item.meta)
@@ -320,22 +325,22 @@ class MountTree(TreeReader):
                     built.dirs[(*path, name)] = item
                 else:  # no directory here any more (what was known below it neither)
                     built.gone.add((*path, name))
+        listing: dict[str, DirEntry] | None
         if base is None:
-            entries = [entry for entry in changes.values() if entry is not None]
-            summary = dirtree.build(self.blocks, entries)
-            listing: dict[str, DirEntry] | None = {entry.name: entry for entry in entries}
-        elif len(changes) * dirtree.AVG_FANOUT >= dirtree.summary(self.blocks, base).count:
-            listing = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
-            for name, change in changes.items():
-                if change is None:
-                    listing.pop(name, None)
-                else:
-                    listing[name] = change
+            listing = _applied({}, changes)
             summary = dirtree.build(self.blocks, listing.values())
         else:
-            summary, listing = dirtree.update(self.blocks, base, changes), None
+            was = known.get(base)
+            if len(changes) * dirtree.AVG_FANOUT >= dirtree.summary(self.blocks, base).count:  # rewritten whole
+                if was is None:
+                    was = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
+                listing = _applied(was, changes)
+                summary = dirtree.build(self.blocks, listing.values())
+            else:  # edited in place
+                summary = dirtree.update(self.blocks, base, changes)
+                listing = None if was is None else _applied(was, changes)
         if listing is not None and len(listing) <= MAX_KNOWN_LISTING:
-            built.listings[path] = listing
+            built.listings[summary.cid] = listing
         return summary.cid, summary.size
 
     def statfs(self) -> FsStat:
@@ -344,13 +349,14 @@ class MountTree(TreeReader):
 
 
 class Built(NamedTuple):
-    """What a commit learnt of the directories it wrote, by path: the
-    entry of each (but the root's), the whole listing of those it built
-    from all their entries (at most ``MAX_KNOWN_LISTING``), and the paths
-    where no directory is any more (removed, or a file now)."""
+    """What a commit learnt of the directories it wrote: by path, the
+    entry of each (but the root's) and the paths where no directory is any
+    more (removed, or a file now); by directory CID, the whole listing of
+    those whose entries it knew (at most ``MAX_KNOWN_LISTING``: a listing
+    by CID is never stale)."""
 
     dirs: dict[tuple[str, ...], DirEntry]
-    listings: dict[tuple[str, ...], dict[str, DirEntry]]
+    listings: dict[CID, dict[str, DirEntry]]
     gone: set[tuple[str, ...]]
 
     @classmethod
@@ -384,3 +390,14 @@ class _NewBlocks:
         if new:
             self.cids.append(block.cid)
         return new
+
+
+def _applied(listing: Mapping[str, DirEntry], changes: Mapping[str, DirEntry | None]) -> dict[str, DirEntry]:
+    """``listing`` (name -> entry) edited by ``changes`` (None: removed), as a new dict."""
+    edited = dict(listing)
+    for name, change in changes.items():
+        if change is None:
+            edited.pop(name, None)
+        else:
+            edited[name] = change
+    return edited

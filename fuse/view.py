@@ -43,11 +43,15 @@ from ..names.namespace import ROOT_MODE, Node, RootState
 from .links import LinkIndex
 from .pending import NOTHING, Committed, Found, Missing, PendingChanges, PendingDir, Supply
 from .session import HandlerLock
-from .tree import Built, CommitResult, MountTree, StoredFile, TreeReader
+from .tree import CommitResult, MountTree, StoredFile, TreeReader
 
 MAX_KNOWN = 10_000
-"""Directories whose listing the view keeps from its commits (then it
-starts afresh)."""
+"""Directories whose committed entry the view keeps from its commits (then
+it starts afresh)."""
+
+MAX_KNOWN_ENTRIES = 100_000
+"""Entries, in all, of the committed listings the view keeps from its
+commits (past it, the oldest listings go first): ~20 MB at most."""
 
 
 class ReadView:
@@ -94,7 +98,11 @@ class MountView(ReadView):
         # What the last commit wrote, while no other writer has changed the
         # namespace since: spares the store the questions it would answer.
         self._known_root: CID | None = None
-        self._known = Built.empty()
+        self._known_dirs: dict[tuple[str, ...], DirEntry] = {}
+        # Listings of committed directories by CID, learnt from commits:
+        # never stale, so kept when another writer changes the namespace.
+        self._listings: dict[CID, dict[str, DirEntry]] = {}
+        self._listing_entries = 0
         self._root_mtime: int | None = None  # the root's own, from the last commit that changed it
         self._links = LinkIndex()
 
@@ -114,16 +122,44 @@ class MountView(ReadView):
             raise PathNotFoundError(f"{path}: no such file or directory")
         if isinstance(found, Found):
             return _node(path, parts, found.item)
-        listing = self._known.listings.get(parts[:-1]) if parts else None
-        if listing is not None:  # a directory the last commit wrote whole
-            entry = listing.get(parts[-1])
-            if entry is None:
-                raise PathNotFoundError(f"{path}: no such file or directory")
-            return Node.of(path, entry)
         if not parts:
             return await self._committed_root(path)
+        entry = self._known_entry(found, path)
+        if entry is not None:
+            return Node.of(path, entry)
         node: Node = await self._run(self.tree.resolve_from, found.start, found.rest, path)
         return node
+
+    def _known_listing(self, found: Committed) -> dict[str, DirEntry] | None:
+        """The listing of the committed directory ``found`` names, if the
+        listings learnt from commits reach it (None: ask the store)."""
+        listing = self._known_of(self._known_root if found.start is None else found.start)
+        for name in found.rest:
+            if listing is None:
+                return None
+            entry = listing.get(name)
+            if entry is None or entry.kind != "dir":
+                return None  # the store says which error it is
+            listing = self._known_of(entry.cid)
+        return listing
+
+    def _known_of(self, cid: CID | None) -> dict[str, DirEntry] | None:
+        """Committed directory ``cid``'s listing, if a commit taught it."""
+        if cid is None:
+            return None
+        return _EMPTY if cid == EMPTY_DIRECTORY else self._listings.get(cid)
+
+    def _known_entry(self, found: Committed, path: str) -> DirEntry | None:
+        """The committed entry ``found`` names, if the listings learnt from
+        commits know its directory (None: ask the store); PathNotFoundError
+        if they know it is not there."""
+        listing = self._known_listing(Committed(found.start, found.rest[:-1]))
+        if listing is None:
+            return None
+        entry = listing.get(found.rest[-1])
+        if entry is None:
+            raise PathNotFoundError(f"{path}: no such file or directory")
+        return entry
 
     async def _committed_root(self, path: str) -> Node:
         node: Node = await self._run(self.tree.resolve_from, None, (), path)
@@ -134,7 +170,7 @@ class MountView(ReadView):
     def forget_known(self) -> None:
         """Another writer changed the namespace: what the last commit wrote
         is no longer known to be current."""
-        self._known_root, self._known, self._root_mtime = None, Built.empty(), None
+        self._known_root, self._known_dirs, self._root_mtime = None, {}, None
         self._links.forget()
 
     async def _existing(self, path: str) -> Node | None:
@@ -149,8 +185,8 @@ class MountView(ReadView):
         if isinstance(found, Missing):
             raise PathNotFoundError(f"{path}: no such file or directory")
         if isinstance(found, Committed):
-            known = self._known.listings.get(parts)
-            if known is not None:  # a directory the last commit wrote whole
+            known = self._known_listing(found)
+            if known is not None:
                 return sorted(known.values(), key=lambda entry: name_key(entry.name))
             if found.start is None:
                 return await super().list(path)
@@ -164,9 +200,8 @@ class MountView(ReadView):
         if isinstance(item, DirEntry):
             if item.kind != "dir":
                 raise NotADirectoryPathError(f"{path} is not a directory")
-            listed = await self._run(self.tree.listing, item.cid)
-            return listed
-        entries = {entry.name: entry for entry in await self._run(self.tree.listing, item.base)}
+            return await self._listing(item.cid)
+        entries = {entry.name: entry for entry in await self._listing(item.base)}
         for name, child in item.children.items():
             if child is None:
                 entries.pop(name, None)
@@ -177,6 +212,14 @@ class MountView(ReadView):
                 entries[name] = child
         return sorted(entries.values(), key=lambda entry: name_key(entry.name))
 
+    async def _listing(self, cid: CID | None) -> builtins.list[DirEntry]:
+        """Committed directory ``cid``'s entries (None: none), in name order."""
+        known = self._known_of(cid) if cid is not None else _EMPTY
+        if known is not None:
+            return sorted(known.values(), key=lambda entry: name_key(entry.name))
+        listed: list[DirEntry] = await self._run(self.tree.listing, cid)
+        return listed
+
     # -- changing -----------------------------------------------------------------
 
     async def _supply(self, parts: tuple[str, ...]) -> Supply:
@@ -185,7 +228,7 @@ class MountView(ReadView):
         if need is None:
             return NOTHING
         start, depth = need
-        known = [self._known.dirs.get(parts[: at + 1]) for at in range(depth, len(parts))]
+        known = [self._known_dirs.get(parts[: at + 1]) for at in range(depth, len(parts))]
         if (start is not None or self._known_root is not None) and all(entry is not None for entry in known):
             # The committed entries the last commit wrote: no trip to the store.
             # (A start CID means the overlay knows the root: none is needed then.)
@@ -464,25 +507,37 @@ class MountView(ReadView):
         async with self._lock:
             if not self.overlay or self.overlay.root is None:
                 return None
-            done: CommitResult = await self._run(self.tree.commit_pending, self.overlay.root, self._stored)
+            done: CommitResult = await self._run(self.tree.commit_pending, self.overlay.root, self._stored,
+                                                 self._listings)
             self._root_mtime = self.overlay.root.mtime or self._root_mtime
             self.overlay.clear()
             self._stored = []
-            if len(self._known.listings) + len(done.built.listings) > MAX_KNOWN:
-                self._known = Built.empty()
             self._known_root = done.state.root
             # What was known at or below a path where no directory is now is
             # stale (a directory is known whenever one below it is).
-            gone = {path for path in done.built.gone if path in self._known.dirs or path in self._known.listings}
+            gone = {path for path in done.built.gone if path in self._known_dirs}
             if gone:
-                for known in (self._known.dirs, self._known.listings):
-                    for path in [path for path in known if any(path[:i] in gone for i in range(1, len(path) + 1))]:
-                        del known[path]
-            self._known.dirs.update(done.built.dirs)
-            for changed in [(), *done.built.dirs]:  # a listing this commit changed but did not learn whole is stale
-                self._known.listings.pop(changed, None)
-            self._known.listings.update(done.built.listings)
+                for path in [path for path in self._known_dirs if any(path[:i] in gone for i in range(1, len(path) + 1))]:
+                    del self._known_dirs[path]
+            if len(self._known_dirs) + len(done.built.dirs) > MAX_KNOWN:
+                self._known_dirs.clear()
+            self._known_dirs.update(done.built.dirs)
+            self._learn(done.built.listings)
             return done.state
+
+
+    def _learn(self, listings: dict[CID, dict[str, DirEntry]]) -> None:
+        """Keep these listings; past MAX_KNOWN_ENTRIES in all, the oldest go."""
+        for cid, listing in listings.items():
+            if cid not in self._listings:
+                self._listings[cid] = listing
+                self._listing_entries += len(listing)
+        while self._listing_entries > MAX_KNOWN_ENTRIES and len(self._listings) > 1:
+            oldest = next(iter(self._listings))
+            self._listing_entries -= len(self._listings.pop(oldest))
+
+
+_EMPTY: dict[str, DirEntry] = {}  # the empty directory's listing (never changed)
 
 
 def _node(path: str, parts: tuple[str, ...], item: PendingDir | DirEntry) -> Node:

@@ -87,3 +87,75 @@ def test_a_directory_removed_in_one_commit_is_not_brought_back_by_a_later_one(tm
             assert (await view.resolve("/top/e")).mode == 0o700
 
     trio.run(main)
+
+
+def _counting_run(asked: list[str]) -> Callable[..., Any]:
+    """A ``run`` that notes the name of every call it makes on the tree."""
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        asked.append(fn.__name__)
+        return fn(*args)
+    return run
+
+
+def test_a_directory_changed_again_after_a_commit_is_answered_from_what_commits_taught(tmp_path: Path) -> None:
+    # rsync's pattern: a directory filled across several commits, each
+    # adding a few names (edited in place, not rebuilt), looked up and
+    # listed between them. The listings the commits taught the view answer
+    # every lookup and listing: no trip to the store, and the same answers
+    # as a fresh view reading the repository.
+    async def main() -> None:
+        asked: list[str] = []
+        with LocalStore.open(tmp_path / "repo") as store:
+            tree = MountTree(store)
+            try:
+                view = MountView(tree, _counting_run(asked))
+                await view.mkdir("/big", 0o755)
+                for i in range(300):
+                    await view.create(f"/big/f{i:03}", 0o644, exclusive=True)
+                await view.flush()
+                for round_ in range(3):
+                    asked.clear()
+                    await view.create(f"/big/new{round_}", 0o644, exclusive=True)  # /big pending over its commit
+                    assert (await view.resolve("/big/f007")).kind == "file"
+                    assert await view._existing("/big/absent") is None
+                    names = [entry.name for entry in await view.list("/big")]
+                    assert len(names) == 301 + round_ and f"new{round_}" in names
+                    assert [name for name in asked if name in ("resolve_from", "listing", "supply")] == []
+                    await view.flush()
+                asked.clear()
+                assert [entry.name for entry in await view.list("/big")] == names
+                assert asked == []
+            finally:
+                tree.close()
+        with _view(tmp_path / "repo") as fresh:
+            assert [entry.name for entry in await fresh.list("/big")] == names
+
+    trio.run(main)
+
+
+def test_the_listings_kept_are_bounded_and_what_was_dropped_is_read_again(tmp_path: Path,
+                                                                          monkeypatch: Any) -> None:
+    monkeypatch.setattr("cas.fuse.view.MAX_KNOWN_ENTRIES", 50)
+
+    async def main() -> None:
+        asked: list[str] = []
+        with LocalStore.open(tmp_path / "repo") as store:
+            tree = MountTree(store)
+            try:
+                view = MountView(tree, _counting_run(asked))
+                for d in range(4):
+                    await view.mkdir(f"/d{d}", 0o755)
+                    for i in range(20):
+                        await view.create(f"/d{d}/f{i}", 0o644, exclusive=True)
+                    await view.flush()
+                assert view._listing_entries <= 50
+                asked.clear()
+                assert len(await view.list("/d0")) == 20  # dropped: read from the store
+                assert asked == ["list"]
+                asked.clear()
+                assert len(await view.list("/d3")) == 20  # the newest: kept
+                assert asked == []
+            finally:
+                tree.close()
+
+    trio.run(main)
