@@ -23,7 +23,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -125,7 +125,7 @@ class _Following:
     the task driving it (``CasOperations._follow``) did."""
 
     follower: Follower
-    done: trio.Event | None = None  # once its task started (its content went on disk): set when it ends
+    done: trio.Event = field(default_factory=trio.Event)  # set when its task (started with it) ends
     stored: StoredFile | None = None  # once the follower built the whole file
     session: WriteSession | None = None  # its own (MountTree.open_session)
 
@@ -199,6 +199,7 @@ class CasOperations(Operations):
         self._locks: dict[int, HandlerLock] = {}
         self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
         self._following: dict[int, _Following] = {}  # by inode: files being stored as written
+        self._in_order: dict[int, int] = {}  # by inode: where a file written in order from empty ends, not followed yet
         self._followers_running = 0
         self._store_wake = trio.Event()  # a closed file is queued
         self._store_now = trio.Event()  # a batch is full, or a large file queued
@@ -825,26 +826,32 @@ class CasOperations(Operations):
     # -- storing a large file while it is written (cas.fuse.streaming) ------------------
 
     def _follow_write(self, found: Inode, staging: Staging, fresh: bool, offset: int, written: int) -> None:
-        """Tell the file's follower of a write (made one if the staged
-        content was empty); start its task once the content is on disk."""
-        following = self._following.get(found.ino)
-        if following is None:
-            if not fresh or self.read_only:
-                return
-            following = self._following[found.ino] = _Following(Follower())
-        if not following.follower.wrote(offset, offset + written):
-            self._stop_following(found.ino)
-        elif following.done is None and staging.fd >= 0:
-            if self._followers_running >= MAX_FOLLOWING:
-                self._stop_following(found.ino)
-                return
-            following.follower.attach(staging.fd)
-            following.done = trio.Event()
-            self._followers_running += 1
-            self._nursery.start_soon(self._follow, following)
+        """Tell the file's follower of a write. A file written in order from
+        empty gets one once its staged content is on disk (a small file,
+        staged in memory, is stored whole at its close, with no follower);
+        until then, only where its content written in order ends is kept."""
+        ino = found.ino
+        following = self._following.get(ino)
+        if following is not None:
+            if not following.follower.wrote(offset, offset + written):
+                self._stop_following(ino)
+            return
+        end = 0 if fresh and not self.read_only else self._in_order.pop(ino, None)
+        if end is None or offset != end:
+            return  # not written in order from empty: stored whole
+        if staging.fd < 0:
+            self._in_order[ino] = end + written
+            return
+        if self._followers_running >= MAX_FOLLOWING:
+            return
+        following = self._following[ino] = _Following(Follower(written=end + written))
+        following.follower.attach(staging.fd)
+        self._followers_running += 1
+        self._nursery.start_soon(self._follow, following)
 
     def _stop_following(self, ino: int) -> None:
         """The file is stored whole: its follower, if any, gives up."""
+        self._in_order.pop(ino, None)
         following = self._following.pop(ino, None)
         if following is not None:
             following.follower.close()
@@ -855,7 +862,6 @@ class CasOperations(Operations):
         it has built the whole file or gave up. A session given up is
         dropped (gc may take its blocks)."""
         follower = following.follower
-        assert following.done is not None
         new: list[CID] = []
         try:
             session = following.session = await self._store(self._changing.tree.open_session)
@@ -1006,9 +1012,9 @@ class CasOperations(Operations):
                 state: FileState | None = found.state
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
+                    self._in_order.pop(found.ino, None)
                     following = self._following.pop(found.ino, None)
-                    if following is not None and following.done is not None \
-                            and following.follower.finish(state.staging.size):
+                    if following is not None and following.follower.finish(state.staging.size):
                         followed[len(taken)] = following
                     elif following is not None:
                         following.follower.close()
@@ -1056,7 +1062,6 @@ class CasOperations(Operations):
         which drops the session instead)."""
         with trio.CancelScope(shield=True), trio.move_on_after(10):  # never holds up an unmount
             following.follower.close()
-            assert following.done is not None
             await following.done.wait()
             if following.stored is not None and following.session is not None:
                 await self._store(self._changing.tree.hand_over, following.session)
@@ -1073,7 +1078,6 @@ class CasOperations(Operations):
                 whole, await self._store(self._changing.tree.store_files, [streams[at] for at in whole]),
                 strict=True))
             for at, following in followed.items():
-                assert following.done is not None
                 await following.done.wait()
                 if following.stored is not None:
                     stored[at] = following.stored

@@ -52,9 +52,10 @@ class Follower:
     :meth:`close`) runs on the FUSE thread; :meth:`step` and the
     :meth:`readinto` it drives run on one worker thread at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, written: int = 0) -> None:
+        """``written``: bytes from the start of the file written already, in order."""
         self._cond = threading.Condition()
-        self._frontier = 0
+        self._frontier = written
         self._ahead: list[tuple[int, int]] = []
         self._end: int | None = None
         self._given_up = False

@@ -115,6 +115,23 @@ def test_content_written_before_the_file_is_attached_is_read_from_it(staged: int
     assert follower.result == (add_bytes(MemoryBlockStore(), data).cid, len(data))
 
 
+def test_a_follower_made_once_part_of_the_file_was_written_starts_from_the_file(staged: int) -> None:
+    # The mount makes one only once a file written in order from empty goes
+    # to disk: what came before is read from the staged file.
+    data = content(3 * MIB + 777, 4)
+    os.pwrite(staged, data[: 2 * MIB], 0)
+    follower = Follower(written=2 * MIB)
+    follower.attach(staged)
+    stepper = Stepper(follower)
+    other = Follower(written=2 * MIB)
+    assert not other.wrote(MIB, 2 * MIB), "a write behind what it was told is written gives it up"
+    other.close()
+    assert write(staged, follower, data, 2 * MIB, len(data))
+    assert follower.finish(len(data))
+    stepper.join()
+    assert follower.result == (add_bytes(MemoryBlockStore(), data).cid, len(data))
+
+
 def test_an_overwrite_behind_the_frontier_gives_up_and_the_thread_ends(staged: int) -> None:
     data = content(4 * MIB, 4)
     follower = Follower()
