@@ -26,7 +26,7 @@ stream in memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pyfastcdc
@@ -49,10 +49,27 @@ GEAR_SEED = 0
 """0 selects the paper's published gear table; anything else changes the format."""
 
 
+@runtime_checkable
 class Readable(Protocol):
     """A binary stream: anything with ``readinto`` (preferred) or ``read``."""
 
     def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class _ReadOnly(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _ByRead:
+    """``readinto`` over a stream that has only ``read``."""
+
+    def __init__(self, stream: _ReadOnly) -> None:
+        self._stream = stream
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _fastcdc() -> pyfastcdc.FastCDC:
@@ -77,10 +94,49 @@ def chunk_stream(stream: Readable) -> Iterator[bytes]:
     plus the chunk being yielded, whatever the stream's length. The stream is
     read to its end; an empty stream yields nothing.
     """
-    for chunk in _fastcdc().cut_stream(stream):  # type: ignore[arg-type]  # Readable has readinto, which it uses
+    # A stream of at most MIN_CHUNK_SIZE bytes is one chunk (FastCDC never
+    # cuts before the minimum): most files are, and FastCDC's set-up (a
+    # buffer of two maximum chunks) would cost them more than the rest.
+    if not isinstance(stream, Readable):
+        stream = _ByRead(stream)
+    head = bytearray(MIN_CHUNK_SIZE + 1)
+    got = _read_fully(stream, memoryview(head))
+    if got <= MIN_CHUNK_SIZE:
+        if got:
+            del head[got:]
+            yield bytes(head)
+        return
+    for chunk in _fastcdc().cut_stream(_Prefixed(head, stream)):  # type: ignore[arg-type]  # it uses readinto
         # cut_stream hands out views into its reusable buffer that are only
         # valid until the next chunk is cut, so each one is copied out.
         yield bytes(chunk.data)
+
+
+def _read_fully(stream: Readable, buffer: memoryview) -> int:
+    """Read into ``buffer`` until it is full or the stream ends; the bytes read."""
+    filled = 0
+    while filled < len(buffer):
+        got = stream.readinto(buffer[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+class _Prefixed:
+    """``head``'s bytes, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes | bytearray, stream: Readable) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._stream.readinto(buffer)
 
 
 def chunk_bytes(data: bytes | bytearray | memoryview) -> Iterator[bytes]:

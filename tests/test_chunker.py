@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import blake3
 import pytest
@@ -114,3 +115,19 @@ def test_yielded_chunks_stay_valid_after_the_next_one_is_cut() -> None:
     chunks = list(chunk_stream(io.BytesIO(data)))  # kept, not consumed one by one
     assert all(isinstance(c, bytes) for c in chunks)
     assert b"".join(chunks) == data
+
+
+def test_streams_around_the_minimum_cut_as_their_bytes_do_whatever_the_read_sizes() -> None:
+    # A stream of at most MIN_CHUNK_SIZE bytes is taken whole without
+    # FastCDC; one a byte longer is cut by it, with the bytes read to tell
+    # the two apart handed back first. Reads here return at most 1,000 bytes.
+    class Trickle(io.BytesIO):
+        def readinto(self, buffer: Any, /) -> int:
+            return super().readinto(memoryview(buffer)[:1000])
+
+    data = xof("around the minimum", 3 * MIN_CHUNK_SIZE + 5)
+    for size in (0, 1, MIN_CHUNK_SIZE - 1, MIN_CHUNK_SIZE, MIN_CHUNK_SIZE + 1, MIN_CHUNK_SIZE + 2,
+                 3 * MIN_CHUNK_SIZE + 5):
+        expected = list(chunk_bytes(data[:size]))
+        assert list(chunk_stream(Trickle(data[:size]))) == expected, size
+        assert list(chunk_stream(io.BytesIO(data[:size]))) == expected, size
