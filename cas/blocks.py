@@ -177,9 +177,9 @@ class LooksUpInBatches(Protocol):
 
 @runtime_checkable
 class ReadsFromAnyThread(Protocol):
-    """A store whose committed large blocks any thread may read at once, past
-    its owner's lock (the repository's packs): the verified bytes, or None
-    for a block only the owning thread can read."""
+    """A store whose committed blocks any thread may read at once, past its
+    owner's lock (the repository's): the verified bytes, or None for a
+    block only the owning thread can read (or tell what is wrong with)."""
 
     def get_file_block(self, cid: CID) -> bytes | None: ...
 

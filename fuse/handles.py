@@ -135,7 +135,8 @@ class BlockFetcher:
     ``parallel_get`` (default: the store's ``get_file_block``, if it
     :class:`~cas.blocks.ReadsFromAnyThread`) reads a block
     in a worker thread, several at once, outside the store thread; it
-    returns None for a block only the store thread can read.
+    returns None for a block only the store thread can read (one not
+    committed yet, or damaged).
     """
 
     def __init__(
@@ -343,7 +344,7 @@ class Staging:
         while offset < end:
             offset += os.pwrite(self.fd, zeros[:end - offset], offset)
 
-    def fill(self, pieces: Iterable[bytes]) -> None:
+    def fill(self, pieces: Iterable[bytes | memoryview]) -> None:
         """Copy in the committed content (store thread: it reads blocks)."""
         offset = 0
         for piece in pieces:

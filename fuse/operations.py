@@ -763,13 +763,18 @@ class CasOperations(Operations):
             return info, self._attr(found, node)
 
     async def _stage(self, found: Inode) -> Staging:
-        """The inode's staged content, made on first need (old content copied in)."""
+        """The inode's staged content, made on first need (old content
+        copied in: a small file's through the block cache, read outside the
+        store thread, which may be busy storing others)."""
         state: FileState = found.state
         async with self._lock(found.ino):
             if state.staging is None:
                 staging = Staging(self._staging_dir)
                 try:
-                    if state.size and state.cid is not None:
+                    if state.size and state.cid is not None and state.size <= Staging.MEMORY_FILE:
+                        walk = FileWalk(state.cid, 0, state.size, path=PathCache(self.nodes))
+                        staging.fill(await read_walk(walk, self.fetcher))
+                    elif state.size and state.cid is not None:
                         cid = state.cid
                         await self._store(lambda: staging.fill(self.tree.read_all(cid)))
                 except BaseException:

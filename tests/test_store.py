@@ -99,23 +99,30 @@ def test_sizes_come_from_the_index_for_small_and_packed_blocks_in_batches(store)
     assert len(sizes) == 2 + len(many) - 1
 
 
-def test_get_file_block_reads_committed_pack_blocks_from_any_thread_and_only_those(store):
+def test_get_file_block_reads_committed_blocks_from_any_thread_and_only_those(store):
     from concurrent.futures import ThreadPoolExecutor
 
-    small, missing = Block.of(RAW, b"small"), big("never stored")
+    missing = big("never stored")
+    small = [Block.of(RAW, f"small {i}".encode()) for i in range(4)]
+    node = Block.of(DAG_CBOR, b"\xa1anb")  # a small node: in the database too
     large = [big(f"large {i}") for i in range(8)]
-    for block in [small, *large]:
+    for block in [*small, node, *large]:
         store.blocks.put(block)
     assert store.blocks.get_file_block(large[0].cid) is None  # not committed yet: ask get()
+    assert store.blocks.get_file_block(small[0].cid) is None
     store.blocks.barrier()
-    with ThreadPoolExecutor(4) as pool:  # each thread reads the index through its own connection
-        got = list(pool.map(store.blocks.get_file_block, [b.cid for b in large] * 4))
-    assert got == [b.data for b in large] * 4
-    assert store.blocks.get_file_block(small.cid) is None  # in the database: ask get()
+    every = [*small, node, *large]
+    with ThreadPoolExecutor(4) as pool:  # each thread reads the database through its own connection
+        got = list(pool.map(store.blocks.get_file_block, [b.cid for b in every] * 4))
+    assert got == [b.data for b in every] * 4
     assert store.blocks.get_file_block(missing.cid) is None
     flip_byte(store, large[0].cid)
     with pytest.raises(InvalidBlockError, match=str(large[0].cid)):
         store.blocks.get_file_block(large[0].cid)  # verified like every read
+    store.db.execute("UPDATE small_blocks SET data = ? WHERE cid = ?", (b"small X", bytes(small[1].cid)))
+    store.db.commit()
+    with pytest.raises(InvalidBlockError, match=str(small[1].cid)):
+        store.blocks.get_file_block(small[1].cid)
 
 
 def test_committed_fetchers_look_up_in_batches_from_any_thread(store):

@@ -71,10 +71,10 @@ class _FileFrom:
 class PackFirst:
     """What a worker thread reads a file through for the ``write_file`` op
     (a :class:`cas.blocks.BlockSource` that :class:`cas.blocks.LooksUpInBatches`):
-    large blocks straight from their packs, in that thread (the one read
-    safe from any thread, ``get_file_block``); anything else (small nodes,
-    blocks put since the last barrier, blocks on peers) as the ``get`` op
-    finds it, on the node's thread. The walk's read-ahead hint reaches it
+    committed blocks straight from the repository, in that thread (the one
+    read safe from any thread, ``get_file_block``); anything else (blocks
+    put since the last barrier, damaged copies, blocks on peers) as the
+    ``get`` op finds it, on the node's thread. The walk's read-ahead hint reaches it
     as a batch look-up; what is not in a pack is handed to
     ``read_ahead`` (the node fetches from the network what it lacks)."""
 

@@ -62,14 +62,7 @@ class RepositoryBlockStore:
         data = self.db.get_block(bytes(cid))
         if data is None:
             return self.packs.get(cid)
-        try:
-            return verified(cid, data)
-        except InvalidBlockError:
-            raise CorruptBlockError(
-                cid, "the metadata database",
-                f"block {cid} is corrupt in the repository's database: its bytes do not "
-                "match its hash; run 'cas repo verify' to list all damage",
-            ) from None
+        return _small_verified(cid, data)
 
     def fetchers(
         self, cids: Sequence[CID], *, committed: bool = False
@@ -86,19 +79,27 @@ class RepositoryBlockStore:
         return [next(found) if cid.codec == RAW else None for cid in cids]
 
     def get_file_block(self, cid: CID) -> bytes | None:
-        """The verified bytes of ``cid`` if it is a large block in a pack whose
-        index row is committed, else None (a small block, in the database, a
-        block put since the last barrier, or no block at all).
+        """The verified bytes of ``cid`` if its row (a large block's in the
+        pack index, a small block's with its bytes) is committed, else None
+        (a block put since the last barrier, or no block at all); bytes
+        that do not match the hash raise, as every read does.
 
         The one read that is safe from any thread, concurrently with every
-        other operation: it reads the index through a read-only connection
-        of its own thread and pack bytes that are never rewritten in place
-        (``_packs.py``, rule 4), and touches no state of this object.
-        Readers use it to read and hash large blocks in several threads at
-        once (the FUSE mount) and fall back to :meth:`get`, in the owner's
-        store thread, when it answers None.
+        other operation: it reads the database through a read-only
+        connection of its own thread and pack bytes that are never
+        rewritten in place (``_packs.py``, rule 4), and touches no state of
+        this object. Readers use it to read and hash blocks in several
+        threads at once (the FUSE mount) and fall back to :meth:`get`, in
+        the owner's store thread, when it answers None.
         """
-        return self.packs.get_committed(cid)
+        if cid.codec == RAW:
+            found = self.packs.get_committed(cid)
+            if found is not None:
+                return found
+        rows = self.packs.committed_rows("SELECT data FROM small_blocks WHERE cid = ?", (bytes(cid),))
+        if not rows:
+            return None if cid.codec == RAW else self.packs.get_committed(cid)
+        return _small_verified(cid, bytes(rows[0][0]))
 
     def release_thread(self) -> None:
         """Close what :meth:`get_file_block` opened for the calling thread (a
@@ -233,3 +234,14 @@ class WriteSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _small_verified(cid: CID, data: bytes) -> bytes:
+    """A small block's bytes from the database, checked against its CID."""
+    try:
+        return verified(cid, data)
+    except InvalidBlockError:
+        raise CorruptBlockError(
+            cid, "the metadata database",
+            f"block {cid} is corrupt in the repository's database: its bytes do not "
+            "match its hash; run 'cas repo verify' to list all damage",
+        ) from None

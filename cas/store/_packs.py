@@ -444,7 +444,7 @@ class PackStore:
         With ``committed``, for any thread: the look-ups go through the
         thread's own read-only connection and see committed rows only, as
         :meth:`get_committed` does."""
-        rows_of = self._committed_rows if committed else self._rows
+        rows_of = self.committed_rows if committed else self._rows
         keys = [bytes(cid) for cid in cids]
         found: dict[bytes, tuple[int, int, int]] = {}
         for start in range(0, len(keys), LOOKUP_BATCH):
@@ -471,7 +471,7 @@ class PackStore:
     def get_committed(self, cid: CID) -> bytes | None:
         """``get`` for any thread (rule 4): the verified bytes if ``cid``'s
         row is committed and its pack still there, else None."""
-        row = self._committed_rows("SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),))
+        row = self.committed_rows("SELECT pack, start, length FROM pack_blocks WHERE cid = ?", (bytes(cid),))
         if not row:
             return None
         return self._read(cid, *row[0])
@@ -480,9 +480,11 @@ class PackStore:
         """A query's rows, read through the owner's connection."""
         return self.db.query(sql, tuple(params)).fetchall()
 
-    def _committed_rows(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+    def committed_rows(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """A query's rows, read through the calling thread's read-only
-        connection (its errors, to the last row, as RepositoryError)."""
+        connection (its errors, to the last row, as RepositoryError): for
+        any thread, as :meth:`get_committed`; the small blocks' reader
+        (``RepositoryBlockStore.get_file_block``) shares the connection."""
         try:
             return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
