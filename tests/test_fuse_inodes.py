@@ -104,12 +104,13 @@ def test_staging_writes_anywhere_and_reads_back(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # anonymous from the start
 
 
-def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(tmp_path: Path) -> None:
+def test_fetcher_reads_committed_blocks_in_threads_the_rest_in_the_store_thread(tmp_path: Path) -> None:
     with LocalStore.open(tmp_path / "repo") as store:
         data = pseudo_random(3 * 1024 * 1024, seed="fetch")
         added = files.add_bytes(store.blocks, data, fanout=2)
         store.blocks.barrier()
         leaves = list(files.file_leaves(store.blocks, added.cid))
+        fresh = files.add_bytes(store.blocks, b"put since the last barrier")  # one small block, uncommitted
         from_files: list[object] = []
         in_store: list[object] = []
 
@@ -135,10 +136,14 @@ def test_fetcher_reads_block_files_in_threads_small_blocks_in_the_store_thread(t
             fetched = len(from_files) + len(in_store)
             again = b"".join(await read_walk(FileWalk(added.cid, path=path), fetcher))
             assert len(from_files) + len(in_store) == fetched  # all cached: nothing read again
+            assert not in_store  # every block of it committed: none needed the store thread
+            assert b"".join(await read_walk(FileWalk(fresh.cid, path=PathCache()), fetcher)) == \
+                b"put since the last barrier"
             return first if again == first else b""
 
         assert trio.run(main) == data
         assert from_files.count(leaves[0].cid) == 1  # fetched once
         large = {s.cid for s in leaves if s.size >= SMALL_BLOCK_LIMIT}
-        assert large and large <= set(from_files) and not large & set(in_store)
-        assert in_store and not any(store.blocks.packs.has(cid) for cid in in_store)  # small ones only
+        assert large and large <= set(from_files)
+        assert set(from_files) - large, "the file's nodes (small blocks, in the database) too"
+        assert in_store == [fresh.cid]  # not committed: read by the store's owner
