@@ -21,8 +21,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -137,25 +136,37 @@ class DirHandle:
     fresh: bool = True
 
 
-@contextmanager
-def fuse_errors(what: str) -> Iterator[None]:
-    """Turn cas errors into the errno a file system returns."""
-    try:
-        yield
-    except wire.FUSEError:
-        raise
-    except NamespaceError as exc:
-        raise wire.FUSEError(exc.errno) from None
-    except InvalidInputError:
-        raise wire.FUSEError(errno.EINVAL) from None
-    except CasError as exc:
-        log.error("%s: %s", what, exc)
-        raise wire.FUSEError(errno.EIO) from None
-    except OSError as exc:
-        log.error("%s: %s", what, exc)
-        raise wire.FUSEError(exc.errno or errno.EIO) from None
-    except Exception:  # a bug here must fail one request, not the mount
-        log.exception("%s failed", what)
+def fuse_errors(what: str) -> _FuseErrors:
+    """Turn cas errors into the errno a file system returns: ``with
+    fuse_errors("open"): ...`` (a class, not a generator: every request
+    takes one)."""
+    return _FuseErrors(what)
+
+
+class _FuseErrors:
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        # Never swallows: returns None (the exception goes on) or raises its errno.
+        if exc is None or isinstance(exc, wire.FUSEError) or not isinstance(exc, Exception):
+            return  # none, an answer already, or a cancellation: as it is
+        if isinstance(exc, NamespaceError):
+            raise wire.FUSEError(exc.errno) from None
+        if isinstance(exc, InvalidInputError):
+            raise wire.FUSEError(errno.EINVAL) from None
+        if isinstance(exc, CasError):
+            log.error("%s: %s", self._what, exc)
+            raise wire.FUSEError(errno.EIO) from None
+        if isinstance(exc, OSError):
+            log.error("%s: %s", self._what, exc)
+            raise wire.FUSEError(exc.errno or errno.EIO) from None
+        log.error("%s failed", self._what, exc_info=exc)  # a bug here must fail one request, not the mount
         raise wire.FUSEError(errno.EIO) from None
 
 
