@@ -345,7 +345,7 @@ class Staging:
             offset += os.pwrite(self.fd, zeros[:end - offset], offset)
 
     def fill(self, pieces: Iterable[bytes | memoryview]) -> None:
-        """Copy in the committed content (store thread: it reads blocks)."""
+        """Copy in the committed content, its pieces in order."""
         offset = 0
         for piece in pieces:
             self.write(offset, piece)

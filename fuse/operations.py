@@ -852,7 +852,9 @@ class CasOperations(Operations):
             if not following.follower.wrote(offset, offset + written):
                 self._stop_following(ino)
             return
-        end = 0 if fresh and not self.read_only else self._in_order.pop(ino, None)
+        end = self._in_order.pop(ino, None)
+        if fresh and not self.read_only:
+            end = 0
         if end is None or offset != end:
             return  # not written in order from empty: stored whole
         if staging.fd < 0:

@@ -331,7 +331,8 @@ class MountTree(TreeReader):
             summary = dirtree.build(self.blocks, listing.values())
         else:
             was = known.get(base)
-            if len(changes) * dirtree.AVG_FANOUT >= dirtree.summary(self.blocks, base).count:  # rewritten whole
+            count = len(was) if was is not None else dirtree.summary(self.blocks, base).count
+            if len(changes) * dirtree.AVG_FANOUT >= count:  # rewritten whole
                 if was is None:
                     was = {entry.name: entry for entry in dirtree.iterate(self.blocks, base)}
                 listing = _applied(was, changes)
