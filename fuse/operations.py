@@ -782,12 +782,13 @@ class CasOperations(Operations):
             if state.staging is None:
                 staging = Staging(self._staging_dir)
                 try:
-                    if state.size and state.cid is not None and state.size <= Staging.MEMORY_FILE:
-                        walk = FileWalk(state.cid, 0, state.size, path=PathCache(self.nodes))
-                        staging.fill(await read_walk(walk, self.fetcher))
-                    elif state.size and state.cid is not None:
-                        cid = state.cid
-                        await self._store(lambda: staging.fill(self.tree.read_all(cid)))
+                    cid = state.cid
+                    if state.size and cid is not None:
+                        if state.size <= Staging.MEMORY_FILE:
+                            walk = FileWalk(cid, 0, state.size, path=PathCache(self.nodes))
+                            staging.fill(await read_walk(walk, self.fetcher))
+                        else:
+                            await self._store(lambda: staging.fill(self.tree.read_all(cid)))
                 except BaseException:
                     staging.close()
                     raise

@@ -20,12 +20,13 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 @contextmanager
-def _view(repo: Path) -> Iterator[MountView]:
-    """A mount's view of the repository at ``repo``, as the mount makes it."""
+def _view(repo: Path, run: Callable[..., Any] = _run) -> Iterator[MountView]:
+    """A mount's view of the repository at ``repo``, as the mount makes it
+    (``run``: how it calls the tree)."""
     with LocalStore.open(repo) as store:
         tree = MountTree(store)
         try:
-            yield MountView(tree, _run)
+            yield MountView(tree, run)
         finally:
             tree.close()
 
@@ -105,28 +106,23 @@ def test_a_directory_changed_again_after_a_commit_is_answered_from_what_commits_
     # as a fresh view reading the repository.
     async def main() -> None:
         asked: list[str] = []
-        with LocalStore.open(tmp_path / "repo") as store:
-            tree = MountTree(store)
-            try:
-                view = MountView(tree, _counting_run(asked))
-                await view.mkdir("/big", 0o755)
-                for i in range(300):
-                    await view.create(f"/big/f{i:03}", 0o644, exclusive=True)
-                await view.flush()
-                for round_ in range(3):
-                    asked.clear()
-                    await view.create(f"/big/new{round_}", 0o644, exclusive=True)  # /big pending over its commit
-                    assert (await view.resolve("/big/f007")).kind == "file"
-                    assert await view._existing("/big/absent") is None
-                    names = [entry.name for entry in await view.list("/big")]
-                    assert len(names) == 301 + round_ and f"new{round_}" in names
-                    assert [name for name in asked if name in ("resolve_from", "listing", "supply")] == []
-                    await view.flush()
+        with _view(tmp_path / "repo", _counting_run(asked)) as view:
+            await view.mkdir("/big", 0o755)
+            for i in range(300):
+                await view.create(f"/big/f{i:03}", 0o644, exclusive=True)
+            await view.flush()
+            for round_ in range(3):
                 asked.clear()
-                assert [entry.name for entry in await view.list("/big")] == names
-                assert asked == []
-            finally:
-                tree.close()
+                await view.create(f"/big/new{round_}", 0o644, exclusive=True)  # /big pending over its commit
+                assert (await view.resolve("/big/f007")).kind == "file"
+                assert await view._existing("/big/absent") is None
+                names = [entry.name for entry in await view.list("/big")]
+                assert len(names) == 301 + round_ and f"new{round_}" in names
+                assert [name for name in asked if name in ("resolve_from", "listing", "supply")] == []
+                await view.flush()
+            asked.clear()
+            assert [entry.name for entry in await view.list("/big")] == names
+            assert asked == []
         with _view(tmp_path / "repo") as fresh:
             assert [entry.name for entry in await fresh.list("/big")] == names
 
@@ -139,23 +135,18 @@ def test_the_listings_kept_are_bounded_and_what_was_dropped_is_read_again(tmp_pa
 
     async def main() -> None:
         asked: list[str] = []
-        with LocalStore.open(tmp_path / "repo") as store:
-            tree = MountTree(store)
-            try:
-                view = MountView(tree, _counting_run(asked))
-                for d in range(4):
-                    await view.mkdir(f"/d{d}", 0o755)
-                    for i in range(20):
-                        await view.create(f"/d{d}/f{i}", 0o644, exclusive=True)
-                    await view.flush()
-                assert view._listing_entries <= 50
-                asked.clear()
-                assert len(await view.list("/d0")) == 20  # dropped: read from the store
-                assert asked == ["list"]
-                asked.clear()
-                assert len(await view.list("/d3")) == 20  # the newest: kept
-                assert asked == []
-            finally:
-                tree.close()
+        with _view(tmp_path / "repo", _counting_run(asked)) as view:
+            for d in range(4):
+                await view.mkdir(f"/d{d}", 0o755)
+                for i in range(20):
+                    await view.create(f"/d{d}/f{i}", 0o644, exclusive=True)
+                await view.flush()
+            assert view._listing_entries <= 50
+            asked.clear()
+            assert len(await view.list("/d0")) == 20  # dropped: read from the store
+            assert asked == ["list"]
+            asked.clear()
+            assert len(await view.list("/d3")) == 20  # the newest: kept
+            assert asked == []
 
     trio.run(main)
