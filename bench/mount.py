@@ -113,7 +113,7 @@ class Mem(Operations):
         if name != b"f":
             raise FUSEError(errno.ENOENT)
         return self._attr(2)
-    async def open(self, ino, flags, ctx):
+    async def open(self, ino, flags, ctx, kill_suidgid=False):
         return FileInfo(fh=ino)
     async def read(self, fh, off, size):
         size = max(0, min(size, SIZE - off))

@@ -113,6 +113,16 @@ RELATIME_AGE = 24 * 3600 * 10**9
 DIRECTORY_SIZE = 4096
 """What ``stat`` says of a directory's size."""
 
+def _without_setid(mode: int) -> int:
+    """``mode`` as a write, truncate or chown leaves it when it must drop
+    privileges: no setuid, and no setgid if the group may execute (setgid
+    without group execute marks mandatory locking, and stays)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
+
+
 DENSE_BELOW = 1 << 20
 """Files smaller than this are taken to keep all their bytes (one or two
 blocks): their ``st_blocks`` needs no look at the file's nodes."""
@@ -175,6 +185,7 @@ class CasOperations(Operations):
 
     supports_dot_lookup = True
     enable_acl = True  # the kernel checks POSIX ACLs, kept as system.posix_acl_* xattrs
+    handles_killpriv = True
 
     def __init__(
         self,
@@ -527,9 +538,10 @@ class CasOperations(Operations):
         self, inode: int, attr: wire.EntryAttributes, fields: wire.SetattrFields,
         fh: int | None, ctx: Any,
     ) -> wire.EntryAttributes:
-        # The kernel checked who may change what (default_permissions), and
-        # sends the mode with setuid/setgid cleared when chown or a write
-        # by another user must clear them.
+        # The kernel checked who may change what (default_permissions). A
+        # chown, or a truncate by a caller without CAP_FSETID, may ask for
+        # setuid and setgid to be cleared (HANDLE_KILLPRIV_V2), unless it
+        # gives the new mode itself.
         with fuse_errors("setattr"):
             found = self.inodes.get(inode)
             if (fields.update_size or fields.update_mode or fields.update_mtime or fields.update_atime
@@ -540,8 +552,14 @@ class CasOperations(Operations):
                     raise wire.FUSEError(errno.EISDIR if found.kind == "dir" else errno.EINVAL)
                 await self._truncate(found, attr.st_size)
             state: FileState | None = found.state
-            meta = state.meta if state is not None else (await self._node_of(found)).meta
+            if state is not None:
+                meta, current = state.meta, state.mode
+            else:
+                node = await self._node_of(found)
+                meta, current = node.meta, node.mode
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
+            if mode is None and fields.kill_suidgid and _without_setid(current) != current:
+                mode = _without_setid(current)
             mtime = attr.st_mtime_ns if fields.update_mtime else None
             changes: dict[str, Any] = {}
             if fields.update_uid:
@@ -555,6 +573,15 @@ class CasOperations(Operations):
                 changes["ctime"] = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
                 await self._set_meta(found, mode, mtime, replace(meta, **changes))
             return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
+
+    async def _drop_setid(self, found: Inode) -> None:
+        """Clear an open file's setuid, and its setgid if its group may
+        execute, as a write or an O_TRUNC open by a caller without
+        CAP_FSETID does (HANDLE_KILLPRIV_V2); ctime moves if they were set."""
+        state: FileState = found.state
+        mode = _without_setid(state.mode)
+        if mode != state.mode:
+            await self._set_meta(found, mode, None, replace(state.meta, ctime=time.time_ns()))
 
     async def _set_meta(self, found: Inode, mode: int | None, mtime: int | None, meta: Meta) -> None:
         """Give ``found`` this mode, mtime (None: as they are) and metadata:
@@ -728,7 +755,7 @@ class CasOperations(Operations):
 
     # -- files ---------------------------------------------------------------------------
 
-    async def open(self, inode: int, flags: int, ctx: Any) -> wire.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Any, *, kill_suidgid: bool = False) -> wire.FileInfo:
         with fuse_errors("open"):
             found = self.inodes.get(inode)
             if found.kind == "dir":
@@ -739,6 +766,8 @@ class CasOperations(Operations):
             info = await self._open(found, writable, bool(flags & os.O_APPEND))
             if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC
                 await self._truncate(found, 0)
+                if kill_suidgid:
+                    await self._drop_setid(found)
             if (flags & os.O_ACCMODE) != os.O_WRONLY and not flags & getattr(os, "O_NOATIME", 0) \
                     and not self._noatime:
                 await self._read_now(found)  # at open: the kernel answers reads from its cache
@@ -796,7 +825,7 @@ class CasOperations(Operations):
         assert state.staging is not None
         return state.staging
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
         with fuse_errors("write"):
             handle = self._handles[fh]
             found = self.inodes.get(handle.ino)
@@ -809,6 +838,8 @@ class CasOperations(Operations):
             state: FileState = found.state
             state.written(time.time_ns())
             handle.wrote = True
+            if kill_suidgid:
+                await self._drop_setid(found)
             return written
 
     async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:

@@ -67,6 +67,10 @@ class Operations:
     enable_writeback_cache = False
     enable_acl = False
     supports_dot_lookup = False
+    handles_killpriv = False
+    """True if :meth:`write`, :meth:`open` and :meth:`setattr` clear setuid
+    and setgid when the request says so (``kill_suidgid``): the session
+    then asks the kernel for HANDLE_KILLPRIV_V2 (:data:`.wire.WANTED`)."""
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         raise FUSEError(errno.ENOSYS)
@@ -107,7 +111,9 @@ class Operations:
                      flags: int, ctx: RequestContext) -> None:
         raise FUSEError(errno.ENOSYS)
 
-    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+    async def open(self, inode: int, flags: int, ctx: RequestContext, *, kill_suidgid: bool = False) -> FileInfo:
+        """``kill_suidgid``: an O_TRUNC open that clears setuid and setgid
+        (see :data:`.wire.WANTED`)."""
         raise FUSEError(errno.ENOSYS)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -119,7 +125,9 @@ class Operations:
         views of them in order, which the reply gathers without a copy."""
         raise FUSEError(errno.ENOSYS)
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
+        """``kill_suidgid``: the write clears setuid and setgid (see
+        :data:`.wire.WANTED`)."""
         raise FUSEError(errno.ENOSYS)
 
     async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:
@@ -436,7 +444,8 @@ class Session:
         try:
             agreed, out = wire.negotiate(body, writeback_cache=self.ops.enable_writeback_cache,
                                          posix_acl=self.ops.enable_acl,
-                                         export_support=self.ops.supports_dot_lookup)
+                                         export_support=self.ops.supports_dot_lookup,
+                                         killpriv=self.ops.handles_killpriv)
         except FUSEError as exc:
             log.error("FUSE: this kernel speaks a protocol the mount does not (%s)", exc)
             self._send(wire.error_reply(header.unique, exc.errno))
@@ -503,7 +512,8 @@ class Session:
         return wire.reply(h.unique, wire.entry_bytes(attr))
 
     async def _open(self, h: wire.Header, body: memoryview) -> list[Any]:
-        info = await self.ops.open(h.nodeid, wire.open_flags(body), self._ctx(h))
+        flags, kill_suidgid = wire.open_request(body)
+        info = await self.ops.open(h.nodeid, flags, self._ctx(h), kill_suidgid=kill_suidgid)
         return wire.reply(h.unique, wire.open_bytes(info))
 
     async def _create(self, h: wire.Header, body: memoryview) -> list[Any]:
@@ -518,11 +528,12 @@ class Session:
         return wire.reply(h.unique, *data) if isinstance(data, list) else wire.reply(h.unique, data)
 
     async def _write(self, h: wire.Header, body: memoryview) -> list[Any]:
-        fh, offset, size = wire.rw_request(body)
+        fh, offset, size, kill_suidgid = wire.write_request(body)
         data = body[wire.WRITE_DATA:wire.WRITE_DATA + size]
         if len(data) != size:
             raise FUSEError(errno.EIO)
-        return wire.reply(h.unique, wire.write_bytes(await self.ops.write(fh, offset, data)))
+        return wire.reply(h.unique, wire.write_bytes(await self.ops.write(fh, offset, data,
+                                                                          kill_suidgid=kill_suidgid)))
 
     async def _fallocate(self, h: wire.Header, body: memoryview) -> list[Any]:
         await self.ops.fallocate(*wire.fallocate_request(body))

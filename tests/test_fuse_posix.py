@@ -153,6 +153,30 @@ def test_setuid_and_setgid_are_cleared_by_chown_and_by_another_users_write(mnt: 
     assert g.read_bytes() == b"xy"
 
 
+def test_setuid_and_setgid_are_cleared_by_another_users_truncate_and_trunc_open(mnt: Path) -> None:
+    # With HANDLE_KILLPRIV_V2 the kernel leaves these to the mount (as a
+    # local disk does: setgid stays where the group may not execute and the
+    # writer is in the group; root, with CAP_FSETID, clears nothing).
+    cases = {"truncate": lambda p: os.truncate(p, 1),
+             "trunc-open": lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))}
+    for name, change in cases.items():
+        for before, after in ((0o4777, 0o777), (0o2777, 0o777), (0o6777, 0o777)):
+            f = mnt / f"{name}-{before:o}"
+            f.write_bytes(b"xyz")
+            os.chmod(f, before)
+            assert as_other(lambda change=change, f=f: change(f)) == 0, name
+            assert stat.S_IMODE(ns(f).st_mode) == after, (name, oct(before))
+        mine = mnt / f"{name}-root"
+        mine.write_bytes(b"xyz")
+        os.chmod(mine, 0o6777)
+        change(mine)
+        with open(mine, "ab") as out:
+            out.write(b"w")
+        assert stat.S_IMODE(ns(mine).st_mode) == 0o6777, name
+    kept = mnt / "trunc-open-4777"
+    assert stat.S_IMODE(ns(kept).st_mode) == 0o777 and kept.stat().st_size == 0
+
+
 def test_sticky_directory_lets_only_owners_remove(mnt: Path) -> None:
     tmp = mnt / "tmp"
     tmp.mkdir()

@@ -77,7 +77,7 @@ class MemFS(Operations):
         self.inos[name] = max(self.inos.values()) + 1
         return FileInfo(fh=self.inos[name]), self._attr(self.inos[name])
 
-    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+    async def open(self, inode: int, flags: int, ctx: RequestContext, *, kill_suidgid: bool = False) -> FileInfo:
         self.handles[inode] = self._name(inode)
         return FileInfo(fh=inode, keep_cache=False)
 
@@ -93,7 +93,7 @@ class MemFS(Operations):
                 self.waiting -= 1
         return bytes(self.files[name][off:off + size])
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
         data = self.files[self._name(fh)]
         data[off:off + len(buf)] = buf
         return len(buf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 
 import pytest
@@ -75,20 +76,42 @@ def test_xattr_replies_give_the_size_when_asked_and_erange_when_it_does_not_fit(
 def test_init_takes_only_what_the_kernel_offers_and_refuses_another_major() -> None:
     offered = wire.ASYNC_READ | wire.WRITEBACK_CACHE | wire.POSIX_ACL | wire.MAX_PAGES_FLAG | (1 << 1)
     body = struct.pack("<IIII", 7, 45, 131072, offered) + bytes(48)
-    agreed, out = wire.negotiate(body, writeback_cache=True, posix_acl=False, export_support=True)
+    agreed, out = wire.negotiate(body, writeback_cache=True, posix_acl=False, export_support=True, killpriv=True)
     assert agreed.minor == wire.MINOR  # the older of the two
     assert agreed.flags == wire.ASYNC_READ | wire.WRITEBACK_CACHE | wire.MAX_PAGES_FLAG  # not locks, not ACLs
+    # (nor HANDLE_KILLPRIV_V2, asked for but not offered)
     major, minor, readahead, flags, _, _, max_write, time_gran, max_pages = struct.unpack_from("<IIIIHHIIH", out)
     assert (major, minor, readahead, flags) == (7, wire.MINOR, 131072, agreed.flags)
     assert (max_write, time_gran, max_pages) == (1 << 20, 1, 256)
     assert len(out) == 64
     older, _ = wire.negotiate(struct.pack("<IIII", 7, 31, 0, 0) + bytes(48), writeback_cache=False,
-                              posix_acl=False, export_support=False)
+                              posix_acl=False, export_support=False, killpriv=False)
     assert older.minor == 31
     with pytest.raises(FUSEError) as refused:
         wire.negotiate(struct.pack("<IIII", 8, 0, 0, 0) + bytes(48), writeback_cache=False, posix_acl=False,
-                       export_support=False)
+                       export_support=False, killpriv=False)
     assert refused.value.errno == errno.EPROTO
+
+
+def test_killpriv_is_asked_for_only_by_a_file_system_that_clears_setid_bits() -> None:
+    body = struct.pack("<IIII", 7, 38, 0, wire.HANDLE_KILLPRIV_V2 | wire.ASYNC_READ) + bytes(48)
+    clears, _ = wire.negotiate(body, writeback_cache=False, posix_acl=False, export_support=False, killpriv=True)
+    assert clears.flags == wire.HANDLE_KILLPRIV_V2 | wire.ASYNC_READ
+    leaves, _ = wire.negotiate(body, writeback_cache=False, posix_acl=False, export_support=False, killpriv=False)
+    assert leaves.flags == wire.ASYNC_READ
+
+
+def test_requests_say_when_setuid_and_setgid_are_to_be_cleared() -> None:
+    write_in = struct.pack("<QQIIQII", 7, 4096, 3, wire.WRITE_KILL_SUIDGID | 1, 0, 0, 0)
+    assert wire.write_request(write_in) == (7, 4096, 3, True)
+    assert wire.write_request(struct.pack("<QQIIQII", 7, 0, 3, 1, 0, 0, 0))[3] is False  # a cached page's write
+    assert wire.open_request(struct.pack("<II", os.O_WRONLY | os.O_TRUNC, wire.OPEN_KILL_SUIDGID)) == (
+        os.O_WRONLY | os.O_TRUNC, True)
+    assert wire.open_request(struct.pack("<II", os.O_RDONLY, 0)) == (os.O_RDONLY, False)
+    setattr_in = bytearray(88)  # sizeof(fuse_setattr_in)
+    struct.pack_into("<I", setattr_in, 0, wire.FATTR_UID | wire.FATTR_KILL_SUIDGID)
+    _, fields, _ = wire.setattr_request(setattr_in, 0)
+    assert fields.update_uid and fields.kill_suidgid and not fields.update_mode
 
 
 def test_names_are_nul_terminated_and_one_without_its_nul_is_refused() -> None:
