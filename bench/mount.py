@@ -18,6 +18,9 @@ RSS.
   how much of that the loop itself allows;
 * sequential write through the mount (dd, including the close that commits)
   vs ``cas add`` of a file of the same size; target (issue 16) >= 0.8x;
+* the same file written with an fsync every 16 MiB (a log, a download that
+  syncs as it goes), through the mount vs on plain disk: each fsync stores
+  the file, and the next part is followed on from where the last left off;
 * 4 KiB random reads per second through the mount;
 * ``ls -l`` and ``stat`` of 10,000 files in one directory vs a local directory.
 
@@ -79,6 +82,22 @@ def dd(src: Path, dst: Path) -> None:
     # conv=fsync: the figure includes storing the file and committing it (the mount stores closed
     # files in the background, so a plain close would return before the work is done).
     subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync", "status=none"], check=True)
+
+
+SYNC_EVERY = 16 * MIB
+
+
+def write_syncing(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` 1 MiB at a time with an fsync every
+    :data:`SYNC_EVERY` bytes and at the end."""
+    with open(src, "rb", buffering=0) as inp, open(dst, "wb", buffering=0) as out:
+        done = 0
+        while piece := inp.read(MIB):
+            out.write(piece)
+            done += len(piece)
+            if done % SYNC_EVERY == 0:
+                os.fsync(out.fileno())
+        os.fsync(out.fileno())
 
 
 def unmount(mnt: Path) -> None:
@@ -269,6 +288,8 @@ def main() -> int:
             t_read = timed(lambda: read_all(mnt / "a"))
             os.sync()
             t_write = timed(lambda: dd(b, mnt / "b"))
+            os.sync()
+            t_synced = timed(lambda: write_syncing(a, mnt / "synced"))
             fd = os.open(mnt / "a", os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # no kernel page-cache hits
@@ -287,6 +308,8 @@ def main() -> int:
                 os.close(fd)
         finally:
             unmount(mnt)
+        os.sync()
+        t_synced_local = timed(lambda: write_syncing(a, work / "synced-local"))
         t_ls_local = timed(lambda: subprocess.run(["ls", "-l", str(many)], check=True, stdout=subprocess.DEVNULL))
         t_stat_local = timed(lambda: [os.stat(many / n) for n in names])
 
@@ -301,6 +324,8 @@ def main() -> int:
           f"mount / ceiling = {t_ceiling / t_read:.2f}   ceiling / cas cat = {t_cat / t_ceiling:.2f}")
     print(f"write  mount {rate(t_write)}   cas add {rate(t_add)}   mount / cas add = {t_add / t_write:.2f} "
           f"(target >= 0.8)")
+    print(f"write, fsync every {SYNC_EVERY // MIB} MiB: mount {rate(t_synced)}   plain disk {rate(t_synced_local)}   "
+          f"mount / disk = {t_synced_local / t_synced:.2f}")
     print(f"random 4 KiB reads through the mount (kernel page cache dropped): {done / t_random:,.0f} per second")
     print(f"ls -l of {args.files} files: mount {t_ls:.2f} s, local {t_ls_local:.3f} s; "
           f"stat of each: mount {t_stat:.2f} s ({args.files / t_stat:,.0f}/s), local {t_stat_local:.3f} s")

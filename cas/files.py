@@ -139,6 +139,17 @@ class FileBuilder:
             level += 1
         return out
 
+    def copy(self) -> FileBuilder:
+        """An independent builder in this one's state: finishing the copy
+        gives the file of the chunks pushed so far, and pushing on to this
+        one is unaffected (a file stored at an fsync whose writing goes on)."""
+        if self._finished:
+            raise RuntimeError("FileBuilder.copy after finish")
+        twin = FileBuilder(fanout=self._fanout)
+        twin._levels = [list(level) for level in self._levels]
+        twin._size = self._size
+        return twin
+
     def finish(self) -> tuple[list[Block], CID, int]:
         """Close the tree: (remaining blocks to store, root CID, file size)."""
         if self._finished:

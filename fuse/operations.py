@@ -53,7 +53,7 @@ from .handles import (
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .published import PublishedTree
 from .session import HandlerLock, Operations, Session
-from .streaming import Follower
+from .streaming import Follower, Resume
 from .tree import MountTree, StoredFile, TreeReader
 from .view import MountView, ReadView
 
@@ -134,8 +134,10 @@ class _Following:
     the task driving it (``CasOperations._follow``) did."""
 
     follower: Follower
+    keep: frozenset[CID] = frozenset()  # blocks an earlier follower of the file put, which this one refers to
     done: trio.Event = field(default_factory=trio.Event)  # set when its task (started with it) ends
     stored: StoredFile | None = None  # once the follower built the whole file
+    put: frozenset[CID] = frozenset()  # then: every block its session put or kept
     session: WriteSession | None = None  # its own (MountTree.open_session)
 
 
@@ -222,6 +224,8 @@ class CasOperations(Operations):
         self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
         self._following: dict[int, _Following] = {}  # by inode: files being stored as written
         self._in_order: dict[int, int] = {}  # by inode: where a file written in order from empty ends, not followed yet
+        self._resumable: dict[int, tuple[Resume, int, frozenset[CID]]] = {}  # by inode: a followed store's (cas.fuse.streaming)
+        # Resume, the size it stored and the blocks its session put
         self._followers_running = 0
         self._store_wake = trio.Event()  # a closed file is queued
         self._store_now = trio.Event()  # a batch is full, or a large file queued
@@ -877,12 +881,21 @@ class CasOperations(Operations):
         """Tell the file's follower of a write. A file written in order from
         empty gets one once its staged content is on disk (a small file,
         staged in memory, is stored whole at its close, with no follower);
-        until then, only where its content written in order ends is kept."""
+        until then, only where its content written in order ends is kept.
+        A file stored by its follower at an fsync gets a new one, which
+        starts where the last left off (cas.fuse.streaming.Resume), when
+        it is written on past its end."""
         ino = found.ino
         following = self._following.get(ino)
         if following is not None:
             if not following.follower.wrote(offset, offset + written):
                 self._stop_following(ino)
+            return
+        resumable = self._resumable.pop(ino, None)
+        if resumable is not None:
+            resume, stored, keep = resumable
+            if offset >= stored and staging.fd >= 0:  # appended (the gap, if any, filled by later writes)
+                self._start_following(ino, staging, Follower(written=stored, resume=resume), offset, written, keep)
             return
         end = self._in_order.pop(ino, None)
         if fresh and not self.read_only:
@@ -892,16 +905,24 @@ class CasOperations(Operations):
         if staging.fd < 0:
             self._in_order[ino] = end + written
             return
-        if self._followers_running >= MAX_FOLLOWING:
+        self._start_following(ino, staging, Follower(written=end), offset, written)
+
+    def _start_following(self, ino: int, staging: Staging, follower: Follower, offset: int, written: int,
+                         keep: frozenset[CID] = frozenset()) -> None:
+        """Store the file with ``follower`` as it is written (unless as many
+        run as may); the write at ``offset`` is its latest."""
+        if self._followers_running >= MAX_FOLLOWING or not follower.wrote(offset, offset + written):
+            follower.close()
             return
-        following = self._following[ino] = _Following(Follower(written=end + written))
-        following.follower.attach(staging.fd)
+        following = self._following[ino] = _Following(follower, keep)
+        follower.attach(staging.fd)
         self._followers_running += 1
         self._nursery.start_soon(self._follow, following)
 
     def _stop_following(self, ino: int) -> None:
         """The file is stored whole: its follower, if any, gives up."""
         self._in_order.pop(ino, None)
+        self._resumable.pop(ino, None)
         following = self._following.pop(ino, None)
         if following is not None:
             following.follower.close()
@@ -914,7 +935,7 @@ class CasOperations(Operations):
         follower = following.follower
         new: list[CID] = []
         try:
-            session = following.session = await self._store(self._changing.tree.open_session)
+            session = following.session = await self._store(self._changing.tree.open_session, following.keep)
             # Each step's blocks are put while the next step is cut and
             # hashed (one step waits at most: two in memory).
             async with trio.open_nursery() as nursery:
@@ -929,6 +950,7 @@ class CasOperations(Operations):
             if follower.result is not None:
                 root, size = follower.result
                 following.stored = StoredFile(root, size, tuple(new))
+                following.put = frozenset(session.touched)  # its puts are over; closed only after hand_over
         except* (CasError, OSError) as group:  # stored whole at its close instead
             log.warning("storing a file while it is written: %s", group.exceptions[0])
         finally:
@@ -1062,7 +1084,6 @@ class CasOperations(Operations):
                 state: FileState | None = found.state
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
-                    self._in_order.pop(found.ino, None)
                     following = self._following.pop(found.ino, None)
                     if following is not None and following.follower.finish(state.staging.size):
                         followed[len(taken)] = following
@@ -1093,8 +1114,9 @@ class CasOperations(Operations):
                     found.last = node or found.last
                     linked.append((found, state))
             finally:
-                for following in followed.values():
+                for at, following in followed.items():
                     await self._settle(following)
+                    self._keep_resume(following, taken[at][0], taken[at][2], linked)
             # A chmod, chown or utime of any of them while the batch was
             # stored or linked waited in its state (set_meta, above): applied
             # until none is left, with no checkpoint after the last look, so
@@ -1104,6 +1126,20 @@ class CasOperations(Operations):
                     state.meta_dirty = False
                     await self._meta_to_tree(found, state.mode, state.mtime, state.meta)
             return failures
+
+    def _keep_resume(self, following: _Following, found: Inode, staging: Staging,
+                     linked: list[tuple[Inode, FileState]]) -> None:
+        """After a followed store: if the file was linked and its staged
+        content has not changed since, a write past its end may start a
+        follower where this one left off (_follow_write)."""
+        state: FileState | None = found.state
+        resume = following.follower.resume
+        if (following.stored is not None and resume is not None and state is not None
+                and state.staging is staging and not state.dirty and staging.size == following.stored.size
+                and any(linked_inode is found for linked_inode, _ in linked)):
+            # Its session's blocks are the file's so far: closed at the next
+            # commit, they are kept by the next follower's.
+            self._resumable[found.ino] = (resume, following.stored.size, following.put)
 
     async def _settle(self, following: _Following) -> None:
         """After its file was linked (or its store failed): a follower's

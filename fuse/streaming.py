@@ -19,6 +19,13 @@ caller to put into the store. A follower that gave up stops at its next
 read (its step returns None); its file is stored from its staged content
 as any other.
 
+A file stored at an fsync may be written on (a log, a download that syncs
+as it goes). The follower that stored it leaves a :class:`Resume`: the
+last cut no later bytes can move, and the file's tree up to it. A new
+follower started there, when the next write appends to the same staged
+content, cuts and hashes only what comes after, not the whole file again,
+and gives the CID the whole file has.
+
 This module owns that state and the thread side of the reading. It never
 touches the store (its blocks are returned), never calls FUSE, and never
 closes the staged file's descriptor (it reads through a duplicate).
@@ -29,15 +36,26 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from ..blocks import Block
-from ..chunker import chunk_stream
+from ..chunker import MAX_CHUNK_SIZE, chunk_stream
 from ..cid import CID
 from ..files import FileBuilder
 
 MAX_EXTENTS_AHEAD = 64
 """Writes held past the frontier before the follower gives up (the
 write-back's reordering stays far below this)."""
+
+
+class Resume(NamedTuple):
+    """Where a follower of the same staged content may start: ``start`` is
+    a cut that bytes written after the end cannot move (the chunker had a
+    whole maximum chunk beyond it, or the end), ``builder`` the file's tree
+    over the chunks before it."""
+
+    builder: FileBuilder
+    start: int
 
 
 class _GaveUp(Exception):
@@ -52,20 +70,25 @@ class Follower:
     :meth:`close`) runs on the FUSE thread; :meth:`step` and the
     :meth:`readinto` it drives run on one worker thread at a time."""
 
-    def __init__(self, written: int = 0) -> None:
-        """``written``: bytes from the start of the file written already, in order."""
+    def __init__(self, written: int = 0, resume: Resume | None = None) -> None:
+        """``written``: bytes from the start of the file written already, in
+        order; ``resume``: where an earlier follower of this staged content
+        left off (the chunker starts there), if any."""
         self._cond = threading.Condition()
         self._frontier = written
         self._ahead: list[tuple[int, int]] = []
         self._end: int | None = None
         self._given_up = False
         self._fd = -1
-        self._read = 0  # bytes handed to the chunker
+        self._read = resume.start if resume is not None else 0  # bytes handed to the chunker
+        self._pushed = self._read  # bytes of the chunks built into the tree
         self._stepping = False
-        self._builder = FileBuilder()
+        self._builder = resume.builder.copy() if resume is not None else FileBuilder()
         self._chunks: Iterator[bytes] = chunk_stream(self)
         self.result: tuple[CID, int] | None = None
         """(root CID, size) once the last step has built the file."""
+        self.resume: Resume | None = None
+        """Set by the step that reaches the end (see the module docstring)."""
 
     # -- the writer's side -----------------------------------------------------------
 
@@ -163,12 +186,15 @@ class Follower:
             read = 0
             try:
                 for chunk in self._chunks:
+                    self._note_resume()
                     blocks.extend(self._builder.push(chunk))
+                    self._pushed += len(chunk)
                     read += len(chunk)
                     if read >= max_bytes:
                         return blocks
             except _GaveUp:
                 return None
+            self._note_resume()
             more, root, size = self._builder.finish()
             blocks.extend(more)
             self.result = (root, size)
@@ -178,6 +204,16 @@ class Follower:
                 self._stepping = False
                 if self.result is not None or self._given_up:
                     self._close()
+
+    def _note_resume(self) -> None:
+        """Before the next chunk is built in (or the tree is finished): keep
+        where a later follower may start, if the chunk may have been cut
+        short by the end (it starts less than a maximum chunk before it).
+        Before the end is known, every cut had a whole maximum chunk after
+        it (the chunker waited for one), so none is taken too early."""
+        end = self._end
+        if self.resume is None and end is not None and self._pushed + MAX_CHUNK_SIZE > end:
+            self.resume = Resume(self._builder.copy(), self._pushed)
 
     def close(self) -> None:
         """Give up unless finished, and close the descriptor now, or, if a

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
@@ -241,11 +241,15 @@ class MountTree(TreeReader):
 
     # -- a file stored while it is written (cas.fuse.streaming) -------------------
 
-    def open_session(self) -> WriteSession:
+    def open_session(self, keep: Iterable[CID] = ()) -> WriteSession:
         """A write session of its own for a file stored while it is
-        written, over several commits: gc keeps what it put until
-        :meth:`hand_over` or :meth:`drop_session`."""
+        written, over several commits: gc keeps what it put, and ``keep``
+        (what an earlier session of the same file put: a follower started
+        where another left off refers to it), until :meth:`hand_over` or
+        :meth:`drop_session`."""
         session: WriteSession = self.store.blocks.open_session()
+        for cid in keep:
+            session.protect(cid)
         return session
 
     def put_own(self, session: WriteSession, blocks: list[Block]) -> list[CID]:

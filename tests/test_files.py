@@ -237,6 +237,25 @@ def test_builder_returns_children_before_the_nodes_that_link_them() -> None:
         seen.add(cid)
 
 
+def test_a_copy_of_a_builder_finishes_the_file_so_far_and_leaves_the_original_going_on() -> None:
+    chunks = [bytes([i]) * (i + 1) for i in range(40)]  # fan-out 3: a deep tree, levels in every state
+    store = RecordingStore()
+    builder = FileBuilder(fanout=3)
+    for at, chunk in enumerate(chunks):
+        if at in (1, 9, 27, 31):
+            twin = builder.copy()
+            blocks, root, size = twin.finish()
+            for block in blocks:
+                store.put(block)
+            assert (root, size) == build(RecordingStore(), chunks[:at], 3)
+        for block in builder.push(chunk):
+            store.put(block)
+    blocks, root, size = builder.finish()
+    assert (root, size) == build(RecordingStore(), chunks, 3)
+    with pytest.raises(RuntimeError):
+        builder.copy()
+
+
 def test_builder_refuses_empty_chunks_and_use_after_finish() -> None:
     builder = FileBuilder()
     with pytest.raises(ValueError):

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cas.fuse.streaming import MAX_EXTENTS_AHEAD, Follower
+from cas.fuse.streaming import MAX_EXTENTS_AHEAD, Follower, Resume
 
 from cas.blocks import Block, MemoryBlockStore
+from cas.chunker import MAX_CHUNK_SIZE
 from cas.files import add_bytes
 from tests.conftest import run_cas
 from tests.fusemount import mounted
@@ -132,6 +133,57 @@ def test_a_follower_made_once_part_of_the_file_was_written_starts_from_the_file(
     assert follower.result == (add_bytes(MemoryBlockStore(), data).cid, len(data))
 
 
+def follow(staged: int, data: bytes, start: int, end: int, resume: Resume | None = None,
+           store: MemoryBlockStore | None = None) -> Follower:
+    """A follower of ``data[:end]`` told ``data[:start]`` is written (and
+    where an earlier one left off), run to the end; its blocks put in
+    ``store``."""
+    follower = Follower(written=start, resume=resume)
+    follower.attach(staged)
+    stepper = Stepper(follower)
+    for offset in range(start, end, 300_000):
+        assert write(staged, follower, data, offset, min(offset + 300_000, end))
+    assert follower.finish(end)
+    stepper.join()
+    for block in stepper.blocks if store is not None else ():
+        store.put(block)
+    return follower
+
+
+@pytest.mark.parametrize("syncs", [[100_000, 6 * MIB], [MIB, 2 * MIB + 7, 2 * MIB + 9], [3 * MIB + 1, 5 * MIB]])
+def test_a_file_stored_at_each_fsync_is_followed_on_from_where_it_left_off(staged: int, syncs: list[int]) -> None:
+    # The mount stores a followed file at each fsync; one written on after
+    # gets a follower that starts at the last cut no later byte can move,
+    # within a maximum chunk of the end: it does not cut the file again.
+    data = content(7 * MIB + 4_321, 10)
+    store = MemoryBlockStore()
+    resume, start = None, 0
+    for end in [*syncs, len(data)]:
+        follower = follow(staged, data, start, end, resume, store)
+        assert follower.result == (add_bytes(MemoryBlockStore(), data[:end]).cid, end)
+        resume = follower.resume
+        assert resume is not None and end - MAX_CHUNK_SIZE < resume.start <= end
+        start = end
+    assert add_bytes(store, data).new_blocks == 0, "every block of the whole file was returned to be put"
+
+
+def test_a_resume_serves_more_than_one_follower(staged: int) -> None:
+    # A follower started from it may give up (an overwrite): the next starts
+    # from the same place, unchanged by the first.
+    data = content(4 * MIB, 11)
+    first = follow(staged, data, 0, 2 * MIB + 5)
+    assert first.resume is not None
+    given_up = Follower(written=2 * MIB + 5, resume=first.resume)
+    given_up.attach(staged)
+    stepper = Stepper(given_up)
+    assert write(staged, given_up, data, 2 * MIB + 5, 3 * MIB)
+    assert not given_up.wrote(0, 10)
+    stepper.join()
+    assert stepper.gave_up
+    again = follow(staged, data, 2 * MIB + 5, len(data), first.resume)
+    assert again.result == (add_bytes(MemoryBlockStore(), data).cid, len(data))
+
+
 def test_an_overwrite_behind_the_frontier_gives_up_and_the_thread_ends(staged: int) -> None:
     data = content(4 * MIB, 4)
     follower = Follower()
@@ -207,6 +259,33 @@ def test_a_large_file_written_in_order_through_the_mount_gets_the_cid_cas_add_gi
         subprocess.run(["dd", f"if={local}", f"of={mnt / 'big'}", "bs=1M", "conv=fsync", "status=none"],
                        check=True, timeout=120)
         assert (mnt / "big").read_bytes() == local.read_bytes()
+        assert cid_of(repo, "/big") == cid_added(repo, local)
+    run_cas("repo", "verify", repo=repo)
+
+
+@pytest.mark.fuse
+def test_a_large_file_synced_as_it_is_written_gets_the_cid_cas_add_gives(tmp_path: Path, repo: Path) -> None:
+    # Each fsync stores the file (its follower ends there; the next write
+    # starts one where it left off); an overwrite behind the end in between
+    # has the rest stored whole. Whatever the path, the same CID as an add.
+    model = bytearray(content(20 * MIB + 333, 12))
+    with mounted(repo, tmp_path / "mnt") as mnt:
+        fd = os.open(mnt / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for at in range(0, len(model), 700 * 1024):
+                os.pwrite(fd, model[at: at + 700 * 1024], at)
+                if at // (700 * 1024) % 4 == 3:
+                    os.fsync(fd)
+                if at == 700 * 1024 * 19:
+                    model[MIB: MIB + 4096] = b"y" * 4096
+                    os.pwrite(fd, model[MIB: MIB + 4096], MIB)
+                    os.fsync(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert (mnt / "big").read_bytes() == bytes(model)
+        local = tmp_path / "model"
+        local.write_bytes(model)
         assert cid_of(repo, "/big") == cid_added(repo, local)
     run_cas("repo", "verify", repo=repo)
 
