@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import trio
 
@@ -113,6 +113,11 @@ RELATIME_AGE = 24 * 3600 * 10**9
 DIRECTORY_SIZE = 4096
 """What ``stat`` says of a directory's size."""
 
+DENSE_BELOW = 1 << 20
+"""Files smaller than this are taken to keep all their bytes (one or two
+blocks): their ``st_blocks`` needs no look at the file's nodes."""
+
+
 def _without_setid(mode: int) -> int:
     """``mode`` as a write, truncate or chown leaves it when it must drop
     privileges: no setuid, and no setgid if the group may execute (setgid
@@ -123,9 +128,13 @@ def _without_setid(mode: int) -> int:
     return mode
 
 
-DENSE_BELOW = 1 << 20
-"""Files smaller than this are taken to keep all their bytes (one or two
-blocks): their ``st_blocks`` needs no look at the file's nodes."""
+class _Resumable(NamedTuple):
+    """A file stored by its follower, open still: where a follower may go
+    on from when it is written past its end (cas.fuse.streaming)."""
+
+    resume: Resume
+    size: int  # what was stored: the staged content has not changed since
+    blocks: frozenset[CID]  # what the file's followers put so far, kept by the next one
 
 
 @dataclass
@@ -137,7 +146,7 @@ class _Following:
     keep: frozenset[CID] = frozenset()  # blocks an earlier follower of the file put, which this one refers to
     done: trio.Event = field(default_factory=trio.Event)  # set when its task (started with it) ends
     stored: StoredFile | None = None  # once the follower built the whole file
-    put: frozenset[CID] = frozenset()  # then: every block its session put or kept
+    blocks: frozenset[CID] = frozenset()  # then: every block its session put or kept
     session: WriteSession | None = None  # its own (MountTree.open_session)
 
 
@@ -224,8 +233,7 @@ class CasOperations(Operations):
         self._to_store: dict[int, Inode] = {}  # closed files staged, to be stored (in order)
         self._following: dict[int, _Following] = {}  # by inode: files being stored as written
         self._in_order: dict[int, int] = {}  # by inode: where a file written in order from empty ends, not followed yet
-        self._resumable: dict[int, tuple[Resume, int, frozenset[CID]]] = {}  # by inode: a followed store's (cas.fuse.streaming)
-        # Resume, the size it stored and the blocks its session put
+        self._resumable: dict[int, _Resumable] = {}  # by inode: where a file stored at an fsync may be followed on
         self._followers_running = 0
         self._store_wake = trio.Event()  # a closed file is queued
         self._store_now = trio.Event()  # a batch is full, or a large file queued
@@ -893,9 +901,9 @@ class CasOperations(Operations):
             return
         resumable = self._resumable.pop(ino, None)
         if resumable is not None:
-            resume, stored, keep = resumable
-            if offset >= stored and staging.fd >= 0:  # appended (the gap, if any, filled by later writes)
-                self._start_following(ino, staging, Follower(written=stored, resume=resume), offset, written, keep)
+            if offset >= resumable.size and staging.fd >= 0:  # appended (a gap, if any, filled by later writes)
+                follower = Follower(written=resumable.size, resume=resumable.resume)
+                self._start_following(ino, staging, follower, offset, written, resumable.blocks)
             return
         end = self._in_order.pop(ino, None)
         if fresh and not self.read_only:
@@ -950,7 +958,7 @@ class CasOperations(Operations):
             if follower.result is not None:
                 root, size = follower.result
                 following.stored = StoredFile(root, size, tuple(new))
-                following.put = frozenset(session.touched)  # its puts are over; closed only after hand_over
+                following.blocks = frozenset(session.touched)  # its puts are over; closed only after hand_over
         except* (CasError, OSError) as group:  # stored whole at its close instead
             log.warning("storing a file while it is written: %s", group.exceptions[0])
         finally:
@@ -1139,7 +1147,7 @@ class CasOperations(Operations):
                 and any(linked_inode is found for linked_inode, _ in linked)):
             # Its session's blocks are the file's so far: closed at the next
             # commit, they are kept by the next follower's.
-            self._resumable[found.ino] = (resume, following.stored.size, following.put)
+            self._resumable[found.ino] = _Resumable(resume, following.stored.size, following.blocks)
 
     async def _settle(self, following: _Following) -> None:
         """After its file was linked (or its store failed): a follower's
