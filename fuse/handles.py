@@ -240,6 +240,12 @@ class Staging:
     """Bytes of the disk left, beyond what is staged in memory, for what
     storing and committing it writes besides (pack headers, the metadata
     database, directory blocks)."""
+    ALLOCATE_AHEAD = 64 << 20
+    """Disk space taken ahead of a file written in order from empty
+    (:attr:`sequential`), so that its appends need no allocation of their
+    own: the kernel's write into a file's cache costs ~35 % less where the
+    space is allocated already (fallocate; 0.11 against 0.17 s a GiB on
+    this project's VMs)."""
     _in_memory = 0  # bytes held by every Staging in memory, in this process
     _lock = threading.Lock()
 
@@ -247,8 +253,13 @@ class Staging:
         self._directory = directory
         self._buffer: bytearray | None = bytearray()
         self._held = 0  # of _in_memory, this one's
+        self._allocated = 0  # the disk space taken for the file reaches this far
         self.fd = -1
         self.size = 0
+        self.sequential = False
+        """Set while the file is written in order from empty (a follower
+        stores it as it goes, cas.fuse.streaming): appends take disk space
+        :data:`ALLOCATE_AHEAD` at a time."""
 
     def _hold(self, size: int) -> bool:
         """Whether the content may stay in memory at ``size`` bytes."""
@@ -307,6 +318,9 @@ class Staging:
             self._buffer[offset:end] = data
             self.size = len(self._buffer)
             return len(data)
+        if self.sequential and offset == self.size and end > self._allocated:
+            _allocate(self.fd, offset, self.ALLOCATE_AHEAD)  # if the disk cannot, the write finds out
+            self._allocated = offset + self.ALLOCATE_AHEAD
         written = os.pwrite(self.fd, data, offset)
         self.size = max(self.size, offset + written)
         return written
@@ -327,6 +341,7 @@ class Staging:
                 self._buffer.extend(bytes(size - len(self._buffer)))
         else:
             os.ftruncate(self.fd, size)
+            self._allocated = min(self._allocated, size)  # a truncate frees what lies past the end
         self.size = size
 
     def zero(self, offset: int, length: int) -> None:
@@ -356,7 +371,7 @@ class Staging:
         """512-byte blocks the staged content takes (a hole takes none)."""
         if self._buffer is not None:
             return (self.size + 511) // 512
-        return os.fstat(self.fd).st_blocks
+        return min(os.fstat(self.fd).st_blocks, (self.size + 511) // 512)  # not the space taken ahead
 
     def stream(self) -> Any:
         """A readable binary stream of the staged content from its start."""
@@ -379,15 +394,24 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x
 """fallocate(2)'s modes (linux/falloc.h): the ones the mount answers."""
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Deallocate a range of a file (it reads as zeros, its size stays);
-    False where the file system cannot."""
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """fallocate(2) (Python has only posix_fallocate); False where the file
+    system or the disk cannot."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    done: int = libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset),
-                               ctypes.c_int64(length))
+    done: int = libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length))
     return done == 0
+
+
+def _allocate(fd: int, offset: int, length: int) -> bool:
+    """Take disk space for a range of a file, its size unchanged."""
+    return _fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range of a file (it reads as zeros, its size stays)."""
+    return _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 @dataclass

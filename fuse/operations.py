@@ -924,6 +924,7 @@ class CasOperations(Operations):
             return
         following = self._following[ino] = _Following(follower, keep)
         follower.attach(staging.fd)
+        staging.sequential = True
         self._followers_running += 1
         self._nursery.start_soon(self._follow, following)
 

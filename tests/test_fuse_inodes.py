@@ -3,6 +3,7 @@ fetcher, staging."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import trio
@@ -102,6 +103,21 @@ def test_staging_writes_anywhere_and_reads_back(tmp_path: Path) -> None:
         assert stream.read() == b"hello"
     staging.close()
     assert list(tmp_path.iterdir()) == []  # anonymous from the start
+
+
+def test_a_sequential_file_takes_disk_space_ahead_and_counts_only_what_it_holds(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    staging.sequential = True
+    piece = pseudo_random(Staging.MEMORY_FILE, seed="ahead")
+    for at in range(3):  # the first goes to memory, the second to disk
+        staging.write(at * len(piece), piece)
+    taken = os.fstat(staging.fd).st_blocks * 512
+    assert taken >= Staging.ALLOCATE_AHEAD, "the appends' space was taken ahead of them"
+    assert staging.blocks() * 512 == staging.size == 3 * len(piece), "st_blocks counts what the file holds"
+    staging.truncate(len(piece))
+    assert os.fstat(staging.fd).st_blocks * 512 <= 2 * len(piece), "a truncate frees what was taken ahead"
+    assert staging.read(0, 2 * len(piece)) == piece
+    staging.close()
 
 
 def test_fetcher_reads_committed_blocks_in_threads_the_rest_in_the_store_thread(tmp_path: Path) -> None:
