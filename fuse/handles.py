@@ -325,6 +325,14 @@ class Staging:
         self.size = max(self.size, offset + written)
         return written
 
+    def give_back_ahead(self) -> None:
+        """Free the disk space taken ahead of the end (the file is about to
+        be stored: its blocks need the room); a later append takes it
+        again."""
+        if self.fd >= 0 and self._allocated > self.size:
+            os.ftruncate(self.fd, self.size)  # to its own size: what lies past the end is freed
+        self._allocated = self.size
+
     def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
         if self._buffer is not None:

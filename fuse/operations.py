@@ -1093,6 +1093,7 @@ class CasOperations(Operations):
                 state: FileState | None = found.state
                 if state is not None and state.staging is not None and state.dirty:
                     state.dirty = state.meta_dirty = False
+                    state.staging.give_back_ahead()
                     following = self._following.pop(found.ino, None)
                     if following is not None and following.follower.finish(state.staging.size):
                         followed[len(taken)] = following

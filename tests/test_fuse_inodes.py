@@ -114,6 +114,10 @@ def test_a_sequential_file_takes_disk_space_ahead_and_counts_only_what_it_holds(
     taken = os.fstat(staging.fd).st_blocks * 512
     assert taken >= Staging.ALLOCATE_AHEAD, "the appends' space was taken ahead of them"
     assert staging.blocks() * 512 == staging.size == 3 * len(piece), "st_blocks counts what the file holds"
+    staging.give_back_ahead()
+    assert os.fstat(staging.fd).st_blocks * 512 <= 3 * len(piece) + 64 * 1024, "the space ahead is free again"
+    staging.write(staging.size, piece)
+    assert os.fstat(staging.fd).st_blocks * 512 >= Staging.ALLOCATE_AHEAD, "and taken again by the next append"
     staging.truncate(len(piece))
     assert os.fstat(staging.fd).st_blocks * 512 <= 2 * len(piece), "a truncate frees what was taken ahead"
     assert staging.read(0, 2 * len(piece)) == piece
