@@ -67,6 +67,29 @@ def test_a_full_pack_is_closed_and_the_next_one_started(store):
     assert store.verify().ok
 
 
+def test_the_active_pack_takes_disk_space_ahead_and_gives_it_back_when_closed(tmp_path):
+    def on_disk(pack: Path) -> int:
+        return pack.stat().st_blocks * 512
+
+    with LocalStore.open(tmp_path / "repo") as store:
+        store.blocks.packs.pack_limit = 4 * MiB
+        for i in range(3):
+            store.blocks.put(big(f"ahead {i}", MiB))
+        store.blocks.barrier()
+        [first] = pack_files(store.path)
+        assert on_disk(first) >= _packs.ALLOCATE_AHEAD, "the appends' space was taken ahead of them"
+        assert first.stat().st_size < 4 * MiB, "and the pack's size is what it holds"
+        for i in range(3, 6):  # past the limit: the next pack
+            store.blocks.put(big(f"ahead {i}", MiB))
+        store.blocks.barrier()
+        first, second = pack_files(store.path)
+        assert on_disk(first) <= first.stat().st_size + 64 * 1024, "a closed pack gave its space back"
+        assert on_disk(second) >= _packs.ALLOCATE_AHEAD
+    assert on_disk(second) <= second.stat().st_size + 64 * 1024, "so did the active one, when the store closed"
+    with LocalStore.open(tmp_path / "repo") as store:
+        assert store.verify().ok
+
+
 def test_barrier_fsyncs_the_pack_before_the_rows_that_point_into_it_commit(store, monkeypatch):
     events: list[str] = []
     real_fsync = os.fsync
