@@ -310,9 +310,9 @@ def negotiate(body: bytes | memoryview, *, writeback_cache: bool, posix_acl: boo
               export_support: bool, killpriv: bool) -> tuple[Init, bytes]:
     """The answer to INIT: the flags of :data:`WANTED` (and the writeback
     cache, POSIX ACLs, lookups of "." and "..", HANDLE_KILLPRIV_V2, as
-    asked) that the kernel
-    offers, 1 MiB requests. Raises FUSEError(EPROTO) for a kernel of
-    another major version or older than 7.31 (Linux 5.4)."""
+    asked) that the kernel offers, 1 MiB requests. Raises
+    FUSEError(EPROTO) for a kernel of another major version or older than
+    7.31 (Linux 5.4)."""
     major, minor, max_readahead, offered = _INIT_IN.unpack_from(body)
     if major != MAJOR or minor < 31:
         raise FUSEError(errno_codes.EPROTO)

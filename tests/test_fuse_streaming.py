@@ -250,6 +250,14 @@ def cid_added(repo: Path, local: Path) -> str:
     return run_cas("add", "-q", str(local), "--to", f"/added-{local.name}", repo=repo).stdout.decode().strip()
 
 
+def reads_as_added(repo: Path, mnt: Path, tmp_path: Path, model: bytes) -> None:
+    """The mount's ``/big`` reads as ``model`` and has the CID ``cas add`` gives it."""
+    assert (mnt / "big").read_bytes() == model
+    local = tmp_path / "model"
+    local.write_bytes(model)
+    assert cid_of(repo, "/big") == cid_added(repo, local)
+
+
 @pytest.mark.fuse
 def test_a_large_file_written_in_order_through_the_mount_gets_the_cid_cas_add_gives(
         tmp_path: Path, repo: Path) -> None:
@@ -283,10 +291,7 @@ def test_a_large_file_synced_as_it_is_written_gets_the_cid_cas_add_gives(tmp_pat
             os.fsync(fd)
         finally:
             os.close(fd)
-        assert (mnt / "big").read_bytes() == bytes(model)
-        local = tmp_path / "model"
-        local.write_bytes(model)
-        assert cid_of(repo, "/big") == cid_added(repo, local)
+        reads_as_added(repo, mnt, tmp_path, bytes(model))
     run_cas("repo", "verify", repo=repo)
 
 
@@ -305,10 +310,7 @@ def test_a_large_file_rewritten_behind_its_end_while_written_keeps_every_write(t
             os.fsync(fd)
         finally:
             os.close(fd)
-        assert (mnt / "big").read_bytes() == bytes(model)
-        local = tmp_path / "model"
-        local.write_bytes(model)
-        assert cid_of(repo, "/big") == cid_added(repo, local)
+        reads_as_added(repo, mnt, tmp_path, bytes(model))
     run_cas("repo", "verify", repo=repo)
 
 
