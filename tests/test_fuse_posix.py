@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -151,6 +152,19 @@ def test_setuid_and_setgid_are_cleared_by_chown_and_by_another_users_write(mnt: 
     assert as_other(append) == 0
     assert stat.S_IMODE(ns(g).st_mode) == 0o777
     assert g.read_bytes() == b"xy"
+
+
+def test_a_write_drops_a_files_capabilities_as_on_a_local_disk(mnt: Path) -> None:
+    # The kernel still removes security.capability itself at a write (it
+    # asks once per file now, not before every write: HANDLE_KILLPRIV_V2).
+    f = mnt / "ping"
+    f.write_bytes(b"\x7fELF")
+    cap_net_raw = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # vfs_cap_data v2, effective
+    os.setxattr(f, "security.capability", cap_net_raw)
+    assert os.getxattr(f, "security.capability") == cap_net_raw
+    with open(f, "ab") as out:
+        out.write(b"more")
+    assert errno_of(lambda: os.getxattr(f, "security.capability")) == errno.ENODATA
 
 
 def test_setuid_and_setgid_are_cleared_by_another_users_truncate_and_trunc_open(mnt: Path) -> None:
