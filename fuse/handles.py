@@ -61,6 +61,7 @@ from ..cid import CID
 from ..names.directory import NO_META, Meta
 from ..names.namespace import Node
 from ..reader import FileWalk, NeedBlock, PathCache, ReadAhead, WalkDone
+from ..store._disk import allocate_ahead, fallocate, give_back_ahead
 from ..store._modes import private_dir
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
@@ -319,7 +320,7 @@ class Staging:
             self.size = len(self._buffer)
             return len(data)
         if self.sequential and offset == self.size and end > self._allocated:
-            _allocate(self.fd, offset, self.ALLOCATE_AHEAD)  # if the disk cannot, the write finds out
+            allocate_ahead(self.fd, offset, self.ALLOCATE_AHEAD)
             self._allocated = offset + self.ALLOCATE_AHEAD
         written = os.pwrite(self.fd, data, offset)
         self.size = max(self.size, offset + written)
@@ -330,7 +331,7 @@ class Staging:
         be stored: its blocks need the room); a later append takes it
         again."""
         if self.fd >= 0 and self._allocated > self.size:
-            os.ftruncate(self.fd, self.size)  # to its own size: what lies past the end is freed
+            give_back_ahead(self.fd, self.size)
         self._allocated = self.size
 
     def read(self, offset: int, length: int) -> bytes:
@@ -402,24 +403,10 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x
 """fallocate(2)'s modes (linux/falloc.h): the ones the mount answers."""
 
 
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
-    """fallocate(2) (Python has only posix_fallocate); False where the file
-    system or the disk cannot."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    done: int = libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length))
-    return done == 0
-
-
-def _allocate(fd: int, offset: int, length: int) -> bool:
-    """Take disk space for a range of a file, its size unchanged."""
-    return _fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length)
-
-
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Deallocate a range of a file (it reads as zeros, its size stays)."""
-    return _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+    """Deallocate a range of a file (it reads as zeros, its size stays);
+    False where the file system cannot."""
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import cas
 from cas.blocks import Block
 from cas.cid import CID, DAG_CBOR, RAW
 from cas.errors import InvalidBlockError, RepositoryError
-from cas.store import SMALL_BLOCK_LIMIT, LocalStore, _packs
+from cas.store import SMALL_BLOCK_LIMIT, LocalStore, _disk, _packs
 from cas.store._database import SCHEMA_VERSION
 from cas.store._packs import HEADER_SIZE, PACK_MAGIC, record_head
 from tests.conftest import pseudo_random
@@ -443,7 +443,7 @@ def test_write_out_starts_while_an_add_appends_not_only_at_the_commit(store, mon
         store.blocks.put(big(f"behind {i}"))
     assert [start for start, _ in started] == [HEADER_SIZE, started[0][0] + started[0][1]]
     assert all(length >= 1 << 20 for _, length in started)
-    assert _packs._sync_file_range() is not None  # on Linux the hint is real
+    assert _disk.libc("sync_file_range") is not None  # on Linux the hint is real
     _packs.start_writeback(store.blocks.packs._fd, 0, 1 << 20)  # and harmless
 
 

@@ -76,7 +76,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -84,7 +84,7 @@ from ..blocks import Block, verified
 from ..cid import CID, MAX_BLOCK_SIZE
 from ..errors import BlockNotFoundError, CorruptBlockError, InvalidBlockError, InvalidCIDError, RepositoryError
 from ._database import Database
-from ._disk import disk_error, fsync_dir
+from ._disk import allocate_ahead, disk_error, fsync_dir, give_back_ahead, start_writeback
 from ._modes import open_private, private_dir
 
 if TYPE_CHECKING:
@@ -121,70 +121,6 @@ PREFETCH_BATCH = 16
 LOOKUP_BATCH = 500
 """CIDs in one index query at most (SQLite builds before 3.32 allow 999
 parameters)."""
-
-
-@cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; the os module lacks it), or None.
-    Looked up on first use: only writers need it, and importing ctypes
-    costs a program that only reads ~1.5 ms."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE_WRITE = 2  # start write-out of the range's dirty pages; do not wait
-
-
-@cache
-def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``fallocate`` (the os module has only posix_fallocate, which
-    changes the size), or None; looked up on first use as above."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-def allocate_ahead(fd: int, start: int, length: int) -> None:
-    """Take disk space for a range past the end of a file, its size
-    unchanged. Only a help: where the file system or the disk cannot, the
-    appends find out themselves."""
-    fallocate = _fallocate()
-    if fallocate is not None:
-        fallocate(fd, _FALLOC_FL_KEEP_SIZE, start, length)
-
-
-def give_back_ahead(fd: int, end: int) -> None:
-    """Free what was taken past ``end``, the file's size: a truncate to its
-    own size frees the blocks past it (a hole punched there frees none)."""
-    try:
-        os.ftruncate(fd, end)
-    except OSError:
-        pass  # only space: the next close tries again
-
-
-def start_writeback(fd: int, start: int, length: int) -> None:
-    """Ask the kernel to start writing a range out now. Only a hint: the
-    fsync before the commit is what makes it durable (and reports any
-    write error, which the kernel keeps for it)."""
-    sync_file_range = _sync_file_range()
-    if sync_file_range is not None:
-        sync_file_range(fd, start, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def pack_name(number: int) -> str:
