@@ -37,6 +37,7 @@ from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from ..store import WriteSession
 from . import acl, wire
+from .callers import in_group_or_capable
 from .handles import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -118,12 +119,14 @@ DENSE_BELOW = 1 << 20
 blocks): their ``st_blocks`` needs no look at the file's nodes."""
 
 
-def _without_setid(mode: int) -> int:
-    """``mode`` as a write, truncate or chown leaves it when it must drop
-    privileges: no setuid, and no setgid if the group may execute (setgid
-    without group execute marks mandatory locking, and stays)."""
+def _without_setid(mode: int, ctx: wire.RequestContext, gid: int) -> int:
+    """``mode`` of a file of group ``gid`` as a write, truncate or chown by
+    ``ctx`` leaves it when it must drop privileges: no setuid, and no
+    setgid if the group may execute or the caller is neither in the group
+    nor holds CAP_FSETID (setgid without group execute marks mandatory
+    locking, and stays for the group), as on ext4."""
     mode &= ~stat.S_ISUID
-    if mode & stat.S_IXGRP:
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not in_group_or_capable(ctx, gid)):
         mode &= ~stat.S_ISGID
     return mode
 
@@ -294,6 +297,10 @@ class CasOperations(Operations):
             lock = self._locks[ino] = HandlerLock()
         return lock
 
+    def _group_of(self, meta: Meta) -> int:
+        """The group a file shows (the mount's own where none is recorded)."""
+        return self._gid if meta.gid is None else meta.gid
+
     def _attr(self, inode: Inode, node: Node, links: int | None = None) -> wire.EntryAttributes:
         """The attributes of ``inode``; ``links``: a directory's link count
         (None: not counted, so the kernel is told to ask again)."""
@@ -322,7 +329,7 @@ class CasOperations(Operations):
         else:
             a.st_nlink = 0 if inode.detached else meta.nlink
         a.st_uid = self._uid if meta.uid is None else meta.uid
-        a.st_gid = self._gid if meta.gid is None else meta.gid
+        a.st_gid = self._group_of(meta)
         a.st_rdev = meta.rdev or 0
         a.st_size = size
         a.st_blksize = 128 * 1024
@@ -570,8 +577,9 @@ class CasOperations(Operations):
                 node = await self._node_of(found)
                 meta, current = node.meta, node.mode
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
-            if mode is None and fields.kill_suidgid and _without_setid(current) != current:
-                mode = _without_setid(current)
+            if mode is None and fields.kill_suidgid and current & (stat.S_ISUID | stat.S_ISGID):
+                dropped = _without_setid(current, ctx, self._group_of(meta))
+                mode = dropped if dropped != current else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
             changes: dict[str, Any] = {}
             if fields.update_uid:
@@ -586,12 +594,15 @@ class CasOperations(Operations):
                 await self._set_meta(found, mode, mtime, replace(meta, **changes))
             return self._open_file_attr(found) or await self._attributes(found, await self._node_of(found))
 
-    async def _drop_setid(self, found: Inode) -> None:
-        """Clear an open file's setuid, and its setgid if its group may
-        execute, as a write or an O_TRUNC open by a caller without
-        CAP_FSETID does (HANDLE_KILLPRIV_V2); ctime moves if they were set."""
+    async def _drop_setid(self, found: Inode, ctx: wire.RequestContext) -> None:
+        """Clear an open file's setuid and setgid as a write or an O_TRUNC
+        open by ``ctx``, a caller without CAP_FSETID, does
+        (HANDLE_KILLPRIV_V2; see _without_setid); ctime moves if they were
+        set."""
         state: FileState = found.state
-        mode = _without_setid(state.mode)
+        if not state.mode & (stat.S_ISUID | stat.S_ISGID):
+            return
+        mode = _without_setid(state.mode, ctx, self._group_of(state.meta))
         if mode != state.mode:
             await self._set_meta(found, mode, None, replace(state.meta, ctime=time.time_ns()))
 
@@ -779,7 +790,7 @@ class CasOperations(Operations):
             if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC
                 await self._truncate(found, 0)
                 if kill_suidgid:
-                    await self._drop_setid(found)
+                    await self._drop_setid(found, ctx)
             if (flags & os.O_ACCMODE) != os.O_WRONLY and not flags & getattr(os, "O_NOATIME", 0) \
                     and not self._noatime:
                 await self._read_now(found)  # at open: the kernel answers reads from its cache
@@ -837,7 +848,8 @@ class CasOperations(Operations):
         assert state.staging is not None
         return state.staging
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, ctx: wire.RequestContext, *,
+                    kill_suidgid: bool = False) -> int:
         with fuse_errors("write"):
             handle = self._handles[fh]
             found = self.inodes.get(handle.ino)
@@ -851,7 +863,7 @@ class CasOperations(Operations):
             state.written(time.time_ns())
             handle.wrote = True
             if kill_suidgid:
-                await self._drop_setid(found)
+                await self._drop_setid(found, ctx)
             return written
 
     async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:

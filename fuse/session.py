@@ -125,9 +125,11 @@ class Operations:
         views of them in order, which the reply gathers without a copy."""
         raise FUSEError(errno.ENOSYS)
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
-        """``kill_suidgid``: the write clears setuid and setgid (see
-        :data:`.wire.WANTED`)."""
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, ctx: RequestContext, *,
+                    kill_suidgid: bool = False) -> int:
+        """``kill_suidgid``: the write, by ``ctx``, clears setuid and setgid
+        (see :data:`.wire.WANTED`). With the write-back cache, ``ctx`` of a
+        write without it may be the kernel's flusher, not the writer."""
         raise FUSEError(errno.ENOSYS)
 
     async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:
@@ -532,7 +534,7 @@ class Session:
         data = body[wire.WRITE_DATA:wire.WRITE_DATA + size]
         if len(data) != size:
             raise FUSEError(errno.EIO)
-        return wire.reply(h.unique, wire.write_bytes(await self.ops.write(fh, offset, data,
+        return wire.reply(h.unique, wire.write_bytes(await self.ops.write(fh, offset, data, self._ctx(h),
                                                                           kill_suidgid=kill_suidgid)))
 
     async def _fallocate(self, h: wire.Header, body: memoryview) -> list[Any]:

@@ -191,6 +191,38 @@ def test_setuid_and_setgid_are_cleared_by_another_users_truncate_and_trunc_open(
     assert stat.S_IMODE(ns(kept).st_mode) == 0o777 and kept.stat().st_size == 0
 
 
+def test_setgid_the_group_may_not_execute_stays_only_for_the_group(mnt: Path) -> None:
+    # As ext4 does (Linux's in_group_or_capable): a write, truncate or
+    # O_TRUNC open by a user outside the file's group clears such a bit, one
+    # by a member keeps it; setuid goes either way; a chown by root keeps it
+    # (CAP_FSETID) unless the group may execute. Each expected mode is what
+    # the same call leaves on ext4.
+    def append(p: Path) -> None:
+        with open(p, "ab") as out:
+            out.write(b"w")
+
+    changes: dict[str, Callable[[Path], object]] = {
+        "write": append, "truncate": lambda p: os.truncate(p, 1),
+        "trunc-open": lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))}
+    expected = {  # (mode before, the writer in the group) -> mode after
+        (0o2666, False): 0o666, (0o6666, False): 0o666, (0o2676, False): 0o676,
+        (0o2666, True): 0o2666, (0o6666, True): 0o2666, (0o2676, True): 0o676}
+    for name, change in changes.items():
+        for (before, member), after in expected.items():
+            f = mnt / f"{name}-{before:o}-{'member' if member else 'outsider'}"
+            f.write_bytes(b"xyz")
+            os.chown(f, 0, OTHER if member else 0)
+            os.chmod(f, before)
+            assert as_other(lambda change=change, f=f: change(f)) == 0, f.name
+            assert stat.S_IMODE(ns(f).st_mode) == after, (f.name, oct(ns(f).st_mode))
+    for before, after in ((0o6666, 0o2666), (0o6676, 0o676)):
+        f = mnt / f"chown-{before:o}"
+        f.write_bytes(b"x")
+        os.chmod(f, before)
+        os.chown(f, 1, 1)
+        assert stat.S_IMODE(ns(f).st_mode) == after, f.name
+
+
 def test_sticky_directory_lets_only_owners_remove(mnt: Path) -> None:
     tmp = mnt / "tmp"
     tmp.mkdir()

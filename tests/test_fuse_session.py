@@ -93,7 +93,8 @@ class MemFS(Operations):
                 self.waiting -= 1
         return bytes(self.files[name][off:off + size])
 
-    async def write(self, fh: int, off: int, buf: bytes | memoryview, *, kill_suidgid: bool = False) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview, ctx: RequestContext, *,
+                    kill_suidgid: bool = False) -> int:
         data = self.files[self._name(fh)]
         data[off:off + len(buf)] = buf
         return len(buf)
