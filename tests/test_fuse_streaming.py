@@ -10,6 +10,7 @@ follower. Every wait has a deadline."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import subprocess
@@ -268,6 +269,31 @@ def test_a_large_file_written_in_order_through_the_mount_gets_the_cid_cas_add_gi
                        check=True, timeout=120)
         assert (mnt / "big").read_bytes() == local.read_bytes()
         assert cid_of(repo, "/big") == cid_added(repo, local)
+    run_cas("repo", "verify", repo=repo)
+
+
+@pytest.mark.fuse
+def test_a_large_file_written_with_o_direct_gets_the_cid_cas_add_gives(tmp_path: Path, repo: Path) -> None:
+    # O_DIRECT skips the kernel's page cache (docs/mount.md, Limits): each
+    # write reaches the mount as it is made, is followed as it comes, and an
+    # overwrite behind the end has the file stored whole. Same CID as an add.
+    local = tmp_path / "local"
+    local.write_bytes(content(12 * MIB + 777, 13))
+    with mounted(repo, tmp_path / "mnt") as mnt:
+        subprocess.run(["dd", f"if={local}", f"of={mnt / 'big'}", "bs=1M", "oflag=direct", "conv=fsync",
+                        "status=none"], check=True, timeout=120)
+        reads_as_added(repo, mnt, tmp_path, local.read_bytes())
+        model = bytearray(local.read_bytes())
+        model[2 * MIB: 3 * MIB] = b"z" * MIB
+        buf = mmap.mmap(-1, MIB)  # page-aligned, as O_DIRECT asks
+        buf[:] = model[2 * MIB: 3 * MIB]
+        fd = os.open(mnt / "big", os.O_WRONLY | os.O_DIRECT)
+        try:
+            assert os.pwrite(fd, buf, 2 * MIB) == MIB
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        reads_as_added(repo, mnt, tmp_path, bytes(model))
     run_cas("repo", "verify", repo=repo)
 
 
