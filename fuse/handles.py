@@ -61,7 +61,13 @@ from ..cid import CID
 from ..names.directory import NO_META, Meta
 from ..names.namespace import Node
 from ..reader import FileWalk, NeedBlock, PathCache, ReadAhead, WalkDone
-from ..store._disk import allocate_ahead, fallocate, give_back_ahead
+from ..store._disk import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    allocate_ahead,
+    fallocate,
+    give_back_ahead,
+)
 from ..store._modes import private_dir
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
@@ -397,10 +403,6 @@ class Staging:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
-"""fallocate(2)'s modes (linux/falloc.h): the ones the mount answers."""
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:

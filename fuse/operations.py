@@ -36,12 +36,10 @@ from ..names.directory import MAX_NAME_BYTES, MAX_XATTR_NAME, NO_META, DirEntry,
 from ..names.namespace import ROOT_MODE, Node
 from ..reader import FileWalk, NodeCache, PathCache, ReadAhead
 from ..store import WriteSession
+from ..store._disk import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from . import acl, wire
 from .callers import in_group_or_capable
 from .handles import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_ZERO_RANGE,
     READ_AHEAD_PARALLEL,
     BlockCache,
     BlockFetcher,

@@ -23,7 +23,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+"""fallocate(2)'s modes (linux/falloc.h) that this project uses."""
 SYNC_FILE_RANGE_WRITE = 2  # start write-out of the range's dirty pages; do not wait
 
 _SIGNATURES = {"fallocate": ("int", "int", "int64", "int64"),
