@@ -575,7 +575,7 @@ class CasOperations(Operations):
                 node = await self._node_of(found)
                 meta, current = node.meta, node.mode
             mode = attr.st_mode & 0o7777 if fields.update_mode else None
-            if mode is None and fields.kill_suidgid and current & (stat.S_ISUID | stat.S_ISGID):
+            if mode is None and fields.kill_suidgid:
                 dropped = _without_setid(current, ctx, self._group_of(meta))
                 mode = dropped if dropped != current else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
@@ -598,8 +598,6 @@ class CasOperations(Operations):
         (HANDLE_KILLPRIV_V2; see _without_setid); ctime moves if they were
         set."""
         state: FileState = found.state
-        if not state.mode & (stat.S_ISUID | stat.S_ISGID):
-            return
         mode = _without_setid(state.mode, ctx, self._group_of(state.meta))
         if mode != state.mode:
             await self._set_meta(found, mode, None, replace(state.meta, ctime=time.time_ns()))
