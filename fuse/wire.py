@@ -130,7 +130,7 @@ _RENAME_IN = struct.Struct("<Q")
 _RENAME2_IN = struct.Struct("<QII")
 _LINK_IN = struct.Struct("<Q")
 _OPEN_IN = struct.Struct("<II")
-_RW_IN = struct.Struct("<QQI")  # fuse_read_in / fuse_write_in: fh, offset, size (the rest unused)
+_RW_IN = struct.Struct("<QQI")  # fuse_read_in: fh, offset, size (the rest unused)
 _WRITE_IN = struct.Struct("<QQII")  # fuse_write_in: fh, offset, size, write_flags
 _WRITE_DATA = 40  # sizeof(fuse_write_in): the data follows
 _RELEASE_IN = struct.Struct("<Q")
@@ -183,8 +183,9 @@ class SetattrFields(NamedTuple):
     update_gid: bool = False
     update_size: bool = False
     kill_suidgid: bool = False
-    """Clear setuid, and setgid if the group may execute (a chown, or a
-    truncate by a caller without CAP_FSETID), unless a mode is given."""
+    """Clear setuid and setgid as a chown, or a truncate by a caller without
+    CAP_FSETID, must (which setgid bits stay is the file system's rule),
+    unless a mode is given."""
 
 
 @dataclass
@@ -411,8 +412,8 @@ def open_request(body: bytes | memoryview) -> tuple[int, bool]:
 
 
 def rw_request(body: bytes | memoryview) -> tuple[int, int, int]:
-    """(fh, offset, size) of a READ, READDIR(PLUS) or WRITE (a write's data
-    follows at :data:`WRITE_DATA`)."""
+    """(fh, offset, size) of a READ or READDIR(PLUS) (a WRITE's:
+    :func:`write_request`)."""
     fh, offset, size = _RW_IN.unpack_from(body)
     return fh, offset, size
 
